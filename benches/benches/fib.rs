@@ -1,0 +1,310 @@
+//! FIB micro-benchmarks: longest-prefix lookups at several table sizes and
+//! shapes, and the update rate of 1,000-change batches into a 1M-route
+//! table while a reader thread keeps looking up (as a worker would).
+//!
+//! Run: `cargo bench -p podrouter-benches --bench fib`
+//!
+//! Random tables: prefix lengths drawn like a large Calico cluster's FIB,
+//! 70% /32 (pods), 25% /26 (IPAM blocks of other nodes), 5% uniform in
+//! /16../24 (host, service and aggregate routes), plus one default route;
+//! addresses uniform over the IPv4 space, duplicates redrawn, so the table
+//! holds exactly N routes. Lookup addresses: half inside a random installed
+//! prefix (hits at that length or a longer one), half uniform (mostly fall
+//! through the long lengths to a short route or the default).
+use std::hint::black_box;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::port::PortId;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Lookups per timed iteration: one worker rx batch, one `Fib::load`.
+const BATCH: usize = 256;
+/// Distinct lookup addresses (cycled), enough to defeat the caches the
+/// way real traffic over a big table would.
+const ADDRS: usize = 1 << 16;
+/// Changes per update batch in the update benchmark.
+const UPDATE_BATCH: usize = 1_000;
+
+fn mask(len: u8) -> u32 {
+    (u64::MAX << (32 - u32::from(len))) as u32
+}
+
+fn random_prefix(rng: &mut SmallRng) -> Prefix {
+    let len = match rng.gen_range(0..100) {
+        0..=69 => 32,
+        70..=94 => 26,
+        _ => rng.gen_range(16..=24),
+    };
+    Prefix::new(Ipv4Addr::from(rng.gen::<u32>() & mask(len)), len).unwrap()
+}
+
+fn next_hop_for(rng: &mut SmallRng, p: Prefix) -> NextHop {
+    match p.len() {
+        32 => NextHop::Local(PortId(rng.gen_range(0..4096))),
+        26 => NextHop::Node(Ipv4Addr::from(rng.gen::<u32>())),
+        _ => NextHop::Host,
+    }
+}
+
+/// `n` distinct routes including a default route, as one insert batch.
+fn random_routes(rng: &mut SmallRng, n: usize) -> Vec<FibChange> {
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let default = Prefix::new(Ipv4Addr::UNSPECIFIED, 0).unwrap();
+    seen.insert(default);
+    let mut out = vec![FibChange::Insert(default, NextHop::Host)];
+    while out.len() < n {
+        let p = random_prefix(rng);
+        if seen.insert(p) {
+            out.push(FibChange::Insert(p, next_hop_for(rng, p)));
+        }
+    }
+    out
+}
+
+fn lookup_addrs(rng: &mut SmallRng, routes: &[FibChange]) -> Vec<Ipv4Addr> {
+    (0..ADDRS)
+        .map(|i| {
+            if i % 2 == 0 {
+                return Ipv4Addr::from(rng.gen::<u32>());
+            }
+            let FibChange::Insert(p, _) = routes[rng.gen_range(0..routes.len())] else {
+                unreachable!()
+            };
+            Ipv4Addr::from(u32::from(p.addr()) | (rng.gen::<u32>() & !mask(p.len())))
+        })
+        .collect()
+}
+
+/// A Calico node: default via the host, our own /24 block unreachable, 250
+/// local pods (/32s in that block), 1000 other nodes' /26 blocks.
+fn pod_node_routes() -> Vec<FibChange> {
+    let mut out = vec![
+        FibChange::Insert("0.0.0.0/0".parse().unwrap(), NextHop::Host),
+        FibChange::Insert("10.244.0.0/24".parse().unwrap(), NextHop::Unreachable),
+    ];
+    for i in 1..=250u8 {
+        let pod = Prefix::host(Ipv4Addr::new(10, 244, 0, i));
+        out.push(FibChange::Insert(pod, NextHop::Local(PortId(i.into()))));
+    }
+    for n in 1..=1000u32 {
+        // Blocks 10.244.1.0/26, 10.244.1.64/26, ... 10.244.250.192/26.
+        let block = Ipv4Addr::from(0x0af4_0100 + ((n - 1) << 6));
+        let node = Ipv4Addr::from(u32::from(Ipv4Addr::new(192, 168, 0, 0)) + n);
+        out.push(FibChange::Insert(
+            Prefix::new(block, 26).unwrap(),
+            NextHop::Node(node),
+        ));
+    }
+    out
+}
+
+/// Pod-node traffic: local pods, remote pods, unassigned addresses in our
+/// block, and the outside world, in equal parts.
+fn pod_node_addrs(rng: &mut SmallRng) -> Vec<Ipv4Addr> {
+    (0..ADDRS)
+        .map(|i| match i % 4 {
+            0 => Ipv4Addr::new(10, 244, 0, rng.gen_range(1..=250)),
+            1 => Ipv4Addr::from(0x0af4_0100 + rng.gen_range(0..1000 * 64)),
+            2 => Ipv4Addr::new(10, 244, 0, rng.gen_range(251..=255)),
+            _ => Ipv4Addr::from(rng.gen::<u32>()),
+        })
+        .collect()
+}
+
+fn bench_lookup_on(c: &mut Criterion, group: &str, id: BenchmarkId, fib: &Fib, addrs: &[Ipv4Addr]) {
+    let mut g = c.benchmark_group(group);
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut at = 0;
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let t = fib.load();
+            let mut hits = 0u32;
+            for &a in &addrs[at..at + BATCH] {
+                hits += t.lookup(black_box(a)).is_some() as u32;
+            }
+            at = (at + BATCH) % addrs.len();
+            hits
+        })
+    });
+    g.finish();
+}
+
+fn fib_lookup(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(0xf1b);
+    for (n, name) in [(1_000, "1k"), (100_000, "100k"), (1_000_000, "1M")] {
+        let routes = random_routes(&mut rng, n);
+        let fib = Fib::new();
+        fib.update(&routes);
+        let addrs = lookup_addrs(&mut rng, &routes);
+        let t = fib.load();
+        eprintln!(
+            "fib random/{name}: {} routes, ~{:.1} MB, per length {:?}",
+            t.len(),
+            t.memory_bytes() as f64 / 1e6,
+            nonzero(&t.len_histogram()),
+        );
+        drop(t);
+        bench_lookup_on(
+            c,
+            "fib_lookup",
+            BenchmarkId::new("random", name),
+            &fib,
+            &addrs,
+        );
+    }
+    let fib = Fib::new();
+    fib.update(&pod_node_routes());
+    let addrs = pod_node_addrs(&mut rng);
+    bench_lookup_on(
+        c,
+        "fib_lookup",
+        BenchmarkId::new("pod_node", "1252"),
+        &fib,
+        &addrs,
+    );
+}
+
+fn nonzero(h: &[usize; 33]) -> Vec<(usize, usize)> {
+    h.iter()
+        .enumerate()
+        .filter(|(_, &n)| n > 0)
+        .map(|(l, &n)| (l, n))
+        .collect()
+}
+
+/// A worker-like reader: load once per batch of 64 lookups, count them,
+/// remember the slowest batch (a stall would show there).
+struct Reader {
+    stop: AtomicBool,
+    lookups: AtomicU64,
+    max_batch_ns: AtomicU64,
+}
+
+impl Reader {
+    fn run(&self, fib: &Fib, addrs: &[Ipv4Addr]) {
+        let mut at = 0;
+        let mut sink = 0u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            let start = Instant::now();
+            let t = fib.load();
+            for &a in &addrs[at..at + 64] {
+                sink += t.lookup(black_box(a)).is_some() as u32;
+            }
+            drop(t);
+            let ns = start.elapsed().as_nanos() as u64;
+            self.max_batch_ns.fetch_max(ns, Ordering::Relaxed);
+            self.lookups.fetch_add(64, Ordering::Relaxed);
+            at = (at + 64) % addrs.len();
+        }
+        black_box(sink);
+    }
+    /// Lookups per second and the slowest batch over `f`.
+    fn measure(&self, f: impl FnOnce()) -> (f64, u64) {
+        self.max_batch_ns.store(0, Ordering::Relaxed);
+        let (n0, t0) = (self.lookups.load(Ordering::Relaxed), Instant::now());
+        f();
+        let n = self.lookups.load(Ordering::Relaxed) - n0;
+        (
+            n as f64 / t0.elapsed().as_secs_f64(),
+            self.max_batch_ns.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn fib_update(c: &mut Criterion) {
+    let mut rng = SmallRng::seed_from_u64(0x0bd);
+    let routes = random_routes(&mut rng, 1_000_000);
+    let fib = Fib::new();
+    fib.update(&routes);
+    let addrs = lookup_addrs(&mut rng, &routes);
+    // Groups of fresh prefixes (not in the table): iteration 2k inserts
+    // group k, iteration 2k+1 removes it, so every iteration applies
+    // 1,000 real changes and the table stays at 1M..1M+1000 routes.
+    let mut seen: std::collections::HashSet<Prefix> = routes
+        .iter()
+        .map(|c| match c {
+            FibChange::Insert(p, _) | FibChange::Remove(p) => *p,
+        })
+        .collect();
+    let groups: Vec<(Vec<FibChange>, Vec<FibChange>)> = (0..32)
+        .map(|_| {
+            let mut ins = Vec::with_capacity(UPDATE_BATCH);
+            while ins.len() < UPDATE_BATCH {
+                let p = random_prefix(&mut rng);
+                if seen.insert(p) {
+                    ins.push(FibChange::Insert(p, next_hop_for(&mut rng, p)));
+                }
+            }
+            let rm = ins
+                .iter()
+                .map(|c| match c {
+                    FibChange::Insert(p, _) | FibChange::Remove(p) => FibChange::Remove(*p),
+                })
+                .collect();
+            (ins, rm)
+        })
+        .collect();
+    let pod = Prefix::host(Ipv4Addr::new(10, 244, 0, 7));
+    let pod_add = [FibChange::Insert(pod, NextHop::Local(PortId(7)))];
+    let pod_del = [FibChange::Remove(pod)];
+
+    let reader = Reader {
+        stop: AtomicBool::new(false),
+        lookups: AtomicU64::new(0),
+        max_batch_ns: AtomicU64::new(0),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| reader.run(&fib, &addrs));
+        let (idle, idle_max) = reader.measure(|| std::thread::sleep(Duration::from_secs(1)));
+        let mut g = c.benchmark_group("fib_update");
+        g.throughput(Throughput::Elements(UPDATE_BATCH as u64));
+        let mut k = 0;
+        let (busy, busy_max) = reader.measure(|| {
+            g.bench_function(BenchmarkId::new("1M_routes", "batch_1000"), |b| {
+                b.iter(|| {
+                    let (ins, rm) = &groups[(k / 2) % groups.len()];
+                    fib.update(if k % 2 == 0 { ins } else { rm });
+                    k += 1;
+                })
+            });
+        });
+        // Leave the table at 1M routes for the single-change case.
+        if k % 2 == 1 {
+            fib.update(&groups[(k / 2) % groups.len()].1);
+        }
+        g.throughput(Throughput::Elements(1));
+        let mut k = 0;
+        g.bench_function(BenchmarkId::new("1M_routes", "batch_1"), |b| {
+            b.iter(|| {
+                fib.update(if k % 2 == 0 { &pod_add } else { &pod_del });
+                k += 1;
+            })
+        });
+        g.finish();
+        reader.stop.store(true, Ordering::Relaxed);
+        eprintln!(
+            "fib_update reader (64 lookups per load, 1M routes): \
+             writer idle {:.1} M lookups/s (slowest batch {:.1} us); \
+             during batch_1000 updates {:.1} M lookups/s (slowest batch {:.1} us)",
+            idle / 1e6,
+            idle_max as f64 / 1e3,
+            busy / 1e6,
+            busy_max as f64 / 1e3,
+        );
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    targets = fib_lookup, fib_update
+}
+criterion_main!(benches);

@@ -1,0 +1,259 @@
+//! Per-worker counters: rx, tx, drops by named reason, ICMP and ARP events,
+//! and per-port packet/byte counts.
+//!
+//! Invariants: each [`WorkerCounters`] has exactly one writer (its worker),
+//! so increments are a relaxed load and store, never a locked instruction;
+//! readers (the control thread) sum snapshots of all workers.
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crossbeam_utils::CachePadded;
+
+use crate::port::{PortId, MAX_PORTS};
+
+/// A counter written by one thread and read by any.
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: a plain load/store pair is enough and stays off the
+        // bus lock that fetch_add would take.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    #[inline]
+    pub fn incr(&self) {
+        self.add(1)
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why a frame was dropped. Every drop is counted under one of these.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// The snake_case name operators see in counters.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+
+            /// What the reason means, for people.
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $doc,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Truncated => "truncated", "Frame shorter than the headers it claims.";
+    UnsupportedEthertype => "unsupported_ethertype", "Neither IPv4 nor ARP (IPv6, VLAN tags, ...).";
+    NotForRouter => "not_for_router", "Destination MAC is neither the router's nor broadcast.";
+    BadIpHeader => "bad_ip_header", "IPv4 version, IHL or total length is invalid.";
+    BadIpChecksum => "bad_ip_checksum", "IPv4 header checksum does not verify.";
+    BadSource => "bad_source", "Source address is zero, broadcast, multicast or loopback.";
+    SpoofedSource => "spoofed_source", "A pod sent with a source address that is not its own.";
+    Multicast => "multicast", "Multicast or broadcast destination (MAC or IPv4); the router does not forward them.";
+    NoRoute => "no_route", "No route for the destination (ICMP unreachable sent if allowed).";
+    TtlExceeded => "ttl_exceeded", "TTL ran out (ICMP time exceeded sent if allowed).";
+    FragNeeded => "frag_needed", "Too big for the egress MTU with DF set (ICMP frag needed sent if allowed).";
+    TooBig => "too_big", "Too big for the egress MTU without DF; fragmentation is not done on this path.";
+    NoUplink => "no_uplink", "Route to another node, but no uplink is configured on this node.";
+    Hairpin => "hairpin", "The route points back out of the port the frame came in on.";
+    NoPort => "no_port", "The route names a port that no longer exists.";
+    ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated.";
+    ArpNotRequest => "arp_not_request", "ARP reply or other operation; only requests are answered.";
+    ArpGratuitous => "arp_gratuitous", "Gratuitous ARP or ARP probe (target is the sender's own or source is 0.0.0.0).";
+    ArpWrongSource => "arp_wrong_source", "ARP whose sender address is not the pod's own.";
+    ArpNotAnswered => "arp_not_answered", "ARP on the host port for an address the router does not route.";
+    TxError => "tx_error", "The egress port refused the frame.";
+}
+
+/// Packets and bytes through one port, as seen by one worker.
+#[derive(Default)]
+pub struct PortCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+    pub drops: Counter,
+}
+
+/// Everything one worker counts.
+pub struct WorkerCounters {
+    pub rx: Counter,
+    pub tx: Counter,
+    /// Times the worker went to sleep waiting for readiness.
+    pub sleeps: Counter,
+    pub arp_replies: Counter,
+    pub icmp_sent: Counter,
+    /// ICMP errors suppressed by the rate limiter (the drop is still counted).
+    pub icmp_rate_limited: Counter,
+    drops: [Counter; DropReason::COUNT],
+    ports: Box<[PortCounters]>,
+}
+
+impl Default for WorkerCounters {
+    fn default() -> Self {
+        WorkerCounters {
+            rx: Counter::default(),
+            tx: Counter::default(),
+            sleeps: Counter::default(),
+            arp_replies: Counter::default(),
+            icmp_sent: Counter::default(),
+            icmp_rate_limited: Counter::default(),
+            drops: std::array::from_fn(|_| Counter::default()),
+            ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+        }
+    }
+}
+
+/// Cache-padded so two workers never share a line.
+pub type SharedCounters = CachePadded<WorkerCounters>;
+
+impl WorkerCounters {
+    #[inline]
+    pub fn drop(&self, reason: DropReason) {
+        self.drops[reason as usize].incr();
+    }
+
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    /// Per-port counters; ids beyond [`MAX_PORTS`] share the last slot
+    /// (the port table never hands them out).
+    #[inline]
+    pub fn port(&self, id: PortId) -> &PortCounters {
+        &self.ports[(id.0 as usize).min(MAX_PORTS - 1)]
+    }
+
+    /// Zeroes a port's counters when its id is reused (control thread).
+    pub fn reset_port(&self, id: PortId) {
+        let p = self.port(id);
+        for c in [
+            &p.rx_packets,
+            &p.rx_bytes,
+            &p.tx_packets,
+            &p.tx_bytes,
+            &p.drops,
+        ] {
+            c.0.store(0, Relaxed);
+        }
+    }
+}
+
+/// A plain-number copy of counters, summed over workers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    pub rx: u64,
+    pub tx: u64,
+    pub sleeps: u64,
+    pub arp_replies: u64,
+    pub icmp_sent: u64,
+    pub icmp_rate_limited: u64,
+    /// `(reason, count)` for every reason, in [`DropReason::ALL`] order.
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+/// Per-port numbers summed over workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+/// Sums the counters of all workers.
+pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> CounterSnapshot {
+    let mut s = CounterSnapshot {
+        drops: DropReason::ALL.iter().map(|r| (*r, 0)).collect(),
+        ..Default::default()
+    };
+    for w in workers {
+        s.rx += w.rx.get();
+        s.tx += w.tx.get();
+        s.sleeps += w.sleeps.get();
+        s.arp_replies += w.arp_replies.get();
+        s.icmp_sent += w.icmp_sent.get();
+        s.icmp_rate_limited += w.icmp_rate_limited.get();
+        for (i, d) in s.drops.iter_mut().enumerate() {
+            d.1 += w.drops[i].get();
+        }
+    }
+    s
+}
+
+/// Sums one port's counters over all workers.
+pub fn sum_port<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerCounters>,
+    id: PortId,
+) -> PortSnapshot {
+    let mut s = PortSnapshot::default();
+    for w in workers {
+        let p = w.port(id);
+        s.rx_packets += p.rx_packets.get();
+        s.rx_bytes += p.rx_bytes.get();
+        s.tx_packets += p.tx_packets.get();
+        s.tx_bytes += p.tx_bytes.get();
+        s.drops += p.drops.get();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_over_workers() {
+        let a = WorkerCounters::default();
+        let b = WorkerCounters::default();
+        a.rx.add(3);
+        b.rx.incr();
+        a.drop(DropReason::SpoofedSource);
+        b.drop(DropReason::SpoofedSource);
+        b.port(PortId(7)).tx_bytes.add(100);
+        let s = sum([&a, &b]);
+        assert_eq!(s.rx, 4);
+        let spoofed = s
+            .drops
+            .iter()
+            .find(|(r, _)| *r == DropReason::SpoofedSource)
+            .unwrap();
+        assert_eq!(spoofed.1, 2);
+        assert_eq!(sum_port([&a, &b], PortId(7)).tx_bytes, 100);
+        b.reset_port(PortId(7));
+        assert_eq!(sum_port([&a, &b], PortId(7)).tx_bytes, 0);
+    }
+
+    #[test]
+    fn reason_names_are_unique_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert!(names
+            .iter()
+            .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}

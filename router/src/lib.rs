@@ -1,0 +1,26 @@
+//! podrouter's data plane: packet views, the FIB, the per-frame pipeline,
+//! ports (TAP, in-memory) and the workers that poll them.
+//!
+//! Invariants: nothing here allocates, locks or logs per packet on the
+//! forwarding path; the pipeline does no I/O (it turns a frame into a
+//! verdict); `unsafe` lives only in [`sys`].
+#![deny(unsafe_code)]
+
+pub mod counters;
+pub mod fib;
+pub mod frame;
+pub mod pipeline;
+pub mod port;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod tap;
+pub mod wire;
+pub mod worker;
+
+use std::net::Ipv4Addr;
+
+/// The MAC address the router answers every ARP with (Calico's choice).
+pub const ROUTER_MAC: [u8; 6] = [0xee; 6];
+
+/// The link-local gateway every pod routes through.
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);

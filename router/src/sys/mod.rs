@@ -1,0 +1,388 @@
+//! Every system call of the data plane that needs `unsafe`: the TUN/TAP
+//! ioctls, vectored reads and writes of `[virtio_net_hdr][frame]`, interface
+//! name lookup and CPU affinity.
+//!
+//! Invariants:
+//! - This is the only module of the router crate allowed to use `unsafe`
+//!   (`lib.rs` denies it everywhere else); every `unsafe` block carries a
+//!   `// SAFETY:` comment saying why it is sound.
+//! - Functions take borrowed file descriptors ([`BorrowedFd`]), so the
+//!   caller's ownership keeps the descriptor open for the whole call.
+//! - Errors are the raw OS error (`io::Error::last_os_error()`, which does not
+//!   allocate) so the fast path can match `ErrorKind::WouldBlock` cheaply;
+//!   only the slow set-up paths add context. Interrupted calls (`EINTR`) are
+//!   retried here.
+use std::ffi::CString;
+use std::fs::OpenOptions;
+use std::io;
+use std::mem;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Longest interface name the kernel accepts, without the trailing NUL.
+pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
+
+/// Path of the TUN/TAP clone device.
+pub const TUN_PATH: &str = "/dev/net/tun";
+
+/// `TUNSETIFF` flags of every TAP podrouter makes or attaches to: Ethernet
+/// frames, no packet-information prefix, a `virtio_net_hdr` before each
+/// frame.
+pub const TAP_FLAGS: libc::c_int = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+
+/// `TUNSETOFFLOAD` flags: the kernel may hand us (and accepts from us)
+/// frames with partial checksums and TCP segmentation offload (IPv4, IPv6,
+/// ECN), so a pod's TCP socket sends 64 KiB GSO super-segments.
+pub const TAP_OFFLOADS: libc::c_uint =
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_TSO_ECN;
+
+/// `IFF_PERSIST` as `TUNGETIFF` reports it.
+pub const IFF_PERSIST: libc::c_int = libc::IFF_PERSIST;
+
+/// `IFF_TUN_EXCL`: make `TUNSETIFF` fail with `EBUSY` if a device of that
+/// name already exists instead of attaching to it.
+pub const IFF_TUN_EXCL: libc::c_int = libc::IFF_TUN_EXCL;
+
+/// Size of the virtio-net header we exchange with the kernel.
+pub const VNET_HDR_SIZE: libc::c_int = 10;
+
+/// Retries `f` while it fails with `EINTR`; maps `-1` to the OS error.
+fn retry<T: Copy + PartialOrd + Default>(mut f: impl FnMut() -> T) -> io::Result<T> {
+    loop {
+        let r = f();
+        if r >= T::default() {
+            return Ok(r);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Checks `name` the way the kernel's `dev_valid_name` does, so callers get
+/// a clear message instead of a bare `EINVAL`.
+pub fn check_ifname(name: &str) -> io::Result<()> {
+    let bad = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?}: {why}"),
+        ))
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad("longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("reserved");
+    }
+    if name
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
+    {
+        return bad("contains '/', ':', NUL or whitespace");
+    }
+    Ok(())
+}
+
+/// An all-zero `ifreq` carrying `name`.
+fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
+    check_ifname(name)?;
+    // SAFETY: `ifreq` is a plain C struct (a name array and a union of
+    // integers, sockaddrs and a pointer); all-zero bytes are a valid value
+    // of every member.
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    // check_ifname guarantees len <= IFNAMSIZ - 1, so the NUL terminator
+    // left by zeroing survives.
+    for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(ifr)
+}
+
+fn ifreq_name(ifr: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = ifr
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Opens the TUN/TAP clone device, non-blocking and close-on-exec. The
+/// descriptor is tied to the calling thread's network namespace: devices it
+/// creates or attaches to live there.
+pub fn open_tun() -> io::Result<OwnedFd> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK) // std adds O_CLOEXEC
+        .open(TUN_PATH)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot open {TUN_PATH} (tun module loaded? CAP_NET_ADMIN?): {e}"),
+            )
+        })?;
+    Ok(f.into())
+}
+
+/// `TUNSETIFF`: creates the device `name` with `flags` or attaches `fd` to
+/// the existing device (unless `flags` has [`IFF_TUN_EXCL`]). Returns the
+/// device's name as the kernel reports it. Errors are the raw OS error.
+pub fn tun_set_iff(fd: BorrowedFd<'_>, name: &str, flags: libc::c_int) -> io::Result<String> {
+    let mut ifr = ifreq_named(name)?;
+    // Flags travel in the 16-bit ifr_flags; IFF_TUN_EXCL (0x8000) is the sign
+    // bit there, which is how the kernel reads it too.
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one `struct ifreq`; `ifr` is a
+    // valid, exclusively borrowed ifreq that outlives the call, and `fd` is
+    // an open descriptor for the whole call.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    })?;
+    Ok(ifreq_name(&ifr))
+}
+
+/// `TUNGETIFF`: the attached device's current name (it follows renames and
+/// moves to other namespaces) and its `IFF_*` tun flags (including
+/// [`IFF_PERSIST`]).
+pub fn tun_get_iff(fd: BorrowedFd<'_>) -> io::Result<(String, libc::c_int)> {
+    // SAFETY: all-zero bytes are a valid `ifreq` (see ifreq_named).
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    // SAFETY: TUNGETIFF writes one `struct ifreq` into the pointed-to
+    // buffer, which is valid and exclusively borrowed for the call.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNGETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    })?;
+    // SAFETY: TUNGETIFF stored the flags in `ifru_flags`; reading a c_short
+    // out of a union of plain integers is valid for any bit pattern.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags } as u16 as libc::c_int;
+    Ok((ifreq_name(&ifr), flags))
+}
+
+/// `TUNSETVNETHDRSZ`: the size of the header before each frame.
+pub fn tun_set_vnet_hdr_sz(fd: BorrowedFd<'_>, size: libc::c_int) -> io::Result<()> {
+    // SAFETY: TUNSETVNETHDRSZ reads one int through the pointer, which
+    // points to a live local for the duration of the call.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETVNETHDRSZ,
+            &size as *const libc::c_int,
+        )
+    })?;
+    Ok(())
+}
+
+/// `TUNSETOFFLOAD`: which offloads (`TUN_F_*`) the device may use towards
+/// us. Takes the flags by value, not through a pointer.
+pub fn tun_set_offload(fd: BorrowedFd<'_>, offloads: libc::c_uint) -> io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value; no memory is
+    // passed to the kernel.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            offloads as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+/// `TUNSETPERSIST`: whether the device outlives the last descriptor
+/// attached to it.
+pub fn tun_set_persist(fd: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes its argument by value; no memory is passed
+    // to the kernel.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            persist as libc::c_ulong,
+        )
+    })?;
+    Ok(())
+}
+
+/// Reads one frame with its virtio-net header (one `readv`): the header into
+/// `hdr`, the frame into `buf`. Returns the total byte count, header
+/// included. `WouldBlock` when nothing is queued (the descriptor is
+/// non-blocking).
+#[inline]
+pub fn read_vnet_frame(
+    fd: BorrowedFd<'_>,
+    hdr: &mut [u8; 10],
+    buf: &mut [u8],
+) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_mut_ptr().cast(),
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        },
+    ];
+    // SAFETY: both iovecs describe memory exclusively borrowed (`&mut`) for
+    // the whole call with their exact lengths; readv writes at most that
+    // much into them and `fd` stays open for the call.
+    let n =
+        retry(|| unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) })?;
+    Ok(n as usize)
+}
+
+/// Writes one frame after its virtio-net header (one `writev`). Returns the
+/// total byte count written, header included.
+#[inline]
+pub fn write_vnet_frame(fd: BorrowedFd<'_>, hdr: &[u8; 10], data: &[u8]) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: hdr.as_ptr() as *mut libc::c_void,
+            iov_len: hdr.len(),
+        },
+        libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
+        },
+    ];
+    // SAFETY: both iovecs describe memory borrowed for the whole call with
+    // their exact lengths; writev only reads through them (the `*mut` cast is
+    // what `struct iovec` requires) and `fd` stays open for the call.
+    let n =
+        retry(|| unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) })?;
+    Ok(n as usize)
+}
+
+/// Index of interface `name` in the calling thread's network namespace;
+/// `None` if there is no such interface.
+pub fn if_nametoindex(name: &str) -> io::Result<Option<u32>> {
+    check_ifname(name)?;
+    let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated string that lives across the
+    // call; if_nametoindex only reads it.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx != 0 {
+        return Ok(Some(idx));
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ENODEV) | Some(libc::ENXIO) => Ok(None),
+        _ => Err(e),
+    }
+}
+
+/// Pins the calling thread to CPU `core` (for the workers).
+pub fn pin_current_thread_to_core(core: usize) -> io::Result<()> {
+    if core >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("cannot pin to core {core}: beyond CPU_SETSIZE"),
+        ));
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: `core` < CPU_SETSIZE was checked above, so CPU_SET stays
+    // inside `set`.
+    unsafe { libc::CPU_SET(core, &mut set) };
+    // SAFETY: pid 0 means the calling thread; the pointer and size describe
+    // `set`, which lives across the call and is only read.
+    let r = unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot pin thread to core {core}: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The CPUs the calling thread may run on.
+pub fn current_thread_cores() -> io::Result<Vec<usize>> {
+    // SAFETY: all-zero is a valid (empty) cpu_set_t.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    // SAFETY: pid 0 is the calling thread; the kernel writes at most
+    // size_of::<cpu_set_t>() bytes into `set`, which is exclusively borrowed.
+    let r = unsafe { libc::sched_getaffinity(0, mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: i < CPU_SETSIZE, so CPU_ISSET reads inside `set`.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .collect())
+}
+
+/// Moves the calling thread (only) into a new, empty network namespace.
+/// The namespace lives while a thread, socket or TAP descriptor refers to
+/// it. For tests and tools that need a private namespace; child processes
+/// spawned by this thread afterwards start in it too.
+pub fn unshare_netns() -> io::Result<()> {
+    // SAFETY: unshare takes a flag word and touches no caller memory; with
+    // CLONE_NEWNET it only changes the calling thread's namespace set.
+    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("unshare(CLONE_NEWNET) failed: {e}"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(check_ifname("eth0").is_ok());
+        assert!(check_ifname("prt0123abcd").is_ok());
+        assert!(check_ifname("123456789012345").is_ok());
+        assert!(check_ifname("1234567890123456").is_err());
+        assert!(check_ifname("").is_err());
+        assert!(check_ifname("a/b").is_err());
+        assert!(check_ifname("a b").is_err());
+        assert!(check_ifname("..").is_err());
+    }
+
+    #[test]
+    fn ifreq_name_round_trips() {
+        let ifr = ifreq_named("podrouter0").unwrap();
+        assert_eq!(ifreq_name(&ifr), "podrouter0");
+        assert_eq!(ifr.ifr_name[libc::IFNAMSIZ - 1], 0);
+    }
+
+    #[test]
+    fn loopback_has_an_index_and_missing_names_do_not() {
+        assert!(if_nametoindex("lo").unwrap().is_some());
+        assert_eq!(if_nametoindex("prt-nonexist0").unwrap(), None);
+    }
+
+    #[test]
+    fn pinning_to_an_allowed_core_works() {
+        let cores = current_thread_cores().unwrap();
+        assert!(!cores.is_empty());
+        std::thread::spawn(move || {
+            pin_current_thread_to_core(cores[0]).unwrap();
+            assert_eq!(current_thread_cores().unwrap(), vec![cores[0]]);
+        })
+        .join()
+        .unwrap();
+        assert!(pin_current_thread_to_core(1 << 20).is_err());
+    }
+}
