@@ -1,0 +1,407 @@
+//! The podrouterd API: versioned request/response types and a blocking
+//! client. Shared by podrouterctl, the CNI plugin and the daemon.
+//!
+//! Wire format (version 1): a Unix stream socket carrying one JSON object
+//! per line. Each request line gets exactly one response line, in order; a
+//! connection may carry any number of requests.
+//!
+//! ```text
+//! -> {"version":1,"method":"attach","params":{"id":"pod1","netns":"/run/netns/pod1"}}
+//! <- {"version":1,"result":{"pod":{"id":"pod1","ip":"10.244.0.2",...}}}
+//! -> {"version":1,"method":"detach","params":{"id":"nope"}}
+//! <- {"version":1,"error":{"code":"not_found","message":"no pod with id nope"}}
+//! ```
+//!
+//! Invariants: a response carries either `result` or `error`, never both; a
+//! request whose `version` the daemon does not speak gets
+//! `unsupported_version`; unknown fields are rejected, not ignored.
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this crate speaks.
+pub const API_VERSION: u32 = 1;
+
+/// Where podrouterd listens unless configured otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/podrouter/podrouter.sock";
+
+/// Longest request or response line accepted (bytes).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// One request line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    pub version: u32,
+    #[serde(flatten)]
+    pub call: Call,
+}
+
+/// What is asked, with its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", content = "params", rename_all = "snake_case")]
+pub enum Call {
+    /// Daemon and node summary.
+    Status,
+    /// Every attached pod.
+    ListPods,
+    /// Create a pod's interface in its netns and start forwarding for it.
+    Attach(AttachParams),
+    /// Remove a pod's interface and forget it.
+    Detach(DetachParams),
+    /// The FIB as the workers see it.
+    Routes,
+    /// Data-plane counters, summed over workers, and per port.
+    Counters,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachParams {
+    /// Caller's name for the attachment; 1-255 characters of
+    /// `[A-Za-z0-9._:-]`. The CNI plugin uses `cni:<containerid>:<ifname>`.
+    pub id: String,
+    /// Path of the pod's network namespace (`/run/netns/x`, `/proc/PID/ns/net`).
+    pub netns: String,
+    /// Interface name inside the pod.
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+    /// Address to give the pod; allocated from the node's pod CIDRs if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<Ipv4Addr>,
+    /// Interface MTU; the node's configured MTU if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+pub fn default_ifname() -> String {
+    "eth0".to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetachParams {
+    pub id: String,
+    /// Where the interface would be if the daemon does not know the id (an
+    /// ADD cut short by a crash): with both `netns` and `ifname` given, a
+    /// podrouter TAP of that name there is removed and the call succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+}
+
+/// One response line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Response {
+    pub version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Reply>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
+impl Response {
+    pub fn ok(reply: Reply) -> Self {
+        Response {
+            version: API_VERSION,
+            result: Some(reply),
+            error: None,
+        }
+    }
+
+    pub fn err(code: ErrorCode, message: impl Into<String>) -> Self {
+        Response {
+            version: API_VERSION,
+            result: None,
+            error: Some(ApiError {
+                code,
+                message: message.into(),
+            }),
+        }
+    }
+}
+
+/// A successful result; the variant matches the call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Status(StatusInfo),
+    Pods(Vec<PodInfo>),
+    Pod(PodInfo),
+    Detached { id: String },
+    Routes(Vec<RouteInfo>),
+    Counters(CountersInfo),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message} ({code})")]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Machine-readable error classes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is not valid JSON or misses or misuses a field.
+    BadRequest,
+    /// The request's `version` is not one the daemon speaks.
+    UnsupportedVersion,
+    /// No such pod.
+    NotFound,
+    /// A pod with that id, or an interface with that name, exists already.
+    AlreadyExists,
+    /// The address is taken, outside the pod CIDRs, or none is free.
+    AddressUnavailable,
+    /// The network namespace path does not exist or is not a netns.
+    NetnsNotFound,
+    /// Something failed inside the daemon (netlink, TAP, state file).
+    Internal,
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub node_name: String,
+    pub node_ip: Ipv4Addr,
+    pub pod_cidrs: Vec<String>,
+    pub daemon_version: String,
+    pub api_version: u32,
+    pub backend: String,
+    pub encap: String,
+    pub workers: usize,
+    pub pods: usize,
+    pub routes: usize,
+    pub free_addresses: u64,
+    pub uptime_secs: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub id: String,
+    pub netns: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    /// The pod interface's MAC, `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+    pub mtu: u16,
+    /// The router's port number for the pod.
+    pub port: u32,
+    /// The worker polling the pod's port.
+    pub worker: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteInfo {
+    pub prefix: String,
+    /// `local`, `host`, `node` or `unreachable`.
+    pub next_hop: String,
+    /// Port name for `local` routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// Node address for `node` routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CountersInfo {
+    pub workers: usize,
+    pub rx: u64,
+    pub tx: u64,
+    pub sleeps: u64,
+    pub arp_replies: u64,
+    pub icmp_sent: u64,
+    pub icmp_rate_limited: u64,
+    /// Drops by reason name; every reason is present, zero or not.
+    pub drops: BTreeMap<String, u64>,
+    pub ports: Vec<PortCountersInfo>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PortCountersInfo {
+    pub port: u32,
+    pub name: String,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drops: u64,
+}
+
+/// What can go wrong talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached (daemon not running, wrong path,
+    /// permissions).
+    #[error("cannot connect to podrouterd at {path}: {source}")]
+    Connect { path: PathBuf, source: io::Error },
+    /// The connection broke mid-request.
+    #[error("talking to podrouterd: {0}")]
+    Io(#[from] io::Error),
+    /// The daemon answered something this client does not understand.
+    #[error("podrouterd sent a malformed response: {0}")]
+    Protocol(String),
+    /// The daemon refused the request.
+    #[error("podrouterd: {0}")]
+    Api(#[from] ApiError),
+}
+
+/// A blocking connection to podrouterd.
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Client {
+    /// Connects with a timeout on every read and write.
+    pub fn connect(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.to_owned(),
+            source,
+        })?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let writer = stream.try_clone()?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends one request and waits for its response.
+    pub fn call(&mut self, call: Call) -> Result<Reply, ClientError> {
+        let req = Request {
+            version: API_VERSION,
+            call,
+        };
+        let mut line =
+            serde_json::to_string(&req).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.writer.write_all(line.as_bytes())?;
+        let resp = read_line(&mut self.reader)?
+            .ok_or_else(|| ClientError::Protocol("connection closed before a response".into()))?;
+        let resp: Response =
+            serde_json::from_str(&resp).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        match (resp.result, resp.error) {
+            (_, Some(e)) => Err(ClientError::Api(e)),
+            (Some(r), None) => Ok(r),
+            (None, None) => Err(ClientError::Protocol(
+                "response has neither result nor error".into(),
+            )),
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line of at most [`MAX_LINE`] bytes; `None` at a
+/// clean end of stream.
+pub fn read_line<R: BufRead>(r: &mut R) -> io::Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = io::Read::take(r, MAX_LINE as u64 + 1).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        let why = if buf.len() > MAX_LINE {
+            "line longer than the 1 MiB limit"
+        } else {
+            "stream ended in the middle of a line"
+        };
+        return Err(io::Error::new(io::ErrorKind::InvalidData, why));
+    }
+    buf.pop();
+    String::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "line is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let req = Request {
+            version: 1,
+            call: Call::Attach(AttachParams {
+                id: "pod1".into(),
+                netns: "/run/netns/pod1".into(),
+                ifname: "eth0".into(),
+                ip: None,
+                mtu: Some(1480),
+            }),
+        };
+        let s = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            s,
+            r#"{"version":1,"method":"attach","params":{"id":"pod1","netns":"/run/netns/pod1","ifname":"eth0","mtu":1480}}"#
+        );
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), req);
+        let status: Request = serde_json::from_str(r#"{"version":1,"method":"status"}"#).unwrap();
+        assert_eq!(status.call, Call::Status);
+        let defaulted: Request = serde_json::from_str(
+            r#"{"version":1,"method":"attach","params":{"id":"a","netns":"/x"}}"#,
+        )
+        .unwrap();
+        match defaulted.call {
+            Call::Attach(p) => assert_eq!(p.ifname, "eth0"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_rejected() {
+        for bad in [
+            r#"{"version":1,"method":"reboot"}"#,
+            r#"{"version":1,"method":"attach","params":{"id":"a"}}"#,
+            r#"{"version":1,"method":"detach","params":{"id":"a","extra":1}}"#,
+            r#"{"method":"status"}"#,
+            "not json",
+        ] {
+            assert!(serde_json::from_str::<Request>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_response_format() {
+        let r = Response::err(ErrorCode::NotFound, "no pod with id x");
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"version":1,"error":{"code":"not_found","message":"no pod with id x"}}"#
+        );
+        assert_eq!(
+            ErrorCode::AddressUnavailable.to_string(),
+            "address_unavailable"
+        );
+    }
+
+    #[test]
+    fn line_reader_limits() {
+        let mut ok = io::Cursor::new(b"abc\ndef\n".to_vec());
+        assert_eq!(read_line(&mut ok).unwrap().as_deref(), Some("abc"));
+        assert_eq!(read_line(&mut ok).unwrap().as_deref(), Some("def"));
+        assert_eq!(read_line(&mut ok).unwrap(), None);
+        let mut cut = io::Cursor::new(b"abc".to_vec());
+        assert!(read_line(&mut cut).is_err());
+        let mut long = io::Cursor::new(vec![b'x'; MAX_LINE + 10]);
+        assert!(read_line(&mut long).is_err());
+    }
+}

@@ -1,0 +1,49 @@
+//! podrouterd: the node daemon. Runs in the foreground, logs to stderr,
+//! stops cleanly on SIGTERM/SIGINT.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use podrouter_control::config::Config;
+use podrouter_control::daemon::Daemon;
+use podrouter_control::{logger, server};
+
+/// podrouter's node daemon: a polled userspace router for pod networks.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML config file; embedded defaults if absent.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let cfg = match &args.config {
+        Some(path) => match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("podrouterd: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    logger::init(cfg.log_level.filter());
+    let mut daemon = match Daemon::start(cfg) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let served = server::serve(&mut daemon);
+    daemon.shutdown();
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

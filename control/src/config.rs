@@ -1,0 +1,492 @@
+//! podrouterd's configuration: the TOML file, its defaults and its checks.
+//!
+//! Invariants: a [`Config`] that `load`/`parse` returned is valid (prefixes
+//! canonical, MTU in range, one core per worker, no duplicate routes); every
+//! error names the file, the line and the key.
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use podrouter_router::fib::Prefix;
+use serde::Deserialize;
+
+/// Where the data plane gets its frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// A TAP device per pod (portable; offloads on).
+    #[default]
+    Tap,
+    /// A veth per pod whose host end is driven through AF_XDP.
+    Afxdp,
+}
+
+/// When traffic to another node is IPIP-encapsulated (Calico's modes).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Encap {
+    #[default]
+    Always,
+    CrossSubnet,
+    Never,
+}
+
+impl fmt::Display for Encap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Encap::Always => "always",
+            Encap::CrossSubnet => "cross-subnet",
+            Encap::Never => "never",
+        })
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Tap => "tap",
+            Backend::Afxdp => "afxdp",
+        })
+    }
+}
+
+/// Log verbosity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's name (BGP, logs, status). Default: the host name.
+    pub node_name: String,
+    /// The node's own address: source of the router's ICMP errors, BGP next
+    /// hop, IPIP outer source. If unset, ICMP errors come from 169.254.1.1.
+    pub node_ip: Option<Ipv4Addr>,
+    /// Blocks this node hands pod addresses from.
+    #[serde(deserialize_with = "de_prefixes")]
+    pub pod_cidrs: Vec<Prefix>,
+    /// The API socket (podrouterctl, CNI plugin).
+    pub api_socket: PathBuf,
+    /// Where pods, ports and addresses are persisted.
+    pub state_dir: PathBuf,
+    pub log_level: LogLevel,
+    pub dataplane: Dataplane,
+    /// Static routes to other nodes' blocks.
+    pub routes: Vec<StaticRoute>,
+    /// The BGP speaker (not implemented yet; parsed and checked only).
+    pub bgp: Option<Bgp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dataplane {
+    pub backend: Backend,
+    /// Worker threads polling ports.
+    pub workers: usize,
+    /// CPU core for each worker (same length as `workers`); empty: unpinned.
+    pub cores: Vec<usize>,
+    /// MTU of pod interfaces and of the host port.
+    #[serde(deserialize_with = "de_mtu")]
+    pub mtu: u16,
+    /// Name of the host TAP device in the node namespace.
+    pub host_port: String,
+    /// The underlay interface towards other nodes.
+    pub uplink: Option<String>,
+    pub encap: Encap,
+    /// Frames taken from a port per poll.
+    pub batch_size: usize,
+    /// ICMP errors per second per worker.
+    pub icmp_rate: u32,
+    /// ICMP error burst per worker.
+    pub icmp_burst: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticRoute {
+    #[serde(deserialize_with = "de_prefix")]
+    pub prefix: Prefix,
+    /// The node that owns the block.
+    pub via: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bgp {
+    pub asn: u32,
+    #[serde(default)]
+    pub router_id: Option<Ipv4Addr>,
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    #[serde(default)]
+    pub peers: Vec<BgpPeer>,
+}
+
+fn default_bgp_port() -> u16 {
+    179
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpPeer {
+    pub address: Ipv4Addr,
+    pub asn: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: hostname(),
+            node_ip: None,
+            pod_cidrs: vec!["10.244.0.0/24".parse().expect("literal prefix")],
+            api_socket: podrouter_api::DEFAULT_SOCKET.into(),
+            state_dir: "/var/lib/podrouter".into(),
+            log_level: LogLevel::Info,
+            dataplane: Dataplane::default(),
+            routes: Vec::new(),
+            bgp: None,
+        }
+    }
+}
+
+impl Default for Dataplane {
+    fn default() -> Self {
+        Dataplane {
+            backend: Backend::Tap,
+            workers: 1,
+            cores: Vec::new(),
+            mtu: 1480,
+            host_port: "podrouter0".into(),
+            uplink: None,
+            encap: Encap::Always,
+            batch_size: 32,
+            icmp_rate: 100,
+            icmp_burst: 50,
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+fn de_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_prefixes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Smallest and largest MTU accepted (IPv4 minimum; 64 KiB minus headers).
+pub const MTU_RANGE: std::ops::RangeInclusive<u16> = 576..=65_000;
+
+fn de_mtu<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+    let v = u64::deserialize(d)?;
+    u16::try_from(v)
+        .ok()
+        .filter(|m| MTU_RANGE.contains(m))
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "mtu {v} is out of range {}..={}",
+                MTU_RANGE.start(),
+                MTU_RANGE.end()
+            ))
+        })
+}
+
+/// A configuration error: where and what.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config {}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, ", key `{key}`")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            key: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and checks config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let line = e.span().map(|s| line_of(text, s.start));
+            ConfigError {
+                file: file.into(),
+                line,
+                key: line.and_then(|l| key_on_line(text, l)),
+                message: e.message().trim().to_string(),
+            }
+        })?;
+        cfg.check().map_err(|(key, message)| ConfigError {
+            file: file.into(),
+            line: find_key_line(text, key),
+            key: Some(key.to_string()),
+            message,
+        })?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks serde cannot express. Returns the offending key.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let dp = &self.dataplane;
+        if self.node_name.is_empty() {
+            return Err(("node_name", "must not be empty".into()));
+        }
+        if self.pod_cidrs.is_empty() {
+            return Err(("pod_cidrs", "at least one pod CIDR is needed".into()));
+        }
+        for (i, a) in self.pod_cidrs.iter().enumerate() {
+            if a.len() < 8 || a.len() > 30 {
+                return Err((
+                    "pod_cidrs",
+                    format!("{a}: pod CIDRs must be between /8 and /30"),
+                ));
+            }
+            for b in &self.pod_cidrs[i + 1..] {
+                if a.contains(b.addr()) || b.contains(a.addr()) {
+                    return Err(("pod_cidrs", format!("{a} and {b} overlap")));
+                }
+            }
+        }
+        if dp.backend == Backend::Afxdp {
+            return Err((
+                "backend",
+                "the afxdp backend is not available in this build yet; use \"tap\"".into(),
+            ));
+        }
+        if dp.workers == 0 || dp.workers > 64 {
+            return Err(("workers", format!("{} is out of range 1..=64", dp.workers)));
+        }
+        if !dp.cores.is_empty() && dp.cores.len() != dp.workers {
+            return Err((
+                "cores",
+                format!(
+                    "lists {} cores for {} workers; give one core per worker or none",
+                    dp.cores.len(),
+                    dp.workers
+                ),
+            ));
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(c) = dp.cores.iter().find(|c| **c >= cpus) {
+            return Err((
+                "cores",
+                format!("core {c} does not exist (this machine has {cpus})"),
+            ));
+        }
+        if dp.host_port.is_empty() || dp.host_port.len() > 15 {
+            return Err((
+                "host_port",
+                "interface names are 1-15 characters".to_string(),
+            ));
+        }
+        if dp.batch_size == 0 || dp.batch_size > 256 {
+            return Err((
+                "batch_size",
+                format!("{} is out of range 1..=256", dp.batch_size),
+            ));
+        }
+        if dp.icmp_burst == 0 {
+            return Err(("icmp_burst", "must be at least 1".into()));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if self.routes[..i].iter().any(|o| o.prefix == r.prefix) {
+                return Err(("prefix", format!("route {} is listed twice", r.prefix)));
+            }
+            if self
+                .pod_cidrs
+                .iter()
+                .any(|c| c.contains(r.prefix.addr()) || r.prefix.contains(c.addr()))
+            {
+                return Err((
+                    "prefix",
+                    format!("route {} overlaps this node's pod_cidrs", r.prefix),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The key assigned on a given line (`key = value`), if any.
+fn key_on_line(text: &str, line: usize) -> Option<String> {
+    let l = text.lines().nth(line - 1)?;
+    let (k, _) = l.split_once('=')?;
+    let k = k.trim();
+    (!k.is_empty() && !k.starts_with('#')).then(|| k.trim_matches('"').to_string())
+}
+
+/// First line that assigns `key`.
+fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, _)| k.trim().trim_matches('"') == key)
+        })
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = r#"
+node_name = "n1"
+node_ip = "192.168.57.31"
+pod_cidrs = ["10.244.1.0/24", "10.245.0.0/26"]
+api_socket = "/tmp/p.sock"
+state_dir = "/tmp/state"
+log_level = "debug"
+
+[dataplane]
+backend = "tap"
+workers = 1
+cores = [0]
+mtu = 1480
+uplink = "eth0"
+encap = "cross-subnet"
+
+[[routes]]
+prefix = "10.22.151.0/26"
+via = "192.168.57.32"
+
+[bgp]
+asn = 64512
+[[bgp.peers]]
+address = "192.168.57.32"
+asn = 64512
+"#;
+
+    #[test]
+    fn full_config_parses() {
+        let c = Config::parse(FULL, "t.toml").unwrap();
+        assert_eq!(c.node_ip, Some(Ipv4Addr::new(192, 168, 57, 31)));
+        assert_eq!(c.pod_cidrs.len(), 2);
+        assert_eq!(c.dataplane.encap, Encap::CrossSubnet);
+        assert_eq!(c.dataplane.cores, vec![0]);
+        assert_eq!(c.routes[0].via, Ipv4Addr::new(192, 168, 57, 32));
+        assert_eq!(c.bgp.as_ref().unwrap().peers.len(), 1);
+        assert_eq!(c.bgp.unwrap().port, 179);
+    }
+
+    #[test]
+    fn empty_config_is_the_defaults() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.pod_cidrs[0].to_string(), "10.244.0.0/24");
+        assert_eq!(c.api_socket, PathBuf::from("/run/podrouter/podrouter.sock"));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/podrouter"));
+        assert_eq!(c.dataplane.mtu, 1480);
+        assert_eq!(c.dataplane.workers, 1);
+    }
+
+    fn err(text: &str) -> ConfigError {
+        Config::parse(text, "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let e = err("node_name = \"a\"\nnode_ip = \"10.0.0.300\"\n");
+        assert_eq!(e.line, Some(2));
+        assert_eq!(e.key.as_deref(), Some("node_ip"));
+        assert!(
+            e.to_string()
+                .starts_with("config t.toml line 2, key `node_ip`:"),
+            "{e}"
+        );
+
+        let e = err("pod_cidrs = [\"10.244.0.1/24\"]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("pod_cidrs")));
+        assert!(e.message.contains("host bits"), "{e}");
+
+        let e = err("[dataplane]\nmtu = 70000\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("mtu")));
+
+        let e = err("[dataplane]\nworkers = 2\ncores = [0]\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("cores")));
+
+        let e = err("\n\nnode_nmae = \"x\"\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("unknown field"), "{e}");
+
+        let e = err("[dataplane]\nencap = \"sometimes\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("encap")));
+
+        let e = err("[dataplane]\nbackend = \"afxdp\"\n");
+        assert_eq!(e.key.as_deref(), Some("backend"));
+
+        let e = err("pod_cidrs = [\"10.0.0.0/16\", \"10.0.1.0/24\"]\n");
+        assert!(e.message.contains("overlap"), "{e}");
+
+        let e = err("pod_cidrs = [\"10.244.0.0/24\"]\n[[routes]]\nprefix = \"10.244.0.0/26\"\nvia = \"1.2.3.4\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("prefix")));
+
+        let e = err("node_name = \n");
+        assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn unreadable_file_is_a_clear_error() {
+        let e = Config::load(Path::new("/nonexistent/podrouter.toml")).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+}

@@ -1,0 +1,713 @@
+//! The node daemon's state and the handlers behind every API call: pods,
+//! their ports, the FIB, the host routes and the workers.
+//!
+//! Invariants: a pod is in `pods` exactly when its port is in the port
+//! table, its /32 is in the FIB and in the host's routing table, one worker
+//! receives from it, its address is taken in IPAM and it is in the state
+//! file. Every handler either completes all of these or rolls back to where
+//! it started.
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use podrouter_api::{
+    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, Reply, Response,
+    RouteInfo, StatusInfo, API_VERSION,
+};
+use podrouter_router::counters::{self, WorkerCounters};
+use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::pipeline::PipelineConfig;
+use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
+use podrouter_router::worker::{WorkerConfig, WorkerHandle};
+use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
+
+use crate::config::{Config, MTU_RANGE};
+use crate::ipam::{Ipam, IpamError};
+use crate::podnet::{self, PodNetError};
+use crate::state::{PodRecord, StateError, StateStore};
+
+/// Directory under `state_dir` where the CNI plugin leaves detaches it
+/// could not deliver.
+pub const PENDING_DETACH_DIR: &str = "pending-detach";
+
+/// First two bytes of every pod interface MAC podrouter assigns.
+pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
+
+/// A detach the CNI plugin left for the daemon (`pending-detach/<id>`).
+#[derive(serde::Deserialize)]
+struct PendingDetach {
+    id: String,
+    #[serde(default)]
+    netns: Option<PathBuf>,
+    ifname: String,
+    #[serde(default)]
+    ip: Option<Ipv4Addr>,
+}
+
+/// MAC of the host port's kernel side (locally administered).
+pub const HOST_PORT_MAC: [u8; 6] = [0x02, 0x70, 0x72, 0x00, 0x00, 0x01];
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("host port: {0}")]
+    HostPort(PodNetError),
+    #[error("starting worker {0}: {1}")]
+    Worker(usize, std::io::Error),
+}
+
+struct Pod {
+    record: PodRecord,
+    port: PortId,
+    worker: usize,
+}
+
+pub struct Daemon {
+    cfg: Config,
+    fib: Arc<Fib>,
+    ports: Arc<ArcSwap<PortTable>>,
+    workers: Vec<WorkerHandle>,
+    pods: BTreeMap<String, Pod>,
+    ipam: Ipam,
+    store: StateStore,
+    started: Instant,
+}
+
+type CallResult = Result<Reply, (ErrorCode, String)>;
+
+impl Daemon {
+    /// Brings the node up: workers, host port, base routes, then every pod
+    /// from the state file.
+    pub fn start(cfg: Config) -> Result<Daemon, StartError> {
+        let store = StateStore::open(&cfg.state_dir)?;
+        let records = store.load()?;
+        let fib = Arc::new(Fib::new());
+        let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
+        let pipeline = PipelineConfig {
+            router_mac: ROUTER_MAC,
+            gateway_ip: GATEWAY_IP,
+            node_ip: cfg.node_ip.unwrap_or(GATEWAY_IP),
+            icmp_rate_per_sec: cfg.dataplane.icmp_rate,
+            icmp_burst: cfg.dataplane.icmp_burst,
+        };
+        if cfg.node_ip.is_none() {
+            log::warn!("node_ip is not set: ICMP errors will come from {GATEWAY_IP}");
+        }
+        let mut workers = Vec::new();
+        for id in 0..cfg.dataplane.workers {
+            let wc = WorkerConfig {
+                id,
+                core: cfg.dataplane.cores.get(id).copied(),
+                batch_size: cfg.dataplane.batch_size,
+                pipeline: pipeline.clone(),
+            };
+            workers.push(
+                WorkerHandle::spawn(wc, fib.clone(), ports.clone())
+                    .map_err(|e| StartError::Worker(id, e))?,
+            );
+        }
+        let mut d = Daemon {
+            ipam: Ipam::new(&cfg.pod_cidrs),
+            cfg,
+            fib,
+            ports,
+            workers,
+            pods: BTreeMap::new(),
+            store,
+            started: Instant::now(),
+        };
+        d.start_host_port()?;
+        d.install_base_routes();
+        d.restore(records);
+        d.store.save(&d.records())?;
+        d.process_pending_detaches();
+        if let Some(bgp) = &d.cfg.bgp {
+            log::warn!(
+                "[bgp] (asn {}, {} peers) is parsed but the BGP speaker is not implemented yet",
+                bgp.asn,
+                bgp.peers.len()
+            );
+        }
+        log::info!(
+            "node {} up: {} worker(s), pod CIDRs {}, {} pod(s) restored, API on {}",
+            d.cfg.node_name,
+            d.workers.len(),
+            d.cidrs_text().join(", "),
+            d.pods.len(),
+            d.cfg.api_socket.display()
+        );
+        Ok(d)
+    }
+
+    fn cidrs_text(&self) -> Vec<String> {
+        self.cfg.pod_cidrs.iter().map(|c| c.to_string()).collect()
+    }
+
+    fn start_host_port(&mut self) -> Result<(), StartError> {
+        let (name, mtu) = (self.cfg.dataplane.host_port.clone(), self.cfg.dataplane.mtu);
+        let tap = podnet::create_or_attach_host_port(&name, HOST_PORT_MAC, mtu)
+            .map_err(StartError::HostPort)?;
+        let info = PortInfo {
+            name: name.clone(),
+            role: PortRole::Host { mac: HOST_PORT_MAC },
+            mtu,
+        };
+        let (id, _) = self
+            .publish_port(info, Arc::new(tap))
+            .map_err(|e| StartError::HostPort(PodNetError::Other(format!("port table: {e}"))))?;
+        log::info!("host port {name} is port {}", id.0);
+        Ok(())
+    }
+
+    /// Default to the host, our own blocks unreachable unless a pod has the
+    /// address, static routes to other nodes; and the node's kernel sends
+    /// our blocks to the host port.
+    fn install_base_routes(&mut self) {
+        let mut changes = vec![FibChange::Insert(
+            Prefix::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0"),
+            NextHop::Host,
+        )];
+        for c in &self.cfg.pod_cidrs {
+            changes.push(FibChange::Insert(*c, NextHop::Unreachable));
+        }
+        for r in &self.cfg.routes {
+            changes.push(FibChange::Insert(r.prefix, NextHop::Node(r.via)));
+        }
+        self.fib.update(&changes);
+        for c in &self.cfg.pod_cidrs {
+            if let Err(e) = podnet::host_route_add(c.addr(), c.len(), &self.cfg.dataplane.host_port)
+            {
+                log::warn!(
+                    "cannot route {c} to {} on the node: {e}",
+                    self.cfg.dataplane.host_port
+                );
+            }
+        }
+    }
+
+    fn restore(&mut self, records: Vec<PodRecord>) {
+        for r in records {
+            if let Err(e) = self.ipam.reserve(r.ip) {
+                log::warn!("pod {}: dropped from state: {e}", r.id);
+                continue;
+            }
+            let tap = match podnet::attach_pod_interface(&r.netns, &r.ifname) {
+                Ok(t) => t,
+                Err(e) => {
+                    log::warn!(
+                        "pod {}: cannot re-open {} in {}: {e}; forgetting it and releasing {}",
+                        r.id,
+                        r.ifname,
+                        r.netns.display(),
+                        r.ip
+                    );
+                    self.ipam.release(r.ip);
+                    continue;
+                }
+            };
+            let id = r.id.clone();
+            match self.install(r, Arc::new(tap)) {
+                Ok(()) => log::info!("pod {id}: restored"),
+                Err((_, msg)) => log::warn!("pod {id}: cannot restore: {msg}"),
+            }
+        }
+    }
+
+    fn records(&self) -> Vec<PodRecord> {
+        self.pods.values().map(|p| p.record.clone()).collect()
+    }
+
+    /// Adds a port to the published table and hands it to the least loaded
+    /// worker; returns its id and the worker.
+    fn publish_port(
+        &mut self,
+        info: PortInfo,
+        port: Arc<dyn Port>,
+    ) -> Result<(PortId, usize), String> {
+        let table = self.ports.load_full();
+        let id = table
+            .free_id()
+            .ok_or_else(|| "the port table is full".to_string())?;
+        for w in &self.workers {
+            w.counters.reset_port(id);
+        }
+        self.ports.store(Arc::new(table.with(
+            id,
+            PortEntry {
+                info,
+                port: port.clone(),
+            },
+        )));
+        let worker = self.least_loaded_worker();
+        if let Err(e) = self.workers[worker].add_port(id, port) {
+            self.ports.store(Arc::new(self.ports.load().without(id)));
+            return Err(format!("worker {worker}: {e}"));
+        }
+        Ok((id, worker))
+    }
+
+    fn least_loaded_worker(&self) -> usize {
+        (0..self.workers.len())
+            .min_by_key(|i| self.workers[*i].port_count())
+            .unwrap_or(0)
+    }
+
+    /// Makes a pod forwardable: port, worker, FIB, host route. Rolls back
+    /// on failure.
+    fn install(&mut self, r: PodRecord, tap: Arc<dyn Port>) -> Result<(), (ErrorCode, String)> {
+        let info = PortInfo {
+            name: format!("{}@{}", r.ifname, r.id),
+            role: PortRole::Pod {
+                ip: r.ip,
+                mac: r.mac,
+            },
+            mtu: r.mtu,
+        };
+        let (port, worker) = self
+            .publish_port(info, tap)
+            .map_err(|e| (ErrorCode::Internal, e))?;
+        let host = Prefix::new(r.ip, 32).expect("/32");
+        self.fib
+            .update(&[FibChange::Insert(host, NextHop::Local(port))]);
+        if let Err(e) = podnet::host_route_add(r.ip, 32, &self.cfg.dataplane.host_port) {
+            self.fib.update(&[FibChange::Remove(host)]);
+            let _ = self.workers[worker].remove_port(port);
+            self.ports.store(Arc::new(self.ports.load().without(port)));
+            return Err((ErrorCode::Internal, format!("host route to {}: {e}", r.ip)));
+        }
+        self.pods.insert(
+            r.id.clone(),
+            Pod {
+                record: r,
+                port,
+                worker,
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops forwarding for a pod and removes its routes; the interface and
+    /// the address are the caller's business.
+    fn uninstall(&mut self, id: &str) -> Option<PodRecord> {
+        let pod = self.pods.remove(id)?;
+        if let Err(e) = self.workers[pod.worker].remove_port(pod.port) {
+            log::warn!("pod {id}: worker {}: {e}", pod.worker);
+        }
+        self.fib.update(&[FibChange::Remove(
+            Prefix::new(pod.record.ip, 32).expect("/32"),
+        )]);
+        self.ports
+            .store(Arc::new(self.ports.load().without(pod.port)));
+        if let Err(e) = podnet::host_route_del(pod.record.ip, 32, &self.cfg.dataplane.host_port) {
+            log::warn!("pod {id}: removing host route: {e}");
+        }
+        Some(pod.record)
+    }
+
+    /// Housekeeping between events: frees FIB snapshots readers have let go.
+    pub fn tick(&mut self) {
+        self.fib.reclaim();
+    }
+
+    /// Answers one API call.
+    pub fn handle(&mut self, call: Call) -> Response {
+        let result = match call {
+            Call::Status => Ok(Reply::Status(self.status())),
+            Call::ListPods => Ok(Reply::Pods(
+                self.pods.values().map(|p| self.pod_info(p)).collect(),
+            )),
+            Call::Attach(p) => self.attach(p),
+            Call::Detach(p) => self.detach(&p.id, p.netns.as_deref().zip(p.ifname.as_deref())),
+            Call::Routes => Ok(Reply::Routes(self.routes())),
+            Call::Counters => Ok(Reply::Counters(self.counters())),
+        };
+        match result {
+            Ok(r) => Response::ok(r),
+            Err((code, msg)) => Response::err(code, msg),
+        }
+    }
+
+    fn status(&self) -> StatusInfo {
+        StatusInfo {
+            node_name: self.cfg.node_name.clone(),
+            node_ip: self.cfg.node_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+            pod_cidrs: self.cidrs_text(),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            api_version: API_VERSION,
+            backend: self.cfg.dataplane.backend.to_string(),
+            encap: self.cfg.dataplane.encap.to_string(),
+            workers: self.workers.len(),
+            pods: self.pods.len(),
+            routes: self.fib.load().len(),
+            free_addresses: self.ipam.free(),
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
+    }
+
+    fn pod_info(&self, p: &Pod) -> PodInfo {
+        let r = &p.record;
+        PodInfo {
+            id: r.id.clone(),
+            netns: r.netns.display().to_string(),
+            ifname: r.ifname.clone(),
+            ip: r.ip,
+            mac: mac_text(r.mac),
+            mtu: r.mtu,
+            port: p.port.0,
+            worker: p.worker,
+        }
+    }
+
+    fn attach(&mut self, p: AttachParams) -> CallResult {
+        validate_id(&p.id).map_err(|m| (ErrorCode::BadRequest, m))?;
+        validate_ifname(&p.ifname).map_err(|m| (ErrorCode::BadRequest, m))?;
+        if self.pods.contains_key(&p.id) {
+            return Err((
+                ErrorCode::AlreadyExists,
+                format!("pod {} is already attached", p.id),
+            ));
+        }
+        let netns = PathBuf::from(&p.netns);
+        if !netns.is_absolute() || !netns.exists() {
+            return Err((
+                ErrorCode::NetnsNotFound,
+                format!("network namespace {} does not exist", p.netns),
+            ));
+        }
+        let mtu = p.mtu.unwrap_or(self.cfg.dataplane.mtu);
+        if !MTU_RANGE.contains(&mtu) {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "mtu {mtu} is out of range {}..={}",
+                    MTU_RANGE.start(),
+                    MTU_RANGE.end()
+                ),
+            ));
+        }
+        let ip = match p.ip {
+            Some(ip) => self.ipam.reserve(ip).map(|()| ip),
+            None => self.ipam.allocate(),
+        }
+        .map_err(|e: IpamError| (ErrorCode::AddressUnavailable, e.to_string()))?;
+        let record = PodRecord {
+            id: p.id.clone(),
+            netns,
+            ifname: p.ifname.clone(),
+            ip,
+            mac: pod_mac(ip),
+            mtu,
+        };
+        let spec = podnet::PodInterfaceSpec {
+            netns: record.netns.clone(),
+            ifname: record.ifname.clone(),
+            ip,
+            mtu,
+            mac: record.mac,
+        };
+        let tap = match podnet::create_pod_interface(&spec) {
+            Ok(t) => t,
+            Err(e) => {
+                self.ipam.release(ip);
+                let code = match e {
+                    PodNetError::InterfaceExists { .. } => ErrorCode::AlreadyExists,
+                    PodNetError::NetnsNotFound { .. } => ErrorCode::NetnsNotFound,
+                    _ => ErrorCode::Internal,
+                };
+                return Err((code, format!("pod {}: {e}", p.id)));
+            }
+        };
+        if let Err(e) = self.install(record.clone(), Arc::new(tap)) {
+            self.discard_interface(&record);
+            self.ipam.release(ip);
+            return Err(e);
+        }
+        if let Err(e) = self.store.save(&self.records()) {
+            self.uninstall(&record.id);
+            self.discard_interface(&record);
+            self.ipam.release(ip);
+            return Err((
+                ErrorCode::Internal,
+                format!("pod {}: not attached: {e}", record.id),
+            ));
+        }
+        log::info!(
+            "pod {}: attached {} {}/32 in {} (port {})",
+            record.id,
+            record.ifname,
+            ip,
+            record.netns.display(),
+            self.pods[&record.id].port.0
+        );
+        Ok(Reply::Pod(self.pod_info(&self.pods[&record.id])))
+    }
+
+    fn discard_interface(&self, r: &PodRecord) {
+        if let Err(e) = podnet::delete_pod_interface(&r.netns, &r.ifname) {
+            log::warn!("pod {}: removing {}: {e}", r.id, r.ifname);
+        }
+    }
+
+    /// Detaches a known pod; for an unknown id with `orphan` (netns, ifname)
+    /// given, removes a podrouter interface left there by an attach that
+    /// was cut short (a crash between creating it and saving the state).
+    fn detach(&mut self, id: &str, orphan: Option<(&str, &str)>) -> CallResult {
+        let Some(record) = self.uninstall(id) else {
+            let Some((netns, ifname)) = orphan else {
+                return Err((ErrorCode::NotFound, format!("no pod with id {id}")));
+            };
+            validate_ifname(ifname).map_err(|m| (ErrorCode::BadRequest, m))?;
+            return match self.delete_orphan_interface(Path::new(netns), ifname) {
+                Ok(removed) => {
+                    if removed {
+                        log::info!("{id}: removed orphaned interface {ifname} in {netns}");
+                    }
+                    Ok(Reply::Detached { id: id.to_string() })
+                }
+                Err(e) => Err((ErrorCode::Internal, format!("{id}: {e}"))),
+            };
+        };
+        self.discard_interface(&record);
+        self.ipam.release(record.ip);
+        if let Err(e) = self.store.save(&self.records()) {
+            // The pod is gone from the data plane; the next save or start
+            // will drop it from the file (its netns interface is gone too).
+            log::error!("pod {id}: detached but the state file was not updated: {e}");
+        }
+        log::info!("pod {id}: detached, released {}", record.ip);
+        Ok(Reply::Detached { id: id.to_string() })
+    }
+
+    /// Removes `ifname` in `netns` if it is a pod interface podrouter made
+    /// (MAC 0a:58:...) and no known pod owns it. Returns whether it did.
+    fn delete_orphan_interface(&self, netns: &Path, ifname: &str) -> Result<bool, String> {
+        let owned = self
+            .pods
+            .values()
+            .any(|p| p.record.netns == netns && p.record.ifname == ifname);
+        if owned || !netns.exists() {
+            return Ok(false);
+        }
+        let link = crate::netns::run_in_netns(netns, || {
+            crate::netlink::Netlink::open().and_then(|mut nl| nl.link_get(ifname))
+        })
+        .and_then(|r| r)
+        .map_err(|e| format!("looking for {ifname} in {}: {e}", netns.display()))?;
+        match link {
+            Some(l) if l.mac.is_some_and(|m| m[..2] == POD_MAC_PREFIX) => {
+                podnet::delete_pod_interface(netns, ifname).map_err(|e| e.to_string())?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Finishes detaches the CNI plugin could not deliver while the daemon
+    /// was down: one JSON file per attachment in `state_dir/pending-detach`
+    /// (see cni/README.md). Each file is removed once handled; one that
+    /// cannot be parsed is renamed `.bad-<name>` and kept for inspection.
+    fn process_pending_detaches(&mut self) {
+        let dir = self.cfg.state_dir.join(PENDING_DETACH_DIR);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                log::warn!("pending detaches in {}: {e}", dir.display());
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            let pending = std::fs::read_to_string(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|t| serde_json::from_str::<PendingDetach>(&t).map_err(|e| e.to_string()));
+            let p = match pending {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warn!(
+                        "pending detach {}: unreadable ({e}); kept as .bad-{name}",
+                        path.display()
+                    );
+                    let _ = std::fs::rename(&path, dir.join(format!(".bad-{name}")));
+                    continue;
+                }
+            };
+            let matches = self.pods.get(&p.id).map(|pod| {
+                p.netns.as_ref().is_none_or(|n| *n == pod.record.netns)
+                    && p.ip.is_none_or(|ip| ip == pod.record.ip)
+            });
+            let outcome = match matches {
+                Some(true) => self.detach(&p.id, None).map(|_| "detached"),
+                Some(false) => Ok("id now belongs to another attachment; left alone"),
+                None => match &p.netns {
+                    Some(netns) => self
+                        .detach(&p.id, Some((&netns.display().to_string(), &p.ifname)))
+                        .map(|_| "no such pod; leftover interface removed if any"),
+                    None => Ok("no such pod"),
+                },
+            };
+            match outcome {
+                Ok(what) => log::info!("pending detach {}: {what}", p.id),
+                Err((_, e)) => log::warn!("pending detach {}: {e}", p.id),
+            }
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("pending detach {}: cannot remove: {e}", path.display());
+            }
+        }
+    }
+
+    fn routes(&self) -> Vec<RouteInfo> {
+        let ports = self.ports.load();
+        self.fib
+            .load()
+            .routes()
+            .into_iter()
+            .map(|(prefix, nh)| {
+                let (next_hop, port, via) = match nh {
+                    NextHop::Local(id) => (
+                        "local",
+                        Some(
+                            ports
+                                .get(id)
+                                .map_or_else(|| format!("port{}", id.0), |e| e.info.name.clone()),
+                        ),
+                        None,
+                    ),
+                    NextHop::Host => ("host", Some(self.cfg.dataplane.host_port.clone()), None),
+                    NextHop::Node(ip) => ("node", None, Some(ip)),
+                    NextHop::Unreachable => ("unreachable", None, None),
+                };
+                RouteInfo {
+                    prefix: prefix.to_string(),
+                    next_hop: next_hop.into(),
+                    port,
+                    via,
+                }
+            })
+            .collect()
+    }
+
+    fn counters(&self) -> CountersInfo {
+        let all: Vec<&WorkerCounters> = self.workers.iter().map(|w| &**w.counters).collect();
+        let s = counters::sum(all.iter().copied());
+        let ports = self.ports.load();
+        CountersInfo {
+            workers: self.workers.len(),
+            rx: s.rx,
+            tx: s.tx,
+            sleeps: s.sleeps,
+            arp_replies: s.arp_replies,
+            icmp_sent: s.icmp_sent,
+            icmp_rate_limited: s.icmp_rate_limited,
+            drops: s
+                .drops
+                .iter()
+                .map(|(r, n)| (r.name().to_string(), *n))
+                .collect(),
+            ports: ports
+                .iter()
+                .map(|(id, e)| {
+                    let p = counters::sum_port(all.iter().copied(), id);
+                    PortCountersInfo {
+                        port: id.0,
+                        name: e.info.name.clone(),
+                        rx_packets: p.rx_packets,
+                        rx_bytes: p.rx_bytes,
+                        tx_packets: p.tx_packets,
+                        tx_bytes: p.tx_bytes,
+                        drops: p.drops,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the workers. Pod interfaces (persistent TAPs), host routes and
+    /// the state file stay, so a restart picks everything up again.
+    pub fn shutdown(mut self) {
+        for w in &mut self.workers {
+            w.stop();
+        }
+        log::info!(
+            "stopped; {} pod(s) kept for the next start",
+            self.pods.len()
+        );
+    }
+
+    pub fn api_socket(&self) -> &Path {
+        &self.cfg.api_socket
+    }
+}
+
+/// The MAC a pod interface gets: 0a:58 and its IPv4 address (as Kubernetes
+/// bridge plugins do), so it is stable across restarts and readable.
+pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [POD_MAC_PREFIX[0], POD_MAC_PREFIX[1], o[0], o[1], o[2], o[3]]
+}
+
+pub fn mac_text(m: [u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        m[0], m[1], m[2], m[3], m[4], m[5]
+    )
+}
+
+fn validate_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 255
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    ok.then_some(()).ok_or_else(|| {
+        format!("pod id {id:?} must be 1-255 characters of letters, digits, '.', '_', ':' or '-'")
+    })
+}
+
+fn validate_ifname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
+    ok.then_some(()).ok_or_else(|| {
+        format!("interface name {name:?} must be 1-15 printable characters without '/' or ':'")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_id("abc-1.2_x").is_ok());
+        assert!(validate_id("cni:abc123:eth0").is_ok());
+        for bad in ["", "a b", "a/b", &"x".repeat(256)] {
+            assert!(validate_id(bad).is_err(), "{bad}");
+        }
+        assert!(validate_ifname("eth0").is_ok());
+        for bad in ["", "a/b", "a:b", "..", "toolonginterface", "a b"] {
+            assert!(validate_ifname(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pod_mac_embeds_the_address() {
+        assert_eq!(
+            mac_text(pod_mac(Ipv4Addr::new(10, 244, 0, 2))),
+            "0a:58:0a:f4:00:02"
+        );
+    }
+}

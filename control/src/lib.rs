@@ -1,0 +1,19 @@
+//! podrouter's control plane: config, IPAM, persisted state, pod and host
+//! interface plumbing (netlink, netns, TAP), the API server and the daemon
+//! that ties them to the data plane.
+//!
+//! `unsafe` lives only in [`sys`].
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod daemon;
+pub mod ipam;
+pub mod logger;
+pub mod netlink;
+pub mod netns;
+pub mod podnet;
+pub mod server;
+pub mod state;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod table;

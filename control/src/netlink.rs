@@ -1,0 +1,731 @@
+//! A small synchronous rtnetlink client: links, IPv4 addresses and IPv4
+//! routes in the main table, one request at a time.
+//!
+//! A [`Netlink`] socket belongs to the network namespace of the thread that
+//! opened it (see [`crate::netns::run_in_netns`] to open one elsewhere) and
+//! keeps acting there whichever thread uses it later.
+//!
+//! Invariants:
+//! - Every change is sent with `NLM_F_ACK` and returns only once the kernel
+//!   has acknowledged it; a refusal becomes an `io::Error` whose message
+//!   names the operation and the interface (index and, when it still exists,
+//!   name) and carries the kernel's extended-ack text when it gives one.
+//!   The errno stays reachable through [`errno`].
+//! - Routes podrouter installs carry the protocol [`RTPROT_PODROUTER`] (77)
+//!   so operators (`ip route show proto 77`) and podrouter itself can tell
+//!   them from everyone else's; [`Netlink::route_delete`] only removes routes
+//!   of that protocol.
+//! - Replies are matched by sequence number; stray messages are skipped.
+//!
+//! Messages are built with netlink-packet-route's types, except the parsing
+//! of extended-ack attributes in error replies, which netlink-packet-core
+//! 0.7 leaves as raw bytes (done by hand in [`ext_ack_message`]).
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REPLACE, NLM_F_REQUEST,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+
+/// Routing protocol number podrouter's routes carry (`ip route ... proto
+/// 77`). Unassigned in iproute2's `rt_protos` (Calico's Felix uses 80, BIRD
+/// 12); add `77 podrouter` to `/etc/iproute2/rt_protos.d/podrouter.conf` to
+/// see it by name.
+pub const RTPROT_PODROUTER: u8 = 77;
+
+/// `NLM_F_CAPPED`: the error reply carries only the request's header.
+const NLM_F_CAPPED: u16 = 0x100;
+/// `NLM_F_ACK_TLVS`: the error reply carries extended-ack attributes.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// `NLMSGERR_ATTR_MSG`: extended-ack attribute holding a text message.
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSG_HDRLEN: usize = 16;
+
+/// The kernel refused a request.
+#[derive(Debug)]
+pub struct NetlinkError {
+    /// What was asked, for whom (e.g. "set MTU 1500 on link 7 (eth0)").
+    pub op: String,
+    /// The positive errno the kernel answered with.
+    pub errno: i32,
+    /// The kernel's extended-ack message, if it sent one.
+    pub kernel_msg: Option<String>,
+}
+
+impl fmt::Display for NetlinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "netlink: {}: {}",
+            self.op,
+            io::Error::from_raw_os_error(self.errno)
+        )?;
+        if let Some(m) = &self.kernel_msg {
+            write!(f, " (kernel: {m})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for NetlinkError {}
+
+/// The errno behind `e`, whether it is a raw OS error or a [`NetlinkError`].
+pub fn errno(e: &io::Error) -> Option<i32> {
+    e.raw_os_error().or_else(|| {
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<NetlinkError>())
+            .map(|n| n.errno)
+    })
+}
+
+/// A failure inside one request/response exchange, before it gets context.
+enum TxError {
+    Kernel { errno: i32, msg: Option<String> },
+    Io(io::Error),
+}
+
+impl TxError {
+    fn with_op(self, op: String) -> io::Error {
+        match self {
+            TxError::Kernel { errno, msg } => io::Error::new(
+                io::Error::from_raw_os_error(errno).kind(),
+                NetlinkError {
+                    op,
+                    errno,
+                    kernel_msg: msg,
+                },
+            ),
+            TxError::Io(e) => io::Error::new(e.kind(), format!("netlink: {op}: {e}")),
+        }
+    }
+
+    fn errno(&self) -> Option<i32> {
+        match self {
+            TxError::Kernel { errno, .. } => Some(*errno),
+            TxError::Io(e) => e.raw_os_error(),
+        }
+    }
+}
+
+/// One network interface as the kernel reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    /// The hardware address, when it is a 6-byte Ethernet address.
+    pub mac: Option<[u8; 6]>,
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+}
+
+/// An IPv4 address on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrInfo {
+    pub index: u32,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// Route scope, as `ip route ... scope X` spells it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Reached through a gateway (or anywhere): `scope global`.
+    Universe,
+    /// Directly on the link: `scope link`.
+    Link,
+    /// This host: `scope host`.
+    Host,
+    Other(u8),
+}
+
+impl From<Scope> for RouteScope {
+    fn from(s: Scope) -> RouteScope {
+        match s {
+            Scope::Universe => RouteScope::Universe,
+            Scope::Link => RouteScope::Link,
+            Scope::Host => RouteScope::Host,
+            Scope::Other(v) => RouteScope::from(v),
+        }
+    }
+}
+
+impl From<RouteScope> for Scope {
+    fn from(s: RouteScope) -> Scope {
+        match s {
+            RouteScope::Universe => Scope::Universe,
+            RouteScope::Link => Scope::Link,
+            RouteScope::Host => Scope::Host,
+            other => Scope::Other(u8::from(other)),
+        }
+    }
+}
+
+/// A unicast IPv4 route in the main table with one next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Route {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    /// Output interface index (0: none, only valid with a gateway).
+    pub oif: u32,
+    pub scope: Scope,
+    /// `onlink`: the gateway is on `oif` even without a covering route.
+    pub onlink: bool,
+}
+
+impl fmt::Display for Ipv4Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.dst, self.prefix_len)?;
+        if let Some(g) = self.gateway {
+            write!(f, " via {g}")?;
+        }
+        if self.oif != 0 {
+            write!(f, " dev #{}", self.oif)?;
+        }
+        if self.scope == Scope::Link {
+            write!(f, " scope link")?;
+        }
+        if self.onlink {
+            write!(f, " onlink")?;
+        }
+        Ok(())
+    }
+}
+
+/// A route read back from the main table, with its protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub route: Ipv4Route,
+    pub protocol: u8,
+}
+
+/// A synchronous rtnetlink socket in one network namespace.
+pub struct Netlink {
+    sock: Socket,
+    seq: u32,
+}
+
+impl fmt::Debug for Netlink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Netlink")
+            .field("fd", &self.sock.as_raw_fd())
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+fn ctx(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("netlink: {what}: {e}"))
+}
+
+/// Text of the `NLMSGERR_ATTR_MSG` attribute in an error reply's payload
+/// (after the errno): the request's header (whole request unless
+/// `NLM_F_CAPPED`), then attributes if `NLM_F_ACK_TLVS`.
+fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
+    if flags & NLM_F_ACK_TLVS == 0 || payload.len() < NLMSG_HDRLEN {
+        return None;
+    }
+    let skip = if flags & NLM_F_CAPPED != 0 {
+        NLMSG_HDRLEN
+    } else {
+        let len = u32::from_ne_bytes(payload[0..4].try_into().ok()?) as usize;
+        len.checked_add(3)? & !3
+    };
+    let mut attrs = payload.get(skip..)?;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NLMSGERR_ATTR_MSG {
+            let text = &attrs[4..len];
+            let text = text.split(|&b| b == 0).next().unwrap_or(text);
+            return Some(String::from_utf8_lossy(text).into_owned());
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
+    }
+    None
+}
+
+fn link_info(m: &LinkMessage) -> LinkInfo {
+    let mut l = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: None,
+        up: m.header.flags.contains(LinkFlags::Up),
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n.clone(),
+            LinkAttribute::Mtu(v) => l.mtu = *v,
+            LinkAttribute::Address(b) => l.mac = b.as_slice().try_into().ok(),
+            _ => {}
+        }
+    }
+    l
+}
+
+fn route_message(r: &Ipv4Route, protocol: u8, delete: bool) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::Inet;
+    m.header.destination_prefix_length = r.prefix_len;
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::from(protocol);
+    m.header.kind = RouteType::Unicast;
+    // On delete, scope "nowhere" is the kernel's wildcard.
+    m.header.scope = if delete {
+        RouteScope::NoWhere
+    } else {
+        r.scope.into()
+    };
+    if r.onlink {
+        m.header.flags = RouteFlags::Onlink;
+    }
+    if r.prefix_len > 0 {
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(r.dst)));
+    }
+    if let Some(g) = r.gateway {
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::Inet(g)));
+    }
+    if r.oif != 0 {
+        m.attributes.push(RouteAttribute::Oif(r.oif));
+    }
+    m
+}
+
+fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
+    if m.header.address_family != AddressFamily::Inet || m.header.kind != RouteType::Unicast {
+        return None;
+    }
+    let mut table = u32::from(m.header.table);
+    let mut r = Ipv4Route {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix_len: m.header.destination_prefix_length,
+        gateway: None,
+        oif: 0,
+        scope: m.header.scope.into(),
+        onlink: m.header.flags.contains(RouteFlags::Onlink),
+    };
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(RouteAddress::Inet(d)) => r.dst = *d,
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
+            RouteAttribute::Oif(i) => r.oif = *i,
+            RouteAttribute::Table(t) => table = *t,
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)).then_some(RouteEntry {
+        route: r,
+        protocol: u8::from(m.header.protocol),
+    })
+}
+
+impl Netlink {
+    /// Opens an rtnetlink socket in the calling thread's network namespace.
+    pub fn open() -> io::Result<Netlink> {
+        let mut sock = Socket::new(NETLINK_ROUTE).map_err(|e| ctx(e, "open socket"))?;
+        sock.bind_auto().map_err(|e| ctx(e, "bind socket"))?;
+        // Error replies: only the request's header back, plus the kernel's
+        // explanation. Both are best effort (old kernels lack them).
+        let _ = sock.set_cap_ack(true);
+        let _ = sock.set_ext_ack(true);
+        Ok(Netlink { sock, seq: 0 })
+    }
+
+    /// Sends one request and collects the replies up to the ACK (or, for a
+    /// dump, `NLMSG_DONE`).
+    fn transact(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, TxError> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | flags;
+        header.sequence_number = seq;
+        let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        self.sock
+            .send_to(&buf, &SocketAddr::new(0, 0), 0)
+            .map_err(TxError::Io)?;
+
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self.sock.recv_from_full().map_err(TxError::Io)?;
+            let mut off = 0;
+            while data.len() - off >= NLMSG_HDRLEN {
+                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+                if len < NLMSG_HDRLEN || len > data.len() - off {
+                    return Err(TxError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("truncated reply message (length {len})"),
+                    )));
+                }
+                let raw = &data[off..off + len];
+                off += (len + 3) & !3;
+                let seq_of = u32::from_ne_bytes(raw[8..12].try_into().unwrap());
+                if seq_of != seq {
+                    continue; // a leftover of an earlier, abandoned request
+                }
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map_err(|e| {
+                    TxError::Io(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("cannot parse reply: {e}"),
+                    ))
+                })?;
+                match m.payload {
+                    NetlinkPayload::InnerMessage(i) => out.push(i),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(code) => Err(TxError::Kernel {
+                                errno: code.get().abs(),
+                                msg: ext_ack_message(m.header.flags, &e.header),
+                            }),
+                        };
+                    }
+                    NetlinkPayload::Done(d) => {
+                        return if d.code == 0 {
+                            Ok(out)
+                        } else {
+                            Err(TxError::Kernel {
+                                errno: d.code.abs(),
+                                msg: None,
+                            })
+                        };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// A request that must be acknowledged; errors get `op` as context.
+    fn ack(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        op: impl FnOnce() -> String,
+    ) -> io::Result<()> {
+        self.transact(msg, NLM_F_ACK | flags)
+            .map(drop)
+            .map_err(|e| e.with_op(op()))
+    }
+
+    /// A change to link `index`; errors name the link (and its name, if it
+    /// still has one).
+    fn link_change(&mut self, msg: LinkMessage, what: &str) -> io::Result<()> {
+        let index = msg.header.index;
+        match self.transact(RouteNetlinkMessage::NewLink(msg), NLM_F_ACK) {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let name = match self.link_by_index(index) {
+                    Ok(Some(l)) => format!(" ({})", l.name),
+                    _ => String::new(),
+                };
+                Err(e.with_op(format!("{what} on link {index}{name}")))
+            }
+        }
+    }
+
+    fn get_link(
+        &mut self,
+        msg: LinkMessage,
+        op: impl FnOnce() -> String,
+    ) -> io::Result<Option<LinkInfo>> {
+        match self.transact(RouteNetlinkMessage::GetLink(msg), NLM_F_ACK) {
+            Ok(replies) => Ok(replies.iter().find_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
+                _ => None,
+            })),
+            Err(e) if e.errno() == Some(libc::ENODEV) => Ok(None),
+            Err(e) => Err(e.with_op(op())),
+        }
+    }
+
+    /// The interface called `name`, if there is one.
+    pub fn link_get(&mut self, name: &str) -> io::Result<Option<LinkInfo>> {
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.get_link(m, || format!("look up link {name}"))
+    }
+
+    /// The interface with index `index`, if there is one.
+    pub fn link_by_index(&mut self, index: u32) -> io::Result<Option<LinkInfo>> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        self.get_link(m, || format!("look up link {index}"))
+    }
+
+    /// Index of the interface called `name`, if there is one.
+    pub fn link_index(&mut self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self.link_get(name)?.map(|l| l.index))
+    }
+
+    /// Every interface in this namespace.
+    pub fn links(&mut self) -> io::Result<Vec<LinkInfo>> {
+        let replies = self
+            .transact(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
+            .map_err(|e| e.with_op("list links".into()))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn link_msg(index: u32) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m
+    }
+
+    /// `ip link set dev INDEX up`.
+    pub fn link_set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.link_change(m, "set up")
+    }
+
+    /// `ip link set dev INDEX down`.
+    pub fn link_set_down(&mut self, index: u32) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.header.change_mask = LinkFlags::Up;
+        self.link_change(m, "set down")
+    }
+
+    /// `ip link set dev INDEX mtu MTU`.
+    pub fn link_set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.link_change(m, &format!("set MTU {mtu}"))
+    }
+
+    /// `ip link set dev INDEX address MAC`.
+    pub fn link_set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        self.link_change(m, &format!("set MAC {}", fmt_mac(&mac)))
+    }
+
+    /// Moves link `index` into the network namespace `netns` and names it
+    /// `new_name` there, in one `RTM_NEWLINK` (`IFLA_NET_NS_FD` +
+    /// `IFLA_IFNAME`). The kernel moves first, then renames inside the
+    /// target; if the rename fails (name taken) the link has moved already
+    /// and keeps its old name there. The link must be down to be renamed.
+    pub fn link_move_to_netns(
+        &mut self,
+        index: u32,
+        netns: BorrowedFd<'_>,
+        new_name: &str,
+    ) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
+        m.attributes
+            .push(LinkAttribute::IfName(new_name.to_string()));
+        self.link_change(m, &format!("move to another namespace as {new_name}"))
+    }
+
+    /// `ip link del dev INDEX`.
+    pub fn link_delete(&mut self, index: u32) -> io::Result<()> {
+        let m = Self::link_msg(index);
+        let name = match self.link_by_index(index) {
+            Ok(Some(l)) => format!(" ({})", l.name),
+            _ => String::new(),
+        };
+        self.ack(RouteNetlinkMessage::DelLink(m), 0, || {
+            format!("delete link {index}{name}")
+        })
+    }
+
+    /// `ip addr add IP/PREFIX_LEN dev INDEX` (fails with `EEXIST` if present).
+    pub fn addr_add(&mut self, index: u32, ip: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        let mut m = AddressMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.prefix_len = prefix_len;
+        m.header.scope = AddressScope::Universe;
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(IpAddr::V4(ip)));
+        m.attributes.push(AddressAttribute::Address(IpAddr::V4(ip)));
+        self.ack(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("add address {ip}/{prefix_len} to link {index}"),
+        )
+    }
+
+    /// Every IPv4 address in this namespace.
+    pub fn addrs_v4(&mut self) -> io::Result<Vec<AddrInfo>> {
+        let mut req = AddressMessage::default();
+        req.header.family = AddressFamily::Inet;
+        let replies = self
+            .transact(RouteNetlinkMessage::GetAddress(req), NLM_F_DUMP)
+            .map_err(|e| e.with_op("list addresses".into()))?;
+        let mut out = Vec::new();
+        for r in &replies {
+            let RouteNetlinkMessage::NewAddress(a) = r else {
+                continue;
+            };
+            if a.header.family != AddressFamily::Inet {
+                continue;
+            }
+            let mut ip = None;
+            for attr in &a.attributes {
+                match attr {
+                    AddressAttribute::Local(IpAddr::V4(v)) => ip = Some(*v),
+                    AddressAttribute::Address(IpAddr::V4(v)) if ip.is_none() => ip = Some(*v),
+                    _ => {}
+                }
+            }
+            if let Some(ip) = ip {
+                out.push(AddrInfo {
+                    index: a.header.index,
+                    ip,
+                    prefix_len: a.header.prefix_len,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace ROUTE proto 77` in the main table.
+    pub fn route_replace(&mut self, route: &Ipv4Route) -> io::Result<()> {
+        let m = route_message(route, RTPROT_PODROUTER, false);
+        self.ack(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("replace route {route}"),
+        )
+    }
+
+    /// `ip route del ROUTE proto 77` in the main table: removes the route
+    /// to `dst/prefix_len` only if podrouter installed it (and, when given,
+    /// only with that gateway and output interface). `ESRCH` if there is
+    /// none.
+    pub fn route_delete(&mut self, route: &Ipv4Route) -> io::Result<()> {
+        let m = route_message(route, RTPROT_PODROUTER, true);
+        self.ack(RouteNetlinkMessage::DelRoute(m), 0, || {
+            format!("delete route {route}")
+        })
+    }
+
+    /// Every unicast IPv4 route in the main table.
+    pub fn routes_v4(&mut self) -> io::Result<Vec<RouteEntry>> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = AddressFamily::Inet;
+        let replies = self
+            .transact(RouteNetlinkMessage::GetRoute(req), NLM_F_DUMP)
+            .map_err(|e| e.with_op("list routes".into()))?;
+        Ok(replies
+            .iter()
+            .filter_map(|r| match r {
+                RouteNetlinkMessage::NewRoute(m) => route_entry(m),
+                _ => None,
+            })
+            .collect())
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext_ack_text_is_found_after_a_capped_header() {
+        let mut p = vec![0u8; NLMSG_HDRLEN];
+        let text = b"Device not found\0";
+        let len = (4 + text.len()) as u16;
+        p.extend_from_slice(&len.to_ne_bytes());
+        p.extend_from_slice(&NLMSGERR_ATTR_MSG.to_ne_bytes());
+        p.extend_from_slice(text);
+        let flags = NLM_F_CAPPED | NLM_F_ACK_TLVS;
+        assert_eq!(
+            ext_ack_message(flags, &p).as_deref(),
+            Some("Device not found")
+        );
+        assert_eq!(ext_ack_message(NLM_F_CAPPED, &p), None);
+        assert_eq!(ext_ack_message(flags, &p[..10]), None);
+    }
+
+    #[test]
+    fn errno_is_recovered_from_context_errors() {
+        let e = TxError::Kernel {
+            errno: libc::EEXIST,
+            msg: None,
+        }
+        .with_op("add address 10.0.0.1/32 to link 3".into());
+        assert_eq!(errno(&e), Some(libc::EEXIST));
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert!(e.to_string().contains("link 3"), "{e}");
+        assert_eq!(
+            errno(&io::Error::from_raw_os_error(libc::ENODEV)),
+            Some(libc::ENODEV)
+        );
+    }
+
+    #[test]
+    fn route_display_reads_like_ip_route() {
+        let r = Ipv4Route {
+            dst: Ipv4Addr::UNSPECIFIED,
+            prefix_len: 0,
+            gateway: Some(Ipv4Addr::new(169, 254, 1, 1)),
+            oif: 4,
+            scope: Scope::Universe,
+            onlink: true,
+        };
+        assert_eq!(r.to_string(), "0.0.0.0/0 via 169.254.1.1 dev #4 onlink");
+    }
+
+    /// Reads this namespace over netlink; works unprivileged.
+    #[test]
+    fn loopback_is_listed() {
+        let mut nl = Netlink::open().unwrap();
+        let lo = nl.link_get("lo").unwrap().expect("lo");
+        assert_eq!(nl.link_index("lo").unwrap(), Some(lo.index));
+        assert_eq!(nl.link_by_index(lo.index).unwrap().unwrap().name, "lo");
+        assert!(nl.links().unwrap().iter().any(|l| l.name == "lo"));
+        assert_eq!(nl.link_index("prt-nonexist0").unwrap(), None);
+        nl.addrs_v4().unwrap();
+        nl.routes_v4().unwrap();
+        if !crate::sys::is_root() {
+            return;
+        }
+        let e = nl.link_set_mtu(0x7fff_fff0, 1500).unwrap_err();
+        assert_eq!(errno(&e), Some(libc::ENODEV), "{e}");
+        assert!(e.to_string().contains("set MTU 1500 on link"), "{e}");
+    }
+}

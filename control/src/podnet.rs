@@ -1,0 +1,1076 @@
+//! Pod and host interface plumbing: the TAP that is a pod's `eth0`, the host
+//! port `podrouter0`, and the node routes that send pod traffic into the
+//! router.
+//!
+//! A pod interface is a persistent TAP created in the node namespace under
+//! a temporary name (`prt` + 8 hex digits), given its MAC and MTU, moved into
+//! the pod's namespace under its final name (one netlink request), then
+//! brought up with Calico's addressing: `IP/32`, `169.254.1.1 dev IFNAME
+//! scope link`, `default via 169.254.1.1 dev IFNAME` (routes with protocol
+//! [`RTPROT_PODROUTER`]). The returned [`TapPort`]'s descriptor keeps working
+//! after the move.
+//!
+//! Invariants:
+//! - Never a half-made interface: if any step of a creation fails, the TAP
+//!   is deleted over netlink wherever it is by then (node or pod
+//!   namespace), and made non-persistent and closed, so the kernel deletes
+//!   it in any case once the descriptor is released.
+//! - Nothing here changes the calling thread's namespace: pod-side work runs
+//!   on a scoped thread ([`run_in_netns_fd`]); node-side work runs in the
+//!   caller's namespace (the node's, in podrouterd).
+//! - Deletion is idempotent: a missing interface or namespace is success.
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use podrouter_router::sys::check_ifname;
+use podrouter_router::tap::TapPort;
+use podrouter_router::GATEWAY_IP;
+
+use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope};
+use crate::netns::{open_netns, run_in_netns_fd};
+
+pub use crate::netlink::RTPROT_PODROUTER;
+
+/// What a pod's interface should look like.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodInterfaceSpec {
+    /// The pod's network namespace file, e.g. `/run/netns/pod1` or
+    /// `/proc/PID/ns/net`.
+    pub netns: PathBuf,
+    /// Interface name inside the pod, e.g. `eth0`.
+    pub ifname: String,
+    /// The pod's address; configured as a /32.
+    pub ip: Ipv4Addr,
+    /// Largest IPv4 packet on the link (TAPs accept 68..=65521).
+    pub mtu: u16,
+    pub mac: [u8; 6],
+}
+
+/// Why pod or host interface plumbing failed, and for whom.
+#[derive(Debug, thiserror::Error)]
+pub enum PodNetError {
+    /// The pod's network namespace file does not exist.
+    #[error("pod netns {netns} does not exist")]
+    NetnsNotFound { netns: String },
+    /// The path exists but is not a network namespace.
+    #[error("{netns} is not a network namespace: {source}")]
+    NotANetns { netns: String, source: io::Error },
+    /// The namespace could not be opened or entered.
+    #[error("cannot enter pod netns {netns}: {source}")]
+    Netns { netns: String, source: io::Error },
+    /// The pod already has an interface of the requested name.
+    #[error("pod netns {netns} already has an interface named {ifname}")]
+    InterfaceExists { netns: String, ifname: String },
+    /// The pod has no interface of that name (to attach to).
+    #[error("pod netns {netns} has no interface named {ifname}")]
+    InterfaceNotFound { netns: String, ifname: String },
+    /// The requested interface name is not one the kernel accepts.
+    #[error("{source}")]
+    InvalidName { source: io::Error },
+    /// The host port is not there (for a host route).
+    #[error("host port {name} does not exist in the node namespace")]
+    HostPortNotFound { name: String },
+    /// Creating or re-opening a TAP device failed.
+    #[error("cannot {action} TAP {tap} for {whom}: {source}")]
+    Tap {
+        action: &'static str,
+        tap: String,
+        whom: String,
+        source: io::Error,
+    },
+    /// One configuration step (netlink request) failed.
+    #[error("cannot {step} for {whom}: {source}")]
+    Step {
+        step: String,
+        whom: String,
+        source: io::Error,
+    },
+    /// Anything else, described by its message (for callers that wrap
+    /// their own failures around this plumbing).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl PodNetError {
+    fn step(step: impl Into<String>, whom: &str, source: io::Error) -> PodNetError {
+        PodNetError::Step {
+            step: step.into(),
+            whom: whom.to_string(),
+            source,
+        }
+    }
+}
+
+/// Maps an error of [`open_netns`] / [`run_in_netns_fd`] for `netns`.
+fn netns_error(netns: &Path, e: io::Error) -> PodNetError {
+    let netns = netns.display().to_string();
+    match e.kind() {
+        io::ErrorKind::NotFound => PodNetError::NetnsNotFound { netns },
+        io::ErrorKind::InvalidInput => PodNetError::NotANetns { netns, source: e },
+        _ => PodNetError::Netns { netns, source: e },
+    }
+}
+
+/// `prt` + 8 hex digits, different on every call.
+fn temp_tap_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(d.as_nanos());
+    }
+    format!("prt{:08x}", h.finish() as u32)
+}
+
+/// A freshly created TAP that is deleted on drop unless [`disarm`]ed.
+///
+/// Dropping it clears `IFF_PERSIST` and closes the descriptor, which makes
+/// the kernel delete the device in whichever namespace it is, but only
+/// once no other reference to the open file remains (a child that another
+/// thread forked keeps one until it execs). So it also deletes the device
+/// over netlink by its current name (`TUNGETIFF`), where that name is
+/// unambiguously ours: the random temporary name in the node or pod
+/// namespace, or the final name in the pod namespace once the move and
+/// rename succeeded (the kernel renames only after moving).
+///
+/// [`disarm`]: NewTap::disarm
+struct NewTap {
+    tap: Option<TapPort>,
+    whom: String,
+    /// The name the TAP was created with, in the current namespace.
+    created_as: String,
+    /// The pod namespace it may have moved to, and its final name there.
+    pod: Option<(OwnedFd, String)>,
+}
+
+impl NewTap {
+    fn new(tap: TapPort, created_as: &str, whom: &str) -> NewTap {
+        NewTap {
+            tap: Some(tap),
+            whom: whom.to_string(),
+            created_as: created_as.to_string(),
+            pod: None,
+        }
+    }
+
+    fn disarm(mut self) -> TapPort {
+        self.tap.take().expect("NewTap disarmed twice")
+    }
+}
+
+/// Deletes the link called `name` in the calling thread's namespace, if
+/// there is one.
+fn delete_link_named(name: &str) -> io::Result<()> {
+    let mut nl = Netlink::open()?;
+    let Some(index) = nl.link_index(name)? else {
+        return Ok(());
+    };
+    match nl.link_delete(index) {
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+        r => r,
+    }
+}
+
+impl Drop for NewTap {
+    fn drop(&mut self) {
+        let Some(tap) = self.tap.take() else {
+            return;
+        };
+        if let Err(e) = tap.set_persist(false) {
+            log::warn!(
+                "rollback for {}: cannot clear persist on the new TAP: {e}",
+                self.whom
+            );
+        }
+        let name = match tap.name() {
+            Ok(n) => n,
+            Err(_) => return, // already deleted
+        };
+        let mut results = Vec::new();
+        if name == self.created_as {
+            results.push(delete_link_named(&name));
+        }
+        if let Some((ns, ifname)) = &self.pod {
+            if name == self.created_as || name == *ifname {
+                let r = run_in_netns_fd(ns.as_fd(), "pod netns", || delete_link_named(&name));
+                results.push(r.and_then(|r| r));
+            }
+        }
+        for r in results {
+            if let Err(e) = r {
+                log::warn!(
+                    "rollback for {}: cannot delete the new TAP {name} (it goes once its descriptor is released): {e}",
+                    self.whom
+                );
+            }
+        }
+        drop(tap);
+    }
+}
+
+/// A step at which tests inject a failure, to check the rollback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    NodeConfig,
+    PodConfig,
+}
+
+/// Creates a pod's interface as described in the module doc and returns its
+/// TAP (persistent, in the pod's namespace). On failure nothing is left
+/// behind.
+pub fn create_pod_interface(spec: &PodInterfaceSpec) -> Result<TapPort, PodNetError> {
+    create_pod_interface_inner(spec, None)
+}
+
+fn create_pod_interface_inner(
+    spec: &PodInterfaceSpec,
+    fail_at: Option<Stage>,
+) -> Result<TapPort, PodNetError> {
+    let netns_label = spec.netns.display().to_string();
+    let whom = format!("pod netns {netns_label} interface {}", spec.ifname);
+    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
+
+    // The name must be free in the pod (checked again by the kernel at the
+    // move; this gives the clear error without creating anything).
+    let existing = in_pod(ns.as_fd(), &spec.netns, || {
+        Netlink::open()?.link_index(&spec.ifname)
+    })?
+    .map_err(|e| PodNetError::step("look up existing interfaces", &whom, e))?;
+    if existing.is_some() {
+        return Err(PodNetError::InterfaceExists {
+            netns: netns_label,
+            ifname: spec.ifname.clone(),
+        });
+    }
+
+    let (mut new_tap, tmp) = create_temp_tap(&whom)?;
+    let step = |what: String| {
+        let whom = &whom;
+        let tmp = &tmp;
+        move |e: io::Error| PodNetError::step(format!("{what} (TAP {tmp})"), whom, e)
+    };
+
+    // Node namespace: MAC and MTU while the device is down, then move it.
+    let mut nl = Netlink::open().map_err(step("open netlink in the node namespace".into()))?;
+    let index = nl
+        .link_index(&tmp)
+        .map_err(step("look up the new TAP".into()))?
+        .ok_or_else(|| {
+            step("look up the new TAP".into())(io::Error::new(
+                io::ErrorKind::NotFound,
+                "created TAP vanished",
+            ))
+        })?;
+    nl.link_set_mac(index, spec.mac)
+        .map_err(step(format!("set MAC {}", fmt_mac(&spec.mac))))?;
+    nl.link_set_mtu(index, spec.mtu.into())
+        .map_err(step(format!("set MTU {}", spec.mtu)))?;
+    if fail_at == Some(Stage::NodeConfig) {
+        return Err(step("injected failure".into())(io::Error::other("test")));
+    }
+    let ns_for_rollback = ns
+        .try_clone()
+        .map_err(step("duplicate the pod netns descriptor".into()))?;
+    new_tap.pod = Some((ns_for_rollback, spec.ifname.clone()));
+    nl.link_move_to_netns(index, ns.as_fd(), &spec.ifname)
+        .map_err(|e| {
+            if errno(&e) == Some(libc::EEXIST) {
+                PodNetError::InterfaceExists {
+                    netns: netns_label.clone(),
+                    ifname: spec.ifname.clone(),
+                }
+            } else {
+                step(format!("move into the pod netns as {}", spec.ifname))(e)
+            }
+        })?;
+
+    // Pod namespace: up, address, routes.
+    in_pod(ns.as_fd(), &spec.netns, || {
+        configure_pod_side(spec, &whom, fail_at)
+    })??;
+
+    Ok(new_tap.disarm())
+}
+
+/// Runs `f` in the pod's namespace, mapping failures to enter it.
+fn in_pod<T: Send>(
+    ns: BorrowedFd<'_>,
+    netns: &Path,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, PodNetError> {
+    run_in_netns_fd(ns, &netns.display().to_string(), f).map_err(|e| netns_error(netns, e))
+}
+
+fn configure_pod_side(
+    spec: &PodInterfaceSpec,
+    whom: &str,
+    fail_at: Option<Stage>,
+) -> Result<(), PodNetError> {
+    let err = |what: String| move |e: io::Error| PodNetError::step(what, whom, e);
+    let mut nl = Netlink::open().map_err(err("open netlink in the pod netns".into()))?;
+    let index = nl
+        .link_index(&spec.ifname)
+        .map_err(err("look up the moved interface".into()))?
+        .ok_or_else(|| {
+            err("look up the moved interface".into())(io::Error::new(
+                io::ErrorKind::NotFound,
+                "interface not found after the move",
+            ))
+        })?;
+    nl.link_set_up(index)
+        .map_err(err("bring the interface up".into()))?;
+    if fail_at == Some(Stage::PodConfig) {
+        return Err(err("injected failure".into())(io::Error::other("test")));
+    }
+    nl.addr_add(index, spec.ip, 32)
+        .map_err(err(format!("add address {}/32", spec.ip)))?;
+    let gateway = Ipv4Route {
+        dst: GATEWAY_IP,
+        prefix_len: 32,
+        gateway: None,
+        oif: index,
+        scope: Scope::Link,
+        onlink: false,
+    };
+    nl.route_replace(&gateway)
+        .map_err(err(format!("add route {GATEWAY_IP} scope link")))?;
+    let default = Ipv4Route {
+        dst: Ipv4Addr::UNSPECIFIED,
+        prefix_len: 0,
+        gateway: Some(GATEWAY_IP),
+        oif: index,
+        scope: Scope::Universe,
+        onlink: false,
+    };
+    nl.route_replace(&default)
+        .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
+    Ok(())
+}
+
+/// Creates a TAP with a fresh temporary name in the current namespace.
+fn create_temp_tap(whom: &str) -> Result<(NewTap, String), PodNetError> {
+    let mut last = None;
+    for _ in 0..8 {
+        let name = temp_tap_name();
+        match TapPort::create(&name) {
+            Ok(tap) => {
+                return Ok((NewTap::new(tap, &name, whom), name));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((name, e)),
+            Err(e) => {
+                return Err(PodNetError::Tap {
+                    action: "create",
+                    tap: name,
+                    whom: whom.to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+    let (name, e) = last.expect("loop ran");
+    Err(PodNetError::Tap {
+        action: "create",
+        tap: name,
+        whom: whom.to_string(),
+        source: e,
+    })
+}
+
+/// Re-opens a pod's existing interface (after a podrouterd restart).
+pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNetError> {
+    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    let ns = open_netns(netns).map_err(|e| netns_error(netns, e))?;
+    in_pod(ns.as_fd(), netns, || TapPort::attach(ifname))?.map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            PodNetError::InterfaceNotFound {
+                netns: netns.display().to_string(),
+                ifname: ifname.to_string(),
+            }
+        } else {
+            PodNetError::Tap {
+                action: "attach to",
+                tap: ifname.to_string(),
+                whom: format!("pod netns {}", netns.display()),
+                source: e,
+            }
+        }
+    })
+}
+
+/// Deletes a pod's interface. Success if it, or the whole namespace, is
+/// already gone (a path that is no longer a namespace counts as gone). A
+/// [`TapPort`] still open on it stops working (reads fail with `EBADFD`).
+pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetError> {
+    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    let ns = match open_netns(netns) {
+        Ok(ns) => ns,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::InvalidInput
+            ) =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(netns_error(netns, e)),
+    };
+    let whom = format!("pod netns {} interface {ifname}", netns.display());
+    in_pod(ns.as_fd(), netns, || -> io::Result<()> {
+        let mut nl = Netlink::open()?;
+        let Some(index) = nl.link_index(ifname)? else {
+            return Ok(());
+        };
+        match nl.link_delete(index) {
+            Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+            r => r,
+        }
+    })?
+    .map_err(|e| PodNetError::step("delete the interface", &whom, e))
+}
+
+/// Creates (or, if it exists, re-opens) the host TAP `name` in the current
+/// (node) namespace, sets its MAC and MTU and brings it up. A TAP created
+/// here is removed again if configuring it fails; an existing one is left
+/// as it was found.
+pub fn create_or_attach_host_port(
+    name: &str,
+    mac: [u8; 6],
+    mtu: u16,
+) -> Result<TapPort, PodNetError> {
+    check_ifname(name).map_err(|source| PodNetError::InvalidName { source })?;
+    let whom = format!("host port {name}");
+    let err = |what: String| {
+        let whom = &whom;
+        move |e: io::Error| PodNetError::step(what, whom, e)
+    };
+    let mut nl = Netlink::open().map_err(err("open netlink".into()))?;
+    let existing = nl
+        .link_index(name)
+        .map_err(err("look up the interface".into()))?;
+    let tap_err = |action: &'static str| {
+        let whom = &whom;
+        move |e: io::Error| PodNetError::Tap {
+            action,
+            tap: name.to_string(),
+            whom: whom.clone(),
+            source: e,
+        }
+    };
+    // A TAP we create is deleted again (by `NewTap`) if a later step
+    // fails; an attached one is simply closed.
+    let held = match existing {
+        Some(_) => Held::Attached(TapPort::attach(name).map_err(tap_err("attach to"))?),
+        None => Held::New(NewTap::new(
+            TapPort::create(name).map_err(tap_err("create"))?,
+            name,
+            &whom,
+        )),
+    };
+    let link = nl
+        .link_get(name)
+        .map_err(err("look up the interface".into()))?
+        .ok_or_else(|| {
+            err("look up the interface".into())(io::Error::new(
+                io::ErrorKind::NotFound,
+                "TAP vanished",
+            ))
+        })?;
+    // Only what differs, so a restart does not disturb the node's view of
+    // a port that is already right (a MAC change flushes neighbours).
+    if link.mac != Some(mac) {
+        nl.link_set_mac(link.index, mac)
+            .map_err(err(format!("set MAC {}", fmt_mac(&mac))))?;
+    }
+    if link.mtu != u32::from(mtu) {
+        nl.link_set_mtu(link.index, mtu.into())
+            .map_err(err(format!("set MTU {mtu}")))?;
+    }
+    if !link.up {
+        nl.link_set_up(link.index)
+            .map_err(err("bring the interface up".into()))?;
+    }
+    Ok(match held {
+        Held::New(g) => g.disarm(),
+        Held::Attached(t) => t,
+    })
+}
+
+enum Held {
+    New(NewTap),
+    Attached(TapPort),
+}
+
+/// The network address of `ip/prefix_len` (host bits cleared).
+fn network(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
+    let mask = u32::MAX
+        .checked_shl(32 - u32::from(prefix_len.min(32)))
+        .unwrap_or(0);
+    Ipv4Addr::from(u32::from(ip) & mask)
+}
+
+fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
+    Ipv4Route {
+        dst: network(ip, prefix_len),
+        prefix_len,
+        gateway: None,
+        oif,
+        scope: Scope::Link,
+        onlink: false,
+    }
+}
+
+struct RouteLabel(Ipv4Addr, u8);
+
+impl fmt::Display for RouteLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", network(self.0, self.1), self.1)
+    }
+}
+
+/// Adds (or replaces) the node route `ip/prefix_len dev HOST_PORT scope
+/// link proto 77`, so the node's own traffic to pods enters the router.
+pub fn host_route_add(
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    host_port_name: &str,
+) -> Result<(), PodNetError> {
+    let whom = format!("host port {host_port_name}");
+    let label = RouteLabel(ip, prefix_len);
+    if prefix_len > 32 {
+        return Err(PodNetError::step(
+            format!("add route {ip}/{prefix_len}"),
+            &whom,
+            io::Error::new(io::ErrorKind::InvalidInput, "prefix length above 32"),
+        ));
+    }
+    let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
+    let index = nl
+        .link_index(host_port_name)
+        .map_err(|e| PodNetError::step("look up the interface", &whom, e))?
+        .ok_or_else(|| PodNetError::HostPortNotFound {
+            name: host_port_name.to_string(),
+        })?;
+    nl.route_replace(&host_route(ip, prefix_len, index))
+        .map_err(|e| PodNetError::step(format!("add route {label}"), &whom, e))
+}
+
+/// Removes the node route added by [`host_route_add`]. Success if it is not
+/// there (or the host port is gone, which takes its routes with it).
+pub fn host_route_del(
+    ip: Ipv4Addr,
+    prefix_len: u8,
+    host_port_name: &str,
+) -> Result<(), PodNetError> {
+    let whom = format!("host port {host_port_name}");
+    let label = RouteLabel(ip, prefix_len);
+    if prefix_len > 32 {
+        return Ok(());
+    }
+    let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
+    let Some(index) = nl
+        .link_index(host_port_name)
+        .map_err(|e| PodNetError::step("look up the interface", &whom, e))?
+    else {
+        return Ok(());
+    };
+    match nl.route_delete(&host_route(ip, prefix_len, index)) {
+        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
+        r => r.map_err(|e| PodNetError::step(format!("delete route {label}"), &whom, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netns::run_in_netns;
+    use crate::sys::is_root;
+    use podrouter_router::frame::Frame;
+    use podrouter_router::port::Port;
+    use podrouter_router::ROUTER_MAC;
+    use serde_json::Value;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::AtomicUsize;
+    use std::time::{Duration, Instant};
+
+    /// Why these privileged tests cannot run here, if they cannot.
+    fn skip(test: &str) -> bool {
+        let why = if !is_root() {
+            Some("not root")
+        } else if !Path::new("/dev/net/tun").exists() {
+            Some("no /dev/net/tun")
+        } else if Command::new("ip").arg("-V").output().is_err() {
+            Some("no `ip` command")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            eprintln!("skipping {test}: {why}");
+        }
+        why.is_some()
+    }
+
+    /// A network namespace made with `ip netns add`, deleted on drop (also
+    /// when the test panics).
+    struct TestNetns {
+        name: String,
+        path: PathBuf,
+    }
+
+    impl TestNetns {
+        fn new(role: &str) -> TestNetns {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let n = N.fetch_add(1, Ordering::Relaxed);
+            let name = format!("prtest-{}-{n}-{role}", std::process::id());
+            let st = Command::new("ip")
+                .args(["netns", "add", &name])
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip netns add {name}");
+            let path = PathBuf::from(format!("/run/netns/{name}"));
+            TestNetns { name, path }
+        }
+
+        /// `ip -n NS -j ARGS`, parsed.
+        fn ip_json(&self, args: &[&str]) -> Value {
+            let out = Command::new("ip")
+                .args(["-n", &self.name, "-j"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "ip -n {} -j {args:?}: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice(&out.stdout).unwrap()
+        }
+
+        fn link_names(&self) -> Vec<String> {
+            let mut v: Vec<String> = self
+                .ip_json(&["link", "show"])
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["ifname"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        }
+
+        /// Runs `f` as if this were the node namespace.
+        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            run_in_netns(&self.path, f).unwrap()
+        }
+    }
+
+    impl Drop for TestNetns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.name])
+                .status();
+        }
+    }
+
+    const MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
+
+    /// Retries `f` while the TAP is busy. After we close our descriptor, a
+    /// child process that another test thread is forking may briefly hold a
+    /// copy of it (until it execs and close-on-exec drops it).
+    fn retry_busy<T>(f: impl Fn() -> Result<T, PodNetError>) -> Result<T, PodNetError> {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match f() {
+                Err(PodNetError::Tap { source, .. })
+                    if source.kind() == io::ErrorKind::ResourceBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn spec(pod: &TestNetns) -> PodInterfaceSpec {
+        PodInterfaceSpec {
+            netns: pod.path.clone(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 244, 1, 2),
+            mtu: 1450,
+            mac: MAC,
+        }
+    }
+
+    fn assert_tap_flags(link: &Value) {
+        let info = &link["linkinfo"];
+        assert_eq!(info["info_kind"], "tun", "{link}");
+        let data = &info["info_data"];
+        assert_eq!(data["type"], "tap", "{link}");
+        assert_eq!(data["pi"], false, "{link}");
+        assert_eq!(data["vnet_hdr"], true, "{link}");
+        assert_eq!(data["multi_queue"], false, "{link}");
+        assert_eq!(data["persist"], true, "{link}");
+    }
+
+    /// The pod side looks exactly like Calico's.
+    fn assert_pod_configured(pod: &TestNetns) {
+        let link = &pod.ip_json(&["-d", "link", "show", "eth0"])[0];
+        assert_eq!(link["mtu"], 1450, "{link}");
+        assert_eq!(link["address"], "02:aa:bb:cc:dd:01", "{link}");
+        let flags: Vec<&str> = link["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(flags.contains(&"UP"), "{link}");
+        assert_tap_flags(link);
+
+        let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        let inet: Vec<&Value> = addrs[0]["addr_info"].as_array().unwrap().iter().collect();
+        assert_eq!(inet.len(), 1, "{addrs}");
+        assert_eq!(inet[0]["local"], "10.244.1.2");
+        assert_eq!(inet[0]["prefixlen"], 32);
+        assert_eq!(inet[0]["scope"], "global");
+
+        let routes = pod.ip_json(&["-4", "route", "show"]);
+        let routes = routes.as_array().unwrap();
+        assert_eq!(routes.len(), 2, "{routes:?}");
+        let gw = routes.iter().find(|r| r["dst"] == "169.254.1.1").unwrap();
+        assert_eq!(gw["dev"], "eth0");
+        assert_eq!(gw["scope"], "link");
+        assert_eq!(gw["protocol"], "77");
+        assert!(gw.get("gateway").is_none(), "{gw}");
+        let def = routes.iter().find(|r| r["dst"] == "default").unwrap();
+        assert_eq!(def["gateway"], "169.254.1.1");
+        assert_eq!(def["dev"], "eth0");
+        assert_eq!(def["protocol"], "77");
+        assert!(def.get("scope").is_none(), "{def}"); // global
+    }
+
+    #[test]
+    fn pod_interface_lifecycle() {
+        if skip("pod_interface_lifecycle") {
+            return;
+        }
+        let node = TestNetns::new("node");
+        let pod = TestNetns::new("pod");
+        let spec = spec(&pod);
+
+        let tap = node.run(|| create_pod_interface(&spec)).unwrap();
+        assert_eq!(tap.name().unwrap(), "eth0");
+        assert_eq!(node.link_names(), ["lo"]);
+        assert_eq!(pod.link_names(), ["eth0", "lo"]);
+        assert_pod_configured(&pod);
+
+        // Same name again: a clear error, and nothing new anywhere.
+        let e = node.run(|| create_pod_interface(&spec)).unwrap_err();
+        assert!(matches!(e, PodNetError::InterfaceExists { .. }), "{e}");
+        let msg = e.to_string();
+        assert_eq!(
+            msg,
+            format!(
+                "pod netns {} already has an interface named eth0",
+                pod.path.display()
+            )
+        );
+        assert_eq!(node.link_names(), ["lo"]);
+        assert_eq!(pod.link_names(), ["eth0", "lo"]);
+
+        // Re-open after a "restart": busy while held, fine once released.
+        let e = attach_pod_interface(&pod.path, "eth0").unwrap_err();
+        assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
+        drop(tap);
+        let tap = retry_busy(|| attach_pod_interface(&pod.path, "eth0")).unwrap();
+        assert_eq!(tap.name().unwrap(), "eth0");
+        assert_pod_configured(&pod);
+        let e = attach_pod_interface(&pod.path, "eth1").unwrap_err();
+        assert!(matches!(e, PodNetError::InterfaceNotFound { .. }), "{e}");
+
+        // Delete, idempotently; the port's descriptor goes stale.
+        delete_pod_interface(&pod.path, "eth0").unwrap();
+        assert_eq!(pod.link_names(), ["lo"]);
+        delete_pod_interface(&pod.path, "eth0").unwrap();
+        let mut frames = vec![Frame::new()];
+        let e = tap.recv(&mut frames).unwrap_err();
+        eprintln!("recv on a deleted pod interface: {e}");
+        assert!(tap.name().is_err());
+
+        // Missing namespaces.
+        let gone = PathBuf::from(format!("/run/netns/prtest-{}-gone", std::process::id()));
+        delete_pod_interface(&gone, "eth0").unwrap();
+        let e = attach_pod_interface(&gone, "eth0").unwrap_err();
+        assert!(matches!(e, PodNetError::NetnsNotFound { .. }), "{e}");
+        let mut s2 = spec.clone();
+        s2.netns = gone.clone();
+        let e = node.run(|| create_pod_interface(&s2)).unwrap_err();
+        assert!(matches!(e, PodNetError::NetnsNotFound { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!("pod netns {} does not exist", gone.display())
+        );
+        // A path that is not a namespace at all.
+        let mut s3 = spec.clone();
+        s3.netns = "/proc/self/status".into();
+        let e = node.run(|| create_pod_interface(&s3)).unwrap_err();
+        assert!(matches!(e, PodNetError::NotANetns { .. }), "{e}");
+        assert_eq!(node.link_names(), ["lo"]);
+    }
+
+    #[test]
+    fn failures_roll_everything_back() {
+        if skip("failures_roll_everything_back") {
+            return;
+        }
+        let node = TestNetns::new("node");
+        let pod = TestNetns::new("pod");
+        let good = spec(&pod);
+        for stage in [Stage::NodeConfig, Stage::PodConfig] {
+            let e = node
+                .run(|| create_pod_interface_inner(&good, Some(stage)))
+                .unwrap_err();
+            assert!(e.to_string().contains("injected failure"), "{e}");
+            assert_eq!(node.link_names(), ["lo"], "after {stage:?}");
+            assert_eq!(pod.link_names(), ["lo"], "after {stage:?}");
+        }
+        // The kernel refuses an MTU below the minimum.
+        let mut bad = good.clone();
+        bad.mtu = 20;
+        let e = node.run(|| create_pod_interface(&bad)).unwrap_err();
+        assert!(matches!(e, PodNetError::Step { .. }), "{e}");
+        eprintln!("MTU 20: {e}");
+        assert!(e.to_string().contains("set MTU 20"), "{e}");
+        assert_eq!(node.link_names(), ["lo"]);
+        assert_eq!(pod.link_names(), ["lo"]);
+        // A name the kernel would refuse.
+        let mut bad = good.clone();
+        bad.ifname = "a-name-far-too-long".into();
+        let e = node.run(|| create_pod_interface(&bad)).unwrap_err();
+        assert!(matches!(e, PodNetError::InvalidName { .. }), "{e}");
+        // And after all that, the real thing still works.
+        let tap = node.run(|| create_pod_interface(&good)).unwrap();
+        assert_pod_configured(&pod);
+        drop(tap);
+    }
+
+    fn checksum(data: &[u8]) -> u16 {
+        let mut sum: u32 = data
+            .chunks(2)
+            .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// What the router would answer to `f`: an ARP reply for 169.254.1.1 or
+    /// an ICMP echo reply.
+    fn answer(f: &[u8]) -> Option<(&'static str, Vec<u8>)> {
+        if f.len() >= 42 && f[12..14] == [0x08, 0x06] && f[20..22] == [0, 1] {
+            if f[38..42] != [169, 254, 1, 1] {
+                return None;
+            }
+            let mut r = Vec::with_capacity(42);
+            r.extend_from_slice(&f[6..12]);
+            r.extend_from_slice(&ROUTER_MAC);
+            r.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 2]);
+            r.extend_from_slice(&ROUTER_MAC);
+            r.extend_from_slice(&[169, 254, 1, 1]);
+            r.extend_from_slice(&f[22..32]); // requester's MAC and IP
+            return Some(("arp", r));
+        }
+        if f.len() >= 42 && f[12..14] == [0x08, 0x00] && f[23] == 1 {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            let l4 = 14 + ihl;
+            if f.len() < l4 + 8 || f[l4] != 8 {
+                return None;
+            }
+            let mut r = f.to_vec();
+            r[0..6].copy_from_slice(&f[6..12]);
+            r[6..12].copy_from_slice(&ROUTER_MAC);
+            r[26..30].copy_from_slice(&f[30..34]);
+            r[30..34].copy_from_slice(&f[26..30]);
+            r[l4] = 0;
+            r[l4 + 2..l4 + 4].copy_from_slice(&[0, 0]);
+            let c = checksum(&r[l4..]);
+            r[l4 + 2..l4 + 4].copy_from_slice(&c.to_be_bytes());
+            return Some(("icmp", r));
+        }
+        None
+    }
+
+    /// The pod pings its gateway; the test plays the router on the pod's
+    /// TAP: reads the ARP request, answers it, reads the echo request and
+    /// answers that too.
+    #[test]
+    fn pod_pings_its_gateway_through_the_tap() {
+        if skip("pod_pings_its_gateway_through_the_tap") {
+            return;
+        }
+        let node = TestNetns::new("node");
+        let pod = TestNetns::new("pod");
+        let spec = spec(&pod);
+        let tap = node.run(|| create_pod_interface(&spec)).unwrap();
+        let mut ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.name,
+                "ping",
+                "-c1",
+                "-W5",
+                "169.254.1.1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
+        let (mut arp_seen, mut echo_seen) = (None, false);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let n = tap.recv(&mut frames).unwrap();
+            for f in &frames[..n] {
+                let Some((kind, reply)) = answer(f.data()) else {
+                    continue;
+                };
+                if kind == "arp" {
+                    arp_seen = Some(f.data().to_vec());
+                } else {
+                    echo_seen = true;
+                }
+                tap.send(&Frame::from_bytes(&reply)).unwrap();
+            }
+            if let Some(st) = ping.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "ping did not finish");
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let out = ping.wait_with_output().unwrap();
+        let arp = arp_seen.expect("no ARP request for 169.254.1.1 read from the TAP");
+        assert_eq!(&arp[0..6], &[0xff; 6]);
+        assert_eq!(&arp[6..12], &MAC);
+        assert_eq!(&arp[22..28], &MAC);
+        assert_eq!(&arp[28..32], &[10, 244, 1, 2]);
+        assert!(echo_seen, "no echo request read from the TAP");
+        assert!(
+            status.success(),
+            "ping failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let neigh = pod.ip_json(&["neigh", "show", "169.254.1.1", "dev", "eth0"]);
+        assert_eq!(neigh[0]["lladdr"], "ee:ee:ee:ee:ee:ee", "{neigh}");
+        drop(tap);
+    }
+
+    #[test]
+    fn host_port_and_host_routes() {
+        if skip("host_port_and_host_routes") {
+            return;
+        }
+        let node = TestNetns::new("node");
+        let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+        let tap = node
+            .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
+            .unwrap();
+        let check = |mtu: u64| {
+            let link = &node.ip_json(&["-d", "link", "show", "podrouter0"])[0];
+            assert_eq!(link["mtu"], mtu, "{link}");
+            assert_eq!(link["address"], "02:00:00:00:00:fe", "{link}");
+            assert!(
+                link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+                "{link}"
+            );
+            assert_tap_flags(link);
+        };
+        check(1500);
+        // Held: a second daemon cannot take it.
+        let e = node
+            .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
+            .unwrap_err();
+        assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
+        drop(tap);
+        // Restart: attached, reconfigured.
+        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000)))
+            .unwrap();
+        check(9000);
+        // The MAC can change while the port is up (TAPs allow live changes).
+        drop(tap);
+        let other = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfd];
+        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", other, 9000)))
+            .unwrap();
+        let link = &node.ip_json(&["link", "show", "podrouter0"])[0];
+        assert_eq!(link["address"], "02:00:00:00:00:fd", "{link}");
+        drop(tap);
+        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000)))
+            .unwrap();
+        check(9000);
+        assert_eq!(node.link_names(), ["lo", "podrouter0"]);
+
+        let ip = Ipv4Addr::new(10, 244, 1, 2);
+        let block = Ipv4Addr::new(10, 244, 2, 7); // host bits are cleared
+        node.run(|| {
+            host_route_add(ip, 32, "podrouter0")?;
+            host_route_add(block, 26, "podrouter0")?;
+            host_route_add(block, 26, "podrouter0") // replace: no error
+        })
+        .unwrap();
+        let routes = node.ip_json(&["-4", "route", "show"]);
+        let routes = routes.as_array().unwrap();
+        for dst in ["10.244.1.2", "10.244.2.0/26"] {
+            let r = routes
+                .iter()
+                .find(|r| r["dst"] == dst)
+                .unwrap_or_else(|| panic!("no route to {dst}: {routes:?}"));
+            assert_eq!(r["dev"], "podrouter0");
+            assert_eq!(r["scope"], "link");
+            assert_eq!(r["protocol"], "77");
+        }
+        let e = node
+            .run(|| host_route_add(ip, 32, "nonexist0"))
+            .unwrap_err();
+        assert!(matches!(e, PodNetError::HostPortNotFound { .. }), "{e}");
+        node.run(|| {
+            host_route_del(ip, 32, "podrouter0")?;
+            host_route_del(block, 26, "podrouter0")?;
+            host_route_del(block, 26, "podrouter0")?; // already gone
+            host_route_del(ip, 32, "nonexist0") // no port, no route
+        })
+        .unwrap();
+        let routes = node.ip_json(&["-4", "route", "show"]);
+        assert_eq!(routes.as_array().unwrap().len(), 0, "{routes}");
+        drop(tap);
+    }
+
+    #[test]
+    fn temp_names_are_valid_and_distinct() {
+        let a = temp_tap_name();
+        let b = temp_tap_name();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 11);
+        check_ifname(&a).unwrap();
+        assert_eq!(
+            network(Ipv4Addr::new(10, 244, 2, 7), 26),
+            Ipv4Addr::new(10, 244, 2, 0)
+        );
+        assert_eq!(network(Ipv4Addr::new(1, 2, 3, 4), 0), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(
+            network(Ipv4Addr::new(1, 2, 3, 4), 32),
+            Ipv4Addr::new(1, 2, 3, 4)
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The persisted state of a node: its pods (and through them, their ports
+//! and addresses), in `state_dir/state.json`.
+//!
+//! Invariants: the file on disk is always a complete, parseable state
+//! (written to a temporary file, synced, then renamed over the old one); a
+//! file that cannot be parsed is an error, never silently replaced.
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+const STATE_VERSION: u32 = 1;
+
+/// One attached pod as persisted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodRecord {
+    pub id: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    version: u32,
+    pods: Vec<PodRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state directory or file cannot be read or written.
+    #[error("state {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    /// The state file exists but is not a podrouter state this version reads.
+    #[error("state file {path} is unreadable ({why}); move it aside to start empty, or fix it")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// Reads and writes the state file.
+pub struct StateStore {
+    dir: PathBuf,
+    file: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating, mode 0700) the state directory.
+    pub fn open(dir: &Path) -> Result<StateStore, StateError> {
+        let io_err = |source| StateError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+        Ok(StateStore {
+            dir: dir.to_owned(),
+            file: dir.join("state.json"),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// The persisted pods; empty if no state was ever written.
+    pub fn load(&self) -> Result<Vec<PodRecord>, StateError> {
+        let text = match fs::read_to_string(&self.file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    path: self.file.clone(),
+                    source,
+                })
+            }
+        };
+        let corrupt = |why: String| StateError::Corrupt {
+            path: self.file.clone(),
+            why,
+        };
+        let state: StateFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if state.version != STATE_VERSION {
+            return Err(corrupt(format!(
+                "version {} is not {STATE_VERSION}",
+                state.version
+            )));
+        }
+        Ok(state.pods)
+    }
+
+    /// Replaces the persisted pods atomically.
+    pub fn save(&self, pods: &[PodRecord]) -> Result<(), StateError> {
+        let tmp = self.dir.join("state.json.tmp");
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StateError::Io { path, source }
+        };
+        let body = serde_json::to_vec_pretty(&StateFile {
+            version: STATE_VERSION,
+            pods: pods.to_vec(),
+        })
+        .map_err(|e| io_err(&tmp)(io::Error::other(e)))?;
+        let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(&body).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &self.file).map_err(io_err(&self.file))?;
+        fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("podrouter-state-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_empty_start() {
+        let d = tempdir("rt");
+        let s = StateStore::open(&d).unwrap();
+        assert!(s.load().unwrap().is_empty());
+        let pods = vec![PodRecord {
+            id: "p1".into(),
+            netns: "/run/netns/p1".into(),
+            ifname: "eth0".into(),
+            ip: Ipv4Addr::new(10, 244, 0, 2),
+            mac: [0x0a, 0x58, 10, 244, 0, 2],
+            mtu: 1480,
+        }];
+        s.save(&pods).unwrap();
+        assert_eq!(StateStore::open(&d).unwrap().load().unwrap(), pods);
+        assert!(!d.join("state.json.tmp").exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn corrupt_state_is_an_error_not_a_reset() {
+        let d = tempdir("bad");
+        let s = StateStore::open(&d).unwrap();
+        fs::write(s.path(), "{\"version\":1,\"pods\":[{\"id\":").unwrap();
+        let e = s.load().unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+        assert!(e.to_string().contains("move it aside"));
+        fs::write(s.path(), "{\"version\":9,\"pods\":[]}").unwrap();
+        assert!(matches!(s.load(), Err(StateError::Corrupt { .. })));
+        fs::remove_dir_all(&d).unwrap();
+    }
+}
