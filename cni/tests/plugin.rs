@@ -331,7 +331,6 @@ fn prev_ip(prev: &str) -> String {
 }
 
 #[test]
-#[ignore = "daemon side of issue 3: podrouterd must process pending-detach/ at start"]
 fn daemon_processes_pending_detaches_at_start() {
     if !root_or_skip("daemon_processes_pending_detaches_at_start") {
         return;
@@ -751,8 +750,6 @@ fn delegated_ipam_host_local() {
 /// reported success survives the restart with its address, every ADD that
 /// failed is cleaned up by the runtime's DEL, and GC leaves nothing else.
 #[test]
-#[ignore = "daemon side of issue 3: Detach with netns+ifname of an unknown id must remove the TAP \
-            (a failed ADD's DEL otherwise leaves it); run with --ignored"]
 fn kill_9_during_a_burst_of_adds_then_restart_and_gc() {
     if !root_or_skip("kill_9_during_a_burst_of_adds_then_restart_and_gc") {
         return;
