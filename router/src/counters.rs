@@ -74,8 +74,13 @@ drop_reasons! {
     NoRoute => "no_route", "No route for the destination (ICMP unreachable sent if allowed).";
     TtlExceeded => "ttl_exceeded", "TTL ran out (ICMP time exceeded sent if allowed).";
     FragNeeded => "frag_needed", "Too big for the egress MTU with DF set (ICMP frag needed sent if allowed).";
-    TooBig => "too_big", "Too big for the egress MTU without DF; fragmentation is not done on this path.";
+    TooBig => "too_big", "Too big for the egress MTU without DF on a pod or host port (only the uplink fragments).";
     NoUplink => "no_uplink", "Route to another node, but no uplink is configured on this node.";
+    IpipMalformed => "ipip_malformed", "IPIP from the uplink whose outer or inner IPv4 header is invalid or truncated, or that is an outer fragment or not protocol 4.";
+    IpipNotForNode => "ipip_not_for_node", "IPIP whose outer destination is not this node's address.";
+    IpipUnknownNode => "ipip_unknown_node", "IPIP from an address that is not a known node (no route goes via it).";
+    IpipNotLocal => "ipip_not_local", "Decapsulated packet whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
+    GsoUnsupported => "gso_unsupported", "A GSO frame for the uplink that is not TCP over IPv4 or whose headers do not match its offload request.";
     Hairpin => "hairpin", "The route points back out of the port the frame came in on.";
     NoPort => "no_port", "The route names a port that no longer exists.";
     ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated.";

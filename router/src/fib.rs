@@ -315,6 +315,11 @@ pub struct FibTable {
     hash: KeyHash,
     count: usize,
     lens: [LenTable; 33],
+    /// The known nodes: every address some `NextHop::Node` route goes via,
+    /// with how many routes do. Maintained by `insert`/`remove`, so it is
+    /// always the set of the snapshot's own routes (the uplink accepts IPIP
+    /// only from these). Copied on write, once per batch that changes it.
+    nodes: Arc<HashMap<u32, u32, KeyHash>>,
 }
 
 impl FibTable {
@@ -324,6 +329,45 @@ impl FibTable {
             hash,
             count: 0,
             lens: std::array::from_fn(|_| LenTable::default()),
+            nodes: Arc::new(HashMap::with_hasher(hash)),
+        }
+    }
+
+    /// Whether `addr` is a known node (some route goes via it). One hash
+    /// probe; never allocates or blocks.
+    #[inline]
+    pub fn is_node(&self, addr: Ipv4Addr) -> bool {
+        self.nodes.contains_key(&u32::from(addr))
+    }
+
+    /// The known nodes, sorted.
+    pub fn nodes(&self) -> Vec<Ipv4Addr> {
+        let mut v: Vec<Ipv4Addr> = self.nodes.keys().map(|&k| k.into()).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Keeps `nodes` in step with one route changing from `old` to `new`.
+    fn track_nodes(&mut self, old: Option<NextHop>, new: Option<NextHop>) {
+        let via = |nh: Option<NextHop>| match nh {
+            Some(NextHop::Node(a)) => Some(u32::from(a)),
+            _ => None,
+        };
+        let (old, new) = (via(old), via(new));
+        if old == new {
+            return;
+        }
+        let nodes = Arc::make_mut(&mut self.nodes);
+        if let Some(a) = old {
+            if let Some(n) = nodes.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    nodes.remove(&a);
+                }
+            }
+        }
+        if let Some(a) = new {
+            *nodes.entry(a).or_insert(0) += 1;
         }
     }
 
@@ -456,9 +500,11 @@ impl FibTable {
         let shards = t
             .shards
             .get_or_insert_with(|| Arc::from([Arc::new(Shard::with_hasher(hash))]));
-        if shard_mut(shards, i).insert(key, nh).is_none() {
+        let old = shard_mut(shards, i).insert(key, nh);
+        if old.is_none() {
             t.count += 1;
         }
+        self.track_nodes(old, Some(nh));
         true
     }
 
@@ -473,8 +519,9 @@ impl FibTable {
         if !shards[i].contains_key(&key) {
             return false;
         }
-        shard_mut(shards, i).remove(&key);
+        let old = shard_mut(shards, i).remove(&key);
         t.count -= 1;
+        self.track_nodes(old, None);
         true
     }
 
@@ -672,6 +719,16 @@ mod tests {
         for (&p, &nh) in model {
             assert_eq!(t.get(p), Some(nh), "get {p}");
         }
+        let mut nodes: Vec<Ipv4Addr> = model
+            .values()
+            .filter_map(|nh| match nh {
+                NextHop::Node(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        assert_eq!(t.nodes(), nodes, "known nodes");
     }
 
     #[test]
@@ -836,6 +893,36 @@ mod tests {
         assert!(t.is_empty());
         assert_eq!(t.lookup(ip("10.1.2.3")), None);
         assert_eq!(t.present, 0);
+    }
+
+    #[test]
+    fn known_nodes_follow_the_routes() {
+        let fib = Fib::new();
+        let (n1, n2) = (ip("192.168.57.12"), ip("192.168.58.13"));
+        fib.update(&[
+            ins("10.244.0.64/26", NextHop::Node(n1)),
+            ins("10.244.1.0/26", NextHop::Node(n1)),
+            ins("10.244.0.128/26", NextHop::Node(n2)),
+            ins("0.0.0.0/0", NextHop::Host),
+        ]);
+        let t = fib.load();
+        assert!(t.is_node(n1) && t.is_node(n2));
+        assert!(!t.is_node(ip("192.168.57.1")));
+        assert_eq!(t.nodes(), vec![n1, n2]);
+        // Re-pointing one of n1's two routes keeps n1; removing the other
+        // forgets it; re-pointing n2's only route to the host forgets n2.
+        fib.update(&[ins("10.244.1.0/26", NextHop::Node(n2))]);
+        assert!(fib.load().is_node(n1));
+        fib.update(&[rm("10.244.0.64/26")]);
+        assert!(!fib.load().is_node(n1));
+        assert!(fib.load().is_node(n2));
+        fib.update(&[
+            ins("10.244.0.128/26", NextHop::Host),
+            ins("10.244.1.0/26", NextHop::Unreachable),
+        ]);
+        assert!(fib.load().nodes().is_empty());
+        // The snapshot taken earlier still has both.
+        assert_eq!(t.nodes(), vec![n1, n2]);
     }
 
     #[test]

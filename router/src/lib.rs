@@ -1,5 +1,5 @@
 //! podrouter's data plane: packet views, the FIB, the per-frame pipeline,
-//! ports (TAP, in-memory) and the workers that poll them.
+//! ports (TAP, in-memory, the IPIP uplink) and the workers that poll them.
 //!
 //! Invariants: nothing here allocates, locks or logs per packet on the
 //! forwarding path; the pipeline does no I/O (it turns a frame into a
@@ -9,11 +9,13 @@
 pub mod counters;
 pub mod fib;
 pub mod frame;
+pub mod gso;
 pub mod pipeline;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;
+pub mod uplink;
 pub mod wire;
 pub mod worker;
 

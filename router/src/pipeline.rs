@@ -9,7 +9,24 @@
 //! metadata (`frame.vnet`): header sizes never change on that path, so
 //! `csum_start` and friends stay right. A frame the pipeline answers itself
 //! (ARP reply, ICMP error) leaves on the port it came in on, with no offload
-//! metadata.
+//! metadata, except an ICMP error about a packet that came through the
+//! uplink: that one is routed to its destination like any packet (back
+//! through the tunnel to the sender's node, normally).
+//!
+//! Other nodes (`NextHop::Node`): the uplink's
+//! [`EncapPolicy`](crate::uplink::EncapPolicy) (in its `PortRole::Uplink`)
+//! says per node whether the frame goes to the uplink, its Ethernet
+//! destination set to [`tunnel_mac`] of the node (the uplink encapsulates,
+//! segments and fragments while copying it out), or to the host port for
+//! the node's kernel to route directly. To the tunnel, DF
+//! packets (GSO frames: each segment) must fit the uplink's MTU (link MTU -
+//! 20) or get ICMP fragmentation needed; others are fragmented by the
+//! uplink. From the uplink, frames are decapsulated only if addressed to
+//! this node by a known node (a `via` of the FIB snapshot), and the inner
+//! packet may only go to a local pod: every other case is a counted drop
+//! (`ipip_*`), and an unassigned address of our blocks gets ICMP host
+//! unreachable. TTL: a pod-to-pod hop on each router, as in Calico (64 ->
+//! 62 across two nodes, encapsulated or not).
 //!
 //! Counting convention: the worker counts the reason of every
 //! [`Verdict::Drop`]. When a drop turns into an ICMP error (the verdict is
@@ -21,11 +38,13 @@ use std::net::Ipv4Addr;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::fib::{FibTable, NextHop};
 use crate::frame::{Frame, VnetHdr};
-use crate::port::{PortId, PortRole, PortTable};
+use crate::gso::TcpSegments;
+use crate::port::{PortEntry, PortId, PortRole, PortTable};
+use crate::uplink::tunnel_mac;
 use crate::wire::{
     self, ArpHardware, ArpOperation, ArpPacket, EthernetProtocol, Icmpv4Packet, IpProtocol,
     Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4,
-    ICMPV4_HEADER_LEN, IPV4_HEADER_LEN,
+    ICMPV4_HEADER_LEN, IPPROTO_IPIP, IPV4_HEADER_LEN,
 };
 
 /// Node-wide settings the pipeline needs.
@@ -189,10 +208,121 @@ fn is_bad_source(a: Ipv4Addr) -> bool {
     a.octets()[0] == 0 || a.is_loopback() || a.is_multicast() || a.is_broadcast()
 }
 
+/// The Ethernet destination for frames out of a port of this role (the
+/// uplink's depends on the node: see [`tunnel_mac`]).
 fn role_mac(role: &PortRole) -> [u8; 6] {
     match *role {
         PortRole::Pod { mac, .. } | PortRole::Host { mac } => mac,
+        PortRole::Uplink { .. } => [0; 6],
     }
+}
+
+/// The host port as the egress for a frame from `ingress`.
+fn host_egress<'t>(
+    ctx: &BatchContext<'t>,
+    ingress: PortId,
+    ingress_is_host: bool,
+) -> Result<(PortId, &'t PortEntry), DropReason> {
+    let host = ctx.ports.host_port().ok_or(DropReason::NoPort)?;
+    if ingress_is_host || host == ingress {
+        return Err(DropReason::Hairpin);
+    }
+    Ok((host, ctx.ports.get(host).ok_or(DropReason::NoPort)?))
+}
+
+/// The egress for a frame to a block owned by `node`: the uplink (with
+/// the node as tunnel endpoint) when the uplink's policy encapsulates for
+/// it, else the host port, whose kernel routes it to the node directly.
+fn node_egress<'t>(
+    ctx: &BatchContext<'t>,
+    ingress: PortId,
+    ingress_is_host: bool,
+    node: Ipv4Addr,
+) -> Result<(PortId, &'t PortEntry, Option<Ipv4Addr>), DropReason> {
+    let id = ctx.ports.uplink_port().ok_or(DropReason::NoUplink)?;
+    let entry = ctx.ports.get(id).ok_or(DropReason::NoUplink)?;
+    let PortRole::Uplink { policy, .. } = entry.info.role else {
+        return Err(DropReason::NoUplink);
+    };
+    if policy.encap_to(node) {
+        if id == ingress {
+            return Err(DropReason::Hairpin);
+        }
+        Ok((id, entry, Some(node)))
+    } else {
+        let (id, entry) = host_egress(ctx, ingress, ingress_is_host)?;
+        Ok((id, entry, None))
+    }
+}
+
+/// Where a packet the router originates for `dst` goes (for ICMP errors
+/// about packets from the uplink): the port and the Ethernet destination,
+/// by the FIB, as [`node_egress`] would route it; `None` if nowhere.
+fn route_back(ctx: &BatchContext<'_>, dst: Ipv4Addr) -> Option<(PortId, [u8; 6])> {
+    let via_host = || {
+        let host = ctx.ports.host_port()?;
+        Some((host, role_mac(&ctx.ports.get(host)?.info.role)))
+    };
+    match ctx.fib.lookup(dst)? {
+        NextHop::Local(port) => Some((port, role_mac(&ctx.ports.get(port)?.info.role))),
+        NextHop::Host => via_host(),
+        NextHop::Node(node) => {
+            let id = ctx.ports.uplink_port()?;
+            match ctx.ports.get(id)?.info.role {
+                PortRole::Uplink { policy, .. } if policy.encap_to(node) => {
+                    Some((id, tunnel_mac(node)))
+                }
+                PortRole::Uplink { .. } => via_host(),
+                _ => None,
+            }
+        }
+        NextHop::Unreachable => None,
+    }
+}
+
+/// Checks and strips the outer header of an IPIP frame from the uplink
+/// (which answers for `local`): protocol 4, no fragment, addressed to us,
+/// from a known node (a `via` of the current FIB), with a valid inner
+/// IPv4 header.
+fn decapsulate(
+    ctx: &BatchContext<'_>,
+    local: Ipv4Addr,
+    frame: &mut Frame,
+) -> Result<(), DropReason> {
+    let data = frame.data();
+    if data.len() < ETHERNET_HEADER_LEN {
+        return Err(DropReason::IpipMalformed);
+    }
+    let outer =
+        wire::check_ipv4(&data[ETHERNET_HEADER_LEN..]).map_err(|_| DropReason::IpipMalformed)?;
+    if outer.next_header() != IpProtocol::from(IPPROTO_IPIP)
+        || outer.more_frags()
+        || outer.frag_offset() != 0
+    {
+        return Err(DropReason::IpipMalformed);
+    }
+    if outer.dst_addr() != local {
+        return Err(DropReason::IpipNotForNode);
+    }
+    if !ctx.fib.is_node(outer.src_addr()) {
+        return Err(DropReason::IpipUnknownNode);
+    }
+    wire::ipip_decap(frame).map_err(|_| DropReason::IpipMalformed)?;
+    wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..])
+        .map_err(|_| DropReason::IpipMalformed)?;
+    Ok(())
+}
+
+/// IP + TCP headers plus `gso_size`: the largest packet a TCP GSO frame
+/// is cut into; `None` if the frame is not TCP/IPv4 GSO the uplink can
+/// segment.
+fn tcp_segment_len(frame: &Frame) -> Option<usize> {
+    if frame.vnet.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
+        return None;
+    }
+    let ip = frame.data().get(ETHERNET_HEADER_LEN..)?;
+    let segs = TcpSegments::new(ip, usize::from(frame.vnet.gso_size)).ok()?;
+    Some(segs.header_len() + usize::from(frame.vnet.gso_size))
 }
 
 impl Pipeline {
@@ -287,6 +417,8 @@ impl Pipeline {
                 }
                 Some(NextHop::Local(_) | NextHop::Node(_) | NextHop::Unreachable) => {}
             },
+            // The uplink has no ARP (its frames are always IPv4).
+            PortRole::Uplink { .. } => return Verdict::Drop(DropReason::ArpNotAnswered),
         }
 
         // Drop any Ethernet padding: the reply is exactly one ARP packet.
@@ -305,7 +437,8 @@ impl Pipeline {
         Verdict::Forward(ingress)
     }
 
-    /// IPv4: validate, check the source, route, rewrite.
+    /// IPv4: validate (and decapsulate, from the uplink), check the
+    /// source, route, rewrite.
     fn ipv4(
         &mut self,
         ctx: &BatchContext<'_>,
@@ -314,6 +447,12 @@ impl Pipeline {
         eth_broadcast: bool,
         frame: &mut Frame,
     ) -> Verdict {
+        let from_uplink = matches!(role, PortRole::Uplink { .. });
+        if let PortRole::Uplink { local, .. } = *role {
+            if let Err(reason) = decapsulate(ctx, local, frame) {
+                return Verdict::Drop(reason);
+            }
+        }
         let ip = match wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..]) {
             Ok(ip) => ip,
             Err(e) => return Verdict::Drop(e.drop_reason()),
@@ -341,9 +480,27 @@ impl Pipeline {
                 false
             }
             PortRole::Host { .. } => true,
+            // Another node's router: a hop like a pod's.
+            PortRole::Uplink { .. } => false,
         };
 
-        let (egress, egress_entry) = match ctx.fib.lookup(dst) {
+        let next_hop = ctx.fib.lookup(dst);
+        // What came through the tunnel goes to a local pod or nowhere: the
+        // router is not a transit for other nodes (Calico's IPIP neither).
+        if from_uplink && !matches!(next_hop, Some(NextHop::Local(_))) {
+            return match next_hop {
+                Some(NextHop::Unreachable) => self.icmp_error(
+                    ctx,
+                    ingress,
+                    frame,
+                    IcmpError::HOST_UNREACHABLE,
+                    DropReason::IpipNotLocal,
+                ),
+                _ => Verdict::Drop(DropReason::IpipNotLocal),
+            };
+        }
+        // `tunnel`: the node an uplink-bound frame is for.
+        let (egress, egress_entry, tunnel) = match next_hop {
             None => {
                 return self.icmp_error(
                     ctx,
@@ -367,30 +524,24 @@ impl Pipeline {
                     return Verdict::Drop(DropReason::Hairpin);
                 }
                 match ctx.ports.get(port) {
-                    Some(e) => (port, e),
+                    Some(e) => (port, e, None),
                     None => return Verdict::Drop(DropReason::NoPort),
                 }
             }
-            Some(NextHop::Host) => {
-                let Some(host) = ctx.ports.host_port() else {
-                    return Verdict::Drop(DropReason::NoPort);
-                };
-                if ingress_is_host || host == ingress {
-                    return Verdict::Drop(DropReason::Hairpin);
-                }
-                match ctx.ports.get(host) {
-                    Some(e) => (host, e),
-                    None => return Verdict::Drop(DropReason::NoPort),
-                }
-            }
-            // The IPIP uplink (wire::ipip_encap towards the node) slots in
-            // here once it exists.
-            Some(NextHop::Node(_node)) => return Verdict::Drop(DropReason::NoUplink),
+            Some(NextHop::Host) => match host_egress(ctx, ingress, ingress_is_host) {
+                Ok((id, e)) => (id, e, None),
+                Err(reason) => return Verdict::Drop(reason),
+            },
+            Some(NextHop::Node(node)) => match node_egress(ctx, ingress, ingress_is_host, node) {
+                Ok(x) => x,
+                Err(reason) => return Verdict::Drop(reason),
+            },
         };
         let egress_is_host = matches!(egress_entry.info.role, PortRole::Host { .. });
 
         // The node's kernel and the router are one hop together (as in
-        // Calico): only pod-to-pod traffic loses a TTL here.
+        // Calico): only traffic between pods (here or on other nodes) loses
+        // a TTL here.
         let decrement = !ingress_is_host && !egress_is_host;
         if decrement && ttl <= 1 {
             return self.icmp_error(
@@ -403,8 +554,28 @@ impl Pipeline {
         }
 
         let mtu = egress_entry.info.mtu;
-        // GSO super-segments are cut at gso_size by the receiving stack.
-        if !frame.vnet.is_gso() && total_len > usize::from(mtu) {
+        if tunnel.is_some() {
+            // The uplink cuts GSO frames at gso_size and fragments what
+            // has no DF; what has DF must fit as it is (per segment).
+            let too_big = if frame.vnet.is_gso() {
+                match tcp_segment_len(frame) {
+                    Some(seg) => seg > usize::from(mtu),
+                    None => return Verdict::Drop(DropReason::GsoUnsupported),
+                }
+            } else {
+                total_len > usize::from(mtu)
+            };
+            if too_big && dont_frag {
+                return self.icmp_error(
+                    ctx,
+                    ingress,
+                    frame,
+                    IcmpError::frag_needed(mtu),
+                    DropReason::FragNeeded,
+                );
+            }
+        } else if !frame.vnet.is_gso() && total_len > usize::from(mtu) {
+            // GSO super-segments are cut at gso_size by the receiving stack.
             return if dont_frag {
                 self.icmp_error(
                     ctx,
@@ -419,7 +590,10 @@ impl Pipeline {
         }
 
         let d = frame.data_mut();
-        d[0..6].copy_from_slice(&role_mac(&egress_entry.info.role));
+        match tunnel {
+            Some(node) => d[0..6].copy_from_slice(&tunnel_mac(node)),
+            None => d[0..6].copy_from_slice(&role_mac(&egress_entry.info.role)),
+        }
         d[6..12].copy_from_slice(&self.cfg.router_mac);
         if decrement {
             // TTL >= 2 was checked above, so this cannot refuse.
@@ -457,13 +631,27 @@ impl Pipeline {
         if is_bad_source(orig.src_addr()) {
             return Verdict::Drop(reason);
         }
+        let orig_src = orig.src_addr();
+        // An error about a packet from another node goes back the way the
+        // router would route any packet to its source (through the tunnel,
+        // normally); anything else goes back out of the port it came in on.
+        let from_uplink = matches!(
+            ctx.ports.get(ingress).map(|e| e.info.role),
+            Some(PortRole::Uplink { .. })
+        );
+        let (out, out_mac) = if from_uplink {
+            match route_back(ctx, orig_src) {
+                Some(r) => r,
+                None => return Verdict::Drop(reason),
+            }
+        } else {
+            (ingress, mac_at(data, 6))
+        };
         if !self.icmp_bucket.take(ctx.now_ns) {
             ctx.counters.icmp_rate_limited.incr();
             return Verdict::Drop(reason);
         }
 
-        let requester_mac = mac_at(data, 6);
-        let orig_src = orig.src_addr();
         const ICMP_OFF: usize = ETHERNET_HEADER_LEN + IPV4_HEADER_LEN;
         const QUOTE_OFF: usize = ICMP_OFF + ICMPV4_HEADER_LEN;
         // As much of the original as fits in 576 bytes; that is always at
@@ -484,7 +672,7 @@ impl Pipeline {
         let ident = self.next_ident();
 
         let d = frame.data_mut();
-        d[0..6].copy_from_slice(&requester_mac);
+        d[0..6].copy_from_slice(&out_mac);
         d[6..12].copy_from_slice(&self.cfg.router_mac);
         d[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
 
@@ -513,7 +701,7 @@ impl Pipeline {
         frame.vnet = VnetHdr::default();
         ctx.counters.drop(reason);
         ctx.counters.icmp_sent.incr();
-        Verdict::Forward(ingress)
+        Verdict::Forward(out)
     }
 }
 
@@ -522,6 +710,7 @@ mod tests {
     use super::*;
     use crate::fib::{Fib, FibChange, Prefix};
     use crate::port::{MemPort, PortEntry, PortInfo};
+    use crate::uplink::{EncapMode, EncapPolicy};
     use crate::wire::{check_ipv4, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv4TimeExceeded};
     use rand::{Rng, SeedableRng};
     use smoltcp::phy::ChecksumCapabilities;
@@ -1352,6 +1541,314 @@ mod tests {
         let mut env = Env::new();
         let (v, _) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 60));
         assert_eq!(v, Verdict::Drop(DropReason::NoUplink));
+    }
+
+    const UPLINK: PortId = PortId(4);
+    /// A node outside 192.168.0.0/24 and a block it owns.
+    const FAR_NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 20);
+    const FAR_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 3, 7);
+
+    /// The test node with an uplink (path MTU 1480) in `mode`, subnet
+    /// 192.168.0.0/24, and a block 10.244.3.0/24 on FAR_NODE.
+    fn uplink_env(mode: EncapMode) -> Env {
+        let mut env = Env::new();
+        let policy = EncapPolicy {
+            mode,
+            subnet: Some(prefix(Ipv4Addr::new(192, 168, 0, 0), 24)),
+        };
+        env.ports = env.ports.with(
+            UPLINK,
+            entry(
+                "uplink",
+                PortRole::Uplink {
+                    local: NODE_IP,
+                    policy,
+                },
+                1480,
+            ),
+        );
+        env.fib.update(&[FibChange::Insert(
+            prefix(Ipv4Addr::new(10, 244, 3, 0), 24),
+            NextHop::Node(FAR_NODE),
+        )]);
+        env
+    }
+
+    /// An IPIP frame as the uplink presents it: `outer_src` -> `outer_dst`
+    /// carrying `inner`.
+    fn ipip_in(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
+        let outer = ipv4(outer_src, outer_dst, 4, 64, 0, &[], inner);
+        eth(ROUTER_MAC, tunnel_mac(outer_src), ETHERTYPE_IPV4, &outer)
+    }
+
+    fn remote_udp(dst: Ipv4Addr, ttl: u8, len: usize) -> Vec<u8> {
+        ipv4(REMOTE_IP, dst, 17, ttl, DF, &[], &udp(len - 20))
+    }
+
+    #[test]
+    fn to_other_nodes_per_encap_mode() {
+        use EncapMode::*;
+        // (mode, destination, egress, TTL after, Ethernet destination)
+        let cases = [
+            (Always, REMOTE_IP, UPLINK, 63, tunnel_mac(OTHER_NODE)),
+            (Always, FAR_POD, UPLINK, 63, tunnel_mac(FAR_NODE)),
+            (CrossSubnet, REMOTE_IP, HOST, 64, HOST_MAC),
+            (CrossSubnet, FAR_POD, UPLINK, 63, tunnel_mac(FAR_NODE)),
+            (Never, REMOTE_IP, HOST, 64, HOST_MAC),
+            (Never, FAR_POD, HOST, 64, HOST_MAC),
+        ];
+        for (mode, dst, out, ttl, mac) in cases {
+            let mut env = uplink_env(mode);
+            let input = from_a(dst, 64, DF, 100);
+            let (v, f) = env.run(POD_A, &input);
+            assert_eq!(v, Verdict::Forward(out), "{mode:?} {dst}");
+            let d = f.data();
+            assert_eq!(&d[0..6], &mac, "{mode:?} {dst}");
+            assert_eq!(&d[6..12], &ROUTER_MAC);
+            let ip = check_ipv4(&d[14..]).unwrap();
+            assert_eq!(ip.hop_limit(), ttl, "{mode:?} {dst}");
+            assert_eq!(
+                (ip.src_addr(), ip.dst_addr()),
+                (A_IP, dst),
+                "inner unchanged"
+            );
+            assert_eq!(&d[14 + 20..], &input[14 + 20..]);
+        }
+    }
+
+    #[test]
+    fn host_to_other_nodes() {
+        // The node's own traffic to a remote pod: tunnelled, TTL kept.
+        let mut env = uplink_env(EncapMode::Always);
+        let (v, f) = env.run(HOST, &from_host(NODE_IP, REMOTE_IP, 64));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(&f.data()[0..6], &tunnel_mac(OTHER_NODE));
+        assert_eq!(f.data()[14 + 8], 64);
+        // Routed directly, the node's kernel should never hand it to us.
+        let mut env = uplink_env(EncapMode::Never);
+        let (v, _) = env.run(HOST, &from_host(NODE_IP, REMOTE_IP, 64));
+        assert_eq!(v, Verdict::Drop(DropReason::Hairpin));
+    }
+
+    #[test]
+    fn tunnel_mtu_frag_needed_or_fragment() {
+        let mut env = uplink_env(EncapMode::Always);
+        // Exactly the path MTU fits.
+        let (v, _) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 1480));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        // One more byte with DF: frag needed, MTU 1480, back to the pod.
+        let input = from_a(REMOTE_IP, 64, DF, 1481);
+        let (v, f) = env.run(POD_A, &input);
+        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1480, ip_part(&input));
+        assert_eq!(env.counters.drops(DropReason::FragNeeded), 1);
+        // Without DF the uplink fragments it.
+        let (v, f) = env.run(POD_A, &from_a(REMOTE_IP, 64, 0, 1500));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(f.len(), 14 + 1500);
+    }
+
+    /// A TCP/IPv4 GSO frame from pod A: `payload` bytes cut at `mss`.
+    fn gso_from_a(dst: Ipv4Addr, mss: u16, payload: usize, gso_type: u8) -> Frame {
+        let mut tcp = vec![0u8; 32 + payload];
+        tcp[12] = 0x80; // 32-byte header
+        tcp[13] = 0x10;
+        let ip = ipv4(A_IP, dst, 6, 64, DF, &[], &tcp);
+        let mut f = Frame::from_bytes(&eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip));
+        f.vnet = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            gso_type,
+            hdr_len: 66,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        f
+    }
+
+    #[test]
+    fn gso_to_the_tunnel_is_checked_per_segment() {
+        let mut env = uplink_env(EncapMode::Always);
+        // 20 + 32 + 1428 = 1480: fits.
+        let mut f = gso_from_a(REMOTE_IP, 1428, 30_000, VnetHdr::GSO_TCPV4);
+        let vnet = f.vnet;
+        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(UPLINK));
+        assert_eq!(f.vnet, vnet, "offload request kept for the uplink");
+        assert_eq!(f.data()[14 + 8], 63);
+        // 20 + 32 + 1448 = 1500 with DF: frag needed 1480.
+        let mut f = gso_from_a(REMOTE_IP, 1448, 30_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_A));
+        let ip = check_ipv4(&f.data()[14..]).unwrap();
+        assert_eq!(ip.dst_addr(), A_IP);
+        assert_eq!(&f.data()[14 + 20..14 + 22], &[3, 4]);
+        assert_eq!(&f.data()[14 + 26..14 + 28], &1480u16.to_be_bytes());
+        assert_eq!(f.vnet, VnetHdr::default());
+        // UDP GSO (or anything but TCPv4) cannot be cut by the uplink.
+        let mut f = gso_from_a(REMOTE_IP, 1000, 3000, VnetHdr::GSO_UDP);
+        assert_eq!(
+            env.process(POD_A, &mut f),
+            Verdict::Drop(DropReason::GsoUnsupported)
+        );
+        // To a local pod, GSO frames pass whole as before.
+        let mut f = gso_from_a(B_IP, 1448, 30_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_B));
+    }
+
+    #[test]
+    fn decapsulates_to_a_local_pod() {
+        let mut env = uplink_env(EncapMode::Always);
+        let inner = remote_udp(A_IP, 63, 200);
+        let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+        assert_eq!(v, Verdict::Forward(POD_A));
+        let d = f.data();
+        assert_eq!(d.len(), 14 + 200, "outer header gone");
+        assert_eq!(&d[0..6], &A_MAC);
+        assert_eq!(&d[6..12], &ROUTER_MAC);
+        assert_eq!(&d[12..14], &[8, 0]);
+        let ip = check_ipv4(&d[14..]).unwrap();
+        assert_eq!(ip.hop_limit(), 62, "one hop on this node");
+        assert_eq!(&d[14 + 20..], &inner[20..]);
+        // Options on the outer header are fine too.
+        let outer = ipv4(OTHER_NODE, NODE_IP, 4, 64, 0, &[1, 1, 1, 0], &inner);
+        let b = eth(ROUTER_MAC, [0; 6], ETHERTYPE_IPV4, &outer);
+        assert_eq!(env.run(UPLINK, &b).0, Verdict::Forward(POD_A));
+    }
+
+    #[test]
+    fn ipip_drops_are_counted() {
+        let mut env = uplink_env(EncapMode::Always);
+        let good = remote_udp(A_IP, 63, 60);
+        let stranger = Ipv4Addr::new(192, 168, 0, 99);
+        let mut not_ipip = ipip_in(OTHER_NODE, NODE_IP, &good);
+        not_ipip[14 + 9] = 41;
+        let mut fragment = ipip_in(OTHER_NODE, NODE_IP, &good);
+        fragment[14 + 6] = 0x20;
+        for b in [&mut not_ipip, &mut fragment] {
+            Ipv4Packet::new_unchecked(&mut b[14..34]).fill_checksum();
+        }
+        let mut bad_inner = good.clone();
+        bad_inner[10] ^= 0xff; // inner checksum
+        let cases = [
+            (
+                ipip_in(stranger, NODE_IP, &good),
+                DropReason::IpipUnknownNode,
+            ),
+            (
+                ipip_in(OTHER_NODE, stranger, &good),
+                DropReason::IpipNotForNode,
+            ),
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &good[..12]),
+                DropReason::IpipMalformed,
+            ),
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &bad_inner),
+                DropReason::IpipMalformed,
+            ),
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &good)[..30].to_vec(),
+                DropReason::IpipMalformed,
+            ),
+            (not_ipip, DropReason::IpipMalformed),
+            (fragment, DropReason::IpipMalformed),
+            // Not for a pod here: the outside world, another node's block,
+            // this node's own address.
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &remote_udp(INTERNET_IP, 63, 60)),
+                DropReason::IpipNotLocal,
+            ),
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &remote_udp(FAR_POD, 63, 60)),
+                DropReason::IpipNotLocal,
+            ),
+            (
+                ipip_in(OTHER_NODE, NODE_IP, &remote_udp(NODE_IP, 63, 60)),
+                DropReason::IpipNotLocal,
+            ),
+            (
+                ipip_in(
+                    OTHER_NODE,
+                    NODE_IP,
+                    &ipv4(Ipv4Addr::BROADCAST, A_IP, 17, 9, 0, &[], &udp(8)),
+                ),
+                DropReason::BadSource,
+            ),
+        ];
+        for (b, reason) in cases {
+            let (v, _) = env.run(UPLINK, &b);
+            assert_eq!(v, Verdict::Drop(reason), "{b:02x?}");
+        }
+        assert_eq!(env.counters.icmp_sent.get(), 0);
+        // And the next good one still goes through.
+        let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &good));
+        assert_eq!(v, Verdict::Forward(POD_A));
+    }
+
+    #[test]
+    fn icmp_errors_for_tunnelled_packets_go_back_through_the_tunnel() {
+        for mode in [EncapMode::Always, EncapMode::Never] {
+            let mut env = uplink_env(mode);
+            // TTL 1 on arrival: time exceeded from this node to the sender.
+            let inner = remote_udp(A_IP, 1, 100);
+            let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+            let (out, mac) = match mode {
+                EncapMode::Never => (HOST, HOST_MAC),
+                _ => (UPLINK, tunnel_mac(OTHER_NODE)),
+            };
+            assert_eq!(v, Verdict::Forward(out), "{mode:?}");
+            assert_icmp_error(&f, mac, REMOTE_IP, 11, 0, 0, &inner);
+            // An unassigned address of our block: host unreachable.
+            let inner = remote_udp(UNASSIGNED_IP, 9, 100);
+            let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+            assert_eq!(v, Verdict::Forward(out));
+            assert_icmp_error(&f, mac, REMOTE_IP, 3, 1, 0, &inner);
+            assert_eq!(env.counters.drops(DropReason::IpipNotLocal), 1);
+            assert_eq!(env.counters.drops(DropReason::TtlExceeded), 1);
+            assert_eq!(env.counters.icmp_sent.get(), 2);
+        }
+        // Too big for the pod's port with DF (pod C: MTU 1000).
+        let mut env = uplink_env(EncapMode::Always);
+        let inner = remote_udp(C_IP, 30, 1200);
+        let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_icmp_error(&f, tunnel_mac(OTHER_NODE), REMOTE_IP, 3, 4, 1000, &inner);
+    }
+
+    #[test]
+    fn random_and_mutated_ipip_never_panics() {
+        let mut env = uplink_env(EncapMode::CrossSubnet);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x1b1b);
+        let seeds: Vec<Vec<u8>> = vec![
+            ipip_in(OTHER_NODE, NODE_IP, &remote_udp(A_IP, 64, 200)),
+            ipip_in(FAR_NODE, NODE_IP, &remote_udp(UNASSIGNED_IP, 2, 100)),
+            ipip_in(OTHER_NODE, NODE_IP, &remote_udp(A_IP, 1, 1400)),
+            ipip_in(FAR_NODE, NODE_IP, &remote_udp(C_IP, 9, 1200)),
+        ];
+        let mut forwarded = 0;
+        for i in 0..5_000 {
+            let mut b = seeds[i % seeds.len()].clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let j = rng.gen_range(0..b.len().min(80));
+                b[j] = rng.gen();
+            }
+            if rng.gen_bool(0.2) {
+                b.truncate(rng.gen_range(0..=b.len()));
+            }
+            let mut f = Frame::from_bytes(&b);
+            env.now_ns += 1_000;
+            if let Verdict::Forward(out) = env.process(UPLINK, &mut f) {
+                forwarded += 1;
+                let d = f.data();
+                let ip = check_ipv4(&d[14..]).expect("forwarded IP is valid");
+                assert_eq!(usize::from(ip.total_len()), d.len() - 14);
+                if out == UPLINK {
+                    // Only ICMP errors go back into the tunnel.
+                    assert_eq!(ip.next_header(), IpProtocol::Icmp);
+                    assert_eq!(ip.src_addr(), NODE_IP);
+                }
+            }
+        }
+        assert!(forwarded > 100, "the mutations left some valid frames");
     }
 
     #[test]

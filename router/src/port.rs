@@ -11,6 +11,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
 use crate::frame::{Frame, VnetHdr};
+use crate::uplink::EncapPolicy;
 
 /// Index of a port in the [`PortTable`]. Stable for the port's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -26,6 +27,15 @@ pub enum PortRole {
     Pod { ip: Ipv4Addr, mac: [u8; 6] },
     /// The node's own network stack (TAP `podrouter0`), reached at `mac`.
     Host { mac: [u8; 6] },
+    /// The tunnel to other nodes (IPIP from `local`, the node's address).
+    /// Frames sent to it carry the next-hop node's address as their
+    /// Ethernet destination ([`crate::uplink::tunnel_mac`]); frames from it
+    /// are whole outer IPv4 packets behind an Ethernet header. `policy`
+    /// says which nodes are reached through it and which directly.
+    Uplink {
+        local: Ipv4Addr,
+        policy: EncapPolicy,
+    },
 }
 
 /// Static facts about a port.
@@ -68,6 +78,7 @@ pub struct PortEntry {
 pub struct PortTable {
     entries: Vec<Option<Arc<PortEntry>>>,
     host: Option<PortId>,
+    uplink: Option<PortId>,
 }
 
 impl PortTable {
@@ -87,6 +98,11 @@ impl PortTable {
         } else if t.host == Some(id) {
             t.host = None;
         }
+        if matches!(entry.info.role, PortRole::Uplink { .. }) {
+            t.uplink = Some(id);
+        } else if t.uplink == Some(id) {
+            t.uplink = None;
+        }
         t.entries[i] = Some(Arc::new(entry));
         t
     }
@@ -94,6 +110,11 @@ impl PortTable {
     /// The host port (`podrouter0`), if one is attached.
     pub fn host_port(&self) -> Option<PortId> {
         self.host
+    }
+
+    /// The uplink (IPIP to other nodes), if one is attached.
+    pub fn uplink_port(&self) -> Option<PortId> {
+        self.uplink
     }
 
     /// A copy of this table without `id`.
@@ -104,6 +125,9 @@ impl PortTable {
         }
         if t.host == Some(id) {
             t.host = None;
+        }
+        if t.uplink == Some(id) {
+            t.uplink = None;
         }
         t
     }

@@ -15,7 +15,8 @@
 //! - [`decrement_ttl`]: TTL - 1 in place with that incremental update;
 //! - [`ipip_encap`] / [`ipip_decap`]: add or strip an outer IPv4 header
 //!   between the Ethernet header and the inner packet, using the frame's
-//!   headroom.
+//!   headroom; [`write_ipip_header`]: the outer header alone, for ports that
+//!   encapsulate while copying (the raw-socket uplink).
 //!
 //! Invariants: nothing here allocates or panics on untrusted input (every
 //! view over received bytes is built with `new_checked` or after an explicit
@@ -204,24 +205,47 @@ pub fn ipip_encap(frame: &mut Frame, outer_src: Ipv4Addr, outer_dst: Ipv4Addr, i
         return false;
     };
     buf.copy_within(IPV4_HEADER_LEN..IPV4_HEADER_LEN + ETHERNET_HEADER_LEN, 0);
-    let mut outer = Ipv4Packet::new_unchecked(&mut buf[ETHERNET_HEADER_LEN..][..IPV4_HEADER_LEN]);
+    let outer = &mut buf[ETHERNET_HEADER_LEN..][..IPV4_HEADER_LEN];
+    write_ipip_header(outer, outer_len as u16, id, tos, df, outer_src, outer_dst);
+    shift_vnet(&mut frame.vnet, IPV4_HEADER_LEN as i32);
+    true
+}
+
+/// Writes an outer IPIP header (RFC 2003) into the first 20 bytes of
+/// `buf`: version 4, no options, TOS `tos`, total length `total_len`
+/// (outer header included), identification `id`, DF as given, TTL 64,
+/// protocol 4, the addresses and a correct checksum. Returns false (and
+/// writes nothing) if `buf` is shorter than 20 bytes. Used by
+/// [`ipip_encap`] and by ports that encapsulate while copying.
+pub fn write_ipip_header(
+    buf: &mut [u8],
+    total_len: u16,
+    id: u16,
+    tos: u8,
+    df: bool,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> bool {
+    let Some(h) = buf.get_mut(..IPV4_HEADER_LEN) else {
+        return false;
+    };
+    let mut outer = Ipv4Packet::new_unchecked(h);
     outer.set_version(4);
     outer.set_header_len(IPV4_HEADER_LEN as u8);
     outer.set_dscp(tos >> 2);
     outer.set_ecn(tos & 0x3);
-    outer.set_total_len(outer_len as u16);
+    outer.set_total_len(total_len);
     outer.set_ident(id);
     outer.clear_flags();
     outer.set_frag_offset(0);
     outer.set_dont_frag(df);
     outer.set_hop_limit(DEFAULT_TTL);
     outer.set_next_header(IpProtocol::from(IPPROTO_IPIP));
-    outer.set_src_addr(outer_src);
-    outer.set_dst_addr(outer_dst);
+    outer.set_src_addr(src);
+    outer.set_dst_addr(dst);
     outer.set_checksum(0);
     let sum = ones_complement_sum(outer.as_ref());
     outer.set_checksum(!sum);
-    shift_vnet(&mut frame.vnet, IPV4_HEADER_LEN as i32);
     true
 }
 

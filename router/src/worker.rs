@@ -294,6 +294,9 @@ impl Worker {
         for id in self.touched.drain(..) {
             if let Some(e) = ports.get(id) {
                 if let Err(err) = e.port.flush() {
+                    // Frames queued by send() were lost (the uplink keeps
+                    // the exact count itself): count the failed flush.
+                    counters.drop(DropReason::TxError);
                     log::debug!("port {} flush failed: {err}", id.0);
                 }
             }

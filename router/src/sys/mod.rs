@@ -1,6 +1,6 @@
 //! Every system call of the data plane that needs `unsafe`: the TUN/TAP
 //! ioctls, vectored reads and writes of `[virtio_net_hdr][frame]`, interface
-//! name lookup and CPU affinity.
+//! name lookup, CPU affinity, and the uplink's raw IPv4 socket (`raw`).
 //!
 //! Invariants:
 //! - This is the only module of the router crate allowed to use `unsafe`
@@ -21,6 +21,12 @@ use std::os::unix::fs::OpenOptionsExt;
 
 /// Longest interface name the kernel accepts, without the trailing NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
+
+mod raw;
+pub use raw::{
+    bind_ipv4, raw_ipv4_socket, recv_batch, send_batch, set_socket_buffers, wait_writable,
+    MAX_BATCH,
+};
 
 /// Path of the TUN/TAP clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";

@@ -1,0 +1,1083 @@
+//! Software offloads for ports that have none (the raw-socket uplink): what
+//! a NIC or the kernel's GSO layer would do to a frame a TAP handed us.
+//!
+//! - [`complete_checksum`]: fill in a partial L4 checksum (virtio-net
+//!   `NEEDS_CSUM`: sum from `csum_start` to the end, store the complement
+//!   at `csum_start + csum_offset`), as Linux's `skb_checksum_help` does.
+//! - [`TcpSegments`]: cut a TCP/IPv4 GSO super-segment at `gso_size`
+//!   (Linux's `tcp_gso_segment`): each segment gets the IP header with its
+//!   own total length, identification (+1 per segment) and checksum, and
+//!   the TCP header with its own sequence number and checksum; FIN and PSH
+//!   stay only on the last segment, CWR only on the first.
+//! - [`Fragments`]: IPv4 fragmentation (RFC 791): every fragment's data
+//!   is a multiple of 8 bytes but the last; the first keeps all options,
+//!   later ones only those with the "copied" flag; offsets and MF compose
+//!   with a packet that was already a fragment.
+//!
+//! Both splitters are views over the original packet: `new` validates it
+//! (untrusted input, no panics), `count` says how many pieces, and
+//! `write(i, out)` builds piece `i` into a caller's buffer. Nothing here
+//! allocates, so a port writes each piece straight into its send ring.
+use crate::wire::ones_complement_sum;
+
+/// Most pieces one packet may be cut into (a 64 KiB segment at an MSS of
+/// 64 bytes); more is refused so a forged `gso_size` cannot make us emit
+/// thousands of packets.
+pub const MAX_PIECES: usize = 1024;
+
+const IPPROTO_TCP: u8 = 6;
+const IP_DF: u16 = 0x4000;
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET_MASK: u16 = 0x1fff;
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// Why a packet could not be offloaded in software.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffloadError {
+    /// Headers inconsistent with the packet or the offload request
+    /// (truncated, bad IHL or data offset, checksum field out of bounds).
+    Malformed,
+    /// Not something this module segments (not TCP, already a fragment,
+    /// DF set where fragmentation is needed, MTU too small).
+    Unsupported,
+    /// It would take more than [`MAX_PIECES`] pieces.
+    TooManyPieces,
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline]
+fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Adds two folded one's complement sums with end-around carry.
+#[inline]
+fn add_sums(a: u16, b: u16) -> u16 {
+    let s = u32::from(a) + u32::from(b);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// Recomputes the IPv4 header checksum over the first `hl` bytes.
+fn fill_ip_checksum(ip: &mut [u8], hl: usize) {
+    put16(ip, 10, 0);
+    let sum = ones_complement_sum(&ip[..hl]);
+    put16(ip, 10, !sum);
+}
+
+/// The header length and total length of the IPv4 packet at the start of
+/// `pkt`, checked against each other and against `pkt`.
+fn ip_lengths(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
+    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+        return Err(OffloadError::Malformed);
+    }
+    let hl = usize::from(pkt[0] & 0x0f) * 4;
+    let total = usize::from(be16(pkt, 2));
+    if hl < 20 || total < hl || total > pkt.len() {
+        return Err(OffloadError::Malformed);
+    }
+    Ok((hl, total))
+}
+
+/// Completes a partial checksum in the IPv4 packet `pkt`: `csum_start` and
+/// `csum_offset` count from the start of `pkt`. The field must hold the
+/// pseudo-header sum (as a NEEDS_CSUM sender leaves it). A result of 0 is
+/// stored as 0xffff (the same value in one's complement, and what UDP needs).
+pub fn complete_checksum(
+    pkt: &mut [u8],
+    csum_start: usize,
+    csum_offset: usize,
+) -> Result<(), OffloadError> {
+    let field = csum_start
+        .checked_add(csum_offset)
+        .ok_or(OffloadError::Malformed)?;
+    if csum_start < 20 || field + 2 > pkt.len() || field < csum_start {
+        return Err(OffloadError::Malformed);
+    }
+    let sum = ones_complement_sum(&pkt[csum_start..]);
+    let c = !sum;
+    put16(pkt, field, if c == 0 { 0xffff } else { c });
+    Ok(())
+}
+
+/// A TCP/IPv4 super-segment seen as `count()` segments of at most `mss`
+/// payload bytes each.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpSegments<'a> {
+    pkt: &'a [u8],
+    hl: usize,
+    thl: usize,
+    mss: usize,
+    payload: usize,
+    count: usize,
+}
+
+impl<'a> TcpSegments<'a> {
+    /// Validates the TCP/IPv4 packet at the start of `pkt` (bytes after its
+    /// total length are ignored) for cutting at `mss` payload bytes.
+    pub fn new(pkt: &'a [u8], mss: usize) -> Result<TcpSegments<'a>, OffloadError> {
+        let (hl, total) = ip_lengths(pkt)?;
+        let pkt = &pkt[..total];
+        if pkt[9] != IPPROTO_TCP || be16(pkt, 6) & (IP_MF | IP_OFFSET_MASK) != 0 {
+            return Err(OffloadError::Unsupported);
+        }
+        if total < hl + 20 {
+            return Err(OffloadError::Malformed);
+        }
+        let thl = usize::from(pkt[hl + 12] >> 4) * 4;
+        if thl < 20 || hl + thl > total || mss == 0 {
+            return Err(OffloadError::Malformed);
+        }
+        let payload = total - hl - thl;
+        let count = payload.div_ceil(mss).max(1);
+        if count > MAX_PIECES {
+            return Err(OffloadError::TooManyPieces);
+        }
+        Ok(TcpSegments {
+            pkt,
+            hl,
+            thl,
+            mss,
+            payload,
+            count,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Length of the IP + TCP headers every segment carries.
+    pub fn header_len(&self) -> usize {
+        self.hl + self.thl
+    }
+
+    /// Length of segment `i` (IP header included); 0 if there is none.
+    pub fn len(&self, i: usize) -> usize {
+        if i >= self.count {
+            return 0;
+        }
+        let start = i * self.mss;
+        self.header_len() + (self.payload - start).min(self.mss)
+    }
+
+    /// Whether the original carried no payload (then there is one segment:
+    /// the packet itself, checksummed).
+    pub fn is_empty(&self) -> bool {
+        self.payload == 0
+    }
+
+    /// Builds segment `i` into `out` and returns its length; 0 (and `out`
+    /// untouched) if there is no segment `i` or `out` is too short.
+    pub fn write(&self, i: usize, out: &mut [u8]) -> usize {
+        let n = self.len(i);
+        if n == 0 || out.len() < n {
+            return 0;
+        }
+        let (hl, h) = (self.hl, self.header_len());
+        let start = i * self.mss;
+        let out = &mut out[..n];
+        out[..h].copy_from_slice(&self.pkt[..h]);
+        out[h..].copy_from_slice(&self.pkt[h + start..h + start + (n - h)]);
+        // IP: length, identification, checksum.
+        put16(out, 2, n as u16);
+        put16(out, 4, be16(self.pkt, 4).wrapping_add(i as u16));
+        fill_ip_checksum(out, hl);
+        // TCP: sequence number, flags, checksum.
+        let seq = u32::from_be_bytes([
+            self.pkt[hl + 4],
+            self.pkt[hl + 5],
+            self.pkt[hl + 6],
+            self.pkt[hl + 7],
+        ]);
+        out[hl + 4..hl + 8].copy_from_slice(&seq.wrapping_add(start as u32).to_be_bytes());
+        if i + 1 < self.count {
+            out[hl + 13] &= !(TCP_FIN | TCP_PSH);
+        }
+        if i > 0 {
+            out[hl + 13] &= !TCP_CWR;
+        }
+        put16(out, hl + 16, 0);
+        let tcp_len = (n - hl) as u16;
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&out[12..20]);
+        pseudo[9] = IPPROTO_TCP;
+        pseudo[10..12].copy_from_slice(&tcp_len.to_be_bytes());
+        let sum = add_sums(
+            ones_complement_sum(&pseudo),
+            ones_complement_sum(&out[hl..]),
+        );
+        put16(out, hl + 16, !sum);
+        n
+    }
+}
+
+/// The options of an IPv4 header that go into every fragment (those whose
+/// type has the "copied" bit), padded to a multiple of 4 bytes with EOL.
+#[derive(Clone, Copy, Debug)]
+struct CopiedOptions {
+    bytes: [u8; 40],
+    len: usize,
+}
+
+impl CopiedOptions {
+    fn of(opts: &[u8]) -> Result<CopiedOptions, OffloadError> {
+        let mut c = CopiedOptions {
+            bytes: [0; 40],
+            len: 0,
+        };
+        let mut i = 0;
+        while i < opts.len() {
+            match opts[i] {
+                0 => break,  // end of option list
+                1 => i += 1, // no-operation: not copied
+                t => {
+                    let l = usize::from(*opts.get(i + 1).ok_or(OffloadError::Malformed)?);
+                    if l < 2 || i + l > opts.len() {
+                        return Err(OffloadError::Malformed);
+                    }
+                    if t & 0x80 != 0 {
+                        c.bytes[c.len..c.len + l].copy_from_slice(&opts[i..i + l]);
+                        c.len += l;
+                    }
+                    i += l;
+                }
+            }
+        }
+        c.len = c.len.div_ceil(4) * 4;
+        Ok(c)
+    }
+}
+
+/// An IPv4 packet seen as `count()` fragments of at most `mtu` bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct Fragments<'a> {
+    pkt: &'a [u8],
+    hl: usize,
+    copied: CopiedOptions,
+    /// Data bytes per fragment (a multiple of 8).
+    step: usize,
+    data: usize,
+    count: usize,
+    /// Offset (in 8-byte units) and MF of the packet being fragmented.
+    base_offset: u16,
+    base_mf: bool,
+}
+
+impl<'a> Fragments<'a> {
+    /// Validates the IPv4 packet at the start of `pkt` (bytes after its
+    /// total length are ignored) for fragmenting to `mtu`. Refuses packets
+    /// with DF set ([`OffloadError::Unsupported`]; the sender must be told
+    /// with ICMP instead) and MTUs that leave less than 8 data bytes.
+    pub fn new(pkt: &'a [u8], mtu: usize) -> Result<Fragments<'a>, OffloadError> {
+        let (hl, total) = ip_lengths(pkt)?;
+        let pkt = &pkt[..total];
+        let flags = be16(pkt, 6);
+        if flags & IP_DF != 0 || mtu < hl + 8 {
+            return Err(OffloadError::Unsupported);
+        }
+        let copied = CopiedOptions::of(&pkt[20..hl])?;
+        let data = total - hl;
+        let step = (mtu - hl) & !7;
+        let count = data.div_ceil(step).max(1);
+        if count > MAX_PIECES {
+            return Err(OffloadError::TooManyPieces);
+        }
+        let base_offset = flags & IP_OFFSET_MASK;
+        if usize::from(base_offset) + (count - 1) * step / 8 > usize::from(IP_OFFSET_MASK) {
+            return Err(OffloadError::Malformed);
+        }
+        Ok(Fragments {
+            pkt,
+            hl,
+            copied,
+            step,
+            data,
+            count,
+            base_offset,
+            base_mf: flags & IP_MF != 0,
+        })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    fn header_len(&self, i: usize) -> usize {
+        if i == 0 {
+            self.hl
+        } else {
+            20 + self.copied.len
+        }
+    }
+
+    /// Length of fragment `i` (header included); 0 if there is none.
+    pub fn len(&self, i: usize) -> usize {
+        if i >= self.count {
+            return 0;
+        }
+        self.header_len(i) + (self.data - i * self.step).min(self.step)
+    }
+
+    /// Whether the packet had no data at all.
+    pub fn is_empty(&self) -> bool {
+        self.data == 0
+    }
+
+    /// Builds fragment `i` into `out` and returns its length; 0 (and `out`
+    /// untouched) if there is no fragment `i` or `out` is too short.
+    pub fn write(&self, i: usize, out: &mut [u8]) -> usize {
+        let n = self.len(i);
+        if n == 0 || out.len() < n {
+            return 0;
+        }
+        let h = self.header_len(i);
+        let start = i * self.step;
+        let out = &mut out[..n];
+        if i == 0 {
+            out[..h].copy_from_slice(&self.pkt[..h]);
+        } else {
+            out[..20].copy_from_slice(&self.pkt[..20]);
+            out[20..h].copy_from_slice(&self.copied.bytes[..h - 20]);
+            out[0] = 0x40 | (h / 4) as u8;
+        }
+        out[h..].copy_from_slice(&self.pkt[self.hl + start..self.hl + start + (n - h)]);
+        put16(out, 2, n as u16);
+        let last = i + 1 == self.count;
+        let mf = if !last || self.base_mf { IP_MF } else { 0 };
+        put16(out, 6, mf | (self.base_offset + (start / 8) as u16));
+        fill_ip_checksum(out, h);
+        n
+    }
+}
+
+/// Ethernet + outer IPv4 + inner IPv4 headers of an IPIP frame as the
+/// uplink presents it (no options on either IPv4 header).
+const IPIP_TCP_OFF: usize = 14 + 20 + 20;
+const TCP_ACK: u8 = 0x10;
+
+/// What [`coalesce_ipip_tcp`] tracks about the frame it is growing.
+struct Coalescing {
+    thl: usize,
+    mss: usize,
+    payload: usize,
+    next_seq: u32,
+    merged: usize,
+    psh: bool,
+    closed: bool,
+}
+
+/// The TCP header length and payload length of an IPIP frame (Ethernet +
+/// outer + inner IPv4 without options + TCP) that may take part in
+/// coalescing: no fragments, total lengths exact, flags ACK or ACK|PSH.
+fn ipip_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
+    if d.len() < IPIP_TCP_OFF + 20 || d[14] != 0x45 || d[14 + 9] != 4 || d[34] != 0x45 {
+        return None;
+    }
+    let (outer, inner) = (&d[14..], &d[34..]);
+    if be16(outer, 6) & 0x3fff != 0 || inner[9] != IPPROTO_TCP || be16(inner, 6) & 0x3fff != 0 {
+        return None;
+    }
+    let total = usize::from(be16(outer, 2));
+    if total != d.len() - 14 || usize::from(be16(inner, 2)) != total - 20 {
+        return None;
+    }
+    let thl = usize::from(d[IPIP_TCP_OFF + 12] >> 4) * 4;
+    let flags = d[IPIP_TCP_OFF + 13];
+    if thl < 20 || IPIP_TCP_OFF + thl > d.len() || flags & !TCP_PSH != TCP_ACK {
+        return None;
+    }
+    Some((thl, d.len() - IPIP_TCP_OFF - thl))
+}
+
+/// Whether the TCP checksum of the inner packet of an IPIP frame verifies.
+fn ipip_tcp_checksum_ok(d: &[u8]) -> bool {
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&d[34 + 12..34 + 20]);
+    pseudo[9] = IPPROTO_TCP;
+    put16(&mut pseudo, 10, (d.len() - IPIP_TCP_OFF) as u16);
+    add_sums(
+        ones_complement_sum(&pseudo),
+        ones_complement_sum(&d[IPIP_TCP_OFF..]),
+    ) == 0xffff
+}
+
+fn tcp_seq(d: &[u8]) -> u32 {
+    u32::from_be_bytes([
+        d[IPIP_TCP_OFF + 4],
+        d[IPIP_TCP_OFF + 5],
+        d[IPIP_TCP_OFF + 6],
+        d[IPIP_TCP_OFF + 7],
+    ])
+}
+
+/// Receive-side coalescing (GRO) of TCP segments carried in IPIP, for the
+/// uplink: in the first `n` frames (each Ethernet + a whole outer IPv4
+/// packet), runs of consecutive segments of one TCP flow are merged into
+/// the first of the run, which becomes a GSO super-segment (`vnet`:
+/// TCPv4, `gso_size` = the run's first payload size, partial checksum),
+/// as Linux's GRO would build it; a pod's TAP takes it whole, so the pod's
+/// stack sees one 64 KiB segment instead of ~45. Returns how many frames
+/// remain; they are `frames[..returned]`, in the original order (absorbed
+/// frames' buffers move to the end).
+///
+/// A segment joins a run only if: same outer and inner addresses, TOS,
+/// TTL, DF, ports, ACK number, window, data offset and TCP options; the
+/// run's flags are ACK and the segment's ACK or ACK|PSH (PSH ends the run);
+/// its sequence number follows the run's; its payload is no larger than
+/// the run's MSS (a smaller one ends the run); neither header has IP
+/// options or is a fragment; and its TCP checksum verifies (the merged
+/// frame's partial checksum is trusted by the receiver, so every piece is
+/// checked here). The merged outer and inner packets stay within 65535
+/// bytes. Anything else passes through untouched.
+pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize {
+    let n = n.min(frames.len());
+    let mut out = 0;
+    let mut i = 0;
+    while i < n {
+        frames.swap(out, i);
+        let head = out;
+        out += 1;
+        i += 1;
+        let d = frames[head].data();
+        let Some((thl, payload)) = ipip_tcp_shape(d) else {
+            continue;
+        };
+        if payload == 0 || d[IPIP_TCP_OFF + 13] != TCP_ACK || !ipip_tcp_checksum_ok(d) {
+            continue;
+        }
+        let mut st = Coalescing {
+            thl,
+            mss: payload,
+            payload,
+            next_seq: tcp_seq(d).wrapping_add(payload as u32),
+            merged: 1,
+            psh: false,
+            closed: false,
+        };
+        while i < n && !st.closed {
+            let (a, b) = frames.split_at_mut(i);
+            if !try_absorb(&mut a[head], &mut st, &b[0]) {
+                break;
+            }
+            i += 1;
+        }
+        if st.merged > 1 {
+            finish_coalesced(&mut frames[head], &st);
+        }
+    }
+    out
+}
+
+/// Appends `p`'s payload to `head` if `p` continues the run (see
+/// [`coalesce_ipip_tcp`]).
+fn try_absorb(
+    head: &mut crate::frame::Frame,
+    st: &mut Coalescing,
+    p: &crate::frame::Frame,
+) -> bool {
+    let pd = p.data();
+    let Some((thl, payload)) = ipip_tcp_shape(pd) else {
+        return false;
+    };
+    let hd = head.data();
+    let t = IPIP_TCP_OFF;
+    let same = thl == st.thl
+        && hd[26..34] == pd[26..34] // outer addresses
+        && hd[35] == pd[35] // inner TOS
+        && hd[42] == pd[42] // inner TTL
+        && hd[40] & 0x40 == pd[40] & 0x40 // DF
+        && hd[46..54] == pd[46..54] // inner addresses
+        && hd[t..t + 4] == pd[t..t + 4] // ports
+        && hd[t + 8..t + 13] == pd[t + 8..t + 13] // ack, data offset
+        && hd[t + 14..t + 16] == pd[t + 14..t + 16] // window
+        && hd[t + 18..t + thl] == pd[t + 18..t + thl]; // urgent pointer, options
+    if !same
+        || tcp_seq(pd) != st.next_seq
+        || payload == 0
+        || payload > st.mss
+        || IPIP_TCP_OFF - 14 + thl + st.payload + payload > usize::from(u16::MAX)
+        || head.tailroom() < payload
+        || !ipip_tcp_checksum_ok(pd)
+    {
+        return false;
+    }
+    let at = head.len();
+    if !head.resize(at + payload) {
+        return false;
+    }
+    head.data_mut()[at..].copy_from_slice(&pd[t + thl..]);
+    st.payload += payload;
+    st.next_seq = st.next_seq.wrapping_add(payload as u32);
+    st.merged += 1;
+    if pd[t + 13] & TCP_PSH != 0 {
+        st.psh = true;
+        st.closed = true;
+    }
+    if payload < st.mss {
+        st.closed = true;
+    }
+    true
+}
+
+/// Fixes the headers of a coalesced frame and marks it a GSO super-segment
+/// with a partial checksum.
+fn finish_coalesced(head: &mut crate::frame::Frame, st: &Coalescing) {
+    use crate::frame::VnetHdr;
+    let t = IPIP_TCP_OFF;
+    let tcp_len = st.thl + st.payload;
+    let d = head.data_mut();
+    put16(&mut d[14..], 2, (40 + tcp_len) as u16);
+    fill_ip_checksum(&mut d[14..], 20);
+    put16(&mut d[34..], 2, (20 + tcp_len) as u16);
+    fill_ip_checksum(&mut d[34..], 20);
+    if st.psh {
+        d[t + 13] |= TCP_PSH;
+    }
+    let mut pseudo = [0u8; 12];
+    pseudo[..8].copy_from_slice(&d[34 + 12..34 + 20]);
+    pseudo[9] = IPPROTO_TCP;
+    put16(&mut pseudo, 10, tcp_len as u16);
+    put16(d, t + 16, ones_complement_sum(&pseudo));
+    head.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4,
+        hdr_len: (t + st.thl) as u16,
+        gso_size: st.mss as u16,
+        csum_start: t as u16,
+        csum_offset: 16,
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, TcpPacket, TcpSeqNumber, UdpPacket};
+    use std::net::Ipv4Addr;
+
+    const SRC: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
+    const DST: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 66);
+
+    /// A TCP/IPv4 packet with `opts` IP options, timestamps in TCP, the
+    /// given flags and payload, id 0x1000, DF, seq 0xfffff000 (wraps), and
+    /// the checksum field holding only the pseudo-header sum (partial).
+    fn tcp_packet(ip_opts: &[u8], flags: u8, payload: &[u8]) -> Vec<u8> {
+        let hl = 20 + ip_opts.len();
+        let thl = 32;
+        let total = hl + thl + payload.len();
+        let mut v = vec![0u8; total];
+        v[0] = 0x40 | (hl / 4) as u8;
+        put16(&mut v, 2, total as u16);
+        put16(&mut v, 4, 0x1000);
+        put16(&mut v, 6, IP_DF);
+        v[8] = 64;
+        v[9] = IPPROTO_TCP;
+        v[12..16].copy_from_slice(&SRC.octets());
+        v[16..20].copy_from_slice(&DST.octets());
+        v[20..hl].copy_from_slice(ip_opts);
+        fill_ip_checksum(&mut v, hl);
+        let t = &mut v[hl..];
+        put16(t, 0, 40000);
+        put16(t, 2, 5201);
+        t[4..8].copy_from_slice(&0xffff_f000u32.to_be_bytes());
+        t[8..12].copy_from_slice(&7u32.to_be_bytes());
+        t[12] = ((thl / 4) as u8) << 4;
+        t[13] = flags;
+        put16(t, 14, 502);
+        // NOP NOP timestamps
+        t[20..32].copy_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        t[thl..].copy_from_slice(payload);
+        let mut pseudo = [0u8; 12];
+        pseudo[..4].copy_from_slice(&SRC.octets());
+        pseudo[4..8].copy_from_slice(&DST.octets());
+        pseudo[9] = IPPROTO_TCP;
+        put16(&mut pseudo, 10, (thl + payload.len()) as u16);
+        let partial = ones_complement_sum(&pseudo);
+        put16(&mut v, hl + 16, partial);
+        v
+    }
+
+    fn verify_tcp(seg: &[u8]) -> TcpPacket<&[u8]> {
+        let ip = Ipv4Packet::new_checked(seg).expect("ip");
+        assert!(ip.verify_checksum(), "IP checksum");
+        assert_eq!(usize::from(ip.total_len()), seg.len());
+        assert_eq!(ip.next_header(), IpProtocol::Tcp);
+        let hl = usize::from(ip.header_len());
+        let tcp = TcpPacket::new_checked(&seg[hl..]).expect("tcp");
+        assert!(
+            tcp.verify_checksum(&IpAddress::Ipv4(SRC), &IpAddress::Ipv4(DST)),
+            "TCP checksum"
+        );
+        tcp
+    }
+
+    #[test]
+    fn segments_golden() {
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        let flags = TCP_FIN | TCP_PSH | TCP_CWR | 0x10; // + ACK
+        let orig = tcp_packet(&[], flags, &payload);
+        let segs = TcpSegments::new(&orig, 1448).unwrap();
+        assert_eq!(segs.count(), 3);
+        assert_eq!(segs.header_len(), 52);
+        let mut out = vec![0u8; 1600];
+        let mut joined = Vec::new();
+        for i in 0..3 {
+            let n = segs.write(i, &mut out);
+            assert_eq!(n, segs.len(i));
+            assert_eq!(n, 52 + [1448, 1448, 104][i]);
+            let seg = &out[..n];
+            let ip = Ipv4Packet::new_checked(seg).unwrap();
+            assert_eq!(ip.ident(), 0x1000 + i as u16);
+            assert!(ip.dont_frag());
+            assert_eq!(ip.hop_limit(), 64);
+            let tcp = verify_tcp(seg);
+            assert_eq!(
+                tcp.seq_number(),
+                TcpSeqNumber(0xffff_f000u32.wrapping_add(1448 * i as u32) as i32)
+            );
+            assert_eq!(tcp.ack_number(), TcpSeqNumber(7));
+            assert!(tcp.ack());
+            assert_eq!(tcp.fin(), i == 2, "FIN only on the last");
+            assert_eq!(tcp.psh(), i == 2, "PSH only on the last");
+            assert_eq!(tcp.cwr(), i == 0, "CWR only on the first");
+            assert_eq!(tcp.header_len(), 32);
+            assert_eq!(&seg[20 + 20..52], &orig[40..52], "TCP options kept");
+            joined.extend_from_slice(tcp.payload());
+        }
+        assert_eq!(joined, payload, "segments concatenate to the original");
+        // Piece 3 does not exist; a short buffer is refused untouched.
+        assert_eq!(segs.write(3, &mut out), 0);
+        let mut small = [0xaau8; 100];
+        assert_eq!(segs.write(0, &mut small), 0);
+        assert!(small.iter().all(|b| *b == 0xaa));
+    }
+
+    #[test]
+    fn segments_with_ip_options_and_exact_multiples() {
+        let payload: Vec<u8> = (0..2000u32).map(|i| i as u8).collect();
+        // Router alert (copied), 4 bytes.
+        let orig = tcp_packet(&[0x94, 4, 0, 0], 0x18, &payload);
+        let segs = TcpSegments::new(&orig, 500).unwrap();
+        assert_eq!(segs.count(), 4);
+        let mut out = vec![0u8; 600];
+        let mut joined = Vec::new();
+        for i in 0..4 {
+            let n = segs.write(i, &mut out);
+            assert_eq!(n, 24 + 32 + 500);
+            let tcp = verify_tcp(&out[..n]);
+            assert_eq!(&out[20..24], &[0x94, 4, 0, 0]);
+            assert_eq!(tcp.psh(), i == 3);
+            joined.extend_from_slice(tcp.payload());
+        }
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn a_small_packet_is_one_checksummed_segment() {
+        for payload in [&b""[..], b"hello"] {
+            let orig = tcp_packet(&[], 0x18, payload);
+            let segs = TcpSegments::new(&orig, 1448).unwrap();
+            assert_eq!(segs.count(), 1);
+            assert_eq!(segs.is_empty(), payload.is_empty());
+            let mut out = vec![0u8; 200];
+            let n = segs.write(0, &mut out);
+            assert_eq!(n, orig.len());
+            let tcp = verify_tcp(&out[..n]);
+            assert!(tcp.psh());
+            assert_eq!(tcp.payload(), payload);
+        }
+    }
+
+    #[test]
+    fn segmenting_refuses_bad_input() {
+        let orig = tcp_packet(&[], 0x10, &[0; 100]);
+        assert_eq!(
+            TcpSegments::new(&orig, 0).unwrap_err(),
+            OffloadError::Malformed
+        );
+        assert_eq!(
+            TcpSegments::new(&orig[..30], 10).unwrap_err(),
+            OffloadError::Malformed
+        );
+        let mut udp = orig.clone();
+        udp[9] = 17;
+        assert_eq!(
+            TcpSegments::new(&udp, 10).unwrap_err(),
+            OffloadError::Unsupported
+        );
+        let mut frag = orig.clone();
+        put16(&mut frag, 6, IP_MF);
+        assert_eq!(
+            TcpSegments::new(&frag, 10).unwrap_err(),
+            OffloadError::Unsupported
+        );
+        let mut doff = orig.clone();
+        doff[20 + 12] = 0xf0; // 60-byte TCP header in a 152-byte packet is fine...
+        assert!(TcpSegments::new(&doff, 10).is_ok());
+        doff[20 + 12] = 0x40; // ...a 16-byte one is not
+        assert_eq!(
+            TcpSegments::new(&doff, 10).unwrap_err(),
+            OffloadError::Malformed
+        );
+        let big = tcp_packet(&[], 0x10, &vec![0; 60_000]);
+        assert_eq!(
+            TcpSegments::new(&big, 8).unwrap_err(),
+            OffloadError::TooManyPieces
+        );
+    }
+
+    fn udp_packet(ip_opts: &[u8], flags: u16, len: usize) -> Vec<u8> {
+        let hl = 20 + ip_opts.len();
+        let total = hl + 8 + len;
+        let mut v = vec![0u8; total];
+        v[0] = 0x40 | (hl / 4) as u8;
+        put16(&mut v, 2, total as u16);
+        put16(&mut v, 4, 0x4242);
+        put16(&mut v, 6, flags);
+        v[8] = 64;
+        v[9] = 17;
+        v[12..16].copy_from_slice(&SRC.octets());
+        v[16..20].copy_from_slice(&DST.octets());
+        v[20..hl].copy_from_slice(ip_opts);
+        fill_ip_checksum(&mut v, hl);
+        put16(&mut v, hl, 1234);
+        put16(&mut v, hl + 2, 53);
+        put16(&mut v, hl + 4, (8 + len) as u16);
+        for (i, b) in v[hl + 8..].iter_mut().enumerate() {
+            *b = (i * 13) as u8;
+        }
+        v
+    }
+
+    #[test]
+    fn partial_checksum_is_completed() {
+        let mut p = udp_packet(&[], 0, 333);
+        // Pseudo-header sum in the field, as a NEEDS_CSUM sender leaves it.
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&p[12..20]);
+        pseudo[9] = 17;
+        put16(&mut pseudo, 10, 341);
+        let partial = ones_complement_sum(&pseudo);
+        put16(&mut p, 26, partial);
+        complete_checksum(&mut p, 20, 6).unwrap();
+        let udp = UdpPacket::new_checked(&p[20..]).unwrap();
+        assert!(udp.verify_checksum(&IpAddress::Ipv4(SRC), &IpAddress::Ipv4(DST)));
+        // TCP the same way.
+        let mut t = tcp_packet(&[], 0x18, b"abcdefg");
+        complete_checksum(&mut t, 20, 16).unwrap();
+        verify_tcp(&t);
+        // Out of bounds.
+        let n = t.len();
+        assert_eq!(
+            complete_checksum(&mut t, n - 1, 0).unwrap_err(),
+            OffloadError::Malformed
+        );
+        assert_eq!(
+            complete_checksum(&mut t, 10, 0).unwrap_err(),
+            OffloadError::Malformed
+        );
+        assert_eq!(
+            complete_checksum(&mut t, 20, usize::MAX).unwrap_err(),
+            OffloadError::Malformed
+        );
+    }
+
+    /// Reassembles fragments by offset and checks every header.
+    fn reassemble(frags: &[Vec<u8>], orig: &[u8]) -> Vec<u8> {
+        let ohl = usize::from(orig[0] & 0xf) * 4;
+        let mut data = vec![None; orig.len() - ohl];
+        for (i, f) in frags.iter().enumerate() {
+            let ip = Ipv4Packet::new_checked(&f[..]).unwrap();
+            assert!(ip.verify_checksum());
+            assert_eq!(usize::from(ip.total_len()), f.len());
+            assert_eq!(ip.ident(), 0x4242);
+            assert_eq!(ip.src_addr(), SRC);
+            assert!(!ip.dont_frag());
+            let last = i + 1 == frags.len();
+            assert_eq!(ip.more_frags(), !last, "MF on all but the last");
+            let hl = usize::from(ip.header_len());
+            if !last {
+                assert_eq!((f.len() - hl) % 8, 0, "data a multiple of 8");
+            }
+            let off = usize::from(ip.frag_offset());
+            for (j, b) in f[hl..].iter().enumerate() {
+                assert!(data[off + j].is_none(), "overlap at {}", off + j);
+                data[off + j] = Some(*b);
+            }
+        }
+        data.into_iter().map(|b| b.expect("hole")).collect()
+    }
+
+    #[test]
+    fn fragments_golden() {
+        let orig = udp_packet(&[], 0, 3000);
+        let fr = Fragments::new(&orig, 1480).unwrap();
+        // 1460 data bytes per fragment: 3008 = 1456 + 1456 + 96.
+        assert_eq!(fr.count(), 3);
+        let frags: Vec<Vec<u8>> = (0..3)
+            .map(|i| {
+                let mut out = vec![0u8; 1500];
+                let n = fr.write(i, &mut out);
+                assert_eq!(n, fr.len(i));
+                out.truncate(n);
+                out
+            })
+            .collect();
+        assert_eq!(
+            frags.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1476, 1476, 116]
+        );
+        assert!(frags.iter().all(|f| f.len() <= 1480));
+        assert_eq!(be16(&frags[1], 6), IP_MF | 182);
+        assert_eq!(be16(&frags[2], 6), 364);
+        assert_eq!(reassemble(&frags, &orig), orig[20..]);
+    }
+
+    #[test]
+    fn fragment_options_only_copied_ones_repeat() {
+        // Record route (7, not copied, 7 bytes) + NOP + router alert (0x94,
+        // copied, 4 bytes): 12 bytes of options.
+        let opts = [7, 7, 4, 0, 0, 0, 0, 1, 0x94, 4, 0, 0];
+        let orig = udp_packet(&opts, 0, 1000);
+        let fr = Fragments::new(&orig, 600).unwrap();
+        let mut out = vec![0u8; 600];
+        let n0 = fr.write(0, &mut out);
+        assert_eq!(&out[20..32], &opts);
+        assert_eq!(out[0], 0x48);
+        let f0 = out[..n0].to_vec();
+        let n1 = fr.write(1, &mut out);
+        assert_eq!(out[0], 0x46, "20 + 4 bytes of copied options");
+        assert_eq!(&out[20..24], &[0x94, 4, 0, 0]);
+        let f1 = out[..n1].to_vec();
+        assert_eq!(fr.count(), 2);
+        assert_eq!(reassemble(&[f0, f1], &orig), orig[32..]);
+    }
+
+    #[test]
+    fn fragmenting_a_fragment_keeps_its_offset_and_mf() {
+        // The middle fragment of something larger: offset 100 (800 bytes), MF.
+        let orig = udp_packet(&[], IP_MF | 100, 1992);
+        let fr = Fragments::new(&orig, 1000).unwrap();
+        let mut out = vec![0u8; 1000];
+        let mut offs = Vec::new();
+        for i in 0..fr.count() {
+            let n = fr.write(i, &mut out);
+            let ip = Ipv4Packet::new_checked(&out[..n]).unwrap();
+            assert!(ip.more_frags(), "the original had MF: every piece keeps it");
+            offs.push(ip.frag_offset());
+        }
+        assert_eq!(offs, [800, 800 + 976, 800 + 2 * 976]);
+    }
+
+    #[test]
+    fn fragmenting_refuses_df_small_mtu_and_bad_options() {
+        let df = udp_packet(&[], IP_DF, 2000);
+        assert_eq!(
+            Fragments::new(&df, 1000).unwrap_err(),
+            OffloadError::Unsupported
+        );
+        let p = udp_packet(&[], 0, 2000);
+        assert_eq!(
+            Fragments::new(&p, 27).unwrap_err(),
+            OffloadError::Unsupported
+        );
+        let big = udp_packet(&[], 0, 20_000);
+        assert_eq!(
+            Fragments::new(&big, 28).unwrap_err(),
+            OffloadError::TooManyPieces
+        );
+        let bad = udp_packet(&[0x94, 9, 0, 0], 0, 100);
+        assert_eq!(
+            Fragments::new(&bad, 60).unwrap_err(),
+            OffloadError::Malformed
+        );
+    }
+
+    /// The segments of `orig` (cut at `mss`) as the uplink receives them:
+    /// Ethernet + outer IPv4 (10.0.0.1 -> 10.0.0.2) + segment.
+    fn ipip_segments(orig: &[u8], mss: usize) -> Vec<Vec<u8>> {
+        let segs = TcpSegments::new(orig, mss).unwrap();
+        (0..segs.count())
+            .map(|i| {
+                let mut v = vec![0u8; 14 + 20];
+                let mut seg = vec![0u8; segs.len(i)];
+                segs.write(i, &mut seg);
+                v.extend_from_slice(&seg);
+                let total = (20 + seg.len()) as u16;
+                crate::wire::write_ipip_header(
+                    &mut v[14..],
+                    total,
+                    0,
+                    0,
+                    true,
+                    Ipv4Addr::new(10, 0, 0, 1),
+                    Ipv4Addr::new(10, 0, 0, 2),
+                );
+                v
+            })
+            .collect()
+    }
+
+    fn frames_of(pkts: &[Vec<u8>]) -> Vec<crate::frame::Frame> {
+        pkts.iter()
+            .map(|p| crate::frame::Frame::from_bytes(p))
+            .collect()
+    }
+
+    /// Splits a coalesced frame again with the segmenter and checks it
+    /// gives back exactly the segments it was made of.
+    fn resegment(f: &crate::frame::Frame) -> Vec<Vec<u8>> {
+        use crate::frame::VnetHdr;
+        assert_eq!(f.vnet.gso_type, VnetHdr::GSO_TCPV4);
+        assert_eq!(f.vnet.flags, VnetHdr::F_NEEDS_CSUM);
+        let d = f.data();
+        let outer = Ipv4Packet::new_checked(&d[14..]).unwrap();
+        assert!(outer.verify_checksum());
+        assert_eq!(usize::from(outer.total_len()), d.len() - 14);
+        let mut inner = d[34..].to_vec();
+        let start = usize::from(f.vnet.csum_start) - 34;
+        complete_checksum(&mut inner, start, usize::from(f.vnet.csum_offset)).unwrap();
+        verify_tcp(&inner);
+        let segs = TcpSegments::new(&inner, usize::from(f.vnet.gso_size)).unwrap();
+        (0..segs.count())
+            .map(|i| {
+                let mut v = vec![0u8; segs.len(i)];
+                segs.write(i, &mut v);
+                v
+            })
+            .collect()
+    }
+
+    #[test]
+    fn coalescing_round_trips_segments() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 31 + 7) as u8).collect();
+        let orig = tcp_packet(&[], 0x18, &payload); // ACK|PSH
+        let pkts = ipip_segments(&orig, 1428);
+        assert_eq!(pkts.len(), 8);
+        let mut frames = frames_of(&pkts);
+        let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+        assert_eq!(n, 1, "one run");
+        let back = resegment(&frames[0]);
+        let want: Vec<Vec<u8>> = pkts.iter().map(|p| p[34..].to_vec()).collect();
+        assert_eq!(back, want, "re-segmenting gives the received segments");
+        // The merged TCP payload is the original's.
+        let d = frames[0].data();
+        assert_eq!(&d[34 + 20 + 32..], &payload[..]);
+    }
+
+    #[test]
+    fn coalescing_stops_where_it_must() {
+        let payload: Vec<u8> = (0..6000u32).map(|i| i as u8).collect();
+        let orig = tcp_packet(&[], 0x10, &payload);
+        let base = ipip_segments(&orig, 1000); // 6 segments
+                                               // A corrupted segment, a segment of another flow, a gap.
+        let mut bad_sum = base.clone();
+        bad_sum[2][34 + 52 + 5] ^= 1;
+        let mut other_flow = base.clone();
+        {
+            // Another source port, checksum kept right.
+            let p = &mut other_flow[3];
+            let old = be16(p, 34 + 20);
+            put16(p, 34 + 20, old ^ 0x0100);
+            let sum = crate::wire::checksum_update(be16(p, 34 + 36), old, old ^ 0x0100);
+            put16(p, 34 + 36, sum);
+        }
+        let mut gap = base.clone();
+        gap.remove(2);
+        let cases: [(&str, Vec<Vec<u8>>, usize); 3] = [
+            ("bad checksum", bad_sum, 3),  // [0,1] [2] [3,4,5]
+            ("other flow", other_flow, 3), // [0,1,2] [3] [4,5]
+            ("gap", gap, 2),               // [0,1] [3,4,5]
+        ];
+        for (what, pkts, want) in cases {
+            let mut frames = frames_of(&pkts);
+            let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+            assert_eq!(n, want, "{what}");
+            // Nothing lost or reordered: the frames' payloads, segmented
+            // back where merged, are the input's.
+            let mut got = Vec::new();
+            for f in &frames[..n] {
+                if f.vnet.is_gso() {
+                    got.extend(resegment(f));
+                } else {
+                    got.push(f.data()[34..].to_vec());
+                }
+            }
+            let want: Vec<Vec<u8>> = pkts.iter().map(|p| p[34..].to_vec()).collect();
+            assert_eq!(got, want, "{what}");
+        }
+        // Not TCP-in-IPIP, or a lone segment: untouched.
+        let mut frames = frames_of(&base[..1]);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 1), 1);
+        assert!(!frames[0].vnet.is_gso());
+        assert_eq!(frames[0].data(), &base[0][..]);
+        let junk = vec![vec![0u8; 60], vec![1u8; 3]];
+        let mut frames = frames_of(&junk);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 2), 2);
+        assert_eq!(frames[1].data(), &junk[1][..]);
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        let seeds = [
+            tcp_packet(&[], 0x18, &[1; 3000]),
+            udp_packet(&[0x94, 4, 0, 0], 0, 2000),
+        ];
+        let mut out = vec![0u8; 2000];
+        for _ in 0..3000 {
+            let mut b = seeds[rng.gen_range(0..2)].clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let j = rng.gen_range(0..60);
+                b[j] = rng.gen();
+            }
+            if rng.gen_bool(0.3) {
+                b.truncate(rng.gen_range(0..b.len()));
+            }
+            if let Ok(s) = TcpSegments::new(&b, rng.gen_range(1..2000)) {
+                for i in 0..s.count().min(8) {
+                    s.write(i, &mut out);
+                }
+            }
+            if let Ok(f) = Fragments::new(&b, rng.gen_range(0..2000)) {
+                for i in 0..f.count().min(8) {
+                    f.write(i, &mut out);
+                }
+            }
+            let mut c = b.clone();
+            let n = c.len();
+            let _ = complete_checksum(&mut c, rng.gen_range(0..n + 2), rng.gen_range(0..40));
+        }
+        // Coalescing mutated IPIP segments.
+        let orig = tcp_packet(&[], 0x10, &[5; 5000]);
+        let segs = ipip_segments(&orig, 1000);
+        for _ in 0..2000 {
+            let mut pkts = segs.clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let k = rng.gen_range(0..pkts.len());
+                let j = rng.gen_range(0..90);
+                pkts[k][j] = rng.gen();
+            }
+            if rng.gen_bool(0.2) {
+                let k = rng.gen_range(0..pkts.len());
+                let l = rng.gen_range(0..pkts[k].len());
+                pkts[k].truncate(l);
+            }
+            let mut frames = frames_of(&pkts);
+            let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+            assert!(n >= 1 && n <= pkts.len());
+            for f in &frames[..n] {
+                if f.vnet.is_gso() {
+                    // Whatever was merged re-segments into valid segments.
+                    resegment(f);
+                }
+            }
+        }
+    }
+}
