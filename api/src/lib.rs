@@ -58,6 +58,22 @@ pub enum Call {
     Routes,
     /// Data-plane counters, summed over workers, and per port.
     Counters,
+    /// BGP neighbours: state, timers, prefix counts, last error.
+    BgpPeers,
+    /// The BGP RIB: every path per prefix, best first.
+    BgpRib(BgpRibParams),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpRibParams {
+    /// Only prefixes inside this one (`10.244.0.0/16`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// At most this many rows (default 1000, at most 3000), so a full
+    /// table fits a response line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -138,6 +154,8 @@ pub enum Reply {
     Detached { id: String },
     Routes(Vec<RouteInfo>),
     Counters(CountersInfo),
+    BgpPeers(Vec<BgpPeerInfo>),
+    BgpRib(BgpRibInfo),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -244,6 +262,88 @@ pub struct PortCountersInfo {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+}
+
+/// One BGP neighbour, like a line of `birdc show protocols all`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgpPeerInfo {
+    pub address: Ipv4Addr,
+    pub asn: u32,
+    /// `ibgp` or `ebgp`.
+    pub kind: String,
+    /// RFC 4271 state: Idle, Connect, Active, OpenSent, OpenConfirm,
+    /// Established.
+    pub state: String,
+    /// Seconds in this state.
+    pub since_secs: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router_id: Option<Ipv4Addr>,
+    /// Negotiated hold time (Established only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_time: Option<u16>,
+    pub passive: bool,
+    /// A TCP MD5 key is configured.
+    pub md5: bool,
+    /// Prefixes in the peer's Adj-RIB-In.
+    pub prefixes_received: usize,
+    /// Of those, the ones the import filter lets into the FIB.
+    pub prefixes_accepted: usize,
+    /// Kept stale while the peer restarts (graceful restart helper).
+    pub prefixes_stale: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<u32>,
+    pub messages_in: u64,
+    pub messages_out: u64,
+    pub updates_in: u64,
+    pub updates_out: u64,
+    /// UPDATEs (or parts) handled as withdraws (RFC 7606, loops, bad next hops).
+    pub treat_as_withdraw: u64,
+    /// How many times the session reached Established.
+    pub established_count: u64,
+    /// Negotiated capabilities (Established only).
+    pub capabilities: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The BGP RIB, like `birdc show route`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BgpRibInfo {
+    /// Learned prefixes in the RIB.
+    pub prefixes: usize,
+    /// Learned paths (a prefix has one per peer that sent it).
+    pub paths: usize,
+    /// Prefixes BGP installed in the FIB.
+    pub installed: usize,
+    /// `routes` stopped at the limit.
+    pub truncated: bool,
+    pub routes: Vec<BgpRouteInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BgpRouteInfo {
+    pub prefix: String,
+    pub next_hop: Ipv4Addr,
+    /// The peer's address, or `local` for our own blocks.
+    pub from: String,
+    pub as_path: String,
+    pub origin: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_pref: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub med: Option<u32>,
+    /// The best path for the prefix.
+    pub best: bool,
+    /// Equal to the best up to the tie-breakers (ECMP candidate).
+    pub multipath: bool,
+    /// This path's next hop is in the FIB.
+    pub installed: bool,
+    /// Kept from before the peer's restart (graceful restart).
+    pub stale: bool,
+    pub ebgp: bool,
+    /// Why the prefix is kept out of the FIB, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtered: Option<String>,
 }
 
 /// What can go wrong talking to the daemon.

@@ -94,7 +94,7 @@ pub struct Config {
     pub dataplane: Dataplane,
     /// Static routes to other nodes' blocks.
     pub routes: Vec<StaticRoute>,
-    /// The BGP speaker (not implemented yet; parsed and checked only).
+    /// The BGP speaker (needs `node_ip`, the next hop of our blocks).
     pub bgp: Option<Bgp>,
 }
 
@@ -111,8 +111,11 @@ pub struct Dataplane {
     pub mtu: u16,
     /// Name of the host TAP device in the node namespace.
     pub host_port: String,
-    /// The underlay interface towards other nodes.
+    /// The underlay interface towards other nodes: its MTU bounds the IPIP
+    /// path, its subnet decides cross-subnet encapsulation. Default: the
+    /// interface holding `node_ip`.
     pub uplink: Option<String>,
+    /// When routes to other nodes' blocks are IPIP-encapsulated.
     pub encap: Encap,
     /// Frames taken from a port per poll.
     pub batch_size: usize,
@@ -134,11 +137,30 @@ pub struct StaticRoute {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Bgp {
+    /// Our AS (2- or 4-octet).
     pub asn: u32,
+    /// BGP identifier; default: node_ip.
     #[serde(default)]
     pub router_id: Option<Ipv4Addr>,
+    /// TCP port we listen on, and connect to unless a peer says otherwise.
     #[serde(default = "default_bgp_port")]
     pub port: u16,
+    /// Address to listen on; default: all.
+    #[serde(default)]
+    pub listen_address: Option<Ipv4Addr>,
+    /// Hold time we propose, seconds (0 = no keepalives, else >= 3).
+    #[serde(default = "default_hold_time")]
+    pub hold_time: u16,
+    /// Seconds between outbound connection attempts.
+    #[serde(default = "default_connect_retry")]
+    pub connect_retry: u64,
+    /// Graceful restart (RFC 4724), as helper and as restarting speaker.
+    #[serde(default = "default_true")]
+    pub graceful_restart: bool,
+    /// Seconds we ask peers to keep our routes while we restart; also our
+    /// bound on a restarted peer's stale routes.
+    #[serde(default = "default_restart_time")]
+    pub restart_time: u16,
     #[serde(default)]
     pub peers: Vec<BgpPeer>,
 }
@@ -146,12 +168,43 @@ pub struct Bgp {
 fn default_bgp_port() -> u16 {
     179
 }
+fn default_hold_time() -> u16 {
+    90
+}
+fn default_connect_retry() -> u64 {
+    5
+}
+fn default_restart_time() -> u16 {
+    120
+}
+fn default_true() -> bool {
+    true
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BgpPeer {
     pub address: Ipv4Addr,
+    /// The peer's AS: ours for iBGP, another for eBGP.
     pub asn: u32,
+    /// Only accept the peer's connections; never connect.
+    #[serde(default)]
+    pub passive: bool,
+    /// Overrides `[bgp] hold_time` for this peer.
+    #[serde(default)]
+    pub hold_time: Option<u16>,
+    /// TCP MD5 signature key (RFC 2385), 1-80 bytes.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Close the session (Cease) when the peer sends more prefixes.
+    #[serde(default)]
+    pub max_prefixes: Option<u32>,
+    /// Overrides `[bgp] graceful_restart` for this peer.
+    #[serde(default)]
+    pub graceful_restart: Option<bool>,
+    /// The peer's TCP port; default `[bgp] port`.
+    #[serde(default)]
+    pub port: Option<u16>,
 }
 
 impl Default for Config {
@@ -344,6 +397,9 @@ impl Config {
         if dp.icmp_burst == 0 {
             return Err(("icmp_burst", "must be at least 1".into()));
         }
+        if let Some(bgp) = &self.bgp {
+            check_bgp(self, bgp)?;
+        }
         for (i, r) in self.routes.iter().enumerate() {
             if self.routes[..i].iter().any(|o| o.prefix == r.prefix) {
                 return Err(("prefix", format!("route {} is listed twice", r.prefix)));
@@ -358,9 +414,77 @@ impl Config {
                     format!("route {} overlaps this node's pod_cidrs", r.prefix),
                 ));
             }
+            if Some(r.via) == self.node_ip {
+                return Err((
+                    "via",
+                    format!(
+                        "route {} goes via this node's own address {}",
+                        r.prefix, r.via
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// The `[bgp]` checks.
+fn check_bgp(cfg: &Config, bgp: &Bgp) -> Result<(), (&'static str, String)> {
+    if cfg.node_ip.is_none() {
+        return Err((
+            "node_ip",
+            "[bgp] needs node_ip: it is the next hop of this node's blocks".into(),
+        ));
+    }
+    if bgp.asn == 0 {
+        return Err(("asn", "AS 0 is reserved".into()));
+    }
+    let hold_ok = |h: u16| h == 0 || h >= 3;
+    if !hold_ok(bgp.hold_time) {
+        return Err(("hold_time", "must be 0 or at least 3 seconds".into()));
+    }
+    if bgp.restart_time > 4095 {
+        return Err(("restart_time", "is at most 4095 seconds".into()));
+    }
+    if bgp.connect_retry == 0 {
+        return Err(("connect_retry", "must be at least 1 second".into()));
+    }
+    if bgp.router_id.is_some_and(|r| r.is_unspecified()) {
+        return Err(("router_id", "0.0.0.0 is not a BGP identifier".into()));
+    }
+    for (i, p) in bgp.peers.iter().enumerate() {
+        if bgp.peers[..i].iter().any(|o| o.address == p.address) {
+            return Err(("address", format!("peer {} is listed twice", p.address)));
+        }
+        if p.asn == 0 {
+            return Err(("asn", format!("peer {}: AS 0 is reserved", p.address)));
+        }
+        if Some(p.address) == cfg.node_ip {
+            return Err(("address", format!("peer {} is this node", p.address)));
+        }
+        if p.hold_time.is_some_and(|h| !hold_ok(h)) {
+            return Err((
+                "hold_time",
+                format!("peer {}: must be 0 or at least 3 seconds", p.address),
+            ));
+        }
+        if p.password
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > crate::sys::TCP_MD5_MAX_KEY)
+        {
+            return Err((
+                "password",
+                format!("peer {}: TCP MD5 keys are 1-80 bytes", p.address),
+            ));
+        }
+        if p.max_prefixes == Some(0) {
+            return Err((
+                "max_prefixes",
+                format!("peer {}: must be at least 1", p.address),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// 1-based line number of a byte offset.
@@ -480,8 +604,50 @@ asn = 64512
         let e = err("pod_cidrs = [\"10.244.0.0/24\"]\n[[routes]]\nprefix = \"10.244.0.0/26\"\nvia = \"1.2.3.4\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(3), Some("prefix")));
 
+        let e =
+            err("node_ip = \"1.2.3.4\"\n[[routes]]\nprefix = \"10.9.0.0/26\"\nvia = \"1.2.3.4\"\n");
+        assert_eq!(e.key.as_deref(), Some("via"));
+        assert!(e.message.contains("own address"), "{e}");
+
         let e = err("node_name = \n");
         assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn bgp_options_parse_and_are_checked() {
+        let c = Config::parse(
+            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 4200000000\nhold_time = 3\n\
+             graceful_restart = false\n[[bgp.peers]]\naddress = \"10.0.0.2\"\nasn = 64513\n\
+             passive = true\npassword = \"s3cret\"\nmax_prefixes = 1000\nport = 1790\n",
+            "t.toml",
+        )
+        .unwrap();
+        let b = c.bgp.unwrap();
+        assert_eq!(
+            (b.asn, b.hold_time, b.restart_time),
+            (4_200_000_000, 3, 120)
+        );
+        assert!(!b.graceful_restart);
+        let p = &b.peers[0];
+        assert!(p.passive);
+        assert_eq!(p.password.as_deref(), Some("s3cret"));
+        assert_eq!((p.max_prefixes, p.port), (Some(1000), Some(1790)));
+
+        let e = err("[bgp]\nasn = 64512\n");
+        assert_eq!(e.key.as_deref(), Some("node_ip"));
+        let e = err("node_ip = \"10.0.0.1\"\n[bgp]\nasn = 64512\nhold_time = 2\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("hold_time")));
+        let e = err(
+            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"10.0.0.2\"\n\
+             asn = 2\n[[bgp.peers]]\naddress = \"10.0.0.2\"\nasn = 3\n",
+        );
+        assert!(e.message.contains("twice"), "{e}");
+        let e = err(&format!(
+            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\n[[bgp.peers]]\naddress = \"10.0.0.2\"\n\
+             asn = 2\npassword = \"{}\"\n",
+            "x".repeat(81)
+        ));
+        assert_eq!(e.key.as_deref(), Some("password"));
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub enum StartError {
     HostPort(PodNetError),
     #[error("starting worker {0}: {1}")]
     Worker(usize, std::io::Error),
+    #[error("uplink: {0}")]
+    Uplink(String),
+    #[error("bgp: {0}")]
+    Bgp(std::io::Error),
 }
 
 struct Pod {
@@ -76,6 +80,9 @@ pub struct Daemon {
     ipam: Ipam,
     store: StateStore,
     started: Instant,
+    bgp: Option<crate::bgp::BgpHandle>,
+    /// The IPIP uplink to other nodes, if this node has one.
+    uplink: Option<crate::uplink_setup::UplinkState>,
 }
 
 type CallResult = Result<Reply, (ErrorCode, String)>;
@@ -120,19 +127,26 @@ impl Daemon {
             pods: BTreeMap::new(),
             store,
             started: Instant::now(),
+            bgp: None,
+            uplink: None,
         };
         d.start_host_port()?;
+        if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
+            d.publish_port(info, u.port.clone())
+                .map_err(|e| StartError::Uplink(format!("port table: {e}")))?;
+            d.uplink = Some(u);
+        }
         d.install_base_routes();
         d.restore(records);
         d.store.save(&d.records())?;
         d.process_pending_detaches();
-        if let Some(bgp) = &d.cfg.bgp {
-            log::warn!(
-                "[bgp] (asn {}, {} peers) is parsed but the BGP speaker is not implemented yet",
-                bgp.asn,
-                bgp.peers.len()
-            );
-        }
+        let kernel = d.uplink.as_ref().map(|u| crate::uplink_setup::UplinkState {
+            ifname: u.ifname.clone(),
+            policy: u.policy,
+            port: u.port.clone(),
+        });
+        d.bgp =
+            crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel).map_err(StartError::Bgp)?;
         log::info!(
             "node {} up: {} worker(s), pod CIDRs {}, {} pod(s) restored, API on {}",
             d.cfg.node_name,
@@ -179,6 +193,7 @@ impl Daemon {
             changes.push(FibChange::Insert(r.prefix, NextHop::Node(r.via)));
         }
         self.fib.update(&changes);
+        crate::uplink_setup::install_node_routes(&self.cfg, self.uplink.as_ref());
         for c in &self.cfg.pod_cidrs {
             if let Err(e) = podnet::host_route_add(c.addr(), c.len(), &self.cfg.dataplane.host_port)
             {
@@ -325,11 +340,33 @@ impl Daemon {
             Call::Detach(p) => self.detach(&p.id, p.netns.as_deref().zip(p.ifname.as_deref())),
             Call::Routes => Ok(Reply::Routes(self.routes())),
             Call::Counters => Ok(Reply::Counters(self.counters())),
+            Call::BgpPeers => self.bgp_call(|b| b.peers().map(Reply::BgpPeers)),
+            Call::BgpRib(p) => {
+                let within = match p.prefix.as_deref().map(str::parse::<Prefix>) {
+                    None => None,
+                    Some(Ok(w)) => Some(w),
+                    Some(Err(e)) => return Response::err(ErrorCode::BadRequest, e.to_string()),
+                };
+                // Keep the response well under the API's 1 MiB line limit.
+                let limit = p.limit.unwrap_or(1000).min(crate::bgp::RIB_ROWS_MAX);
+                self.bgp_call(|b| b.rib(within, limit).map(Reply::BgpRib))
+            }
         };
         match result {
             Ok(r) => Response::ok(r),
             Err((code, msg)) => Response::err(code, msg),
         }
+    }
+
+    fn bgp_call(
+        &self,
+        f: impl FnOnce(&crate::bgp::BgpHandle) -> Result<Reply, String>,
+    ) -> CallResult {
+        let b = self.bgp.as_ref().ok_or((
+            ErrorCode::NotFound,
+            "BGP is not configured on this node (no [bgp] section)".to_string(),
+        ))?;
+        f(b).map_err(|e| (ErrorCode::Internal, e))
     }
 
     fn status(&self) -> StatusInfo {
@@ -583,7 +620,15 @@ impl Daemon {
                         None,
                     ),
                     NextHop::Host => ("host", Some(self.cfg.dataplane.host_port.clone()), None),
-                    NextHop::Node(ip) => ("node", None, Some(ip)),
+                    NextHop::Node(ip) => (
+                        "node",
+                        crate::uplink_setup::route_port(
+                            self.uplink.as_ref(),
+                            &self.cfg.dataplane.host_port,
+                            ip,
+                        ),
+                        Some(ip),
+                    ),
                     NextHop::Unreachable => ("unreachable", None, None),
                 };
                 RouteInfo {
@@ -634,6 +679,9 @@ impl Daemon {
     /// Stops the workers. Pod interfaces (persistent TAPs), host routes and
     /// the state file stay, so a restart picks everything up again.
     pub fn shutdown(mut self) {
+        if let Some(b) = self.bgp.take() {
+            b.stop();
+        }
         for w in &mut self.workers {
             w.stop();
         }

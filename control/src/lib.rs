@@ -5,6 +5,7 @@
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod bgp;
 pub mod config;
 pub mod daemon;
 pub mod ipam;
@@ -17,3 +18,4 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
+pub mod uplink_setup;

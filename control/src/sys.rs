@@ -60,6 +60,130 @@ pub fn setns_net(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(())
 }
 
+/// Longest TCP MD5 key the kernel takes (`TCP_MD5SIG_MAXKEYLEN`).
+pub const TCP_MD5_MAX_KEY: usize = 80;
+
+/// `struct tcp_md5sig` from `<linux/tcp.h>` (libc does not define it).
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: libc::c_int,
+    key: [u8; TCP_MD5_MAX_KEY],
+}
+
+fn sockaddr_in(addr: std::net::SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// Sets (or, with an empty key, removes) the RFC 2385 TCP MD5 key for
+/// segments to and from `peer` on a socket: on a listener before the peer
+/// connects, on a connecting socket before `connect`.
+pub fn tcp_md5_set(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> io::Result<()> {
+    if key.len() > TCP_MD5_MAX_KEY {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "TCP MD5 keys are at most 80 bytes",
+        ));
+    }
+    // SAFETY: TcpMd5Sig is plain old data (integers and byte arrays); all
+    // zero bytes are a valid value.
+    let mut sig: TcpMd5Sig = unsafe { mem::zeroed() };
+    let sin = sockaddr_in(std::net::SocketAddrV4::new(peer, 0));
+    // SAFETY: sockaddr_storage is larger than and suitably aligned for
+    // sockaddr_in; we write exactly one sockaddr_in at its start.
+    unsafe {
+        std::ptr::write(
+            &mut sig.addr as *mut libc::sockaddr_storage as *mut libc::sockaddr_in,
+            sin,
+        )
+    };
+    sig.keylen = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    // SAFETY: setsockopt reads `size_of::<TcpMd5Sig>()` bytes from `sig`,
+    // which lives for the call; `fd` is open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            &sig as *const TcpMd5Sig as *const libc::c_void,
+            mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts a non-blocking TCP connect to `peer`, from `local` if given, with
+/// an MD5 key if given (set before the SYN, as RFC 2385 needs). The
+/// connect completes in the background: wait for writability, then check
+/// `take_error()`.
+pub fn tcp_connect_start(
+    peer: std::net::SocketAddrV4,
+    local: Option<std::net::Ipv4Addr>,
+    md5: Option<&[u8]>,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: socket takes plain integers and returns a new descriptor or -1.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    if let Some(key) = md5 {
+        tcp_md5_set(fd.as_fd(), *peer.ip(), key)?;
+    }
+    if let Some(l) = local {
+        let sin = sockaddr_in(std::net::SocketAddrV4::new(l, 0));
+        // SAFETY: bind reads one sockaddr_in from `sin`, alive for the call.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    let sin = sockaddr_in(peer);
+    // SAFETY: connect reads one sockaddr_in from `sin`, alive for the call.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &sin as *const libc::sockaddr_in as *const libc::sockaddr,
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(std::net::TcpStream::from(fd))
+}
+
 /// Whether the process runs with effective uid 0.
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.

@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use podrouter_api::{AttachParams, Call, Client, ClientError, DetachParams, Reply, DEFAULT_SOCKET};
+use podrouter_api::{
+    AttachParams, BgpRibParams, Call, Client, ClientError, DetachParams, Reply, DEFAULT_SOCKET,
+};
 use podrouter_control::table::Table;
 
 /// Operate a podrouter node.
@@ -59,6 +61,28 @@ enum Command {
     Routes,
     /// Show data-plane counters and per-port counters.
     Counters,
+    /// BGP: neighbours and routes.
+    Bgp {
+        #[command(subcommand)]
+        command: BgpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BgpCommand {
+    /// Neighbours: state, time in state, prefixes, last error.
+    #[command(alias = "protocols")]
+    Peers,
+    /// The RIB: every path per prefix, best first.
+    #[command(alias = "route")]
+    Rib {
+        /// Only prefixes inside this one.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +110,13 @@ fn main() -> ExitCode {
         }),
         Command::Routes => Call::Routes,
         Command::Counters => Call::Counters,
+        Command::Bgp { command } => match command {
+            BgpCommand::Peers => Call::BgpPeers,
+            BgpCommand::Rib { prefix, limit } => Call::BgpRib(BgpRibParams {
+                prefix,
+                limit: Some(limit),
+            }),
+        },
     };
     let reply = Client::connect(&args.socket, Duration::from_secs(args.timeout))
         .and_then(|mut c| c.call(call));
@@ -116,6 +147,8 @@ fn json(r: &Reply) -> String {
         Reply::Detached { id } => Ok(serde_json::json!({ "id": id })),
         Reply::Routes(r) => serde_json::to_value(r),
         Reply::Counters(c) => serde_json::to_value(c),
+        Reply::BgpPeers(p) => serde_json::to_value(p),
+        Reply::BgpRib(r) => serde_json::to_value(r),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -167,11 +200,13 @@ fn text(r: &Reply) -> String {
         Reply::Routes(routes) => {
             let mut t = Table::new(&["PREFIX", "NEXT HOP", "VIA"]);
             for r in routes {
-                let via = r
-                    .port
-                    .clone()
-                    .or_else(|| r.via.map(|v| v.to_string()))
-                    .unwrap_or_else(|| "-".into());
+                // Routes to other nodes have both: "192.168.57.12 (ipip@eth0)".
+                let via = match (r.via, &r.port) {
+                    (Some(v), Some(p)) => format!("{v} ({p})"),
+                    (Some(v), None) => v.to_string(),
+                    (None, Some(p)) => p.clone(),
+                    (None, None) => "-".into(),
+                };
                 t.row([r.prefix.clone(), r.next_hop.clone(), via]);
             }
             t.render()
@@ -208,5 +243,98 @@ fn text(r: &Reply) -> String {
             }
             format!("{}\n{}", t.render(), p.render())
         }
+        Reply::BgpPeers(peers) => {
+            let mut t = Table::new(&[
+                "PEER",
+                "AS",
+                "TYPE",
+                "STATE",
+                "SINCE",
+                "ROUTER ID",
+                "HOLD",
+                "RECEIVED",
+                "ACCEPTED",
+                "STALE",
+                "LAST ERROR",
+            ]);
+            for p in peers {
+                t.row([
+                    p.address.to_string(),
+                    p.asn.to_string(),
+                    p.kind.clone(),
+                    p.state.clone(),
+                    duration_text(p.since_secs),
+                    p.router_id.map_or_else(|| "-".into(), |r| r.to_string()),
+                    p.hold_time.map_or_else(|| "-".into(), |h| format!("{h}s")),
+                    p.prefixes_received.to_string(),
+                    p.prefixes_accepted.to_string(),
+                    p.prefixes_stale.to_string(),
+                    p.last_error.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            t.render()
+        }
+        Reply::BgpRib(rib) => {
+            let mut t = Table::new(&[
+                "", "PREFIX", "NEXT HOP", "FROM", "AS PATH", "LOCPRF", "MED", "ORIGIN", "NOTE",
+            ]);
+            for r in &rib.routes {
+                let flag = match (r.best, r.multipath, r.installed) {
+                    (true, _, true) => "*>",
+                    (true, _, false) => "*",
+                    (false, true, _) => "=",
+                    _ => "",
+                };
+                let mut note = Vec::new();
+                if r.stale {
+                    note.push("stale".to_string());
+                }
+                if let Some(f) = &r.filtered {
+                    note.push(format!("not installed: {f}"));
+                }
+                t.row([
+                    flag.to_string(),
+                    r.prefix.clone(),
+                    r.next_hop.to_string(),
+                    r.from.clone(),
+                    if r.as_path.is_empty() {
+                        "-".into()
+                    } else {
+                        r.as_path.clone()
+                    },
+                    r.local_pref.map_or_else(|| "-".into(), |l| l.to_string()),
+                    r.med.map_or_else(|| "-".into(), |m| m.to_string()),
+                    r.origin.clone(),
+                    note.join(", "),
+                ]);
+            }
+            format!(
+                "{}{} prefixes, {} paths, {} installed in the FIB{}\n\
+                 (*> best and installed, * best, = equal-cost multipath)\n",
+                t.render(),
+                rib.prefixes,
+                rib.paths,
+                rib.installed,
+                if rib.truncated {
+                    "; list truncated (--limit)"
+                } else {
+                    ""
+                }
+            )
+        }
+    }
+}
+
+/// `3d04h`, `2h05m`, `4m07s`, `9s`.
+fn duration_text(s: u64) -> String {
+    let (d, h, m, sec) = (s / 86_400, s / 3600 % 24, s / 60 % 60, s % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h")
+    } else if h > 0 {
+        format!("{h}h{m:02}m")
+    } else if m > 0 {
+        format!("{m}m{sec:02}s")
+    } else {
+        format!("{sec}s")
     }
 }

@@ -1,0 +1,642 @@
+//! The BGP thread: sockets, clock and FIB writes around the pure
+//! [`Speaker`].
+//!
+//! One mio loop owns the listener, every peer connection (at most an
+//! outbound and an inbound one per peer) and a waker for commands from the
+//! control thread. Each iteration: fire timers, read what arrived (at most
+//! 1 MiB per connection per iteration, so one peer's full table cannot
+//! starve another's keepalives), carry out the speaker's socket work, and
+//! publish the FIB changes of the whole iteration as one batch.
+//!
+//! Inbound connections from addresses that are not configured peers are
+//! closed at once, before a byte is read. Sends are queued per connection
+//! and flushed on writability; a peer that stops reading and lets more than
+//! 4 MiB pile up is disconnected. A connection being closed gets up to
+//! 200 ms to flush its last NOTIFICATION.
+//!
+//! Kernel routes: with an IPIP uplink, each learned block also needs a
+//! route in the node's kernel (`uplink_setup::install_node_route`), so the
+//! node's own traffic to remote pods enters the router. Those are netlink
+//! round trips (one socket per call in that helper), far slower than a FIB
+//! batch, so a second thread, `bgp-kernel`, applies them in order from a
+//! channel: the BGP loop never waits for netlink, and the FIB (what
+//! forwarding uses) is never held back by the kernel's copy.
+//!
+//! Graceful restart across our own restart: a graceful stop writes
+//! `state_dir/bgp-restart` with the time; a start that finds it younger
+//! than `restart_time` announces the R and F bits.
+use std::collections::{HashMap, HashSet};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use podrouter_api::{BgpPeerInfo, BgpRibInfo};
+use podrouter_router::fib::{Fib, Prefix};
+
+use super::session::{ConnId, Input, Output};
+use super::speaker::{KernelJob, Speaker};
+use super::{speaker_config, Endpoints};
+use crate::config::Config;
+use crate::sys;
+use crate::uplink_setup::{self, UplinkState};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const READ_BUDGET: usize = 1 << 20;
+const MAX_SEND_QUEUE: usize = 4 << 20;
+const CLOSE_FLUSH: Duration = Duration::from_millis(200);
+/// How long the control thread waits for an answer.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Marker of a graceful stop, under state_dir.
+pub const RESTART_MARKER: &str = "bgp-restart";
+
+enum Command {
+    Peers(mpsc::Sender<Vec<BgpPeerInfo>>),
+    Rib(Option<Prefix>, usize, mpsc::Sender<BgpRibInfo>),
+    Stop { graceful: bool },
+}
+
+/// The control thread's handle on the BGP thread.
+pub struct BgpHandle {
+    tx: mpsc::Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+    kernel_thread: Option<JoinHandle<()>>,
+    marker: PathBuf,
+    graceful_restart: bool,
+}
+
+impl BgpHandle {
+    /// Binds the listener and starts the BGP thread. `None` when the
+    /// config has no `[bgp]` section. With an `uplink`, learned blocks
+    /// also get the node kernel's routes.
+    pub fn start(
+        cfg: &Config,
+        fib: Arc<Fib>,
+        uplink: Option<UplinkState>,
+    ) -> io::Result<Option<BgpHandle>> {
+        let Some(bgp) = cfg.bgp.as_ref() else {
+            return Ok(None);
+        };
+        let marker = cfg.state_dir.join(RESTART_MARKER);
+        let restarting = std::fs::read_to_string(&marker)
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .is_some_and(|t| unix_now().saturating_sub(t) <= u64::from(bgp.restart_time));
+        let _ = std::fs::remove_file(&marker);
+        let Some(scfg) = speaker_config(cfg, restarting) else {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "[bgp] needs node_ip (the next hop of our blocks)",
+            ));
+        };
+        let ends = Endpoints::from_config(cfg).expect("bgp is set");
+        let std_listener = std::net::TcpListener::bind(ends.listen)?;
+        std_listener.set_nonblocking(true)?;
+        for p in &scfg.peers {
+            if let Some(key) = &p.password {
+                sys::tcp_md5_set(std_listener.as_fd(), p.session.peer, key.as_bytes())?;
+            }
+        }
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = mpsc::channel();
+        let (kernel, kernel_thread) = match uplink {
+            Some(u) => {
+                let (ktx, krx) = mpsc::channel::<Vec<KernelJob>>();
+                let host_port = cfg.dataplane.host_port.clone();
+                let t = std::thread::Builder::new()
+                    .name("bgp-kernel".into())
+                    .spawn(move || kernel_sync(krx, host_port, u))?;
+                (Some(ktx), Some(t))
+            }
+            None => (None, None),
+        };
+        log::info!(
+            "bgp: AS {} router id {} listening on {}, {} peer(s){}",
+            scfg.local_as,
+            scfg.router_id,
+            ends.listen,
+            scfg.peers.len(),
+            if restarting {
+                " (graceful restart: announcing the restart bit)"
+            } else {
+                ""
+            }
+        );
+        let mut driver = Driver {
+            poll,
+            listener: TcpListener::from_std(std_listener),
+            speaker: Speaker::new(scfg, Instant::now()),
+            ends,
+            socks: HashMap::new(),
+            again: HashSet::new(),
+            fib,
+            kernel,
+            rx,
+            buf: vec![0; 64 * 1024],
+        };
+        let thread = std::thread::Builder::new()
+            .name("bgp".into())
+            .spawn(move || driver.run())?;
+        Ok(Some(BgpHandle {
+            tx,
+            waker,
+            thread: Some(thread),
+            kernel_thread,
+            marker,
+            graceful_restart: bgp.graceful_restart,
+        }))
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Command) -> Result<T, String> {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| "the BGP thread has stopped".to_string())?;
+        let _ = self.waker.wake();
+        rx.recv_timeout(QUERY_TIMEOUT)
+            .map_err(|_| "the BGP thread did not answer in time".to_string())
+    }
+
+    pub fn peers(&self) -> Result<Vec<BgpPeerInfo>, String> {
+        self.ask(Command::Peers)
+    }
+
+    pub fn rib(&self, within: Option<Prefix>, limit: usize) -> Result<BgpRibInfo, String> {
+        self.ask(|tx| Command::Rib(within, limit, tx))
+    }
+
+    /// Stops every session and the thread. With graceful restart
+    /// configured the sessions close without a NOTIFICATION (peers keep
+    /// our routes for the restart time) and the restart marker is written.
+    pub fn stop(mut self) {
+        let graceful = self.graceful_restart;
+        let _ = self.tx.send(Command::Stop { graceful });
+        let _ = self.waker.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        // The BGP thread dropped its sender: the kernel thread finishes
+        // what is queued (the removals of a non-graceful stop) and ends.
+        if let Some(t) = self.kernel_thread.take() {
+            let _ = t.join();
+        }
+        if graceful {
+            if let Err(e) = std::fs::write(&self.marker, unix_now().to_string()) {
+                log::warn!("bgp: cannot write {}: {e}", self.marker.display());
+            }
+        }
+    }
+}
+
+/// The `bgp-kernel` thread: applies kernel route changes in order.
+fn kernel_sync(rx: mpsc::Receiver<Vec<KernelJob>>, host_port: String, uplink: UplinkState) {
+    let mut failures = 0u64;
+    while let Ok(batch) = rx.recv() {
+        for (prefix, new, old) in batch {
+            let r = match (new, old) {
+                (Some(via), _) => {
+                    uplink_setup::install_node_route(&host_port, Some(&uplink), prefix, via)
+                }
+                (None, Some(via)) => {
+                    uplink_setup::remove_node_route(&host_port, Some(&uplink), prefix, via)
+                }
+                (None, None) => Ok(()),
+            };
+            if let Err(e) = r {
+                failures += 1;
+                if failures <= 10 || failures.is_power_of_two() {
+                    log::warn!("bgp: kernel route for {prefix}: {e} ({failures} failures so far)");
+                }
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct Sock {
+    stream: TcpStream,
+    connecting: bool,
+    out: Vec<u8>,
+}
+
+struct Driver {
+    poll: Poll,
+    listener: TcpListener,
+    speaker: Speaker,
+    ends: Endpoints,
+    socks: HashMap<(usize, ConnId), Sock>,
+    /// Connections with unread data left after their read budget.
+    again: HashSet<(usize, ConnId)>,
+    fib: Arc<Fib>,
+    kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
+    rx: mpsc::Receiver<Command>,
+    buf: Vec<u8>,
+}
+
+fn token(peer: usize, id: ConnId) -> Token {
+    Token(2 + peer * 2 + (id == ConnId::Inbound) as usize)
+}
+
+fn untoken(t: Token) -> (usize, ConnId) {
+    let n = t.0 - 2;
+    let id = if n % 2 == 1 {
+        ConnId::Inbound
+    } else {
+        ConnId::Outbound
+    };
+    (n / 2, id)
+}
+
+impl Driver {
+    fn run(&mut self) {
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut self.listener, LISTENER, Interest::READABLE)
+        {
+            log::error!("bgp: cannot poll the listener: {e}");
+            return;
+        }
+        self.speaker.start_all(Instant::now());
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            self.speaker.poll(now);
+            self.do_io();
+            self.apply_fib();
+            let timeout = if self.again.is_empty() {
+                self.speaker
+                    .next_deadline()
+                    .map_or(Duration::from_secs(1), |d| {
+                        d.saturating_duration_since(now).min(Duration::from_secs(1))
+                    })
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    log::error!("bgp: poll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {
+                        if self.commands() {
+                            return;
+                        }
+                    }
+                    t => {
+                        let key = untoken(t);
+                        // A failed connect may show only as an error.
+                        if ev.is_writable() || ev.is_error() {
+                            self.writable(key);
+                        }
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.again.insert(key);
+                        }
+                    }
+                }
+            }
+            let pending: Vec<_> = self.again.drain().collect();
+            for key in pending {
+                self.read(key);
+                self.do_io();
+            }
+            self.apply_fib();
+        }
+    }
+
+    /// Handles queued commands; true when told to stop.
+    fn commands(&mut self) -> bool {
+        while let Ok(c) = self.rx.try_recv() {
+            let now = Instant::now();
+            match c {
+                Command::Peers(tx) => {
+                    let md5: Vec<bool> = self
+                        .speaker
+                        .cfg
+                        .peers
+                        .iter()
+                        .map(|p| p.password.is_some())
+                        .collect();
+                    let _ = tx.send(self.speaker.peers_info(now, &md5));
+                }
+                Command::Rib(within, limit, tx) => {
+                    let _ = tx.send(self.speaker.rib_info(within, limit));
+                }
+                Command::Stop { graceful } => {
+                    let why = if graceful {
+                        "graceful restart"
+                    } else {
+                        "podrouterd is shutting down"
+                    };
+                    self.speaker.stop_all(now, why, graceful);
+                    self.do_io();
+                    if !graceful {
+                        let changes = self.speaker.withdraw_all_from_fib();
+                        if !changes.is_empty() {
+                            self.fib.update(&changes);
+                        }
+                        self.send_kernel_jobs();
+                    }
+                    let keys: Vec<_> = self.socks.keys().copied().collect();
+                    for k in keys {
+                        self.close(k);
+                    }
+                    log::info!("bgp: stopped");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) => {
+                    let peer = match addr {
+                        SocketAddr::V4(a) => self.speaker.peer_index(*a.ip()),
+                        SocketAddr::V6(a) => a
+                            .ip()
+                            .to_ipv4_mapped()
+                            .and_then(|ip| self.speaker.peer_index(ip)),
+                    };
+                    let Some(peer) = peer else {
+                        log::debug!("bgp: refusing connection from {addr}: not a configured peer");
+                        drop(stream);
+                        continue;
+                    };
+                    let key = (peer, ConnId::Inbound);
+                    if let Some(mut old) = self.socks.remove(&key) {
+                        let _ = self.poll.registry().deregister(&mut old.stream);
+                    }
+                    let mut stream = stream;
+                    let _ = stream.set_nodelay(true);
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        token(peer, ConnId::Inbound),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        log::warn!("bgp: cannot poll connection from {addr}: {e}");
+                        continue;
+                    }
+                    log::debug!("bgp: connection from {addr}");
+                    self.socks.insert(
+                        key,
+                        Sock {
+                            stream,
+                            connecting: false,
+                            out: Vec::new(),
+                        },
+                    );
+                    self.speaker
+                        .input(Instant::now(), peer, Input::Connected(ConnId::Inbound));
+                    self.do_io();
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("bgp: accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn writable(&mut self, key: (usize, ConnId)) {
+        let Some(s) = self.socks.get_mut(&key) else {
+            return;
+        };
+        if s.connecting {
+            let err = match s.stream.take_error() {
+                Ok(Some(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+                Ok(None) => match s.stream.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == ErrorKind::NotConnected => return,
+                    Err(e) => Some(e.to_string()),
+                },
+            };
+            match err {
+                None => {
+                    s.connecting = false;
+                    let _ = s.stream.set_nodelay(true);
+                    self.speaker
+                        .input(Instant::now(), key.0, Input::Connected(ConnId::Outbound));
+                }
+                Some(e) => {
+                    self.drop_sock(key);
+                    self.speaker
+                        .input(Instant::now(), key.0, Input::ConnectFailed(e));
+                }
+            }
+            self.do_io();
+            return;
+        }
+        if let Err(e) = flush(s) {
+            self.lost(key, e.to_string());
+        }
+    }
+
+    fn read(&mut self, key: (usize, ConnId)) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(s) = self.socks.get_mut(&key) else {
+                return;
+            };
+            if s.connecting {
+                return;
+            }
+            match s.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    self.lost(key, "closed by peer".into());
+                    return;
+                }
+                Ok(n) => {
+                    let now = Instant::now();
+                    self.speaker
+                        .input(now, key.0, Input::Data(key.1, &self.buf[..n]));
+                    self.do_io();
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.again.insert(key);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.lost(key, e.to_string());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A connection failed under us: tell the session.
+    fn lost(&mut self, key: (usize, ConnId), why: String) {
+        self.drop_sock(key);
+        self.speaker
+            .input(Instant::now(), key.0, Input::Closed(key.1, why));
+        self.do_io();
+    }
+
+    fn drop_sock(&mut self, key: (usize, ConnId)) {
+        if let Some(mut s) = self.socks.remove(&key) {
+            let _ = self.poll.registry().deregister(&mut s.stream);
+        }
+        self.again.remove(&key);
+    }
+
+    /// Closes a connection after a short, bounded flush of what is queued.
+    fn close(&mut self, key: (usize, ConnId)) {
+        let Some(mut s) = self.socks.remove(&key) else {
+            return;
+        };
+        self.again.remove(&key);
+        let _ = self.poll.registry().deregister(&mut s.stream);
+        if !s.out.is_empty() && !s.connecting {
+            let std = std::net::TcpStream::from(OwnedFd::from(s.stream));
+            let _ = std.set_nonblocking(false);
+            let _ = std.set_write_timeout(Some(CLOSE_FLUSH));
+            let _ = (&std).write_all(&s.out);
+            let _ = std.shutdown(std::net::Shutdown::Both);
+        } else {
+            let _ = s.stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Carries out the speaker's socket work until there is none.
+    fn do_io(&mut self) {
+        loop {
+            let io = self.speaker.take_io();
+            if io.is_empty() {
+                return;
+            }
+            for (peer, o) in io {
+                match o {
+                    Output::Connect => self.connect(peer),
+                    Output::CancelConnect => self.drop_sock((peer, ConnId::Outbound)),
+                    Output::Send(id, bytes) => {
+                        let key = (peer, id);
+                        let Some(s) = self.socks.get_mut(&key) else {
+                            continue;
+                        };
+                        s.out.extend_from_slice(&bytes);
+                        let result = flush(s);
+                        let over = s.out.len() > MAX_SEND_QUEUE;
+                        match result {
+                            Err(e) => self.lost(key, e.to_string()),
+                            Ok(()) if over => {
+                                self.lost(key, "peer is not reading (send queue full)".into())
+                            }
+                            Ok(()) => {}
+                        }
+                    }
+                    Output::Close(id) => self.close((peer, id)),
+                    Output::Route(_) | Output::State(_) => {}
+                }
+            }
+        }
+    }
+
+    fn connect(&mut self, peer: usize) {
+        let key = (peer, ConnId::Outbound);
+        self.drop_sock(key);
+        let spec = &self.speaker.cfg.peers[peer];
+        let addr = SocketAddrV4::new(spec.session.peer, self.ends.peer_ports[peer]);
+        let key_bytes = spec.password.as_ref().map(|p| p.as_bytes().to_vec());
+        let local: Option<Ipv4Addr> = self.ends.local;
+        let mut started = sys::tcp_connect_start(addr, local, key_bytes.as_deref());
+        if let Err(e) = &started {
+            if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && local.is_some() {
+                // The node IP is not on this host: let the kernel choose.
+                started = sys::tcp_connect_start(addr, None, key_bytes.as_deref());
+            }
+        }
+        let result = started.and_then(|std| {
+            let mut stream = TcpStream::from_std(std);
+            self.poll.registry().register(
+                &mut stream,
+                token(peer, ConnId::Outbound),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            Ok(stream)
+        });
+        match result {
+            Ok(stream) => {
+                log::debug!("bgp {}: connecting", addr);
+                self.socks.insert(
+                    key,
+                    Sock {
+                        stream,
+                        connecting: true,
+                        out: Vec::new(),
+                    },
+                );
+            }
+            Err(e) => {
+                self.speaker
+                    .input(Instant::now(), peer, Input::ConnectFailed(e.to_string()));
+            }
+        }
+    }
+
+    fn send_kernel_jobs(&mut self) {
+        let jobs = self.speaker.take_kernel_jobs();
+        if let (Some(k), false) = (&self.kernel, jobs.is_empty()) {
+            let _ = k.send(jobs);
+        }
+    }
+
+    fn apply_fib(&mut self) {
+        let changes = self.speaker.take_fib_changes();
+        self.send_kernel_jobs();
+        if !changes.is_empty() {
+            let t = Instant::now();
+            self.fib.update(&changes);
+            log::debug!(
+                "bgp: FIB updated: {} changes in {:?}, {} BGP routes installed",
+                changes.len(),
+                t.elapsed(),
+                self.speaker.installed()
+            );
+        }
+    }
+}
+
+/// Writes what the connection has queued, until the socket would block.
+fn flush(s: &mut Sock) -> io::Result<()> {
+    if s.connecting {
+        return Ok(());
+    }
+    let mut done = 0;
+    while done < s.out.len() {
+        match s.stream.write(&s.out[done..]) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    s.out.drain(..done);
+    Ok(())
+}

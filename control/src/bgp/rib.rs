@@ -1,0 +1,404 @@
+//! The Loc-RIB: every peer's path per prefix and the best-path decision
+//! (RFC 4271 9.1.2), with equal-cost paths tracked for ECMP.
+//!
+//! # Decision, in order
+//!
+//! 1. highest LOCAL_PREF (100 for paths that carry none, i.e. eBGP);
+//! 2. shortest AS_PATH (a set counts one, confederation segments nothing);
+//! 3. lowest ORIGIN (IGP < EGP < incomplete);
+//! 4. lowest MED, compared only between paths from the same neighbouring
+//!    AS (a missing MED is 0). To make the result independent of arrival
+//!    order, the paths are grouped by neighbouring AS, each group's best
+//!    is found with MED, then the group winners are compared without it
+//!    ("deterministic MED");
+//! 5. eBGP over iBGP;
+//! 6. (IGP cost to the next hop: every next hop here is on-link, so equal);
+//! 7. lowest BGP identifier (ORIGINATOR_ID if present);
+//! 8. shortest CLUSTER_LIST;
+//! 9. lowest peer address.
+//!
+//! Paths equal to the best through step 6 form its multipath (ECMP) set.
+//! The FIB holds one next hop per prefix today, so the speaker installs the
+//! best path's (steps 7-9 make it deterministic: the same inputs give the
+//! same next hop on every node and after every restart); the multipath set
+//! is shown by `podrouterctl bgp rib` and is ready for a multi-next-hop FIB.
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use podrouter_router::fib::Prefix;
+
+use super::session::Path;
+
+#[derive(Default)]
+pub struct Rib {
+    routes: HashMap<Prefix, Vec<Arc<Path>>>,
+}
+
+/// The outcome of the decision for one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Selection {
+    pub best: Arc<Path>,
+    /// Paths equal to the best through step 6, best first (includes it).
+    pub multipath: Vec<Arc<Path>>,
+}
+
+impl Rib {
+    pub fn new() -> Rib {
+        Rib::default()
+    }
+
+    /// Sets `peer`'s path for `prefix` (replacing its previous one).
+    pub fn upsert(&mut self, prefix: Prefix, path: Arc<Path>) {
+        let v = self.routes.entry(prefix).or_default();
+        match v.iter_mut().find(|p| p.peer == path.peer) {
+            Some(slot) => *slot = path,
+            None => v.push(path),
+        }
+    }
+
+    /// Removes `peer`'s path for `prefix`.
+    pub fn remove(&mut self, prefix: Prefix, peer: Ipv4Addr) {
+        if let Some(v) = self.routes.get_mut(&prefix) {
+            v.retain(|p| p.peer != peer);
+            if v.is_empty() {
+                self.routes.remove(&prefix);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn paths(&self, prefix: &Prefix) -> &[Arc<Path>] {
+        self.routes.get(prefix).map_or(&[], |v| &v[..])
+    }
+
+    pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
+        self.routes.keys()
+    }
+
+    /// Runs the decision for one prefix.
+    pub fn select(&self, prefix: &Prefix) -> Option<Selection> {
+        select(self.paths(prefix))
+    }
+
+    /// The best path only (no multipath set, no allocation): what the FIB
+    /// sync needs for every changed prefix.
+    pub fn best(&self, prefix: &Prefix) -> Option<&Arc<Path>> {
+        match self.paths(prefix) {
+            [] => None,
+            [one] => Some(one),
+            many => best_of(many),
+        }
+    }
+}
+
+/// The decision over a set of paths for one prefix.
+pub fn select(paths: &[Arc<Path>]) -> Option<Selection> {
+    let first = paths.first()?;
+    if paths.len() == 1 {
+        return Some(Selection {
+            best: first.clone(),
+            multipath: vec![first.clone()],
+        });
+    }
+    let best = best_of(paths).expect("non-empty");
+    let mut multipath: Vec<Arc<Path>> = paths
+        .iter()
+        .filter(|p| {
+            let same_as = neighbor_as(p) == neighbor_as(best);
+            pre_tiebreak(p, best, same_as) == Ordering::Equal
+        })
+        .cloned()
+        .collect();
+    multipath.sort_by(|a, b| compare(a, b, true));
+    Some(Selection {
+        best: best.clone(),
+        multipath,
+    })
+}
+
+/// The decision's winner among `paths`.
+fn best_of(paths: &[Arc<Path>]) -> Option<&Arc<Path>> {
+    // Deterministic MED: best of each neighbouring AS with MED, then the
+    // winners without it.
+    let mut groups: Vec<(Option<u32>, &Arc<Path>)> = Vec::new();
+    for p in paths {
+        let nas = neighbor_as(p);
+        match groups.iter_mut().find(|(a, _)| *a == nas) {
+            Some((_, w)) => {
+                if compare(p, w, true) == Ordering::Less {
+                    *w = p;
+                }
+            }
+            None => groups.push((nas, p)),
+        }
+    }
+    groups
+        .iter()
+        .map(|(_, p)| *p)
+        .min_by(|a, b| compare(a, b, false))
+}
+
+fn neighbor_as(p: &Path) -> Option<u32> {
+    p.attrs.neighbor_as()
+}
+
+/// Steps 1-6: Less when `a` is preferred.
+fn pre_tiebreak(a: &Path, b: &Path, with_med: bool) -> Ordering {
+    b.local_pref
+        .cmp(&a.local_pref)
+        .then_with(|| a.attrs.as_path_len().cmp(&b.attrs.as_path_len()))
+        .then_with(|| a.attrs.origin.cmp(&b.attrs.origin))
+        .then_with(|| {
+            if with_med {
+                a.attrs.med.unwrap_or(0).cmp(&b.attrs.med.unwrap_or(0))
+            } else {
+                Ordering::Equal
+            }
+        })
+        .then_with(|| b.ebgp.cmp(&a.ebgp))
+}
+
+/// The whole decision: Less when `a` is preferred.
+pub fn compare(a: &Path, b: &Path, with_med: bool) -> Ordering {
+    let id = |p: &Path| u32::from(p.attrs.originator_id.unwrap_or(p.peer_router_id));
+    pre_tiebreak(a, b, with_med)
+        .then_with(|| id(a).cmp(&id(b)))
+        .then_with(|| a.attrs.cluster_list.len().cmp(&b.attrs.cluster_list.len()))
+        .then_with(|| u32::from(a.peer).cmp(&u32::from(b.peer)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::wire::{Origin, PathAttrs, Segment, SEG_AS_SEQUENCE};
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    #[derive(Clone)]
+    struct B {
+        peer: &'static str,
+        ebgp: bool,
+        lp: u32,
+        path: Vec<u32>,
+        origin: Origin,
+        med: Option<u32>,
+        id: &'static str,
+    }
+
+    fn base(peer: &'static str) -> B {
+        B {
+            peer,
+            ebgp: false,
+            lp: 100,
+            path: vec![],
+            origin: Origin::Igp,
+            med: None,
+            id: peer,
+        }
+    }
+
+    fn mk(b: &B) -> Arc<Path> {
+        Arc::new(Path {
+            peer: ip(b.peer),
+            peer_router_id: ip(b.id),
+            ebgp: b.ebgp,
+            next_hop: ip(b.peer),
+            local_pref: b.lp,
+            attrs: Arc::new(PathAttrs {
+                origin: Some(b.origin),
+                as_path: Some(vec![Segment {
+                    kind: SEG_AS_SEQUENCE,
+                    asns: b.path.clone(),
+                }]),
+                med: b.med,
+                ..Default::default()
+            }),
+        })
+    }
+
+    fn winner(bs: &[B]) -> Ipv4Addr {
+        let paths: Vec<_> = bs.iter().map(mk).collect();
+        let w = select(&paths).unwrap().best.peer;
+        // Arrival order never matters.
+        let mut rev = paths.clone();
+        rev.reverse();
+        assert_eq!(select(&rev).unwrap().best.peer, w);
+        w
+    }
+
+    #[test]
+    fn decision_steps_in_order() {
+        let a = base("10.0.0.1");
+        let b = base("10.0.0.2");
+        assert_eq!(
+            winner(&[
+                a.clone(),
+                B {
+                    lp: 200,
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            winner(&[
+                B {
+                    path: vec![1, 2],
+                    ..a.clone()
+                },
+                B {
+                    path: vec![3],
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            winner(&[
+                B {
+                    origin: Origin::Incomplete,
+                    ..a.clone()
+                },
+                b.clone()
+            ]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            winner(&[
+                B {
+                    path: vec![7],
+                    med: Some(10),
+                    ..a.clone()
+                },
+                B {
+                    path: vec![7],
+                    med: Some(5),
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.2")
+        );
+        // MED from different neighbour ASes is not compared: router id decides.
+        assert_eq!(
+            winner(&[
+                B {
+                    path: vec![7],
+                    med: Some(10),
+                    ..a.clone()
+                },
+                B {
+                    path: vec![8],
+                    med: Some(5),
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.1")
+        );
+        assert_eq!(
+            winner(&[
+                a.clone(),
+                B {
+                    ebgp: true,
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            winner(&[
+                B {
+                    id: "9.9.9.9",
+                    ..a.clone()
+                },
+                B {
+                    id: "1.1.1.1",
+                    ..b.clone()
+                }
+            ]),
+            ip("10.0.0.2")
+        );
+        assert_eq!(winner(&[a.clone(), b.clone()]), ip("10.0.0.1"));
+    }
+
+    #[test]
+    fn deterministic_med_is_order_independent() {
+        // The classic MED cycle: A(AS1, med 10), B(AS2, med 5), C(AS1, med 0).
+        let a = B {
+            path: vec![1],
+            med: Some(10),
+            id: "3.3.3.3",
+            ..base("10.0.0.1")
+        };
+        let b = B {
+            path: vec![2],
+            med: Some(5),
+            id: "2.2.2.2",
+            ..base("10.0.0.2")
+        };
+        let c = B {
+            path: vec![1],
+            med: Some(0),
+            id: "4.4.4.4",
+            ..base("10.0.0.3")
+        };
+        let all = [a, b, c];
+        let w = winner(&all);
+        for perm in [
+            [0, 1, 2],
+            [1, 2, 0],
+            [2, 0, 1],
+            [2, 1, 0],
+            [0, 2, 1],
+            [1, 0, 2],
+        ] {
+            let v: Vec<B> = perm.iter().map(|i| all[*i].clone()).collect();
+            assert_eq!(winner(&v), w);
+        }
+        // C beats A on MED; C vs B without MED: router id 2.2.2.2 wins.
+        assert_eq!(w, ip("10.0.0.2"));
+    }
+
+    #[test]
+    fn ecmp_set_and_rib_bookkeeping() {
+        let mut rib = Rib::new();
+        let p: Prefix = "10.244.2.0/26".parse().unwrap();
+        rib.upsert(p, mk(&base("10.0.0.3")));
+        rib.upsert(p, mk(&base("10.0.0.2")));
+        rib.upsert(
+            p,
+            mk(&B {
+                lp: 50,
+                ..base("10.0.0.4")
+            }),
+        );
+        let s = rib.select(&p).unwrap();
+        assert_eq!(s.best.peer, ip("10.0.0.2"));
+        let mp: Vec<_> = s.multipath.iter().map(|p| p.peer).collect();
+        assert_eq!(mp, vec![ip("10.0.0.2"), ip("10.0.0.3")]);
+        rib.upsert(
+            p,
+            mk(&B {
+                lp: 10,
+                ..base("10.0.0.2")
+            }),
+        );
+        assert_eq!(rib.select(&p).unwrap().best.peer, ip("10.0.0.3"));
+        rib.remove(p, ip("10.0.0.3"));
+        rib.remove(p, ip("10.0.0.2"));
+        assert_eq!(rib.select(&p).unwrap().best.peer, ip("10.0.0.4"));
+        rib.remove(p, ip("10.0.0.4"));
+        assert!(rib.is_empty());
+        assert!(rib.select(&p).is_none());
+    }
+}

@@ -1,0 +1,575 @@
+//! The speaker: every configured neighbour's [`Session`], the [`Rib`] they
+//! feed, the import filter, and the FIB changes that follow from best-path
+//! changes. Still no sockets and no clock: the driver (`super::driver`)
+//! turns socket events into [`Speaker::input`] calls and carries out
+//! [`Speaker::take_io`]; tests call it directly.
+//!
+//! # Import filter
+//!
+//! A learned prefix is installed in the FIB unless it is the default route
+//! (the node's default stays with the host), overlaps one of this node's
+//! pod CIDRs (our own blocks are ours: local pods and Unreachable), or is
+//! exactly one of the configured static routes (static wins). Filtered
+//! routes stay in the RIB, shown with the reason.
+//!
+//! # FIB sync
+//!
+//! Route events mark prefixes dirty; [`Speaker::take_fib_changes`] runs the
+//! decision for each dirty prefix and compares its best next hop with what
+//! it installed before, producing one batch of inserts and removes for
+//! [`podrouter_router::fib::Fib::update`]. The driver calls it once per
+//! loop iteration, so a burst of UPDATEs becomes one FIB publication.
+use std::collections::{HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use podrouter_api::{BgpPeerInfo, BgpRibInfo, BgpRouteInfo};
+use podrouter_router::fib::{FibChange, NextHop, Prefix};
+
+use super::rib::{self, Rib};
+use super::session::{Input, Output, RouteEvent, Session, SessionConfig, State};
+
+/// One configured neighbour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerSpec {
+    pub session: SessionConfig,
+    /// TCP MD5 key (RFC 2385), if any.
+    pub password: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub next_hop: Ipv4Addr,
+    pub peers: Vec<PeerSpec>,
+    /// Our blocks, announced to every peer.
+    pub local_routes: Vec<Prefix>,
+    /// Static routes (never overridden by BGP).
+    pub static_routes: Vec<Prefix>,
+}
+
+/// A change of the node kernel's route for a learned block: the prefix,
+/// its new next-hop node (None: remove) and the one it replaces.
+pub type KernelJob = (Prefix, Option<Ipv4Addr>, Option<Ipv4Addr>);
+
+/// How a learned route reaches the FIB: the one place that builds the
+/// FIB's next hop for another node's block.
+pub fn fib_next_hop(node: Ipv4Addr) -> NextHop {
+    NextHop::Node(node)
+}
+
+pub struct Speaker {
+    pub cfg: SpeakerConfig,
+    sessions: Vec<Session>,
+    rib: Rib,
+    dirty: HashSet<Prefix>,
+    installed: HashMap<Prefix, Ipv4Addr>,
+    /// Changes for the node's kernel routes: (prefix, new via, old via).
+    kernel_jobs: Vec<KernelJob>,
+    io: Vec<(usize, Output)>,
+    state_changes: Vec<(usize, State)>,
+}
+
+impl Speaker {
+    pub fn new(cfg: SpeakerConfig, now: Instant) -> Speaker {
+        let sessions = cfg
+            .peers
+            .iter()
+            .map(|p| Session::new(p.session.clone(), cfg.local_routes.clone(), now))
+            .collect();
+        Speaker {
+            cfg,
+            sessions,
+            rib: Rib::new(),
+            dirty: HashSet::new(),
+            installed: HashMap::new(),
+            kernel_jobs: Vec::new(),
+            io: Vec::new(),
+            state_changes: Vec::new(),
+        }
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn peer_index(&self, addr: Ipv4Addr) -> Option<usize> {
+        self.sessions.iter().position(|s| s.cfg.peer == addr)
+    }
+
+    pub fn session(&self, i: usize) -> &Session {
+        &self.sessions[i]
+    }
+
+    pub fn start_all(&mut self, now: Instant) {
+        for i in 0..self.sessions.len() {
+            self.input(now, i, Input::Start);
+        }
+    }
+
+    pub fn stop_all(&mut self, now: Instant, reason: &str, graceful: bool) {
+        for i in 0..self.sessions.len() {
+            self.input(
+                now,
+                i,
+                Input::Stop {
+                    reason: reason.to_string(),
+                    graceful,
+                },
+            );
+        }
+    }
+
+    pub fn input(&mut self, now: Instant, peer: usize, input: Input<'_>) {
+        let out = self.sessions[peer].handle(now, input);
+        self.absorb(peer, out);
+    }
+
+    /// Fires expired timers of every session.
+    pub fn poll(&mut self, now: Instant) {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i].next_deadline().is_some_and(|d| d <= now) {
+                let out = self.sessions[i].poll(now);
+                self.absorb(i, out);
+            }
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.sessions.iter().filter_map(|s| s.next_deadline()).min()
+    }
+
+    fn absorb(&mut self, peer: usize, out: Vec<Output>) {
+        let addr = self.sessions[peer].cfg.peer;
+        for o in out {
+            match o {
+                Output::Route(RouteEvent::Upsert(p, path)) => {
+                    self.rib.upsert(p, path);
+                    self.dirty.insert(p);
+                }
+                Output::Route(RouteEvent::Remove(p)) => {
+                    self.rib.remove(p, addr);
+                    self.dirty.insert(p);
+                }
+                Output::State(s) => self.state_changes.push((peer, s)),
+                io => self.io.push((peer, io)),
+            }
+        }
+    }
+
+    /// Socket work for the driver, in order.
+    pub fn take_io(&mut self) -> Vec<(usize, Output)> {
+        std::mem::take(&mut self.io)
+    }
+
+    /// State changes since the last call (for logs and tests).
+    pub fn take_state_changes(&mut self) -> Vec<(usize, State)> {
+        std::mem::take(&mut self.state_changes)
+    }
+
+    /// Why a learned prefix is kept out of the FIB, if it is.
+    pub fn filtered(&self, p: &Prefix) -> Option<&'static str> {
+        if p.len() == 0 {
+            return Some("default route stays with the host");
+        }
+        if self
+            .cfg
+            .local_routes
+            .iter()
+            .any(|c| c.contains(p.addr()) || p.contains(c.addr()))
+        {
+            return Some("overlaps this node's pod_cidrs");
+        }
+        if self.cfg.static_routes.contains(p) {
+            return Some("a static route has this prefix");
+        }
+        None
+    }
+
+    /// The FIB batch that brings the FIB in line with the RIB's best paths.
+    pub fn take_fib_changes(&mut self) -> Vec<FibChange> {
+        let mut changes = Vec::new();
+        let dirty = std::mem::take(&mut self.dirty);
+        for p in dirty {
+            let want = match self.filtered(&p) {
+                Some(_) => None,
+                None => self.rib.best(&p).map(|b| b.next_hop),
+            };
+            let have = self.installed.get(&p).copied();
+            if want == have {
+                continue;
+            }
+            self.kernel_jobs.push((p, want, have));
+            match want {
+                Some(nh) => {
+                    self.installed.insert(p, nh);
+                    changes.push(FibChange::Insert(p, fib_next_hop(nh)));
+                }
+                None => {
+                    self.installed.remove(&p);
+                    changes.push(FibChange::Remove(p));
+                }
+            }
+        }
+        changes
+    }
+
+    /// Kernel route changes that go with the FIB changes taken so far.
+    pub fn take_kernel_jobs(&mut self) -> Vec<KernelJob> {
+        std::mem::take(&mut self.kernel_jobs)
+    }
+
+    /// Prefixes currently installed in the FIB by BGP.
+    pub fn installed(&self) -> usize {
+        self.installed.len()
+    }
+
+    pub fn installed_next_hop(&self, p: &Prefix) -> Option<Ipv4Addr> {
+        self.installed.get(p).copied()
+    }
+
+    /// FIB removals for every route BGP installed (on shutdown).
+    pub fn withdraw_all_from_fib(&mut self) -> Vec<FibChange> {
+        let mut changes = Vec::new();
+        for (p, via) in self.installed.drain() {
+            self.kernel_jobs.push((p, None, Some(via)));
+            changes.push(FibChange::Remove(p));
+        }
+        changes
+    }
+
+    pub fn peers_info(&self, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> {
+        self.sessions
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let c = &s.cfg;
+                let neg = s.negotiated();
+                let established = s.state() == State::Established;
+                let accepted = s
+                    .adj_in()
+                    .filter(|(p, _, _)| self.filtered(p).is_none())
+                    .count();
+                let mut caps = Vec::new();
+                if let Some(n) = neg.filter(|_| established) {
+                    caps.push("ipv4-unicast".to_string());
+                    if n.ctx.four_octet_as {
+                        caps.push("4-octet-as".into());
+                    }
+                    if n.route_refresh {
+                        caps.push("route-refresh".into());
+                    }
+                    if n.gr {
+                        caps.push("graceful-restart".into());
+                    }
+                }
+                BgpPeerInfo {
+                    address: c.peer,
+                    asn: c.peer_as,
+                    kind: if c.ibgp() { "ibgp" } else { "ebgp" }.into(),
+                    state: s.state().name().into(),
+                    since_secs: now.saturating_duration_since(s.state_since()).as_secs(),
+                    router_id: neg.filter(|_| established).map(|n| n.peer_router_id),
+                    hold_time: neg.filter(|_| established).map(|n| n.hold_time),
+                    passive: c.passive,
+                    md5: md5.get(i).copied().unwrap_or(false),
+                    prefixes_received: s.prefixes(),
+                    prefixes_accepted: accepted,
+                    prefixes_stale: s.stale_prefixes(),
+                    max_prefixes: c.max_prefixes,
+                    messages_in: s.stats.messages_in,
+                    messages_out: s.stats.messages_out,
+                    updates_in: s.stats.updates_in,
+                    updates_out: s.stats.updates_out,
+                    treat_as_withdraw: s.stats.treat_as_withdraw,
+                    established_count: s.stats.established_count,
+                    capabilities: caps,
+                    last_error: s.stats.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The RIB as `podrouterctl bgp rib` shows it: our own blocks, then
+    /// every learned path, sorted by prefix, best first; at most `limit`
+    /// rows, only those inside `within` if given.
+    pub fn rib_info(&self, within: Option<Prefix>, limit: usize) -> BgpRibInfo {
+        let inside = |p: &Prefix| within.is_none_or(|w| w.contains(p.addr()) && p.len() >= w.len());
+        let mut prefixes: Vec<Prefix> = self.rib.prefixes().copied().filter(inside).collect();
+        prefixes.sort();
+        let total_paths = self.rib.prefixes().map(|p| self.rib.paths(p).len()).sum();
+        let mut routes = Vec::new();
+        let mut truncated = false;
+        for p in self.cfg.local_routes.iter().filter(|p| inside(p)) {
+            routes.push(BgpRouteInfo {
+                prefix: p.to_string(),
+                next_hop: self.cfg.next_hop,
+                from: "local".into(),
+                as_path: String::new(),
+                origin: "IGP".into(),
+                local_pref: None,
+                med: None,
+                best: true,
+                multipath: false,
+                installed: false,
+                stale: false,
+                ebgp: false,
+                filtered: None,
+            });
+        }
+        'outer: for p in &prefixes {
+            let Some(sel) = self.rib.select(p) else {
+                continue;
+            };
+            let mut paths = self.rib.paths(p).to_vec();
+            paths.sort_by(|a, b| rib::compare(a, b, true));
+            if let Some(i) = paths.iter().position(|x| x.peer == sel.best.peer) {
+                let b = paths.remove(i);
+                paths.insert(0, b);
+            }
+            let filtered = self.filtered(p);
+            for path in paths {
+                if routes.len() >= limit {
+                    truncated = true;
+                    break 'outer;
+                }
+                let best = path.peer == sel.best.peer;
+                let stale = self
+                    .peer_index(path.peer)
+                    .is_some_and(|i| self.sessions[i].is_stale(p));
+                routes.push(BgpRouteInfo {
+                    prefix: p.to_string(),
+                    next_hop: path.next_hop,
+                    from: path.peer.to_string(),
+                    as_path: path.attrs.as_path_text(),
+                    origin: path
+                        .attrs
+                        .origin
+                        .map_or_else(|| "?".into(), |o| o.to_string()),
+                    local_pref: Some(path.local_pref),
+                    med: path.attrs.med,
+                    best,
+                    multipath: !best && sel.multipath.iter().any(|m| m.peer == path.peer),
+                    installed: best && self.installed.get(p) == Some(&path.next_hop),
+                    stale,
+                    ebgp: path.ebgp,
+                    filtered: filtered.map(str::to_string),
+                });
+            }
+        }
+        BgpRibInfo {
+            prefixes: self.rib.len(),
+            paths: total_paths,
+            installed: self.installed.len(),
+            truncated,
+            routes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bgp::session::{ConnId, SessionConfig};
+    use crate::bgp::wire::{
+        self, Capability, Ctx, Message, Open, Origin, PathAttrs, Segment, SEG_AS_SEQUENCE,
+    };
+    use std::time::Duration;
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn spec(addr: &str, asn: u32) -> PeerSpec {
+        PeerSpec {
+            session: SessionConfig {
+                peer: ip(addr),
+                peer_as: asn,
+                local_as: 64512,
+                router_id: ip("10.0.0.1"),
+                next_hop: ip("10.0.0.1"),
+                hold_time: 9,
+                connect_retry: Duration::from_secs(5),
+                passive: false,
+                graceful_restart: false,
+                restart_time: 120,
+                restarting: false,
+                max_prefixes: None,
+            },
+            password: None,
+        }
+    }
+
+    fn speaker() -> Speaker {
+        Speaker::new(
+            SpeakerConfig {
+                local_as: 64512,
+                router_id: ip("10.0.0.1"),
+                next_hop: ip("10.0.0.1"),
+                peers: vec![spec("10.0.0.2", 64512), spec("10.0.0.3", 64512)],
+                local_routes: vec![p("10.244.1.0/26")],
+                static_routes: vec![p("10.99.0.0/16")],
+            },
+            Instant::now(),
+        )
+    }
+
+    fn up(s: &mut Speaker, t: Instant, i: usize, id: &str) {
+        s.input(t, i, Input::Start);
+        s.input(t, i, Input::Connected(ConnId::Outbound));
+        let open = wire::encode_open(&Open {
+            version: 4,
+            my_as: 64512,
+            hold_time: 9,
+            router_id: ip(id),
+            caps: vec![Capability::FourOctetAs(64512)],
+            other_params: vec![],
+        });
+        s.input(t, i, Input::Data(ConnId::Outbound, &open));
+        s.input(
+            t,
+            i,
+            Input::Data(ConnId::Outbound, &wire::encode_keepalive()),
+        );
+        assert_eq!(s.session(i).state(), State::Established);
+        s.take_io();
+    }
+
+    fn announce(s: &mut Speaker, t: Instant, i: usize, nh: &str, lp: u32, prefixes: &[&str]) {
+        let attrs = PathAttrs {
+            origin: Some(Origin::Igp),
+            as_path: Some(vec![]),
+            next_hop: Some(ip(nh)),
+            local_pref: Some(lp),
+            ..Default::default()
+        };
+        let nlri: Vec<Prefix> = prefixes.iter().map(|x| p(x)).collect();
+        for m in wire::encode_updates(&[], Some(&attrs), &nlri, Ctx::default()) {
+            s.input(t, i, Input::Data(ConnId::Outbound, &m));
+        }
+    }
+
+    #[test]
+    fn best_paths_drive_fib_changes_and_filters_apply() {
+        let t = Instant::now();
+        let mut s = speaker();
+        up(&mut s, t, 0, "10.0.0.2");
+        up(&mut s, t, 1, "10.0.0.3");
+        announce(
+            &mut s,
+            t,
+            0,
+            "10.0.0.2",
+            100,
+            &[
+                "10.244.2.0/26",
+                "0.0.0.0/0",
+                "10.244.1.0/27",
+                "10.99.0.0/16",
+            ],
+        );
+        let mut ch = s.take_fib_changes();
+        ch.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(
+            ch,
+            vec![FibChange::Insert(
+                p("10.244.2.0/26"),
+                NextHop::Node(ip("10.0.0.2"))
+            )]
+        );
+        // A better path from the other peer moves the next hop.
+        announce(&mut s, t, 1, "10.0.0.3", 200, &["10.244.2.0/26"]);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.2.0/26"),
+                NextHop::Node(ip("10.0.0.3"))
+            )]
+        );
+        // The better peer goes away (TCP closed, no GR): back to the first.
+        s.input(t, 1, Input::Closed(ConnId::Outbound, "gone".into()));
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.2.0/26"),
+                NextHop::Node(ip("10.0.0.2"))
+            )]
+        );
+        let rib = s.rib_info(None, 100);
+        assert_eq!(rib.prefixes, 4);
+        let default = rib.routes.iter().find(|r| r.prefix == "0.0.0.0/0").unwrap();
+        assert!(default.filtered.is_some() && !default.installed);
+        let block = rib
+            .routes
+            .iter()
+            .find(|r| r.prefix == "10.244.2.0/26")
+            .unwrap();
+        assert!(block.best && block.installed);
+        assert_eq!(rib.routes[0].from, "local");
+        // Hold timer expiry withdraws everything.
+        s.poll(t + Duration::from_secs(10));
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Remove(p("10.244.2.0/26"))]
+        );
+        let info = s.peers_info(t, &[]);
+        assert_eq!(info[0].state, "Idle");
+        assert!(info[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("hold timer"));
+        // Our OPEN and announcements went out on connect.
+        let io = s.take_io();
+        assert!(io.iter().any(|(_, o)| matches!(o, Output::Close(_))));
+    }
+
+    #[test]
+    fn announcements_reach_the_wire() {
+        let t = Instant::now();
+        let mut s = speaker();
+        s.input(t, 0, Input::Start);
+        s.input(t, 0, Input::Connected(ConnId::Outbound));
+        let open = wire::encode_open(&Open {
+            version: 4,
+            my_as: 64512,
+            hold_time: 9,
+            router_id: ip("10.0.0.2"),
+            caps: vec![],
+            other_params: vec![],
+        });
+        s.input(t, 0, Input::Data(ConnId::Outbound, &open));
+        s.input(
+            t,
+            0,
+            Input::Data(ConnId::Outbound, &wire::encode_keepalive()),
+        );
+        let sent: Vec<Message> = s
+            .take_io()
+            .into_iter()
+            .filter_map(|(_, o)| match o {
+                Output::Send(_, b) => Some(
+                    wire::decode(
+                        &b,
+                        Ctx {
+                            four_octet_as: false,
+                        },
+                    )
+                    .unwrap(),
+                ),
+                _ => None,
+            })
+            .collect();
+        assert!(sent.iter().any(|m| matches!(m, Message::Update(u)
+            if u.nlri == vec![p("10.244.1.0/26")]
+            && u.attrs.as_ref().unwrap().as_path == Some(vec![]))));
+        let _ = Segment {
+            kind: SEG_AS_SEQUENCE,
+            asns: vec![],
+        };
+    }
+}
