@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Installs what podrouter's build, tests and demo need on Debian 12, if it is
+# missing. Idempotent and quiet: a second run installs nothing and prints one
+# line. Needs root for apt-get (it uses sudo when run as another user).
+set -euo pipefail
+
+# command -> Debian package that provides it
+declare -A NEED=(
+    [ip]=iproute2
+    [ping]=iputils-ping
+    [arping]=iputils-arping
+    [tracepath]=iputils-tracepath
+    [iperf3]=iperf3
+    [tcpdump]=tcpdump
+    [pgrep]=procps
+    [ss]=iproute2
+    [nsenter]=util-linux
+    # Real BGP peers for the interop tests (none starts a service by itself).
+    [bird]=bird2
+    [birdc]=bird2
+    [gobgpd]=gobgpd
+    [gobgp]=gobgpd
+    [vtysh]=frr
+    [python3]=python3   # the scripted BGP peer of tests/tests/bgp_malformed.rs
+    [cc]=build-essential
+    [make]=build-essential
+    [pkg-config]=pkg-config
+)
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+[ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+[ -x /usr/lib/frr/bgpd ] || missing+=(frr)
+
+# The CNI tests: Debian's reference plugins (ptp, host-local) and a real
+# runtime, podman with runc and a busybox root filesystem. podman is
+# installed with its recommended packages, as the interop recipe that was
+# proven on these machines does.
+with_recommends=()
+[ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+command -v runc >/dev/null 2>&1 || missing+=(runc)
+command -v podman >/dev/null 2>&1 || with_recommends+=(podman)
+
+if [ "${#missing[@]}" -gt 0 ] || [ "${#with_recommends[@]}" -gt 0 ]; then
+    # unique, sorted package list
+    mapfile -t pkgs < <(printf '%s\n' "${missing[@]}" "${with_recommends[@]}" | sed '/^$/d' | sort -u)
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1; then
+            SUDO="sudo"
+        else
+            echo "install-deps: need root to install: ${pkgs[*]}" >&2
+            exit 1
+        fi
+    fi
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "install-deps: no apt-get here; install these by hand: ${pkgs[*]}" >&2
+        exit 1
+    fi
+    echo "install-deps: installing ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    log=$(mktemp)
+    install() {
+        $SUDO apt-get update -qq || return
+        if [ "${#missing[@]}" -gt 0 ]; then
+            $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" || return
+        fi
+        if [ "${#with_recommends[@]}" -gt 0 ]; then
+            $SUDO apt-get install -y -qq "${with_recommends[@]}" || return
+        fi
+    }
+    if ! install >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "install-deps: apt-get failed" >&2
+        exit 1
+    fi
+    rm -f "$log"
+else
+    echo "install-deps: all system packages present"
+fi
+
+# Rust comes from rustup, not apt (Debian 12's rustc is older than the
+# workspace's rust-version).
+if ! command -v cargo >/dev/null 2>&1; then
+    for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
+        if [ -x "$d/cargo" ]; then
+            echo "install-deps: cargo is in $d but not on PATH; run: export PATH=\"$d:\$PATH\"" >&2
+            exit 1
+        fi
+    done
+    cat >&2 <<'MSG'
+install-deps: Rust (cargo) is missing. Install it with rustup
+(https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh),
+with rustfmt and clippy (rustup component add rustfmt clippy), then run this again.
+MSG
+    exit 1
+fi

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# podrouter's test command (README "Running the tests"; CI runs it through
+# .ci/run). As root it runs everything, including the end-to-end tests in
+# network namespaces, and refuses to let any of them skip:
+#
+#   sudo bash scripts/test.sh
+#
+# Steps: install missing system packages, cargo fmt --check, clippy with
+# warnings denied, release build of the binaries, cargo test --release for the
+# whole workspace, and a criterion smoke run of the benchmarks. Every step runs
+# even if an earlier one failed (except tests after a failed build); a summary
+# follows, and the exit status is non-zero if anything failed.
+set -uo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+# shellcheck source=scripts/common.sh
+. scripts/common.sh
+trap pr_restore_target_owner EXIT
+
+START=$(date +%s)
+SUMMARY=()
+FAILED=0
+LOGDIR=$(mktemp -d "${TMPDIR:-/tmp}/podrouter-test.XXXXXX")
+
+# step NAME CMD...: runs CMD, records PASS/FAIL and the time it took.
+# STEP_DESC, if set, is shown instead of CMD.
+step() {
+    local name=$1
+    shift
+    local desc=${STEP_DESC:-$*}
+    echo
+    echo "==> $name: $desc"
+    local t0 rc
+    t0=$(date +%s)
+    "$@"
+    rc=$?
+    local dt=$(($(date +%s) - t0))
+    if [ $rc -eq 0 ]; then
+        SUMMARY+=("$(printf 'ok      %-8s %4ss  %s' "$name" "$dt" "$desc")")
+    else
+        SUMMARY+=("$(printf 'FAILED  %-8s %4ss  %s (exit %s)' "$name" "$dt" "$desc" "$rc")")
+        FAILED=1
+    fi
+    return $rc
+}
+
+skip_step() {
+    SUMMARY+=("$(printf 'skipped %-8s        %s' "$1" "$2")")
+}
+
+if ! step deps bash scripts/install-deps.sh; then
+    echo "cannot install the dependencies; stopping" >&2
+    exit 1
+fi
+pr_setup_cargo || exit 1
+for comp in fmt clippy; do
+    if ! cargo "$comp" --version >/dev/null 2>&1; then
+        echo "error: cargo $comp is missing: rustup component add ${comp/fmt/rustfmt}" >&2
+        exit 1
+    fi
+done
+
+if [ "$(id -u)" -eq 0 ]; then
+    # End-to-end tests must run, not skip, when we can run them.
+    export PODROUTER_E2E_REQUIRE=1
+    # ...and the podman test must run too (install-deps installed podman).
+    export PODROUTER_REQUIRE_INTEROP=1
+else
+    echo "note: not root: the end-to-end tests will print SKIP and not run (use sudo)" >&2
+fi
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Limits (seconds) for the steps that run code that could hang.
+TEST_TIMEOUT=${PODROUTER_TEST_TIMEOUT:-1200}
+BENCH_TIMEOUT=${PODROUTER_BENCH_TIMEOUT:-900}
+
+step fmt cargo fmt --all -- --check
+step clippy cargo clippy --workspace --all-targets -- -D warnings
+
+# The e2e tests run target/release/podrouterd and podrouterctl: build them
+# first, from the same sources the tests are built from.
+if step build cargo build --release --workspace --bins; then
+    TESTLOG="$LOGDIR/cargo-test.log"
+    # A hung test must fail the run, not stall CI: timeout signals its whole
+    # process group (cargo and the test binaries) after the limit.
+    run_tests() {
+        timeout -k 30 "$TEST_TIMEOUT" cargo test --release --workspace --no-fail-fast 2>&1 | tee "$TESTLOG"
+        local rc=${PIPESTATUS[0]}
+        [ "$rc" -eq 124 ] && echo "cargo test did not finish within ${TEST_TIMEOUT}s" >&2
+        return "$rc"
+    }
+    STEP_DESC="cargo test --release --workspace --no-fail-fast" step test run_tests
+else
+    skip_step test "the release build failed"
+fi
+
+STEP_DESC="cargo bench -p podrouter-benches -- --test" \
+    step bench timeout -k 30 "$BENCH_TIMEOUT" cargo bench -p podrouter-benches -- --test
+
+# Totals over every test binary of the workspace (libtest's result lines).
+PASSED=0 FAILEDN=0 IGNORED=0 SKIPPED=0
+if [ -n "${TESTLOG:-}" ] && [ -f "$TESTLOG" ]; then
+    while read -r p f i; do
+        PASSED=$((PASSED + p)) FAILEDN=$((FAILEDN + f)) IGNORED=$((IGNORED + i))
+    done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$TESTLOG")
+    SKIPPED=$(grep -c '^SKIP ' "$TESTLOG" || true)
+    if [ "$SKIPPED" -gt 0 ]; then
+        echo
+        echo "skipped end-to-end tests (they count as passed in libtest's totals):"
+        grep '^SKIP ' "$TESTLOG" | sed 's/^/  /'
+    fi
+fi
+
+echo
+echo "==================== summary ===================="
+printf '%s\n' "${SUMMARY[@]}"
+echo "total time: $(($(date +%s) - START))s; logs in $LOGDIR"
+if [ -n "${TESTLOG:-}" ]; then
+    # Skipped tests pass in libtest; count them apart.
+    echo "tests: $((PASSED - SKIPPED)) passed, $FAILEDN failed, $SKIPPED skipped"
+fi
+if [ "$FAILED" -ne 0 ]; then
+    echo "RESULT: FAILED"
+    exit 1
+fi
+echo "RESULT: ok"

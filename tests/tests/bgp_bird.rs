@@ -1,0 +1,247 @@
+//! podrouterd and BIRD 2 (what Calico runs) over iBGP and eBGP: both reach
+//! Established, each learns the other's /26, withdraws propagate both
+//! ways, a killed or frozen BIRD's routes leave the FIB within the hold
+//! time, graceful restart keeps them across a BIRD restart, and TCP MD5
+//! works.
+use std::time::Duration;
+
+use podrouter_e2e::bgp::*;
+use podrouter_e2e::*;
+
+const NODE: &str = "10.200.0.1";
+const PEER: &str = "10.200.0.2";
+const OUR_BLOCK: &str = "10.244.1.0/26";
+const BIRD_BLOCK: &str = "10.244.2.0/26";
+const UP: Duration = Duration::from_secs(20);
+
+struct World {
+    node: Node,
+    bird: Bird,
+    _peer_ns: Netns,
+}
+
+fn world(peer_as: u32, node_extra: &str, peer_extra: &str, bird_extra: &str) -> World {
+    let peer_ns = Netns::new("bird");
+    let bgp = bgp_section(
+        NODE_AS,
+        node_extra,
+        &[PeerCfg::new(PEER, peer_as).with(peer_extra)],
+    );
+    let node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
+    link(
+        &node.ns,
+        "up0",
+        &format!("{NODE}/24"),
+        &peer_ns,
+        "eth0",
+        &format!("{PEER}/24"),
+    );
+    let bird = Bird::start(
+        &peer_ns,
+        &bird_conf(PEER, peer_as, BIRD_BLOCK, NODE, NODE_AS, bird_extra),
+    );
+    World {
+        node,
+        bird,
+        _peer_ns: peer_ns,
+    }
+}
+
+fn learn_both_ways(w: &World) {
+    wait_established(&w.node, PEER, UP);
+    assert!(
+        wait_fib(&w.node, BIRD_BLOCK, Some(PEER), Duration::from_secs(10)),
+        "podrouterd did not install BIRD's block: {}",
+        w.node.ctl_table(&["bgp", "rib"])
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || w
+            .bird
+            .has_route(OUR_BLOCK, NODE)),
+        "BIRD did not learn our block: {}",
+        w.bird.birdc("show route all")
+    );
+    assert!(w.bird.protocol_established("node"));
+    let table = w.node.ctl_table(&["bgp", "peers"]).expect_ok();
+    say(&format!("podrouterctl bgp peers:\n{}", table.stdout));
+    let rib = w.node.ctl_table(&["bgp", "rib"]).expect_ok();
+    say(&format!("podrouterctl bgp rib:\n{}", rib.stdout));
+    say(&format!(
+        "birdc show route:\n{}",
+        w.bird.birdc("show route").stdout
+    ));
+}
+
+#[test]
+fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
+    if !require(
+        "bgp_bird_ibgp_learn_withdraw_and_peer_death",
+        &["bird", "birdc"],
+    ) {
+        return;
+    }
+    let mut w = world(NODE_AS, "graceful_restart = false", "", "");
+    let _log = LogOnPanic(w.node.log.clone());
+    learn_both_ways(&w);
+    let p = &peers(&w.node)[0];
+    assert_eq!(p["kind"], "ibgp");
+    assert_eq!(p["hold_time"], HOLD);
+    assert_eq!(p["prefixes_accepted"], 1);
+
+    // Withdraw on BIRD's side.
+    w.bird.birdc("disable pods").expect_ok();
+    assert!(
+        wait_fib(&w.node, BIRD_BLOCK, None, Duration::from_secs(5)),
+        "withdraw from BIRD did not reach the FIB"
+    );
+    w.bird.birdc("enable pods").expect_ok();
+    assert!(wait_fib(
+        &w.node,
+        BIRD_BLOCK,
+        Some(PEER),
+        Duration::from_secs(5)
+    ));
+
+    // Freeze BIRD: no FIN, no keepalives. The hold timer must take the
+    // routes out within the hold time (plus polling slack).
+    let pid = w.bird.bg.as_ref().unwrap().pid();
+    signal(pid, "STOP");
+    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
+        fib_via(&w.node, BIRD_BLOCK).is_none()
+    });
+    signal(pid, "CONT");
+    let gone = gone.expect("frozen BIRD's route outlived the hold time");
+    say(&format!(
+        "frozen peer: route withdrawn after {gone:?} (hold time {HOLD} s)"
+    ));
+    assert!(gone <= Duration::from_secs(u64::from(HOLD) + 1), "{gone:?}");
+    let p = &peers(&w.node)[0];
+    assert!(
+        p["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("hold timer"),
+        "{p:#}"
+    );
+
+    // BIRD resumes, the session comes back, then SIGKILL: the kernel
+    // resets the connection and the routes go at once.
+    wait_established(&w.node, PEER, UP);
+    assert!(wait_fib(
+        &w.node,
+        BIRD_BLOCK,
+        Some(PEER),
+        Duration::from_secs(10)
+    ));
+    w.bird.kill();
+    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
+        fib_via(&w.node, BIRD_BLOCK).is_none()
+    })
+    .expect("killed BIRD's route outlived the hold time");
+    say(&format!("killed peer: route withdrawn after {gone:?}"));
+
+    // Our side withdraws: BIRD back, then podrouterd stops (Cease, no
+    // graceful restart configured) and BIRD drops our block.
+    w.bird.restart();
+    wait_established(&w.node, PEER, UP);
+    assert!(wait_until(Duration::from_secs(10), || w
+        .bird
+        .has_route(OUR_BLOCK, NODE)));
+    w.node.stop_daemon("TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || !w
+            .bird
+            .has_route(OUR_BLOCK, NODE)),
+        "BIRD kept our block after our Cease"
+    );
+    let log = w.bird.log();
+    let _ = log;
+    w.node.start_daemon();
+}
+
+#[test]
+fn bgp_bird_ebgp_with_md5() {
+    if !require("bgp_bird_ebgp_with_md5", &["bird", "birdc"]) {
+        return;
+    }
+    let w = world(
+        64600,
+        "",
+        "password = \"podrouter-md5\"",
+        "password \"podrouter-md5\";",
+    );
+    let _log = LogOnPanic(w.node.log.clone());
+    learn_both_ways(&w);
+    let p = &peers(&w.node)[0];
+    assert_eq!(p["kind"], "ebgp");
+    assert_eq!(p["md5"], true);
+    // BIRD sees our AS in the path.
+    let o = w.bird.birdc(&format!("show route for {OUR_BLOCK} all"));
+    assert!(o.stdout.contains(&format!("BGP.as_path: {NODE_AS}")), "{o}");
+}
+
+#[test]
+fn bgp_bird_md5_mismatch_never_establishes() {
+    if !require(
+        "bgp_bird_md5_mismatch_never_establishes",
+        &["bird", "birdc"],
+    ) {
+        return;
+    }
+    let w = world(64600, "", "password = \"right\"", "password \"wrong\";");
+    let _log = LogOnPanic(w.node.log.clone());
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(peer_state(&w.node, PEER), "Established");
+    assert!(fib_via(&w.node, BIRD_BLOCK).is_none());
+}
+
+#[test]
+fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
+    if !require(
+        "bgp_bird_graceful_restart_keeps_routes_across_a_restart",
+        &["bird", "birdc"],
+    ) {
+        return;
+    }
+    let mut w = world(NODE_AS, "restart_time = 30", "", "graceful restart on;");
+    let _log = LogOnPanic(w.node.log.clone());
+    learn_both_ways(&w);
+    let p = &peers(&w.node)[0];
+    assert!(
+        p["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "graceful-restart"),
+        "{p:#}"
+    );
+    // BIRD dies without a NOTIFICATION: we are its graceful restart helper.
+    w.bird.kill();
+    std::thread::sleep(Duration::from_secs(u64::from(HOLD) + 2));
+    assert_eq!(
+        fib_via(&w.node, BIRD_BLOCK).as_deref(),
+        Some(PEER),
+        "route not kept during the peer's restart"
+    );
+    let rib = w.node.ctl(&["bgp", "rib"]);
+    assert!(
+        rib["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["prefix"] == BIRD_BLOCK && r["stale"] == true),
+        "{rib:#}"
+    );
+    assert_eq!(peers(&w.node)[0]["prefixes_stale"], 1);
+    // BIRD comes back: the route is refreshed and no longer stale.
+    w.bird.restart();
+    wait_established(&w.node, PEER, UP);
+    assert!(
+        wait_until(Duration::from_secs(10), || peers(&w.node)[0]
+            ["prefixes_stale"]
+            == 0),
+        "stale routes not cleared after End-of-RIB: {:#?}",
+        peers(&w.node)
+    );
+    assert_eq!(fib_via(&w.node, BIRD_BLOCK).as_deref(), Some(PEER));
+}

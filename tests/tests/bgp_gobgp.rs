@@ -1,0 +1,133 @@
+//! podrouterd and GoBGP (what Calico VPP embeds) over eBGP: Established,
+//! each learns the other's /26, withdraws both ways, a killed or frozen
+//! gobgpd's routes leave the FIB within the hold time.
+use std::time::Duration;
+
+use podrouter_e2e::bgp::*;
+use podrouter_e2e::*;
+
+const NODE: &str = "10.201.0.1";
+const PEER: &str = "10.201.0.2";
+const PEER_AS: u32 = 64513;
+const OUR_BLOCK: &str = "10.244.1.0/26";
+const GOBGP_BLOCK: &str = "10.244.3.0/26";
+const UP: Duration = Duration::from_secs(20);
+
+#[test]
+fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
+    if !require(
+        "bgp_gobgp_ebgp_learn_withdraw_and_peer_death",
+        &["gobgpd", "gobgp"],
+    ) {
+        return;
+    }
+    let peer_ns = Netns::new("gobgp");
+    let bgp = bgp_section(
+        NODE_AS,
+        "graceful_restart = false",
+        &[PeerCfg::new(PEER, PEER_AS)],
+    );
+    let mut node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
+    let _log = LogOnPanic(node.log.clone());
+    link(
+        &node.ns,
+        "up0",
+        &format!("{NODE}/24"),
+        &peer_ns,
+        "eth0",
+        &format!("{PEER}/24"),
+    );
+    let mut g = Gobgp::start(&peer_ns, PEER, PEER_AS, NODE, NODE_AS);
+    g.cli(&["global", "rib", "add", GOBGP_BLOCK, "-a", "ipv4"])
+        .expect_ok();
+
+    wait_established(&node, PEER, UP);
+    assert!(wait_until(Duration::from_secs(10), || g.established(NODE)));
+    assert!(
+        wait_fib(&node, GOBGP_BLOCK, Some(PEER), Duration::from_secs(10)),
+        "podrouterd did not install GoBGP's block: {}",
+        node.ctl_table(&["bgp", "rib"])
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || g
+            .route_next_hop(OUR_BLOCK)
+            .as_deref()
+            == Some(NODE)),
+        "GoBGP did not learn our block: {}",
+        g.cli(&["global", "rib", "-a", "ipv4"])
+    );
+    say(&format!(
+        "gobgp neighbor:\n{}\npodrouterctl bgp peers:\n{}",
+        g.cli(&["neighbor"]).stdout,
+        node.ctl_table(&["bgp", "peers"]).stdout
+    ));
+    let p = &peers(&node)[0];
+    assert_eq!(p["kind"], "ebgp");
+    let rib = node.ctl(&["bgp", "rib"]);
+    let r = rib["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["prefix"] == GOBGP_BLOCK)
+        .cloned()
+        .unwrap();
+    assert_eq!(r["as_path"], PEER_AS.to_string());
+
+    // Withdraw on GoBGP's side.
+    g.cli(&["global", "rib", "del", GOBGP_BLOCK, "-a", "ipv4"])
+        .expect_ok();
+    assert!(wait_fib(&node, GOBGP_BLOCK, None, Duration::from_secs(5)));
+    g.cli(&["global", "rib", "add", GOBGP_BLOCK, "-a", "ipv4"])
+        .expect_ok();
+    assert!(wait_fib(
+        &node,
+        GOBGP_BLOCK,
+        Some(PEER),
+        Duration::from_secs(5)
+    ));
+
+    // Frozen gobgpd: the hold timer withdraws.
+    let pid = g.bg.as_ref().unwrap().pid();
+    signal(pid, "STOP");
+    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
+        fib_via(&node, GOBGP_BLOCK).is_none()
+    });
+    signal(pid, "CONT");
+    let gone = gone.expect("frozen gobgpd's route outlived the hold time");
+    say(&format!(
+        "frozen gobgpd: route withdrawn after {gone:?} (hold {HOLD} s)"
+    ));
+    assert!(gone <= Duration::from_secs(u64::from(HOLD) + 1));
+
+    // Killed gobgpd.
+    wait_established(&node, PEER, UP);
+    assert!(wait_fib(
+        &node,
+        GOBGP_BLOCK,
+        Some(PEER),
+        Duration::from_secs(10)
+    ));
+    let mut bg = g.bg.take().unwrap();
+    signal(bg.pid(), "KILL");
+    let _ = bg.child.wait();
+    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
+        fib_via(&node, GOBGP_BLOCK).is_none()
+    })
+    .expect("killed gobgpd's route outlived the hold time");
+    say(&format!("killed gobgpd: route withdrawn after {gone:?}"));
+
+    // Our withdraw: GoBGP back, podrouterd stops, GoBGP drops our block.
+    let g = Gobgp::start(&peer_ns, PEER, PEER_AS, NODE, NODE_AS);
+    wait_established(&node, PEER, UP);
+    assert!(wait_until(Duration::from_secs(10), || g
+        .route_next_hop(OUR_BLOCK)
+        .is_some()));
+    node.stop_daemon("TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || g
+            .route_next_hop(OUR_BLOCK)
+            .is_none()),
+        "GoBGP kept our block after our Cease"
+    );
+    node.start_daemon();
+}
