@@ -1,1 +1,578 @@
+//! `podrouter-bench`: the benchmark harness. Run as root, it builds network
+//! namespace topologies, drives traffic through podrouter (TAP backend) and
+//! through the kernel doing the same job the way Calico does (veth pairs, /32
+//! routes, proxy_arp, permanent neighbour entries) in the same invocation,
+//! measures both, tears everything down (also on Ctrl-C, SIGTERM or a
+//! failure) and prints a markdown table (JSON with `--json`), with SVG plots
+//! and a log in the output directory. See the README's "Benchmarks".
+//!
+//! `unsafe` lives only in [`sys`].
+#![deny(unsafe_code)]
 
+pub mod helpers;
+pub mod measure;
+pub mod report;
+pub mod scenarios;
+#[allow(unsafe_code)]
+pub mod sys;
+pub mod topo;
+pub mod util;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use report::{Machine, Report};
+use scenarios::{Ctx, Params, Scenario};
+use topo::PlaneOpts;
+use util::{Error, Progress, Res};
+
+/// Benchmark podrouter against the kernel (Calico-style) in network
+/// namespaces it creates and removes. Needs root.
+#[derive(Parser, Debug)]
+#[command(name = "podrouter-bench", version)]
+struct Cli {
+    /// A short run (about a minute: one run per figure, 1 s each, the
+    /// smallest topologies) that checks the harness still works; CI runs it.
+    #[arg(long)]
+    smoke: bool,
+    /// Print the report as JSON instead of markdown.
+    #[arg(long)]
+    json: bool,
+    /// Directory for report.md, report.json, the SVG plots and the log.
+    #[arg(long, default_value = "target/podrouter-bench")]
+    out: PathBuf,
+    /// Where podrouterd, podrouterctl and podrouter-cni are (default: the
+    /// directory of this binary, i.e. the same cargo target directory).
+    #[arg(long, env = "PODROUTER_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Where Debian's reference CNI plugins (ptp, host-local) are.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_plugin_dir: PathBuf,
+    /// podrouterd's data-plane backend (`dataplane.backend`).
+    #[arg(long, default_value = "tap")]
+    backend: String,
+    /// Runs per figure (at least 3 unless --smoke).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Seconds of each packet-rate and iperf3 measurement.
+    #[arg(long)]
+    secs: Option<f64>,
+    /// Pods in the scale scenario.
+    #[arg(long)]
+    scale_pods: Option<usize>,
+    /// Pods in the CNI scenario (and `--cni-parallel` at a time).
+    #[arg(long)]
+    cni_pods: Option<usize>,
+    #[arg(long)]
+    cni_parallel: Option<usize>,
+    /// Run only these scenarios (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// No progress line on stderr.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__helper") {
+        let kind = args.get(2).cloned().unwrap_or_default();
+        return match helpers::main(&kind, &args[3.min(args.len())..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("podrouter-bench helper {kind}: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) if e.interrupted => {
+            eprintln!("\npodrouter-bench: interrupted; everything it created has been removed");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("\npodrouter-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+/// The CPUs this process may run on (`Cpus_allowed_list`).
+fn allowed_cpus() -> Vec<usize> {
+    let s = read("/proc/self/status");
+    let list = s
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("0")
+        .trim()
+        .to_string();
+    let mut cpus = Vec::new();
+    for part in list.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                    cpus.extend(a..=b);
+                }
+            }
+            None => {
+                if let Ok(a) = part.parse() {
+                    cpus.push(a);
+                }
+            }
+        }
+    }
+    if cpus.is_empty() {
+        cpus.push(0);
+    }
+    cpus
+}
+
+fn first_line_of(args: &[&str]) -> String {
+    util::run_t(args, Duration::from_secs(10))
+        .map(|o| format!("{}{}", o.stdout, o.stderr))
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
+fn machine(bin_dir: &Path, cpus: usize) -> Machine {
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu_model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kb: f64 = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    let os = read("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_default();
+    let mut virt = if util::have_command("systemd-detect-virt") {
+        first_line_of(&["systemd-detect-virt"])
+    } else {
+        String::new()
+    };
+    if (virt.is_empty() || virt == "none") && cpuinfo.contains(" hypervisor") {
+        virt = "virtual machine".into();
+    }
+    if virt == "none" {
+        virt.clear();
+    } else if !virt.is_empty() && virt != "virtual machine" {
+        virt = format!("virtual machine: {virt}");
+    }
+    let d = bin_dir.join("podrouterd");
+    Machine {
+        cpu_model,
+        cpus,
+        memory_gib: mem_kb / 1024.0 / 1024.0,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+        os,
+        podrouterd: first_line_of(&[&d.to_string_lossy(), "--version"]),
+        iperf3: first_line_of(&["iperf3", "--version"]),
+        virtualization: virt,
+        source: source_tree(),
+    }
+}
+
+/// `git <commit>[ + uncommitted changes]` of the workspace this harness was
+/// built from, when that checkout is still there.
+fn source_tree() -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if !root.join(".git").exists() || !util::have_command("git") {
+        return String::new();
+    }
+    let r = root.to_string_lossy();
+    let commit = first_line_of(&["git", "-C", &r, "rev-parse", "--short", "HEAD"]);
+    if commit.is_empty() || commit.contains(' ') {
+        return String::new();
+    }
+    let dirty = util::run_t(
+        &[
+            "git",
+            "-C",
+            &r,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+        ],
+        Duration::from_secs(10),
+    )
+    .map(|o| !o.stdout.trim().is_empty())
+    .unwrap_or(false);
+    format!(
+        "built from git {commit}{}",
+        if dirty { " + uncommitted changes" } else { "" }
+    )
+}
+
+fn date_utc() -> String {
+    first_line_of(&["date", "-u", "+%Y-%m-%d %H:%M"])
+}
+
+fn preflight(bin_dir: &Path) -> Res<()> {
+    let mut why = Vec::new();
+    if !read("/proc/self/status")
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
+    {
+        why.push("run it as root (it creates network namespaces and TAP devices)".to_string());
+    }
+    for tool in ["ip", "iperf3", "ping", "bridge", "sh", "sysctl"] {
+        if !util::have_command(tool) {
+            why.push(format!(
+                "`{tool}` not found (scripts/install-deps.sh installs it)"
+            ));
+        }
+    }
+    for b in ["podrouterd"] {
+        if !bin_dir.join(b).is_file() {
+            why.push(format!(
+                "{} not found: build with `cargo build --release --workspace --bins` or pass --bin-dir",
+                bin_dir.join(b).display()
+            ));
+        }
+    }
+    if !why.is_empty() {
+        return Err(Error::msg(format!("cannot run:\n  {}", why.join("\n  "))));
+    }
+    Ok(())
+}
+
+/// Runs everything; `Ok(false)` when some figure failed for a reason other
+/// than a known missing feature.
+fn run(cli: &Cli) -> Res<bool> {
+    let self_exe = std::env::current_exe()?;
+    let bin_dir = match &cli.bin_dir {
+        Some(d) => d.clone(),
+        None => self_exe
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from(".")),
+    };
+    preflight(&bin_dir)?;
+    util::install_signal_handlers()?;
+    fs::create_dir_all(&cli.out)
+        .map_err(|e| Error::msg(format!("cannot create {}: {e}", cli.out.display())))?;
+    let out_dir = fs::canonicalize(&cli.out)?;
+    util::open_log(&out_dir.join("podrouter-bench.log"))?;
+    util::sweep_stale_namespaces();
+
+    let mut p = if cli.smoke {
+        Params::smoke()
+    } else {
+        Params::full()
+    };
+    if let Some(r) = cli.repeats {
+        if r < 3 && !cli.smoke {
+            return Err(Error::msg(
+                "--repeats must be at least 3 (medians and spreads need them); use --smoke for a quick check",
+            ));
+        }
+        p.repeats = r.max(1);
+    }
+    if let Some(s) = cli.secs {
+        p.secs = s.max(0.2);
+    }
+    if let Some(n) = cli.scale_pods {
+        p.scale_pods = n.clamp(2, 1000);
+    }
+    if let Some(n) = cli.cni_pods {
+        p.cni_pods = n.clamp(1, 1000);
+    }
+    if let Some(n) = cli.cni_parallel {
+        p.cni_parallel = n.max(1);
+    }
+    let scen: Vec<Scenario> = if cli.only.is_empty() {
+        vec![
+            Scenario::SameNode,
+            Scenario::TwoNode,
+            Scenario::Cni,
+            Scenario::Scale,
+        ]
+    } else {
+        let mut s = cli.only.clone();
+        // Same node first: the scale rows compare against its 2-pod figure.
+        s.sort_by_key(|x| *x as u8);
+        s.dedup();
+        s
+    };
+
+    let cpus = allowed_cpus();
+    let gen_cpu = cpus[0];
+    let dp_cpu = *cpus.get(1).unwrap_or(&cpus[0]);
+    let dp_cpu_node2 = *cpus.get(2).unwrap_or(&dp_cpu);
+    let mut pinning = Vec::new();
+    if cpus.len() >= 2 {
+        pinning.push(format!(
+            "traffic generator, iperf3 client and server, latency client and echo server on CPU {gen_cpu}; \
+             podrouterd's worker (`dataplane.cores = [{dp_cpu}]`) and the kernel's forwarding \
+             (RPS of the host-side veths to CPU {dp_cpu}) on CPU {dp_cpu}; podrouterd's control thread, \
+             the harness and the CNI plugins unpinned"
+        ));
+    } else {
+        pinning.push(format!(
+            "only one CPU ({gen_cpu}): the generator and the data plane had to share it, \
+             so every figure understates what either could do alone"
+        ));
+    }
+    if scen.contains(&Scenario::TwoNode) {
+        if dp_cpu_node2 == dp_cpu {
+            pinning.push(format!(
+                "two nodes: both nodes' data planes had to share CPU {dp_cpu} (a CPU per node needs 3 CPUs)"
+            ));
+        } else {
+            pinning.push(format!(
+                "two nodes: node 1's data plane on CPU {dp_cpu}, node 2's on CPU {dp_cpu_node2}"
+            ));
+        }
+    }
+    let mach = machine(&bin_dir, cpus.len());
+    let command = {
+        let a: Vec<String> = std::env::args().collect();
+        let mut c = String::new();
+        if std::env::var_os("SUDO_USER").is_some() {
+            c.push_str("sudo ");
+        }
+        c.push_str(&util::show(
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        ));
+        c
+    };
+    let total = scenarios::planned_steps(&p, &scen);
+    let mut ctx = Ctx {
+        p: p.clone(),
+        opts: PlaneOpts {
+            bin_dir: bin_dir.clone(),
+            backend: cli.backend.clone(),
+            dp_cpu,
+            dp_cpu_node2,
+            mtu: 1500,
+        },
+        gen_cpu,
+        self_exe,
+        cni_dir: cli.cni_plugin_dir.clone(),
+        out_dir: out_dir.clone(),
+        progress: Progress::new(total, cli.quiet),
+        rows: Vec::new(),
+        runs: Vec::new(),
+        notes: Vec::new(),
+        failures: Vec::new(),
+        plots: Vec::new(),
+        two_pod_64: [None, None],
+        rate_plot: Vec::new(),
+        cdf_plot: Vec::new(),
+        busy: Vec::new(),
+    };
+    let what_ran: Vec<&str> = scen
+        .iter()
+        .map(|s| match s {
+            Scenario::SameNode => "same-node",
+            Scenario::Scale => "scale",
+            Scenario::TwoNode => "two-node",
+            Scenario::Cni => "cni",
+        })
+        .collect();
+    eprintln!(
+        "podrouter-bench{}: scenarios {}; {} run(s) per figure, {} s per traffic run, sizes {:?} B, \
+         scale {} pods, CNI {} pods ({} in parallel); output in {}",
+        if p.smoke { " --smoke" } else { "" },
+        what_ran.join(", "),
+        p.repeats,
+        p.secs,
+        p.sizes,
+        p.scale_pods,
+        p.cni_pods,
+        p.cni_parallel,
+        out_dir.display()
+    );
+    eprintln!("machine: {}", mach.describe());
+    for l in &pinning {
+        eprintln!("pinning: {l}");
+    }
+
+    let date = date_utc();
+    for s in &scen {
+        let r = match s {
+            Scenario::SameNode => scenarios::same_node(&mut ctx),
+            Scenario::Scale => scenarios::scale(&mut ctx),
+            Scenario::TwoNode => scenarios::two_node(&mut ctx),
+            Scenario::Cni => scenarios::cni(&mut ctx),
+        };
+        if let Err(e) = r {
+            ctx.progress.finish();
+            return Err(e);
+        }
+    }
+    ctx.progress.finish();
+
+    // Plots.
+    if !ctx.rate_plot.is_empty() {
+        let groups: Vec<String> = p.sizes.iter().map(|s| format!("{s} B frames")).collect();
+        let series: Vec<(&str, Vec<report::Cell>)> = ctx
+            .rate_plot
+            .iter()
+            .map(|(n, c)| (n.as_str(), c.clone()))
+            .collect();
+        let svg = report::bars_svg(
+            "Same node, pod to pod: UDP packet rate (median, min-max)",
+            "Mpps",
+            &groups,
+            &series,
+        );
+        let f = out_dir.join("packet-rate.svg");
+        fs::write(&f, svg)?;
+        ctx.plots.push(f.display().to_string());
+    }
+    if !ctx.cdf_plot.is_empty() {
+        let series: Vec<(&str, Vec<f64>)> = ctx
+            .cdf_plot
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        let svg = report::cdf_svg(
+            &format!(
+                "Same node: UDP request/response latency CDF ({} /s, all runs)",
+                p.rr_rate
+            ),
+            &series,
+        );
+        let f = out_dir.join("latency-cdf.svg");
+        fs::write(&f, svg)?;
+        ctx.plots.push(f.display().to_string());
+    }
+
+    let mut method = vec![
+        "kernel data plane: Calico's wiring: a veth pair per pod (host side `caliN` with MAC \
+         ee:ee:ee:ee:ee:ee, proxy_arp=1, rp_filter=1, a /32 route and a permanent neighbour entry \
+         for the pod; pod side `eth0` with the /32, `169.254.1.1 dev eth0 scope link`, default \
+         via it and a permanent neighbour entry for it); podrouter: the same pod addressing on a \
+         TAP attached through podrouterd's API"
+            .to_string(),
+        "packet rate: the harness's AF_PACKET generator (sendmmsg of 64-frame batches, \
+         PACKET_QDISC_BYPASS) sends one UDP flow from pod A's eth0 to pod B; frame sizes count the \
+         4-byte FCS that veth and TAP do not carry (a 64 B frame is a 46 B IP packet); received \
+         packets are pod B's eth0 rx_packets over the measured window, after a warm-up; the rate \
+         the generator offered is in report.json (and a note appears if it was not well above the \
+         received rate)"
+            .to_string(),
+        "TCP: iperf3 client in pod A, server in pod B, receiver's figure".to_string(),
+        format!(
+            "latency: the harness's UDP request/response client sends {} requests/s for {} s \
+             (32-byte requests, 200 ms timeout) to its echo server in pod B; percentiles from an \
+             HdrHistogram per run",
+            p.rr_rate, p.rr_secs
+        ),
+        "CPU: podrouterd's utime+stime from /proc/<pid>/stat (all threads, including softirq work \
+         that ran in them); the kernel's softirq time summed over all CPUs from /proc/stat; the \
+         data-plane CPU's non-idle time from /proc/stat; all tick-based (USER_HZ)"
+            .to_string(),
+        format!(
+            "CNI: a driver in the node namespace runs the plugin as a runtime does (env + stdin) \
+             for ADD of every pod, then DEL of every pod, timing each invocation from fork to \
+             exit; podrouter-cni (TAP and address from podrouterd) against Debian's ptp + \
+             host-local (veth, addresses in host-local files), {} pods",
+            p.cni_pods
+        ),
+    ];
+    if scen.contains(&Scenario::TwoNode) {
+        method.push(
+            "two nodes: node namespaces joined by a veth pair (192.168.100.1/24, .2/24); kernel \
+             plain routing = a route to the other node's block via its address; kernel VXLAN = \
+             Flannel's wiring (`flannel.1`, VNI 1, port 8472, static FDB and neighbour entries, \
+             pod MTU 1450); podrouter = `uplink` and `encap` in podrouterd's config with a \
+             static route to the other block"
+                .to_string(),
+        );
+    }
+    let mut notes = std::mem::take(&mut ctx.notes);
+    notes.dedup();
+    let busy_runs = ctx.busy.iter().filter(|b| **b >= scenarios::BUSY).count();
+    if busy_runs > 0 {
+        notes.insert(
+            0,
+            format!(
+                "{busy_runs} of {} measured runs started while other processes kept the \
+                 machine more than {:.0}% busy (up to {:.0}%) after waiting for it to calm \
+                 down: those figures are disturbed (per-run detail in report.json and the log)",
+                ctx.busy.len(),
+                scenarios::BUSY * 100.0,
+                ctx.busy.iter().fold(0.0f64, |a, b| a.max(*b)) * 100.0
+            ),
+        );
+    }
+    let ok = ctx.failures.is_empty();
+    if !ok {
+        notes.push(format!(
+            "{} measurement(s) failed (see podrouter-bench.log): {}",
+            ctx.failures.len(),
+            ctx.failures
+                .iter()
+                .map(|f| f.lines().next().unwrap_or(""))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let rep = Report {
+        command,
+        date_utc: date,
+        smoke: p.smoke,
+        repeats: p.repeats,
+        machine: mach,
+        pinning,
+        method,
+        notes,
+        rows: std::mem::take(&mut ctx.rows),
+        runs: std::mem::take(&mut ctx.runs),
+        plots: ctx.plots.clone(),
+        total_secs: ctx.progress.elapsed().as_secs_f64(),
+    };
+    let md = rep.markdown();
+    let js = serde_json::to_string_pretty(&rep)?;
+    fs::write(out_dir.join("report.md"), &md)?;
+    fs::write(out_dir.join("report.json"), &js)?;
+    if cli.json {
+        println!("{js}");
+    } else {
+        println!("{md}");
+    }
+    eprintln!(
+        "podrouter-bench: wrote {}/report.md, report.json{} and podrouter-bench.log",
+        out_dir.display(),
+        if rep.plots.is_empty() {
+            ""
+        } else {
+            ", the SVG plots"
+        }
+    );
+    if p.smoke {
+        eprintln!(
+            "smoke run: ran {} ({} rows, {} failed measurement(s))",
+            what_ran.join(", "),
+            rep.rows.len(),
+            ctx.failures.len()
+        );
+    }
+    Ok(ok)
+}

@@ -1,0 +1,407 @@
+//! The harness's own traffic tools. The harness runs them as
+//! `ip netns exec NS podrouter-bench __helper KIND key=value...` inside a
+//! pod's (or the node's) namespace; each prints one JSON object on stdout.
+//!
+//! - `gen`: the packet generator. An AF_PACKET socket on the pod's
+//!   interface sends one UDP frame over and over with `sendmmsg` and
+//!   `PACKET_QDISC_BYPASS`, as fast as the kernel takes them.
+//! - `echo` / `rr`: a UDP echo server and a client that sends requests at a
+//!   fixed rate and records each round trip in nanoseconds.
+//! - `cni`: runs a CNI plugin's ADD for a list of pod namespaces, then DEL
+//!   for all of them, from a pool of threads, timing each invocation.
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::sys;
+use crate::util::{Error, Res};
+
+/// The router MAC (Calico's `ee:ee:ee:ee:ee:ee`), the pods' next hop in
+/// both data planes.
+pub const GATEWAY_MAC: [u8; 6] = [0xee; 6];
+/// UDP port of the echo server.
+pub const ECHO_PORT: u16 = 7777;
+/// UDP destination port of generated traffic (discard).
+pub const GEN_PORT: u16 = 9;
+
+struct Args(HashMap<String, String>);
+
+impl Args {
+    fn parse(args: &[String]) -> Res<Args> {
+        let mut m = HashMap::new();
+        for a in args {
+            let (k, v) = a
+                .split_once('=')
+                .ok_or_else(|| Error::msg(format!("helper argument {a:?} is not key=value")))?;
+            m.insert(k.to_string(), v.to_string());
+        }
+        Ok(Args(m))
+    }
+
+    fn get(&self, k: &str) -> Res<&str> {
+        self.0
+            .get(k)
+            .map(String::as_str)
+            .ok_or_else(|| Error::msg(format!("helper argument {k}= missing")))
+    }
+
+    fn num<T: std::str::FromStr>(&self, k: &str) -> Res<T> {
+        self.get(k)?
+            .parse()
+            .map_err(|_| Error::msg(format!("helper argument {k}= is not a number")))
+    }
+
+    fn opt_num<T: std::str::FromStr>(&self, k: &str) -> Res<Option<T>> {
+        match self.0.get(k) {
+            None => Ok(None),
+            Some(_) => self.num(k).map(Some),
+        }
+    }
+}
+
+/// Entry point of `podrouter-bench __helper KIND ARGS...`.
+pub fn main(kind: &str, args: &[String]) -> Res<()> {
+    let a = Args::parse(args)?;
+    if let Some(cpu) = a.opt_num::<usize>("cpu")? {
+        sys::pin_to_cpu(cpu).map_err(|e| Error::msg(format!("pin to cpu {cpu}: {e}")))?;
+    }
+    let v = match kind {
+        "gen" => gen(&a)?,
+        "echo" => echo(&a)?,
+        "rr" => rr(&a)?,
+        "cni" => cni(&a)?,
+        _ => return Err(Error::msg(format!("unknown helper {kind}"))),
+    };
+    let mut o = io::stdout().lock();
+    writeln!(o, "{v}")?;
+    Ok(())
+}
+
+fn parse_mac(s: &str) -> Res<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(Error::msg(format!("bad MAC {s:?}")));
+    }
+    for (i, p) in parts.iter().enumerate() {
+        mac[i] = u8::from_str_radix(p, 16).map_err(|_| Error::msg(format!("bad MAC {s:?}")))?;
+    }
+    Ok(mac)
+}
+
+fn ip_checksum(hdr: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in hdr.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet + IPv4 + UDP frame of `size` bytes on the wire, counting the
+/// 4-byte FCS that veth and TAP do not carry (RFC 2544 sizes: a "64-byte
+/// frame" is 60 bytes handed to the device, a 46-byte IP packet).
+pub fn udp_frame(
+    size: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Vec<u8> {
+    let len = size.saturating_sub(4).max(14 + 20 + 8);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_len = (len - 14) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6] = 0x40; // DF
+    ip[8] = 64; // TTL
+    ip[9] = 17; // UDP
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = ip_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let udp = &mut f[34..42];
+    udp[0..2].copy_from_slice(&9999u16.to_be_bytes());
+    udp[2..4].copy_from_slice(&GEN_PORT.to_be_bytes());
+    udp[4..6].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    // UDP checksum 0: none (allowed for IPv4).
+    f
+}
+
+fn gen(a: &Args) -> Res<serde_json::Value> {
+    let ifname = a.get("if")?;
+    let src: Ipv4Addr = a.num("src")?;
+    let dst: Ipv4Addr = a.num("dst")?;
+    let size: usize = a.num("size")?;
+    let secs: f64 = a.num("secs")?;
+    let sys_dir = format!("/sys/class/net/{ifname}");
+    let mac = parse_mac(&fs::read_to_string(format!("{sys_dir}/address"))?)?;
+    let ifindex: u32 = fs::read_to_string(format!("{sys_dir}/ifindex"))?
+        .trim()
+        .parse()
+        .map_err(|_| Error::msg("bad ifindex"))?;
+    let frame = udp_frame(size, mac, GATEWAY_MAC, src, dst);
+    let mut s = sys::PacketSender::open(ifindex, &frame, 64)
+        .map_err(|e| Error::msg(format!("AF_PACKET socket on {ifname}: {e}")))?;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    // `dropped`: frames the device refused (its queue or the backlog was
+    // full). sendmmsg stops at the first refused frame: a short count or an
+    // error means exactly one frame of the batch was dropped.
+    let (mut sent, mut calls, mut dropped, mut errors) = (0u64, 0u64, 0u64, 0u64);
+    let batch = s.batch();
+    let mut last_err = String::new();
+    loop {
+        match s.send_batch() {
+            Ok(n) => {
+                sent += n as u64;
+                if n < batch {
+                    dropped += 1;
+                }
+            }
+            Err(e) => {
+                dropped += 1;
+                errors += 1;
+                if e.kind() != io::ErrorKind::WouldBlock && e.raw_os_error() != Some(libc::ENOBUFS)
+                {
+                    last_err = e.to_string();
+                    if errors > 1000 && sent == 0 {
+                        return Err(Error::msg(format!("sendmmsg on {ifname}: {e}")));
+                    }
+                }
+            }
+        }
+        calls += 1;
+        if calls % 4 == 0 && Instant::now() >= end {
+            break;
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "sent": sent,
+        "dropped": dropped,
+        "offered": sent + dropped,
+        "secs": el,
+        "errors": errors,
+        "last_error": last_err,
+        "batch": s.batch(),
+        "frame_bytes": frame.len(),
+    }))
+}
+
+fn echo(a: &Args) -> Res<serde_json::Value> {
+    let secs: f64 = a.num("secs")?;
+    let sock = UdpSocket::bind(("0.0.0.0", ECHO_PORT))?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut buf = [0u8; 2048];
+    let mut n = 0u64;
+    while Instant::now() < end {
+        match sock.recv_from(&mut buf) {
+            Ok((len, from)) => {
+                let _ = sock.send_to(&buf[..len], from);
+                n += 1;
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(json!({ "echoed": n }))
+}
+
+fn rr(a: &Args) -> Res<serde_json::Value> {
+    let dst: Ipv4Addr = a.num("dst")?;
+    let rate: f64 = a.num("rate")?;
+    let count: u64 = a.num("count")?;
+    let sock = UdpSocket::bind(("0.0.0.0", 0))?;
+    sock.connect(SocketAddr::from((dst, ECHO_PORT)))?;
+    let timeout = Duration::from_millis(200);
+    sock.set_read_timeout(Some(timeout))?;
+    // Wait for the echo server (up to 5 s): the first answered probe.
+    let probe_end = Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 64];
+    loop {
+        sock.send(&u64::MAX.to_be_bytes())?;
+        if sock.recv(&mut buf).is_ok() {
+            break;
+        }
+        if Instant::now() > probe_end {
+            return Err(Error::msg(format!("no echo from {dst}:{ECHO_PORT}")));
+        }
+    }
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let mut rtts: Vec<u64> = Vec::with_capacity(count as usize);
+    let mut lost = 0u64;
+    let start = Instant::now();
+    let mut req = [0u8; 32];
+    for seq in 0..count {
+        let due = start + period.mul_f64(seq as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        req[..8].copy_from_slice(&seq.to_be_bytes());
+        let t0 = Instant::now();
+        sock.send(&req)?;
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if n >= 8 && buf[..8] == seq.to_be_bytes() => {
+                    rtts.push(t0.elapsed().as_nanos() as u64);
+                    break;
+                }
+                Ok(_) => {
+                    if t0.elapsed() > timeout {
+                        lost += 1;
+                        break;
+                    }
+                }
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+    }
+    Ok(json!({ "rtt_ns": rtts, "lost": lost, "secs": start.elapsed().as_secs_f64() }))
+}
+
+/// One CNI invocation, timed.
+fn cni_call(
+    plugin: &str,
+    conf: &[u8],
+    cmd: &str,
+    id: &str,
+    netns: &str,
+    cni_path: &str,
+) -> (f64, Result<(), String>) {
+    let t0 = Instant::now();
+    let r = Command::new(plugin)
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", netns)
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", cni_path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            if let Some(mut i) = c.stdin.take() {
+                i.write_all(conf)?;
+            }
+            c.wait_with_output()
+        });
+    let ms = t0.elapsed().as_secs_f64() * 1e3;
+    let res = match r {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "{cmd} {id}: exit {}: {}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout).trim(),
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("{cmd} {id}: cannot run {plugin}: {e}")),
+    };
+    (ms, res)
+}
+
+fn cni(a: &Args) -> Res<serde_json::Value> {
+    let plugin = a.get("plugin")?.to_string();
+    let conf = fs::read(a.get("conf")?)?;
+    let cni_path = a.get("cni_path")?.to_string();
+    let prefix = a.get("id")?.to_string();
+    let netns: Vec<String> = a.get("netns")?.split(',').map(str::to_string).collect();
+    let parallel: usize = a.num::<usize>("parallel")?.max(1);
+    let mut out = serde_json::Map::new();
+    for verb in ["ADD", "DEL"] {
+        let next = AtomicUsize::new(0);
+        let times = Mutex::new(vec![0.0f64; netns.len()]);
+        let errors = Mutex::new(Vec::<String>::new());
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..parallel.min(netns.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= netns.len() {
+                        break;
+                    }
+                    let id = format!("{prefix}-{i}");
+                    let path = format!("/run/netns/{}", netns[i]);
+                    let (ms, r) = cni_call(&plugin, &conf, verb, &id, &path, &cni_path);
+                    times.lock().unwrap_or_else(|e| e.into_inner())[i] = ms;
+                    if let Err(e) = r {
+                        errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+                    }
+                });
+            }
+        });
+        let wall = t0.elapsed().as_secs_f64();
+        let errors = errors.into_inner().unwrap_or_else(|e| e.into_inner());
+        out.insert(
+            verb.to_lowercase(),
+            json!({
+                "ms": times.into_inner().unwrap_or_else(|e| e.into_inner()),
+                "wall_secs": wall,
+                "failures": errors.len(),
+                "first_error": errors.first(),
+            }),
+        );
+    }
+    Ok(serde_json::Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_sizes_and_checksum() {
+        let f = udp_frame(
+            64,
+            [2, 0, 0, 0, 0, 1],
+            GATEWAY_MAC,
+            Ipv4Addr::new(10, 244, 0, 1),
+            Ipv4Addr::new(10, 244, 0, 2),
+        );
+        assert_eq!(f.len(), 60);
+        assert_eq!(&f[0..6], &GATEWAY_MAC);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 46);
+        // A header with its checksum in place sums to zero.
+        assert_eq!(ip_checksum(&f[14..34]), 0);
+        assert_eq!(u16::from_be_bytes([f[38], f[39]]), 26);
+        assert_eq!(
+            udp_frame(
+                1500,
+                [0; 6],
+                [0; 6],
+                Ipv4Addr::LOCALHOST,
+                Ipv4Addr::LOCALHOST
+            )
+            .len(),
+            1496
+        );
+    }
+
+    #[test]
+    fn macs() {
+        assert_eq!(parse_mac("ee:ee:ee:ee:ee:ee\n").unwrap(), GATEWAY_MAC);
+        assert!(parse_mac("ee:ee").is_err());
+    }
+}

@@ -1,0 +1,1058 @@
+//! The scenarios. Each builds its podrouter and kernel topologies, runs
+//! every measurement on both, run by run alternating the data planes (so
+//! drift and background load hit both alike), and turns the runs into
+//! report rows.
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+use crate::bail;
+use crate::measure::{self, Delta};
+use crate::report::{Cell, Row};
+use crate::topo::{self, PlaneOpts, Topology, TwoNodeMode};
+use crate::util::{self, Error, Proc, Progress, Res};
+
+/// How long and how often (full run or `--smoke`).
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub smoke: bool,
+    pub repeats: usize,
+    /// Measured seconds of one packet-rate or iperf3 run.
+    pub secs: f64,
+    /// Seconds of traffic before the measurement window opens.
+    pub warmup: f64,
+    pub sizes: Vec<usize>,
+    pub two_node_sizes: Vec<usize>,
+    pub streams: Vec<usize>,
+    /// Requests per second and seconds of a latency run.
+    pub rr_rate: f64,
+    pub rr_secs: f64,
+    pub scale_pods: usize,
+    pub scale_idle_secs: f64,
+    pub cni_pods: usize,
+    pub cni_parallel: usize,
+    /// (podrouter encap mode, kernel baseline) pairs of the two-node scenario.
+    pub two_node_pairs: Vec<(&'static str, TwoNodeMode)>,
+}
+
+impl Params {
+    pub fn full() -> Params {
+        Params {
+            smoke: false,
+            repeats: 3,
+            secs: 5.0,
+            warmup: 1.0,
+            sizes: vec![64, 512, 1500],
+            two_node_sizes: vec![64, 512],
+            streams: vec![1, 4],
+            rr_rate: 1000.0,
+            rr_secs: 10.0,
+            scale_pods: 1000,
+            scale_idle_secs: 10.0,
+            cni_pods: 100,
+            cni_parallel: 20,
+            two_node_pairs: vec![
+                ("never", TwoNodeMode::KernelPlain),
+                ("always", TwoNodeMode::KernelVxlan),
+            ],
+        }
+    }
+
+    pub fn smoke() -> Params {
+        Params {
+            smoke: true,
+            repeats: 1,
+            secs: 1.0,
+            warmup: 0.3,
+            sizes: vec![64],
+            two_node_sizes: vec![64],
+            streams: vec![1],
+            rr_rate: 500.0,
+            rr_secs: 0.5,
+            scale_pods: 10,
+            scale_idle_secs: 1.0,
+            cni_pods: 6,
+            cni_parallel: 3,
+            two_node_pairs: vec![("never", TwoNodeMode::KernelPlain)],
+        }
+    }
+}
+
+/// Which scenarios run.
+/// (Declared in the order they run.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Two pods on one node: packet rate, TCP, latency, CPU.
+    SameNode,
+    /// One pod on each of two nodes, per encapsulation mode.
+    TwoNode,
+    /// CNI ADD/DEL latency: podrouter-cni against ptp + host-local.
+    Cni,
+    /// Many idle pods: CPU at rest, packet rate between two of them.
+    Scale,
+}
+
+/// Everything a scenario needs, and what it produced.
+pub struct Ctx {
+    pub p: Params,
+    pub opts: PlaneOpts,
+    pub gen_cpu: usize,
+    pub self_exe: PathBuf,
+    pub cni_dir: PathBuf,
+    pub out_dir: PathBuf,
+    pub progress: Progress,
+    pub rows: Vec<Row>,
+    pub runs: Vec<Value>,
+    pub notes: Vec<String>,
+    /// Errors that mean the harness (or a data plane) broke.
+    pub failures: Vec<String>,
+    pub plots: Vec<String>,
+    /// Median 64 B Mpps with two pods, per plane (for the scale ratio).
+    pub two_pod_64: [Option<f64>; 2],
+    /// (label, Mpps cells per size) of the same-node run, for the plot.
+    pub rate_plot: Vec<(String, Vec<Cell>)>,
+    /// (label, RTT samples in µs, all runs) for the latency CDF.
+    pub cdf_plot: Vec<(String, Vec<f64>)>,
+    /// Busy fraction of the machine just before each measured run.
+    pub busy: Vec<f64>,
+}
+
+/// Background load above which a run is reported as disturbed.
+pub const BUSY: f64 = 0.15;
+
+/// A data plane under test, or why it could not be built.
+type Slot = Result<Topology, String>;
+
+const PR: usize = 0;
+const K: usize = 1;
+
+impl Ctx {
+    fn busy_note(&mut self, what: &str, busy: f64) {
+        self.busy.push(busy);
+        if busy >= BUSY {
+            util::log(&format!(
+                "{what}: the machine was {:.0}% busy with other work just before this run",
+                busy * 100.0
+            ));
+        }
+    }
+
+    fn fail(&mut self, what: &str, e: &Error) {
+        let m = format!("{what}: {}", e.msg);
+        self.progress.note(&format!("warning: {m}"));
+        self.failures.push(m);
+    }
+
+    fn helper_args(&self, ns: &str, kind: &str) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            ns.into(),
+            self.self_exe.to_string_lossy().into_owned(),
+            "__helper".into(),
+            kind.into(),
+        ]
+    }
+}
+
+fn spawn_helper(ctx: &Ctx, ns: &str, kind: &str, args: &[String]) -> Res<Proc> {
+    let mut a = ctx.helper_args(ns, kind);
+    a.extend_from_slice(args);
+    let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+    Proc::spawn(&format!("helper {kind}"), &refs, None)
+}
+
+fn helper_json(p: Proc, timeout: Duration) -> Res<Value> {
+    let name = p.name.clone();
+    let out = p.wait(timeout)?;
+    if !out.ok() {
+        bail!("{name} failed ({}): {}", out.status, out.stderr.trim());
+    }
+    serde_json::from_str(out.stdout.trim())
+        .map_err(|e| Error::msg(format!("{name} printed no JSON ({e}): {}", out.stdout)))
+}
+
+fn quiesce(ctx: &mut Ctx, what: &str) -> Res<f64> {
+    let busy = measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 2 } else { 5 }))?;
+    ctx.busy_note(what, busy);
+    Ok(busy)
+}
+
+/// Pings until one reply (up to ~5 s): the pods can talk.
+fn reachable(src: &topo::Pod, dst: std::net::Ipv4Addr) -> Res<bool> {
+    for _ in 0..5 {
+        util::check()?;
+        let out = util::run_t(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &src.ns,
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                &dst.to_string(),
+            ],
+            Duration::from_secs(5),
+        )?;
+        if out.ok() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn check_slot(slot: Slot, prefix_missing: &str) -> Res<Slot> {
+    let Ok(t) = slot else { return Ok(slot) };
+    if t.pods.len() < 2 {
+        return Ok(Ok(t));
+    }
+    let (a, b) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
+    if reachable(a, b.ip)? {
+        Ok(Ok(t))
+    } else {
+        let why = format!(
+            "{prefix_missing}pod {} cannot reach pod {} through {}{}",
+            a.ip,
+            b.ip,
+            t.label,
+            t.diagnose()
+                .lines()
+                .find(|l| l.contains("drops:"))
+                .map(|l| format!(" ({})", l.trim()))
+                .unwrap_or_default()
+        );
+        Ok(Err(why))
+    }
+}
+
+fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Res<Slot> {
+    ctx.progress.step(what);
+    match f(ctx) {
+        Ok(t) => Ok(Ok(t)),
+        Err(e) if e.interrupted => Err(e),
+        Err(e) => {
+            ctx.fail(what, &e);
+            Ok(Err(e.msg))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// One measurement each
+
+/// One packet-rate run.
+#[derive(Clone, Debug)]
+struct RateRun {
+    mpps: f64,
+    offered_mpps: f64,
+    plane_cpu_per_mpkt: f64,
+    core_per_mpkt: f64,
+}
+
+fn udp_rate(ctx: &mut Ctx, t: &Topology, size: usize, what: &str) -> Res<RateRun> {
+    let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
+    let busy = quiesce(ctx, what)?;
+    let total = ctx.p.warmup + ctx.p.secs + 0.5;
+    let g = spawn_helper(
+        ctx,
+        &src.ns,
+        "gen",
+        &[
+            format!("if={}", src.ifname),
+            format!("src={}", src.ip),
+            format!("dst={}", dst.ip),
+            format!("size={size}"),
+            format!("secs={total}"),
+            format!("cpu={}", ctx.gen_cpu),
+        ],
+    )?;
+    util::sleep(Duration::from_secs_f64(ctx.p.warmup))?;
+    let pids = t.daemon_pids();
+    let a = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+    util::sleep(Duration::from_secs_f64(ctx.p.secs))?;
+    let b = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+    let gen = helper_json(g, Duration::from_secs_f64(total + 30.0))?;
+    let d = measure::delta(&a, &b, ctx.opts.dp_cpu);
+    let sent = gen["sent"].as_f64().unwrap_or(0.0);
+    let offered = gen["offered"].as_f64().unwrap_or(sent);
+    let gsecs = gen["secs"].as_f64().unwrap_or(1.0).max(1e-9);
+    if d.rx_packets == 0 {
+        bail!(
+            "no packets reached {} ({} frames sent){}",
+            dst.ip,
+            sent,
+            t.diagnose()
+        );
+    }
+    let mpkt = d.rx_packets as f64 / 1e6;
+    let plane_cpu = if t.is_podrouter() {
+        d.daemon_cpu_s
+    } else {
+        d.softirq_s
+    };
+    let r = RateRun {
+        mpps: mpkt / d.secs,
+        offered_mpps: offered / gsecs / 1e6,
+        plane_cpu_per_mpkt: plane_cpu / mpkt,
+        core_per_mpkt: d.dp_core_busy_s / mpkt,
+    };
+    ctx.runs.push(json!({
+        "what": what, "plane": t.label, "kind": "udp_rate", "frame_bytes": size,
+        "mpps": r.mpps, "offered_mpps": r.offered_mpps, "generator": gen,
+        "plane_cpu_s_per_mpkt": r.plane_cpu_per_mpkt, "dp_core_s_per_mpkt": r.core_per_mpkt,
+        "counters": d, "busy_before": busy,
+    }));
+    if r.offered_mpps < r.mpps * 1.05 {
+        ctx.notes.push(format!(
+            "{what}: the generator offered only {:.3} Mpps for {:.3} Mpps received: this figure may be the generator's limit",
+            r.offered_mpps, r.mpps
+        ));
+    }
+    Ok(r)
+}
+
+#[derive(Clone, Debug)]
+struct TcpRun {
+    gbps: f64,
+    plane_cpu_per_gb: f64,
+}
+
+fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
+    let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
+    let busy = quiesce(ctx, what)?;
+    let cpu = ctx.gen_cpu.to_string();
+    let secs = format!("{}", ctx.p.secs.ceil().max(1.0) as u64);
+    let dip = dst.ip.to_string();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let server = Proc::spawn(
+            "iperf3 server",
+            &[
+                "ip", "netns", "exec", &dst.ns, "iperf3", "-s", "-1", "-A", &cpu, "-B", &dip,
+            ],
+            None,
+        )?;
+        util::sleep(Duration::from_millis(300))?;
+        let pids = t.daemon_pids();
+        let a = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+        let client = Proc::spawn(
+            "iperf3 client",
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &src.ns,
+                "iperf3",
+                "-c",
+                &dip,
+                "-t",
+                &secs,
+                "-P",
+                &streams.to_string(),
+                "-A",
+                &cpu,
+                "-J",
+                "--connect-timeout",
+                "2000",
+            ],
+            None,
+        )?;
+        let out = client.wait(Duration::from_secs_f64(ctx.p.secs + 60.0))?;
+        let b = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+        drop(server);
+        let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
+        if !out.ok() || v.get("error").is_some() {
+            let err = v["error"].as_str().unwrap_or(out.stderr.trim()).to_string();
+            if tries < 4 && err.contains("connect") {
+                continue;
+            }
+            bail!("iperf3 failed: {err}{}", t.diagnose());
+        }
+        let d: Delta = measure::delta(&a, &b, ctx.opts.dp_cpu);
+        let bps = v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .ok_or_else(|| Error::msg("iperf3 JSON has no end.sum_received"))?;
+        let bytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0);
+        let plane_cpu = if t.is_podrouter() {
+            d.daemon_cpu_s
+        } else {
+            d.softirq_s
+        };
+        let r = TcpRun {
+            gbps: bps / 1e9,
+            plane_cpu_per_gb: if bytes > 0.0 {
+                plane_cpu / (bytes / 1e9)
+            } else {
+                f64::NAN
+            },
+        };
+        ctx.runs.push(json!({
+            "what": what, "plane": t.label, "kind": "tcp", "streams": streams,
+            "gbps": r.gbps, "bytes": bytes, "plane_cpu_s_per_gb": r.plane_cpu_per_gb,
+            "retransmits": v["end"]["sum_sent"]["retransmits"], "counters": d, "busy_before": busy,
+        }));
+        return Ok(r);
+    }
+}
+
+/// One latency run: the round trips in ns.
+fn rr(ctx: &mut Ctx, t: &Topology, what: &str) -> Res<Vec<u64>> {
+    let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
+    let busy = quiesce(ctx, what)?;
+    let count = (ctx.p.rr_rate * ctx.p.rr_secs).round() as u64;
+    let server = spawn_helper(
+        ctx,
+        &dst.ns,
+        "echo",
+        &[
+            format!("secs={}", ctx.p.rr_secs + 30.0),
+            format!("cpu={}", ctx.gen_cpu),
+        ],
+    )?;
+    let client = spawn_helper(
+        ctx,
+        &src.ns,
+        "rr",
+        &[
+            format!("dst={}", dst.ip),
+            format!("rate={}", ctx.p.rr_rate),
+            format!("count={count}"),
+            format!("cpu={}", ctx.gen_cpu),
+        ],
+    )?;
+    let v = helper_json(client, Duration::from_secs_f64(ctx.p.rr_secs * 3.0 + 60.0))?;
+    drop(server);
+    let rtts: Vec<u64> = v["rtt_ns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let lost = v["lost"].as_u64().unwrap_or(0);
+    if rtts.is_empty() {
+        bail!("no request was answered ({lost} lost)");
+    }
+    let h = hist(&rtts);
+    ctx.runs.push(json!({
+        "what": what, "plane": t.label, "kind": "rr", "requests": count, "answered": rtts.len(),
+        "lost": lost, "p50_us": h.value_at_quantile(0.5) as f64 / 1e3,
+        "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
+        "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
+        "max_us": h.max() as f64 / 1e3, "busy_before": busy,
+    }));
+    if lost > 0 {
+        ctx.notes.push(format!(
+            "{what}: {lost} of {count} requests unanswered within 200 ms"
+        ));
+    }
+    Ok(rtts)
+}
+
+fn hist(ns: &[u64]) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    for v in ns {
+        h.saturating_record((*v).max(1));
+    }
+    h
+}
+
+// ---------------------------------------------------------------------------
+// Running both planes
+
+/// Runs `f` `repeats` times on each available plane, alternating planes
+/// within each repeat. Returns per plane the successful results or, if
+/// none, why.
+fn both<T>(
+    ctx: &mut Ctx,
+    planes: &[&Slot; 2],
+    what: &str,
+    mut f: impl FnMut(&mut Ctx, &Topology, &str) -> Res<T>,
+) -> Res<[Result<Vec<T>, String>; 2]> {
+    let mut out: [Result<Vec<T>, String>; 2] = [Ok(Vec::new()), Ok(Vec::new())];
+    let mut errs: [Option<String>; 2] = [None, None];
+    for rep in 1..=ctx.p.repeats {
+        for (i, slot) in planes.iter().enumerate() {
+            let Ok(t) = slot else { continue };
+            let desc = format!("{what} · {} · run {rep}/{}", t.label, ctx.p.repeats);
+            ctx.progress.step(&desc);
+            match f(ctx, t, &desc) {
+                Ok(v) => {
+                    if let Ok(vs) = &mut out[i] {
+                        vs.push(v);
+                    }
+                }
+                Err(e) if e.interrupted => return Err(e),
+                Err(e) => {
+                    ctx.fail(&desc, &e);
+                    errs[i].get_or_insert(e.msg);
+                }
+            }
+        }
+    }
+    for i in 0..2 {
+        match planes[i] {
+            Err(why) => out[i] = Err(why.clone()),
+            Ok(_) => {
+                if matches!(&out[i], Ok(v) if v.is_empty()) {
+                    out[i] = Err(errs[i].take().unwrap_or_else(|| "no run".into()));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn cell<T>(r: &Result<Vec<T>, String>, f: impl Fn(&T) -> f64) -> Cell {
+    match r {
+        Ok(v) => Cell::from_samples(v.iter().map(f).collect()),
+        Err(why) => Cell::missing(first_line(why)),
+    }
+}
+
+fn first_line(s: &str) -> String {
+    let l = s.lines().next().unwrap_or("").trim();
+    if l.len() > 160 {
+        let mut i = 160;
+        while !l.is_char_boundary(i) {
+            i -= 1;
+        }
+        format!("{}…", &l[..i])
+    } else {
+        l.to_string()
+    }
+}
+
+/// Packet rate, TCP and latency rows for one pair of planes.
+fn traffic_rows(
+    ctx: &mut Ctx,
+    planes: [&Slot; 2],
+    scenario: &str,
+    sizes: &[usize],
+    plot: bool,
+) -> Res<()> {
+    let mut rate_cells: [Vec<Cell>; 2] = [Vec::new(), Vec::new()];
+    for &size in sizes {
+        let what = format!("{scenario} · UDP {size} B");
+        let r = both(ctx, &planes, &what, |c, t, d| udp_rate(c, t, size, d))?;
+        let cells = [cell(&r[PR], |x| x.mpps), cell(&r[K], |x| x.mpps)];
+        if size == 64 && scenario.starts_with("same node") {
+            ctx.two_pod_64 = [cells[PR].median(), cells[K].median()];
+        }
+        rate_cells[PR].push(cells[PR].clone());
+        rate_cells[K].push(cells[K].clone());
+        let [cp, ck] = cells;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("UDP {size} B frames"),
+            "Mpps",
+            "higher",
+            cp,
+            ck,
+        ));
+        if size == 64 {
+            ctx.rows.push(Row::new(
+                scenario,
+                "CPU per Mpkt at 64 B: podrouterd process / kernel softirq",
+                "CPU s",
+                "lower",
+                cell(&r[PR], |x| x.plane_cpu_per_mpkt),
+                cell(&r[K], |x| x.plane_cpu_per_mpkt),
+            ));
+            ctx.rows.push(Row::new(
+                scenario,
+                &format!(
+                    "CPU per Mpkt at 64 B: data-plane CPU {} busy",
+                    ctx.opts.dp_cpu
+                ),
+                "CPU s",
+                "lower",
+                cell(&r[PR], |x| x.core_per_mpkt),
+                cell(&r[K], |x| x.core_per_mpkt),
+            ));
+        }
+    }
+    if plot {
+        let labels: Vec<String> = planes
+            .iter()
+            .map(|s| match s {
+                Ok(t) => t.label.clone(),
+                Err(_) => "n/a".into(),
+            })
+            .collect();
+        ctx.rate_plot = vec![
+            (labels[PR].clone(), rate_cells[PR].clone()),
+            (labels[K].clone(), rate_cells[K].clone()),
+        ];
+    }
+    for &n in &ctx.p.streams.clone() {
+        let what = format!(
+            "{scenario} · TCP {n} stream{}",
+            if n == 1 { "" } else { "s" }
+        );
+        let r = both(ctx, &planes, &what, |c, t, d| tcp(c, t, n, d))?;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("TCP, {n} stream{} (iperf3)", if n == 1 { "" } else { "s" }),
+            "Gbit/s",
+            "higher",
+            cell(&r[PR], |x| x.gbps),
+            cell(&r[K], |x| x.gbps),
+        ));
+        if n == 1 {
+            ctx.rows.push(Row::new(
+                scenario,
+                "CPU per GB at TCP 1 stream: podrouterd process / kernel softirq",
+                "CPU s",
+                "lower",
+                cell(&r[PR], |x| x.plane_cpu_per_gb),
+                cell(&r[K], |x| x.plane_cpu_per_gb),
+            ));
+        }
+    }
+    let what = format!("{scenario} · UDP request/response at {} /s", ctx.p.rr_rate);
+    let r = both(ctx, &planes, &what, rr)?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("request/response latency {name}"),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    if plot {
+        for (i, s) in planes.iter().enumerate() {
+            if let (Ok(t), Ok(runs)) = (s, &r[i]) {
+                let all: Vec<f64> = runs.iter().flatten().map(|v| *v as f64 / 1e3).collect();
+                ctx.cdf_plot.push((t.label.clone(), all));
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Scenarios
+
+pub fn same_node(ctx: &mut Ctx) -> Res<()> {
+    let opts = ctx.opts.clone();
+    let pr = build(ctx, "same node: podrouterd with 2 pods", |_| {
+        topo::podrouter_same_node(&opts, 2, |_| {})
+    })?;
+    let pr = check_slot(pr, "")?;
+    let k = build(ctx, "same node: kernel (Calico-style) with 2 pods", |_| {
+        topo::kernel_same_node(&opts, 2, |_| {})
+    })?;
+    let k = check_slot(k, "")?;
+    for (s, name) in [(&pr, "podrouter"), (&k, "kernel")] {
+        if let Err(e) = s {
+            ctx.failures.push(format!("same node {name}: {e}"));
+        }
+    }
+    for t in [&pr, &k].into_iter().flatten() {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    let sizes = ctx.p.sizes.clone();
+    traffic_rows(ctx, [&pr, &k], "same node, 2 pods", &sizes, true)?;
+    ctx.progress.step("same node: tearing down");
+    drop(pr);
+    drop(k);
+    Ok(())
+}
+
+pub fn scale(ctx: &mut Ctx) -> Res<()> {
+    let n = ctx.p.scale_pods;
+    let scenario = format!("scale, {n} idle pods");
+    let mut idle: [Cell; 2] = [Cell::missing("not run"), Cell::missing("not run")];
+    let mut rate: [Cell; 2] = [Cell::missing("not run"), Cell::missing("not run")];
+    for plane in [PR, K] {
+        let opts = ctx.opts.clone();
+        let what = if plane == PR {
+            format!("scale: attaching {n} pods to podrouterd")
+        } else {
+            format!("scale: {n} Calico-style kernel pods")
+        };
+        let t0 = Instant::now();
+        let slot = {
+            let prog = &ctx.progress;
+            prog.sub(&format!("{what}: building"));
+            let built = build_scale(&opts, plane, n, prog);
+            ctx.progress.step(&what);
+            match built {
+                Ok(t) => Ok(t),
+                Err(e) if e.interrupted => return Err(e),
+                Err(e) => {
+                    ctx.fail(&what, &e);
+                    Err(e.msg)
+                }
+            }
+        };
+        let slot = check_slot(slot, "")?;
+        let Ok(t) = &slot else {
+            let why = slot.err().unwrap_or_default();
+            idle[plane] = Cell::missing(first_line(&why));
+            rate[plane] = Cell::missing(first_line(&why));
+            continue;
+        };
+        let build_secs = t0.elapsed().as_secs_f64();
+        ctx.notes.push(format!(
+            "scale: {} with {n} pods built in {build_secs:.1} s",
+            t.label
+        ));
+        // Idle CPU.
+        let what_idle = format!(
+            "scale: {} CPU over {} s with {n} idle pods",
+            t.label, ctx.p.scale_idle_secs
+        );
+        ctx.progress.step(&what_idle);
+        let r: Res<f64> = (|| {
+            quiesce(ctx, &what_idle)?;
+            let pids = t.daemon_pids();
+            let dst = &t.pods[0];
+            let a = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+            util::sleep(Duration::from_secs_f64(ctx.p.scale_idle_secs))?;
+            let b = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+            let d = measure::delta(&a, &b, ctx.opts.dp_cpu);
+            let cpu = if t.is_podrouter() {
+                d.daemon_cpu_s
+            } else {
+                d.softirq_s
+            };
+            ctx.runs
+                .push(json!({"what": what_idle, "plane": t.label, "kind": "idle", "counters": d}));
+            Ok(cpu / d.secs * 100.0)
+        })();
+        match r {
+            Ok(v) => idle[plane] = Cell::from_samples(vec![v]),
+            Err(e) if e.interrupted => return Err(e),
+            Err(e) => {
+                ctx.fail(&what_idle, &e);
+                idle[plane] = Cell::missing(first_line(&e.msg));
+            }
+        }
+        // Rate between the first and the last pod.
+        let mut v = Vec::new();
+        let mut err = None;
+        for rep in 1..=ctx.p.repeats {
+            let desc = format!(
+                "scale · UDP 64 B between 2 of {n} pods · {} · run {rep}/{}",
+                t.label, ctx.p.repeats
+            );
+            ctx.progress.step(&desc);
+            match udp_rate(ctx, t, 64, &desc) {
+                Ok(r) => v.push(r.mpps),
+                Err(e) if e.interrupted => return Err(e),
+                Err(e) => {
+                    ctx.fail(&desc, &e);
+                    err.get_or_insert(e.msg);
+                }
+            }
+        }
+        rate[plane] = if v.is_empty() {
+            Cell::missing(first_line(&err.unwrap_or_default()))
+        } else {
+            Cell::from_samples(v)
+        };
+        ctx.progress
+            .step(&format!("scale: tearing down {}", t.label));
+        drop(slot);
+        // Namespace teardown finishes in the background: let it, so it
+        // does not disturb the next measurement.
+        measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 5 } else { 60 }))?;
+    }
+    let [ip, ik] = idle;
+    ctx.rows.push(Row::new(
+        &scenario,
+        &format!(
+            "CPU while idle ({} s): podrouterd process / kernel softirq",
+            ctx.p.scale_idle_secs
+        ),
+        "% of one CPU",
+        "lower",
+        ip,
+        ik,
+    ));
+    let rel = |c: &Cell, base: Option<f64>| match (c.median(), base) {
+        (Some(_), Some(b)) if b > 0.0 => match c {
+            Cell::Measured { samples, .. } => {
+                Cell::from_samples(samples.iter().map(|x| x / b).collect())
+            }
+            Cell::Missing { reason } => Cell::missing(reason.clone()),
+        },
+        (None, _) => c.clone(),
+        _ => Cell::missing("not available (no 2-pod figure: the same-node scenario did not run)"),
+    };
+    let rel_p = rel(&rate[PR], ctx.two_pod_64[PR]);
+    let rel_k = rel(&rate[K], ctx.two_pod_64[K]);
+    let [rp, rk] = rate;
+    ctx.rows.push(Row::new(
+        &scenario,
+        &format!("UDP 64 B frames between 2 of {n} pods"),
+        "Mpps",
+        "higher",
+        rp,
+        rk,
+    ));
+    ctx.rows.push(Row::new(
+        &scenario,
+        "that rate / the 2-pod rate",
+        "×",
+        "higher",
+        rel_p,
+        rel_k,
+    ));
+    Ok(())
+}
+
+fn build_scale(opts: &PlaneOpts, plane: usize, n: usize, prog: &Progress) -> Res<Topology> {
+    let every = (n / 10).max(1);
+    let tick = |i: usize| {
+        if i % every == 0 {
+            prog.sub(&format!("scale: {i}/{n} pods attached"));
+        }
+    };
+    if plane == PR {
+        topo::podrouter_same_node(opts, n, tick)
+    } else {
+        topo::kernel_same_node(opts, n, tick)
+    }
+}
+
+pub fn two_node(ctx: &mut Ctx) -> Res<()> {
+    for (encap, kmode) in ctx.p.two_node_pairs.clone() {
+        let kname = match kmode {
+            TwoNodeMode::KernelPlain => "kernel plain routing",
+            TwoNodeMode::KernelVxlan => "kernel VXLAN",
+            TwoNodeMode::Podrouter(_) => unreachable!(),
+        };
+        let scenario = format!("two nodes: podrouter encap {encap} vs {kname}");
+        let o = ctx.opts.clone();
+        let pr = build(ctx, &format!("{scenario}: podrouter nodes"), |_| {
+            topo::two_node(&o, TwoNodeMode::Podrouter(encap))
+        })?;
+        // A podrouter two-node topology that does not forward means the
+        // IPIP uplink (issue 4) is not there yet: a missing row, not a
+        // broken harness.
+        let pr = match pr {
+            Ok(t) => check_slot(Ok(t), "not available (issue 4): ")?,
+            Err(e) => Err(format!("not available (issue 4): {}", first_line(&e))),
+        };
+        if pr.is_err() {
+            // Do not count it as a harness failure.
+            ctx.failures
+                .retain(|f| !f.starts_with(&format!("{scenario}: podrouter nodes")));
+        }
+        let k = build(ctx, &format!("{scenario}: kernel nodes"), |_| {
+            topo::two_node(&o, kmode)
+        })?;
+        let k = check_slot(k, "")?;
+        if let Err(e) = &k {
+            ctx.failures.push(format!("{scenario}: {e}"));
+        }
+        for t in [&pr, &k].into_iter().flatten() {
+            ctx.notes.extend(t.notes.iter().cloned());
+        }
+        if let Err(e) = &pr {
+            ctx.notes.push(format!("{scenario}: podrouter {e}"));
+        }
+        let sizes = ctx.p.two_node_sizes.clone();
+        traffic_rows(ctx, [&pr, &k], &scenario, &sizes, false)?;
+        ctx.progress.step(&format!("{scenario}: tearing down"));
+        drop(pr);
+        drop(k);
+    }
+    Ok(())
+}
+
+pub fn cni(ctx: &mut Ctx) -> Res<()> {
+    let n = ctx.p.cni_pods;
+    let par = ctx.p.cni_parallel;
+    let ptp = ctx.cni_dir.join("ptp");
+    let hl = ctx.cni_dir.join("host-local");
+    let ours = ctx.opts.bin_dir.join("podrouter-cni");
+    let opts = ctx.opts.clone();
+    let pr: Slot = if ours.is_file() {
+        build(
+            ctx,
+            &format!("CNI: podrouterd node with {n} pod namespaces"),
+            |_| topo::cni_node(&opts, n, true),
+        )?
+    } else {
+        ctx.progress.step("CNI: podrouter-cni");
+        let why = format!(
+            "{} not found (cargo build --release -p podrouter-cni)",
+            ours.display()
+        );
+        ctx.failures.push(why.clone());
+        Err(why)
+    };
+    let k: Slot = if ptp.is_file() && hl.is_file() {
+        build(
+            ctx,
+            &format!("CNI: node with {n} pod namespaces for ptp"),
+            |_| topo::cni_node(&opts, n, false),
+        )?
+    } else {
+        ctx.progress.step("CNI: ptp + host-local");
+        let why = format!(
+            "{} or {} not found (apt-get install containernetworking-plugins)",
+            ptp.display(),
+            hl.display()
+        );
+        ctx.notes.push(format!("CNI baseline skipped: {why}"));
+        Err(why)
+    };
+    // Configurations, written into each topology's directory.
+    let mut confs: [Option<(PathBuf, PathBuf, PathBuf)>; 2] = [None, None];
+    if let Ok(t) = &pr {
+        let d = &t.daemons[0];
+        let conf = t.dir().join("podnet.conf");
+        std::fs::write(
+            &conf,
+            json!({
+                "cniVersion": "1.1.0", "name": "benchnet", "type": "podrouter-cni",
+                "router_socket": d.socket, "mtu": ctx.opts.mtu,
+                "pending_dir": d.state_dir.join("pending-detach"),
+            })
+            .to_string(),
+        )?;
+        confs[PR] = Some((ours.clone(), conf, ctx.opts.bin_dir.clone()));
+    }
+    if let Ok(t) = &k {
+        let conf = t.dir().join("ptp.conf");
+        std::fs::write(
+            &conf,
+            json!({
+                "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": false,
+                "mtu": ctx.opts.mtu,
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.0.0/22"}]],
+                         "dataDir": t.dir().join("host-local")},
+            })
+            .to_string(),
+        )?;
+        confs[K] = Some((ptp.clone(), conf, ctx.cni_dir.clone()));
+    }
+    let planes = [&pr, &k];
+    for (parallel, label) in [
+        (1, format!("{n} pods one at a time")),
+        (par, format!("{n} pods, {par} in parallel")),
+    ] {
+        let scenario = format!("CNI, {label}");
+        let mut run_no = 0;
+        let r = both(ctx, &planes, &scenario, |c, t, desc| {
+            run_no += 1;
+            let i = if t.is_podrouter() { PR } else { K };
+            let (plugin, conf, cni_path) =
+                confs[i].clone().ok_or_else(|| Error::msg("no config"))?;
+            cni_run(
+                c,
+                t,
+                &plugin,
+                &conf,
+                &cni_path,
+                parallel,
+                &format!("r{run_no}p{parallel}"),
+                desc,
+            )
+        })?;
+        for (verb, q, name) in [
+            ("add", 0.5, "ADD p50"),
+            ("add", 0.99, "ADD p99"),
+            ("del", 0.5, "DEL p50"),
+            ("del", 0.99, "DEL p99"),
+        ] {
+            let f = |x: &(Vec<f64>, Vec<f64>)| {
+                util::quantile(if verb == "add" { &x.0 } else { &x.1 }, q)
+            };
+            ctx.rows.push(Row::new(
+                &scenario,
+                name,
+                "ms",
+                "lower",
+                cell(&r[PR], f),
+                cell(&r[K], f),
+            ));
+        }
+    }
+    ctx.progress.step("CNI: tearing down");
+    drop(pr);
+    drop(k);
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn cni_run(
+    ctx: &mut Ctx,
+    t: &Topology,
+    plugin: &Path,
+    conf: &Path,
+    cni_path: &Path,
+    parallel: usize,
+    id: &str,
+    what: &str,
+) -> Res<(Vec<f64>, Vec<f64>)> {
+    let busy = quiesce(ctx, what)?;
+    let netns: Vec<&str> = t.pods.iter().map(|p| p.ns.as_str()).collect();
+    let p = spawn_helper(
+        ctx,
+        &t.nodes[0],
+        "cni",
+        &[
+            format!("plugin={}", plugin.display()),
+            format!("conf={}", conf.display()),
+            format!("cni_path={}", cni_path.display()),
+            format!("id=bench-{id}"),
+            format!("netns={}", netns.join(",")),
+            format!("parallel={parallel}"),
+        ],
+    )?;
+    let v = helper_json(p, Duration::from_secs(600))?;
+    let ms = |verb: &str| -> Vec<f64> {
+        v[verb]["ms"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default()
+    };
+    let (add, del) = (ms("add"), ms("del"));
+    ctx.runs.push(
+        json!({"what": what, "plane": t.label, "kind": "cni", "parallel": parallel,
+        "add_ms": add, "del_ms": del, "add_wall_secs": v["add"]["wall_secs"],
+        "del_wall_secs": v["del"]["wall_secs"], "busy_before": busy}),
+    );
+    for verb in ["add", "del"] {
+        let f = v[verb]["failures"].as_u64().unwrap_or(0);
+        if f > 0 {
+            bail!(
+                "{f} {} failed; first: {}{}",
+                verb.to_uppercase(),
+                v[verb]["first_error"].as_str().unwrap_or("?"),
+                t.diagnose()
+            );
+        }
+    }
+    Ok((add, del))
+}
+
+/// How many progress steps the chosen scenarios take (for the bar).
+pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
+    let r = p.repeats;
+    let traffic = |sizes: usize| 2 * r * (sizes + p.streams.len() + 1);
+    let mut n = 0;
+    for s in sc {
+        n += match s {
+            Scenario::SameNode => 2 + traffic(p.sizes.len()) + 1,
+            Scenario::Scale => 2 * (1 + 1 + r + 1),
+            Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
+            Scenario::Cni => 2 + 2 * 2 * r + 1,
+        };
+    }
+    n
+}

@@ -1,0 +1,696 @@
+//! Topologies: node and pod network namespaces wired either through
+//! podrouterd (TAP pods) or through the kernel the way Calico wires it
+//! (veth pairs, a /32 route per pod, proxy_arp on the host side, permanent
+//! neighbour entries), on one node or on two nodes joined by an underlay
+//! veth pair (plain routing or a Flannel-style VXLAN device for the kernel,
+//! IPIP or direct routing for podrouter).
+//!
+//! A [`Topology`] owns everything it made; dropping it stops its daemons
+//! (SIGTERM by pid), deletes its pod namespaces, then its node namespaces,
+//! then its temporary directory.
+use std::fmt::Write as _;
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use podrouter_api::{AttachParams, Call, Client, Reply};
+
+use crate::bail;
+use crate::util::{self, ip_batch, run, Error, NetnsGroup, Proc, Res, TempDir};
+
+/// The node address of a single-node topology (on the node's `lo`).
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
+/// Underlay addresses of node 1 and node 2 in two-node topologies.
+pub const UNDERLAY: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 100, 1),
+    Ipv4Addr::new(192, 168, 100, 2),
+];
+/// Pod blocks of node 1 and node 2 (single-node topologies use a /22 from
+/// the first so 1,000 pods fit).
+pub const BLOCKS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(10, 244, 4, 0)];
+/// The MAC every host-side interface has (Calico's), and the router's.
+pub const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
+
+/// How the data plane is set up for one topology.
+#[derive(Clone, Debug)]
+pub struct PlaneOpts {
+    pub bin_dir: PathBuf,
+    /// podrouterd's `dataplane.backend`.
+    pub backend: String,
+    /// CPU of podrouterd's worker, and target of the kernel's RPS.
+    pub dp_cpu: usize,
+    /// The same for the second node of two-node topologies (equal to
+    /// `dp_cpu` on machines with fewer than three CPUs).
+    pub dp_cpu_node2: usize,
+    /// Pod MTU on one node (two-node: set per encapsulation).
+    pub mtu: u16,
+}
+
+/// A pod: its namespace, address and interface.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub ns: String,
+    pub ip: Ipv4Addr,
+    pub ifname: String,
+}
+
+/// A running podrouterd.
+pub struct Daemon {
+    pub proc: Proc,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    pub fn client(&self) -> Res<Client> {
+        Client::connect(&self.socket, Duration::from_secs(30))
+            .map_err(|e| Error::msg(e.to_string()))
+    }
+
+    pub fn call(&self, call: Call) -> Res<Reply> {
+        self.client()?
+            .call(call)
+            .map_err(|e| Error::msg(e.to_string()))
+    }
+
+    /// The last lines of the daemon's log.
+    pub fn log_tail(&self) -> String {
+        let s = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Non-zero drop counters, `reason=N` (for messages).
+    pub fn drops(&self) -> String {
+        match self.call(Call::Counters) {
+            Ok(Reply::Counters(c)) => c
+                .drops
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            Ok(_) => String::new(),
+            Err(e) => format!("(counters: {e})"),
+        }
+    }
+}
+
+/// Everything one data plane under test consists of.
+pub struct Topology {
+    /// "podrouter (tap)", "kernel", "kernel VXLAN", ...
+    pub label: String,
+    pub pods: Vec<Pod>,
+    /// Stopped first (declaration order is drop order).
+    pub daemons: Vec<Daemon>,
+    /// The namespaces where the data plane runs (nodes).
+    pub nodes: Vec<String>,
+    /// Interfaces whose RPS was steered (kernel) — for the record.
+    pub notes: Vec<String>,
+    pod_ns: Vec<NetnsGroup>,
+    _node_ns: Vec<NetnsGroup>,
+    _dir: TempDir,
+}
+
+impl Topology {
+    pub fn is_podrouter(&self) -> bool {
+        !self.daemons.is_empty()
+    }
+
+    pub fn daemon_pids(&self) -> Vec<u32> {
+        self.daemons.iter().map(Daemon::pid).collect()
+    }
+
+    /// Explains why traffic may not have arrived: the daemons' drop counters
+    /// and log tails.
+    pub fn diagnose(&self) -> String {
+        let mut s = String::new();
+        for d in &self.daemons {
+            let _ = write!(s, "\n  podrouterd drops: {}", d.drops());
+            let _ = write!(s, "\n  podrouterd log tail:\n{}", d.log_tail());
+        }
+        s
+    }
+}
+
+fn pod_ip(block: Ipv4Addr, i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(block) + 1 + i as u32)
+}
+
+fn pod_mac(node: usize, i: usize) -> String {
+    format!(
+        "02:42:{:02x}:{:02x}:{:02x}:{:02x}",
+        node,
+        (i >> 16) & 0xff,
+        (i >> 8) & 0xff,
+        i & 0xff
+    )
+}
+
+/// "1" or "1 (node 1) and 2 (node 2)".
+fn cpu_list(cpus: [usize; 2]) -> String {
+    if cpus[0] == cpus[1] {
+        cpus[0].to_string()
+    } else {
+        format!("{} (node 1) and {} (node 2)", cpus[0], cpus[1])
+    }
+}
+
+fn rps_mask(cpu: usize) -> String {
+    format!("{:x}", 1u64 << cpu.min(63))
+}
+
+// ---------------------------------------------------------------------------
+// podrouterd
+
+/// Writes a config and starts podrouterd in `node`, waiting for its API.
+fn start_daemon(
+    opts: &PlaneOpts,
+    dir: &Path,
+    name: &str,
+    node: &str,
+    node_ip: Ipv4Addr,
+    cidr: &str,
+    extra_dataplane: &str,
+) -> Res<Daemon> {
+    let ddir = dir.join(name);
+    fs::create_dir_all(&ddir)?;
+    let socket = ddir.join("api.sock");
+    let state_dir = ddir.join("state");
+    let log = ddir.join("podrouterd.log");
+    let config = ddir.join("podrouter.toml");
+    let toml = format!(
+        "# written by podrouter-bench\n\
+         node_name = \"{name}\"\n\
+         node_ip = \"{node_ip}\"\n\
+         pod_cidrs = [\"{cidr}\"]\n\
+         api_socket = \"{}\"\n\
+         state_dir = \"{}\"\n\
+         log_level = \"warn\"\n\
+         \n\
+         [dataplane]\n\
+         backend = \"{}\"\n\
+         workers = 1\n\
+         cores = [{}]\n\
+         mtu = {}\n\
+         {extra_dataplane}\n",
+        socket.display(),
+        state_dir.display(),
+        opts.backend,
+        opts.dp_cpu,
+        opts.mtu,
+    );
+    // [[routes]] tables must come after [dataplane]'s keys: callers pass
+    // them in extra_dataplane's tail.
+    fs::write(&config, toml)?;
+    let d = opts.bin_dir.join("podrouterd");
+    let d = d.to_string_lossy();
+    let c = config.to_string_lossy();
+    let proc = Proc::spawn(
+        "podrouterd",
+        &["ip", "netns", "exec", node, &d, "--config", &c],
+        Some(&log),
+    )?;
+    let mut daemon = Daemon {
+        proc,
+        socket,
+        log,
+        state_dir,
+    };
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        util::check()?;
+        if !daemon.proc.running() {
+            bail!(
+                "podrouterd exited at start; config {}; log:\n{}",
+                config.display(),
+                daemon.log_tail()
+            );
+        }
+        if daemon.socket.exists() && daemon.call(Call::Status).is_ok() {
+            return Ok(daemon);
+        }
+        if Instant::now() > end {
+            bail!(
+                "podrouterd did not answer within 20 s:\n{}",
+                daemon.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Attaches every namespace of `pods` (in order) through the API.
+fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res<Vec<Pod>> {
+    let mut c = d.client()?;
+    let mut out = Vec::with_capacity(pods.len());
+    for (i, ns) in pods.names().iter().enumerate() {
+        util::check()?;
+        let r = c
+            .call(Call::Attach(AttachParams {
+                id: format!("bench-{i}"),
+                netns: format!("/run/netns/{ns}"),
+                ifname: "eth0".into(),
+                ip: None,
+                mtu: None,
+            }))
+            .map_err(|e| Error::msg(format!("attach {ns}: {e}")))?;
+        let Reply::Pod(p) = r else {
+            bail!("attach {ns}: unexpected reply {r:?}");
+        };
+        out.push(Pod {
+            ns: ns.clone(),
+            ip: p.ip,
+            ifname: p.ifname,
+        });
+        tick(i + 1);
+    }
+    Ok(out)
+}
+
+/// One node running podrouterd with `npods` pods attached.
+pub fn podrouter_same_node(
+    opts: &PlaneOpts,
+    npods: usize,
+    tick: impl FnMut(usize),
+) -> Res<Topology> {
+    let tag = util::unique_tag();
+    let dir = TempDir::new(&tag)?;
+    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
+    let node_name = node.names()[0].clone();
+    run(&[
+        "ip",
+        "-n",
+        &node_name,
+        "addr",
+        "add",
+        &format!("{NODE_IP}/32"),
+        "dev",
+        "lo",
+    ])?;
+    let daemon = start_daemon(
+        opts,
+        dir.path(),
+        "bench-node",
+        &node_name,
+        NODE_IP,
+        &format!("{}/22", BLOCKS[0]),
+        "",
+    )?;
+    let mut topo = Topology {
+        label: format!("podrouter ({})", opts.backend),
+        pods: Vec::new(),
+        daemons: vec![daemon],
+        nodes: vec![node_name],
+        notes: vec![format!(
+            "podrouterd: 1 worker pinned to CPU {} (dataplane.cores), pod MTU {}",
+            opts.dp_cpu, opts.mtu
+        )],
+        pod_ns: Vec::new(),
+        _node_ns: vec![node],
+        _dir: dir,
+    };
+    let pods = NetnsGroup::create((0..npods).map(|i| format!("{tag}-p{i}")).collect())?;
+    // Keep the group in the topology before attaching, so a failure
+    // half-way still deletes every namespace.
+    topo.pod_ns.push(pods);
+    let pods = attach_all(&topo.daemons[0], &topo.pod_ns[0], tick)?;
+    topo.pods = pods;
+    Ok(topo)
+}
+
+// ---------------------------------------------------------------------------
+// The kernel, Calico-style
+
+/// Creates veth pairs `cali<i>` (node side, MAC ee:ee:ee:ee:ee:ee,
+/// proxy_arp, rp_filter strict, RPS to the data-plane CPU, a /32 route and a
+/// permanent neighbour entry for the pod) / `eth0` (pod side: the /32,
+/// `169.254.1.1 dev eth0 scope link`, default via it, a permanent neighbour
+/// entry for it) for every pod namespace.
+fn kernel_pods(
+    node: &str,
+    node_idx: usize,
+    pods: &[String],
+    block: Ipv4Addr,
+    mtu: u16,
+    dp_cpu: usize,
+    mut tick: impl FnMut(usize),
+) -> Res<Vec<Pod>> {
+    let mut out = Vec::new();
+    let mut node_lines = String::new();
+    for (i, ns) in pods.iter().enumerate() {
+        let ip = pod_ip(block, i);
+        let mac = pod_mac(node_idx, i);
+        let _ = writeln!(
+            node_lines,
+            "link add cali{i} address {HOST_MAC} mtu {mtu} type veth peer name eth0 address {mac} mtu {mtu} netns {ns}\n\
+             link set cali{i} up\n\
+             route add {ip}/32 dev cali{i} scope link\n\
+             neigh replace {ip} lladdr {mac} dev cali{i} nud permanent"
+        );
+        out.push(Pod {
+            ns: ns.clone(),
+            ip,
+            ifname: "eth0".into(),
+        });
+    }
+    ip_batch(Some(node), &node_lines)?;
+    util::ns_sh(
+        node,
+        &format!(
+            "sysctl -qw net.ipv4.ip_forward=1 && \
+             for d in /proc/sys/net/ipv4/conf/cali*; do echo 1 > $d/proxy_arp; echo 1 > $d/rp_filter; done && \
+             for d in /proc/sys/net/ipv4/neigh/cali*; do echo 0 > $d/proxy_delay; done && \
+             for q in /sys/class/net/cali*/queues/rx-0/rps_cpus; do echo {} > $q; done",
+            rps_mask(dp_cpu)
+        ),
+    )?;
+    for (i, p) in out.iter().enumerate() {
+        util::check()?;
+        ip_batch(
+            Some(&p.ns),
+            &format!(
+                "link set eth0 up\n\
+                 addr add {}/32 dev eth0\n\
+                 route add 169.254.1.1 dev eth0 scope link\n\
+                 route add default via 169.254.1.1 dev eth0\n\
+                 neigh replace 169.254.1.1 lladdr {HOST_MAC} dev eth0 nud permanent\n",
+                p.ip
+            ),
+        )?;
+        tick(i + 1);
+    }
+    Ok(out)
+}
+
+/// One node whose kernel forwards between `npods` Calico-style pods.
+pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize)) -> Res<Topology> {
+    let tag = util::unique_tag();
+    let dir = TempDir::new(&tag)?;
+    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
+    let node_name = node.names()[0].clone();
+    run(&[
+        "ip",
+        "-n",
+        &node_name,
+        "addr",
+        "add",
+        &format!("{NODE_IP}/32"),
+        "dev",
+        "lo",
+    ])?;
+    let mut topo = Topology {
+        label: "kernel".into(),
+        pods: Vec::new(),
+        daemons: Vec::new(),
+        nodes: vec![node_name.clone()],
+        notes: vec![format!(
+            "kernel: RPS of every host-side veth steered to CPU {}, pod MTU {}",
+            opts.dp_cpu, opts.mtu
+        )],
+        pod_ns: Vec::new(),
+        _node_ns: vec![node],
+        _dir: dir,
+    };
+    topo.pod_ns.push(NetnsGroup::create(
+        (0..npods).map(|i| format!("{tag}-p{i}")).collect(),
+    )?);
+    topo.pods = kernel_pods(
+        &node_name,
+        0,
+        topo.pod_ns[0].names(),
+        BLOCKS[0],
+        opts.mtu,
+        opts.dp_cpu,
+        tick,
+    )?;
+    Ok(topo)
+}
+
+// ---------------------------------------------------------------------------
+// Two nodes
+
+/// How two nodes carry pod traffic between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoNodeMode {
+    /// podrouterd `encap = "never"|"always"|"cross-subnet"`.
+    Podrouter(&'static str),
+    /// Kernel routing of pod blocks via the other node (Calico IPIP never).
+    KernelPlain,
+    /// Kernel VXLAN, Flannel-style (`flannel.1`, static FDB and neighbour).
+    KernelVxlan,
+}
+
+impl TwoNodeMode {
+    /// Pod MTU in this mode on a 1500-byte underlay.
+    pub fn mtu(self) -> u16 {
+        match self {
+            TwoNodeMode::Podrouter("never") | TwoNodeMode::KernelPlain => 1500,
+            TwoNodeMode::Podrouter(_) => 1480,
+            TwoNodeMode::KernelVxlan => 1450,
+        }
+    }
+}
+
+/// Two node namespaces joined by the veth pair `u1`/`u2`
+/// (192.168.100.1/24, .2/24), one pod on each.
+pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
+    let tag = util::unique_tag();
+    let dir = TempDir::new(&tag)?;
+    let nodes = NetnsGroup::create(vec![format!("{tag}-n1"), format!("{tag}-n2")])?;
+    let n: Vec<String> = nodes.names().to_vec();
+    let cpus = [opts.dp_cpu, opts.dp_cpu_node2];
+    let mtu = mode.mtu();
+    let label = match mode {
+        TwoNodeMode::Podrouter(e) => format!("podrouter ({}, encap {e})", opts.backend),
+        TwoNodeMode::KernelPlain => "kernel, plain routing".into(),
+        TwoNodeMode::KernelVxlan => "kernel, VXLAN".into(),
+    };
+    let mut topo = Topology {
+        label,
+        pods: Vec::new(),
+        daemons: Vec::new(),
+        nodes: n.clone(),
+        notes: Vec::new(),
+        pod_ns: Vec::new(),
+        _node_ns: vec![nodes],
+        _dir: dir,
+    };
+    ip_batch(
+        Some(&n[0]),
+        &format!(
+            "link add u1 mtu 1500 type veth peer name u2 mtu 1500 netns {}\n",
+            n[1]
+        ),
+    )?;
+    for k in 0..2 {
+        let u = format!("u{}", k + 1);
+        ip_batch(
+            Some(&n[k]),
+            &format!("addr add {}/24 dev {u}\nlink set {u} up\n", UNDERLAY[k]),
+        )?;
+        util::ns_sh(
+            &n[k],
+            &format!(
+                "sysctl -qw net.ipv4.ip_forward=1 && echo {} > /sys/class/net/{u}/queues/rx-0/rps_cpus",
+                rps_mask(cpus[k])
+            ),
+        )?;
+    }
+    let pods = NetnsGroup::create(vec![format!("{tag}-p1"), format!("{tag}-p2")])?;
+    let pod_names = pods.names().to_vec();
+    topo.pod_ns.push(pods);
+    match mode {
+        TwoNodeMode::Podrouter(encap) => {
+            for k in 0..2 {
+                let o = PlaneOpts {
+                    mtu,
+                    dp_cpu: cpus[k],
+                    ..opts.clone()
+                };
+                let other = 1 - k;
+                let d = start_daemon(
+                    &o,
+                    topo._dir.path(),
+                    &format!("bench-n{}", k + 1),
+                    &n[k],
+                    UNDERLAY[k],
+                    &format!("{}/24", BLOCKS[k]),
+                    &format!(
+                        "uplink = \"u{}\"\nencap = \"{encap}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
+                        k + 1,
+                        BLOCKS[other],
+                        UNDERLAY[other]
+                    ),
+                )?;
+                topo.daemons.push(d);
+            }
+            topo.notes.push(format!(
+                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}",
+                cpu_list(cpus)
+            ));
+            let mut pods = Vec::new();
+            for (k, (d, pod_ns)) in topo.daemons.iter().zip(&pod_names).enumerate() {
+                let mut c = d.client()?;
+                let r = c
+                    .call(Call::Attach(AttachParams {
+                        id: "bench-0".into(),
+                        netns: format!("/run/netns/{pod_ns}"),
+                        ifname: "eth0".into(),
+                        ip: None,
+                        mtu: None,
+                    }))
+                    .map_err(|e| Error::msg(format!("attach on node {}: {e}", k + 1)))?;
+                let Reply::Pod(p) = r else {
+                    bail!("attach: unexpected reply {r:?}");
+                };
+                pods.push(Pod {
+                    ns: pod_ns.clone(),
+                    ip: p.ip,
+                    ifname: p.ifname,
+                });
+            }
+            topo.pods = pods;
+        }
+        TwoNodeMode::KernelPlain | TwoNodeMode::KernelVxlan => {
+            for k in 0..2 {
+                topo.pods.extend(kernel_pods(
+                    &n[k],
+                    k + 1,
+                    &pod_names[k..k + 1],
+                    BLOCKS[k],
+                    mtu,
+                    cpus[k],
+                    |_| {},
+                )?);
+            }
+            if mode == TwoNodeMode::KernelPlain {
+                for k in 0..2 {
+                    ip_batch(
+                        Some(&n[k]),
+                        &format!(
+                            "route add {}/24 via {} dev u{}\n",
+                            BLOCKS[1 - k],
+                            UNDERLAY[1 - k],
+                            k + 1
+                        ),
+                    )?;
+                }
+            } else {
+                let vmac = ["02:fe:00:00:00:01", "02:fe:00:00:00:02"];
+                for k in 0..2 {
+                    let o = 1 - k;
+                    ip_batch(
+                        Some(&n[k]),
+                        &format!(
+                            "link add flannel.1 address {} mtu 1450 type vxlan id 1 local {} dev u{} dstport 8472 nolearning\n\
+                             link set flannel.1 up\n\
+                             addr add {}/32 dev flannel.1\n\
+                             route add {}/24 via {} dev flannel.1 onlink\n\
+                             neigh replace {} lladdr {} dev flannel.1 nud permanent\n",
+                            vmac[k],
+                            UNDERLAY[k],
+                            k + 1,
+                            BLOCKS[k],
+                            BLOCKS[o],
+                            BLOCKS[o],
+                            BLOCKS[o],
+                            vmac[o],
+                        ),
+                    )?;
+                    run(&[
+                        "bridge",
+                        "-n",
+                        &n[k],
+                        "fdb",
+                        "append",
+                        vmac[o],
+                        "dev",
+                        "flannel.1",
+                        "dst",
+                        &UNDERLAY[o].to_string(),
+                    ])?;
+                }
+            }
+            topo.notes.push(format!(
+                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}",
+                cpu_list(cpus)
+            ));
+        }
+    }
+    Ok(topo)
+}
+
+// ---------------------------------------------------------------------------
+// Bare nodes for the CNI scenario
+
+/// A node namespace with `npods` empty pod namespaces, and podrouterd when
+/// `daemon` (for podrouter-cni); nothing else (for ptp).
+pub fn cni_node(opts: &PlaneOpts, npods: usize, daemon: bool) -> Res<Topology> {
+    let tag = util::unique_tag();
+    let dir = TempDir::new(&tag)?;
+    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
+    let node_name = node.names()[0].clone();
+    run(&[
+        "ip",
+        "-n",
+        &node_name,
+        "addr",
+        "add",
+        &format!("{NODE_IP}/32"),
+        "dev",
+        "lo",
+    ])?;
+    let mut topo = Topology {
+        label: if daemon {
+            "podrouter-cni"
+        } else {
+            "ptp + host-local"
+        }
+        .into(),
+        pods: Vec::new(),
+        daemons: Vec::new(),
+        nodes: vec![node_name.clone()],
+        notes: Vec::new(),
+        pod_ns: Vec::new(),
+        _node_ns: vec![node],
+        _dir: dir,
+    };
+    if daemon {
+        let d = start_daemon(
+            opts,
+            topo._dir.path(),
+            "bench-cni",
+            &node_name,
+            NODE_IP,
+            &format!("{}/22", BLOCKS[0]),
+            "",
+        )?;
+        topo.daemons.push(d);
+    }
+    let pods = NetnsGroup::create((0..npods).map(|i| format!("{tag}-c{i}")).collect())?;
+    topo.pods = pods
+        .names()
+        .iter()
+        .map(|ns| Pod {
+            ns: ns.clone(),
+            ip: Ipv4Addr::UNSPECIFIED,
+            ifname: "eth0".into(),
+        })
+        .collect();
+    topo.pod_ns.push(pods);
+    Ok(topo)
+}
+
+impl Topology {
+    /// The temporary directory of this topology (configs, logs).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
