@@ -185,10 +185,7 @@ pub fn tcp_connect_start(
 }
 
 /// Whether the process runs with effective uid 0.
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use podrouter_router::sys::is_root;
 
 #[cfg(test)]
 mod tests {

@@ -544,17 +544,6 @@ mod tests {
         assert_eq!(tunnel_node(&tunnel_mac(n)), n);
     }
 
-    fn root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-            })
-            .unwrap_or(false)
-    }
-
     const NODE_A: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
     const NODE_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
     const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 2);
@@ -616,7 +605,7 @@ mod tests {
     /// all arrive as IPIP with correct headers and checksums.
     #[test]
     fn encapsulates_segments_and_fragments_over_loopback() {
-        if !root() {
+        if !crate::sys::is_root() {
             eprintln!("skipping encapsulates_segments_and_fragments_over_loopback: not root");
             return;
         }

@@ -350,6 +350,12 @@ pub fn unshare_netns() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the process runs with effective uid 0 (privileged tests check it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,22 +233,11 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
 mod tests {
     use super::*;
 
-    fn root() -> bool {
-        std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("Uid:"))
-                    .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-            })
-            .unwrap_or(false)
-    }
-
     /// Two IPIP packets to 127.0.0.1 through loopback come back in one
     /// batch, headers included, in a private namespace.
     #[test]
     fn raw_ipip_round_trip_on_loopback() {
-        if !root() {
+        if !crate::sys::is_root() {
             eprintln!("skipping raw_ipip_round_trip_on_loopback: not root");
             return;
         }
