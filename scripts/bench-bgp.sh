@@ -47,6 +47,8 @@ cleanup() {
     rm -rf "$DIR"
 }
 trap cleanup EXIT
+# Make signals exit through the EXIT trap, so nothing is left behind.
+trap 'exit 130' INT TERM HUP PIPE
 
 now() { date +%s.%N; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a - b }'; }

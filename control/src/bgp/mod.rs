@@ -16,7 +16,10 @@
 //!   target (`control/fuzz`).
 //! - [`session`]: one neighbour's RFC 4271 state machine as a pure core:
 //!   inputs are plain values (connected, bytes, closed, stop), time is
-//!   passed in, outputs are values (connect, send, close, route changed).
+//!   passed in, outputs are values (connect, send, close, route changed);
+//!   the byte streams real BIRD 2, GoBGP and FRR sent us in interop
+//!   sessions (`testdata/*.hex`, captured with tcpdump) are replayed
+//!   through it in unit tests.
 //!   Collision detection, hold/keepalive/connect-retry/idle-hold timers
 //!   with backoff, capabilities (4-octet AS, MP IPv4 unicast, route
 //!   refresh, graceful restart), max-prefix, the Adj-RIB-In.
