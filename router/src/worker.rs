@@ -2,11 +2,13 @@
 //! batches, runs each frame through the pipeline and sends it on.
 //!
 //! Invariants: a port is received from by exactly one worker (the one it
-//! was added to); the FIB and port table are loaded once per batch; a
-//! worker sleeps on readiness (epoll through mio) only after a round in
-//! which every one of its ports reported nothing waiting, so no frame is
-//! left behind an edge-triggered wakeup; nothing on the per-frame path
-//! allocates, locks or logs.
+//! was added to); the FIB and port table are loaded once per batch; a round
+//! receives only from ports epoll reported readable (edge-triggered, through
+//! mio) since they were last drained, so a worker with a thousand idle pods
+//! makes no syscall for them; a port leaves the ready set only when a
+//! receive returned nothing, so no frame is left behind an edge; ports
+//! without an fd are polled every round; nothing on
+//! the per-frame path allocates, locks or logs.
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -86,6 +88,7 @@ impl WorkerHandle {
             counters: counters.clone(),
             owned: Vec::new(),
             touched: Vec::new(),
+            slot_of: Vec::new(),
             epoch: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -152,6 +155,9 @@ struct OwnedPort {
     /// Set after a receive error other than "nothing waiting"; the port is
     /// skipped until the control thread removes it.
     failed: bool,
+    /// Frames may be waiting: epoll reported the port since a receive last
+    /// came back empty. Ports without an fd are always treated as ready.
+    ready: bool,
 }
 
 struct Worker {
@@ -167,6 +173,9 @@ struct Worker {
     owned: Vec<OwnedPort>,
     /// Egress ports used in the current batch, flushed at its end.
     touched: Vec<PortId>,
+    /// Index in `owned` of each port id (the epoll token), `u32::MAX` if
+    /// not owned.
+    slot_of: Vec<u32>,
     epoch: Instant,
 }
 
@@ -184,28 +193,44 @@ impl Worker {
             if self.apply_commands().is_err() {
                 break; // control thread is gone
             }
-            if self.poll_round() {
+            let timeout = if self.poll_round() {
                 idle_rounds = 0;
-                continue;
+                Some(Duration::ZERO)
+            } else {
+                idle_rounds += 1;
+                if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP {
+                    Some(Duration::ZERO)
+                } else {
+                    self.counters.sleeps.incr();
+                    self.owned
+                        .iter()
+                        .any(|p| p.port.readiness_fd().is_none())
+                        .then_some(FDLESS_POLL)
+                }
+            };
+            self.collect_ready(&mut events, timeout);
+        }
+        log::debug!("worker {} stopped", self.cfg.id);
+    }
+
+    /// Waits (up to `timeout`; `None` = until woken) for readiness and
+    /// marks the ports epoll reports as ready.
+    fn collect_ready(&mut self, events: &mut Events, timeout: Option<Duration>) {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                log::error!("worker {}: epoll failed: {e}", self.cfg.id);
+                std::thread::sleep(FDLESS_POLL);
             }
-            idle_rounds += 1;
-            if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP {
-                continue;
-            }
-            let timeout = self
-                .owned
-                .iter()
-                .any(|p| p.port.readiness_fd().is_none())
-                .then_some(FDLESS_POLL);
-            self.counters.sleeps.incr();
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    log::error!("worker {}: epoll failed: {e}", self.cfg.id);
-                    std::thread::sleep(FDLESS_POLL);
+            return;
+        }
+        for ev in events.iter() {
+            let Token(t) = ev.token();
+            if let Some(&i) = self.slot_of.get(t) {
+                if let Some(p) = self.owned.get_mut(i as usize) {
+                    p.ready = true;
                 }
             }
         }
-        log::debug!("worker {} stopped", self.cfg.id);
     }
 
     fn apply_commands(&mut self) -> Result<(), ()> {
@@ -217,15 +242,27 @@ impl Worker {
                             log::error!("worker {}: cannot watch port {}: {e}", self.cfg.id, id.0);
                         }
                     }
+                    // Ready until a receive drains it: frames may already
+                    // be waiting, and an edge only reports new ones.
+                    let slot = id.0 as usize;
+                    if self.slot_of.len() <= slot {
+                        self.slot_of.resize(slot + 1, u32::MAX);
+                    }
+                    self.slot_of[slot] = self.owned.len() as u32;
                     self.owned.push(OwnedPort {
                         id,
                         port,
                         failed: false,
+                        ready: true,
                     });
                 }
                 Ok(Command::RemovePort(id, done)) => {
                     if let Some(i) = self.owned.iter().position(|p| p.id == id) {
                         let p = self.owned.swap_remove(i);
+                        self.slot_of[id.0 as usize] = u32::MAX;
+                        if let Some(moved) = self.owned.get(i) {
+                            self.slot_of[moved.id.0 as usize] = i as u32;
+                        }
                         if let Some(fd) = p.port.readiness_fd() {
                             let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
                         }
@@ -256,7 +293,7 @@ impl Worker {
             now_ns: self.epoch.elapsed().as_nanos() as u64,
         };
         let mut busy = false;
-        for owned in self.owned.iter_mut().filter(|p| !p.failed) {
+        for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -272,6 +309,12 @@ impl Worker {
                 }
             };
             if n == 0 {
+                // Nothing was waiting: the port is drained and its next
+                // edge re-arms it. (A short but non-empty receive proves
+                // nothing: a port may merge or filter what it read.)
+                if owned.port.readiness_fd().is_some() {
+                    owned.ready = false;
+                }
                 continue;
             }
             busy = true;
