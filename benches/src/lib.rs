@@ -441,9 +441,8 @@ fn run(cli: &Cli) -> Res<bool> {
             &groups,
             &series,
         );
-        let f = out_dir.join("packet-rate.svg");
-        fs::write(&f, svg)?;
-        ctx.plots.push(f.display().to_string());
+        fs::write(out_dir.join("packet-rate.svg"), svg)?;
+        ctx.plots.push("packet-rate.svg".into());
     }
     if !ctx.cdf_plot.is_empty() {
         let series: Vec<(&str, Vec<f64>)> = ctx
@@ -458,9 +457,8 @@ fn run(cli: &Cli) -> Res<bool> {
             ),
             &series,
         );
-        let f = out_dir.join("latency-cdf.svg");
-        fs::write(&f, svg)?;
-        ctx.plots.push(f.display().to_string());
+        fs::write(out_dir.join("latency-cdf.svg"), svg)?;
+        ctx.plots.push("latency-cdf.svg".into());
     }
 
     let mut method = vec![
@@ -546,6 +544,7 @@ fn run(cli: &Cli) -> Res<bool> {
         rows: std::mem::take(&mut ctx.rows),
         runs: std::mem::take(&mut ctx.runs),
         plots: ctx.plots.clone(),
+        out_dir: cli.out.display().to_string(),
         total_secs: ctx.progress.elapsed().as_secs_f64(),
     };
     let md = rep.markdown();

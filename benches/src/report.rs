@@ -16,6 +16,8 @@ pub enum Cell {
         median: f64,
         min: f64,
         max: f64,
+        /// Runs that started while other processes kept the machine busy.
+        disturbed: usize,
     },
     Missing {
         reason: String,
@@ -24,6 +26,11 @@ pub enum Cell {
 
 impl Cell {
     pub fn from_samples(v: Vec<f64>) -> Cell {
+        Cell::from_runs(v, 0)
+    }
+
+    /// `disturbed` of the runs started on a busy machine.
+    pub fn from_runs(v: Vec<f64>, disturbed: usize) -> Cell {
         let v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
         match summary(&v) {
             Some((median, min, max)) => Cell::Measured {
@@ -31,6 +38,7 @@ impl Cell {
                 median,
                 min,
                 max,
+                disturbed,
             },
             None => Cell::missing("no successful run"),
         }
@@ -49,6 +57,13 @@ impl Cell {
         }
     }
 
+    pub fn disturbed(&self) -> usize {
+        match self {
+            Cell::Measured { disturbed, .. } => *disturbed,
+            Cell::Missing { .. } => 0,
+        }
+    }
+
     pub fn spread(&self) -> Option<(f64, f64)> {
         match self {
             Cell::Measured { min, max, .. } => Some((*min, *max)),
@@ -63,11 +78,13 @@ impl Cell {
                 min,
                 max,
                 samples,
+                disturbed,
             } => {
+                let mark = if *disturbed > 0 { " †" } else { "" };
                 if samples.len() > 1 {
-                    format!("{} ({}–{})", num(*median), num(*min), num(*max))
+                    format!("{} ({}–{}){mark}", num(*median), num(*min), num(*max))
                 } else {
-                    num(*median)
+                    format!("{}{mark}", num(*median))
                 }
             }
             Cell::Missing { reason } => {
@@ -199,8 +216,10 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Per-run details (raw counters, offered rates, latency samples' summary).
     pub runs: Vec<serde_json::Value>,
-    /// SVG files written.
+    /// SVG files written (names in `out_dir`).
     pub plots: Vec<String>,
+    /// The output directory as given (`--out`).
+    pub out_dir: String,
     pub total_secs: f64,
 }
 
@@ -253,6 +272,17 @@ impl Report {
                 let _ = writeln!(s, "- {m}");
             }
         }
+        if self
+            .rows
+            .iter()
+            .any(|r| r.podrouter.disturbed() + r.kernel.disturbed() > 0)
+        {
+            let _ = writeln!(
+                s,
+                "\n† at least one run behind this figure started while other processes kept \
+                 the machine busy: treat it with care."
+            );
+        }
         if !self.notes.is_empty() {
             let _ = writeln!(s, "\nNotes from this run:\n");
             for n in &self.notes {
@@ -260,7 +290,12 @@ impl Report {
             }
         }
         if !self.plots.is_empty() {
-            let _ = writeln!(s, "\nPlots: {}", self.plots.join(", "));
+            let _ = writeln!(
+                s,
+                "\nPlots (in `{}`): {}",
+                self.out_dir,
+                self.plots.join(", ")
+            );
         }
         s
     }

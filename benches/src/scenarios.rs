@@ -208,6 +208,18 @@ fn reachable(src: &topo::Pod, dst: std::net::Ipv4Addr) -> Res<bool> {
     Ok(false)
 }
 
+/// [`check_slot`] for a data plane that must work: a built topology whose
+/// pods cannot talk is a failure of the run.
+fn checked(ctx: &mut Ctx, slot: Slot, what: &str) -> Res<Slot> {
+    let built = slot.is_ok();
+    let slot = check_slot(slot, "")?;
+    if let (true, Err(e)) = (built, &slot) {
+        ctx.progress.note(&format!("warning: {what}: {e}"));
+        ctx.failures.push(format!("{what}: {e}"));
+    }
+    Ok(slot)
+}
+
 fn check_slot(slot: Slot, prefix_missing: &str) -> Res<Slot> {
     let Ok(t) = slot else { return Ok(slot) };
     if t.pods.len() < 2 {
@@ -237,6 +249,17 @@ fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Re
     match f(ctx) {
         Ok(t) => Ok(Ok(t)),
         Err(e) if e.interrupted => Err(e),
+        Err(e) if e.msg.contains("not available in this build") => {
+            // A podrouterd without the requested backend: a missing
+            // feature, not a broken harness.
+            let why = format!(
+                "not available (podrouterd has no {} backend yet): {}",
+                ctx.opts.backend,
+                first_line(&e.msg)
+            );
+            ctx.notes.push(format!("{what}: {why}"));
+            Ok(Err(why))
+        }
         Err(e) => {
             ctx.fail(what, &e);
             Ok(Err(e.msg))
@@ -468,23 +491,32 @@ fn hist(ns: &[u64]) -> Histogram<u64> {
 /// Runs `f` `repeats` times on each available plane, alternating planes
 /// within each repeat. Returns per plane the successful results or, if
 /// none, why.
+/// One successful run of a measurement.
+struct Run<T> {
+    v: T,
+    /// It started while other processes kept the machine busy.
+    disturbed: bool,
+}
+
 fn both<T>(
     ctx: &mut Ctx,
     planes: &[&Slot; 2],
     what: &str,
     mut f: impl FnMut(&mut Ctx, &Topology, &str) -> Res<T>,
-) -> Res<[Result<Vec<T>, String>; 2]> {
-    let mut out: [Result<Vec<T>, String>; 2] = [Ok(Vec::new()), Ok(Vec::new())];
+) -> Res<[Result<Vec<Run<T>>, String>; 2]> {
+    let mut out: [Result<Vec<Run<T>>, String>; 2] = [Ok(Vec::new()), Ok(Vec::new())];
     let mut errs: [Option<String>; 2] = [None, None];
     for rep in 1..=ctx.p.repeats {
         for (i, slot) in planes.iter().enumerate() {
             let Ok(t) = slot else { continue };
             let desc = format!("{what} · {} · run {rep}/{}", t.label, ctx.p.repeats);
             ctx.progress.step(&desc);
+            let n0 = ctx.busy.len();
             match f(ctx, t, &desc) {
                 Ok(v) => {
+                    let disturbed = ctx.busy[n0..].iter().any(|b| *b >= BUSY);
                     if let Ok(vs) = &mut out[i] {
-                        vs.push(v);
+                        vs.push(Run { v, disturbed });
                     }
                 }
                 Err(e) if e.interrupted => return Err(e),
@@ -508,9 +540,12 @@ fn both<T>(
     Ok(out)
 }
 
-fn cell<T>(r: &Result<Vec<T>, String>, f: impl Fn(&T) -> f64) -> Cell {
+fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
     match r {
-        Ok(v) => Cell::from_samples(v.iter().map(f).collect()),
+        Ok(v) => Cell::from_runs(
+            v.iter().map(|r| f(&r.v)).collect(),
+            v.iter().filter(|r| r.disturbed).count(),
+        ),
         Err(why) => Cell::missing(first_line(why)),
     }
 }
@@ -631,7 +666,11 @@ fn traffic_rows(
     if plot {
         for (i, s) in planes.iter().enumerate() {
             if let (Ok(t), Ok(runs)) = (s, &r[i]) {
-                let all: Vec<f64> = runs.iter().flatten().map(|v| *v as f64 / 1e3).collect();
+                let all: Vec<f64> = runs
+                    .iter()
+                    .flat_map(|r| r.v.iter())
+                    .map(|v| *v as f64 / 1e3)
+                    .collect();
                 ctx.cdf_plot.push((t.label.clone(), all));
             }
         }
@@ -647,16 +686,11 @@ pub fn same_node(ctx: &mut Ctx) -> Res<()> {
     let pr = build(ctx, "same node: podrouterd with 2 pods", |_| {
         topo::podrouter_same_node(&opts, 2, |_| {})
     })?;
-    let pr = check_slot(pr, "")?;
+    let pr = checked(ctx, pr, "same node podrouter")?;
     let k = build(ctx, "same node: kernel (Calico-style) with 2 pods", |_| {
         topo::kernel_same_node(&opts, 2, |_| {})
     })?;
-    let k = check_slot(k, "")?;
-    for (s, name) in [(&pr, "podrouter"), (&k, "kernel")] {
-        if let Err(e) = s {
-            ctx.failures.push(format!("same node {name}: {e}"));
-        }
-    }
+    let k = checked(ctx, k, "same node kernel")?;
     for t in [&pr, &k].into_iter().flatten() {
         ctx.notes.extend(t.notes.iter().cloned());
     }
@@ -695,7 +729,7 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
                 }
             }
         };
-        let slot = check_slot(slot, "")?;
+        let slot = checked(ctx, slot, &what)?;
         let Ok(t) = &slot else {
             let why = slot.err().unwrap_or_default();
             idle[plane] = Cell::missing(first_line(&why));
@@ -713,8 +747,9 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
             t.label, ctx.p.scale_idle_secs
         );
         ctx.progress.step(&what_idle);
+        let mut idle_disturbed = false;
         let r: Res<f64> = (|| {
-            quiesce(ctx, &what_idle)?;
+            idle_disturbed = quiesce(ctx, &what_idle)? >= BUSY;
             let pids = t.daemon_pids();
             let dst = &t.pods[0];
             let a = measure::snap(&dst.ns, &dst.ifname, &pids)?;
@@ -731,7 +766,7 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
             Ok(cpu / d.secs * 100.0)
         })();
         match r {
-            Ok(v) => idle[plane] = Cell::from_samples(vec![v]),
+            Ok(v) => idle[plane] = Cell::from_runs(vec![v], usize::from(idle_disturbed)),
             Err(e) if e.interrupted => return Err(e),
             Err(e) => {
                 ctx.fail(&what_idle, &e);
@@ -740,6 +775,7 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
         }
         // Rate between the first and the last pod.
         let mut v = Vec::new();
+        let mut disturbed = 0;
         let mut err = None;
         for rep in 1..=ctx.p.repeats {
             let desc = format!(
@@ -747,8 +783,12 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
                 t.label, ctx.p.repeats
             );
             ctx.progress.step(&desc);
+            let n0 = ctx.busy.len();
             match udp_rate(ctx, t, 64, &desc) {
-                Ok(r) => v.push(r.mpps),
+                Ok(r) => {
+                    v.push(r.mpps);
+                    disturbed += usize::from(ctx.busy[n0..].iter().any(|b| *b >= BUSY));
+                }
                 Err(e) if e.interrupted => return Err(e),
                 Err(e) => {
                     ctx.fail(&desc, &e);
@@ -759,7 +799,7 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
         rate[plane] = if v.is_empty() {
             Cell::missing(first_line(&err.unwrap_or_default()))
         } else {
-            Cell::from_samples(v)
+            Cell::from_runs(v, disturbed)
         };
         ctx.progress
             .step(&format!("scale: tearing down {}", t.label));
@@ -782,9 +822,9 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
     ));
     let rel = |c: &Cell, base: Option<f64>| match (c.median(), base) {
         (Some(_), Some(b)) if b > 0.0 => match c {
-            Cell::Measured { samples, .. } => {
-                Cell::from_samples(samples.iter().map(|x| x / b).collect())
-            }
+            Cell::Measured {
+                samples, disturbed, ..
+            } => Cell::from_runs(samples.iter().map(|x| x / b).collect(), *disturbed),
             Cell::Missing { reason } => Cell::missing(reason.clone()),
         },
         (None, _) => c.clone(),
@@ -843,6 +883,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         // broken harness.
         let pr = match pr {
             Ok(t) => check_slot(Ok(t), "not available (issue 4): ")?,
+            Err(e) if e.starts_with("not available") => Err(e),
             Err(e) => Err(format!("not available (issue 4): {}", first_line(&e))),
         };
         if pr.is_err() {
@@ -853,10 +894,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         let k = build(ctx, &format!("{scenario}: kernel nodes"), |_| {
             topo::two_node(&o, kmode)
         })?;
-        let k = check_slot(k, "")?;
-        if let Err(e) = &k {
-            ctx.failures.push(format!("{scenario}: {e}"));
-        }
+        let k = checked(ctx, k, &scenario)?;
         for t in [&pr, &k].into_iter().flatten() {
             ctx.notes.extend(t.notes.iter().cloned());
         }
