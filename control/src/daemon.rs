@@ -416,6 +416,15 @@ impl Daemon {
                 format!("network namespace {} does not exist", p.netns),
             ));
         }
+        if is_own_netns(&netns) {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "{} is podrouterd's own (the node's) network namespace, not a pod's",
+                    p.netns
+                ),
+            ));
+        }
         let mtu = p.mtu.unwrap_or(self.cfg.dataplane.mtu);
         if !MTU_RANGE.contains(&mtu) {
             return Err((
@@ -710,6 +719,20 @@ pub fn mac_text(m: [u8; 6]) -> String {
     )
 }
 
+/// Whether `path` names the network namespace this process runs in (same
+/// nsfs inode), e.g. a `/proc/PID/ns/net` of a process that has not moved
+/// into its pod yet. Attaching there would move a pod TAP into the node.
+fn is_own_netns(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (
+        std::fs::metadata(path),
+        std::fs::metadata("/proc/thread-self/ns/net"),
+    ) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 fn validate_id(id: &str) -> Result<(), String> {
     let ok = !id.is_empty()
         && id.len() <= 255
@@ -749,6 +772,13 @@ mod tests {
         for bad in ["", "a/b", "a:b", "..", "toolonginterface", "a b"] {
             assert!(validate_ifname(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn own_netns_is_recognised() {
+        assert!(is_own_netns(Path::new("/proc/self/ns/net")));
+        assert!(!is_own_netns(Path::new("/proc/self/ns/mnt")));
+        assert!(!is_own_netns(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -247,6 +247,7 @@ fn refusals_exit_1_and_change_nothing() {
     let mut node = Node::start(NodeConfig::default());
     let a = node.add_pod("pod-a", &[]);
     let spare = node.empty_pod_ns();
+    let node_netns = node.ns.path();
     let cases: Vec<(&str, Vec<&str>)> = vec![
         (
             "duplicate id",
@@ -297,6 +298,10 @@ fn refusals_exit_1_and_change_nothing() {
                 "--netns",
                 "/run/netns/podrouter-e2e-does-not-exist",
             ],
+        ),
+        (
+            "the node's own netns (would move a pod TAP into the node)",
+            vec!["attach", "x6", "--netns", &node_netns],
         ),
         ("detach unknown id", vec!["detach", "nobody"]),
     ];
