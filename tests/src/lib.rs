@@ -829,6 +829,54 @@ impl Pod {
     }
 }
 
+/// Runs `podrouterctl --socket SOCKET [--json] ARGS`, returning raw output.
+pub fn podrouterctl(socket: &Path, json: bool, args: &[&str]) -> Out {
+    let c = bin("podrouterctl");
+    let c = c.to_string_lossy();
+    let s = socket.to_string_lossy();
+    let mut full = vec![&*c, "--socket", &*s];
+    if json {
+        full.push("--json");
+    }
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// `podrouterctl --json ARGS` against `socket`, which must exit 0 and print
+/// JSON.
+#[track_caller]
+pub fn podrouterctl_json(socket: &Path, args: &[&str]) -> Value {
+    let out = podrouterctl(socket, true, args);
+    assert!(out.ok(), "podrouterctl failed: {out}");
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("podrouterctl printed no JSON ({e}): {out}"))
+}
+
+/// Creates a pod namespace and attaches it through the daemon at `socket`
+/// with `podrouterctl attach ID --netns PATH EXTRA..`; checks the reply is a
+/// PodInfo for that id. The caller keeps the namespace alive.
+#[track_caller]
+pub fn attach_new_pod(socket: &Path, id: &str, extra: &[&str]) -> (Netns, Pod) {
+    let ns = Netns::new("pod");
+    let path = ns.path();
+    let mut args = vec!["attach", id, "--netns", &path];
+    args.extend_from_slice(extra);
+    let info = podrouterctl_json(socket, &args);
+    assert_eq!(info["id"], id, "attach reply names another pod: {info:#}");
+    let ip = info["ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("attach reply has no ip: {info:#}"))
+        .to_string();
+    let pod = Pod {
+        id: id.to_string(),
+        ns: ns.name().to_string(),
+        netns_path: path,
+        ip,
+        info,
+    };
+    (ns, pod)
+}
+
 /// A node namespace with `podrouterd` running in it, and the pods attached
 /// to it. Dropping it stops the daemon (SIGTERM to its pid), deletes the pod
 /// namespaces, then the node's, then the temporary directory; if the test is
@@ -957,31 +1005,18 @@ impl Node {
 
     /// Runs `podrouterctl --socket SOCK --json ARGS`, returning raw output.
     pub fn ctl_out(&self, args: &[&str]) -> Out {
-        let c = bin("podrouterctl");
-        let c = c.to_string_lossy();
-        let s = self.socket.to_string_lossy();
-        let mut full = vec![&*c, "--socket", &*s, "--json"];
-        full.extend_from_slice(args);
-        run(&full)
+        podrouterctl(&self.socket, true, args)
     }
 
     /// Runs `podrouterctl` without `--json` (the human table).
     pub fn ctl_table(&self, args: &[&str]) -> Out {
-        let c = bin("podrouterctl");
-        let c = c.to_string_lossy();
-        let s = self.socket.to_string_lossy();
-        let mut full = vec![&*c, "--socket", &*s];
-        full.extend_from_slice(args);
-        run(&full)
+        podrouterctl(&self.socket, false, args)
     }
 
     /// `podrouterctl --json ARGS`, which must exit 0 and print JSON.
     #[track_caller]
     pub fn ctl(&self, args: &[&str]) -> Value {
-        let out = self.ctl_out(args);
-        assert!(out.ok(), "podrouterctl failed: {out}");
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("podrouterctl printed no JSON ({e}): {out}"))
+        podrouterctl_json(&self.socket, args)
     }
 
     /// `podrouterctl --json counters`.
@@ -990,27 +1025,11 @@ impl Node {
         self.ctl(&["counters"])
     }
 
-    /// Creates a pod namespace and attaches it with `podrouterctl attach ID
-    /// --netns PATH EXTRA..`; checks the reply is a PodInfo for that id.
+    /// Creates a pod namespace and attaches it (see [`attach_new_pod`]);
+    /// the namespace is deleted with the node.
     #[track_caller]
     pub fn add_pod(&mut self, id: &str, extra: &[&str]) -> Pod {
-        let ns = Netns::new("pod");
-        let path = ns.path();
-        let mut args = vec!["attach", id, "--netns", &path];
-        args.extend_from_slice(extra);
-        let info = self.ctl(&args);
-        assert_eq!(info["id"], id, "attach reply names another pod: {info:#}");
-        let ip = info["ip"]
-            .as_str()
-            .unwrap_or_else(|| panic!("attach reply has no ip: {info:#}"))
-            .to_string();
-        let pod = Pod {
-            id: id.to_string(),
-            ns: ns.name().to_string(),
-            netns_path: path,
-            ip,
-            info,
-        };
+        let (ns, pod) = attach_new_pod(&self.socket, id, extra);
         self.pods.push((ns, pod.clone()));
         pod
     }

@@ -26,7 +26,10 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::{bin, run, say, spawn_in, wait_until, Bg, Netns, Out, Pod, TempDir, Value};
+use crate::{
+    attach_new_pod, bin, podrouterctl, podrouterctl_json, run, say, spawn_in, wait_until, Bg,
+    Netns, Out, Pod, TempDir, Value,
+};
 
 /// Address of node `i` on underlay subnet `s`.
 pub fn node_ip(subnet: usize, i: usize) -> String {
@@ -61,21 +64,13 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// `podrouterctl --socket S --json ARGS`.
     pub fn ctl_out(&self, args: &[&str]) -> Out {
-        let c = bin("podrouterctl");
-        let c = c.to_string_lossy();
-        let s = self.socket.to_string_lossy();
-        let mut full = vec![&*c, "--socket", &*s, "--json"];
-        full.extend_from_slice(args);
-        run(&full)
+        podrouterctl(&self.socket, true, args)
     }
 
     /// `podrouterctl --json ARGS`, which must succeed and print JSON.
     #[track_caller]
     pub fn ctl(&self, args: &[&str]) -> Value {
-        let out = self.ctl_out(args);
-        assert!(out.ok(), "podrouterctl failed: {out}");
-        serde_json::from_str(&out.stdout)
-            .unwrap_or_else(|e| panic!("podrouterctl printed no JSON ({e}): {out}"))
+        podrouterctl_json(&self.socket, args)
     }
 
     #[track_caller]
@@ -83,26 +78,10 @@ impl ClusterNode {
         self.ctl(&["counters"])
     }
 
-    /// Creates a pod namespace and attaches it (`attach ID --netns PATH
-    /// EXTRA..`).
+    /// Creates a pod namespace and attaches it (see [`attach_new_pod`]).
     #[track_caller]
     pub fn add_pod(&mut self, id: &str, extra: &[&str]) -> Pod {
-        let ns = Netns::new("pod");
-        let path = ns.path();
-        let mut args = vec!["attach", id, "--netns", &path];
-        args.extend_from_slice(extra);
-        let info = self.ctl(&args);
-        let ip = info["ip"]
-            .as_str()
-            .unwrap_or_else(|| panic!("attach reply has no ip: {info:#}"))
-            .to_string();
-        let pod = Pod {
-            id: id.to_string(),
-            ns: ns.name().to_string(),
-            netns_path: path,
-            ip,
-            info,
-        };
+        let (ns, pod) = attach_new_pod(&self.socket, id, extra);
         self.pods.push((ns, pod.clone()));
         pod
     }
