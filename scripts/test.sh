@@ -7,7 +7,8 @@
 #
 # Steps: install missing system packages, cargo fmt --check, clippy with
 # warnings denied, release build of the binaries, cargo test --release for the
-# whole workspace, and a criterion smoke run of the benchmarks. Every step runs
+# whole workspace, a criterion smoke run of the benchmarks, a short fuzz run
+# of the BGP codec and the benchmark harness's smoke mode. Every step runs
 # even if an earlier one failed (except tests after a failed build); a summary
 # follows, and the exit status is non-zero if anything failed.
 set -uo pipefail
@@ -95,6 +96,12 @@ fi
 
 STEP_DESC="cargo bench -p podrouter-benches -- --test" \
     step bench timeout -k 30 "$BENCH_TIMEOUT" cargo bench -p podrouter-benches -- --test
+
+# The BGP message decoder and session under libFuzzer (issue 5): a short
+# run of each cargo-fuzz target on the stable toolchain.
+FUZZ_SECS=${PODROUTER_FUZZ_SECS:-30}
+STEP_DESC="scripts/fuzz.sh $FUZZ_SECS (cargo fuzz: bgp_decode, bgp_session)" \
+    step fuzz timeout -k 30 "$BENCH_TIMEOUT" bash scripts/fuzz.sh "$FUZZ_SECS"
 
 # The benchmark harness (issue 6) in its short mode: it builds both data
 # planes' topologies and measures once, so a broken scenario fails CI.
