@@ -23,8 +23,14 @@
 //! forwarding uses) is never held back by the kernel's copy.
 //!
 //! Graceful restart across our own restart: a graceful stop writes
-//! `state_dir/bgp-restart` with the time; a start that finds it younger
-//! than `restart_time` announces the R and F bits.
+//! `state_dir/bgp-restart` with the time and leaves the learned blocks'
+//! kernel routes in place; a start that finds the marker younger than
+//! `restart_time` announces the R and F bits. Every start scans the kernel
+//! for learned-block routes left from before and deletes those BGP has not
+//! re-learned once the peers have sent End-of-RIB ([`super::stale`]).
+//!
+//! Reload: [`BgpHandle::set_local_routes`] hands the speaker this node's
+//! new blocks; it announces and withdraws them on every session.
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -42,6 +48,7 @@ use podrouter_router::fib::{Fib, Prefix};
 
 use super::session::{ConnId, Input, Output};
 use super::speaker::{KernelJob, Speaker};
+use super::stale::{self, StaleKernelRoutes};
 use super::{speaker_config, Endpoints};
 use crate::config::Config;
 use crate::sys;
@@ -60,6 +67,7 @@ pub const RESTART_MARKER: &str = "bgp-restart";
 enum Command {
     Peers(mpsc::Sender<Vec<BgpPeerInfo>>),
     Rib(Option<Prefix>, usize, mpsc::Sender<BgpRibInfo>),
+    SetLocalRoutes(Vec<Prefix>, mpsc::Sender<()>),
     Stop { graceful: bool },
 }
 
@@ -98,6 +106,36 @@ impl BgpHandle {
             ));
         };
         let ends = Endpoints::from_config(cfg).expect("bgp is set");
+        // Before any session can re-learn anything: what the last run
+        // left in the kernel.
+        let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        let stale = match stale::scan(&cfg.pod_cidrs, &statics) {
+            Ok(routes) if routes.is_empty() => None,
+            Ok(routes) => {
+                let gr: Vec<bool> = scfg
+                    .peers
+                    .iter()
+                    .map(|p| p.session.graceful_restart)
+                    .collect();
+                let bound = Duration::from_secs(bgp.restart_time.into());
+                log::info!(
+                    "bgp: {} learned-block kernel route(s) from before this start kept as stale                      until {} peer(s) send End-of-RIB (at most {} s): {}",
+                    routes.len(),
+                    gr.iter().filter(|g| **g).count(),
+                    bound.as_secs(),
+                    routes
+                        .iter()
+                        .map(stale::describe)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Some(StaleKernelRoutes::new(routes, &gr, Instant::now(), bound))
+            }
+            Err(e) => {
+                log::warn!("bgp: cannot list kernel routes for the stale scan: {e}");
+                None
+            }
+        };
         let std_listener = std::net::TcpListener::bind(ends.listen)?;
         std_listener.set_nonblocking(true)?;
         for p in &scfg.peers {
@@ -140,6 +178,7 @@ impl BgpHandle {
             again: HashSet::new(),
             fib,
             kernel,
+            stale,
             rx,
             buf: vec![0; 64 * 1024],
         };
@@ -172,6 +211,12 @@ impl BgpHandle {
 
     pub fn rib(&self, within: Option<Prefix>, limit: usize) -> Result<BgpRibInfo, String> {
         self.ask(|tx| Command::Rib(within, limit, tx))
+    }
+
+    /// Replaces the node's own blocks; returns once the speaker has queued
+    /// the UPDATEs for every Established session.
+    pub fn set_local_routes(&self, routes: Vec<Prefix>) -> Result<(), String> {
+        self.ask(|tx| Command::SetLocalRoutes(routes, tx))
     }
 
     /// Stops every session and the thread. With graceful restart
@@ -243,6 +288,8 @@ struct Driver {
     again: HashSet<(usize, ConnId)>,
     fib: Arc<Fib>,
     kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
+    /// Learned-block kernel routes from before this start, until swept.
+    stale: Option<StaleKernelRoutes>,
     rx: mpsc::Receiver<Command>,
     buf: Vec<u8>,
 }
@@ -278,6 +325,7 @@ impl Driver {
             self.speaker.poll(now);
             self.do_io();
             self.apply_fib();
+            self.check_stale(now);
             let timeout = if self.again.is_empty() {
                 self.speaker
                     .next_deadline()
@@ -340,6 +388,12 @@ impl Driver {
                 }
                 Command::Rib(within, limit, tx) => {
                     let _ = tx.send(self.speaker.rib_info(within, limit));
+                }
+                Command::SetLocalRoutes(routes, tx) => {
+                    self.speaker.set_local_routes(now, routes);
+                    self.do_io();
+                    self.apply_fib();
+                    let _ = tx.send(());
                 }
                 Command::Stop { graceful } => {
                     let why = if graceful {
@@ -596,6 +650,51 @@ impl Driver {
                 self.speaker
                     .input(Instant::now(), peer, Input::ConnectFailed(e.to_string()));
             }
+        }
+    }
+
+    /// Notes End-of-RIBs and, once due, deletes the stale learned-block
+    /// kernel routes BGP has not installed again. Runs on this thread, in
+    /// order with the decisions: a prefix installed later gets its route
+    /// from the `bgp-kernel` thread after this deletion.
+    fn check_stale(&mut self, now: Instant) {
+        let Some(st) = self.stale.as_mut() else {
+            return;
+        };
+        for i in 0..self.speaker.peer_count() {
+            if self.speaker.session(i).eor_received() {
+                st.note_eor(i);
+            }
+        }
+        if !st.due(now) {
+            return;
+        }
+        let st = self.stale.take().expect("checked");
+        let why = if st.waiting_for() == 0 {
+            "every graceful-restart peer sent End-of-RIB"
+        } else {
+            "the restart time passed"
+        };
+        let total = st.len();
+        let gone = st.sweep(|p| self.speaker.installed_next_hop(p).is_some());
+        let (deleted, failed) = stale::delete(&gone);
+        log::info!(
+            "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned,              {deleted} deleted{}",
+            total - gone.len(),
+            if gone.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({})",
+                    gone.iter()
+                        .map(stale::describe)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+        for f in failed {
+            log::warn!("bgp: deleting stale kernel route {f}");
         }
     }
 

@@ -56,6 +56,7 @@ mod driver;
 pub mod rib;
 pub mod session;
 pub mod speaker;
+pub mod stale;
 pub mod wire;
 
 pub use driver::BgpHandle;

@@ -252,6 +252,9 @@ pub struct Session {
     /// graceful restart and display).
     last_neg: Option<Negotiated>,
     local_routes: Vec<Prefix>,
+    /// The peer sent End-of-RIB on the current (or last) Established
+    /// session; cleared when a session is established.
+    eor_received: bool,
     pub stats: Stats,
     out: Vec<Output>,
 }
@@ -274,9 +277,68 @@ impl Session {
             stale_deadline: None,
             last_neg: None,
             local_routes,
+            eor_received: false,
             stats: Stats::default(),
             out: Vec::new(),
         }
+    }
+
+    /// Our own blocks, as announced to the peer.
+    pub fn local_routes(&self) -> &[Prefix] {
+        &self.local_routes
+    }
+
+    /// Whether the peer has sent End-of-RIB for IPv4 unicast since the
+    /// session last reached Established.
+    pub fn eor_received(&self) -> bool {
+        self.eor_received
+    }
+
+    /// Replaces our own blocks (a configuration reload). On an Established
+    /// session the difference goes out at once: one or more UPDATEs
+    /// withdrawing the removed blocks, then UPDATEs announcing the added
+    /// ones with the same attributes as the initial announcement. A
+    /// session that is not Established just remembers them for its next
+    /// OPEN exchange. Order and duplicates in `routes` do not matter.
+    pub fn set_local_routes(&mut self, now: Instant, routes: Vec<Prefix>) -> Vec<Output> {
+        let mut routes = routes;
+        routes.sort();
+        routes.dedup();
+        let removed: Vec<Prefix> = self
+            .local_routes
+            .iter()
+            .filter(|p| !routes.contains(p))
+            .copied()
+            .collect();
+        let added: Vec<Prefix> = routes
+            .iter()
+            .filter(|p| !self.local_routes.contains(p))
+            .copied()
+            .collect();
+        self.local_routes = routes;
+        if removed.is_empty() && added.is_empty() {
+            return self.finish(now);
+        }
+        let est: Option<(ConnId, Ctx)> = self
+            .conns
+            .iter()
+            .find(|c| c.state == State::Established)
+            .map(|c| (c.id, c.neg.as_ref().map(|n| n.ctx).unwrap_or_default()));
+        if let Some((id, ctx)) = est {
+            let attrs = self.our_attrs();
+            let msgs = wire::encode_updates(&removed, Some(&attrs), &added, ctx);
+            for m in msgs {
+                self.stats.updates_out += 1;
+                self.send(id, m);
+            }
+            log::info!(
+                "bgp {}: announced {} new and withdrew {} of our blocks",
+                self.cfg.peer,
+                added.len(),
+                removed.len()
+            );
+        }
+        self.finish(now)
     }
 
     pub fn state(&self) -> State {
@@ -754,6 +816,7 @@ impl Session {
         conn.state = State::Established;
         let neg = conn.neg.clone().expect("set in OpenConfirm");
         self.established_at = Some(now);
+        self.eor_received = false;
         self.stats.established_count += 1;
         self.stats.last_error = None;
         // Graceful restart: what happens to routes kept from before.
@@ -792,8 +855,21 @@ impl Session {
             .and_then(|c| c.neg.as_ref())
             .map(|n| n.ctx)
             .unwrap_or_default();
+        let attrs = self.our_attrs();
+        let msgs = wire::encode_updates(&[], Some(&attrs), &self.local_routes, ctx);
+        for m in msgs {
+            self.stats.updates_out += 1;
+            self.send(id, m);
+        }
+        self.send(id, wire::encode_end_of_rib());
+    }
+
+    /// The attributes of our own blocks: ORIGIN IGP, NEXT_HOP the node IP;
+    /// to iBGP peers an empty AS_PATH and LOCAL_PREF 100, to eBGP peers
+    /// AS_PATH [our AS].
+    fn our_attrs(&self) -> PathAttrs {
         let c = &self.cfg;
-        let attrs = PathAttrs {
+        PathAttrs {
             origin: Some(Origin::Igp),
             as_path: Some(if c.ibgp() {
                 Vec::new()
@@ -806,18 +882,13 @@ impl Session {
             next_hop: Some(c.next_hop),
             local_pref: c.ibgp().then_some(DEFAULT_LOCAL_PREF),
             ..Default::default()
-        };
-        let msgs = wire::encode_updates(&[], Some(&attrs), &self.local_routes, ctx);
-        for m in msgs {
-            self.stats.updates_out += 1;
-            self.send(id, m);
         }
-        self.send(id, wire::encode_end_of_rib());
     }
 
     fn update(&mut self, now: Instant, id: ConnId, u: Update) -> bool {
         let peer = self.cfg.peer;
         if u.is_end_of_rib() {
+            self.eor_received = true;
             if self.stale_count > 0 {
                 log::info!(
                     "bgp {peer}: End-of-RIB; removing {} stale routes",
@@ -1537,6 +1608,146 @@ mod tests {
         assert!(matches!(&msgs[0], Message::Update(u) if u.nlri == vec![p("10.244.1.0/26")]));
         let o = s.handle(t, Input::SendRouteRefresh);
         assert_eq!(sent(&o), vec![Message::RouteRefresh { afi: 1, safi: 1 }]);
+    }
+
+    #[test]
+    fn reloaded_blocks_are_announced_and_withdrawn_on_an_established_session() {
+        let t = Instant::now();
+        for peer_as in [64512, 64513] {
+            let mut s = Session::new(cfg(peer_as), vec![p("10.244.1.0/26")], t);
+            establish(&mut s, t, Some(true));
+            let o = s.set_local_routes(t, vec![p("10.244.1.0/26"), p("10.244.9.0/26")]);
+            let msgs = sent(&o);
+            assert_eq!(msgs.len(), 1, "{msgs:?}");
+            let Message::Update(u) = &msgs[0] else {
+                panic!("{msgs:?}")
+            };
+            assert_eq!(u.nlri, vec![p("10.244.9.0/26")]);
+            assert!(u.withdrawn.is_empty());
+            let a = u.attrs.as_ref().unwrap();
+            assert_eq!(a.next_hop, Some(ip("10.0.0.1")));
+            assert_eq!(a.origin, Some(Origin::Igp));
+            if peer_as == 64512 {
+                assert_eq!(a.as_path, Some(vec![]));
+                assert_eq!(a.local_pref, Some(DEFAULT_LOCAL_PREF));
+            } else {
+                assert_eq!(a.as_path_text(), "64512");
+                assert_eq!(a.local_pref, None);
+            }
+            // Sent on the Established connection.
+            assert!(o
+                .iter()
+                .all(|x| !matches!(x, Output::Send(id, _) if *id != ConnId::Outbound)));
+            // Removing one and adding another: a withdraw, then an announce.
+            let o = s.set_local_routes(t, vec![p("10.244.9.0/26"), p("10.244.7.0/26")]);
+            let msgs = sent(&o);
+            assert_eq!(msgs.len(), 2, "{msgs:?}");
+            let Message::Update(w) = &msgs[0] else {
+                panic!("{msgs:?}")
+            };
+            assert_eq!(w.withdrawn, vec![p("10.244.1.0/26")]);
+            assert!(w.nlri.is_empty() && w.attrs.is_none());
+            let Message::Update(a) = &msgs[1] else {
+                panic!("{msgs:?}")
+            };
+            assert_eq!(a.nlri, vec![p("10.244.7.0/26")]);
+            // The same set again: nothing on the wire.
+            let o = s.set_local_routes(t, vec![p("10.244.7.0/26"), p("10.244.9.0/26")]);
+            assert!(sent(&o).is_empty(), "{o:?}");
+            assert_eq!(s.local_routes(), &[p("10.244.7.0/26"), p("10.244.9.0/26")]);
+            assert_eq!(s.state(), State::Established);
+            // A route refresh re-sends the current set, not the old one.
+            let o = s.handle(
+                t,
+                Input::Data(ConnId::Outbound, &wire::encode_route_refresh(1, 1)),
+            );
+            let announced: Vec<Prefix> = sent(&o)
+                .iter()
+                .filter_map(|m| match m {
+                    Message::Update(u) => Some(u.nlri.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(announced, vec![p("10.244.7.0/26"), p("10.244.9.0/26")]);
+        }
+    }
+
+    #[test]
+    fn reloaded_blocks_wait_for_the_next_session_when_not_established() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(64513), vec![p("10.244.1.0/26")], t);
+        s.handle(t, Input::Start);
+        s.handle(t, Input::Connected(ConnId::Outbound));
+        assert_eq!(s.state(), State::OpenSent);
+        let o = s.set_local_routes(t, vec![p("10.244.2.0/26")]);
+        assert!(sent(&o).is_empty(), "{o:?}");
+        s.handle(
+            t,
+            Input::Data(ConnId::Outbound, &peer_open(64513, "10.0.0.2", 30, None)),
+        );
+        let o = s.handle(t, Input::Data(ConnId::Outbound, &wire::encode_keepalive()));
+        let msgs = sent(&o);
+        assert!(
+            matches!(&msgs[0], Message::Update(u) if u.nlri == vec![p("10.244.2.0/26")] && u.withdrawn.is_empty()),
+            "{msgs:?}"
+        );
+        assert!(matches!(&msgs[1], Message::Update(u) if u.is_end_of_rib()));
+    }
+
+    #[test]
+    fn restart_bit_is_announced_after_our_own_restart_and_eor_is_tracked() {
+        let t = Instant::now();
+        for restarting in [false, true] {
+            let mut c = cfg(64512);
+            c.restarting = restarting;
+            c.restart_time = 45;
+            let mut s = Session::new(c, vec![p("10.244.1.0/26")], t);
+            s.handle(t, Input::Start);
+            let o = s.handle(t, Input::Connected(ConnId::Outbound));
+            let Message::Open(open) = &sent(&o)[0] else {
+                panic!("{o:?}")
+            };
+            let gr = open.graceful_restart().expect("GR capability");
+            assert_eq!(gr.restarting, restarting);
+            assert_eq!(gr.restart_time, 45);
+            assert_eq!(gr.families, vec![(AFI_IPV4, SAFI_UNICAST, restarting)]);
+            // Our blocks and End-of-RIB go out on Established either way
+            // (they depend on no learned route).
+            s.handle(
+                t,
+                Input::Data(
+                    ConnId::Outbound,
+                    &peer_open(64512, "10.0.0.2", 30, Some(true)),
+                ),
+            );
+            let o = s.handle(t, Input::Data(ConnId::Outbound, &wire::encode_keepalive()));
+            assert!(sent(&o)
+                .iter()
+                .any(|m| matches!(m, Message::Update(u) if u.is_end_of_rib())));
+            assert!(!s.eor_received());
+            s.handle(
+                t,
+                Input::Data(
+                    ConnId::Outbound,
+                    &peer_routes("10.0.0.2", &["10.9.0.0/16"], &[]),
+                ),
+            );
+            assert!(!s.eor_received());
+            s.handle(t, Input::Data(ConnId::Outbound, &wire::encode_end_of_rib()));
+            assert!(s.eor_received());
+        }
+        // Without graceful restart configured there is no capability.
+        let mut c = cfg(64512);
+        c.graceful_restart = false;
+        c.restarting = true;
+        let mut s = Session::new(c, vec![], t);
+        s.handle(t, Input::Start);
+        let o = s.handle(t, Input::Connected(ConnId::Outbound));
+        let Message::Open(open) = &sent(&o)[0] else {
+            panic!("{o:?}")
+        };
+        assert!(open.graceful_restart().is_none());
     }
 
     fn recorded(text: &str) -> Vec<u8> {

@@ -126,6 +126,41 @@ impl Speaker {
         self.absorb(peer, out);
     }
 
+    /// Replaces this node's own blocks (a configuration reload): every
+    /// session announces the added ones and withdraws the removed ones
+    /// (at once if Established, else at its next OPEN exchange), and
+    /// learned prefixes overlapping a changed block are re-run through the
+    /// import filter (a learned route inside a block that became ours
+    /// leaves the FIB; one inside a block we gave up may enter it).
+    pub fn set_local_routes(&mut self, now: Instant, routes: Vec<Prefix>) {
+        let old = std::mem::replace(&mut self.cfg.local_routes, routes.clone());
+        let changed: Vec<Prefix> = old
+            .iter()
+            .filter(|p| !routes.contains(p))
+            .chain(routes.iter().filter(|p| !old.contains(p)))
+            .copied()
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        let overlaps = |p: &Prefix| {
+            changed
+                .iter()
+                .any(|c| c.contains(p.addr()) || p.contains(c.addr()))
+        };
+        let touched: Vec<Prefix> = self
+            .rib
+            .prefixes()
+            .filter(|p| overlaps(p))
+            .copied()
+            .collect();
+        self.dirty.extend(touched);
+        for i in 0..self.sessions.len() {
+            let out = self.sessions[i].set_local_routes(now, routes.clone());
+            self.absorb(i, out);
+        }
+    }
+
     /// Fires expired timers of every session.
     pub fn poll(&mut self, now: Instant) {
         for i in 0..self.sessions.len() {
@@ -526,6 +561,58 @@ mod tests {
         // Our OPEN and announcements went out on connect.
         let io = s.take_io();
         assert!(io.iter().any(|(_, o)| matches!(o, Output::Close(_))));
+    }
+
+    #[test]
+    fn reloaded_blocks_reach_every_peer_and_the_import_filter() {
+        let t = Instant::now();
+        let mut s = speaker();
+        up(&mut s, t, 0, "10.0.0.2");
+        announce(&mut s, t, 0, "10.0.0.2", 100, &["10.244.9.0/26"]);
+        assert_eq!(s.take_fib_changes().len(), 1);
+        // Peer 1 is not up: it gets the new set at its OPEN exchange.
+        s.set_local_routes(t, vec![p("10.244.1.0/26"), p("10.244.9.0/24")]);
+        // The learned /26 now lies inside our own block: out of the FIB.
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Remove(p("10.244.9.0/26"))]
+        );
+        assert!(s.filtered(&p("10.244.9.0/26")).is_some());
+        let sent: Vec<(usize, Message)> = s
+            .take_io()
+            .into_iter()
+            .filter_map(|(i, o)| match o {
+                Output::Send(_, b) => Some((i, wire::decode(&b, Ctx::default()).unwrap())),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&sent[..], [(0, Message::Update(u))] if u.nlri == vec![p("10.244.9.0/24")]),
+            "{sent:?}"
+        );
+        // Giving the block up again lets the learned route back in and
+        // withdraws ours.
+        s.set_local_routes(t, vec![p("10.244.1.0/26")]);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.9.0/26"),
+                NextHop::Node(ip("10.0.0.2"))
+            )]
+        );
+        let sent: Vec<Message> = s
+            .take_io()
+            .into_iter()
+            .filter_map(|(_, o)| match o {
+                Output::Send(_, b) => Some(wire::decode(&b, Ctx::default()).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            matches!(&sent[..], [Message::Update(u)] if u.withdrawn == vec![p("10.244.9.0/24")]),
+            "{sent:?}"
+        );
+        assert_eq!(s.rib_info(None, 10).routes[0].prefix, "10.244.1.0/26");
     }
 
     #[test]
