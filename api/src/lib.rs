@@ -62,6 +62,9 @@ pub enum Call {
     BgpPeers,
     /// The BGP RIB: every path per prefix, best first.
     BgpRib(BgpRibParams),
+    /// Re-read the daemon's config file and apply what may change at
+    /// runtime (`pod_cidrs`, `log_level`); all or nothing.
+    Reload,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -156,6 +159,22 @@ pub enum Reply {
     Counters(CountersInfo),
     BgpPeers(Vec<BgpPeerInfo>),
     BgpRib(BgpRibInfo),
+    Reloaded(ReloadInfo),
+}
+
+/// What a configuration reload applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    /// The config file that was read.
+    pub config: String,
+    /// The node's pod CIDRs now.
+    pub pod_cidrs: Vec<String>,
+    /// Blocks added (announced over BGP, addresses allocatable).
+    pub added: Vec<String>,
+    /// Blocks removed (withdrawn over BGP).
+    pub removed: Vec<String>,
+    /// Other keys applied (`log_level`).
+    pub changed: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -183,6 +202,10 @@ pub enum ErrorCode {
     NetnsNotFound,
     /// Something failed inside the daemon (netlink, TAP, state file).
     Internal,
+    /// A config reload was refused (the file has errors, changes a key
+    /// that needs a restart, or removes a block pods still use); the
+    /// running configuration is unchanged.
+    ReloadRefused,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -456,6 +479,13 @@ mod tests {
         assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), req);
         let status: Request = serde_json::from_str(r#"{"version":1,"method":"status"}"#).unwrap();
         assert_eq!(status.call, Call::Status);
+        let reload = Request {
+            version: 1,
+            call: Call::Reload,
+        };
+        let s = serde_json::to_string(&reload).unwrap();
+        assert_eq!(s, r#"{"version":1,"method":"reload"}"#);
+        assert_eq!(serde_json::from_str::<Request>(&s).unwrap(), reload);
         let defaulted: Request = serde_json::from_str(
             r#"{"version":1,"method":"attach","params":{"id":"a","netns":"/x"}}"#,
         )
@@ -490,6 +520,18 @@ mod tests {
         assert_eq!(
             ErrorCode::AddressUnavailable.to_string(),
             "address_unavailable"
+        );
+        assert_eq!(ErrorCode::ReloadRefused.to_string(), "reload_refused");
+        let ok = Response::ok(Reply::Reloaded(ReloadInfo {
+            config: "/etc/podrouter.toml".into(),
+            pod_cidrs: vec!["10.244.1.0/26".into(), "10.244.9.0/26".into()],
+            added: vec!["10.244.9.0/26".into()],
+            removed: vec![],
+            changed: vec![],
+        }));
+        assert_eq!(
+            serde_json::to_string(&ok).unwrap(),
+            r#"{"version":1,"result":{"reloaded":{"config":"/etc/podrouter.toml","pod_cidrs":["10.244.1.0/26","10.244.9.0/26"],"added":["10.244.9.0/26"],"removed":[],"changed":[]}}}"#
         );
     }
 

@@ -14,8 +14,8 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use podrouter_api::{
-    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, Reply, Response,
-    RouteInfo, StatusInfo, API_VERSION,
+    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, ReloadInfo, Reply,
+    Response, RouteInfo, StatusInfo, API_VERSION,
 };
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
@@ -73,6 +73,9 @@ struct Pod {
 
 pub struct Daemon {
     cfg: Config,
+    /// The file `cfg` came from (`None`: embedded defaults), re-read by
+    /// [`Daemon::reload`].
+    config_path: Option<PathBuf>,
     fib: Arc<Fib>,
     ports: Arc<ArcSwap<PortTable>>,
     workers: Vec<WorkerHandle>,
@@ -89,8 +92,9 @@ type CallResult = Result<Reply, (ErrorCode, String)>;
 
 impl Daemon {
     /// Brings the node up: workers, host port, base routes, then every pod
-    /// from the state file.
-    pub fn start(cfg: Config) -> Result<Daemon, StartError> {
+    /// from the state file. `config_path` is where `cfg` was read from
+    /// (what a reload reads again).
+    pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
         let store = StateStore::open(&cfg.state_dir)?;
         let records = store.load()?;
         let fib = Arc::new(Fib::new());
@@ -121,6 +125,7 @@ impl Daemon {
         let mut d = Daemon {
             ipam: Ipam::new(&cfg.pod_cidrs),
             cfg,
+            config_path,
             fib,
             ports,
             workers,
@@ -341,6 +346,7 @@ impl Daemon {
             Call::Routes => Ok(Reply::Routes(self.routes())),
             Call::Counters => Ok(Reply::Counters(self.counters())),
             Call::BgpPeers => self.bgp_call(|b| b.peers().map(Reply::BgpPeers)),
+            Call::Reload => self.reload().map(Reply::Reloaded),
             Call::BgpRib(p) => {
                 let within = match p.prefix.as_deref().map(str::parse::<Prefix>) {
                     None => None,
@@ -356,6 +362,153 @@ impl Daemon {
             Ok(r) => Response::ok(r),
             Err((code, msg)) => Response::err(code, msg),
         }
+    }
+
+    /// Re-reads the config file and applies what may change at runtime
+    /// (see [`crate::reload`]): all or nothing. Blocks added get IPAM
+    /// space, the FIB's Unreachable entry and the node's kernel route to
+    /// the host port, and are announced over BGP; blocks removed (only if
+    /// no pod holds an address in them) lose all of that and are
+    /// withdrawn. Any refusal leaves the running configuration as it was.
+    /// Every outcome is logged.
+    pub fn reload(&mut self) -> Result<ReloadInfo, (ErrorCode, String)> {
+        let r = self.try_reload();
+        match &r {
+            Ok(info)
+                if info.added.is_empty() && info.removed.is_empty() && info.changed.is_empty() =>
+            {
+                log::info!("reload of {}: no change", info.config)
+            }
+            Ok(info) => log::info!(
+                "reload of {}: applied; pod CIDRs now {} (added: {}; removed: {}){}",
+                info.config,
+                info.pod_cidrs.join(", "),
+                none_if_empty(&info.added),
+                none_if_empty(&info.removed),
+                if info.changed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; also changed {}", info.changed.join(", "))
+                }
+            ),
+            Err((_, msg)) => log::warn!("{msg}"),
+        }
+        r
+    }
+
+    fn try_reload(&mut self) -> Result<ReloadInfo, (ErrorCode, String)> {
+        let refused = |m: String| (ErrorCode::ReloadRefused, m);
+        let Some(path) = self.config_path.clone() else {
+            return Err(refused(
+                "reload refused: podrouterd runs on its embedded defaults (started without \
+                 --config), there is no file to re-read"
+                    .into(),
+            ));
+        };
+        let new = Config::load(&path).map_err(|e| {
+            refused(format!(
+                "reload refused, running configuration unchanged: {e}"
+            ))
+        })?;
+        let plan = crate::reload::plan(&self.cfg, new).map_err(|e| refused(e.to_string()))?;
+        let pods: Vec<(String, Ipv4Addr)> = self
+            .pods
+            .values()
+            .map(|p| (p.record.id.clone(), p.record.ip))
+            .collect();
+        let holders = crate::reload::pods_in(&plan.removed, &pods);
+        if !holders.is_empty() {
+            return Err(refused(crate::reload::blocks_in_use(&holders)));
+        }
+        let old_cidrs = self.cfg.pod_cidrs.clone();
+        if let Err(taken) = self.ipam.set_cidrs(&plan.new.pod_cidrs) {
+            let list: Vec<String> = taken.iter().map(|a| a.to_string()).collect();
+            return Err(refused(format!(
+                "reload refused, nothing changed: addresses {} are in use in a block the new \
+                 config drops",
+                list.join(", ")
+            )));
+        }
+        // Kernel first (it can fail), undoing what was done if it does.
+        let host_port = self.cfg.dataplane.host_port.clone();
+        let mut added_routes: Vec<Prefix> = Vec::new();
+        let mut removed_routes: Vec<Prefix> = Vec::new();
+        let mut failure = None;
+        for c in &plan.added {
+            match podnet::host_route_add(c.addr(), c.len(), &host_port) {
+                Ok(()) => added_routes.push(*c),
+                Err(e) => {
+                    failure = Some(format!("cannot route {c} to {host_port} on the node: {e}"));
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            for c in &plan.removed {
+                match podnet::host_route_del(c.addr(), c.len(), &host_port) {
+                    Ok(()) => removed_routes.push(*c),
+                    Err(e) => {
+                        failure = Some(format!("cannot remove the node's route to {c}: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(why) = failure {
+            for c in &removed_routes {
+                if let Err(e) = podnet::host_route_add(c.addr(), c.len(), &host_port) {
+                    log::error!("reload rollback: cannot restore the node's route to {c}: {e}");
+                }
+            }
+            for c in &added_routes {
+                if let Err(e) = podnet::host_route_del(c.addr(), c.len(), &host_port) {
+                    log::error!("reload rollback: cannot remove the node's route to {c}: {e}");
+                }
+            }
+            let _ = self.ipam.set_cidrs(&old_cidrs);
+            return Err((
+                ErrorCode::Internal,
+                format!("reload failed and was rolled back, nothing changed: {why}"),
+            ));
+        }
+        // From here on nothing fails: the FIB, BGP and the running config.
+        let mut changes: Vec<FibChange> = plan
+            .added
+            .iter()
+            .map(|c| FibChange::Insert(*c, NextHop::Unreachable))
+            .collect();
+        changes.extend(plan.removed.iter().map(|c| FibChange::Remove(*c)));
+        if !changes.is_empty() {
+            self.fib.update(&changes);
+        }
+        let mut changed = Vec::new();
+        if plan.log_level {
+            crate::logger::set_level(plan.new.log_level.filter());
+            changed.push("log_level".to_string());
+        }
+        self.cfg = plan.new;
+        let info = ReloadInfo {
+            config: path.display().to_string(),
+            pod_cidrs: self.cidrs_text(),
+            added: plan.added.iter().map(|c| c.to_string()).collect(),
+            removed: plan.removed.iter().map(|c| c.to_string()).collect(),
+            changed,
+        };
+        if !plan.added.is_empty() || !plan.removed.is_empty() {
+            if let Some(b) = &self.bgp {
+                b.set_local_routes(self.cfg.pod_cidrs.clone())
+                    .map_err(|e| {
+                        (
+                            ErrorCode::Internal,
+                            format!(
+                                "pod CIDRs applied on the node, but the BGP speaker did not take \
+                             them: {e}"
+                            ),
+                        )
+                    })?;
+            }
+        }
+        Ok(info)
     }
 
     fn bgp_call(
@@ -702,6 +855,14 @@ impl Daemon {
 
     pub fn api_socket(&self) -> &Path {
         &self.cfg.api_socket
+    }
+}
+
+fn none_if_empty(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
     }
 }
 

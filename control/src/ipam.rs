@@ -87,6 +87,24 @@ impl Ipam {
         Ok(())
     }
 
+    /// Replaces the pool's blocks (a configuration reload), in the order
+    /// given (allocation tries them in this order). Refused, changing
+    /// nothing, if an address in use would fall outside the new blocks:
+    /// those addresses are returned.
+    pub fn set_cidrs(&mut self, cidrs: &[Prefix]) -> Result<(), Vec<Ipv4Addr>> {
+        let orphaned: Vec<Ipv4Addr> = self
+            .used
+            .iter()
+            .filter(|a| !cidrs.iter().any(|c| Self::usable(c).contains(a)))
+            .map(|a| Ipv4Addr::from(*a))
+            .collect();
+        if !orphaned.is_empty() {
+            return Err(orphaned);
+        }
+        self.cidrs = cidrs.to_vec();
+        Ok(())
+    }
+
     /// Gives an address back; releasing a free address is a no-op.
     pub fn release(&mut self, ip: Ipv4Addr) {
         self.used.remove(&u32::from(ip));
@@ -130,6 +148,29 @@ mod tests {
     }
 
     #[test]
+    fn blocks_can_be_added_and_removed() {
+        let mut p = pool(&["10.244.0.0/30"]);
+        assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 244, 0, 1));
+        p.allocate().unwrap();
+        assert!(p.allocate().is_err());
+        let both: Vec<Prefix> = vec![
+            "10.244.0.0/30".parse().unwrap(),
+            "10.9.0.0/29".parse().unwrap(),
+        ];
+        p.set_cidrs(&both).unwrap();
+        assert_eq!(p.free(), 6);
+        assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 9, 0, 1));
+        p.release(Ipv4Addr::new(10, 9, 0, 1));
+        // The old block still has addresses in use; the new one has none.
+        p.set_cidrs(&both[..1]).unwrap();
+        assert_eq!(p.free(), 0);
+        assert!(matches!(
+            p.reserve(Ipv4Addr::new(10, 9, 0, 2)),
+            Err(IpamError::NotInPool(..))
+        ));
+    }
+
+    #[test]
     fn reserve_checks_pool_and_use() {
         let mut p = pool(&["10.244.0.0/24"]);
         assert_eq!(p.reserve(Ipv4Addr::new(10, 244, 0, 5)), Ok(()));
@@ -143,6 +184,13 @@ mod tests {
                 Err(IpamError::NotInPool(..))
             ));
         }
+        // A reload may not drop a block with addresses in use.
+        let before = p.free();
+        assert_eq!(
+            p.set_cidrs(&["10.244.1.0/24".parse().unwrap()]),
+            Err(vec![Ipv4Addr::new(10, 244, 0, 5)])
+        );
+        assert_eq!(p.free(), before);
         // Allocation steps around a reserved hole.
         for i in 1..=4 {
             assert_eq!(p.allocate().unwrap(), Ipv4Addr::new(10, 244, 0, i));

@@ -20,6 +20,17 @@ pub fn init(level: log::LevelFilter) {
     }
 }
 
+/// Changes the level at runtime (a config reload); `PODROUTER_LOG`, if
+/// set, still wins. Returns the level in force.
+pub fn set_level(level: log::LevelFilter) -> log::LevelFilter {
+    let level = std::env::var("PODROUTER_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(level);
+    log::set_max_level(level);
+    level
+}
+
 impl log::Log for StderrLogger {
     fn enabled(&self, m: &log::Metadata<'_>) -> bool {
         // netlink-packet-route warns on every dump that this kernel sends

@@ -1,4 +1,6 @@
-//! The control thread's event loop: the API socket and the stop signals.
+//! The control thread's event loop: the API socket, the stop signals
+//! (SIGTERM, SIGINT) and the reload signal (SIGHUP, handled exactly like
+//! the API's `reload`, its outcome logged).
 //!
 //! Invariants: the socket is created owner-only (0600) and removed on a
 //! clean stop; a second daemon on the same socket is refused rather than
@@ -19,6 +21,7 @@ use crate::daemon::Daemon;
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
+const RELOAD: Token = Token(2);
 
 /// How often the daemon's housekeeping runs when nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
@@ -48,6 +51,13 @@ pub fn serve(daemon: &mut Daemon) -> Result<(), ServeError> {
         signal_hook::low_level::pipe::register(sig, sig_write.try_clone()?)?;
     }
     let mut sig_read = UnixStream::from_std(sig_read);
+    let (hup_read, hup_write) = std::os::unix::net::UnixStream::pair()?;
+    hup_read.set_nonblocking(true)?;
+    hup_write.set_nonblocking(true)?;
+    signal_hook::low_level::pipe::register(signal_hook::consts::SIGHUP, hup_write)?;
+    let mut hup_read = UnixStream::from_std(hup_read);
+    poll.registry()
+        .register(&mut hup_read, RELOAD, Interest::READABLE)?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     poll.registry()
@@ -66,6 +76,13 @@ pub fn serve(daemon: &mut Daemon) -> Result<(), ServeError> {
                 SIGNALS => {
                     log::info!("stop signal received, shutting down");
                     break 'outer;
+                }
+                RELOAD => {
+                    // Several SIGHUPs before we got here are one reload.
+                    let mut buf = [0u8; 64];
+                    while matches!(io::Read::read(&mut hup_read, &mut buf), Ok(n) if n > 0) {}
+                    log::info!("SIGHUP received, reloading the configuration");
+                    let _ = daemon.reload();
                 }
                 LISTENER => accept_all(&listener, daemon),
                 _ => {}

@@ -61,6 +61,9 @@ enum Command {
     Routes,
     /// Show data-plane counters and per-port counters.
     Counters,
+    /// Make podrouterd re-read its config file (like SIGHUP): pod_cidrs
+    /// and log_level change at runtime; anything else is refused.
+    Reload,
     /// BGP: neighbours and routes.
     Bgp {
         #[command(subcommand)]
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         }),
         Command::Routes => Call::Routes,
         Command::Counters => Call::Counters,
+        Command::Reload => Call::Reload,
         Command::Bgp { command } => match command {
             BgpCommand::Peers => Call::BgpPeers,
             BgpCommand::Rib { prefix, limit } => Call::BgpRib(BgpRibParams {
@@ -149,6 +153,7 @@ fn json(r: &Reply) -> String {
         Reply::Counters(c) => serde_json::to_value(c),
         Reply::BgpPeers(p) => serde_json::to_value(p),
         Reply::BgpRib(r) => serde_json::to_value(r),
+        Reply::Reloaded(r) => serde_json::to_value(r),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -197,6 +202,23 @@ fn text(r: &Reply) -> String {
             p.id, p.ifname, p.ip, p.mac, p.mtu, p.port, p.netns
         ),
         Reply::Detached { id } => format!("detached {id}\n"),
+        Reply::Reloaded(r) => {
+            let mut lines = vec![format!("reloaded {}", r.config)];
+            if r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty() {
+                lines.push("no change".into());
+            }
+            if !r.added.is_empty() {
+                lines.push(format!("added pod CIDRs: {}", r.added.join(", ")));
+            }
+            if !r.removed.is_empty() {
+                lines.push(format!("removed pod CIDRs: {}", r.removed.join(", ")));
+            }
+            if !r.changed.is_empty() {
+                lines.push(format!("changed: {}", r.changed.join(", ")));
+            }
+            lines.push(format!("pod CIDRs: {}", r.pod_cidrs.join(", ")));
+            lines.join("\n") + "\n"
+        }
         Reply::Routes(routes) => {
             let mut t = Table::new(&["PREFIX", "NEXT HOP", "VIA"]);
             for r in routes {

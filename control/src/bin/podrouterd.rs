@@ -1,5 +1,5 @@
 //! podrouterd: the node daemon. Runs in the foreground, logs to stderr,
-//! stops cleanly on SIGTERM/SIGINT.
+//! stops cleanly on SIGTERM/SIGINT, re-reads its config on SIGHUP.
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     logger::init(cfg.log_level.filter());
-    let mut daemon = match Daemon::start(cfg) {
+    let mut daemon = match Daemon::start(cfg, args.config.clone()) {
         Ok(d) => d,
         Err(e) => {
             log::error!("cannot start: {e}");

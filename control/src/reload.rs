@@ -1,0 +1,346 @@
+//! Configuration reload (`podrouterctl reload`, SIGHUP): which keys may
+//! change while podrouterd runs, and the plan for a new config.
+//!
+//! Runtime-changeable: `pod_cidrs` (blocks added and removed; a reorder
+//! only changes which block IPAM allocates from first) and `log_level`.
+//! Everything else is fixed at start: a reload that changes any other key
+//! is refused as a whole, naming each such key ("restart podrouterd to
+//! change ..."). The daemon applies a plan all-or-nothing
+//! (`Daemon::reload`); this module only compares, so it is pure and
+//! tested without privileges.
+//!
+//! Invariants: [`plan`] returns `Ok` only when the new config differs
+//! from the running one in runtime-changeable keys alone; `added` and
+//! `removed` are disjoint and each sorted.
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use podrouter_router::fib::Prefix;
+
+use crate::config::{Bgp, Config, Dataplane};
+
+/// What a reload would change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Blocks in the new config that are not running.
+    pub added: Vec<Prefix>,
+    /// Running blocks the new config drops.
+    pub removed: Vec<Prefix>,
+    /// `log_level` changes.
+    pub log_level: bool,
+    /// The config to run once the plan is applied.
+    pub new: Config,
+}
+
+impl Plan {
+    /// Nothing to do (the file equals the running config, up to the order
+    /// of `pod_cidrs`).
+    pub fn is_noop(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && !self.log_level
+    }
+}
+
+/// Keys a reload cannot change.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeedsRestart(pub Vec<String>);
+
+impl fmt::Display for NeedsRestart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.0.join(", ");
+        write!(
+            f,
+            "reload refused, nothing changed: {} cannot change while podrouterd runs; \
+             restart podrouterd to change {keys}",
+            if self.0.len() == 1 {
+                "this key"
+            } else {
+                "these keys"
+            }
+        )
+    }
+}
+
+impl std::error::Error for NeedsRestart {}
+
+/// Compares the running config with a new one (already loaded and
+/// checked by [`Config::load`]).
+pub fn plan(old: &Config, new: Config) -> Result<Plan, NeedsRestart> {
+    let fixed = fixed_changes(old, &new);
+    if !fixed.is_empty() {
+        return Err(NeedsRestart(fixed));
+    }
+    let mut added: Vec<Prefix> = new
+        .pod_cidrs
+        .iter()
+        .filter(|c| !old.pod_cidrs.contains(c))
+        .copied()
+        .collect();
+    let mut removed: Vec<Prefix> = old
+        .pod_cidrs
+        .iter()
+        .filter(|c| !new.pod_cidrs.contains(c))
+        .copied()
+        .collect();
+    added.sort();
+    removed.sort();
+    Ok(Plan {
+        added,
+        removed,
+        log_level: old.log_level != new.log_level,
+        new,
+    })
+}
+
+/// The names of every changed key that is fixed at start, in file order.
+pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut keys = Vec::new();
+    let mut key = |changed: bool, name: &str| {
+        if changed {
+            keys.push(name.to_string());
+        }
+    };
+    key(old.node_name != new.node_name, "node_name");
+    key(old.node_ip != new.node_ip, "node_ip");
+    key(old.api_socket != new.api_socket, "api_socket");
+    key(old.state_dir != new.state_dir, "state_dir");
+    let (a, b): (&Dataplane, &Dataplane) = (&old.dataplane, &new.dataplane);
+    key(a.backend != b.backend, "[dataplane] backend");
+    key(a.workers != b.workers, "[dataplane] workers");
+    key(a.cores != b.cores, "[dataplane] cores");
+    key(a.mtu != b.mtu, "[dataplane] mtu");
+    key(a.host_port != b.host_port, "[dataplane] host_port");
+    key(a.uplink != b.uplink, "[dataplane] uplink");
+    key(a.encap != b.encap, "[dataplane] encap");
+    key(a.batch_size != b.batch_size, "[dataplane] batch_size");
+    key(a.icmp_rate != b.icmp_rate, "[dataplane] icmp_rate");
+    key(a.icmp_burst != b.icmp_burst, "[dataplane] icmp_burst");
+    key(old.routes != new.routes, "[[routes]]");
+    match (&old.bgp, &new.bgp) {
+        (None, None) => {}
+        (Some(a), Some(b)) => bgp_changes(a, b, &mut key),
+        _ => key(true, "[bgp]"),
+    }
+    keys
+}
+
+fn bgp_changes(a: &Bgp, b: &Bgp, key: &mut impl FnMut(bool, &str)) {
+    key(a.asn != b.asn, "[bgp] asn");
+    key(a.router_id != b.router_id, "[bgp] router_id");
+    key(a.port != b.port, "[bgp] port");
+    key(a.listen_address != b.listen_address, "[bgp] listen_address");
+    key(a.hold_time != b.hold_time, "[bgp] hold_time");
+    key(a.connect_retry != b.connect_retry, "[bgp] connect_retry");
+    key(
+        a.graceful_restart != b.graceful_restart,
+        "[bgp] graceful_restart",
+    );
+    key(a.restart_time != b.restart_time, "[bgp] restart_time");
+    key(a.peers != b.peers, "[[bgp.peers]]");
+}
+
+/// The removed blocks that still hold pods' addresses, with those pods'
+/// ids (sorted), from (pod id, address) pairs.
+pub fn pods_in(removed: &[Prefix], pods: &[(String, Ipv4Addr)]) -> Vec<(Prefix, Vec<String>)> {
+    removed
+        .iter()
+        .filter_map(|b| {
+            let mut ids: Vec<String> = pods
+                .iter()
+                .filter(|(_, ip)| b.contains(*ip))
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.sort();
+            (!ids.is_empty()).then_some((*b, ids))
+        })
+        .collect()
+}
+
+/// The refusal for removing blocks that still hold pods: `holders` are
+/// (block, pod ids in it).
+pub fn blocks_in_use(holders: &[(Prefix, Vec<String>)]) -> String {
+    let parts: Vec<String> = holders
+        .iter()
+        .map(|(b, pods)| {
+            format!(
+                "{b} still holds the address of pod{} {}",
+                if pods.len() == 1 { "" } else { "s" },
+                pods.join(", ")
+            )
+        })
+        .collect();
+    format!(
+        "reload refused, nothing changed: cannot remove a pod CIDR with pods in it: {} \
+         (detach them first)",
+        parts.join("; ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+node_name = "n1"
+node_ip = "10.0.0.1"
+pod_cidrs = ["10.244.1.0/26"]
+api_socket = "/tmp/x.sock"
+state_dir = "/tmp/x"
+log_level = "info"
+
+[dataplane]
+mtu = 1480
+
+[[routes]]
+prefix = "10.22.0.0/26"
+via = "10.0.0.9"
+
+[bgp]
+asn = 64512
+[[bgp.peers]]
+address = "10.0.0.2"
+asn = 64512
+"#;
+
+    fn cfg(text: &str) -> Config {
+        Config::parse(text, "t.toml").unwrap()
+    }
+
+    fn with(from: &str, to: &str) -> Config {
+        assert!(BASE.contains(from), "{from}");
+        cfg(&BASE.replacen(from, to, 1))
+    }
+
+    fn p(s: &str) -> Prefix {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pod_cidrs_and_log_level_change_at_runtime() {
+        let old = cfg(BASE);
+        let same = plan(&old, cfg(BASE)).unwrap();
+        assert!(same.is_noop());
+        let grown = with(
+            r#"pod_cidrs = ["10.244.1.0/26"]"#,
+            r#"pod_cidrs = ["10.244.1.0/26", "10.244.9.0/26", "10.244.5.0/26"]"#,
+        );
+        let pl = plan(&old, grown.clone()).unwrap();
+        assert_eq!(pl.added, vec![p("10.244.5.0/26"), p("10.244.9.0/26")]);
+        assert!(pl.removed.is_empty() && !pl.log_level && !pl.is_noop());
+        assert_eq!(pl.new, grown);
+        let swapped = with(
+            r#"pod_cidrs = ["10.244.1.0/26"]"#,
+            r#"pod_cidrs = ["10.244.2.0/26"]"#,
+        );
+        let pl = plan(&old, swapped).unwrap();
+        assert_eq!(
+            (pl.added, pl.removed),
+            (vec![p("10.244.2.0/26")], vec![p("10.244.1.0/26")])
+        );
+        // A reorder is no change of blocks.
+        let two = with(
+            r#"pod_cidrs = ["10.244.1.0/26"]"#,
+            r#"pod_cidrs = ["10.244.1.0/26", "10.244.2.0/26"]"#,
+        );
+        let reordered = with(
+            r#"pod_cidrs = ["10.244.1.0/26"]"#,
+            r#"pod_cidrs = ["10.244.2.0/26", "10.244.1.0/26"]"#,
+        );
+        assert!(plan(&two, reordered).unwrap().is_noop());
+        let pl = plan(
+            &old,
+            with(r#"log_level = "info""#, r#"log_level = "debug""#),
+        )
+        .unwrap();
+        assert!(pl.log_level && pl.added.is_empty());
+    }
+
+    #[test]
+    fn other_keys_need_a_restart_and_are_all_named() {
+        let old = cfg(BASE);
+        let cases = [
+            ("node_name = \"n1\"", "node_name = \"n2\"", "node_name"),
+            (
+                "node_ip = \"10.0.0.1\"",
+                "node_ip = \"10.0.0.3\"",
+                "node_ip",
+            ),
+            ("mtu = 1480", "mtu = 1400", "[dataplane] mtu"),
+            (
+                "mtu = 1480",
+                "mtu = 1480\nencap = \"never\"",
+                "[dataplane] encap",
+            ),
+            ("via = \"10.0.0.9\"", "via = \"10.0.0.8\"", "[[routes]]"),
+            (
+                "asn = 64512\n[[",
+                "asn = 64512\nhold_time = 30\n[[",
+                "[bgp] hold_time",
+            ),
+            (
+                "address = \"10.0.0.2\"",
+                "address = \"10.0.0.4\"",
+                "[[bgp.peers]]",
+            ),
+        ];
+        for (from, to, name) in cases {
+            let e = plan(&old, with(from, to)).unwrap_err();
+            assert_eq!(e.0, vec![name.to_string()], "{to}");
+            let text = e.to_string();
+            assert!(
+                text.contains(&format!("restart podrouterd to change {name}")),
+                "{text}"
+            );
+            assert!(text.contains("nothing changed"), "{text}");
+        }
+        // Several at once, with a runtime-changeable one: all named, no plan.
+        let many = cfg(&BASE
+            .replace("mtu = 1480", "mtu = 1400\nworkers = 1\nbatch_size = 16")
+            .replace(
+                r#"pod_cidrs = ["10.244.1.0/26"]"#,
+                r#"pod_cidrs = ["10.244.2.0/26"]"#,
+            )
+            .replace("node_name = \"n1\"", "node_name = \"other\""));
+        let e = plan(&old, many).unwrap_err();
+        assert_eq!(
+            e.0,
+            vec!["node_name", "[dataplane] mtu", "[dataplane] batch_size"]
+        );
+        assert!(e.to_string().contains("these keys"), "{e}");
+        // Dropping [bgp] altogether.
+        let cut = BASE.find("[bgp]").unwrap();
+        let e = plan(&old, cfg(&BASE[..cut])).unwrap_err();
+        assert_eq!(e.0, vec!["[bgp]"]);
+    }
+
+    #[test]
+    fn removed_blocks_with_pods_are_found() {
+        let pods = vec![
+            ("b".to_string(), Ipv4Addr::new(10, 244, 2, 3)),
+            ("a".to_string(), Ipv4Addr::new(10, 244, 2, 2)),
+            ("c".to_string(), Ipv4Addr::new(10, 244, 1, 2)),
+        ];
+        let got = pods_in(&[p("10.244.2.0/26"), p("10.244.3.0/26")], &pods);
+        assert_eq!(
+            got,
+            vec![(p("10.244.2.0/26"), vec!["a".into(), "b".into()])]
+        );
+        assert!(pods_in(&[p("10.244.3.0/26")], &pods).is_empty());
+    }
+
+    #[test]
+    fn blocks_in_use_names_block_and_pods() {
+        let m = blocks_in_use(&[
+            (p("10.244.1.0/26"), vec!["pod-a".into()]),
+            (p("10.244.2.0/26"), vec!["x".into(), "y".into()]),
+        ]);
+        assert!(
+            m.contains("10.244.1.0/26 still holds the address of pod pod-a"),
+            "{m}"
+        );
+        assert!(
+            m.contains("10.244.2.0/26 still holds the address of pods x, y"),
+            "{m}"
+        );
+        assert!(m.contains("nothing changed"), "{m}");
+    }
+}
