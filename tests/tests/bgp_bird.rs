@@ -1,8 +1,9 @@
 //! podrouterd and BIRD 2 (what Calico runs) over iBGP and eBGP: both reach
 //! Established, each learns the other's /26, withdraws propagate both
 //! ways, a killed or frozen BIRD's routes leave the FIB within the hold
-//! time, graceful restart keeps them across a BIRD restart, and TCP MD5
-//! works.
+//! time, graceful restart keeps them across a BIRD restart and across
+//! our own (the learned blocks' kernel routes stay, and the ones BIRD
+//! stopped announcing meanwhile go at its End-of-RIB), and TCP MD5 works.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
@@ -244,4 +245,136 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
         peers(&w.node)
     );
     assert_eq!(fib_via(&w.node, BIRD_BLOCK).as_deref(), Some(PEER));
+}
+
+/// Our own graceful restart (RFC 4724, restarting speaker): with an IPIP
+/// uplink, BIRD's blocks have kernel routes (protocol 77). SIGTERM keeps
+/// them; BIRD withdraws one block while we are down; after our start with
+/// the restart bit, the re-announced block's route never leaves the
+/// kernel and the withdrawn one's goes at BIRD's End-of-RIB, well before
+/// the restart time.
+#[test]
+fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
+    if !require(
+        "bgp_bird_our_graceful_restart_keeps_learned_kernel_routes",
+        &["bird", "birdc"],
+    ) {
+        return;
+    }
+    const GONE_BLOCK: &str = "10.244.3.0/26";
+    const RESTART: u64 = 60;
+    let peer_ns = Netns::new("bird");
+    let mut node = start_plain_node(NODE, OUR_BLOCK);
+    let _log = LogOnPanic(node.log.clone());
+    link(
+        &node.ns,
+        "up0",
+        &format!("{NODE}/24"),
+        &peer_ns,
+        "eth0",
+        &format!("{PEER}/24"),
+    );
+    let bgp = bgp_section(
+        NODE_AS,
+        &format!("restart_time = {RESTART}"),
+        &[PeerCfg::new(PEER, NODE_AS)],
+    );
+    enable_bgp(&mut node, &bgp, Some("up0"));
+    let conf = bird_conf(
+        PEER,
+        NODE_AS,
+        BIRD_BLOCK,
+        NODE,
+        NODE_AS,
+        "graceful restart on;",
+    )
+    .replace(
+        "protocol static pods {",
+        &format!("protocol static gone {{ ipv4; route {GONE_BLOCK} blackhole; }}\nprotocol static pods {{"),
+    )
+    .replace(
+        "export where proto = \"pods\";",
+        "export where proto = \"pods\" || proto = \"gone\";",
+    );
+    let bird = Bird::start(&peer_ns, &conf);
+    let kernel = |node: &Node| {
+        node.exec(&["ip", "route", "show", "proto", "77"])
+            .expect_ok()
+            .stdout
+    };
+    let has = |text: &str, prefix: &str| text.lines().any(|l| l.starts_with(prefix));
+    wait_established(&node, PEER, UP);
+    for b in [BIRD_BLOCK, GONE_BLOCK] {
+        assert!(
+            wait_fib(&node, b, Some(PEER), Duration::from_secs(10)),
+            "no {b} in the FIB: {}",
+            node.ctl_table(&["bgp", "rib"])
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || has(&kernel(&node), b)),
+            "no kernel route for {b}: {}",
+            kernel(&node)
+        );
+    }
+    assert!(peers(&node)[0]["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|c| c == "graceful-restart"));
+    say(&format!(
+        "kernel routes before the stop:\n{}",
+        kernel(&node)
+    ));
+
+    // Graceful stop: the learned blocks' kernel routes stay.
+    let status = node.stop_daemon("TERM");
+    assert!(status.success(), "{status}");
+    let k = kernel(&node);
+    assert!(
+        has(&k, BIRD_BLOCK) && has(&k, GONE_BLOCK),
+        "graceful stop removed learned kernel routes: {k}"
+    );
+    // While we are down BIRD stops announcing one block.
+    bird.birdc("disable gone").expect_ok();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(has(&kernel(&node), GONE_BLOCK));
+
+    node.start_daemon();
+    let started = std::time::Instant::now();
+    // Until the stale one is swept, the re-learned one must never vanish.
+    let mut flapped = false;
+    let swept = wait_until(Duration::from_secs(20), || {
+        let k = kernel(&node);
+        flapped |= !has(&k, BIRD_BLOCK);
+        !has(&k, GONE_BLOCK)
+    });
+    let log = node.daemon_log();
+    assert!(
+        swept,
+        "the block BIRD no longer announces kept its kernel route: {}\n{log}",
+        kernel(&node)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(RESTART / 2),
+        "swept by the timer, not at End-of-RIB"
+    );
+    assert!(
+        !flapped,
+        "the re-learned block's kernel route flapped:\n{log}"
+    );
+    assert!(
+        log.contains("announcing the restart bit"),
+        "no restart bit:\n{log}"
+    );
+    assert!(
+        log.contains("every graceful-restart peer sent End-of-RIB"),
+        "sweep not triggered by End-of-RIB:\n{log}"
+    );
+    let k = kernel(&node);
+    assert!(has(&k, BIRD_BLOCK), "{k}");
+    assert_eq!(fib_via(&node, BIRD_BLOCK).as_deref(), Some(PEER));
+    assert_eq!(fib_via(&node, GONE_BLOCK), None);
+    // BIRD kept our block through our restart and has it now.
+    assert!(bird.has_route(OUR_BLOCK, NODE));
+    say(&format!("kernel routes after the restart:\n{k}"));
 }
