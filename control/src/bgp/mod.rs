@@ -26,6 +26,8 @@
 //! - [`rib`]: best-path selection across peers, ECMP set.
 //! - [`speaker`]: the sessions + RIB + import filter + FIB diff, still
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
+//! - [`stale`]: the learned-block kernel routes a previous run left
+//!   behind, and when they go (our own graceful restart, below).
 //! - [`driver`]: the only part with sockets and a clock.
 //!
 //! # Threading: a dedicated BGP thread
@@ -52,6 +54,63 @@
 //! never re-advertise learned routes (a node is not a transit router, as
 //! in Calico's node-to-node mesh), so iBGP needs a full mesh or a route
 //! reflector.
+//!
+//! # Reload: our blocks change at runtime
+//!
+//! `podrouterctl reload` / SIGHUP (`crate::reload`, `Daemon::reload`)
+//! may add and remove `pod_cidrs` blocks. The daemon sets up (or tears
+//! down) IPAM, the FIB's Unreachable entry and the kernel route first,
+//! then hands the whole new list to the BGP thread
+//! ([`BgpHandle::set_local_routes`], answered within 2 s). The speaker
+//! re-runs the import filter for learned prefixes overlapping a changed
+//! block, and each session diffs its list: on an Established session it
+//! sends UPDATEs withdrawing the removed blocks and announcing the added
+//! ones (classic IPv4 NLRI and withdrawn-routes fields, with the same
+//! attributes as the initial announcement: that is what the session
+//! sends for IPv4 unicast whether or not MP IPv4 unicast was negotiated,
+//! RFC 4760 allows both, and every peer we test with accepts it); a
+//! session not yet Established announces the new list at its next OPEN
+//! exchange. No session is reset. Peers (`[[bgp.peers]]`) and every other
+//! `[bgp]` key are fixed at start: a reload that changes them is refused
+//! ("restart podrouterd to change [[bgp.peers]]"); the speaker's peers are
+//! indexed by position (tokens, kernel jobs), so adding or removing one at
+//! runtime is not cheap in this design.
+//!
+//! # Our own graceful restart (RFC 4724 restarting speaker)
+//!
+//! - Stop: SIGTERM with `graceful_restart` closes every session without
+//!   a NOTIFICATION (helpers keep our blocks for `restart_time`), writes
+//!   `state_dir/bgp-restart` with the time, and leaves the FIB and the
+//!   learned blocks' kernel routes alone (the peers keep our routes; we
+//!   keep theirs). A non-graceful stop withdraws both.
+//! - Start: a marker younger than `restart_time` sets the R bit and the
+//!   F bit for IPv4 unicast in our OPEN. Before any session starts,
+//!   [`stale::scan`] lists the protocol-77 kernel routes that are not our
+//!   own (pods' /32s, our blocks, static `[[routes]]`, the default): the
+//!   learned blocks of the last run, now stale. They stay while peers
+//!   re-send their routes; a block learned again gets its route replaced
+//!   in place by the `bgp-kernel` thread (no flap). Once every peer with
+//!   graceful restart configured has sent End-of-RIB since our start, or
+//!   `restart_time` has passed (the deferral timer of RFC 4724 4.1), the
+//!   BGP thread deletes the stale routes whose prefix BGP has not
+//!   installed again, by exact identity. Every start does this (also
+//!   after a crash, which leaves the same routes); without any GR peer the
+//!   sweep happens at once.
+//! - What we do not defer: RFC 4724 4.1 has a restarting speaker defer
+//!   its route selection and its own UPDATEs and End-of-RIB until the
+//!   peers' End-of-RIBs are in. Our Adj-RIB-Out is only our own blocks,
+//!   which depend on no learned route, so we send them and our End-of-RIB
+//!   as soon as each session is Established (so helpers can drop our
+//!   stale routes at once); learned routes are installed as they come,
+//!   since each is the peer's current route. The only selection outcome
+//!   that must wait for the End-of-RIBs is "this block is gone", and that
+//!   is the stale sweep above.
+//! - Known limit: the FIB is in-process and starts empty, so between the
+//!   start and a block's re-announcement the kept kernel route keeps the
+//!   node's own traffic for it off the default route, and forwards it
+//!   (routed directly, `via` the node) when `encap` does not tunnel it,
+//!   but traffic the router itself must encapsulate has no FIB entry
+//!   until the peer re-sends the block (a second or so with BIRD).
 mod driver;
 pub mod rib;
 pub mod session;

@@ -60,6 +60,16 @@
 //! bound); otherwise they go at once. Speaker: we announce the capability
 //! with the R bit after our own restart, and the driver closes sessions
 //! without a NOTIFICATION on a graceful stop so helpers keep our routes.
+//! The session records whether the peer has sent End-of-RIB since it was
+//! last Established ([`Session::eor_received`]), which the driver's stale
+//! kernel route sweep waits for (see `super` for the whole restart).
+//!
+//! # Our own routes
+//!
+//! Announced with End-of-RIB when a connection reaches Established and on
+//! a route refresh; [`Session::set_local_routes`] (a config reload) sends
+//! the difference on an Established session at once: withdrawn routes
+//! for the blocks removed, NLRI for the blocks added.
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
