@@ -244,7 +244,13 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
         "stale routes not cleared after End-of-RIB: {:#?}",
         peers(&w.node)
     );
-    assert_eq!(fib_via(&w.node, BIRD_BLOCK).as_deref(), Some(PEER));
+    // A BIRD started afresh does not preserve forwarding (F bit clear), so
+    // its stale route may go before its UPDATE re-installs it: wait.
+    assert!(
+        wait_fib(&w.node, BIRD_BLOCK, Some(PEER), Duration::from_secs(10)),
+        "BIRD's block not back in the FIB: {}",
+        w.node.ctl_table(&["bgp", "rib"])
+    );
 }
 
 /// Our own graceful restart (RFC 4724, restarting speaker): with an IPIP
