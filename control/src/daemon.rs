@@ -420,6 +420,31 @@ impl Daemon {
         if !holders.is_empty() {
             return Err(refused(crate::reload::blocks_in_use(&holders)));
         }
+        // A block another node announces is not ours to take: both the
+        // learned block's kernel route and ours would be the same route.
+        if let Some(b) = &self.bgp {
+            for c in &plan.added {
+                let rib = b.rib(Some(*c), 100).map_err(|e| {
+                    refused(format!(
+                        "reload refused, nothing changed: cannot ask the BGP speaker about {c}: {e}"
+                    ))
+                })?;
+                let text = c.to_string();
+                let from: Vec<String> = rib
+                    .routes
+                    .iter()
+                    .filter(|r| r.prefix == text && r.from != "local")
+                    .map(|r| r.from.clone())
+                    .collect();
+                if !from.is_empty() {
+                    return Err(refused(format!(
+                        "reload refused, nothing changed: {c} is announced to this node by BGP \
+                         peer {}: another node owns that block",
+                        from.join(", ")
+                    )));
+                }
+            }
+        }
         let old_cidrs = self.cfg.pod_cidrs.clone();
         if let Err(taken) = self.ipam.set_cidrs(&plan.new.pod_cidrs) {
             let list: Vec<String> = taken.iter().map(|a| a.to_string()).collect();

@@ -3,6 +3,7 @@
 //! running session and pods can be attached in it; removing it while a
 //! pod holds an address there is refused naming the pod; once the pod is
 //! gone the block is withdrawn (BIRD drops it, the first block stays); a
+//! block BIRD itself announces is refused as another node's; a
 //! broken file or a key that needs a restart is refused with the reason
 //! and changes nothing; SIGHUP does what `reload` does.
 use std::fs;
@@ -112,6 +113,26 @@ fn reload_adds_and_removes_pod_cidrs_announced_to_bird() {
         k.contains("dev podrouter0") && k.contains("proto 77"),
         "node kernel route for the new block: {k:?}"
     );
+
+    // A block BIRD announces is another node's: refused, naming the peer.
+    assert!(wait_fib(
+        &node,
+        BIRD_BLOCK,
+        Some(PEER),
+        Duration::from_secs(10)
+    ));
+    set_cidrs(&node, &[OUR_BLOCK, NEW_BLOCK, BIRD_BLOCK]);
+    let o = node.ctl_out(&["reload"]);
+    assert_eq!(o.code(), 1, "{o}");
+    assert!(
+        o.stderr.contains(&format!(
+            "{BIRD_BLOCK} is announced to this node by BGP peer {PEER}"
+        )),
+        "{o}"
+    );
+    assert_eq!(status_cidrs(&node), vec![OUR_BLOCK, NEW_BLOCK]);
+    assert_eq!(fib_via(&node, BIRD_BLOCK).as_deref(), Some(PEER));
+    set_cidrs(&node, &[OUR_BLOCK, NEW_BLOCK]);
 
     // 2. A pod in the new block, reachable from the node.
     let pod = node.add_pod("pod-new", &["--ip", "10.244.9.5"]);

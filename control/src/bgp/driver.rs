@@ -666,15 +666,10 @@ impl Driver {
                 st.note_eor(i);
             }
         }
-        if !st.due(now) {
+        let Some(why) = st.reason(now) else {
             return;
-        }
-        let st = self.stale.take().expect("checked");
-        let why = if st.waiting_for() == 0 {
-            "every graceful-restart peer sent End-of-RIB"
-        } else {
-            "the restart time passed"
         };
+        let st = self.stale.take().expect("checked");
         let total = st.len();
         let gone = st.sweep(|p| self.speaker.installed_next_hop(p).is_some());
         let (deleted, failed) = stale::delete(&gone);

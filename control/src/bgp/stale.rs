@@ -32,6 +32,8 @@ pub struct StaleKernelRoutes {
     routes: Vec<Ipv4Route>,
     /// Per peer (speaker index): still waiting for its End-of-RIB.
     waiting: Vec<bool>,
+    /// How many peers' End-of-RIB were awaited at all.
+    awaited: usize,
     deadline: Instant,
 }
 
@@ -75,6 +77,7 @@ impl StaleKernelRoutes {
     ) -> StaleKernelRoutes {
         StaleKernelRoutes {
             routes,
+            awaited: gr_peers.iter().filter(|g| **g).count(),
             waiting: gr_peers.to_vec(),
             deadline: now + bound,
         }
@@ -98,6 +101,19 @@ impl StaleKernelRoutes {
     /// Whether some peer's End-of-RIB is still awaited.
     pub fn waiting_for(&self) -> usize {
         self.waiting.iter().filter(|w| **w).count()
+    }
+
+    /// Why the sweep is due (for the log), if it is.
+    pub fn reason(&self, now: Instant) -> Option<&'static str> {
+        if self.awaited == 0 {
+            Some("no peer has graceful restart configured")
+        } else if self.waiting_for() == 0 {
+            Some("every graceful-restart peer sent End-of-RIB")
+        } else if now >= self.deadline {
+            Some("the restart time passed before every End-of-RIB")
+        } else {
+            None
+        }
     }
 
     /// Time to sweep: no End-of-RIB awaited any more, or the bound passed.
@@ -213,11 +229,16 @@ mod tests {
         );
         assert_eq!(s.len(), 2);
         assert!(!s.due(t));
+        assert_eq!(s.reason(t), None);
         s.note_eor(0);
         assert!(!s.due(t + Duration::from_secs(29)));
         assert_eq!(s.waiting_for(), 1);
         s.note_eor(2);
         assert!(s.due(t));
+        assert_eq!(
+            s.reason(t),
+            Some("every graceful-restart peer sent End-of-RIB")
+        );
         let gone = s.sweep(|q| *q == p("10.244.2.0/26"));
         assert_eq!(
             gone.iter().map(describe).collect::<Vec<_>>(),
@@ -226,8 +247,13 @@ mod tests {
         // The bound alone is enough; no GR peer at all: due at once.
         let s = StaleKernelRoutes::new(routes.clone(), &[true], t, Duration::from_secs(30));
         assert!(s.due(t + Duration::from_secs(30)));
+        assert!(s
+            .reason(t + Duration::from_secs(30))
+            .unwrap()
+            .contains("restart time passed"));
         let s = StaleKernelRoutes::new(routes, &[false, false], t, Duration::from_secs(30));
         assert!(s.due(t));
+        assert!(s.reason(t).unwrap().contains("no peer"));
         // An index out of range is ignored, not a panic.
         let mut s = StaleKernelRoutes::new(vec![], &[], t, Duration::ZERO);
         s.note_eor(9);
