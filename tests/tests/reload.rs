@@ -225,6 +225,11 @@ fn reload_adds_and_removes_pod_cidrs_announced_to_bird() {
     let r = node.ctl(&["reload"]);
     assert_eq!(r["added"], serde_json::json!([]));
     assert_eq!(r["removed"], serde_json::json!([]));
+    let t = node.ctl_table(&["reload"]).expect_ok();
+    assert!(
+        t.stdout.contains("no change") && t.stdout.contains(&format!("pod CIDRs: {OUR_BLOCK}")),
+        "{t}"
+    );
 
     // 6. SIGHUP works like reload.
     set_cidrs(&node, &[OUR_BLOCK, NEW_BLOCK]);
@@ -236,7 +241,16 @@ fn reload_adds_and_removes_pod_cidrs_announced_to_bird() {
         node.daemon_log()
     );
     assert_eq!(status_cidrs(&node), vec![OUR_BLOCK, NEW_BLOCK]);
-    assert!(node.daemon_log().contains("SIGHUP received"));
+    let log = node.daemon_log();
+    assert!(log.contains("SIGHUP received"), "{log}");
+    assert!(
+        log.contains(&format!("added: {NEW_BLOCK}; removed: none")),
+        "reload outcome not logged:\n{log}"
+    );
+    assert!(
+        log.contains("cannot remove a pod CIDR with pods in it"),
+        "{log}"
+    );
     // A broken file on SIGHUP: logged, daemon keeps running unchanged.
     fs::write(&node.config, "pod_cidrs = [\n").unwrap();
     assert!(signal(pid, "HUP"));
