@@ -5,7 +5,9 @@
 //! table, its /32 is in the FIB and in the host's routing table, one worker
 //! receives from it, its address is taken in IPAM and it is in the state
 //! file. Every handler either completes all of these or rolls back to where
-//! it started.
+//! it started. A config reload ([`Daemon::reload`]) is all or nothing too:
+//! refused with the running config untouched, or applied to IPAM, the
+//! FIB, the kernel and BGP before `cfg` is replaced.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};

@@ -18,7 +18,8 @@
 //! Invariants: only routes found by the start-time scan are ever deleted
 //! here, each by its exact identity (destination, gateway, output
 //! interface, protocol 77), and only if BGP has not installed the prefix
-//! again by the time of the sweep; the sweep happens once.
+//! again by the time of the sweep and it has not become one of our own
+//! blocks (a reload meanwhile); the sweep happens once.
 use std::io;
 use std::time::{Duration, Instant};
 
