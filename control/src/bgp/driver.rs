@@ -674,9 +674,7 @@ impl Driver {
         // A prefix that became one of our own blocks (a reload since the
         // start) now has our route, with the same identity: keep it.
         let speaker = &self.speaker;
-        let gone = st.sweep(|p| {
-            speaker.installed_next_hop(p).is_some() || speaker.cfg.local_routes.contains(p)
-        });
+        let gone = st.sweep(|p| speaker.is_installed(p) || speaker.cfg.local_routes.contains(p));
         let (deleted, failed) = stale::delete(&gone);
         log::info!(
             "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned,              {deleted} deleted{}",

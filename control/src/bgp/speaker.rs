@@ -161,6 +161,11 @@ impl Speaker {
         }
     }
 
+    /// Whether BGP has `p` in the FIB now.
+    pub fn is_installed(&self, p: &Prefix) -> bool {
+        self.installed.contains_key(p)
+    }
+
     /// Fires expired timers of every session.
     pub fn poll(&mut self, now: Instant) {
         for i in 0..self.sessions.len() {
@@ -564,6 +569,51 @@ mod tests {
     }
 
     #[test]
+    fn announcements_reach_the_wire() {
+        let t = Instant::now();
+        let mut s = speaker();
+        s.input(t, 0, Input::Start);
+        s.input(t, 0, Input::Connected(ConnId::Outbound));
+        let open = wire::encode_open(&Open {
+            version: 4,
+            my_as: 64512,
+            hold_time: 9,
+            router_id: ip("10.0.0.2"),
+            caps: vec![],
+            other_params: vec![],
+        });
+        s.input(t, 0, Input::Data(ConnId::Outbound, &open));
+        s.input(
+            t,
+            0,
+            Input::Data(ConnId::Outbound, &wire::encode_keepalive()),
+        );
+        let sent: Vec<Message> = s
+            .take_io()
+            .into_iter()
+            .filter_map(|(_, o)| match o {
+                Output::Send(_, b) => Some(
+                    wire::decode(
+                        &b,
+                        Ctx {
+                            four_octet_as: false,
+                        },
+                    )
+                    .unwrap(),
+                ),
+                _ => None,
+            })
+            .collect();
+        assert!(sent.iter().any(|m| matches!(m, Message::Update(u)
+            if u.nlri == vec![p("10.244.1.0/26")]
+            && u.attrs.as_ref().unwrap().as_path == Some(vec![]))));
+        let _ = Segment {
+            kind: SEG_AS_SEQUENCE,
+            asns: vec![],
+        };
+    }
+
+    #[test]
     fn reloaded_blocks_reach_every_peer_and_the_import_filter() {
         let t = Instant::now();
         let mut s = speaker();
@@ -613,50 +663,5 @@ mod tests {
             "{sent:?}"
         );
         assert_eq!(s.rib_info(None, 10).routes[0].prefix, "10.244.1.0/26");
-    }
-
-    #[test]
-    fn announcements_reach_the_wire() {
-        let t = Instant::now();
-        let mut s = speaker();
-        s.input(t, 0, Input::Start);
-        s.input(t, 0, Input::Connected(ConnId::Outbound));
-        let open = wire::encode_open(&Open {
-            version: 4,
-            my_as: 64512,
-            hold_time: 9,
-            router_id: ip("10.0.0.2"),
-            caps: vec![],
-            other_params: vec![],
-        });
-        s.input(t, 0, Input::Data(ConnId::Outbound, &open));
-        s.input(
-            t,
-            0,
-            Input::Data(ConnId::Outbound, &wire::encode_keepalive()),
-        );
-        let sent: Vec<Message> = s
-            .take_io()
-            .into_iter()
-            .filter_map(|(_, o)| match o {
-                Output::Send(_, b) => Some(
-                    wire::decode(
-                        &b,
-                        Ctx {
-                            four_octet_as: false,
-                        },
-                    )
-                    .unwrap(),
-                ),
-                _ => None,
-            })
-            .collect();
-        assert!(sent.iter().any(|m| matches!(m, Message::Update(u)
-            if u.nlri == vec![p("10.244.1.0/26")]
-            && u.attrs.as_ref().unwrap().as_path == Some(vec![]))));
-        let _ = Segment {
-            kind: SEG_AS_SEQUENCE,
-            asns: vec![],
-        };
     }
 }
