@@ -125,7 +125,7 @@ impl BgpHandle {
                     bound.as_secs(),
                     routes
                         .iter()
-                        .map(stale::describe)
+                        .map(|(_, r)| r.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
@@ -289,7 +289,7 @@ struct Driver {
     fib: Arc<Fib>,
     kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
     /// Learned-block kernel routes from before this start, until swept.
-    stale: Option<StaleKernelRoutes>,
+    stale: Option<StaleKernelRoutes<crate::netlink::Ipv4Route>>,
     rx: mpsc::Receiver<Command>,
     buf: Vec<u8>,
 }
@@ -685,7 +685,7 @@ impl Driver {
                 format!(
                     " ({})",
                     gone.iter()
-                        .map(stale::describe)
+                        .map(|r| r.to_string())
                         .collect::<Vec<_>>()
                         .join(", ")
                 )

@@ -27,10 +27,11 @@ use podrouter_router::fib::Prefix;
 
 use crate::netlink::{errno, Ipv4Route, Netlink, RouteEntry, RTPROT_PODROUTER};
 
-/// The learned-block routes found at start, and what the sweep waits for.
+/// The learned-block routes found at start (`T`: the kernel route, an
+/// [`Ipv4Route`] in the daemon), and what the sweep waits for.
 #[derive(Debug)]
-pub struct StaleKernelRoutes {
-    routes: Vec<Ipv4Route>,
+pub struct StaleKernelRoutes<T> {
+    routes: Vec<(Prefix, T)>,
     /// Per peer (speaker index): still waiting for its End-of-RIB.
     waiting: Vec<bool>,
     /// How many peers' End-of-RIB were awaited at all.
@@ -43,39 +44,45 @@ pub fn prefix_of(r: &Ipv4Route) -> Option<Prefix> {
     Prefix::new(r.dst, r.prefix_len).ok()
 }
 
-/// The stale learned-block routes in a dump of the main table: protocol
-/// 77, not the default route, not overlapping `own` (pod_cidrs) and not
-/// exactly one of `statics`.
-pub fn select(entries: &[RouteEntry], own: &[Prefix], statics: &[Prefix]) -> Vec<Ipv4Route> {
-    entries
-        .iter()
-        .filter(|e| e.protocol == RTPROT_PODROUTER)
-        .filter_map(|e| prefix_of(&e.route).map(|p| (p, e.route)))
-        .filter(|(p, _)| p.len() > 0)
-        .filter(|(p, _)| {
+/// The stale learned-block routes among (protocol, prefix, route) rows of
+/// the main table: protocol 77, not the default route, not overlapping
+/// `own` (pod_cidrs) and not exactly one of `statics`.
+pub fn select<T>(
+    rows: impl IntoIterator<Item = (u8, Prefix, T)>,
+    own: &[Prefix],
+    statics: &[Prefix],
+) -> Vec<(Prefix, T)> {
+    rows.into_iter()
+        .filter(|(proto, _, _)| *proto == RTPROT_PODROUTER)
+        .filter(|(_, p, _)| p.len() > 0)
+        .filter(|(_, p, _)| {
             !own.iter()
                 .any(|c| c.contains(p.addr()) || p.contains(c.addr()))
         })
-        .filter(|(p, _)| !statics.contains(p))
-        .map(|(_, r)| r)
+        .filter(|(_, p, _)| !statics.contains(p))
+        .map(|(_, p, r)| (p, r))
         .collect()
 }
 
 /// Reads the node's main table and [`select`]s the stale routes.
-pub fn scan(own: &[Prefix], statics: &[Prefix]) -> io::Result<Vec<Ipv4Route>> {
+pub fn scan(own: &[Prefix], statics: &[Prefix]) -> io::Result<Vec<(Prefix, Ipv4Route)>> {
     let mut nl = Netlink::open()?;
-    Ok(select(&nl.routes_v4()?, own, statics))
+    let rows = nl.routes_v4()?.into_iter().filter_map(|e: RouteEntry| {
+        let p = prefix_of(&e.route)?;
+        Some((e.protocol, p, e.route))
+    });
+    Ok(select(rows, own, statics))
 }
 
-impl StaleKernelRoutes {
+impl<T> StaleKernelRoutes<T> {
     /// `gr_peers[i]`: peer `i` has graceful restart configured (we wait for
     /// its End-of-RIB). `bound`: the longest we keep the routes.
     pub fn new(
-        routes: Vec<Ipv4Route>,
+        routes: Vec<(Prefix, T)>,
         gr_peers: &[bool],
         now: Instant,
         bound: Duration,
-    ) -> StaleKernelRoutes {
+    ) -> StaleKernelRoutes<T> {
         StaleKernelRoutes {
             routes,
             awaited: gr_peers.iter().filter(|g| **g).count(),
@@ -99,7 +106,7 @@ impl StaleKernelRoutes {
         }
     }
 
-    /// Whether some peer's End-of-RIB is still awaited.
+    /// How many peers' End-of-RIB are still awaited.
     pub fn waiting_for(&self) -> usize {
         self.waiting.iter().filter(|w| **w).count()
     }
@@ -126,12 +133,14 @@ impl StaleKernelRoutes {
         self.deadline
     }
 
-    /// The routes to delete now: those whose prefix BGP has not installed
-    /// again (`installed(prefix)` false).
-    pub fn sweep(self, installed: impl Fn(&Prefix) -> bool) -> Vec<Ipv4Route> {
+    /// The routes to delete now: those whose prefix is not to be kept
+    /// (`keep(prefix)` false: BGP has not installed it again, it is not
+    /// one of our blocks).
+    pub fn sweep(self, keep: impl Fn(&Prefix) -> bool) -> Vec<T> {
         self.routes
             .into_iter()
-            .filter(|r| prefix_of(r).is_none_or(|p| !installed(&p)))
+            .filter(|(p, _)| !keep(p))
+            .map(|(_, r)| r)
             .collect()
     }
 }
@@ -155,70 +164,41 @@ pub fn delete(routes: &[Ipv4Route]) -> (usize, Vec<String>) {
     (done, failed)
 }
 
-/// A route text for logs: `10.244.2.0/26 via 10.0.0.2` or `... dev #3`.
-pub fn describe(r: &Ipv4Route) -> String {
-    match r.gateway {
-        Some(g) => format!("{}/{} via {g}", r.dst, r.prefix_len),
-        None => format!("{}/{} dev #{}", r.dst, r.prefix_len, r.oif),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::Scope;
 
     fn p(s: &str) -> Prefix {
         s.parse().unwrap()
     }
 
-    fn entry(dst: &str, proto: u8, gw: Option<&str>) -> RouteEntry {
-        let pr = p(dst);
-        RouteEntry {
-            route: Ipv4Route {
-                dst: pr.addr(),
-                prefix_len: pr.len(),
-                gateway: gw.map(|g| g.parse().unwrap()),
-                oif: 7,
-                scope: if gw.is_some() {
-                    Scope::Universe
-                } else {
-                    Scope::Link
-                },
-                onlink: false,
-            },
-            protocol: proto,
-        }
+    fn row(proto: u8, dst: &'static str) -> (u8, Prefix, &'static str) {
+        (proto, p(dst), dst)
     }
 
     #[test]
     fn only_learned_blocks_are_stale() {
         let dump = vec![
-            entry("10.244.2.0/26", 77, None),             // learned, encap
-            entry("10.244.3.0/26", 77, Some("10.0.0.3")), // learned, direct
-            entry("10.244.1.0/26", 77, None),             // our block
-            entry("10.244.1.5/32", 77, None),             // our pod
-            entry("10.22.0.0/26", 77, Some("10.0.0.9")),  // static
-            entry("0.0.0.0/0", 77, Some("10.0.0.254")),   // never ours
-            entry("10.244.4.0/26", 12, Some("10.0.0.4")), // BIRD's, not ours
-            entry("10.0.0.0/24", 2, None),                // kernel
+            row(77, "10.244.2.0/26"), // learned (encap or direct)
+            row(77, "10.244.3.0/26"), // learned
+            row(77, "10.244.1.0/26"), // our block
+            row(77, "10.244.1.5/32"), // our pod
+            row(77, "10.244.0.0/16"), // around our block
+            row(77, "10.22.0.0/26"),  // static
+            row(77, "0.0.0.0/0"),     // never ours to sweep
+            row(12, "10.244.4.0/26"), // BIRD's, not ours
+            row(2, "10.0.0.0/24"),    // kernel
         ];
-        let got = select(&dump, &[p("10.244.1.0/26")], &[p("10.22.0.0/26")]);
-        let got: Vec<String> = got.iter().map(describe).collect();
-        assert_eq!(
-            got,
-            vec!["10.244.2.0/26 dev #7", "10.244.3.0/26 via 10.0.0.3"]
-        );
+        let got = select(dump, &[p("10.244.1.0/26")], &[p("10.22.0.0/26")]);
+        let got: Vec<&str> = got.into_iter().map(|(_, r)| r).collect();
+        assert_eq!(got, vec!["10.244.2.0/26", "10.244.3.0/26"]);
     }
 
     #[test]
     fn sweep_waits_for_every_gr_peer_or_the_bound() {
         let t = Instant::now();
         let routes = select(
-            &[
-                entry("10.244.2.0/26", 77, None),
-                entry("10.244.3.0/26", 77, None),
-            ],
+            vec![row(77, "10.244.2.0/26"), row(77, "10.244.3.0/26")],
             &[],
             &[],
         );
@@ -241,12 +221,10 @@ mod tests {
             Some("every graceful-restart peer sent End-of-RIB")
         );
         let gone = s.sweep(|q| *q == p("10.244.2.0/26"));
-        assert_eq!(
-            gone.iter().map(describe).collect::<Vec<_>>(),
-            vec!["10.244.3.0/26 dev #7"]
-        );
+        assert_eq!(gone, vec!["10.244.3.0/26"]);
         // The bound alone is enough; no GR peer at all: due at once.
         let s = StaleKernelRoutes::new(routes.clone(), &[true], t, Duration::from_secs(30));
+        assert!(!s.due(t + Duration::from_secs(29)));
         assert!(s.due(t + Duration::from_secs(30)));
         assert!(s
             .reason(t + Duration::from_secs(30))
@@ -256,7 +234,7 @@ mod tests {
         assert!(s.due(t));
         assert!(s.reason(t).unwrap().contains("no peer"));
         // An index out of range is ignored, not a panic.
-        let mut s = StaleKernelRoutes::new(vec![], &[], t, Duration::ZERO);
+        let mut s: StaleKernelRoutes<()> = StaleKernelRoutes::new(vec![], &[], t, Duration::ZERO);
         s.note_eor(9);
         assert!(s.is_empty());
     }
