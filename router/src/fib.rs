@@ -33,6 +33,19 @@
 //! (low bits) and tag (top 7 bits) don't use. The seed is random per
 //! [`Fib`], so which addresses collide can't be predicted from outside.
 //!
+//! # ECMP: next-hop groups
+//!
+//! A route to several nodes is `NextHop::Nodes(GroupId)`, so [`NextHop`]
+//! stays 8 bytes and `Copy` however many members a route has. The group
+//! (its sorted, distinct member addresses, two or more) lives in the
+//! snapshot's group table, interned: every route to the same set shares
+//! one group, refcounted by the routes using it and freed (its id reused
+//! later) when the last one goes. Like `nodes`, the table is copied on
+//! write once per batch that changes it; it holds one entry per distinct
+//! set, so that copy is small. [`FibChange::InsertMultipath`] is how a
+//! writer makes a group route; the pipeline resolves a group to one member
+//! per flow ([`FibTable::group`]).
+//!
 //! # Why this structure
 //!
 //! A Calico node's FIB has very few distinct prefix lengths: `/32` local
@@ -61,6 +74,10 @@
 //!   shard its hash selects.
 //! - A published `FibTable` is never mutated. The writer mutates only its
 //!   private next table, and only parts it has just copied or created.
+//! - Every `Nodes(g)` route of a snapshot names a live group of that same
+//!   snapshot; a group's refcount is the number of its routes; `nodes`
+//!   counts a node once per route that goes via it, directly or as a group
+//!   member.
 //! - Readers never free memory: the writer keeps each replaced snapshot
 //!   until it holds the last reference, then drops it on the control thread
 //!   (at the next [`Fib::update`] or [`Fib::reclaim`]).
@@ -114,10 +131,20 @@ pub enum NextHop {
     Host,
     /// Another node's block: forward to that node (encap per mode).
     Node(Ipv4Addr),
+    /// A block reachable through several nodes (ECMP): a next-hop group of
+    /// this snapshot ([`FibTable::group`]); the pipeline picks one member
+    /// per flow.
+    Nodes(GroupId),
     /// Known but unreachable (e.g. unassigned addresses in our own pod
     /// block): answered with ICMP host unreachable.
     Unreachable,
 }
+
+/// A next-hop group of one [`FibTable`]: an index into its group table.
+/// Only meaningful with the snapshot it came from (ids of freed groups are
+/// reused by later snapshots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u32);
 
 /// An IPv4 prefix with its host bits zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -197,9 +224,17 @@ impl fmt::Display for Prefix {
 }
 
 /// One change in a batch applied by [`Fib::update`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FibChange {
+    /// Sets the route for a prefix. A [`NextHop::Nodes`] here must name a
+    /// group of the table it is applied to (use `InsertMultipath` to make
+    /// one); an unknown group is treated as a removal.
     Insert(Prefix, NextHop),
+    /// Sets the route for a prefix to these nodes, spreading flows over
+    /// them (ECMP). The list is sorted and deduplicated by the FIB: one
+    /// distinct node makes a plain [`NextHop::Node`] route, none removes
+    /// the route.
+    InsertMultipath(Prefix, Vec<Ipv4Addr>),
     Remove(Prefix),
 }
 
@@ -320,6 +355,91 @@ pub struct FibTable {
     /// always the set of the snapshot's own routes (the uplink accepts IPIP
     /// only from these). Copied on write, once per batch that changes it.
     nodes: Arc<HashMap<u32, u32, KeyHash>>,
+    /// The next-hop groups the snapshot's `Nodes` routes refer to, with
+    /// how many routes do; a group no route uses is freed. Copied on
+    /// write, once per batch that changes it.
+    groups: Arc<Groups>,
+}
+
+/// One interned next-hop group: its members (sorted, distinct, at least
+/// two) and how many routes use it.
+#[derive(Clone, Debug)]
+struct Group {
+    members: Arc<[Ipv4Addr]>,
+    routes: u32,
+}
+
+/// The group table: slots indexed by [`GroupId`], an index from member
+/// list to id (so equal sets share one group), and freed ids to reuse.
+#[derive(Clone, Debug, Default)]
+struct Groups {
+    slots: Vec<Option<Group>>,
+    by_members: HashMap<Arc<[Ipv4Addr]>, u32>,
+    free: Vec<u32>,
+}
+
+impl Groups {
+    #[inline]
+    fn members(&self, id: GroupId) -> &[Ipv4Addr] {
+        match self.slots.get(id.0 as usize) {
+            Some(Some(g)) => &g.members,
+            _ => &[],
+        }
+    }
+
+    /// The id of the group with exactly these (sorted, distinct) members,
+    /// creating it with no routes if there is none.
+    fn intern(&mut self, members: &[Ipv4Addr]) -> GroupId {
+        if let Some(&id) = self.by_members.get(members) {
+            return GroupId(id);
+        }
+        let members: Arc<[Ipv4Addr]> = Arc::from(members);
+        let group = Group {
+            members: members.clone(),
+            routes: 0,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(group);
+                id
+            }
+            None => {
+                self.slots.push(Some(group));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.by_members.insert(members, id);
+        GroupId(id)
+    }
+
+    /// Frees every group no route uses (after a batch's changes).
+    fn collect(&mut self) {
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|g| g.routes == 0) {
+                let g = slot.take().expect("checked");
+                self.by_members.remove(&g.members);
+                self.free.push(id as u32);
+            }
+        }
+        while self.slots.last().is_some_and(Option::is_none) {
+            self.slots.pop();
+            let last = self.slots.len() as u32;
+            self.free.retain(|&f| f != last);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.by_members.len()
+    }
+}
+
+/// Calls `f` with every node `nh` leads to (as `u32`).
+fn for_each_via(groups: &Groups, nh: Option<NextHop>, mut f: impl FnMut(u32)) {
+    match nh {
+        Some(NextHop::Node(a)) => f(u32::from(a)),
+        Some(NextHop::Nodes(g)) => groups.members(g).iter().for_each(|&a| f(u32::from(a))),
+        _ => {}
+    }
 }
 
 impl FibTable {
@@ -330,6 +450,30 @@ impl FibTable {
             count: 0,
             lens: std::array::from_fn(|_| LenTable::default()),
             nodes: Arc::new(HashMap::with_hasher(hash)),
+            groups: Arc::new(Groups::default()),
+        }
+    }
+
+    /// The members of next-hop group `id` (sorted, at least two), or an
+    /// empty slice if this snapshot has no such group. Never allocates or
+    /// blocks.
+    #[inline]
+    pub fn group(&self, id: GroupId) -> &[Ipv4Addr] {
+        self.groups.members(id)
+    }
+
+    /// How many distinct next-hop groups the snapshot's routes use.
+    pub fn group_count(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The nodes a next hop leads to: one for `Node`, the members for
+    /// `Nodes`, none otherwise.
+    pub fn next_hop_nodes(&self, nh: NextHop) -> Vec<Ipv4Addr> {
+        match nh {
+            NextHop::Node(a) => vec![a],
+            NextHop::Nodes(g) => self.group(g).to_vec(),
+            _ => Vec::new(),
         }
     }
 
@@ -347,28 +491,39 @@ impl FibTable {
         v
     }
 
-    /// Keeps `nodes` in step with one route changing from `old` to `new`.
+    /// Keeps `nodes` and the group refcounts in step with one route
+    /// changing from `old` to `new`. Counts go up before they go down, so
+    /// a node that stays is never dropped in between; groups left unused
+    /// are freed at the end of the batch (`Groups::collect`), so an old
+    /// group's members are still readable here.
     fn track_nodes(&mut self, old: Option<NextHop>, new: Option<NextHop>) {
-        let via = |nh: Option<NextHop>| match nh {
-            Some(NextHop::Node(a)) => Some(u32::from(a)),
-            _ => None,
-        };
-        let (old, new) = (via(old), via(new));
-        if old == new {
+        let via = |nh: Option<NextHop>| matches!(nh, Some(NextHop::Node(_) | NextHop::Nodes(_)));
+        if old == new || (!via(old) && !via(new)) {
             return;
         }
+        for (nh, up) in [(new, true), (old, false)] {
+            if let Some(NextHop::Nodes(g)) = nh {
+                let groups = Arc::make_mut(&mut self.groups);
+                if let Some(Some(grp)) = groups.slots.get_mut(g.0 as usize) {
+                    grp.routes = if up {
+                        grp.routes + 1
+                    } else {
+                        grp.routes.saturating_sub(1)
+                    };
+                }
+            }
+        }
         let nodes = Arc::make_mut(&mut self.nodes);
-        if let Some(a) = old {
+        let groups = &*self.groups;
+        for_each_via(groups, new, |a| *nodes.entry(a).or_insert(0) += 1);
+        for_each_via(groups, old, |a| {
             if let Some(n) = nodes.get_mut(&a) {
                 *n -= 1;
                 if *n == 0 {
                     nodes.remove(&a);
                 }
             }
-        }
-        if let Some(a) = new {
-            *nodes.entry(a).or_insert(0) += 1;
-        }
+        });
     }
 
     /// The longest-prefix match for `dst`. Never allocates or blocks.
@@ -461,13 +616,20 @@ impl FibTable {
     fn apply(&mut self, changes: &[FibChange]) -> bool {
         let mut touched = 0u64;
         for change in changes {
-            let (prefix, changed) = match *change {
-                FibChange::Insert(p, nh) => (p, self.insert(p, nh)),
-                FibChange::Remove(p) => (p, self.remove(p)),
+            let (prefix, changed) = match change {
+                FibChange::Insert(p, NextHop::Nodes(g)) if self.group(*g).is_empty() => {
+                    (*p, self.remove(*p))
+                }
+                FibChange::Insert(p, nh) => (*p, self.insert(*p, *nh)),
+                FibChange::InsertMultipath(p, vias) => (*p, self.insert_multipath(*p, vias)),
+                FibChange::Remove(p) => (*p, self.remove(*p)),
             };
             if changed {
                 touched |= 1 << prefix.len;
             }
+        }
+        if self.groups.slots.iter().flatten().any(|g| g.routes == 0) {
+            Arc::make_mut(&mut self.groups).collect();
         }
         let mut rest = touched;
         while rest != 0 {
@@ -506,6 +668,27 @@ impl FibTable {
         }
         self.track_nodes(old, Some(nh));
         true
+    }
+
+    /// `prefix` via every node of `vias` (in any order, duplicates
+    /// allowed): a group route for two or more distinct nodes, a plain
+    /// `Node` route for one, a removal for none.
+    fn insert_multipath(&mut self, prefix: Prefix, vias: &[Ipv4Addr]) -> bool {
+        let mut members = vias.to_vec();
+        members.sort_unstable();
+        members.dedup();
+        match members[..] {
+            [] => return self.remove(prefix),
+            [one] => return self.insert(prefix, NextHop::Node(one)),
+            _ => {}
+        }
+        if let Some(NextHop::Nodes(g)) = self.get(prefix) {
+            if self.group(g) == &members[..] {
+                return false;
+            }
+        }
+        let g = Arc::make_mut(&mut self.groups).intern(&members);
+        self.insert(prefix, NextHop::Nodes(g))
     }
 
     fn remove(&mut self, prefix: Prefix) -> bool {
@@ -925,6 +1108,98 @@ mod tests {
         assert_eq!(t.nodes(), vec![n1, n2]);
     }
 
+    fn mp(s: &str, vias: &[Ipv4Addr]) -> FibChange {
+        FibChange::InsertMultipath(p(s), vias.to_vec())
+    }
+
+    fn group_of(t: &FibTable, s: &str) -> GroupId {
+        match t.get(p(s)) {
+            Some(NextHop::Nodes(g)) => g,
+            other => panic!("{s} is not a group route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn multipath_groups_are_interned_and_shared() {
+        let fib = Fib::new();
+        let (a, b, c) = (ip("192.168.0.1"), ip("192.168.0.2"), ip("192.168.0.3"));
+        fib.update(&[
+            mp("10.1.0.0/24", &[b, a]),
+            mp("10.2.0.0/24", &[a, b, a]),
+            mp("10.3.0.0/24", &[c, a]),
+            ins("10.4.0.0/24", NextHop::Host),
+        ]);
+        let t = fib.load();
+        let g1 = group_of(&t, "10.1.0.0/24");
+        assert_eq!(group_of(&t, "10.2.0.0/24"), g1, "equal sets share a group");
+        let g3 = group_of(&t, "10.3.0.0/24");
+        assert_ne!(g1, g3);
+        assert_eq!(t.group(g1), &[a, b], "sorted, deduplicated");
+        assert_eq!(t.group(g3), &[a, c]);
+        assert_eq!(t.group_count(), 2);
+        assert_eq!(t.lookup(ip("10.1.0.9")), Some(NextHop::Nodes(g1)));
+        assert_eq!(t.next_hop_nodes(NextHop::Nodes(g3)), vec![a, c]);
+        assert!(t.is_node(a) && t.is_node(b) && t.is_node(c));
+        assert!(!t.is_node(ip("192.168.0.4")));
+        assert_eq!(t.nodes(), vec![a, b, c]);
+        assert!(t.group(GroupId(99)).is_empty());
+        // The same set again (in another order) is a no-op: nothing published.
+        let before = fib.snapshot();
+        fib.update(&[mp("10.1.0.0/24", &[a, b])]);
+        assert!(Arc::ptr_eq(&before, &fib.snapshot()));
+    }
+
+    #[test]
+    fn multipath_refcounts_drop_on_remove_and_replace() {
+        let fib = Fib::new();
+        let (a, b, c) = (ip("192.168.0.1"), ip("192.168.0.2"), ip("192.168.0.3"));
+        fib.update(&[
+            mp("10.1.0.0/24", &[a, b]),
+            mp("10.2.0.0/24", &[a, b]),
+            mp("10.3.0.0/24", &[a, c]),
+        ]);
+        let held = fib.snapshot();
+        let g_ab = group_of(&held, "10.1.0.0/24");
+        // One of two users goes: the group stays.
+        fib.update(&[rm("10.1.0.0/24")]);
+        let t = fib.load();
+        assert_eq!(t.group(g_ab), &[a, b]);
+        assert_eq!(t.group_count(), 2);
+        assert!(t.is_node(b));
+        // The last user is re-pointed to a single node: the group and b go.
+        fib.update(&[ins("10.2.0.0/24", NextHop::Node(c))]);
+        let t = fib.load();
+        assert_eq!(t.group_count(), 1);
+        assert!(t.group(g_ab).is_empty());
+        assert!(!t.is_node(b));
+        assert_eq!(t.nodes(), vec![a, c]);
+        // A multipath insert with one distinct node is a plain route; with
+        // none it removes the route.
+        fib.update(&[mp("10.3.0.0/24", &[c, c])]);
+        let t = fib.load();
+        assert_eq!(t.get(p("10.3.0.0/24")), Some(NextHop::Node(c)));
+        assert_eq!(t.group_count(), 0);
+        assert_eq!(t.nodes(), vec![c]);
+        fib.update(&[mp("10.3.0.0/24", &[]), rm("10.2.0.0/24")]);
+        let t = fib.load();
+        assert!(t.is_empty());
+        assert!(t.nodes().is_empty());
+        // A new group may reuse a freed id; the held snapshot keeps its own.
+        fib.update(&[mp("10.9.0.0/24", &[ip("192.168.9.1"), ip("192.168.9.2")])]);
+        assert_eq!(held.group(g_ab), &[a, b]);
+        assert_eq!(held.nodes(), vec![a, b, c]);
+        // A group id the table does not have is a removal, not a dangling
+        // route.
+        let g = group_of(&fib.load(), "10.9.0.0/24");
+        fib.update(&[ins("10.8.0.0/24", NextHop::Nodes(GroupId(g.0 + 7)))]);
+        assert_eq!(fib.load().get(p("10.8.0.0/24")), None);
+        // Changing a group route's set moves its refcounts in one batch.
+        fib.update(&[mp("10.9.0.0/24", &[ip("192.168.9.1"), ip("192.168.9.3")])]);
+        let t = fib.load();
+        assert_eq!(t.group_count(), 1);
+        assert!(!t.is_node(ip("192.168.9.2")) && t.is_node(ip("192.168.9.3")));
+    }
+
     #[test]
     fn later_change_in_a_batch_wins() {
         let fib = Fib::new();
@@ -1057,6 +1332,7 @@ mod tests {
                     FibChange::Remove(pf) => {
                         model.remove(&pf);
                     }
+                    FibChange::InsertMultipath(..) => unreachable!("not generated here"),
                 }
             }
             live.sort();

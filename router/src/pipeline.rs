@@ -13,7 +13,8 @@
 //! uplink: that one is routed to its destination like any packet (back
 //! through the tunnel to the sender's node, normally).
 //!
-//! Other nodes (`NextHop::Node`): the uplink's
+//! Other nodes (`NextHop::Node`, or `NextHop::Nodes` for an ECMP group:
+//! one member is picked per flow, see [`flow_hash`]): the uplink's
 //! [`EncapPolicy`](crate::uplink::EncapPolicy) (in its `PortRole::Uplink`)
 //! says per node whether the frame goes to the uplink, its Ethernet
 //! destination set to [`tunnel_mac`] of the node (the uplink encapsulates,
@@ -28,6 +29,15 @@
 //! unreachable. TTL: a pod-to-pod hop on each router, as in Calico (64 ->
 //! 62 across two nodes, encapsulated or not).
 //!
+//! ECMP: a group member is chosen by a hash of the flow (addresses,
+//! protocol, and TCP/UDP/SCTP ports or the ICMP echo identifier), so one
+//! flow always takes one member and never reorders while different flows
+//! spread; fragments and truncated L4 headers hash on the addresses and
+//! protocol alone, so every fragment of a datagram takes the same member.
+//! Each member gets its own encapsulation decision. The node's own traffic
+//! (from the host port) only goes to members reached through the tunnel:
+//! the node's kernel routes to directly reached members itself.
+//!
 //! Counting convention: the worker counts the reason of every
 //! [`Verdict::Drop`]. When a drop turns into an ICMP error (the verdict is
 //! then a `Forward`), the pipeline counts the original reason and
@@ -36,7 +46,7 @@
 use std::net::Ipv4Addr;
 
 use crate::counters::{DropReason, WorkerCounters};
-use crate::fib::{FibTable, NextHop};
+use crate::fib::{FibTable, GroupId, NextHop};
 use crate::frame::{Frame, VnetHdr};
 use crate::gso::TcpSegments;
 use crate::port::{PortEntry, PortId, PortRole, PortTable};
@@ -255,17 +265,119 @@ fn node_egress<'t>(
     }
 }
 
+const FLOW_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+/// Mixes 64 bits into 64 (a folded 64x64->128 multiply).
+#[inline]
+fn mix(x: u64) -> u64 {
+    let p = u128::from(x) * u128::from(FLOW_MUL);
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+/// The flow hash that picks an ECMP member for the IPv4 packet `ip` (a
+/// validated header; the slice ends where the packet does): source,
+/// destination and protocol, plus the ports for TCP, UDP, UDP-Lite and
+/// SCTP or the identifier of an ICMP echo. Fragments and packets too short
+/// for their L4 fields hash without them. Reads nothing beyond `ip`.
+#[inline]
+pub fn flow_hash(ip: &[u8]) -> u32 {
+    if ip.len() < IPV4_HEADER_LEN {
+        return 0;
+    }
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    let proto = ip[9];
+    let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let l4 = if fragment {
+        0
+    } else {
+        match proto {
+            6 | 17 | 132 | 136 => ip
+                .get(hl..hl + 4)
+                .map_or(0, |p| u32::from_be_bytes([p[0], p[1], p[2], p[3]])),
+            1 => match ip.get(hl..hl + 6) {
+                Some(p) if p[0] == 0 || p[0] == 8 => u32::from(u16::from_be_bytes([p[4], p[5]])),
+                _ => 0,
+            },
+            _ => 0,
+        }
+    };
+    flow_hash_of(src, dst, proto, l4)
+}
+
+#[inline]
+fn flow_hash_of(src: u32, dst: u32, proto: u8, l4: u32) -> u32 {
+    let h = mix(mix((u64::from(src) << 32) | u64::from(dst)) ^ (u64::from(proto) << 32 | u64::from(l4)));
+    (h >> 32) as u32
+}
+
+/// The index in a group of `n` members for flow hash `hash`.
+#[inline]
+fn member_index(hash: u32, n: usize) -> usize {
+    ((u64::from(hash) * n as u64) >> 32) as usize
+}
+
+/// The member of group `g` a flow with `hash` takes; `None` if the
+/// snapshot has no such group. From the host port (`ingress_is_host`),
+/// the first member at or after that one which the uplink encapsulates
+/// for, if any (the node's kernel reaches the others directly).
+fn group_member(
+    ctx: &BatchContext<'_>,
+    g: GroupId,
+    hash: u32,
+    ingress_is_host: bool,
+) -> Option<Ipv4Addr> {
+    let members = ctx.fib.group(g);
+    if members.is_empty() {
+        return None;
+    }
+    let n = members.len();
+    let start = member_index(hash, n);
+    if ingress_is_host {
+        let policy = ctx
+            .ports
+            .uplink_port()
+            .and_then(|id| ctx.ports.get(id))
+            .and_then(|e| match e.info.role {
+                PortRole::Uplink { policy, .. } => Some(policy),
+                _ => None,
+            });
+        if let Some(policy) = policy {
+            if let Some(i) = (0..n)
+                .map(|k| (start + k) % n)
+                .find(|&i| policy.encap_to(members[i]))
+            {
+                return Some(members[i]);
+            }
+        }
+    }
+    Some(members[start])
+}
+
 /// Where a packet the router originates for `dst` goes (for ICMP errors
 /// about packets from the uplink): the port and the Ethernet destination,
 /// by the FIB, as [`node_egress`] would route it; `None` if nowhere.
-fn route_back(ctx: &BatchContext<'_>, dst: Ipv4Addr) -> Option<(PortId, [u8; 6])> {
+fn route_back(
+    ctx: &BatchContext<'_>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Option<(PortId, [u8; 6])> {
     let via_host = || {
         let host = ctx.ports.host_port()?;
         Some((host, role_mac(&ctx.ports.get(host)?.info.role)))
     };
-    match ctx.fib.lookup(dst)? {
+    let nh = match ctx.fib.lookup(dst)? {
+        NextHop::Nodes(g) => {
+            let hash = flow_hash_of(u32::from(src), u32::from(dst), 1, 0);
+            NextHop::Node(group_member(ctx, g, hash, false)?)
+        }
+        nh => nh,
+    };
+    match nh {
         NextHop::Local(port) => Some((port, role_mac(&ctx.ports.get(port)?.info.role))),
         NextHop::Host => via_host(),
+        NextHop::Nodes(_) => None,
         NextHop::Node(node) => {
             let id = ctx.ports.uplink_port()?;
             match ctx.ports.get(id)?.info.role {
@@ -415,7 +527,12 @@ impl Pipeline {
                 None | Some(NextHop::Host) => {
                     return Verdict::Drop(DropReason::ArpNotAnswered);
                 }
-                Some(NextHop::Local(_) | NextHop::Node(_) | NextHop::Unreachable) => {}
+                Some(
+                    NextHop::Local(_)
+                    | NextHop::Node(_)
+                    | NextHop::Nodes(_)
+                    | NextHop::Unreachable,
+                ) => {}
             },
             // The uplink has no ARP (its frames are always IPv4).
             PortRole::Uplink { .. } => return Verdict::Drop(DropReason::ArpNotAnswered),
@@ -484,7 +601,12 @@ impl Pipeline {
             PortRole::Uplink { .. } => false,
         };
 
-        let next_hop = ctx.fib.lookup(dst);
+        let mut next_hop = ctx.fib.lookup(dst);
+        if let Some(NextHop::Nodes(g)) = next_hop {
+            let ip_bytes = &frame.data()[ETHERNET_HEADER_LEN..];
+            // An empty group (not of this snapshot) routes nowhere.
+            next_hop = group_member(ctx, g, flow_hash(ip_bytes), ingress_is_host).map(NextHop::Node);
+        }
         // What came through the tunnel goes to a local pod or nowhere: the
         // router is not a transit for other nodes (Calico's IPIP neither).
         if from_uplink && !matches!(next_hop, Some(NextHop::Local(_))) {
@@ -536,6 +658,8 @@ impl Pipeline {
                 Ok(x) => x,
                 Err(reason) => return Verdict::Drop(reason),
             },
+            // Resolved to one member above.
+            Some(NextHop::Nodes(_)) => return Verdict::Drop(DropReason::NoRoute),
         };
         let egress_is_host = matches!(egress_entry.info.role, PortRole::Host { .. });
 
@@ -640,7 +764,7 @@ impl Pipeline {
             Some(PortRole::Uplink { .. })
         );
         let (out, out_mac) = if from_uplink {
-            match route_back(ctx, orig_src) {
+            match route_back(ctx, self.cfg.node_ip, orig_src) {
                 Some(r) => r,
                 None => return Verdict::Drop(reason),
             }
