@@ -308,7 +308,9 @@ pub fn flow_hash(ip: &[u8]) -> u32 {
 
 #[inline]
 fn flow_hash_of(src: u32, dst: u32, proto: u8, l4: u32) -> u32 {
-    let h = mix(mix((u64::from(src) << 32) | u64::from(dst)) ^ (u64::from(proto) << 32 | u64::from(l4)));
+    let h = mix(
+        mix((u64::from(src) << 32) | u64::from(dst)) ^ (u64::from(proto) << 32 | u64::from(l4))
+    );
     (h >> 32) as u32
 }
 
@@ -358,11 +360,7 @@ fn group_member(
 /// Where a packet the router originates for `dst` goes (for ICMP errors
 /// about packets from the uplink): the port and the Ethernet destination,
 /// by the FIB, as [`node_egress`] would route it; `None` if nowhere.
-fn route_back(
-    ctx: &BatchContext<'_>,
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
-) -> Option<(PortId, [u8; 6])> {
+fn route_back(ctx: &BatchContext<'_>, src: Ipv4Addr, dst: Ipv4Addr) -> Option<(PortId, [u8; 6])> {
     let via_host = || {
         let host = ctx.ports.host_port()?;
         Some((host, role_mac(&ctx.ports.get(host)?.info.role)))
@@ -528,10 +526,7 @@ impl Pipeline {
                     return Verdict::Drop(DropReason::ArpNotAnswered);
                 }
                 Some(
-                    NextHop::Local(_)
-                    | NextHop::Node(_)
-                    | NextHop::Nodes(_)
-                    | NextHop::Unreachable,
+                    NextHop::Local(_) | NextHop::Node(_) | NextHop::Nodes(_) | NextHop::Unreachable,
                 ) => {}
             },
             // The uplink has no ARP (its frames are always IPv4).
@@ -605,7 +600,8 @@ impl Pipeline {
         if let Some(NextHop::Nodes(g)) = next_hop {
             let ip_bytes = &frame.data()[ETHERNET_HEADER_LEN..];
             // An empty group (not of this snapshot) routes nowhere.
-            next_hop = group_member(ctx, g, flow_hash(ip_bytes), ingress_is_host).map(NextHop::Node);
+            next_hop =
+                group_member(ctx, g, flow_hash(ip_bytes), ingress_is_host).map(NextHop::Node);
         }
         // What came through the tunnel goes to a local pod or nowhere: the
         // router is not a transit for other nodes (Calico's IPIP neither).
@@ -1738,6 +1734,170 @@ mod tests {
             );
             assert_eq!(&d[14 + 20..], &input[14 + 20..]);
         }
+    }
+
+    /// A block on both OTHER_NODE (inside the uplink's subnet) and
+    /// FAR_NODE (outside it): an ECMP group.
+    const ECMP_BLOCK: Ipv4Addr = Ipv4Addr::new(10, 244, 5, 0);
+    const ECMP_POD: Ipv4Addr = Ipv4Addr::new(10, 244, 5, 9);
+
+    fn ecmp_env(mode: EncapMode) -> Env {
+        let env = uplink_env(mode);
+        env.fib.update(&[FibChange::InsertMultipath(
+            prefix(ECMP_BLOCK, 24),
+            vec![FAR_NODE, OTHER_NODE],
+        )]);
+        assert!(matches!(
+            env.fib.load().lookup(ECMP_POD),
+            Some(NextHop::Nodes(_))
+        ));
+        env
+    }
+
+    /// A UDP packet from pod A to `dst` from source port `sport`.
+    fn udp_from_a(dst: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let mut u = udp(60);
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        eth(
+            ROUTER_MAC,
+            A_MAC,
+            ETHERTYPE_IPV4,
+            &ipv4(A_IP, dst, 17, 64, DF, &[], &u),
+        )
+    }
+
+    #[test]
+    fn ecmp_spreads_flows_and_keeps_each_flow_on_one_member() {
+        let mut env = ecmp_env(EncapMode::Always);
+        let mut seen = std::collections::HashMap::new();
+        for sport in 1000..1064u16 {
+            let (v, f) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
+            assert_eq!(v, Verdict::Forward(UPLINK));
+            let mac = mac_at(f.data(), 0);
+            assert!(
+                mac == tunnel_mac(OTHER_NODE) || mac == tunnel_mac(FAR_NODE),
+                "{mac:?}"
+            );
+            seen.insert(sport, mac);
+            // The same flow again (and again) takes the same member.
+            for _ in 0..3 {
+                let (_, f) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
+                assert_eq!(mac_at(f.data(), 0), mac, "flow {sport} moved");
+            }
+        }
+        let to_other = seen
+            .values()
+            .filter(|m| **m == tunnel_mac(OTHER_NODE))
+            .count();
+        assert!(
+            (8..=56).contains(&to_other),
+            "64 flows, {to_other} to one member"
+        );
+        // Both nodes of the group are known: IPIP from either is accepted.
+        let inner = remote_udp(A_IP, 30, 100);
+        for n in [OTHER_NODE, FAR_NODE] {
+            let (v, _) = env.run(UPLINK, &ipip_in(n, NODE_IP, &inner));
+            assert_eq!(v, Verdict::Forward(POD_A), "IPIP from member {n}");
+        }
+    }
+
+    #[test]
+    fn ecmp_member_encap_policy_applies_per_member() {
+        // Cross-subnet: OTHER_NODE is routed directly (host port, TTL kept
+        // for the node's kernel to decrement), FAR_NODE tunnelled.
+        let mut env = ecmp_env(EncapMode::CrossSubnet);
+        let (mut direct, mut tunnelled) = (0, 0);
+        for sport in 2000..2064u16 {
+            let (v, f) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
+            let d = f.data();
+            let ttl = check_ipv4(&d[14..]).unwrap().hop_limit();
+            match v {
+                Verdict::Forward(HOST) => {
+                    assert_eq!(mac_at(d, 0), HOST_MAC);
+                    assert_eq!(ttl, 64);
+                    direct += 1;
+                }
+                Verdict::Forward(UPLINK) => {
+                    assert_eq!(mac_at(d, 0), tunnel_mac(FAR_NODE));
+                    assert_eq!(ttl, 63);
+                    tunnelled += 1;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            direct > 0 && tunnelled > 0,
+            "{direct} direct, {tunnelled} tunnelled"
+        );
+        // The node's own traffic only goes to the tunnelled member.
+        for sport in 3000..3032u16 {
+            let mut u = udp(40);
+            u[0..2].copy_from_slice(&sport.to_be_bytes());
+            let ip = ipv4(NODE_IP, ECMP_POD, 17, 64, DF, &[], &u);
+            let (v, f) = env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &ip));
+            assert_eq!(v, Verdict::Forward(UPLINK));
+            assert_eq!(mac_at(f.data(), 0), tunnel_mac(FAR_NODE));
+        }
+        // Never: every member via the host port.
+        let mut env = ecmp_env(EncapMode::Never);
+        for sport in 4000..4032u16 {
+            let (v, _) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
+            assert_eq!(v, Verdict::Forward(HOST));
+        }
+    }
+
+    #[test]
+    fn icmp_errors_about_tunnelled_packets_follow_a_group_back() {
+        // The sender's block is an ECMP group: the error goes to a member.
+        let mut env = ecmp_env(EncapMode::Always);
+        let inner = ipv4(ECMP_POD, A_IP, 17, 1, DF, &[], &udp(80));
+        let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        let mac = mac_at(f.data(), 0);
+        assert!(mac == tunnel_mac(OTHER_NODE) || mac == tunnel_mac(FAR_NODE));
+        assert_icmp_error(&f, mac, ECMP_POD, 11, 0, 0, &inner);
+    }
+
+    #[test]
+    fn flow_hash_reads_only_what_is_there() {
+        let u = {
+            let mut u = udp(60);
+            u[0..2].copy_from_slice(&5555u16.to_be_bytes());
+            u
+        };
+        let full = ipv4(A_IP, B_IP, 17, 64, 0, &[], &u);
+        let other_port = {
+            let mut u = u.clone();
+            u[0..2].copy_from_slice(&5556u16.to_be_bytes());
+            ipv4(A_IP, B_IP, 17, 64, 0, &[], &u)
+        };
+        let addrs_only = flow_hash_of(u32::from(A_IP), u32::from(B_IP), 17, 0);
+        assert_ne!(flow_hash(&full), addrs_only);
+        assert_ne!(flow_hash(&full), flow_hash(&other_port));
+        // Truncated L4 (3 bytes of UDP): addresses and protocol only.
+        assert_eq!(flow_hash(&full[..23]), addrs_only);
+        // Fragments (MF, or an offset) ignore the ports.
+        let frag = ipv4(A_IP, B_IP, 17, 64, MF, &[], &u);
+        assert_eq!(flow_hash(&frag), addrs_only);
+        let later = ipv4(A_IP, B_IP, 17, 64, 3, &[], &u);
+        assert_eq!(flow_hash(&later), addrs_only);
+        // A header length pointing past the slice, and short slices.
+        let mut long_hl = full.clone();
+        long_hl[0] = 0x4f;
+        assert_eq!(flow_hash(&long_hl[..40]), addrs_only);
+        assert_eq!(flow_hash(&full[..10]), 0);
+        // ICMP echo: the identifier counts; other ICMP types do not.
+        let echo = |ty: u8, id: u16| {
+            let mut m = vec![ty, 0, 0, 0, 0, 0, 0, 1];
+            m[4..6].copy_from_slice(&id.to_be_bytes());
+            ipv4(A_IP, B_IP, 1, 64, 0, &[], &m)
+        };
+        assert_ne!(flow_hash(&echo(8, 1)), flow_hash(&echo(8, 2)));
+        assert_eq!(flow_hash(&echo(8, 7)), flow_hash(&echo(0, 7)));
+        assert_eq!(
+            flow_hash(&echo(3, 1)),
+            flow_hash_of(u32::from(A_IP), u32::from(B_IP), 1, 0)
+        );
     }
 
     #[test]
