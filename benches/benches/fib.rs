@@ -228,7 +228,7 @@ fn fib_update(c: &mut Criterion) {
     let mut seen: std::collections::HashSet<Prefix> = routes
         .iter()
         .map(|c| match c {
-            FibChange::Insert(p, _) | FibChange::Remove(p) => *p,
+            FibChange::Insert(p, _) | FibChange::InsertMultipath(p, _) | FibChange::Remove(p) => *p,
         })
         .collect();
     let groups: Vec<(Vec<FibChange>, Vec<FibChange>)> = (0..32)
@@ -243,7 +243,9 @@ fn fib_update(c: &mut Criterion) {
             let rm = ins
                 .iter()
                 .map(|c| match c {
-                    FibChange::Insert(p, _) | FibChange::Remove(p) => FibChange::Remove(*p),
+                    FibChange::Insert(p, _)
+                    | FibChange::InsertMultipath(p, _)
+                    | FibChange::Remove(p) => FibChange::Remove(*p),
                 })
                 .collect();
             (ins, rm)
