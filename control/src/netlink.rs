@@ -1,5 +1,6 @@
 //! A small synchronous rtnetlink client: links, IPv4 addresses and IPv4
-//! routes in the main table, one request at a time.
+//! routes in the main table, one request at a time, or many route changes
+//! per `sendmsg` with [`Netlink::route_batch`].
 //!
 //! A [`Netlink`] socket belongs to the network namespace of the thread that
 //! opened it (see [`crate::netns::run_in_netns`] to open one elsewhere) and
@@ -16,6 +17,8 @@
 //!   them from everyone else's; [`Netlink::route_delete`] only removes routes
 //!   of that protocol.
 //! - Replies are matched by sequence number; stray messages are skipped.
+//! - A batch reports one result per operation, in order: a refused route
+//!   never stops the rest of its batch.
 //!
 //! Messages are built with netlink-packet-route's types, except the parsing
 //! of extended-ack attributes in error replies, which netlink-packet-core
@@ -32,8 +35,8 @@ use netlink_packet_core::{
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
-    RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
+    RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -172,8 +175,10 @@ impl From<RouteScope> for Scope {
     }
 }
 
-/// A unicast IPv4 route in the main table with one next hop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A unicast IPv4 route in the main table: one next hop (`gateway`
+/// and/or `oif`), or several gateways of equal weight (`multipath`,
+/// `ip route ... nexthop via A nexthop via B`; then `gateway` is None).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ipv4Route {
     pub dst: Ipv4Addr,
     pub prefix_len: u8,
@@ -183,6 +188,8 @@ pub struct Ipv4Route {
     pub scope: Scope,
     /// `onlink`: the gateway is on `oif` even without a covering route.
     pub onlink: bool,
+    /// Gateways of a multipath route (RTA_MULTIPATH); empty otherwise.
+    pub multipath: Vec<Ipv4Addr>,
 }
 
 impl fmt::Display for Ipv4Route {
@@ -190,6 +197,9 @@ impl fmt::Display for Ipv4Route {
         write!(f, "{}/{}", self.dst, self.prefix_len)?;
         if let Some(g) = self.gateway {
             write!(f, " via {g}")?;
+        }
+        for g in &self.multipath {
+            write!(f, " nexthop via {g}")?;
         }
         if self.oif != 0 {
             write!(f, " dev #{}", self.oif)?;
@@ -205,11 +215,41 @@ impl fmt::Display for Ipv4Route {
 }
 
 /// A route read back from the main table, with its protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteEntry {
     pub route: Ipv4Route,
     pub protocol: u8,
 }
+
+/// One change of a [`Netlink::route_batch`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteOp {
+    /// `ip route replace ROUTE proto 77`.
+    Replace(Ipv4Route),
+    /// `ip route del ROUTE proto 77` (see [`Netlink::route_delete`]).
+    Delete(Ipv4Route),
+}
+
+impl RouteOp {
+    pub fn route(&self) -> &Ipv4Route {
+        match self {
+            RouteOp::Replace(r) | RouteOp::Delete(r) => r,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            RouteOp::Replace(r) => format!("replace route {r}"),
+            RouteOp::Delete(r) => format!("delete route {r}"),
+        }
+    }
+}
+
+/// Route messages per `sendmsg` in [`Netlink::route_batch`]. Each gets an
+/// ACK of its own in our receive queue before we read any; 64 keeps those
+/// (about 1 KiB of socket memory each) well inside the default 208 KiB
+/// receive buffer, so none is dropped.
+const BATCH_MSGS: usize = 64;
 
 /// A synchronous rtnetlink socket in one network namespace.
 pub struct Netlink {
@@ -306,6 +346,19 @@ fn route_message(r: &Ipv4Route, protocol: u8, delete: bool) -> RouteMessage {
     if r.oif != 0 {
         m.attributes.push(RouteAttribute::Oif(r.oif));
     }
+    if !r.multipath.is_empty() {
+        let hops = r
+            .multipath
+            .iter()
+            .map(|g| {
+                let mut nh = RouteNextHop::default();
+                nh.attributes
+                    .push(RouteAttribute::Gateway(RouteAddress::Inet(*g)));
+                nh
+            })
+            .collect();
+        m.attributes.push(RouteAttribute::MultiPath(hops));
+    }
     m
 }
 
@@ -321,6 +374,7 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
         oif: 0,
         scope: m.header.scope.into(),
         onlink: m.header.flags.contains(RouteFlags::Onlink),
+        multipath: Vec::new(),
     };
     for a in &m.attributes {
         match a {
@@ -328,6 +382,12 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
             RouteAttribute::Oif(i) => r.oif = *i,
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::MultiPath(hops) => r.multipath.extend(hops.iter().flat_map(|h| {
+                h.attributes.iter().filter_map(|a| match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
+                    _ => None,
+                })
+            })),
             _ => {}
         }
     }
@@ -635,6 +695,111 @@ impl Netlink {
         })
     }
 
+    /// Applies many route changes with few system calls: up to
+    /// [`BATCH_MSGS`] messages per `sendmsg`, then their ACKs, matched by
+    /// sequence number. Returns one result per op, in order; a refused op
+    /// does not stop the others (the kernel goes on with the next message
+    /// of a batch after an error). A socket failure fails the ops whose
+    /// answers it lost and goes on with the next chunk.
+    pub fn route_batch(&mut self, ops: &[RouteOp]) -> Vec<io::Result<()>> {
+        let mut results: Vec<io::Result<()>> = Vec::with_capacity(ops.len());
+        let mut buf = Vec::new();
+        for chunk in ops.chunks(BATCH_MSGS) {
+            buf.clear();
+            let first = self.seq.wrapping_add(1);
+            for op in chunk {
+                self.seq = self.seq.wrapping_add(1);
+                let (msg, flags) = match op {
+                    RouteOp::Replace(r) => (
+                        RouteNetlinkMessage::NewRoute(route_message(r, RTPROT_PODROUTER, false)),
+                        NLM_F_CREATE | NLM_F_REPLACE,
+                    ),
+                    RouteOp::Delete(r) => (
+                        RouteNetlinkMessage::DelRoute(route_message(r, RTPROT_PODROUTER, true)),
+                        0,
+                    ),
+                };
+                let mut header = NetlinkHeader::default();
+                header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+                header.sequence_number = self.seq;
+                let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+                req.finalize();
+                let at = buf.len();
+                buf.resize(at + ((req.buffer_len() + 3) & !3), 0);
+                req.serialize(&mut buf[at..]);
+            }
+            let mut answers: Vec<Option<Result<(), TxError>>> =
+                (0..chunk.len()).map(|_| None).collect();
+            let outcome = self
+                .sock
+                .send_to(&buf, &SocketAddr::new(0, 0), 0)
+                .map(drop)
+                .and_then(|()| self.collect_acks(first, &mut answers));
+            for (op, answer) in chunk.iter().zip(answers) {
+                results.push(match (answer, &outcome) {
+                    (Some(Ok(())), _) => Ok(()),
+                    (Some(Err(e)), _) => Err(e.with_op(op.describe())),
+                    (None, Err(e)) => Err(io::Error::new(
+                        e.kind(),
+                        format!("netlink: {}: {e}", op.describe()),
+                    )),
+                    (None, Ok(())) => Err(io::Error::other(format!(
+                        "netlink: {}: no answer from the kernel",
+                        op.describe()
+                    ))),
+                });
+            }
+        }
+        results
+    }
+
+    /// Reads ACKs for the sequence numbers `first..first + answers.len()`
+    /// into `answers` until each has one.
+    fn collect_acks(
+        &mut self,
+        first: u32,
+        answers: &mut [Option<Result<(), TxError>>],
+    ) -> io::Result<()> {
+        let mut open = answers.len();
+        while open > 0 {
+            let (data, _) = self.sock.recv_from_full()?;
+            let mut off = 0;
+            while data.len() - off >= NLMSG_HDRLEN {
+                let len = u32::from_ne_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+                if len < NLMSG_HDRLEN || len > data.len() - off {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("truncated reply message (length {len})"),
+                    ));
+                }
+                let raw = &data[off..off + len];
+                off += (len + 3) & !3;
+                let seq = u32::from_ne_bytes(raw[8..12].try_into().unwrap());
+                let i = seq.wrapping_sub(first) as usize;
+                let Some(slot) = answers.get_mut(i).filter(|a| a.is_none()) else {
+                    continue; // not ours, or a duplicate
+                };
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(raw).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("cannot parse reply: {e}"),
+                    )
+                })?;
+                if let NetlinkPayload::Error(e) = m.payload {
+                    *slot = Some(match e.code {
+                        None => Ok(()),
+                        Some(code) => Err(TxError::Kernel {
+                            errno: code.get().abs(),
+                            msg: ext_ack_message(m.header.flags, &e.header),
+                        }),
+                    });
+                    open -= 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every unicast IPv4 route in the main table.
     pub fn routes_v4(&mut self) -> io::Result<Vec<RouteEntry>> {
         let mut req = RouteMessage::default();
@@ -706,8 +871,151 @@ mod tests {
             oif: 4,
             scope: Scope::Universe,
             onlink: true,
+            multipath: Vec::new(),
         };
         assert_eq!(r.to_string(), "0.0.0.0/0 via 169.254.1.1 dev #4 onlink");
+        let m = Ipv4Route {
+            dst: Ipv4Addr::new(10, 250, 0, 0),
+            prefix_len: 24,
+            gateway: None,
+            oif: 0,
+            scope: Scope::Universe,
+            onlink: false,
+            multipath: vec![Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)],
+        };
+        assert_eq!(
+            m.to_string(),
+            "10.250.0.0/24 nexthop via 10.9.0.2 nexthop via 10.9.0.3"
+        );
+        // The message carries RTA_MULTIPATH and parses back to the same.
+        let msg = route_message(&m, RTPROT_PODROUTER, false);
+        assert!(msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::MultiPath(h) if h.len() == 2)));
+        assert_eq!(route_entry(&msg).unwrap().route, m);
+    }
+
+    /// A scratch namespace with a link `d0` holding 10.9.0.1/24;
+    /// deleted on drop. Root only.
+    struct Scratch(String);
+
+    impl Scratch {
+        fn new() -> Scratch {
+            let name = format!("prnl-{}", std::process::id());
+            let sh = |args: &[&str]| {
+                let st = std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "ip {args:?}");
+            };
+            sh(&["netns", "add", &name]);
+            let s = Scratch(name);
+            // (No dummy module here: a veth pair inside the namespace.)
+            sh(&[
+                "-n", &s.0, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
+            ]);
+            sh(&["-n", &s.0, "addr", "add", "10.9.0.1/24", "dev", "d0"]);
+            sh(&["-n", &s.0, "link", "set", "d1", "up"]);
+            sh(&["-n", &s.0, "link", "set", "d0", "up"]);
+            s
+        }
+
+        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.0));
+            crate::netns::run_in_netns(&path, f).unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+
+    fn route(dst: [u8; 4], len: u8, gateway: Option<[u8; 4]>, multipath: &[[u8; 4]]) -> Ipv4Route {
+        Ipv4Route {
+            dst: Ipv4Addr::from(dst),
+            prefix_len: len,
+            gateway: gateway.map(Ipv4Addr::from),
+            oif: 0,
+            scope: Scope::Universe,
+            onlink: false,
+            multipath: multipath.iter().map(|g| Ipv4Addr::from(*g)).collect(),
+        }
+    }
+
+    /// Several chunks of route changes in one batch, with refusals in the
+    /// middle: each op gets its own result, the others still apply, and
+    /// multipath routes read back with every gateway.
+    #[test]
+    fn route_batch_reports_each_op_and_goes_on_after_refusals() {
+        if !crate::sys::is_root() {
+            eprintln!("skipping route_batch test: not root");
+            return;
+        }
+        let ns = Scratch::new();
+        ns.run(|| {
+            let mut nl = Netlink::open().unwrap();
+            let mut ops: Vec<RouteOp> = (0..150u8)
+                .map(|i| RouteOp::Replace(route([10, 100, i, 0], 24, Some([10, 9, 0, 2]), &[])))
+                .collect();
+            // Unreachable gateway: refused (ENETUNREACH) at 10 and 100.
+            ops[10] = RouteOp::Replace(route([10, 101, 0, 0], 24, Some([10, 77, 0, 1]), &[]));
+            ops[100] = RouteOp::Replace(route([10, 101, 1, 0], 24, Some([10, 77, 0, 1]), &[]));
+            ops.push(RouteOp::Replace(route(
+                [10, 250, 0, 0],
+                24,
+                None,
+                &[[10, 9, 0, 2], [10, 9, 0, 3]],
+            )));
+            // Deleting what is not there: ESRCH, reported, not fatal.
+            ops.push(RouteOp::Delete(route([10, 102, 0, 0], 24, None, &[])));
+            let results = nl.route_batch(&ops);
+            assert_eq!(results.len(), ops.len());
+            for (i, r) in results.iter().enumerate() {
+                match i {
+                    10 | 100 => {
+                        let e = r.as_ref().unwrap_err();
+                        assert_eq!(errno(e), Some(libc::ENETUNREACH), "{e}");
+                        assert!(e.to_string().contains("via 10.77.0.1"), "{e}");
+                    }
+                    151 => assert_eq!(errno(r.as_ref().unwrap_err()), Some(libc::ESRCH)),
+                    _ => assert!(r.is_ok(), "op {i}: {r:?}"),
+                }
+            }
+            let ours: Vec<RouteEntry> = nl
+                .routes_v4()
+                .unwrap()
+                .into_iter()
+                .filter(|r| r.protocol == RTPROT_PODROUTER)
+                .collect();
+            assert_eq!(ours.len(), 149, "148 single + 1 multipath");
+            let mp = ours
+                .iter()
+                .find(|r| r.route.dst == Ipv4Addr::new(10, 250, 0, 0))
+                .unwrap();
+            assert_eq!(
+                mp.route.multipath,
+                vec![Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)]
+            );
+            // Delete them all in one batch, the multipath one by its set.
+            let dels: Vec<RouteOp> = ours
+                .iter()
+                .map(|r| RouteOp::Delete(r.route.clone()))
+                .collect();
+            assert!(nl.route_batch(&dels).iter().all(Result::is_ok));
+            assert!(nl
+                .routes_v4()
+                .unwrap()
+                .iter()
+                .all(|r| r.protocol != RTPROT_PODROUTER));
+            // An empty batch does nothing.
+            assert!(nl.route_batch(&[]).is_empty());
+        });
     }
 
     /// Reads this namespace over netlink; works unprivileged.

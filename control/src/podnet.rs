@@ -339,6 +339,7 @@ fn configure_pod_side(
         oif: index,
         scope: Scope::Link,
         onlink: false,
+        multipath: Vec::new(),
     };
     nl.route_replace(&gateway)
         .map_err(err(format!("add route {GATEWAY_IP} scope link")))?;
@@ -349,6 +350,7 @@ fn configure_pod_side(
         oif: index,
         scope: Scope::Universe,
         onlink: false,
+        multipath: Vec::new(),
     };
     nl.route_replace(&default)
         .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
@@ -524,6 +526,7 @@ fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
         oif,
         scope: Scope::Link,
         onlink: false,
+        multipath: Vec::new(),
     }
 }
 
