@@ -1,6 +1,7 @@
 //! podrouterd's BGP-4 speaker: it announces this node's pod blocks with the
 //! node IP as next hop, learns other nodes' (and upstream routers') blocks,
-//! selects best paths and installs them in the FIB.
+//! selects best paths (with ECMP across equal paths) and installs them in
+//! the FIB.
 //!
 //! # Layers
 //!
@@ -23,7 +24,8 @@
 //!   Collision detection, hold/keepalive/connect-retry/idle-hold timers
 //!   with backoff, capabilities (4-octet AS, MP IPv4 unicast, route
 //!   refresh, graceful restart), max-prefix, the Adj-RIB-In.
-//! - [`rib`]: best-path selection across peers, ECMP set.
+//! - [`rib`]: best-path selection across peers, ECMP set (installed as one
+//!   FIB next-hop group of the set's distinct next hops).
 //! - [`speaker`]: the sessions + RIB + import filter + FIB diff, still
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
 //! - [`stale`]: the learned-block kernel routes a previous run left

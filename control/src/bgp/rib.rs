@@ -18,10 +18,11 @@
 //! 9. lowest peer address.
 //!
 //! Paths equal to the best through step 6 form its multipath (ECMP) set.
-//! The FIB holds one next hop per prefix today, so the speaker installs the
-//! best path's (steps 7-9 make it deterministic: the same inputs give the
-//! same next hop on every node and after every restart); the multipath set
-//! is shown by `podrouterctl bgp rib` and is ready for a multi-next-hop FIB.
+//! The speaker installs the set's distinct next hops, sorted by address
+//! ([`Rib::next_hops`]): one is a plain FIB route, several a next-hop
+//! group the data plane spreads flows over. Sorting makes the group
+//! independent of arrival order and of steps 7-9, so every node with the
+//! same paths installs the same group, also after a restart.
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -89,8 +90,29 @@ impl Rib {
         select(self.paths(prefix))
     }
 
-    /// The best path only (no multipath set, no allocation): what the FIB
-    /// sync needs for every changed prefix.
+    /// The distinct next hops of the multipath set of `prefix`, sorted by
+    /// address, into `out` (cleared first; empty if the prefix has no
+    /// path). No allocation beyond `out`'s growth: what the FIB sync needs
+    /// for every changed prefix.
+    pub fn next_hops(&self, prefix: &Prefix, out: &mut Vec<Ipv4Addr>) {
+        out.clear();
+        match self.paths(prefix) {
+            [] => {}
+            [one] => out.push(one.next_hop),
+            many => {
+                let best = best_of(many).expect("non-empty");
+                out.extend(
+                    many.iter()
+                        .filter(|p| in_multipath(p, best))
+                        .map(|p| p.next_hop),
+                );
+                out.sort_unstable();
+                out.dedup();
+            }
+        }
+    }
+
+    /// The best path only (no multipath set, no allocation).
     pub fn best(&self, prefix: &Prefix) -> Option<&Arc<Path>> {
         match self.paths(prefix) {
             [] => None,
@@ -112,10 +134,7 @@ pub fn select(paths: &[Arc<Path>]) -> Option<Selection> {
     let best = best_of(paths).expect("non-empty");
     let mut multipath: Vec<Arc<Path>> = paths
         .iter()
-        .filter(|p| {
-            let same_as = neighbor_as(p) == neighbor_as(best);
-            pre_tiebreak(p, best, same_as) == Ordering::Equal
-        })
+        .filter(|p| in_multipath(p, best))
         .cloned()
         .collect();
     multipath.sort_by(|a, b| compare(a, b, true));
@@ -123,6 +142,13 @@ pub fn select(paths: &[Arc<Path>]) -> Option<Selection> {
         best: best.clone(),
         multipath,
     })
+}
+
+/// Whether `p` is equal to `best` through step 6 (MED compared only
+/// within one neighbouring AS).
+fn in_multipath(p: &Path, best: &Path) -> bool {
+    let same_as = neighbor_as(p) == neighbor_as(best);
+    pre_tiebreak(p, best, same_as) == Ordering::Equal
 }
 
 /// The decision's winner among `paths`.
@@ -386,6 +412,9 @@ mod tests {
         assert_eq!(s.best.peer, ip("10.0.0.2"));
         let mp: Vec<_> = s.multipath.iter().map(|p| p.peer).collect();
         assert_eq!(mp, vec![ip("10.0.0.2"), ip("10.0.0.3")]);
+        let mut nh = Vec::new();
+        rib.next_hops(&p, &mut nh);
+        assert_eq!(nh, vec![ip("10.0.0.2"), ip("10.0.0.3")]);
         rib.upsert(
             p,
             mk(&B {
@@ -394,11 +423,15 @@ mod tests {
             }),
         );
         assert_eq!(rib.select(&p).unwrap().best.peer, ip("10.0.0.3"));
+        rib.next_hops(&p, &mut nh);
+        assert_eq!(nh, vec![ip("10.0.0.3")]);
         rib.remove(p, ip("10.0.0.3"));
         rib.remove(p, ip("10.0.0.2"));
         assert_eq!(rib.select(&p).unwrap().best.peer, ip("10.0.0.4"));
         rib.remove(p, ip("10.0.0.4"));
         assert!(rib.is_empty());
+        rib.next_hops(&p, &mut nh);
+        assert!(nh.is_empty());
         assert!(rib.select(&p).is_none());
     }
 }

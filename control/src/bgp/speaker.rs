@@ -15,9 +15,12 @@
 //! # FIB sync
 //!
 //! Route events mark prefixes dirty; [`Speaker::take_fib_changes`] runs the
-//! decision for each dirty prefix and compares its best next hop with what
-//! it installed before, producing one batch of inserts and removes for
-//! [`podrouter_router::fib::Fib::update`]. The driver calls it once per
+//! decision for each dirty prefix and compares the next hops of its
+//! multipath set (distinct, sorted: [`Rib::next_hops`]) with what it
+//! installed before, producing one batch of inserts and removes for
+//! [`podrouter_router::fib::Fib::update`]: one next hop is a plain
+//! `NextHop::Node` route, several an ECMP group
+//! (`FibChange::InsertMultipath`). The driver calls it once per
 //! loop iteration, so a burst of UPDATEs becomes one FIB publication.
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -50,8 +53,9 @@ pub struct SpeakerConfig {
 }
 
 /// A change of the node kernel's route for a learned block: the prefix,
-/// its new next-hop node (None: remove) and the one it replaces.
-pub type KernelJob = (Prefix, Option<Ipv4Addr>, Option<Ipv4Addr>);
+/// its new next-hop nodes (None: remove) and the ones they replace (each
+/// list sorted, distinct, non-empty).
+pub type KernelJob = (Prefix, Option<Vec<Ipv4Addr>>, Option<Vec<Ipv4Addr>>);
 
 /// How a learned route reaches the FIB: the one place that builds the
 /// FIB's next hop for another node's block.
@@ -59,12 +63,23 @@ pub fn fib_next_hop(node: Ipv4Addr) -> NextHop {
     NextHop::Node(node)
 }
 
+/// The FIB change that routes `p` via `vias` (sorted, distinct): a plain
+/// route for one node, an ECMP group for several, a removal for none.
+pub fn fib_change(p: Prefix, vias: &[Ipv4Addr]) -> FibChange {
+    match vias {
+        [] => FibChange::Remove(p),
+        [one] => FibChange::Insert(p, fib_next_hop(*one)),
+        many => FibChange::InsertMultipath(p, many.to_vec()),
+    }
+}
+
 pub struct Speaker {
     pub cfg: SpeakerConfig,
     sessions: Vec<Session>,
     rib: Rib,
     dirty: HashSet<Prefix>,
-    installed: HashMap<Prefix, Ipv4Addr>,
+    /// What BGP installed per prefix: its next hops, sorted, distinct.
+    installed: HashMap<Prefix, Vec<Ipv4Addr>>,
     /// Changes for the node's kernel routes: (prefix, new via, old via).
     kernel_jobs: Vec<KernelJob>,
     io: Vec<(usize, Output)>,
@@ -227,30 +242,29 @@ impl Speaker {
         None
     }
 
-    /// The FIB batch that brings the FIB in line with the RIB's best paths.
+    /// The FIB batch that brings the FIB in line with the RIB's best paths
+    /// (each prefix via the distinct next hops of its multipath set).
     pub fn take_fib_changes(&mut self) -> Vec<FibChange> {
         let mut changes = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
+        let mut want = Vec::new();
         for p in dirty {
-            let want = match self.filtered(&p) {
-                Some(_) => None,
-                None => self.rib.best(&p).map(|b| b.next_hop),
-            };
-            let have = self.installed.get(&p).copied();
-            if want == have {
+            want.clear();
+            if self.filtered(&p).is_none() {
+                self.rib.next_hops(&p, &mut want);
+            }
+            let have = self.installed.get(&p).map_or(&[][..], |v| &v[..]);
+            if have == &want[..] {
                 continue;
             }
-            self.kernel_jobs.push((p, want, have));
-            match want {
-                Some(nh) => {
-                    self.installed.insert(p, nh);
-                    changes.push(FibChange::Insert(p, fib_next_hop(nh)));
-                }
-                None => {
-                    self.installed.remove(&p);
-                    changes.push(FibChange::Remove(p));
-                }
-            }
+            changes.push(fib_change(p, &want));
+            let old = if want.is_empty() {
+                self.installed.remove(&p)
+            } else {
+                self.installed.insert(p, want.clone())
+            };
+            self.kernel_jobs
+                .push((p, (!want.is_empty()).then(|| want.clone()), old));
         }
         changes
     }
@@ -265,15 +279,16 @@ impl Speaker {
         self.installed.len()
     }
 
-    pub fn installed_next_hop(&self, p: &Prefix) -> Option<Ipv4Addr> {
-        self.installed.get(p).copied()
+    /// The next hops BGP installed for `p` (sorted; empty if none).
+    pub fn installed_next_hops(&self, p: &Prefix) -> &[Ipv4Addr] {
+        self.installed.get(p).map_or(&[], |v| &v[..])
     }
 
     /// FIB removals for every route BGP installed (on shutdown).
     pub fn withdraw_all_from_fib(&mut self) -> Vec<FibChange> {
         let mut changes = Vec::new();
-        for (p, via) in self.installed.drain() {
-            self.kernel_jobs.push((p, None, Some(via)));
+        for (p, vias) in self.installed.drain() {
+            self.kernel_jobs.push((p, None, Some(vias)));
             changes.push(FibChange::Remove(p));
         }
         changes
@@ -369,12 +384,14 @@ impl Speaker {
                 paths.insert(0, b);
             }
             let filtered = self.filtered(p);
+            let installed = self.installed_next_hops(p);
             for path in paths {
                 if routes.len() >= limit {
                     truncated = true;
                     break 'outer;
                 }
                 let best = path.peer == sel.best.peer;
+                let multipath = sel.multipath.iter().any(|m| m.peer == path.peer);
                 let stale = self
                     .peer_index(path.peer)
                     .is_some_and(|i| self.sessions[i].is_stale(p));
@@ -390,8 +407,8 @@ impl Speaker {
                     local_pref: Some(path.local_pref),
                     med: path.attrs.med,
                     best,
-                    multipath: !best && sel.multipath.iter().any(|m| m.peer == path.peer),
-                    installed: best && self.installed.get(p) == Some(&path.next_hop),
+                    multipath: !best && multipath,
+                    installed: (best || multipath) && installed.contains(&path.next_hop),
                     stale,
                     ebgp: path.ebgp,
                     filtered: filtered.map(str::to_string),
@@ -566,6 +583,88 @@ mod tests {
         // Our OPEN and announcements went out on connect.
         let io = s.take_io();
         assert!(io.iter().any(|(_, o)| matches!(o, Output::Close(_))));
+    }
+
+    #[test]
+    fn equal_paths_make_one_ecmp_group_in_the_fib() {
+        let t = Instant::now();
+        let block = p("10.250.0.0/24");
+        let both = vec![ip("10.0.0.2"), ip("10.0.0.3")];
+        // Whichever peer announces first, the group is the same (sorted).
+        for order in [[0, 1], [1, 0]] {
+            let mut s = speaker();
+            up(&mut s, t, 0, "10.0.0.2");
+            up(&mut s, t, 1, "10.0.0.3");
+            let nh = |i: usize| ["10.0.0.2", "10.0.0.3"][i];
+            announce(&mut s, t, order[0], nh(order[0]), 100, &["10.250.0.0/24"]);
+            assert_eq!(
+                s.take_fib_changes(),
+                vec![FibChange::Insert(block, NextHop::Node(ip(nh(order[0]))))]
+            );
+            announce(&mut s, t, order[1], nh(order[1]), 100, &["10.250.0.0/24"]);
+            assert_eq!(
+                s.take_fib_changes(),
+                vec![FibChange::InsertMultipath(block, both.clone())],
+                "order {order:?}"
+            );
+            assert_eq!(s.installed_next_hops(&block), &both[..]);
+            let jobs = s.take_kernel_jobs();
+            assert_eq!(
+                jobs.last(),
+                Some(&(block, Some(both.clone()), Some(vec![ip(nh(order[0]))])))
+            );
+            // The same paths again: no change.
+            announce(&mut s, t, 0, "10.0.0.2", 100, &["10.250.0.0/24"]);
+            assert!(s.take_fib_changes().is_empty());
+            // Both paths are installed; the non-best one shows as multipath.
+            let rib = s.rib_info(None, 100);
+            let rows: Vec<_> = rib
+                .routes
+                .iter()
+                .filter(|r| r.prefix == "10.250.0.0/24")
+                .collect();
+            assert_eq!(rows.len(), 2);
+            assert!(rows.iter().all(|r| r.installed), "{rows:#?}");
+            assert!(rows[0].best && !rows[1].best && rows[1].multipath);
+            // A worse path is not part of the group (nor installed).
+            announce(&mut s, t, 1, "10.0.0.3", 50, &["10.250.0.0/24"]);
+            assert_eq!(
+                s.take_fib_changes(),
+                vec![FibChange::Insert(block, NextHop::Node(ip("10.0.0.2")))]
+            );
+            let rib = s.rib_info(None, 100);
+            let worse = rib.routes.iter().find(|r| r.from == "10.0.0.3").unwrap();
+            assert!(!worse.installed && !worse.multipath);
+            announce(&mut s, t, 1, "10.0.0.3", 100, &["10.250.0.0/24"]);
+            assert_eq!(
+                s.take_fib_changes(),
+                vec![FibChange::InsertMultipath(block, both.clone())]
+            );
+            // One peer withdraws (its session ends): a single next hop.
+            s.input(t, 1, Input::Closed(ConnId::Outbound, "gone".into()));
+            assert_eq!(
+                s.take_fib_changes(),
+                vec![FibChange::Insert(block, NextHop::Node(ip("10.0.0.2")))]
+            );
+            assert_eq!(s.installed_next_hops(&block), &[ip("10.0.0.2")]);
+            s.take_kernel_jobs();
+            let all = s.withdraw_all_from_fib();
+            assert_eq!(all, vec![FibChange::Remove(block)]);
+            assert_eq!(
+                s.take_kernel_jobs(),
+                vec![(block, None, Some(vec![ip("10.0.0.2")]))]
+            );
+        }
+        // Two peers announcing the same next hop: one node, no group.
+        let mut s = speaker();
+        up(&mut s, t, 0, "10.0.0.2");
+        up(&mut s, t, 1, "10.0.0.3");
+        announce(&mut s, t, 0, "10.0.0.9", 100, &["10.250.0.0/24"]);
+        announce(&mut s, t, 1, "10.0.0.9", 100, &["10.250.0.0/24"]);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(block, NextHop::Node(ip("10.0.0.9")))]
+        );
     }
 
     #[test]
