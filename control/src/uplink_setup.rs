@@ -18,16 +18,23 @@
 //!   - direct: `<block> via <node>`, so the node's kernel forwards what the
 //!     router hands it, over the underlay (the receiving node's kernel
 //!     forwards it to the host port through the pod CIDR route).
+//!   - ECMP (several nodes, [`kernel_route`]): all encapsulated, the first
+//!     form (the router spreads flows over the members); otherwise a route
+//!     via the directly routed members only, a multipath one
+//!     (`nexthop via A nexthop via B`) when there are several, so the
+//!     node's kernel spreads too. Tunnelled members of a mixed group then
+//!     carry only the pods' traffic, which the router spreads.
 //!
 //!   With an uplink, `net.ipv4.ip_forward=1` is set in the node namespace
 //!   (logged when changed) in every mode: besides direct routing, a pod's
 //!   replies to another node's own address leave through the host port
 //!   and the node's kernel.
 //!
-//! Static `[[routes]]` go through [`install_node_routes`] at start; other
-//! route sources (BGP) call [`install_node_route`] / [`remove_node_route`]
-//! as their routes come and go, beside their FIB update with
-//! `NextHop::Node(via)`.
+//! Static `[[routes]]` go through [`install_node_routes`] at start (one
+//! netlink exchange each); BGP's learned blocks, which can be 100,000s,
+//! go through [`KernelRoutes`]: one socket kept open, the host port
+//! resolved once per batch, many routes per `sendmsg`
+//! ([`Netlink::route_batch`]), every failure reported with its prefix.
 //!
 //! Failure policy: with `uplink` named in the config, any failure to set up
 //! the uplink stops the daemon; without it, a node whose uplink cannot be
@@ -41,7 +48,7 @@ use podrouter_router::port::{PortInfo, PortRole};
 use podrouter_router::uplink::{EncapMode, EncapPolicy, Uplink};
 
 use crate::config::{Config, Encap};
-use crate::netlink::{errno, Ipv4Route, LinkInfo, Netlink, Scope};
+use crate::netlink::{errno, Ipv4Route, LinkInfo, Netlink, NetlinkError, RouteOp, Scope};
 
 /// The uplink as the daemon keeps it (cheap to clone: the port is shared).
 #[derive(Clone, Debug)]
@@ -188,42 +195,56 @@ fn enable_forwarding() {
     }
 }
 
-/// The kernel route for `prefix` owned by `via`: into the router (to be
-/// encapsulated) or via the node (routed directly).
-fn kernel_route(
-    nl: &mut Netlink,
-    host_port: &str,
-    uplink: &UplinkState,
+/// The kernel route for `prefix` reached via the nodes `vias` (sorted,
+/// distinct, non-empty), with the host port at index `host_index`: into
+/// the router when every node is encapsulated to, else via the nodes
+/// routed directly (a multipath route for several). See the module doc.
+pub fn kernel_route(
+    policy: &EncapPolicy,
+    host_index: u32,
     prefix: Prefix,
-    via: Ipv4Addr,
-) -> Result<Ipv4Route, String> {
-    if uplink.policy.encap_to(via) {
-        let oif = nl
-            .link_index(host_port)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("host port {host_port} does not exist"))?;
-        Ok(Ipv4Route {
-            dst: prefix.addr(),
-            prefix_len: prefix.len(),
-            gateway: None,
-            oif,
-            scope: Scope::Link,
-            onlink: false,
-        })
-    } else {
-        Ok(Ipv4Route {
-            dst: prefix.addr(),
-            prefix_len: prefix.len(),
-            gateway: Some(via),
-            oif: 0,
-            scope: Scope::Universe,
-            onlink: false,
-        })
+    vias: &[Ipv4Addr],
+) -> Ipv4Route {
+    let direct: Vec<Ipv4Addr> = vias
+        .iter()
+        .copied()
+        .filter(|v| !policy.encap_to(*v))
+        .collect();
+    let mut route = Ipv4Route {
+        dst: prefix.addr(),
+        prefix_len: prefix.len(),
+        gateway: None,
+        oif: 0,
+        scope: Scope::Universe,
+        onlink: false,
+        multipath: Vec::new(),
+    };
+    match direct[..] {
+        [] => {
+            route.oif = host_index;
+            route.scope = Scope::Link;
+        }
+        [one] => route.gateway = Some(one),
+        _ => route.multipath = direct,
     }
+    route
+}
+
+/// Whether [`kernel_route`] needs the host port's index for these nodes.
+fn needs_host_port(policy: &EncapPolicy, vias: &[Ipv4Addr]) -> bool {
+    vias.iter().all(|v| policy.encap_to(*v))
+}
+
+fn host_index(nl: &mut Netlink, host_port: &str) -> Result<u32, String> {
+    nl.link_index(host_port)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("host port {host_port} does not exist"))
 }
 
 /// Installs (or replaces) the kernel route for one route to another
-/// node's block. Without an uplink there is nothing to route to.
+/// node's block (one netlink socket and exchange per call: for a few
+/// static routes; use [`KernelRoutes`] for many). Without an uplink there
+/// is nothing to route to.
 pub fn install_node_route(
     host_port: &str,
     uplink: Option<&UplinkState>,
@@ -234,26 +255,134 @@ pub fn install_node_route(
         return Ok(());
     };
     let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-    let route = kernel_route(&mut nl, host_port, uplink, prefix, via)?;
+    let index = if needs_host_port(&uplink.policy, &[via]) {
+        host_index(&mut nl, host_port)?
+    } else {
+        0
+    };
+    let route = kernel_route(&uplink.policy, index, prefix, &[via]);
     nl.route_replace(&route).map_err(|e| e.to_string())
 }
 
-/// Removes the kernel route [`install_node_route`] installed (success if
-/// it is not there).
-pub fn remove_node_route(
-    host_port: &str,
-    uplink: Option<&UplinkState>,
-    prefix: Prefix,
-    via: Ipv4Addr,
-) -> Result<(), String> {
-    let Some(uplink) = uplink else {
-        return Ok(());
-    };
-    let mut nl = Netlink::open().map_err(|e| e.to_string())?;
-    let route = kernel_route(&mut nl, host_port, uplink, prefix, via)?;
-    match nl.route_delete(&route) {
-        Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
-        r => r.map_err(|e| e.to_string()),
+/// One kernel route change for a learned block: the prefix, the nodes it
+/// goes via now (None: remove the route) and the ones it went via before
+/// (None: it had none). Node lists are sorted, distinct and non-empty.
+pub type RouteJob = (Prefix, Option<Vec<Ipv4Addr>>, Option<Vec<Ipv4Addr>>);
+
+/// The kernel routes of learned blocks, applied in batches: one netlink
+/// socket for the owner's life (reopened after a socket failure), the host
+/// port's index looked up once per batch (and again if the kernel no
+/// longer knows it), many route messages per `sendmsg`.
+pub struct KernelRoutes {
+    host_port: String,
+    uplink: UplinkState,
+    nl: Option<Netlink>,
+    /// Route changes that failed, in total.
+    pub failures: u64,
+}
+
+impl KernelRoutes {
+    /// Opens nothing yet: the socket is opened by the first batch, in the
+    /// network namespace of the thread that applies it.
+    pub fn new(host_port: &str, uplink: UplinkState) -> KernelRoutes {
+        KernelRoutes {
+            host_port: host_port.to_string(),
+            uplink,
+            nl: None,
+            failures: 0,
+        }
+    }
+
+    /// Applies `jobs` in order and returns the ones that failed, with why
+    /// (also counted in `failures`). A failure never stops the rest.
+    /// Removing a route that is not there succeeds, and so does removing a
+    /// route into a host port that no longer exists (it went with it).
+    pub fn apply(&mut self, jobs: &[RouteJob]) -> Vec<(Prefix, String)> {
+        let mut failed = Vec::new();
+        let jobs: Vec<&RouteJob> = jobs
+            .iter()
+            .filter(|j| j.1.is_some() || j.2.is_some())
+            .collect();
+        if jobs.is_empty() {
+            return failed;
+        }
+        if self.nl.is_none() {
+            match Netlink::open() {
+                Ok(nl) => self.nl = Some(nl),
+                Err(e) => {
+                    failed.extend(jobs.iter().map(|j| (j.0, e.to_string())));
+                    self.failures += failed.len() as u64;
+                    return failed;
+                }
+            }
+        }
+        let nl = self.nl.as_mut().expect("opened above");
+        let policy = self.uplink.policy;
+        let vias = |j: &RouteJob| -> Vec<Ipv4Addr> {
+            j.1.as_ref().or(j.2.as_ref()).cloned().unwrap_or_default()
+        };
+        let op_for = |j: &RouteJob, index: u32| {
+            let route = kernel_route(&policy, index, j.0, &vias(j));
+            match j.1 {
+                Some(_) => RouteOp::Replace(route),
+                None => RouteOp::Delete(route),
+            }
+        };
+        let index = jobs
+            .iter()
+            .any(|j| needs_host_port(&policy, &vias(j)))
+            .then(|| host_index(nl, &self.host_port));
+        let mut todo: Vec<&RouteJob> = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            match &index {
+                Some(Err(why)) if needs_host_port(&policy, &vias(j)) => {
+                    if j.1.is_some() {
+                        failed.push((j.0, why.clone()));
+                    }
+                }
+                _ => todo.push(j),
+            }
+        }
+        let first_index = match index {
+            Some(Ok(i)) => i,
+            _ => 0,
+        };
+        let ops: Vec<RouteOp> = todo.iter().map(|j| op_for(j, first_index)).collect();
+        let mut results = nl.route_batch(&ops);
+        // The host port may have been recreated since we looked it up:
+        // look again and retry what was refused for want of the device.
+        let stale: Vec<usize> = (0..ops.len())
+            .filter(|&k| {
+                ops[k].route().oif != 0
+                    && results[k].as_ref().err().and_then(errno) == Some(libc::ENODEV)
+            })
+            .collect();
+        if !stale.is_empty() {
+            if let Ok(fresh) = host_index(nl, &self.host_port) {
+                let again: Vec<RouteOp> = stale.iter().map(|&k| op_for(todo[k], fresh)).collect();
+                for (&k, r) in stale.iter().zip(nl.route_batch(&again)) {
+                    results[k] = r;
+                }
+            }
+        }
+        let mut broken = false;
+        for ((j, op), r) in todo.iter().zip(&ops).zip(results) {
+            let gone = [libc::ESRCH, libc::ENODEV];
+            match (op, r) {
+                (_, Ok(())) => {}
+                (RouteOp::Delete(_), Err(e)) if errno(&e).is_some_and(|n| gone.contains(&n)) => {}
+                (_, Err(e)) => {
+                    broken |= !e.get_ref().is_some_and(|x| x.is::<NetlinkError>());
+                    failed.push((j.0, e.to_string()));
+                }
+            }
+        }
+        if broken {
+            // Not a refusal: the socket itself failed. Start afresh.
+            self.nl = None;
+        }
+        self.failures += failed.len() as u64;
+        failed
     }
 }
 
@@ -275,7 +404,7 @@ pub fn install_node_routes(cfg: &Config, uplink: Option<&UplinkState>) {
 
 /// What `podrouterctl routes` shows as the port of a route to `via`: the
 /// uplink port if encapsulated, the host port if routed directly, nothing
-/// without an uplink.
+/// without an uplink. (For an ECMP route, call it per member.)
 pub fn route_port(uplink: Option<&UplinkState>, host_port: &str, via: Ipv4Addr) -> Option<String> {
     let u = uplink?;
     Some(if u.policy.encap_to(via) {
@@ -306,6 +435,37 @@ mod tests {
             network(Ipv4Addr::new(10, 1, 2, 3), 0).to_string(),
             "0.0.0.0/0"
         );
+    }
+
+    #[test]
+    fn kernel_routes_for_single_and_ecmp_next_hops() {
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let block: Prefix = "10.250.0.0/24".parse().unwrap();
+        let policy = |mode| EncapPolicy {
+            mode,
+            subnet: Some("192.168.0.0/24".parse().unwrap()),
+        };
+        let (near, near2, far) = (ip("192.168.0.2"), ip("192.168.0.3"), ip("192.168.1.2"));
+        // Encapsulated: into the host port, however many nodes.
+        for vias in [&[far][..], &[near, far], &[near, near2]] {
+            let r = kernel_route(&policy(EncapMode::Always), 7, block, vias);
+            assert_eq!(r.to_string(), "10.250.0.0/24 dev #7 scope link", "{vias:?}");
+        }
+        // Directly routed: via the node, or a multipath route.
+        let r = kernel_route(&policy(EncapMode::Never), 7, block, &[near]);
+        assert_eq!(r.to_string(), "10.250.0.0/24 via 192.168.0.2");
+        let r = kernel_route(&policy(EncapMode::Never), 7, block, &[near, far]);
+        assert_eq!(
+            r.to_string(),
+            "10.250.0.0/24 nexthop via 192.168.0.2 nexthop via 192.168.1.2"
+        );
+        // Mixed (cross-subnet): only the directly routed members.
+        let cs = policy(EncapMode::CrossSubnet);
+        let r = kernel_route(&cs, 7, block, &[near, near2, far]);
+        assert_eq!(r.multipath, vec![near, near2]);
+        let r = kernel_route(&cs, 7, block, &[near, far]);
+        assert_eq!(r.gateway, Some(near));
+        assert!(needs_host_port(&cs, &[far]) && !needs_host_port(&cs, &[near, far]));
     }
 
     #[test]

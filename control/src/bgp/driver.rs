@@ -15,12 +15,16 @@
 //! 200 ms to flush its last NOTIFICATION.
 //!
 //! Kernel routes: with an IPIP uplink, each learned block also needs a
-//! route in the node's kernel (`uplink_setup::install_node_route`), so the
-//! node's own traffic to remote pods enters the router. Those are netlink
-//! round trips (one socket per call in that helper), far slower than a FIB
-//! batch, so a second thread, `bgp-kernel`, applies them in order from a
-//! channel: the BGP loop never waits for netlink, and the FIB (what
-//! forwarding uses) is never held back by the kernel's copy.
+//! route in the node's kernel (`uplink_setup::kernel_route`: into the
+//! router, or via the directly routed next hops, multipath for an ECMP
+//! set), so the node's own traffic to remote pods enters the router or
+//! goes straight to the node. Netlink is slower than a FIB batch, so a
+//! second thread, `bgp-kernel`, applies them in order from a channel: the
+//! BGP loop never waits for netlink, and the FIB (what forwarding uses) is
+//! never held back by the kernel's copy. It batches
+//! ([`uplink_setup::KernelRoutes`]): one socket for its life, everything
+//! queued so far in one go, 64 route messages per `sendmsg`; each failure
+//! is logged with its prefix and counted, and never stops the rest.
 //!
 //! Graceful restart across our own restart: a graceful stop writes
 //! `state_dir/bgp-restart` with the time and leaves the learned blocks'
@@ -52,7 +56,7 @@ use super::stale::{self, StaleKernelRoutes};
 use super::{speaker_config, Endpoints};
 use crate::config::Config;
 use crate::sys;
-use crate::uplink_setup::{self, UplinkState};
+use crate::uplink_setup::{KernelRoutes, UplinkState};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -242,26 +246,36 @@ impl BgpHandle {
     }
 }
 
-/// The `bgp-kernel` thread: applies kernel route changes in order.
+/// The `bgp-kernel` thread: applies kernel route changes in order, every
+/// batch queued so far at once.
 fn kernel_sync(rx: mpsc::Receiver<Vec<KernelJob>>, host_port: String, uplink: UplinkState) {
-    let mut failures = 0u64;
-    while let Ok(batch) = rx.recv() {
-        for (prefix, new, old) in batch {
-            let r = match (new, old) {
-                (Some(via), _) => {
-                    uplink_setup::install_node_route(&host_port, Some(&uplink), prefix, via)
-                }
-                (None, Some(via)) => {
-                    uplink_setup::remove_node_route(&host_port, Some(&uplink), prefix, via)
-                }
-                (None, None) => Ok(()),
-            };
-            if let Err(e) = r {
-                failures += 1;
-                if failures <= 10 || failures.is_power_of_two() {
-                    log::warn!("bgp: kernel route for {prefix}: {e} ({failures} failures so far)");
-                }
+    let mut routes = KernelRoutes::new(&host_port, uplink);
+    while let Ok(mut batch) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
+        }
+        let failed = routes.apply(&batch);
+        // Every failure names its prefix: the first few of a batch as
+        // warnings, the rest at debug level, then a count.
+        for (k, (prefix, e)) in failed.iter().enumerate() {
+            if k < 10 {
+                log::warn!("bgp: kernel route for {prefix}: {e}");
+            } else {
+                log::debug!("bgp: kernel route for {prefix}: {e}");
             }
+        }
+        if !failed.is_empty() {
+            log::warn!(
+                "bgp: {} of {} kernel route changes failed{} ({} failures so far)",
+                failed.len(),
+                batch.len(),
+                if failed.len() > 10 {
+                    " (the rest logged at debug level)"
+                } else {
+                    ""
+                },
+                routes.failures
+            );
         }
     }
 }
