@@ -257,9 +257,15 @@ pub struct RouteInfo {
     /// Port name for `local` routes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<String>,
-    /// Node address for `node` routes.
+    /// Node address for `node` routes (the first of `vias` for an ECMP
+    /// route).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<Ipv4Addr>,
+    /// Every node address of a `node` route, sorted: one, or several for
+    /// an ECMP (multipath) route, over which flows are spread. Absent for
+    /// other routes and from daemons older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vias: Vec<Ipv4Addr>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

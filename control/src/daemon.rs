@@ -793,11 +793,12 @@ impl Daemon {
 
     fn routes(&self) -> Vec<RouteInfo> {
         let ports = self.ports.load();
-        self.fib
-            .load()
+        let table = self.fib.load();
+        table
             .routes()
             .into_iter()
             .map(|(prefix, nh)| {
+                let vias = table.next_hop_nodes(nh);
                 let (next_hop, port, via) = match nh {
                     NextHop::Local(id) => (
                         "local",
@@ -818,6 +819,22 @@ impl Daemon {
                         ),
                         Some(ip),
                     ),
+                    NextHop::Nodes(_) => {
+                        // Each member's port; one name when they agree.
+                        let mut names: Vec<String> = vias
+                            .iter()
+                            .filter_map(|ip| {
+                                crate::uplink_setup::route_port(
+                                    self.uplink.as_ref(),
+                                    &self.cfg.dataplane.host_port,
+                                    *ip,
+                                )
+                            })
+                            .collect();
+                        names.dedup();
+                        let port = (!names.is_empty()).then(|| names.join("+"));
+                        ("node", port, vias.first().copied())
+                    }
                     NextHop::Unreachable => ("unreachable", None, None),
                 };
                 RouteInfo {
@@ -825,6 +842,7 @@ impl Daemon {
                     next_hop: next_hop.into(),
                     port,
                     via,
+                    vias,
                 }
             })
             .collect()

@@ -222,10 +222,22 @@ fn text(r: &Reply) -> String {
         Reply::Routes(routes) => {
             let mut t = Table::new(&["PREFIX", "NEXT HOP", "VIA"]);
             for r in routes {
-                // Routes to other nodes have both: "192.168.57.12 (ipip@eth0)".
-                let via = match (r.via, &r.port) {
+                // Routes to other nodes have both: "192.168.57.12 (ipip@eth0)";
+                // ECMP routes list every node: "192.168.57.12,192.168.57.13 (..)".
+                let nodes = if r.vias.len() > 1 {
+                    Some(
+                        r.vias
+                            .iter()
+                            .map(|v| v.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    )
+                } else {
+                    r.via.map(|v| v.to_string())
+                };
+                let via = match (nodes, &r.port) {
                     (Some(v), Some(p)) => format!("{v} ({p})"),
-                    (Some(v), None) => v.to_string(),
+                    (Some(v), None) => v,
                     (None, Some(p)) => p.clone(),
                     (None, None) => "-".into(),
                 };
@@ -304,7 +316,8 @@ fn text(r: &Reply) -> String {
                 let flag = match (r.best, r.multipath, r.installed) {
                     (true, _, true) => "*>",
                     (true, _, false) => "*",
-                    (false, true, _) => "=",
+                    (false, true, true) => "=>",
+                    (false, true, false) => "=",
                     _ => "",
                 };
                 let mut note = Vec::new();
@@ -332,7 +345,8 @@ fn text(r: &Reply) -> String {
             }
             format!(
                 "{}{} prefixes, {} paths, {} installed in the FIB{}\n\
-                 (*> best and installed, * best, = equal-cost multipath)\n",
+                 (*> best and installed, * best, => equal-cost multipath and installed \
+                 (ECMP), = equal-cost multipath)\n",
                 t.render(),
                 rib.prefixes,
                 rib.paths,
