@@ -468,6 +468,130 @@ mod tests {
         assert!(needs_host_port(&cs, &[far]) && !needs_host_port(&cs, &[near, far]));
     }
 
+    /// KernelRoutes in a scratch namespace (root only): a refused route is
+    /// reported with its prefix and counted while the rest are installed,
+    /// ECMP sets become multipath routes, removals clean up, and a missing
+    /// host port fails only the routes that need it.
+    #[test]
+    fn kernel_routes_batches_report_failures_per_prefix() {
+        if !crate::sys::is_root() {
+            eprintln!("skipping kernel_routes test: not root");
+            return;
+        }
+        let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+        let pf = |s: &str| s.parse::<Prefix>().unwrap();
+        let ns = format!("prku-{}", std::process::id());
+        let sh = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        struct Del(String);
+        impl Drop for Del {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &self.0])
+                    .status();
+            }
+        }
+        sh(&["netns", "add", &ns]);
+        let _del = Del(ns.clone());
+        sh(&[
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "podrouter0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "x0",
+        ]);
+        sh(&["-n", &ns, "link", "set", "x0", "up"]);
+        sh(&["-n", &ns, "link", "set", "podrouter0", "up"]);
+        sh(&["-n", &ns, "addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
+        let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
+        crate::netns::run_in_netns(&path, || {
+            let port = Arc::new(Uplink::open(ip("10.9.0.1"), 1500).unwrap());
+            let state = |mode| UplinkState {
+                ifname: "podrouter0".into(),
+                policy: EncapPolicy { mode, subnet: None },
+                port: port.clone(),
+            };
+            let ours = || -> Vec<String> {
+                let mut v: Vec<String> = Netlink::open()
+                    .unwrap()
+                    .routes_v4()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.protocol == crate::netlink::RTPROT_PODROUTER)
+                    .map(|r| r.route.to_string())
+                    .collect();
+                v.sort();
+                v
+            };
+            let (a, b) = (ip("10.9.0.2"), ip("10.9.0.3"));
+            let mut direct = KernelRoutes::new("podrouter0", state(EncapMode::Never));
+            let failed = direct.apply(&[
+                (pf("10.250.0.0/24"), Some(vec![a, b]), None),
+                (pf("10.251.0.0/24"), Some(vec![ip("10.77.0.1")]), None),
+                (pf("10.252.0.0/24"), Some(vec![a]), None),
+                (pf("10.253.0.0/24"), None, None),
+            ]);
+            assert_eq!(failed.len(), 1, "{failed:?}");
+            assert_eq!(failed[0].0, pf("10.251.0.0/24"));
+            assert!(failed[0].1.contains("via 10.77.0.1"), "{failed:?}");
+            assert_eq!(direct.failures, 1);
+            assert_eq!(
+                ours(),
+                vec![
+                    "10.250.0.0/24 nexthop via 10.9.0.2 nexthop via 10.9.0.3".to_string(),
+                    "10.252.0.0/24 via 10.9.0.2 dev #2".to_string(),
+                ]
+                .into_iter()
+                .map(|s| s.replace(" dev #2", &format!(" dev #{}", host_idx())))
+                .collect::<Vec<_>>()
+            );
+            // Encapsulated: into the host port; removals of routes that are
+            // not there succeed.
+            let mut encap = KernelRoutes::new("podrouter0", state(EncapMode::Always));
+            let failed = encap.apply(&[
+                (pf("10.250.0.0/24"), Some(vec![a, b]), Some(vec![a, b])),
+                (pf("10.252.0.0/24"), None, Some(vec![a])),
+                (pf("10.254.0.0/24"), None, Some(vec![b])),
+            ]);
+            assert!(failed.is_empty(), "{failed:?}");
+            assert_eq!(
+                ours(),
+                vec![format!("10.250.0.0/24 dev #{} scope link", host_idx())]
+            );
+            // No host port: only what needs it fails, each with its prefix.
+            let mut lost = KernelRoutes::new("nope0", state(EncapMode::Always));
+            let failed = lost.apply(&[
+                (pf("10.1.0.0/24"), Some(vec![a]), None),
+                (pf("10.2.0.0/24"), Some(vec![b]), None),
+                (pf("10.250.0.0/24"), None, Some(vec![a, b])),
+            ]);
+            let names: Vec<Prefix> = failed.iter().map(|f| f.0).collect();
+            assert_eq!(names, vec![pf("10.1.0.0/24"), pf("10.2.0.0/24")]);
+            assert!(failed[0].1.contains("host port nope0 does not exist"));
+            assert_eq!(lost.failures, 2);
+        })
+        .unwrap();
+    }
+
+    /// The index of `podrouter0` in the calling thread's namespace.
+    fn host_idx() -> u32 {
+        Netlink::open()
+            .unwrap()
+            .link_index("podrouter0")
+            .unwrap()
+            .unwrap()
+    }
+
     #[test]
     fn no_node_ip_means_no_uplink() {
         let cfg = Config::parse("", "t.toml").unwrap();
