@@ -831,6 +831,7 @@ impl Daemon {
                                 )
                             })
                             .collect();
+                        names.sort();
                         names.dedup();
                         let port = (!names.is_empty()).then(|| names.join("+"));
                         ("node", port, vias.first().copied())
