@@ -466,6 +466,43 @@ mod tests {
     use super::*;
 
     #[test]
+    fn route_vias_are_backwards_compatible() {
+        // A daemon without `vias` (or a non-node route) still parses.
+        let old: RouteInfo = serde_json::from_str(
+            r#"{"prefix":"10.244.2.0/26","next_hop":"node","port":"ipip@eth0","via":"10.0.0.2"}"#,
+        )
+        .unwrap();
+        assert!(old.vias.is_empty());
+        let host = RouteInfo {
+            prefix: "0.0.0.0/0".into(),
+            next_hop: "host".into(),
+            port: Some("podrouter0".into()),
+            via: None,
+            vias: vec![],
+        };
+        assert_eq!(
+            serde_json::to_string(&host).unwrap(),
+            r#"{"prefix":"0.0.0.0/0","next_hop":"host","port":"podrouter0"}"#
+        );
+        // An ECMP route: `via` is the first of `vias`.
+        let a: Ipv4Addr = "10.0.0.2".parse().unwrap();
+        let b: Ipv4Addr = "10.0.0.3".parse().unwrap();
+        let ecmp = RouteInfo {
+            prefix: "10.250.0.0/24".into(),
+            next_hop: "node".into(),
+            port: Some("ipip@eth0".into()),
+            via: Some(a),
+            vias: vec![a, b],
+        };
+        let s = serde_json::to_string(&ecmp).unwrap();
+        assert!(
+            s.ends_with(r#""via":"10.0.0.2","vias":["10.0.0.2","10.0.0.3"]}"#),
+            "{s}"
+        );
+        assert_eq!(serde_json::from_str::<RouteInfo>(&s).unwrap(), ecmp);
+    }
+
+    #[test]
     fn request_wire_format_is_stable() {
         let req = Request {
             version: 1,
