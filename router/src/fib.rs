@@ -593,6 +593,16 @@ impl FibTable {
     pub fn memory_bytes(&self) -> usize {
         const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
         let mut bytes = std::mem::size_of::<Self>();
+        // Next-hop groups: their slots, members and index entries (each
+        // member list is shared by its slot and its index key).
+        let g = &*self.groups;
+        bytes += ARC_HEADER + g.slots.capacity() * std::mem::size_of::<Option<Group>>();
+        for grp in g.slots.iter().flatten() {
+            bytes += ARC_HEADER + grp.members.len() * std::mem::size_of::<Ipv4Addr>();
+        }
+        bytes += g.by_members.capacity()
+            * (std::mem::size_of::<(Arc<[Ipv4Addr]>, u32)>() + 1)
+            + g.free.capacity() * std::mem::size_of::<u32>();
         for shards in self.lens.iter().filter_map(|t| t.shards.as_ref()) {
             bytes += ARC_HEADER + shards.len() * std::mem::size_of::<Arc<Shard>>();
             for shard in shards.iter() {
