@@ -600,8 +600,7 @@ impl FibTable {
         for grp in g.slots.iter().flatten() {
             bytes += ARC_HEADER + grp.members.len() * std::mem::size_of::<Ipv4Addr>();
         }
-        bytes += g.by_members.capacity()
-            * (std::mem::size_of::<(Arc<[Ipv4Addr]>, u32)>() + 1)
+        bytes += g.by_members.capacity() * (std::mem::size_of::<(Arc<[Ipv4Addr]>, u32)>() + 1)
             + g.free.capacity() * std::mem::size_of::<u32>();
         for shards in self.lens.iter().filter_map(|t| t.shards.as_ref()) {
             bytes += ARC_HEADER + shards.len() * std::mem::size_of::<Arc<Shard>>();
@@ -1208,6 +1207,65 @@ mod tests {
         let t = fib.load();
         assert_eq!(t.group_count(), 1);
         assert!(!t.is_node(ip("192.168.9.2")) && t.is_node(ip("192.168.9.3")));
+    }
+
+    /// Readers resolve group routes while the writer keeps changing the
+    /// sets (so group ids are freed and reused for other prefixes): every
+    /// `Nodes` route a reader sees names a group of its own snapshot with
+    /// the members that prefix was given.
+    #[test]
+    fn readers_always_resolve_groups_of_their_snapshot() {
+        const PREFIXES: u8 = 16;
+        let pfx = |i: u8| Prefix::new(Ipv4Addr::new(10, 60, i, 0), 24).unwrap();
+        // Prefix i's sets: nodes 192.168.i.x, so a member of another
+        // prefix's group would show.
+        let set = |i: u8, r: u8| {
+            vec![
+                Ipv4Addr::new(192, 168, i, r),
+                Ipv4Addr::new(192, 168, i, r + 100),
+            ]
+        };
+        let fib = Fib::new();
+        let done = AtomicBool::new(false);
+        let groups_seen = AtomicU64::new(0);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                while !done.load(Ordering::Acquire) {
+                    let t = fib.load();
+                    for i in 0..PREFIXES {
+                        match t.lookup(pfx(i).addr()) {
+                            Some(NextHop::Nodes(g)) => {
+                                let m = t.group(g);
+                                assert_eq!(m.len(), 2, "prefix {i}: group {g:?} is {m:?}");
+                                assert!(m.iter().all(|a| a.octets()[2] == i), "prefix {i}: {m:?}");
+                                assert!(m.iter().all(|a| t.is_node(*a)));
+                                groups_seen.fetch_add(1, Ordering::Relaxed);
+                            }
+                            None => {}
+                            other => panic!("prefix {i}: {other:?}"),
+                        }
+                    }
+                }
+            });
+            let mut rng = SmallRng::seed_from_u64(7);
+            let mut round = 0u32;
+            while !reader.is_finished()
+                && (round < 300 || groups_seen.load(Ordering::Relaxed) < 1000)
+            {
+                let mut batch = Vec::new();
+                for i in 0..PREFIXES {
+                    match rng.gen_range(0..8u8) {
+                        0 => batch.push(FibChange::Remove(pfx(i))),
+                        r @ 1..=3 => batch.push(FibChange::InsertMultipath(pfx(i), set(i, r))),
+                        _ => {}
+                    }
+                }
+                fib.update(&batch);
+                round += 1;
+            }
+            done.store(true, Ordering::Release);
+        });
+        assert!(groups_seen.load(Ordering::Relaxed) > 0);
     }
 
     #[test]
