@@ -75,6 +75,26 @@ fn send_flows(pod: &Pod, ports: std::ops::Range<u16>) {
     .expect("enter the pod's namespace");
 }
 
+/// Sends warm-up datagrams from the pod until the router forwards them
+/// (the pod has resolved its gateway and the path works), so the counted
+/// rounds measure spreading, not start-up.
+fn warm_up(node: &Node, pod: &Pod) {
+    let ok = wait_until(Duration::from_secs(10), || {
+        let before = num(&node.counters(), "/tx");
+        send_flows(pod, 30000..30002);
+        wait_until(Duration::from_secs(1), || {
+            num(&node.counters(), "/tx") >= before + 2
+        })
+    });
+    assert!(
+        ok,
+        "the pod's warm-up datagrams were never forwarded: {:#}\npod: {}\n{}",
+        node.counters(),
+        pod.exec(&["ip", "-s", "link"]),
+        pod.exec(&["ip", "neigh"])
+    );
+}
+
 /// From `tcpdump -n -v` text of IPIP packets: source port of each inner
 /// UDP datagram to TARGET -> the outer destinations it was sent to.
 fn flows_by_node(text: &str) -> BTreeMap<u16, BTreeSet<String>> {
@@ -132,18 +152,30 @@ fn count_by_node(flows: &BTreeMap<u16, BTreeSet<String>>) -> BTreeMap<String, us
     c
 }
 
-#[test]
-fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
-    if !runnable("bgp_ecmp_spreads_flows_over_two_bird_next_hops") {
-        return;
-    }
+/// A (with `encap`) and the BIRD speakers B and C on one segment, both
+/// announcing ECMP_BLOCK, and A's route for it via both. Fields drop in
+/// order: the speakers, then A, then the namespaces.
+struct World {
+    _bird_b: Bird,
+    bird_c: Bird,
+    node: Node,
+    b_ns: Netns,
+    c_ns: Netns,
+    _sw: Switch,
+}
+
+fn world(encap: &str) -> World {
     let mut sw = Switch::new();
     let mut node = start_plain_node(A, A_BLOCK);
     sw.plug(&node.ns, "eth0", &format!("{A}/24"));
     let cfg = std::fs::read_to_string(&node.config).expect("read config");
     std::fs::write(
         &node.config,
-        cfg.replacen("[dataplane]\n", "[dataplane]\nencap = \"always\"\n", 1),
+        cfg.replacen(
+            "[dataplane]\n",
+            &format!("[dataplane]\nencap = \"{encap}\"\n"),
+            1,
+        ),
     )
     .expect("write config");
     let bgp = bgp_section(
@@ -152,16 +184,13 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
         &[PeerCfg::new(B, NODE_AS), PeerCfg::new(C, NODE_AS)],
     );
     enable_bgp(&mut node, &bgp, Some("eth0"));
-    let _log = LogOnPanic(node.log.clone());
-
     let (b_ns, c_ns) = (Netns::new("ecmpb"), Netns::new("ecmpc"));
     sw.plug(&b_ns, "eth0", &format!("{B}/24"));
     sw.plug(&c_ns, "eth0", &format!("{C}/24"));
-    let _bird_b = Bird::start(&b_ns, &bird_conf(B, NODE_AS, ECMP_BLOCK, A, NODE_AS, ""));
-    let mut bird_c = Bird::start(&c_ns, &bird_conf(C, NODE_AS, ECMP_BLOCK, A, NODE_AS, ""));
+    let bird_b = Bird::start(&b_ns, &bird_conf(B, NODE_AS, ECMP_BLOCK, A, NODE_AS, ""));
+    let bird_c = Bird::start(&c_ns, &bird_conf(C, NODE_AS, ECMP_BLOCK, A, NODE_AS, ""));
     wait_established(&node, B, UP);
     wait_established(&node, C, UP);
-
     // Both next hops are installed: one ECMP route.
     let both = vec![B.to_string(), C.to_string()];
     assert!(
@@ -171,6 +200,43 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
         node_route(&node, ECMP_BLOCK),
         node.ctl_table(&["bgp", "rib"])
     );
+    World {
+        _bird_b: bird_b,
+        bird_c,
+        node,
+        b_ns,
+        c_ns,
+        _sw: sw,
+    }
+}
+
+/// Waits until C's death leaves A's route via B only (within the hold
+/// time); returns how long it took.
+fn wait_only_b(node: &Node) -> Duration {
+    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
+        node_route(node, ECMP_BLOCK).is_some_and(|(via, vias)| via == B && vias == [B])
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{C} still a next hop after its BIRD died: {:?}\n{}",
+            node_route(node, ECMP_BLOCK),
+            node.ctl_table(&["bgp", "rib"])
+        )
+    });
+    say(&format!(
+        "killed BIRD on {C}: route via {B} only after {gone:?}"
+    ));
+    gone
+}
+
+#[test]
+fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
+    if !runnable("bgp_ecmp_spreads_flows_over_two_bird_next_hops") {
+        return;
+    }
+    let mut w = world("always");
+    let _log = LogOnPanic(w.node.log.clone());
+    let node = &mut w.node;
     let table = node.ctl_table(&["routes"]).expect_ok().stdout;
     say(&format!("podrouterctl routes:\n{table}"));
     assert!(table.contains(&format!("{B},{C}")), "{table}");
@@ -193,8 +259,7 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
 
     // The pod's flows spread over B and C, each flow on one node.
     let pod = node.add_pod("ecmp-a", &[]);
-    send_flows(&pod, 30000..30002); // proxy ARP for the gateway first
-    std::thread::sleep(Duration::from_millis(300));
+    warm_up(node, &pod);
     let flows = capture_flows(&node, || send_flows(&pod, 40000..40000 + FLOWS));
     let counts = count_by_node(&flows);
     assert!(
@@ -216,20 +281,9 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
     let before = node.counters();
 
     // C's BIRD dies: only B is left, within the hold time.
-    bird_c.kill();
-    let gone = time_until(Duration::from_secs(u64::from(HOLD) + 3), || {
-        node_route(&node, ECMP_BLOCK).is_some_and(|(via, vias)| via == B && vias == [B])
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{C} still a next hop after its BIRD died: {:?}\n{}",
-            node_route(&node, ECMP_BLOCK),
-            node.ctl_table(&["bgp", "rib"])
-        )
-    });
-    say(&format!(
-        "killed BIRD on {C}: route via {B} only after {gone:?}"
-    ));
+    w.bird_c.kill();
+    let node = &w.node;
+    wait_only_b(node);
     let flows = capture_flows(&node, || send_flows(&pod, 41000..41000 + FLOWS));
     let counts = count_by_node(&flows);
     assert!(
@@ -248,4 +302,93 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
         let p = format!("/drops/{reason}");
         assert_eq!(delta(&before, &after, &p), 0, "{reason} drops");
     }
+}
+
+/// From `tcpdump -n -v` text of plain UDP to TARGET: the source ports.
+fn udp_source_ports(text: &str) -> BTreeSet<u16> {
+    let to_target = format!(" > {TARGET}.9:");
+    text.lines()
+        .filter_map(|l| {
+            let i = l.find(&to_target)?;
+            l[..i].trim().rsplit('.').next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Directly routed (encap never): the node kernel's route for the block is
+/// a multipath route over B and C (podrouterd hands the pod's packets to
+/// it through the host port), which spreads the pod's flows over both with
+/// the L4 hash policy; once C's BIRD dies it is a plain route via B.
+#[test]
+fn bgp_ecmp_directly_routed_gets_a_kernel_multipath_route() {
+    if !runnable("bgp_ecmp_directly_routed_gets_a_kernel_multipath_route") {
+        return;
+    }
+    let mut w = world("never");
+    let _log = LogOnPanic(w.node.log.clone());
+    let kernel_route = |node: &Node| {
+        node.exec(&["ip", "route", "show", ECMP_BLOCK, "proto", "77"])
+            .expect_ok()
+            .stdout
+    };
+    let multipath = |r: &str| {
+        r.contains(&format!("nexthop via {B} ")) && r.contains(&format!("nexthop via {C} "))
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || multipath(&kernel_route(&w.node))),
+        "no kernel multipath route: {}",
+        kernel_route(&w.node)
+    );
+    say(&format!("kernel route: {}", kernel_route(&w.node).trim()));
+    let table = w.node.ctl_table(&["routes"]).expect_ok().stdout;
+    assert!(
+        table.contains(&format!("{B},{C} (podrouter0)")),
+        "routes table: {table}"
+    );
+    // Hash flows on ports in the node kernel too (default: addresses).
+    w.node
+        .exec(&["sysctl", "-w", "net.ipv4.fib_multipath_hash_policy=1"])
+        .expect_ok();
+    let pod = w.node.add_pod("ecmp-d", &[]);
+    warm_up(&w.node, &pod);
+    let filter = format!("udp and dst host {TARGET}");
+    let cap_b = Capture::start(w.b_ns.name(), "eth0", &filter);
+    let cap_c = Capture::start(w.c_ns.name(), "eth0", &filter);
+    send_flows(&pod, 42000..42000 + FLOWS);
+    let (at_b, at_c) = (
+        udp_source_ports(&cap_b.stop()),
+        udp_source_ports(&cap_c.stop()),
+    );
+    say(&format!(
+        "directly routed: {} flows reached {B}, {} reached {C}",
+        at_b.len(),
+        at_c.len()
+    ));
+    assert!(
+        at_b.len() + at_c.len() >= usize::from(FLOWS) * 9 / 10,
+        "only {} + {} of {FLOWS} flows arrived",
+        at_b.len(),
+        at_c.len()
+    );
+    assert!(
+        at_b.intersection(&at_c).next().is_none(),
+        "flows split across nodes"
+    );
+    assert!(
+        !at_b.is_empty() && !at_c.is_empty(),
+        "the kernel did not spread: {} to {B}, {} to {C}",
+        at_b.len(),
+        at_c.len()
+    );
+    // C goes away: the kernel route becomes a plain route via B.
+    w.bird_c.kill();
+    wait_only_b(&w.node);
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let r = kernel_route(&w.node);
+            r.contains(&format!("via {B} ")) && !r.contains("nexthop")
+        }),
+        "kernel route not via {B} alone: {}",
+        kernel_route(&w.node)
+    );
 }
