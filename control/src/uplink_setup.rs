@@ -264,10 +264,46 @@ pub fn install_node_route(
     nl.route_replace(&route).map_err(|e| e.to_string())
 }
 
+/// The next-hop nodes of one learned route: sorted, distinct, non-empty.
+/// One node (the common case) takes no heap; several share one
+/// allocation between clones (the speaker's bookkeeping and the kernel
+/// job of the same change).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vias {
+    One(Ipv4Addr),
+    Many(Arc<[Ipv4Addr]>),
+}
+
+impl Vias {
+    /// The nodes of `nodes` (sorted, distinct); `None` if it is empty.
+    pub fn new(nodes: &[Ipv4Addr]) -> Option<Vias> {
+        match nodes {
+            [] => None,
+            [one] => Some(Vias::One(*one)),
+            many => Some(Vias::Many(Arc::from(many))),
+        }
+    }
+}
+
+impl std::ops::Deref for Vias {
+    type Target = [Ipv4Addr];
+    fn deref(&self) -> &[Ipv4Addr] {
+        match self {
+            Vias::One(a) => std::slice::from_ref(a),
+            Vias::Many(v) => v,
+        }
+    }
+}
+
 /// One kernel route change for a learned block: the prefix, the nodes it
 /// goes via now (None: remove the route) and the ones it went via before
-/// (None: it had none). Node lists are sorted, distinct and non-empty.
-pub type RouteJob = (Prefix, Option<Vec<Ipv4Addr>>, Option<Vec<Ipv4Addr>>);
+/// (None: it had none).
+pub type RouteJob = (Prefix, Option<Vias>, Option<Vias>);
+
+/// The nodes a job's route goes via: the new ones, else the old ones.
+fn job_vias(j: &RouteJob) -> &[Ipv4Addr] {
+    j.1.as_deref().or(j.2.as_deref()).unwrap_or(&[])
+}
 
 /// The kernel routes of learned blocks, applied in batches: one netlink
 /// socket for the owner's life (reopened after a socket failure), the host
@@ -318,11 +354,9 @@ impl KernelRoutes {
         }
         let nl = self.nl.as_mut().expect("opened above");
         let policy = self.uplink.policy;
-        let vias = |j: &RouteJob| -> Vec<Ipv4Addr> {
-            j.1.as_ref().or(j.2.as_ref()).cloned().unwrap_or_default()
-        };
+        let vias = job_vias;
         let op_for = |j: &RouteJob, index: u32| {
-            let route = kernel_route(&policy, index, j.0, &vias(j));
+            let route = kernel_route(&policy, index, j.0, vias(j));
             match j.1 {
                 Some(_) => RouteOp::Replace(route),
                 None => RouteOp::Delete(route),
@@ -330,12 +364,12 @@ impl KernelRoutes {
         };
         let index = jobs
             .iter()
-            .any(|j| needs_host_port(&policy, &vias(j)))
+            .any(|j| needs_host_port(&policy, vias(j)))
             .then(|| host_index(nl, &self.host_port));
         let mut todo: Vec<&RouteJob> = Vec::with_capacity(jobs.len());
         for j in jobs {
             match &index {
-                Some(Err(why)) if needs_host_port(&policy, &vias(j)) => {
+                Some(Err(why)) if needs_host_port(&policy, vias(j)) => {
                     if j.1.is_some() {
                         failed.push((j.0, why.clone()));
                     }
@@ -536,9 +570,9 @@ mod tests {
             let (a, b) = (ip("10.9.0.2"), ip("10.9.0.3"));
             let mut direct = KernelRoutes::new("podrouter0", state(EncapMode::Never));
             let failed = direct.apply(&[
-                (pf("10.250.0.0/24"), Some(vec![a, b]), None),
-                (pf("10.251.0.0/24"), Some(vec![ip("10.77.0.1")]), None),
-                (pf("10.252.0.0/24"), Some(vec![a]), None),
+                (pf("10.250.0.0/24"), Vias::new(&[a, b]), None),
+                (pf("10.251.0.0/24"), Vias::new(&[ip("10.77.0.1")]), None),
+                (pf("10.252.0.0/24"), Vias::new(&[a]), None),
                 (pf("10.253.0.0/24"), None, None),
             ]);
             assert_eq!(failed.len(), 1, "{failed:?}");
@@ -559,9 +593,9 @@ mod tests {
             // not there succeed.
             let mut encap = KernelRoutes::new("podrouter0", state(EncapMode::Always));
             let failed = encap.apply(&[
-                (pf("10.250.0.0/24"), Some(vec![a, b]), Some(vec![a, b])),
-                (pf("10.252.0.0/24"), None, Some(vec![a])),
-                (pf("10.254.0.0/24"), None, Some(vec![b])),
+                (pf("10.250.0.0/24"), Vias::new(&[a, b]), Vias::new(&[a, b])),
+                (pf("10.252.0.0/24"), None, Vias::new(&[a])),
+                (pf("10.254.0.0/24"), None, Vias::new(&[b])),
             ]);
             assert!(failed.is_empty(), "{failed:?}");
             assert_eq!(
@@ -571,9 +605,9 @@ mod tests {
             // No host port: only what needs it fails, each with its prefix.
             let mut lost = KernelRoutes::new("nope0", state(EncapMode::Always));
             let failed = lost.apply(&[
-                (pf("10.1.0.0/24"), Some(vec![a]), None),
-                (pf("10.2.0.0/24"), Some(vec![b]), None),
-                (pf("10.250.0.0/24"), None, Some(vec![a, b])),
+                (pf("10.1.0.0/24"), Vias::new(&[a]), None),
+                (pf("10.2.0.0/24"), Vias::new(&[b]), None),
+                (pf("10.250.0.0/24"), None, Vias::new(&[a, b])),
             ]);
             let names: Vec<Prefix> = failed.iter().map(|f| f.0).collect();
             assert_eq!(names, vec![pf("10.1.0.0/24"), pf("10.2.0.0/24")]);

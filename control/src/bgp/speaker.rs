@@ -53,9 +53,9 @@ pub struct SpeakerConfig {
 }
 
 /// A change of the node kernel's route for a learned block: the prefix,
-/// its new next-hop nodes (None: remove) and the ones they replace (each
-/// list sorted, distinct, non-empty).
-pub type KernelJob = (Prefix, Option<Vec<Ipv4Addr>>, Option<Vec<Ipv4Addr>>);
+/// its new next-hop nodes (None: remove) and the ones they replace.
+pub type KernelJob = crate::uplink_setup::RouteJob;
+pub use crate::uplink_setup::Vias;
 
 /// How a learned route reaches the FIB: the one place that builds the
 /// FIB's next hop for another node's block.
@@ -79,7 +79,7 @@ pub struct Speaker {
     rib: Rib,
     dirty: HashSet<Prefix>,
     /// What BGP installed per prefix: its next hops, sorted, distinct.
-    installed: HashMap<Prefix, Vec<Ipv4Addr>>,
+    installed: HashMap<Prefix, Vias>,
     /// Changes for the node's kernel routes: (prefix, new via, old via).
     kernel_jobs: Vec<KernelJob>,
     io: Vec<(usize, Output)>,
@@ -253,18 +253,17 @@ impl Speaker {
             if self.filtered(&p).is_none() {
                 self.rib.next_hops(&p, &mut want);
             }
-            let have = self.installed.get(&p).map_or(&[][..], |v| &v[..]);
+            let have: &[Ipv4Addr] = self.installed.get(&p).map_or(&[], |v| v);
             if have == &want[..] {
                 continue;
             }
             changes.push(fib_change(p, &want));
-            let old = if want.is_empty() {
-                self.installed.remove(&p)
-            } else {
-                self.installed.insert(p, want.clone())
+            let new = Vias::new(&want);
+            let old = match &new {
+                Some(v) => self.installed.insert(p, v.clone()),
+                None => self.installed.remove(&p),
             };
-            self.kernel_jobs
-                .push((p, (!want.is_empty()).then(|| want.clone()), old));
+            self.kernel_jobs.push((p, new, old));
         }
         changes
     }
@@ -279,9 +278,15 @@ impl Speaker {
         self.installed.len()
     }
 
+    /// The first (lowest) next hop BGP installed for `p`, for callers that
+    /// need only one; [`Speaker::installed_next_hops`] has them all.
+    pub fn installed_next_hop(&self, p: &Prefix) -> Option<Ipv4Addr> {
+        self.installed_next_hops(p).first().copied()
+    }
+
     /// The next hops BGP installed for `p` (sorted; empty if none).
     pub fn installed_next_hops(&self, p: &Prefix) -> &[Ipv4Addr] {
-        self.installed.get(p).map_or(&[], |v| &v[..])
+        self.installed.get(p).map_or(&[], |v| v)
     }
 
     /// FIB removals for every route BGP installed (on shutdown).
@@ -611,7 +616,7 @@ mod tests {
             let jobs = s.take_kernel_jobs();
             assert_eq!(
                 jobs.last(),
-                Some(&(block, Some(both.clone()), Some(vec![ip(nh(order[0]))])))
+                Some(&(block, Vias::new(&both), Vias::new(&[ip(nh(order[0]))])))
             );
             // The same paths again: no change.
             announce(&mut s, t, 0, "10.0.0.2", 100, &["10.250.0.0/24"]);
@@ -652,7 +657,7 @@ mod tests {
             assert_eq!(all, vec![FibChange::Remove(block)]);
             assert_eq!(
                 s.take_kernel_jobs(),
-                vec![(block, None, Some(vec![ip("10.0.0.2")]))]
+                vec![(block, None, Vias::new(&[ip("10.0.0.2")]))]
             );
         }
         // Two peers announcing the same next hop: one node, no group.
