@@ -260,7 +260,7 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
     // The pod's flows spread over B and C, each flow on one node.
     let pod = node.add_pod("ecmp-a", &[]);
     warm_up(node, &pod);
-    let flows = capture_flows(&node, || send_flows(&pod, 40000..40000 + FLOWS));
+    let flows = capture_flows(node, || send_flows(&pod, 40000..40000 + FLOWS));
     let counts = count_by_node(&flows);
     assert!(
         flows.len() >= usize::from(FLOWS) * 9 / 10,
@@ -284,7 +284,7 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
     w.bird_c.kill();
     let node = &w.node;
     wait_only_b(node);
-    let flows = capture_flows(&node, || send_flows(&pod, 41000..41000 + FLOWS));
+    let flows = capture_flows(node, || send_flows(&pod, 41000..41000 + FLOWS));
     let counts = count_by_node(&flows);
     assert!(
         flows.len() >= usize::from(FLOWS) * 9 / 10,
