@@ -247,6 +247,7 @@ impl Speaker {
     pub fn take_fib_changes(&mut self) -> Vec<FibChange> {
         let mut changes = Vec::new();
         let dirty = std::mem::take(&mut self.dirty);
+        self.kernel_jobs.reserve(dirty.len());
         let mut want = Vec::new();
         for p in dirty {
             want.clear();
