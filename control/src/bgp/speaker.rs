@@ -279,12 +279,6 @@ impl Speaker {
         self.installed.len()
     }
 
-    /// The first (lowest) next hop BGP installed for `p`, for callers that
-    /// need only one; [`Speaker::installed_next_hops`] has them all.
-    pub fn installed_next_hop(&self, p: &Prefix) -> Option<Ipv4Addr> {
-        self.installed_next_hops(p).first().copied()
-    }
-
     /// The next hops BGP installed for `p` (sorted; empty if none).
     pub fn installed_next_hops(&self, p: &Prefix) -> &[Ipv4Addr] {
         self.installed.get(p).map_or(&[], |v| v)
