@@ -88,7 +88,10 @@ impl Cell {
                 }
             }
             Cell::Missing { reason } => {
-                if reason.starts_with("not available") {
+                if reason.starts_with("not available:") {
+                    // "not available: <reason>", short by construction.
+                    reason.lines().next().unwrap_or(reason).to_string()
+                } else if reason.starts_with("not available") {
                     // "not available (issue 4): details" -> the part before
                     // the details (which the notes carry).
                     reason.split(": ").next().unwrap_or(reason).to_string()
@@ -129,8 +132,12 @@ pub struct Row {
     /// "higher" or "lower" is better.
     pub better: &'static str,
     pub podrouter: Cell,
+    /// The baseline's figure: the kernel's, or whatever `baseline` names.
     pub kernel: Cell,
-    /// podrouter median / kernel median, from the same run.
+    /// What the `kernel` column measured: "kernel", or "BIRD 2" in the BGP
+    /// rows.
+    pub baseline: String,
+    /// podrouter median / baseline median, from the same run.
     pub ratio: Option<f64>,
 }
 
@@ -154,8 +161,15 @@ impl Row {
             better,
             podrouter,
             kernel,
+            baseline: "kernel".into(),
             ratio,
         }
+    }
+
+    /// Names what the baseline column measured, when not the kernel.
+    pub fn baseline(mut self, name: &str) -> Row {
+        self.baseline = name.into();
+        self
     }
 }
 
@@ -239,9 +253,29 @@ impl Report {
         let _ = writeln!(s, "- machine: {}", self.machine.describe());
         let _ = writeln!(
             s,
-            "- {} run{} per figure: median (min–max); ratio = podrouter median / kernel median",
+            "- {} run{} per figure: median (min–max); ratio = podrouter median / baseline median",
             self.repeats,
             if self.repeats == 1 { "" } else { "s" }
+        );
+        let mut others: Vec<&str> = self
+            .rows
+            .iter()
+            .map(|r| r.baseline.as_str())
+            .filter(|b| *b != "kernel")
+            .collect();
+        others.dedup();
+        let _ = writeln!(
+            s,
+            "- baseline: the Linux kernel doing the same job in the same topology{}",
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; in the BGP rows {} (there, a ratio above 1 means podrouterd took longer in \
+                     seconds, and was faster in routes/s)",
+                    others.join(", ")
+                )
+            }
         );
         for p in &self.pinning {
             let _ = writeln!(s, "- pinning: {p}");
@@ -249,7 +283,7 @@ impl Report {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "| scenario | measure | unit | podrouter | kernel | podrouter / kernel |"
+            "| scenario | measure | unit | podrouter | baseline | podrouter / baseline |"
         );
         let _ = writeln!(s, "| --- | --- | --- | ---: | ---: | ---: |");
         for r in &self.rows {
@@ -552,6 +586,10 @@ mod tests {
         assert_eq!(m.podrouter.markdown(), "failed (see notes)");
         let n = Cell::missing("not available (issue 4): no route");
         assert_eq!(n.markdown(), "not available (issue 4)");
+        let b = Cell::missing("not available: `bird` (bird2) not installed\nmore");
+        assert_eq!(b.markdown(), "not available: `bird` (bird2) not installed");
+        assert_eq!(r.baseline, "kernel");
+        assert_eq!(r.clone().baseline("BIRD 2").baseline, "BIRD 2");
     }
 
     #[test]
