@@ -4,11 +4,14 @@
 //! routes, proxy_arp, permanent neighbour entries) in the same invocation,
 //! measures both, tears everything down (also on Ctrl-C, SIGTERM or a
 //! failure) and prints a markdown table (JSON with `--json`), with SVG plots
-//! and a log in the output directory. See the README's "Benchmarks".
+//! and a log in the output directory. It also times BGP convergence,
+//! podrouterd against BIRD 2 learning the same table ([`bgp`]). See the
+//! README's "Benchmarks".
 //!
 //! `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod bgp;
 pub mod helpers;
 pub mod measure;
 pub mod report;
@@ -69,6 +72,10 @@ struct Cli {
     cni_pods: Option<usize>,
     #[arg(long)]
     cni_parallel: Option<usize>,
+    /// Routes GoBGP sends in the BGP convergence scenario (default 100000,
+    /// 2000 with --smoke).
+    #[arg(long)]
+    bgp_routes: Option<usize>,
     /// Run only these scenarios (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
@@ -304,12 +311,22 @@ fn run(cli: &Cli) -> Res<bool> {
     if let Some(n) = cli.cni_parallel {
         p.cni_parallel = n.max(1);
     }
+    if let Some(n) = cli.bgp_routes {
+        if n == 0 || n > bgp::MAX_ROUTES {
+            return Err(Error::msg(format!(
+                "--bgp-routes must be between 1 and {} (the table is /24s from 11.0.0.0 up to 126.255.255.0)",
+                bgp::MAX_ROUTES
+            )));
+        }
+        p.bgp_routes = n;
+    }
     let scen: Vec<Scenario> = if cli.only.is_empty() {
         vec![
             Scenario::SameNode,
             Scenario::TwoNode,
             Scenario::Cni,
             Scenario::Scale,
+            Scenario::BgpConvergence,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -392,11 +409,12 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Scale => "scale",
             Scenario::TwoNode => "two-node",
             Scenario::Cni => "cni",
+            Scenario::BgpConvergence => "bgp-convergence",
         })
         .collect();
     eprintln!(
         "podrouter-bench{}: scenarios {}; {} run(s) per figure, {} s per traffic run, sizes {:?} B, \
-         scale {} pods, CNI {} pods ({} in parallel); output in {}",
+         scale {} pods, CNI {} pods ({} in parallel), BGP {} routes; output in {}",
         if p.smoke { " --smoke" } else { "" },
         what_ran.join(", "),
         p.repeats,
@@ -405,6 +423,7 @@ fn run(cli: &Cli) -> Res<bool> {
         p.scale_pods,
         p.cni_pods,
         p.cni_parallel,
+        p.bgp_routes,
         out_dir.display()
     );
     eprintln!("machine: {}", mach.describe());
@@ -419,6 +438,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Scale => scenarios::scale(&mut ctx),
             Scenario::TwoNode => scenarios::two_node(&mut ctx),
             Scenario::Cni => scenarios::cni(&mut ctx),
+            Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -461,48 +481,76 @@ fn run(cli: &Cli) -> Res<bool> {
         ctx.plots.push("latency-cdf.svg".into());
     }
 
-    let mut method = vec![
-        "kernel data plane: Calico's wiring: a veth pair per pod (host side `caliN` with MAC \
-         ee:ee:ee:ee:ee:ee, proxy_arp=1, rp_filter=1, a /32 route and a permanent neighbour entry \
-         for the pod; pod side `eth0` with the /32, `169.254.1.1 dev eth0 scope link`, default \
-         via it and a permanent neighbour entry for it); podrouter: the same pod addressing on a \
-         TAP attached through podrouterd's API"
-            .to_string(),
-        "packet rate: the harness's AF_PACKET generator (sendmmsg of 64-frame batches, \
-         PACKET_QDISC_BYPASS) sends one UDP flow from pod A's eth0 to pod B; frame sizes count the \
-         4-byte FCS that veth and TAP do not carry (a 64 B frame is a 46 B IP packet); received \
-         packets are pod B's eth0 rx_packets over the measured window, after a warm-up; the rate \
-         the generator offered is in report.json (and a note appears if it was not well above the \
-         received rate)"
-            .to_string(),
-        "TCP: iperf3 client in pod A, server in pod B, receiver's figure".to_string(),
-        format!(
-            "latency: the harness's UDP request/response client sends {} requests/s for {} s \
-             (32-byte requests, 200 ms timeout) to its echo server in pod B; percentiles from an \
-             HdrHistogram per run",
-            p.rr_rate, p.rr_secs
-        ),
-        "CPU: podrouterd's utime+stime from /proc/<pid>/stat (all threads, including softirq work \
-         that ran in them); the kernel's softirq time summed over all CPUs from /proc/stat; the \
-         data-plane CPU's non-idle time from /proc/stat; all tick-based (USER_HZ)"
-            .to_string(),
-        format!(
-            "CNI: a driver in the node namespace runs the plugin as a runtime does (env + stdin) \
-             for ADD of every pod, then DEL of every pod, timing each invocation from fork to \
-             exit; podrouter-cni (TAP and address from podrouterd) against Debian's ptp + \
-             host-local (veth, addresses in host-local files), {} pods",
-            p.cni_pods
-        ),
-    ];
-    if scen.contains(&Scenario::TwoNode) {
-        method.push(
-            "two nodes: node namespaces joined by a veth pair (192.168.100.1/24, .2/24); kernel \
-             plain routing = a route to the other node's block via its address; kernel VXLAN = \
-             Flannel's wiring (`flannel.1`, VNI 1, port 8472, static FDB and neighbour entries, \
-             pod MTU 1450); podrouter = `uplink` and `encap` in podrouterd's config with a \
-             static route to the other block"
+    let mut method = Vec::new();
+    let traffic = [Scenario::SameNode, Scenario::TwoNode, Scenario::Scale];
+    if scen.iter().any(|s| traffic.contains(s)) {
+        method.extend([
+            "kernel data plane: Calico's wiring: a veth pair per pod (host side `caliN` with MAC \
+             ee:ee:ee:ee:ee:ee, proxy_arp=1, rp_filter=1, a /32 route and a permanent neighbour entry \
+             for the pod; pod side `eth0` with the /32, `169.254.1.1 dev eth0 scope link`, default \
+             via it and a permanent neighbour entry for it); podrouter: the same pod addressing on a \
+             TAP attached through podrouterd's API"
                 .to_string(),
-        );
+            "packet rate: the harness's AF_PACKET generator (sendmmsg of 64-frame batches, \
+             PACKET_QDISC_BYPASS) sends one UDP flow from pod A's eth0 to pod B; frame sizes count the \
+             4-byte FCS that veth and TAP do not carry (a 64 B frame is a 46 B IP packet); received \
+             packets are pod B's eth0 rx_packets over the measured window, after a warm-up; the rate \
+             the generator offered is in report.json (and a note appears if it was not well above the \
+             received rate)"
+                .to_string(),
+            "TCP: iperf3 client in pod A, server in pod B, receiver's figure".to_string(),
+            format!(
+                "latency: the harness's UDP request/response client sends {} requests/s for {} s \
+                 (32-byte requests, 200 ms timeout) to its echo server in pod B; percentiles from an \
+                 HdrHistogram per run",
+                p.rr_rate, p.rr_secs
+            ),
+            "CPU: podrouterd's utime+stime from /proc/<pid>/stat (all threads, including softirq work \
+             that ran in them); the kernel's softirq time summed over all CPUs from /proc/stat; the \
+             data-plane CPU's non-idle time from /proc/stat; all tick-based (USER_HZ)"
+                .to_string(),
+        ]);
+    }
+    if scen.contains(&Scenario::Cni) {
+        method.push(format!(
+            "CNI: a driver in the node namespace runs the plugin as a runtime does (env + stdin) \
+                 for ADD of every pod, then DEL of every pod, timing each invocation from fork to \
+                 exit; podrouter-cni (TAP and address from podrouterd) against Debian's ptp + \
+                 host-local (veth, addresses in host-local files), {} pods",
+            p.cni_pods
+        ));
+    }
+    if scen.contains(&Scenario::TwoNode) {
+        method.push(format!(
+            "two nodes: every underlay link has MTU {u} and every pod MTU {pm}, so 1500-byte \
+             frames fit IPIP (+20) and VXLAN (+50) alike; one subnet = node namespaces joined \
+             by a veth pair (192.168.100.1/24, .2/24); two subnets = node 1 in 192.168.101.0/24 \
+             and node 2 in 192.168.102.0/24 joined by a router namespace (the kernel forwarding \
+             between two veth pairs, .254 in each subnet, no pod routes); kernel plain routing \
+             = a route to the other node's block via its address (Calico's IPIP \"never\"); \
+             kernel VXLAN = Flannel's wiring (`flannel.1`, VNI 1, port 8472, static FDB and \
+             neighbour entries, device MTU {v}), the kernel's only tunnel here (no IPIP module); \
+             podrouter = `uplink` and `encap` in podrouterd's config with a static route to the \
+             other block (\"cross-subnet\" encapsulates because the other node is outside the \
+             uplink's subnet); the router's forwarding is kernel softirq in both planes, so the \
+             softirq row of the kernel plane includes it and podrouterd's process row does not",
+            u = topo::UNDERLAY_MTU,
+            pm = topo::TWO_NODE_POD_MTU,
+            v = topo::VXLAN_MTU,
+        ));
+    }
+    if scen.contains(&Scenario::BgpConvergence) {
+        method.push(format!(
+            "BGP convergence: GoBGP (AS 64513) first learns {n} /24s from a source BIRD; then \
+             podrouterd and BIRD 2 (both AS 64512, eBGP to GoBGP, on one bridge) take turns as \
+             the receiver, each started fresh per run; every 20 ms the harness asks the \
+             receiver for its session state and count (`podrouterctl --json bgp peers` / `bgp \
+             rib --limit 0`: `installed` in the FIB; `birdc show protocols` / `show route \
+             protocol up count`: BGP routes in BIRD's RIB; BIRD exports nothing, podrouterd \
+             also programs the node kernel's routes for its uplink meanwhile); the clock runs \
+             from the first poll that sees Established to the first that sees all {n}",
+            n = p.bgp_routes
+        ));
     }
     let mut notes = std::mem::take(&mut ctx.notes);
     notes.dedup();

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::bail;
 use crate::measure::{self, Delta};
 use crate::report::{Cell, Row};
-use crate::topo::{self, PlaneOpts, Topology, TwoNodeMode};
+use crate::topo::{self, PlaneOpts, Topology, TwoNodeMode, Underlay};
 use crate::util::{self, Error, Proc, Progress, Res};
 
 /// How long and how often (full run or `--smoke`).
@@ -33,8 +33,58 @@ pub struct Params {
     pub scale_idle_secs: f64,
     pub cni_pods: usize,
     pub cni_parallel: usize,
-    /// (podrouter encap mode, kernel baseline) pairs of the two-node scenario.
-    pub two_node_pairs: Vec<(&'static str, TwoNodeMode)>,
+    /// The podrouter/kernel pairs of the two-node scenario.
+    pub two_node_pairs: Vec<TwoNodePair>,
+    /// Routes of the BGP convergence scenario.
+    pub bgp_routes: usize,
+}
+
+/// One comparison of the two-node scenario: podrouterd in `encap` mode
+/// against the kernel in `kernel` mode, both over `underlay`.
+#[derive(Clone, Copy, Debug)]
+pub struct TwoNodePair {
+    pub encap: &'static str,
+    pub kernel: TwoNodeMode,
+    pub underlay: Underlay,
+}
+
+impl TwoNodePair {
+    const NEVER: TwoNodePair = TwoNodePair {
+        encap: "never",
+        kernel: TwoNodeMode::KernelPlain,
+        underlay: Underlay::Flat,
+    };
+    const ALWAYS: TwoNodePair = TwoNodePair {
+        encap: "always",
+        kernel: TwoNodeMode::KernelVxlan,
+        underlay: Underlay::Flat,
+    };
+    /// Calico's cross-subnet (IPIP only between subnets) on a routed
+    /// underlay; the kernel's tunnel across it is VXLAN (no IPIP module).
+    const CROSS_SUBNET: TwoNodePair = TwoNodePair {
+        encap: "cross-subnet",
+        kernel: TwoNodeMode::KernelVxlan,
+        underlay: Underlay::Routed,
+    };
+
+    /// The scenario column of its rows.
+    pub fn scenario(&self) -> String {
+        match (self.underlay, self.kernel) {
+            (Underlay::Flat, TwoNodeMode::KernelPlain) => format!(
+                "two nodes, one subnet: podrouter encap {} vs kernel plain routing",
+                self.encap
+            ),
+            (Underlay::Flat, _) => format!(
+                "two nodes, one subnet: podrouter encap {} (IPIP) vs kernel VXLAN",
+                self.encap
+            ),
+            (Underlay::Routed, _) => format!(
+                "two nodes, two subnets across a router: podrouter encap {} (IPIP) vs kernel VXLAN \
+                 (the kernel's tunnel: no IPIP module)",
+                self.encap
+            ),
+        }
+    }
 }
 
 impl Params {
@@ -45,7 +95,7 @@ impl Params {
             secs: 5.0,
             warmup: 1.0,
             sizes: vec![64, 512, 1500],
-            two_node_sizes: vec![64, 512],
+            two_node_sizes: vec![64, 512, 1500],
             streams: vec![1, 4],
             rr_rate: 1000.0,
             rr_secs: 10.0,
@@ -54,9 +104,11 @@ impl Params {
             cni_pods: 100,
             cni_parallel: 20,
             two_node_pairs: vec![
-                ("never", TwoNodeMode::KernelPlain),
-                ("always", TwoNodeMode::KernelVxlan),
+                TwoNodePair::NEVER,
+                TwoNodePair::ALWAYS,
+                TwoNodePair::CROSS_SUBNET,
             ],
+            bgp_routes: 100_000,
         }
     }
 
@@ -75,7 +127,10 @@ impl Params {
             scale_idle_secs: 1.0,
             cni_pods: 6,
             cni_parallel: 3,
-            two_node_pairs: vec![("never", TwoNodeMode::KernelPlain)],
+            // The flat underlay with plain routing, and the routed one with
+            // both tunnels: every two-node code path once.
+            two_node_pairs: vec![TwoNodePair::NEVER, TwoNodePair::CROSS_SUBNET],
+            bgp_routes: 2_000,
         }
     }
 }
@@ -92,6 +147,8 @@ pub enum Scenario {
     Cni,
     /// Many idle pods: CPU at rest, packet rate between two of them.
     Scale,
+    /// BGP: Established to N routes installed, podrouterd against BIRD 2.
+    BgpConvergence,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -139,7 +196,7 @@ impl Ctx {
         }
     }
 
-    fn fail(&mut self, what: &str, e: &Error) {
+    pub(crate) fn fail(&mut self, what: &str, e: &Error) {
         let m = format!("{what}: {}", e.msg);
         self.progress.note(&format!("warning: {m}"));
         self.failures.push(m);
@@ -175,7 +232,7 @@ fn helper_json(p: Proc, timeout: Duration) -> Res<Value> {
         .map_err(|e| Error::msg(format!("{name} printed no JSON ({e}): {}", out.stdout)))
 }
 
-fn quiesce(ctx: &mut Ctx, what: &str) -> Res<f64> {
+pub(crate) fn quiesce(ctx: &mut Ctx, what: &str) -> Res<f64> {
     let busy = measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 2 } else { 5 }))?;
     ctx.busy_note(what, busy);
     Ok(busy)
@@ -550,7 +607,7 @@ fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
     }
 }
 
-fn first_line(s: &str) -> String {
+pub(crate) fn first_line(s: &str) -> String {
     let l = s.lines().next().unwrap_or("").trim();
     if l.len() > 160 {
         let mut i = 160;
@@ -867,16 +924,11 @@ fn build_scale(opts: &PlaneOpts, plane: usize, n: usize, prog: &Progress) -> Res
 }
 
 pub fn two_node(ctx: &mut Ctx) -> Res<()> {
-    for (encap, kmode) in ctx.p.two_node_pairs.clone() {
-        let kname = match kmode {
-            TwoNodeMode::KernelPlain => "kernel plain routing",
-            TwoNodeMode::KernelVxlan => "kernel VXLAN",
-            TwoNodeMode::Podrouter(_) => unreachable!(),
-        };
-        let scenario = format!("two nodes: podrouter encap {encap} vs {kname}");
+    for pair in ctx.p.two_node_pairs.clone() {
+        let scenario = pair.scenario();
         let o = ctx.opts.clone();
         let pr = build(ctx, &format!("{scenario}: podrouter nodes"), |_| {
-            topo::two_node(&o, TwoNodeMode::Podrouter(encap))
+            topo::two_node(&o, TwoNodeMode::Podrouter(pair.encap), pair.underlay)
         })?;
         // A podrouter two-node topology that does not forward means the
         // IPIP uplink (issue 4) is not there yet: a missing row, not a
@@ -891,10 +943,12 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
             ctx.failures
                 .retain(|f| !f.starts_with(&format!("{scenario}: podrouter nodes")));
         }
+        let pr = verify_two_node(ctx, pr, &pair, &scenario)?;
         let k = build(ctx, &format!("{scenario}: kernel nodes"), |_| {
-            topo::two_node(&o, kmode)
+            topo::two_node(&o, pair.kernel, pair.underlay)
         })?;
         let k = checked(ctx, k, &scenario)?;
+        let k = verify_two_node(ctx, k, &pair, &scenario)?;
         for t in [&pr, &k].into_iter().flatten() {
             ctx.notes.extend(t.notes.iter().cloned());
         }
@@ -908,6 +962,92 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         drop(k);
     }
     Ok(())
+}
+
+/// Checks that a working two-node topology is what its row says: a
+/// 1500-byte packet with DF crosses from pod to pod (the underlay's MTU
+/// leaves room for the tunnel), and podrouterd's IPIP uplink carried it
+/// exactly when `encap` says it should. A topology that fails is a failure
+/// of the run.
+fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str) -> Res<Slot> {
+    let Ok(t) = slot else { return Ok(slot) };
+    let (a, b) = (&t.pods[0], &t.pods[1]);
+    let mut crossed = false;
+    for _ in 0..3 {
+        let out = util::run_t(
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &a.ns,
+                "ping",
+                "-n",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                "1472",
+                &b.ip.to_string(),
+            ],
+            Duration::from_secs(5),
+        )?;
+        if out.ok() {
+            crossed = true;
+            break;
+        }
+    }
+    let mut why = None;
+    if !crossed {
+        why = Some(format!(
+            "a 1500-byte packet with DF from pod {} does not reach pod {} through {}{}",
+            a.ip,
+            b.ip,
+            t.label,
+            t.diagnose()
+                .lines()
+                .find(|l| l.contains("drops:"))
+                .map(|l| format!(" ({})", l.trim()))
+                .unwrap_or_default()
+        ));
+    } else if let Some(d) = t.daemons.first() {
+        let tx = d.port_tx("ipip@u1")?;
+        let encap = pair.encap != "never";
+        match tx {
+            Some(n) if encap && n == 0 => {
+                why = Some(format!(
+                    "{}: nothing left node 1 through its IPIP uplink ipip@u1",
+                    t.label
+                ))
+            }
+            Some(n) if !encap && n > 0 => {
+                why = Some(format!(
+                    "{}: {n} packets left node 1 through its IPIP uplink ipip@u1",
+                    t.label
+                ))
+            }
+            None => why = Some(format!("{}: node 1 has no port ipip@u1", t.label)),
+            Some(n) => ctx.notes.push(format!(
+                "{scenario}: checked before measuring: a 1500-byte packet with DF crosses \
+                 from pod to pod, and {}",
+                if encap {
+                    format!("node 1's IPIP uplink (ipip@u1) sent {n} packet(s) (encapsulated)")
+                } else {
+                    "node 1's IPIP uplink (ipip@u1) sent none (routed directly)".to_string()
+                }
+            )),
+        }
+    }
+    match why {
+        None => Ok(Ok(t)),
+        Some(w) => {
+            ctx.progress.note(&format!("warning: {scenario}: {w}"));
+            ctx.failures.push(format!("{scenario}: {w}"));
+            Ok(Err(w))
+        }
+    }
 }
 
 pub fn cni(ctx: &mut Ctx) -> Res<()> {
@@ -1090,6 +1230,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::Scale => 2 * (1 + 1 + r + 1),
             Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
+            Scenario::BgpConvergence => crate::bgp::planned_steps(p),
         };
     }
     n

@@ -1,9 +1,11 @@
 //! Topologies: node and pod network namespaces wired either through
 //! podrouterd (TAP pods) or through the kernel the way Calico wires it
 //! (veth pairs, a /32 route per pod, proxy_arp on the host side, permanent
-//! neighbour entries), on one node or on two nodes joined by an underlay
-//! veth pair (plain routing or a Flannel-style VXLAN device for the kernel,
-//! IPIP or direct routing for podrouter).
+//! neighbour entries), on one node or on two nodes joined by an underlay:
+//! one veth pair (one subnet) or two veth pairs through a kernel router
+//! namespace (two subnets), with jumbo-frame MTU so 1500-byte pod frames fit
+//! any tunnel. Over it the kernel routes plainly or through a Flannel-style
+//! VXLAN device; podrouter routes directly or through its IPIP uplink.
 //!
 //! A [`Topology`] owns everything it made; dropping it stops its daemons
 //! (SIGTERM by pid), deletes its pod namespaces, then its node namespaces,
@@ -21,11 +23,31 @@ use crate::util::{self, ip_batch, run, Error, NetnsGroup, Proc, Res, TempDir};
 
 /// The node address of a single-node topology (on the node's `lo`).
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 1);
-/// Underlay addresses of node 1 and node 2 in two-node topologies.
+/// Underlay addresses of node 1 and node 2 in two-node topologies on one
+/// subnet (/24).
 pub const UNDERLAY: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 168, 100, 1),
     Ipv4Addr::new(192, 168, 100, 2),
 ];
+/// Underlay addresses of node 1 and node 2 on a routed underlay: each in
+/// its own /24, whose `.254` is the router.
+pub const ROUTED_UNDERLAY: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 101, 1),
+    Ipv4Addr::new(192, 168, 102, 2),
+];
+/// The router's address in each node's underlay subnet.
+pub const ROUTER: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(192, 168, 101, 254),
+    Ipv4Addr::new(192, 168, 102, 254),
+];
+/// MTU of every underlay link (veths and the router's): large enough that a
+/// 1500-byte pod packet fits in IPIP (+20) and VXLAN (+50) alike.
+pub const UNDERLAY_MTU: u16 = 9000;
+/// Pod MTU of two-node topologies, every mode.
+pub const TWO_NODE_POD_MTU: u16 = 1500;
+/// MTU of the kernel's VXLAN device: the underlay's minus VXLAN's 50 bytes,
+/// as Flannel derives it.
+pub const VXLAN_MTU: u16 = UNDERLAY_MTU - 50;
 /// Pod blocks of node 1 and node 2 (single-node topologies use a /22 from
 /// the first so 1,000 pods fit).
 pub const BLOCKS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(10, 244, 4, 0)];
@@ -84,6 +106,19 @@ impl Daemon {
         let s = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Packets sent through the port named `name` (`ipip@u1`, ...), if the
+    /// daemon has such a port.
+    pub fn port_tx(&self, name: &str) -> Res<Option<u64>> {
+        match self.call(Call::Counters)? {
+            Reply::Counters(c) => Ok(c
+                .ports
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.tx_packets)),
+            r => bail!("counters: unexpected reply {r:?}"),
+        }
     }
 
     /// Non-zero drop counters, `reason=N` (for messages).
@@ -447,30 +482,50 @@ pub enum TwoNodeMode {
     KernelVxlan,
 }
 
-impl TwoNodeMode {
-    /// Pod MTU in this mode on a 1500-byte underlay.
-    pub fn mtu(self) -> u16 {
+/// What joins the two nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Underlay {
+    /// One veth pair `u1`/`u2`: both nodes in 192.168.100.0/24.
+    Flat,
+    /// Node 1 in 192.168.101.0/24, node 2 in 192.168.102.0/24, joined by a
+    /// router namespace that forwards between them (veth pairs `u1`/`r1`,
+    /// `u2`/`r2`); the router knows no pod block.
+    Routed,
+}
+
+impl Underlay {
+    /// The nodes' underlay addresses.
+    pub fn addrs(self) -> [Ipv4Addr; 2] {
         match self {
-            TwoNodeMode::Podrouter("never") | TwoNodeMode::KernelPlain => 1500,
-            TwoNodeMode::Podrouter(_) => 1480,
-            TwoNodeMode::KernelVxlan => 1450,
+            Underlay::Flat => UNDERLAY,
+            Underlay::Routed => ROUTED_UNDERLAY,
         }
     }
 }
 
-/// Two node namespaces joined by the veth pair `u1`/`u2`
-/// (192.168.100.1/24, .2/24), one pod on each.
-pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
+/// Two node namespaces joined by `underlay` (every link MTU
+/// [`UNDERLAY_MTU`]), one pod on each (MTU [`TWO_NODE_POD_MTU`]).
+pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<Topology> {
     let tag = util::unique_tag();
     let dir = TempDir::new(&tag)?;
-    let nodes = NetnsGroup::create(vec![format!("{tag}-n1"), format!("{tag}-n2")])?;
-    let n: Vec<String> = nodes.names().to_vec();
+    let mut names = vec![format!("{tag}-n1"), format!("{tag}-n2")];
+    if underlay == Underlay::Routed {
+        names.push(format!("{tag}-rt"));
+    }
+    let nodes = NetnsGroup::create(names)?;
+    let n: Vec<String> = nodes.names()[..2].to_vec();
     let cpus = [opts.dp_cpu, opts.dp_cpu_node2];
-    let mtu = mode.mtu();
+    let mtu = TWO_NODE_POD_MTU;
+    let addrs = underlay.addrs();
+    let across = if underlay == Underlay::Routed {
+        " across a router"
+    } else {
+        ""
+    };
     let label = match mode {
-        TwoNodeMode::Podrouter(e) => format!("podrouter ({}, encap {e})", opts.backend),
-        TwoNodeMode::KernelPlain => "kernel, plain routing".into(),
-        TwoNodeMode::KernelVxlan => "kernel, VXLAN".into(),
+        TwoNodeMode::Podrouter(e) => format!("podrouter ({}, encap {e}{across})", opts.backend),
+        TwoNodeMode::KernelPlain => format!("kernel, plain routing{across}"),
+        TwoNodeMode::KernelVxlan => format!("kernel, VXLAN{across}"),
     };
     let mut topo = Topology {
         label,
@@ -482,19 +537,56 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
         _node_ns: vec![nodes],
         _dir: dir,
     };
-    ip_batch(
-        Some(&n[0]),
-        &format!(
-            "link add u1 mtu 1500 type veth peer name u2 mtu 1500 netns {}\n",
-            n[1]
-        ),
-    )?;
+    match underlay {
+        Underlay::Flat => ip_batch(
+            Some(&n[0]),
+            &format!(
+                "link add u1 mtu {UNDERLAY_MTU} type veth peer name u2 mtu {UNDERLAY_MTU} netns {}\n",
+                n[1]
+            ),
+        )?,
+        Underlay::Routed => {
+            let rt = topo._node_ns[0].names()[2].clone();
+            let mut lines = String::new();
+            for k in 0..2 {
+                let _ = writeln!(
+                    lines,
+                    "link add r{i} mtu {UNDERLAY_MTU} type veth peer name u{i} mtu {UNDERLAY_MTU} netns {}\n\
+                     addr add {}/24 dev r{i}\n\
+                     link set r{i} up",
+                    n[k],
+                    ROUTER[k],
+                    i = k + 1
+                );
+            }
+            ip_batch(Some(&rt), &lines)?;
+            // The router's forwarding runs where the data planes run: RPS
+            // of the link from each node to that node's data-plane CPU.
+            util::ns_sh(
+                &rt,
+                &format!(
+                    "sysctl -qw net.ipv4.ip_forward=1 && \
+                     echo {} > /sys/class/net/r1/queues/rx-0/rps_cpus && \
+                     echo {} > /sys/class/net/r2/queues/rx-0/rps_cpus",
+                    rps_mask(cpus[0]),
+                    rps_mask(cpus[1])
+                ),
+            )?;
+        }
+    }
     for k in 0..2 {
         let u = format!("u{}", k + 1);
-        ip_batch(
-            Some(&n[k]),
-            &format!("addr add {}/24 dev {u}\nlink set {u} up\n", UNDERLAY[k]),
-        )?;
+        let mut lines = format!("addr add {}/24 dev {u}\nlink set {u} up\n", addrs[k]);
+        if underlay == Underlay::Routed {
+            // The other node's subnet through the router.
+            let o = addrs[1 - k].octets();
+            let _ = writeln!(
+                lines,
+                "route add {}.{}.{}.0/24 via {} dev {u}",
+                o[0], o[1], o[2], ROUTER[k]
+            );
+        }
+        ip_batch(Some(&n[k]), &lines)?;
         util::ns_sh(
             &n[k],
             &format!(
@@ -520,19 +612,19 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
                     topo._dir.path(),
                     &format!("bench-n{}", k + 1),
                     &n[k],
-                    UNDERLAY[k],
+                    addrs[k],
                     &format!("{}/24", BLOCKS[k]),
                     &format!(
                         "uplink = \"u{}\"\nencap = \"{encap}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
                         k + 1,
                         BLOCKS[other],
-                        UNDERLAY[other]
+                        addrs[other]
                     ),
                 )?;
                 topo.daemons.push(d);
             }
             topo.notes.push(format!(
-                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}",
+                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}, underlay MTU {UNDERLAY_MTU}",
                 cpu_list(cpus)
             ));
             let mut pods = Vec::new();
@@ -571,13 +663,18 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
                 )?);
             }
             if mode == TwoNodeMode::KernelPlain {
+                if underlay == Underlay::Routed {
+                    // The router would need the pod blocks (Calico's IPIP
+                    // "never" across subnets needs BGP to the routers).
+                    bail!("plain routing across the router is not a topology of this harness");
+                }
                 for k in 0..2 {
                     ip_batch(
                         Some(&n[k]),
                         &format!(
                             "route add {}/24 via {} dev u{}\n",
                             BLOCKS[1 - k],
-                            UNDERLAY[1 - k],
+                            addrs[1 - k],
                             k + 1
                         ),
                     )?;
@@ -589,13 +686,13 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
                     ip_batch(
                         Some(&n[k]),
                         &format!(
-                            "link add flannel.1 address {} mtu 1450 type vxlan id 1 local {} dev u{} dstport 8472 nolearning\n\
+                            "link add flannel.1 address {} mtu {VXLAN_MTU} type vxlan id 1 local {} dev u{} dstport 8472 nolearning\n\
                              link set flannel.1 up\n\
                              addr add {}/32 dev flannel.1\n\
                              route add {}/24 via {} dev flannel.1 onlink\n\
                              neigh replace {} lladdr {} dev flannel.1 nud permanent\n",
                             vmac[k],
-                            UNDERLAY[k],
+                            addrs[k],
                             k + 1,
                             BLOCKS[k],
                             BLOCKS[o],
@@ -614,15 +711,27 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode) -> Res<Topology> {
                         "dev",
                         "flannel.1",
                         "dst",
-                        &UNDERLAY[o].to_string(),
+                        &addrs[o].to_string(),
                     ])?;
                 }
             }
             topo.notes.push(format!(
-                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}",
-                cpu_list(cpus)
+                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}, underlay MTU {UNDERLAY_MTU}{}",
+                cpu_list(cpus),
+                if mode == TwoNodeMode::KernelVxlan {
+                    format!(", flannel.1 MTU {VXLAN_MTU}")
+                } else {
+                    String::new()
+                }
             ));
         }
+    }
+    if underlay == Underlay::Routed {
+        topo.notes.push(format!(
+            "routed underlay: a router namespace forwards between 192.168.101.0/24 and \
+             192.168.102.0/24 (RPS of its links to CPU {})",
+            cpu_list(cpus)
+        ));
     }
     Ok(topo)
 }
