@@ -233,7 +233,8 @@ fn helper_json(p: Proc, timeout: Duration) -> Res<Value> {
 }
 
 pub(crate) fn quiesce(ctx: &mut Ctx, what: &str) -> Res<f64> {
-    let busy = measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 2 } else { 5 }))?;
+    // --smoke's figures only show the harness works: wait less for calm.
+    let busy = measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 1 } else { 5 }))?;
     ctx.busy_note(what, busy);
     Ok(busy)
 }
@@ -863,7 +864,7 @@ pub fn scale(ctx: &mut Ctx) -> Res<()> {
         drop(slot);
         // Namespace teardown finishes in the background: let it, so it
         // does not disturb the next measurement.
-        measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 5 } else { 60 }))?;
+        measure::quiesce(0.10, Duration::from_secs(if ctx.p.smoke { 2 } else { 60 }))?;
     }
     let [ip, ik] = idle;
     ctx.rows.push(Row::new(
