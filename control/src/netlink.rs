@@ -896,44 +896,12 @@ mod tests {
         assert_eq!(route_entry(&msg).unwrap().route, m);
     }
 
-    /// A scratch namespace with a link `d0` holding 10.9.0.1/24;
-    /// deleted on drop. Root only.
-    struct Scratch(String);
-
-    impl Scratch {
-        fn new() -> Scratch {
-            let name = format!("prnl-{}", std::process::id());
-            let sh = |args: &[&str]| {
-                let st = std::process::Command::new("ip")
-                    .args(args)
-                    .status()
-                    .unwrap();
-                assert!(st.success(), "ip {args:?}");
-            };
-            sh(&["netns", "add", &name]);
-            let s = Scratch(name);
-            // (No dummy module here: a veth pair inside the namespace.)
-            sh(&[
-                "-n", &s.0, "link", "add", "d0", "type", "veth", "peer", "name", "d1",
-            ]);
-            sh(&["-n", &s.0, "addr", "add", "10.9.0.1/24", "dev", "d0"]);
-            sh(&["-n", &s.0, "link", "set", "d1", "up"]);
-            sh(&["-n", &s.0, "link", "set", "d0", "up"]);
-            s
-        }
-
-        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            let path = std::path::PathBuf::from(format!("/run/netns/{}", self.0));
-            crate::netns::run_in_netns(&path, f).unwrap()
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &self.0])
-                .status();
-        }
+    /// A scratch namespace with a link `d0` holding 10.9.0.1/24. Root only.
+    fn scratch() -> crate::test_netns::TestNetns {
+        let ns = crate::test_netns::TestNetns::new("nl");
+        ns.veth_pair("d0", "d1");
+        ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "d0"]);
+        ns
     }
 
     fn route(dst: [u8; 4], len: u8, gateway: Option<[u8; 4]>, multipath: &[[u8; 4]]) -> Ipv4Route {
@@ -957,7 +925,7 @@ mod tests {
             eprintln!("skipping route_batch test: not root");
             return;
         }
-        let ns = Scratch::new();
+        let ns = scratch();
         ns.run(|| {
             let mut nl = Netlink::open().unwrap();
             let mut ops: Vec<RouteOp> = (0..150u8)

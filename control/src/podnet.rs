@@ -593,14 +593,13 @@ pub fn host_route_del(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netns::run_in_netns;
     use crate::sys::is_root;
+    use crate::test_netns::TestNetns;
     use podrouter_router::frame::Frame;
     use podrouter_router::port::Port;
     use podrouter_router::ROUTER_MAC;
     use serde_json::Value;
     use std::process::{Command, Stdio};
-    use std::sync::atomic::AtomicUsize;
     use std::time::{Duration, Instant};
 
     /// Why these privileged tests cannot run here, if they cannot.
@@ -620,67 +619,17 @@ mod tests {
         why.is_some()
     }
 
-    /// A network namespace made with `ip netns add`, deleted on drop (also
-    /// when the test panics).
-    struct TestNetns {
-        name: String,
-        path: PathBuf,
-    }
-
-    impl TestNetns {
-        fn new(role: &str) -> TestNetns {
-            static N: AtomicUsize = AtomicUsize::new(0);
-            let n = N.fetch_add(1, Ordering::Relaxed);
-            let name = format!("prtest-{}-{n}-{role}", std::process::id());
-            let st = Command::new("ip")
-                .args(["netns", "add", &name])
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip netns add {name}");
-            let path = PathBuf::from(format!("/run/netns/{name}"));
-            TestNetns { name, path }
-        }
-
-        /// `ip -n NS -j ARGS`, parsed.
-        fn ip_json(&self, args: &[&str]) -> Value {
-            let out = Command::new("ip")
-                .args(["-n", &self.name, "-j"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "ip -n {} -j {args:?}: {}",
-                self.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice(&out.stdout).unwrap()
-        }
-
-        fn link_names(&self) -> Vec<String> {
-            let mut v: Vec<String> = self
-                .ip_json(&["link", "show"])
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|l| l["ifname"].as_str().unwrap().to_string())
-                .collect();
-            v.sort();
-            v
-        }
-
-        /// Runs `f` as if this were the node namespace.
-        fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-            run_in_netns(&self.path, f).unwrap()
-        }
-    }
-
-    impl Drop for TestNetns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &self.name])
-                .status();
-        }
+    /// The interface names in `ns`, sorted.
+    fn link_names(ns: &TestNetns) -> Vec<String> {
+        let mut v: Vec<String> = ns
+            .ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["ifname"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
     }
 
     const MAC: [u8; 6] = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0x01];
@@ -771,8 +720,8 @@ mod tests {
 
         let tap = node.run(|| create_pod_interface(&spec)).unwrap();
         assert_eq!(tap.name().unwrap(), "eth0");
-        assert_eq!(node.link_names(), ["lo"]);
-        assert_eq!(pod.link_names(), ["eth0", "lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
+        assert_eq!(link_names(&pod), ["eth0", "lo"]);
         assert_pod_configured(&pod);
 
         // Same name again: a clear error, and nothing new anywhere.
@@ -786,8 +735,8 @@ mod tests {
                 pod.path.display()
             )
         );
-        assert_eq!(node.link_names(), ["lo"]);
-        assert_eq!(pod.link_names(), ["eth0", "lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
+        assert_eq!(link_names(&pod), ["eth0", "lo"]);
 
         // Re-open after a "restart": busy while held, fine once released.
         let e = attach_pod_interface(&pod.path, "eth0").unwrap_err();
@@ -801,7 +750,7 @@ mod tests {
 
         // Delete, idempotently; the port's descriptor goes stale.
         delete_pod_interface(&pod.path, "eth0").unwrap();
-        assert_eq!(pod.link_names(), ["lo"]);
+        assert_eq!(link_names(&pod), ["lo"]);
         delete_pod_interface(&pod.path, "eth0").unwrap();
         let mut frames = vec![Frame::new()];
         let e = tap.recv(&mut frames).unwrap_err();
@@ -826,7 +775,7 @@ mod tests {
         s3.netns = "/proc/self/status".into();
         let e = node.run(|| create_pod_interface(&s3)).unwrap_err();
         assert!(matches!(e, PodNetError::NotANetns { .. }), "{e}");
-        assert_eq!(node.link_names(), ["lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
     }
 
     #[test]
@@ -842,8 +791,8 @@ mod tests {
                 .run(|| create_pod_interface_inner(&good, Some(stage)))
                 .unwrap_err();
             assert!(e.to_string().contains("injected failure"), "{e}");
-            assert_eq!(node.link_names(), ["lo"], "after {stage:?}");
-            assert_eq!(pod.link_names(), ["lo"], "after {stage:?}");
+            assert_eq!(link_names(&node), ["lo"], "after {stage:?}");
+            assert_eq!(link_names(&pod), ["lo"], "after {stage:?}");
         }
         // The kernel refuses an MTU below the minimum.
         let mut bad = good.clone();
@@ -852,8 +801,8 @@ mod tests {
         assert!(matches!(e, PodNetError::Step { .. }), "{e}");
         eprintln!("MTU 20: {e}");
         assert!(e.to_string().contains("set MTU 20"), "{e}");
-        assert_eq!(node.link_names(), ["lo"]);
-        assert_eq!(pod.link_names(), ["lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
+        assert_eq!(link_names(&pod), ["lo"]);
         // A name the kernel would refuse.
         let mut bad = good.clone();
         bad.ifname = "a-name-far-too-long".into();
@@ -1022,7 +971,7 @@ mod tests {
         let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000)))
             .unwrap();
         check(9000);
-        assert_eq!(node.link_names(), ["lo", "podrouter0"]);
+        assert_eq!(link_names(&node), ["lo", "podrouter0"]);
 
         let ip = Ipv4Addr::new(10, 244, 1, 2);
         let block = Ipv4Addr::new(10, 244, 2, 7); // host bits are cleared

@@ -514,41 +514,10 @@ mod tests {
         }
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let pf = |s: &str| s.parse::<Prefix>().unwrap();
-        let ns = format!("prku-{}", std::process::id());
-        let sh = |args: &[&str]| {
-            let st = std::process::Command::new("ip")
-                .args(args)
-                .status()
-                .unwrap();
-            assert!(st.success(), "ip {args:?}");
-        };
-        struct Del(String);
-        impl Drop for Del {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("ip")
-                    .args(["netns", "del", &self.0])
-                    .status();
-            }
-        }
-        sh(&["netns", "add", &ns]);
-        let _del = Del(ns.clone());
-        sh(&[
-            "-n",
-            &ns,
-            "link",
-            "add",
-            "podrouter0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "x0",
-        ]);
-        sh(&["-n", &ns, "link", "set", "x0", "up"]);
-        sh(&["-n", &ns, "link", "set", "podrouter0", "up"]);
-        sh(&["-n", &ns, "addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
-        let path = std::path::PathBuf::from(format!("/run/netns/{ns}"));
-        crate::netns::run_in_netns(&path, || {
+        let ns = crate::test_netns::TestNetns::new("ku");
+        ns.veth_pair("podrouter0", "x0");
+        ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
+        ns.run(|| {
             let port = Arc::new(Uplink::open(ip("10.9.0.1"), 1500).unwrap());
             let state = |mode| UplinkState {
                 ifname: "podrouter0".into(),
@@ -613,8 +582,7 @@ mod tests {
             assert_eq!(names, vec![pf("10.1.0.0/24"), pf("10.2.0.0/24")]);
             assert!(failed[0].1.contains("host port nope0 does not exist"));
             assert_eq!(lost.failures, 2);
-        })
-        .unwrap();
+        });
     }
 
     /// The index of `podrouter0` in the calling thread's namespace.
