@@ -292,11 +292,7 @@ fn check_slot(slot: Slot, prefix_missing: &str) -> Res<Slot> {
             a.ip,
             b.ip,
             t.label,
-            t.diagnose()
-                .lines()
-                .find(|l| l.contains("drops:"))
-                .map(|l| format!(" ({})", l.trim()))
-                .unwrap_or_default()
+            t.drops_hint()
         );
         Ok(Err(why))
     }
@@ -1007,11 +1003,7 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
             a.ip,
             b.ip,
             t.label,
-            t.diagnose()
-                .lines()
-                .find(|l| l.contains("drops:"))
-                .map(|l| format!(" ({})", l.trim()))
-                .unwrap_or_default()
+            t.drops_hint()
         ));
     } else if let Some(d) = t.daemons.first() {
         let tx = d.port_tx("ipip@u1")?;

@@ -162,6 +162,16 @@ impl Topology {
         self.daemons.iter().map(Daemon::pid).collect()
     }
 
+    /// The first daemon's drop counters as " (podrouterd drops: ...)", or
+    /// nothing (for one-line failure reasons).
+    pub fn drops_hint(&self) -> String {
+        self.diagnose()
+            .lines()
+            .find(|l| l.contains("drops:"))
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default()
+    }
+
     /// Explains why traffic may not have arrived: the daemons' drop counters
     /// and log tails.
     pub fn diagnose(&self) -> String {
