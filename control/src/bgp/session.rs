@@ -18,7 +18,10 @@
 //! inbound connection while Established is refused with the same Cease,
 //! unless the peer negotiated graceful restart: then it is the peer coming
 //! back after a restart (RFC 4724 4.2), and the old connection is dropped
-//! as a restart.
+//! as a restart: at once if the session ran on an inbound connection too,
+//! else when the new connection's OPEN arrives (until then it may be the
+//! late half of a connect collision that the peer closes unused, e.g. a
+//! SYN retransmitted after TCP MD5 dropped a reset).
 //!
 //! # States reported
 //!
@@ -581,9 +584,16 @@ impl Session {
         }
         if let Some(est) = self.conns.iter().find(|c| c.state == State::Established) {
             let est_id = est.id;
-            if est.neg.as_ref().is_some_and(|n| n.gr) && id == ConnId::Inbound {
-                // RFC 4724 4.2: the peer restarted; the old session is gone.
+            let gr = est.neg.as_ref().is_some_and(|n| n.gr);
+            if gr && id == ConnId::Inbound && est_id == ConnId::Inbound {
+                // RFC 4724 4.2: the peer restarted and came back on the
+                // kind of connection the session used; the old one is gone.
                 self.drop_conn(now, est_id, true, "peer reconnected (restart)".into(), true);
+            } else if gr && id == ConnId::Inbound {
+                // The session runs on our connection: this may be the peer
+                // restarting, or only its own late connect of a collision
+                // (e.g. a SYN retransmitted after TCP MD5 dropped a reset)
+                // that it will close unused. Its OPEN decides (`open`).
             } else {
                 let n = Notification::cease(err::CEASE_COLLISION, "");
                 self.send(id, wire::encode_notification(&n));
@@ -789,6 +799,18 @@ impl Session {
                 if loser == id {
                     return false;
                 }
+            }
+            State::Established
+                if id == ConnId::Inbound
+                    && self
+                        .conn(other)
+                        .and_then(|e| e.neg.as_ref())
+                        .is_some_and(|n| n.gr) =>
+            {
+                // RFC 4724 4.2: an OPEN on a new connection from a peer
+                // with graceful restart: it restarted; the old session is
+                // gone, its routes turn stale.
+                self.drop_conn(now, other, true, "peer reconnected (restart)".into(), true);
             }
             State::Established => {
                 let n = Notification::new(err::CEASE, err::CEASE_COLLISION, []);
@@ -1479,6 +1501,49 @@ mod tests {
         let o = s.handle(t2, Input::Data(ConnId::Inbound, &wire::encode_end_of_rib()));
         assert_eq!(routes(&o), vec![RouteEvent::Remove(p("10.2.0.0/16"))]);
         assert_eq!(s.prefixes(), 1);
+    }
+
+    /// With graceful restart, a connection from the peer while the session
+    /// runs on ours is only a restart once it carries an OPEN: the late
+    /// half of a connect collision (closed unused by the peer) must not
+    /// take the session down.
+    #[test]
+    fn graceful_restart_inbound_connect_is_a_restart_only_with_an_open() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(64513), vec![], t);
+        establish(&mut s, t, Some(true));
+        s.handle(
+            t,
+            Input::Data(
+                ConnId::Outbound,
+                &peer_routes("10.0.0.2", &["10.1.0.0/16"], &[64513]),
+            ),
+        );
+        // The peer's late connect, closed by it without a word.
+        let o = s.handle(t, Input::Connected(ConnId::Inbound));
+        assert!(
+            !o.iter()
+                .any(|x| matches!(x, Output::Close(ConnId::Outbound))),
+            "{o:?}"
+        );
+        s.handle(t, Input::Closed(ConnId::Inbound, "eof".into()));
+        assert_eq!(s.state(), State::Established);
+        assert_eq!(s.stale_prefixes(), 0);
+        assert_eq!(s.prefixes(), 1);
+        // A connection that sends an OPEN is the peer after a restart: the
+        // old session goes, its routes turn stale, the new one comes up.
+        s.handle(t, Input::Connected(ConnId::Inbound));
+        let o = s.handle(
+            t,
+            Input::Data(
+                ConnId::Inbound,
+                &peer_open(64513, "10.0.0.2", 30, Some(true)),
+            ),
+        );
+        assert!(o.contains(&Output::Close(ConnId::Outbound)), "{o:?}");
+        assert_eq!(s.stale_prefixes(), 1);
+        s.handle(t, Input::Data(ConnId::Inbound, &wire::encode_keepalive()));
+        assert_eq!(s.state(), State::Established);
     }
 
     #[test]
