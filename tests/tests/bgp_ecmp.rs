@@ -23,19 +23,9 @@ const UP: Duration = Duration::from_secs(30);
 /// Distinct source ports (flows) per round.
 const FLOWS: u16 = 48;
 
-/// The tools this test needs beyond the daemon; missing ones fail the test
-/// under `PODROUTER_REQUIRE_INTEROP=1` (like `PODROUTER_E2E_REQUIRE=1`).
+/// The tools this test needs beyond the daemon (see [`require_interop`]).
 fn runnable(test: &str) -> bool {
-    let tools = ["bird", "birdc", "tcpdump"];
-    if std::env::var("PODROUTER_REQUIRE_INTEROP").as_deref() == Ok("1") {
-        let missing: Vec<&str> = tools.into_iter().filter(|t| !have_command(t)).collect();
-        assert!(
-            missing.is_empty(),
-            "{test}: {} missing and PODROUTER_REQUIRE_INTEROP=1 forbids skipping",
-            missing.join(", ")
-        );
-    }
-    require(test, &tools)
+    require_interop(test, &["bird", "birdc", "tcpdump"])
 }
 
 /// The node route for `prefix` in `podrouterctl routes --json`: its `via`
@@ -168,16 +158,7 @@ fn world(encap: &str) -> World {
     let mut sw = Switch::new();
     let mut node = start_plain_node(A, A_BLOCK);
     sw.plug(&node.ns, "eth0", &format!("{A}/24"));
-    let cfg = std::fs::read_to_string(&node.config).expect("read config");
-    std::fs::write(
-        &node.config,
-        cfg.replacen(
-            "[dataplane]\n",
-            &format!("[dataplane]\nencap = \"{encap}\"\n"),
-            1,
-        ),
-    )
-    .expect("write config");
+    set_encap(&node, encap);
     let bgp = bgp_section(
         NODE_AS,
         "graceful_restart = false",
