@@ -1,9 +1,12 @@
 //! podrouterd and BIRD 2 (what Calico runs) over iBGP and eBGP: both reach
-//! Established, each learns the other's /26, withdraws propagate both
-//! ways, a killed or frozen BIRD's routes leave the FIB within the hold
-//! time, graceful restart keeps them across a BIRD restart and across
-//! our own (the learned blocks' kernel routes stay, and the ones BIRD
-//! stopped announcing meanwhile go at its End-of-RIB), and TCP MD5 works.
+//! Established, each learns the other's /26 and a pod behind podrouterd
+//! pings a pod-like address in BIRD's block over the learned routes
+//! (routed directly; BIRD installs ours in its kernel), withdraws
+//! propagate both ways and cut the pod off, a killed or frozen BIRD's
+//! routes leave the FIB within the hold time, graceful restart keeps them
+//! (and the pod's way) across a BIRD restart and across our own (the
+//! learned blocks' kernel routes stay, and the ones BIRD stopped
+//! announcing meanwhile go at its End-of-RIB), and TCP MD5 works.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
@@ -15,28 +18,26 @@ const OUR_BLOCK: &str = "10.244.1.0/26";
 const BIRD_BLOCK: &str = "10.244.2.0/26";
 const UP: Duration = Duration::from_secs(20);
 
+/// podrouterd's node and BIRD's on one segment (see [`node_and_peer`]),
+/// a pod behind podrouterd and BIRD's pod-like address `target`. Fields
+/// drop in order: the node, BIRD, then BIRD's namespace.
 struct World {
     node: Node,
     bird: Bird,
-    _peer_ns: Netns,
+    pod: Pod,
+    target: String,
+    peer_ns: Netns,
 }
 
 fn world(peer_as: u32, node_extra: &str, peer_extra: &str, bird_extra: &str) -> World {
-    let peer_ns = Netns::new("bird");
     let bgp = bgp_section(
         NODE_AS,
         node_extra,
         &[PeerCfg::new(PEER, peer_as).with(peer_extra)],
     );
-    let node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    let (peer_ns, mut node) = node_and_peer("bird", NODE, OUR_BLOCK, PEER, &bgp);
+    let pod = node.add_pod("bird-pod", &[]);
+    let target = add_pod_like(&peer_ns, BIRD_BLOCK);
     let bird = Bird::start(
         &peer_ns,
         &bird_conf(PEER, peer_as, BIRD_BLOCK, NODE, NODE_AS, bird_extra),
@@ -44,12 +45,23 @@ fn world(peer_as: u32, node_extra: &str, peer_extra: &str, bird_extra: &str) -> 
     World {
         node,
         bird,
-        _peer_ns: peer_ns,
+        pod,
+        target,
+        peer_ns,
     }
 }
 
+/// The pod reaches BIRD's pod-like address over the routes each side
+/// learned: BIRD's block in podrouterd's FIB and node kernel, our block in
+/// BIRD's namespace's kernel as BIRD installed it.
+fn pod_reaches_bird(w: &World) {
+    let r = wait_learned_kernel_route(&w.peer_ns, OUR_BLOCK, NODE, "bird");
+    say(&format!("BIRD's kernel route for our block: {r}"));
+    assert_pod_reaches(&w.node, &w.pod, BIRD_BLOCK, PEER, &w.target);
+}
+
 fn learn_both_ways(w: &World) {
-    wait_established(&w.node, PEER, UP);
+    wait_settled(&w.node, PEER, UP);
     assert!(
         wait_fib(&w.node, BIRD_BLOCK, Some(PEER), Duration::from_secs(10)),
         "podrouterd did not install BIRD's block: {}",
@@ -71,13 +83,14 @@ fn learn_both_ways(w: &World) {
         "birdc show route:\n{}",
         w.bird.birdc("show route").stdout
     ));
+    pod_reaches_bird(w);
 }
 
 #[test]
 fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
-    if !require(
+    if !require_interop(
         "bgp_bird_ibgp_learn_withdraw_and_peer_death",
-        &["bird", "birdc"],
+        &["bird", "birdc", "ping"],
     ) {
         return;
     }
@@ -89,12 +102,14 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
     assert_eq!(p["hold_time"], HOLD);
     assert_eq!(p["prefixes_accepted"], 1);
 
-    // Withdraw on BIRD's side.
+    // Withdraw on BIRD's side: the route, and with it the pod's way to
+    // BIRD's pod-like address, goes; it comes back with the route.
     w.bird.birdc("disable pods").expect_ok();
     assert!(
         wait_fib(&w.node, BIRD_BLOCK, None, Duration::from_secs(5)),
         "withdraw from BIRD did not reach the FIB"
     );
+    assert_pod_cut_off(&w.node, &w.pod, BIRD_BLOCK, &w.target);
     w.bird.birdc("enable pods").expect_ok();
     assert!(wait_fib(
         &w.node,
@@ -102,6 +117,7 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
         Some(PEER),
         Duration::from_secs(5)
     ));
+    pod_reaches_bird(&w);
 
     // Freeze BIRD: no FIN, no keepalives. The hold timer must take the
     // routes out within the hold time (plus polling slack).
@@ -140,6 +156,9 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
     })
     .expect("killed BIRD's route outlived the hold time");
     say(&format!("killed peer: route withdrawn after {gone:?}"));
+    // BIRD's kernel route for our block outlives its SIGKILL: only our
+    // side's withdrawal cuts the pod off.
+    assert_pod_cut_off(&w.node, &w.pod, BIRD_BLOCK, &w.target);
 
     // Our side withdraws: BIRD back, then podrouterd stops (Cease, no
     // graceful restart configured) and BIRD drops our block.
@@ -155,6 +174,8 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
             .has_route(OUR_BLOCK, NODE)),
         "BIRD kept our block after our Cease"
     );
+    // ... and takes it out of its kernel.
+    wait_no_kernel_route(&w.peer_ns, OUR_BLOCK);
     let log = w.bird.log();
     let _ = log;
     w.node.start_daemon();
@@ -162,7 +183,7 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
 
 #[test]
 fn bgp_bird_ebgp_with_md5() {
-    if !require("bgp_bird_ebgp_with_md5", &["bird", "birdc"]) {
+    if !require_interop("bgp_bird_ebgp_with_md5", &["bird", "birdc", "ping"]) {
         return;
     }
     let w = world(
@@ -183,9 +204,9 @@ fn bgp_bird_ebgp_with_md5() {
 
 #[test]
 fn bgp_bird_md5_mismatch_never_establishes() {
-    if !require(
+    if !require_interop(
         "bgp_bird_md5_mismatch_never_establishes",
-        &["bird", "birdc"],
+        &["bird", "birdc", "ping"],
     ) {
         return;
     }
@@ -198,9 +219,9 @@ fn bgp_bird_md5_mismatch_never_establishes() {
 
 #[test]
 fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
-    if !require(
+    if !require_interop(
         "bgp_bird_graceful_restart_keeps_routes_across_a_restart",
-        &["bird", "birdc"],
+        &["bird", "birdc", "ping"],
     ) {
         return;
     }
@@ -234,6 +255,9 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
         "{rib:#}"
     );
     assert_eq!(peers(&w.node)[0]["prefixes_stale"], 1);
+    // The stale route still carries the pod's traffic (BIRD's kernel
+    // route for our block outlives its SIGKILL).
+    assert_pod_reaches(&w.node, &w.pod, BIRD_BLOCK, PEER, &w.target);
     // BIRD comes back: the route is refreshed and no longer stale.
     w.bird.restart();
     wait_established(&w.node, PEER, UP);
@@ -261,7 +285,7 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
 /// the restart time.
 #[test]
 fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
-    if !require(
+    if !require_interop(
         "bgp_bird_our_graceful_restart_keeps_learned_kernel_routes",
         &["bird", "birdc"],
     ) {
