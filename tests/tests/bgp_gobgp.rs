@@ -1,6 +1,9 @@
 //! podrouterd and GoBGP (what Calico VPP embeds) over eBGP: Established,
-//! each learns the other's /26, withdraws both ways, a killed or frozen
-//! gobgpd's routes leave the FIB within the hold time.
+//! each learns the other's /26, a pod behind podrouterd pings a pod-like
+//! address in GoBGP's block (routed directly; the return route copied by
+//! hand from what gobgpd learned, since gobgpd has no FIB integration),
+//! withdraws both ways and cut the pod off, a killed or frozen gobgpd's
+//! routes leave the FIB within the hold time.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
@@ -15,28 +18,21 @@ const UP: Duration = Duration::from_secs(20);
 
 #[test]
 fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
-    if !require(
+    if !require_interop(
         "bgp_gobgp_ebgp_learn_withdraw_and_peer_death",
-        &["gobgpd", "gobgp"],
+        &["gobgpd", "gobgp", "ping"],
     ) {
         return;
     }
-    let peer_ns = Netns::new("gobgp");
     let bgp = bgp_section(
         NODE_AS,
         "graceful_restart = false",
         &[PeerCfg::new(PEER, PEER_AS)],
     );
-    let mut node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
+    let (peer_ns, mut node) = node_and_peer("gobgp", NODE, OUR_BLOCK, PEER, &bgp);
     let _log = LogOnPanic(node.log.clone());
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    let pod = node.add_pod("gobgp-pod", &[]);
+    let target = add_pod_like(&peer_ns, GOBGP_BLOCK);
     let mut g = Gobgp::start(&peer_ns, PEER, PEER_AS, NODE, NODE_AS);
     g.cli(&["global", "rib", "add", GOBGP_BLOCK, "-a", "ipv4"])
         .expect_ok();
@@ -73,10 +69,20 @@ fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
         .unwrap();
     assert_eq!(r["as_path"], PEER_AS.to_string());
 
-    // Withdraw on GoBGP's side.
+    // The pod pings GoBGP's pod-like address. gobgpd has no FIB
+    // integration (no zebra here), so the return route is added by hand,
+    // with the next hop gobgpd learned for our block.
+    let learned = g.route_next_hop(OUR_BLOCK).expect("GoBGP lost our block");
+    peer_ns
+        .exec(&["ip", "route", "add", OUR_BLOCK, "via", &learned])
+        .expect_ok();
+    assert_pod_reaches(&node, &pod, GOBGP_BLOCK, PEER, &target);
+
+    // Withdraw on GoBGP's side: the pod is cut off until it is back.
     g.cli(&["global", "rib", "del", GOBGP_BLOCK, "-a", "ipv4"])
         .expect_ok();
     assert!(wait_fib(&node, GOBGP_BLOCK, None, Duration::from_secs(5)));
+    assert_pod_cut_off(&node, &pod, GOBGP_BLOCK, &target);
     g.cli(&["global", "rib", "add", GOBGP_BLOCK, "-a", "ipv4"])
         .expect_ok();
     assert!(wait_fib(
@@ -85,6 +91,7 @@ fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
         Some(PEER),
         Duration::from_secs(5)
     ));
+    assert_pod_reaches(&node, &pod, GOBGP_BLOCK, PEER, &target);
 
     // Frozen gobgpd: the hold timer withdraws.
     let pid = g.bg.as_ref().unwrap().pid();
@@ -115,6 +122,7 @@ fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
     })
     .expect("killed gobgpd's route outlived the hold time");
     say(&format!("killed gobgpd: route withdrawn after {gone:?}"));
+    assert_pod_cut_off(&node, &pod, GOBGP_BLOCK, &target);
 
     // Our withdraw: GoBGP back, podrouterd stops, GoBGP drops our block.
     let g = Gobgp::start(&peer_ns, PEER, PEER_AS, NODE, NODE_AS);
