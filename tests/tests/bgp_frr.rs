@@ -1,6 +1,8 @@
-//! podrouterd and FRR bgpd over eBGP: Established, each learns the other's
-//! /26, withdraws both ways, a killed bgpd's routes leave the FIB within
-//! the hold time.
+//! podrouterd and FRR (bgpd with zebra) over eBGP: Established, each
+//! learns the other's /26, a pod behind podrouterd pings a pod-like
+//! address in FRR's block over the learned routes (routed directly; zebra
+//! installs ours in FRR's kernel), withdraws both ways and cut the pod off,
+//! a killed bgpd's routes leave the FIB within the hold time.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
@@ -15,30 +17,21 @@ const UP: Duration = Duration::from_secs(30);
 
 #[test]
 fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
-    if !require("bgp_frr_ebgp_learn_withdraw_and_peer_death", &["vtysh"]) {
+    if !require_interop(
+        "bgp_frr_ebgp_learn_withdraw_and_peer_death",
+        &["vtysh", "ping", "/usr/lib/frr/bgpd", "/usr/lib/frr/zebra"],
+    ) {
         return;
     }
-    if !std::path::Path::new("/usr/lib/frr/bgpd").exists() {
-        say("SKIP bgp_frr_ebgp_learn_withdraw_and_peer_death: /usr/lib/frr/bgpd missing (apt-get install frr)");
-        assert!(std::env::var("PODROUTER_E2E_REQUIRE").as_deref() != Ok("1"));
-        return;
-    }
-    let peer_ns = Netns::new("frr");
     let bgp = bgp_section(
         NODE_AS,
         "graceful_restart = false",
         &[PeerCfg::new(PEER, PEER_AS)],
     );
-    let mut node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
+    let (peer_ns, mut node) = node_and_peer("frr", NODE, OUR_BLOCK, PEER, &bgp);
     let _log = LogOnPanic(node.log.clone());
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    let pod = node.add_pod("frr-pod", &[]);
+    let target = add_pod_like(&peer_ns, FRR_BLOCK);
     let mut frr = Frr::start(&peer_ns, PEER, PEER_AS, FRR_BLOCK, NODE, NODE_AS);
 
     wait_established(&node, PEER, UP);
@@ -61,8 +54,16 @@ fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
         frr.vtysh(&["show bgp ipv4 unicast summary"]).stdout,
         node.ctl_table(&["bgp", "peers"]).stdout
     ));
+    // The pod pings FRR's pod-like address; the replies take the route
+    // zebra installed for our block.
+    let pod_reaches_frr = || {
+        let r = wait_learned_kernel_route(&peer_ns, OUR_BLOCK, NODE, "bgp");
+        say(&format!("FRR's kernel route for our block: {r}"));
+        assert_pod_reaches(&node, &pod, FRR_BLOCK, PEER, &target);
+    };
+    pod_reaches_frr();
 
-    // Withdraw on FRR's side.
+    // Withdraw on FRR's side: the pod is cut off until it is back.
     frr.vtysh(&[
         "configure terminal",
         &format!("router bgp {PEER_AS}"),
@@ -71,6 +72,7 @@ fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
     ])
     .expect_ok();
     assert!(wait_fib(&node, FRR_BLOCK, None, Duration::from_secs(5)));
+    assert_pod_cut_off(&node, &pod, FRR_BLOCK, &target);
     frr.vtysh(&[
         "configure terminal",
         &format!("router bgp {PEER_AS}"),
@@ -84,8 +86,10 @@ fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
         Some(PEER),
         Duration::from_secs(5)
     ));
+    pod_reaches_frr();
 
-    // Our withdraw: podrouterd stops with a Cease; FRR drops our block.
+    // Our withdraw: podrouterd stops with a Cease; FRR drops our block,
+    // and zebra its kernel route.
     node.stop_daemon("TERM");
     assert!(
         wait_until(Duration::from_secs(5), || frr
@@ -93,6 +97,7 @@ fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
             .is_none()),
         "FRR kept our block after our Cease"
     );
+    wait_no_kernel_route(&peer_ns, OUR_BLOCK);
     node.start_daemon();
     wait_established(&node, PEER, UP);
     assert!(wait_fib(
@@ -111,4 +116,5 @@ fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
     })
     .expect("killed bgpd's route outlived the hold time");
     say(&format!("killed bgpd: route withdrawn after {gone:?}"));
+    assert_pod_cut_off(&node, &pod, FRR_BLOCK, &target);
 }
