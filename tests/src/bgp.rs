@@ -474,10 +474,10 @@ pub fn wait_established(node: &Node, addr: &str, timeout: Duration) {
 /// 2 s. With BIRD and TCP MD5 the first session sometimes (2 runs in 8
 /// here, once the link existed before podrouterd's BGP started) is closed
 /// by BIRD within 100 ms of Established and comes back a second or two
-/// later. Likely cause, not proven: our first SYN reaches BIRD's namespace
-/// before BIRD listens, its unsigned RST is dropped by our kernel (MD5),
-/// and the retransmitted SYN then races BIRD's own connection (a
-/// collision). Tests that go on to use the session's routes wait it out.
+/// later, with no NOTIFICATION and no collision logged on our side. Not
+/// yet explained: it persists with podrouterd no longer treating a GR
+/// peer's bare inbound connect as a restart (1 run in 8 without this
+/// wait). Tests that go on to use the session's routes wait it out.
 #[track_caller]
 pub fn wait_settled(node: &Node, addr: &str, timeout: Duration) {
     let settled = || {
