@@ -2,31 +2,36 @@
 //! port `podrouter0`, and the node routes that send pod traffic into the
 //! router.
 //!
-//! A pod interface is a persistent TAP created in the node namespace under
-//! a temporary name (`prt` + 8 hex digits), given its MAC and MTU, moved into
-//! the pod's namespace under its final name (one netlink request), then
+//! A pod interface is a persistent TAP created directly inside the pod's
+//! namespace under its final name: the `/dev/net/tun` descriptor is opened
+//! by a thread that has entered that namespace, which is where `TUNSETIFF`
+//! then registers the device. It is given its MAC and MTU while down, then
 //! brought up with Calico's addressing: `IP/32`, `169.254.1.1 dev IFNAME
 //! scope link`, `default via 169.254.1.1 dev IFNAME` (routes with protocol
-//! [`RTPROT_PODROUTER`]). The returned [`TapPort`]'s descriptor keeps working
-//! after the move.
+//! [`RTPROT_PODROUTER`]). The returned [`TapPort`]'s descriptor works from
+//! any thread and namespace. Nothing moves between namespaces and nothing
+//! is renamed: either would make the kernel wait for an RCU grace period
+//! (about 20 ms per pod here, most of an attach).
+//!
+//! The descriptor, having been opened in the pod's namespace, holds a
+//! reference to it (as one re-opened after a podrouterd restart always
+//! did): a namespace whose file is removed without a detach lives on,
+//! with its interface, until the pod is detached or podrouterd exits.
 //!
 //! Invariants:
 //! - Never a half-made interface: if any step of a creation fails, the TAP
-//!   is deleted over netlink wherever it is by then (node or pod
-//!   namespace), and made non-persistent and closed, so the kernel deletes
-//!   it in any case once the descriptor is released.
+//!   is deleted over netlink in the pod's namespace, and made
+//!   non-persistent and closed, so the kernel deletes it in any case once
+//!   the descriptor is released.
 //! - Nothing here changes the calling thread's namespace: pod-side work runs
 //!   on a scoped thread ([`run_in_netns_fd`]); node-side work runs in the
 //!   caller's namespace (the node's, in podrouterd).
 //! - Deletion is idempotent: a missing interface or namespace is success.
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use podrouter_router::sys::check_ifname;
 use podrouter_router::tap::TapPort;
@@ -117,28 +122,14 @@ fn netns_error(netns: &Path, e: io::Error) -> PodNetError {
     }
 }
 
-/// `prt` + 8 hex digits, different on every call.
-fn temp_tap_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        h.write_u128(d.as_nanos());
-    }
-    format!("prt{:08x}", h.finish() as u32)
-}
-
 /// A freshly created TAP that is deleted on drop unless [`disarm`]ed.
 ///
 /// Dropping it clears `IFF_PERSIST` and closes the descriptor, which makes
-/// the kernel delete the device in whichever namespace it is, but only
-/// once no other reference to the open file remains (a child that another
-/// thread forked keeps one until it execs). So it also deletes the device
-/// over netlink by its current name (`TUNGETIFF`), where that name is
-/// unambiguously ours: the random temporary name in the node or pod
-/// namespace, or the final name in the pod namespace once the move and
-/// rename succeeded (the kernel renames only after moving).
+/// the kernel delete the device, but only once no other reference to the
+/// open file remains (a child that another thread forked keeps one until
+/// it execs). So it also deletes the device over netlink, in the calling
+/// thread's namespace, if it still has the name it was created with there
+/// (`TUNGETIFF`): it must be dropped in the namespace it was created in.
 ///
 /// [`disarm`]: NewTap::disarm
 struct NewTap {
@@ -146,8 +137,6 @@ struct NewTap {
     whom: String,
     /// The name the TAP was created with, in the current namespace.
     created_as: String,
-    /// The pod namespace it may have moved to, and its final name there.
-    pod: Option<(OwnedFd, String)>,
 }
 
 impl NewTap {
@@ -156,7 +145,6 @@ impl NewTap {
             tap: Some(tap),
             whom: whom.to_string(),
             created_as: created_as.to_string(),
-            pod: None,
         }
     }
 
@@ -193,18 +181,8 @@ impl Drop for NewTap {
             Ok(n) => n,
             Err(_) => return, // already deleted
         };
-        let mut results = Vec::new();
         if name == self.created_as {
-            results.push(delete_link_named(&name));
-        }
-        if let Some((ns, ifname)) = &self.pod {
-            if name == self.created_as || name == *ifname {
-                let r = run_in_netns_fd(ns.as_fd(), "pod netns", || delete_link_named(&name));
-                results.push(r.and_then(|r| r));
-            }
-        }
-        for r in results {
-            if let Err(e) = r {
+            if let Err(e) = delete_link_named(&name) {
                 log::warn!(
                     "rollback for {}: cannot delete the new TAP {name} (it goes once its descriptor is released): {e}",
                     self.whom
@@ -218,8 +196,10 @@ impl Drop for NewTap {
 /// A step at which tests inject a failure, to check the rollback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stage {
-    NodeConfig,
-    PodConfig,
+    /// Created, MAC and MTU set, still down.
+    Down,
+    /// Up, before the address.
+    Up,
 }
 
 /// Creates a pod's interface as described in the module doc and returns its
@@ -233,71 +213,16 @@ fn create_pod_interface_inner(
     spec: &PodInterfaceSpec,
     fail_at: Option<Stage>,
 ) -> Result<TapPort, PodNetError> {
-    let netns_label = spec.netns.display().to_string();
-    let whom = format!("pod netns {netns_label} interface {}", spec.ifname);
+    let whom = format!(
+        "pod netns {} interface {}",
+        spec.netns.display(),
+        spec.ifname
+    );
     check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
-
-    // The name must be free in the pod (checked again by the kernel at the
-    // move; this gives the clear error without creating anything).
-    let existing = in_pod(ns.as_fd(), &spec.netns, || {
-        Netlink::open()?.link_index(&spec.ifname)
-    })?
-    .map_err(|e| PodNetError::step("look up existing interfaces", &whom, e))?;
-    if existing.is_some() {
-        return Err(PodNetError::InterfaceExists {
-            netns: netns_label,
-            ifname: spec.ifname.clone(),
-        });
-    }
-
-    let (mut new_tap, tmp) = create_temp_tap(&whom)?;
-    let step = |what: String| {
-        let whom = &whom;
-        let tmp = &tmp;
-        move |e: io::Error| PodNetError::step(format!("{what} (TAP {tmp})"), whom, e)
-    };
-
-    // Node namespace: MAC and MTU while the device is down, then move it.
-    let mut nl = Netlink::open().map_err(step("open netlink in the node namespace".into()))?;
-    let index = nl
-        .link_index(&tmp)
-        .map_err(step("look up the new TAP".into()))?
-        .ok_or_else(|| {
-            step("look up the new TAP".into())(io::Error::new(
-                io::ErrorKind::NotFound,
-                "created TAP vanished",
-            ))
-        })?;
-    nl.link_set_mac(index, spec.mac)
-        .map_err(step(format!("set MAC {}", fmt_mac(&spec.mac))))?;
-    nl.link_set_mtu(index, spec.mtu.into())
-        .map_err(step(format!("set MTU {}", spec.mtu)))?;
-    if fail_at == Some(Stage::NodeConfig) {
-        return Err(step("injected failure".into())(io::Error::other("test")));
-    }
-    let ns_for_rollback = ns
-        .try_clone()
-        .map_err(step("duplicate the pod netns descriptor".into()))?;
-    new_tap.pod = Some((ns_for_rollback, spec.ifname.clone()));
-    nl.link_move_to_netns(index, ns.as_fd(), &spec.ifname)
-        .map_err(|e| {
-            if errno(&e) == Some(libc::EEXIST) {
-                PodNetError::InterfaceExists {
-                    netns: netns_label.clone(),
-                    ifname: spec.ifname.clone(),
-                }
-            } else {
-                step(format!("move into the pod netns as {}", spec.ifname))(e)
-            }
-        })?;
-
-    // Pod namespace: up, address, routes.
     in_pod(ns.as_fd(), &spec.netns, || {
-        configure_pod_side(spec, &whom, fail_at)
-    })??;
-
-    Ok(new_tap.disarm())
+        create_in_pod(spec, &whom, fail_at)
+    })?
 }
 
 /// Runs `f` in the pod's namespace, mapping failures to enter it.
@@ -309,25 +234,52 @@ fn in_pod<T: Send>(
     run_in_netns_fd(ns, &netns.display().to_string(), f).map_err(|e| netns_error(netns, e))
 }
 
-fn configure_pod_side(
+/// The whole creation, on a thread inside the pod's namespace: the TAP
+/// (refused by the kernel if any device of that name exists there), MAC
+/// and MTU while down, up, address, routes. Any failure drops the
+/// [`NewTap`] here, in the pod's namespace, which deletes the device.
+fn create_in_pod(
     spec: &PodInterfaceSpec,
     whom: &str,
     fail_at: Option<Stage>,
-) -> Result<(), PodNetError> {
+) -> Result<TapPort, PodNetError> {
+    let tap = TapPort::create(&spec.ifname).map_err(|e| {
+        if e.kind() == io::ErrorKind::AlreadyExists {
+            PodNetError::InterfaceExists {
+                netns: spec.netns.display().to_string(),
+                ifname: spec.ifname.clone(),
+            }
+        } else {
+            PodNetError::Tap {
+                action: "create",
+                tap: spec.ifname.clone(),
+                whom: whom.to_string(),
+                source: e,
+            }
+        }
+    })?;
+    let new_tap = NewTap::new(tap, &spec.ifname, whom);
     let err = |what: String| move |e: io::Error| PodNetError::step(what, whom, e);
     let mut nl = Netlink::open().map_err(err("open netlink in the pod netns".into()))?;
     let index = nl
         .link_index(&spec.ifname)
-        .map_err(err("look up the moved interface".into()))?
+        .map_err(err("look up the new TAP".into()))?
         .ok_or_else(|| {
-            err("look up the moved interface".into())(io::Error::new(
+            err("look up the new TAP".into())(io::Error::new(
                 io::ErrorKind::NotFound,
-                "interface not found after the move",
+                "created TAP vanished",
             ))
         })?;
+    nl.link_set_mac(index, spec.mac)
+        .map_err(err(format!("set MAC {}", fmt_mac(&spec.mac))))?;
+    nl.link_set_mtu(index, spec.mtu.into())
+        .map_err(err(format!("set MTU {}", spec.mtu)))?;
+    if fail_at == Some(Stage::Down) {
+        return Err(err("injected failure".into())(io::Error::other("test")));
+    }
     nl.link_set_up(index)
         .map_err(err("bring the interface up".into()))?;
-    if fail_at == Some(Stage::PodConfig) {
+    if fail_at == Some(Stage::Up) {
         return Err(err("injected failure".into())(io::Error::other("test")));
     }
     nl.addr_add(index, spec.ip, 32)
@@ -354,36 +306,7 @@ fn configure_pod_side(
     };
     nl.route_replace(&default)
         .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
-    Ok(())
-}
-
-/// Creates a TAP with a fresh temporary name in the current namespace.
-fn create_temp_tap(whom: &str) -> Result<(NewTap, String), PodNetError> {
-    let mut last = None;
-    for _ in 0..8 {
-        let name = temp_tap_name();
-        match TapPort::create(&name) {
-            Ok(tap) => {
-                return Ok((NewTap::new(tap, &name, whom), name));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some((name, e)),
-            Err(e) => {
-                return Err(PodNetError::Tap {
-                    action: "create",
-                    tap: name,
-                    whom: whom.to_string(),
-                    source: e,
-                })
-            }
-        }
-    }
-    let (name, e) = last.expect("loop ran");
-    Err(PodNetError::Tap {
-        action: "create",
-        tap: name,
-        whom: whom.to_string(),
-        source: e,
-    })
+    Ok(new_tap.disarm())
 }
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
@@ -786,7 +709,7 @@ mod tests {
         let node = TestNetns::new("node");
         let pod = TestNetns::new("pod");
         let good = spec(&pod);
-        for stage in [Stage::NodeConfig, Stage::PodConfig] {
+        for stage in [Stage::Down, Stage::Up] {
             let e = node
                 .run(|| create_pod_interface_inner(&good, Some(stage)))
                 .unwrap_err();
@@ -1009,12 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn temp_names_are_valid_and_distinct() {
-        let a = temp_tap_name();
-        let b = temp_tap_name();
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 11);
-        check_ifname(&a).unwrap();
+    fn network_clears_host_bits() {
         assert_eq!(
             network(Ipv4Addr::new(10, 244, 2, 7), 26),
             Ipv4Addr::new(10, 244, 2, 0)
