@@ -26,7 +26,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
@@ -592,24 +592,6 @@ impl Netlink {
         let mut m = Self::link_msg(index);
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         self.link_change(m, &format!("set MAC {}", fmt_mac(&mac)))
-    }
-
-    /// Moves link `index` into the network namespace `netns` and names it
-    /// `new_name` there, in one `RTM_NEWLINK` (`IFLA_NET_NS_FD` +
-    /// `IFLA_IFNAME`). The kernel moves first, then renames inside the
-    /// target; if the rename fails (name taken) the link has moved already
-    /// and keeps its old name there. The link must be down to be renamed.
-    pub fn link_move_to_netns(
-        &mut self,
-        index: u32,
-        netns: BorrowedFd<'_>,
-        new_name: &str,
-    ) -> io::Result<()> {
-        let mut m = Self::link_msg(index);
-        m.attributes.push(LinkAttribute::NetNsFd(netns.as_raw_fd()));
-        m.attributes
-            .push(LinkAttribute::IfName(new_name.to_string()));
-        self.link_change(m, &format!("move to another namespace as {new_name}"))
     }
 
     /// `ip link del dev INDEX`.
