@@ -206,17 +206,23 @@ pub fn node_and_peer(
 ) -> (Netns, Node) {
     let peer_ns = Netns::new(tag);
     let mut node = start_plain_node(node_ip, pod_cidr);
+    link_to_peer(&node, node_ip, &peer_ns, peer_ip);
+    set_encap(&node, "never");
+    enable_bgp(&mut node, bgp, Some(UPLINK));
+    (peer_ns, node)
+}
+
+/// Links `node` (`up0`, `node_ip`/24) and a peer namespace (`eth0`,
+/// `peer_ip`/24) with a veth pair: the one underlay of the BGP tests.
+pub fn link_to_peer(node: &Node, node_ip: &str, peer_ns: &Netns, peer_ip: &str) {
     link(
         &node.ns,
         UPLINK,
         &format!("{node_ip}/24"),
-        &peer_ns,
+        peer_ns,
         "eth0",
         &format!("{peer_ip}/24"),
     );
-    set_encap(&node, "never");
-    enable_bgp(&mut node, bgp, Some(UPLINK));
-    (peer_ns, node)
 }
 
 /// Like [`require`] for the interop tests, which also honour

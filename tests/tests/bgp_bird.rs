@@ -296,14 +296,7 @@ fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
     let peer_ns = Netns::new("bird");
     let mut node = start_plain_node(NODE, OUR_BLOCK);
     let _log = LogOnPanic(node.log.clone());
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    link_to_peer(&node, NODE, &peer_ns, PEER);
     let bgp = bgp_section(
         NODE_AS,
         &format!("restart_time = {RESTART}"),

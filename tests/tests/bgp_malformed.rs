@@ -103,14 +103,7 @@ fn bgp_malformed_input_gets_notifications_and_never_crashes() {
     );
     let node = start_bgp_node(NODE, "10.244.1.0/26", &bgp);
     let _log = LogOnPanic(node.log.clone());
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    link_to_peer(&node, NODE, &peer_ns, PEER);
     peer_ns
         .exec(&[
             "ip",

@@ -66,14 +66,7 @@ fn reload_adds_and_removes_pod_cidrs_announced_to_bird() {
     let bgp = bgp_section(NODE_AS, "", &[PeerCfg::new(PEER, NODE_AS)]);
     let mut node = start_bgp_node(NODE, OUR_BLOCK, &bgp);
     let _log = LogOnPanic(node.log.clone());
-    link(
-        &node.ns,
-        "up0",
-        &format!("{NODE}/24"),
-        &peer_ns,
-        "eth0",
-        &format!("{PEER}/24"),
-    );
+    link_to_peer(&node, NODE, &peer_ns, PEER);
     let bird = Bird::start(
         &peer_ns,
         &bird_conf(PEER, NODE_AS, BIRD_BLOCK, NODE, NODE_AS, ""),
