@@ -319,26 +319,26 @@ fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res
     Ok(out)
 }
 
+/// The start of every one-node topology: a unique tag, a temporary
+/// directory, and the node namespace (returned with its name) holding
+/// [`NODE_IP`] on `lo`.
+fn single_node() -> Res<(String, TempDir, NetnsGroup, String)> {
+    let tag = util::unique_tag();
+    let dir = TempDir::new(&tag)?;
+    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
+    let node_name = node.names()[0].clone();
+    let ip = format!("{NODE_IP}/32");
+    run(&["ip", "-n", &node_name, "addr", "add", &ip, "dev", "lo"])?;
+    Ok((tag, dir, node, node_name))
+}
+
 /// One node running podrouterd with `npods` pods attached.
 pub fn podrouter_same_node(
     opts: &PlaneOpts,
     npods: usize,
     tick: impl FnMut(usize),
 ) -> Res<Topology> {
-    let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
-    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
-    let node_name = node.names()[0].clone();
-    run(&[
-        "ip",
-        "-n",
-        &node_name,
-        "addr",
-        "add",
-        &format!("{NODE_IP}/32"),
-        "dev",
-        "lo",
-    ])?;
+    let (tag, dir, node, node_name) = single_node()?;
     let daemon = start_daemon(
         opts,
         dir.path(),
@@ -436,20 +436,7 @@ fn kernel_pods(
 
 /// One node whose kernel forwards between `npods` Calico-style pods.
 pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize)) -> Res<Topology> {
-    let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
-    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
-    let node_name = node.names()[0].clone();
-    run(&[
-        "ip",
-        "-n",
-        &node_name,
-        "addr",
-        "add",
-        &format!("{NODE_IP}/32"),
-        "dev",
-        "lo",
-    ])?;
+    let (tag, dir, node, node_name) = single_node()?;
     let mut topo = Topology {
         label: "kernel".into(),
         pods: Vec::new(),
@@ -752,20 +739,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
 /// A node namespace with `npods` empty pod namespaces, and podrouterd when
 /// `daemon` (for podrouter-cni); nothing else (for ptp).
 pub fn cni_node(opts: &PlaneOpts, npods: usize, daemon: bool) -> Res<Topology> {
-    let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
-    let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
-    let node_name = node.names()[0].clone();
-    run(&[
-        "ip",
-        "-n",
-        &node_name,
-        "addr",
-        "add",
-        &format!("{NODE_IP}/32"),
-        "dev",
-        "lo",
-    ])?;
+    let (tag, dir, node, node_name) = single_node()?;
     let mut topo = Topology {
         label: if daemon {
             "podrouter-cni"
