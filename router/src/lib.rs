@@ -16,6 +16,8 @@ pub mod port;
 pub mod sys;
 pub mod tap;
 pub mod uplink;
+pub mod vxlan;
+pub mod vxlan_port;
 pub mod wire;
 pub mod worker;
 

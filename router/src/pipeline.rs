@@ -49,8 +49,9 @@ use crate::counters::{DropReason, WorkerCounters};
 use crate::fib::{FibTable, GroupId, NextHop};
 use crate::frame::{Frame, VnetHdr};
 use crate::gso::TcpSegments;
-use crate::port::{PortEntry, PortId, PortRole, PortTable};
+use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
 use crate::uplink::tunnel_mac;
+use crate::vxlan::{DecapError, OuterHeaders, TunnelVnetHdr, VxlanParams, OUTER_LEN};
 use crate::wire::{
     self, ArpHardware, ArpOperation, ArpPacket, EthernetProtocol, Icmpv4Packet, IpProtocol,
     Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4,
@@ -423,6 +424,67 @@ fn decapsulate(
     Ok(())
 }
 
+/// The VXLAN decapsulation stage, for frames from a VXLAN uplink (which
+/// answers for `local` with `vx`): checks the outer headers
+/// ([`OuterHeaders::parse`]), that the packet is addressed to this node,
+/// comes from a known node (a `via` of the current FIB), carries our VNI
+/// and an inner frame for our VTEP MAC; then strips the 50 outer bytes,
+/// maps the offload metadata to the inner frame and sets the inner
+/// Ethernet destination to the router's MAC, so the rest of the pipeline
+/// sees a frame like any port's. On error the frame is left as it was.
+fn vxlan_decap(
+    ctx: &BatchContext<'_>,
+    local: Ipv4Addr,
+    vx: &VxlanParams,
+    router_mac: [u8; 6],
+    frame: &mut Frame,
+) -> Result<(), DropReason> {
+    let outer = OuterHeaders::parse(frame.data(), false).map_err(|e| match e {
+        DecapError::Malformed
+        | DecapError::BadChecksum
+        | DecapError::WrongPort
+        | DecapError::BadHeader => DropReason::VxlanMalformed,
+    })?;
+    if outer.dst_port != vx.port {
+        return Err(DropReason::VxlanMalformed);
+    }
+    if outer.dst != local {
+        return Err(DropReason::VxlanNotForNode);
+    }
+    if !ctx.fib.is_node(outer.src) {
+        return Err(DropReason::VxlanUnknownNode);
+    }
+    if outer.vni != vx.vni {
+        return Err(DropReason::VxlanWrongVni);
+    }
+    if outer.inner_dst_mac != vx.mac {
+        return Err(DropReason::VxlanNotOurMac);
+    }
+    let tunnel_vnet = TunnelVnetHdr {
+        base: frame.vnet,
+        outer_th_offset: crate::vxlan::OUTER_UDP_OFFSET as u16,
+        inner_nh_offset: crate::vxlan::INNER_IP_OFFSET as u16,
+    };
+    let vnet = tunnel_vnet.decap().ok_or(DropReason::VxlanMalformed)?;
+    // Outer Ethernet padding goes; parse checked ip_len fits the frame.
+    frame.set_len(ETHERNET_HEADER_LEN + outer.ip_len);
+    frame.pull_front(OUTER_LEN);
+    frame.vnet = vnet;
+    frame.data_mut()[0..6].copy_from_slice(&router_mac);
+    Ok(())
+}
+
+/// The drop reason for a decapsulated packet that is not for a local pod.
+fn not_local(role: &PortRole) -> DropReason {
+    match role {
+        PortRole::Uplink {
+            tunnel: Tunnel::Vxlan(_),
+            ..
+        } => DropReason::VxlanNotLocal,
+        _ => DropReason::IpipNotLocal,
+    }
+}
+
 /// IP + TCP headers plus `gso_size`: the largest packet a TCP GSO frame
 /// is cut into; `None` if the frame is not TCP/IPv4 GSO the uplink can
 /// segment.
@@ -465,6 +527,16 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoPort);
         };
         let role = entry.info.role;
+        if let PortRole::Uplink {
+            local,
+            tunnel: Tunnel::Vxlan(vx),
+            ..
+        } = role
+        {
+            if let Err(reason) = vxlan_decap(ctx, local, &vx, self.cfg.router_mac, frame) {
+                return Verdict::Drop(reason);
+            }
+        }
         let data = frame.data();
         if data.len() < ETHERNET_HEADER_LEN {
             return Verdict::Drop(DropReason::Truncated);
@@ -560,7 +632,12 @@ impl Pipeline {
         frame: &mut Frame,
     ) -> Verdict {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
-        if let PortRole::Uplink { local, .. } = *role {
+        if let PortRole::Uplink {
+            local,
+            tunnel: Tunnel::Ipip,
+            ..
+        } = *role
+        {
             if let Err(reason) = decapsulate(ctx, local, frame) {
                 return Verdict::Drop(reason);
             }
@@ -612,9 +689,9 @@ impl Pipeline {
                     ingress,
                     frame,
                     IcmpError::HOST_UNREACHABLE,
-                    DropReason::IpipNotLocal,
+                    not_local(role),
                 ),
-                _ => Verdict::Drop(DropReason::IpipNotLocal),
+                _ => Verdict::Drop(not_local(role)),
             };
         }
         // `tunnel`: the node an uplink-bound frame is for.
@@ -1683,6 +1760,7 @@ mod tests {
                 PortRole::Uplink {
                     local: NODE_IP,
                     policy,
+                    tunnel: Tunnel::Ipip,
                 },
                 1480,
             ),
@@ -2235,5 +2313,215 @@ mod tests {
             }
         }
         assert!(forwarded > 100, "the mutations left some valid frames");
+    }
+
+    const VX: VxlanParams = VxlanParams {
+        port: crate::vxlan::FLANNEL_PORT,
+        vni: crate::vxlan::FLANNEL_VNI,
+        mac: [0x0e, 0x70, 192, 168, 0, 10],
+    };
+
+    /// The test node with a VXLAN uplink (Flannel's profile, path MTU 1450).
+    fn vxlan_env() -> Env {
+        let mut env = uplink_env(EncapMode::Always);
+        let policy = EncapPolicy {
+            mode: EncapMode::Always,
+            subnet: Some(prefix(Ipv4Addr::new(192, 168, 0, 0), 24)),
+        };
+        env.ports = env.ports.with(
+            UPLINK,
+            entry(
+                "vxlan",
+                PortRole::Uplink {
+                    local: NODE_IP,
+                    policy,
+                    tunnel: Tunnel::Vxlan(VX),
+                },
+                1450,
+            ),
+        );
+        env
+    }
+
+    /// A VXLAN frame as the uplink TAP hands it over: outer Ethernet,
+    /// `src` -> `dst` UDP to `port`, `vni`, inner frame to `inner_mac`.
+    fn vxlan_in(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        vni: u32,
+        inner_mac: [u8; 6],
+        inner: &[u8],
+    ) -> Vec<u8> {
+        let inner_eth = eth(inner_mac, [0x0e, 0x70, 9, 9, 9, 9], ETHERTYPE_IPV4, inner);
+        let mut v = vec![0u8; OUTER_LEN];
+        let outer = OuterHeaders {
+            dst_mac: [2, 0, 0, 0, 0, 0x77],
+            src_mac: [2, 0, 0, 0, 0, 0x78],
+            src,
+            dst,
+            ident: 1,
+            tos: 0,
+            src_port: 40000,
+            dst_port: VX.port,
+            vni,
+        };
+        assert!(outer.write(&mut v, inner_eth.len()));
+        v.extend_from_slice(&inner_eth);
+        v
+    }
+
+    #[test]
+    fn vxlan_from_a_known_node_reaches_the_pod() {
+        let mut env = vxlan_env();
+        let inner = remote_udp(A_IP, 63, 100);
+        let mut f = Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &inner));
+        // A GRO'd TCP-in-VXLAN request maps onto the inner frame; here the
+        // datagram only has a partial checksum at the inner UDP header.
+        f.vnet = VnetHdr {
+            flags: VnetHdr::F_NEEDS_CSUM,
+            csum_start: (OUTER_LEN + 34) as u16,
+            csum_offset: 6,
+            ..VnetHdr::default()
+        };
+        let v = env.process(UPLINK, &mut f);
+        assert_eq!(v, Verdict::Forward(POD_A));
+        let d = f.data();
+        assert_eq!(mac_at(d, 0), A_MAC);
+        assert_eq!(mac_at(d, 6), ROUTER_MAC);
+        assert_eq!(d.len(), 14 + inner.len());
+        assert_eq!(check_ipv4(&d[14..]).unwrap().hop_limit(), 62);
+        assert_eq!((f.vnet.csum_start, f.vnet.csum_offset), (34, 6));
+    }
+
+    #[test]
+    fn vxlan_receive_checks_drop_and_count() {
+        let good = remote_udp(A_IP, 63, 100);
+        let stranger = Ipv4Addr::new(192, 168, 0, 99);
+        let mut no_i_flag = vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &good);
+        no_i_flag[42] = 0;
+        let mut other_port = vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &good);
+        other_port[36..38].copy_from_slice(&4789u16.to_be_bytes());
+        let mut v6_gso = Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &good));
+        v6_gso.vnet.gso_type = crate::vxlan::GSO_UDP_TUNNEL_IPV6 | VnetHdr::GSO_TCPV4;
+        v6_gso.vnet.gso_size = 1000;
+        let cases: Vec<(Frame, DropReason)> = vec![
+            (
+                Frame::from_bytes(&vxlan_in(stranger, NODE_IP, VX.vni, VX.mac, &good)),
+                DropReason::VxlanUnknownNode,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, 4096, VX.mac, &good)),
+                DropReason::VxlanWrongVni,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, VX.vni, [0xff; 6], &good)),
+                DropReason::VxlanNotOurMac,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, VX.vni, ROUTER_MAC, &good)),
+                DropReason::VxlanNotOurMac,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(OTHER_NODE, stranger, VX.vni, VX.mac, &good)),
+                DropReason::VxlanNotForNode,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &good)[..60]),
+                DropReason::VxlanMalformed,
+            ),
+            (Frame::from_bytes(&no_i_flag), DropReason::VxlanMalformed),
+            (Frame::from_bytes(&other_port), DropReason::VxlanMalformed),
+            (v6_gso, DropReason::VxlanMalformed),
+            (
+                Frame::from_bytes(&vxlan_in(
+                    OTHER_NODE,
+                    NODE_IP,
+                    VX.vni,
+                    VX.mac,
+                    &remote_udp(INTERNET_IP, 63, 60),
+                )),
+                DropReason::VxlanNotLocal,
+            ),
+            (
+                Frame::from_bytes(&vxlan_in(
+                    OTHER_NODE,
+                    NODE_IP,
+                    VX.vni,
+                    VX.mac,
+                    &remote_udp(FAR_POD, 63, 60),
+                )),
+                DropReason::VxlanNotLocal,
+            ),
+        ];
+        for (k, (mut f, want)) in cases.into_iter().enumerate() {
+            let mut env = vxlan_env();
+            let v = env.process(UPLINK, &mut f);
+            assert_eq!(v, Verdict::Drop(want), "case {k}");
+        }
+        // The IPIP path is not taken for VXLAN frames, nor the reverse.
+        let mut env = vxlan_env();
+        let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &good));
+        assert_eq!(v, Verdict::Drop(DropReason::VxlanMalformed));
+    }
+
+    #[test]
+    fn to_the_vxlan_uplink_with_path_mtu_uplink_minus_50() {
+        let mut env = vxlan_env();
+        let (v, f) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 1450));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(mac_at(f.data(), 0), tunnel_mac(OTHER_NODE));
+        let input = from_a(REMOTE_IP, 64, DF, 1451);
+        let (v, f) = env.run(POD_A, &input);
+        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1450, &input[14..]);
+    }
+
+    #[test]
+    fn random_and_mutated_vxlan_never_panics() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(11);
+        let seeds = [
+            vxlan_in(
+                OTHER_NODE,
+                NODE_IP,
+                VX.vni,
+                VX.mac,
+                &remote_udp(A_IP, 64, 200),
+            ),
+            vxlan_in(
+                FAR_NODE,
+                NODE_IP,
+                VX.vni,
+                VX.mac,
+                &remote_udp(UNASSIGNED_IP, 2, 100),
+            ),
+        ];
+        let mut env = vxlan_env();
+        for _ in 0..20_000 {
+            let mut b = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let i = rng.gen_range(0..b.len());
+                b[i] = rng.gen();
+            }
+            if rng.gen_bool(0.2) {
+                b.truncate(rng.gen_range(0..=b.len()));
+            }
+            let mut f = Frame::from_bytes(&b);
+            if rng.gen_bool(0.2) {
+                f.vnet.gso_type = rng.gen();
+                f.vnet.flags = rng.gen();
+                f.vnet.csum_start = rng.gen();
+                f.vnet.hdr_len = rng.gen();
+                f.vnet.gso_size = rng.gen();
+            }
+            env.now_ns += 1_000;
+            if let Verdict::Forward(out) = env.process(UPLINK, &mut f) {
+                assert!(out == POD_A || out == UPLINK, "{out:?}");
+                if out == POD_A {
+                    let d = f.data();
+                    assert_eq!(mac_at(d, 0), A_MAC);
+                    check_ipv4(&d[14..]).expect("forwarded IP is valid");
+                }
+            }
+        }
     }
 }

@@ -12,6 +12,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::frame::{Frame, VnetHdr};
 use crate::uplink::EncapPolicy;
+use crate::vxlan::VxlanParams;
+
+/// The encapsulation an uplink speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// IPv4 in IPv4 (RFC 2003) over a raw socket ([`crate::uplink`]).
+    Ipip,
+    /// VXLAN (RFC 7348) through a TAP ([`crate::vxlan_port`]).
+    Vxlan(VxlanParams),
+}
 
 /// Index of a port in the [`PortTable`]. Stable for the port's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,14 +37,16 @@ pub enum PortRole {
     Pod { ip: Ipv4Addr, mac: [u8; 6] },
     /// The node's own network stack (TAP `podrouter0`), reached at `mac`.
     Host { mac: [u8; 6] },
-    /// The tunnel to other nodes (IPIP from `local`, the node's address).
+    /// The tunnel to other nodes (from `local`, the node's address).
     /// Frames sent to it carry the next-hop node's address as their
     /// Ethernet destination ([`crate::uplink::tunnel_mac`]); frames from it
-    /// are whole outer IPv4 packets behind an Ethernet header. `policy`
-    /// says which nodes are reached through it and which directly.
+    /// are whole outer packets: IPIP behind an Ethernet header, or VXLAN
+    /// with its outer Ethernet header. `policy` says which nodes are
+    /// reached through it and which directly.
     Uplink {
         local: Ipv4Addr,
         policy: EncapPolicy,
+        tunnel: Tunnel,
     },
 }
 
