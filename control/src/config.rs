@@ -41,6 +41,28 @@ impl fmt::Display for Encap {
     }
 }
 
+/// The encapsulation to other nodes (Calico's IPIP or VXLAN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    #[default]
+    Ipip,
+    Vxlan,
+}
+
+impl fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// Pod MTU when the file sets none: a 1500-byte underlay minus the tunnel.
+pub const DEFAULT_MTU_IPIP: u16 = 1480;
+pub const DEFAULT_MTU_VXLAN: u16 = 1450;
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -115,8 +137,15 @@ pub struct Dataplane {
     /// path, its subnet decides cross-subnet encapsulation. Default: the
     /// interface holding `node_ip`.
     pub uplink: Option<String>,
-    /// When routes to other nodes' blocks are IPIP-encapsulated.
+    /// When routes to other nodes' blocks are encapsulated.
     pub encap: Encap,
+    /// The encapsulation: `ipip` (default) or `vxlan`.
+    pub tunnel: TunnelKind,
+    /// VXLAN's UDP port: 4789 (Calico's `vxlan.calico`, the default) or
+    /// 8472 (Flannel's `flannel.1`).
+    pub vxlan_port: u16,
+    /// VXLAN's VNI: 4096 (Calico, the default) or 1 (Flannel).
+    pub vxlan_vni: u32,
     /// Frames taken from a port per poll.
     pub batch_size: usize,
     /// ICMP errors per second per worker.
@@ -132,6 +161,10 @@ pub struct StaticRoute {
     pub prefix: Prefix,
     /// The node that owns the block.
     pub via: Ipv4Addr,
+    /// That node's VXLAN VTEP MAC when it is not the one derived from its
+    /// address (a Flannel or Calico node's `flannel.1` / `vxlan.calico`).
+    #[serde(default, deserialize_with = "de_mac")]
+    pub vtep_mac: Option<[u8; 6]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -229,10 +262,13 @@ impl Default for Dataplane {
             backend: Backend::Tap,
             workers: 1,
             cores: Vec::new(),
-            mtu: 1480,
+            mtu: DEFAULT_MTU_IPIP,
             host_port: "podrouter0".into(),
             uplink: None,
             encap: Encap::Always,
+            tunnel: TunnelKind::Ipip,
+            vxlan_port: podrouter_router::vxlan::CALICO_PORT,
+            vxlan_vni: podrouter_router::vxlan::CALICO_VNI,
             batch_size: 32,
             icmp_rate: 100,
             icmp_burst: 50,
@@ -251,6 +287,32 @@ fn hostname() -> String {
 fn de_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_mac<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 6]>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_mac(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `aa:bb:cc:dd:ee:ff` as a unicast MAC.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address like 0e:70:c0:a8:64:01");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!("{s} is not a unicast MAC address"));
+    }
+    Ok(mac)
 }
 
 fn de_prefixes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
@@ -316,7 +378,7 @@ impl Config {
 
     /// Parses and checks config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             ConfigError {
                 file: file.into(),
@@ -325,6 +387,14 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        let sets_mtu = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("dataplane")?.get("mtu").map(drop))
+            .is_some();
+        if !sets_mtu && cfg.dataplane.tunnel == TunnelKind::Vxlan {
+            cfg.dataplane.mtu = DEFAULT_MTU_VXLAN;
+        }
         cfg.check().map_err(|(key, message)| ConfigError {
             file: file.into(),
             line: find_key_line(text, key),
@@ -397,6 +467,18 @@ impl Config {
         if dp.icmp_burst == 0 {
             return Err(("icmp_burst", "must be at least 1".into()));
         }
+        if dp.vxlan_port == 0 {
+            return Err(("vxlan_port", "must be a UDP port, 1..=65535".into()));
+        }
+        if dp.vxlan_vni > podrouter_router::vxlan::MAX_VNI {
+            return Err((
+                "vxlan_vni",
+                format!(
+                    "{} does not fit VXLAN's 24 bits (0..=16777215)",
+                    dp.vxlan_vni
+                ),
+            ));
+        }
         if let Some(bgp) = &self.bgp {
             check_bgp(self, bgp)?;
         }
@@ -412,6 +494,21 @@ impl Config {
                 return Err((
                     "prefix",
                     format!("route {} overlaps this node's pod_cidrs", r.prefix),
+                ));
+            }
+            let clash = self.routes[..i].iter().find(|o| {
+                o.via == r.via
+                    && o.vtep_mac.is_some()
+                    && r.vtep_mac.is_some()
+                    && o.vtep_mac != r.vtep_mac
+            });
+            if let Some(o) = clash {
+                return Err((
+                    "vtep_mac",
+                    format!(
+                        "routes {} and {} give node {} two VTEP MACs",
+                        o.prefix, r.prefix, r.via
+                    ),
                 ));
             }
             if Some(r.via) == self.node_ip {

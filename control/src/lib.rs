@@ -19,6 +19,8 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
+pub mod tc;
 #[cfg(test)]
 mod test_netns;
 pub mod uplink_setup;
+pub mod vxlan_setup;
