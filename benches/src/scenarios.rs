@@ -40,47 +40,114 @@ pub struct Params {
 }
 
 /// One comparison of the two-node scenario: podrouterd in `encap` mode
-/// against the kernel in `kernel` mode, both over `underlay`.
+/// with `tunnel` against the kernel in `kernel` mode, both over
+/// `underlay` with links of `underlay_mtu`.
 #[derive(Clone, Copy, Debug)]
 pub struct TwoNodePair {
     pub encap: &'static str,
+    pub tunnel: &'static str,
     pub kernel: TwoNodeMode,
     pub underlay: Underlay,
+    pub underlay_mtu: u16,
 }
 
 impl TwoNodePair {
     const NEVER: TwoNodePair = TwoNodePair {
         encap: "never",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelPlain,
         underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
     const ALWAYS: TwoNodePair = TwoNodePair {
         encap: "always",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelVxlan,
         underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
     /// Calico's cross-subnet (IPIP only between subnets) on a routed
     /// underlay; the kernel's tunnel across it is VXLAN (no IPIP module).
     const CROSS_SUBNET: TwoNodePair = TwoNodePair {
         encap: "cross-subnet",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelVxlan,
         underlay: Underlay::Routed,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
+    /// podrouter's VXLAN against the kernel's, tunnel for tunnel.
+    const VXLAN_ALWAYS: TwoNodePair = TwoNodePair {
+        encap: "always",
+        tunnel: "vxlan",
+        kernel: TwoNodeMode::KernelVxlan,
+        underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
+    };
+    const VXLAN_ALWAYS_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::VXLAN_ALWAYS
+    };
+    const ALWAYS_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::ALWAYS
+    };
+    const NEVER_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::NEVER
+    };
+
+    /// Every pair a full run measures.
+    pub const ALL: [TwoNodePair; 7] = [
+        TwoNodePair::NEVER,
+        TwoNodePair::ALWAYS,
+        TwoNodePair::CROSS_SUBNET,
+        TwoNodePair::VXLAN_ALWAYS,
+        TwoNodePair::VXLAN_ALWAYS_1500,
+        TwoNodePair::ALWAYS_1500,
+        TwoNodePair::NEVER_1500,
+    ];
+
+    /// The name `--pairs` selects it by: `[vxlan-]ENCAP[-1500]`.
+    pub fn name(&self) -> String {
+        let mut n = String::new();
+        if self.tunnel != "ipip" {
+            n = format!("{}-", self.tunnel);
+        }
+        n += self.encap;
+        if self.underlay_mtu != topo::UNDERLAY_MTU {
+            n += &format!("-{}", self.underlay_mtu);
+        }
+        n
+    }
+
+    /// The podrouter side's topology mode.
+    pub fn podrouter(&self) -> TwoNodeMode {
+        TwoNodeMode::Podrouter {
+            encap: self.encap,
+            tunnel: self.tunnel,
+        }
+    }
 
     /// The scenario column of its rows.
     pub fn scenario(&self) -> String {
+        let tunnel = self.tunnel.to_uppercase();
+        let mtu = if self.underlay_mtu == topo::UNDERLAY_MTU {
+            String::new()
+        } else {
+            format!(", underlay MTU {}", self.underlay_mtu)
+        };
         match (self.underlay, self.kernel) {
             (Underlay::Flat, TwoNodeMode::KernelPlain) => format!(
-                "two nodes, one subnet: podrouter encap {} vs kernel plain routing",
+                "two nodes, one subnet{mtu}: podrouter encap {} vs kernel plain routing",
                 self.encap
             ),
             (Underlay::Flat, _) => format!(
-                "two nodes, one subnet: podrouter encap {} (IPIP) vs kernel VXLAN",
+                "two nodes, one subnet{mtu}: podrouter encap {} ({tunnel}) vs kernel VXLAN",
                 self.encap
             ),
             (Underlay::Routed, _) => format!(
-                "two nodes, two subnets across a router: podrouter encap {} (IPIP) vs kernel VXLAN \
-                 (the kernel's tunnel: no IPIP module)",
+                "two nodes, two subnets across a router{mtu}: podrouter encap {} ({tunnel}) vs \
+                 kernel VXLAN (the kernel's tunnel: no IPIP module)",
                 self.encap
             ),
         }
@@ -103,11 +170,7 @@ impl Params {
             scale_idle_secs: 10.0,
             cni_pods: 100,
             cni_parallel: 20,
-            two_node_pairs: vec![
-                TwoNodePair::NEVER,
-                TwoNodePair::ALWAYS,
-                TwoNodePair::CROSS_SUBNET,
-            ],
+            two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
         }
     }
@@ -127,9 +190,14 @@ impl Params {
             scale_idle_secs: 1.0,
             cni_pods: 6,
             cni_parallel: 3,
-            // The flat underlay with plain routing, and the routed one with
-            // both tunnels: every two-node code path once.
-            two_node_pairs: vec![TwoNodePair::NEVER, TwoNodePair::CROSS_SUBNET],
+            // The flat underlay with plain routing, the routed one with
+            // both tunnels, and podrouter's VXLAN: every two-node code path
+            // once.
+            two_node_pairs: vec![
+                TwoNodePair::NEVER,
+                TwoNodePair::CROSS_SUBNET,
+                TwoNodePair::VXLAN_ALWAYS_1500,
+            ],
             bgp_routes: 2_000,
         }
     }
@@ -925,7 +993,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         let scenario = pair.scenario();
         let o = ctx.opts.clone();
         let pr = build(ctx, &format!("{scenario}: podrouter nodes"), |_| {
-            topo::two_node(&o, TwoNodeMode::Podrouter(pair.encap), pair.underlay)
+            topo::two_node(&o, pair.podrouter(), pair.underlay, pair.underlay_mtu)
         })?;
         // A podrouter two-node topology that does not forward means the
         // IPIP uplink (issue 4) is not there yet: a missing row, not a
@@ -942,7 +1010,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         }
         let pr = verify_two_node(ctx, pr, &pair, &scenario)?;
         let k = build(ctx, &format!("{scenario}: kernel nodes"), |_| {
-            topo::two_node(&o, pair.kernel, pair.underlay)
+            topo::two_node(&o, pair.kernel, pair.underlay, pair.underlay_mtu)
         })?;
         let k = checked(ctx, k, &scenario)?;
         let k = verify_two_node(ctx, k, &pair, &scenario)?;
@@ -961,14 +1029,18 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
-/// Checks that a working two-node topology is what its row says: a
-/// 1500-byte packet with DF crosses from pod to pod (the underlay's MTU
-/// leaves room for the tunnel), and podrouterd's IPIP uplink carried it
-/// exactly when `encap` says it should. A topology that fails is a failure
+/// Checks that a working two-node topology is what its row says: a packet
+/// of the pod MTU with DF crosses from pod to pod (the pod MTU leaves room
+/// for the tunnel), and podrouterd's uplink carried it exactly when
+/// `encap` says it should. A topology that fails is a failure
 /// of the run.
 fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str) -> Res<Slot> {
     let Ok(t) = slot else { return Ok(slot) };
     let (a, b) = (&t.pods[0], &t.pods[1]);
+    let pod_mtu = topo::two_node_pod_mtu(pair.podrouter(), pair.underlay_mtu)
+        .min(topo::two_node_pod_mtu(pair.kernel, pair.underlay_mtu));
+    let icmp_len = (pod_mtu - 28).to_string();
+    let port = format!("{}@u1", pair.tunnel);
     let mut crossed = false;
     for _ in 0..3 {
         let out = util::run_t(
@@ -986,7 +1058,7 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
                 "-M",
                 "do",
                 "-s",
-                "1472",
+                &icmp_len,
                 &b.ip.to_string(),
             ],
             Duration::from_secs(5),
@@ -999,36 +1071,36 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
     let mut why = None;
     if !crossed {
         why = Some(format!(
-            "a 1500-byte packet with DF from pod {} does not reach pod {} through {}{}",
+            "a {pod_mtu}-byte packet with DF from pod {} does not reach pod {} through {}{}",
             a.ip,
             b.ip,
             t.label,
             t.drops_hint()
         ));
     } else if let Some(d) = t.daemons.first() {
-        let tx = d.port_tx("ipip@u1")?;
+        let tx = d.port_tx(&port)?;
         let encap = pair.encap != "never";
         match tx {
             Some(n) if encap && n == 0 => {
                 why = Some(format!(
-                    "{}: nothing left node 1 through its IPIP uplink ipip@u1",
+                    "{}: nothing left node 1 through its uplink {port}",
                     t.label
                 ))
             }
             Some(n) if !encap && n > 0 => {
                 why = Some(format!(
-                    "{}: {n} packets left node 1 through its IPIP uplink ipip@u1",
+                    "{}: {n} packets left node 1 through its uplink {port}",
                     t.label
                 ))
             }
-            None => why = Some(format!("{}: node 1 has no port ipip@u1", t.label)),
+            None => why = Some(format!("{}: node 1 has no port {port}", t.label)),
             Some(n) => ctx.notes.push(format!(
-                "{scenario}: checked before measuring: a 1500-byte packet with DF crosses \
+                "{scenario}: checked before measuring: a {pod_mtu}-byte packet with DF crosses \
                  from pod to pod, and {}",
                 if encap {
-                    format!("node 1's IPIP uplink (ipip@u1) sent {n} packet(s) (encapsulated)")
+                    format!("node 1's uplink ({port}) sent {n} packet(s) (encapsulated)")
                 } else {
-                    "node 1's IPIP uplink (ipip@u1) sent none (routed directly)".to_string()
+                    format!("node 1's uplink ({port}) sent none (routed directly)")
                 }
             )),
         }

@@ -84,7 +84,8 @@ pub fn open(
     link: &LinkInfo,
 ) -> Result<(Arc<VxlanPort>, VxlanSetup), String> {
     let params = params(cfg, node_ip);
-    let port = VxlanPort::create(TAP_NAME, node_ip, params).map_err(|e| e.to_string())?;
+    let link_mtu = u16::try_from(link.mtu).unwrap_or(u16::MAX);
+    let port = VxlanPort::create(TAP_NAME, node_ip, params, link_mtu).map_err(|e| e.to_string())?;
     port.set_peer_macs(
         cfg.routes
             .iter()

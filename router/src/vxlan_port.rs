@@ -34,11 +34,22 @@
 //! table set by [`VxlanPort::set_peer_macs`] (routes' `vtep_mac`) names
 //! another; the table is an immutable snapshot swapped whole.
 //!
+//! # Too big for the path
+//!
+//! The pipeline answers DF packets that do not fit the path (link MTU -
+//! 50) with ICMP fragmentation needed. A packet without DF that does not
+//! fit is fragmented here (inner fragments, each in its own VXLAN packet,
+//! as the IPIP uplink does), so no VXLAN packet is ever an outer fragment:
+//! the receive classifier only takes whole ones, and the kernel peers
+//! never need to reassemble. That rare path copies, through a per-thread
+//! scratch buffer.
+//!
 //! Invariants: the descriptor is non-blocking; `recv` stops at `EAGAIN`,
 //! `send` returns the kernel's error (the worker counts it); nothing per
 //! frame allocates, locks or logs; a frame that cannot be encapsulated
 //! (GSO other than TCPv4, over 65535 bytes of outer IPv4) is refused with
 //! `InvalidData`. The TAP is not persistent: it goes with the descriptor.
+use std::cell::RefCell;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -47,7 +58,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::frame::Frame;
+use crate::frame::{Frame, VnetHdr};
+use crate::gso::{self, Fragments};
 use crate::pipeline::flow_hash;
 use crate::port::Port;
 use crate::sys;
@@ -70,8 +82,16 @@ pub struct VxlanPort {
     /// frames as addressed to it.
     tap_mac: [u8; 6],
     peers: ArcSwap<PeerMacs>,
+    /// Largest inner IPv4 packet: the underlay MTU - 50.
+    path_mtu: usize,
     /// IPv4 identification of the next outer packet.
     ident: AtomicU32,
+}
+
+thread_local! {
+    /// An inner packet whose checksum is completed before fragmenting, and
+    /// one fragment (the rare too-big path only).
+    static SCRATCH: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl std::fmt::Debug for VxlanPort {
@@ -87,9 +107,22 @@ impl std::fmt::Debug for VxlanPort {
 impl VxlanPort {
     /// Creates the TAP `name` (not persistent: it goes with the port) in
     /// the calling thread's network namespace, with the UDP-tunnel
-    /// offloads and the 24-byte header. `local` is the node's address.
-    /// The device is left down; the caller configures and raises it.
-    pub fn create(name: &str, local: Ipv4Addr, params: VxlanParams) -> io::Result<VxlanPort> {
+    /// offloads and the 24-byte header. `local` is the node's address,
+    /// `link_mtu` the underlay's MTU. The device is left down; the caller
+    /// configures and raises it.
+    pub fn create(
+        name: &str,
+        local: Ipv4Addr,
+        params: VxlanParams,
+        link_mtu: u16,
+    ) -> io::Result<VxlanPort> {
+        let path_mtu = usize::from(link_mtu.saturating_sub(crate::vxlan::MTU_OVERHEAD));
+        if path_mtu < 68 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("underlay MTU {link_mtu} leaves no room for VXLAN"),
+            ));
+        }
         let fd = sys::open_tun()?;
         sys::tun_set_iff(fd.as_fd(), name, sys::TAP_FLAGS | sys::IFF_TUN_EXCL).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create TAP {name} for VXLAN: {e}"))
@@ -115,6 +148,7 @@ impl VxlanPort {
             local,
             params,
             tap_mac,
+            path_mtu,
             peers: ArcSwap::from_pointee(Vec::new()),
             ident: AtomicU32::new(0),
         })
@@ -147,6 +181,77 @@ impl VxlanPort {
     }
 }
 
+impl VxlanPort {
+    /// Writes one VXLAN packet carrying `ip` to `node`.
+    fn write_one(
+        &self,
+        node: Ipv4Addr,
+        vnet: &TunnelVnetHdr,
+        ip: &[u8],
+        hash: u32,
+    ) -> io::Result<()> {
+        let outer = OuterHeaders {
+            dst_mac: self.tap_mac,
+            src_mac: self.params.mac,
+            src: self.local,
+            dst: node,
+            ident: self.ident.fetch_add(1, Ordering::Relaxed) as u16,
+            tos: ip[1],
+            src_port: source_port(hash),
+            dst_port: self.params.port,
+            vni: self.params.vni,
+        };
+        let mut head = [0u8; OUTER_LEN + ETHERNET_HEADER_LEN];
+        if !outer.write(&mut head, ETHERNET_HEADER_LEN + ip.len()) {
+            return Err(invalid("too big for one VXLAN packet"));
+        }
+        head[OUTER_LEN..OUTER_LEN + 6].copy_from_slice(&self.peer_mac(node));
+        head[OUTER_LEN + 6..OUTER_LEN + 12].copy_from_slice(&self.params.mac);
+        head[OUTER_LEN + 12..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+        let hdr = vnet.to_bytes();
+        let want = hdr.len() + head.len() + ip.len();
+        let n = sys::write_parts(self.fd.as_fd(), &[&hdr, &head, ip])?;
+        if n != want {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(())
+    }
+
+    /// The rare path: `ip` (no GSO) exceeds the path MTU. Completes a
+    /// partial checksum, then sends each fragment in its own VXLAN packet
+    /// (all with the flow hash of the whole packet, so one path). A DF
+    /// packet is refused: the pipeline should have answered it.
+    fn send_fragments(&self, node: Ipv4Addr, ip: &[u8], vnet: VnetHdr) -> io::Result<()> {
+        let hash = flow_hash(ip);
+        SCRATCH.with(|cell| {
+            let Ok(mut bufs) = cell.try_borrow_mut() else {
+                return Err(io::Error::other("VXLAN scratch re-entered"));
+            };
+            let (whole, piece) = &mut *bufs;
+            whole.clear();
+            whole.extend_from_slice(ip);
+            if vnet.flags & VnetHdr::F_NEEDS_CSUM != 0 {
+                let start = usize::from(vnet.csum_start)
+                    .checked_sub(ETHERNET_HEADER_LEN)
+                    .ok_or_else(|| invalid("checksum start inside the Ethernet header"))?;
+                gso::complete_checksum(whole, start, usize::from(vnet.csum_offset))
+                    .map_err(|_| invalid("bad partial checksum request"))?;
+            }
+            let frags = Fragments::new(whole, self.path_mtu)
+                .map_err(|_| invalid("too big for the path and cannot be fragmented"))?;
+            piece.resize(self.path_mtu, 0);
+            for k in 0..frags.count() {
+                let n = frags.write(k, piece);
+                if n == 0 {
+                    return Err(invalid("fragment does not fit"));
+                }
+                self.write_one(node, &TunnelVnetHdr::default(), &piece[..n], hash)?;
+            }
+            Ok(())
+        })
+    }
+}
+
 fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
@@ -175,7 +280,8 @@ impl Port for VxlanPort {
     }
 
     /// One `writev`: offload header, outer headers, rewritten inner
-    /// Ethernet header, the inner packet from the frame buffer.
+    /// Ethernet header, the inner packet from the frame buffer (a packet
+    /// without DF too big for the path: one per fragment).
     fn send(&self, frame: &Frame) -> io::Result<()> {
         let d = frame.data();
         if d.len() < ETHERNET_HEADER_LEN + IPV4_HEADER_LEN {
@@ -185,33 +291,12 @@ impl Port for VxlanPort {
         mac.copy_from_slice(&d[0..6]);
         let node = tunnel_node(&mac);
         let ip = &d[ETHERNET_HEADER_LEN..];
+        if !frame.vnet.is_gso() && ip.len() > self.path_mtu {
+            return self.send_fragments(node, ip, frame.vnet);
+        }
         let vnet = TunnelVnetHdr::encap(&frame.vnet)
             .ok_or_else(|| invalid("offload request VXLAN cannot carry"))?;
-        let outer = OuterHeaders {
-            dst_mac: self.tap_mac,
-            src_mac: self.params.mac,
-            src: self.local,
-            dst: node,
-            ident: self.ident.fetch_add(1, Ordering::Relaxed) as u16,
-            tos: ip[1],
-            src_port: source_port(flow_hash(ip)),
-            dst_port: self.params.port,
-            vni: self.params.vni,
-        };
-        let mut head = [0u8; OUTER_LEN + ETHERNET_HEADER_LEN];
-        if !outer.write(&mut head, d.len()) {
-            return Err(invalid("too big for one VXLAN packet"));
-        }
-        head[OUTER_LEN..OUTER_LEN + 6].copy_from_slice(&self.peer_mac(node));
-        head[OUTER_LEN + 6..OUTER_LEN + 12].copy_from_slice(&self.params.mac);
-        head[OUTER_LEN + 12..].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let hdr = vnet.to_bytes();
-        let want = hdr.len() + head.len() + ip.len();
-        let n = sys::write_parts(self.fd.as_fd(), &[&hdr, &head, ip])?;
-        if n != want {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(())
+        self.write_one(node, &vnet, ip, flow_hash(ip))
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {

@@ -137,7 +137,8 @@ fn vxlan_two_nodes_never() {
 }
 
 /// A pod with MTU 1500 over a 1500-byte underlay: DF too big gets "frag
-/// needed" with 1500 - 50; what fits crosses.
+/// needed" with 1500 - 50; what fits crosses; what has no DF is
+/// fragmented and crosses.
 #[test]
 fn vxlan_path_mtu_is_uplink_minus_50() {
     if !require("vxlan_path_mtu_is_uplink_minus_50", &["ping"]) {
@@ -163,6 +164,16 @@ fn vxlan_path_mtu_is_uplink_minus_50() {
         &["-c", "2", "-i", "0.2", "-W", "2", "-M", "do", "-s", "1422"],
     );
     assert_eq!(p.received, 2, "1450-byte DF pings lost:\n{}", p.text);
+    // Without DF, 1500 bytes from the big pod: the uplink fragments the
+    // inner packet (never the outer one) and the reply comes back.
+    let p = ping(
+        &a.ns,
+        &b.ip,
+        &[
+            "-c", "2", "-i", "0.2", "-W", "2", "-M", "dont", "-s", "1472",
+        ],
+    );
+    assert_eq!(p.received, 2, "fragmented pings lost:\n{}", p.text);
     let counters = c.nodes[0].counters();
     assert!(num(&counters, "/drops/frag_needed") >= 1, "{counters:#}");
 }
