@@ -23,11 +23,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podrouter_router::counters::WorkerCounters;
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::frame::{Frame, VnetHdr};
 use podrouter_router::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
 use podrouter_router::port::{MemPort, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
+use podrouter_types::Prefix;
 
 const PODS: u8 = 8;
 const HOST: PortId = PortId(PODS as u32);

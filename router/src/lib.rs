@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod counters;
+pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;

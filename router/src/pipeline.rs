@@ -15,7 +15,7 @@
 //!
 //! Other nodes (`NextHop::Node`, or `NextHop::Nodes` for an ECMP group:
 //! one member is picked per flow, see [`flow_hash`]): the uplink's
-//! [`EncapPolicy`](crate::uplink::EncapPolicy) (in its `PortRole::Uplink`)
+//! [`EncapPolicy`](crate::encap::EncapPolicy) (in its `PortRole::Uplink`)
 //! says per node whether the frame goes to the uplink, its Ethernet
 //! destination set to [`tunnel_mac`] of the node (the uplink encapsulates,
 //! segments and fragments while copying it out), or to the host port for
@@ -53,8 +53,8 @@ use crate::port::{PortEntry, PortId, PortRole, PortTable};
 use crate::uplink::tunnel_mac;
 use crate::wire::{
     self, ArpHardware, ArpOperation, ArpPacket, EthernetProtocol, Icmpv4Packet, IpProtocol,
-    Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4,
-    ICMPV4_HEADER_LEN, IPPROTO_IPIP, IPV4_HEADER_LEN,
+    Ipv4Error, Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP,
+    ETHERTYPE_IPV4, ICMPV4_HEADER_LEN, IPPROTO_IPIP, IPV4_HEADER_LEN,
 };
 
 /// Node-wide settings the pipeline needs.
@@ -210,6 +210,16 @@ fn mac_at(b: &[u8], at: usize) -> [u8; 6] {
 #[inline]
 fn ipv4_at(b: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(b[0], b[1], b[2], b[3])
+}
+
+/// The drop reason a frame whose IPv4 header [`wire::check_ipv4`] refused
+/// is counted under.
+fn ipv4_drop_reason(e: Ipv4Error) -> DropReason {
+    match e {
+        Ipv4Error::Truncated => DropReason::Truncated,
+        Ipv4Error::BadHeader => DropReason::BadIpHeader,
+        Ipv4Error::BadChecksum => DropReason::BadIpChecksum,
+    }
 }
 
 /// Source addresses no packet may carry: 0.0.0.0/8 ("this network"),
@@ -567,7 +577,7 @@ impl Pipeline {
         }
         let ip = match wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..]) {
             Ok(ip) => ip,
-            Err(e) => return Verdict::Drop(e.drop_reason()),
+            Err(e) => return Verdict::Drop(ipv4_drop_reason(e)),
         };
         let total_len = usize::from(ip.total_len());
         let src = ip.src_addr();
@@ -828,9 +838,9 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encap::{EncapMode, EncapPolicy};
     use crate::fib::{Fib, FibChange, Prefix};
     use crate::port::{MemPort, PortEntry, PortInfo};
-    use crate::uplink::{EncapMode, EncapPolicy};
     use crate::wire::{check_ipv4, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv4TimeExceeded};
     use rand::{Rng, SeedableRng};
     use smoltcp::phy::ChecksumCapabilities;

@@ -10,8 +10,8 @@ use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 
+use crate::encap::EncapPolicy;
 use crate::frame::{Frame, VnetHdr};
-use crate::uplink::EncapPolicy;
 
 /// Index of a port in the [`PortTable`]. Stable for the port's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -37,17 +37,8 @@
 //!   fit never get here: the pipeline answers them with ICMP fragmentation
 //!   needed.)
 //!
-//! # Encapsulate or route directly
-//!
-//! [`EncapPolicy`] (Calico's `ipipMode`) decides per next-hop node: always,
-//! never, or only when the node is outside the uplink's subnet. It travels
-//! in the uplink's [`crate::port::PortRole::Uplink`], part of the port
-//! table snapshot every batch loads, so the per-packet decision is one
-//! mask-and-compare and no lookup, and routes from any source (static
-//! config, BGP) are treated alike without carrying a mode. The control
-//! plane uses the same [`EncapPolicy::encap_to`] to program the node's
-//! kernel for the direct case (`<block> via <node>`), so both sides always
-//! agree.
+//! Whether a next hop is reached through the tunnel or directly is
+//! [`crate::encap::EncapPolicy`]'s decision.
 //!
 //! # Invariants
 //!
@@ -68,47 +59,11 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::fib::Prefix;
 use crate::frame::{Frame, VnetHdr};
 use crate::gso::{self, Fragments, OffloadError, TcpSegments};
 use crate::port::Port;
 use crate::sys;
 use crate::wire::{self, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_IPIP, IPV4_HEADER_LEN};
-
-/// When traffic to another node is encapsulated (Calico's IPIP modes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum EncapMode {
-    /// Every packet to another node is IPIP.
-    #[default]
-    Always,
-    /// IPIP only to nodes outside the uplink's subnet; routed directly
-    /// (through the node's kernel) to nodes inside it.
-    CrossSubnet,
-    /// Never IPIP: always routed directly through the node's kernel.
-    Never,
-}
-
-/// The encapsulation decision for next-hop nodes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EncapPolicy {
-    pub mode: EncapMode,
-    /// The uplink interface's subnet (cross-subnet mode). Unknown: every
-    /// node counts as outside it, so traffic is encapsulated.
-    pub subnet: Option<Prefix>,
-}
-
-impl EncapPolicy {
-    /// Whether packets for a block owned by `node` are IPIP-encapsulated
-    /// (true) or handed to the node's kernel to route directly (false).
-    #[inline]
-    pub fn encap_to(&self, node: Ipv4Addr) -> bool {
-        match self.mode {
-            EncapMode::Always => true,
-            EncapMode::Never => false,
-            EncapMode::CrossSubnet => !self.subnet.is_some_and(|s| s.contains(node)),
-        }
-    }
-}
 
 /// The link-layer address of a node on the uplink: its IPv4 address in the
 /// first four bytes (as a Linux IPIP tunnel's neighbours have it), then
@@ -513,29 +468,6 @@ mod tests {
     use crate::wire::check_ipv4;
     use smoltcp::wire::{IpAddress, Ipv4Packet, TcpPacket, UdpPacket};
     use std::time::Duration;
-
-    fn p(s: &str) -> Prefix {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn policy_decides_per_node() {
-        let a = Ipv4Addr::new(192, 168, 57, 12);
-        let far = Ipv4Addr::new(192, 168, 58, 13);
-        let subnet = Some(p("192.168.57.0/24"));
-        let pol = |mode| EncapPolicy { mode, subnet };
-        assert!(pol(EncapMode::Always).encap_to(a));
-        assert!(pol(EncapMode::Always).encap_to(far));
-        assert!(!pol(EncapMode::Never).encap_to(a));
-        assert!(!pol(EncapMode::Never).encap_to(far));
-        assert!(!pol(EncapMode::CrossSubnet).encap_to(a));
-        assert!(pol(EncapMode::CrossSubnet).encap_to(far));
-        let unknown = EncapPolicy {
-            mode: EncapMode::CrossSubnet,
-            subnet: None,
-        };
-        assert!(unknown.encap_to(a), "no subnet known: encapsulate");
-    }
 
     #[test]
     fn tunnel_mac_round_trips() {
