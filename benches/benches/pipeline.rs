@@ -180,7 +180,10 @@ fn bench_pipeline(c: &mut Criterion) {
     frame.load(&udp, VnetHdr::default());
     assert_eq!(
         pipeline.process(&ctx, PortId(0), &mut frame),
-        Verdict::Forward(PortId(1)),
+        Verdict::Forward {
+            port: PortId(1),
+            tunnel: None
+        },
         "the benchmark frame must be forwarded"
     );
     assert_eq!(frame.data()[22], 63, "TTL decremented");
@@ -195,7 +198,10 @@ fn bench_pipeline(c: &mut Criterion) {
     frame.load(&arp, VnetHdr::default());
     assert_eq!(
         pipeline.process(&ctx, PortId(0), &mut frame),
-        Verdict::Forward(PortId(0)),
+        Verdict::Forward {
+            port: PortId(0),
+            tunnel: None
+        },
         "the benchmark ARP request must be answered"
     );
     assert_eq!(&frame.data()[22..28], &ROUTER_MAC);

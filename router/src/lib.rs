@@ -16,6 +16,7 @@ pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;
+pub mod txring;
 pub mod uplink;
 pub mod wire;
 pub mod worker;
