@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 use serde::Deserialize;
 
 /// Where the data plane gets its frames.

@@ -20,11 +20,12 @@ use podrouter_api::{
     Response, RouteInfo, StatusInfo, API_VERSION,
 };
 use podrouter_router::counters::{self, WorkerCounters};
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::worker::{WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
+use podrouter_types::Prefix;
 
 use crate::config::{Config, MTU_RANGE};
 use crate::ipam::{Ipam, IpamError};
@@ -198,8 +199,7 @@ impl Daemon {
         self.fib.update(&changes);
         crate::uplink_setup::install_node_routes(&self.cfg, self.uplink.as_ref());
         for c in &self.cfg.pod_cidrs {
-            if let Err(e) = podnet::host_route_add(c.addr(), c.len(), &self.cfg.dataplane.host_port)
-            {
+            if let Err(e) = podnet::host_route_add(*c, &self.cfg.dataplane.host_port) {
                 log::warn!(
                     "cannot route {c} to {} on the node: {e}",
                     self.cfg.dataplane.host_port
@@ -292,7 +292,7 @@ impl Daemon {
         let host = Prefix::new(r.ip, 32).expect("/32");
         self.fib
             .update(&[FibChange::Insert(host, NextHop::Local(port))]);
-        if let Err(e) = podnet::host_route_add(r.ip, 32, &self.cfg.dataplane.host_port) {
+        if let Err(e) = podnet::host_route_add(Prefix::host(r.ip), &self.cfg.dataplane.host_port) {
             self.fib.update(&[FibChange::Remove(host)]);
             let _ = self.workers[worker].remove_port(port);
             self.ports.store(Arc::new(self.ports.load().without(port)));
@@ -321,7 +321,9 @@ impl Daemon {
         )]);
         self.ports
             .store(Arc::new(self.ports.load().without(pod.port)));
-        if let Err(e) = podnet::host_route_del(pod.record.ip, 32, &self.cfg.dataplane.host_port) {
+        if let Err(e) =
+            podnet::host_route_del(Prefix::host(pod.record.ip), &self.cfg.dataplane.host_port)
+        {
             log::warn!("pod {id}: removing host route: {e}");
         }
         Some(pod.record)
@@ -458,7 +460,7 @@ impl Daemon {
         let mut removed_routes: Vec<Prefix> = Vec::new();
         let mut failure = None;
         for c in &plan.added {
-            match podnet::host_route_add(c.addr(), c.len(), &host_port) {
+            match podnet::host_route_add(*c, &host_port) {
                 Ok(()) => added_routes.push(*c),
                 Err(e) => {
                     failure = Some(format!("cannot route {c} to {host_port} on the node: {e}"));
@@ -468,7 +470,7 @@ impl Daemon {
         }
         if failure.is_none() {
             for c in &plan.removed {
-                match podnet::host_route_del(c.addr(), c.len(), &host_port) {
+                match podnet::host_route_del(*c, &host_port) {
                     Ok(()) => removed_routes.push(*c),
                     Err(e) => {
                         failure = Some(format!("cannot remove the node's route to {c}: {e}"));
@@ -479,12 +481,12 @@ impl Daemon {
         }
         if let Some(why) = failure {
             for c in &removed_routes {
-                if let Err(e) = podnet::host_route_add(c.addr(), c.len(), &host_port) {
+                if let Err(e) = podnet::host_route_add(*c, &host_port) {
                     log::error!("reload rollback: cannot restore the node's route to {c}: {e}");
                 }
             }
             for c in &added_routes {
-                if let Err(e) = podnet::host_route_del(c.addr(), c.len(), &host_port) {
+                if let Err(e) = podnet::host_route_del(*c, &host_port) {
                     log::error!("reload rollback: cannot remove the node's route to {c}: {e}");
                 }
             }

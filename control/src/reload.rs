@@ -15,7 +15,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 use crate::config::{Bgp, Config, Dataplane};
 

@@ -15,10 +15,12 @@
 //!
 //! Other nodes (`NextHop::Node`, or `NextHop::Nodes` for an ECMP group:
 //! one member is picked per flow, see [`flow_hash`]): the uplink's
-//! [`EncapPolicy`](crate::uplink::EncapPolicy) (in its `PortRole::Uplink`)
-//! says per node whether the frame goes to the uplink, its Ethernet
-//! destination set to [`tunnel_mac`] of the node (the uplink encapsulates,
-//! segments and fragments while copying it out), or to the host port for
+//! [`EncapPolicy`](crate::encap::EncapPolicy) (in its `PortRole::Uplink`)
+//! says per node whether the frame goes to the uplink, with the node as
+//! the verdict's `tunnel` (the uplink encapsulates for it, segments and
+//! fragments while copying it out; the frame's Ethernet destination is the
+//! router MAC, which every podrouter answers to, so a port that carries
+//! Ethernet over the tunnel sends it as it is), or to the host port for
 //! the node's kernel to route directly. To the tunnel, DF
 //! packets (GSO frames: each segment) must fit the uplink's MTU (link MTU -
 //! 20) or get ICMP fragmentation needed; others are fragmented by the
@@ -50,12 +52,11 @@ use crate::fib::{FibTable, GroupId, NextHop};
 use crate::frame::{Frame, VnetHdr};
 use crate::gso::TcpSegments;
 use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
-use crate::uplink::tunnel_mac;
 use crate::vxlan::{DecapError, OuterHeaders, TunnelVnetHdr, VxlanParams, OUTER_LEN};
 use crate::wire::{
     self, ArpHardware, ArpOperation, ArpPacket, EthernetProtocol, Icmpv4Packet, IpProtocol,
-    Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4,
-    ICMPV4_HEADER_LEN, IPPROTO_IPIP, IPV4_HEADER_LEN,
+    Ipv4Error, Ipv4Packet, ARP_IPV4_LEN, DEFAULT_TTL, ETHERNET_HEADER_LEN, ETHERTYPE_ARP,
+    ETHERTYPE_IPV4, ICMPV4_HEADER_LEN, IPPROTO_IPIP, IPV4_HEADER_LEN,
 };
 
 /// Node-wide settings the pipeline needs.
@@ -76,8 +77,13 @@ pub struct PipelineConfig {
 /// What the worker should do with a frame after [`Pipeline::process`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Send the (rewritten) frame out of this port.
-    Forward(PortId),
+    /// Send the (rewritten) frame out of `port`. `tunnel`: for a tunnel
+    /// port (the uplink), the node at the far end the frame is for
+    /// (metadata for the port, not in the frame); `None` otherwise.
+    Forward {
+        port: PortId,
+        tunnel: Option<Ipv4Addr>,
+    },
     /// Drop it; the worker counts the reason.
     Drop(DropReason),
 }
@@ -213,18 +219,29 @@ fn ipv4_at(b: &[u8]) -> Ipv4Addr {
     Ipv4Addr::new(b[0], b[1], b[2], b[3])
 }
 
+/// The drop reason a frame whose IPv4 header [`wire::check_ipv4`] refused
+/// is counted under.
+fn ipv4_drop_reason(e: Ipv4Error) -> DropReason {
+    match e {
+        Ipv4Error::Truncated => DropReason::Truncated,
+        Ipv4Error::BadHeader => DropReason::BadIpHeader,
+        Ipv4Error::BadChecksum => DropReason::BadIpChecksum,
+    }
+}
+
 /// Source addresses no packet may carry: 0.0.0.0/8 ("this network"),
 /// 127.0.0.0/8 (loopback), 224.0.0.0/4 (multicast), 255.255.255.255.
 fn is_bad_source(a: Ipv4Addr) -> bool {
     a.octets()[0] == 0 || a.is_loopback() || a.is_multicast() || a.is_broadcast()
 }
 
-/// The Ethernet destination for frames out of a port of this role (the
-/// uplink's depends on the node: see [`tunnel_mac`]).
+/// The Ethernet destination for frames out of a port of this role: the
+/// pod's or the host's MAC; through a tunnel, the router MAC (the router
+/// at the far end answers to it, as this one does).
 fn role_mac(role: &PortRole) -> [u8; 6] {
     match *role {
         PortRole::Pod { mac, .. } | PortRole::Host { mac } => mac,
-        PortRole::Uplink { .. } => [0; 6],
+        PortRole::Uplink { .. } => crate::ROUTER_MAC,
     }
 }
 
@@ -359,12 +376,17 @@ fn group_member(
 }
 
 /// Where a packet the router originates for `dst` goes (for ICMP errors
-/// about packets from the uplink): the port and the Ethernet destination,
-/// by the FIB, as [`node_egress`] would route it; `None` if nowhere.
-fn route_back(ctx: &BatchContext<'_>, src: Ipv4Addr, dst: Ipv4Addr) -> Option<(PortId, [u8; 6])> {
+/// about packets from the uplink): the port, the Ethernet destination and
+/// the tunnel endpoint, by the FIB, as [`node_egress`] would route it;
+/// `None` if nowhere.
+fn route_back(
+    ctx: &BatchContext<'_>,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Option<(PortId, [u8; 6], Option<Ipv4Addr>)> {
     let via_host = || {
         let host = ctx.ports.host_port()?;
-        Some((host, role_mac(&ctx.ports.get(host)?.info.role)))
+        Some((host, role_mac(&ctx.ports.get(host)?.info.role), None))
     };
     let nh = match ctx.fib.lookup(dst)? {
         NextHop::Nodes(g) => {
@@ -374,14 +396,14 @@ fn route_back(ctx: &BatchContext<'_>, src: Ipv4Addr, dst: Ipv4Addr) -> Option<(P
         nh => nh,
     };
     match nh {
-        NextHop::Local(port) => Some((port, role_mac(&ctx.ports.get(port)?.info.role))),
+        NextHop::Local(port) => Some((port, role_mac(&ctx.ports.get(port)?.info.role), None)),
         NextHop::Host => via_host(),
         NextHop::Nodes(_) => None,
         NextHop::Node(node) => {
             let id = ctx.ports.uplink_port()?;
             match ctx.ports.get(id)?.info.role {
                 PortRole::Uplink { policy, .. } if policy.encap_to(node) => {
-                    Some((id, tunnel_mac(node)))
+                    Some((id, crate::ROUTER_MAC, Some(node)))
                 }
                 PortRole::Uplink { .. } => via_host(),
                 _ => None,
@@ -618,7 +640,10 @@ impl Pipeline {
         reply.set_target_protocol_addr(&sender_ip.octets());
         frame.vnet = VnetHdr::default();
         ctx.counters.arp_replies.incr();
-        Verdict::Forward(ingress)
+        Verdict::Forward {
+            port: ingress,
+            tunnel: None,
+        }
     }
 
     /// IPv4: validate (and decapsulate, from the uplink), check the
@@ -644,7 +669,7 @@ impl Pipeline {
         }
         let ip = match wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..]) {
             Ok(ip) => ip,
-            Err(e) => return Verdict::Drop(e.drop_reason()),
+            Err(e) => return Verdict::Drop(ipv4_drop_reason(e)),
         };
         let total_len = usize::from(ip.total_len());
         let src = ip.src_addr();
@@ -787,16 +812,16 @@ impl Pipeline {
         }
 
         let d = frame.data_mut();
-        match tunnel {
-            Some(node) => d[0..6].copy_from_slice(&tunnel_mac(node)),
-            None => d[0..6].copy_from_slice(&role_mac(&egress_entry.info.role)),
-        }
+        d[0..6].copy_from_slice(&role_mac(&egress_entry.info.role));
         d[6..12].copy_from_slice(&self.cfg.router_mac);
         if decrement {
             // TTL >= 2 was checked above, so this cannot refuse.
             wire::decrement_ttl(&mut d[ETHERNET_HEADER_LEN..]);
         }
-        Verdict::Forward(egress)
+        Verdict::Forward {
+            port: egress,
+            tunnel,
+        }
     }
 
     /// Turns the frame (a validated Ethernet + IPv4 packet, padding
@@ -836,13 +861,13 @@ impl Pipeline {
             ctx.ports.get(ingress).map(|e| e.info.role),
             Some(PortRole::Uplink { .. })
         );
-        let (out, out_mac) = if from_uplink {
+        let (out, out_mac, tunnel) = if from_uplink {
             match route_back(ctx, self.cfg.node_ip, orig_src) {
                 Some(r) => r,
                 None => return Verdict::Drop(reason),
             }
         } else {
-            (ingress, mac_at(data, 6))
+            (ingress, mac_at(data, 6), None)
         };
         if !self.icmp_bucket.take(ctx.now_ns) {
             ctx.counters.icmp_rate_limited.incr();
@@ -898,16 +923,16 @@ impl Pipeline {
         frame.vnet = VnetHdr::default();
         ctx.counters.drop(reason);
         ctx.counters.icmp_sent.incr();
-        Verdict::Forward(out)
+        Verdict::Forward { port: out, tunnel }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::encap::{EncapMode, EncapPolicy};
     use crate::fib::{Fib, FibChange, Prefix};
     use crate::port::{MemPort, PortEntry, PortInfo};
-    use crate::uplink::{EncapMode, EncapPolicy};
     use crate::wire::{check_ipv4, Icmpv4DstUnreachable, Icmpv4Repr, Icmpv4TimeExceeded};
     use rand::{Rng, SeedableRng};
     use smoltcp::phy::ChecksumCapabilities;
@@ -941,6 +966,19 @@ mod tests {
     const HOST_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
     const DF: u16 = 0x4000;
     const MF: u16 = 0x2000;
+
+    /// Forwarded out of a pod or host port.
+    fn fwd(port: PortId) -> Verdict {
+        Verdict::Forward { port, tunnel: None }
+    }
+
+    /// Forwarded to the uplink, for `node`.
+    fn tunnel_to(node: Ipv4Addr) -> Verdict {
+        Verdict::Forward {
+            port: UPLINK,
+            tunnel: Some(node),
+        }
+    }
 
     fn cfg(rate: u32, burst: u32) -> PipelineConfig {
         PipelineConfig {
@@ -1183,7 +1221,7 @@ mod tests {
             ..VnetHdr::default()
         };
         f.vnet = vnet;
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_B));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_B));
         let d = f.data();
         assert_eq!(&d[0..6], &B_MAC);
         assert_eq!(&d[6..12], &ROUTER_MAC);
@@ -1204,13 +1242,13 @@ mod tests {
         let mut env = Env::new();
         let input = from_a(NODE_IP, 64, DF, 60);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(HOST));
+        assert_eq!(v, fwd(HOST));
         assert_eq!(&f.data()[0..6], &HOST_MAC);
         assert_eq!(&f.data()[6..12], &ROUTER_MAC);
         assert_eq!(&f.data()[14..], ip_part(&input), "IP packet untouched");
         // Service range goes to the host as well; TTL 1 is no obstacle.
         let (v, f) = env.run(POD_A, &from_a(Ipv4Addr::new(10, 96, 0, 10), 1, DF, 60));
-        assert_eq!(v, Verdict::Forward(HOST));
+        assert_eq!(v, fwd(HOST));
         assert_eq!(f.data()[14 + 8], 1);
     }
 
@@ -1220,7 +1258,7 @@ mod tests {
         for src in [NODE_IP, INTERNET_IP] {
             let input = from_host(src, A_IP, 1);
             let (v, f) = env.run(HOST, &input);
-            assert_eq!(v, Verdict::Forward(POD_A));
+            assert_eq!(v, fwd(POD_A));
             assert_eq!(&f.data()[0..6], &A_MAC);
             assert_eq!(&f.data()[6..12], &ROUTER_MAC);
             assert_eq!(&f.data()[14..], ip_part(&input));
@@ -1247,7 +1285,7 @@ mod tests {
         req.resize(60, 0x5a); // minimum-size frame with padding
         let mut f = Frame::from_bytes(&req);
         f.vnet.gso_type = VnetHdr::GSO_UDP;
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_A));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_A));
         assert_eq!(f.data(), &GW_ARP_REPLY);
         assert_eq!(f.vnet, VnetHdr::default());
         assert_eq!(env.counters.arp_replies.get(), 1);
@@ -1260,7 +1298,7 @@ mod tests {
         // and for something off the node.
         for (target, n) in [(B_IP, 1), (INTERNET_IP, 2)] {
             let (v, f) = env.run(POD_A, &arp(ROUTER_MAC, 1, A_MAC, A_IP, target));
-            assert_eq!(v, Verdict::Forward(POD_A));
+            assert_eq!(v, fwd(POD_A));
             let mut want = GW_ARP_REPLY;
             want[28..32].copy_from_slice(&target.octets());
             assert_eq!(f.data(), &want);
@@ -1340,7 +1378,7 @@ mod tests {
         let mut env = Env::new();
         for target in [A_IP, REMOTE_IP, UNASSIGNED_IP] {
             let (v, f) = env.run(HOST, &arp([0xff; 6], 1, HOST_MAC, NODE_IP, target));
-            assert_eq!(v, Verdict::Forward(HOST), "{target}");
+            assert_eq!(v, fwd(HOST), "{target}");
             let d = f.data();
             assert_eq!(&d[0..6], &HOST_MAC);
             assert_eq!(&d[6..12], &ROUTER_MAC);
@@ -1442,7 +1480,7 @@ mod tests {
         let opts = [7, 7, 4, 0, 0, 0, 0, 0];
         let ip = ipv4(A_IP, B_IP, 17, 64, DF, &opts, &udp(30));
         let (v, f) = env.run(POD_A, &eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip));
-        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(v, fwd(POD_B));
         let out = check_ipv4(&f.data()[14..]).unwrap();
         assert_eq!(out.header_len(), 28);
         assert_eq!(out.hop_limit(), 63);
@@ -1456,7 +1494,7 @@ mod tests {
         for flags in [MF, MF | 185, 370, DF] {
             let input = from_a(B_IP, 64, flags, 100);
             let (v, f) = env.run(POD_A, &input);
-            assert_eq!(v, Verdict::Forward(POD_B), "flags {flags:#x}");
+            assert_eq!(v, fwd(POD_B), "flags {flags:#x}");
             let out = check_ipv4(&f.data()[14..]).unwrap();
             assert_eq!(out.hop_limit(), 63);
             assert_eq!(&f.data()[14 + 6..14 + 8], &flags.to_be_bytes());
@@ -1517,7 +1555,7 @@ mod tests {
         let input = from_a(INTERNET_IP, 64, DF, 100);
         let mut f = Frame::from_bytes(&input);
         f.vnet.flags = VnetHdr::F_NEEDS_CSUM;
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_A));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 0, 0, ip_part(&input));
         assert_eq!(f.vnet, VnetHdr::default());
         assert_eq!(env.counters.drops(DropReason::NoRoute), 1);
@@ -1545,13 +1583,13 @@ mod tests {
         let mut env = Env::new();
         let input = from_a(INTERNET_IP, 64, DF, 1400);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_eq!(f.len(), 14 + 576);
         assert_icmp_error(&f, A_MAC, A_IP, 3, 0, 0, ip_part(&input));
         // A tiny original (less than 8 bytes of payload) is quoted whole.
         let ip = ipv4(A_IP, INTERNET_IP, 17, 64, 0, &[], &[1, 2, 3]);
         let (v, f) = env.run(POD_A, &eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip));
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 0, 0, &ip);
         assert_eq!(f.len(), 14 + 20 + 8 + 23);
     }
@@ -1561,13 +1599,13 @@ mod tests {
         let mut env = Env::new();
         let input = from_a(UNASSIGNED_IP, 64, DF, 80);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 1, 0, ip_part(&input));
         assert_eq!(env.counters.drops(DropReason::NoRoute), 1);
         // From the host port, the error goes back to the host.
         let input = from_host(NODE_IP, UNASSIGNED_IP, 64);
         let (v, f) = env.run(HOST, &input);
-        assert_eq!(v, Verdict::Forward(HOST));
+        assert_eq!(v, fwd(HOST));
         assert_icmp_error(&f, HOST_MAC, NODE_IP, 3, 1, 0, ip_part(&input));
     }
 
@@ -1577,7 +1615,7 @@ mod tests {
         for ttl in [1, 0] {
             let input = from_a(B_IP, ttl, DF, 120);
             let (v, f) = env.run(POD_A, &input);
-            assert_eq!(v, Verdict::Forward(POD_A));
+            assert_eq!(v, fwd(POD_A));
             assert_icmp_error(&f, A_MAC, A_IP, 11, 0, 0, ip_part(&input));
             let ip = check_ipv4(&f.data()[14..]).unwrap();
             let icmp = Icmpv4Packet::new_checked(ip.payload()).unwrap();
@@ -1593,13 +1631,13 @@ mod tests {
         assert_eq!(env.counters.drops(DropReason::TtlExceeded), 2);
         // TTL 2 still goes through, leaving with 1.
         let (v, f) = env.run(POD_A, &from_a(B_IP, 2, DF, 120));
-        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(v, fwd(POD_B));
         assert_eq!(f.data()[14 + 8], 1);
         // An echo request (not an error) with TTL 1 gets its time exceeded.
         let echo = [8, 0, 0xf7, 0xfe, 0, 1, 0, 0];
         let ip = ipv4(A_IP, B_IP, 1, 1, DF, &[], &echo);
         let (v, f) = env.run(POD_A, &eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip));
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 11, 0, 0, &ip);
     }
 
@@ -1625,7 +1663,7 @@ mod tests {
         assert_eq!(env.run(POD_A, &b).0, Verdict::Drop(DropReason::TtlExceeded));
         // A first fragment does get one.
         let b = from_a(B_IP, 1, MF, 100);
-        assert_eq!(env.run(POD_A, &b).0, Verdict::Forward(POD_A));
+        assert_eq!(env.run(POD_A, &b).0, fwd(POD_A));
         assert_eq!(env.counters.icmp_sent.get(), 1);
         assert_eq!(env.counters.icmp_rate_limited.get(), 0);
     }
@@ -1635,12 +1673,12 @@ mod tests {
         let mut env = Env::new();
         let input = from_a(C_IP, 64, DF, 1001);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1000, ip_part(&input));
         assert_eq!(env.counters.drops(DropReason::FragNeeded), 1);
         // Exactly the MTU fits.
         let (v, _) = env.run(POD_A, &from_a(C_IP, 64, DF, 1000));
-        assert_eq!(v, Verdict::Forward(POD_C));
+        assert_eq!(v, fwd(POD_C));
     }
 
     #[test]
@@ -1665,7 +1703,7 @@ mod tests {
             csum_offset: 6,
         };
         f.vnet = vnet;
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_C));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_C));
         assert_eq!(f.vnet, vnet);
         assert_eq!(f.len(), input.len());
         assert_eq!(check_ipv4(&f.data()[14..]).unwrap().hop_limit(), 63);
@@ -1675,8 +1713,8 @@ mod tests {
     fn icmp_errors_are_rate_limited() {
         let mut env = Env::with_cfg(cfg(10, 2));
         let input = from_a(INTERNET_IP, 64, DF, 60);
-        assert_eq!(env.run(POD_A, &input).0, Verdict::Forward(POD_A));
-        assert_eq!(env.run(POD_A, &input).0, Verdict::Forward(POD_A));
+        assert_eq!(env.run(POD_A, &input).0, fwd(POD_A));
+        assert_eq!(env.run(POD_A, &input).0, fwd(POD_A));
         let (v, f) = env.run(POD_A, &input);
         assert_eq!(v, Verdict::Drop(DropReason::NoRoute));
         assert_eq!(f.data(), &input[..], "refused frame is left alone");
@@ -1689,12 +1727,12 @@ mod tests {
         env.now_ns += 50_000_000;
         assert_eq!(env.run(POD_A, &input).0, Verdict::Drop(DropReason::NoRoute));
         env.now_ns += 50_000_000;
-        assert_eq!(env.run(POD_A, &input).0, Verdict::Forward(POD_A));
+        assert_eq!(env.run(POD_A, &input).0, fwd(POD_A));
         assert_eq!(env.run(POD_A, &input).0, Verdict::Drop(DropReason::NoRoute));
         // A long pause refills to the burst, no more.
         env.now_ns += 3_600 * 1_000_000_000;
-        assert_eq!(env.run(POD_A, &input).0, Verdict::Forward(POD_A));
-        assert_eq!(env.run(POD_A, &input).0, Verdict::Forward(POD_A));
+        assert_eq!(env.run(POD_A, &input).0, fwd(POD_A));
+        assert_eq!(env.run(POD_A, &input).0, fwd(POD_A));
         assert_eq!(env.run(POD_A, &input).0, Verdict::Drop(DropReason::NoRoute));
         // Time going backwards refills nothing.
         env.now_ns -= 10_000_000_000;
@@ -1776,7 +1814,7 @@ mod tests {
     /// carrying `inner`.
     fn ipip_in(outer_src: Ipv4Addr, outer_dst: Ipv4Addr, inner: &[u8]) -> Vec<u8> {
         let outer = ipv4(outer_src, outer_dst, 4, 64, 0, &[], inner);
-        eth(ROUTER_MAC, tunnel_mac(outer_src), ETHERTYPE_IPV4, &outer)
+        eth(ROUTER_MAC, [0; 6], ETHERTYPE_IPV4, &outer)
     }
 
     fn remote_udp(dst: Ipv4Addr, ttl: u8, len: usize) -> Vec<u8> {
@@ -1786,20 +1824,20 @@ mod tests {
     #[test]
     fn to_other_nodes_per_encap_mode() {
         use EncapMode::*;
-        // (mode, destination, egress, TTL after, Ethernet destination)
+        // (mode, destination, verdict, TTL after, Ethernet destination)
         let cases = [
-            (Always, REMOTE_IP, UPLINK, 63, tunnel_mac(OTHER_NODE)),
-            (Always, FAR_POD, UPLINK, 63, tunnel_mac(FAR_NODE)),
-            (CrossSubnet, REMOTE_IP, HOST, 64, HOST_MAC),
-            (CrossSubnet, FAR_POD, UPLINK, 63, tunnel_mac(FAR_NODE)),
-            (Never, REMOTE_IP, HOST, 64, HOST_MAC),
-            (Never, FAR_POD, HOST, 64, HOST_MAC),
+            (Always, REMOTE_IP, tunnel_to(OTHER_NODE), 63, ROUTER_MAC),
+            (Always, FAR_POD, tunnel_to(FAR_NODE), 63, ROUTER_MAC),
+            (CrossSubnet, REMOTE_IP, fwd(HOST), 64, HOST_MAC),
+            (CrossSubnet, FAR_POD, tunnel_to(FAR_NODE), 63, ROUTER_MAC),
+            (Never, REMOTE_IP, fwd(HOST), 64, HOST_MAC),
+            (Never, FAR_POD, fwd(HOST), 64, HOST_MAC),
         ];
-        for (mode, dst, out, ttl, mac) in cases {
+        for (mode, dst, want, ttl, mac) in cases {
             let mut env = uplink_env(mode);
             let input = from_a(dst, 64, DF, 100);
             let (v, f) = env.run(POD_A, &input);
-            assert_eq!(v, Verdict::Forward(out), "{mode:?} {dst}");
+            assert_eq!(v, want, "{mode:?} {dst}");
             let d = f.data();
             assert_eq!(&d[0..6], &mac, "{mode:?} {dst}");
             assert_eq!(&d[6..12], &ROUTER_MAC);
@@ -1850,22 +1888,21 @@ mod tests {
         let mut seen = std::collections::HashMap::new();
         for sport in 1000..1064u16 {
             let (v, f) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
-            assert_eq!(v, Verdict::Forward(UPLINK));
-            let mac = mac_at(f.data(), 0);
             assert!(
-                mac == tunnel_mac(OTHER_NODE) || mac == tunnel_mac(FAR_NODE),
-                "{mac:?}"
+                v == tunnel_to(OTHER_NODE) || v == tunnel_to(FAR_NODE),
+                "{v:?}"
             );
-            seen.insert(sport, mac);
+            assert_eq!(mac_at(f.data(), 0), ROUTER_MAC);
+            seen.insert(sport, v);
             // The same flow again (and again) takes the same member.
             for _ in 0..3 {
-                let (_, f) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
-                assert_eq!(mac_at(f.data(), 0), mac, "flow {sport} moved");
+                let (again, _) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
+                assert_eq!(again, v, "flow {sport} moved");
             }
         }
         let to_other = seen
             .values()
-            .filter(|m| **m == tunnel_mac(OTHER_NODE))
+            .filter(|v| **v == tunnel_to(OTHER_NODE))
             .count();
         assert!(
             (8..=56).contains(&to_other),
@@ -1875,7 +1912,7 @@ mod tests {
         let inner = remote_udp(A_IP, 30, 100);
         for n in [OTHER_NODE, FAR_NODE] {
             let (v, _) = env.run(UPLINK, &ipip_in(n, NODE_IP, &inner));
-            assert_eq!(v, Verdict::Forward(POD_A), "IPIP from member {n}");
+            assert_eq!(v, fwd(POD_A), "IPIP from member {n}");
         }
     }
 
@@ -1890,13 +1927,16 @@ mod tests {
             let d = f.data();
             let ttl = check_ipv4(&d[14..]).unwrap().hop_limit();
             match v {
-                Verdict::Forward(HOST) => {
+                Verdict::Forward { port: HOST, .. } => {
                     assert_eq!(mac_at(d, 0), HOST_MAC);
                     assert_eq!(ttl, 64);
                     direct += 1;
                 }
-                Verdict::Forward(UPLINK) => {
-                    assert_eq!(mac_at(d, 0), tunnel_mac(FAR_NODE));
+                Verdict::Forward {
+                    port: UPLINK,
+                    tunnel: Some(FAR_NODE),
+                } => {
+                    assert_eq!(mac_at(d, 0), ROUTER_MAC);
                     assert_eq!(ttl, 63);
                     tunnelled += 1;
                 }
@@ -1913,14 +1953,14 @@ mod tests {
             u[0..2].copy_from_slice(&sport.to_be_bytes());
             let ip = ipv4(NODE_IP, ECMP_POD, 17, 64, DF, &[], &u);
             let (v, f) = env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &ip));
-            assert_eq!(v, Verdict::Forward(UPLINK));
-            assert_eq!(mac_at(f.data(), 0), tunnel_mac(FAR_NODE));
+            assert_eq!(v, tunnel_to(FAR_NODE));
+            assert_eq!(mac_at(f.data(), 0), ROUTER_MAC);
         }
         // Never: every member via the host port.
         let mut env = ecmp_env(EncapMode::Never);
         for sport in 4000..4032u16 {
             let (v, _) = env.run(POD_A, &udp_from_a(ECMP_POD, sport));
-            assert_eq!(v, Verdict::Forward(HOST));
+            assert_eq!(v, fwd(HOST));
         }
     }
 
@@ -1930,10 +1970,11 @@ mod tests {
         let mut env = ecmp_env(EncapMode::Always);
         let inner = ipv4(ECMP_POD, A_IP, 17, 1, DF, &[], &udp(80));
         let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
-        assert_eq!(v, Verdict::Forward(UPLINK));
-        let mac = mac_at(f.data(), 0);
-        assert!(mac == tunnel_mac(OTHER_NODE) || mac == tunnel_mac(FAR_NODE));
-        assert_icmp_error(&f, mac, ECMP_POD, 11, 0, 0, &inner);
+        assert!(
+            v == tunnel_to(OTHER_NODE) || v == tunnel_to(FAR_NODE),
+            "{v:?}"
+        );
+        assert_icmp_error(&f, ROUTER_MAC, ECMP_POD, 11, 0, 0, &inner);
     }
 
     #[test]
@@ -1983,8 +2024,8 @@ mod tests {
         // The node's own traffic to a remote pod: tunnelled, TTL kept.
         let mut env = uplink_env(EncapMode::Always);
         let (v, f) = env.run(HOST, &from_host(NODE_IP, REMOTE_IP, 64));
-        assert_eq!(v, Verdict::Forward(UPLINK));
-        assert_eq!(&f.data()[0..6], &tunnel_mac(OTHER_NODE));
+        assert_eq!(v, tunnel_to(OTHER_NODE));
+        assert_eq!(&f.data()[0..6], &ROUTER_MAC);
         assert_eq!(f.data()[14 + 8], 64);
         // Routed directly, the node's kernel should never hand it to us.
         let mut env = uplink_env(EncapMode::Never);
@@ -1997,16 +2038,16 @@ mod tests {
         let mut env = uplink_env(EncapMode::Always);
         // Exactly the path MTU fits.
         let (v, _) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 1480));
-        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(v, tunnel_to(OTHER_NODE));
         // One more byte with DF: frag needed, MTU 1480, back to the pod.
         let input = from_a(REMOTE_IP, 64, DF, 1481);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1480, ip_part(&input));
         assert_eq!(env.counters.drops(DropReason::FragNeeded), 1);
         // Without DF the uplink fragments it.
         let (v, f) = env.run(POD_A, &from_a(REMOTE_IP, 64, 0, 1500));
-        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(v, tunnel_to(OTHER_NODE));
         assert_eq!(f.len(), 14 + 1500);
     }
 
@@ -2034,12 +2075,12 @@ mod tests {
         // 20 + 32 + 1428 = 1480: fits.
         let mut f = gso_from_a(REMOTE_IP, 1428, 30_000, VnetHdr::GSO_TCPV4);
         let vnet = f.vnet;
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(UPLINK));
+        assert_eq!(env.process(POD_A, &mut f), tunnel_to(OTHER_NODE));
         assert_eq!(f.vnet, vnet, "offload request kept for the uplink");
         assert_eq!(f.data()[14 + 8], 63);
         // 20 + 32 + 1448 = 1500 with DF: frag needed 1480.
         let mut f = gso_from_a(REMOTE_IP, 1448, 30_000, VnetHdr::GSO_TCPV4);
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_A));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_A));
         let ip = check_ipv4(&f.data()[14..]).unwrap();
         assert_eq!(ip.dst_addr(), A_IP);
         assert_eq!(&f.data()[14 + 20..14 + 22], &[3, 4]);
@@ -2053,7 +2094,7 @@ mod tests {
         );
         // To a local pod, GSO frames pass whole as before.
         let mut f = gso_from_a(B_IP, 1448, 30_000, VnetHdr::GSO_TCPV4);
-        assert_eq!(env.process(POD_A, &mut f), Verdict::Forward(POD_B));
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_B));
     }
 
     #[test]
@@ -2061,7 +2102,7 @@ mod tests {
         let mut env = uplink_env(EncapMode::Always);
         let inner = remote_udp(A_IP, 63, 200);
         let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         let d = f.data();
         assert_eq!(d.len(), 14 + 200, "outer header gone");
         assert_eq!(&d[0..6], &A_MAC);
@@ -2073,7 +2114,7 @@ mod tests {
         // Options on the outer header are fine too.
         let outer = ipv4(OTHER_NODE, NODE_IP, 4, 64, 0, &[1, 1, 1, 0], &inner);
         let b = eth(ROUTER_MAC, [0; 6], ETHERTYPE_IPV4, &outer);
-        assert_eq!(env.run(UPLINK, &b).0, Verdict::Forward(POD_A));
+        assert_eq!(env.run(UPLINK, &b).0, fwd(POD_A));
     }
 
     #[test]
@@ -2143,7 +2184,7 @@ mod tests {
         assert_eq!(env.counters.icmp_sent.get(), 0);
         // And the next good one still goes through.
         let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &good));
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
     }
 
     #[test]
@@ -2154,15 +2195,15 @@ mod tests {
             let inner = remote_udp(A_IP, 1, 100);
             let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
             let (out, mac) = match mode {
-                EncapMode::Never => (HOST, HOST_MAC),
-                _ => (UPLINK, tunnel_mac(OTHER_NODE)),
+                EncapMode::Never => (fwd(HOST), HOST_MAC),
+                _ => (tunnel_to(OTHER_NODE), ROUTER_MAC),
             };
-            assert_eq!(v, Verdict::Forward(out), "{mode:?}");
+            assert_eq!(v, out, "{mode:?}");
             assert_icmp_error(&f, mac, REMOTE_IP, 11, 0, 0, &inner);
             // An unassigned address of our block: host unreachable.
             let inner = remote_udp(UNASSIGNED_IP, 9, 100);
             let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
-            assert_eq!(v, Verdict::Forward(out));
+            assert_eq!(v, out);
             assert_icmp_error(&f, mac, REMOTE_IP, 3, 1, 0, &inner);
             assert_eq!(env.counters.drops(DropReason::IpipNotLocal), 1);
             assert_eq!(env.counters.drops(DropReason::TtlExceeded), 1);
@@ -2172,8 +2213,8 @@ mod tests {
         let mut env = uplink_env(EncapMode::Always);
         let inner = remote_udp(C_IP, 30, 1200);
         let (v, f) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
-        assert_eq!(v, Verdict::Forward(UPLINK));
-        assert_icmp_error(&f, tunnel_mac(OTHER_NODE), REMOTE_IP, 3, 4, 1000, &inner);
+        assert_eq!(v, tunnel_to(OTHER_NODE));
+        assert_icmp_error(&f, ROUTER_MAC, REMOTE_IP, 3, 4, 1000, &inner);
     }
 
     #[test]
@@ -2198,11 +2239,16 @@ mod tests {
             }
             let mut f = Frame::from_bytes(&b);
             env.now_ns += 1_000;
-            if let Verdict::Forward(out) = env.process(UPLINK, &mut f) {
+            if let Verdict::Forward { port: out, tunnel } = env.process(UPLINK, &mut f) {
                 forwarded += 1;
                 let d = f.data();
                 let ip = check_ipv4(&d[14..]).expect("forwarded IP is valid");
                 assert_eq!(usize::from(ip.total_len()), d.len() - 14);
+                assert_eq!(
+                    tunnel.is_some(),
+                    out == UPLINK,
+                    "a tunnel endpoint iff to the uplink"
+                );
                 if out == UPLINK {
                     // Only ICMP errors go back into the tunnel.
                     assert_eq!(ip.next_header(), IpProtocol::Icmp);
@@ -2235,7 +2281,7 @@ mod tests {
         let mut b = eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip);
         b.resize(60, 0xaa);
         let (v, f) = env.run(POD_A, &b);
-        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(v, fwd(POD_B));
         assert_eq!(f.len(), 14 + 28);
         assert_eq!(&f.data()[14 + 20..], &ip[20..]);
     }
@@ -2296,9 +2342,10 @@ mod tests {
             let ingress = ingresses[rng.gen_range(0..ingresses.len())];
             env.now_ns += 1_000;
             match env.process(ingress, &mut f) {
-                Verdict::Forward(out) => {
+                Verdict::Forward { port: out, tunnel } => {
                     forwarded += 1;
                     assert!(env.ports.get(out).is_some());
+                    assert!(tunnel.is_none(), "no uplink in this table");
                     let d = f.data();
                     assert_eq!(&d[6..12], &ROUTER_MAC);
                     if d[12..14] == [0x08, 0x00] {
@@ -2384,7 +2431,7 @@ mod tests {
             ..VnetHdr::default()
         };
         let v = env.process(UPLINK, &mut f);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         let d = f.data();
         assert_eq!(mac_at(d, 0), A_MAC);
         assert_eq!(mac_at(d, 6), ROUTER_MAC);
@@ -2468,11 +2515,11 @@ mod tests {
     fn to_the_vxlan_uplink_with_path_mtu_uplink_minus_50() {
         let mut env = vxlan_env();
         let (v, f) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 1450));
-        assert_eq!(v, Verdict::Forward(UPLINK));
-        assert_eq!(mac_at(f.data(), 0), tunnel_mac(OTHER_NODE));
+        assert_eq!(v, tunnel_to(OTHER_NODE));
+        assert_eq!(mac_at(f.data(), 0), ROUTER_MAC);
         let input = from_a(REMOTE_IP, 64, DF, 1451);
         let (v, f) = env.run(POD_A, &input);
-        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(v, fwd(POD_A));
         assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1450, &input[14..]);
     }
 
@@ -2514,7 +2561,7 @@ mod tests {
                 f.vnet.gso_size = rng.gen();
             }
             env.now_ns += 1_000;
-            if let Verdict::Forward(out) = env.process(UPLINK, &mut f) {
+            if let Verdict::Forward { port: out, .. } = env.process(UPLINK, &mut f) {
                 assert!(out == POD_A || out == UPLINK, "{out:?}");
                 if out == POD_A {
                     let d = f.data();

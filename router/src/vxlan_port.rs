@@ -6,8 +6,8 @@
 //!
 //! # How frames move
 //!
-//! - **Send**: [`Port::send`] gets an inner Ethernet frame whose
-//!   destination names the next-hop node ([`crate::uplink::tunnel_mac`]).
+//! - **Send**: [`Port::push`] gets an inner Ethernet frame and the
+//!   next-hop node (the pipeline's `Verdict::Forward { tunnel }`).
 //!   It writes, in one `writev`, a 24-byte `virtio_net_hdr_v1_hash_tunnel`
 //!   ([`TunnelVnetHdr::encap`]: a TCPv4 GSO request becomes
 //!   `UDP_TUNNEL_IPV4 | TCPV4` with the tunnel offsets), the 50 outer bytes
@@ -61,9 +61,8 @@ use arc_swap::ArcSwap;
 use crate::frame::{Frame, VnetHdr};
 use crate::gso::{self, Fragments};
 use crate::pipeline::flow_hash;
-use crate::port::Port;
+use crate::port::{Port, TxQueue};
 use crate::sys;
-use crate::uplink::tunnel_node;
 use crate::vxlan::{
     source_port, vtep_mac, OuterHeaders, TunnelVnetHdr, VxlanParams, OUTER_LEN, TUNNEL_VNET_HDR_LEN,
 };
@@ -279,17 +278,17 @@ impl Port for VxlanPort {
         Ok(n)
     }
 
-    /// One `writev`: offload header, outer headers, rewritten inner
-    /// Ethernet header, the inner packet from the frame buffer (a packet
-    /// without DF too big for the path: one per fragment).
-    fn send(&self, frame: &Frame) -> io::Result<()> {
+    /// One `writev` per frame, right away (a TAP has no batched write, so
+    /// the worker's queue is [`TxQueue::direct`]): offload header, outer
+    /// headers to `tunnel` (the next-hop node), rewritten inner Ethernet
+    /// header, the inner packet from the frame buffer (a packet without DF
+    /// too big for the path: one per fragment).
+    fn push(&self, _: &mut TxQueue, frame: &Frame, tunnel: Option<Ipv4Addr>) -> io::Result<()> {
+        let node = tunnel.ok_or_else(|| invalid("no tunnel endpoint for the VXLAN uplink"))?;
         let d = frame.data();
         if d.len() < ETHERNET_HEADER_LEN + IPV4_HEADER_LEN {
             return Err(invalid("frame too short for IPv4"));
         }
-        let mut mac = [0u8; 6];
-        mac.copy_from_slice(&d[0..6]);
-        let node = tunnel_node(&mac);
         let ip = &d[ETHERNET_HEADER_LEN..];
         if !frame.vnet.is_gso() && ip.len() > self.path_mtu {
             return self.send_fragments(node, ip, frame.vnet);

@@ -27,7 +27,8 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use podrouter_api::{BgpPeerInfo, BgpRibInfo, BgpRouteInfo};
-use podrouter_router::fib::{FibChange, NextHop, Prefix};
+use podrouter_router::fib::{FibChange, NextHop};
+use podrouter_types::Prefix;
 
 use super::rib::{self, Rib};
 use super::session::{Input, Output, RouteEvent, Session, SessionConfig, State};
