@@ -195,14 +195,29 @@ impl OuterHeaders {
     /// nothing) if `buf` is too short or the packet would exceed 65535
     /// bytes of IPv4.
     pub fn write(&self, buf: &mut [u8], inner_len: usize) -> bool {
-        let ip_len = IPV4_HEADER_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN + inner_len;
-        if buf.len() < OUTER_LEN || ip_len > usize::from(u16::MAX) {
+        if buf.len() < OUTER_LEN {
+            return false;
+        }
+        if !self.write_from_ip(&mut buf[ETHERNET_HEADER_LEN..], inner_len) {
             return false;
         }
         buf[0..6].copy_from_slice(&self.dst_mac);
         buf[6..12].copy_from_slice(&self.src_mac);
         buf[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-        let ip = &mut buf[ETHERNET_HEADER_LEN..OUTER_UDP_OFFSET];
+        true
+    }
+
+    /// Writes the outer IPv4, UDP and VXLAN headers (36 bytes, no outer
+    /// Ethernet: for a raw IP socket) into `buf` for an inner Ethernet
+    /// frame of `inner_len` bytes. Returns false (and writes nothing) if
+    /// `buf` is too short or the packet would exceed 65535 bytes.
+    pub fn write_from_ip(&self, buf: &mut [u8], inner_len: usize) -> bool {
+        const IP_UDP_VXLAN: usize = IPV4_HEADER_LEN + UDP_HEADER_LEN + VXLAN_HEADER_LEN;
+        let ip_len = IP_UDP_VXLAN + inner_len;
+        if buf.len() < IP_UDP_VXLAN || ip_len > usize::from(u16::MAX) {
+            return false;
+        }
+        let ip = &mut buf[..IPV4_HEADER_LEN];
         ip[0] = 0x45;
         ip[1] = self.tos;
         ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
@@ -217,13 +232,13 @@ impl OuterHeaders {
         ip[16..20].copy_from_slice(&self.dst.octets());
         let sum = !ones_complement_sum(ip);
         ip[10..12].copy_from_slice(&sum.to_be_bytes());
-        let udp = &mut buf[OUTER_UDP_OFFSET..OUTER_UDP_OFFSET + UDP_HEADER_LEN];
+        let udp = &mut buf[IPV4_HEADER_LEN..IPV4_HEADER_LEN + UDP_HEADER_LEN];
         udp[0..2].copy_from_slice(&self.src_port.to_be_bytes());
         udp[2..4].copy_from_slice(&self.dst_port.to_be_bytes());
         udp[4..6].copy_from_slice(&((ip_len - IPV4_HEADER_LEN) as u16).to_be_bytes());
         // No UDP checksum over IPv4 (RFC 7348 section 5; Linux's default).
         udp[6..8].copy_from_slice(&[0, 0]);
-        VxlanHeader::new_unchecked(&mut buf[OUTER_UDP_OFFSET + UDP_HEADER_LEN..OUTER_LEN])
+        VxlanHeader::new_unchecked(&mut buf[IPV4_HEADER_LEN + UDP_HEADER_LEN..IP_UDP_VXLAN])
             .fill(self.vni);
         true
     }
