@@ -59,8 +59,7 @@
 //! `InvalidData`. The TAP is not persistent: it goes with the descriptor.
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::BorrowedFd;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 

@@ -86,6 +86,12 @@ fn two_nodes(encap: &str, profile: &str, port: u16, vni: u32) {
     assert!(settle(&a.ns, &b.ip, SETTLE), "{encap}: a never reached b");
     assert!(settle(&b.ns, &a.ip, SETTLE), "{encap}: b never reached a");
     assert_ping(&a.ns, &b.ip, 2, 62);
+    // The node itself reaches the other node's pod (its kernel route into
+    // the router, then the tunnel or the other node directly).
+    assert!(
+        settle(c.nodes[0].ns.name(), &b.ip, SETTLE),
+        "{encap}: node 0 cannot reach pod b"
+    );
     // The pod MTU defaults to the uplink's minus 50.
     assert_eq!(
         a.exec(&["cat", "/sys/class/net/eth0/mtu"]).stdout.trim(),
