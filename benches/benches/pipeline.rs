@@ -102,7 +102,6 @@ fn topology() -> (PortTable, Fib) {
 fn pipeline() -> Pipeline {
     Pipeline::new(PipelineConfig {
         router_mac: ROUTER_MAC,
-        gateway_ip: GATEWAY_IP,
         node_ip: NODE_IP,
         icmp_rate_per_sec: 1000,
         icmp_burst: 100,
@@ -164,12 +163,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let (ports, fib) = topology();
     let table = fib.load();
     let counters = WorkerCounters::default();
-    let ctx = BatchContext {
-        fib: &table,
-        ports: &ports,
-        counters: &counters,
-        now_ns: 0,
-    };
+    let ctx = BatchContext::new(&table, &ports, &counters, 0);
     let mut pipeline = pipeline();
     let mut frame = Frame::new();
 

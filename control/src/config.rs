@@ -668,7 +668,10 @@ asn = 64512
     fn vxlan_keys_profiles_and_mtu_default() {
         let c = Config::parse("", "t.toml").unwrap();
         assert_eq!(c.dataplane.tunnel, TunnelKind::Ipip);
-        assert_eq!((c.dataplane.vxlan_port, c.dataplane.vxlan_vni), (4789, 4096));
+        assert_eq!(
+            (c.dataplane.vxlan_port, c.dataplane.vxlan_vni),
+            (4789, 4096)
+        );
         let c = Config::parse("[dataplane]\ntunnel = \"vxlan\"\n", "t.toml").unwrap();
         assert_eq!(c.dataplane.tunnel, TunnelKind::Vxlan);
         assert_eq!(c.dataplane.mtu, 1450, "VXLAN's pod MTU default");
@@ -677,7 +680,10 @@ asn = 64512
         let c = Config::parse(flannel, "t.toml").unwrap();
         assert_eq!((c.dataplane.vxlan_port, c.dataplane.vxlan_vni), (8472, 1));
         assert_eq!(c.dataplane.mtu, 1400, "an explicit mtu wins");
-        assert_eq!(c.routes[0].vtep_mac, Some([0x2a, 0x7e, 0x11, 0x22, 0x33, 0x44]));
+        assert_eq!(
+            c.routes[0].vtep_mac,
+            Some([0x2a, 0x7e, 0x11, 0x22, 0x33, 0x44])
+        );
 
         let e = err("[dataplane]\ntunnel = \"gre\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("tunnel")));
@@ -685,7 +691,12 @@ asn = 64512
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("vxlan_vni")));
         let e = err("[dataplane]\nvxlan_port = 0\n");
         assert_eq!(e.key.as_deref(), Some("vxlan_port"));
-        for bad in ["01:00:5e:00:00:01", "2a:7e:11:22:33", "2a:7e:11:22:33:44:55", "zz:7e:11:22:33:44"] {
+        for bad in [
+            "01:00:5e:00:00:01",
+            "2a:7e:11:22:33",
+            "2a:7e:11:22:33:44:55",
+            "zz:7e:11:22:33:44",
+        ] {
             let e = err(&format!(
                 "[[routes]]\nprefix = \"10.9.0.0/24\"\nvia = \"1.2.3.4\"\nvtep_mac = \"{bad}\"\n"
             ));

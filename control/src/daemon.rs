@@ -104,7 +104,6 @@ impl Daemon {
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let pipeline = PipelineConfig {
             router_mac: ROUTER_MAC,
-            gateway_ip: GATEWAY_IP,
             node_ip: cfg.node_ip.unwrap_or(GATEWAY_IP),
             icmp_rate_per_sec: cfg.dataplane.icmp_rate,
             icmp_burst: cfg.dataplane.icmp_burst,

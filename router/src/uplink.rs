@@ -65,7 +65,9 @@ use crate::gso;
 use crate::port::{foreign_queue, Port, TxQueue};
 use crate::sys;
 use crate::txring::{TxRing, TxSink};
-use crate::wire::{self, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_IPIP, IPV4_HEADER_LEN};
+use crate::wire::{
+    self, field, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPPROTO_IPIP, IPV4_HEADER_LEN,
+};
 
 /// Socket buffer asked for in each direction (bursts of 64 KiB GSO frames
 /// turn into ~45 packets each).
@@ -76,6 +78,9 @@ const SOCKET_BUFFER: usize = 8 << 20;
 const RING_BYTES: usize = 4 << 20;
 const MIN_SLOTS: usize = 16;
 const MAX_SLOTS: usize = 256;
+
+/// DF in the flags byte of an IPv4 header ([`field::ipv4::FLAGS`]).
+const IP_DF_BYTE: u8 = 0x40;
 
 /// How long one `EAGAIN` wait of a flush lasts.
 const FLUSH_WAIT_MS: i32 = 1;
@@ -185,9 +190,9 @@ impl Port for Uplink {
             for (f, &len) in frames[n..n + got].iter_mut().zip(&lens) {
                 f.set_len(ETHERNET_HEADER_LEN + len);
                 let d = f.data_mut();
-                d[0..6].copy_from_slice(&crate::ROUTER_MAC);
-                d[6..12].fill(0);
-                d[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+                d[field::ethernet::DESTINATION].copy_from_slice(&crate::ROUTER_MAC);
+                d[field::ethernet::SOURCE].fill(0);
+                d[field::ethernet::ETHERTYPE].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
             }
             n += got;
             if got < want {
@@ -216,8 +221,9 @@ impl Port for Uplink {
         }
         let local = self.local;
         let write_header = |pkt: &mut [u8], dst: Ipv4Addr| {
-            let tos = pkt[IPV4_HEADER_LEN + 1];
-            let df = pkt[IPV4_HEADER_LEN + 6] & 0x40 != 0;
+            let inner = &pkt[IPV4_HEADER_LEN..];
+            let tos = inner[field::ipv4::TOS];
+            let df = inner[field::ipv4::FLAGS] & IP_DF_BYTE != 0;
             let len = pkt.len() as u16;
             wire::write_ipip_header(pkt, len, 0, tos, df, local, dst);
         };

@@ -49,6 +49,81 @@ pub const IPPROTO_IPIP: u8 = 4;
 /// TTL of an outer IPIP header (and of any packet the router originates).
 pub const DEFAULT_TTL: u8 = 64;
 
+/// Byte offsets of the header fields the data plane reads or writes in
+/// place (smoltcp's `mod field` style): a single byte is a `usize`, a
+/// multi-byte field a range. Offsets count from the start of the header
+/// named by the module.
+pub mod field {
+    /// A multi-byte field.
+    pub type Field = std::ops::Range<usize>;
+
+    /// Ethernet II.
+    pub mod ethernet {
+        use super::Field;
+        pub const DESTINATION: Field = 0..6;
+        pub const SOURCE: Field = 6..12;
+        pub const ETHERTYPE: Field = 12..14;
+    }
+
+    /// IPv4 (options start at 20).
+    pub mod ipv4 {
+        use super::Field;
+        /// Version (high nibble) and header length in words (low nibble).
+        pub const VER_IHL: usize = 0;
+        /// DSCP and ECN.
+        pub const TOS: usize = 1;
+        pub const LENGTH: Field = 2..4;
+        pub const IDENT: Field = 4..6;
+        /// Flags (DF 0x4000, MF 0x2000) and fragment offset.
+        pub const FLAGS_FRAG: Field = 6..8;
+        /// The byte of [`FLAGS_FRAG`] that holds DF and MF.
+        pub const FLAGS: usize = 6;
+        pub const TTL: usize = 8;
+        pub const PROTOCOL: usize = 9;
+        pub const CHECKSUM: Field = 10..12;
+        pub const SRC_ADDR: Field = 12..16;
+        pub const DST_ADDR: Field = 16..20;
+        /// Source and destination together.
+        pub const ADDRS: Field = 12..20;
+    }
+
+    /// ICMPv4 (error messages and echo).
+    pub mod icmp {
+        use super::Field;
+        pub const TYPE: usize = 0;
+        pub const CODE: usize = 1;
+        pub const CHECKSUM: Field = 2..4;
+        /// Unused in the errors the router sends (zero) but for
+        /// [`NEXT_HOP_MTU`].
+        pub const UNUSED: Field = 4..6;
+        /// The next-hop MTU of "fragmentation needed" (RFC 1191).
+        pub const NEXT_HOP_MTU: Field = 6..8;
+        /// The identifier of an echo request or reply.
+        pub const ECHO_IDENT: Field = 4..6;
+    }
+
+    /// TCP.
+    pub mod tcp {
+        use super::Field;
+        /// Source and destination port together.
+        pub const PORTS: Field = 0..4;
+        pub const SEQ_NUM: Field = 4..8;
+        pub const ACK_NUM: Field = 8..12;
+        /// Data offset in words (high nibble).
+        pub const DATA_OFF: usize = 12;
+        pub const FLAGS: usize = 13;
+        pub const WINDOW: Field = 14..16;
+        pub const CHECKSUM: Field = 16..18;
+        pub const URGENT: Field = 18..20;
+    }
+
+    /// UDP, UDP-Lite and SCTP share this much: the ports.
+    pub mod ports {
+        use super::Field;
+        pub const PORTS: Field = 0..4;
+    }
+}
+
 /// Why an IPv4 header was rejected by [`check_ipv4`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv4Error {

@@ -294,12 +294,8 @@ impl Worker {
         let ports = self.ports.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let ctx = BatchContext {
-            fib: &fib,
-            ports: &ports,
-            counters,
-            now_ns: self.epoch.elapsed().as_nanos() as u64,
-        };
+        let now_ns = self.epoch.elapsed().as_nanos() as u64;
+        let ctx = BatchContext::new(&fib, &ports, counters, now_ns);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -518,12 +514,7 @@ mod tests {
         let node = Some(Ipv4Addr::new(192, 168, 0, 2));
         for batch in 0..3 {
             tx.follow(&ports);
-            let ctx = BatchContext {
-                fib: &fib,
-                ports: &ports,
-                counters: &counters,
-                now_ns: 0,
-            };
+            let ctx = BatchContext::new(&fib, &ports, &counters, 0);
             for len in [60, 70] {
                 tx.push(&ctx, id, &Frame::from_bytes(&vec![0; len]), node);
             }
@@ -547,12 +538,7 @@ mod tests {
         let ports = table_with(id, other.clone());
         tx.follow(&ports);
         assert!(tx.slots[3].is_none(), "stale queue dropped");
-        let ctx = BatchContext {
-            fib: &fib,
-            ports: &ports,
-            counters: &counters,
-            now_ns: 0,
-        };
+        let ctx = BatchContext::new(&fib, &ports, &counters, 0);
         tx.push(&ctx, id, &Frame::from_bytes(&[0; 60]), None);
         tx.flush(&ports, &counters);
         assert_eq!(other.queues_made.load(Ordering::Relaxed), 1);
