@@ -120,6 +120,19 @@ impl TwoNodePair {
         n
     }
 
+    /// The pods' MTU on both planes (the smaller if they differ).
+    pub fn pod_mtu(&self) -> u16 {
+        topo::two_node_pod_mtu(self.podrouter(), self.underlay_mtu)
+            .min(topo::two_node_pod_mtu(self.kernel, self.underlay_mtu))
+    }
+
+    /// `sizes` split into the frame sizes that fit the pods' MTU and those
+    /// that do not (a frame size counts Ethernet and FCS: 18 bytes).
+    pub fn sizes_that_fit(&self, sizes: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let mtu = usize::from(self.pod_mtu());
+        sizes.iter().partition(|&&s| s <= mtu + 18)
+    }
+
     /// The podrouter side's topology mode.
     pub fn podrouter(&self) -> TwoNodeMode {
         TwoNodeMode::Podrouter {
@@ -1020,7 +1033,15 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         if let Err(e) = &pr {
             ctx.notes.push(format!("{scenario}: podrouter {e}"));
         }
-        let sizes = ctx.p.two_node_sizes.clone();
+        // A frame size counts Ethernet (14) and FCS (4): what does not fit
+        // the pods' MTU (a tunnel's path MTU on a small underlay) is no row.
+        let (sizes, skipped) = pair.sizes_that_fit(&ctx.p.two_node_sizes);
+        let pod_mtu = pair.pod_mtu();
+        for s in skipped {
+            ctx.notes.push(format!(
+                "{scenario}: no UDP {s} B row: that frame does not fit the pods' MTU {pod_mtu}"
+            ));
+        }
         traffic_rows(ctx, [&pr, &k], &scenario, &sizes, false)?;
         ctx.progress.step(&format!("{scenario}: tearing down"));
         drop(pr);
@@ -1037,8 +1058,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
 fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str) -> Res<Slot> {
     let Ok(t) = slot else { return Ok(slot) };
     let (a, b) = (&t.pods[0], &t.pods[1]);
-    let pod_mtu = topo::two_node_pod_mtu(pair.podrouter(), pair.underlay_mtu)
-        .min(topo::two_node_pod_mtu(pair.kernel, pair.underlay_mtu));
+    let pod_mtu = pair.pod_mtu();
     let icmp_len = (pod_mtu - 28).to_string();
     let port = format!("{}@u1", pair.tunnel);
     let mut crossed = false;
@@ -1293,7 +1313,11 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
         n += match s {
             Scenario::SameNode => 2 + traffic(p.sizes.len()) + 1,
             Scenario::Scale => 2 * (1 + 1 + r + 1),
-            Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
+            Scenario::TwoNode => p
+                .two_node_pairs
+                .iter()
+                .map(|pair| 2 + traffic(pair.sizes_that_fit(&p.two_node_sizes).0.len()) + 1)
+                .sum(),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
         };
