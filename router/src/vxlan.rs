@@ -508,7 +508,8 @@ mod tests {
     fn parse_refuses_what_is_not_vxlan() {
         let mut good = [0u8; OUTER_LEN + 14 + 20];
         assert!(outer().write(&mut good, 14 + 20));
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, DecapError)> = vec![
+        type Mutation = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Mutation, DecapError)> = vec![
             (
                 Box::new(|b| b.truncate(OUTER_LEN + 13)),
                 DecapError::Malformed,
