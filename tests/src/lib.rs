@@ -38,30 +38,14 @@ pub const GATEWAY_IP: &str = "169.254.1.1";
 /// The MAC the router answers every ARP with.
 pub const ROUTER_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
-/// Every drop reason `podrouterctl counters` must report.
-pub const DROP_REASONS: &[&str] = &[
-    "truncated",
-    "unsupported_ethertype",
-    "not_for_router",
-    "bad_ip_header",
-    "bad_ip_checksum",
-    "bad_source",
-    "spoofed_source",
-    "multicast",
-    "no_route",
-    "no_uplink",
-    "ttl_exceeded",
-    "frag_needed",
-    "too_big",
-    "hairpin",
-    "no_port",
-    "arp_malformed",
-    "arp_not_request",
-    "arp_gratuitous",
-    "arp_wrong_source",
-    "arp_not_answered",
-    "tx_error",
-];
+/// Every drop reason `podrouterctl counters` must report: all of the data
+/// plane's, so a new reason can never be left out.
+pub fn drop_reasons() -> Vec<&'static str> {
+    podrouter_router::counters::DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .collect()
+}
 
 /// Longest any single helper command may run before `timeout` ends it.
 const COMMAND_TIMEOUT_SECS: u32 = 60;
