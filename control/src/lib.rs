@@ -19,6 +19,4 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod table;
-#[cfg(test)]
-mod test_netns;
 pub mod uplink_setup;

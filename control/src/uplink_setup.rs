@@ -451,6 +451,7 @@ pub fn route_port(uplink: Option<&UplinkState>, host_port: &str, via: Ipv4Addr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::RunIn;
 
     #[test]
     fn modes_and_subnets() {
@@ -508,13 +509,12 @@ mod tests {
     /// host port fails only the routes that need it.
     #[test]
     fn kernel_routes_batches_report_failures_per_prefix() {
-        if !crate::sys::is_root() {
-            eprintln!("skipping kernel_routes test: not root");
+        if !podrouter_testkit::privileged("kernel_routes_batches_report_failures_per_prefix") {
             return;
         }
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let pf = |s: &str| s.parse::<Prefix>().unwrap();
-        let ns = crate::test_netns::TestNetns::new("ku");
+        let ns = podrouter_testkit::Netns::new("ku");
         ns.veth_pair("podrouter0", "x0");
         ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
         ns.run(|| {
