@@ -332,30 +332,6 @@ pub fn current_thread_cores() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Moves the calling thread (only) into a new, empty network namespace.
-/// The namespace lives while a thread, socket or TAP descriptor refers to
-/// it. For tests and tools that need a private namespace; child processes
-/// spawned by this thread afterwards start in it too.
-pub fn unshare_netns() -> io::Result<()> {
-    // SAFETY: unshare takes a flag word and touches no caller memory; with
-    // CLONE_NEWNET it only changes the calling thread's namespace set.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("unshare(CLONE_NEWNET) failed: {e}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether the process runs with effective uid 0 (privileged tests check it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
