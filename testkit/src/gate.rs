@@ -103,11 +103,14 @@ impl Needs {
     #[must_use = "the test must return when this is false"]
     #[track_caller]
     pub fn met(self) -> bool {
-        self.decide(required())
+        // Straight to the file descriptor: libtest only captures the print
+        // macros, and the line must reach scripts/test.sh's log.
+        self.decide(required(), &mut std::io::stdout().lock())
     }
 
+    /// The rule itself, writing the SKIP line to `out`.
     #[track_caller]
-    fn decide(self, required: bool) -> bool {
+    fn decide(self, required: bool, out: &mut dyn Write) -> bool {
         if self.missing.is_empty() {
             return true;
         }
@@ -118,9 +121,6 @@ impl Needs {
                 self.test
             );
         }
-        // Straight to the file descriptor: libtest only captures the print
-        // macros, and the line must reach scripts/test.sh's log.
-        let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "SKIP {}: {why}", self.test);
         let _ = out.flush();
         false
@@ -140,8 +140,10 @@ mod tests {
 
     #[test]
     fn nothing_missing_runs_either_way() {
-        assert!(Needs::new("t").decide(false));
-        assert!(Needs::new("t").unless(true, "x").decide(true));
+        let mut out = Vec::new();
+        assert!(Needs::new("t").decide(false, &mut out));
+        assert!(Needs::new("t").unless(true, "x").decide(true, &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]
@@ -150,13 +152,20 @@ mod tests {
             .unless(false, "a")
             .commands(&["/nonexistent/podrouter-tool"]);
         assert_eq!(n.missing.len(), 2);
-        assert!(!n.decide(false));
+        let mut out = Vec::new();
+        assert!(!n.decide(false, &mut out));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "SKIP t: a; `/nonexistent/podrouter-tool` not found (run scripts/install-deps.sh)\n"
+        );
     }
 
     #[test]
     #[should_panic(expected = "t cannot run: a (PODROUTER_E2E_REQUIRE=1 forbids skipping)")]
     fn something_missing_fails_when_required() {
-        let _ = Needs::new("t").unless(false, "a").decide(true);
+        let _ = Needs::new("t")
+            .unless(false, "a")
+            .decide(true, &mut Vec::new());
     }
 
     #[test]
