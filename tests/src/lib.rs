@@ -86,12 +86,14 @@ fn with_binaries(needs: Needs) -> Needs {
 /// paths). Prints `SKIP <test>: <why>` and returns false if not (or panics
 /// under `PODROUTER_E2E_REQUIRE=1`).
 #[must_use]
+#[track_caller]
 pub fn require(test: &str, tools: &[&str]) -> bool {
     with_binaries(Needs::new(test).privileged().commands(tools)).met()
 }
 
 /// Like [`require`] for tests that only run the binaries (no root needed).
 #[must_use]
+#[track_caller]
 pub fn require_binaries(test: &str) -> bool {
     with_binaries(Needs::new(test)).met()
 }
