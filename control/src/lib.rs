@@ -18,7 +18,6 @@ pub mod server;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod table;
 #[cfg(test)]
 mod test_netns;
 pub mod uplink_setup;
