@@ -9,6 +9,7 @@ pub mod bgp;
 pub mod config;
 pub mod daemon;
 pub mod ipam;
+pub mod kernel_job;
 pub mod logger;
 pub mod netlink;
 pub mod netns;
