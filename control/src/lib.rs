@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod bgp;
+pub mod call_error;
 pub mod config;
 pub mod daemon;
 pub mod ipam;
@@ -13,6 +14,7 @@ pub mod kernel_job;
 pub mod logger;
 pub mod netlink;
 pub mod netns;
+pub mod nodenet;
 pub mod podnet;
 pub mod reload;
 pub mod server;
