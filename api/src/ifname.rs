@@ -41,7 +41,9 @@ mod tests {
             assert!(check_ifname(good).is_ok(), "{good}");
         }
         let long = "1234567890123456";
-        for bad in ["", ".", "..", long, "a/b", "a:b", "a b", "a\tb", "é", "a\0b"] {
+        for bad in [
+            "", ".", "..", long, "a/b", "a:b", "a b", "a\tb", "é", "a\0b",
+        ] {
             let e = check_ifname(bad).unwrap_err();
             assert!(e.to_string().contains("not a valid interface name"), "{e}");
         }

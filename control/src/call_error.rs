@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 
 use podrouter_api::{ErrorCode, InvalidIfname, Response};
 
+use crate::daemon::PublishError;
 use crate::ipam::IpamError;
 use crate::podnet::PodNetError;
 use crate::reload::ReloadError;
@@ -34,8 +35,8 @@ pub enum CallError {
     #[error("pod {id}: {source}")]
     Interface { id: String, source: PodNetError },
     /// No room in the port table, or no worker took the port.
-    #[error("{0}")]
-    Port(String),
+    #[error(transparent)]
+    Port(#[from] PublishError),
     #[error("host route to {ip}: {source}")]
     HostRoute { ip: Ipv4Addr, source: PodNetError },
     /// The attach was undone because the state file could not be written.

@@ -60,6 +60,15 @@ pub enum StartError {
     Bgp(std::io::Error),
 }
 
+/// Why a port could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("the port table is full")]
+    TableFull,
+    #[error("worker {0}: {1}")]
+    Worker(usize, std::io::Error),
+}
+
 struct Pod {
     record: PodRecord,
     port: PortId,
@@ -274,11 +283,9 @@ impl Daemon {
         &mut self,
         info: PortInfo,
         port: Arc<dyn Port>,
-    ) -> Result<(PortId, usize), String> {
+    ) -> Result<(PortId, usize), PublishError> {
         let table = self.ports.load_full();
-        let id = table
-            .free_id()
-            .ok_or_else(|| "the port table is full".to_string())?;
+        let id = table.free_id().ok_or(PublishError::TableFull)?;
         for w in &self.workers {
             w.counters.reset_port(id);
         }
@@ -292,7 +299,7 @@ impl Daemon {
         let worker = self.least_loaded_worker();
         if let Err(e) = self.workers[worker].add_port(id, port) {
             self.ports.store(Arc::new(self.ports.load().without(id)));
-            return Err(format!("worker {worker}: {e}"));
+            return Err(PublishError::Worker(worker, e));
         }
         Ok((id, worker))
     }

@@ -164,7 +164,7 @@ pub mod fake {
     }
 
     impl FakePort {
-        pub fn new() -> Arc<dyn Port> {
+        pub fn shared() -> Arc<dyn Port> {
             Arc::new(FakePort {
                 idle: UnixStream::pair().expect("socketpair"),
             })
@@ -196,7 +196,7 @@ pub mod fake {
         ) -> Result<Arc<dyn Port>, PodNetError> {
             self.step("host port", |s| {
                 s.host_ports.insert(name.to_string());
-                Ok(FakePort::new())
+                Ok(FakePort::shared())
             })
         }
 
@@ -213,7 +213,7 @@ pub mod fake {
                     });
                 }
                 s.interfaces.insert(k, spec.mac);
-                Ok(FakePort::new())
+                Ok(FakePort::shared())
             })
         }
 
@@ -229,7 +229,7 @@ pub mod fake {
                         ifname: ifname.to_string(),
                     });
                 }
-                Ok(FakePort::new())
+                Ok(FakePort::shared())
             })
         }
 
