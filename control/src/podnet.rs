@@ -33,7 +33,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use podrouter_router::sys::check_ifname;
+use podrouter_api::{check_ifname, InvalidIfname};
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
 
@@ -75,9 +75,9 @@ pub enum PodNetError {
     /// The pod has no interface of that name (to attach to).
     #[error("pod netns {netns} has no interface named {ifname}")]
     InterfaceNotFound { netns: String, ifname: String },
-    /// The requested interface name is not one the kernel accepts.
-    #[error("{source}")]
-    InvalidName { source: io::Error },
+    /// The requested interface name breaks the interface-name rule.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidIfname),
     /// The host port is not there (for a host route).
     #[error("host port {name} does not exist in the node namespace")]
     HostPortNotFound { name: String },
@@ -218,7 +218,7 @@ fn create_pod_interface_inner(
         spec.netns.display(),
         spec.ifname
     );
-    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(&spec.ifname)?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
     in_pod(ns.as_fd(), &spec.netns, || {
         create_in_pod(spec, &whom, fail_at)
@@ -311,7 +311,7 @@ fn create_in_pod(
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
 pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = open_netns(netns).map_err(|e| netns_error(netns, e))?;
     in_pod(ns.as_fd(), netns, || TapPort::attach(ifname))?.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -334,7 +334,7 @@ pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNe
 /// already gone (a path that is no longer a namespace counts as gone). A
 /// [`TapPort`] still open on it stops working (reads fail with `EBADFD`).
 pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = match open_netns(netns) {
         Ok(ns) => ns,
         Err(e)
@@ -370,7 +370,7 @@ pub fn create_or_attach_host_port(
     mac: [u8; 6],
     mtu: u16,
 ) -> Result<TapPort, PodNetError> {
-    check_ifname(name).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(name)?;
     let whom = format!("host port {name}");
     let err = |what: String| {
         let whom = &whom;
