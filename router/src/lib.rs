@@ -7,6 +7,7 @@
 #![deny(unsafe_code)]
 
 pub mod counters;
+pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;
@@ -15,6 +16,7 @@ pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;
+pub mod txring;
 pub mod uplink;
 pub mod wire;
 pub mod worker;
