@@ -84,14 +84,12 @@ else
 fi
 
 # Rust comes from rustup, not apt (Debian 12's rustc is older than the
-# workspace's rust-version).
-if ! command -v cargo >/dev/null 2>&1; then
-    for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
-        if [ -x "$d/cargo" ]; then
-            echo "install-deps: cargo is in $d but not on PATH; run: export PATH=\"$d:\$PATH\"" >&2
-            exit 1
-        fi
-    done
+# workspace's rust-version). Under sudo, whose secure_path drops
+# ~/.cargo/bin, it is looked for where scripts/demo.sh and scripts/test.sh
+# look (pr_setup_cargo): the invoking user's, then root's rustup install.
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+if ! pr_setup_cargo 2>/dev/null; then
     cat >&2 <<'MSG'
 install-deps: Rust (cargo) is missing. Install it with rustup
 (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh),
