@@ -13,6 +13,8 @@ declare -A NEED=(
     [iperf3]=iperf3
     [tcpdump]=tcpdump
     [pgrep]=procps
+    [iptables]=iptables  # the demo's Service step (kube-proxy-style DNAT)
+    [curl]=curl          # the demo's Service step
     [ss]=iproute2
     [nsenter]=util-linux
     # Real BGP peers for the interop tests (none starts a service by itself).
@@ -21,7 +23,7 @@ declare -A NEED=(
     [gobgpd]=gobgpd
     [gobgp]=gobgpd
     [vtysh]=frr
-    [python3]=python3   # the scripted BGP peer of tests/tests/bgp_malformed.rs
+    [python3]=python3   # tests/tests/bgp_malformed.rs's BGP peer; the demo's web servers and JSON
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config
