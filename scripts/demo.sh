@@ -216,8 +216,8 @@ DIR=$(mktemp -d "/tmp/$TAG.XXXXXX")
 hdr "2/5 two nodes on one underlay, peering over BGP"
 echo "node namespaces ${NODE_NS[1]} and ${NODE_NS[2]}, joined by a veth pair (the underlay):"
 for n in "${NODES[@]}"; do
+    CREATED_NS+=("${NODE_NS[$n]}") # first, so an interrupt cannot leak it
     ip netns add "${NODE_NS[$n]}"
-    CREATED_NS+=("${NODE_NS[$n]}")
     ip -n "${NODE_NS[$n]}" link set lo up
 done
 show ip -n "${NODE_NS[1]}" link add eth0 type veth peer name eth0 netns "${NODE_NS[2]}"
@@ -302,8 +302,8 @@ declare -A POD_NS POD_IP
 for p in "${PODS[@]}"; do
     n=${POD_NODE[$p]}
     POD_NS[$p]="$TAG-$p"
-    ip netns add "${POD_NS[$p]}"
     CREATED_NS+=("${POD_NS[$p]}")
+    ip netns add "${POD_NS[$p]}"
     ip -n "${POD_NS[$p]}" link set lo up
     show_ctl "$n" attach "$p" --netns "/run/netns/${POD_NS[$p]}"
     POD_IP[$p]=$(ctl "$n" --json pods | pyjson "print(next((p['ip'] for p in d if p['id'] == '$p'), ''))")
