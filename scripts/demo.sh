@@ -281,7 +281,8 @@ fib_has_other_block() {
     [ "$(ctl "$n" --json routes | pyjson "print(next((r.get('via', '') for r in d if r['prefix'] == '${BLOCK[$other]}' and r['next_hop'] == 'node'), ''))")" = "${NODE_IP[$other]}" ]
 }
 echo
-echo "waiting (at most 30 s) for both sessions to be Established and each FIB to hold the other's block ..."
+echo "waiting (at most 30 s) for both sessions to be Established and each FIB to hold"
+echo "the other's block (polling podrouterctl --json bgp peers and --json routes) ..."
 t=$(now_ms)
 for n in "${NODES[@]}"; do
     wait_for 30 peer_established "$n" || die "BGP: node $n's session with ${NODE_IP[$((3 - n))]} is not Established after 30 s"
