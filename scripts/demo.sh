@@ -291,7 +291,7 @@ for n in "${NODES[@]}"; do
     wait_for 10 fib_has_other_block "$n" || die "BGP: node $n's FIB lacks ${BLOCK[$((3 - n))]} via ${NODE_IP[$((3 - n))]}"
 done
 el=$(($(now_ms) - t))
-printf 'converged %d.%01d s after both daemons answered\n' $((el / 1000)) $((el % 1000 / 100))
+printf 'confirmed %d.%01d s after both daemons answered\n' $((el / 1000)) $((el % 1000 / 100))
 pass "BGP: both sessions Established, each FIB holds the other node's block"
 show_ctl 1 bgp peers
 show_ctl 1 routes
