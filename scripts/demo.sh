@@ -204,7 +204,7 @@ start_bg() {
 
 # ---------------------------------------------------------------------------
 hdr "1/5 dependencies and build"
-show bash scripts/install-deps.sh
+show bash scripts/install-deps.sh --demo
 pr_setup_cargo
 show cargo build --release --bin podrouterd --bin podrouterctl
 export PATH="$PWD/target/release:$PATH"
