@@ -346,7 +346,7 @@ fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res
 /// [`NODE_IP`] on `lo`.
 fn single_node() -> Res<(String, TempDir, NetnsGroup, String)> {
     let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
+    let dir = util::temp_dir(&tag)?;
     let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
     let node_name = node.names()[0].clone();
     let ip = format!("{NODE_IP}/32");
@@ -535,7 +535,7 @@ pub fn two_node(
     underlay_mtu: u16,
 ) -> Res<Topology> {
     let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
+    let dir = util::temp_dir(&tag)?;
     let mut names = vec![format!("{tag}-n1"), format!("{tag}-n2")];
     if underlay == Underlay::Routed {
         names.push(format!("{tag}-rt"));
