@@ -22,6 +22,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::WorkerCounters;
 use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
 use podrouter_router::frame::{Frame, VnetHdr};
@@ -163,10 +164,12 @@ fn bench_pipeline(c: &mut Criterion) {
     let (ports, fib) = topology();
     let table = fib.load();
     let counters = WorkerCounters::default();
+    let flows = FlowTable::default();
     let ctx = BatchContext {
         fib: &table,
         ports: &ports,
         counters: &counters,
+        flows: &flows,
         now_ns: 0,
     };
     let mut pipeline = pipeline();
