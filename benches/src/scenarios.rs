@@ -1096,8 +1096,12 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
             ctx.notes.push(format!(
                 "services: podrouterd's flow table after the runs: {} flows of the node's NAT \
                  recorded, {} reply packets steered to the host port, {} refused (table full), {} \
-                 entries live",
-                c.flows.inserted, c.flows.steered_to_host, c.flows.full, c.flows.entries
+                 entries live; drops: {}",
+                c.flows.inserted,
+                c.flows.steered_to_host,
+                c.flows.full,
+                c.flows.entries,
+                t.daemons[0].drops()
             ));
         }
     }
