@@ -182,18 +182,40 @@ fn ask(ns: &str, proto: &str, host: &str, port: u16, want: u32) -> Asked {
     Asked { answers, json }
 }
 
+const TOOLS: &[&str] = &["ping", "ss", "python3", "iptables-restore", "iptables-save"];
+
 #[test]
 fn cluster_ip_and_node_port_with_kube_proxy_rules() {
-    if !require(
-        "cluster_ip_and_node_port_with_kube_proxy_rules",
-        &["ping", "ss", "python3", "iptables-restore", "iptables-save"],
-    ) {
-        return;
+    if require("cluster_ip_and_node_port_with_kube_proxy_rules", TOOLS) {
+        services_through_the_node(1);
     }
-    let mut c = Cluster::start("always", &[0, 0]);
+}
+
+/// The same with two workers per node: the host port, the uplink and the
+/// pods are spread over them (each new port goes to the worker with the
+/// fewest: host port 0, uplink 1, client 0, local backend 1), so a flow is
+/// recorded by one worker and its replies steered by the other.
+#[test]
+fn cluster_ip_with_two_workers() {
+    if require("cluster_ip_with_two_workers", TOOLS) {
+        services_through_the_node(2);
+    }
+}
+
+fn services_through_the_node(workers: usize) {
+    let mut c = Cluster::start_with("always", &[0, 0], &format!("workers = {workers}\n"));
     let client = c.nodes[0].add_pod("client", &[]);
     let b0 = c.nodes[0].add_pod("b0", &[]);
     let b1 = c.nodes[1].add_pod("b1", &[]);
+    if workers == 2 {
+        assert_eq!(
+            (client.info["worker"].as_u64(), b0.info["worker"].as_u64()),
+            (Some(0), Some(1)),
+            "the pods are not on the workers this test means to cross: {} {}",
+            client.info,
+            b0.info
+        );
+    }
     let _servers: Vec<Bg> = [("b0", &b0), ("b1", &b1)]
         .into_iter()
         .map(|(name, pod)| {
