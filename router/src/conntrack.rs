@@ -21,15 +21,17 @@
 //! one worker without moving ports between workers per flow. So the table
 //! is shared and lock-free instead: a fixed array of slots (rounded up to
 //! a power of two, [`DEFAULT_CAPACITY`] unless configured), grouped in
-//! buckets of [`BUCKET`] slots (256 bytes, four cache lines); a flow lives
-//! in the bucket its hash picks, in any free slot of it. Each slot is four
-//! `AtomicU64`s: a `meta` word (life, generation, state bits), the two
-//! canonical key words and the time the flow was last seen.
+//! buckets of [`BUCKET`] slots; a flow lives in the bucket its hash picks,
+//! in any free slot of it. A slot is a `meta` word (life, generation, state
+//! bits and a 32-bit tag from the key's hash), kept with its bucket's
+//! other seven in one cache line, and apart from it the two canonical key
+//! words and the time the flow was last seen.
 //!
 //! Invariants and their cost:
-//! - Readers never wait: a lookup reads the eight slots of one bucket and
-//!   checks each candidate like a seqlock (meta, key, fence, meta again:
-//!   the life and generation bits must not have changed). A slot is
+//! - Readers never wait: a lookup reads the bucket's eight `meta` words
+//!   (one cache line: all a miss costs) and only for a live slot with the
+//!   key's tag reads the key, checked like a seqlock (meta, key, fence,
+//!   meta again: the life and generation bits must not have changed). A slot is
 //!   claimed with one compare-and-swap of its `meta` word (EMPTY or
 //!   expired -> CLAIMED with the generation bumped), written, then
 //!   published (LIVE) with a release store; state changes are CAS loops on
@@ -64,7 +66,7 @@ use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 
 use crossbeam_utils::CachePadded;
 
-/// Slots of the table when the configuration does not say (8 MiB). A
+/// Slots of the table when the configuration does not say (10 MiB). A
 /// flow may only live in the 8 slots of its bucket, so a table stays
 /// clear of refusals up to about a quarter of its slots in flows (65,536
 /// here); at half full about 1% of new flows find their bucket full.
@@ -310,6 +312,8 @@ impl TcpState {
 //   bits 8-9   a FIN was seen from the original / reply side
 //   bits 10-15 free: network policy's (verdict, rule generation, ...)
 //   bits 16-31 generation, bumped on every claim
+//   bits 32-63 tag: the high half of the key's hash, so a lookup only
+//              reads the key of slots whose tag matches
 const LIFE_MASK: u64 = 0b11;
 const EMPTY: u64 = 0;
 const CLAIMED: u64 = 1;
@@ -328,7 +332,9 @@ const FIN_REPLY: u64 = 1 << 9;
 pub const POLICY_BITS: u64 = 0b11_1111 << 10;
 const GEN_SHIFT: u32 = 16;
 const GEN_MASK: u64 = 0xffff << GEN_SHIFT;
-/// What must not change between the two reads of a seqlock check.
+const TAG_MASK: u64 = 0xffff_ffff << 32;
+/// What must not change between the two reads of a seqlock check (the tag
+/// only changes with a claim, which bumps the generation).
 const IDENTITY: u64 = LIFE_MASK | GEN_MASK;
 /// Flags the caller may set on insert.
 const CALLER_FLAGS: u64 = HOST_NAT | POLICY_BITS;
@@ -336,10 +342,15 @@ const CALLER_FLAGS: u64 = HOST_NAT | POLICY_BITS;
 /// "Last seen" is rewritten at most this often (ms) without a state change.
 const SEEN_GRANULARITY_MS: u64 = 1000;
 
+/// The `meta` words of one bucket: one cache line, all a miss reads.
+#[repr(align(64))]
+#[derive(Default)]
+struct Metas([AtomicU64; BUCKET]);
+
+/// The key and "last seen" of one slot.
 #[repr(align(32))]
 #[derive(Default)]
-struct Slot {
-    meta: AtomicU64,
+struct Entry {
     addrs: AtomicU64,
     ports: AtomicU64,
     seen_ms: AtomicU64,
@@ -382,7 +393,8 @@ pub enum Record {
 
 /// The shared flow table (see the module header).
 pub struct FlowTable {
-    slots: Box<[Slot]>,
+    metas: Box<[Metas]>,
+    entries: Box<[Entry]>,
     bucket_mask: usize,
     timeouts: Timeouts,
     /// Slots in use (LIVE or CLAIMED, expired ones included until reused
@@ -421,7 +433,8 @@ impl FlowTable {
             .clamp(MIN_CAPACITY, MAX_CAPACITY)
             .next_power_of_two();
         FlowTable {
-            slots: (0..n).map(|_| Slot::default()).collect(),
+            metas: (0..n / BUCKET).map(|_| Metas::default()).collect(),
+            entries: (0..n).map(|_| Entry::default()).collect(),
             bucket_mask: n / BUCKET - 1,
             timeouts,
             used: CachePadded::new(AtomicUsize::new(0)),
@@ -430,7 +443,7 @@ impl FlowTable {
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.entries.len()
     }
 
     /// Slots in use, expired entries included until they are reused or
@@ -455,10 +468,16 @@ impl FlowTable {
         &self.timeouts
     }
 
+    /// The bucket of a canonical key and the tag its slot carries.
     #[inline]
-    fn bucket(&self, addrs: u64, ports: u64) -> std::ops::Range<usize> {
-        let b = (mix(mix(addrs) ^ ports) as usize) & self.bucket_mask;
-        b * BUCKET..(b + 1) * BUCKET
+    fn bucket(&self, addrs: u64, ports: u64) -> (usize, u64) {
+        let h = mix(mix(addrs) ^ ports);
+        ((h as usize) & self.bucket_mask, h & TAG_MASK)
+    }
+
+    #[inline]
+    fn meta(&self, slot: usize) -> &AtomicU64 {
+        &self.metas[slot / BUCKET].0[slot % BUCKET]
     }
 
     /// How long (ms) an entry with `meta` of protocol `proto` lives
@@ -484,9 +503,9 @@ impl FlowTable {
         u64::from(secs) * 1000
     }
 
-    fn is_expired(&self, slot: &Slot, meta: u64, ports: u64, now_ms: u64) -> bool {
+    fn is_expired(&self, e: &Entry, meta: u64, ports: u64, now_ms: u64) -> bool {
         let proto = ((ports >> 24) & 0xff) as u8;
-        let seen = slot.seen_ms.load(Ordering::Relaxed);
+        let seen = e.seen_ms.load(Ordering::Relaxed);
         now_ms.saturating_sub(seen) > self.timeout_ms(proto, meta)
     }
 
@@ -494,22 +513,24 @@ impl FlowTable {
     #[inline]
     pub fn lookup(&self, key: &FlowKey, now_ms: u64) -> Option<Hit> {
         let (addrs, ports, swapped) = key.canonical();
-        for i in self.bucket(addrs, ports) {
-            let s = &self.slots[i];
-            let m1 = s.meta.load(Ordering::Acquire);
-            if m1 & LIFE_MASK != LIVE {
+        let (b, tag) = self.bucket(addrs, ports);
+        for (k, meta) in self.metas[b].0.iter().enumerate() {
+            let m1 = meta.load(Ordering::Acquire);
+            if m1 & LIFE_MASK != LIVE || m1 & TAG_MASK != tag {
                 continue;
             }
+            let i = b * BUCKET + k;
+            let e = &self.entries[i];
             let (a, p) = (
-                s.addrs.load(Ordering::Relaxed),
-                s.ports.load(Ordering::Relaxed),
+                e.addrs.load(Ordering::Relaxed),
+                e.ports.load(Ordering::Relaxed),
             );
             fence(Ordering::Acquire);
-            let m2 = s.meta.load(Ordering::Relaxed);
+            let m2 = meta.load(Ordering::Relaxed);
             if (m1 ^ m2) & IDENTITY != 0 || a != addrs || p != ports {
                 continue;
             }
-            if self.is_expired(s, m2, p, now_ms) {
+            if self.is_expired(e, m2, p, now_ms) {
                 continue;
             }
             let dir = if (m2 & ORIG_SWAPPED != 0) == swapped {
@@ -531,23 +552,23 @@ impl FlowTable {
     /// meanwhile.
     #[inline]
     pub fn note(&self, hit: &Hit, tcp_flags: u8, proto: u8, now_ms: u64) {
-        let s = &self.slots[hit.slot as usize];
+        let (meta, e) = (
+            self.meta(hit.slot as usize),
+            &self.entries[hit.slot as usize],
+        );
         let mut cur = hit.meta;
         for _ in 0..4 {
             let next = step(cur, hit.dir, proto, tcp_flags);
             if next == cur {
-                let seen = s.seen_ms.load(Ordering::Relaxed);
+                let seen = e.seen_ms.load(Ordering::Relaxed);
                 if now_ms >= seen + SEEN_GRANULARITY_MS {
-                    s.seen_ms.store(now_ms, Ordering::Relaxed);
+                    e.seen_ms.store(now_ms, Ordering::Relaxed);
                 }
                 return;
             }
-            match s
-                .meta
-                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match meta.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    s.seen_ms.store(now_ms, Ordering::Relaxed);
+                    e.seen_ms.store(now_ms, Ordering::Relaxed);
                     return;
                 }
                 Err(actual) if (actual ^ hit.meta) & IDENTITY == 0 => cur = actual,
@@ -566,17 +587,18 @@ impl FlowTable {
             return Record::Existing(hit.dir);
         }
         let (addrs, ports, swapped) = key.canonical();
+        let (b, tag) = self.bucket(addrs, ports);
         // Two tries: a claim can lose a race for the slot it picked.
         for _ in 0..2 {
-            let Some((i, old)) = self.free_slot(addrs, ports, now_ms) else {
+            let Some((i, old)) = self.free_slot(b, now_ms) else {
                 return Record::Full;
             };
-            let s = &self.slots[i];
+            let (meta, e) = (self.meta(i), &self.entries[i]);
             let generation = (old.wrapping_add(1 << GEN_SHIFT)) & GEN_MASK;
-            if s.meta
+            if meta
                 .compare_exchange(
                     old,
-                    CLAIMED | generation,
+                    CLAIMED | generation | tag,
                     Ordering::AcqRel,
                     Ordering::Relaxed,
                 )
@@ -591,27 +613,30 @@ impl FlowTable {
                 self.used.fetch_add(1, Ordering::Relaxed);
             }
             fence(Ordering::Release);
-            s.addrs.store(addrs, Ordering::Relaxed);
-            s.ports.store(ports, Ordering::Relaxed);
-            s.seen_ms.store(now_ms, Ordering::Relaxed);
+            e.addrs.store(addrs, Ordering::Relaxed);
+            e.ports.store(ports, Ordering::Relaxed);
+            e.seen_ms.store(now_ms, Ordering::Relaxed);
             let first = (flags & CALLER_FLAGS) | if swapped { ORIG_SWAPPED } else { 0 };
-            let meta = step(first, Dir::Original, key.proto, pkt.tcp_flags);
-            s.meta
-                .store(LIVE | generation | (meta & !IDENTITY), Ordering::Release);
+            let state = step(first, Dir::Original, key.proto, pkt.tcp_flags);
+            meta.store(
+                LIVE | generation | tag | (state & !(IDENTITY | TAG_MASK)),
+                Ordering::Release,
+            );
             return Record::Inserted;
         }
         Record::Full
     }
 
-    /// A slot of the bucket that is empty or holds an expired entry, and
+    /// A slot of bucket `b` that is empty or holds an expired entry, and
     /// its `meta` word as read.
-    fn free_slot(&self, addrs: u64, ports: u64, now_ms: u64) -> Option<(usize, u64)> {
-        for i in self.bucket(addrs, ports) {
-            let s = &self.slots[i];
-            let m = s.meta.load(Ordering::Acquire);
+    fn free_slot(&self, b: usize, now_ms: u64) -> Option<(usize, u64)> {
+        for (k, meta) in self.metas[b].0.iter().enumerate() {
+            let i = b * BUCKET + k;
+            let m = meta.load(Ordering::Acquire);
+            let e = &self.entries[i];
             match m & LIFE_MASK {
                 EMPTY => return Some((i, m)),
-                LIVE if self.is_expired(s, m, s.ports.load(Ordering::Relaxed), now_ms) => {
+                LIVE if self.is_expired(e, m, e.ports.load(Ordering::Relaxed), now_ms) => {
                     return Some((i, m))
                 }
                 _ => {}
@@ -628,14 +653,15 @@ impl FlowTable {
             return 0;
         }
         let mut freed = 0;
-        for s in self.slots.iter() {
-            let m = s.meta.load(Ordering::Acquire);
+        for (i, e) in self.entries.iter().enumerate() {
+            let meta = self.meta(i);
+            let m = meta.load(Ordering::Acquire);
             if m & LIFE_MASK != LIVE
-                || !self.is_expired(s, m, s.ports.load(Ordering::Relaxed), now_ms)
+                || !self.is_expired(e, m, e.ports.load(Ordering::Relaxed), now_ms)
             {
                 continue;
             }
-            if s.meta
+            if meta
                 .compare_exchange(
                     m,
                     EMPTY | (m & GEN_MASK),
