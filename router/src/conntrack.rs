@@ -57,6 +57,10 @@
 //!   only inserter is the host port's worker, so the first cannot happen
 //!   there.
 //!
+//! The table lives in podrouterd's memory only: after a restart a flow is
+//! recorded again from its next packet in the original direction (TCP
+//! picked up mid-stream).
+//!
 //! What is not tracked: IP fragments (no ports past the first; the caller
 //! gets `None` from [`parse`]), protocols other than TCP, UDP, SCTP and
 //! ICMP echo, IPv6.
@@ -396,6 +400,9 @@ pub struct FlowTable {
     metas: Box<[Metas]>,
     entries: Box<[Entry]>,
     bucket_mask: usize,
+    /// Random per table, so nobody can aim flows at one bucket from
+    /// outside.
+    seed: u64,
     timeouts: Timeouts,
     /// Slots in use (LIVE or CLAIMED, expired ones included until reused
     /// or swept).
@@ -436,6 +443,12 @@ impl FlowTable {
             metas: (0..n / BUCKET).map(|_| Metas::default()).collect(),
             entries: (0..n).map(|_| Entry::default()).collect(),
             bucket_mask: n / BUCKET - 1,
+            seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
             timeouts,
             used: CachePadded::new(AtomicUsize::new(0)),
             expired: CachePadded::new(AtomicU64::new(0)),
@@ -471,7 +484,7 @@ impl FlowTable {
     /// The bucket of a canonical key and the tag its slot carries.
     #[inline]
     fn bucket(&self, addrs: u64, ports: u64) -> (usize, u64) {
-        let h = mix(mix(addrs) ^ ports);
+        let h = mix(mix(addrs ^ self.seed) ^ ports);
         ((h as usize) & self.bucket_mask, h & TAG_MASK)
     }
 
