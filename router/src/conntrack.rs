@@ -658,6 +658,29 @@ impl FlowTable {
         None
     }
 
+    /// Removes the entry `hit` found, unless the slot changed meanwhile;
+    /// says whether it did.
+    pub fn remove(&self, hit: &Hit) -> bool {
+        let meta = self.meta(hit.slot as usize);
+        let mut cur = hit.meta;
+        loop {
+            match meta.compare_exchange(
+                cur,
+                EMPTY | (cur & GEN_MASK),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.used.fetch_sub(1, Ordering::Relaxed);
+                    return true;
+                }
+                // Only its state bits changed: still the same entry.
+                Err(actual) if (actual ^ hit.meta) & IDENTITY == 0 => cur = actual,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Frees every expired entry; returns how many. Any thread may call
     /// it (podrouterd's control thread does, once a second): it costs one
     /// pass over the slots and writes only the ones it frees.
@@ -918,6 +941,23 @@ mod tests {
         assert!(t.lookup(&udp(999).key, 31_000).is_some());
         assert_eq!(t.sweep(62_000), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn removed_entries_are_gone() {
+        let t = FlowTable::new(64, Timeouts::default());
+        let p = tcp(40000, TCP_SYN);
+        t.record(&p, HOST_NAT, 0);
+        let hit = t.lookup(&p.key, 0).unwrap();
+        // A state change in between does not make it another entry.
+        t.record(&reply(&p, TCP_SYN | TCP_ACK), 0, 0);
+        assert!(t.remove(&hit));
+        assert!(t.lookup(&p.key, 0).is_none());
+        assert!(t.is_empty());
+        // The slot was reused meanwhile: nothing to remove.
+        t.record(&p, HOST_NAT, 0);
+        assert!(!t.remove(&hit));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

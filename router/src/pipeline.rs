@@ -2376,4 +2376,43 @@ mod tests {
         assert_eq!(v, Verdict::Forward(POD_A));
         assert_eq!(env.counters.flows_steered.get(), 1);
     }
+
+    /// A TCP segment (20-byte header, no options) with `flags`.
+    fn tcp_segment(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        t[12] = 0x50;
+        t[13] = flags;
+        ipv4(src, dst, 6, 64, DF, &[], &t)
+    }
+
+    #[test]
+    fn a_pod_reusing_a_nated_tuple_directly_gets_its_replies() {
+        const SYN: u8 = 0x02;
+        const SYN_ACK: u8 = 0x12;
+        let mut env = uplink_env(EncapMode::Always);
+        for (backend, via) in [(B_IP, POD_B), (REMOTE_IP, UPLINK)] {
+            // A's connection to a ClusterIP, DNATed by the node to the
+            // backend: recorded; the backend's SYN-ACK goes to the node.
+            let syn = tcp_segment(A_IP, backend, 40000, 80, SYN);
+            let (v, _) = env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &syn));
+            assert_eq!(v, Verdict::Forward(via));
+            let syn_ack = tcp_segment(backend, A_IP, 80, 40000, SYN_ACK);
+            let reply = |env: &mut Env| match via {
+                UPLINK => env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &syn_ack)).0,
+                _ => {
+                    env.run(POD_B, &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &syn_ack))
+                        .0
+                }
+            };
+            assert_eq!(reply(&mut env), Verdict::Forward(HOST), "{backend}");
+            // Later A opens a connection to the backend itself from the
+            // same port: the entry goes, the replies go straight to A.
+            let (v, _) = env.run(POD_A, &eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &syn));
+            assert_eq!(v, Verdict::Forward(via));
+            assert!(env.flows.is_empty(), "{backend}");
+            assert_eq!(reply(&mut env), Verdict::Forward(POD_A), "{backend}");
+        }
+    }
 }
