@@ -13,6 +13,7 @@ pub mod fib;
 pub mod frame;
 pub mod gso;
 pub mod host_nat;
+pub mod maglev;
 pub mod pipeline;
 pub mod port;
 #[allow(unsafe_code)]
