@@ -81,7 +81,7 @@ impl Maglev {
             .iter()
             .map(|&k| {
                 let offset = mix(k, 0x6f66_6673_6574) % m;
-                let skip = mix(k, 0x0073_6b69_70) % (m - 1) + 1;
+                let skip = mix(k, 0x736b_6970) % (m - 1) + 1;
                 (offset, skip)
             })
             .collect();
@@ -182,11 +182,11 @@ mod tests {
                 moved += 1;
             }
         }
-        // The paper's bound is "a few percent"; a modulo hash would move
-        // about 90% of them.
+        // Under 1% here (the paper: "a few percent"); a modulo hash would
+        // move about 90% of them.
         let frac = moved as f64 / (moved + kept) as f64;
         assert!(
-            frac < 0.05,
+            frac < 0.02,
             "{moved} of {} other entries moved",
             moved + kept
         );
@@ -205,7 +205,7 @@ mod tests {
             .count();
         let share = DEFAULT_SIZE / 11;
         assert!(
-            changed >= share && changed < share + DEFAULT_SIZE / 20,
+            changed >= share && changed < share + DEFAULT_SIZE / 50,
             "{changed} entries changed for a share of {share}"
         );
     }
