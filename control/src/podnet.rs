@@ -27,15 +27,15 @@
 //!   on a scoped thread ([`run_in_netns_fd`]); node-side work runs in the
 //!   caller's namespace (the node's, in podrouterd).
 //! - Deletion is idempotent: a missing interface or namespace is success.
-use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use podrouter_router::sys::check_ifname;
+use podrouter_api::{check_ifname, InvalidIfname};
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
+use podrouter_types::Prefix;
 
 use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope};
 use crate::netns::{open_netns, run_in_netns_fd};
@@ -75,9 +75,9 @@ pub enum PodNetError {
     /// The pod has no interface of that name (to attach to).
     #[error("pod netns {netns} has no interface named {ifname}")]
     InterfaceNotFound { netns: String, ifname: String },
-    /// The requested interface name is not one the kernel accepts.
-    #[error("{source}")]
-    InvalidName { source: io::Error },
+    /// The requested interface name breaks the interface-name rule.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidIfname),
     /// The host port is not there (for a host route).
     #[error("host port {name} does not exist in the node namespace")]
     HostPortNotFound { name: String },
@@ -218,7 +218,7 @@ fn create_pod_interface_inner(
         spec.netns.display(),
         spec.ifname
     );
-    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(&spec.ifname)?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
     in_pod(ns.as_fd(), &spec.netns, || {
         create_in_pod(spec, &whom, fail_at)
@@ -311,7 +311,7 @@ fn create_in_pod(
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
 pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = open_netns(netns).map_err(|e| netns_error(netns, e))?;
     in_pod(ns.as_fd(), netns, || TapPort::attach(ifname))?.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -334,7 +334,7 @@ pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNe
 /// already gone (a path that is no longer a namespace counts as gone). A
 /// [`TapPort`] still open on it stops working (reads fail with `EBADFD`).
 pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = match open_netns(netns) {
         Ok(ns) => ns,
         Err(e)
@@ -370,7 +370,7 @@ pub fn create_or_attach_host_port(
     mac: [u8; 6],
     mtu: u16,
 ) -> Result<TapPort, PodNetError> {
-    check_ifname(name).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(name)?;
     let whom = format!("host port {name}");
     let err = |what: String| {
         let whom = &whom;
@@ -433,18 +433,10 @@ enum Held {
     Attached(TapPort),
 }
 
-/// The network address of `ip/prefix_len` (host bits cleared).
-fn network(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len.min(32)))
-        .unwrap_or(0);
-    Ipv4Addr::from(u32::from(ip) & mask)
-}
-
-fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
+fn host_route(prefix: Prefix, oif: u32) -> Ipv4Route {
     Ipv4Route {
-        dst: network(ip, prefix_len),
-        prefix_len,
+        dst: prefix.addr(),
+        prefix_len: prefix.len(),
         gateway: None,
         oif,
         scope: Scope::Link,
@@ -453,30 +445,10 @@ fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
     }
 }
 
-struct RouteLabel(Ipv4Addr, u8);
-
-impl fmt::Display for RouteLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", network(self.0, self.1), self.1)
-    }
-}
-
-/// Adds (or replaces) the node route `ip/prefix_len dev HOST_PORT scope
-/// link proto 77`, so the node's own traffic to pods enters the router.
-pub fn host_route_add(
-    ip: Ipv4Addr,
-    prefix_len: u8,
-    host_port_name: &str,
-) -> Result<(), PodNetError> {
+/// Adds (or replaces) the node route `prefix dev HOST_PORT scope link
+/// proto 77`, so the node's own traffic to pods enters the router.
+pub fn host_route_add(prefix: Prefix, host_port_name: &str) -> Result<(), PodNetError> {
     let whom = format!("host port {host_port_name}");
-    let label = RouteLabel(ip, prefix_len);
-    if prefix_len > 32 {
-        return Err(PodNetError::step(
-            format!("add route {ip}/{prefix_len}"),
-            &whom,
-            io::Error::new(io::ErrorKind::InvalidInput, "prefix length above 32"),
-        ));
-    }
     let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
     let index = nl
         .link_index(host_port_name)
@@ -484,22 +456,14 @@ pub fn host_route_add(
         .ok_or_else(|| PodNetError::HostPortNotFound {
             name: host_port_name.to_string(),
         })?;
-    nl.route_replace(&host_route(ip, prefix_len, index))
-        .map_err(|e| PodNetError::step(format!("add route {label}"), &whom, e))
+    nl.route_replace(&host_route(prefix, index))
+        .map_err(|e| PodNetError::step(format!("add route {prefix}"), &whom, e))
 }
 
 /// Removes the node route added by [`host_route_add`]. Success if it is not
 /// there (or the host port is gone, which takes its routes with it).
-pub fn host_route_del(
-    ip: Ipv4Addr,
-    prefix_len: u8,
-    host_port_name: &str,
-) -> Result<(), PodNetError> {
+pub fn host_route_del(prefix: Prefix, host_port_name: &str) -> Result<(), PodNetError> {
     let whom = format!("host port {host_port_name}");
-    let label = RouteLabel(ip, prefix_len);
-    if prefix_len > 32 {
-        return Ok(());
-    }
     let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
     let Some(index) = nl
         .link_index(host_port_name)
@@ -507,43 +471,26 @@ pub fn host_route_del(
     else {
         return Ok(());
     };
-    match nl.route_delete(&host_route(ip, prefix_len, index)) {
+    match nl.route_delete(&host_route(prefix, index)) {
         Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
-        r => r.map_err(|e| PodNetError::step(format!("delete route {label}"), &whom, e)),
+        r => r.map_err(|e| PodNetError::step(format!("delete route {prefix}"), &whom, e)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::is_root;
-    use crate::test_netns::TestNetns;
+    use crate::netns::RunIn;
     use podrouter_router::frame::Frame;
     use podrouter_router::port::Port;
     use podrouter_router::ROUTER_MAC;
+    use podrouter_testkit::{privileged, Netns};
     use serde_json::Value;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// Why these privileged tests cannot run here, if they cannot.
-    fn skip(test: &str) -> bool {
-        let why = if !is_root() {
-            Some("not root")
-        } else if !Path::new("/dev/net/tun").exists() {
-            Some("no /dev/net/tun")
-        } else if Command::new("ip").arg("-V").output().is_err() {
-            Some("no `ip` command")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            eprintln!("skipping {test}: {why}");
-        }
-        why.is_some()
-    }
-
     /// The interface names in `ns`, sorted.
-    fn link_names(ns: &TestNetns) -> Vec<String> {
+    fn link_names(ns: &Netns) -> Vec<String> {
         let mut v: Vec<String> = ns
             .ip_json(&["link", "show"])
             .as_array()
@@ -575,9 +522,9 @@ mod tests {
         }
     }
 
-    fn spec(pod: &TestNetns) -> PodInterfaceSpec {
+    fn spec(pod: &Netns) -> PodInterfaceSpec {
         PodInterfaceSpec {
-            netns: pod.path.clone(),
+            netns: PathBuf::from(pod.path()),
             ifname: "eth0".into(),
             ip: Ipv4Addr::new(10, 244, 1, 2),
             mtu: 1450,
@@ -597,7 +544,7 @@ mod tests {
     }
 
     /// The pod side looks exactly like Calico's.
-    fn assert_pod_configured(pod: &TestNetns) {
+    fn assert_pod_configured(pod: &Netns) {
         let link = &pod.ip_json(&["-d", "link", "show", "eth0"])[0];
         assert_eq!(link["mtu"], 1450, "{link}");
         assert_eq!(link["address"], "02:aa:bb:cc:dd:01", "{link}");
@@ -634,11 +581,11 @@ mod tests {
 
     #[test]
     fn pod_interface_lifecycle() {
-        if skip("pod_interface_lifecycle") {
+        if !privileged("pod_interface_lifecycle") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let spec = spec(&pod);
 
         let tap = node.run(|| create_pod_interface(&spec)).unwrap();
@@ -655,26 +602,26 @@ mod tests {
             msg,
             format!(
                 "pod netns {} already has an interface named eth0",
-                pod.path.display()
+                pod.path()
             )
         );
         assert_eq!(link_names(&node), ["lo"]);
         assert_eq!(link_names(&pod), ["eth0", "lo"]);
 
         // Re-open after a "restart": busy while held, fine once released.
-        let e = attach_pod_interface(&pod.path, "eth0").unwrap_err();
+        let e = attach_pod_interface(Path::new(&pod.path()), "eth0").unwrap_err();
         assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
         drop(tap);
-        let tap = retry_busy(|| attach_pod_interface(&pod.path, "eth0")).unwrap();
+        let tap = retry_busy(|| attach_pod_interface(Path::new(&pod.path()), "eth0")).unwrap();
         assert_eq!(tap.name().unwrap(), "eth0");
         assert_pod_configured(&pod);
-        let e = attach_pod_interface(&pod.path, "eth1").unwrap_err();
+        let e = attach_pod_interface(Path::new(&pod.path()), "eth1").unwrap_err();
         assert!(matches!(e, PodNetError::InterfaceNotFound { .. }), "{e}");
 
         // Delete, idempotently; the port's descriptor goes stale.
-        delete_pod_interface(&pod.path, "eth0").unwrap();
+        delete_pod_interface(Path::new(&pod.path()), "eth0").unwrap();
         assert_eq!(link_names(&pod), ["lo"]);
-        delete_pod_interface(&pod.path, "eth0").unwrap();
+        delete_pod_interface(Path::new(&pod.path()), "eth0").unwrap();
         let mut frames = vec![Frame::new()];
         let e = tap.recv(&mut frames).unwrap_err();
         eprintln!("recv on a deleted pod interface: {e}");
@@ -703,11 +650,11 @@ mod tests {
 
     #[test]
     fn failures_roll_everything_back() {
-        if skip("failures_roll_everything_back") {
+        if !privileged("failures_roll_everything_back") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let good = spec(&pod);
         for stage in [Stage::Down, Stage::Up] {
             let e = node
@@ -789,18 +736,18 @@ mod tests {
     /// answers that too.
     #[test]
     fn pod_pings_its_gateway_through_the_tap() {
-        if skip("pod_pings_its_gateway_through_the_tap") {
+        if !privileged("pod_pings_its_gateway_through_the_tap") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let spec = spec(&pod);
         let tap = node.run(|| create_pod_interface(&spec)).unwrap();
         let mut ping = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &pod.name,
+                pod.name(),
                 "ping",
                 "-c1",
                 "-W5",
@@ -854,10 +801,10 @@ mod tests {
 
     #[test]
     fn host_port_and_host_routes() {
-        if skip("host_port_and_host_routes") {
+        if !privileged("host_port_and_host_routes") {
             return;
         }
-        let node = TestNetns::new("node");
+        let node = Netns::new("node");
         let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
         let tap = node
             .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
@@ -896,12 +843,12 @@ mod tests {
         check(9000);
         assert_eq!(link_names(&node), ["lo", "podrouter0"]);
 
-        let ip = Ipv4Addr::new(10, 244, 1, 2);
-        let block = Ipv4Addr::new(10, 244, 2, 7); // host bits are cleared
+        let ip = Prefix::host(Ipv4Addr::new(10, 244, 1, 2));
+        let block = Prefix::truncating(Ipv4Addr::new(10, 244, 2, 7), 26);
         node.run(|| {
-            host_route_add(ip, 32, "podrouter0")?;
-            host_route_add(block, 26, "podrouter0")?;
-            host_route_add(block, 26, "podrouter0") // replace: no error
+            host_route_add(ip, "podrouter0")?;
+            host_route_add(block, "podrouter0")?;
+            host_route_add(block, "podrouter0") // replace: no error
         })
         .unwrap();
         let routes = node.ip_json(&["-4", "route", "show"]);
@@ -915,32 +862,17 @@ mod tests {
             assert_eq!(r["scope"], "link");
             assert_eq!(r["protocol"], "77");
         }
-        let e = node
-            .run(|| host_route_add(ip, 32, "nonexist0"))
-            .unwrap_err();
+        let e = node.run(|| host_route_add(ip, "nonexist0")).unwrap_err();
         assert!(matches!(e, PodNetError::HostPortNotFound { .. }), "{e}");
         node.run(|| {
-            host_route_del(ip, 32, "podrouter0")?;
-            host_route_del(block, 26, "podrouter0")?;
-            host_route_del(block, 26, "podrouter0")?; // already gone
-            host_route_del(ip, 32, "nonexist0") // no port, no route
+            host_route_del(ip, "podrouter0")?;
+            host_route_del(block, "podrouter0")?;
+            host_route_del(block, "podrouter0")?; // already gone
+            host_route_del(ip, "nonexist0") // no port, no route
         })
         .unwrap();
         let routes = node.ip_json(&["-4", "route", "show"]);
         assert_eq!(routes.as_array().unwrap().len(), 0, "{routes}");
         drop(tap);
-    }
-
-    #[test]
-    fn network_clears_host_bits() {
-        assert_eq!(
-            network(Ipv4Addr::new(10, 244, 2, 7), 26),
-            Ipv4Addr::new(10, 244, 2, 0)
-        );
-        assert_eq!(network(Ipv4Addr::new(1, 2, 3, 4), 0), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(
-            network(Ipv4Addr::new(1, 2, 3, 4), 32),
-            Ipv4Addr::new(1, 2, 3, 4)
-        );
     }
 }

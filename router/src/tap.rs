@@ -10,8 +10,10 @@
 //!
 //! Invariants:
 //! - The descriptor is non-blocking; [`Port::recv`] stops at `EAGAIN` and
-//!   [`Port::send`] returns `EAGAIN` (`WouldBlock`) to the worker, which
-//!   counts it. Neither allocates, locks or logs.
+//!   [`TapPort::send`] (what [`Port::push`] does: a TAP has no batched
+//!   write, so its transmit queue holds nothing) returns `EAGAIN`
+//!   (`WouldBlock`) to the worker, which counts it. Neither allocates,
+//!   locks or logs.
 //! - The device is bound to the network namespace the TAP was created in
 //!   until it is moved; the descriptor keeps working after the device moves
 //!   to another namespace or is renamed ([`TapPort::name`] follows).
@@ -22,10 +24,11 @@
 //! - A single-queue TAP accepts one descriptor at a time: `attach` fails
 //!   with `EBUSY` while another process (or port) holds it.
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::frame::{Frame, VnetHdr, VNET_HDR_LEN};
-use crate::port::Port;
+use crate::port::{Port, TxQueue};
 use crate::sys;
 
 /// One TAP device, seen through its `/dev/net/tun` descriptor.
@@ -121,6 +124,18 @@ impl TapPort {
     pub fn name(&self) -> io::Result<String> {
         Ok(sys::tun_get_iff(self.fd.as_fd())?.0)
     }
+
+    /// One `writev` of the frame's virtio-net header and the frame. `EAGAIN`
+    /// and every other error go back to the caller unchanged (`EIO` while
+    /// the device is down).
+    pub fn send(&self, frame: &Frame) -> io::Result<()> {
+        let hdr = frame.vnet.to_bytes();
+        let n = sys::write_vnet_frame(self.fd.as_fd(), &hdr, frame.data())?;
+        if n != VNET_HDR_LEN + frame.len() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(())
+    }
 }
 
 impl AsFd for TapPort {
@@ -162,16 +177,10 @@ impl Port for TapPort {
         Ok(n)
     }
 
-    /// One `writev` of the frame's virtio-net header and the frame. `EAGAIN`
-    /// and every other error go back to the caller unchanged (`EIO` while
-    /// the device is down).
-    fn send(&self, frame: &Frame) -> io::Result<()> {
-        let hdr = frame.vnet.to_bytes();
-        let n = sys::write_vnet_frame(self.fd.as_fd(), &hdr, frame.data())?;
-        if n != VNET_HDR_LEN + frame.len() {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(())
+    /// Sends the frame now ([`TapPort::send`]); `tunnel` means nothing to
+    /// a TAP.
+    fn push(&self, _: &mut TxQueue, frame: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+        self.send(frame)
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {
@@ -182,38 +191,14 @@ impl Port for TapPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podrouter_testkit::netns::enter_private_netns;
+    use podrouter_testkit::{in_private_netns, privileged};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::process::Command;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
-
-    /// Why privileged TAP tests cannot run here, if they cannot.
-    fn skip_reason() -> Option<&'static str> {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let euid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2));
-        if euid != Some("0") {
-            return Some("not root");
-        }
-        if !std::path::Path::new(sys::TUN_PATH).exists() {
-            return Some("no /dev/net/tun");
-        }
-        None
-    }
-
-    fn skip(test: &str) -> bool {
-        match skip_reason() {
-            Some(why) => {
-                eprintln!("skipping {test}: {why}");
-                true
-            }
-            None => false,
-        }
-    }
 
     /// Runs `ip ARGS` (in the calling thread's namespace) and returns stdout.
     fn ip(args: &[&str]) -> String {
@@ -226,22 +211,9 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `f` on a thread in a private network namespace of its own, which
-    /// disappears (with any TAP in it) once nothing refers to it.
-    fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                sys::unshare_netns().unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
     #[test]
     fn create_attach_and_persist() {
-        if skip("create_attach_and_persist") {
+        if !privileged("create_attach_and_persist") {
             return;
         }
         in_private_netns(|| {
@@ -301,7 +273,7 @@ mod tests {
 
     #[test]
     fn tap_exchanges_frames_with_the_kernel() {
-        if skip("tap_exchanges_frames_with_the_kernel") {
+        if !privileged("tap_exchanges_frames_with_the_kernel") {
             return;
         }
         in_private_netns(|| {
@@ -388,7 +360,7 @@ mod tests {
     /// work, and the copier must see GSO super-segments.
     #[test]
     fn tcp_gso_segments_cross_a_tap_pair() {
-        if skip("tcp_gso_segments_cross_a_tap_pair") {
+        if !privileged("tcp_gso_segments_cross_a_tap_pair") {
             return;
         }
         const BYTES: usize = 8 << 20;
@@ -401,7 +373,7 @@ mod tests {
         let limit = Duration::from_secs(60);
         let (max_len, gso_frames, received) = std::thread::scope(|s| {
             let receiver = s.spawn(move || -> io::Result<usize> {
-                sys::unshare_netns()?;
+                enter_private_netns()?;
                 let tap = setup_peer("prtb0", "10.9.1.2/24", "02:00:00:00:01:02");
                 // Listen before the sender may connect.
                 let l = TcpListener::bind("10.9.1.2:5001")?;
@@ -436,7 +408,7 @@ mod tests {
                 }
             });
             let sender = s.spawn(move || -> io::Result<()> {
-                sys::unshare_netns()?;
+                enter_private_netns()?;
                 let _ = tx_a.send(setup_peer("prta0", "10.9.1.1/24", "02:00:00:00:01:01"));
                 go_rx
                     .recv_timeout(limit)
