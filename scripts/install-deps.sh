@@ -26,7 +26,10 @@ declare -A NEED=(
     [iperf3]=iperf3
     [tcpdump]=tcpdump
     [pgrep]=procps
-    [iptables]=iptables  # the demo's Service step (kube-proxy-style DNAT)
+    # kube-proxy-style rules (nft backend): the demo's Service step,
+    # tests/tests/services.rs and the harness's Services scenario.
+    [iptables]=iptables
+    [iptables-restore]=iptables
     [curl]=curl          # the demo's Service step
     [ss]=iproute2
     [nsenter]=util-linux

@@ -6,11 +6,14 @@
 //! verdict); `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod clock;
+pub mod conntrack;
 pub mod counters;
 pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;
+pub mod maglev;
 pub mod pipeline;
 pub mod port;
 #[allow(unsafe_code)]
