@@ -11,6 +11,7 @@ pub mod fib;
 pub mod frame;
 pub mod gso;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;
