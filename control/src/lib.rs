@@ -13,6 +13,7 @@ pub mod logger;
 pub mod netlink;
 pub mod netns;
 pub mod podnet;
+pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod state;
