@@ -304,6 +304,7 @@ fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res
                 ifname: "eth0".into(),
                 ip: None,
                 mtu: None,
+                identity: None,
             }))
             .map_err(|e| Error::msg(format!("attach {ns}: {e}")))?;
         let Reply::Pod(p) = r else {
@@ -634,6 +635,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
                         ifname: "eth0".into(),
                         ip: None,
                         mtu: None,
+                        identity: None,
                     }))
                     .map_err(|e| Error::msg(format!("attach on node {}: {e}", k + 1)))?;
                 let Reply::Pod(p) = r else {

@@ -504,6 +504,7 @@ fn gc_removes_exactly_the_unlisted_attachments() {
             ifname: "eth0".into(),
             ip: None,
             mtu: None,
+            identity: None,
         }))
         .unwrap();
 

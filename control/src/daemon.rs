@@ -22,6 +22,7 @@ use podrouter_api::{
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
 use podrouter_router::pipeline::PipelineConfig;
+use podrouter_router::policy::Policies;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::worker::{WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
@@ -29,7 +30,10 @@ use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use crate::config::{Config, MTU_RANGE};
 use crate::ipam::{Ipam, IpamError};
 use crate::podnet::{self, PodNetError};
+use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
+
+mod policy_calls;
 
 /// Directory under `state_dir` where the CNI plugin leaves detaches it
 /// could not deliver.
@@ -65,6 +69,8 @@ pub enum StartError {
     Uplink(String),
     #[error("bgp: {0}")]
     Bgp(std::io::Error),
+    #[error("network policy state: {0}")]
+    Policy(String),
 }
 
 struct Pod {
@@ -88,6 +94,10 @@ pub struct Daemon {
     bgp: Option<crate::bgp::BgpHandle>,
     /// The IPIP uplink to other nodes, if this node has one.
     uplink: Option<crate::uplink_setup::UplinkState>,
+    /// NetworkPolicy objects and pod/namespace identities (persisted).
+    policy_store: PolicyStore,
+    /// Their compiled form, as the workers read it.
+    policies: Arc<Policies>,
 }
 
 type CallResult = Result<Reply, (ErrorCode, String)>;
@@ -99,6 +109,8 @@ impl Daemon {
     pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
         let store = StateStore::open(&cfg.state_dir)?;
         let records = store.load()?;
+        let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
+        let policies = Arc::new(Policies::new());
         let fib = Arc::new(Fib::new());
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let pipeline = PipelineConfig {
@@ -136,6 +148,8 @@ impl Daemon {
             started: Instant::now(),
             bgp: None,
             uplink: None,
+            policy_store,
+            policies,
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -146,6 +160,7 @@ impl Daemon {
         d.install_base_routes();
         d.restore(records);
         d.store.save(&d.records())?;
+        d.publish_policy();
         d.process_pending_detaches();
         let kernel = d.uplink.as_ref().map(|u| crate::uplink_setup::UplinkState {
             ifname: u.ifname.clone(),
@@ -359,6 +374,15 @@ impl Daemon {
                 let limit = p.limit.unwrap_or(1000).min(crate::bgp::RIB_ROWS_MAX);
                 self.bgp_call(|b| b.rib(within, limit).map(Reply::BgpRib))
             }
+            call @ (Call::PolicyApply(_)
+            | Call::PolicyDelete(_)
+            | Call::PolicyList
+            | Call::PolicyShow(_)
+            | Call::PodLabel(_)
+            | Call::NamespaceLabel(_)
+            | Call::EndpointApply(_)
+            | Call::EndpointDelete(_)
+            | Call::EndpointList) => self.policy_call(call),
         };
         match result {
             Ok(r) => Response::ok(r),
@@ -583,6 +607,10 @@ impl Daemon {
     fn attach(&mut self, p: AttachParams) -> CallResult {
         validate_id(&p.id).map_err(|m| (ErrorCode::BadRequest, m))?;
         validate_ifname(&p.ifname).map_err(|m| (ErrorCode::BadRequest, m))?;
+        if let Some(i) = &p.identity {
+            crate::policy::validate_identity(i)
+                .map_err(|(code, m)| (code, format!("pod {}: identity: {m}", p.id)))?;
+        }
         if self.pods.contains_key(&p.id) {
             return Err((
                 ErrorCode::AlreadyExists,
@@ -653,15 +681,28 @@ impl Daemon {
             self.ipam.release(ip);
             return Err(e);
         }
-        if let Err(e) = self.store.save(&self.records()) {
+        let saved = self
+            .store
+            .save(&self.records())
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                self.policy_store
+                    .set_identity(&record.id, p.identity.clone())
+                    .map_err(|(_, m)| m)
+            });
+        if let Err(e) = saved {
             self.uninstall(&record.id);
             self.discard_interface(&record);
             self.ipam.release(ip);
+            if let Err(e) = self.store.save(&self.records()) {
+                log::error!("pod {}: state file not rolled back: {e}", record.id);
+            }
             return Err((
                 ErrorCode::Internal,
                 format!("pod {}: not attached: {e}", record.id),
             ));
         }
+        self.publish_policy();
         log::info!(
             "pod {}: attached {} {}/32 in {} (port {})",
             record.id,
@@ -705,6 +746,10 @@ impl Daemon {
             // will drop it from the file (its netns interface is gone too).
             log::error!("pod {id}: detached but the state file was not updated: {e}");
         }
+        if let Err((_, e)) = self.policy_store.set_identity(id, None) {
+            log::error!("pod {id}: detached but its identity was not forgotten: {e}");
+        }
+        self.publish_policy();
         log::info!("pod {id}: detached, released {}", record.ip);
         Ok(Reply::Detached { id: id.to_string() })
     }
