@@ -454,7 +454,13 @@ mod tests {
 
     #[test]
     fn port_sets_merge_and_answer() {
-        let s = PortSet::of([tcp(80, 81), tcp(82, 90), udp(53, 53), tcp(443, 443), tcp(5, 1)]);
+        let s = PortSet::of([
+            tcp(80, 81),
+            tcp(82, 90),
+            udp(53, 53),
+            tcp(443, 443),
+            tcp(5, 1),
+        ]);
         assert_eq!(s.ranges(), &[tcp(80, 90), tcp(443, 443), udp(53, 53)]);
         assert_eq!(s.to_string(), "tcp/80-90,tcp/443,udp/53");
         for (proto, port, want) in [
@@ -488,7 +494,11 @@ mod tests {
         b.allow_range(ip("10.1.0.0"), ip("10.1.1.255"), &https);
         b.allow_range(ip("10.1.3.0"), ip("10.1.255.255"), &https);
         // 10.1.0.0/24 also on 8080 (overlap).
-        b.allow_range(ip("10.1.0.0"), ip("10.1.0.255"), &PortSet::of([tcp(8080, 8080)]));
+        b.allow_range(
+            ip("10.1.0.0"),
+            ip("10.1.0.255"),
+            &PortSet::of([tcp(8080, 8080)]),
+        );
         let r = b.build();
         assert!(r.allows(ip("10.0.0.5"), PROTO_TCP, 80));
         assert!(r.allows(ip("10.0.0.5"), PROTO_UDP, 53));
