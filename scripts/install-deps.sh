@@ -22,6 +22,10 @@ declare -A NEED=(
     [gobgp]=gobgpd
     [vtysh]=frr
     [python3]=python3   # the scripted BGP peer of tests/tests/bgp_malformed.rs
+    # kube-proxy's iptables rules (nft backend) in tests/tests/services.rs
+    # and the harness's Services scenario.
+    [iptables]=iptables
+    [iptables-restore]=iptables
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config

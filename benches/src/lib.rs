@@ -327,6 +327,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Cni,
             Scenario::Scale,
             Scenario::BgpConvergence,
+            Scenario::Services,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -410,6 +411,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::TwoNode => "two-node",
             Scenario::Cni => "cni",
             Scenario::BgpConvergence => "bgp-convergence",
+            Scenario::Services => "services",
         })
         .collect();
     eprintln!(
@@ -439,6 +441,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::TwoNode => scenarios::two_node(&mut ctx),
             Scenario::Cni => scenarios::cni(&mut ctx),
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
+            Scenario::Services => scenarios::services(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -482,7 +485,12 @@ fn run(cli: &Cli) -> Res<bool> {
     }
 
     let mut method = Vec::new();
-    let traffic = [Scenario::SameNode, Scenario::TwoNode, Scenario::Scale];
+    let traffic = [
+        Scenario::SameNode,
+        Scenario::TwoNode,
+        Scenario::Scale,
+        Scenario::Services,
+    ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([
             "kernel data plane: Calico's wiring: a veth pair per pod (host side `caliN` with MAC \
@@ -537,6 +545,23 @@ fn run(cli: &Cli) -> Res<bool> {
             u = topo::UNDERLAY_MTU,
             pm = topo::TWO_NODE_POD_MTU,
             v = topo::VXLAN_MTU,
+        ));
+    }
+    if scen.contains(&Scenario::Services) {
+        method.push(format!(
+            "Services: one node with a client pod and two backend pods, and in the node's kernel \
+             the nat rules kube-proxy's iptables mode writes for ClusterIP {} (UDP {} and TCP {}, \
+             each DNAT to either backend with `-m statistic --mode random --probability 0.5`, \
+             masquerade for non-pod sources and hairpins) loaded with iptables-restore, and \
+             ip_forward=1; both planes get the same rules. Latency: the request/response client \
+             above, to the ClusterIP (one UDP flow per run, so one backend per run, answered by \
+             echo servers in both). Connections: the harness's TCP client opens connections to \
+             the ClusterIP one after the other for {} s (connect, read the server's one byte to \
+             the end of stream, close; the server closes first), servers in both backends",
+            topo::CLUSTER_IP,
+            helpers::ECHO_PORT,
+            helpers::CONN_PORT,
+            p.secs
         ));
     }
     if scen.contains(&Scenario::BgpConvergence) {

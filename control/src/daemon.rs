@@ -16,9 +16,11 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use podrouter_api::{
-    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, ReloadInfo, Reply,
-    Response, RouteInfo, StatusInfo, API_VERSION,
+    AttachParams, Call, CountersInfo, ErrorCode, FlowCountersInfo, PodInfo, PortCountersInfo,
+    ReloadInfo, Reply, Response, RouteInfo, StatusInfo, API_VERSION,
 };
+use podrouter_router::clock;
+use podrouter_router::conntrack::{FlowTable, Timeouts};
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
 use podrouter_router::pipeline::PipelineConfig;
@@ -87,6 +89,8 @@ pub struct Daemon {
     fib: Arc<Fib>,
     ports: Arc<ArcSwap<PortTable>>,
     workers: Vec<WorkerHandle>,
+    /// The flow table the workers share; swept here.
+    flows: Arc<FlowTable>,
     pods: BTreeMap<String, Pod>,
     ipam: Ipam,
     store: StateStore,
@@ -123,6 +127,10 @@ impl Daemon {
         if cfg.node_ip.is_none() {
             log::warn!("node_ip is not set: ICMP errors will come from {GATEWAY_IP}");
         }
+        let flows = Arc::new(FlowTable::new(
+            cfg.dataplane.flow_table_size,
+            Timeouts::default(),
+        ));
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -130,6 +138,7 @@ impl Daemon {
                 core: cfg.dataplane.cores.get(id).copied(),
                 batch_size: cfg.dataplane.batch_size,
                 pipeline: pipeline.clone(),
+                flows: flows.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -143,6 +152,7 @@ impl Daemon {
             fib,
             ports,
             workers,
+            flows,
             pods: BTreeMap::new(),
             store,
             started: Instant::now(),
@@ -346,9 +356,11 @@ impl Daemon {
         Some(pod.record)
     }
 
-    /// Housekeeping between events: frees FIB snapshots readers have let go.
+    /// Housekeeping between events (at least once a second): frees FIB
+    /// snapshots readers have let go and expired flows.
     pub fn tick(&mut self) {
         self.fib.reclaim();
+        self.flows.sweep(clock::now_ms());
     }
 
     /// Answers one API call.
@@ -898,6 +910,8 @@ impl Daemon {
         let all: Vec<&WorkerCounters> = self.workers.iter().map(|w| &**w.counters).collect();
         let s = counters::sum(all.iter().copied());
         let ports = self.ports.load();
+        // So `entries` counts no flow that has already timed out.
+        self.flows.sweep(clock::now_ms());
         CountersInfo {
             workers: self.workers.len(),
             rx: s.rx,
@@ -906,6 +920,14 @@ impl Daemon {
             arp_replies: s.arp_replies,
             icmp_sent: s.icmp_sent,
             icmp_rate_limited: s.icmp_rate_limited,
+            flows: FlowCountersInfo {
+                capacity: self.flows.capacity() as u64,
+                entries: self.flows.len() as u64,
+                inserted: s.flows_inserted,
+                full: s.flows_full,
+                expired: self.flows.expired(),
+                steered_to_host: s.flows_steered,
+            },
             drops: s
                 .drops
                 .iter()

@@ -6,10 +6,13 @@
 //! verdict); `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod clock;
+pub mod conntrack;
 pub mod counters;
 pub mod fib;
 pub mod frame;
 pub mod gso;
+pub mod host_nat;
 pub mod pipeline;
 pub mod policy;
 pub mod port;

@@ -45,6 +45,7 @@
 //! `icmp_rate_limited` and returns the `Drop`.
 use std::net::Ipv4Addr;
 
+use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::fib::{FibTable, GroupId, NextHop};
 use crate::frame::{Frame, VnetHdr};
@@ -86,7 +87,10 @@ pub struct BatchContext<'a> {
     pub fib: &'a FibTable,
     pub ports: &'a PortTable,
     pub counters: &'a WorkerCounters,
-    /// Monotonic time in nanoseconds (for the ICMP rate limiter).
+    /// The flow table every worker shares (see [`crate::host_nat`]).
+    pub flows: &'a FlowTable,
+    /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
+    /// limiter, flow timeouts).
     pub now_ns: u64,
 }
 
@@ -603,9 +607,20 @@ impl Pipeline {
             next_hop =
                 group_member(ctx, g, flow_hash(ip_bytes), ingress_is_host).map(NextHop::Node);
         }
-        // What came through the tunnel goes to a local pod or nowhere: the
-        // router is not a transit for other nodes (Calico's IPIP neither).
-        if from_uplink && !matches!(next_hop, Some(NextHop::Local(_))) {
+        // Replies of flows the node's kernel NATed go back through it.
+        let steered = crate::host_nat::to_host(
+            ctx,
+            ingress_is_host,
+            next_hop,
+            &frame.data()[ETHERNET_HEADER_LEN..],
+        );
+        if steered {
+            next_hop = Some(NextHop::Host);
+        }
+        // What came through the tunnel goes to a local pod or nowhere (or,
+        // steered, to the node): the router is not a transit for other
+        // nodes (Calico's IPIP neither).
+        if from_uplink && !steered && !matches!(next_hop, Some(NextHop::Local(_))) {
             return match next_hop {
                 Some(NextHop::Unreachable) => self.icmp_error(
                     ctx,
@@ -894,6 +909,7 @@ mod tests {
         ports: PortTable,
         fib: Fib,
         counters: WorkerCounters,
+        flows: FlowTable,
         pipeline: Pipeline,
         now_ns: u64,
     }
@@ -963,6 +979,7 @@ mod tests {
                 ports,
                 fib,
                 counters: WorkerCounters::default(),
+                flows: FlowTable::new(1024, Default::default()),
                 pipeline: Pipeline::new(cfg),
                 now_ns: 1_000_000_000,
             }
@@ -974,6 +991,7 @@ mod tests {
                 fib: &table,
                 ports: &self.ports,
                 counters: &self.counters,
+                flows: &self.flows,
                 now_ns: self.now_ns,
             };
             self.pipeline.process(&ctx, ingress, frame)
@@ -2235,5 +2253,127 @@ mod tests {
             }
         }
         assert!(forwarded > 100, "the mutations left some valid frames");
+    }
+
+    /// The reply direction of a flow the node's kernel NATed: a UDP
+    /// packet from `src` (port 53) to pod A (port 12345, [`udp`]'s).
+    fn dns_reply(src: Ipv4Addr, sport: u16) -> Vec<u8> {
+        let mut u = udp(40);
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&12345u16.to_be_bytes());
+        ipv4(src, A_IP, 17, 64, DF, &[], &u)
+    }
+
+    #[test]
+    fn replies_of_flows_the_node_nated_go_back_to_the_node() {
+        let mut env = uplink_env(EncapMode::Always);
+        // Nothing recorded: B's packet to A goes straight to A.
+        let (v, _) = env.run(
+            POD_B,
+            &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &dns_reply(B_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(POD_A));
+        assert!(env.flows.is_empty());
+        // A's packet to a ClusterIP, DNATed by the node to B, comes back
+        // from the host port with A's source: recorded, forwarded to B.
+        let (v, _) = env.run(HOST, &from_host(A_IP, B_IP, 63));
+        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(env.counters.flows_inserted.get(), 1);
+        assert_eq!(env.flows.len(), 1);
+        // The node's own packets (not a pod's source) are not recorded.
+        let (v, _) = env.run(HOST, &from_host(NODE_IP, B_IP, 64));
+        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(env.flows.len(), 1);
+        // B's reply goes to the host port (its conntrack un-NATs it), with
+        // the host port's MAC and no TTL lost.
+        let (v, f) = env.run(
+            POD_B,
+            &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &dns_reply(B_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(HOST));
+        assert_eq!(&f.data()[0..6], &HOST_MAC);
+        assert_eq!(f.data()[14 + 8], 64);
+        assert_eq!(env.counters.flows_steered.get(), 1);
+        // Unrelated: another source port, another pod, the other direction.
+        let (v, _) = env.run(
+            POD_B,
+            &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &dns_reply(B_IP, 54)),
+        );
+        assert_eq!(v, Verdict::Forward(POD_A));
+        let (v, _) = env.run(
+            POD_C,
+            &eth(ROUTER_MAC, C_MAC, ETHERTYPE_IPV4, &dns_reply(C_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(POD_A));
+        let (v, _) = env.run(POD_A, &from_a(B_IP, 64, DF, 60));
+        assert_eq!(v, Verdict::Forward(POD_B));
+        assert_eq!(env.counters.flows_steered.get(), 1);
+        // Unreplied UDP expires after 30 s... but this one saw a reply: 120 s.
+        env.now_ns += 100 * 1_000_000_000;
+        let (v, _) = env.run(
+            POD_B,
+            &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &dns_reply(B_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(HOST));
+        env.now_ns += 121 * 1_000_000_000;
+        let (v, _) = env.run(
+            POD_B,
+            &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &dns_reply(B_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(POD_A), "expired");
+    }
+
+    #[test]
+    fn tunnelled_replies_of_nated_flows_go_to_the_node() {
+        let mut env = uplink_env(EncapMode::Always);
+        // A's packet DNATed to a pod on another node: recorded, tunnelled.
+        let (v, _) = env.run(HOST, &from_host(A_IP, REMOTE_IP, 63));
+        assert_eq!(v, Verdict::Forward(UPLINK));
+        assert_eq!(env.counters.flows_inserted.get(), 1);
+        // The remote pod's reply, decapsulated: to the host port, the one
+        // exception to "decapsulated traffic goes to a local pod".
+        let (v, f) = env.run(
+            UPLINK,
+            &ipip_in(OTHER_NODE, NODE_IP, &dns_reply(REMOTE_IP, 53)),
+        );
+        assert_eq!(v, Verdict::Forward(HOST));
+        assert_eq!(&f.data()[0..6], &HOST_MAC);
+        let ip = check_ipv4(&f.data()[14..]).unwrap();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE_IP, A_IP));
+        // Another flow from that pod still goes straight to A; to the node
+        // itself it is still refused.
+        let (v, _) = env.run(
+            UPLINK,
+            &ipip_in(OTHER_NODE, NODE_IP, &dns_reply(REMOTE_IP, 99)),
+        );
+        assert_eq!(v, Verdict::Forward(POD_A));
+        let (v, _) = env.run(
+            UPLINK,
+            &ipip_in(OTHER_NODE, NODE_IP, &remote_udp(NODE_IP, 63, 60)),
+        );
+        assert_eq!(v, Verdict::Drop(DropReason::IpipNotLocal));
+        assert_eq!(env.counters.flows_steered.get(), 1);
+    }
+
+    #[test]
+    fn icmp_errors_about_nated_flows_go_to_the_node() {
+        let mut env = Env::new();
+        let original = ipv4(A_IP, B_IP, 17, 63, DF, &[], &udp(40));
+        let (v, _) = env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &original));
+        assert_eq!(v, Verdict::Forward(POD_B));
+        // B's port unreachable quoting A's packet.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&original[..28]);
+        let err = ipv4(B_IP, A_IP, 1, 64, 0, &[], &icmp);
+        let (v, _) = env.run(POD_B, &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &err));
+        assert_eq!(v, Verdict::Forward(HOST));
+        // Quoting a packet of no recorded flow: straight to A.
+        let other = ipv4(A_IP, B_IP, 17, 63, DF, &[], &dns_reply(A_IP, 7)[20..]);
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&other[..28]);
+        let err = ipv4(B_IP, A_IP, 1, 64, 0, &[], &icmp);
+        let (v, _) = env.run(POD_B, &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &err));
+        assert_eq!(v, Verdict::Forward(POD_A));
+        assert_eq!(env.counters.flows_steered.get(), 1);
     }
 }

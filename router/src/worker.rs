@@ -15,12 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
 use crate::fib::Fib;
 use crate::frame::Frame;
@@ -44,6 +45,8 @@ pub struct WorkerConfig {
     /// Frames taken from one port per poll.
     pub batch_size: usize,
     pub pipeline: PipelineConfig,
+    /// The flow table shared by all workers.
+    pub flows: Arc<FlowTable>,
 }
 
 enum Command {
@@ -89,7 +92,6 @@ impl WorkerHandle {
             owned: Vec::new(),
             touched: Vec::new(),
             slot_of: Vec::new(),
-            epoch: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("podrouter-w{id}"))
@@ -176,7 +178,6 @@ struct Worker {
     /// Index in `owned` of each port id (the epoll token), `u32::MAX` if
     /// not owned.
     slot_of: Vec<u32>,
-    epoch: Instant,
 }
 
 impl Worker {
@@ -290,7 +291,8 @@ impl Worker {
             fib: &fib,
             ports: &ports,
             counters,
-            now_ns: self.epoch.elapsed().as_nanos() as u64,
+            flows: &self.cfg.flows,
+            now_ns: crate::clock::now_ns(),
         };
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
