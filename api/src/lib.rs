@@ -475,6 +475,9 @@ pub struct FlowCountersInfo {
     /// Reply packets (and ICMP errors about them) sent to the host port
     /// instead of straight to a pod.
     pub steered_to_host: u64,
+    /// New connections network policy checked and allowed (then tracked).
+    #[serde(default)]
+    pub policy_allowed: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -486,6 +489,12 @@ pub struct PortCountersInfo {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Connections to this pod refused by its NetworkPolicy ingress rules.
+    #[serde(default)]
+    pub policy_denied_ingress: u64,
+    /// Connections from this pod refused by its egress rules.
+    #[serde(default)]
+    pub policy_denied_egress: u64,
 }
 
 /// One BGP neighbour, like a line of `birdc show protocols all`.

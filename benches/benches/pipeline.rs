@@ -169,11 +169,13 @@ fn bench_pipeline(c: &mut Criterion) {
     let table = fib.load();
     let counters = WorkerCounters::default();
     let flows = FlowTable::default();
+    let policy = podrouter_router::policy::PolicyTable::default();
     let ctx = BatchContext {
         fib: &table,
         ports: &ports,
         counters: &counters,
         flows: &flows,
+        policy: &policy,
         now_ns: 0,
     };
     let mut pipeline = pipeline();

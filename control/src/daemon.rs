@@ -139,6 +139,7 @@ impl Daemon {
                 batch_size: cfg.dataplane.batch_size,
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
+                policies: policies.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -927,6 +928,7 @@ impl Daemon {
                 full: s.flows_full,
                 expired: self.flows.expired(),
                 steered_to_host: s.flows_steered,
+                policy_allowed: s.policy_allowed,
             },
             drops: s
                 .drops
@@ -945,6 +947,8 @@ impl Daemon {
                         tx_packets: p.tx_packets,
                         tx_bytes: p.tx_bytes,
                         drops: p.drops,
+                        policy_denied_ingress: p.policy_denied_ingress,
+                        policy_denied_egress: p.policy_denied_egress,
                     }
                 })
                 .collect(),

@@ -15,6 +15,7 @@ pub mod gso;
 pub mod host_nat;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_stage;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -89,6 +89,9 @@ pub struct BatchContext<'a> {
     pub counters: &'a WorkerCounters,
     /// The flow table every worker shares (see [`crate::host_nat`]).
     pub flows: &'a FlowTable,
+    /// The network policy snapshot of the batch (see
+    /// [`crate::policy_stage`]).
+    pub policy: &'a crate::policy::PolicyTable,
     /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
     /// limiter, flow timeouts).
     pub now_ns: u64,
@@ -672,6 +675,10 @@ impl Pipeline {
             // Resolved to one member above.
             Some(NextHop::Nodes(_)) => return Verdict::Drop(DropReason::NoRoute),
         };
+        // Network policy: tracked flows pass, new ones meet the rules.
+        if let Err(reason) = crate::policy_stage::admit(ctx, &frame.data()[ETHERNET_HEADER_LEN..]) {
+            return Verdict::Drop(reason);
+        }
         let egress_is_host = matches!(egress_entry.info.role, PortRole::Host { .. });
 
         // The node's kernel and the router are one hop together (as in
@@ -910,6 +917,7 @@ mod tests {
         fib: Fib,
         counters: WorkerCounters,
         flows: FlowTable,
+        policy: crate::policy::PolicyTable,
         pipeline: Pipeline,
         now_ns: u64,
     }
@@ -980,6 +988,7 @@ mod tests {
                 fib,
                 counters: WorkerCounters::default(),
                 flows: FlowTable::new(1024, Default::default()),
+                policy: Default::default(),
                 pipeline: Pipeline::new(cfg),
                 now_ns: 1_000_000_000,
             }
@@ -992,6 +1001,7 @@ mod tests {
                 ports: &self.ports,
                 counters: &self.counters,
                 flows: &self.flows,
+                policy: &self.policy,
                 now_ns: self.now_ns,
             };
             self.pipeline.process(&ctx, ingress, frame)
@@ -2375,5 +2385,212 @@ mod tests {
         let (v, _) = env.run(POD_B, &eth(ROUTER_MAC, B_MAC, ETHERTYPE_IPV4, &err));
         assert_eq!(v, Verdict::Forward(POD_A));
         assert_eq!(env.counters.flows_steered.get(), 1);
+    }
+
+    // ---- network policy (crate::policy_stage) ------------------------
+
+    /// B isolated for ingress (only A may open UDP 53 to it); C isolated
+    /// for egress with no rule (may open nothing).
+    fn policy_b_from_a_dns_c_nothing() -> crate::policy::PolicyTable {
+        use crate::policy::*;
+        let mut ingress = DirRulesBuilder::default();
+        let dns = PortRange {
+            proto: PROTO_UDP,
+            lo: 53,
+            hi: 53,
+        };
+        ingress.allow_peer(A_IP, &PortSet::of([dns]));
+        let mut pods = std::collections::HashMap::new();
+        pods.insert(
+            B_IP,
+            PodRules {
+                ingress: Some(ingress.build()),
+                egress: None,
+            },
+        );
+        pods.insert(
+            C_IP,
+            PodRules {
+                ingress: None,
+                egress: Some(DirRulesBuilder::default().build()),
+            },
+        );
+        PolicyTable::new(pods, &[NODE_IP])
+    }
+
+    /// An IPv4 packet with a UDP header (`tcp_flags` None) or a TCP
+    /// header with those flags.
+    fn l4_packet(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        tcp_flags: Option<u8>,
+    ) -> Vec<u8> {
+        let mut l4 = vec![0u8; if tcp_flags.is_some() { 20 } else { 8 }];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        let proto = match tcp_flags {
+            Some(f) => {
+                l4[12] = 5 << 4;
+                l4[13] = f;
+                6
+            }
+            None => {
+                l4[4..6].copy_from_slice(&8u16.to_be_bytes());
+                17
+            }
+        };
+        ipv4(src, dst, proto, 64, DF, &[], &l4)
+    }
+
+    fn from_pod(mac: [u8; 6], ip: &[u8]) -> Vec<u8> {
+        eth(ROUTER_MAC, mac, ETHERTYPE_IPV4, ip)
+    }
+
+    #[test]
+    fn policy_checks_new_connections_and_lets_their_replies_pass() {
+        let mut env = Env::new();
+        env.policy = policy_b_from_a_dns_c_nothing();
+        // A -> B UDP 53: allowed, tracked.
+        let q = l4_packet(A_IP, B_IP, 5000, 53, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q)).0,
+            Verdict::Forward(POD_B)
+        );
+        assert_eq!(env.counters.policy_allowed.get(), 1);
+        assert_eq!(env.flows.len(), 1);
+        // B's reply passes as a reply, not as a new connection.
+        let r = l4_packet(B_IP, A_IP, 53, 5000, None);
+        assert_eq!(
+            env.run(POD_B, &from_pod(B_MAC, &r)).0,
+            Verdict::Forward(POD_A)
+        );
+        assert_eq!(env.counters.policy_allowed.get(), 1);
+        // Another port to B: refused by B's ingress, counted on B's port.
+        let q54 = l4_packet(A_IP, B_IP, 5000, 54, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q54)).0,
+            Verdict::Drop(DropReason::PolicyDeniedIngress)
+        );
+        assert_eq!(env.counters.port(POD_B).policy_denied_ingress.get(), 1);
+        // C may open nothing: refused by its egress, counted on C's port;
+        // ICMP echo too.
+        let c = l4_packet(C_IP, A_IP, 5000, 80, None);
+        assert_eq!(
+            env.run(POD_C, &from_pod(C_MAC, &c)).0,
+            Verdict::Drop(DropReason::PolicyDeniedEgress)
+        );
+        let mut echo = vec![8, 0, 0, 0, 0, 7, 0, 1];
+        echo.extend_from_slice(&[0; 8]);
+        let ping = ipv4(C_IP, A_IP, 1, 64, 0, &[], &echo);
+        assert_eq!(
+            env.run(POD_C, &from_pod(C_MAC, &ping)).0,
+            Verdict::Drop(DropReason::PolicyDeniedEgress)
+        );
+        assert_eq!(env.counters.port(POD_C).policy_denied_egress.get(), 2);
+        // ... but C may reach its node, and the node may reach B.
+        let to_node = l4_packet(C_IP, NODE_IP, 5000, 80, None);
+        assert_eq!(
+            env.run(POD_C, &from_pod(C_MAC, &to_node)).0,
+            Verdict::Forward(HOST)
+        );
+        let from_node = l4_packet(NODE_IP, B_IP, 5000, 22, None);
+        assert_eq!(
+            env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &from_node))
+                .0,
+            Verdict::Forward(POD_B)
+        );
+        // Neither end isolated: not looked at, not tracked.
+        let before = env.flows.len();
+        let free = l4_packet(A_IP, HOSTNET_IP, 1, 2, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &free)).0,
+            Verdict::Forward(HOST)
+        );
+        assert_eq!(env.flows.len(), before);
+    }
+
+    #[test]
+    fn policy_passes_icmp_errors_of_allowed_flows_and_picks_up_established_tcp() {
+        let mut env = Env::new();
+        env.policy = policy_b_from_a_dns_c_nothing();
+        let q = l4_packet(A_IP, B_IP, 5000, 53, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q)).0,
+            Verdict::Forward(POD_B)
+        );
+        // B's port unreachable about A's query: related, passes.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&q[..28]);
+        let err = ipv4(B_IP, A_IP, 1, 64, 0, &[], &icmp);
+        assert_eq!(
+            env.run(POD_B, &from_pod(B_MAC, &err)).0,
+            Verdict::Forward(POD_A)
+        );
+        // An error quoting a flow never allowed (C's) is judged on its own:
+        // C may send nothing.
+        let mut icmp = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&l4_packet(A_IP, C_IP, 1, 2, None)[..28]);
+        let err = ipv4(C_IP, A_IP, 1, 64, 0, &[], &icmp);
+        assert_eq!(
+            env.run(POD_C, &from_pod(C_MAC, &err)).0,
+            Verdict::Drop(DropReason::PolicyDeniedEgress)
+        );
+        // TCP to B: a SYN is a new connection and refused; an ACK of a
+        // connection older than the policy is picked up and passes, and
+        // so does its reply.
+        let syn = l4_packet(A_IP, B_IP, 6000, 80, Some(0x02));
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &syn)).0,
+            Verdict::Drop(DropReason::PolicyDeniedIngress)
+        );
+        let ack = l4_packet(A_IP, B_IP, 6001, 80, Some(0x10));
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &ack)).0,
+            Verdict::Forward(POD_B)
+        );
+        let back = l4_packet(B_IP, A_IP, 80, 6001, Some(0x10));
+        assert_eq!(
+            env.run(POD_B, &from_pod(B_MAC, &back)).0,
+            Verdict::Forward(POD_A)
+        );
+    }
+
+    #[test]
+    fn a_policy_change_spares_established_flows() {
+        let mut env = Env::new();
+        env.policy = policy_b_from_a_dns_c_nothing();
+        let q = l4_packet(A_IP, B_IP, 5000, 53, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q)).0,
+            Verdict::Forward(POD_B)
+        );
+        // B now allows nothing: the flow goes on, a new one is refused.
+        let mut pods = std::collections::HashMap::new();
+        pods.insert(
+            B_IP,
+            crate::policy::PodRules {
+                ingress: Some(crate::policy::DirRulesBuilder::default().build()),
+                egress: None,
+            },
+        );
+        env.policy = crate::policy::PolicyTable::new(pods, &[NODE_IP]);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q)).0,
+            Verdict::Forward(POD_B)
+        );
+        let q2 = l4_packet(A_IP, B_IP, 5001, 53, None);
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q2)).0,
+            Verdict::Drop(DropReason::PolicyDeniedIngress)
+        );
+        // Once the flow expires (UDP replied: 120 s; unreplied: 30 s), it
+        // is a new connection again.
+        env.now_ns += 31 * 1_000_000_000;
+        assert_eq!(
+            env.run(POD_A, &from_pod(A_MAC, &q)).0,
+            Verdict::Drop(DropReason::PolicyDeniedIngress)
+        );
     }
 }

@@ -47,6 +47,8 @@ pub struct WorkerConfig {
     pub pipeline: PipelineConfig,
     /// The flow table shared by all workers.
     pub flows: Arc<FlowTable>,
+    /// The published network policy, loaded once per batch.
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 enum Command {
@@ -286,12 +288,14 @@ impl Worker {
     fn poll_round(&mut self) -> bool {
         let fib = self.fib.load();
         let ports = self.ports.load();
+        let policy = self.cfg.policies.load();
         let counters: &WorkerCounters = &self.counters;
         let ctx = BatchContext {
             fib: &fib,
             ports: &ports,
             counters,
             flows: &self.cfg.flows,
+            policy: &policy,
             now_ns: crate::clock::now_ns(),
         };
         let mut busy = false;

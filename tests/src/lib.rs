@@ -61,6 +61,8 @@ pub const DROP_REASONS: &[&str] = &[
     "arp_wrong_source",
     "arp_not_answered",
     "tx_error",
+    "policy_denied_ingress",
+    "policy_denied_egress",
 ];
 
 /// Longest any single helper command may run before `timeout` ends it.

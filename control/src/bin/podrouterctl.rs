@@ -583,6 +583,7 @@ fn text(r: &Reply) -> String {
                 ("flows full", c.flows.full),
                 ("flows expired", c.flows.expired),
                 ("flows steered_to_host", c.flows.steered_to_host),
+                ("policy allowed", c.flows.policy_allowed),
             ] {
                 t.row([k.to_string(), v.to_string()]);
             }
@@ -590,7 +591,15 @@ fn text(r: &Reply) -> String {
                 t.row([format!("drop {k}"), v.to_string()]);
             }
             let mut p = Table::new(&[
-                "PORT", "NAME", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS",
+                "PORT",
+                "NAME",
+                "RX PKTS",
+                "RX BYTES",
+                "TX PKTS",
+                "TX BYTES",
+                "DROPS",
+                "DENIED IN",
+                "DENIED OUT",
             ]);
             for x in &c.ports {
                 p.row([
@@ -601,6 +610,8 @@ fn text(r: &Reply) -> String {
                     x.tx_packets.to_string(),
                     x.tx_bytes.to_string(),
                     x.drops.to_string(),
+                    x.policy_denied_ingress.to_string(),
+                    x.policy_denied_egress.to_string(),
                 ]);
             }
             format!("{}\n{}", t.render(), p.render())
