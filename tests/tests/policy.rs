@@ -3,6 +3,7 @@
 //! survives a restart, and refusals that change nothing.
 use std::fs;
 
+use podrouter_e2e::netpol;
 use podrouter_e2e::*;
 
 const POLICIES: &str = r#"
@@ -184,4 +185,148 @@ fn policy_cli_and_persistence() {
     node.ctl(&["policy", "delete", "x/web"]);
     node.ctl(&["endpoint", "delete", "10.244.9.5"]);
     assert_eq!(node.ctl(&["policy", "list"]).as_array().unwrap().len(), 1);
+}
+
+fn policy_doc(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {spec}\n"
+    )
+}
+
+#[track_caller]
+fn apply(node: &Node, tag: &str, text: &str) {
+    let file = node.dir.join(&format!("{tag}.yaml"));
+    fs::write(&file, text).unwrap();
+    node.ctl(&["policy", "apply", "-f", &file.to_string_lossy()]);
+}
+
+#[track_caller]
+fn reach(from: &Pod, to: &Pod, proto: &str, port: u16) -> bool {
+    let t = format!("{proto}:{}:{port}", to.ip);
+    netpol::probe(&from.ns, std::slice::from_ref(&t))[&t]
+}
+
+fn port_counter(node: &Node, pod: &str, key: &str) -> u64 {
+    let c = node.counters();
+    c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(&format!("@{pod}")))
+        })
+        .map(|p| p[key].as_u64().unwrap())
+        .unwrap_or_else(|| panic!("no port for {pod}: {c:#}"))
+}
+
+/// Default deny, allow from the same namespace, a deleted policy, and a
+/// policy applied while a connection is open, on one node.
+#[test]
+fn policy_enforced_on_one_node() {
+    if !require("policy_enforced_on_one_node", &["python3"]) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig::default());
+    let a = node.add_pod(
+        "pod-a",
+        &["--namespace", "x", "--name", "a", "--label", "pod=a"],
+    );
+    let b = node.add_pod(
+        "pod-b",
+        &["--namespace", "x", "--name", "b", "--label", "pod=b"],
+    );
+    let c = node.add_pod(
+        "pod-c",
+        &["--namespace", "y", "--name", "c", "--label", "pod=c"],
+    );
+    let _servers: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|p| netpol::start_server(&p.ns, &node.dir.join(&format!("server-{}.log", p.id))))
+        .collect();
+    assert!(
+        reach(&c, &a, "tcp", 80) && reach(&c, &a, "udp", 81),
+        "open before any policy"
+    );
+
+    // Default deny ingress in x.
+    apply(
+        &node,
+        "deny",
+        &policy_doc("x", "default-deny", "{podSelector: {}}"),
+    );
+    assert!(
+        !reach(&c, &a, "tcp", 80),
+        "y/c reached x/a through default deny"
+    );
+    assert!(
+        !reach(&b, &a, "udp", 80),
+        "x/b reached x/a through default deny"
+    );
+    assert!(
+        reach(&a, &c, "tcp", 80),
+        "x/a's egress is not isolated, y/c's ingress neither"
+    );
+    assert!(reach(&a, &c, "udp", 80));
+    // The node itself is always let in.
+    let from_node = node.exec(&[
+        "python3",
+        "-c",
+        "import socket; socket.create_connection(('ADDR', 80), timeout=2).close()"
+            .replace("ADDR", &a.ip)
+            .as_str(),
+    ]);
+    assert!(
+        from_node.ok(),
+        "the node could not reach its pod: {from_node}"
+    );
+    assert!(port_counter(&node, "pod-a", "policy_denied_ingress") >= 2);
+    let c0 = node.counters();
+    assert!(num(&c0, "/drops/policy_denied_ingress") >= 2, "{c0:#}");
+
+    // Allow from the same namespace.
+    apply(
+        &node,
+        "same",
+        &policy_doc(
+            "x",
+            "allow-same-ns",
+            "{podSelector: {}, ingress: [{from: [{podSelector: {}}]}]}",
+        ),
+    );
+    assert!(
+        reach(&b, &a, "tcp", 81) && reach(&b, &a, "udp", 80),
+        "same namespace refused"
+    );
+    assert!(!reach(&c, &a, "tcp", 80), "other namespace let in");
+
+    // Deleted: open again.
+    node.ctl(&["policy", "delete", "x/default-deny"]);
+    node.ctl(&["policy", "delete", "x/allow-same-ns"]);
+    assert!(reach(&c, &a, "tcp", 80), "still closed after delete");
+
+    // A connection open when the policy arrives keeps going; a new one
+    // is refused.
+    let log = node.dir.join("hold.log");
+    let mut hold = netpol::hold_connection(&c.ns, &a.ip, 80, 4, &log);
+    assert!(
+        wait_until(std::time::Duration::from_secs(5), || fs::read_to_string(
+            &log
+        )
+        .is_ok_and(|s| s.contains("connected"))),
+        "hold never connected"
+    );
+    apply(
+        &node,
+        "deny2",
+        &policy_doc("x", "default-deny", "{podSelector: {}}"),
+    );
+    assert!(
+        !reach(&c, &a, "tcp", 80),
+        "a new connection passed the policy"
+    );
+    let status = hold.child.wait().unwrap();
+    let said = fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "the open connection was cut: {said}");
 }
