@@ -41,7 +41,7 @@ def udp(p):
     while True:
         d, a = s.recvfrom(4096)
         s.sendto(d, a)
-for p in (80, 81):
+for p in (53, 80, 81):
     threading.Thread(target=tcp, args=(p,), daemon=True).start()
     threading.Thread(target=udp, args=(p,), daemon=True).start()
 print("ready", flush=True)
