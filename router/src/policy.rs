@@ -50,6 +50,12 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::fib::KeyHash;
+
+/// Address-keyed maps use the FIB's seeded multiply hash: SipHash would
+/// cost more than the rest of a lookup.
+type AddrMap<V> = HashMap<u32, V, KeyHash>;
+
 pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -170,7 +176,7 @@ const EMPTY_SET: SetId = 0;
 /// One pod's compiled rules for one direction (see the module header).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirRules {
-    exact: HashMap<u32, SetId>,
+    exact: AddrMap<SetId>,
     starts: Box<[u32]>,
     range_sets: Box<[SetId]>,
     sets: Box<[PortSet]>,
@@ -329,8 +335,8 @@ pub enum Decision {
 /// An immutable snapshot of every local pod's compiled policy.
 #[derive(Clone, Debug, Default)]
 pub struct PolicyTable {
-    pods: HashMap<u32, PodRules>,
-    node_addrs: HashSet<u32>,
+    pods: AddrMap<PodRules>,
+    node_addrs: HashSet<u32, KeyHash>,
     generation: u64,
 }
 
