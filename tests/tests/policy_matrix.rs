@@ -67,7 +67,7 @@ fn world() -> World {
     let dir = TempDir::new("netpol");
     let mut pods = Vec::new();
     let mut servers = Vec::new();
-    let mut endpoints = vec![String::new(), String::new()];
+    let mut endpoints = [String::new(), String::new()];
     for (i, ns) in NAMESPACES.iter().enumerate() {
         for (j, p) in PODS.iter().enumerate() {
             // Spread: x/a y/b z/c ... alternate over the two nodes.

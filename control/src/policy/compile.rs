@@ -202,13 +202,15 @@ mod tests {
 
     /// x/a, x/b, y/a, y/b; namespaces x (team=blue), y (team=red).
     fn cluster() -> Cluster {
-        let mut c = Cluster::default();
-        c.endpoints = vec![
-            ep("10.0.0.1", "x", "a", &[("app", "a")]),
-            ep("10.0.0.2", "x", "b", &[("app", "b")]),
-            ep("10.0.1.1", "y", "a", &[("app", "a")]),
-            ep("10.0.1.2", "y", "b", &[("app", "b")]),
-        ];
+        let mut c = Cluster {
+            endpoints: vec![
+                ep("10.0.0.1", "x", "a", &[("app", "a")]),
+                ep("10.0.0.2", "x", "b", &[("app", "b")]),
+                ep("10.0.1.1", "y", "a", &[("app", "a")]),
+                ep("10.0.1.2", "y", "b", &[("app", "b")]),
+            ],
+            ..Cluster::default()
+        };
         c.endpoints[1].ports = vec![NamedPort {
             name: "web".into(),
             protocol: Protocol::Tcp,
