@@ -184,9 +184,6 @@ pub fn tcp_connect_start(
     Ok(std::net::TcpStream::from(fd))
 }
 
-/// Whether the process runs with effective uid 0.
-pub use podrouter_router::sys::is_root;
-
 #[cfg(test)]
 mod tests {
     use super::*;

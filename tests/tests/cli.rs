@@ -136,7 +136,7 @@ fn json_documents_have_the_documented_fields() {
             "flows",
         ],
     );
-    assert_has_keys(&c["drops"], DROP_REASONS);
+    assert_has_keys(&c["drops"], &drop_reasons());
     assert_has_keys(
         &c["flows"],
         &[

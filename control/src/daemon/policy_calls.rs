@@ -8,7 +8,7 @@
 //! at once; established ones keep going through the connection tracker.
 use std::net::Ipv4Addr;
 
-use podrouter_api::{Call, ErrorCode, Reply};
+use podrouter_api::{Call, Reply};
 
 use super::{CallResult, Daemon};
 
@@ -70,7 +70,7 @@ impl Daemon {
                 Reply::EndpointsChanged(vec![p.ip])
             }
             Call::EndpointList => return Ok(Reply::Endpoints(store.list_endpoints(&local))),
-            other => return Err((ErrorCode::Internal, format!("not a policy call: {other:?}"))),
+            other => unreachable!("not a policy call: {other:?}"),
         };
         self.publish_policy();
         Ok(reply)

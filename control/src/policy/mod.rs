@@ -39,10 +39,35 @@ use self::model::{Cluster, Endpoint, Labels, NamedPort, Policy, Protocol};
 const FILE_VERSION: u32 = 1;
 const FILE_NAME: &str = "policy.json";
 
-pub type CallError = (ErrorCode, String);
+/// Why a policy, label or endpoint call was refused (the store is then
+/// unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Malformed or unsupported input; the message says where.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// `policy.json` could not be written.
+    #[error("saving policy state: {0}")]
+    NotSaved(String),
+}
+
+impl StoreError {
+    /// The wire's error class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Invalid(_) => ErrorCode::BadRequest,
+            StoreError::NotFound(_) => ErrorCode::NotFound,
+            StoreError::NotSaved(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+type CallError = StoreError;
 
 fn bad(msg: impl Into<String>) -> CallError {
-    (ErrorCode::BadRequest, msg.into())
+    StoreError::Invalid(msg.into())
 }
 
 /// A pod of another node, as `endpoint apply` gave it.
@@ -153,7 +178,7 @@ impl PolicyStore {
             pods: data.identities.clone(),
             endpoints: data.remote.values().cloned().collect(),
         };
-        let internal = |e: String| (ErrorCode::Internal, format!("saving policy state: {e}"));
+        let internal = StoreError::NotSaved;
         let body = serde_json::to_vec_pretty(&file).map_err(|e| internal(e.to_string()))?;
         let tmp = dir.join("policy.json.tmp");
         let write = || -> io::Result<()> {
@@ -205,12 +230,7 @@ impl PolicyStore {
             d.policies
                 .remove(&(namespace.to_string(), name.to_string()))
                 .map(|_| ())
-                .ok_or_else(|| {
-                    (
-                        ErrorCode::NotFound,
-                        format!("no NetworkPolicy {namespace}/{name}"),
-                    )
-                })
+                .ok_or_else(|| StoreError::NotFound(format!("no NetworkPolicy {namespace}/{name}")))
         })
     }
 
@@ -324,7 +344,7 @@ impl PolicyStore {
             d.remote
                 .remove(&ip)
                 .map(|_| ())
-                .ok_or_else(|| (ErrorCode::NotFound, format!("no endpoint {ip}")))
+                .ok_or_else(|| StoreError::NotFound(format!("no endpoint {ip}")))
         })
     }
 
@@ -429,7 +449,7 @@ impl PolicyStore {
                 })
             })
             .copied()
-            .ok_or_else(|| (ErrorCode::NotFound, format!("no local pod {pod}")))
+            .ok_or_else(|| StoreError::NotFound(format!("no local pod {pod}")))
     }
 
     /// `policy show`: one local pod's effective rules.
@@ -601,9 +621,8 @@ fn parse_endpoints(text: &str) -> Result<Vec<RemoteEndpoint>, String> {
         for (j, item) in items.into_iter().enumerate() {
             let e: RemoteEndpoint = serde_json::from_value(item)
                 .map_err(|e| format!("document {} endpoint {}: {e}", i + 1, j + 1))?;
-            validate_identity(&e.identity).map_err(|(_, m)| {
-                format!("document {} endpoint {} ({}): {m}", i + 1, j + 1, e.ip)
-            })?;
+            validate_identity(&e.identity)
+                .map_err(|m| format!("document {} endpoint {} ({}): {m}", i + 1, j + 1, e.ip))?;
             if e.node.is_empty() {
                 return Err(format!(
                     "document {} endpoint {}: node must not be empty",
@@ -691,9 +710,11 @@ mod tests {
         let bad_file = format!("{DENY_X}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: new}}\nspec: {{podSelector: {{}}, ingress: [{{ports: [{{port: 0}}]}}]}}\n");
         let e = s.apply_policies(&bad_file).unwrap_err();
         assert!(
-            e.1.contains("document 2: spec.ingress[0].ports[0].port"),
+            e.to_string()
+                .contains("document 2: spec.ingress[0].ports[0].port"),
             "{e:?}"
         );
+        assert_eq!(e.code(), ErrorCode::BadRequest);
         assert!(s
             .apply_endpoints(&local, "{ip: 10.244.0.2, node: n2, namespace: z, name: c}")
             .is_err());
@@ -727,7 +748,7 @@ mod tests {
         let mut s2 = s2;
         s2.delete_policy("x", "deny").unwrap();
         assert_eq!(
-            s2.delete_policy("x", "deny").unwrap_err().0,
+            s2.delete_policy("x", "deny").unwrap_err().code(),
             ErrorCode::NotFound
         );
         assert_eq!(PolicyStore::open(&d).unwrap().policy_count(), 1);
@@ -763,7 +784,7 @@ mod tests {
         assert_eq!(labels["app"], "web");
         assert!(s.show(&local, &[], "default/cni:abc:eth0").is_ok());
         assert_eq!(
-            s.show(&local, &[], "nope").unwrap_err().0,
+            s.show(&local, &[], "nope").unwrap_err().code(),
             ErrorCode::NotFound
         );
         let bad_port = PodIdentity {

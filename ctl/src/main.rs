@@ -14,7 +14,10 @@ use podrouter_api::{
     NamedPortSpec, NamespaceLabelParams, PodIdentity, PodLabelParams, PolicyRef, PolicyShowParams,
     Reply, TextParams, DEFAULT_SOCKET,
 };
-use podrouter_control::table::Table;
+
+use crate::table::Table;
+
+mod table;
 
 /// Operate a podrouter node.
 #[derive(Parser)]
