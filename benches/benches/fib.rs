@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::port::PortId;
+use podrouter_types::Prefix;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

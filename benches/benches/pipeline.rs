@@ -37,7 +37,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use podrouter_router::conntrack::{FlowKey, FlowTable, Packet, Record, HOST_NAT};
 use podrouter_router::counters::WorkerCounters;
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::frame::{Frame, VnetHdr};
 use podrouter_router::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
 use podrouter_router::policy::{
@@ -45,6 +45,7 @@ use podrouter_router::policy::{
 };
 use podrouter_router::port::{MemPort, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
+use podrouter_types::Prefix;
 
 const PODS: u8 = 8;
 const HOST: PortId = PortId(PODS as u32);
@@ -118,7 +119,6 @@ fn topology() -> (PortTable, Fib) {
 fn pipeline() -> Pipeline {
     Pipeline::new(PipelineConfig {
         router_mac: ROUTER_MAC,
-        gateway_ip: GATEWAY_IP,
         node_ip: NODE_IP,
         icmp_rate_per_sec: 1000,
         icmp_burst: 100,
@@ -220,15 +220,7 @@ fn bench_pipeline(c: &mut Criterion) {
     let table = fib.load();
     let counters = WorkerCounters::default();
     let flows = FlowTable::default();
-    let policy = podrouter_router::policy::PolicyTable::default();
-    let ctx = BatchContext {
-        fib: &table,
-        ports: &ports,
-        counters: &counters,
-        flows: &flows,
-        policy: &policy,
-        now_ns: 0,
-    };
+    let ctx = BatchContext::new(&table, &ports, &counters, &flows, 0);
     let mut pipeline = pipeline();
     let mut frame = Frame::new();
 
@@ -239,7 +231,10 @@ fn bench_pipeline(c: &mut Criterion) {
     frame.load(&udp, VnetHdr::default());
     assert_eq!(
         pipeline.process(&ctx, PortId(0), &mut frame),
-        Verdict::Forward(PortId(1)),
+        Verdict::Forward {
+            port: PortId(1),
+            tunnel: None
+        },
         "the benchmark frame must be forwarded"
     );
     assert_eq!(frame.data()[22], 63, "TTL decremented");
@@ -264,14 +259,14 @@ fn bench_pipeline(c: &mut Criterion) {
         };
         assert_eq!(busy_flows.record(&pkt, HOST_NAT, 0), Record::Inserted);
     }
-    let busy_ctx = BatchContext {
-        flows: &busy_flows,
-        ..ctx
-    };
+    let busy_ctx = BatchContext::new(&table, &ports, &counters, &busy_flows, 0);
     frame.load(&udp, VnetHdr::default());
     assert_eq!(
         pipeline.process(&busy_ctx, PortId(0), &mut frame),
-        Verdict::Forward(PortId(1)),
+        Verdict::Forward {
+            port: PortId(1),
+            tunnel: None
+        },
         "the benchmark frame is no reply of a NATed flow"
     );
     group.bench_function("forward_pod_to_pod_64B_with_10k_nat_flows", |b| {
@@ -284,15 +279,14 @@ fn bench_pipeline(c: &mut Criterion) {
     for rules in [0usize, 1_000, 10_000] {
         let policy = policy_table(rules);
         let flows = FlowTable::default();
-        let pctx = BatchContext {
-            flows: &flows,
-            policy: &policy,
-            ..ctx
-        };
+        let pctx = BatchContext::new(&table, &ports, &counters, &flows, 0).with_policy(&policy);
         frame.load(&udp, VnetHdr::default());
         assert_eq!(
             pipeline.process(&pctx, PortId(0), &mut frame),
-            Verdict::Forward(PortId(1)),
+            Verdict::Forward {
+                port: PortId(1),
+                tunnel: None
+            },
             "the policy allows the benchmark flow"
         );
         assert_eq!(flows.len(), usize::from(rules > 0), "tracked once isolated");
@@ -328,7 +322,10 @@ fn bench_pipeline(c: &mut Criterion) {
     frame.load(&arp, VnetHdr::default());
     assert_eq!(
         pipeline.process(&ctx, PortId(0), &mut frame),
-        Verdict::Forward(PortId(0)),
+        Verdict::Forward {
+            port: PortId(0),
+            tunnel: None
+        },
         "the benchmark ARP request must be answered"
     );
     assert_eq!(&frame.data()[22..28], &ROUTER_MAC);

@@ -9,8 +9,9 @@
 //!   fixed rate and records each round trip in nanoseconds.
 //! - `accept` / `conn`: a TCP server that answers each connection with one
 //!   byte and closes it, and a client that opens connections one after
-//!   the other for a while (connect, read to the end, close), counting
-//!   them and timing each.
+//!   the other for a while (connect, read to the end, close with a RST so
+//!   no TIME_WAIT is left on either side and ports are reused at once),
+//!   counting them and timing each.
 //! - `cni`: runs a CNI plugin's ADD for a list of pod namespaces, then DEL
 //!   for all of them, from a pool of threads, timing each invocation.
 use std::collections::HashMap;
@@ -292,8 +293,7 @@ fn rr(a: &Args) -> Res<serde_json::Value> {
 
 /// Serves [`CONN_PORT`] until `secs` passed (checked after each
 /// connection; the harness stops it by pid when done): one byte, then the
-/// server closes, so the TIME_WAIT state stays on the server and the
-/// client's ports are free again at once.
+/// server closes (the client's RST ends the connection: no TIME_WAIT).
 fn accept(a: &Args) -> Res<serde_json::Value> {
     let secs: f64 = a.num("secs")?;
     let listener = TcpListener::bind(("0.0.0.0", CONN_PORT))?;
@@ -309,7 +309,7 @@ fn accept(a: &Args) -> Res<serde_json::Value> {
 
 /// Opens connections to `dst`:[`CONN_PORT`] one after the other for
 /// `secs` (after waiting up to 5 s for a first answer): connect (1 s
-/// timeout), read to the end, close. Reports how many completed, how
+/// timeout), read to the end, close with a RST. Reports how many completed, how
 /// many failed and each completed one's time from connect to end of
 /// stream.
 fn conn(a: &Args) -> Res<serde_json::Value> {
@@ -319,6 +319,7 @@ fn conn(a: &Args) -> Res<serde_json::Value> {
     let timeout = Duration::from_secs(1);
     let once = || -> io::Result<()> {
         let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        sys::abortive_close_on_drop(&s)?;
         s.set_read_timeout(Some(timeout))?;
         let mut buf = [0u8; 16];
         let mut got = 0;

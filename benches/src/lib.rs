@@ -572,7 +572,9 @@ fn run(cli: &Cli) -> Res<bool> {
              above, to the ClusterIP (one UDP flow per run, so one backend per run, answered by \
              echo servers in both). Connections: the harness's TCP client opens connections to \
              the ClusterIP one after the other for {} s (connect, read the server's one byte to \
-             the end of stream, close; the server closes first), servers in both backends",
+             the end of stream, close with a RST after the server's FIN, so no TIME_WAIT \
+             is left and ports are reused at once), servers in both backends; for \
+             reference the same client to one backend's own address",
             topo::CLUSTER_IP,
             helpers::ECHO_PORT,
             helpers::CONN_PORT,

@@ -1093,6 +1093,20 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
             hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
         }),
     ));
+    // The same client to one backend's own address: what the data plane
+    // does without the Service, for reference.
+    let what = format!("{scenario} · new TCP connections to a backend directly");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1]], t.pods[1].ip, d)
+    })?;
+    ctx.rows.push(Row::new(
+        &scenario,
+        "for reference: new TCP connections per second to a backend's own address (no Service)",
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
     if let Ok(t) = &pr {
         if let Ok(podrouter_api::Reply::Counters(c)) =
             t.daemons[0].call(podrouter_api::Call::Counters)
@@ -1491,7 +1505,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
-            Scenario::Services => 2 + 2 * 2 * r + 1,
+            Scenario::Services => 2 + 2 * 3 * r + 1,
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
         };
     }

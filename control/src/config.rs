@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use podrouter_api::check_ifname;
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 use serde::Deserialize;
 
 /// Where the data plane gets its frames.

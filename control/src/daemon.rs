@@ -28,12 +28,13 @@ use podrouter_api::{
 use podrouter_router::clock;
 use podrouter_router::conntrack::{FlowTable, Timeouts};
 use podrouter_router::counters::{self, WorkerCounters};
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
 use podrouter_router::policy::Policies;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::worker::{WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
+use podrouter_types::Prefix;
 
 use crate::call_error::CallError;
 use crate::config::{Config, MTU_RANGE};
@@ -132,7 +133,6 @@ impl Daemon {
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let pipeline = PipelineConfig {
             router_mac: ROUTER_MAC,
-            gateway_ip: GATEWAY_IP,
             node_ip: cfg.node_ip.unwrap_or(GATEWAY_IP),
             icmp_rate_per_sec: cfg.dataplane.icmp_rate,
             icmp_burst: cfg.dataplane.icmp_burst,

@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum IpamError {

@@ -7,7 +7,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 /// The next-hop nodes of one learned route: sorted, distinct, non-empty.
 /// One node (the common case) takes no heap; several share one

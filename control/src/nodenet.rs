@@ -11,8 +11,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use podrouter_router::fib::Prefix;
 use podrouter_router::port::Port;
+use podrouter_types::Prefix;
 
 use crate::podnet::{self, PodInterfaceSpec, PodNetError};
 
@@ -77,11 +77,11 @@ impl NodeNet for KernelNet {
     }
 
     fn host_route_add(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError> {
-        podnet::host_route_add(prefix.addr(), prefix.len(), host_port)
+        podnet::host_route_add(prefix, host_port)
     }
 
     fn host_route_del(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError> {
-        podnet::host_route_del(prefix.addr(), prefix.len(), host_port)
+        podnet::host_route_del(prefix, host_port)
     }
 }
 
@@ -96,9 +96,9 @@ pub mod fake {
     use std::path::{Path, PathBuf};
     use std::sync::{Arc, Mutex};
 
-    use podrouter_router::fib::Prefix;
     use podrouter_router::frame::Frame;
-    use podrouter_router::port::Port;
+    use podrouter_router::port::{Port, TxQueue};
+    use podrouter_types::Prefix;
 
     use super::NodeNet;
     use crate::podnet::{PodInterfaceSpec, PodNetError};
@@ -175,7 +175,12 @@ pub mod fake {
         fn recv(&self, _frames: &mut [Frame]) -> io::Result<usize> {
             Ok(0)
         }
-        fn send(&self, _frame: &Frame) -> io::Result<()> {
+        fn push(
+            &self,
+            _queue: &mut TxQueue,
+            _frame: &Frame,
+            _tunnel: Option<std::net::Ipv4Addr>,
+        ) -> io::Result<()> {
             Ok(())
         }
         fn readiness_fd(&self) -> Option<RawFd> {

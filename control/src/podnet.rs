@@ -27,7 +27,6 @@
 //!   on a scoped thread ([`run_in_netns_fd`]); node-side work runs in the
 //!   caller's namespace (the node's, in podrouterd).
 //! - Deletion is idempotent: a missing interface or namespace is success.
-use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -36,6 +35,7 @@ use std::path::{Path, PathBuf};
 use podrouter_api::{check_ifname, InvalidIfname};
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
+use podrouter_types::Prefix;
 
 use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope};
 use crate::netns::{open_netns, run_in_netns_fd};
@@ -433,18 +433,10 @@ enum Held {
     Attached(TapPort),
 }
 
-/// The network address of `ip/prefix_len` (host bits cleared).
-fn network(ip: Ipv4Addr, prefix_len: u8) -> Ipv4Addr {
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix_len.min(32)))
-        .unwrap_or(0);
-    Ipv4Addr::from(u32::from(ip) & mask)
-}
-
-fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
+fn host_route(prefix: Prefix, oif: u32) -> Ipv4Route {
     Ipv4Route {
-        dst: network(ip, prefix_len),
-        prefix_len,
+        dst: prefix.addr(),
+        prefix_len: prefix.len(),
         gateway: None,
         oif,
         scope: Scope::Link,
@@ -453,30 +445,10 @@ fn host_route(ip: Ipv4Addr, prefix_len: u8, oif: u32) -> Ipv4Route {
     }
 }
 
-struct RouteLabel(Ipv4Addr, u8);
-
-impl fmt::Display for RouteLabel {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", network(self.0, self.1), self.1)
-    }
-}
-
-/// Adds (or replaces) the node route `ip/prefix_len dev HOST_PORT scope
-/// link proto 77`, so the node's own traffic to pods enters the router.
-pub fn host_route_add(
-    ip: Ipv4Addr,
-    prefix_len: u8,
-    host_port_name: &str,
-) -> Result<(), PodNetError> {
+/// Adds (or replaces) the node route `prefix dev HOST_PORT scope link
+/// proto 77`, so the node's own traffic to pods enters the router.
+pub fn host_route_add(prefix: Prefix, host_port_name: &str) -> Result<(), PodNetError> {
     let whom = format!("host port {host_port_name}");
-    let label = RouteLabel(ip, prefix_len);
-    if prefix_len > 32 {
-        return Err(PodNetError::step(
-            format!("add route {ip}/{prefix_len}"),
-            &whom,
-            io::Error::new(io::ErrorKind::InvalidInput, "prefix length above 32"),
-        ));
-    }
     let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
     let index = nl
         .link_index(host_port_name)
@@ -484,22 +456,14 @@ pub fn host_route_add(
         .ok_or_else(|| PodNetError::HostPortNotFound {
             name: host_port_name.to_string(),
         })?;
-    nl.route_replace(&host_route(ip, prefix_len, index))
-        .map_err(|e| PodNetError::step(format!("add route {label}"), &whom, e))
+    nl.route_replace(&host_route(prefix, index))
+        .map_err(|e| PodNetError::step(format!("add route {prefix}"), &whom, e))
 }
 
 /// Removes the node route added by [`host_route_add`]. Success if it is not
 /// there (or the host port is gone, which takes its routes with it).
-pub fn host_route_del(
-    ip: Ipv4Addr,
-    prefix_len: u8,
-    host_port_name: &str,
-) -> Result<(), PodNetError> {
+pub fn host_route_del(prefix: Prefix, host_port_name: &str) -> Result<(), PodNetError> {
     let whom = format!("host port {host_port_name}");
-    let label = RouteLabel(ip, prefix_len);
-    if prefix_len > 32 {
-        return Ok(());
-    }
     let mut nl = Netlink::open().map_err(|e| PodNetError::step("open netlink", &whom, e))?;
     let Some(index) = nl
         .link_index(host_port_name)
@@ -507,9 +471,9 @@ pub fn host_route_del(
     else {
         return Ok(());
     };
-    match nl.route_delete(&host_route(ip, prefix_len, index)) {
+    match nl.route_delete(&host_route(prefix, index)) {
         Err(e) if errno(&e) == Some(libc::ESRCH) => Ok(()),
-        r => r.map_err(|e| PodNetError::step(format!("delete route {label}"), &whom, e)),
+        r => r.map_err(|e| PodNetError::step(format!("delete route {prefix}"), &whom, e)),
     }
 }
 
@@ -879,12 +843,12 @@ mod tests {
         check(9000);
         assert_eq!(link_names(&node), ["lo", "podrouter0"]);
 
-        let ip = Ipv4Addr::new(10, 244, 1, 2);
-        let block = Ipv4Addr::new(10, 244, 2, 7); // host bits are cleared
+        let ip = Prefix::host(Ipv4Addr::new(10, 244, 1, 2));
+        let block = Prefix::truncating(Ipv4Addr::new(10, 244, 2, 7), 26);
         node.run(|| {
-            host_route_add(ip, 32, "podrouter0")?;
-            host_route_add(block, 26, "podrouter0")?;
-            host_route_add(block, 26, "podrouter0") // replace: no error
+            host_route_add(ip, "podrouter0")?;
+            host_route_add(block, "podrouter0")?;
+            host_route_add(block, "podrouter0") // replace: no error
         })
         .unwrap();
         let routes = node.ip_json(&["-4", "route", "show"]);
@@ -898,32 +862,17 @@ mod tests {
             assert_eq!(r["scope"], "link");
             assert_eq!(r["protocol"], "77");
         }
-        let e = node
-            .run(|| host_route_add(ip, 32, "nonexist0"))
-            .unwrap_err();
+        let e = node.run(|| host_route_add(ip, "nonexist0")).unwrap_err();
         assert!(matches!(e, PodNetError::HostPortNotFound { .. }), "{e}");
         node.run(|| {
-            host_route_del(ip, 32, "podrouter0")?;
-            host_route_del(block, 26, "podrouter0")?;
-            host_route_del(block, 26, "podrouter0")?; // already gone
-            host_route_del(ip, 32, "nonexist0") // no port, no route
+            host_route_del(ip, "podrouter0")?;
+            host_route_del(block, "podrouter0")?;
+            host_route_del(block, "podrouter0")?; // already gone
+            host_route_del(ip, "nonexist0") // no port, no route
         })
         .unwrap();
         let routes = node.ip_json(&["-4", "route", "show"]);
         assert_eq!(routes.as_array().unwrap().len(), 0, "{routes}");
         drop(tap);
-    }
-
-    #[test]
-    fn network_clears_host_bits() {
-        assert_eq!(
-            network(Ipv4Addr::new(10, 244, 2, 7), 26),
-            Ipv4Addr::new(10, 244, 2, 0)
-        );
-        assert_eq!(network(Ipv4Addr::new(1, 2, 3, 4), 0), Ipv4Addr::UNSPECIFIED);
-        assert_eq!(
-            network(Ipv4Addr::new(1, 2, 3, 4), 32),
-            Ipv4Addr::new(1, 2, 3, 4)
-        );
     }
 }

@@ -24,7 +24,8 @@ use std::net::Ipv4Addr;
 use std::path::Path;
 
 use podrouter_api::{ErrorCode, ReloadInfo};
-use podrouter_router::fib::{Fib, FibChange, NextHop, Prefix};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
+use podrouter_types::Prefix;
 
 use crate::bgp::BgpHandle;
 use crate::config::{Bgp, Config, ConfigError, Dataplane};

@@ -43,9 +43,10 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use podrouter_router::fib::Prefix;
+use podrouter_router::encap::{EncapMode, EncapPolicy};
 use podrouter_router::port::{PortInfo, PortRole};
-use podrouter_router::uplink::{EncapMode, EncapPolicy, Uplink};
+use podrouter_router::uplink::Uplink;
+use podrouter_types::Prefix;
 
 use crate::config::{Config, Encap};
 use crate::kernel_job::{job_vias, KernelJob};
@@ -124,7 +125,7 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         .iter()
         .find(|a| a.ip == node_ip)
         .or_else(|| on_link.first())
-        .map(|a| network(a.ip, a.prefix_len));
+        .map(|a| Prefix::truncating(a.ip, a.prefix_len));
     let link_mtu = u16::try_from(link.mtu).unwrap_or(u16::MAX);
     let port = Uplink::open(node_ip, link_mtu)
         .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
@@ -164,12 +165,6 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         },
         info,
     ))
-}
-
-fn network(ip: Ipv4Addr, len: u8) -> Prefix {
-    let len = len.min(32);
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    Prefix::new(Ipv4Addr::from(u32::from(ip) & mask), len).expect("masked prefix")
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -419,18 +414,6 @@ mod tests {
         assert_eq!(mode(Encap::Always), EncapMode::Always);
         assert_eq!(mode(Encap::CrossSubnet), EncapMode::CrossSubnet);
         assert_eq!(mode(Encap::Never), EncapMode::Never);
-        assert_eq!(
-            network(Ipv4Addr::new(192, 168, 57, 31), 24).to_string(),
-            "192.168.57.0/24"
-        );
-        assert_eq!(
-            network(Ipv4Addr::new(10, 1, 2, 3), 32).to_string(),
-            "10.1.2.3/32"
-        );
-        assert_eq!(
-            network(Ipv4Addr::new(10, 1, 2, 3), 0).to_string(),
-            "0.0.0.0/0"
-        );
     }
 
     #[test]

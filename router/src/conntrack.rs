@@ -57,6 +57,10 @@
 //!   only inserter is the host port's worker, so the first cannot happen
 //!   there.
 //!
+//! The table lives in podrouterd's memory only: after a restart a flow is
+//! recorded again from its next packet in the original direction (TCP
+//! picked up mid-stream).
+//!
 //! What is not tracked: IP fragments (no ports past the first; the caller
 //! gets `None` from [`parse`]), protocols other than TCP, UDP, SCTP and
 //! ICMP echo, IPv6.
@@ -404,6 +408,9 @@ pub struct FlowTable {
     metas: Box<[Metas]>,
     entries: Box<[Entry]>,
     bucket_mask: usize,
+    /// Random per table, so nobody can aim flows at one bucket from
+    /// outside.
+    seed: u64,
     timeouts: Timeouts,
     /// Slots in use (LIVE or CLAIMED, expired ones included until reused
     /// or swept).
@@ -444,6 +451,12 @@ impl FlowTable {
             metas: (0..n / BUCKET).map(|_| Metas::default()).collect(),
             entries: (0..n).map(|_| Entry::default()).collect(),
             bucket_mask: n / BUCKET - 1,
+            seed: {
+                use std::hash::{BuildHasher, Hasher};
+                std::collections::hash_map::RandomState::new()
+                    .build_hasher()
+                    .finish()
+            },
             timeouts,
             used: CachePadded::new(AtomicUsize::new(0)),
             expired: CachePadded::new(AtomicU64::new(0)),
@@ -479,7 +492,7 @@ impl FlowTable {
     /// The bucket of a canonical key and the tag its slot carries.
     #[inline]
     fn bucket(&self, addrs: u64, ports: u64) -> (usize, u64) {
-        let h = mix(mix(addrs) ^ ports);
+        let h = mix(mix(addrs ^ self.seed) ^ ports);
         ((h as usize) & self.bucket_mask, h & TAG_MASK)
     }
 
@@ -669,6 +682,29 @@ impl FlowTable {
             }
         }
         None
+    }
+
+    /// Removes the entry `hit` found, unless the slot changed meanwhile;
+    /// says whether it did.
+    pub fn remove(&self, hit: &Hit) -> bool {
+        let meta = self.meta(hit.slot as usize);
+        let mut cur = hit.meta;
+        loop {
+            match meta.compare_exchange(
+                cur,
+                EMPTY | (cur & GEN_MASK),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    self.used.fetch_sub(1, Ordering::Relaxed);
+                    return true;
+                }
+                // Only its state bits changed: still the same entry.
+                Err(actual) if (actual ^ hit.meta) & IDENTITY == 0 => cur = actual,
+                Err(_) => return false,
+            }
+        }
     }
 
     /// Frees every expired entry; returns how many. Any thread may call
@@ -931,6 +967,23 @@ mod tests {
         assert!(t.lookup(&udp(999).key, 31_000).is_some());
         assert_eq!(t.sweep(62_000), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn removed_entries_are_gone() {
+        let t = FlowTable::new(64, Timeouts::default());
+        let p = tcp(40000, TCP_SYN);
+        t.record(&p, HOST_NAT, 0);
+        let hit = t.lookup(&p.key, 0).unwrap();
+        // A state change in between does not make it another entry.
+        t.record(&reply(&p, TCP_SYN | TCP_ACK), 0, 0);
+        assert!(t.remove(&hit));
+        assert!(t.lookup(&p.key, 0).is_none());
+        assert!(t.is_empty());
+        // The slot was reused meanwhile: nothing to remove.
+        t.record(&p, HOST_NAT, 0);
+        assert!(!t.remove(&hit));
+        assert_eq!(t.len(), 1);
     }
 
     #[test]

@@ -102,23 +102,17 @@
 //! - Memory: ~22 bytes per route at 1M routes ([`FibTable::memory_bytes`]).
 //!   Consecutive snapshots share every untouched shard; a replaced one lives
 //!   until the last reader holding it is done and the writer next runs.
-//!
-//! # Prefix syntax
-//!
-//! [`Prefix`] parses `a.b.c.d/len` only. A bare address such as `10.0.0.1`
-//! is rejected with [`PrefixError::Syntax`] rather than read as a `/32`:
-//! a block written without its length (`10.244.1.0`) must not silently turn
-//! into a host route. Use [`Prefix::host`] for a `/32` in code. The address
-//! follows [`Ipv4Addr`]'s parser (no leading zeros, no spaces); the length is
-//! decimal digits only.
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
+use podrouter_types::prefix::netmask;
+/// The prefix type lives in `podrouter-types` (so crates that need it do
+/// not link the data plane); re-exported here because the FIB API takes it.
+pub use podrouter_types::{Prefix, PrefixError};
 
 use crate::port::PortId;
 
@@ -145,83 +139,6 @@ pub enum NextHop {
 /// reused by later snapshots).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct GroupId(pub u32);
-
-/// An IPv4 prefix with its host bits zero.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Prefix {
-    addr: Ipv4Addr,
-    len: u8,
-}
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum PrefixError {
-    /// prefix length must be 0..=32
-    #[error("prefix length {0} is out of range 0..=32")]
-    BadLength(u32),
-    /// host bits set
-    #[error("{0}/{1} has host bits set (did you mean {2}/{1}?)")]
-    HostBits(Ipv4Addr, u8, Ipv4Addr),
-    /// not of the form a.b.c.d/len
-    #[error("{0:?} is not an IPv4 prefix like 10.244.0.0/24")]
-    Syntax(String),
-}
-
-/// The network mask of a prefix length `len` in 0..=32 (0 for `/0`).
-#[inline]
-fn netmask(len: u32) -> u32 {
-    debug_assert!(len <= 32);
-    (u64::MAX << (32 - len)) as u32
-}
-
-impl Prefix {
-    /// `addr/len`; rejects `len > 32` and addresses with host bits set.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Result<Prefix, PrefixError> {
-        if len > 32 {
-            return Err(PrefixError::BadLength(len.into()));
-        }
-        let masked = u32::from(addr) & netmask(len.into());
-        if masked != u32::from(addr) {
-            return Err(PrefixError::HostBits(addr, len, masked.into()));
-        }
-        Ok(Prefix { addr, len })
-    }
-    /// The `/32` of one address (a pod's route).
-    pub fn host(addr: Ipv4Addr) -> Prefix {
-        Prefix { addr, len: 32 }
-    }
-    pub fn addr(&self) -> Ipv4Addr {
-        self.addr
-    }
-    #[allow(clippy::len_without_is_empty)] // a prefix length, not a size
-    pub fn len(&self) -> u8 {
-        self.len
-    }
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & netmask(self.len.into()) == u32::from(self.addr)
-    }
-}
-
-impl FromStr for Prefix {
-    type Err = PrefixError;
-    /// Parses `a.b.c.d/len`; see the module doc for what is rejected.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let syntax = || PrefixError::Syntax(s.to_owned());
-        let (addr, len) = s.split_once('/').ok_or_else(syntax)?;
-        let addr: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
-        if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(syntax());
-        }
-        let len: u32 = len.parse().map_err(|_| syntax())?;
-        let len = u8::try_from(len).map_err(|_| PrefixError::BadLength(len))?;
-        Prefix::new(addr, len)
-    }
-}
-
-impl fmt::Display for Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
 
 /// One change in a batch applied by [`Fib::update`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -557,9 +474,9 @@ impl FibTable {
 
     /// The route for exactly `prefix`, if any (no longest-prefix match).
     pub fn get(&self, prefix: Prefix) -> Option<NextHop> {
-        let t = &self.lens[usize::from(prefix.len)];
+        let t = &self.lens[usize::from(prefix.len())];
         let shards = t.shards.as_ref()?;
-        let key = u32::from(prefix.addr);
+        let key = u32::from(prefix.addr());
         shards[t.shard_of(self.hash.hash(key))].get(&key).copied()
     }
 
@@ -576,10 +493,7 @@ impl FibTable {
         for (len, t) in self.lens.iter().enumerate() {
             for shard in t.shards.iter().flat_map(|s| s.iter()) {
                 out.extend(shard.iter().map(|(&key, &nh)| {
-                    let prefix = Prefix {
-                        addr: key.into(),
-                        len: len as u8,
-                    };
+                    let prefix = Prefix::truncating(key.into(), len as u8);
                     (prefix, nh)
                 }));
             }
@@ -644,7 +558,7 @@ impl FibTable {
                 FibChange::Remove(p) => (*p, self.remove(*p)),
             };
             if changed {
-                touched |= 1 << prefix.len;
+                touched |= 1 << prefix.len();
             }
         }
         if self.groups.slots.iter().flatten().any(|g| g.routes == 0) {
@@ -668,10 +582,10 @@ impl FibTable {
     }
 
     fn insert(&mut self, prefix: Prefix, nh: NextHop) -> bool {
-        let key = u32::from(prefix.addr);
+        let key = u32::from(prefix.addr());
         let hash = self.hash;
         let h = hash.hash(key);
-        let t = &mut self.lens[usize::from(prefix.len)];
+        let t = &mut self.lens[usize::from(prefix.len())];
         if let Some(shards) = &t.shards {
             if shards[t.shard_of(h)].get(&key) == Some(&nh) {
                 return false;
@@ -711,9 +625,9 @@ impl FibTable {
     }
 
     fn remove(&mut self, prefix: Prefix) -> bool {
-        let key = u32::from(prefix.addr);
+        let key = u32::from(prefix.addr());
         let h = self.hash.hash(key);
-        let t = &mut self.lens[usize::from(prefix.len)];
+        let t = &mut self.lens[usize::from(prefix.len())];
         let i = t.shard_of(h);
         let Some(shards) = &mut t.shards else {
             return false;
@@ -931,108 +845,6 @@ mod tests {
         nodes.sort_unstable();
         nodes.dedup();
         assert_eq!(t.nodes(), nodes, "known nodes");
-    }
-
-    #[test]
-    fn prefix_new_validates() {
-        assert_eq!(
-            Prefix::new(ip("10.244.0.0"), 16).unwrap().to_string(),
-            "10.244.0.0/16"
-        );
-        assert!(Prefix::new(ip("0.0.0.0"), 0).is_ok());
-        assert!(Prefix::new(ip("255.255.255.255"), 32).is_ok());
-        assert_eq!(
-            Prefix::new(ip("0.0.0.0"), 33),
-            Err(PrefixError::BadLength(33))
-        );
-        assert_eq!(
-            Prefix::new(ip("0.0.0.0"), 255),
-            Err(PrefixError::BadLength(255))
-        );
-        let e = Prefix::new(ip("10.244.1.2"), 24).unwrap_err();
-        assert_eq!(
-            e,
-            PrefixError::HostBits(ip("10.244.1.2"), 24, ip("10.244.1.0"))
-        );
-        assert_eq!(
-            e.to_string(),
-            "10.244.1.2/24 has host bits set (did you mean 10.244.1.0/24?)"
-        );
-        assert_eq!(
-            Prefix::new(ip("1.0.0.0"), 0),
-            Err(PrefixError::HostBits(ip("1.0.0.0"), 0, ip("0.0.0.0")))
-        );
-        assert_eq!(Prefix::host(ip("10.0.0.1")), p("10.0.0.1/32"));
-    }
-
-    #[test]
-    fn prefix_parse_and_display() {
-        for s in [
-            "10.244.0.0/24",
-            "0.0.0.0/0",
-            "255.255.255.255/32",
-            "10.244.1.64/26",
-        ] {
-            let pf = p(s);
-            assert_eq!(pf.to_string(), s);
-        }
-        let pf = p("10.244.0.0/24");
-        assert_eq!((pf.addr(), pf.len()), (ip("10.244.0.0"), 24));
-        assert_eq!(p("10.0.0.0/08"), p("10.0.0.0/8"));
-    }
-
-    #[test]
-    fn prefix_parse_errors() {
-        let syntax = |s: &str| PrefixError::Syntax(s.to_owned());
-        for s in [
-            "",
-            "10.0.0.1", // a bare address is not a /32
-            "10.0.0.0/",
-            "/24",
-            "10.0.0.0/24/1",
-            "10.0.0.0/+24",
-            "10.0.0.0/-1",
-            "10.0.0.0/ 24",
-            " 10.0.0.0/24",
-            "10.0.0.0/24 ",
-            "10.0.0/24",
-            "010.0.0.0/8",
-            "10.0.0.256/32",
-            "fe80::/64",
-            "10.0.0.0/99999999999",
-            "junk",
-        ] {
-            assert_eq!(s.parse::<Prefix>(), Err(syntax(s)), "{s:?}");
-        }
-        assert_eq!(
-            "10.0.0.0/33".parse::<Prefix>(),
-            Err(PrefixError::BadLength(33))
-        );
-        assert_eq!(
-            "10.0.0.0/4096".parse::<Prefix>(),
-            Err(PrefixError::BadLength(4096))
-        );
-        assert_eq!(
-            "10.0.0.1/24".parse::<Prefix>(),
-            Err(PrefixError::HostBits(ip("10.0.0.1"), 24, ip("10.0.0.0")))
-        );
-        assert_eq!(
-            syntax("junk").to_string(),
-            "\"junk\" is not an IPv4 prefix like 10.244.0.0/24"
-        );
-        assert_eq!(
-            PrefixError::BadLength(33).to_string(),
-            "prefix length 33 is out of range 0..=32"
-        );
-    }
-
-    #[test]
-    fn prefix_contains() {
-        assert!(p("0.0.0.0/0").contains(ip("255.1.2.3")));
-        assert!(p("10.244.1.0/26").contains(ip("10.244.1.63")));
-        assert!(!p("10.244.1.0/26").contains(ip("10.244.1.64")));
-        assert!(p("10.0.0.1/32").contains(ip("10.0.0.1")));
-        assert!(!p("10.0.0.1/32").contains(ip("10.0.0.0")));
     }
 
     #[test]

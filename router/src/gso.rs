@@ -18,7 +18,8 @@
 //! (untrusted input, no panics), `count` says how many pieces, and
 //! `write(i, out)` builds piece `i` into a caller's buffer. Nothing here
 //! allocates, so a port writes each piece straight into its send ring.
-use crate::wire::ones_complement_sum;
+use crate::wire::field::{ipv4, tcp};
+use crate::wire::{ones_complement_sum, ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
 
 /// Most pieces one packet may be cut into (a 64 KiB segment at an MSS of
 /// 64 bytes); more is refused so a forged `gso_size` cannot make us emit
@@ -26,6 +27,7 @@ use crate::wire::ones_complement_sum;
 pub const MAX_PIECES: usize = 1024;
 
 const IPPROTO_TCP: u8 = 6;
+const TCP_HEADER_LEN: usize = 20;
 const IP_DF: u16 = 0x4000;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
@@ -52,6 +54,22 @@ fn be16(b: &[u8], at: usize) -> u16 {
 }
 
 #[inline]
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The TCP pseudo-header for an IPv4 packet whose source and destination
+/// are `addrs` (8 bytes) and whose TCP segment is `tcp_len` bytes.
+#[inline]
+fn tcp_pseudo_header(addrs: &[u8], tcp_len: u16) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    p[..8].copy_from_slice(addrs);
+    p[9] = IPPROTO_TCP;
+    p[10..12].copy_from_slice(&tcp_len.to_be_bytes());
+    p
+}
+
+#[inline]
 fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
@@ -65,20 +83,20 @@ fn add_sums(a: u16, b: u16) -> u16 {
 
 /// Recomputes the IPv4 header checksum over the first `hl` bytes.
 fn fill_ip_checksum(ip: &mut [u8], hl: usize) {
-    put16(ip, 10, 0);
+    put16(ip, ipv4::CHECKSUM.start, 0);
     let sum = ones_complement_sum(&ip[..hl]);
-    put16(ip, 10, !sum);
+    put16(ip, ipv4::CHECKSUM.start, !sum);
 }
 
 /// The header length and total length of the IPv4 packet at the start of
 /// `pkt`, checked against each other and against `pkt`.
 fn ip_lengths(pkt: &[u8]) -> Result<(usize, usize), OffloadError> {
-    if pkt.len() < 20 || pkt[0] >> 4 != 4 {
+    if pkt.len() < IPV4_HEADER_LEN || pkt[ipv4::VER_IHL] >> 4 != 4 {
         return Err(OffloadError::Malformed);
     }
-    let hl = usize::from(pkt[0] & 0x0f) * 4;
-    let total = usize::from(be16(pkt, 2));
-    if hl < 20 || total < hl || total > pkt.len() {
+    let hl = usize::from(pkt[ipv4::VER_IHL] & 0x0f) * 4;
+    let total = usize::from(be16(pkt, ipv4::LENGTH.start));
+    if hl < IPV4_HEADER_LEN || total < hl || total > pkt.len() {
         return Err(OffloadError::Malformed);
     }
     Ok((hl, total))
@@ -123,14 +141,16 @@ impl<'a> TcpSegments<'a> {
     pub fn new(pkt: &'a [u8], mss: usize) -> Result<TcpSegments<'a>, OffloadError> {
         let (hl, total) = ip_lengths(pkt)?;
         let pkt = &pkt[..total];
-        if pkt[9] != IPPROTO_TCP || be16(pkt, 6) & (IP_MF | IP_OFFSET_MASK) != 0 {
+        if pkt[ipv4::PROTOCOL] != IPPROTO_TCP
+            || be16(pkt, ipv4::FLAGS_FRAG.start) & (IP_MF | IP_OFFSET_MASK) != 0
+        {
             return Err(OffloadError::Unsupported);
         }
-        if total < hl + 20 {
+        if total < hl + TCP_HEADER_LEN {
             return Err(OffloadError::Malformed);
         }
-        let thl = usize::from(pkt[hl + 12] >> 4) * 4;
-        if thl < 20 || hl + thl > total || mss == 0 {
+        let thl = usize::from(pkt[hl + tcp::DATA_OFF] >> 4) * 4;
+        if thl < TCP_HEADER_LEN || hl + thl > total || mss == 0 {
             return Err(OffloadError::Malformed);
         }
         let payload = total - hl - thl;
@@ -185,34 +205,27 @@ impl<'a> TcpSegments<'a> {
         out[..h].copy_from_slice(&self.pkt[..h]);
         out[h..].copy_from_slice(&self.pkt[h + start..h + start + (n - h)]);
         // IP: length, identification, checksum.
-        put16(out, 2, n as u16);
-        put16(out, 4, be16(self.pkt, 4).wrapping_add(i as u16));
+        put16(out, ipv4::LENGTH.start, n as u16);
+        let ident = be16(self.pkt, ipv4::IDENT.start).wrapping_add(i as u16);
+        put16(out, ipv4::IDENT.start, ident);
         fill_ip_checksum(out, hl);
         // TCP: sequence number, flags, checksum.
-        let seq = u32::from_be_bytes([
-            self.pkt[hl + 4],
-            self.pkt[hl + 5],
-            self.pkt[hl + 6],
-            self.pkt[hl + 7],
-        ]);
-        out[hl + 4..hl + 8].copy_from_slice(&seq.wrapping_add(start as u32).to_be_bytes());
+        let seq = be32(self.pkt, hl + tcp::SEQ_NUM.start);
+        let seq_at = hl + tcp::SEQ_NUM.start..hl + tcp::SEQ_NUM.end;
+        out[seq_at].copy_from_slice(&seq.wrapping_add(start as u32).to_be_bytes());
         if i + 1 < self.count {
-            out[hl + 13] &= !(TCP_FIN | TCP_PSH);
+            out[hl + tcp::FLAGS] &= !(TCP_FIN | TCP_PSH);
         }
         if i > 0 {
-            out[hl + 13] &= !TCP_CWR;
+            out[hl + tcp::FLAGS] &= !TCP_CWR;
         }
-        put16(out, hl + 16, 0);
-        let tcp_len = (n - hl) as u16;
-        let mut pseudo = [0u8; 12];
-        pseudo[..8].copy_from_slice(&out[12..20]);
-        pseudo[9] = IPPROTO_TCP;
-        pseudo[10..12].copy_from_slice(&tcp_len.to_be_bytes());
+        put16(out, hl + tcp::CHECKSUM.start, 0);
+        let pseudo = tcp_pseudo_header(&out[ipv4::ADDRS], (n - hl) as u16);
         let sum = add_sums(
             ones_complement_sum(&pseudo),
             ones_complement_sum(&out[hl..]),
         );
-        put16(out, hl + 16, !sum);
+        put16(out, hl + tcp::CHECKSUM.start, !sum);
         n
     }
 }
@@ -277,11 +290,11 @@ impl<'a> Fragments<'a> {
     pub fn new(pkt: &'a [u8], mtu: usize) -> Result<Fragments<'a>, OffloadError> {
         let (hl, total) = ip_lengths(pkt)?;
         let pkt = &pkt[..total];
-        let flags = be16(pkt, 6);
+        let flags = be16(pkt, ipv4::FLAGS_FRAG.start);
         if flags & IP_DF != 0 || mtu < hl + 8 {
             return Err(OffloadError::Unsupported);
         }
-        let copied = CopiedOptions::of(&pkt[20..hl])?;
+        let copied = CopiedOptions::of(&pkt[IPV4_HEADER_LEN..hl])?;
         let data = total - hl;
         let step = (mtu - hl) & !7;
         let count = data.div_ceil(step).max(1);
@@ -312,7 +325,7 @@ impl<'a> Fragments<'a> {
         if i == 0 {
             self.hl
         } else {
-            20 + self.copied.len
+            IPV4_HEADER_LEN + self.copied.len
         }
     }
 
@@ -342,23 +355,30 @@ impl<'a> Fragments<'a> {
         if i == 0 {
             out[..h].copy_from_slice(&self.pkt[..h]);
         } else {
-            out[..20].copy_from_slice(&self.pkt[..20]);
-            out[20..h].copy_from_slice(&self.copied.bytes[..h - 20]);
-            out[0] = 0x40 | (h / 4) as u8;
+            out[..IPV4_HEADER_LEN].copy_from_slice(&self.pkt[..IPV4_HEADER_LEN]);
+            out[IPV4_HEADER_LEN..h].copy_from_slice(&self.copied.bytes[..h - IPV4_HEADER_LEN]);
+            out[ipv4::VER_IHL] = 0x40 | (h / 4) as u8;
         }
         out[h..].copy_from_slice(&self.pkt[self.hl + start..self.hl + start + (n - h)]);
-        put16(out, 2, n as u16);
+        put16(out, ipv4::LENGTH.start, n as u16);
         let last = i + 1 == self.count;
         let mf = if !last || self.base_mf { IP_MF } else { 0 };
-        put16(out, 6, mf | (self.base_offset + (start / 8) as u16));
+        let frag = mf | (self.base_offset + (start / 8) as u16);
+        put16(out, ipv4::FLAGS_FRAG.start, frag);
         fill_ip_checksum(out, h);
         n
     }
 }
 
-/// Ethernet + outer IPv4 + inner IPv4 headers of an IPIP frame as the
-/// uplink presents it (no options on either IPv4 header).
-const IPIP_TCP_OFF: usize = 14 + 20 + 20;
+/// Where the outer IPv4 header, the inner one and the TCP header of an
+/// IPIP frame as the uplink presents it start (Ethernet, then no options
+/// on either IPv4 header).
+const OUTER: usize = ETHERNET_HEADER_LEN;
+const INNER: usize = OUTER + IPV4_HEADER_LEN;
+const IPIP_TCP_OFF: usize = INNER + IPV4_HEADER_LEN;
+/// Version 4, 5 words: an IPv4 header without options.
+const IPV4_NO_OPTIONS: u8 = 0x45;
+const IPPROTO_IPIP: u8 = 4;
 const TCP_ACK: u8 = 0x10;
 
 /// What [`coalesce_ipip_tcp`] tracks about the frame it is growing.
@@ -376,20 +396,27 @@ struct Coalescing {
 /// outer + inner IPv4 without options + TCP) that may take part in
 /// coalescing: no fragments, total lengths exact, flags ACK or ACK|PSH.
 fn ipip_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
-    if d.len() < IPIP_TCP_OFF + 20 || d[14] != 0x45 || d[14 + 9] != 4 || d[34] != 0x45 {
+    if d.len() < IPIP_TCP_OFF + TCP_HEADER_LEN
+        || d[OUTER + ipv4::VER_IHL] != IPV4_NO_OPTIONS
+        || d[OUTER + ipv4::PROTOCOL] != IPPROTO_IPIP
+        || d[INNER + ipv4::VER_IHL] != IPV4_NO_OPTIONS
+    {
         return None;
     }
-    let (outer, inner) = (&d[14..], &d[34..]);
-    if be16(outer, 6) & 0x3fff != 0 || inner[9] != IPPROTO_TCP || be16(inner, 6) & 0x3fff != 0 {
+    let (outer, inner) = (&d[OUTER..], &d[INNER..]);
+    let fragment = |ip: &[u8]| be16(ip, ipv4::FLAGS_FRAG.start) & (IP_MF | IP_OFFSET_MASK) != 0;
+    if fragment(outer) || inner[ipv4::PROTOCOL] != IPPROTO_TCP || fragment(inner) {
         return None;
     }
-    let total = usize::from(be16(outer, 2));
-    if total != d.len() - 14 || usize::from(be16(inner, 2)) != total - 20 {
+    let total = usize::from(be16(outer, ipv4::LENGTH.start));
+    if total != d.len() - OUTER
+        || usize::from(be16(inner, ipv4::LENGTH.start)) != total - IPV4_HEADER_LEN
+    {
         return None;
     }
-    let thl = usize::from(d[IPIP_TCP_OFF + 12] >> 4) * 4;
-    let flags = d[IPIP_TCP_OFF + 13];
-    if thl < 20 || IPIP_TCP_OFF + thl > d.len() || flags & !TCP_PSH != TCP_ACK {
+    let thl = usize::from(d[IPIP_TCP_OFF + tcp::DATA_OFF] >> 4) * 4;
+    let flags = d[IPIP_TCP_OFF + tcp::FLAGS];
+    if thl < TCP_HEADER_LEN || IPIP_TCP_OFF + thl > d.len() || flags & !TCP_PSH != TCP_ACK {
         return None;
     }
     Some((thl, d.len() - IPIP_TCP_OFF - thl))
@@ -397,10 +424,8 @@ fn ipip_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
 
 /// Whether the TCP checksum of the inner packet of an IPIP frame verifies.
 fn ipip_tcp_checksum_ok(d: &[u8]) -> bool {
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&d[34 + 12..34 + 20]);
-    pseudo[9] = IPPROTO_TCP;
-    put16(&mut pseudo, 10, (d.len() - IPIP_TCP_OFF) as u16);
+    let addrs = &d[INNER + ipv4::ADDRS.start..INNER + ipv4::ADDRS.end];
+    let pseudo = tcp_pseudo_header(addrs, (d.len() - IPIP_TCP_OFF) as u16);
     add_sums(
         ones_complement_sum(&pseudo),
         ones_complement_sum(&d[IPIP_TCP_OFF..]),
@@ -408,12 +433,7 @@ fn ipip_tcp_checksum_ok(d: &[u8]) -> bool {
 }
 
 fn tcp_seq(d: &[u8]) -> u32 {
-    u32::from_be_bytes([
-        d[IPIP_TCP_OFF + 4],
-        d[IPIP_TCP_OFF + 5],
-        d[IPIP_TCP_OFF + 6],
-        d[IPIP_TCP_OFF + 7],
-    ])
+    be32(d, IPIP_TCP_OFF + tcp::SEQ_NUM.start)
 }
 
 /// Receive-side coalescing (GRO) of TCP segments carried in IPIP, for the
@@ -448,7 +468,7 @@ pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize 
         let Some((thl, payload)) = ipip_tcp_shape(d) else {
             continue;
         };
-        if payload == 0 || d[IPIP_TCP_OFF + 13] != TCP_ACK || !ipip_tcp_checksum_ok(d) {
+        if payload == 0 || d[IPIP_TCP_OFF + tcp::FLAGS] != TCP_ACK || !ipip_tcp_checksum_ok(d) {
             continue;
         }
         let mut st = Coalescing {
@@ -487,16 +507,20 @@ fn try_absorb(
     };
     let hd = head.data();
     let t = IPIP_TCP_OFF;
+    let at = |base: usize, f: std::ops::Range<usize>| base + f.start..base + f.end;
+    let df = |d: &[u8]| d[INNER + ipv4::FLAGS] & (IP_DF >> 8) as u8;
     let same = thl == st.thl
-        && hd[26..34] == pd[26..34] // outer addresses
-        && hd[35] == pd[35] // inner TOS
-        && hd[42] == pd[42] // inner TTL
-        && hd[40] & 0x40 == pd[40] & 0x40 // DF
-        && hd[46..54] == pd[46..54] // inner addresses
-        && hd[t..t + 4] == pd[t..t + 4] // ports
-        && hd[t + 8..t + 13] == pd[t + 8..t + 13] // ack, data offset
-        && hd[t + 14..t + 16] == pd[t + 14..t + 16] // window
-        && hd[t + 18..t + thl] == pd[t + 18..t + thl]; // urgent pointer, options
+        && hd[at(OUTER, ipv4::ADDRS)] == pd[at(OUTER, ipv4::ADDRS)]
+        && hd[INNER + ipv4::TOS] == pd[INNER + ipv4::TOS]
+        && hd[INNER + ipv4::TTL] == pd[INNER + ipv4::TTL]
+        && df(hd) == df(pd)
+        && hd[at(INNER, ipv4::ADDRS)] == pd[at(INNER, ipv4::ADDRS)]
+        && hd[at(t, tcp::PORTS)] == pd[at(t, tcp::PORTS)]
+        // ACK number and data offset
+        && hd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF] == pd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF]
+        && hd[at(t, tcp::WINDOW)] == pd[at(t, tcp::WINDOW)]
+        // urgent pointer and options
+        && hd[t + tcp::URGENT.start..t + thl] == pd[t + tcp::URGENT.start..t + thl];
     if !same
         || tcp_seq(pd) != st.next_seq
         || payload == 0
@@ -515,7 +539,7 @@ fn try_absorb(
     st.payload += payload;
     st.next_seq = st.next_seq.wrapping_add(payload as u32);
     st.merged += 1;
-    if pd[t + 13] & TCP_PSH != 0 {
+    if pd[t + tcp::FLAGS] & TCP_PSH != 0 {
         st.psh = true;
         st.closed = true;
     }
@@ -532,25 +556,28 @@ fn finish_coalesced(head: &mut crate::frame::Frame, st: &Coalescing) {
     let t = IPIP_TCP_OFF;
     let tcp_len = st.thl + st.payload;
     let d = head.data_mut();
-    put16(&mut d[14..], 2, (40 + tcp_len) as u16);
-    fill_ip_checksum(&mut d[14..], 20);
-    put16(&mut d[34..], 2, (20 + tcp_len) as u16);
-    fill_ip_checksum(&mut d[34..], 20);
+    let outer_len = 2 * IPV4_HEADER_LEN + tcp_len;
+    put16(&mut d[OUTER..], ipv4::LENGTH.start, outer_len as u16);
+    fill_ip_checksum(&mut d[OUTER..], IPV4_HEADER_LEN);
+    put16(
+        &mut d[INNER..],
+        ipv4::LENGTH.start,
+        (IPV4_HEADER_LEN + tcp_len) as u16,
+    );
+    fill_ip_checksum(&mut d[INNER..], IPV4_HEADER_LEN);
     if st.psh {
-        d[t + 13] |= TCP_PSH;
+        d[t + tcp::FLAGS] |= TCP_PSH;
     }
-    let mut pseudo = [0u8; 12];
-    pseudo[..8].copy_from_slice(&d[34 + 12..34 + 20]);
-    pseudo[9] = IPPROTO_TCP;
-    put16(&mut pseudo, 10, tcp_len as u16);
-    put16(d, t + 16, ones_complement_sum(&pseudo));
+    let addrs = &d[INNER + ipv4::ADDRS.start..INNER + ipv4::ADDRS.end];
+    let pseudo = tcp_pseudo_header(addrs, tcp_len as u16);
+    put16(d, t + tcp::CHECKSUM.start, ones_complement_sum(&pseudo));
     head.vnet = VnetHdr {
         flags: VnetHdr::F_NEEDS_CSUM,
         gso_type: VnetHdr::GSO_TCPV4,
         hdr_len: (t + st.thl) as u16,
         gso_size: st.mss as u16,
         csum_start: t as u16,
-        csum_offset: 16,
+        csum_offset: tcp::CHECKSUM.start as u16,
     };
 }
 

@@ -9,17 +9,18 @@
 pub mod clock;
 pub mod conntrack;
 pub mod counters;
+pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;
-pub mod host_nat;
+pub mod maglev;
 pub mod pipeline;
 pub mod policy;
-pub mod policy_stage;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;
+pub mod txring;
 pub mod uplink;
 pub mod wire;
 pub mod worker;

@@ -10,8 +10,10 @@
 //!
 //! Invariants:
 //! - The descriptor is non-blocking; [`Port::recv`] stops at `EAGAIN` and
-//!   [`Port::send`] returns `EAGAIN` (`WouldBlock`) to the worker, which
-//!   counts it. Neither allocates, locks or logs.
+//!   [`TapPort::send`] (what [`Port::push`] does: a TAP has no batched
+//!   write, so its transmit queue holds nothing) returns `EAGAIN`
+//!   (`WouldBlock`) to the worker, which counts it. Neither allocates,
+//!   locks or logs.
 //! - The device is bound to the network namespace the TAP was created in
 //!   until it is moved; the descriptor keeps working after the device moves
 //!   to another namespace or is renamed ([`TapPort::name`] follows).
@@ -22,10 +24,11 @@
 //! - A single-queue TAP accepts one descriptor at a time: `attach` fails
 //!   with `EBUSY` while another process (or port) holds it.
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::frame::{Frame, VnetHdr, VNET_HDR_LEN};
-use crate::port::Port;
+use crate::port::{Port, TxQueue};
 use crate::sys;
 
 /// One TAP device, seen through its `/dev/net/tun` descriptor.
@@ -121,6 +124,18 @@ impl TapPort {
     pub fn name(&self) -> io::Result<String> {
         Ok(sys::tun_get_iff(self.fd.as_fd())?.0)
     }
+
+    /// One `writev` of the frame's virtio-net header and the frame. `EAGAIN`
+    /// and every other error go back to the caller unchanged (`EIO` while
+    /// the device is down).
+    pub fn send(&self, frame: &Frame) -> io::Result<()> {
+        let hdr = frame.vnet.to_bytes();
+        let n = sys::write_vnet_frame(self.fd.as_fd(), &hdr, frame.data())?;
+        if n != VNET_HDR_LEN + frame.len() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(())
+    }
 }
 
 impl AsFd for TapPort {
@@ -162,16 +177,10 @@ impl Port for TapPort {
         Ok(n)
     }
 
-    /// One `writev` of the frame's virtio-net header and the frame. `EAGAIN`
-    /// and every other error go back to the caller unchanged (`EIO` while
-    /// the device is down).
-    fn send(&self, frame: &Frame) -> io::Result<()> {
-        let hdr = frame.vnet.to_bytes();
-        let n = sys::write_vnet_frame(self.fd.as_fd(), &hdr, frame.data())?;
-        if n != VNET_HDR_LEN + frame.len() {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(())
+    /// Sends the frame now ([`TapPort::send`]); `tunnel` means nothing to
+    /// a TAP.
+    fn push(&self, _: &mut TxQueue, frame: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+        self.send(frame)
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {

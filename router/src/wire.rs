@@ -3,20 +3,20 @@
 //! This module owns the byte-level knowledge of the frames podrouter handles:
 //! Ethernet II, ARP (Ethernet/IPv4), IPv4, ICMPv4 and IPIP (IPv4-in-IPv4,
 //! RFC 2003). The views themselves come from smoltcp's `wire` module and are
-//! re-exported here (`EthernetFrame`, `ArpPacket`, `Ipv4Packet`,
+//! re-exported here (`ArpPacket`, `Ipv4Packet`,
 //! `Icmpv4Packet` and their `Repr`s), so the rest of the crate names one
 //! place. What smoltcp lacks is added here:
 //!
 //! - [`check_ipv4`]: validation of an untrusted IPv4 header (version, IHL,
-//!   total length, checksum) with an error that maps onto a [`DropReason`];
+//!   total length, checksum) with an error of its own ([`Ipv4Error`]; the
+//!   pipeline decides which drop reason each one is counted under);
 //! - [`ones_complement_sum`]: the RFC 1071 sum (smoltcp's is private), tuned
 //!   for the 20-byte headers of the fast path;
 //! - [`checksum_update`]: the RFC 1624 incremental checksum update;
 //! - [`decrement_ttl`]: TTL - 1 in place with that incremental update;
-//! - [`ipip_encap`] / [`ipip_decap`]: add or strip an outer IPv4 header
-//!   between the Ethernet header and the inner packet, using the frame's
-//!   headroom; [`write_ipip_header`]: the outer header alone, for ports that
-//!   encapsulate while copying (the raw-socket uplink).
+//! - [`ipip_decap`]: strip an outer IPv4 header from between the Ethernet
+//!   header and the inner packet; [`write_ipip_header`]: an outer header,
+//!   for ports that encapsulate while copying (the raw-socket uplink).
 //!
 //! Invariants: nothing here allocates or panics on untrusted input (every
 //! view over received bytes is built with `new_checked` or after an explicit
@@ -26,12 +26,11 @@
 use std::net::Ipv4Addr;
 
 pub use smoltcp::wire::{
-    ArpHardware, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame,
-    EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr,
-    Icmpv4TimeExceeded, IpProtocol, Ipv4Packet, Ipv4Repr,
+    ArpHardware, ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetProtocol, EthernetRepr,
+    Icmpv4DstUnreachable, Icmpv4Message, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol,
+    Ipv4Packet, Ipv4Repr,
 };
 
-use crate::counters::DropReason;
 use crate::frame::{Frame, VnetHdr};
 
 /// Length of an Ethernet II header (no VLAN tag).
@@ -50,6 +49,81 @@ pub const IPPROTO_IPIP: u8 = 4;
 /// TTL of an outer IPIP header (and of any packet the router originates).
 pub const DEFAULT_TTL: u8 = 64;
 
+/// Byte offsets of the header fields the data plane reads or writes in
+/// place (smoltcp's `mod field` style): a single byte is a `usize`, a
+/// multi-byte field a range. Offsets count from the start of the header
+/// named by the module.
+pub mod field {
+    /// A multi-byte field.
+    pub type Field = std::ops::Range<usize>;
+
+    /// Ethernet II.
+    pub mod ethernet {
+        use super::Field;
+        pub const DESTINATION: Field = 0..6;
+        pub const SOURCE: Field = 6..12;
+        pub const ETHERTYPE: Field = 12..14;
+    }
+
+    /// IPv4 (options start at 20).
+    pub mod ipv4 {
+        use super::Field;
+        /// Version (high nibble) and header length in words (low nibble).
+        pub const VER_IHL: usize = 0;
+        /// DSCP and ECN.
+        pub const TOS: usize = 1;
+        pub const LENGTH: Field = 2..4;
+        pub const IDENT: Field = 4..6;
+        /// Flags (DF 0x4000, MF 0x2000) and fragment offset.
+        pub const FLAGS_FRAG: Field = 6..8;
+        /// The byte of [`FLAGS_FRAG`] that holds DF and MF.
+        pub const FLAGS: usize = 6;
+        pub const TTL: usize = 8;
+        pub const PROTOCOL: usize = 9;
+        pub const CHECKSUM: Field = 10..12;
+        pub const SRC_ADDR: Field = 12..16;
+        pub const DST_ADDR: Field = 16..20;
+        /// Source and destination together.
+        pub const ADDRS: Field = 12..20;
+    }
+
+    /// ICMPv4 (error messages and echo).
+    pub mod icmp {
+        use super::Field;
+        pub const TYPE: usize = 0;
+        pub const CODE: usize = 1;
+        pub const CHECKSUM: Field = 2..4;
+        /// Unused in the errors the router sends (zero) but for
+        /// [`NEXT_HOP_MTU`].
+        pub const UNUSED: Field = 4..6;
+        /// The next-hop MTU of "fragmentation needed" (RFC 1191).
+        pub const NEXT_HOP_MTU: Field = 6..8;
+        /// The identifier of an echo request or reply.
+        pub const ECHO_IDENT: Field = 4..6;
+    }
+
+    /// TCP.
+    pub mod tcp {
+        use super::Field;
+        /// Source and destination port together.
+        pub const PORTS: Field = 0..4;
+        pub const SEQ_NUM: Field = 4..8;
+        pub const ACK_NUM: Field = 8..12;
+        /// Data offset in words (high nibble).
+        pub const DATA_OFF: usize = 12;
+        pub const FLAGS: usize = 13;
+        pub const WINDOW: Field = 14..16;
+        pub const CHECKSUM: Field = 16..18;
+        pub const URGENT: Field = 18..20;
+    }
+
+    /// UDP, UDP-Lite and SCTP share this much: the ports.
+    pub mod ports {
+        use super::Field;
+        pub const PORTS: Field = 0..4;
+    }
+}
+
 /// Why an IPv4 header was rejected by [`check_ipv4`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ipv4Error {
@@ -60,17 +134,6 @@ pub enum Ipv4Error {
     BadHeader,
     /// The header checksum does not verify.
     BadChecksum,
-}
-
-impl Ipv4Error {
-    /// The drop reason a frame carrying this header is counted under.
-    pub fn drop_reason(self) -> DropReason {
-        match self {
-            Ipv4Error::Truncated => DropReason::Truncated,
-            Ipv4Error::BadHeader => DropReason::BadIpHeader,
-            Ipv4Error::BadChecksum => DropReason::BadIpChecksum,
-        }
-    }
 }
 
 /// Validates an untrusted IPv4 packet at the start of `buf` and returns a
@@ -169,54 +232,12 @@ fn shift_vnet(vnet: &mut VnetHdr, delta: i32) {
     vnet.hdr_len = shift(vnet.hdr_len);
 }
 
-/// Wraps the IPv4 packet of an Ethernet frame in an outer IPv4 header
-/// (IPIP, RFC 2003): protocol 4, TTL 64, identification `id`, TOS and DF
-/// copied from the inner header, no options, correct total length and
-/// checksum. The 20 bytes come from the frame's headroom; the Ethernet header
-/// moves forward and keeps its addresses and ethertype (the caller rewrites
-/// the MACs). Ethernet padding after the inner packet is dropped. Offload
-/// offsets in `frame.vnet` are shifted by 20 so they still point at the same
-/// bytes; whether a GSO frame may be tunnelled at all is the caller's call.
-///
-/// Returns false, leaving the frame unchanged, when the frame is not
-/// Ethernet + a valid IPv4 packet, the result would exceed 65535 bytes of IP,
-/// or the headroom is too small.
-pub fn ipip_encap(frame: &mut Frame, outer_src: Ipv4Addr, outer_dst: Ipv4Addr, id: u16) -> bool {
-    let data = frame.data();
-    if data.len() < ETHERNET_HEADER_LEN
-        || u16::from_be_bytes([data[12], data[13]]) != ETHERTYPE_IPV4
-    {
-        return false;
-    }
-    let (inner_len, tos, df) = match check_ipv4(&data[ETHERNET_HEADER_LEN..]) {
-        Ok(inner) => (
-            inner.total_len() as usize,
-            data[ETHERNET_HEADER_LEN + 1],
-            inner.dont_frag(),
-        ),
-        Err(_) => return false,
-    };
-    let outer_len = inner_len + IPV4_HEADER_LEN;
-    if outer_len > usize::from(u16::MAX) || frame.headroom() < IPV4_HEADER_LEN {
-        return false;
-    }
-    frame.set_len(ETHERNET_HEADER_LEN + inner_len);
-    let Some(buf) = frame.push_front(IPV4_HEADER_LEN) else {
-        return false;
-    };
-    buf.copy_within(IPV4_HEADER_LEN..IPV4_HEADER_LEN + ETHERNET_HEADER_LEN, 0);
-    let outer = &mut buf[ETHERNET_HEADER_LEN..][..IPV4_HEADER_LEN];
-    write_ipip_header(outer, outer_len as u16, id, tos, df, outer_src, outer_dst);
-    shift_vnet(&mut frame.vnet, IPV4_HEADER_LEN as i32);
-    true
-}
-
 /// Writes an outer IPIP header (RFC 2003) into the first 20 bytes of
 /// `buf`: version 4, no options, TOS `tos`, total length `total_len`
 /// (outer header included), identification `id`, DF as given, TTL 64,
 /// protocol 4, the addresses and a correct checksum. Returns false (and
-/// writes nothing) if `buf` is shorter than 20 bytes. Used by
-/// [`ipip_encap`] and by ports that encapsulate while copying.
+/// writes nothing) if `buf` is shorter than 20 bytes. For ports that
+/// encapsulate while copying (the raw-socket uplink).
 pub fn write_ipip_header(
     buf: &mut [u8],
     total_len: u16,
@@ -263,21 +284,6 @@ pub enum IpipError {
     NotIpip,
     /// The outer packet is a fragment (reassembly is not done here).
     Fragment,
-}
-
-impl IpipError {
-    /// The drop reason a frame refused for this is counted under (there is
-    /// no IPIP-specific reason: protocol and fragment errors count as a bad
-    /// IP header).
-    pub fn drop_reason(self) -> DropReason {
-        match self {
-            IpipError::Truncated => DropReason::Truncated,
-            IpipError::BadChecksum => DropReason::BadIpChecksum,
-            IpipError::BadHeader | IpipError::NotIpip | IpipError::Fragment => {
-                DropReason::BadIpHeader
-            }
-        }
-    }
 }
 
 impl From<Ipv4Error> for IpipError {
@@ -331,6 +337,7 @@ mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
     use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::EthernetFrame;
 
     const POD_MAC: [u8; 6] = [0x02, 0x42, 0x0a, 0xf4, 0x01, 0x02];
     const POD_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
@@ -540,10 +547,6 @@ mod tests {
         let mut padded = ICMP_ECHO_IP.to_vec();
         padded.extend_from_slice(&[0; 10]);
         assert_eq!(check_ipv4(&padded).unwrap().as_ref().len(), 36);
-        assert_eq!(
-            Ipv4Error::BadChecksum.drop_reason(),
-            DropReason::BadIpChecksum
-        );
     }
 
     #[test]
@@ -620,73 +623,32 @@ mod tests {
     }
 
     #[test]
-    fn ipip_encap_golden() {
-        let mut f = Frame::from_bytes(&echo_frame());
-        let headroom = f.headroom();
-        assert!(ipip_encap(&mut f, NODE_A, NODE_B, 0x0102));
-        assert_eq!(f.headroom(), headroom - 20);
-        assert_eq!(f.data(), &ipip_frame()[..]);
-        // Parse the result back through the views.
-        let outer = check_ipv4(&f.data()[14..]).unwrap();
+    fn ipip_header_golden() {
+        let mut h = [0u8; 20];
+        assert!(write_ipip_header(
+            &mut h, 56, 0x0102, 0, true, NODE_A, NODE_B
+        ));
+        assert_eq!(h, IPIP_OUTER);
+        // DSCP 46, ECN 1: the TOS is written as given.
+        let mut h = [0u8; 20];
+        assert!(write_ipip_header(
+            &mut h, 56, 7, 0xb9, false, NODE_A, NODE_B
+        ));
+        let outer = Ipv4Packet::new_unchecked(&h[..]);
+        assert!(outer.verify_checksum());
+        assert!(!outer.dont_frag());
+        assert_eq!((outer.dscp(), outer.ecn()), (46, 1));
         assert_eq!(outer.next_header(), IpProtocol::from(IPPROTO_IPIP));
         assert_eq!(outer.hop_limit(), 64);
-        assert_eq!(outer.payload(), &ICMP_ECHO_IP);
-    }
-
-    #[test]
-    fn ipip_encap_copies_df_and_tos_and_strips_padding() {
-        let mut inner = ICMP_ECHO_IP;
-        inner[1] = 0xb9; // DSCP 46, ECN 1
-        inner[6] = 0x00; // no DF
-        let mut p = Ipv4Packet::new_unchecked(&mut inner[..]);
-        p.fill_checksum();
-        let mut bytes = eth_header([0xee; 6], POD_MAC, ETHERTYPE_IPV4).to_vec();
-        bytes.extend_from_slice(&inner);
-        bytes.extend_from_slice(&[0xaa; 6]); // Ethernet padding
-        let mut f = Frame::from_bytes(&bytes);
-        f.vnet = VnetHdr {
-            flags: VnetHdr::F_NEEDS_CSUM,
-            csum_start: 34,
-            csum_offset: 2,
-            ..VnetHdr::default()
-        };
-        assert!(ipip_encap(&mut f, NODE_A, NODE_B, 7));
-        assert_eq!(f.len(), 14 + 20 + 36);
-        let outer = check_ipv4(&f.data()[14..]).unwrap();
-        assert!(!outer.dont_frag());
-        assert_eq!(f.data()[15], 0xb9);
-        assert_eq!(outer.ident(), 7);
-        assert_eq!(outer.total_len(), 56);
-        assert_eq!(f.vnet.csum_start, 54);
-        assert_eq!(f.vnet.csum_offset, 2);
-    }
-
-    #[test]
-    fn ipip_encap_refuses_without_change() {
-        // Not IPv4.
-        let mut f = Frame::from_bytes(&ARP_REQUEST);
-        assert!(!ipip_encap(&mut f, NODE_A, NODE_B, 1));
-        assert_eq!(f.data(), &ARP_REQUEST);
-        // Broken inner header.
-        let mut bad = echo_frame();
-        bad[14 + 11] ^= 0xff;
-        let mut f = Frame::from_bytes(&bad);
-        assert!(!ipip_encap(&mut f, NODE_A, NODE_B, 1));
-        assert_eq!(f.data(), &bad[..]);
-        // No headroom left.
-        let echo = echo_frame();
-        let mut f = Frame::new();
-        let hr = f.headroom();
-        f.push_front(hr - 10).unwrap();
-        assert!(f.resize(echo.len()));
-        f.data_mut().copy_from_slice(&echo);
-        assert_eq!(f.headroom(), 10);
-        assert!(!ipip_encap(&mut f, NODE_A, NODE_B, 1));
-        assert_eq!(f.data(), &echo[..]);
-        assert_eq!(f.headroom(), 10);
-        // Too short for an Ethernet header.
-        let mut f = Frame::from_bytes(&[0; 5]);
-        assert!(!ipip_encap(&mut f, NODE_A, NODE_B, 1));
+        assert!(!write_ipip_header(
+            &mut [0u8; 19],
+            56,
+            7,
+            0,
+            false,
+            NODE_A,
+            NODE_B
+        ));
     }
 
     #[test]
@@ -762,8 +724,6 @@ mod tests {
             assert_eq!(ipip_decap(&mut f), Err(err), "{bytes:02x?}");
             assert_eq!(f.data(), &bytes[..]);
         }
-        assert_eq!(IpipError::Fragment.drop_reason(), DropReason::BadIpHeader);
-        assert_eq!(IpipError::Truncated.drop_reason(), DropReason::Truncated);
     }
 
     #[test]
@@ -783,11 +743,6 @@ mod tests {
             b.truncate(rng.gen_range(0..=b.len()));
             let mut f = Frame::from_bytes(&b);
             let _ = ipip_decap(&mut f);
-            let mut f = Frame::from_bytes(&b);
-            if ipip_encap(&mut f, NODE_A, NODE_B, 9) {
-                assert!(check_ipv4(&f.data()[14..]).is_ok());
-                assert_eq!(ipip_decap(&mut f), Ok(NODE_A));
-            }
             let _ = check_ipv4(&b);
             let _ = decrement_ttl(&mut b);
         }

@@ -9,6 +9,13 @@
 //! receive returned nothing, so no frame is left behind an edge; ports
 //! without an fd are polled every round; nothing on
 //! the per-frame path allocates, locks or logs.
+//!
+//! Transmit: each worker owns one [`TxQueue`] per egress port it has sent
+//! to (DPDK l3fwd's `tx_mbufs[port]` per lcore), made by the port the first
+//! time and kept while that port stays at its id (the table's generation
+//! says so); every port pushed to in a batch is flushed once at its end, so
+//! queues are empty between batches. Queues of ports that left the table
+//! are dropped when the worker sees a new table snapshot.
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,7 +33,8 @@ use crate::counters::{DropReason, SharedCounters, WorkerCounters};
 use crate::fib::Fib;
 use crate::frame::Frame;
 use crate::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
-use crate::port::{Port, PortId, PortTable};
+use crate::port::{Port, PortId, PortTable, TxQueue};
+use std::net::Ipv4Addr;
 
 /// How long a worker with fd-less ports (in-memory) waits between polls.
 const FDLESS_POLL: Duration = Duration::from_millis(1);
@@ -92,7 +100,7 @@ impl WorkerHandle {
             stop: stop.clone(),
             counters: counters.clone(),
             owned: Vec::new(),
-            touched: Vec::new(),
+            tx: TxQueues::default(),
             slot_of: Vec::new(),
         };
         let thread = std::thread::Builder::new()
@@ -175,8 +183,7 @@ struct Worker {
     stop: Arc<AtomicBool>,
     counters: Arc<SharedCounters>,
     owned: Vec<OwnedPort>,
-    /// Egress ports used in the current batch, flushed at its end.
-    touched: Vec<PortId>,
+    tx: TxQueues,
     /// Index in `owned` of each port id (the epoll token), `u32::MAX` if
     /// not owned.
     slot_of: Vec<u32>,
@@ -289,15 +296,16 @@ impl Worker {
         let fib = self.fib.load();
         let ports = self.ports.load();
         let policy = self.cfg.policies.load();
+        self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let ctx = BatchContext {
-            fib: &fib,
-            ports: &ports,
+        let ctx = BatchContext::new(
+            &fib,
+            &ports,
             counters,
-            flows: &self.cfg.flows,
-            policy: &policy,
-            now_ns: crate::clock::now_ns(),
-        };
+            &self.cfg.flows,
+            crate::clock::now_ns(),
+        )
+        .with_policy(&policy);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -330,8 +338,8 @@ impl Worker {
             for frame in &mut self.frames[..n] {
                 in_counters.rx_bytes.add(frame.len() as u64);
                 match self.pipeline.process(&ctx, owned.id, frame) {
-                    Verdict::Forward(out) => {
-                        forward(&ctx, out, frame, &mut self.touched);
+                    Verdict::Forward { port, tunnel } => {
+                        self.tx.push(&ctx, port, frame, tunnel);
                     }
                     Verdict::Drop(reason) => {
                         counters.drop(reason);
@@ -340,39 +348,212 @@ impl Worker {
                 }
             }
         }
-        for id in self.touched.drain(..) {
-            if let Some(e) = ports.get(id) {
-                if let Err(err) = e.port.flush() {
-                    // Frames queued by send() were lost (the uplink keeps
-                    // the exact count itself): count the failed flush.
-                    counters.drop(DropReason::TxError);
-                    log::debug!("port {} flush failed: {err}", id.0);
-                }
-            }
-        }
+        self.tx.flush(&ports, counters);
         busy
     }
 }
 
-/// Sends one frame out of `out`, counting it.
-fn forward(ctx: &BatchContext<'_>, out: PortId, frame: &Frame, touched: &mut Vec<PortId>) {
-    let Some(egress) = ctx.ports.get(out) else {
-        ctx.counters.drop(DropReason::NoPort);
-        return;
-    };
-    match egress.port.send(frame) {
-        Ok(()) => {
-            ctx.counters.tx.incr();
-            let c = ctx.counters.port(out);
-            c.tx_packets.incr();
-            c.tx_bytes.add(frame.len() as u64);
-            if !touched.contains(&out) {
-                touched.push(out);
+/// One worker's transmit queue for one port id.
+struct TxSlot {
+    /// The table generation of the port the queue was made by.
+    generation: u64,
+    queue: TxQueue,
+    /// Pushed to in the current batch (listed in `TxQueues::touched`).
+    touched: bool,
+}
+
+/// A worker's transmit queues, indexed by port id.
+#[derive(Default)]
+struct TxQueues {
+    slots: Vec<Option<TxSlot>>,
+    /// Ports pushed to in the current batch, flushed at its end.
+    touched: Vec<PortId>,
+    /// The table snapshot the queues were last checked against.
+    table: usize,
+}
+
+impl TxQueues {
+    /// Drops the queues of ports no longer in `ports` (or replaced), when
+    /// `ports` is a snapshot not seen before: a queue may hold a send ring,
+    /// and the next port at that id needs its own.
+    fn follow(&mut self, ports: &Arc<PortTable>) {
+        let table = Arc::as_ptr(ports) as usize;
+        if table == self.table {
+            return;
+        }
+        self.table = table;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.generation != ports.generation(PortId(i as u32)))
+            {
+                *slot = None;
             }
         }
-        Err(_) => {
-            ctx.counters.drop(DropReason::TxError);
-            ctx.counters.port(out).drops.incr();
+    }
+
+    /// Sends (or queues) one frame out of `out`, counting it.
+    fn push(
+        &mut self,
+        ctx: &BatchContext<'_>,
+        out: PortId,
+        frame: &Frame,
+        tunnel: Option<Ipv4Addr>,
+    ) {
+        let Some((egress, generation)) = ctx.ports.get_with_generation(out) else {
+            ctx.counters.drop(DropReason::NoPort);
+            return;
+        };
+        let i = out.0 as usize;
+        if self.slots.len() <= i {
+            // Once per port id this worker sends to.
+            self.slots.resize_with(i + 1, || None);
         }
+        let slot = match &mut self.slots[i] {
+            Some(s) if s.generation == generation => s,
+            // First frame to this port (or to a new port at this id).
+            other => other.insert(TxSlot {
+                generation,
+                queue: egress.port.tx_queue(),
+                touched: false,
+            }),
+        };
+        match egress.port.push(&mut slot.queue, frame, tunnel) {
+            Ok(()) => {
+                ctx.counters.tx.incr();
+                let c = ctx.counters.port(out);
+                c.tx_packets.incr();
+                c.tx_bytes.add(frame.len() as u64);
+                if !slot.touched {
+                    slot.touched = true;
+                    self.touched.push(out);
+                }
+            }
+            Err(_) => {
+                ctx.counters.drop(DropReason::TxError);
+                ctx.counters.port(out).drops.incr();
+            }
+        }
+    }
+
+    /// Flushes every queue pushed to in this batch.
+    fn flush(&mut self, ports: &PortTable, counters: &WorkerCounters) {
+        for id in self.touched.drain(..) {
+            let Some(slot) = self.slots.get_mut(id.0 as usize).and_then(|s| s.as_mut()) else {
+                continue;
+            };
+            slot.touched = false;
+            let Some(e) = ports.get(id) else {
+                continue;
+            };
+            if let Err(err) = e.port.flush(&mut slot.queue) {
+                // Frames queued by push() were lost (the port keeps the
+                // exact count itself): count the failed flush.
+                counters.drop(DropReason::TxError);
+                log::debug!("port {} flush failed: {err}", id.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::counters::SharedCounters;
+    use crate::fib::Fib;
+    use crate::port::{PortEntry, PortInfo, PortRole};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    /// A port whose queue collects frames (with their tunnel) until flush,
+    /// which moves them to `sent`; it counts the queues it made.
+    #[derive(Default)]
+    struct QueuedPort {
+        queues_made: AtomicUsize,
+        sent: Mutex<Vec<(usize, Option<Ipv4Addr>)>>,
+    }
+
+    impl Port for QueuedPort {
+        fn recv(&self, _: &mut [Frame]) -> io::Result<usize> {
+            Ok(0)
+        }
+        fn readiness_fd(&self) -> Option<RawFd> {
+            None
+        }
+        fn tx_queue(&self) -> TxQueue {
+            self.queues_made.fetch_add(1, Ordering::Relaxed);
+            TxQueue::new(Vec::<(usize, Option<Ipv4Addr>)>::with_capacity(8))
+        }
+        fn push(&self, q: &mut TxQueue, f: &Frame, tunnel: Option<Ipv4Addr>) -> io::Result<()> {
+            let q = q
+                .state::<Vec<(usize, Option<Ipv4Addr>)>>()
+                .ok_or_else(crate::port::foreign_queue)?;
+            q.push((f.len(), tunnel));
+            Ok(())
+        }
+        fn flush(&self, q: &mut TxQueue) -> io::Result<()> {
+            let q = q
+                .state::<Vec<(usize, Option<Ipv4Addr>)>>()
+                .ok_or_else(crate::port::foreign_queue)?;
+            self.sent.lock().unwrap().append(q);
+            Ok(())
+        }
+    }
+
+    fn table_with(id: PortId, port: Arc<QueuedPort>) -> Arc<PortTable> {
+        let entry = PortEntry {
+            info: PortInfo {
+                name: "q".into(),
+                role: PortRole::Host { mac: [2; 6] },
+                mtu: 1500,
+            },
+            port,
+        };
+        Arc::new(PortTable::default().with(id, entry))
+    }
+
+    #[test]
+    fn a_worker_keeps_one_queue_per_port_and_flushes_it_per_batch() {
+        let fib = Fib::new();
+        let fib = fib.load();
+        let counters = SharedCounters::default();
+        let id = PortId(3);
+        let port = Arc::new(QueuedPort::default());
+        let ports = table_with(id, port.clone());
+        let mut tx = TxQueues::default();
+        let flows = FlowTable::new(8, Default::default());
+        let node = Some(Ipv4Addr::new(192, 168, 0, 2));
+        for batch in 0..3 {
+            tx.follow(&ports);
+            let ctx = BatchContext::new(&fib, &ports, &counters, &flows, 0);
+            for len in [60, 70] {
+                tx.push(&ctx, id, &Frame::from_bytes(&vec![0; len]), node);
+            }
+            tx.push(&ctx, PortId(9), &Frame::from_bytes(&[0; 60]), None);
+            assert!(
+                port.sent.lock().unwrap().len() == batch * 2,
+                "queued until the flush"
+            );
+            tx.flush(&ports, &counters);
+            assert_eq!(port.sent.lock().unwrap().len(), (batch + 1) * 2);
+        }
+        assert_eq!(port.queues_made.load(Ordering::Relaxed), 1, "made once");
+        assert_eq!(port.sent.lock().unwrap()[..2], [(60, node), (70, node)]);
+        assert_eq!(counters.tx.get(), 6);
+        assert_eq!(counters.port(id).tx_packets.get(), 6);
+        assert_eq!(counters.drops(DropReason::NoPort), 3);
+
+        // Another port at the same id gets a queue of its own; the old
+        // queue goes as soon as the worker sees the new table.
+        let other = Arc::new(QueuedPort::default());
+        let ports = table_with(id, other.clone());
+        tx.follow(&ports);
+        assert!(tx.slots[3].is_none(), "stale queue dropped");
+        let ctx = BatchContext::new(&fib, &ports, &counters, &flows, 0);
+        tx.push(&ctx, id, &Frame::from_bytes(&[0; 60]), None);
+        tx.flush(&ports, &counters);
+        assert_eq!(other.queues_made.load(Ordering::Relaxed), 1);
+        assert_eq!(other.sent.lock().unwrap().len(), 1);
+        assert_eq!(port.sent.lock().unwrap().len(), 6);
     }
 }

@@ -48,7 +48,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use podrouter_api::{BgpPeerInfo, BgpRibInfo};
-use podrouter_router::fib::{Fib, Prefix};
+use podrouter_router::fib::Fib;
+use podrouter_types::Prefix;
 
 use super::session::{ConnId, Input, Output};
 use super::speaker::{KernelJob, Speaker};

@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 use super::session::Path;
 

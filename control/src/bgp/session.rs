@@ -78,7 +78,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 use super::wire::{
     self, err, Capability, Ctx, GracefulRestart, Message, Notification, Open, Origin, PathAttrs,

@@ -26,7 +26,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use podrouter_router::fib::{FibChange, NextHop, Prefix};
+use podrouter_router::fib::{FibChange, NextHop};
+use podrouter_types::Prefix;
 
 use super::rib::Rib;
 use super::session::{Input, Output, RouteEvent, Session, SessionConfig, State};

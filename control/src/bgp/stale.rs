@@ -23,7 +23,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 use crate::netlink::{errno, Ipv4Route, Netlink, RouteEntry, RTPROT_PODROUTER};
 

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use podrouter_api::{BgpPeerInfo, BgpRibInfo, BgpRouteInfo};
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 use super::rib;
 use super::session::State;

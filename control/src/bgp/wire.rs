@@ -29,7 +29,7 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use podrouter_router::fib::Prefix;
+use podrouter_types::Prefix;
 
 /// Length of the fixed header (marker, length, type).
 pub const HEADER_LEN: usize = 19;
@@ -724,9 +724,7 @@ fn decode_prefixes(buf: &[u8], out: &mut Vec<Prefix>) -> Result<(), Notification
         a[..n].copy_from_slice(bytes);
         // Trailing bits past the length are irrelevant (RFC 4271 4.3):
         // clear them rather than refuse.
-        let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-        let addr = Ipv4Addr::from(u32::from_be_bytes(a) & mask);
-        out.push(Prefix::new(addr, len).expect("masked, len <= 32"));
+        out.push(Prefix::truncating(Ipv4Addr::from(a), len));
     }
     Ok(())
 }
