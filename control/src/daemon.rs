@@ -26,7 +26,7 @@ use podrouter_api::{
     ReloadInfo, Reply, Response, RouteInfo, StatusInfo, API_VERSION,
 };
 use podrouter_router::clock;
-use podrouter_router::conntrack::{FlowTable, Timeouts};
+use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
@@ -142,7 +142,7 @@ impl Daemon {
         }
         let flows = Arc::new(FlowTable::new(
             cfg.dataplane.flow_table_size,
-            Timeouts::default(),
+            cfg.dataplane.flow_timeouts.timeouts(),
         ));
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
