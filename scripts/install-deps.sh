@@ -26,7 +26,10 @@ declare -A NEED=(
     [iperf3]=iperf3
     [tcpdump]=tcpdump
     [pgrep]=procps
-    [iptables]=iptables  # the demo's Service step (kube-proxy-style DNAT)
+    # kube-proxy-style rules (nft backend): the demo's Service step,
+    # tests/tests/services.rs and the harness's Services scenario.
+    [iptables]=iptables
+    [iptables-restore]=iptables
     [curl]=curl          # the demo's Service step
     [ss]=iproute2
     [nsenter]=util-linux
@@ -37,10 +40,6 @@ declare -A NEED=(
     [gobgp]=gobgpd
     [vtysh]=frr
     [python3]=python3   # the scripted BGP peer of tests/tests/bgp_malformed.rs
-    # kube-proxy's iptables rules (nft backend) in tests/tests/services.rs
-    # and the harness's Services scenario.
-    [iptables]=iptables
-    [iptables-restore]=iptables
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config

@@ -47,6 +47,10 @@
 //!   lookups at once and their slots are reused by inserts into the same
 //!   bucket or freed by [`FlowTable::sweep`] (the control thread, once a
 //!   second); `len()` counts slots in use until then.
+//! - The table's own counters (slots in use, entries expired) are shared
+//!   atomics written only when a flow is inserted or freed, never per
+//!   packet; the per-packet counts (inserted, full, steered) are the
+//!   workers' own counters.
 //! - "Last seen" is refreshed at most once a second per flow (or on a state
 //!   change), so a busy flow does not make its cache line bounce between
 //!   workers on every packet.
