@@ -1,10 +1,12 @@
 //! The connection tracker: one bounded, lock-free table of flows shared by
-//! every worker and the control thread. Today it remembers the flows the
+//! every worker and the control thread. It remembers the flows the
 //! node's kernel NATed (kube-proxy's Services, NodePorts, masquerade: see
 //! the pipeline's host-NAT stage) so their replies can be sent back
-//! through the node; network policy is meant to use the same entries to
-//! let replies of allowed connections pass (the `POLICY_*` bits are kept
-//! free for it).
+//! through the node, and the connections network policy allowed
+//! ([`POLICY_ALLOWED`], set by the pipeline's policy stage on insert or
+//! with [`FlowTable::mark`] on a host-NAT entry), so their packets in
+//! both directions pass without a rule check. One flow has one entry
+//! whatever set its flags.
 //!
 //! A flow is keyed by its 5-tuple ([`FlowKey`]): addresses, protocol and
 //! the TCP/UDP/SCTP ports, or the identifier of an ICMP echo (request:
