@@ -70,6 +70,106 @@ pub enum Call {
     /// Re-read the daemon's config file and apply what may change at
     /// runtime (`pod_cidrs`, `log_level`); all or nothing.
     Reload,
+    /// Add or replace NetworkPolicy objects (YAML or JSON text, `---`
+    /// separated); all or nothing.
+    PolicyApply(TextParams),
+    /// Remove one NetworkPolicy.
+    PolicyDelete(PolicyRef),
+    /// Every NetworkPolicy and the local pods it selects.
+    PolicyList,
+    /// One local pod's effective rules, resolved to addresses and ports.
+    PolicyShow(PolicyShowParams),
+    /// Set or remove a local pod's labels (and named ports).
+    PodLabel(PodLabelParams),
+    /// Set or remove a namespace's labels.
+    NamespaceLabel(NamespaceLabelParams),
+    /// Add or replace pods of other nodes (YAML or JSON text).
+    EndpointApply(TextParams),
+    /// Forget a pod of another node.
+    EndpointDelete(EndpointRef),
+    /// Every pod policy knows: local ones and other nodes'.
+    EndpointList,
+}
+
+/// A document given as text (a file's contents).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TextParams {
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyShowParams {
+    /// A local pod: its attach id, its address, or `namespace/name`.
+    pub pod: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodLabelParams {
+    /// The pod's attach id, address or `namespace/name`.
+    pub pod: String,
+    /// Labels to set (added or overwritten).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Label keys to remove.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    /// If given, the pod's named ports are replaced by these.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<Vec<NamedPortSpec>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceLabelParams {
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRef {
+    pub ip: Ipv4Addr,
+}
+
+/// Who a pod is, for network policy: Kubernetes' namespace, name, labels
+/// and the named ports of its containers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<NamedPortSpec>,
+}
+
+/// A container port with a name (`containerPort` + `name` + `protocol`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedPortSpec {
+    pub name: String,
+    /// `TCP` (default), `UDP` or `SCTP`.
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    pub port: u16,
+}
+
+pub fn default_protocol() -> String {
+    "TCP".to_string()
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -101,6 +201,10 @@ pub struct AttachParams {
     /// Interface MTU; the node's configured MTU if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u16>,
+    /// The pod's Kubernetes identity for network policy; without it the
+    /// pod is `default/<id>` with no labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PodIdentity>,
 }
 
 pub fn default_ifname() -> String {
@@ -159,12 +263,80 @@ pub enum Reply {
     Status(StatusInfo),
     Pods(Vec<PodInfo>),
     Pod(PodInfo),
-    Detached { id: String },
+    Detached {
+        id: String,
+    },
     Routes(Vec<RouteInfo>),
     Counters(CountersInfo),
     BgpPeers(Vec<BgpPeerInfo>),
     BgpRib(BgpRibInfo),
     Reloaded(ReloadInfo),
+    /// `namespace/name` of every policy applied.
+    PolicyApplied(Vec<String>),
+    PolicyDeleted(PolicyRef),
+    Policies(Vec<PolicyInfo>),
+    PodPolicy(PodPolicyInfo),
+    /// A pod's or namespace's labels after the change.
+    Labels(BTreeMap<String, String>),
+    /// Addresses of the endpoints applied or deleted.
+    EndpointsChanged(Vec<Ipv4Addr>),
+    Endpoints(Vec<EndpointInfo>),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PolicyInfo {
+    pub namespace: String,
+    pub name: String,
+    /// The pod selector, `key=value,...` (`{}` selects every pod of the
+    /// namespace).
+    pub pod_selector: String,
+    /// `Ingress`, `Egress`.
+    pub policy_types: Vec<String>,
+    pub ingress_rules: usize,
+    pub egress_rules: usize,
+    /// Local pods (attach ids) the policy selects now.
+    pub selects: Vec<String>,
+    /// The object as it was applied.
+    pub source: serde_json::Value,
+}
+
+/// One local pod's effective policy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PodPolicyInfo {
+    pub id: String,
+    pub ip: Ipv4Addr,
+    pub identity: PodIdentity,
+    /// `namespace/name` of the policies selecting it, per direction.
+    pub ingress_policies: Vec<String>,
+    pub egress_policies: Vec<String>,
+    /// `None`: not isolated in that direction (everything allowed).
+    pub ingress: Option<DirectionInfo>,
+    pub egress: Option<DirectionInfo>,
+}
+
+/// What one direction allows: peers by address, then address ranges.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectionInfo {
+    pub peers: Vec<PeerPorts>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerPorts {
+    /// An address, or a range `first-last`.
+    pub peer: String,
+    /// `any`, or `tcp/80,udp/1000-1010`.
+    pub ports: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointInfo {
+    pub ip: Ipv4Addr,
+    /// `local` (a pod of this node, its attach id in `id`) or the node
+    /// the endpoint file named.
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub identity: PodIdentity,
 }
 
 /// What a configuration reload applied.
@@ -328,6 +500,9 @@ pub struct FlowCountersInfo {
     /// Reply packets (and ICMP errors about them) sent to the host port
     /// instead of straight to a pod.
     pub steered_to_host: u64,
+    /// New connections network policy checked and allowed (then tracked).
+    #[serde(default)]
+    pub policy_allowed: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -339,6 +514,12 @@ pub struct PortCountersInfo {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    /// Connections to this pod refused by its NetworkPolicy ingress rules.
+    #[serde(default)]
+    pub policy_denied_ingress: u64,
+    /// Connections from this pod refused by its egress rules.
+    #[serde(default)]
+    pub policy_denied_egress: u64,
 }
 
 /// One BGP neighbour, like a line of `birdc show protocols all`.
@@ -560,6 +741,7 @@ mod tests {
                 ifname: "eth0".into(),
                 ip: None,
                 mtu: Some(1480),
+                identity: None,
             }),
         };
         let s = serde_json::to_string(&req).unwrap();

@@ -12,6 +12,14 @@
 //!   shared flow table holds 10,000 flows the node's kernel NATed (none of
 //!   them this one): the cost of the reply-direction lookup of the
 //!   host-NAT stage once the table is not empty.
+//! - `forward_64B_established_flow_N_policy_rules` (N = 0, 1000, 10000):
+//!   the same frame when the destination pod is isolated for ingress by a
+//!   NetworkPolicy of N rules (half pod peers, half /32 ipBlocks, each on
+//!   its own port; the last one allows the sender), on a flow the policy
+//!   stage already allowed and tracked: the per-packet cost of policy on
+//!   an established flow. N = 0: no policy at all.
+//! - `policy_check_new_connection_N_rules`: the compiled rules' decision
+//!   on a new connection (what the stage adds to a flow's first packet).
 //! - `proxy_arp_reply`: a pod's broadcast ARP request for 169.254.1.1 turned
 //!   into the reply in place.
 //!
@@ -21,6 +29,7 @@
 //! writing a received frame into the buffer. The `BatchContext` (FIB snapshot
 //! and port table) is built once, as a worker does once per batch.
 //! Throughput is reported per frame (`Throughput::Elements(1)`).
+use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -31,6 +40,9 @@ use podrouter_router::counters::WorkerCounters;
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::frame::{Frame, VnetHdr};
 use podrouter_router::pipeline::{BatchContext, Pipeline, PipelineConfig, Verdict};
+use podrouter_router::policy::{
+    Decision, DirRulesBuilder, PodRules, PolicyTable, PortRange, PortSet,
+};
 use podrouter_router::port::{MemPort, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use podrouter_types::Prefix;
@@ -111,6 +123,45 @@ fn pipeline() -> Pipeline {
         icmp_rate_per_sec: 1000,
         icmp_burst: 100,
     })
+}
+
+/// Pod 1 isolated for ingress by `rules` rules, the last allowing pod 0
+/// on UDP 53; no policy at all for 0.
+fn policy_table(rules: usize) -> PolicyTable {
+    if rules == 0 {
+        return PolicyTable::default();
+    }
+    let mut b = DirRulesBuilder::default();
+    for i in 0..rules as u32 - 1 {
+        let peer = Ipv4Addr::from(0xac10_0000 + i);
+        let port = PortSet::of([PortRange {
+            proto: 6,
+            lo: 1000 + (i % 5000) as u16,
+            hi: 1000 + (i % 5000) as u16,
+        }]);
+        if i % 2 == 0 {
+            b.allow_peer(peer, &port);
+        } else {
+            b.allow_range(peer, peer, &port);
+        }
+    }
+    b.allow_peer(
+        pod_ip(0),
+        &PortSet::of([PortRange {
+            proto: 17,
+            lo: 53,
+            hi: 53,
+        }]),
+    );
+    let mut pods = HashMap::new();
+    pods.insert(
+        pod_ip(1),
+        PodRules {
+            ingress: Some(b.build()),
+            egress: None,
+        },
+    );
+    PolicyTable::new(pods, &[NODE_IP])
 }
 
 /// One's complement checksum of an IPv4 header (for building the input).
@@ -224,6 +275,48 @@ fn bench_pipeline(c: &mut Criterion) {
             black_box(pipeline.process(&busy_ctx, black_box(PortId(0)), &mut frame))
         })
     });
+
+    for rules in [0usize, 1_000, 10_000] {
+        let policy = policy_table(rules);
+        let flows = FlowTable::default();
+        let pctx = BatchContext::new(&table, &ports, &counters, &flows, 0).with_policy(&policy);
+        frame.load(&udp, VnetHdr::default());
+        assert_eq!(
+            pipeline.process(&pctx, PortId(0), &mut frame),
+            Verdict::Forward {
+                port: PortId(1),
+                tunnel: None
+            },
+            "the policy allows the benchmark flow"
+        );
+        assert_eq!(flows.len(), usize::from(rules > 0), "tracked once isolated");
+        group.bench_function(
+            format!("forward_64B_established_flow_{rules}_policy_rules"),
+            |b| {
+                b.iter(|| {
+                    frame.load(black_box(&udp), VnetHdr::default());
+                    black_box(pipeline.process(&pctx, black_box(PortId(0)), &mut frame))
+                })
+            },
+        );
+        if rules > 0 {
+            assert_eq!(policy.check(pod_ip(0), pod_ip(1), 17, 53), Decision::Allow);
+            assert_eq!(
+                policy.check(pod_ip(2), pod_ip(1), 17, 53),
+                Decision::DenyIngress
+            );
+            group.bench_function(format!("policy_check_new_connection_{rules}_rules"), |b| {
+                b.iter(|| {
+                    policy.check(
+                        black_box(pod_ip(0)),
+                        black_box(pod_ip(1)),
+                        17,
+                        black_box(53),
+                    )
+                })
+            });
+        }
+    }
 
     let arp = arp_request();
     frame.load(&arp, VnetHdr::default());

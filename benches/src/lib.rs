@@ -347,6 +347,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Scale,
             Scenario::BgpConvergence,
             Scenario::Services,
+            Scenario::Policy,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -431,6 +432,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Cni => "cni",
             Scenario::BgpConvergence => "bgp-convergence",
             Scenario::Services => "services",
+            Scenario::Policy => "policy",
         })
         .collect();
     eprintln!(
@@ -461,6 +463,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Cni => scenarios::cni(&mut ctx),
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
             Scenario::Services => scenarios::services(&mut ctx),
+            Scenario::Policy => scenarios::policy(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -509,6 +512,7 @@ fn run(cli: &Cli) -> Res<bool> {
         Scenario::TwoNode,
         Scenario::Scale,
         Scenario::Services,
+        Scenario::Policy,
     ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([
@@ -568,6 +572,20 @@ fn run(cli: &Cli) -> Res<bool> {
             pm = topo::TWO_NODE_POD_MTU,
             v = topo::VXLAN_MTU,
         ));
+    }
+    if scen.contains(&Scenario::Policy) {
+        method.push(
+            "network policy: two pods on one node, both selected by one NetworkPolicy (ingress) \
+             whose N rules each allow one /32 outside the pod network on one TCP port, and a last \
+             rule that allows the measured client pod (so the matching rule is the last one); the \
+             kernel plane gets the same rules as one iptables chain jumped to from FORWARD for \
+             every packet out of a pod interface (`-o cali+`), Calico-style: conntrack \
+             RELATED,ESTABLISHED accepted first, then the N rules, then the client, then DROP \
+             (iptables-restore); 0 rules: no policy and no chain in either plane. Packet rate: \
+             the generator above (one UDP flow, established after its first packet); connections: \
+             the Services scenario's TCP client and server, one connection at a time"
+                .to_string(),
+        );
     }
     if scen.contains(&Scenario::Services) {
         method.push(format!(

@@ -233,6 +233,10 @@ pub enum Scenario {
     /// A ClusterIP through kube-proxy's iptables rules: latency and new
     /// TCP connections per second.
     Services,
+    /// NetworkPolicy with 0, 1,000 and 10,000 rules selecting the measured
+    /// pods: podrouter's compiled rules against the same rules as iptables
+    /// chains on the pod interfaces.
+    Policy,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -1206,6 +1210,78 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
+/// Rule counts of the policy scenario.
+pub const POLICY_RULES: [usize; 3] = [0, 1_000, 10_000];
+
+pub fn policy(ctx: &mut Ctx) -> Res<()> {
+    let opts = ctx.opts.clone();
+    for rules in POLICY_RULES {
+        let pr = build(
+            ctx,
+            &format!("policy: podrouterd, 2 pods, {rules} rules"),
+            |_| {
+                let t = topo::podrouter_same_node(&opts, 2, |_| {})?;
+                t.add_podrouter_policy(rules)?;
+                Ok(t)
+            },
+        )?;
+        let pr = checked(ctx, pr, "policy podrouter")?;
+        let k = build(
+            ctx,
+            &format!("policy: kernel (Calico-style), 2 pods, {rules} rules in iptables"),
+            |_| {
+                let mut t = topo::kernel_same_node(&opts, 2, |_| {})?;
+                t.add_iptables_policy(rules)?;
+                Ok(t)
+            },
+        )?;
+        let k = checked(ctx, k, "policy kernel")?;
+        for t in [&pr, &k].into_iter().flatten() {
+            ctx.notes.extend(t.notes.iter().cloned());
+        }
+        let scenario = format!("network policy: {rules} ingress rules selecting the measured pods");
+        let planes = [&pr, &k];
+        let what = format!("{scenario} · UDP 64 B");
+        let r = both(ctx, &planes, &what, |c, t, d| udp_rate(c, t, 64, d))?;
+        ctx.rows.push(Row::new(
+            &scenario,
+            "UDP 64 B frames, one one-way flow (podrouter tracks it from its first packet; the kernel's conntrack keeps it NEW without a reply, so every packet walks the chain)",
+            "Mpps",
+            "higher",
+            cell(&r[PR], |x| x.mpps),
+            cell(&r[K], |x| x.mpps),
+        ));
+        let what = format!("{scenario} · new TCP connections");
+        let r = both(ctx, &planes, &what, |c, t, d| {
+            conn_rate(c, t, &[&t.pods[1]], t.pods[1].ip, d)
+        })?;
+        ctx.rows.push(Row::new(
+            &scenario,
+            "new TCP connections per second (one client, one at a time)",
+            "conn/s",
+            "higher",
+            cell(&r[PR], |x| x.per_sec),
+            cell(&r[K], |x| x.per_sec),
+        ));
+        if let Ok(t) = &pr {
+            if let Ok(podrouter_api::Reply::Counters(c)) =
+                t.daemons[0].call(podrouter_api::Call::Counters)
+            {
+                ctx.notes.push(format!(
+                    "policy, {rules} rules: podrouterd allowed {} new connections by policy, drops: {}",
+                    c.flows.policy_allowed,
+                    t.daemons[0].drops()
+                ));
+            }
+        }
+        ctx.progress
+            .step(&format!("policy, {rules} rules: tearing down"));
+        drop(pr);
+        drop(k);
+    }
+    Ok(())
+}
+
 pub fn two_node(ctx: &mut Ctx) -> Res<()> {
     for pair in ctx.p.two_node_pairs.clone() {
         let scenario = pair.scenario();
@@ -1526,6 +1602,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             Scenario::Services => 2 + 2 * 3 * r + 1,
+            Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
         };
     }
     n

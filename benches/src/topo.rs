@@ -326,6 +326,7 @@ fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res
                 ifname: "eth0".into(),
                 ip: None,
                 mtu: None,
+                identity: None,
             }))
             .map_err(|e| Error::msg(format!("attach {ns}: {e}")))?;
         let Reply::Pod(p) = r else {
@@ -671,6 +672,7 @@ pub fn two_node(
                         ifname: "eth0".into(),
                         ip: None,
                         mtu: None,
+                        identity: None,
                     }))
                     .map_err(|e| Error::msg(format!("attach on node {}: {e}", k + 1)))?;
                 let Reply::Pod(p) = r else {
@@ -888,6 +890,77 @@ impl Topology {
     /// Installs [`kube_proxy_rules`] in the node's nat table (with
     /// `iptables-restore --noflush`) and turns on forwarding, as a
     /// Kubernetes node has it.
+    /// One NetworkPolicy selecting every pod (ingress): `rules - 1` rules
+    /// each allowing one 172.16.0.0/16 address on one TCP port, then one
+    /// allowing the first pod (any port). 0: no policy.
+    pub fn add_podrouter_policy(&self, rules: usize) -> Res<()> {
+        if rules == 0 {
+            return Ok(());
+        }
+        let mut text = String::from(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: bench, namespace: default}\nspec:\n  podSelector: {}\n  ingress:\n",
+        );
+        for i in 0..rules as u32 - 1 {
+            let peer = Ipv4Addr::from(0xac10_0000 + i);
+            let _ = writeln!(
+                text,
+                "  - {{from: [{{ipBlock: {{cidr: {peer}/32}}}}], ports: [{{port: {}}}]}}",
+                1000 + i % 5000
+            );
+        }
+        let _ = writeln!(
+            text,
+            "  - {{from: [{{ipBlock: {{cidr: {}/32}}}}]}}",
+            self.pods[0].ip
+        );
+        match self.daemons[0].call(Call::PolicyApply(podrouter_api::TextParams { text }))? {
+            Reply::PolicyApplied(_) => {}
+            other => bail!("policy apply: unexpected reply {other:?}"),
+        }
+        Ok(())
+    }
+
+    /// The same rules for the kernel plane: one chain for every packet
+    /// out of a pod interface, Calico-style (see the method text).
+    pub fn add_iptables_policy(&mut self, rules: usize) -> Res<()> {
+        if rules == 0 {
+            return Ok(());
+        }
+        let node = self.nodes[0].clone();
+        let mut r = String::from(
+            "*filter\n:bench-tw - [0:0]\n-A FORWARD -o cali+ -j bench-tw\n\
+             -A bench-tw -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n",
+        );
+        for i in 0..rules as u32 - 1 {
+            let peer = Ipv4Addr::from(0xac10_0000 + i);
+            let _ = writeln!(
+                r,
+                "-A bench-tw -s {peer}/32 -p tcp -m tcp --dport {} -j ACCEPT",
+                1000 + i % 5000
+            );
+        }
+        let _ = writeln!(r, "-A bench-tw -s {}/32 -j ACCEPT", self.pods[0].ip);
+        r.push_str("-A bench-tw -j DROP\nCOMMIT\n");
+        let args = [
+            "ip",
+            "netns",
+            "exec",
+            &node,
+            "iptables-restore",
+            "--noflush",
+        ];
+        let out = Proc::spawn_full("iptables-restore", &args, None, Some(r.as_bytes()), &[])?
+            .wait(Duration::from_secs(120))?;
+        if !out.ok() {
+            bail!("iptables-restore in {node} failed: {}", out.stderr.trim());
+        }
+        self.notes.push(format!(
+            "{}: {rules} policy rules as an iptables chain on the pod interfaces",
+            self.label
+        ));
+        Ok(())
+    }
+
     pub fn add_kube_proxy_service(
         &mut self,
         ports: &[(&str, u16)],

@@ -15,6 +15,7 @@
 pub mod env;
 pub mod error;
 pub mod gc;
+pub mod identity;
 pub mod ipam;
 pub mod log;
 pub mod netconf;

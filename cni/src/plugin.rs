@@ -241,6 +241,12 @@ impl Ctx<'_> {
     fn add(&self) -> CniResult<(String, AddGuard)> {
         let netns = self.netns_must_exist("ADD")?.to_string();
         let prev = self.prev_result()?;
+        // Checked before anything is taken or created.
+        let identity = crate::identity::pod_identity(
+            self.env.args.as_deref(),
+            &self.conf.raw,
+            self.env.container_id.as_deref().unwrap_or_default(),
+        )?;
         let id = self.id();
         let socket = &self.conf.router_socket;
         let mut guard = AddGuard {
@@ -306,6 +312,7 @@ impl Ctx<'_> {
             ifname: self.ifname().to_string(),
             ip,
             mtu: self.conf.mtu,
+            identity,
         }) {
             Ok(p) => p,
             Err(e) => {

@@ -506,6 +506,7 @@ fn gc_removes_exactly_the_unlisted_attachments() {
             ifname: "eth0".into(),
             ip: None,
             mtu: None,
+            identity: None,
         }))
         .unwrap();
 
@@ -869,4 +870,57 @@ fn kill_9_during_a_burst_of_adds_then_restart_and_gc() {
         leaked.is_empty(),
         "failed ADDs left interfaces after their DEL: {leaked:?}"
     );
+}
+
+#[test]
+fn kubernetes_identity_reaches_the_daemon() {
+    if !privileged("kubernetes_identity_reaches_the_daemon") {
+        return;
+    }
+    let _s = serial();
+    let node = Node::start("10.82.0.0/24", "192.168.82.1");
+    let pod = Netns::new("p");
+    // kubelet's CNI_ARGS, labels and a named port in runtimeConfig.
+    let conf = node.conf(
+        "1.1.0",
+        r#""runtimeConfig":{"labels":{"app":"web","tier":"front"},"ports":[{"name":"http","port":8080}]}"#,
+    );
+    let mut add = attach_env("ADD", "ctr-k8s", &pod.path(), "eth0");
+    add.extra.insert(
+        "CNI_ARGS".into(),
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=ctr-k8s".into(),
+    );
+    plugin(&add, &conf).ok();
+    let eps = match node.client().call(Call::EndpointList).unwrap() {
+        podrouter_api::Reply::Endpoints(e) => e,
+        r => panic!("unexpected {r:?}"),
+    };
+    assert_eq!(eps.len(), 1, "{eps:?}");
+    let i = &eps[0].identity;
+    assert_eq!((i.namespace.as_str(), i.name.as_str()), ("shop", "web-0"));
+    assert_eq!(i.labels["app"], "web");
+    assert_eq!(i.labels["tier"], "front");
+    assert_eq!(
+        (
+            i.ports[0].name.as_str(),
+            i.ports[0].protocol.as_str(),
+            i.ports[0].port
+        ),
+        ("http", "TCP", 8080)
+    );
+
+    // Labels in a shape the plugin does not read: refused as an invalid
+    // configuration before anything is taken.
+    let pod2 = Netns::new("p");
+    let free = node.status().free_addresses;
+    let bad = node.conf("1.1.0", r#""args":{"labels":"app=web"}"#);
+    let out = plugin(&attach_env("ADD", "ctr-bad", &pod2.path(), "eth0"), &bad);
+    let e = out.err(7);
+    assert!(
+        e["details"].as_str().unwrap().contains("args.labels"),
+        "{e}"
+    );
+    assert_eq!(node.pods().len(), 1);
+    assert_eq!(node.status().free_addresses, free);
+    plugin(&attach_env("DEL", "ctr-k8s", &pod.path(), "eth0"), &conf).ok();
 }

@@ -12,6 +12,7 @@ use podrouter_api::{ErrorCode, InvalidIfname, Response};
 use crate::daemon::PublishError;
 use crate::ipam::IpamError;
 use crate::podnet::PodNetError;
+use crate::policy::StoreError;
 use crate::reload::ReloadError;
 use crate::state::StateError;
 
@@ -56,6 +57,12 @@ pub enum CallError {
     Bgp(String),
     #[error(transparent)]
     Reload(#[from] ReloadError),
+    /// A policy, label or endpoint call was refused.
+    #[error(transparent)]
+    Policy(#[from] StoreError),
+    /// A pod's identity (namespace, name, labels, named ports) at attach.
+    #[error("pod {id}: identity: {source}")]
+    Identity { id: String, source: StoreError },
 }
 
 impl CallError {
@@ -82,6 +89,7 @@ impl CallError {
             | CallError::Orphan { .. }
             | CallError::Bgp(_) => ErrorCode::Internal,
             CallError::Reload(e) => e.code(),
+            CallError::Policy(e) | CallError::Identity { source: e, .. } => e.code(),
         }
     }
 

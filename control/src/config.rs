@@ -156,6 +156,86 @@ pub struct Dataplane {
     /// Slots of the flow table all workers share (flows the node's kernel
     /// NATed; see README "Services"). Rounded up to a power of two.
     pub flow_table_size: usize,
+    /// Idle timeouts of the flow table's entries (`[dataplane.flow_timeouts]`).
+    pub flow_timeouts: FlowTimeouts,
+}
+
+/// Idle timeouts of the flow table, in seconds; each defaults to the Linux
+/// kernel's nf_conntrack value ([`podrouter_router::conntrack::Timeouts`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlowTimeouts {
+    pub tcp_syn_sent: u32,
+    pub tcp_syn_recv: u32,
+    pub tcp_established: u32,
+    pub tcp_unreplied: u32,
+    pub tcp_fin_wait: u32,
+    pub tcp_time_wait: u32,
+    pub tcp_close: u32,
+    pub udp_unreplied: u32,
+    pub udp_replied: u32,
+    pub sctp_replied: u32,
+    pub icmp: u32,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        FlowTimeouts::from(podrouter_router::conntrack::Timeouts::default())
+    }
+}
+
+impl From<podrouter_router::conntrack::Timeouts> for FlowTimeouts {
+    fn from(t: podrouter_router::conntrack::Timeouts) -> Self {
+        FlowTimeouts {
+            tcp_syn_sent: t.tcp_syn_sent,
+            tcp_syn_recv: t.tcp_syn_recv,
+            tcp_established: t.tcp_established,
+            tcp_unreplied: t.tcp_unreplied,
+            tcp_fin_wait: t.tcp_fin_wait,
+            tcp_time_wait: t.tcp_time_wait,
+            tcp_close: t.tcp_close,
+            udp_unreplied: t.udp_unreplied,
+            udp_replied: t.udp_replied,
+            sctp_replied: t.sctp_replied,
+            icmp: t.icmp,
+        }
+    }
+}
+
+impl FlowTimeouts {
+    /// The data plane's form.
+    pub fn timeouts(&self) -> podrouter_router::conntrack::Timeouts {
+        podrouter_router::conntrack::Timeouts {
+            tcp_syn_sent: self.tcp_syn_sent,
+            tcp_syn_recv: self.tcp_syn_recv,
+            tcp_established: self.tcp_established,
+            tcp_unreplied: self.tcp_unreplied,
+            tcp_fin_wait: self.tcp_fin_wait,
+            tcp_time_wait: self.tcp_time_wait,
+            tcp_close: self.tcp_close,
+            udp_unreplied: self.udp_unreplied,
+            udp_replied: self.udp_replied,
+            sctp_replied: self.sctp_replied,
+            icmp: self.icmp,
+        }
+    }
+
+    /// (key, value) of every timeout, for checks and messages.
+    fn entries(&self) -> [(&'static str, u32); 11] {
+        [
+            ("tcp_syn_sent", self.tcp_syn_sent),
+            ("tcp_syn_recv", self.tcp_syn_recv),
+            ("tcp_established", self.tcp_established),
+            ("tcp_unreplied", self.tcp_unreplied),
+            ("tcp_fin_wait", self.tcp_fin_wait),
+            ("tcp_time_wait", self.tcp_time_wait),
+            ("tcp_close", self.tcp_close),
+            ("udp_unreplied", self.udp_unreplied),
+            ("udp_replied", self.udp_replied),
+            ("sctp_replied", self.sctp_replied),
+            ("icmp", self.icmp),
+        ]
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -277,6 +357,7 @@ impl Default for Dataplane {
             icmp_rate: 100,
             icmp_burst: 50,
             flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
+            flow_timeouts: FlowTimeouts::default(),
         }
     }
 }
@@ -492,6 +573,12 @@ impl Config {
                         dp.flow_table_size
                     ),
                 ));
+            }
+        }
+        for (k, v) in dp.flow_timeouts.entries() {
+            // At most 30 days; 0 would make every entry expire at once.
+            if !(1..=2_592_000).contains(&v) {
+                return Err((k, format!("{v} s is out of range 1..=2592000")));
             }
         }
         if let Some(bgp) = &self.bgp {
@@ -775,6 +862,19 @@ asn = 64512
         assert!(e.message.contains("out of range 8..=16777216"), "{e}");
         let c = Config::parse("[dataplane]\nflow_table_size = 1000\n", "t.toml").unwrap();
         assert_eq!(c.dataplane.flow_table_size, 1000);
+        // Flow timeouts: the kernel's defaults, each settable, 0 refused.
+        assert_eq!(c.dataplane.flow_timeouts.tcp_established, 432_000);
+        assert_eq!(c.dataplane.flow_timeouts.udp_unreplied, 30);
+        let c = Config::parse(
+            "[dataplane.flow_timeouts]\ntcp_established = 3600\nudp_replied = 60\n",
+            "t.toml",
+        )
+        .unwrap();
+        let t = c.dataplane.flow_timeouts.timeouts();
+        assert_eq!((t.tcp_established, t.udp_replied, t.icmp), (3600, 60, 30));
+        let e = err("[dataplane.flow_timeouts]\nicmp = 0\n");
+        assert_eq!(e.key.as_deref(), Some("icmp"), "{e}");
+        assert!(Config::parse("[dataplane.flow_timeouts]\nbogus = 1\n", "t.toml").is_err());
 
         let e = err("node_name = \n");
         assert_eq!(e.line, Some(1));

@@ -26,10 +26,11 @@ use podrouter_api::{
     ReloadInfo, Reply, Response, RouteInfo, StatusInfo, API_VERSION,
 };
 use podrouter_router::clock;
-use podrouter_router::conntrack::{FlowTable, Timeouts};
+use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
+use podrouter_router::policy::Policies;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
 use podrouter_router::worker::{WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
@@ -40,7 +41,10 @@ use crate::config::{Config, MTU_RANGE};
 use crate::ipam::Ipam;
 use crate::nodenet::{KernelNet, NodeNet};
 use crate::podnet::{PodInterfaceSpec, PodNetError};
+use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
+
+mod policy_calls;
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -61,6 +65,8 @@ pub enum StartError {
     Uplink(String),
     #[error("bgp: {0}")]
     Bgp(std::io::Error),
+    #[error("network policy state: {0}")]
+    Policy(String),
 }
 
 /// Why a port could not be published.
@@ -97,6 +103,10 @@ pub struct Daemon {
     uplink: Option<crate::uplink_setup::UplinkState>,
     /// Pod interfaces, the host port and host routes.
     net: Box<dyn NodeNet>,
+    /// NetworkPolicy objects and pod/namespace identities (persisted).
+    policy_store: PolicyStore,
+    /// Their compiled form, as the workers read it.
+    policies: Arc<Policies>,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -117,6 +127,8 @@ impl Daemon {
     ) -> Result<Daemon, StartError> {
         let store = StateStore::open(&cfg.state_dir)?;
         let records = store.load()?;
+        let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
+        let policies = Arc::new(Policies::new());
         let fib = Arc::new(Fib::new());
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let pipeline = PipelineConfig {
@@ -130,7 +142,7 @@ impl Daemon {
         }
         let flows = Arc::new(FlowTable::new(
             cfg.dataplane.flow_table_size,
-            Timeouts::default(),
+            cfg.dataplane.flow_timeouts.timeouts(),
         ));
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
@@ -140,6 +152,7 @@ impl Daemon {
                 batch_size: cfg.dataplane.batch_size,
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
+                policies: policies.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -160,6 +173,8 @@ impl Daemon {
             bgp: None,
             uplink: None,
             net,
+            policy_store,
+            policies,
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -170,6 +185,7 @@ impl Daemon {
         d.install_base_routes();
         d.restore(records);
         d.store.save(&d.records())?;
+        d.publish_policy();
         d.process_pending_detaches();
         let kernel = d.uplink.clone();
         d.bgp =
@@ -395,6 +411,15 @@ impl Daemon {
                 let limit = p.limit.unwrap_or(1000).min(crate::bgp::RIB_ROWS_MAX);
                 self.bgp_call(|b| b.rib(within, limit).map(Reply::BgpRib))
             }
+            call @ (Call::PolicyApply(_)
+            | Call::PolicyDelete(_)
+            | Call::PolicyList
+            | Call::PolicyShow(_)
+            | Call::PodLabel(_)
+            | Call::NamespaceLabel(_)
+            | Call::EndpointApply(_)
+            | Call::EndpointDelete(_)
+            | Call::EndpointList) => self.policy_call(call),
         };
         match result {
             Ok(r) => Response::ok(r),
@@ -473,6 +498,12 @@ impl Daemon {
     fn attach(&mut self, p: AttachParams) -> CallResult {
         validate_id(&p.id)?;
         check_ifname(&p.ifname)?;
+        if let Some(i) = &p.identity {
+            crate::policy::validate_identity(i).map_err(|e| CallError::Identity {
+                id: p.id.clone(),
+                source: e,
+            })?;
+        }
         if self.pods.contains_key(&p.id) {
             return Err(CallError::AlreadyAttached(p.id));
         }
@@ -531,6 +562,22 @@ impl Daemon {
                 source,
             });
         }
+        if let Err(source) = self
+            .policy_store
+            .set_identity(&record.id, p.identity.clone())
+        {
+            self.uninstall(&record.id);
+            self.discard_interface(&record);
+            self.ipam.release(ip);
+            if let Err(e) = self.store.save(&self.records()) {
+                log::error!("pod {}: state file not rolled back: {e}", record.id);
+            }
+            return Err(CallError::Identity {
+                id: record.id,
+                source,
+            });
+        }
+        self.publish_policy();
         log::info!(
             "pod {}: attached {} {}/32 in {} (port {})",
             record.id,
@@ -577,6 +624,10 @@ impl Daemon {
             // will drop it from the file (its netns interface is gone too).
             log::error!("pod {id}: detached but the state file was not updated: {e}");
         }
+        if let Err(e) = self.policy_store.set_identity(id, None) {
+            log::error!("pod {id}: detached but its identity was not forgotten: {e}");
+        }
+        self.publish_policy();
         log::info!("pod {id}: detached, released {}", record.ip);
         Ok(Reply::Detached { id: id.to_string() })
     }
@@ -738,6 +789,7 @@ impl Daemon {
                 full: s.flows_full,
                 expired: self.flows.expired(),
                 steered_to_host: s.flows_steered,
+                policy_allowed: s.policy_allowed,
             },
             drops: s
                 .drops
@@ -756,6 +808,8 @@ impl Daemon {
                         tx_packets: p.tx_packets,
                         tx_bytes: p.tx_bytes,
                         drops: p.drops,
+                        policy_denied_ingress: p.policy_denied_ingress,
+                        policy_denied_egress: p.policy_denied_egress,
                     }
                 })
                 .collect(),
@@ -898,6 +952,7 @@ mod tests {
                 ifname: "eth0".into(),
                 ip: None,
                 mtu: None,
+                identity: None,
             }))
         }
 
@@ -1014,6 +1069,7 @@ mod tests {
                     ifname: ifname.into(),
                     ip,
                     mtu: None,
+                    identity: None,
                 }))
                 .error
                 .expect("refused")

@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nodenet;
 pub mod podnet;
+pub mod policy;
 pub mod reload;
 pub mod server;
 pub mod state;

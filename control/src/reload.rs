@@ -135,6 +135,10 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
         a.flow_table_size != b.flow_table_size,
         "[dataplane] flow_table_size",
     );
+    key(
+        a.flow_timeouts != b.flow_timeouts,
+        "[dataplane.flow_timeouts]",
+    );
     key(old.routes != new.routes, "[[routes]]");
     match (&old.bgp, &new.bgp) {
         (None, None) => {}

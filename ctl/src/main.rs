@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use podrouter_api::{
-    AttachParams, BgpRibParams, Call, Client, ClientError, DetachParams, Reply, DEFAULT_SOCKET,
+    AttachParams, BgpRibParams, Call, Client, ClientError, DetachParams, EndpointRef,
+    NamedPortSpec, NamespaceLabelParams, PodIdentity, PodLabelParams, PolicyRef, PolicyShowParams,
+    Reply, TextParams, DEFAULT_SOCKET,
 };
 
 use crate::table::Table;
@@ -57,6 +59,19 @@ enum Command {
         /// Interface MTU instead of the node's.
         #[arg(long)]
         mtu: Option<u16>,
+        /// The pod's Kubernetes namespace, for network policy.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The pod's Kubernetes name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+        /// A label, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = parse_label)]
+        labels: Vec<(String, String)>,
+        /// A named container port, NAME=PORT or NAME=PROTOCOL/PORT
+        /// (repeatable).
+        #[arg(long = "port", value_parser = parse_named_port)]
+        ports: Vec<NamedPortSpec>,
     },
     /// Remove a pod's interface and release its address.
     Detach { id: String },
@@ -72,6 +87,180 @@ enum Command {
         #[command(subcommand)]
         command: BgpCommand,
     },
+    /// Kubernetes NetworkPolicy objects.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// A local pod's identity for network policy.
+    Pod {
+        #[command(subcommand)]
+        command: PodCommand,
+    },
+    /// A namespace's labels for network policy.
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCommand,
+    },
+    /// Pods of other nodes, for network policy.
+    Endpoint {
+        #[command(subcommand)]
+        command: EndpointCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Add or replace the NetworkPolicy objects of a YAML or JSON file
+    /// (`---` separated; `-` reads standard input); all or nothing.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Remove a policy, NAMESPACE/NAME.
+    Delete { policy: String },
+    /// Every policy and the local pods it selects.
+    List,
+    /// A local pod's effective rules (id, address or NAMESPACE/NAME).
+    Show { pod: String },
+}
+
+#[derive(Subcommand)]
+enum PodCommand {
+    /// Set labels (KEY=VALUE) or remove them (KEY-) on a local pod.
+    Label {
+        /// Attach id, address or NAMESPACE/NAME.
+        pod: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+        /// Replace the pod's named ports: NAME=PORT or NAME=PROTOCOL/PORT
+        /// (repeatable).
+        #[arg(long = "port", value_parser = parse_named_port)]
+        ports: Vec<NamedPortSpec>,
+    },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCommand {
+    /// Set labels (KEY=VALUE) or remove them (KEY-) on a namespace.
+    Label {
+        namespace: String,
+        #[arg(required = true)]
+        labels: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum EndpointCommand {
+    /// Add or replace pods of other nodes from a YAML or JSON file: a list
+    /// of {ip, node, namespace, name, labels, ports}.
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Forget a pod of another node.
+    Delete { ip: Ipv4Addr },
+    /// Every pod policy knows about.
+    List,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+fn parse_named_port(s: &str) -> Result<NamedPortSpec, String> {
+    let err = || format!("{s:?} is not NAME=PORT or NAME=PROTOCOL/PORT");
+    let (name, rest) = s.split_once('=').ok_or_else(err)?;
+    let (protocol, port) = match rest.split_once('/') {
+        Some((p, n)) => (p.to_ascii_uppercase(), n),
+        None => ("TCP".to_string(), rest),
+    };
+    Ok(NamedPortSpec {
+        name: name.to_string(),
+        protocol,
+        port: port.parse().map_err(|_| err())?,
+    })
+}
+
+/// `k=v` sets, `k-` removes (kubectl's syntax).
+fn label_changes(
+    args: &[String],
+) -> Result<(std::collections::BTreeMap<String, String>, Vec<String>), String> {
+    let mut set = std::collections::BTreeMap::new();
+    let mut remove = Vec::new();
+    for a in args {
+        if let Some((k, v)) = a.split_once('=') {
+            set.insert(k.to_string(), v.to_string());
+        } else if let Some(k) = a.strip_suffix('-') {
+            remove.push(k.to_string());
+        } else {
+            return Err(format!("{a:?} is neither KEY=VALUE nor KEY-"));
+        }
+    }
+    Ok((set, remove))
+}
+
+fn read_file(path: &PathBuf) -> Result<String, String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+            .map_err(|e| format!("reading standard input: {e}"))?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Turns the policy, pod, namespace and endpoint commands into calls.
+fn policy_call(command: Command) -> Result<Call, String> {
+    Ok(match command {
+        Command::Policy { command } => match command {
+            PolicyCommand::Apply { file } => Call::PolicyApply(TextParams {
+                text: read_file(&file)?,
+            }),
+            PolicyCommand::Delete { policy } => {
+                let (namespace, name) = policy
+                    .split_once('/')
+                    .ok_or_else(|| format!("{policy:?} is not NAMESPACE/NAME"))?;
+                Call::PolicyDelete(PolicyRef {
+                    namespace: namespace.into(),
+                    name: name.into(),
+                })
+            }
+            PolicyCommand::List => Call::PolicyList,
+            PolicyCommand::Show { pod } => Call::PolicyShow(PolicyShowParams { pod }),
+        },
+        Command::Pod {
+            command: PodCommand::Label { pod, labels, ports },
+        } => {
+            let (set, remove) = label_changes(&labels)?;
+            Call::PodLabel(PodLabelParams {
+                pod,
+                set,
+                remove,
+                ports: (!ports.is_empty()).then_some(ports),
+            })
+        }
+        Command::Namespace {
+            command: NamespaceCommand::Label { namespace, labels },
+        } => {
+            let (set, remove) = label_changes(&labels)?;
+            Call::NamespaceLabel(NamespaceLabelParams {
+                namespace,
+                set,
+                remove,
+            })
+        }
+        Command::Endpoint { command } => match command {
+            EndpointCommand::Apply { file } => Call::EndpointApply(TextParams {
+                text: read_file(&file)?,
+            }),
+            EndpointCommand::Delete { ip } => Call::EndpointDelete(EndpointRef { ip }),
+            EndpointCommand::List => Call::EndpointList,
+        },
+        _ => unreachable!("only policy commands come here"),
+    })
 }
 
 #[derive(Subcommand)]
@@ -102,13 +291,28 @@ fn main() -> ExitCode {
             ifname,
             ip,
             mtu,
-        } => Call::Attach(AttachParams {
-            id,
-            netns,
-            ifname,
-            ip,
-            mtu,
-        }),
+            namespace,
+            name,
+            labels,
+            ports,
+        } => {
+            let identity =
+                (namespace.is_some() || name.is_some() || !labels.is_empty() || !ports.is_empty())
+                    .then(|| PodIdentity {
+                        namespace: namespace.unwrap_or_else(|| "default".into()),
+                        name: name.unwrap_or_else(|| id.clone()),
+                        labels: labels.into_iter().collect(),
+                        ports,
+                    });
+            Call::Attach(AttachParams {
+                id,
+                netns,
+                ifname,
+                ip,
+                mtu,
+                identity,
+            })
+        }
         Command::Detach { id } => Call::Detach(DetachParams {
             id,
             netns: None,
@@ -123,6 +327,16 @@ fn main() -> ExitCode {
                 prefix,
                 limit: Some(limit),
             }),
+        },
+        c @ (Command::Policy { .. }
+        | Command::Pod { .. }
+        | Command::Namespace { .. }
+        | Command::Endpoint { .. }) => match policy_call(c) {
+            Ok(call) => call,
+            Err(e) => {
+                eprintln!("podrouterctl: {e}");
+                return ExitCode::from(2);
+            }
         },
     };
     let reply = Client::connect(&args.socket, Duration::from_secs(args.timeout))
@@ -157,6 +371,13 @@ fn json(r: &Reply) -> String {
         Reply::BgpPeers(p) => serde_json::to_value(p),
         Reply::BgpRib(r) => serde_json::to_value(r),
         Reply::Reloaded(r) => serde_json::to_value(r),
+        Reply::PolicyApplied(p) => serde_json::to_value(p),
+        Reply::PolicyDeleted(p) => serde_json::to_value(p),
+        Reply::Policies(p) => serde_json::to_value(p),
+        Reply::PodPolicy(p) => serde_json::to_value(p),
+        Reply::Labels(l) => serde_json::to_value(l),
+        Reply::EndpointsChanged(e) => serde_json::to_value(e),
+        Reply::Endpoints(e) => serde_json::to_value(e),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -212,6 +433,107 @@ fn text(r: &Reply) -> String {
             p.id, p.ifname, p.ip, p.mac, p.mtu, p.port, p.netns
         ),
         Reply::Detached { id } => format!("detached {id}\n"),
+        Reply::PolicyApplied(names) => names.iter().map(|n| format!("applied {n}\n")).collect(),
+        Reply::PolicyDeleted(p) => format!("deleted {}/{}\n", p.namespace, p.name),
+        Reply::Policies(ps) => {
+            let mut t = Table::new(&[
+                "NAMESPACE",
+                "NAME",
+                "POD SELECTOR",
+                "TYPES",
+                "INGRESS",
+                "EGRESS",
+                "SELECTS",
+            ]);
+            for p in ps {
+                t.row([
+                    p.namespace.clone(),
+                    p.name.clone(),
+                    p.pod_selector.clone(),
+                    p.policy_types.join(","),
+                    p.ingress_rules.to_string(),
+                    p.egress_rules.to_string(),
+                    p.selects.join(","),
+                ]);
+            }
+            t.render()
+        }
+        Reply::PodPolicy(p) => {
+            let labels: Vec<String> = p
+                .identity
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let mut out = format!(
+                "pod {} {} {}/{} labels {}\n",
+                p.id,
+                p.ip,
+                p.identity.namespace,
+                p.identity.name,
+                if labels.is_empty() {
+                    "(none)".to_string()
+                } else {
+                    labels.join(",")
+                }
+            );
+            for (dir, names, rules) in [
+                ("ingress", &p.ingress_policies, &p.ingress),
+                ("egress", &p.egress_policies, &p.egress),
+            ] {
+                match rules {
+                    None => out.push_str(&format!("{dir}: not isolated (everything allowed)\n")),
+                    Some(r) => {
+                        out.push_str(&format!("{dir}: isolated by {}\n", names.join(", ")));
+                        if r.peers.is_empty() {
+                            out.push_str("  nothing allowed\n");
+                        }
+                        let mut t = Table::new(&["  PEER", "PORTS"]);
+                        for pp in &r.peers {
+                            t.row([format!("  {}", pp.peer), pp.ports.clone()]);
+                        }
+                        out.push_str(&t.render());
+                    }
+                }
+            }
+            out
+        }
+        Reply::Labels(l) => {
+            let labels: Vec<String> = l.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!(
+                "labels: {}\n",
+                if labels.is_empty() {
+                    "(none)".into()
+                } else {
+                    labels.join(",")
+                }
+            )
+        }
+        Reply::EndpointsChanged(ips) => ips.iter().map(|ip| format!("endpoint {ip}\n")).collect(),
+        Reply::Endpoints(eps) => {
+            let mut t = Table::new(&["IP", "NODE", "NAMESPACE", "NAME", "LABELS", "PORTS"]);
+            for e in eps {
+                t.row([
+                    e.ip.to_string(),
+                    e.node.clone(),
+                    e.identity.namespace.clone(),
+                    e.identity.name.clone(),
+                    e.identity
+                        .labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    e.identity
+                        .ports
+                        .iter()
+                        .map(|p| format!("{}={}/{}", p.name, p.protocol, p.port))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ]);
+            }
+            t.render()
+        }
         Reply::Reloaded(r) => {
             let mut lines = vec![format!("reloaded {}", r.config)];
             if r.added.is_empty() && r.removed.is_empty() && r.changed.is_empty() {
@@ -271,6 +593,7 @@ fn text(r: &Reply) -> String {
                 ("flows full", c.flows.full),
                 ("flows expired", c.flows.expired),
                 ("flows steered_to_host", c.flows.steered_to_host),
+                ("policy allowed", c.flows.policy_allowed),
             ] {
                 t.row([k.to_string(), v.to_string()]);
             }
@@ -278,7 +601,15 @@ fn text(r: &Reply) -> String {
                 t.row([format!("drop {k}"), v.to_string()]);
             }
             let mut p = Table::new(&[
-                "PORT", "NAME", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS",
+                "PORT",
+                "NAME",
+                "RX PKTS",
+                "RX BYTES",
+                "TX PKTS",
+                "TX BYTES",
+                "DROPS",
+                "DENIED IN",
+                "DENIED OUT",
             ]);
             for x in &c.ports {
                 p.row([
@@ -289,6 +620,8 @@ fn text(r: &Reply) -> String {
                     x.tx_packets.to_string(),
                     x.tx_bytes.to_string(),
                     x.drops.to_string(),
+                    x.policy_denied_ingress.to_string(),
+                    x.policy_denied_egress.to_string(),
                 ]);
             }
             format!("{}\n{}", t.render(), p.render())

@@ -1,10 +1,12 @@
 //! The connection tracker: one bounded, lock-free table of flows shared by
-//! every worker and the control thread. Today it remembers the flows the
+//! every worker and the control thread. It remembers the flows the
 //! node's kernel NATed (kube-proxy's Services, NodePorts, masquerade: see
 //! the pipeline's host-NAT stage) so their replies can be sent back
-//! through the node; network policy is meant to use the same entries to
-//! let replies of allowed connections pass (the `POLICY_*` bits are kept
-//! free for it).
+//! through the node, and the connections network policy allowed
+//! ([`POLICY_ALLOWED`], set by the pipeline's policy stage on insert or
+//! with [`FlowTable::mark`] on a host-NAT entry), so their packets in
+//! both directions pass without a rule check. One flow has one entry
+//! whatever set its flags.
 //!
 //! A flow is keyed by its 5-tuple ([`FlowKey`]): addresses, protocol and
 //! the TCP/UDP/SCTP ports, or the identifier of an ICMP echo (request:
@@ -338,6 +340,9 @@ const FIN_ORIG: u64 = 1 << 8;
 const FIN_REPLY: u64 = 1 << 9;
 /// Bits network policy may use for its own per-entry state.
 pub const POLICY_BITS: u64 = 0b11_1111 << 10;
+/// Entry flag: network policy allowed this flow's first packet (or
+/// picked it up established); both directions pass without a rule check.
+pub const POLICY_ALLOWED: u64 = 1 << 10;
 const GEN_SHIFT: u32 = 16;
 const GEN_MASK: u64 = 0xffff << GEN_SHIFT;
 const TAG_MASK: u64 = 0xffff_ffff << 32;
@@ -385,6 +390,11 @@ impl Hit {
 
     pub fn seen_reply(&self) -> bool {
         self.meta & SEEN_REPLY != 0
+    }
+
+    /// Network policy allowed this flow ([`POLICY_ALLOWED`]).
+    pub fn policy_allowed(&self) -> bool {
+        self.meta & POLICY_ALLOWED != 0
     }
 }
 
@@ -590,6 +600,24 @@ impl FlowTable {
                 }
                 Err(actual) if (actual ^ hit.meta) & IDENTITY == 0 => cur = actual,
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Sets caller flags (`HOST_NAT`, `POLICY_*`) on the entry `hit`
+    /// found; returns false if the slot was reused meanwhile.
+    pub fn mark(&self, hit: &Hit, flags: u64) -> bool {
+        let meta = self.meta(hit.slot as usize);
+        let mut cur = hit.meta;
+        loop {
+            let next = cur | (flags & CALLER_FLAGS);
+            if next == cur {
+                return true;
+            }
+            match meta.compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return true,
+                Err(actual) if (actual ^ hit.meta) & IDENTITY == 0 => cur = actual,
+                Err(_) => return false,
             }
         }
     }

@@ -95,6 +95,8 @@ drop_reasons! {
     ArpWrongSource => "arp_wrong_source", "ARP whose sender address is not the pod's own.";
     ArpNotAnswered => "arp_not_answered", "ARP on the host port for an address the router does not route.";
     TxError => "tx_error", "The egress port refused the frame.";
+    PolicyDeniedIngress => "policy_denied_ingress", "A new connection the destination pod's NetworkPolicy ingress rules do not allow.";
+    PolicyDeniedEgress => "policy_denied_egress", "A new connection the source pod's NetworkPolicy egress rules do not allow.";
 }
 
 /// Packets and bytes through one port, as seen by one worker.
@@ -105,6 +107,10 @@ pub struct PortCounters {
     pub tx_packets: Counter,
     pub tx_bytes: Counter,
     pub drops: Counter,
+    /// Connections to this port's pod refused by its ingress policy.
+    pub policy_denied_ingress: Counter,
+    /// Connections from this port's pod refused by its egress policy.
+    pub policy_denied_egress: Counter,
 }
 
 /// Everything one worker counts.
@@ -125,6 +131,8 @@ pub struct WorkerCounters {
     /// Packets of such flows' reply direction (and ICMP errors about
     /// them) sent to the host port instead of a pod.
     pub flows_steered: Counter,
+    /// New connections network policy checked and allowed (then tracked).
+    pub policy_allowed: Counter,
     drops: [Counter; DropReason::COUNT],
     ports: Box<[PortCounters]>,
 }
@@ -141,6 +149,7 @@ impl Default for WorkerCounters {
             flows_inserted: Counter::default(),
             flows_full: Counter::default(),
             flows_steered: Counter::default(),
+            policy_allowed: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
         }
@@ -176,6 +185,8 @@ impl WorkerCounters {
             &p.tx_packets,
             &p.tx_bytes,
             &p.drops,
+            &p.policy_denied_ingress,
+            &p.policy_denied_egress,
         ] {
             c.0.store(0, Relaxed);
         }
@@ -194,6 +205,7 @@ pub struct CounterSnapshot {
     pub flows_inserted: u64,
     pub flows_full: u64,
     pub flows_steered: u64,
+    pub policy_allowed: u64,
     /// `(reason, count)` for every reason, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
 }
@@ -206,6 +218,8 @@ pub struct PortSnapshot {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: u64,
+    pub policy_denied_ingress: u64,
+    pub policy_denied_egress: u64,
 }
 
 /// Sums the counters of all workers.
@@ -224,6 +238,7 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Counter
         s.flows_inserted += w.flows_inserted.get();
         s.flows_full += w.flows_full.get();
         s.flows_steered += w.flows_steered.get();
+        s.policy_allowed += w.policy_allowed.get();
         for (i, d) in s.drops.iter_mut().enumerate() {
             d.1 += w.drops[i].get();
         }
@@ -244,6 +259,8 @@ pub fn sum_port<'a>(
         s.tx_packets += p.tx_packets.get();
         s.tx_bytes += p.tx_bytes.get();
         s.drops += p.drops.get();
+        s.policy_denied_ingress += p.policy_denied_ingress.get();
+        s.policy_denied_egress += p.policy_denied_egress.get();
     }
     s
 }

@@ -167,9 +167,19 @@ const SHARD_SHIFT: u32 = 40;
 /// Seeded hash of a `u32` key: a folded 64x64->128 multiply. Every output
 /// bit depends on every key bit, which matters because keys of short
 /// prefixes have many zero low bits.
+/// Also the hash of network policy's address maps ([`crate::policy`]).
 #[derive(Clone, Copy, Debug)]
-struct KeyHash {
+pub(crate) struct KeyHash {
     seed: u64,
+}
+
+impl Default for KeyHash {
+    /// A random seed (per process and call).
+    fn default() -> Self {
+        KeyHash {
+            seed: std::collections::hash_map::RandomState::new().hash_one(0x0f1b_u32),
+        }
+    }
 }
 
 const HASH_MUL: u64 = 0x5851_f42d_4c95_7f2d;
@@ -199,7 +209,7 @@ impl BuildHasher for KeyHash {
 
 /// The [`Hasher`] behind [`KeyHash`]; keys are `u32`, so `write_u32` is
 /// the path that matters (and gives the same value as [`KeyHash::hash`]).
-struct KeyHasher {
+pub(crate) struct KeyHasher {
     seed: u64,
     acc: u64,
 }

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod gso;
 pub mod maglev;
 pub mod pipeline;
+pub mod policy;
 pub mod port;
 #[allow(unsafe_code)]
 pub mod sys;

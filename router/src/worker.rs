@@ -55,6 +55,8 @@ pub struct WorkerConfig {
     pub pipeline: PipelineConfig,
     /// The flow table shared by all workers.
     pub flows: Arc<FlowTable>,
+    /// The published network policy, loaded once per batch.
+    pub policies: Arc<crate::policy::Policies>,
 }
 
 enum Command {
@@ -293,6 +295,7 @@ impl Worker {
     fn poll_round(&mut self) -> bool {
         let fib = self.fib.load();
         let ports = self.ports.load();
+        let policy = self.cfg.policies.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
         let ctx = BatchContext::new(
@@ -301,7 +304,8 @@ impl Worker {
             counters,
             &self.cfg.flows,
             crate::clock::now_ns(),
-        );
+        )
+        .with_policy(&policy);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {

@@ -30,6 +30,7 @@ pub use podrouter_testkit::{have_command, is_root, unique, Needs, Netns, TempDir
 pub use serde_json::Value;
 pub mod bgp;
 pub mod multinode;
+pub mod netpol;
 
 /// The node address every test node gets (each node has its own netns).
 pub const NODE_IP: &str = "192.168.200.1";

@@ -146,6 +146,7 @@ fn json_documents_have_the_documented_fields() {
             "full",
             "expired",
             "steered_to_host",
+            "policy_allowed",
         ],
     );
     assert_eq!(
@@ -169,6 +170,8 @@ fn json_documents_have_the_documented_fields() {
                 "tx_packets",
                 "tx_bytes",
                 "drops",
+                "policy_denied_ingress",
+                "policy_denied_egress",
             ],
         );
     }

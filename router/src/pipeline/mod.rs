@@ -15,15 +15,15 @@
 //!    header (runs before IPv4 validation, which then checks the inner
 //!    packet), or the outer headers of VXLAN (before the Ethernet check:
 //!    what follows them is an Ethernet frame).
-//! 4. (next: policy; it goes between validation and routing in
-//!    [`Pipeline::forward_ipv4`] and returns a [`Fault`] to drop or answer
-//!    a frame.)
-//! 5. [`route`]: the FIB lookup, ECMP member choice and
+//! 4. [`route`]: the FIB lookup, ECMP member choice and
 //!    [`route::resolve_egress`], which turns a next hop into a port,
 //!    Ethernet destination and tunnel endpoint for forwarding and for ICMP
 //!    errors alike. Between the lookup and the egress, [`host_nat`]
 //!    records flows the node's kernel NATed and sends their replies back
 //!    to the node (it needs the next hop, so [`route`] calls it).
+//! 5. [`policy`]: network policy, connection tracking first (the shared
+//!    flow table, after the host-NAT stage recorded its flows), then the
+//!    pods' compiled rules for new connections.
 //! 6. [`rewrite`]: TTL and MTU checks, MAC rewrite, TTL decrement.
 //! 7. [`icmp`]: a stage that fails with an ICMP error to send
 //!    ([`Fault::Icmp`]) gets it built here, in the same buffer.
@@ -75,11 +75,13 @@ use crate::encap::EncapPolicy;
 use crate::fib::FibTable;
 use crate::frame::Frame;
 use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
+use crate::wire::ETHERNET_HEADER_LEN;
 
 mod arp;
 mod decap;
 mod host_nat;
 mod icmp;
+mod policy;
 mod rewrite;
 mod route;
 #[cfg(test)]
@@ -134,6 +136,9 @@ pub struct BatchContext<'a> {
     pub counters: &'a WorkerCounters,
     /// The flow table every worker shares (see [`host_nat`]).
     pub flows: &'a FlowTable,
+    /// The network policy snapshot of the batch ([`policy`]); `None`: no
+    /// policy (as an empty table).
+    pub policy: Option<&'a crate::policy::PolicyTable>,
     /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
     /// limiter, flow timeouts).
     pub now_ns: u64,
@@ -167,9 +172,18 @@ impl<'a> BatchContext<'a> {
             ports,
             counters,
             flows,
+            policy: None,
             now_ns,
             host,
             uplink,
+        }
+    }
+
+    /// The same context with the batch's network policy snapshot.
+    pub fn with_policy(self, policy: &'a crate::policy::PolicyTable) -> BatchContext<'a> {
+        BatchContext {
+            policy: Some(policy),
+            ..self
         }
     }
 
@@ -321,11 +335,12 @@ impl Pipeline {
             decap::decapsulate(ctx, local, frame)?;
         }
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
-        // Policy goes here: it sees a validated packet and its ingress, and
-        // fails with a `Fault` (the flow table it will read is filled by
-        // the host-NAT stage inside `route`).
         let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
             .map_err(|f| decap::tunnel_fault(role, f))?;
+        // After routing, so the host-NAT stage inside `route` has recorded
+        // (with its flag) the flows of the node's NAT before policy tracks
+        // them: one flow, one entry, both flags.
+        policy::admit(ctx, &frame.data()[ETHERNET_HEADER_LEN..])?;
         rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
         Ok(Verdict::Forward {
             port: egress.port,

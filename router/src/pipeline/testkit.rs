@@ -119,6 +119,8 @@ pub(super) struct Env {
     pub(super) fib: Fib,
     pub(super) counters: WorkerCounters,
     pub(super) flows: FlowTable,
+    /// Network policy (empty: nobody isolated).
+    pub(super) policy: crate::policy::PolicyTable,
     pub(super) pipeline: Pipeline,
     pub(super) now_ns: u64,
 }
@@ -189,6 +191,7 @@ impl Env {
             fib,
             counters: WorkerCounters::default(),
             flows: FlowTable::new(1024, Default::default()),
+            policy: Default::default(),
             pipeline: Pipeline::new(cfg),
             now_ns: 1_000_000_000,
         }
@@ -202,7 +205,8 @@ impl Env {
             &self.counters,
             &self.flows,
             self.now_ns,
-        );
+        )
+        .with_policy(&self.policy);
         self.pipeline.process(&ctx, ingress, frame)
     }
 
