@@ -80,6 +80,7 @@ drop_reasons! {
     IpipNotForNode => "ipip_not_for_node", "IPIP whose outer destination is not this node's address.";
     IpipUnknownNode => "ipip_unknown_node", "IPIP from an address that is not a known node (no route goes via it).";
     IpipNotLocal => "ipip_not_local", "Decapsulated packet whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
+    TunnelSpoofedSource => "tunnel_spoofed_source", "Decapsulated packet whose inner source is neither the sending node nor routed back to it (one of our pods, another node's block, the outside world).";
     GsoUnsupported => "gso_unsupported", "A GSO frame for the uplink that is not TCP over IPv4 or whose headers do not match its offload request.";
     Hairpin => "hairpin", "The route points back out of the port the frame came in on.";
     NoPort => "no_port", "The route names a port that no longer exists.";

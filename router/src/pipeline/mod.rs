@@ -13,7 +13,8 @@
 //! 2. [`arp`]: proxy ARP, answered in place.
 //! 3. [`decap`]: frames from the uplink: check and strip the outer IPIP
 //!    header (runs before IPv4 validation, which then checks the inner
-//!    packet).
+//!    packet; after it, [`decap::check_inner_source`] checks that the
+//!    inner source routes back to the sending node).
 //! 4. (next: policy; it goes between validation and routing in
 //!    [`Pipeline::forward_ipv4`] and returns a [`Fault`] to drop or answer
 //!    a frame.)
@@ -301,10 +302,14 @@ impl Pipeline {
         frame: &mut Frame,
     ) -> Result<Verdict, Fault> {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
-        if let PortRole::Uplink { local, .. } = *role {
-            decap::decapsulate(ctx, local, frame)?;
-        }
+        let tunnel_peer = match *role {
+            PortRole::Uplink { local, .. } => Some(decap::decapsulate(ctx, local, frame)?),
+            _ => None,
+        };
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
+        if let Some(node) = tunnel_peer {
+            decap::check_inner_source(ctx.fib, node, pkt.src)?;
+        }
         // Policy goes here: it sees a validated packet and its ingress, and
         // fails with a `Fault` (the flow table it will read is filled by
         // the host-NAT stage inside `route`).
