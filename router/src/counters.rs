@@ -82,6 +82,7 @@ drop_reasons! {
     IpipNotLocal => "ipip_not_local", "Decapsulated packet whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
     TunnelSpoofedSource => "tunnel_spoofed_source", "Decapsulated packet whose inner source is neither the sending node nor routed back to it (one of our pods, another node's block, the outside world).";
     GsoUnsupported => "gso_unsupported", "A GSO frame for the uplink that is not TCP over IPv4 or whose headers do not match its offload request.";
+    GsoSegmentTooSmall => "gso_segment_too_small", "A GSO frame from a pod whose segment size (gso_size) is below 536, IPv4's default MSS: it would become hundreds of packets.";
     Hairpin => "hairpin", "The route points back out of the port the frame came in on.";
     NoPort => "no_port", "The route names a port that no longer exists.";
     ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated.";
