@@ -89,6 +89,7 @@ drop_reasons! {
     ArpNotRequest => "arp_not_request", "ARP reply or other operation; only requests are answered.";
     ArpGratuitous => "arp_gratuitous", "Gratuitous ARP or ARP probe (target is the sender's own or source is 0.0.0.0).";
     ArpWrongSource => "arp_wrong_source", "ARP whose sender address is not the pod's own.";
+    ArpRateLimited => "arp_rate_limited", "ARP request from a pod beyond its port's reply rate (proxy ARP is rate-limited per port).";
     ArpNotAnswered => "arp_not_answered", "ARP on the host port for an address the router does not route.";
     TxError => "tx_error", "The egress port refused the frame.";
 }
