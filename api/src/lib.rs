@@ -232,11 +232,31 @@ pub struct StatusInfo {
     pub api_version: u32,
     pub backend: String,
     pub encap: String,
+    /// The tunnel to other nodes: `ipip` or `vxlan`.
+    #[serde(default)]
+    pub tunnel: String,
+    /// The VXLAN uplink's UDP port, VNI and this node's VTEP MAC (absent
+    /// without a VXLAN uplink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<VxlanInfo>,
     pub workers: usize,
     pub pods: usize,
     pub routes: usize,
     pub free_addresses: u64,
     pub uptime_secs: u64,
+}
+
+/// A node's VXLAN tunnel, as `podrouterctl status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VxlanInfo {
+    /// UDP destination port (4789 Calico, 8472 Flannel).
+    pub port: u16,
+    pub vni: u32,
+    /// This node's VTEP MAC: what other nodes put into the inner
+    /// destination (Flannel's `VtepMAC`, the neighbour entry peers need).
+    pub vtep_mac: String,
+    /// The underlay interface carrying the tc redirect.
+    pub uplink: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

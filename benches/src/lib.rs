@@ -79,6 +79,11 @@ struct Cli {
     /// Run only these scenarios (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Scenario>,
+    /// Two-node comparisons to run (comma-separated names: never, always,
+    /// cross-subnet, vxlan-always, vxlan-always-1500, always-1500,
+    /// never-1500); default: all of them (a few with --smoke).
+    #[arg(long, value_delimiter = ',')]
+    pairs: Vec<String>,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -317,6 +322,23 @@ fn run(cli: &Cli) -> Res<bool> {
         }
         p.bgp_routes = n;
     }
+    if !cli.pairs.is_empty() {
+        let all = scenarios::TwoNodePair::ALL;
+        let mut chosen = Vec::new();
+        for name in &cli.pairs {
+            match all.iter().find(|p| p.name() == *name) {
+                Some(p) => chosen.push(*p),
+                None => {
+                    let names: Vec<String> = all.iter().map(|p| p.name()).collect();
+                    return Err(Error::msg(format!(
+                        "--pairs: no two-node comparison {name:?} (there are: {})",
+                        names.join(", ")
+                    )));
+                }
+            }
+        }
+        p.two_node_pairs = chosen;
+    }
     let scen: Vec<Scenario> = if cli.only.is_empty() {
         vec![
             Scenario::SameNode,
@@ -528,18 +550,21 @@ fn run(cli: &Cli) -> Res<bool> {
     if scen.contains(&Scenario::TwoNode) {
         method.push(format!(
             "two nodes: every underlay link has MTU {u} and every pod MTU {pm}, so 1500-byte \
-             frames fit IPIP (+20) and VXLAN (+50) alike; one subnet = node namespaces joined \
+             frames fit IPIP (+20) and VXLAN (+50) alike (rows marked \"underlay MTU {su}\": \
+             links of {su} and pods of 1480 for IPIP, 1450 for VXLAN in both planes, 1500 \
+             routed directly); one subnet = node namespaces joined \
              by a veth pair (192.168.100.1/24, .2/24); two subnets = node 1 in 192.168.101.0/24 \
              and node 2 in 192.168.102.0/24 joined by a router namespace (the kernel forwarding \
              between two veth pairs, .254 in each subnet, no pod routes); kernel plain routing \
              = a route to the other node's block via its address (Calico's IPIP \"never\"); \
              kernel VXLAN = Flannel's wiring (`flannel.1`, VNI 1, port 8472, static FDB and \
              neighbour entries, device MTU {v}), the kernel's only tunnel here (no IPIP module); \
-             podrouter = `uplink` and `encap` in podrouterd's config with a static route to the \
-             other block (\"cross-subnet\" encapsulates because the other node is outside the \
+             podrouter = `uplink`, `encap` and `tunnel` in podrouterd's config (VXLAN: Calico's \
+             profile, VNI 4096, UDP 4789) with a static route to the other block (\"cross-subnet\" encapsulates because the other node is outside the \
              uplink's subnet); the router's forwarding is kernel softirq in both planes, so the \
              softirq row of the kernel plane includes it and podrouterd's process row does not",
             u = topo::UNDERLAY_MTU,
+            su = topo::SMALL_UNDERLAY_MTU,
             pm = topo::TWO_NODE_POD_MTU,
             v = topo::VXLAN_MTU,
         ));

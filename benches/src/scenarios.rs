@@ -40,47 +40,127 @@ pub struct Params {
 }
 
 /// One comparison of the two-node scenario: podrouterd in `encap` mode
-/// against the kernel in `kernel` mode, both over `underlay`.
+/// with `tunnel` against the kernel in `kernel` mode, both over
+/// `underlay` with links of `underlay_mtu`.
 #[derive(Clone, Copy, Debug)]
 pub struct TwoNodePair {
     pub encap: &'static str,
+    pub tunnel: &'static str,
     pub kernel: TwoNodeMode,
     pub underlay: Underlay,
+    pub underlay_mtu: u16,
 }
 
 impl TwoNodePair {
     const NEVER: TwoNodePair = TwoNodePair {
         encap: "never",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelPlain,
         underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
     const ALWAYS: TwoNodePair = TwoNodePair {
         encap: "always",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelVxlan,
         underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
     /// Calico's cross-subnet (IPIP only between subnets) on a routed
     /// underlay; the kernel's tunnel across it is VXLAN (no IPIP module).
     const CROSS_SUBNET: TwoNodePair = TwoNodePair {
         encap: "cross-subnet",
+        tunnel: "ipip",
         kernel: TwoNodeMode::KernelVxlan,
         underlay: Underlay::Routed,
+        underlay_mtu: topo::UNDERLAY_MTU,
     };
+    /// podrouter's VXLAN against the kernel's, tunnel for tunnel.
+    const VXLAN_ALWAYS: TwoNodePair = TwoNodePair {
+        encap: "always",
+        tunnel: "vxlan",
+        kernel: TwoNodeMode::KernelVxlan,
+        underlay: Underlay::Flat,
+        underlay_mtu: topo::UNDERLAY_MTU,
+    };
+    const VXLAN_ALWAYS_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::VXLAN_ALWAYS
+    };
+    const ALWAYS_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::ALWAYS
+    };
+    const NEVER_1500: TwoNodePair = TwoNodePair {
+        underlay_mtu: topo::SMALL_UNDERLAY_MTU,
+        ..TwoNodePair::NEVER
+    };
+
+    /// Every pair a full run measures.
+    pub const ALL: [TwoNodePair; 7] = [
+        TwoNodePair::NEVER,
+        TwoNodePair::ALWAYS,
+        TwoNodePair::CROSS_SUBNET,
+        TwoNodePair::VXLAN_ALWAYS,
+        TwoNodePair::VXLAN_ALWAYS_1500,
+        TwoNodePair::ALWAYS_1500,
+        TwoNodePair::NEVER_1500,
+    ];
+
+    /// The name `--pairs` selects it by: `[vxlan-]ENCAP[-1500]`.
+    pub fn name(&self) -> String {
+        let mut n = String::new();
+        if self.tunnel != "ipip" {
+            n = format!("{}-", self.tunnel);
+        }
+        n += self.encap;
+        if self.underlay_mtu != topo::UNDERLAY_MTU {
+            n += &format!("-{}", self.underlay_mtu);
+        }
+        n
+    }
+
+    /// The pods' MTU on both planes (the smaller if they differ).
+    pub fn pod_mtu(&self) -> u16 {
+        topo::two_node_pod_mtu(self.podrouter(), self.underlay_mtu)
+            .min(topo::two_node_pod_mtu(self.kernel, self.underlay_mtu))
+    }
+
+    /// `sizes` split into the frame sizes that fit the pods' MTU and those
+    /// that do not (a frame size counts Ethernet and FCS: 18 bytes).
+    pub fn sizes_that_fit(&self, sizes: &[usize]) -> (Vec<usize>, Vec<usize>) {
+        let mtu = usize::from(self.pod_mtu());
+        sizes.iter().partition(|&&s| s <= mtu + 18)
+    }
+
+    /// The podrouter side's topology mode.
+    pub fn podrouter(&self) -> TwoNodeMode {
+        TwoNodeMode::Podrouter {
+            encap: self.encap,
+            tunnel: self.tunnel,
+        }
+    }
 
     /// The scenario column of its rows.
     pub fn scenario(&self) -> String {
+        let tunnel = self.tunnel.to_uppercase();
+        let mtu = if self.underlay_mtu == topo::UNDERLAY_MTU {
+            String::new()
+        } else {
+            format!(", underlay MTU {}", self.underlay_mtu)
+        };
         match (self.underlay, self.kernel) {
             (Underlay::Flat, TwoNodeMode::KernelPlain) => format!(
-                "two nodes, one subnet: podrouter encap {} vs kernel plain routing",
+                "two nodes, one subnet{mtu}: podrouter encap {} vs kernel plain routing",
                 self.encap
             ),
             (Underlay::Flat, _) => format!(
-                "two nodes, one subnet: podrouter encap {} (IPIP) vs kernel VXLAN",
+                "two nodes, one subnet{mtu}: podrouter encap {} ({tunnel}) vs kernel VXLAN",
                 self.encap
             ),
             (Underlay::Routed, _) => format!(
-                "two nodes, two subnets across a router: podrouter encap {} (IPIP) vs kernel VXLAN \
-                 (the kernel's tunnel: no IPIP module)",
+                "two nodes, two subnets across a router{mtu}: podrouter encap {} ({tunnel}) vs \
+                 kernel VXLAN (the kernel's tunnel: no IPIP module)",
                 self.encap
             ),
         }
@@ -103,11 +183,7 @@ impl Params {
             scale_idle_secs: 10.0,
             cni_pods: 100,
             cni_parallel: 20,
-            two_node_pairs: vec![
-                TwoNodePair::NEVER,
-                TwoNodePair::ALWAYS,
-                TwoNodePair::CROSS_SUBNET,
-            ],
+            two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
         }
     }
@@ -127,9 +203,14 @@ impl Params {
             scale_idle_secs: 1.0,
             cni_pods: 6,
             cni_parallel: 3,
-            // The flat underlay with plain routing, and the routed one with
-            // both tunnels: every two-node code path once.
-            two_node_pairs: vec![TwoNodePair::NEVER, TwoNodePair::CROSS_SUBNET],
+            // The flat underlay with plain routing, the routed one with
+            // both tunnels, and podrouter's VXLAN: every two-node code path
+            // once.
+            two_node_pairs: vec![
+                TwoNodePair::NEVER,
+                TwoNodePair::CROSS_SUBNET,
+                TwoNodePair::VXLAN_ALWAYS_1500,
+            ],
             bgp_routes: 2_000,
         }
     }
@@ -1130,7 +1211,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         let scenario = pair.scenario();
         let o = ctx.opts.clone();
         let pr = build(ctx, &format!("{scenario}: podrouter nodes"), |_| {
-            topo::two_node(&o, TwoNodeMode::Podrouter(pair.encap), pair.underlay)
+            topo::two_node(&o, pair.podrouter(), pair.underlay, pair.underlay_mtu)
         })?;
         // A podrouter two-node topology that does not forward means the
         // IPIP uplink (issue 4) is not there yet: a missing row, not a
@@ -1147,7 +1228,7 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         }
         let pr = verify_two_node(ctx, pr, &pair, &scenario)?;
         let k = build(ctx, &format!("{scenario}: kernel nodes"), |_| {
-            topo::two_node(&o, pair.kernel, pair.underlay)
+            topo::two_node(&o, pair.kernel, pair.underlay, pair.underlay_mtu)
         })?;
         let k = checked(ctx, k, &scenario)?;
         let k = verify_two_node(ctx, k, &pair, &scenario)?;
@@ -1157,7 +1238,15 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
         if let Err(e) = &pr {
             ctx.notes.push(format!("{scenario}: podrouter {e}"));
         }
-        let sizes = ctx.p.two_node_sizes.clone();
+        // A frame size counts Ethernet (14) and FCS (4): what does not fit
+        // the pods' MTU (a tunnel's path MTU on a small underlay) is no row.
+        let (sizes, skipped) = pair.sizes_that_fit(&ctx.p.two_node_sizes);
+        let pod_mtu = pair.pod_mtu();
+        for s in skipped {
+            ctx.notes.push(format!(
+                "{scenario}: no UDP {s} B row: that frame does not fit the pods' MTU {pod_mtu}"
+            ));
+        }
         traffic_rows(ctx, [&pr, &k], &scenario, &sizes, false)?;
         ctx.progress.step(&format!("{scenario}: tearing down"));
         drop(pr);
@@ -1166,14 +1255,17 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
     Ok(())
 }
 
-/// Checks that a working two-node topology is what its row says: a
-/// 1500-byte packet with DF crosses from pod to pod (the underlay's MTU
-/// leaves room for the tunnel), and podrouterd's IPIP uplink carried it
-/// exactly when `encap` says it should. A topology that fails is a failure
+/// Checks that a working two-node topology is what its row says: a packet
+/// of the pod MTU with DF crosses from pod to pod (the pod MTU leaves room
+/// for the tunnel), and podrouterd's uplink carried it exactly when
+/// `encap` says it should. A topology that fails is a failure
 /// of the run.
 fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str) -> Res<Slot> {
     let Ok(t) = slot else { return Ok(slot) };
     let (a, b) = (&t.pods[0], &t.pods[1]);
+    let pod_mtu = pair.pod_mtu();
+    let icmp_len = (pod_mtu - 28).to_string();
+    let port = format!("{}@u1", pair.tunnel);
     let mut crossed = false;
     for _ in 0..3 {
         let out = util::run_t(
@@ -1191,7 +1283,7 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
                 "-M",
                 "do",
                 "-s",
-                "1472",
+                &icmp_len,
                 &b.ip.to_string(),
             ],
             Duration::from_secs(5),
@@ -1204,36 +1296,36 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
     let mut why = None;
     if !crossed {
         why = Some(format!(
-            "a 1500-byte packet with DF from pod {} does not reach pod {} through {}{}",
+            "a {pod_mtu}-byte packet with DF from pod {} does not reach pod {} through {}{}",
             a.ip,
             b.ip,
             t.label,
             t.drops_hint()
         ));
     } else if let Some(d) = t.daemons.first() {
-        let tx = d.port_tx("ipip@u1")?;
+        let tx = d.port_tx(&port)?;
         let encap = pair.encap != "never";
         match tx {
             Some(n) if encap && n == 0 => {
                 why = Some(format!(
-                    "{}: nothing left node 1 through its IPIP uplink ipip@u1",
+                    "{}: nothing left node 1 through its uplink {port}",
                     t.label
                 ))
             }
             Some(n) if !encap && n > 0 => {
                 why = Some(format!(
-                    "{}: {n} packets left node 1 through its IPIP uplink ipip@u1",
+                    "{}: {n} packets left node 1 through its uplink {port}",
                     t.label
                 ))
             }
-            None => why = Some(format!("{}: node 1 has no port ipip@u1", t.label)),
+            None => why = Some(format!("{}: node 1 has no port {port}", t.label)),
             Some(n) => ctx.notes.push(format!(
-                "{scenario}: checked before measuring: a 1500-byte packet with DF crosses \
+                "{scenario}: checked before measuring: a {pod_mtu}-byte packet with DF crosses \
                  from pod to pod, and {}",
                 if encap {
-                    format!("node 1's IPIP uplink (ipip@u1) sent {n} packet(s) (encapsulated)")
+                    format!("node 1's uplink ({port}) sent {n} packet(s) (encapsulated)")
                 } else {
-                    "node 1's IPIP uplink (ipip@u1) sent none (routed directly)".to_string()
+                    format!("node 1's uplink ({port}) sent none (routed directly)")
                 }
             )),
         }
@@ -1426,7 +1518,11 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
         n += match s {
             Scenario::SameNode => 2 + traffic(p.sizes.len()) + 1,
             Scenario::Scale => 2 * (1 + 1 + r + 1),
-            Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
+            Scenario::TwoNode => p
+                .two_node_pairs
+                .iter()
+                .map(|pair| 2 + traffic(pair.sizes_that_fit(&p.two_node_sizes).0.len()) + 1)
+                .sum(),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             Scenario::Services => 2 + 2 * 3 * r + 1,

@@ -40,14 +40,36 @@ pub const ROUTER: [Ipv4Addr; 2] = [
     Ipv4Addr::new(192, 168, 101, 254),
     Ipv4Addr::new(192, 168, 102, 254),
 ];
-/// MTU of every underlay link (veths and the router's): large enough that a
-/// 1500-byte pod packet fits in IPIP (+20) and VXLAN (+50) alike.
+/// MTU of every underlay link (veths and the router's) in the main
+/// two-node topologies: large enough that a 1500-byte pod packet fits in
+/// IPIP (+20) and VXLAN (+50) alike. The others use [`SMALL_UNDERLAY_MTU`].
 pub const UNDERLAY_MTU: u16 = 9000;
-/// Pod MTU of two-node topologies, every mode.
+/// The other underlay MTU measured: the usual Ethernet one, where pods get
+/// the tunnel's path MTU (1480 IPIP, 1450 VXLAN).
+pub const SMALL_UNDERLAY_MTU: u16 = 1500;
+/// Pod MTU of two-node topologies on a [`UNDERLAY_MTU`] underlay.
 pub const TWO_NODE_POD_MTU: u16 = 1500;
-/// MTU of the kernel's VXLAN device: the underlay's minus VXLAN's 50 bytes,
-/// as Flannel derives it.
-pub const VXLAN_MTU: u16 = UNDERLAY_MTU - 50;
+/// What VXLAN costs a packet (outer IPv4, UDP, VXLAN, inner Ethernet).
+pub const VXLAN_OVERHEAD: u16 = 50;
+/// What IPIP costs a packet (outer IPv4).
+pub const IPIP_OVERHEAD: u16 = 20;
+/// MTU of the kernel's VXLAN device on the main underlay: the underlay's
+/// minus VXLAN's 50 bytes, as Flannel derives it.
+pub const VXLAN_MTU: u16 = UNDERLAY_MTU - VXLAN_OVERHEAD;
+
+/// The pod MTU of a two-node mode over an underlay of `underlay_mtu`:
+/// 1500 where the tunnel fits, else what the tunnel leaves.
+pub fn two_node_pod_mtu(mode: TwoNodeMode, underlay_mtu: u16) -> u16 {
+    let overhead = match mode {
+        TwoNodeMode::Podrouter {
+            tunnel: "vxlan", ..
+        }
+        | TwoNodeMode::KernelVxlan => VXLAN_OVERHEAD,
+        TwoNodeMode::Podrouter { encap: "never", .. } | TwoNodeMode::KernelPlain => 0,
+        TwoNodeMode::Podrouter { .. } => IPIP_OVERHEAD,
+    };
+    TWO_NODE_POD_MTU.min(underlay_mtu - overhead)
+}
 /// Pod blocks of node 1 and node 2 (single-node topologies use a /22 from
 /// the first so 1,000 pods fit).
 pub const BLOCKS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(10, 244, 4, 0)];
@@ -471,8 +493,12 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
 /// How two nodes carry pod traffic between them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TwoNodeMode {
-    /// podrouterd `encap = "never"|"always"|"cross-subnet"`.
-    Podrouter(&'static str),
+    /// podrouterd `encap = "never"|"always"|"cross-subnet"`, `tunnel =
+    /// "ipip"|"vxlan"`.
+    Podrouter {
+        encap: &'static str,
+        tunnel: &'static str,
+    },
     /// Kernel routing of pod blocks via the other node (Calico IPIP never).
     KernelPlain,
     /// Kernel VXLAN, Flannel-style (`flannel.1`, static FDB and neighbour).
@@ -501,8 +527,13 @@ impl Underlay {
 }
 
 /// Two node namespaces joined by `underlay` (every link MTU
-/// [`UNDERLAY_MTU`]), one pod on each (MTU [`TWO_NODE_POD_MTU`]).
-pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<Topology> {
+/// `underlay_mtu`), one pod on each (MTU [`two_node_pod_mtu`]).
+pub fn two_node(
+    opts: &PlaneOpts,
+    mode: TwoNodeMode,
+    underlay: Underlay,
+    underlay_mtu: u16,
+) -> Res<Topology> {
     let tag = util::unique_tag();
     let dir = util::temp_dir(&tag)?;
     let mut names = vec![format!("{tag}-n1"), format!("{tag}-n2")];
@@ -512,7 +543,8 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
     let nodes = NetnsGroup::create(names)?;
     let n: Vec<String> = nodes.names()[..2].to_vec();
     let cpus = [opts.dp_cpu, opts.dp_cpu_node2];
-    let mtu = TWO_NODE_POD_MTU;
+    let mtu = two_node_pod_mtu(mode, underlay_mtu);
+    let vxlan_mtu = underlay_mtu - VXLAN_OVERHEAD;
     let addrs = underlay.addrs();
     let across = if underlay == Underlay::Routed {
         " across a router"
@@ -520,9 +552,14 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
         ""
     };
     let label = match mode {
-        TwoNodeMode::Podrouter(e) => format!("podrouter ({}, encap {e}{across})", opts.backend),
-        TwoNodeMode::KernelPlain => format!("kernel, plain routing{across}"),
-        TwoNodeMode::KernelVxlan => format!("kernel, VXLAN{across}"),
+        TwoNodeMode::Podrouter { encap, tunnel } => format!(
+            "podrouter ({}, {tunnel}, encap {encap}{across}, underlay MTU {underlay_mtu})",
+            opts.backend
+        ),
+        TwoNodeMode::KernelPlain => {
+            format!("kernel, plain routing{across}, underlay MTU {underlay_mtu}")
+        }
+        TwoNodeMode::KernelVxlan => format!("kernel, VXLAN{across}, underlay MTU {underlay_mtu}"),
     };
     let mut topo = Topology {
         label,
@@ -538,7 +575,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
         Underlay::Flat => ip_batch(
             Some(&n[0]),
             &format!(
-                "link add u1 mtu {UNDERLAY_MTU} type veth peer name u2 mtu {UNDERLAY_MTU} netns {}\n",
+                "link add u1 mtu {underlay_mtu} type veth peer name u2 mtu {underlay_mtu} netns {}\n",
                 n[1]
             ),
         )?,
@@ -548,7 +585,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
             for k in 0..2 {
                 let _ = writeln!(
                     lines,
-                    "link add r{i} mtu {UNDERLAY_MTU} type veth peer name u{i} mtu {UNDERLAY_MTU} netns {}\n\
+                    "link add r{i} mtu {underlay_mtu} type veth peer name u{i} mtu {underlay_mtu} netns {}\n\
                      addr add {}/24 dev r{i}\n\
                      link set r{i} up",
                     n[k],
@@ -596,7 +633,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
     let pod_names = pods.names().to_vec();
     topo.pod_ns.push(pods);
     match mode {
-        TwoNodeMode::Podrouter(encap) => {
+        TwoNodeMode::Podrouter { encap, tunnel } => {
             for k in 0..2 {
                 let o = PlaneOpts {
                     mtu,
@@ -612,7 +649,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
                     addrs[k],
                     &format!("{}/24", BLOCKS[k]),
                     &format!(
-                        "uplink = \"u{}\"\nencap = \"{encap}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
+                        "uplink = \"u{}\"\nencap = \"{encap}\"\ntunnel = \"{tunnel}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
                         k + 1,
                         BLOCKS[other],
                         addrs[other]
@@ -621,7 +658,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
                 topo.daemons.push(d);
             }
             topo.notes.push(format!(
-                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}, underlay MTU {UNDERLAY_MTU}",
+                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}",
                 cpu_list(cpus)
             ));
             let mut pods = Vec::new();
@@ -683,7 +720,7 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
                     ip_batch(
                         Some(&n[k]),
                         &format!(
-                            "link add flannel.1 address {} mtu {VXLAN_MTU} type vxlan id 1 local {} dev u{} dstport 8472 nolearning\n\
+                            "link add flannel.1 address {} mtu {vxlan_mtu} type vxlan id 1 local {} dev u{} dstport 8472 nolearning\n\
                              link set flannel.1 up\n\
                              addr add {}/32 dev flannel.1\n\
                              route add {}/24 via {} dev flannel.1 onlink\n\
@@ -713,10 +750,10 @@ pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<
                 }
             }
             topo.notes.push(format!(
-                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}, underlay MTU {UNDERLAY_MTU}{}",
+                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}{}",
                 cpu_list(cpus),
                 if mode == TwoNodeMode::KernelVxlan {
-                    format!(", flannel.1 MTU {VXLAN_MTU}")
+                    format!(", flannel.1 MTU {vxlan_mtu}")
                 } else {
                     String::new()
                 }

@@ -42,6 +42,28 @@ impl fmt::Display for Encap {
     }
 }
 
+/// The encapsulation to other nodes (Calico's IPIP or VXLAN).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelKind {
+    #[default]
+    Ipip,
+    Vxlan,
+}
+
+impl fmt::Display for TunnelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TunnelKind::Ipip => "ipip",
+            TunnelKind::Vxlan => "vxlan",
+        })
+    }
+}
+
+/// Pod MTU when the file sets none: a 1500-byte underlay minus the tunnel.
+pub const DEFAULT_MTU_IPIP: u16 = 1480;
+pub const DEFAULT_MTU_VXLAN: u16 = 1450;
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -116,8 +138,15 @@ pub struct Dataplane {
     /// path, its subnet decides cross-subnet encapsulation. Default: the
     /// interface holding `node_ip`.
     pub uplink: Option<String>,
-    /// When routes to other nodes' blocks are IPIP-encapsulated.
+    /// When routes to other nodes' blocks are encapsulated.
     pub encap: Encap,
+    /// The encapsulation: `ipip` (default) or `vxlan`.
+    pub tunnel: TunnelKind,
+    /// VXLAN's UDP port: 4789 (Calico's `vxlan.calico`, the default) or
+    /// 8472 (Flannel's `flannel.1`).
+    pub vxlan_port: u16,
+    /// VXLAN's VNI: 4096 (Calico, the default) or 1 (Flannel).
+    pub vxlan_vni: u32,
     /// Frames taken from a port per poll.
     pub batch_size: usize,
     /// ICMP errors per second per worker.
@@ -136,6 +165,10 @@ pub struct StaticRoute {
     pub prefix: Prefix,
     /// The node that owns the block.
     pub via: Ipv4Addr,
+    /// That node's VXLAN VTEP MAC when it is not the one derived from its
+    /// address (a Flannel or Calico node's `flannel.1` / `vxlan.calico`).
+    #[serde(default, deserialize_with = "de_mac")]
+    pub vtep_mac: Option<[u8; 6]>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -233,10 +266,13 @@ impl Default for Dataplane {
             backend: Backend::Tap,
             workers: 1,
             cores: Vec::new(),
-            mtu: 1480,
+            mtu: DEFAULT_MTU_IPIP,
             host_port: "podrouter0".into(),
             uplink: None,
             encap: Encap::Always,
+            tunnel: TunnelKind::Ipip,
+            vxlan_port: podrouter_router::vxlan::CALICO_PORT,
+            vxlan_vni: podrouter_router::vxlan::CALICO_VNI,
             batch_size: 32,
             icmp_rate: 100,
             icmp_burst: 50,
@@ -256,6 +292,32 @@ fn hostname() -> String {
 fn de_prefix<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
     let s = String::deserialize(d)?;
     s.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_mac<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<[u8; 6]>, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_mac(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `aa:bb:cc:dd:ee:ff` as a unicast MAC.
+pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("{s:?} is not a MAC address like 0e:70:c0:a8:64:01");
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(format!("{s} is not a unicast MAC address"));
+    }
+    Ok(mac)
 }
 
 fn de_prefixes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Prefix>, D::Error> {
@@ -321,7 +383,7 @@ impl Config {
 
     /// Parses and checks config text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start));
             ConfigError {
                 file: file.into(),
@@ -330,6 +392,14 @@ impl Config {
                 message: e.message().trim().to_string(),
             }
         })?;
+        let sets_mtu = text
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|t| t.get("dataplane")?.get("mtu").map(drop))
+            .is_some();
+        if !sets_mtu && cfg.dataplane.tunnel == TunnelKind::Vxlan {
+            cfg.dataplane.mtu = DEFAULT_MTU_VXLAN;
+        }
         cfg.check().map_err(|(key, message)| ConfigError {
             file: file.into(),
             line: find_key_line(text, key),
@@ -400,6 +470,18 @@ impl Config {
         if dp.icmp_burst == 0 {
             return Err(("icmp_burst", "must be at least 1".into()));
         }
+        if dp.vxlan_port == 0 {
+            return Err(("vxlan_port", "must be a UDP port, 1..=65535".into()));
+        }
+        if dp.vxlan_vni > podrouter_router::vxlan::MAX_VNI {
+            return Err((
+                "vxlan_vni",
+                format!(
+                    "{} does not fit VXLAN's 24 bits (0..=16777215)",
+                    dp.vxlan_vni
+                ),
+            ));
+        }
         {
             use podrouter_router::conntrack::{MAX_CAPACITY, MIN_CAPACITY};
             if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&dp.flow_table_size) {
@@ -427,6 +509,21 @@ impl Config {
                 return Err((
                     "prefix",
                     format!("route {} overlaps this node's pod_cidrs", r.prefix),
+                ));
+            }
+            let clash = self.routes[..i].iter().find(|o| {
+                o.via == r.via
+                    && o.vtep_mac.is_some()
+                    && r.vtep_mac.is_some()
+                    && o.vtep_mac != r.vtep_mac
+            });
+            if let Some(o) = clash {
+                return Err((
+                    "vtep_mac",
+                    format!(
+                        "routes {} and {} give node {} two VTEP MACs",
+                        o.prefix, r.prefix, r.via
+                    ),
                 ));
             }
             if Some(r.via) == self.node_ip {
@@ -581,6 +678,51 @@ asn = 64512
 
     fn err(text: &str) -> ConfigError {
         Config::parse(text, "t.toml").unwrap_err()
+    }
+
+    #[test]
+    fn vxlan_keys_profiles_and_mtu_default() {
+        let c = Config::parse("", "t.toml").unwrap();
+        assert_eq!(c.dataplane.tunnel, TunnelKind::Ipip);
+        assert_eq!(
+            (c.dataplane.vxlan_port, c.dataplane.vxlan_vni),
+            (4789, 4096)
+        );
+        let c = Config::parse("[dataplane]\ntunnel = \"vxlan\"\n", "t.toml").unwrap();
+        assert_eq!(c.dataplane.tunnel, TunnelKind::Vxlan);
+        assert_eq!(c.dataplane.mtu, 1450, "VXLAN's pod MTU default");
+        let flannel = "[dataplane]\ntunnel = \"vxlan\"\nvxlan_port = 8472\nvxlan_vni = 1\nmtu = 1400\n\
+                       [[routes]]\nprefix = \"10.9.0.0/24\"\nvia = \"1.2.3.4\"\nvtep_mac = \"2a:7e:11:22:33:44\"\n";
+        let c = Config::parse(flannel, "t.toml").unwrap();
+        assert_eq!((c.dataplane.vxlan_port, c.dataplane.vxlan_vni), (8472, 1));
+        assert_eq!(c.dataplane.mtu, 1400, "an explicit mtu wins");
+        assert_eq!(
+            c.routes[0].vtep_mac,
+            Some([0x2a, 0x7e, 0x11, 0x22, 0x33, 0x44])
+        );
+
+        let e = err("[dataplane]\ntunnel = \"gre\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("tunnel")));
+        let e = err("[dataplane]\nvxlan_vni = 16777216\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("vxlan_vni")));
+        let e = err("[dataplane]\nvxlan_port = 0\n");
+        assert_eq!(e.key.as_deref(), Some("vxlan_port"));
+        for bad in [
+            "01:00:5e:00:00:01",
+            "2a:7e:11:22:33",
+            "2a:7e:11:22:33:44:55",
+            "zz:7e:11:22:33:44",
+        ] {
+            let e = err(&format!(
+                "[[routes]]\nprefix = \"10.9.0.0/24\"\nvia = \"1.2.3.4\"\nvtep_mac = \"{bad}\"\n"
+            ));
+            assert_eq!(e.key.as_deref(), Some("vtep_mac"), "{bad}: {e}");
+        }
+        let e = err(
+            "[[routes]]\nprefix = \"10.9.0.0/24\"\nvia = \"1.2.3.4\"\nvtep_mac = \"2a:00:00:00:00:01\"\n\
+             [[routes]]\nprefix = \"10.9.1.0/24\"\nvia = \"1.2.3.4\"\nvtep_mac = \"2a:00:00:00:00:02\"\n",
+        );
+        assert_eq!(e.key.as_deref(), Some("vtep_mac"), "{e}");
     }
 
     #[test]

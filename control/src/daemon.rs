@@ -173,11 +173,7 @@ impl Daemon {
         d.restore(records);
         d.store.save(&d.records())?;
         d.process_pending_detaches();
-        let kernel = d.uplink.as_ref().map(|u| crate::uplink_setup::UplinkState {
-            ifname: u.ifname.clone(),
-            policy: u.policy,
-            port: u.port.clone(),
-        });
+        let kernel = d.uplink.clone();
         d.bgp =
             crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel).map_err(StartError::Bgp)?;
         log::info!(
@@ -444,6 +440,16 @@ impl Daemon {
             api_version: API_VERSION,
             backend: self.cfg.dataplane.backend.to_string(),
             encap: self.cfg.dataplane.encap.to_string(),
+            tunnel: self.cfg.dataplane.tunnel.to_string(),
+            vxlan: self.uplink.as_ref().and_then(|u| match u.tunnel {
+                podrouter_router::port::Tunnel::Vxlan(p) => Some(podrouter_api::VxlanInfo {
+                    port: p.port,
+                    vni: p.vni,
+                    vtep_mac: mac_text(p.mac),
+                    uplink: u.ifname.clone(),
+                }),
+                podrouter_router::port::Tunnel::Ipip => None,
+            }),
             workers: self.workers.len(),
             pods: self.pods.len(),
             routes: self.fib.load().len(),
@@ -766,6 +772,9 @@ impl Daemon {
         }
         for w in &mut self.workers {
             w.stop();
+        }
+        if let Some(setup) = self.uplink.as_ref().and_then(|u| u.vxlan.clone()) {
+            setup.teardown();
         }
         log::info!(
             "stopped; {} pod(s) kept for the next start",

@@ -21,4 +21,6 @@ pub mod server;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tc;
 pub mod uplink_setup;
+pub mod vxlan_setup;

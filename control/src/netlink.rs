@@ -481,7 +481,7 @@ impl Netlink {
     }
 
     /// A request that must be acknowledged; errors get `op` as context.
-    fn ack(
+    pub(crate) fn ack(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,

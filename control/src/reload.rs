@@ -125,6 +125,9 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.host_port != b.host_port, "[dataplane] host_port");
     key(a.uplink != b.uplink, "[dataplane] uplink");
     key(a.encap != b.encap, "[dataplane] encap");
+    key(a.tunnel != b.tunnel, "[dataplane] tunnel");
+    key(a.vxlan_port != b.vxlan_port, "[dataplane] vxlan_port");
+    key(a.vxlan_vni != b.vxlan_vni, "[dataplane] vxlan_vni");
     key(a.batch_size != b.batch_size, "[dataplane] batch_size");
     key(a.icmp_rate != b.icmp_rate, "[dataplane] icmp_rate");
     key(a.icmp_burst != b.icmp_burst, "[dataplane] icmp_burst");

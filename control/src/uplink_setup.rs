@@ -44,21 +44,46 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use podrouter_router::encap::{EncapMode, EncapPolicy};
-use podrouter_router::port::{PortInfo, PortRole};
+use podrouter_router::port::{Port, PortInfo, PortRole, Tunnel};
 use podrouter_router::uplink::Uplink;
+use podrouter_router::vxlan::MTU_OVERHEAD;
 use podrouter_types::Prefix;
 
-use crate::config::{Config, Encap};
+use crate::config::{Config, Encap, TunnelKind};
 use crate::kernel_job::{job_vias, KernelJob};
 use crate::netlink::{errno, Ipv4Route, LinkInfo, Netlink, NetlinkError, RouteOp, Scope};
+use crate::vxlan_setup::VxlanSetup;
 
 /// The uplink as the daemon keeps it (cheap to clone: the port is shared).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UplinkState {
     /// The underlay interface.
     pub ifname: String,
     pub policy: EncapPolicy,
-    pub port: Arc<Uplink>,
+    pub tunnel: Tunnel,
+    pub port: Arc<dyn Port>,
+    /// What the VXLAN uplink set up on the node (undone at shutdown).
+    pub vxlan: Option<Arc<VxlanSetup>>,
+}
+
+impl std::fmt::Debug for UplinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UplinkState")
+            .field("ifname", &self.ifname)
+            .field("policy", &self.policy)
+            .field("tunnel", &self.tunnel)
+            .finish()
+    }
+}
+
+impl UplinkState {
+    /// Which tunnel this is, as the config names it.
+    pub fn kind(&self) -> TunnelKind {
+        match self.tunnel {
+            Tunnel::Ipip => TunnelKind::Ipip,
+            Tunnel::Vxlan(_) => TunnelKind::Vxlan,
+        }
+    }
 }
 
 /// The data plane's mode for the config's `encap`.
@@ -71,8 +96,8 @@ pub fn mode(e: Encap) -> EncapMode {
 }
 
 /// The name the uplink port has in the port table and counters.
-pub fn port_name(ifname: &str) -> String {
-    format!("ipip@{ifname}")
+pub fn port_name(tunnel: TunnelKind, ifname: &str) -> String {
+    format!("{tunnel}@{ifname}")
 }
 
 /// Opens the uplink for `cfg`, or returns `None` when the node has none
@@ -127,15 +152,38 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         .or_else(|| on_link.first())
         .map(|a| Prefix::truncating(a.ip, a.prefix_len));
     let link_mtu = u16::try_from(link.mtu).unwrap_or(u16::MAX);
-    let port = Uplink::open(node_ip, link_mtu)
-        .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
     let policy = EncapPolicy {
         mode: mode(cfg.dataplane.encap),
         subnet,
     };
-    let path_mtu = port.path_mtu();
+    let tunnel_kind = cfg.dataplane.tunnel;
+    let (port, tunnel, path_mtu, vxlan): (Arc<dyn Port>, _, _, _) = match tunnel_kind {
+        TunnelKind::Ipip => {
+            let port = Uplink::open(node_ip, link_mtu)
+                .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
+            let path_mtu = port.path_mtu();
+            (Arc::new(port), Tunnel::Ipip, path_mtu, None)
+        }
+        TunnelKind::Vxlan => {
+            if link_mtu < podrouter_router::uplink::MIN_LINK_MTU + MTU_OVERHEAD {
+                return Err(format!(
+                    "uplink {} MTU {link_mtu} is too small for VXLAN",
+                    link.name
+                ));
+            }
+            let (port, setup) = crate::vxlan_setup::open(cfg, node_ip, &link)
+                .map_err(|e| format!("cannot open the VXLAN uplink on {}: {e}", link.name))?;
+            let params = port.params();
+            (
+                port,
+                Tunnel::Vxlan(params),
+                link_mtu - MTU_OVERHEAD,
+                Some(Arc::new(setup)),
+            )
+        }
+    };
     log::info!(
-        "uplink: IPIP from {node_ip} over {} (subnet {}, MTU {link_mtu}, tunnel path MTU \
+        "uplink: {tunnel_kind} from {node_ip} over {} (subnet {}, MTU {link_mtu}, tunnel path MTU \
          {path_mtu}), encap {}",
         link.name,
         subnet.map_or_else(|| "unknown".to_string(), |s| s.to_string()),
@@ -150,10 +198,11 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
     }
     enable_forwarding();
     let info = PortInfo {
-        name: port_name(&link.name),
+        name: port_name(tunnel_kind, &link.name),
         role: PortRole::Uplink {
             local: node_ip,
             policy,
+            tunnel,
         },
         mtu: path_mtu,
     };
@@ -161,7 +210,9 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         UplinkState {
             ifname: link.name,
             policy,
-            port: Arc::new(port),
+            tunnel,
+            port,
+            vxlan,
         },
         info,
     ))
@@ -397,7 +448,7 @@ pub fn install_node_routes(cfg: &Config, uplink: Option<&UplinkState>) {
 pub fn route_port(uplink: Option<&UplinkState>, host_port: &str, via: Ipv4Addr) -> Option<String> {
     let u = uplink?;
     Some(if u.policy.encap_to(via) {
-        port_name(&u.ifname)
+        port_name(u.kind(), &u.ifname)
     } else {
         host_port.to_string()
     })
@@ -466,7 +517,9 @@ mod tests {
             let state = |mode| UplinkState {
                 ifname: "podrouter0".into(),
                 policy: EncapPolicy { mode, subnet: None },
+                tunnel: Tunnel::Ipip,
                 port: port.clone(),
+                vxlan: None,
             };
             let ours = || -> Vec<String> {
                 let mut v: Vec<String> = Netlink::open()

@@ -171,6 +171,13 @@ fn text(r: &Reply) -> String {
             t.row(["pod cidrs".into(), s.pod_cidrs.join(", ")]);
             t.row(["backend".into(), s.backend.clone()]);
             t.row(["encap".into(), s.encap.clone()]);
+            t.row(["tunnel".into(), s.tunnel.clone()]);
+            if let Some(v) = &s.vxlan {
+                t.row(["vxlan port".into(), v.port.to_string()]);
+                t.row(["vxlan vni".into(), v.vni.to_string()]);
+                t.row(["vtep mac".into(), v.vtep_mac.clone()]);
+                t.row(["vxlan uplink".into(), v.uplink.clone()]);
+            }
             t.row(["workers".into(), s.workers.to_string()]);
             t.row(["pods".into(), s.pods.to_string()]);
             t.row(["routes".into(), s.routes.to_string()]);

@@ -80,6 +80,12 @@ drop_reasons! {
     IpipNotForNode => "ipip_not_for_node", "IPIP whose outer destination is not this node's address.";
     IpipUnknownNode => "ipip_unknown_node", "IPIP from an address that is not a known node (no route goes via it).";
     IpipNotLocal => "ipip_not_local", "Decapsulated packet whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
+    VxlanMalformed => "vxlan_malformed", "VXLAN from the uplink that is truncated, not IPv4/UDP without options, an outer fragment, has lengths that do not add up, a bad outer checksum, no VNI flag, or offload metadata that cannot be mapped to the inner frame.";
+    VxlanNotForNode => "vxlan_not_for_node", "VXLAN whose outer destination is not this node's address.";
+    VxlanUnknownNode => "vxlan_unknown_node", "VXLAN from an address that is not a known node (no route goes via it).";
+    VxlanWrongVni => "vxlan_wrong_vni", "VXLAN with a VNI other than this node's vxlan_vni.";
+    VxlanNotOurMac => "vxlan_not_our_mac", "VXLAN whose inner Ethernet destination is not this node's VTEP MAC (broadcast and ARP included: VTEPs have static neighbours).";
+    VxlanNotLocal => "vxlan_not_local", "Packet decapsulated from VXLAN whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
     TunnelSpoofedSource => "tunnel_spoofed_source", "Decapsulated packet whose inner source is neither the sending node nor routed back to it (one of our pods, another node's block, the outside world).";
     GsoUnsupported => "gso_unsupported", "A GSO frame for the uplink that is not TCP over IPv4 or whose headers do not match its offload request.";
     GsoSegmentTooSmall => "gso_segment_too_small", "A GSO frame from a pod whose segment size (gso_size) is below 536, IPv4's default MSS: it would become hundreds of packets.";

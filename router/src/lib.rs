@@ -21,6 +21,8 @@ pub mod sys;
 pub mod tap;
 pub mod txring;
 pub mod uplink;
+pub mod vxlan;
+pub mod vxlan_port;
 pub mod wire;
 pub mod worker;
 

@@ -18,6 +18,16 @@ use std::sync::{Arc, Mutex};
 
 use crate::encap::EncapPolicy;
 use crate::frame::{Frame, VnetHdr};
+use crate::vxlan::VxlanParams;
+
+/// The encapsulation an uplink speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tunnel {
+    /// IPv4 in IPv4 (RFC 2003) over a raw socket ([`crate::uplink`]).
+    Ipip,
+    /// VXLAN (RFC 7348) through a TAP ([`crate::vxlan_port`]).
+    Vxlan(VxlanParams),
+}
 
 /// Index of a port in the [`PortTable`]. Stable for the port's lifetime.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,15 +43,17 @@ pub enum PortRole {
     Pod { ip: Ipv4Addr, mac: [u8; 6] },
     /// The node's own network stack (TAP `podrouter0`), reached at `mac`.
     Host { mac: [u8; 6] },
-    /// The tunnel to other nodes (IPIP from `local`, the node's address).
+    /// The tunnel to other nodes (from `local`, the node's address).
     /// Frames are pushed to it with the next-hop node as the `tunnel`
     /// argument of [`Port::push`] (the pipeline's
-    /// `Verdict::Forward { tunnel }`); frames from it are whole outer IPv4
-    /// packets behind an Ethernet header. `policy` says which nodes are
+    /// `Verdict::Forward { tunnel }`); frames from it are whole outer
+    /// packets: IPIP behind an Ethernet header, or VXLAN with its own outer
+    /// Ethernet header (`tunnel` says which). `policy` says which nodes are
     /// reached through it and which directly.
     Uplink {
         local: Ipv4Addr,
         policy: EncapPolicy,
+        tunnel: Tunnel,
     },
 }
 

@@ -14,8 +14,10 @@
 //!    rate-limited per port).
 //! 3. [`decap`]: frames from the uplink: check and strip the outer IPIP
 //!    header (runs before IPv4 validation, which then checks the inner
-//!    packet; after it, [`decap::check_inner_source`] checks that the
-//!    inner source routes back to the sending node).
+//!    packet), or the outer headers of VXLAN (before the Ethernet check:
+//!    what follows them is an Ethernet frame); after IPv4 validation,
+//!    [`decap::check_inner_source`] checks, for either tunnel, that the
+//!    inner source routes back to the sending node.
 //! 4. (next: policy; it goes between validation and routing in
 //!    [`Pipeline::forward_ipv4`] and returns a [`Fault`] to drop or answer
 //!    a frame.)
@@ -76,7 +78,7 @@ use crate::counters::{DropReason, WorkerCounters};
 use crate::encap::EncapPolicy;
 use crate::fib::FibTable;
 use crate::frame::Frame;
-use crate::port::{PortEntry, PortId, PortRole, PortTable};
+use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
 
 mod arp;
 mod decap;
@@ -298,10 +300,23 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoPort);
         };
         let role = entry.info.role;
+        // The node a VXLAN frame came from, for the inner source check.
+        let mut vxlan_peer = None;
+        if let PortRole::Uplink {
+            local,
+            tunnel: Tunnel::Vxlan(vx),
+            ..
+        } = role
+        {
+            match decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
+                Ok(node) => vxlan_peer = Some(node),
+                Err(reason) => return Verdict::Drop(reason),
+            }
+        }
         match validate::ethernet(&self.cfg.router_mac, frame.data()) {
             Ok(EtherKind::Arp) => self.arp(ctx, ingress, &role, frame),
             Ok(EtherKind::Ipv4 { broadcast }) => {
-                match self.forward_ipv4(ctx, ingress, &role, broadcast, frame) {
+                match self.forward_ipv4(ctx, ingress, &role, broadcast, vxlan_peer, frame) {
                     Ok(v) => v,
                     Err(Fault::Drop(reason)) => Verdict::Drop(reason),
                     Err(Fault::Icmp(err, reason)) => {
@@ -322,12 +337,17 @@ impl Pipeline {
         ingress: PortId,
         role: &PortRole,
         eth_broadcast: bool,
+        vxlan_peer: Option<Ipv4Addr>,
         frame: &mut Frame,
     ) -> Result<Verdict, Fault> {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
         let tunnel_peer = match *role {
-            PortRole::Uplink { local, .. } => Some(decap::decapsulate(ctx, local, frame)?),
-            _ => None,
+            PortRole::Uplink {
+                local,
+                tunnel: Tunnel::Ipip,
+                ..
+            } => Some(decap::decapsulate(ctx, local, frame)?),
+            _ => vxlan_peer,
         };
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
         if let Some(node) = tunnel_peer {
@@ -336,7 +356,8 @@ impl Pipeline {
         // Policy goes here: it sees a validated packet and its ingress, and
         // fails with a `Fault` (the flow table it will read is filled by
         // the host-NAT stage inside `route`).
-        let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)?;
+        let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
+            .map_err(|f| decap::tunnel_fault(role, f))?;
         rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
         Ok(Verdict::Forward {
             port: egress.port,

@@ -9,7 +9,7 @@ pub(super) use crate::counters::{DropReason, WorkerCounters};
 pub(super) use crate::encap::{EncapMode, EncapPolicy};
 pub(super) use crate::fib::{Fib, FibChange, NextHop, Prefix};
 pub(super) use crate::frame::{Frame, VnetHdr};
-pub(super) use crate::port::{MemPort, PortEntry, PortId, PortInfo, PortRole, PortTable};
+pub(super) use crate::port::{MemPort, PortEntry, PortId, PortInfo, PortRole, PortTable, Tunnel};
 pub(super) use crate::wire::{
     check_ipv4, Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv4TimeExceeded, IpProtocol,
     Ipv4Packet, ETHERTYPE_ARP, ETHERTYPE_IPV4,
@@ -375,6 +375,7 @@ pub(super) fn uplink_env(mode: EncapMode) -> Env {
             PortRole::Uplink {
                 local: NODE_IP,
                 policy,
+                tunnel: Tunnel::Ipip,
             },
             1480,
         ),

@@ -23,9 +23,13 @@ use std::os::unix::fs::OpenOptionsExt;
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 
 mod raw;
+mod tunnel_tap;
 pub use raw::{
     bind_ipv4, raw_ipv4_socket, recv_batch, send_batch, set_socket_buffers, wait_writable,
     MAX_BATCH,
+};
+pub use tunnel_tap::{
+    read_with_header, tun_hwaddr, write_parts, TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM,
 };
 
 /// Path of the TUN/TAP clone device.
