@@ -122,6 +122,11 @@ fn pipeline() -> Pipeline {
         node_ip: NODE_IP,
         icmp_rate_per_sec: 1000,
         icmp_burst: 100,
+        // The clock stands still here: a bucket deep enough for every
+        // iteration, so `proxy_arp_reply` measures a reply (limiter
+        // included), not the refusal.
+        arp_rate_per_sec: PipelineConfig::DEFAULT_ARP_RATE_PER_SEC,
+        arp_burst: u32::MAX,
     })
 }
 

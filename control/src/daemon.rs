@@ -136,6 +136,8 @@ impl Daemon {
             node_ip: cfg.node_ip.unwrap_or(GATEWAY_IP),
             icmp_rate_per_sec: cfg.dataplane.icmp_rate,
             icmp_burst: cfg.dataplane.icmp_burst,
+            arp_rate_per_sec: PipelineConfig::DEFAULT_ARP_RATE_PER_SEC,
+            arp_burst: PipelineConfig::DEFAULT_ARP_BURST,
         };
         if cfg.node_ip.is_none() {
             log::warn!("node_ip is not set: ICMP errors will come from {GATEWAY_IP}");

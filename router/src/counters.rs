@@ -86,13 +86,16 @@ drop_reasons! {
     VxlanWrongVni => "vxlan_wrong_vni", "VXLAN with a VNI other than this node's vxlan_vni.";
     VxlanNotOurMac => "vxlan_not_our_mac", "VXLAN whose inner Ethernet destination is not this node's VTEP MAC (broadcast and ARP included: VTEPs have static neighbours).";
     VxlanNotLocal => "vxlan_not_local", "Packet decapsulated from VXLAN whose destination is not a pod on this node (never forwarded back out; ICMP unreachable sent for unassigned pod addresses).";
+    TunnelSpoofedSource => "tunnel_spoofed_source", "Decapsulated packet whose inner source is neither the sending node nor routed back to it (one of our pods, another node's block, the outside world).";
     GsoUnsupported => "gso_unsupported", "A GSO frame for the uplink that is not TCP over IPv4 or whose headers do not match its offload request.";
+    GsoSegmentTooSmall => "gso_segment_too_small", "A GSO frame from a pod whose segment size (gso_size) is below 536, IPv4's default MSS: it would become hundreds of packets.";
     Hairpin => "hairpin", "The route points back out of the port the frame came in on.";
     NoPort => "no_port", "The route names a port that no longer exists.";
     ArpMalformed => "arp_malformed", "ARP that is not Ethernet/IPv4 or is truncated.";
     ArpNotRequest => "arp_not_request", "ARP reply or other operation; only requests are answered.";
     ArpGratuitous => "arp_gratuitous", "Gratuitous ARP or ARP probe (target is the sender's own or source is 0.0.0.0).";
     ArpWrongSource => "arp_wrong_source", "ARP whose sender address is not the pod's own.";
+    ArpRateLimited => "arp_rate_limited", "ARP request from a pod beyond its port's reply rate (proxy ARP is rate-limited per port).";
     ArpNotAnswered => "arp_not_answered", "ARP on the host port for an address the router does not route.";
     TxError => "tx_error", "The egress port refused the frame.";
     PolicyDeniedIngress => "policy_denied_ingress", "A new connection the destination pod's NetworkPolicy ingress rules do not allow.";

@@ -7,7 +7,9 @@
 //! mio) since they were last drained, so a worker with a thousand idle pods
 //! makes no syscall for them; a port leaves the ready set only when a
 //! receive returned nothing, so no frame is left behind an edge; ports
-//! without an fd are polled every round; nothing on
+//! without an fd are polled every round; a round takes at most one batch
+//! from each port, so a flooding port's backlog waits for later rounds
+//! instead of delaying its neighbours; nothing on
 //! the per-frame path allocates, locks or logs.
 //!
 //! Transmit: each worker owns one [`TxQueue`] per egress port it has sent
@@ -461,7 +463,7 @@ mod tests {
     use super::*;
     use crate::counters::SharedCounters;
     use crate::fib::Fib;
-    use crate::port::{PortEntry, PortInfo, PortRole};
+    use crate::port::{MemPort, PortEntry, PortInfo, PortRole};
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
@@ -510,6 +512,75 @@ mod tests {
             port,
         };
         Arc::new(PortTable::default().with(id, entry))
+    }
+
+    /// A flooding port gets one batch per round, like every other port:
+    /// its backlog waits for later rounds, not its neighbours.
+    #[test]
+    fn a_round_takes_at_most_one_batch_from_each_port() {
+        let batch = 8;
+        let (flood_id, quiet_id) = (PortId(0), PortId(1));
+        let (flood, quiet) = (Arc::new(MemPort::new()), Arc::new(MemPort::new()));
+        let pod = |ip| PortRole::Pod {
+            ip,
+            mac: [2, 0, 0, 0, 0, 1],
+        };
+        let entry = |port: &Arc<MemPort>, role| PortEntry {
+            info: PortInfo {
+                name: "p".into(),
+                role,
+                mtu: 1500,
+            },
+            port: port.clone(),
+        };
+        let table = PortTable::default()
+            .with(flood_id, entry(&flood, pod(Ipv4Addr::new(10, 0, 0, 1))))
+            .with(quiet_id, entry(&quiet, pod(Ipv4Addr::new(10, 0, 0, 2))));
+        for _ in 0..3 * batch {
+            flood.inject(&[0; 60]);
+        }
+        quiet.inject(&[0; 60]);
+        let cfg = WorkerConfig {
+            id: 0,
+            core: None,
+            batch_size: batch,
+            pipeline: PipelineConfig {
+                router_mac: crate::ROUTER_MAC,
+                node_ip: Ipv4Addr::new(192, 168, 0, 2),
+                icmp_rate_per_sec: 0,
+                icmp_burst: 0,
+                arp_rate_per_sec: 0,
+                arp_burst: 0,
+            },
+            flows: Arc::new(FlowTable::new(8, Default::default())),
+            policies: Arc::new(crate::policy::Policies::new()),
+        };
+        let owned = |id, port: &Arc<MemPort>| OwnedPort {
+            id,
+            port: port.clone(),
+            failed: false,
+            ready: true,
+        };
+        let mut worker = Worker {
+            pipeline: Pipeline::new(cfg.pipeline.clone()),
+            frames: (0..batch).map(|_| Frame::new()).collect(),
+            cfg,
+            fib: Arc::new(Fib::new()),
+            ports: Arc::new(ArcSwap::from_pointee(table)),
+            poll: Poll::new().unwrap(),
+            commands: mpsc::channel().1,
+            stop: Arc::new(AtomicBool::new(false)),
+            counters: Arc::new(SharedCounters::default()),
+            owned: vec![owned(flood_id, &flood), owned(quiet_id, &quiet)],
+            tx: TxQueues::default(),
+            slot_of: Vec::new(),
+        };
+        assert!(worker.poll_round());
+        let rx = |id| worker.counters.port(id).rx_packets.get();
+        assert_eq!((rx(flood_id), rx(quiet_id)), (batch as u64, 1));
+        assert!(worker.poll_round());
+        let rx = |id| worker.counters.port(id).rx_packets.get();
+        assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
     }
 
     #[test]

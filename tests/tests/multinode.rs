@@ -328,6 +328,16 @@ fn ipip_drops_are_counted_and_forwarding_continues() {
             "ipip_not_local",
             ipv4_packet(&ip_a, &ip_b, 4, &ipv4_packet(&a.ip, "10.99.0.1", 1, &echo)),
         ),
+        // A known node forging the inner source: one of node B's own pods,
+        // an address of no block of node A.
+        (
+            "tunnel_spoofed_source",
+            ipv4_packet(&ip_a, &ip_b, 4, &ipv4_packet(&b.ip, &b.ip, 1, &echo)),
+        ),
+        (
+            "tunnel_spoofed_source",
+            ipv4_packet(&ip_a, &ip_b, 4, &ipv4_packet("10.99.0.1", &b.ip, 1, &echo)),
+        ),
         // Truncated: no room for an inner header.
         (
             "ipip_malformed",

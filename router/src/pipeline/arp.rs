@@ -7,7 +7,11 @@
 //! Ethernet + ARP packet (padding dropped), no offload metadata, and goes
 //! back out of the port the request came in on; requests that are
 //! malformed, not requests, gratuitous, or from a pod for another address
-//! than its own are counted drops.
+//! than its own are counted drops. A pod port gets at most
+//! `arp_rate_per_sec` replies (token bucket per port, depth `arp_burst`);
+//! the rest is the drop `arp_rate_limited`, so a flood of requests costs a
+//! validation each, not a reply each. The host port (the node's own stack)
+//! is not limited.
 use std::net::Ipv4Addr;
 
 use super::{BatchContext, Pipeline, Verdict};
@@ -69,6 +73,10 @@ impl Pipeline {
                 if sender_ip != ip {
                     return Verdict::Drop(DropReason::ArpWrongSource);
                 }
+                let bucket = self.arp_buckets.get_mut(ingress.0 as usize);
+                if !bucket.is_some_and(|b| b.take(ctx.now_ns)) {
+                    return Verdict::Drop(DropReason::ArpRateLimited);
+                }
             }
             // The host asks only for what we route away from it.
             PortRole::Host { .. } => match ctx.fib.lookup(target_ip) {
@@ -106,6 +114,39 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
+
+    #[test]
+    fn proxy_arp_replies_are_rate_limited_per_pod_port() {
+        let mut env = Env::new();
+        let burst = PipelineConfig::DEFAULT_ARP_BURST;
+        let rate = PipelineConfig::DEFAULT_ARP_RATE_PER_SEC;
+        let req_a = arp([0xff; 6], 1, A_MAC, A_IP, GW);
+        for i in 0..burst {
+            assert_eq!(env.run(POD_A, &req_a).0, fwd(POD_A), "request {i}");
+        }
+        let limited = Verdict::Drop(DropReason::ArpRateLimited);
+        for _ in 0..50 {
+            assert_eq!(env.run(POD_A, &req_a).0, limited);
+        }
+        assert_eq!(env.counters.arp_replies.get(), u64::from(burst));
+        // Another pod and the host are not slowed by pod A's flood.
+        let req_b = arp([0xff; 6], 1, B_MAC, B_IP, GW);
+        assert_eq!(env.run(POD_B, &req_b).0, fwd(POD_B));
+        for _ in 0..2 * burst {
+            let req = arp([0xff; 6], 1, HOST_MAC, NODE_IP, A_IP);
+            assert_eq!(env.run(HOST, &req).0, fwd(HOST));
+        }
+        // Pod A gets one token back per 1/rate seconds.
+        env.now_ns += 1_000_000_000 / u64::from(rate);
+        assert_eq!(env.run(POD_A, &req_a).0, fwd(POD_A));
+        assert_eq!(env.run(POD_A, &req_a).0, limited);
+        // And the whole burst after a quiet second.
+        env.now_ns += 1_000_000_000;
+        for _ in 0..burst {
+            assert_eq!(env.run(POD_A, &req_a).0, fwd(POD_A));
+        }
+        assert_eq!(env.run(POD_A, &req_a).0, limited);
+    }
 
     #[test]
     fn proxy_arp_for_gateway_exact_reply() {

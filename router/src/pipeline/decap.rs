@@ -16,10 +16,18 @@
 //! MAC. Anything else is a counted `ipip_*` or `vxlan_*` drop and leaves
 //! the frame as it was. What is decapsulated may only go to a local pod
 //! ([`tunnel_fault`] names the drop after the tunnel).
+//!
+//! [`check_inner_source`] is the anti-spoofing check of both tunnels, run
+//! once the inner packet is validated: the inner source must be the
+//! sending node itself or an address the FIB routes back to that node,
+//! else the packet is a counted `tunnel_spoofed_source` drop. It trusts
+//! the outer source, which nothing in a packet can prove: only encryption
+//! between nodes can.
 use std::net::Ipv4Addr;
 
 use super::{BatchContext, Fault};
 use crate::counters::DropReason;
+use crate::fib::{FibTable, NextHop};
 use crate::frame::Frame;
 use crate::port::{PortRole, Tunnel};
 use crate::vxlan::{
@@ -32,12 +40,13 @@ use crate::wire::{self, IpProtocol, ETHERNET_HEADER_LEN, IPPROTO_IPIP};
 /// Checks and strips the outer header of an IPIP frame from the uplink
 /// (which answers for `local`): protocol 4, no fragment, addressed to us,
 /// from a known node (a `via` of the current FIB), with a valid inner
-/// IPv4 header.
+/// IPv4 header. Returns the sending node (the outer source), for
+/// [`check_inner_source`] once the inner packet is validated.
 pub(super) fn decapsulate(
     ctx: &BatchContext<'_>,
     local: Ipv4Addr,
     frame: &mut Frame,
-) -> Result<(), DropReason> {
+) -> Result<Ipv4Addr, DropReason> {
     let data = frame.data();
     if data.len() < ETHERNET_HEADER_LEN {
         return Err(DropReason::IpipMalformed);
@@ -53,13 +62,41 @@ pub(super) fn decapsulate(
     if outer.dst_addr() != local {
         return Err(DropReason::IpipNotForNode);
     }
-    if !ctx.fib.is_node(outer.src_addr()) {
+    let node = outer.src_addr();
+    if !ctx.fib.is_node(node) {
         return Err(DropReason::IpipUnknownNode);
     }
     wire::ipip_decap(frame).map_err(|_| DropReason::IpipMalformed)?;
     wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..])
         .map_err(|_| DropReason::IpipMalformed)?;
-    Ok(())
+    Ok(node)
+}
+
+/// Checks the source of a packet that came out of a tunnel from `node`:
+/// it must be the node itself (its own traffic and its router's ICMP
+/// errors) or route back to it in `fib` (`NextHop::Node(node)`, or an ECMP
+/// group with `node` in it); anything else (one of our pods, another
+/// node's block, the outside world) is `TunnelSpoofedSource`. One lookup,
+/// no allocation.
+#[inline]
+pub(super) fn check_inner_source(
+    fib: &FibTable,
+    node: Ipv4Addr,
+    inner_src: Ipv4Addr,
+) -> Result<(), DropReason> {
+    if inner_src == node {
+        return Ok(());
+    }
+    let routes_back = match fib.lookup(inner_src) {
+        Some(NextHop::Node(n)) => n == node,
+        Some(NextHop::Nodes(group)) => fib.group(group).contains(&node),
+        _ => false,
+    };
+    if routes_back {
+        Ok(())
+    } else {
+        Err(DropReason::TunnelSpoofedSource)
+    }
 }
 
 /// Checks and strips the outer headers of a VXLAN frame from the uplink
@@ -70,6 +107,8 @@ pub(super) fn decapsulate(
 /// bytes go, the offload request is mapped onto the inner frame, and the
 /// inner Ethernet destination becomes `router_mac`, so the later stages
 /// see a frame like any port's. On error the frame is left as it was.
+/// Returns the sending node (the outer source), for
+/// [`check_inner_source`].
 #[inline]
 pub(super) fn vxlan_decap(
     ctx: &BatchContext<'_>,
@@ -77,7 +116,7 @@ pub(super) fn vxlan_decap(
     vx: &VxlanParams,
     router_mac: &[u8; 6],
     frame: &mut Frame,
-) -> Result<(), DropReason> {
+) -> Result<Ipv4Addr, DropReason> {
     let outer = OuterHeaders::parse(frame.data(), false).map_err(|e| match e {
         DecapError::Malformed
         | DecapError::BadChecksum
@@ -110,7 +149,7 @@ pub(super) fn vxlan_decap(
     frame.pull_front(OUTER_LEN);
     frame.vnet = vnet;
     frame.data_mut()[0..6].copy_from_slice(router_mac);
-    Ok(())
+    Ok(outer.src)
 }
 
 /// A fault of the later stages for a packet that came through the tunnel
@@ -231,6 +270,43 @@ mod tests {
     }
 
     #[test]
+    fn inner_source_must_route_back_to_the_sending_node() {
+        let mut env = ecmp_env(EncapMode::Always);
+        let from = |src: Ipv4Addr| ipv4(src, A_IP, 17, 63, DF, &[], &udp(40));
+        // Spoofed: one of our pods, another node's block, this node, the
+        // host network, the outside world, an unassigned address of ours.
+        for src in [
+            B_IP,
+            FAR_POD,
+            NODE_IP,
+            HOSTNET_IP,
+            INTERNET_IP,
+            UNASSIGNED_IP,
+        ] {
+            let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &from(src)));
+            assert_eq!(v, Verdict::Drop(DropReason::TunnelSpoofedSource), "{src}");
+        }
+        // OTHER_NODE's block, ECMP block of both nodes, the node itself.
+        for src in [REMOTE_IP, ECMP_POD, OTHER_NODE] {
+            let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &from(src)));
+            assert_eq!(v, fwd(POD_A), "{src}");
+        }
+        // From FAR_NODE: its own block and the shared one pass, OTHER_NODE's
+        // block does not.
+        for src in [FAR_POD, ECMP_POD, FAR_NODE] {
+            let (v, _) = env.run(UPLINK, &ipip_in(FAR_NODE, NODE_IP, &from(src)));
+            assert_eq!(v, fwd(POD_A), "{src}");
+        }
+        let (v, _) = env.run(UPLINK, &ipip_in(FAR_NODE, NODE_IP, &from(REMOTE_IP)));
+        assert_eq!(v, Verdict::Drop(DropReason::TunnelSpoofedSource));
+        assert_eq!(
+            env.counters.icmp_sent.get(),
+            0,
+            "no ICMP for a spoofed packet"
+        );
+    }
+
+    #[test]
     fn random_and_mutated_ipip_never_panics() {
         let mut env = uplink_env(EncapMode::CrossSubnet);
         let mut rng = rand::rngs::SmallRng::seed_from_u64(0x1b1b);
@@ -348,6 +424,21 @@ mod tests {
         assert_eq!(d.len(), 14 + inner.len());
         assert_eq!(check_ipv4(&d[14..]).unwrap().hop_limit(), 62);
         assert_eq!((f.vnet.csum_start, f.vnet.csum_offset), (34, 6));
+    }
+
+    #[test]
+    fn vxlan_inner_source_must_route_back_to_the_sending_node() {
+        let mut env = vxlan_env();
+        let from = |src: Ipv4Addr| ipv4(src, A_IP, 17, 63, DF, &[], &udp(40));
+        for src in [B_IP, FAR_POD, INTERNET_IP] {
+            let b = vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &from(src));
+            let (v, _) = env.run(UPLINK, &b);
+            assert_eq!(v, Verdict::Drop(DropReason::TunnelSpoofedSource), "{src}");
+        }
+        for src in [REMOTE_IP, OTHER_NODE] {
+            let b = vxlan_in(OTHER_NODE, NODE_IP, VX.vni, VX.mac, &from(src));
+            assert_eq!(env.run(UPLINK, &b).0, fwd(POD_A), "{src}");
+        }
     }
 
     #[test]

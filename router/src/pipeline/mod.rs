@@ -10,11 +10,14 @@
 //! 1. [`validate`]: the Ethernet header (for the router? ARP or IPv4?);
 //!    then, for IPv4, the header, the source (bogons, a pod's anti-spoofing)
 //!    and the destination (no multicast or broadcast).
-//! 2. [`arp`]: proxy ARP, answered in place.
+//! 2. [`arp`]: proxy ARP, answered in place (a pod port's replies are
+//!    rate-limited per port).
 //! 3. [`decap`]: frames from the uplink: check and strip the outer IPIP
 //!    header (runs before IPv4 validation, which then checks the inner
 //!    packet), or the outer headers of VXLAN (before the Ethernet check:
-//!    what follows them is an Ethernet frame).
+//!    what follows them is an Ethernet frame); after IPv4 validation,
+//!    [`decap::check_inner_source`] checks, for either tunnel, that the
+//!    inner source routes back to the sending node.
 //! 4. [`route`]: the FIB lookup, ECMP member choice and
 //!    [`route::resolve_egress`], which turns a next hop into a port,
 //!    Ethernet destination and tunnel endpoint for forwarding and for ICMP
@@ -66,7 +69,8 @@
 //! [`Verdict::Drop`]. When a drop turns into an ICMP error (the verdict is
 //! then a `Forward`), the pipeline counts the original reason and
 //! `icmp_sent` itself; when the rate limiter refuses the error it counts
-//! `icmp_rate_limited` and returns the `Drop`.
+//! `icmp_rate_limited` and returns the `Drop`. An ARP request the per-port
+//! limiter refuses is the drop `arp_rate_limited`.
 use std::net::Ipv4Addr;
 
 use crate::conntrack::FlowTable;
@@ -105,6 +109,20 @@ pub struct PipelineConfig {
     pub icmp_rate_per_sec: u32,
     /// ICMP token bucket depth. 0: no ICMP errors at all.
     pub icmp_burst: u32,
+    /// Proxy ARP replies per second to each pod port (a token bucket per
+    /// port, per worker), so one pod's ARP flood costs no more than this.
+    pub arp_rate_per_sec: u32,
+    /// Depth of each pod port's ARP bucket. 0: pods get no ARP replies.
+    pub arp_burst: u32,
+}
+
+impl PipelineConfig {
+    /// Proxy ARP replies per second per pod port unless configured: far
+    /// above what a pod needs (it only ever asks for its gateway, once per
+    /// neighbour-cache expiry), far below a flood.
+    pub const DEFAULT_ARP_RATE_PER_SEC: u32 = 100;
+    /// Default depth of the per-port ARP bucket.
+    pub const DEFAULT_ARP_BURST: u32 = 100;
 }
 
 /// What the worker should do with a frame after [`Pipeline::process`].
@@ -255,6 +273,10 @@ impl From<DropReason> for Fault {
 pub struct Pipeline {
     cfg: PipelineConfig,
     icmp_bucket: TokenBucket,
+    /// One proxy-ARP bucket per port id (pod ports use theirs; made once,
+    /// so a frame never allocates). A port id reused by a new pod inherits
+    /// its predecessor's bucket, which refills within a second.
+    arp_buckets: Box<[TokenBucket]>,
     /// Identification of the last IPv4 packet this pipeline originated.
     ip_ident: u16,
 }
@@ -263,6 +285,9 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Pipeline {
         Pipeline {
             icmp_bucket: TokenBucket::new(cfg.icmp_rate_per_sec, cfg.icmp_burst),
+            arp_buckets: (0..crate::port::MAX_PORTS)
+                .map(|_| TokenBucket::new(cfg.arp_rate_per_sec, cfg.arp_burst))
+                .collect(),
             cfg,
             ip_ident: 0,
         }
@@ -289,20 +314,23 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoPort);
         };
         let role = entry.info.role;
+        // The node a VXLAN frame came from, for the inner source check.
+        let mut vxlan_peer = None;
         if let PortRole::Uplink {
             local,
             tunnel: Tunnel::Vxlan(vx),
             ..
         } = role
         {
-            if let Err(reason) = decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
-                return Verdict::Drop(reason);
+            match decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
+                Ok(node) => vxlan_peer = Some(node),
+                Err(reason) => return Verdict::Drop(reason),
             }
         }
         match validate::ethernet(&self.cfg.router_mac, frame.data()) {
             Ok(EtherKind::Arp) => self.arp(ctx, ingress, &role, frame),
             Ok(EtherKind::Ipv4 { broadcast }) => {
-                match self.forward_ipv4(ctx, ingress, &role, broadcast, frame) {
+                match self.forward_ipv4(ctx, ingress, &role, broadcast, vxlan_peer, frame) {
                     Ok(v) => v,
                     Err(Fault::Drop(reason)) => Verdict::Drop(reason),
                     Err(Fault::Icmp(err, reason)) => {
@@ -323,18 +351,22 @@ impl Pipeline {
         ingress: PortId,
         role: &PortRole,
         eth_broadcast: bool,
+        vxlan_peer: Option<Ipv4Addr>,
         frame: &mut Frame,
     ) -> Result<Verdict, Fault> {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
-        if let PortRole::Uplink {
-            local,
-            tunnel: Tunnel::Ipip,
-            ..
-        } = *role
-        {
-            decap::decapsulate(ctx, local, frame)?;
-        }
+        let tunnel_peer = match *role {
+            PortRole::Uplink {
+                local,
+                tunnel: Tunnel::Ipip,
+                ..
+            } => Some(decap::decapsulate(ctx, local, frame)?),
+            _ => vxlan_peer,
+        };
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
+        if let Some(node) = tunnel_peer {
+            decap::check_inner_source(ctx.fib, node, pkt.src)?;
+        }
         let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
             .map_err(|f| decap::tunnel_fault(role, f))?;
         // After routing, so the host-NAT stage inside `route` has recorded

@@ -374,8 +374,9 @@ mod tests {
             (8..=56).contains(&to_other),
             "64 flows, {to_other} to one member"
         );
-        // Both nodes of the group are known: IPIP from either is accepted.
-        let inner = remote_udp(A_IP, 30, 100);
+        // Both nodes of the group are known: IPIP from either is accepted
+        // (from a pod of the block they share: it routes back to both).
+        let inner = ipv4(ECMP_POD, A_IP, 17, 30, DF, &[], &udp(80));
         for n in [OTHER_NODE, FAR_NODE] {
             let (v, _) = env.run(UPLINK, &ipip_in(n, NODE_IP, &inner));
             assert_eq!(v, fwd(POD_A), "IPIP from member {n}");

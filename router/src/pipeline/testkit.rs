@@ -96,6 +96,8 @@ pub(super) fn cfg(rate: u32, burst: u32) -> PipelineConfig {
         node_ip: NODE_IP,
         icmp_rate_per_sec: rate,
         icmp_burst: burst,
+        arp_rate_per_sec: PipelineConfig::DEFAULT_ARP_RATE_PER_SEC,
+        arp_burst: PipelineConfig::DEFAULT_ARP_BURST,
     }
 }
 

@@ -5,13 +5,21 @@
 //! Invariants: reads only what a length check covered; an accepted IPv4
 //! frame ends where its packet does (Ethernet padding stripped), has a
 //! valid header and checksum, a source that is neither a bogon nor, from a
-//! pod, another address than the pod's own, and a unicast destination.
+//! pod, another address than the pod's own, and a unicast destination; a
+//! GSO frame from a pod has a `gso_size` of at least [`MIN_GSO_SIZE`].
 use std::net::Ipv4Addr;
 
 use crate::counters::DropReason;
 use crate::frame::Frame;
 use crate::port::PortRole;
 use crate::wire::{self, field, Ipv4Error, ETHERNET_HEADER_LEN, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+
+/// The smallest segment size a pod's GSO frame may ask for: IPv4's
+/// default MSS (576-byte datagrams). A 64 KiB frame then becomes at most
+/// 123 packets; with a `gso_size` of 64 it would be about a thousand, one
+/// write multiplied on the underlay (the kernel's TCP never sends a TSO
+/// frame that small unless a peer advertises such an MSS).
+pub(super) const MIN_GSO_SIZE: u16 = 536;
 
 const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 /// The I/G bit of a MAC's first octet: set for group (multicast) addresses,
@@ -115,6 +123,11 @@ pub(super) fn ipv4(
         if facts.src != ip {
             return Err(DropReason::SpoofedSource);
         }
+        // A pod's offload request is untrusted too: refuse the tiny
+        // segment sizes that would multiply one frame into hundreds.
+        if frame.vnet.is_gso() && frame.vnet.gso_size < MIN_GSO_SIZE {
+            return Err(DropReason::GsoSegmentTooSmall);
+        }
     }
     Ok(facts)
 }
@@ -122,6 +135,40 @@ pub(super) fn ipv4(
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
+
+    #[test]
+    fn gso_frames_with_tiny_segments_from_a_pod_are_refused() {
+        use super::super::validate::MIN_GSO_SIZE;
+        let mut env = uplink_env(EncapMode::Always);
+        // To the tunnel (where the uplink would cut it) and to a local pod.
+        for dst in [REMOTE_IP, B_IP] {
+            for mss in [0, 1, 64, MIN_GSO_SIZE - 1] {
+                let mut f = gso_from_a(dst, mss, 60_000, VnetHdr::GSO_TCPV4);
+                let v = env.process(POD_A, &mut f);
+                assert_eq!(
+                    v,
+                    Verdict::Drop(DropReason::GsoSegmentTooSmall),
+                    "{dst} {mss}"
+                );
+            }
+        }
+        // With the ECN bit too.
+        let ecn = VnetHdr::GSO_TCPV4 | VnetHdr::GSO_ECN;
+        let mut f = gso_from_a(REMOTE_IP, 64, 60_000, ecn);
+        let v = env.process(POD_A, &mut f);
+        assert_eq!(v, Verdict::Drop(DropReason::GsoSegmentTooSmall));
+        // The floor itself passes, and so does a frame without GSO.
+        let mut f = gso_from_a(REMOTE_IP, MIN_GSO_SIZE, 60_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), tunnel_to(OTHER_NODE));
+        let mut f = gso_from_a(B_IP, MIN_GSO_SIZE, 60_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_B));
+        // The node's own stack is trusted with its segment sizes.
+        let ip = ipv4(NODE_IP, A_IP, 6, 64, DF, &[], &[0u8; 2000]);
+        let mut f = Frame::from_bytes(&eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &ip));
+        f.vnet.gso_type = VnetHdr::GSO_TCPV4;
+        f.vnet.gso_size = 100;
+        assert_eq!(env.process(HOST, &mut f), fwd(POD_A));
+    }
 
     #[test]
     fn spoofed_source_is_dropped() {
