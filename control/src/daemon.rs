@@ -1127,7 +1127,9 @@ mod tests {
         assert_eq!(t.attach("p2").error, None);
         t.stop();
         t.write_config(r#"["10.244.1.0/28", "10.244.2.0/28"]"#);
-        let e = t.start().err().expect("start must be refused");
+        let Err(e) = t.start() else {
+            panic!("start must be refused")
+        };
         assert_eq!(e.exit_code(), 2);
         let text = e.to_string();
         assert!(
@@ -1145,9 +1147,9 @@ mod tests {
         assert_eq!(ids, ["p1", "p2"]);
         // A second daemon on the same state directory is refused by name.
         let cfg = Config::load(&t.config_path()).unwrap();
-        let e = Daemon::start_with(Box::new(t.net.clone()), cfg, None)
-            .err()
-            .expect("second daemon must be refused");
+        let Err(e) = Daemon::start_with(Box::new(t.net.clone()), cfg, None) else {
+            panic!("second daemon must be refused")
+        };
         assert!(
             e.to_string().starts_with(&format!(
                 "another podrouterd, pid {}, holds ",

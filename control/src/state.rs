@@ -95,20 +95,17 @@ impl StateStore {
             .truncate(false)
             .open(&path)
             .map_err(io_err)?;
-        match f.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                let pid = fs::read_to_string(&path)
-                    .ok()
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .unwrap_or_else(|| "unknown".into());
-                return Err(StateError::Locked {
-                    pid,
-                    dir: dir.to_owned(),
-                });
-            }
-            Err(fs::TryLockError::Error(e)) => return Err(io_err(e)),
+        use std::os::fd::AsFd;
+        if !crate::sys::try_lock_exclusive(f.as_fd()).map_err(io_err)? {
+            let pid = fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "unknown".into());
+            return Err(StateError::Locked {
+                pid,
+                dir: dir.to_owned(),
+            });
         }
         f.set_len(0).map_err(io_err)?;
         writeln!(f, "{}", std::process::id()).map_err(io_err)?;
