@@ -26,7 +26,7 @@
 //!   refresh, graceful restart), max-prefix, the Adj-RIB-In.
 //! - [`rib`]: best-path selection across peers, ECMP set (installed as one
 //!   FIB next-hop group of the set's distinct next hops).
-//! - [`speaker`]: the sessions + RIB + import filter + FIB diff, still
+//! - [`speaker`]: the sessions + RIB + import policy + FIB diff, still
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
 //! - [`views`]: the API's peer and RIB views, built from the speaker's
 //!   read-only accessors.
@@ -45,9 +45,10 @@
 //! table must not make `podrouterctl` or the CNI plugin wait. The thread
 //! writes the FIB directly: [`podrouter_router::fib::Fib::update`]
 //! serialises writers and publishes each batch atomically, and BGP only
-//! ever touches the prefixes it learned (the import filter keeps it off
-//! the node's own blocks, pods' /32s, the default route and static
-//! routes), so the two writers never fight over a prefix. The control
+//! ever touches the prefixes it learned (the import policy, see
+//! [`speaker`], keeps it inside `import_pools` and off the node's own
+//! blocks, pods' /32s, the node's addresses and subnets, the default route
+//! and static routes), so the two writers never fight over a prefix. The control
 //! thread asks for peer and RIB views over a channel (answer within 2 s).
 //! No change to `server.rs` was needed.
 //!
