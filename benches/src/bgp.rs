@@ -160,6 +160,9 @@ fn gobgp_conf() -> String {
     s
 }
 
+/// The receiver's config. The bulk routes (11.0.0.0/24 up to
+/// 126.255.255.0/24) lie outside the default import pools (`pod_cidrs`
+/// widened to /16), so it declares them: 0.0.0.0/1.
 fn podrouterd_conf(lab: &Lab) -> String {
     format!(
         "# written by podrouter-bench\n\
@@ -177,6 +180,7 @@ fn podrouterd_conf(lab: &Lab) -> String {
          asn = {RECEIVER_AS}\n\
          connect_retry = 1\n\
          graceful_restart = false\n\
+         import_pools = [\"0.0.0.0/1\"]\n\
          \n\
          [[bgp.peers]]\n\
          address = \"{gobgp}\"\n\

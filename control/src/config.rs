@@ -278,8 +278,19 @@ pub struct Bgp {
     /// bound on a restarted peer's stale routes.
     #[serde(default = "default_restart_time")]
     pub restart_time: u16,
+    /// The cluster's pod address pools: the only prefixes accepted from
+    /// peers (each learned prefix must lie inside one). Default: every
+    /// `pod_cidrs` block widened to its /16 (see `bgp::import_pools`).
+    #[serde(default, deserialize_with = "de_opt_prefixes")]
+    pub import_pools: Option<Vec<Prefix>>,
     #[serde(default)]
     pub peers: Vec<BgpPeer>,
+}
+
+fn de_opt_prefixes<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<Prefix>>, D::Error> {
+    de_prefixes(d).map(Some)
 }
 
 fn default_bgp_port() -> u16 {

@@ -67,6 +67,42 @@ pub enum StartError {
     Bgp(std::io::Error),
     #[error("network policy state: {0}")]
     Policy(String),
+    /// The state holds live pods whose address is in no configured block
+    /// (podrouterd exits 2: a configuration error, as `reload` refuses).
+    #[error("{0}")]
+    PodsOutsideBlocks(String),
+}
+
+impl StartError {
+    /// podrouterd's exit status for this error: 2 for a configuration
+    /// that contradicts the state, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::PodsOutsideBlocks(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The refusal to start when `records` hold pods outside every block of
+/// `cidrs`, if any: a restart must not forget live pods (a reload refuses
+/// the same change, [`crate::reload::blocks_in_use`]).
+pub fn pods_outside_blocks(cidrs: &[Prefix], records: &[PodRecord]) -> Option<String> {
+    let orphans: Vec<String> = records
+        .iter()
+        .filter(|r| !cidrs.iter().any(|c| c.contains(r.ip)))
+        .map(|r| format!("{} ({})", r.id, r.ip))
+        .collect();
+    if orphans.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "refusing to start: the state holds live pod{} whose address is in no pod_cidrs block: {}; \
+         put their block back in pod_cidrs, start podrouterd and detach them first \
+         (`podrouterctl detach ID`, or the runtime's CNI DEL), then remove the block",
+        if orphans.len() == 1 { "" } else { "s" },
+        orphans.join(", ")
+    ))
 }
 
 /// Why a port could not be published.
@@ -127,6 +163,9 @@ impl Daemon {
     ) -> Result<Daemon, StartError> {
         let store = StateStore::open(&cfg.state_dir)?;
         let records = store.load()?;
+        if let Some(why) = pods_outside_blocks(&cfg.pod_cidrs, &records) {
+            return Err(StartError::PodsOutsideBlocks(why));
+        }
         let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
         let policies = Arc::new(Policies::new());
         let fib = Arc::new(Fib::new());
@@ -1143,6 +1182,49 @@ mod tests {
             step += 1;
         }
         assert_eq!(step, 2);
+    }
+
+    /// A restart with a config that lost the block live pods are in is
+    /// refused (exit 2) naming them, and forgets nothing: with the block
+    /// back, the pods come back.
+    #[test]
+    fn restart_without_the_pods_block_is_refused_and_forgets_nothing() {
+        let mut t = TestNode::new("orphans");
+        assert_eq!(t.attach("p1").error, None);
+        assert_eq!(t.attach("p2").error, None);
+        t.stop();
+        t.write_config(r#"["10.244.1.0/28", "10.244.2.0/28"]"#);
+        let Err(e) = t.start() else {
+            panic!("start must be refused")
+        };
+        assert_eq!(e.exit_code(), 2);
+        let text = e.to_string();
+        assert!(
+            text.contains("p1 (10.244.0.1)") && text.contains("p2 (10.244.0.2)"),
+            "{text}"
+        );
+        assert!(text.contains("podrouterctl detach"), "{text}");
+        // Nothing was forgotten: the old blocks bring both pods back.
+        t.write_config(CIDRS);
+        t.start().unwrap();
+        let Reply::Pods(pods) = t.d().handle(Call::ListPods).result.unwrap() else {
+            panic!("not a pod list")
+        };
+        let ids: Vec<&str> = pods.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["p1", "p2"]);
+        // A second daemon on the same state directory is refused by name.
+        let cfg = Config::load(&t.config_path()).unwrap();
+        let Err(e) = Daemon::start_with(Box::new(t.net.clone()), cfg, None) else {
+            panic!("second daemon must be refused")
+        };
+        assert!(
+            e.to_string().starts_with(&format!(
+                "another podrouterd, pid {}, holds ",
+                std::process::id()
+            )),
+            "{e}"
+        );
+        assert_eq!(e.exit_code(), 1);
     }
 
     /// A restart restores each pod completely or forgets it completely,

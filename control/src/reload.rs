@@ -160,6 +160,7 @@ fn bgp_changes(a: &Bgp, b: &Bgp, key: &mut impl FnMut(bool, &str)) {
         "[bgp] graceful_restart",
     );
     key(a.restart_time != b.restart_time, "[bgp] restart_time");
+    key(a.import_pools != b.import_pools, "[bgp] import_pools");
     key(a.peers != b.peers, "[[bgp.peers]]");
 }
 

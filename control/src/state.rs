@@ -4,6 +4,11 @@
 //! Invariants: the file on disk is always a complete, parseable state
 //! (written to a temporary file, synced, then renamed over the old one); a
 //! file that cannot be parsed is an error, never silently replaced.
+//!
+//! One daemon per state directory: [`StateStore::open`] takes an exclusive
+//! `flock` on `state_dir/lock` (holding our pid, for the message a second
+//! daemon prints) and keeps it for the store's life; the kernel drops it
+//! when the process ends, so a crash leaves no stale lock.
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -40,16 +45,25 @@ pub enum StateError {
     /// The state file exists but is not a podrouter state this version reads.
     #[error("state file {path} is unreadable ({why}); move it aside to start empty, or fix it")]
     Corrupt { path: PathBuf, why: String },
+    /// Another process holds the state directory's lock.
+    #[error("another podrouterd, pid {pid}, holds {}", dir.display())]
+    Locked { pid: String, dir: PathBuf },
 }
 
 /// Reads and writes the state file.
 pub struct StateStore {
     dir: PathBuf,
     file: PathBuf,
+    /// The open lock file: the `flock` lives as long as this does.
+    _lock: fs::File,
 }
 
+/// The lock file in the state directory.
+const LOCK_FILE: &str = "lock";
+
 impl StateStore {
-    /// Opens (creating, mode 0700) the state directory.
+    /// Opens (creating, mode 0700) the state directory and locks it
+    /// (refused with [`StateError::Locked`] while another store holds it).
     pub fn open(dir: &Path) -> Result<StateStore, StateError> {
         let io_err = |source| StateError::Io {
             path: dir.to_owned(),
@@ -58,10 +72,44 @@ impl StateStore {
         fs::create_dir_all(dir).map_err(io_err)?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+        let lock = Self::lock(dir)?;
         Ok(StateStore {
             dir: dir.to_owned(),
             file: dir.join("state.json"),
+            _lock: lock,
         })
+    }
+
+    /// Takes the directory's lock without waiting and writes our pid in
+    /// the lock file (only once we hold it).
+    fn lock(dir: &Path) -> Result<fs::File, StateError> {
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err)?;
+        use std::os::fd::AsFd;
+        if !crate::sys::try_lock_exclusive(f.as_fd()).map_err(io_err)? {
+            let pid = fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "unknown".into());
+            return Err(StateError::Locked {
+                pid,
+                dir: dir.to_owned(),
+            });
+        }
+        f.set_len(0).map_err(io_err)?;
+        writeln!(f, "{}", std::process::id()).map_err(io_err)?;
+        Ok(f)
     }
 
     pub fn path(&self) -> &Path {
@@ -137,6 +185,7 @@ mod tests {
             mtu: 1480,
         }];
         s.save(&pods).unwrap();
+        drop(s);
         assert_eq!(StateStore::open(&d).unwrap().load().unwrap(), pods);
         assert!(!d.join("state.json.tmp").exists());
         fs::remove_dir_all(&d).unwrap();
@@ -154,5 +203,27 @@ mod tests {
         fs::write(s.path(), "{\"version\":9,\"pods\":[]}").unwrap();
         assert!(matches!(s.load(), Err(StateError::Corrupt { .. })));
         fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused_until_the_first_goes() {
+        let tmp = TempDir::new("state");
+        let d = tmp.join("state");
+        let first = StateStore::open(&d).unwrap();
+        let e = StateStore::open(&d)
+            .err()
+            .expect("second open must be refused");
+        let text = e.to_string();
+        assert!(matches!(e, StateError::Locked { .. }), "{text}");
+        assert_eq!(
+            text,
+            format!(
+                "another podrouterd, pid {}, holds {}",
+                std::process::id(),
+                d.display()
+            )
+        );
+        drop(first);
+        assert!(StateStore::open(&d).is_ok());
     }
 }

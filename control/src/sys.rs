@@ -1,5 +1,5 @@
 //! Every system call of the control plane that needs `unsafe`: entering and
-//! identifying network namespaces.
+//! identifying network namespaces, and locking the state directory.
 //!
 //! Invariants: this is the only module of the control crate allowed to use
 //! `unsafe` (`lib.rs` denies it elsewhere); every `unsafe` block carries a
@@ -182,6 +182,24 @@ pub fn tcp_connect_start(
         }
     }
     Ok(std::net::TcpStream::from(fd))
+}
+
+/// `flock(fd, LOCK_EX | LOCK_NB)`: `Ok(true)` when taken, `Ok(false)` when
+/// another open file description holds the lock. Released when every
+/// descriptor of this open file is closed (or the process ends).
+pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
+    // SAFETY: flock reads only the descriptor number; `file` is borrowed,
+    // so the descriptor stays open for the call.
+    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(e)
+    }
 }
 
 #[cfg(test)]

@@ -159,9 +159,10 @@ fn world(encap: &str) -> World {
     let mut node = start_plain_node(A, A_BLOCK);
     sw.plug(&node.ns, "eth0", &format!("{A}/24"));
     set_encap(&node, encap);
+    // The ECMP block is outside A's default import pool (10.244.0.0/16).
     let bgp = bgp_section(
         NODE_AS,
-        "graceful_restart = false",
+        "graceful_restart = false\nimport_pools = [\"10.244.0.0/16\", \"10.250.0.0/16\"]",
         &[PeerCfg::new(B, NODE_AS), PeerCfg::new(C, NODE_AS)],
     );
     enable_bgp(&mut node, &bgp, Some("eth0"));

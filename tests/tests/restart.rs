@@ -96,3 +96,65 @@ fn pods_keep_interface_and_address_across_restart() {
     node.ctl(&["detach", "pod-a"]);
     assert!(!pod_addr(&a).ok(), "restored pod-a kept eth0 after detach");
 }
+
+/// A restart with a config that no longer has the pods' block is refused
+/// (exit 2, naming the pods) instead of forgetting them; with the block
+/// back the pods are served again. A second podrouterd on the same state
+/// directory names the pid holding it.
+#[test]
+fn restart_refuses_a_config_that_would_forget_live_pods() {
+    if !require(
+        "restart_refuses_a_config_that_would_forget_live_pods",
+        &["ping"],
+    ) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig::default());
+    let a = node.add_pod("pod-a", &[]);
+    let b = node.add_pod("pod-b", &[]);
+    assert!(ping_until_reply(&a.ns, &b.ip, SETTLE));
+    let listed = pods_by_id(&node);
+
+    // A second daemon on the same config and state directory.
+    let pid = node.daemon_pid().expect("daemon runs");
+    let d = bin("podrouterd");
+    let config = node.config.to_string_lossy().into_owned();
+    let second = node.exec(&[&d.to_string_lossy(), "--config", &config]);
+    assert!(!second.ok(), "a second podrouterd started: {second}");
+    assert!(
+        second
+            .stderr
+            .contains(&format!("another podrouterd, pid {pid}, holds ")),
+        "{second}"
+    );
+    assert_ping(&a.ns, &b.ip, 2, 63);
+
+    node.stop_daemon("TERM");
+    let original = std::fs::read_to_string(&node.config).unwrap();
+    let moved = original.replace(POD_CIDR, "10.245.0.0/24");
+    assert_ne!(moved, original);
+    std::fs::write(&node.config, &moved).unwrap();
+    let refused = node.exec(&[&d.to_string_lossy(), "--config", &config]);
+    assert_eq!(refused.status.code(), Some(2), "{refused}");
+    for p in [&a, &b] {
+        assert!(
+            refused.stderr.contains(&format!("{} ({})", p.id, p.ip)),
+            "refusal does not name {}: {refused}",
+            p.id
+        );
+    }
+    assert!(refused.stderr.contains("podrouterctl detach"), "{refused}");
+
+    std::fs::write(&node.config, &original).unwrap();
+    node.start_daemon();
+    assert_eq!(
+        pods_by_id(&node),
+        listed,
+        "pods forgotten by the refused start"
+    );
+    assert!(
+        ping_until_reply(&a.ns, &b.ip, SETTLE),
+        "pods cannot reach each other after the refused start"
+    );
+    assert_ping(&b.ns, &a.ip, 2, 63);
+}

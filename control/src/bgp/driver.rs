@@ -105,12 +105,18 @@ impl BgpHandle {
             .and_then(|s| s.trim().parse::<u64>().ok())
             .is_some_and(|t| unix_now().saturating_sub(t) <= u64::from(bgp.restart_time));
         let _ = std::fs::remove_file(&marker);
-        let Some(scfg) = speaker_config(cfg, restarting) else {
+        let Some(mut scfg) = speaker_config(cfg, restarting) else {
             return Err(io::Error::new(
                 ErrorKind::InvalidInput,
                 "[bgp] needs node_ip (the next hop of our blocks)",
             ));
         };
+        scfg.node_networks = super::node_networks(scfg.next_hop);
+        log::info!(
+            "bgp: importing only prefixes inside {}; never over the node's {}",
+            list_text(&scfg.import_pools),
+            list_text(&scfg.node_networks)
+        );
         let ends = Endpoints::from_config(cfg).expect("bgp is set");
         // Before any session can re-learn anything: what the last run
         // left in the kernel.
@@ -752,4 +758,16 @@ fn flush(s: &mut Sock) -> io::Result<()> {
     }
     s.out.drain(..done);
     Ok(())
+}
+
+/// "a, b, c" (or "nothing").
+fn list_text(prefixes: &[Prefix]) -> String {
+    if prefixes.is_empty() {
+        return "nothing".into();
+    }
+    prefixes
+        .iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

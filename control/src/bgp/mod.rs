@@ -26,7 +26,7 @@
 //!   refresh, graceful restart), max-prefix, the Adj-RIB-In.
 //! - [`rib`]: best-path selection across peers, ECMP set (installed as one
 //!   FIB next-hop group of the set's distinct next hops).
-//! - [`speaker`]: the sessions + RIB + import filter + FIB diff, still
+//! - [`speaker`]: the sessions + RIB + import policy + FIB diff, still
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
 //! - [`views`]: the API's peer and RIB views, built from the speaker's
 //!   read-only accessors.
@@ -45,9 +45,10 @@
 //! table must not make `podrouterctl` or the CNI plugin wait. The thread
 //! writes the FIB directly: [`podrouter_router::fib::Fib::update`]
 //! serialises writers and publishes each batch atomically, and BGP only
-//! ever touches the prefixes it learned (the import filter keeps it off
-//! the node's own blocks, pods' /32s, the default route and static
-//! routes), so the two writers never fight over a prefix. The control
+//! ever touches the prefixes it learned (the import policy, see
+//! [`speaker`], keeps it inside `import_pools` and off the node's own
+//! blocks, pods' /32s, the node's addresses and subnets, the default route
+//! and static routes), so the two writers never fight over a prefix. The control
 //! thread asks for peer and RIB views over a channel (answer within 2 s).
 //! No change to `server.rs` was needed.
 //!
@@ -132,6 +133,8 @@ pub const RIB_ROWS_MAX: usize = 3000;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use podrouter_types::Prefix;
+
 use crate::config::Config;
 use session::SessionConfig;
 use speaker::{PeerSpec, SpeakerConfig};
@@ -170,7 +173,56 @@ pub fn speaker_config(cfg: &Config, restarting: bool) -> Option<SpeakerConfig> {
         peers,
         local_routes: cfg.pod_cidrs.clone(),
         static_routes: cfg.routes.iter().map(|r| r.prefix).collect(),
+        import_pools: import_pools(cfg),
+        node_networks: next_hop_network(next_hop),
     })
+}
+
+/// The prefix length the default import pools widen `pod_cidrs` to.
+pub const DEFAULT_POOL_LEN: u8 = 16;
+
+/// The pools learned prefixes must lie in: `[bgp] import_pools` if set,
+/// else each `pod_cidrs` block widened to its /16 (kept as is when it is
+/// already wider), duplicates removed. Nodes of one cluster are usually
+/// given blocks of one pool, e.g. 10.244.N.0/24 out of 10.244.0.0/16.
+pub fn import_pools(cfg: &Config) -> Vec<Prefix> {
+    if let Some(pools) = cfg.bgp.as_ref().and_then(|b| b.import_pools.clone()) {
+        return pools;
+    }
+    let mut pools: Vec<Prefix> = cfg
+        .pod_cidrs
+        .iter()
+        .map(|c| Prefix::truncating(c.addr(), c.len().min(DEFAULT_POOL_LEN)))
+        .collect();
+    pools.sort();
+    pools.dedup();
+    pools
+}
+
+fn next_hop_network(node_ip: Ipv4Addr) -> Vec<Prefix> {
+    vec![Prefix::host(node_ip)]
+}
+
+/// The node's own addresses and the subnets they are on (uplink subnet
+/// included), as the kernel has them now: no learned prefix may cover or
+/// overlap one. Read once at the BGP thread's start; `node_ip` is always
+/// part of it (also when listing fails).
+pub fn node_networks(node_ip: Ipv4Addr) -> Vec<Prefix> {
+    let mut nets = next_hop_network(node_ip);
+    match crate::netlink::Netlink::open().and_then(|mut nl| nl.addrs_v4()) {
+        Ok(addrs) => {
+            for a in addrs {
+                nets.push(Prefix::host(a.ip));
+                nets.push(Prefix::truncating(a.ip, a.prefix_len.min(32)));
+            }
+        }
+        Err(e) => log::warn!(
+            "bgp: cannot list the node's addresses ({e}); the import policy protects only {node_ip}"
+        ),
+    }
+    nets.sort();
+    nets.dedup();
+    nets
 }
 
 /// Where the speaker listens and connects from.

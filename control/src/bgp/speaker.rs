@@ -4,13 +4,24 @@
 //! turns socket events into [`Speaker::input`] calls and carries out
 //! [`Speaker::take_io`]; tests call it directly.
 //!
-//! # Import filter
+//! # Import policy
 //!
-//! A learned prefix is installed in the FIB unless it is the default route
-//! (the node's default stays with the host), overlaps one of this node's
-//! pod CIDRs (our own blocks are ours: local pods and Unreachable), or is
-//! exactly one of the configured static routes (static wins). Filtered
-//! routes stay in the RIB, shown with the reason.
+//! A learned prefix is installed in the FIB (and the node's kernel) only
+//! if it lies inside one of the cluster's pod address pools
+//! (`import_pools`) and touches nothing the node already has. Refused, in
+//! this order ([`Speaker::filtered`] names the first that applies):
+//! the default route (the node's default stays with the host); anything
+//! covering or overlapping 169.254.0.0/16 (the pods' gateway lives there),
+//! loopback 127.0.0.0/8 or multicast 224.0.0.0/4; anything covering or
+//! overlapping one of the node's addresses or the subnets they are on
+//! (`node_networks`: the uplink subnet, read at start), so a peer can
+//! never move the node's connected routes or its peer's address into the
+//! tunnel; anything overlapping this node's pod CIDRs (our own blocks are
+//! ours: local pods and Unreachable); anything equal to or inside a
+//! static route (static wins, and is never shadowed); anything outside
+//! every import pool. Refused routes stay in the RIB, shown with the
+//! reason (`podrouterctl bgp rib`) and left out of a peer's accepted
+//! count (`podrouterctl bgp peers`).
 //!
 //! # FIB sync
 //!
@@ -50,6 +61,34 @@ pub struct SpeakerConfig {
     pub local_routes: Vec<Prefix>,
     /// Static routes (never overridden by BGP).
     pub static_routes: Vec<Prefix>,
+    /// Learned prefixes must lie inside one of these.
+    pub import_pools: Vec<Prefix>,
+    /// The node's addresses (/32) and the subnets they are on: no learned
+    /// prefix may cover or overlap one.
+    pub node_networks: Vec<Prefix>,
+}
+
+/// Address ranges no learned route may touch, with the reason shown.
+fn reserved() -> [(Prefix, &'static str); 3] {
+    let net = |a, b, len| Prefix::truncating(Ipv4Addr::new(a, b, 0, 0), len);
+    [
+        (
+            net(169, 254, 16),
+            "covers or overlaps link-local 169.254.0.0/16",
+        ),
+        (net(127, 0, 8), "covers or overlaps loopback 127.0.0.0/8"),
+        (net(224, 0, 4), "covers or overlaps multicast 224.0.0.0/4"),
+    ]
+}
+
+/// Whether two prefixes share an address (one contains the other).
+fn overlaps(a: &Prefix, b: &Prefix) -> bool {
+    a.contains(b.addr()) || b.contains(a.addr())
+}
+
+/// Whether `inner` lies inside (or is) `outer`.
+fn inside(inner: &Prefix, outer: &Prefix) -> bool {
+    outer.contains(inner.addr()) && inner.len() >= outer.len()
 }
 
 pub use crate::kernel_job::{KernelJob, Vias};
@@ -220,21 +259,26 @@ impl Speaker {
         std::mem::take(&mut self.state_changes)
     }
 
-    /// Why a learned prefix is kept out of the FIB, if it is.
+    /// Why a learned prefix is kept out of the FIB, if it is (the import
+    /// policy, module header).
     pub fn filtered(&self, p: &Prefix) -> Option<&'static str> {
         if p.len() == 0 {
             return Some("default route stays with the host");
         }
-        if self
-            .cfg
-            .local_routes
-            .iter()
-            .any(|c| c.contains(p.addr()) || p.contains(c.addr()))
-        {
+        if let Some((_, why)) = reserved().into_iter().find(|(r, _)| overlaps(r, p)) {
+            return Some(why);
+        }
+        if self.cfg.node_networks.iter().any(|n| overlaps(n, p)) {
+            return Some("covers or overlaps this node's addresses or their subnets");
+        }
+        if self.cfg.local_routes.iter().any(|c| overlaps(c, p)) {
             return Some("overlaps this node's pod_cidrs");
         }
-        if self.cfg.static_routes.contains(p) {
+        if self.cfg.static_routes.iter().any(|s| inside(p, s)) {
             return Some("a static route has this prefix");
+        }
+        if !self.cfg.import_pools.iter().any(|pool| inside(p, pool)) {
+            return Some("outside [bgp] import_pools");
         }
         None
     }
@@ -348,6 +392,8 @@ mod tests {
                 peers: vec![spec("10.0.0.2", 64512), spec("10.0.0.3", 64512)],
                 local_routes: vec![p("10.244.1.0/26")],
                 static_routes: vec![p("10.99.0.0/16")],
+                import_pools: vec![p("10.244.0.0/16"), p("10.250.0.0/16"), p("10.99.0.0/16")],
+                node_networks: vec![p("10.0.0.1/32"), p("10.0.0.0/24")],
             },
             Instant::now(),
         )
@@ -640,5 +686,86 @@ mod tests {
             "{sent:?}"
         );
         assert_eq!(views::rib(&s, None, 10).routes[0].prefix, "10.244.1.0/26");
+    }
+
+    /// Every class the import policy refuses, each with its reason; only
+    /// another node's block inside the pools reaches the FIB.
+    #[test]
+    fn import_policy_refuses_what_the_node_owns_and_what_is_outside_the_pools() {
+        let t = Instant::now();
+        let mut s = speaker();
+        up(&mut s, t, 0, "10.0.0.2");
+        let cases = [
+            ("0.0.0.0/0", "default route"),
+            ("169.254.1.1/32", "link-local"),
+            ("169.0.0.0/8", "link-local"),
+            ("127.0.0.1/32", "loopback"),
+            ("224.0.0.0/4", "multicast"),
+            ("239.1.2.3/32", "multicast"),
+            ("10.0.0.1/32", "this node's addresses"),
+            ("10.0.0.2/32", "this node's addresses"),
+            ("10.0.0.0/24", "this node's addresses"),
+            ("10.0.0.0/25", "this node's addresses"),
+            ("10.0.0.0/8", "this node's addresses"),
+            ("10.244.1.0/26", "pod_cidrs"),
+            ("10.244.1.0/27", "pod_cidrs"),
+            ("10.244.1.5/32", "pod_cidrs"),
+            ("10.244.0.0/16", "pod_cidrs"),
+            ("10.99.0.0/16", "static route"),
+            ("10.99.3.0/24", "static route"),
+            ("192.168.7.0/24", "import_pools"),
+            ("10.245.0.0/24", "import_pools"),
+        ];
+        let mut all: Vec<&str> = cases.iter().map(|(x, _)| *x).collect();
+        all.push("10.244.2.0/26");
+        announce(&mut s, t, 0, "10.0.0.2", 100, &all);
+        for (prefix, why) in cases {
+            let got = s.filtered(&p(prefix));
+            assert!(
+                got.is_some_and(|g| g.contains(why)),
+                "{prefix}: {got:?}, want {why:?}"
+            );
+        }
+        assert_eq!(s.filtered(&p("10.244.2.0/26")), None);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.2.0/26"),
+                NextHop::Node(ip("10.0.0.2"))
+            )]
+        );
+        let jobs = s.take_kernel_jobs();
+        assert_eq!(jobs.len(), 1, "{jobs:?}");
+        // Shown and counted: the RIB marks each refused route with its
+        // reason, the peer's accepted count leaves them out.
+        let rib = views::rib(&s, None, 100);
+        let refused = rib.routes.iter().filter(|r| r.filtered.is_some()).count();
+        assert_eq!(refused, cases.len());
+        let peer = &views::peers(&s, t, &[])[0];
+        assert_eq!(peer.prefixes_received, cases.len() + 1);
+        assert_eq!(peer.prefixes_accepted, 1);
+    }
+
+    /// Without `[bgp] import_pools` the pools are `pod_cidrs` widened to
+    /// /16; with it, exactly what the operator declared.
+    #[test]
+    fn default_import_pools_widen_pod_cidrs() {
+        let cfg = crate::config::Config::parse(
+            "node_ip = \"10.0.0.1\"\npod_cidrs = [\"10.244.1.0/26\", \"10.244.9.0/24\", \"172.16.0.0/12\"]\n\
+             [bgp]\nasn = 64512\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            crate::bgp::import_pools(&cfg),
+            vec![p("10.244.0.0/16"), p("172.16.0.0/12")]
+        );
+        let cfg = crate::config::Config::parse(
+            "node_ip = \"10.0.0.1\"\npod_cidrs = [\"10.244.1.0/26\"]\n\
+             [bgp]\nasn = 64512\nimport_pools = [\"10.0.0.0/8\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(crate::bgp::import_pools(&cfg), vec![p("10.0.0.0/8")]);
     }
 }

@@ -34,7 +34,7 @@ fn main() -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             log::error!("cannot start: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(e.exit_code());
         }
     };
     let served = server::serve(&mut daemon);
