@@ -14,7 +14,7 @@
 //! (0..=32), keyed by the prefix's address as a `u32` (host bits are zero).
 //! A 33-bit mask records which lengths are non-empty. Beside them sits a
 //! lookup index, `dir`: one [`DirSlot`] per /16 of the address space
-//! (65,536 slots of 12 bytes, 768 KiB), holding the longest route of length
+//! (65,536 slots of 12 bytes, 768 KiB, in 256 chunks), holding the longest route of length
 //! /0../16 that covers the whole /16, and a 16-bit mask of the lengths
 //! /17../32 that hold routes inside it. `lookup` reads the destination's
 //! slot, probes only the lengths its mask names, longest first (masking the
@@ -62,7 +62,7 @@
 //! table plus 1 KiB per /24 holding a longer route: on the bench's random
 //! 1M-route table (70% /32, 25% /26) that is ~900k blocks, ~0.9 GiB,
 //! and per-snapshot copy-on-write of it needs chunking on top. The /16
-//! index is 768 KiB, copied once per batch that touches it, and keeps the
+//! index is 768 KiB, copied on write per 3 KiB chunk, and keeps the
 //! hash tables as the one source of truth (`get`, `routes`, ECMP groups and
 //! known nodes are unchanged).
 
@@ -120,8 +120,8 @@
 //!   refcount increment per shard of that length) and S shards (at most 512
 //!   routes each), plus one snapshot header. A length whose size crosses a
 //!   power-of-two threshold is re-sharded at O(routes of that length),
-//!   amortised O(1) per insert. The index costs one 768 KiB copy per batch
-//!   that changes it, one slot write per route longer than /16 and
+//!   amortised O(1) per insert. The index costs, per batch, a copy of its
+//!   256-pointer chunk array and of each 3 KiB chunk written, one slot write per route longer than /16 and
 //!   2^(16-L) slot writes per route of length L <= 16 (65,536 for the
 //!   default route); mask rebuilds are amortised O(1) per removal. A batch whose changes are all no-ops
 //!   (removing an absent prefix, re-inserting an identical route) copies
@@ -258,6 +258,22 @@ const DIR_BITS: u32 = 16;
 /// amortised O(1) per removal).
 const DIR_STALE_MIN: usize = 1024;
 
+/// The index is stored in chunks of `1 << DIR_CHUNK_BITS` slots, each
+/// shared between snapshots until a batch writes into it.
+const DIR_CHUNK_BITS: u32 = 8;
+const DIR_CHUNK_MASK: usize = (1 << DIR_CHUNK_BITS) - 1;
+type DirChunk = [DirSlot; 1 << DIR_CHUNK_BITS];
+
+/// A writable index slot `i`, copying the chunk-pointer array and the
+/// chunk first if they are shared with a published snapshot.
+fn dir_slot_mut(dir: &mut Arc<[Arc<DirChunk>]>, i: usize) -> &mut DirSlot {
+    if Arc::get_mut(dir).is_none() {
+        *dir = dir.iter().cloned().collect();
+    }
+    let chunks = Arc::get_mut(dir).expect("chunk array was just made unique");
+    &mut Arc::make_mut(&mut chunks[i >> DIR_CHUNK_BITS])[i & DIR_CHUNK_MASK]
+}
+
 /// The lookup index entry of one /16 of the address space.
 #[derive(Clone, Copy, Debug, Default)]
 struct DirSlot {
@@ -320,9 +336,10 @@ pub struct FibTable {
     /// always the set of the snapshot's own routes (the uplink accepts IPIP
     /// only from these). Copied on write, once per batch that changes it.
     nodes: Arc<HashMap<u32, u32, KeyHash>>,
-    /// The lookup index: `1 << DIR_BITS` slots, one per /16. Copied on
-    /// write, once per batch that changes it.
-    dir: Arc<Vec<DirSlot>>,
+    /// The lookup index: `1 << DIR_BITS` slots, one per /16, in chunks.
+    /// A batch copies the chunk-pointer array and each chunk it writes,
+    /// once.
+    dir: Arc<[Arc<DirChunk>]>,
     /// Removals of routes longer than /16 since the `long` masks of `dir`
     /// were last recomputed (each may have left a stale bit).
     dir_stale: usize,
@@ -421,7 +438,11 @@ impl FibTable {
             count: 0,
             lens: std::array::from_fn(|_| LenTable::default()),
             nodes: Arc::new(HashMap::with_hasher(hash)),
-            dir: Arc::new(vec![DirSlot::default(); 1 << DIR_BITS]),
+            dir: vec![
+                Arc::new([DirSlot::default(); 1 << DIR_CHUNK_BITS]);
+                1 << (DIR_BITS - DIR_CHUNK_BITS)
+            ]
+            .into(),
             dir_stale: 0,
             groups: Arc::new(Groups::default()),
         }
@@ -503,7 +524,7 @@ impl FibTable {
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<NextHop> {
         let dst = u32::from(dst);
-        let slot = &self.dir[(dst >> DIR_BITS) as usize];
+        let slot = self.dir_slot((dst >> DIR_BITS) as usize);
         let mut long = slot.long;
         while long != 0 {
             let i = 15 - long.leading_zeros();
@@ -514,6 +535,12 @@ impl FibTable {
             }
         }
         slot.short
+    }
+
+    /// Index slot `i` (the /16 `i`).
+    #[inline]
+    fn dir_slot(&self, i: usize) -> &DirSlot {
+        &self.dir[i >> DIR_CHUNK_BITS][i & DIR_CHUNK_MASK]
     }
 
     /// The route at exactly length `len` with address `key` (host bits
@@ -547,7 +574,7 @@ impl FibTable {
         if u32::from(len) > DIR_BITS {
             if route.is_some() {
                 let bit = 1u16 << (u32::from(len) - DIR_BITS - 1);
-                Arc::make_mut(&mut self.dir)[first].long |= bit;
+                dir_slot_mut(&mut self.dir, first).long |= bit;
             } else {
                 self.dir_stale += 1;
             }
@@ -558,7 +585,8 @@ impl FibTable {
             None => self.covering(prefix),
         };
         let span = 1usize << (DIR_BITS - u32::from(len));
-        for slot in &mut Arc::make_mut(&mut self.dir)[first..first + span] {
+        for i in first..first + span {
+            let slot = dir_slot_mut(&mut self.dir, i);
             let ours = match route {
                 Some(_) => slot.short.is_none() || slot.short_len <= len,
                 None => slot.short.is_some() && slot.short_len == len,
@@ -573,13 +601,14 @@ impl FibTable {
     /// Recomputes every slot's `long` mask from the routes, dropping the
     /// bits removals left behind.
     fn rebuild_long_masks(&mut self) {
-        let dir = Arc::make_mut(&mut self.dir);
-        dir.iter_mut().for_each(|slot| slot.long = 0);
+        for i in 0..1 << DIR_BITS {
+            dir_slot_mut(&mut self.dir, i).long = 0;
+        }
         for len in DIR_BITS + 1..=32 {
             let bit = 1u16 << (len - DIR_BITS - 1);
             for shard in self.lens[len as usize].shards.iter().flat_map(|s| s.iter()) {
                 for &key in shard.keys() {
-                    dir[(key >> DIR_BITS) as usize].long |= bit;
+                    dir_slot_mut(&mut self.dir, (key >> DIR_BITS) as usize).long |= bit;
                 }
             }
         }
@@ -628,7 +657,8 @@ impl FibTable {
     pub fn memory_bytes(&self) -> usize {
         const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
         let mut bytes = std::mem::size_of::<Self>();
-        bytes += ARC_HEADER + self.dir.capacity() * std::mem::size_of::<DirSlot>();
+        bytes += ARC_HEADER + self.dir.len() * std::mem::size_of::<Arc<DirChunk>>();
+        bytes += self.dir.len() * (ARC_HEADER + std::mem::size_of::<DirChunk>());
         // Next-hop groups: their slots, members and index entries (each
         // member list is shared by its slot and its index key).
         let g = &*self.groups;
@@ -973,14 +1003,13 @@ mod tests {
     /// longest route of length <= 16 covering it (checked on a spread of
     /// slots and on the first and last slot of every such route).
     fn check_index(t: &FibTable, model: &BTreeMap<Prefix, NextHop>) {
-        assert_eq!(t.dir.len(), 1 << DIR_BITS);
         let short: Vec<(Prefix, NextHop)> = model
             .iter()
             .filter(|(p, _)| u32::from(p.len()) <= DIR_BITS)
             .map(|(&p, &nh)| (p, nh))
             .collect();
         for (&p, _) in model.iter().filter(|(p, _)| u32::from(p.len()) > DIR_BITS) {
-            let slot = t.dir[(u32::from(p.addr()) >> DIR_BITS) as usize];
+            let slot = t.dir_slot((u32::from(p.addr()) >> DIR_BITS) as usize);
             let bit = 1u16 << (u32::from(p.len()) - DIR_BITS - 1);
             assert_ne!(slot.long & bit, 0, "index lacks {p}");
         }
@@ -996,7 +1025,7 @@ mod tests {
                 .iter()
                 .filter(|(p, _)| p.contains(a))
                 .max_by_key(|(p, _)| p.len());
-            let slot = t.dir[i];
+            let slot = t.dir_slot(i);
             assert_eq!(
                 slot.short,
                 want.map(|&(_, nh)| nh),
