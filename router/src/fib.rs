@@ -264,6 +264,13 @@ const DIR_CHUNK_BITS: u32 = 8;
 const DIR_CHUNK_MASK: usize = (1 << DIR_CHUNK_BITS) - 1;
 type DirChunk = [DirSlot; 1 << DIR_CHUNK_BITS];
 
+/// An index with no routes: every chunk pointer shares one empty chunk
+/// (the first write to a chunk copies it).
+fn empty_dir() -> Arc<[Arc<DirChunk>]> {
+    let empty = Arc::new([DirSlot::default(); 1 << DIR_CHUNK_BITS]);
+    std::iter::repeat_n(empty, 1 << (DIR_BITS - DIR_CHUNK_BITS)).collect()
+}
+
 /// A writable index slot `i`, copying the chunk-pointer array and the
 /// chunk first if they are shared with a published snapshot.
 fn dir_slot_mut(dir: &mut Arc<[Arc<DirChunk>]>, i: usize) -> &mut DirSlot {
@@ -438,11 +445,7 @@ impl FibTable {
             count: 0,
             lens: std::array::from_fn(|_| LenTable::default()),
             nodes: Arc::new(HashMap::with_hasher(hash)),
-            dir: vec![
-                Arc::new([DirSlot::default(); 1 << DIR_CHUNK_BITS]);
-                1 << (DIR_BITS - DIR_CHUNK_BITS)
-            ]
-            .into(),
+            dir: empty_dir(),
             dir_stale: 0,
             groups: Arc::new(Groups::default()),
         }
