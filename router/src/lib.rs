@@ -6,6 +6,8 @@
 //! verdict); `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod afxdp;
+pub mod bpf;
 pub mod counters;
 pub mod encap;
 pub mod fib;
