@@ -16,9 +16,10 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use podrouter_api::{
-    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, ReloadInfo, Reply,
-    Response, RouteInfo, StatusInfo, API_VERSION,
+    AttachParams, Call, CountersInfo, ErrorCode, PodInfo, PortCountersInfo, PortStatusInfo,
+    ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo, API_VERSION,
 };
+use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort, XdpModeRequest};
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
@@ -27,7 +28,7 @@ use podrouter_router::worker::{WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use podrouter_types::Prefix;
 
-use crate::config::{Config, MTU_RANGE};
+use crate::config::{Backend, Config, XdpMode, MTU_RANGE};
 use crate::ipam::{Ipam, IpamError};
 use crate::podnet::{self, PodNetError};
 use crate::state::{PodRecord, StateError, StateStore};
@@ -72,6 +73,14 @@ struct Pod {
     record: PodRecord,
     port: PortId,
     worker: usize,
+    /// The pod's AF_XDP port (afxdp backend), for its mode and counters.
+    xdp: Option<Arc<AfXdpPort>>,
+}
+
+/// A pod's port as the backend made it.
+struct PodPort {
+    port: Arc<dyn Port>,
+    xdp: Option<Arc<AfXdpPort>>,
 }
 
 pub struct Daemon {
@@ -217,8 +226,8 @@ impl Daemon {
                 log::warn!("pod {}: dropped from state: {e}", r.id);
                 continue;
             }
-            let tap = match podnet::attach_pod_interface(&r.netns, &r.ifname) {
-                Ok(t) => t,
+            let port = match self.reopen_pod_port(&r) {
+                Ok(p) => p,
                 Err(e) => {
                     log::warn!(
                         "pod {}: cannot re-open {} in {}: {e}; forgetting it and releasing {}",
@@ -232,9 +241,73 @@ impl Daemon {
                 }
             };
             let id = r.id.clone();
-            match self.install(r, Arc::new(tap)) {
+            match self.install(r, port) {
                 Ok(()) => log::info!("pod {id}: restored"),
                 Err((_, msg)) => log::warn!("pod {id}: cannot restore: {msg}"),
+            }
+        }
+    }
+
+    /// The backend's AF_XDP port settings for a pod's node-end veth.
+    fn afxdp_config(&self, r: &PodRecord) -> AfXdpConfig {
+        AfXdpConfig {
+            ifname: podnet::node_veth_name(r.ip),
+            mtu: r.mtu,
+            tx_queues: self.workers.len() as u32,
+            mode: match self.cfg.dataplane.xdp_mode {
+                XdpMode::Auto => XdpModeRequest::Auto,
+                XdpMode::Driver => XdpModeRequest::Driver,
+                XdpMode::Generic => XdpModeRequest::Generic,
+            },
+        }
+    }
+
+    /// Makes a new pod's interface and its port, per the backend: a TAP,
+    /// or a veth pair whose node end gets an AF_XDP port. Nothing is left
+    /// behind on failure.
+    fn create_pod_port(
+        &self,
+        spec: &podnet::PodInterfaceSpec,
+        r: &PodRecord,
+    ) -> Result<PodPort, PodNetError> {
+        match self.cfg.dataplane.backend {
+            Backend::Tap => podnet::create_pod_interface(spec).map(|t| PodPort {
+                port: Arc::new(t),
+                xdp: None,
+            }),
+            Backend::Afxdp => {
+                let xcfg = self.afxdp_config(r);
+                podnet::create_pod_veth(spec, &xcfg.ifname, xcfg.tx_queues + 1)?;
+                match podnet::open_afxdp_port(&xcfg) {
+                    Ok(x) => {
+                        let x = Arc::new(x);
+                        Ok(PodPort {
+                            port: x.clone(),
+                            xdp: Some(x),
+                        })
+                    }
+                    Err(e) => {
+                        let _ = podnet::delete_pod_interface(&spec.netns, &spec.ifname);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-opens a pod's existing interface and its port after a restart.
+    fn reopen_pod_port(&self, r: &PodRecord) -> Result<PodPort, PodNetError> {
+        match self.cfg.dataplane.backend {
+            Backend::Tap => podnet::attach_pod_interface(&r.netns, &r.ifname).map(|t| PodPort {
+                port: Arc::new(t),
+                xdp: None,
+            }),
+            Backend::Afxdp => {
+                let x = Arc::new(podnet::open_afxdp_port(&self.afxdp_config(r))?);
+                Ok(PodPort {
+                    port: x.clone(),
+                    xdp: Some(x),
+                })
             }
         }
     }
@@ -280,7 +353,7 @@ impl Daemon {
 
     /// Makes a pod forwardable: port, worker, FIB, host route. Rolls back
     /// on failure.
-    fn install(&mut self, r: PodRecord, tap: Arc<dyn Port>) -> Result<(), (ErrorCode, String)> {
+    fn install(&mut self, r: PodRecord, pod_port: PodPort) -> Result<(), (ErrorCode, String)> {
         let info = PortInfo {
             name: format!("{}@{}", r.ifname, r.id),
             role: PortRole::Pod {
@@ -290,7 +363,7 @@ impl Daemon {
             mtu: r.mtu,
         };
         let (port, worker) = self
-            .publish_port(info, tap)
+            .publish_port(info, pod_port.port)
             .map_err(|e| (ErrorCode::Internal, e))?;
         let host = Prefix::new(r.ip, 32).expect("/32");
         self.fib
@@ -307,6 +380,7 @@ impl Daemon {
                 record: r,
                 port,
                 worker,
+                xdp: pod_port.xdp,
             },
         );
         Ok(())
@@ -564,6 +638,18 @@ impl Daemon {
             routes: self.fib.load().len(),
             free_addresses: self.ipam.free(),
             uptime_secs: self.started.elapsed().as_secs(),
+            ports: self
+                .pods
+                .values()
+                .map(|p| PortStatusInfo {
+                    port: p.port.0,
+                    name: format!("{}@{}", p.record.ifname, p.record.id),
+                    backend: if p.xdp.is_some() { "afxdp" } else { "tap" }.into(),
+                    xdp_mode: p.xdp.as_ref().map(|x| x.mode().to_string()),
+                    xdp_prog_id: p.xdp.as_ref().map(|x| x.prog_id()),
+                    xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
+                })
+                .collect(),
         }
     }
 
@@ -617,6 +703,15 @@ impl Daemon {
                 ),
             ));
         }
+        if self.cfg.dataplane.backend == Backend::Afxdp && mtu > podrouter_router::afxdp::MAX_MTU {
+            return Err((
+                ErrorCode::BadRequest,
+                format!(
+                    "mtu {mtu} is above the afxdp backend's {}",
+                    podrouter_router::afxdp::MAX_MTU
+                ),
+            ));
+        }
         let ip = match p.ip {
             Some(ip) => self.ipam.reserve(ip).map(|()| ip),
             None => self.ipam.allocate(),
@@ -637,8 +732,8 @@ impl Daemon {
             mtu,
             mac: record.mac,
         };
-        let tap = match podnet::create_pod_interface(&spec) {
-            Ok(t) => t,
+        let port = match self.create_pod_port(&spec, &record) {
+            Ok(p) => p,
             Err(e) => {
                 self.ipam.release(ip);
                 let code = match e {
@@ -649,7 +744,7 @@ impl Daemon {
                 return Err((code, format!("pod {}: {e}", p.id)));
             }
         };
-        if let Err(e) = self.install(record.clone(), Arc::new(tap)) {
+        if let Err(e) = self.install(record.clone(), port) {
             self.discard_interface(&record);
             self.ipam.release(ip);
             return Err(e);
@@ -854,6 +949,22 @@ impl Daemon {
         let all: Vec<&WorkerCounters> = self.workers.iter().map(|w| &**w.counters).collect();
         let s = counters::sum(all.iter().copied());
         let ports = self.ports.load();
+        let xsk: BTreeMap<PortId, XskCountersInfo> = self
+            .pods
+            .values()
+            .filter_map(|p| {
+                let s = p.xdp.as_ref()?.stats();
+                Some((
+                    p.port,
+                    XskCountersInfo {
+                        rx_dropped: s.rx_dropped,
+                        rx_ring_full: s.rx_ring_full,
+                        rx_fill_empty: s.rx_fill_empty,
+                        tx_dropped: s.tx_dropped,
+                    },
+                ))
+            })
+            .collect();
         CountersInfo {
             workers: self.workers.len(),
             rx: s.rx,
@@ -879,6 +990,7 @@ impl Daemon {
                         tx_packets: p.tx_packets,
                         tx_bytes: p.tx_bytes,
                         drops: p.drops,
+                        xsk: xsk.get(&id).cloned(),
                     }
                 })
                 .collect(),

@@ -32,12 +32,15 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort};
+use podrouter_router::bpf::XDP_PROG_NAME;
+use podrouter_router::sys::bpf;
 use podrouter_router::sys::check_ifname;
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
 use podrouter_types::Prefix;
 
-use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope};
+use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope, XdpAttachment};
 use crate::netns::{open_netns, run_in_netns_fd};
 
 pub use crate::netlink::RTPROT_PODROUTER;
@@ -277,6 +280,21 @@ fn create_in_pod(
     if fail_at == Some(Stage::Down) {
         return Err(err("injected failure".into())(io::Error::other("test")));
     }
+    bring_up_addressed(&mut nl, index, spec, whom, fail_at)?;
+    Ok(new_tap.disarm())
+}
+
+/// Brings pod interface `index` up with Calico's addressing: `IP/32`,
+/// `169.254.1.1 dev IFNAME scope link`, `default via 169.254.1.1`. Runs
+/// in the pod's namespace (`nl` was opened there).
+fn bring_up_addressed(
+    nl: &mut Netlink,
+    index: u32,
+    spec: &PodInterfaceSpec,
+    whom: &str,
+    fail_at: Option<Stage>,
+) -> Result<(), PodNetError> {
+    let err = |what: String| move |e: io::Error| PodNetError::step(what, whom, e);
     nl.link_set_up(index)
         .map_err(err("bring the interface up".into()))?;
     if fail_at == Some(Stage::Up) {
@@ -306,7 +324,7 @@ fn create_in_pod(
     };
     nl.route_replace(&default)
         .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
-    Ok(new_tap.disarm())
+    Ok(())
 }
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
@@ -359,6 +377,172 @@ pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetErro
         }
     })?
     .map_err(|e| PodNetError::step("delete the interface", &whom, e))
+}
+
+/// Name of the node end of the veth pair of the pod with address `ip`
+/// (afxdp backend): `prx` and the address in hex, unique in the node
+/// namespace and found again from the pod's record after a restart.
+pub fn node_veth_name(ip: Ipv4Addr) -> String {
+    format!("prx{:08x}", u32::from(ip))
+}
+
+/// A veth pair made in the pod's namespace, deleted again on drop unless
+/// disarmed; it must be dropped in that namespace (deleting the pod end
+/// deletes both ends).
+struct NewVeth<'a> {
+    name: &'a str,
+    whom: &'a str,
+    armed: bool,
+}
+
+impl Drop for NewVeth<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = delete_link_named(self.name) {
+                log::warn!(
+                    "rollback for {}: cannot delete the new veth: {e}",
+                    self.whom
+                );
+            }
+        }
+    }
+}
+
+/// Creates a pod's interface for the afxdp backend: `eth0` (as `spec`
+/// says, addressed and routed as a TAP pod's is) is the pod end of a veth
+/// pair whose node end `node_ifname` is placed directly in the calling
+/// thread's (the node's) namespace with `queues` queues (one for receive,
+/// one per worker for transmit) and brought up. Transmit checksum offload
+/// is turned off on the pod end: the node end's AF_XDP socket gets frames
+/// exactly as they left the pod, so their checksums must be complete (TCP
+/// segmentation offload goes with it). On failure nothing is left behind.
+pub fn create_pod_veth(
+    spec: &PodInterfaceSpec,
+    node_ifname: &str,
+    queues: u32,
+) -> Result<(), PodNetError> {
+    let whom = format!(
+        "pod netns {} interface {} (veth peer {node_ifname})",
+        spec.netns.display(),
+        spec.ifname
+    );
+    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(node_ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    let node_ns = open_netns(Path::new("/proc/thread-self/ns/net"))
+        .map_err(|e| PodNetError::step("open the node netns", &whom, e))?;
+    let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
+    let whom_ref = whom.as_str();
+    in_pod(ns.as_fd(), &spec.netns, || -> Result<(), PodNetError> {
+        let err = |what: String| move |e: io::Error| PodNetError::step(what, whom_ref, e);
+        let mut nl = Netlink::open().map_err(err("open netlink in the pod netns".into()))?;
+        nl.veth_add(
+            &spec.ifname,
+            spec.mac,
+            spec.mtu.into(),
+            node_ifname,
+            node_ns.as_fd(),
+            queues,
+        )
+        .map_err(|e| {
+            if errno(&e) == Some(libc::EEXIST) {
+                PodNetError::InterfaceExists {
+                    netns: spec.netns.display().to_string(),
+                    ifname: format!("{} (or node-side {node_ifname})", spec.ifname),
+                }
+            } else {
+                err("create the veth pair".into())(e)
+            }
+        })?;
+        let mut guard = NewVeth {
+            name: &spec.ifname,
+            whom: whom_ref,
+            armed: true,
+        };
+        let index = nl
+            .link_index(&spec.ifname)
+            .map_err(err("look up the new veth".into()))?
+            .ok_or_else(|| {
+                err("look up the new veth".into())(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "created veth vanished",
+                ))
+            })?;
+        crate::sys::set_tx_checksum_offload(&spec.ifname, false)
+            .map_err(err("turn transmit checksum offload off".into()))?;
+        bring_up_addressed(&mut nl, index, spec, whom_ref, None)?;
+        guard.armed = false;
+        Ok(())
+    })??;
+    let up = (|| -> io::Result<()> {
+        let mut nl = Netlink::open()?;
+        let index = nl.link_index(node_ifname)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "node end of the veth vanished")
+        })?;
+        nl.link_set_up(index)
+    })();
+    if let Err(e) = up {
+        let _ = delete_pod_interface(&spec.netns, &spec.ifname);
+        return Err(PodNetError::step("bring the node end up", &whom, e));
+    }
+    Ok(())
+}
+
+/// Opens the AF_XDP port on `cfg.ifname`, the node end of a pod's veth
+/// pair, in the calling thread's namespace. An XDP program a previous
+/// podrouterd left there (one named [`XDP_PROG_NAME`]: a pinned or
+/// inherited link, or one attached through netlink) is detached first, so
+/// programs never stack; any other program is left alone and the port
+/// refused.
+pub fn open_afxdp_port(cfg: &AfXdpConfig) -> Result<AfXdpPort, PodNetError> {
+    let whom = format!("veth node end {}", cfg.ifname);
+    let err = |what: &str| {
+        let whom = &whom;
+        let what = what.to_string();
+        move |e: io::Error| PodNetError::step(what, whom, e)
+    };
+    let mut nl = Netlink::open().map_err(err("open netlink"))?;
+    let link = nl
+        .link_get(&cfg.ifname)
+        .map_err(err("look up the interface"))?
+        .ok_or_else(|| PodNetError::InterfaceNotFound {
+            netns: "the node netns".into(),
+            ifname: cfg.ifname.clone(),
+        })?;
+    if let Some(x) = link.xdp {
+        let name = bpf::prog_name_by_id(x.prog_id).unwrap_or_default();
+        if name != XDP_PROG_NAME {
+            return Err(err("attach the XDP program")(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "another XDP program (id {}, {name:?}) is attached",
+                    x.prog_id
+                ),
+            )));
+        }
+        detach_stale_program(&mut nl, link.index, x).map_err(err("detach a stale XDP program"))?;
+        log::info!(
+            "{}: replaced the XDP program (id {}) a previous podrouterd left",
+            cfg.ifname,
+            x.prog_id
+        );
+    }
+    AfXdpPort::open(cfg).map_err(err("set up AF_XDP"))
+}
+
+/// Detaches program `x` from link `index`: through its BPF link if it has
+/// one (found by program id), else through netlink.
+fn detach_stale_program(nl: &mut Netlink, index: u32, x: XdpAttachment) -> io::Result<()> {
+    for id in bpf::link_ids()? {
+        let Ok(fd) = bpf::link_fd_by_id(id) else {
+            continue; // gone meanwhile
+        };
+        if let Ok(Some(info)) = bpf::xdp_link_info(fd.as_fd()) {
+            if info.prog_id == x.prog_id {
+                return bpf::link_detach(fd.as_fd());
+            }
+        }
+    }
+    nl.link_xdp_detach(index, x.mode)
 }
 
 /// Creates (or, if it exists, re-opens) the host TAP `name` in the current

@@ -58,9 +58,9 @@ use crate::txring::{TxRing, TxSink};
 use crate::wire::ETHERNET_HEADER_LEN;
 
 /// Entries of the receive socket's fill and RX rings, and its chunks.
-pub const RX_RING: u32 = 128;
+pub const RX_RING: u32 = 1024;
 /// Entries of a transmit socket's TX and completion rings, and its chunks.
-pub const TX_RING: u32 = 128;
+pub const TX_RING: u32 = 256;
 /// Slots of a transmit socket's software-offload ring.
 const OFFLOAD_SLOTS: usize = 64;
 /// Bytes the kernel leaves in front of a received frame in copy mode

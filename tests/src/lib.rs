@@ -738,9 +738,27 @@ pub fn delta(before: &Value, after: &Value, pointer: &str) -> u64 {
 // ---------------------------------------------------------------------------
 // The node and its daemon
 
+/// The data-plane backend test nodes run: `$PODROUTER_BACKEND` (`tap` or
+/// `afxdp`; `scripts/test.sh` runs the end-to-end tests once with each),
+/// `tap` when unset.
+pub fn backend() -> String {
+    match std::env::var("PODROUTER_BACKEND") {
+        Ok(b) if !b.is_empty() => {
+            assert!(
+                b == "tap" || b == "afxdp",
+                "PODROUTER_BACKEND={b}: expected tap or afxdp"
+            );
+            b
+        }
+        _ => "tap".to_string(),
+    }
+}
+
 /// How a test node's `podrouterd` is configured.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// `dataplane.backend`; [`backend`] by default.
+    pub backend: String,
     pub node_ip: String,
     pub pod_cidrs: Vec<String>,
     pub workers: usize,
@@ -755,6 +773,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            backend: backend(),
             node_ip: NODE_IP.to_string(),
             pod_cidrs: vec![POD_CIDR.to_string()],
             workers: 1,
@@ -785,12 +804,13 @@ impl NodeConfig {
              state_dir = \"{}\"\n\
              log_level = \"{}\"\n\
              \n[dataplane]\n\
-             backend = \"tap\"\n\
+             backend = \"{}\"\n\
              workers = {}\n",
             self.node_ip,
             dir.join("api.sock").display(),
             dir.join("state").display(),
             self.log_level,
+            self.backend,
             self.workers,
         );
         if let Some(m) = self.mtu {
