@@ -670,6 +670,7 @@ mod tests {
     use podrouter_router::port::Port;
     use podrouter_router::ROUTER_MAC;
     use serde_json::Value;
+    use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -1075,5 +1076,137 @@ mod tests {
         let routes = node.ip_json(&["-4", "route", "show"]);
         assert_eq!(routes.as_array().unwrap().len(), 0, "{routes}");
         drop(tap);
+    }
+
+    /// The afxdp path: a veth pair made in place (pod end addressed, node
+    /// end up), an AF_XDP port on its node end that answers the pod's ARP
+    /// and ping for its gateway, a second open replacing the first port's
+    /// program by name instead of stacking one, and deletion of the pair.
+    #[test]
+    fn pod_veth_with_an_afxdp_port() {
+        if skip("pod_veth_with_an_afxdp_port") {
+            return;
+        }
+        let node = TestNetns::new("node");
+        let pod = TestNetns::new("pod");
+        let spec = spec(&pod);
+        node.run(|| create_pod_veth(&spec, "prxtest0", 2)).unwrap();
+        assert_eq!(link_names(&pod), ["eth0", "lo"]);
+        assert_eq!(link_names(&node), ["lo", "prxtest0"]);
+        let l = node.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
+        assert_eq!(
+            (
+                l[0]["num_tx_queues"].as_u64(),
+                l[0]["num_rx_queues"].as_u64()
+            ),
+            (Some(2), Some(2)),
+            "{l}"
+        );
+        let l = pod.ip_json(&["-d", "link", "show", "dev", "eth0"]);
+        assert_eq!(
+            (
+                l[0]["num_tx_queues"].as_u64(),
+                l[0]["num_rx_queues"].as_u64()
+            ),
+            (Some(1), Some(1)),
+            "{l}"
+        );
+        let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        assert_eq!(addrs[0]["addr_info"][0]["local"], "10.244.1.2", "{addrs}");
+        let link = pod.ip_json(&["link", "show", "dev", "eth0"]);
+        assert_eq!(link[0]["address"], "02:aa:bb:cc:dd:01", "{link}");
+        let e = node
+            .run(|| create_pod_veth(&spec, "prxtest1", 2))
+            .unwrap_err();
+        assert!(matches!(e, PodNetError::InterfaceExists { .. }), "{e}");
+
+        let cfg = AfXdpConfig {
+            ifname: "prxtest0".into(),
+            mtu: spec.mtu,
+            tx_queues: 1,
+            mode: Default::default(),
+        };
+        let progs = |ns: &TestNetns| {
+            let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
+            v[0]["xdp"]["prog"]["id"].as_u64()
+        };
+        // A program of ours that something else still holds (a pinned or
+        // inherited link): replaced, not stacked. One of another name:
+        // left alone, the port refused.
+        let attach_stale = |name: &str| {
+            node.run(|| {
+                let map = bpf::xskmap_create("t", 1).unwrap();
+                let insns = podrouter_router::bpf::xsk_redirect_program(map.as_raw_fd());
+                let prog =
+                    bpf::xdp_prog_load(name, &insns, podrouter_router::bpf::LICENSE).unwrap();
+                let ifindex = podrouter_router::sys::if_nametoindex("prxtest0")
+                    .unwrap()
+                    .unwrap();
+                let link =
+                    bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).unwrap();
+                (map, prog, link)
+            })
+        };
+        let foreign = attach_stale("other_prog");
+        let e = node.run(|| open_afxdp_port(&cfg)).unwrap_err();
+        assert!(e.to_string().contains("another XDP program"), "{e}");
+        drop(foreign);
+        let stale = attach_stale(XDP_PROG_NAME);
+        let stale_id = progs(&node).expect("stale program attached");
+        let port = node.run(|| open_afxdp_port(&cfg)).unwrap();
+        assert_ne!(u64::from(port.prog_id()), stale_id);
+        assert_eq!(progs(&node), Some(u64::from(port.prog_id())));
+        drop(stale);
+        assert_eq!(progs(&node), Some(u64::from(port.prog_id())));
+
+        let mut ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &pod.name,
+                "ping",
+                "-c1",
+                "-W5",
+                "169.254.1.1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
+        // Sockets bind by interface index in the calling thread's namespace.
+        let mut q = node.run(|| port.tx_queue());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut echo_seen = false;
+        let status = loop {
+            let n = port.recv(&mut frames).unwrap();
+            for f in &frames[..n] {
+                if let Some((kind, reply)) = answer(f.data()) {
+                    echo_seen |= kind != "arp";
+                    port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+                }
+            }
+            port.flush(&mut q).unwrap();
+            if let Some(st) = ping.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "ping did not finish");
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let out = ping.wait_with_output().unwrap();
+        assert!(echo_seen, "no echo request through the XSK");
+        assert!(
+            status.success(),
+            "ping failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        drop(q);
+        drop(port);
+        assert_eq!(progs(&node), None, "program left after the port went");
+        delete_pod_interface(&spec.netns, "eth0").unwrap();
+        assert_eq!(link_names(&pod), ["lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
     }
 }
