@@ -804,7 +804,7 @@ fn bare_xsk_rows(ctx: &mut Ctx) -> Res<()> {
         (Some(p), Some(b)) if b > 0.0 => Cell::from_runs(vec![p / b], 0),
         _ => Cell::missing("not available (a 64 B figure is missing)"),
     };
-    let na = || Cell::missing("not applicable (AF_XDP probe)");
+    let na = || Cell::missing("not available (an AF_XDP probe): no kernel counterpart");
     ctx.rows.push(Row::new(
         scenario,
         "UDP 64 B frames, bare XSK forwarder (podrouter's AF_XDP port, no pipeline): the ceiling",
