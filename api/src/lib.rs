@@ -24,6 +24,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod ifname;
+pub mod pending;
+
+pub use ifname::{check_ifname, InvalidIfname, MAX_IFNAME_LEN};
+
 /// The protocol version this crate speaks.
 pub const API_VERSION: u32 = 1;
 

@@ -204,7 +204,7 @@ fn bird_conf() -> String {
 /// with the seconds that took.
 fn build_lab(n: usize) -> Res<(Lab, f64)> {
     let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
+    let dir = util::temp_dir(&tag)?;
     let mut names = vec![format!("{tag}-sw")];
     names.extend(MEMBERS.iter().map(|(m, _)| format!("{tag}-{m}")));
     let ns = NetnsGroup::create(names)?;

@@ -240,10 +240,7 @@ fn date_utc() -> String {
 
 fn preflight(bin_dir: &Path) -> Res<()> {
     let mut why = Vec::new();
-    if !read("/proc/self/status")
-        .lines()
-        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(2) == Some("0"))
-    {
+    if !util::is_root() {
         why.push("run it as root (it creates network namespaces and TAP devices)".to_string());
     }
     for tool in ["ip", "iperf3", "ping", "bridge", "sh", "sysctl"] {

@@ -324,7 +324,7 @@ fn attach_all(d: &Daemon, pods: &NetnsGroup, mut tick: impl FnMut(usize)) -> Res
 /// [`NODE_IP`] on `lo`.
 fn single_node() -> Res<(String, TempDir, NetnsGroup, String)> {
     let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
+    let dir = util::temp_dir(&tag)?;
     let node = NetnsGroup::create(vec![format!("{tag}-node")])?;
     let node_name = node.names()[0].clone();
     let ip = format!("{NODE_IP}/32");
@@ -599,7 +599,7 @@ impl Underlay {
 /// [`UNDERLAY_MTU`]), one pod on each (MTU [`TWO_NODE_POD_MTU`]).
 pub fn two_node(opts: &PlaneOpts, mode: TwoNodeMode, underlay: Underlay) -> Res<Topology> {
     let tag = util::unique_tag();
-    let dir = TempDir::new(&tag)?;
+    let dir = util::temp_dir(&tag)?;
     let mut names = vec![format!("{tag}-n1"), format!("{tag}-n2")];
     if underlay == Underlay::Routed {
         names.push(format!("{tag}-rt"));

@@ -1,17 +1,21 @@
 //! Plumbing shared by the harness: errors, the Ctrl-C flag, running commands
 //! with timeouts, background processes and network namespaces that clean up
-//! after themselves, the progress line and a log of everything run.
+//! after themselves, the progress line and a log of everything run. Unique
+//! names, the namespace delete and stale sweep, temporary directories and
+//! the command lookup are `podrouter-testkit`'s, shared with the tests.
 use std::fmt;
 use std::fs;
 use std::io::{self, IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::sys;
+
+pub use podrouter_testkit::{have_command, is_root, TempDir};
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -387,31 +391,16 @@ pub fn ns_sh(ns: &str, script: &str) -> Res<String> {
     run(&["ip", "netns", "exec", ns, "sh", "-c", script])
 }
 
-/// Whether `cmd` is an executable on `PATH`.
-pub fn have_command(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            let f = d.join(cmd);
-            f.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Network namespaces
 
-/// The prefix of every namespace this process creates: `prb<pid>-`.
-pub fn ns_prefix() -> String {
-    format!("prb{}-", std::process::id())
-}
+/// The prefix of every name the harness gives (network namespaces, and
+/// after `podrouter-bench-`, temporary directories): `prb<pid>-`.
+const PREFIX: &str = "prb";
 
 /// A new unique tag for one topology: `prb<pid>-<n>`.
 pub fn unique_tag() -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!("{}{}", ns_prefix(), N.fetch_add(1, Ordering::Relaxed))
+    podrouter_testkit::unique(PREFIX)
 }
 
 /// Network namespaces created (in one batch) by this harness; on drop, any
@@ -465,110 +454,34 @@ impl Drop for NetnsGroup {
     }
 }
 
+/// Deletes namespaces (killing, by pid, what still runs inside), noting
+/// kills in the log and failures on stderr.
 fn delete_namespaces(names: &[String]) {
-    if names.is_empty() {
-        return;
-    }
-    for n in names {
-        if let Ok(o) = Command::new("ip").args(["netns", "pids", n]).output() {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<u32>() {
-                    log(&format!("netns {n}: killing leftover pid {pid}"));
-                    sys::kill(pid, libc::SIGKILL);
-                }
-            }
-        }
-    }
-    for chunk in names.rchunks(200) {
-        let lines: String = chunk
-            .iter()
-            .rev()
-            .map(|n| format!("netns del {n}\n"))
-            .collect();
-        let ok = Command::new("ip")
-            .args(["-force", "-batch", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                if let Some(mut i) = c.stdin.take() {
-                    i.write_all(lines.as_bytes())?;
-                }
-                c.wait()
-            })
-            .is_ok_and(|s| s.success());
-        if !ok {
-            for n in chunk {
-                let _ = Command::new("ip")
-                    .args(["netns", "del", n])
-                    .stderr(Stdio::null())
-                    .status();
-            }
-        }
-    }
-    for n in names {
-        if Path::new("/run/netns").join(n).exists() {
-            eprintln!("warning: could not delete netns {n}");
-        }
+    for n in podrouter_testkit::netns::delete_namespaces(names, &log) {
+        eprintln!("warning: could not delete netns {n}");
     }
 }
 
 /// Deletes namespaces `prb<pid>-*` left by an earlier harness run that died
 /// without cleaning up (its `<pid>` no longer exists).
 pub fn sweep_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    let mut stale = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("prb") else {
-            continue;
-        };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        stale.push(name);
-    }
+    let stale = podrouter_testkit::netns::stale_namespaces(PREFIX);
     if !stale.is_empty() {
         eprintln!(
             "removing {} network namespaces left by an earlier podrouter-bench run ({}...)",
             stale.len(),
             stale[0]
         );
-        stale.sort();
         delete_namespaces(&stale);
     }
 }
 
-/// A directory removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Res<TempDir> {
-        let p = std::env::temp_dir().join(format!("podrouter-bench-{tag}"));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).map_err(|e| Error::msg(format!("mkdir {}: {e}", p.display())))?;
-        Ok(TempDir(p))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, n: &str) -> PathBuf {
-        self.0.join(n)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
+/// The run's temporary directory for topology `tag`:
+/// `podrouter-bench-<tag>` under the system temp dir, removed on drop.
+pub fn temp_dir(tag: &str) -> Res<TempDir> {
+    Ok(TempDir::create(
+        std::env::temp_dir().join(format!("podrouter-bench-{tag}")),
+    )?)
 }
 
 // ---------------------------------------------------------------------------

@@ -194,21 +194,10 @@ pub fn check_container_id(cid: &str) -> Result<(), String> {
     }
 }
 
-/// Linux's rules for an interface name, as the spec states them.
+/// Linux's rules for an interface name, as the spec states them (the one
+/// rule podrouter applies everywhere).
 pub fn check_ifname(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() < 16
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_graphic() && c != '/' && c != ':');
-    ok.then_some(()).ok_or_else(|| {
-        format!(
-            "{name:?} is not a valid interface name: 1-15 printable characters, \
-             not \".\" or \"..\", without '/', ':' or whitespace"
-        )
-    })
+    podrouter_api::check_ifname(name).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

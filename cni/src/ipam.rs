@@ -143,12 +143,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("prcni-ipam-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
+    use podrouter_testkit::TempDir;
 
     fn script(dir: &Path, name: &str, body: &str) {
         let p = dir.join(name);
@@ -158,7 +153,8 @@ mod tests {
 
     #[test]
     fn lookup_needs_cni_path_and_an_executable() {
-        let d = scratch("lookup");
+        let tmp = TempDir::new("ipam");
+        let d = tmp.path().to_path_buf();
         fs::write(d.join("notexec"), "x").unwrap();
         assert_eq!(find_plugin("x", &[]).unwrap_err().code, 4);
         let dirs = vec!["/nonexistent".to_string(), d.display().to_string()];
@@ -170,7 +166,8 @@ mod tests {
 
     #[test]
     fn delegate_gets_env_and_stdin_and_its_errors_come_back() {
-        let d = scratch("run");
+        let tmp = TempDir::new("ipam");
+        let d = tmp.path().to_path_buf();
         // Echoes its verb, a variable and stdin, so the test sees what it got.
         script(
             &d,

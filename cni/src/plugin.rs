@@ -663,8 +663,8 @@ mod tests {
 
     #[test]
     fn del_with_the_router_down_leaves_a_pending_entry() {
-        let dir = std::env::temp_dir().join(format!("prcni-plugin-del-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = podrouter_testkit::TempDir::new("cni-del");
+        let dir = tmp.join("pending");
         let conf = CONF.replace("/proc/podrouter-cni-test/pending", &dir.display().to_string()).replace(
             "\"router_socket\"",
             r#""prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"eth0","sandbox":"/run/netns/gone"}],"ips":[{"address":"10.244.0.9/32","interface":0}]},"router_socket""#,

@@ -3,15 +3,16 @@
 //! podrouter-cni; they ping each other and the node, 169.254.1.1 answers ARP
 //! with ee:ee:ee:ee:ee:ee, and `podman rm -f` releases the addresses.
 //!
-//! Needs root and `apt-get install -y podman runc busybox-static`; prints
-//! SKIP without them, or fails if PODROUTER_REQUIRE_INTEROP=1 (set it in CI
-//! after installing them).
+//! Needs root and `apt-get install -y podman runc busybox-static`
+//! (scripts/install-deps.sh installs them); prints SKIP without them, or
+//! fails under PODROUTER_E2E_REQUIRE=1 (as CI runs it).
 mod common;
 
 use std::path::Path;
 use std::process::Command;
 
 use common::*;
+use podrouter_testkit::{unique, Needs};
 
 struct Podman {
     dir: TempDir,
@@ -64,7 +65,7 @@ impl Podman {
         .unwrap();
         Podman {
             dir,
-            node_ns: node.ns.name.clone(),
+            node_ns: node.ns.name().to_string(),
             names: Vec::new(),
         }
     }
@@ -144,32 +145,18 @@ impl Drop for Podman {
     }
 }
 
-fn have_tools() -> Result<(), String> {
-    for t in [
-        "/usr/bin/podman",
-        "/usr/sbin/runc",
-        "/usr/bin/busybox",
-        "/usr/bin/nsenter",
-    ] {
-        if !Path::new(t).exists() {
-            return Err(format!(
-                "{t} missing (apt-get install -y podman runc busybox-static)"
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[test]
 fn podman_runs_two_containers_on_podrouter() {
-    if !root_or_skip("podman_runs_two_containers_on_podrouter") {
-        return;
-    }
-    if let Err(why) = have_tools() {
-        if std::env::var("PODROUTER_REQUIRE_INTEROP").as_deref() == Ok("1") {
-            panic!("{why}");
-        }
-        eprintln!("SKIP podman_runs_two_containers_on_podrouter: {why}");
+    if !Needs::new("podman_runs_two_containers_on_podrouter")
+        .privileged()
+        .commands(&[
+            "/usr/bin/podman",
+            "/usr/sbin/runc",
+            "/usr/bin/busybox",
+            "/usr/bin/nsenter",
+        ])
+        .met()
+    {
         return;
     }
     let _s = serial();

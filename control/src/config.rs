@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use podrouter_api::check_ifname;
 use podrouter_types::Prefix;
 use serde::Deserialize;
 
@@ -412,11 +413,9 @@ impl Config {
                 format!("core {c} does not exist (this machine has {cpus})"),
             ));
         }
-        if dp.host_port.is_empty() || dp.host_port.len() > 15 {
-            return Err((
-                "host_port",
-                "interface names are 1-15 characters".to_string(),
-            ));
+        check_ifname(&dp.host_port).map_err(|e| ("host_port", e.to_string()))?;
+        if let Some(uplink) = &dp.uplink {
+            check_ifname(uplink).map_err(|e| ("uplink", e.to_string()))?;
         }
         if dp.batch_size == 0 || dp.batch_size > 256 {
             return Err((
@@ -643,6 +642,19 @@ asn = 64512
 
         let e = err("node_name = \n");
         assert_eq!(e.line, Some(1));
+
+        for (text, key) in [
+            ("[dataplane]\nhost_port = \"pod router\"\n", "host_port"),
+            (
+                "[dataplane]\nhost_port = \"podrouter0123456\"\n",
+                "host_port",
+            ),
+            ("[dataplane]\nuplink = \"a/b\"\n", "uplink"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key.as_deref(), Some(key), "{text}");
+            assert!(e.message.contains("not a valid interface name"), "{e}");
+        }
     }
 
     #[test]

@@ -6,19 +6,19 @@
 #![deny(unsafe_code)]
 
 pub mod bgp;
+pub mod call_error;
 pub mod config;
 pub mod daemon;
 pub mod ipam;
+pub mod kernel_job;
 pub mod logger;
 pub mod netlink;
 pub mod netns;
+pub mod nodenet;
 pub mod podnet;
 pub mod reload;
 pub mod server;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
-pub mod table;
-#[cfg(test)]
-mod test_netns;
 pub mod uplink_setup;

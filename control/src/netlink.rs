@@ -910,6 +910,7 @@ pub fn fmt_mac(mac: &[u8; 6]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netns::RunIn;
 
     #[test]
     fn ext_ack_text_is_found_after_a_capped_header() {
@@ -979,8 +980,8 @@ mod tests {
     }
 
     /// A scratch namespace with a link `d0` holding 10.9.0.1/24. Root only.
-    fn scratch() -> crate::test_netns::TestNetns {
-        let ns = crate::test_netns::TestNetns::new("nl");
+    fn scratch() -> podrouter_testkit::Netns {
+        let ns = podrouter_testkit::Netns::new("nl");
         ns.veth_pair("d0", "d1");
         ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "d0"]);
         ns
@@ -1003,8 +1004,8 @@ mod tests {
     /// multipath routes read back with every gateway.
     #[test]
     fn route_batch_reports_each_op_and_goes_on_after_refusals() {
-        if !crate::sys::is_root() {
-            eprintln!("skipping route_batch test: not root");
+        if !podrouter_testkit::privileged("route_batch_reports_each_op_and_goes_on_after_refusals")
+        {
             return;
         }
         let ns = scratch();
@@ -1079,9 +1080,19 @@ mod tests {
         assert_eq!(nl.link_index("prt-nonexist0").unwrap(), None);
         nl.addrs_v4().unwrap();
         nl.routes_v4().unwrap();
-        if !crate::sys::is_root() {
+    }
+
+    /// A change refused by the kernel names what was asked (root: an
+    /// unprivileged request fails with EPERM before the link is looked up).
+    #[test]
+    fn a_refused_change_names_the_request() {
+        if !podrouter_testkit::Needs::new("a_refused_change_names_the_request")
+            .root()
+            .met()
+        {
             return;
         }
+        let mut nl = Netlink::open().unwrap();
         let e = nl.link_set_mtu(0x7fff_fff0, 1500).unwrap_err();
         assert_eq!(errno(&e), Some(libc::ENODEV), "{e}");
         assert!(e.to_string().contains("set MTU 1500 on link"), "{e}");

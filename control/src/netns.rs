@@ -96,6 +96,20 @@ pub fn run_in_netns_fd<T: Send>(
     })
 }
 
+/// Test support: runs code inside a test kit namespace as if it were the
+/// node's (on a thread of its own, through [`run_in_netns`]).
+#[cfg(test)]
+pub(crate) trait RunIn {
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T;
+}
+
+#[cfg(test)]
+impl RunIn for podrouter_testkit::Netns {
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        run_in_netns(Path::new(&self.path()), f).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,8 +122,10 @@ mod tests {
 
     #[test]
     fn own_namespace_via_proc_works_and_caller_stays() {
-        if !sys::is_root() {
-            eprintln!("skipping own_namespace_via_proc_works_and_caller_stays: not root");
+        if !podrouter_testkit::Needs::new("own_namespace_via_proc_works_and_caller_stays")
+            .root()
+            .met()
+        {
             return;
         }
         let before = inode("/proc/thread-self/ns/net");
@@ -139,8 +155,10 @@ mod tests {
 
     #[test]
     fn panics_propagate() {
-        if !sys::is_root() {
-            eprintln!("skipping panics_propagate: not root");
+        if !podrouter_testkit::Needs::new("panics_propagate")
+            .root()
+            .met()
+        {
             return;
         }
         let r = std::panic::catch_unwind(|| {

@@ -32,10 +32,10 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
+use podrouter_api::{check_ifname, InvalidIfname};
 use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort};
 use podrouter_router::bpf::XDP_PROG_NAME;
 use podrouter_router::sys::bpf;
-use podrouter_router::sys::check_ifname;
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
 use podrouter_types::Prefix;
@@ -78,9 +78,9 @@ pub enum PodNetError {
     /// The pod has no interface of that name (to attach to).
     #[error("pod netns {netns} has no interface named {ifname}")]
     InterfaceNotFound { netns: String, ifname: String },
-    /// The requested interface name is not one the kernel accepts.
-    #[error("{source}")]
-    InvalidName { source: io::Error },
+    /// The requested interface name breaks the interface-name rule.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidIfname),
     /// The host port is not there (for a host route).
     #[error("host port {name} does not exist in the node namespace")]
     HostPortNotFound { name: String },
@@ -221,7 +221,7 @@ fn create_pod_interface_inner(
         spec.netns.display(),
         spec.ifname
     );
-    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(&spec.ifname)?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
     in_pod(ns.as_fd(), &spec.netns, || {
         create_in_pod(spec, &whom, fail_at)
@@ -329,7 +329,7 @@ fn bring_up_addressed(
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
 pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = open_netns(netns).map_err(|e| netns_error(netns, e))?;
     in_pod(ns.as_fd(), netns, || TapPort::attach(ifname))?.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -352,7 +352,7 @@ pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNe
 /// already gone (a path that is no longer a namespace counts as gone). A
 /// [`TapPort`] still open on it stops working (reads fail with `EBADFD`).
 pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetError> {
-    check_ifname(ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(ifname)?;
     let ns = match open_netns(netns) {
         Ok(ns) => ns,
         Err(e)
@@ -426,8 +426,8 @@ pub fn create_pod_veth(
         spec.netns.display(),
         spec.ifname
     );
-    check_ifname(&spec.ifname).map_err(|source| PodNetError::InvalidName { source })?;
-    check_ifname(node_ifname).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(&spec.ifname)?;
+    check_ifname(node_ifname)?;
     let node_ns = open_netns(Path::new("/proc/thread-self/ns/net"))
         .map_err(|e| PodNetError::step("open the node netns", &whom, e))?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
@@ -554,7 +554,7 @@ pub fn create_or_attach_host_port(
     mac: [u8; 6],
     mtu: u16,
 ) -> Result<TapPort, PodNetError> {
-    check_ifname(name).map_err(|source| PodNetError::InvalidName { source })?;
+    check_ifname(name)?;
     let whom = format!("host port {name}");
     let err = |what: String| {
         let whom = &whom;
@@ -664,35 +664,18 @@ pub fn host_route_del(prefix: Prefix, host_port_name: &str) -> Result<(), PodNet
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::is_root;
-    use crate::test_netns::TestNetns;
+    use crate::netns::RunIn;
     use podrouter_router::frame::Frame;
     use podrouter_router::port::Port;
     use podrouter_router::ROUTER_MAC;
+    use podrouter_testkit::{privileged, Netns};
     use serde_json::Value;
     use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    /// Why these privileged tests cannot run here, if they cannot.
-    fn skip(test: &str) -> bool {
-        let why = if !is_root() {
-            Some("not root")
-        } else if !Path::new("/dev/net/tun").exists() {
-            Some("no /dev/net/tun")
-        } else if Command::new("ip").arg("-V").output().is_err() {
-            Some("no `ip` command")
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            eprintln!("skipping {test}: {why}");
-        }
-        why.is_some()
-    }
-
     /// The interface names in `ns`, sorted.
-    fn link_names(ns: &TestNetns) -> Vec<String> {
+    fn link_names(ns: &Netns) -> Vec<String> {
         let mut v: Vec<String> = ns
             .ip_json(&["link", "show"])
             .as_array()
@@ -724,9 +707,9 @@ mod tests {
         }
     }
 
-    fn spec(pod: &TestNetns) -> PodInterfaceSpec {
+    fn spec(pod: &Netns) -> PodInterfaceSpec {
         PodInterfaceSpec {
-            netns: pod.path.clone(),
+            netns: PathBuf::from(pod.path()),
             ifname: "eth0".into(),
             ip: Ipv4Addr::new(10, 244, 1, 2),
             mtu: 1450,
@@ -746,7 +729,7 @@ mod tests {
     }
 
     /// The pod side looks exactly like Calico's.
-    fn assert_pod_configured(pod: &TestNetns) {
+    fn assert_pod_configured(pod: &Netns) {
         let link = &pod.ip_json(&["-d", "link", "show", "eth0"])[0];
         assert_eq!(link["mtu"], 1450, "{link}");
         assert_eq!(link["address"], "02:aa:bb:cc:dd:01", "{link}");
@@ -783,11 +766,11 @@ mod tests {
 
     #[test]
     fn pod_interface_lifecycle() {
-        if skip("pod_interface_lifecycle") {
+        if !privileged("pod_interface_lifecycle") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let spec = spec(&pod);
 
         let tap = node.run(|| create_pod_interface(&spec)).unwrap();
@@ -804,26 +787,26 @@ mod tests {
             msg,
             format!(
                 "pod netns {} already has an interface named eth0",
-                pod.path.display()
+                pod.path()
             )
         );
         assert_eq!(link_names(&node), ["lo"]);
         assert_eq!(link_names(&pod), ["eth0", "lo"]);
 
         // Re-open after a "restart": busy while held, fine once released.
-        let e = attach_pod_interface(&pod.path, "eth0").unwrap_err();
+        let e = attach_pod_interface(Path::new(&pod.path()), "eth0").unwrap_err();
         assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
         drop(tap);
-        let tap = retry_busy(|| attach_pod_interface(&pod.path, "eth0")).unwrap();
+        let tap = retry_busy(|| attach_pod_interface(Path::new(&pod.path()), "eth0")).unwrap();
         assert_eq!(tap.name().unwrap(), "eth0");
         assert_pod_configured(&pod);
-        let e = attach_pod_interface(&pod.path, "eth1").unwrap_err();
+        let e = attach_pod_interface(Path::new(&pod.path()), "eth1").unwrap_err();
         assert!(matches!(e, PodNetError::InterfaceNotFound { .. }), "{e}");
 
         // Delete, idempotently; the port's descriptor goes stale.
-        delete_pod_interface(&pod.path, "eth0").unwrap();
+        delete_pod_interface(Path::new(&pod.path()), "eth0").unwrap();
         assert_eq!(link_names(&pod), ["lo"]);
-        delete_pod_interface(&pod.path, "eth0").unwrap();
+        delete_pod_interface(Path::new(&pod.path()), "eth0").unwrap();
         let mut frames = vec![Frame::new()];
         let e = tap.recv(&mut frames).unwrap_err();
         eprintln!("recv on a deleted pod interface: {e}");
@@ -852,11 +835,11 @@ mod tests {
 
     #[test]
     fn failures_roll_everything_back() {
-        if skip("failures_roll_everything_back") {
+        if !privileged("failures_roll_everything_back") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let good = spec(&pod);
         for stage in [Stage::Down, Stage::Up] {
             let e = node
@@ -938,18 +921,18 @@ mod tests {
     /// answers that too.
     #[test]
     fn pod_pings_its_gateway_through_the_tap() {
-        if skip("pod_pings_its_gateway_through_the_tap") {
+        if !privileged("pod_pings_its_gateway_through_the_tap") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let spec = spec(&pod);
         let tap = node.run(|| create_pod_interface(&spec)).unwrap();
         let mut ping = Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &pod.name,
+                pod.name(),
                 "ping",
                 "-c1",
                 "-W5",
@@ -1003,10 +986,10 @@ mod tests {
 
     #[test]
     fn host_port_and_host_routes() {
-        if skip("host_port_and_host_routes") {
+        if !privileged("host_port_and_host_routes") {
             return;
         }
-        let node = TestNetns::new("node");
+        let node = Netns::new("node");
         let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
         let tap = node
             .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
@@ -1084,11 +1067,11 @@ mod tests {
     /// program by name instead of stacking one, and deletion of the pair.
     #[test]
     fn pod_veth_with_an_afxdp_port() {
-        if skip("pod_veth_with_an_afxdp_port") {
+        if !privileged("pod_veth_with_an_afxdp_port") {
             return;
         }
-        let node = TestNetns::new("node");
-        let pod = TestNetns::new("pod");
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
         let spec = spec(&pod);
         node.run(|| create_pod_veth(&spec, "prxtest0", 2)).unwrap();
         assert_eq!(link_names(&pod), ["eth0", "lo"]);
@@ -1126,7 +1109,7 @@ mod tests {
             tx_queues: 1,
             mode: Default::default(),
         };
-        let progs = |ns: &TestNetns| {
+        let progs = |ns: &Netns| {
             let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
             v[0]["xdp"]["prog"]["id"].as_u64()
         };
@@ -1163,7 +1146,7 @@ mod tests {
             .args([
                 "netns",
                 "exec",
-                &pod.name,
+                pod.name(),
                 "ping",
                 "-c1",
                 "-W5",

@@ -5,19 +5,33 @@
 //! only changes which block IPAM allocates from first) and `log_level`.
 //! Everything else is fixed at start: a reload that changes any other key
 //! is refused as a whole, naming each such key ("restart podrouterd to
-//! change ..."). The daemon applies a plan all-or-nothing
-//! (`Daemon::reload`); this module only compares, so it is pure and
-//! tested without privileges.
+//! change ...").
+//!
+//! [`plan`] compares (pure); [`reload`] applies a plan to the daemon's
+//! [`Node`] all or nothing: every refusal comes before anything changes;
+//! then IPAM, then the node's kernel routes through [`NodeNet`] (the only
+//! step that can fail, undone in reverse if it does), then the FIB, the
+//! log level, the running config and BGP's announcements. Tests drive it
+//! with a fake [`NodeNet`], so every rollback is checked without root.
 //!
 //! Invariants: [`plan`] returns `Ok` only when the new config differs
 //! from the running one in runtime-changeable keys alone; `added` and
-//! `removed` are disjoint and each sorted.
+//! `removed` are disjoint and each sorted. A [`reload`] that returns an
+//! error left the config, IPAM, FIB and kernel routes as they were
+//! (except [`ReloadError::BgpNotUpdated`], where only BGP lags).
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
+use podrouter_api::{ErrorCode, ReloadInfo};
+use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_types::Prefix;
 
-use crate::config::{Bgp, Config, Dataplane};
+use crate::bgp::BgpHandle;
+use crate::config::{Bgp, Config, ConfigError, Dataplane};
+use crate::ipam::Ipam;
+use crate::nodenet::NodeNet;
+use crate::podnet::PodNetError;
 
 /// What a reload would change.
 #[derive(Clone, Debug, PartialEq)]
@@ -174,6 +188,238 @@ pub fn blocks_in_use(holders: &[(Prefix, Vec<String>)]) -> String {
          (detach them first)",
         parts.join("; ")
     )
+}
+
+/// Why a reload did not apply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(
+        "reload refused: podrouterd runs on its embedded defaults (started without \
+         --config), there is no file to re-read"
+    )]
+    NoConfigFile,
+    #[error("reload refused, running configuration unchanged: {0}")]
+    BadConfig(ConfigError),
+    #[error(transparent)]
+    NeedsRestart(#[from] NeedsRestart),
+    /// Removed blocks that still hold pods: (block, pod ids).
+    #[error("{}", blocks_in_use(.0))]
+    BlocksInUse(Vec<(Prefix, Vec<String>)>),
+    #[error("reload refused, nothing changed: cannot ask the BGP speaker about {block}: {why}")]
+    BgpQuery { block: Prefix, why: String },
+    #[error(
+        "reload refused, nothing changed: {block} is announced to this node by BGP peer {}: \
+         another node owns that block",
+        .peers.join(", ")
+    )]
+    AnnouncedByPeer { block: Prefix, peers: Vec<String> },
+    #[error(
+        "reload refused, nothing changed: addresses {} are in use in a block the new config \
+         drops",
+        addresses(.0)
+    )]
+    AddressesInUse(Vec<Ipv4Addr>),
+    #[error(
+        "reload failed and was rolled back, nothing changed: cannot route {block} to \
+         {host_port} on the node: {source}"
+    )]
+    RouteAdd {
+        block: Prefix,
+        host_port: String,
+        source: PodNetError,
+    },
+    #[error(
+        "reload failed and was rolled back, nothing changed: cannot remove the node's route \
+         to {block}: {source}"
+    )]
+    RouteDel { block: Prefix, source: PodNetError },
+    #[error("pod CIDRs applied on the node, but the BGP speaker did not take them: {0}")]
+    BgpNotUpdated(String),
+}
+
+fn addresses(a: &[Ipv4Addr]) -> String {
+    let list: Vec<String> = a.iter().map(|a| a.to_string()).collect();
+    list.join(", ")
+}
+
+impl ReloadError {
+    /// The wire's error class: a refusal, or an internal failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ReloadError::RouteAdd { .. }
+            | ReloadError::RouteDel { .. }
+            | ReloadError::BgpNotUpdated(_) => ErrorCode::Internal,
+            _ => ErrorCode::ReloadRefused,
+        }
+    }
+}
+
+/// What a reload works on, borrowed from the daemon.
+pub struct Node<'a> {
+    pub cfg: &'a mut Config,
+    pub ipam: &'a mut Ipam,
+    pub fib: &'a Fib,
+    pub net: &'a dyn NodeNet,
+    pub bgp: Option<&'a BgpHandle>,
+    /// (id, address) of every attached pod.
+    pub pods: Vec<(String, Ipv4Addr)>,
+}
+
+/// Re-reads `path` (`None`: the daemon runs on its defaults) and applies
+/// what may change at runtime, all or nothing (see the module doc).
+/// Blocks added get IPAM space, the FIB's Unreachable entry and the
+/// node's kernel route to the host port, and are announced over BGP;
+/// blocks removed (only if no pod holds an address in them) lose all of
+/// that and are withdrawn. Every outcome is logged.
+pub fn reload(node: Node<'_>, path: Option<&Path>) -> Result<ReloadInfo, ReloadError> {
+    let r = try_reload(node, path);
+    match &r {
+        Ok(info) if info.added.is_empty() && info.removed.is_empty() && info.changed.is_empty() => {
+            log::info!("reload of {}: no change", info.config)
+        }
+        Ok(info) => log::info!(
+            "reload of {}: applied; pod CIDRs now {} (added: {}; removed: {}){}",
+            info.config,
+            info.pod_cidrs.join(", "),
+            none_if_empty(&info.added),
+            none_if_empty(&info.removed),
+            if info.changed.is_empty() {
+                String::new()
+            } else {
+                format!("; also changed {}", info.changed.join(", "))
+            }
+        ),
+        Err(e) => log::warn!("{e}"),
+    }
+    r
+}
+
+fn none_if_empty(v: &[String]) -> String {
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn try_reload(node: Node<'_>, path: Option<&Path>) -> Result<ReloadInfo, ReloadError> {
+    let path = path.ok_or(ReloadError::NoConfigFile)?;
+    let new = Config::load(path).map_err(ReloadError::BadConfig)?;
+    let plan = plan(node.cfg, new)?;
+    let holders = pods_in(&plan.removed, &node.pods);
+    if !holders.is_empty() {
+        return Err(ReloadError::BlocksInUse(holders));
+    }
+    // A block another node announces is not ours to take: both the
+    // learned block's kernel route and ours would be the same route.
+    if let Some(b) = node.bgp {
+        for c in &plan.added {
+            let rib = b
+                .rib(Some(*c), 100)
+                .map_err(|why| ReloadError::BgpQuery { block: *c, why })?;
+            let text = c.to_string();
+            let peers: Vec<String> = rib
+                .routes
+                .iter()
+                .filter(|r| r.prefix == text && r.from != "local")
+                .map(|r| r.from.clone())
+                .collect();
+            if !peers.is_empty() {
+                return Err(ReloadError::AnnouncedByPeer { block: *c, peers });
+            }
+        }
+    }
+    let old_cidrs = node.cfg.pod_cidrs.clone();
+    node.ipam
+        .set_cidrs(&plan.new.pod_cidrs)
+        .map_err(ReloadError::AddressesInUse)?;
+    let host_port = node.cfg.dataplane.host_port.clone();
+    if let Err(e) = change_host_routes(node.net, &host_port, &plan.added, &plan.removed) {
+        let _ = node.ipam.set_cidrs(&old_cidrs);
+        return Err(e);
+    }
+    // From here on nothing fails: the FIB, BGP and the running config.
+    let mut changes: Vec<FibChange> = plan
+        .added
+        .iter()
+        .map(|c| FibChange::Insert(*c, NextHop::Unreachable))
+        .collect();
+    changes.extend(plan.removed.iter().map(|c| FibChange::Remove(*c)));
+    if !changes.is_empty() {
+        node.fib.update(&changes);
+    }
+    let mut changed = Vec::new();
+    if plan.log_level {
+        crate::logger::set_level(plan.new.log_level.filter());
+        changed.push("log_level".to_string());
+    }
+    *node.cfg = plan.new;
+    let info = ReloadInfo {
+        config: path.display().to_string(),
+        pod_cidrs: node.cfg.pod_cidrs.iter().map(|c| c.to_string()).collect(),
+        added: plan.added.iter().map(|c| c.to_string()).collect(),
+        removed: plan.removed.iter().map(|c| c.to_string()).collect(),
+        changed,
+    };
+    if !plan.added.is_empty() || !plan.removed.is_empty() {
+        if let Some(b) = node.bgp {
+            b.set_local_routes(node.cfg.pod_cidrs.clone())
+                .map_err(ReloadError::BgpNotUpdated)?;
+        }
+    }
+    Ok(info)
+}
+
+/// The node's kernel routes to the host port: adds a route per block in
+/// `added`, then removes one per block in `removed`; on the first failure
+/// undoes what it did, in reverse, and returns why.
+pub fn change_host_routes(
+    net: &dyn NodeNet,
+    host_port: &str,
+    added: &[Prefix],
+    removed: &[Prefix],
+) -> Result<(), ReloadError> {
+    let mut done_add: Vec<Prefix> = Vec::new();
+    let mut done_del: Vec<Prefix> = Vec::new();
+    let mut failure = None;
+    for c in added {
+        match net.host_route_add(*c, host_port) {
+            Ok(()) => done_add.push(*c),
+            Err(source) => {
+                failure = Some(ReloadError::RouteAdd {
+                    block: *c,
+                    host_port: host_port.to_string(),
+                    source,
+                });
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for c in removed {
+            match net.host_route_del(*c, host_port) {
+                Ok(()) => done_del.push(*c),
+                Err(source) => {
+                    failure = Some(ReloadError::RouteDel { block: *c, source });
+                    break;
+                }
+            }
+        }
+    }
+    let Some(why) = failure else {
+        return Ok(());
+    };
+    for c in done_del.iter().rev() {
+        if let Err(e) = net.host_route_add(*c, host_port) {
+            log::error!("reload rollback: cannot restore the node's route to {c}: {e}");
+        }
+    }
+    for c in done_add.iter().rev() {
+        if let Err(e) = net.host_route_del(*c, host_port) {
+            log::error!("reload rollback: cannot remove the node's route to {c}: {e}");
+        }
+    }
+    Err(why)
 }
 
 #[cfg(test)]

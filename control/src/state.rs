@@ -120,15 +120,12 @@ impl StateStore {
 mod tests {
     use super::*;
 
-    fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("podrouter-state-{tag}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&d);
-        d
-    }
+    use podrouter_testkit::TempDir;
 
     #[test]
     fn round_trip_and_empty_start() {
-        let d = tempdir("rt");
+        let tmp = TempDir::new("state");
+        let d = tmp.join("state");
         let s = StateStore::open(&d).unwrap();
         assert!(s.load().unwrap().is_empty());
         let pods = vec![PodRecord {
@@ -147,7 +144,8 @@ mod tests {
 
     #[test]
     fn corrupt_state_is_an_error_not_a_reset() {
-        let d = tempdir("bad");
+        let tmp = TempDir::new("state");
+        let d = tmp.join("state");
         let s = StateStore::open(&d).unwrap();
         fs::write(s.path(), "{\"version\":1,\"pods\":[{\"id\":").unwrap();
         let e = s.load().unwrap_err();

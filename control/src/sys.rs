@@ -185,9 +185,6 @@ pub fn tcp_connect_start(
     Ok(std::net::TcpStream::from(fd))
 }
 
-/// Whether the process runs with effective uid 0.
-pub use podrouter_router::sys::is_root;
-
 /// `ETHTOOL_STXCSUM`: set transmit checksum offload.
 const ETHTOOL_STXCSUM: u32 = 0x17;
 

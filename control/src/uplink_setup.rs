@@ -49,6 +49,7 @@ use podrouter_router::uplink::Uplink;
 use podrouter_types::Prefix;
 
 use crate::config::{Config, Encap};
+use crate::kernel_job::{job_vias, KernelJob};
 use crate::netlink::{errno, Ipv4Route, LinkInfo, Netlink, NetlinkError, RouteOp, Scope};
 
 /// The uplink as the daemon keeps it (cheap to clone: the port is shared).
@@ -259,47 +260,6 @@ pub fn install_node_route(
     nl.route_replace(&route).map_err(|e| e.to_string())
 }
 
-/// The next-hop nodes of one learned route: sorted, distinct, non-empty.
-/// One node (the common case) takes no heap; several share one
-/// allocation between clones (the speaker's bookkeeping and the kernel
-/// job of the same change).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Vias {
-    One(Ipv4Addr),
-    Many(Arc<[Ipv4Addr]>),
-}
-
-impl Vias {
-    /// The nodes of `nodes` (sorted, distinct); `None` if it is empty.
-    pub fn new(nodes: &[Ipv4Addr]) -> Option<Vias> {
-        match nodes {
-            [] => None,
-            [one] => Some(Vias::One(*one)),
-            many => Some(Vias::Many(Arc::from(many))),
-        }
-    }
-}
-
-impl std::ops::Deref for Vias {
-    type Target = [Ipv4Addr];
-    fn deref(&self) -> &[Ipv4Addr] {
-        match self {
-            Vias::One(a) => std::slice::from_ref(a),
-            Vias::Many(v) => v,
-        }
-    }
-}
-
-/// One kernel route change for a learned block: the prefix, the nodes it
-/// goes via now (None: remove the route) and the ones it went via before
-/// (None: it had none).
-pub type RouteJob = (Prefix, Option<Vias>, Option<Vias>);
-
-/// The nodes a job's route goes via: the new ones, else the old ones.
-fn job_vias(j: &RouteJob) -> &[Ipv4Addr] {
-    j.1.as_deref().or(j.2.as_deref()).unwrap_or(&[])
-}
-
 /// The kernel routes of learned blocks, applied in batches: one netlink
 /// socket for the owner's life (reopened after a socket failure), the host
 /// port's index looked up once per batch (and again if the kernel no
@@ -328,9 +288,9 @@ impl KernelRoutes {
     /// (also counted in `failures`). A failure never stops the rest.
     /// Removing a route that is not there succeeds, and so does removing a
     /// route into a host port that no longer exists (it went with it).
-    pub fn apply(&mut self, jobs: &[RouteJob]) -> Vec<(Prefix, String)> {
+    pub fn apply(&mut self, jobs: &[KernelJob]) -> Vec<(Prefix, String)> {
         let mut failed = Vec::new();
-        let jobs: Vec<&RouteJob> = jobs
+        let jobs: Vec<&KernelJob> = jobs
             .iter()
             .filter(|j| j.1.is_some() || j.2.is_some())
             .collect();
@@ -350,7 +310,7 @@ impl KernelRoutes {
         let nl = self.nl.as_mut().expect("opened above");
         let policy = self.uplink.policy;
         let vias = job_vias;
-        let op_for = |j: &RouteJob, index: u32| {
+        let op_for = |j: &KernelJob, index: u32| {
             let route = kernel_route(&policy, index, j.0, vias(j));
             match j.1 {
                 Some(_) => RouteOp::Replace(route),
@@ -361,7 +321,7 @@ impl KernelRoutes {
             .iter()
             .any(|j| needs_host_port(&policy, vias(j)))
             .then(|| host_index(nl, &self.host_port));
-        let mut todo: Vec<&RouteJob> = Vec::with_capacity(jobs.len());
+        let mut todo: Vec<&KernelJob> = Vec::with_capacity(jobs.len());
         for j in jobs {
             match &index {
                 Some(Err(why)) if needs_host_port(&policy, vias(j)) => {
@@ -446,6 +406,8 @@ pub fn route_port(uplink: Option<&UplinkState>, host_port: &str, via: Ipv4Addr) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel_job::Vias;
+    use crate::netns::RunIn;
 
     #[test]
     fn modes_and_subnets() {
@@ -491,13 +453,12 @@ mod tests {
     /// host port fails only the routes that need it.
     #[test]
     fn kernel_routes_batches_report_failures_per_prefix() {
-        if !crate::sys::is_root() {
-            eprintln!("skipping kernel_routes test: not root");
+        if !podrouter_testkit::privileged("kernel_routes_batches_report_failures_per_prefix") {
             return;
         }
         let ip = |s: &str| s.parse::<Ipv4Addr>().unwrap();
         let pf = |s: &str| s.parse::<Prefix>().unwrap();
-        let ns = crate::test_netns::TestNetns::new("ku");
+        let ns = podrouter_testkit::Netns::new("ku");
         ns.veth_pair("podrouter0", "x0");
         ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
         ns.run(|| {

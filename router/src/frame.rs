@@ -135,38 +135,46 @@ impl Frame {
 
     /// Sets the frame length after a receive or a rewrite; clamped to the
     /// buffer's end.
+    #[inline]
     pub fn set_len(&mut self, len: usize) {
         self.len = len.min(self.buf.len() - self.start);
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    #[inline]
     pub fn data(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
     }
 
+    #[inline]
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.start + self.len]
     }
 
     /// Bytes free in front of the frame.
+    #[inline]
     pub fn headroom(&self) -> usize {
         self.start
     }
 
     /// Bytes the frame can grow by at its end.
+    #[inline]
     pub fn tailroom(&self) -> usize {
         self.buf.len() - self.start - self.len
     }
 
     /// Grows the frame by `n` bytes at the front (into the headroom) and
     /// returns the whole frame; `None` if the headroom is too small.
+    #[inline]
     pub fn push_front(&mut self, n: usize) -> Option<&mut [u8]> {
         if n > self.start {
             return None;
@@ -178,6 +186,7 @@ impl Frame {
 
     /// Drops `n` bytes from the front; false (and no change) if the frame is
     /// shorter than `n`.
+    #[inline]
     pub fn pull_front(&mut self, n: usize) -> bool {
         if n > self.len {
             return false;
@@ -189,6 +198,7 @@ impl Frame {
 
     /// Changes the length, growing into the tailroom or shrinking; false (and
     /// no change) if it would not fit.
+    #[inline]
     pub fn resize(&mut self, len: usize) -> bool {
         if len > self.buf.len() - self.start {
             return false;

@@ -191,38 +191,14 @@ impl Port for TapPort {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use podrouter_testkit::netns::enter_private_netns;
+    use podrouter_testkit::{in_private_netns, privileged};
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::process::Command;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
-
-    /// Why privileged TAP tests cannot run here, if they cannot.
-    fn skip_reason() -> Option<&'static str> {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let euid = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(2));
-        if euid != Some("0") {
-            return Some("not root");
-        }
-        if !std::path::Path::new(sys::TUN_PATH).exists() {
-            return Some("no /dev/net/tun");
-        }
-        None
-    }
-
-    fn skip(test: &str) -> bool {
-        match skip_reason() {
-            Some(why) => {
-                eprintln!("skipping {test}: {why}");
-                true
-            }
-            None => false,
-        }
-    }
 
     /// Runs `ip ARGS` (in the calling thread's namespace) and returns stdout.
     fn ip(args: &[&str]) -> String {
@@ -235,22 +211,9 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Runs `f` on a thread in a private network namespace of its own, which
-    /// disappears (with any TAP in it) once nothing refers to it.
-    fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                sys::unshare_netns().unwrap();
-                f()
-            })
-            .join()
-            .unwrap()
-        })
-    }
-
     #[test]
     fn create_attach_and_persist() {
-        if skip("create_attach_and_persist") {
+        if !privileged("create_attach_and_persist") {
             return;
         }
         in_private_netns(|| {
@@ -310,7 +273,7 @@ mod tests {
 
     #[test]
     fn tap_exchanges_frames_with_the_kernel() {
-        if skip("tap_exchanges_frames_with_the_kernel") {
+        if !privileged("tap_exchanges_frames_with_the_kernel") {
             return;
         }
         in_private_netns(|| {
@@ -397,7 +360,7 @@ mod tests {
     /// work, and the copier must see GSO super-segments.
     #[test]
     fn tcp_gso_segments_cross_a_tap_pair() {
-        if skip("tcp_gso_segments_cross_a_tap_pair") {
+        if !privileged("tcp_gso_segments_cross_a_tap_pair") {
             return;
         }
         const BYTES: usize = 8 << 20;
@@ -410,7 +373,7 @@ mod tests {
         let limit = Duration::from_secs(60);
         let (max_len, gso_frames, received) = std::thread::scope(|s| {
             let receiver = s.spawn(move || -> io::Result<usize> {
-                sys::unshare_netns()?;
+                enter_private_netns()?;
                 let tap = setup_peer("prtb0", "10.9.1.2/24", "02:00:00:00:01:02");
                 // Listen before the sender may connect.
                 let l = TcpListener::bind("10.9.1.2:5001")?;
@@ -445,7 +408,7 @@ mod tests {
                 }
             });
             let sender = s.spawn(move || -> io::Result<()> {
-                sys::unshare_netns()?;
+                enter_private_netns()?;
                 let _ = tx_a.send(setup_peer("prta0", "10.9.1.1/24", "02:00:00:00:01:01"));
                 go_rx
                     .recv_timeout(limit)

@@ -336,18 +336,14 @@ mod tests {
     /// all arrive as IPIP with correct headers and checksums.
     #[test]
     fn encapsulates_segments_and_fragments_over_loopback() {
-        if !crate::sys::is_root() {
-            eprintln!("skipping encapsulates_segments_and_fragments_over_loopback: not root");
+        if !podrouter_testkit::Needs::new("encapsulates_segments_and_fragments_over_loopback")
+            .root()
+            .commands(&["ip"])
+            .met()
+        {
             return;
         }
-        std::thread::spawn(|| {
-            sys::unshare_netns().unwrap();
-            let ok = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok);
+        podrouter_testkit::in_private_netns(|| {
             let tx = Uplink::open(NODE_A, 1000).unwrap();
             let rx = Uplink::open(NODE_B, 1000).unwrap();
             assert_eq!(tx.path_mtu(), 980);
@@ -453,8 +449,6 @@ mod tests {
                 )
                 .is_err());
             tx.flush(&mut q).unwrap();
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

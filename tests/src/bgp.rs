@@ -225,47 +225,6 @@ pub fn link_to_peer(node: &Node, node_ip: &str, peer_ns: &Netns, peer_ip: &str) 
     );
 }
 
-/// Like [`require`] for the interop tests, which also honour
-/// `PODROUTER_REQUIRE_INTEROP=1`: a missing tool then fails the test (as
-/// under `PODROUTER_E2E_REQUIRE=1`) instead of skipping it. `tools` are
-/// commands on `PATH` or absolute paths (FRR's daemons live in
-/// /usr/lib/frr).
-#[must_use]
-pub fn require_interop(test: &str, tools: &[&str]) -> bool {
-    let (paths, commands): (Vec<&str>, Vec<&str>) =
-        tools.iter().copied().partition(|t| t.starts_with('/'));
-    let absent: Vec<&str> = paths
-        .into_iter()
-        .filter(|p| !std::path::Path::new(p).exists())
-        .collect();
-    let missing: Vec<&str> = commands
-        .iter()
-        .copied()
-        .filter(|t| !have_command(t))
-        .chain(absent.iter().copied())
-        .collect();
-    if std::env::var("PODROUTER_REQUIRE_INTEROP").as_deref() == Ok("1") {
-        assert!(
-            missing.is_empty(),
-            "{test}: {} missing and PODROUTER_REQUIRE_INTEROP=1 forbids skipping",
-            missing.join(", ")
-        );
-    }
-    if !absent.is_empty() {
-        let msg = format!(
-            "SKIP {test}: {} missing (run scripts/install-deps.sh)",
-            absent.join(", ")
-        );
-        assert!(
-            std::env::var("PODROUTER_E2E_REQUIRE").as_deref() != Ok("1"),
-            "{msg} (PODROUTER_E2E_REQUIRE=1 forbids skipping)"
-        );
-        say(&msg);
-        return false;
-    }
-    require(test, &commands)
-}
-
 // ---------------------------------------------------------------------------
 // Pods on both sides
 

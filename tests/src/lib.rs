@@ -8,10 +8,12 @@
 //! crate started, by pid.
 //!
 //! Tests need root, `/dev/net/tun`, iproute2 and the release binaries.
-//! [`require`] prints a `SKIP` line straight to the terminal (past the test
-//! harness's output capture) and returns `false` when something is missing;
-//! with `PODROUTER_E2E_REQUIRE=1` (set by `scripts/test.sh`) it fails the
-//! test instead, so CI can never pass by skipping.
+//! [`require`] checks them with `podrouter-testkit`'s one rule: a test that
+//! cannot run prints `SKIP <test>: <why>` and returns, or with
+//! `PODROUTER_E2E_REQUIRE=1` (set by `scripts/test.sh` as root) fails, so CI
+//! can never pass by skipping. Namespaces, temporary directories and unique
+//! names come from the kit too; [`InNetns`] adds the logged, time-limited
+//! commands these tests run inside a namespace.
 //!
 //! Binaries are found in `$PODROUTER_BIN_DIR`, else next to the test
 //! executable's profile directory (`target/<profile>/`): build them with
@@ -20,11 +22,11 @@ use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub use podrouter_testkit::{have_command, is_root, unique, Needs, Netns, TempDir};
 pub use serde_json::Value;
 pub mod bgp;
 pub mod multinode;
@@ -38,134 +40,62 @@ pub const GATEWAY_IP: &str = "169.254.1.1";
 /// The MAC the router answers every ARP with.
 pub const ROUTER_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
-/// Every drop reason `podrouterctl counters` must report.
-pub const DROP_REASONS: &[&str] = &[
-    "truncated",
-    "unsupported_ethertype",
-    "not_for_router",
-    "bad_ip_header",
-    "bad_ip_checksum",
-    "bad_source",
-    "spoofed_source",
-    "multicast",
-    "no_route",
-    "no_uplink",
-    "ttl_exceeded",
-    "frag_needed",
-    "too_big",
-    "hairpin",
-    "no_port",
-    "arp_malformed",
-    "arp_not_request",
-    "arp_gratuitous",
-    "arp_wrong_source",
-    "arp_not_answered",
-    "tx_error",
-];
+/// Every drop reason `podrouterctl counters` must report: all of the data
+/// plane's, so a new reason can never be left out.
+pub fn drop_reasons() -> Vec<&'static str> {
+    podrouter_router::counters::DropReason::ALL
+        .iter()
+        .map(|r| r.name())
+        .collect()
+}
 
 /// Longest any single helper command may run before `timeout` ends it.
 const COMMAND_TIMEOUT_SECS: u32 = 60;
 
 // ---------------------------------------------------------------------------
-// Skipping
+// Skipping, and notes past the output capture
 
-/// Writes a line to the real stderr, past libtest's output capture, so SKIP
-/// notices (and measured results) are visible in `cargo test` output even
-/// for passing tests.
+/// Writes a line to the real stderr, past libtest's output capture, so
+/// notes (and measured results) are visible in `cargo test` output even for
+/// passing tests.
 pub fn say(line: &str) {
     let mut err = std::io::stderr().lock();
     let _ = writeln!(err, "{line}");
 }
 
-fn strict() -> bool {
-    std::env::var("PODROUTER_E2E_REQUIRE").is_ok_and(|v| v == "1")
-}
-
-/// Whether this process runs with effective uid 0.
-pub fn is_root() -> bool {
-    // Effective uid is the second field of the Uid: line.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// Whether `cmd` is an executable on `PATH`.
-pub fn have_command(cmd: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| {
-        std::env::split_paths(&p).any(|d| {
-            let f = d.join(cmd);
-            f.metadata().is_ok_and(|m| {
-                m.is_file()
-                    && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
-            })
-        })
-    })
-}
-
-fn missing_for(root: bool, tools: &[&str]) -> Vec<String> {
-    let mut why = Vec::new();
-    if root && !is_root() {
-        why.push("not running as root (network namespaces and TAP devices need it)".to_string());
-    }
-    if root && !Path::new("/dev/net/tun").exists() {
-        why.push("/dev/net/tun is missing".to_string());
-    }
-    let mut need: Vec<&str> = tools.to_vec();
-    if root {
-        need.push("ip");
-        need.push("timeout");
-    }
-    for t in need {
-        if !have_command(t) {
-            why.push(format!(
-                "command `{t}` not found (run scripts/install-deps.sh)"
-            ));
-        }
-    }
+/// What every end-to-end test needs besides its own tools: `timeout` and
+/// the daemon and CLI binaries.
+fn with_binaries(needs: Needs) -> Needs {
     let absent: Vec<&str> = ["podrouterd", "podrouterctl"]
         .into_iter()
         .filter(|b| !bin_dir().join(b).is_file())
         .collect();
-    if !absent.is_empty() {
-        why.push(format!(
+    needs.commands(&["timeout"]).unless(
+        absent.is_empty(),
+        format!(
             "{} not found in {} (build with `cargo build --release --workspace --bins`, \
              or set PODROUTER_BIN_DIR)",
             absent.join(" and "),
             bin_dir().display()
-        ));
-    }
-    why
-}
-
-fn gate(test: &str, why: Vec<String>) -> bool {
-    if why.is_empty() {
-        return true;
-    }
-    let msg = format!("SKIP {test}: {}", why.join("; "));
-    if strict() {
-        panic!("{msg} (PODROUTER_E2E_REQUIRE=1 forbids skipping)");
-    }
-    say(&msg);
-    false
+        ),
+    )
 }
 
 /// Checks that this test can run: root, `/dev/net/tun`, `ip`, the daemon and
-/// CLI binaries, and the given extra commands. Prints `SKIP <test>: <why>` and
-/// returns false if not (or panics under `PODROUTER_E2E_REQUIRE=1`).
+/// CLI binaries, and the given extra commands (on `PATH`, or absolute
+/// paths). Prints `SKIP <test>: <why>` and returns false if not (or panics
+/// under `PODROUTER_E2E_REQUIRE=1`).
 #[must_use]
+#[track_caller]
 pub fn require(test: &str, tools: &[&str]) -> bool {
-    gate(test, missing_for(true, tools))
+    with_binaries(Needs::new(test).privileged().commands(tools)).met()
 }
 
 /// Like [`require`] for tests that only run the binaries (no root needed).
 #[must_use]
+#[track_caller]
 pub fn require_binaries(test: &str) -> bool {
-    gate(test, missing_for(false, &["timeout"]))
+    with_binaries(Needs::new(test)).met()
 }
 
 // ---------------------------------------------------------------------------
@@ -191,14 +121,6 @@ pub fn bin(name: &str) -> PathBuf {
 
 // ---------------------------------------------------------------------------
 // Running commands
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call: `<prefix><pid>-<n>`.
-pub fn unique(prefix: &str) -> String {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{prefix}{}-{n}", std::process::id())
-}
 
 /// What a finished command left behind.
 #[derive(Debug)]
@@ -299,7 +221,7 @@ pub fn run_in(ns: &str, args: &[&str]) -> Out {
     run(&full)
 }
 
-/// Starts a background process inside namespace `ns` (see [`Netns::spawn`]).
+/// Starts a background process inside namespace `ns` (see [`InNetns::spawn`]).
 pub fn spawn_in(ns: &str, name: &str, args: &[&str], log: Option<&Path>) -> Bg {
     let mut full = vec!["ip", "netns", "exec", ns];
     full.extend_from_slice(args);
@@ -417,129 +339,31 @@ impl Drop for LogOnPanic {
 }
 
 // ---------------------------------------------------------------------------
-// Temporary directories and network namespaces
+// Network namespaces
 
-/// A directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(&format!("podrouter-e2e-{tag}-")));
-        fs::create_dir_all(&p).unwrap_or_else(|e| panic!("mkdir {}: {e}", p.display()));
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A network namespace named `pre2e-<tag>-<pid>-<n>`, deleted on drop after
-/// the processes still running in it (which can only be this test's) are
-/// killed by pid.
-pub struct Netns {
-    name: String,
-}
-
-impl Netns {
-    /// Creates the namespace and brings its loopback up.
-    pub fn new(tag: &str) -> Netns {
-        static SWEEP: std::sync::Once = std::sync::Once::new();
-        SWEEP.call_once(sweep_stale_namespaces);
-        let name = unique(&format!("pre2e-{tag}-"));
-        run(&["ip", "netns", "add", &name]).expect_ok();
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]).expect_ok();
-        ns
-    }
-
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// The path the daemon's `attach --netns` takes.
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
+/// The e2e tests' commands inside a namespace (the kit's [`Netns`]): logged,
+/// under `timeout`, with the output kept for assertions.
+pub trait InNetns {
     /// Runs a command inside the namespace.
-    pub fn exec(&self, args: &[&str]) -> Out {
-        run_in(&self.name, args)
-    }
+    fn exec(&self, args: &[&str]) -> Out;
 
     /// Runs a shell script inside the namespace.
-    pub fn sh(&self, script: &str) -> Out {
+    fn sh(&self, script: &str) -> Out {
         self.exec(&["sh", "-c", script])
     }
 
     /// Starts a background process inside the namespace. `ip netns exec`
     /// execs the command, so the pid is the command's own.
-    pub fn spawn(&self, name: &str, args: &[&str], log: Option<&Path>) -> Bg {
-        spawn_in(&self.name, name, args, log)
-    }
+    fn spawn(&self, name: &str, args: &[&str], log: Option<&Path>) -> Bg;
 }
 
-/// Removes namespaces left by e2e test processes that died without cleaning
-/// up (killed by a timeout, say): `pre2e-<tag>-<pid>-<n>` whose `<pid>` no
-/// longer exists. Processes still inside them were started by those tests;
-/// they are killed by pid first.
-fn sweep_stale_namespaces() {
-    let Ok(entries) = fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("pre2e-") {
-            continue;
-        }
-        let mut parts = name.rsplit('-');
-        let (Some(_n), Some(pid)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        let Ok(pid) = pid.parse::<u32>() else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        say(&format!(
-            "removing stale test netns {name} (its test process {pid} is gone)"
-        ));
-        drop(Netns { name });
+impl InNetns for Netns {
+    fn exec(&self, args: &[&str]) -> Out {
+        run_in(self.name(), args)
     }
-}
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Ok(o) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<u32>() {
-                    eprintln!("netns {}: killing leftover pid {pid}", self.name);
-                    signal(pid, "KILL");
-                }
-            }
-        }
-        let ok = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            say(&format!("warning: could not delete netns {}", self.name));
-        }
+    fn spawn(&self, name: &str, args: &[&str], log: Option<&Path>) -> Bg {
+        spawn_in(self.name(), name, args, log)
     }
 }
 
@@ -1167,11 +991,6 @@ mod tests {
         let p = parse_ping(text);
         assert_eq!((p.transmitted, p.received), (2, 0));
         assert!(p.ttls.is_empty());
-    }
-
-    #[test]
-    fn names_are_unique() {
-        assert_ne!(unique("x"), unique("x"));
     }
 
     #[test]

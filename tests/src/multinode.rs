@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use crate::{
     attach_new_pod, bin, podrouterctl, podrouterctl_json, run, say, spawn_in, wait_until, Bg,
-    Netns, Out, Pod, TempDir, Value,
+    InNetns, Netns, Out, Pod, TempDir, Value,
 };
 
 /// Address of node `i` on underlay subnet `s`.

@@ -88,7 +88,7 @@ fn learn_both_ways(w: &World) {
 
 #[test]
 fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
-    if !require_interop(
+    if !require(
         "bgp_bird_ibgp_learn_withdraw_and_peer_death",
         &["bird", "birdc", "ping"],
     ) {
@@ -183,7 +183,7 @@ fn bgp_bird_ibgp_learn_withdraw_and_peer_death() {
 
 #[test]
 fn bgp_bird_ebgp_with_md5() {
-    if !require_interop("bgp_bird_ebgp_with_md5", &["bird", "birdc", "ping"]) {
+    if !require("bgp_bird_ebgp_with_md5", &["bird", "birdc", "ping"]) {
         return;
     }
     let w = world(
@@ -204,7 +204,7 @@ fn bgp_bird_ebgp_with_md5() {
 
 #[test]
 fn bgp_bird_md5_mismatch_never_establishes() {
-    if !require_interop(
+    if !require(
         "bgp_bird_md5_mismatch_never_establishes",
         &["bird", "birdc", "ping"],
     ) {
@@ -219,7 +219,7 @@ fn bgp_bird_md5_mismatch_never_establishes() {
 
 #[test]
 fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
-    if !require_interop(
+    if !require(
         "bgp_bird_graceful_restart_keeps_routes_across_a_restart",
         &["bird", "birdc", "ping"],
     ) {
@@ -285,7 +285,7 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
 /// the restart time.
 #[test]
 fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
-    if !require_interop(
+    if !require(
         "bgp_bird_our_graceful_restart_keeps_learned_kernel_routes",
         &["bird", "birdc"],
     ) {

@@ -23,9 +23,9 @@ const UP: Duration = Duration::from_secs(30);
 /// Distinct source ports (flows) per round.
 const FLOWS: u16 = 48;
 
-/// The tools this test needs beyond the daemon (see [`require_interop`]).
+/// The tools this test needs beyond the daemon (see [`require`]).
 fn runnable(test: &str) -> bool {
-    require_interop(test, &["bird", "birdc", "tcpdump"])
+    require(test, &["bird", "birdc", "tcpdump"])
 }
 
 /// The node route for `prefix` in `podrouterctl routes --json`: its `via`

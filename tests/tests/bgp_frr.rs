@@ -17,7 +17,7 @@ const UP: Duration = Duration::from_secs(30);
 
 #[test]
 fn bgp_frr_ebgp_learn_withdraw_and_peer_death() {
-    if !require_interop(
+    if !require(
         "bgp_frr_ebgp_learn_withdraw_and_peer_death",
         &["vtysh", "ping", "/usr/lib/frr/bgpd", "/usr/lib/frr/zebra"],
     ) {

@@ -18,7 +18,7 @@ const UP: Duration = Duration::from_secs(20);
 
 #[test]
 fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
-    if !require_interop(
+    if !require(
         "bgp_gobgp_ebgp_learn_withdraw_and_peer_death",
         &["gobgpd", "gobgp", "ping"],
     ) {

@@ -135,7 +135,7 @@ fn json_documents_have_the_documented_fields() {
             "ports",
         ],
     );
-    assert_has_keys(&c["drops"], DROP_REASONS);
+    assert_has_keys(&c["drops"], &drop_reasons());
     assert!(
         c["rx"].as_u64().unwrap() > 0,
         "pings were not counted: {c:#}"

@@ -62,6 +62,7 @@ pub fn netmask(len: u32) -> u32 {
 
 impl Prefix {
     /// `addr/len`; rejects `len > 32` and addresses with host bits set.
+    #[inline]
     pub fn new(addr: Ipv4Addr, len: u8) -> Result<Prefix, PrefixError> {
         if len > 32 {
             return Err(PrefixError::BadLength(len.into()));
@@ -86,19 +87,23 @@ impl Prefix {
     }
 
     /// The `/32` of one address (a pod's route).
+    #[inline]
     pub fn host(addr: Ipv4Addr) -> Prefix {
         Prefix { addr, len: 32 }
     }
 
+    #[inline]
     pub fn addr(&self) -> Ipv4Addr {
         self.addr
     }
 
     #[allow(clippy::len_without_is_empty)] // a prefix length, not a size
+    #[inline]
     pub fn len(&self) -> u8 {
         self.len
     }
 
+    #[inline]
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         u32::from(a) & netmask(self.len.into()) == u32::from(self.addr)
     }

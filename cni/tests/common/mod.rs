@@ -1,60 +1,32 @@
 //! Helpers for driving podrouter-cni the way a runtime does, against a
 //! real podrouterd running in a network namespace these tests create.
 //!
-//! Privileged (root) tests call [`root_or_skip`] first. Every netns, daemon
+//! Privileged (root) tests call the test kit's [`privileged`] first (run,
+//! or SKIP, or fail under `PODROUTER_E2E_REQUIRE=1`). Every netns, daemon
 //! and directory made here is removed on drop, and only processes started
-//! here are signalled (by pid).
+//! here are signalled (by pid). Namespaces, temporary directories and
+//! unique names are the kit's.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use podrouter_api::{Call, Client, PodInfo, Reply, StatusInfo};
+pub use podrouter_testkit::{Netns, TempDir};
 use serde_json::Value;
 
 pub const PLUGIN: &str = env!("CARGO_BIN_EXE_podrouter-cni");
 
 static SERIAL: Mutex<()> = Mutex::new(());
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// Privileged tests run one at a time: each brings up its own daemon, and
 /// the machine has few cores.
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-/// True if the test may go on; prints why not otherwise.
-pub fn root_or_skip(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    eprintln!("SKIP {test}: needs root (network namespaces, TAP devices)");
-    false
-}
-
-/// A short name unique to this process and call.
-pub fn unique(tag: &str) -> String {
-    format!(
-        "prc{}{tag}{}",
-        std::process::id() % 100_000,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 pub fn sh(cmd: &str, args: &[&str]) -> std::process::Output {
@@ -73,100 +45,6 @@ pub fn sh_ok(cmd: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(unique(tag));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A named network namespace (`ip netns add`), deleted on drop.
-pub struct Netns {
-    pub name: String,
-    pub deleted: bool,
-}
-
-impl Netns {
-    pub fn new(tag: &str) -> Netns {
-        let name = unique(tag);
-        sh_ok("ip", &["netns", "add", &name]);
-        sh_ok("ip", &["-n", &name, "link", "set", "lo", "up"]);
-        Netns {
-            name,
-            deleted: false,
-        }
-    }
-
-    pub fn path(&self) -> String {
-        format!("/run/netns/{}", self.name)
-    }
-
-    /// `ip ARGS` inside the namespace.
-    pub fn ip(&self, args: &[&str]) -> String {
-        let mut a = vec!["-n", &self.name];
-        a.extend_from_slice(args);
-        sh_ok("ip", &a)
-    }
-
-    pub fn exec(&self, args: &[&str]) -> std::process::Output {
-        let mut a = vec!["netns", "exec", &self.name];
-        a.extend_from_slice(args);
-        sh("ip", &a)
-    }
-
-    /// The interface names in the namespace, loopback excluded.
-    pub fn links(&self) -> Vec<String> {
-        let v: Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|l| l["ifname"].as_str())
-            .filter(|n| *n != "lo")
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// IPv4 addresses on `dev`.
-    pub fn addrs(&self, dev: &str) -> Vec<String> {
-        let v: Value =
-            serde_json::from_str(&self.ip(&["-j", "-4", "addr", "show", "dev", dev])).unwrap();
-        v.as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-            .filter_map(|a| Some(format!("{}/{}", a["local"].as_str()?, a["prefixlen"])))
-            .collect()
-    }
-
-    pub fn delete(&mut self) {
-        if !self.deleted {
-            let _ = sh("ip", &["netns", "del", &self.name]);
-            self.deleted = true;
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.delete();
-    }
 }
 
 /// Where the podrouterd binary is: `PODROUTER_BIN_DIR`, else the target
@@ -223,7 +101,7 @@ impl Node {
             format!(
                 "node_name = \"{}\"\nnode_ip = \"{node_ip}\"\npod_cidrs = [\"{pod_cidr}\"]\n\
                  api_socket = \"{}\"\nstate_dir = \"{}\"\n\n[dataplane]\nbackend = \"{}\"\n",
-                ns.name,
+                ns.name(),
                 socket.display(),
                 state_dir.display(),
                 // scripts/test.sh runs these tests once per backend.
@@ -254,7 +132,7 @@ impl Node {
             .open(self.dir.path().join("podrouterd.log"))
             .unwrap();
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns.name])
+            .args(["netns", "exec", self.ns.name()])
             .arg(daemon_bin())
             .arg("--config")
             .arg(&self.config)
@@ -466,7 +344,8 @@ pub fn with_prev(conf: &str, prev: &str) -> String {
 
 /// `ping -c 1` from inside `ns` to `dst`; true if answered.
 pub fn ping(ns: &Netns, dst: &str) -> bool {
-    ns.exec(&["ping", "-c", "1", "-W", "2", dst])
-        .status
-        .success()
+    ns.command("ping")
+        .args(["-c", "1", "-W", "2", dst])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }

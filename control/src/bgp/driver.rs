@@ -54,6 +54,7 @@ use podrouter_types::Prefix;
 use super::session::{ConnId, Input, Output};
 use super::speaker::{KernelJob, Speaker};
 use super::stale::{self, StaleKernelRoutes};
+use super::views;
 use super::{speaker_config, Endpoints};
 use crate::config::Config;
 use crate::sys;
@@ -399,10 +400,10 @@ impl Driver {
                         .iter()
                         .map(|p| p.password.is_some())
                         .collect();
-                    let _ = tx.send(self.speaker.peers_info(now, &md5));
+                    let _ = tx.send(views::peers(&self.speaker, now, &md5));
                 }
                 Command::Rib(within, limit, tx) => {
-                    let _ = tx.send(self.speaker.rib_info(within, limit));
+                    let _ = tx.send(views::rib(&self.speaker, within, limit));
                 }
                 Command::SetLocalRoutes(routes, tx) => {
                     self.speaker.set_local_routes(now, routes);

@@ -28,6 +28,8 @@
 //!   FIB next-hop group of the set's distinct next hops).
 //! - [`speaker`]: the sessions + RIB + import filter + FIB diff, still
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
+//! - [`views`]: the API's peer and RIB views, built from the speaker's
+//!   read-only accessors.
 //! - [`stale`]: the learned-block kernel routes a previous run left
 //!   behind, and when they go (our own graceful restart, below).
 //! - [`driver`]: the only part with sockets and a clock.
@@ -118,6 +120,7 @@ pub mod rib;
 pub mod session;
 pub mod speaker;
 pub mod stale;
+pub mod views;
 pub mod wire;
 
 pub use driver::BgpHandle;

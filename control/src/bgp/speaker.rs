@@ -26,11 +26,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use podrouter_api::{BgpPeerInfo, BgpRibInfo, BgpRouteInfo};
 use podrouter_router::fib::{FibChange, NextHop};
 use podrouter_types::Prefix;
 
-use super::rib::{self, Rib};
+use super::rib::Rib;
 use super::session::{Input, Output, RouteEvent, Session, SessionConfig, State};
 
 /// One configured neighbour.
@@ -53,10 +52,7 @@ pub struct SpeakerConfig {
     pub static_routes: Vec<Prefix>,
 }
 
-/// A change of the node kernel's route for a learned block: the prefix,
-/// its new next-hop nodes (None: remove) and the ones they replace.
-pub type KernelJob = crate::uplink_setup::RouteJob;
-pub use crate::uplink_setup::Vias;
+pub use crate::kernel_job::{KernelJob, Vias};
 
 /// How a learned route reaches the FIB: the one place that builds the
 /// FIB's next hop for another node's block.
@@ -295,134 +291,14 @@ impl Speaker {
         changes
     }
 
-    pub fn peers_info(&self, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> {
-        self.sessions
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let c = &s.cfg;
-                let neg = s.negotiated();
-                let established = s.state() == State::Established;
-                let accepted = s
-                    .adj_in()
-                    .filter(|(p, _, _)| self.filtered(p).is_none())
-                    .count();
-                let mut caps = Vec::new();
-                if let Some(n) = neg.filter(|_| established) {
-                    caps.push("ipv4-unicast".to_string());
-                    if n.ctx.four_octet_as {
-                        caps.push("4-octet-as".into());
-                    }
-                    if n.route_refresh {
-                        caps.push("route-refresh".into());
-                    }
-                    if n.gr {
-                        caps.push("graceful-restart".into());
-                    }
-                }
-                BgpPeerInfo {
-                    address: c.peer,
-                    asn: c.peer_as,
-                    kind: if c.ibgp() { "ibgp" } else { "ebgp" }.into(),
-                    state: s.state().name().into(),
-                    since_secs: now.saturating_duration_since(s.state_since()).as_secs(),
-                    router_id: neg.filter(|_| established).map(|n| n.peer_router_id),
-                    hold_time: neg.filter(|_| established).map(|n| n.hold_time),
-                    passive: c.passive,
-                    md5: md5.get(i).copied().unwrap_or(false),
-                    prefixes_received: s.prefixes(),
-                    prefixes_accepted: accepted,
-                    prefixes_stale: s.stale_prefixes(),
-                    max_prefixes: c.max_prefixes,
-                    messages_in: s.stats.messages_in,
-                    messages_out: s.stats.messages_out,
-                    updates_in: s.stats.updates_in,
-                    updates_out: s.stats.updates_out,
-                    treat_as_withdraw: s.stats.treat_as_withdraw,
-                    established_count: s.stats.established_count,
-                    capabilities: caps,
-                    last_error: s.stats.last_error.clone(),
-                }
-            })
-            .collect()
+    /// Every neighbour's session, in configuration order.
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
     }
 
-    /// The RIB as `podrouterctl bgp rib` shows it: our own blocks, then
-    /// every learned path, sorted by prefix, best first; at most `limit`
-    /// rows, only those inside `within` if given.
-    pub fn rib_info(&self, within: Option<Prefix>, limit: usize) -> BgpRibInfo {
-        let inside = |p: &Prefix| within.is_none_or(|w| w.contains(p.addr()) && p.len() >= w.len());
-        let mut prefixes: Vec<Prefix> = self.rib.prefixes().copied().filter(inside).collect();
-        prefixes.sort();
-        let total_paths = self.rib.prefixes().map(|p| self.rib.paths(p).len()).sum();
-        let mut routes = Vec::new();
-        let mut truncated = false;
-        for p in self.cfg.local_routes.iter().filter(|p| inside(p)) {
-            routes.push(BgpRouteInfo {
-                prefix: p.to_string(),
-                next_hop: self.cfg.next_hop,
-                from: "local".into(),
-                as_path: String::new(),
-                origin: "IGP".into(),
-                local_pref: None,
-                med: None,
-                best: true,
-                multipath: false,
-                installed: false,
-                stale: false,
-                ebgp: false,
-                filtered: None,
-            });
-        }
-        'outer: for p in &prefixes {
-            let Some(sel) = self.rib.select(p) else {
-                continue;
-            };
-            let mut paths = self.rib.paths(p).to_vec();
-            paths.sort_by(|a, b| rib::compare(a, b, true));
-            if let Some(i) = paths.iter().position(|x| x.peer == sel.best.peer) {
-                let b = paths.remove(i);
-                paths.insert(0, b);
-            }
-            let filtered = self.filtered(p);
-            let installed = self.installed_next_hops(p);
-            for path in paths {
-                if routes.len() >= limit {
-                    truncated = true;
-                    break 'outer;
-                }
-                let best = path.peer == sel.best.peer;
-                let multipath = sel.multipath.iter().any(|m| m.peer == path.peer);
-                let stale = self
-                    .peer_index(path.peer)
-                    .is_some_and(|i| self.sessions[i].is_stale(p));
-                routes.push(BgpRouteInfo {
-                    prefix: p.to_string(),
-                    next_hop: path.next_hop,
-                    from: path.peer.to_string(),
-                    as_path: path.attrs.as_path_text(),
-                    origin: path
-                        .attrs
-                        .origin
-                        .map_or_else(|| "?".into(), |o| o.to_string()),
-                    local_pref: Some(path.local_pref),
-                    med: path.attrs.med,
-                    best,
-                    multipath: !best && multipath,
-                    installed: (best || multipath) && installed.contains(&path.next_hop),
-                    stale,
-                    ebgp: path.ebgp,
-                    filtered: filtered.map(str::to_string),
-                });
-            }
-        }
-        BgpRibInfo {
-            prefixes: self.rib.len(),
-            paths: total_paths,
-            installed: self.installed.len(),
-            truncated,
-            routes,
-        }
+    /// The learned paths.
+    pub fn rib(&self) -> &Rib {
+        &self.rib
     }
 }
 
@@ -430,6 +306,7 @@ impl Speaker {
 mod tests {
     use super::*;
     use crate::bgp::session::{ConnId, SessionConfig};
+    use crate::bgp::views;
     use crate::bgp::wire::{
         self, Capability, Ctx, Message, Open, Origin, PathAttrs, Segment, SEG_AS_SEQUENCE,
     };
@@ -557,7 +434,7 @@ mod tests {
                 NextHop::Node(ip("10.0.0.2"))
             )]
         );
-        let rib = s.rib_info(None, 100);
+        let rib = views::rib(&s, None, 100);
         assert_eq!(rib.prefixes, 4);
         let default = rib.routes.iter().find(|r| r.prefix == "0.0.0.0/0").unwrap();
         assert!(default.filtered.is_some() && !default.installed);
@@ -574,7 +451,7 @@ mod tests {
             s.take_fib_changes(),
             vec![FibChange::Remove(p("10.244.2.0/26"))]
         );
-        let info = s.peers_info(t, &[]);
+        let info = views::peers(&s, t, &[]);
         assert_eq!(info[0].state, "Idle");
         assert!(info[0]
             .last_error
@@ -618,7 +495,7 @@ mod tests {
             announce(&mut s, t, 0, "10.0.0.2", 100, &["10.250.0.0/24"]);
             assert!(s.take_fib_changes().is_empty());
             // Both paths are installed; the non-best one shows as multipath.
-            let rib = s.rib_info(None, 100);
+            let rib = views::rib(&s, None, 100);
             let rows: Vec<_> = rib
                 .routes
                 .iter()
@@ -633,7 +510,7 @@ mod tests {
                 s.take_fib_changes(),
                 vec![FibChange::Insert(block, NextHop::Node(ip("10.0.0.2")))]
             );
-            let rib = s.rib_info(None, 100);
+            let rib = views::rib(&s, None, 100);
             let worse = rib.routes.iter().find(|r| r.from == "10.0.0.3").unwrap();
             assert!(!worse.installed && !worse.multipath);
             announce(&mut s, t, 1, "10.0.0.3", 100, &["10.250.0.0/24"]);
@@ -762,6 +639,6 @@ mod tests {
             matches!(&sent[..], [Message::Update(u)] if u.withdrawn == vec![p("10.244.9.0/24")]),
             "{sent:?}"
         );
-        assert_eq!(s.rib_info(None, 10).routes[0].prefix, "10.244.1.0/26");
+        assert_eq!(views::rib(&s, None, 10).routes[0].prefix, "10.244.1.0/26");
     }
 }

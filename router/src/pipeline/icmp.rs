@@ -110,7 +110,7 @@ impl Pipeline {
         // normally); anything else goes back out of the port it came in on.
         let (out, out_mac, tunnel) = if ctx.is_uplink(ingress) {
             match route::route_back(ctx, self.cfg.node_ip, orig_src) {
-                Some(e) => (e.port, e.mac, e.tunnel),
+                Some(e) => (e.port, e.mac(), e.tunnel),
                 None => return Verdict::Drop(reason),
             }
         } else {

@@ -282,7 +282,7 @@ impl Pipeline {
 
     /// IPv4 through the stages: decapsulate (from the uplink), validate,
     /// route, rewrite.
-    #[inline]
+    #[inline(always)]
     fn forward_ipv4(
         &mut self,
         ctx: &BatchContext<'_>,

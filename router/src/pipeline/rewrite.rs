@@ -34,7 +34,7 @@ fn tcp_segment_len(frame: &Frame) -> Option<usize> {
 }
 
 /// Checks TTL and MTU for `egress` and rewrites the frame for it.
-#[inline]
+#[inline(always)]
 pub(super) fn rewrite(
     cfg: &PipelineConfig,
     egress: &Egress<'_>,
@@ -77,7 +77,7 @@ pub(super) fn rewrite(
     }
 
     let d = frame.data_mut();
-    d[field::ethernet::DESTINATION].copy_from_slice(&egress.mac);
+    d[field::ethernet::DESTINATION].copy_from_slice(&egress.mac());
     d[field::ethernet::SOURCE].copy_from_slice(&cfg.router_mac);
     if decrement {
         // TTL >= 2 was checked above, so this cannot refuse.

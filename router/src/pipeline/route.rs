@@ -31,19 +31,25 @@ use crate::wire::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN};
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
 
-/// Where a packet leaves: the port, its table entry, the Ethernet
-/// destination to write and, through a tunnel, the node at the far end.
+/// Where a packet leaves: the port, its table entry and, through a
+/// tunnel, the node at the far end.
 #[derive(Clone, Copy)]
 pub(super) struct Egress<'t> {
     pub port: PortId,
     pub entry: &'t PortEntry,
-    pub mac: [u8; 6],
     pub tunnel: Option<Ipv4Addr>,
 }
 
 impl Egress<'_> {
+    #[inline]
     pub fn is_host(&self) -> bool {
         matches!(self.entry.info.role, PortRole::Host { .. })
+    }
+
+    /// The Ethernet destination to write.
+    #[inline]
+    pub fn mac(&self) -> [u8; 6] {
+        role_mac(&self.entry.info.role)
     }
 }
 
@@ -59,7 +65,7 @@ fn role_mac(role: &PortRole) -> [u8; 6] {
 
 /// The host port as the egress for a packet from `ingress` (`None`: one
 /// the router originates); `from_host`: the packet came from the host.
-#[inline]
+#[inline(always)]
 fn host_egress<'t>(
     ctx: &BatchContext<'t>,
     ingress: Option<PortId>,
@@ -72,7 +78,6 @@ fn host_egress<'t>(
     Ok(Egress {
         port,
         entry,
-        mac: role_mac(&entry.info.role),
         tunnel: None,
     })
 }
@@ -84,7 +89,7 @@ fn host_egress<'t>(
 /// policy encapsulates for it, else to the host port, whose kernel routes
 /// it to the node directly. `Nodes` (resolve a member first) and
 /// `Unreachable` are not egresses: `no_route`.
-#[inline]
+#[inline(always)]
 pub(super) fn resolve_egress<'t>(
     ctx: &BatchContext<'t>,
     ingress: Option<PortId>,
@@ -100,7 +105,6 @@ pub(super) fn resolve_egress<'t>(
             Ok(Egress {
                 port,
                 entry,
-                mac: role_mac(&entry.info.role),
                 tunnel: None,
             })
         }
@@ -116,7 +120,6 @@ pub(super) fn resolve_egress<'t>(
             Ok(Egress {
                 port: up.id,
                 entry: up.entry,
-                mac: role_mac(&up.entry.info.role),
                 tunnel: Some(node),
             })
         }
@@ -127,7 +130,7 @@ pub(super) fn resolve_egress<'t>(
 /// The FIB's next hop for `dst`, an ECMP group resolved to the member the
 /// flow (`hash`, computed only for a group) takes; `None` if no route or
 /// an empty group.
-#[inline]
+#[inline(always)]
 fn next_hop(
     ctx: &BatchContext<'_>,
     dst: Ipv4Addr,
@@ -142,7 +145,7 @@ fn next_hop(
 
 /// Routes a validated packet from `ingress`: its egress, or why not (a
 /// drop, or an ICMP error for no route or an unassigned address).
-#[inline]
+#[inline(always)]
 pub(super) fn route<'t>(
     ctx: &BatchContext<'t>,
     ingress: PortId,

@@ -30,7 +30,7 @@ pub(super) enum EtherKind {
 
 /// Checks the Ethernet header: addressed to `router_mac` or broadcast, and
 /// ARP or IPv4.
-#[inline]
+#[inline(always)]
 pub(super) fn ethernet(router_mac: &[u8; 6], data: &[u8]) -> Result<EtherKind, DropReason> {
     if data.len() < ETHERNET_HEADER_LEN {
         return Err(DropReason::Truncated);
@@ -84,7 +84,7 @@ pub(super) fn is_bad_source(a: Ipv4Addr) -> bool {
 /// Validates the IPv4 packet of an Ethernet frame received on a port of
 /// `role` (`eth_broadcast`: sent to the broadcast MAC) and strips any
 /// Ethernet padding.
-#[inline]
+#[inline(always)]
 pub(super) fn ipv4(
     frame: &mut Frame,
     role: &PortRole,

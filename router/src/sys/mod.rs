@@ -70,41 +70,28 @@ fn retry<T: Copy + PartialOrd + Default>(mut f: impl FnMut() -> T) -> io::Result
     }
 }
 
-/// Checks `name` the way the kernel's `dev_valid_name` does, so callers get
-/// a clear message instead of a bare `EINVAL`.
-pub fn check_ifname(name: &str) -> io::Result<()> {
-    let bad = |why: &str| {
-        Err(io::Error::new(
+/// Checks that `name` fits an `ifreq` (1-15 bytes, no NUL), which the
+/// unsafe code below relies on. Not the naming rule: callers check names
+/// with `podrouter_api::check_ifname` first, and the kernel refuses
+/// anything else.
+fn check_ifreq_name(name: &str) -> io::Result<()> {
+    if name.is_empty() || name.len() > MAX_IFNAME_LEN || name.bytes().any(|b| b == 0) {
+        return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("invalid interface name {name:?}: {why}"),
-        ))
-    };
-    if name.is_empty() {
-        return bad("empty");
-    }
-    if name.len() > MAX_IFNAME_LEN {
-        return bad("longer than 15 bytes");
-    }
-    if name == "." || name == ".." {
-        return bad("reserved");
-    }
-    if name
-        .bytes()
-        .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace())
-    {
-        return bad("contains '/', ':', NUL or whitespace");
+            format!("invalid interface name {name:?}: 1-{MAX_IFNAME_LEN} bytes without NUL"),
+        ));
     }
     Ok(())
 }
 
 /// An all-zero `ifreq` carrying `name`.
 fn ifreq_named(name: &str) -> io::Result<libc::ifreq> {
-    check_ifname(name)?;
+    check_ifreq_name(name)?;
     // SAFETY: `ifreq` is a plain C struct (a name array and a union of
     // integers, sockaddrs and a pointer); all-zero bytes are a valid value
     // of every member.
     let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
-    // check_ifname guarantees len <= IFNAMSIZ - 1, so the NUL terminator
+    // check_ifreq_name guarantees len <= IFNAMSIZ - 1, so the NUL terminator
     // left by zeroing survives.
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
@@ -279,7 +266,7 @@ pub fn write_vnet_frame(fd: BorrowedFd<'_>, hdr: &[u8; 10], data: &[u8]) -> io::
 /// Index of interface `name` in the calling thread's network namespace;
 /// `None` if there is no such interface.
 pub fn if_nametoindex(name: &str) -> io::Result<Option<u32>> {
-    check_ifname(name)?;
+    check_ifreq_name(name)?;
     let c = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: `c` is a valid NUL-terminated string that lives across the
     // call; if_nametoindex only reads it.
@@ -336,44 +323,17 @@ pub fn current_thread_cores() -> io::Result<Vec<usize>> {
         .collect())
 }
 
-/// Moves the calling thread (only) into a new, empty network namespace.
-/// The namespace lives while a thread, socket or TAP descriptor refers to
-/// it. For tests and tools that need a private namespace; child processes
-/// spawned by this thread afterwards start in it too.
-pub fn unshare_netns() -> io::Result<()> {
-    // SAFETY: unshare takes a flag word and touches no caller memory; with
-    // CLONE_NEWNET it only changes the calling thread's namespace set.
-    let r = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(
-            e.kind(),
-            format!("unshare(CLONE_NEWNET) failed: {e}"),
-        ));
-    }
-    Ok(())
-}
-
-/// Whether the process runs with effective uid 0 (privileged tests check it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn interface_names_are_checked() {
-        assert!(check_ifname("eth0").is_ok());
-        assert!(check_ifname("prt0123abcd").is_ok());
-        assert!(check_ifname("123456789012345").is_ok());
-        assert!(check_ifname("1234567890123456").is_err());
-        assert!(check_ifname("").is_err());
-        assert!(check_ifname("a/b").is_err());
-        assert!(check_ifname("a b").is_err());
-        assert!(check_ifname("..").is_err());
+    fn names_must_fit_an_ifreq() {
+        assert!(check_ifreq_name("eth0").is_ok());
+        assert!(check_ifreq_name("123456789012345").is_ok());
+        assert!(check_ifreq_name("1234567890123456").is_err());
+        assert!(check_ifreq_name("").is_err());
+        assert!(check_ifreq_name("a\0b").is_err());
     }
 
     #[test]

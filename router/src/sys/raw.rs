@@ -237,17 +237,14 @@ mod tests {
     /// batch, headers included, in a private namespace.
     #[test]
     fn raw_ipip_round_trip_on_loopback() {
-        if !crate::sys::is_root() {
-            eprintln!("skipping raw_ipip_round_trip_on_loopback: not root");
+        if !podrouter_testkit::Needs::new("raw_ipip_round_trip_on_loopback")
+            .root()
+            .commands(&["ip"])
+            .met()
+        {
             return;
         }
-        std::thread::spawn(|| {
-            super::super::unshare_netns().unwrap();
-            assert!(std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .unwrap()
-                .success());
+        podrouter_testkit::in_private_netns(|| {
             let lo = Ipv4Addr::LOCALHOST;
             let fd = raw_ipv4_socket(4).unwrap();
             bind_ipv4(fd.as_fd(), lo).unwrap();
@@ -287,8 +284,6 @@ mod tests {
                 recv_batch(fd.as_fd(), bufs.iter_mut().map(|b| &mut b[..]), &mut lens).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
             assert!(wait_writable(fd.as_fd(), 0).unwrap());
-        })
-        .join()
-        .unwrap();
+        });
     }
 }

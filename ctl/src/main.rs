@@ -12,7 +12,10 @@ use clap::{Parser, Subcommand};
 use podrouter_api::{
     AttachParams, BgpRibParams, Call, Client, ClientError, DetachParams, Reply, DEFAULT_SOCKET,
 };
-use podrouter_control::table::Table;
+
+use crate::table::Table;
+
+mod table;
 
 /// Operate a podrouter node.
 #[derive(Parser)]
