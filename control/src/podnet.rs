@@ -1,6 +1,7 @@
-//! Pod and host interface plumbing: the TAP that is a pod's `eth0`, the host
-//! port `podrouter0`, and the node routes that send pod traffic into the
-//! router.
+//! Pod and host interface plumbing: the TAP that is a pod's `eth0` (or, for
+//! the afxdp backend, the veth pair whose node end gets an AF_XDP port:
+//! [`create_pod_veth`], [`open_afxdp_port`]), the host port `podrouter0`,
+//! and the node routes that send pod traffic into the router.
 //!
 //! A pod interface is a persistent TAP created directly inside the pod's
 //! namespace under its final name: the `/dev/net/tun` descriptor is opened
