@@ -32,6 +32,41 @@ fn pod_to_pod_ping_both_ways_one_hop() {
     );
 }
 
+/// Two workers: pods spread over both, and every pod reaches every other,
+/// so each worker transmits to ports the other receives from (with afxdp:
+/// a transmit socket per worker on each node end).
+#[test]
+fn two_workers_forward_between_each_others_pods() {
+    if !require("two_workers_forward_between_each_others_pods", &["ping"]) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig {
+        workers: 2,
+        ..NodeConfig::default()
+    });
+    let pods: Vec<Pod> = (0..4)
+        .map(|i| node.add_pod(&format!("w{i}"), &[]))
+        .collect();
+    let workers: std::collections::BTreeSet<u64> = pods
+        .iter()
+        .map(|p| p.info["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "pods not spread over both workers");
+    for a in &pods {
+        for b in &pods {
+            if a.id != b.id {
+                assert!(
+                    ping_until_reply(&a.ns, &b.ip, SETTLE),
+                    "{} -> {}",
+                    a.id,
+                    b.id
+                );
+                assert_ping(&a.ns, &b.ip, 2, 63);
+            }
+        }
+    }
+}
+
 #[test]
 fn pod_to_node_and_node_to_pod() {
     if !require("pod_to_node_and_node_to_pod", &["ping"]) {
