@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# Shared by scripts/test.sh and scripts/demo.sh (sourced, not run).
+# Shared by scripts/test.sh, scripts/demo.sh and scripts/install-deps.sh
+# (sourced, not run).
 
 # Makes `cargo` callable. Under `sudo`, root usually has no Rust toolchain of
 # its own and sudo's secure_path drops ~/.cargo/bin: use the invoking user's

@@ -2,7 +2,20 @@
 # Installs what podrouter's build, tests and demo need on Debian 12, if it is
 # missing. Idempotent and quiet: a second run installs nothing and prints one
 # line. Needs root for apt-get (it uses sudo when run as another user).
+#
+#   bash scripts/install-deps.sh           # everything (scripts/test.sh)
+#   bash scripts/install-deps.sh --demo    # only what scripts/demo.sh needs
 set -euo pipefail
+
+DEMO_ONLY=0
+case "${1:-}" in
+--demo) DEMO_ONLY=1 ;;
+"") ;;
+*)
+    echo "usage: $0 [--demo]" >&2
+    exit 2
+    ;;
+esac
 
 # command -> Debian package that provides it
 declare -A NEED=(
@@ -13,6 +26,11 @@ declare -A NEED=(
     [iperf3]=iperf3
     [tcpdump]=tcpdump
     [pgrep]=procps
+    # kube-proxy-style rules (nft backend): the demo's Service step,
+    # tests/tests/services.rs and the harness's Services scenario.
+    [iptables]=iptables
+    [iptables-restore]=iptables
+    [curl]=curl          # the demo's Service step
     [ss]=iproute2
     [nsenter]=util-linux
     # Real BGP peers for the interop tests (none starts a service by itself).
@@ -27,22 +45,35 @@ declare -A NEED=(
     [pkg-config]=pkg-config
 )
 
+# The demo runs these (and builds with cc); on a fresh machine it need not
+# wait for the test suite's BGP daemons and container runtime.
+if [ "$DEMO_ONLY" -eq 1 ]; then
+    for cmd in "${!NEED[@]}"; do
+        case "$cmd" in
+        ip | ss | ping | iperf3 | tcpdump | iptables | curl | python3 | cc | make | pkg-config) ;;
+        *) unset "NEED[$cmd]" ;;
+        esac
+    done
+fi
+
 missing=()
 for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
-[ -x /usr/lib/frr/bgpd ] || missing+=(frr)
-
-# The CNI tests: Debian's reference plugins (ptp, host-local) and a real
-# runtime, podman with runc and a busybox root filesystem. podman is
-# installed with its recommended packages, as the interop recipe that was
-# proven on these machines does.
 with_recommends=()
-[ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
-[ -x /bin/busybox ] || missing+=(busybox-static)
-command -v runc >/dev/null 2>&1 || missing+=(runc)
-command -v podman >/dev/null 2>&1 || with_recommends+=(podman)
+if [ "$DEMO_ONLY" -eq 0 ]; then
+    [ -x /usr/lib/frr/bgpd ] || missing+=(frr)
+
+    # The CNI tests: Debian's reference plugins (ptp, host-local) and a real
+    # runtime, podman with runc and a busybox root filesystem. podman is
+    # installed with its recommended packages, as the interop recipe that was
+    # proven on these machines does.
+    [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+    [ -x /bin/busybox ] || missing+=(busybox-static)
+    command -v runc >/dev/null 2>&1 || missing+=(runc)
+    command -v podman >/dev/null 2>&1 || with_recommends+=(podman)
+fi
 
 if [ "${#missing[@]}" -gt 0 ] || [ "${#with_recommends[@]}" -gt 0 ]; then
     # unique, sorted package list
@@ -80,18 +111,20 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${#with_recommends[@]}" -gt 0 ]; then
     fi
     rm -f "$log"
 else
-    echo "install-deps: all system packages present"
+    if [ "$DEMO_ONLY" -eq 1 ]; then
+        echo "install-deps: the demo's system packages are present"
+    else
+        echo "install-deps: all system packages present"
+    fi
 fi
 
 # Rust comes from rustup, not apt (Debian 12's rustc is older than the
-# workspace's rust-version).
-if ! command -v cargo >/dev/null 2>&1; then
-    for d in "${CARGO_HOME:-$HOME/.cargo}/bin" /root/.cargo/bin; do
-        if [ -x "$d/cargo" ]; then
-            echo "install-deps: cargo is in $d but not on PATH; run: export PATH=\"$d:\$PATH\"" >&2
-            exit 1
-        fi
-    done
+# workspace's rust-version). Under sudo, whose secure_path drops
+# ~/.cargo/bin, it is looked for where scripts/demo.sh and scripts/test.sh
+# look (pr_setup_cargo): the invoking user's, then root's rustup install.
+# shellcheck source=scripts/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+if ! pr_setup_cargo 2>/dev/null; then
     cat >&2 <<'MSG'
 install-deps: Rust (cargo) is missing. Install it with rustup
 (https://rustup.rs: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh),

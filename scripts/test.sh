@@ -7,11 +7,12 @@
 #
 # Steps: install missing system packages, cargo fmt --check, clippy with
 # warnings denied, release build of the binaries, cargo test --release for the
-# whole workspace, the end-to-end tests again on the afxdp backend, a
-# criterion smoke run of the benchmarks, a short fuzz run
-# of the BGP codec and the benchmark harness's smoke mode. Every step runs
-# even if an earlier one failed (except tests after a failed build); a summary
-# follows, and the exit status is non-zero if anything failed.
+# whole workspace, the end-to-end tests again on the afxdp backend, the demo
+# (scripts/demo.sh, as root), a criterion smoke run of the benchmarks, a short
+# fuzz run of the BGP codec and the benchmark harness's smoke mode. Every step
+# runs even if an earlier one failed (except tests and the demo after a failed
+# build); a summary follows, and the exit status is non-zero if anything
+# failed.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -73,13 +74,16 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # Limits (seconds) for the steps that run code that could hang.
 TEST_TIMEOUT=${PODROUTER_TEST_TIMEOUT:-1200}
 BENCH_TIMEOUT=${PODROUTER_BENCH_TIMEOUT:-900}
+DEMO_TIMEOUT=${PODROUTER_DEMO_TIMEOUT:-300}
 
 step fmt cargo fmt --all -- --check
 step clippy cargo clippy --workspace --all-targets -- -D warnings
 
 # The e2e tests run target/release/podrouterd and podrouterctl: build them
 # first, from the same sources the tests are built from.
+BUILD_OK=0
 if step build cargo build --release --workspace --bins; then
+    BUILD_OK=1
     TESTLOG="$LOGDIR/cargo-test.log"
     # A hung test must fail the run, not stall CI: timeout signals its whole
     # process group (cargo and the test binaries) after the limit.
@@ -112,6 +116,47 @@ if step build cargo build --release --workspace --bins; then
     fi
 else
     skip_step test "the release build failed"
+fi
+
+# The README's first command (issue 18) must work: the two-node demo exits 0
+# when every step that ran passed. Its namespaces and temp dir carry our
+# tag, so a demo that failed, hung or was killed is checked for leftovers.
+DEMO_TAG="prdemo-ci$$"
+run_demo() {
+    PODROUTER_DEMO_TAG=$DEMO_TAG timeout -k 30 "$DEMO_TIMEOUT" bash scripts/demo.sh 2>&1 | tee "$LOGDIR/demo.log"
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" -eq 124 ] && echo "scripts/demo.sh did not finish within ${DEMO_TIMEOUT}s" >&2
+    # Anything left is a failure; remove it (processes in its namespaces by
+    # pid, then the namespaces and the temp dir).
+    local ns pid left=()
+    for ns in $(ip netns list | awk '{print $1}' | grep "^$DEMO_TAG-"); do
+        left+=("netns $ns")
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do
+            left+=("pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))")
+            kill -KILL "$pid" 2>/dev/null
+        done
+        ip netns del "$ns"
+    done
+    for pid in $(pgrep -f -- "/tmp/$DEMO_TAG\."); do
+        left+=("pid $pid ($(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null))")
+        kill -KILL "$pid" 2>/dev/null
+    done
+    for d in /tmp/"$DEMO_TAG".*; do
+        [ -e "$d" ] && left+=("dir $d") && rm -rf "$d"
+    done
+    if [ "${#left[@]}" -gt 0 ]; then
+        echo "scripts/demo.sh left these behind (now removed):" >&2
+        printf '  %s\n' "${left[@]}" >&2
+        [ "$rc" -eq 0 ] && rc=1
+    fi
+    return "$rc"
+}
+if [ "$(id -u)" -ne 0 ]; then
+    skip_step demo "scripts/demo.sh needs root"
+elif [ "$BUILD_OK" -eq 1 ]; then
+    STEP_DESC="scripts/demo.sh (two nodes, BGP, pods across the tunnel, a Service)" step demo run_demo
+else
+    skip_step demo "the release build failed"
 fi
 
 STEP_DESC="cargo bench -p podrouter-benches -- --test" \

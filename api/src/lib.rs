@@ -308,6 +308,29 @@ pub struct CountersInfo {
     /// Drops by reason name; every reason is present, zero or not.
     pub drops: BTreeMap<String, u64>,
     pub ports: Vec<PortCountersInfo>,
+    /// The flow table (flows the node's kernel NATed). Zero from daemons
+    /// older than this field.
+    #[serde(default)]
+    pub flows: FlowCountersInfo,
+}
+
+/// The shared flow table's numbers.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlowCountersInfo {
+    /// Slots of the table (`[dataplane] flow_table_size`, rounded up to a
+    /// power of two).
+    pub capacity: u64,
+    /// Slots in use now (after a sweep of expired entries).
+    pub entries: u64,
+    /// Flows entered since the start.
+    pub inserted: u64,
+    /// New flows refused because their bucket was full of live flows.
+    pub full: u64,
+    /// Entries freed after their timeout.
+    pub expired: u64,
+    /// Reply packets (and ICMP errors about them) sent to the host port
+    /// instead of straight to a pod.
+    pub steered_to_host: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

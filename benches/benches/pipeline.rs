@@ -8,6 +8,10 @@
 //!   IPv4 validation, anti-spoofing, one FIB lookup in a small Calico-shaped
 //!   table (a few local /32s, the node's block, a default route to the host),
 //!   MAC rewrite and TTL decrement with the incremental checksum.
+//! - `forward_pod_to_pod_64B_with_10k_nat_flows`: the same frame while the
+//!   shared flow table holds 10,000 flows the node's kernel NATed (none of
+//!   them this one): the cost of the reply-direction lookup of the
+//!   host-NAT stage once the table is not empty.
 //! - `proxy_arp_reply`: a pod's broadcast ARP request for 169.254.1.1 turned
 //!   into the reply in place.
 //!
@@ -22,6 +26,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use podrouter_router::conntrack::{FlowKey, FlowTable, Packet, Record, HOST_NAT};
 use podrouter_router::counters::WorkerCounters;
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::frame::{Frame, VnetHdr};
@@ -163,7 +168,8 @@ fn bench_pipeline(c: &mut Criterion) {
     let (ports, fib) = topology();
     let table = fib.load();
     let counters = WorkerCounters::default();
-    let ctx = BatchContext::new(&table, &ports, &counters, 0);
+    let flows = FlowTable::default();
+    let ctx = BatchContext::new(&table, &ports, &counters, &flows, 0);
     let mut pipeline = pipeline();
     let mut frame = Frame::new();
 
@@ -185,6 +191,37 @@ fn bench_pipeline(c: &mut Criterion) {
         b.iter(|| {
             frame.load(black_box(&udp), VnetHdr::default());
             black_box(pipeline.process(&ctx, black_box(PortId(0)), &mut frame))
+        })
+    });
+
+    let busy_flows = FlowTable::default();
+    for i in 0..10_000u32 {
+        let pkt = Packet {
+            key: FlowKey {
+                src: Ipv4Addr::from(0x0af4_0000 + 100 + (i >> 10)),
+                dst: Ipv4Addr::new(10, 244, 1, 1),
+                sport: 1024 + (i & 0x3ff) as u16,
+                dport: 80,
+                proto: 6,
+            },
+            tcp_flags: 0x02,
+        };
+        assert_eq!(busy_flows.record(&pkt, HOST_NAT, 0), Record::Inserted);
+    }
+    let busy_ctx = BatchContext::new(&table, &ports, &counters, &busy_flows, 0);
+    frame.load(&udp, VnetHdr::default());
+    assert_eq!(
+        pipeline.process(&busy_ctx, PortId(0), &mut frame),
+        Verdict::Forward {
+            port: PortId(1),
+            tunnel: None
+        },
+        "the benchmark frame is no reply of a NATed flow"
+    );
+    group.bench_function("forward_pod_to_pod_64B_with_10k_nat_flows", |b| {
+        b.iter(|| {
+            frame.load(black_box(&udp), VnetHdr::default());
+            black_box(pipeline.process(&busy_ctx, black_box(PortId(0)), &mut frame))
         })
     });
 

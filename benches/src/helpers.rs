@@ -7,6 +7,11 @@
 //!   `PACKET_QDISC_BYPASS`, as fast as the kernel takes them.
 //! - `echo` / `rr`: a UDP echo server and a client that sends requests at a
 //!   fixed rate and records each round trip in nanoseconds.
+//! - `accept` / `conn`: a TCP server that answers each connection with one
+//!   byte and closes it, and a client that opens connections one after
+//!   the other for a while (connect, read to the end, close with a RST so
+//!   no TIME_WAIT is left on either side and ports are reused at once),
+//!   counting them and timing each.
 //! - `cni`: runs a CNI plugin's ADD for a list of pod namespaces, then DEL
 //!   for all of them, from a pool of threads, timing each invocation.
 //! - `xskfwd`: the bare-XSK ceiling probe. podrouter's own AF_XDP port
@@ -17,7 +22,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -35,6 +40,8 @@ pub const GATEWAY_MAC: [u8; 6] = [0xee; 6];
 pub const ECHO_PORT: u16 = 7777;
 /// UDP destination port of generated traffic (discard).
 pub const GEN_PORT: u16 = 9;
+/// TCP port of the connection server (a Service's usual port).
+pub const CONN_PORT: u16 = 80;
 
 struct Args(HashMap<String, String>);
 
@@ -81,6 +88,8 @@ pub fn main(kind: &str, args: &[String]) -> Res<()> {
         "gen" => gen(&a)?,
         "echo" => echo(&a)?,
         "rr" => rr(&a)?,
+        "accept" => accept(&a)?,
+        "conn" => conn(&a)?,
         "cni" => cni(&a)?,
         "xskfwd" => xskfwd(&a)?,
         _ => return Err(Error::msg(format!("unknown helper {kind}"))),
@@ -332,6 +341,73 @@ fn rr(a: &Args) -> Res<serde_json::Value> {
         }
     }
     Ok(json!({ "rtt_ns": rtts, "lost": lost, "secs": start.elapsed().as_secs_f64() }))
+}
+
+/// Serves [`CONN_PORT`] until `secs` passed (checked after each
+/// connection; the harness stops it by pid when done): one byte, then the
+/// server closes (the client's RST ends the connection: no TIME_WAIT).
+fn accept(a: &Args) -> Res<serde_json::Value> {
+    let secs: f64 = a.num("secs")?;
+    let listener = TcpListener::bind(("0.0.0.0", CONN_PORT))?;
+    let end = Instant::now() + Duration::from_secs_f64(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        let (mut s, _) = listener.accept()?;
+        let _ = s.write_all(b"k");
+        n += 1;
+    }
+    Ok(json!({ "accepted": n }))
+}
+
+/// Opens connections to `dst`:[`CONN_PORT`] one after the other for
+/// `secs` (after waiting up to 5 s for a first answer): connect (1 s
+/// timeout), read to the end, close with a RST. Reports how many completed, how
+/// many failed and each completed one's time from connect to end of
+/// stream.
+fn conn(a: &Args) -> Res<serde_json::Value> {
+    let dst: Ipv4Addr = a.num("dst")?;
+    let secs: f64 = a.num("secs")?;
+    let addr = SocketAddr::from((dst, CONN_PORT));
+    let timeout = Duration::from_secs(1);
+    let once = || -> io::Result<()> {
+        let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+        sys::abortive_close_on_drop(&s)?;
+        s.set_read_timeout(Some(timeout))?;
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        loop {
+            match io::Read::read(&mut s, &mut buf)? {
+                0 if got > 0 => return Ok(()),
+                0 => return Err(io::Error::other("closed without an answer")),
+                n => got += n,
+            }
+        }
+    };
+    let probe_end = Instant::now() + Duration::from_secs(5);
+    while let Err(e) = once() {
+        if Instant::now() > probe_end {
+            return Err(Error::msg(format!("no answer from {addr}: {e}")));
+        }
+    }
+    let mut conn_ns: Vec<u64> = Vec::new();
+    let mut failed = 0u64;
+    let mut first_error = None;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    while Instant::now() < end {
+        let t0 = Instant::now();
+        match once() {
+            Ok(()) => conn_ns.push(t0.elapsed().as_nanos() as u64),
+            Err(e) => {
+                failed += 1;
+                first_error.get_or_insert(e.to_string());
+            }
+        }
+    }
+    Ok(json!({
+        "connections": conn_ns.len(), "failed": failed, "first_error": first_error,
+        "secs": start.elapsed().as_secs_f64(), "conn_ns": conn_ns,
+    }))
 }
 
 /// One CNI invocation, timed.

@@ -324,6 +324,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Cni,
             Scenario::Scale,
             Scenario::BgpConvergence,
+            Scenario::Services,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -407,6 +408,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::TwoNode => "two-node",
             Scenario::Cni => "cni",
             Scenario::BgpConvergence => "bgp-convergence",
+            Scenario::Services => "services",
         })
         .collect();
     eprintln!(
@@ -436,6 +438,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::TwoNode => scenarios::two_node(&mut ctx),
             Scenario::Cni => scenarios::cni(&mut ctx),
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
+            Scenario::Services => scenarios::services(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -479,7 +482,12 @@ fn run(cli: &Cli) -> Res<bool> {
     }
 
     let mut method = Vec::new();
-    let traffic = [Scenario::SameNode, Scenario::TwoNode, Scenario::Scale];
+    let traffic = [
+        Scenario::SameNode,
+        Scenario::TwoNode,
+        Scenario::Scale,
+        Scenario::Services,
+    ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([
             "kernel data plane: Calico's wiring: a veth pair per pod (host side `caliN` with MAC \
@@ -534,6 +542,25 @@ fn run(cli: &Cli) -> Res<bool> {
             u = topo::UNDERLAY_MTU,
             pm = topo::TWO_NODE_POD_MTU,
             v = topo::VXLAN_MTU,
+        ));
+    }
+    if scen.contains(&Scenario::Services) {
+        method.push(format!(
+            "Services: one node with a client pod and two backend pods, and in the node's kernel \
+             the nat rules kube-proxy's iptables mode writes for ClusterIP {} (UDP {} and TCP {}, \
+             each DNAT to either backend with `-m statistic --mode random --probability 0.5`, \
+             masquerade for non-pod sources and hairpins) loaded with iptables-restore, and \
+             ip_forward=1; both planes get the same rules. Latency: the request/response client \
+             above, to the ClusterIP (one UDP flow per run, so one backend per run, answered by \
+             echo servers in both). Connections: the harness's TCP client opens connections to \
+             the ClusterIP one after the other for {} s (connect, read the server's one byte to \
+             the end of stream, close with a RST after the server's FIN, so no TIME_WAIT \
+             is left and ports are reused at once), servers in both backends; for \
+             reference the same client to one backend's own address",
+            topo::CLUSTER_IP,
+            helpers::ECHO_PORT,
+            helpers::CONN_PORT,
+            p.secs
         ));
     }
     if scen.contains(&Scenario::BgpConvergence) {

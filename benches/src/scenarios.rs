@@ -149,6 +149,9 @@ pub enum Scenario {
     Scale,
     /// BGP: Established to N routes installed, podrouterd against BIRD 2.
     BgpConvergence,
+    /// A ClusterIP through kube-proxy's iptables rules: latency and new
+    /// TCP connections per second.
+    Services,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -480,33 +483,49 @@ fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
     }
 }
 
-/// One latency run: the round trips in ns.
+/// One latency run from the first pod to the last: the round trips in ns.
 fn rr(ctx: &mut Ctx, t: &Topology, what: &str) -> Res<Vec<u64>> {
-    let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
+    let dst = &t.pods[t.pods.len() - 1];
+    rr_to(ctx, t, &[dst], dst.ip, what)
+}
+
+/// One latency run from the first pod to `dst`, answered by echo servers
+/// in `servers`: the round trips in ns.
+fn rr_to(
+    ctx: &mut Ctx,
+    t: &Topology,
+    servers: &[&topo::Pod],
+    dst: std::net::Ipv4Addr,
+    what: &str,
+) -> Res<Vec<u64>> {
+    let src = &t.pods[0];
     let busy = quiesce(ctx, what)?;
     let count = (ctx.p.rr_rate * ctx.p.rr_secs).round() as u64;
-    let server = spawn_helper(
-        ctx,
-        &dst.ns,
-        "echo",
-        &[
-            format!("secs={}", ctx.p.rr_secs + 30.0),
-            format!("cpu={}", ctx.gen_cpu),
-        ],
-    )?;
+    let mut echo = Vec::new();
+    for s in servers {
+        echo.push(spawn_helper(
+            ctx,
+            &s.ns,
+            "echo",
+            &[
+                format!("secs={}", ctx.p.rr_secs + 30.0),
+                format!("cpu={}", ctx.gen_cpu),
+            ],
+        )?);
+    }
     let client = spawn_helper(
         ctx,
         &src.ns,
         "rr",
         &[
-            format!("dst={}", dst.ip),
+            format!("dst={dst}"),
             format!("rate={}", ctx.p.rr_rate),
             format!("count={count}"),
             format!("cpu={}", ctx.gen_cpu),
         ],
     )?;
     let v = helper_json(client, Duration::from_secs_f64(ctx.p.rr_secs * 3.0 + 60.0))?;
-    drop(server);
+    drop(echo);
     let rtts: Vec<u64> = v["rtt_ns"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_u64).collect())
@@ -529,6 +548,82 @@ fn rr(ctx: &mut Ctx, t: &Topology, what: &str) -> Res<Vec<u64>> {
         ));
     }
     Ok(rtts)
+}
+
+/// One connection-rate run.
+struct ConnRun {
+    per_sec: f64,
+    /// Each completed connection, connect to the server's close, in ns.
+    conn_ns: Vec<u64>,
+}
+
+/// One connection-rate run from the first pod to `dst` (TCP port
+/// [`helpers::CONN_PORT`]), served by `servers`: new connections one at a
+/// time for the run's seconds.
+fn conn_rate(
+    ctx: &mut Ctx,
+    t: &Topology,
+    servers: &[&topo::Pod],
+    dst: std::net::Ipv4Addr,
+    what: &str,
+) -> Res<ConnRun> {
+    let src = &t.pods[0];
+    let busy = quiesce(ctx, what)?;
+    let mut accept = Vec::new();
+    for s in servers {
+        accept.push(spawn_helper(
+            ctx,
+            &s.ns,
+            "accept",
+            &[
+                format!("secs={}", ctx.p.secs + 40.0),
+                format!("cpu={}", ctx.gen_cpu),
+            ],
+        )?);
+    }
+    let client = spawn_helper(
+        ctx,
+        &src.ns,
+        "conn",
+        &[
+            format!("dst={dst}"),
+            format!("secs={}", ctx.p.secs),
+            format!("cpu={}", ctx.gen_cpu),
+        ],
+    )?;
+    let v = helper_json(client, Duration::from_secs_f64(ctx.p.secs + 60.0))?;
+    drop(accept);
+    let conn_ns: Vec<u64> = v["conn_ns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    let failed = v["failed"].as_u64().unwrap_or(0);
+    let secs = v["secs"].as_f64().unwrap_or(0.0).max(1e-9);
+    if conn_ns.is_empty() {
+        bail!(
+            "no connection to {dst} completed ({failed} failed: {}){}",
+            v["first_error"],
+            t.diagnose()
+        );
+    }
+    let h = hist(&conn_ns);
+    let r = ConnRun {
+        per_sec: conn_ns.len() as f64 / secs,
+        conn_ns,
+    };
+    ctx.runs.push(json!({
+        "what": what, "plane": t.label, "kind": "tcp_connections", "completed": r.conn_ns.len(),
+        "failed": failed, "first_error": v["first_error"], "per_sec": r.per_sec,
+        "p50_us": h.value_at_quantile(0.5) as f64 / 1e3,
+        "p99_us": h.value_at_quantile(0.99) as f64 / 1e3, "busy_before": busy,
+    }));
+    if failed > 0 {
+        ctx.notes.push(format!(
+            "{what}: {failed} connection(s) failed (1 s timeout): {}",
+            v["first_error"]
+        ));
+    }
+    Ok(r)
 }
 
 fn hist(ns: &[u64]) -> Histogram<u64> {
@@ -991,6 +1086,116 @@ fn build_scale(opts: &PlaneOpts, plane: usize, n: usize, prog: &Progress) -> Res
     }
 }
 
+/// Services: a client pod and two backend pods on one node, kube-proxy's
+/// iptables rules for a ClusterIP in the node's kernel; podrouter (replies
+/// steered back through the node by the flow table) against the kernel
+/// (Calico's wiring) with the same rules.
+pub fn services(ctx: &mut Ctx) -> Res<()> {
+    let opts = ctx.opts.clone();
+    let ports = [
+        ("udp", crate::helpers::ECHO_PORT),
+        ("tcp", crate::helpers::CONN_PORT),
+    ];
+    let with_service = |mut t: Topology| -> Res<Topology> {
+        let backends = [t.pods[1].ip, t.pods[2].ip];
+        t.add_kube_proxy_service(&ports, &backends)?;
+        Ok(t)
+    };
+    let pr = build(
+        ctx,
+        "services: podrouterd with a client, 2 backends and kube-proxy's rules",
+        |_| with_service(topo::podrouter_same_node(&opts, 3, |_| {})?),
+    )?;
+    let pr = checked(ctx, pr, "services podrouter")?;
+    let k = build(
+        ctx,
+        "services: kernel (Calico-style) with a client, 2 backends and kube-proxy's rules",
+        |_| with_service(topo::kernel_same_node(&opts, 3, |_| {})?),
+    )?;
+    let k = checked(ctx, k, "services kernel")?;
+    for t in [&pr, &k].into_iter().flatten() {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    let scenario = format!(
+        "Services: ClusterIP {} with kube-proxy's iptables rules, client and 2 backends on one node",
+        topo::CLUSTER_IP
+    );
+    let planes = [&pr, &k];
+    let what = format!("{scenario} · UDP request/response at {} /s", ctx.p.rr_rate);
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            &scenario,
+            &format!("request/response latency {name} (UDP to the ClusterIP)"),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    let what = format!("{scenario} · new TCP connections");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    ctx.rows.push(Row::new(
+        &scenario,
+        "new TCP connections per second to the ClusterIP (one client, one at a time)",
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
+    ctx.rows.push(Row::new(
+        &scenario,
+        "TCP connection time p50 (connect to the server's close)",
+        "µs",
+        "lower",
+        cell(&r[PR], |x| {
+            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
+        }),
+        cell(&r[K], |x| {
+            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
+        }),
+    ));
+    // The same client to one backend's own address: what the data plane
+    // does without the Service, for reference.
+    let what = format!("{scenario} · new TCP connections to a backend directly");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1]], t.pods[1].ip, d)
+    })?;
+    ctx.rows.push(Row::new(
+        &scenario,
+        "for reference: new TCP connections per second to a backend's own address (no Service)",
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
+    if let Ok(t) = &pr {
+        if let Ok(podrouter_api::Reply::Counters(c)) =
+            t.daemons[0].call(podrouter_api::Call::Counters)
+        {
+            ctx.notes.push(format!(
+                "services: podrouterd's flow table after the runs: {} flows of the node's NAT \
+                 recorded, {} reply packets steered to the host port, {} refused (table full), {} \
+                 entries live; drops: {}",
+                c.flows.inserted,
+                c.flows.steered_to_host,
+                c.flows.full,
+                c.flows.entries,
+                t.daemons[0].drops()
+            ));
+        }
+    }
+    ctx.progress.step("services: tearing down");
+    drop(pr);
+    drop(k);
+    Ok(())
+}
+
 pub fn two_node(ctx: &mut Ctx) -> Res<()> {
     for pair in ctx.p.two_node_pairs.clone() {
         let scenario = pair.scenario();
@@ -1295,6 +1500,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::TwoNode => p.two_node_pairs.len() * (2 + traffic(p.two_node_sizes.len()) + 1),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
+            Scenario::Services => 2 + 2 * 3 * r + 1,
         };
     }
     n

@@ -1,6 +1,6 @@
 //! Every system call of the harness that needs `unsafe`: the AF_PACKET
 //! traffic generator (sendmmsg with PACKET_QDISC_BYPASS), CPU pinning, the
-//! clock-tick rate and signals by pid. The rest of the crate denies unsafe
+//! clock-tick rate, signals by pid and SO_LINGER. The rest of the crate denies unsafe
 //! code.
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -183,6 +183,31 @@ fn setsockopt_int(
             name,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_LINGER` with a zero timeout on a TCP socket: its close sends a RST
+/// and leaves no TIME_WAIT behind (the connection-rate client reuses its
+/// ports at once).
+pub fn abortive_close_on_drop(sock: &impl AsRawFd) -> io::Result<()> {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is a socket the caller owns for the duration of the
+    // call; the pointer and length describe `l`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
         )
     };
     if rc != 0 {

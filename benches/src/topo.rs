@@ -882,3 +882,100 @@ impl Topology {
         self._dir.path()
     }
 }
+
+// ---------------------------------------------------------------------------
+// A Service, kube-proxy style
+
+/// The ClusterIP of the Services scenario (a Service's usual range).
+pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// kube-proxy's iptables-mode nat table (as `iptables-save` prints it) for
+/// one Service at [`CLUSTER_IP`] with the given `(protocol, port)`s, each
+/// spread over `backends` the way kube-proxy spreads endpoints (`-m
+/// statistic --mode random --probability 1/n`, then 1/(n-1) of the rest,
+/// ...), with its masquerade rules (sources outside the cluster CIDR,
+/// hairpins).
+pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> String {
+    let mut r = String::from(
+        "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
+    );
+    for i in 0..ports.len() {
+        let _ = writeln!(r, ":KUBE-SVC-{i} - [0:0]");
+        for j in 0..backends.len() {
+            let _ = writeln!(r, ":KUBE-SEP-{i}-{j} - [0:0]");
+        }
+    }
+    r.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
+    );
+    for (i, (proto, port)) in ports.iter().enumerate() {
+        let _ = writeln!(
+            r,
+            "-A KUBE-SERVICES -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-SVC-{i}\n\
+             -A KUBE-SVC-{i} ! -s 10.244.0.0/16 -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+        );
+        for (j, b) in backends.iter().enumerate() {
+            let left = backends.len() - j;
+            let pick = if left > 1 {
+                format!(
+                    "-m statistic --mode random --probability {:.11} ",
+                    1.0 / left as f64
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                r,
+                "-A KUBE-SVC-{i} -m comment --comment \"bench/svc:{port} -> {b}:{port}\" {pick}-j KUBE-SEP-{i}-{j}\n\
+                 -A KUBE-SEP-{i}-{j} -s {b}/32 -m comment --comment \"bench/svc:{port}\" -j KUBE-MARK-MASQ\n\
+                 -A KUBE-SEP-{i}-{j} -p {proto} -m comment --comment \"bench/svc:{port}\" -m {proto} -j DNAT --to-destination {b}:{port}"
+            );
+        }
+    }
+    r.push_str("COMMIT\n");
+    r
+}
+
+impl Topology {
+    /// Installs [`kube_proxy_rules`] in the node's nat table (with
+    /// `iptables-restore --noflush`) and turns on forwarding, as a
+    /// Kubernetes node has it.
+    pub fn add_kube_proxy_service(
+        &mut self,
+        ports: &[(&str, u16)],
+        backends: &[Ipv4Addr],
+    ) -> Res<()> {
+        let node = self.nodes[0].clone();
+        util::ns_sh(&node, "sysctl -qw net.ipv4.ip_forward=1")?;
+        let rules = kube_proxy_rules(ports, backends);
+        let args = [
+            "ip",
+            "netns",
+            "exec",
+            &node,
+            "iptables-restore",
+            "--noflush",
+        ];
+        let out = Proc::spawn_full("iptables-restore", &args, None, Some(rules.as_bytes()), &[])?
+            .wait(Duration::from_secs(60))?;
+        if !out.ok() {
+            bail!(
+                "iptables-restore in {node} failed: {}\n{rules}",
+                out.stderr.trim()
+            );
+        }
+        self.notes.push(format!(
+            "{}: kube-proxy's iptables rules (nat table, iptables-restore) for ClusterIP {CLUSTER_IP} \
+             over {} backends, net.ipv4.ip_forward=1",
+            self.label,
+            backends.len()
+        ));
+        Ok(())
+    }
+}

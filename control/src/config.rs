@@ -149,6 +149,9 @@ pub struct Dataplane {
     pub icmp_rate: u32,
     /// ICMP error burst per worker.
     pub icmp_burst: u32,
+    /// Slots of the flow table all workers share (flows the node's kernel
+    /// NATed; see README "Services"). Rounded up to a power of two.
+    pub flow_table_size: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -263,6 +266,7 @@ impl Default for Dataplane {
             batch_size: 32,
             icmp_rate: 100,
             icmp_burst: 50,
+            flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
         }
     }
 }
@@ -425,6 +429,18 @@ impl Config {
         }
         if dp.icmp_burst == 0 {
             return Err(("icmp_burst", "must be at least 1".into()));
+        }
+        {
+            use podrouter_router::conntrack::{MAX_CAPACITY, MIN_CAPACITY};
+            if !(MIN_CAPACITY..=MAX_CAPACITY).contains(&dp.flow_table_size) {
+                return Err((
+                    "flow_table_size",
+                    format!(
+                        "{} is out of range {MIN_CAPACITY}..={MAX_CAPACITY}",
+                        dp.flow_table_size
+                    ),
+                ));
+            }
         }
         if let Some(bgp) = &self.bgp {
             check_bgp(self, bgp)?;
@@ -590,6 +606,7 @@ asn = 64512
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/podrouter"));
         assert_eq!(c.dataplane.mtu, 1480);
         assert_eq!(c.dataplane.workers, 1);
+        assert_eq!(c.dataplane.flow_table_size, 262_144);
     }
 
     fn err(text: &str) -> ConfigError {
@@ -639,6 +656,15 @@ asn = 64512
             err("node_ip = \"1.2.3.4\"\n[[routes]]\nprefix = \"10.9.0.0/26\"\nvia = \"1.2.3.4\"\n");
         assert_eq!(e.key.as_deref(), Some("via"));
         assert!(e.message.contains("own address"), "{e}");
+
+        let e = err("[dataplane]\nmtu = 1500\nflow_table_size = 4\n");
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(3), Some("flow_table_size"))
+        );
+        assert!(e.message.contains("out of range 8..=16777216"), "{e}");
+        let c = Config::parse("[dataplane]\nflow_table_size = 1000\n", "t.toml").unwrap();
+        assert_eq!(c.dataplane.flow_table_size, 1000);
 
         let e = err("node_name = \n");
         assert_eq!(e.line, Some(1));

@@ -22,10 +22,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use podrouter_api::pending::{self, PendingDetach, PENDING_DETACH_DIR};
 use podrouter_api::{
-    check_ifname, AttachParams, Call, CountersInfo, PodInfo, PortCountersInfo, PortStatusInfo,
-    ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo, API_VERSION,
+    check_ifname, AttachParams, Call, CountersInfo, FlowCountersInfo, PodInfo, PortCountersInfo,
+    PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo,
+    API_VERSION,
 };
 use podrouter_router::afxdp::AfXdpPort;
+use podrouter_router::clock;
+use podrouter_router::conntrack::{FlowTable, Timeouts};
 use podrouter_router::counters::{self, WorkerCounters};
 use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
@@ -87,6 +90,8 @@ pub struct Daemon {
     fib: Arc<Fib>,
     ports: Arc<ArcSwap<PortTable>>,
     workers: Vec<WorkerHandle>,
+    /// The flow table the workers share; swept here.
+    flows: Arc<FlowTable>,
     pods: BTreeMap<String, Pod>,
     ipam: Ipam,
     store: StateStore,
@@ -127,6 +132,10 @@ impl Daemon {
         if cfg.node_ip.is_none() {
             log::warn!("node_ip is not set: ICMP errors will come from {GATEWAY_IP}");
         }
+        let flows = Arc::new(FlowTable::new(
+            cfg.dataplane.flow_table_size,
+            Timeouts::default(),
+        ));
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -134,6 +143,7 @@ impl Daemon {
                 core: cfg.dataplane.cores.get(id).copied(),
                 batch_size: cfg.dataplane.batch_size,
                 pipeline: pipeline.clone(),
+                flows: flows.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -147,6 +157,7 @@ impl Daemon {
             fib,
             ports,
             workers,
+            flows,
             pods: BTreeMap::new(),
             store,
             started: Instant::now(),
@@ -365,9 +376,11 @@ impl Daemon {
         Some(pod.record)
     }
 
-    /// Housekeeping between events: frees FIB snapshots readers have let go.
+    /// Housekeeping between events (at least once a second): frees FIB
+    /// snapshots readers have let go and expired flows.
     pub fn tick(&mut self) {
         self.fib.reclaim();
+        self.flows.sweep(clock::now_ms());
     }
 
     /// Answers one API call.
@@ -738,6 +751,8 @@ impl Daemon {
                 ))
             })
             .collect();
+        // So `entries` counts no flow that has already timed out.
+        self.flows.sweep(clock::now_ms());
         CountersInfo {
             workers: self.workers.len(),
             rx: s.rx,
@@ -746,6 +761,14 @@ impl Daemon {
             arp_replies: s.arp_replies,
             icmp_sent: s.icmp_sent,
             icmp_rate_limited: s.icmp_rate_limited,
+            flows: FlowCountersInfo {
+                capacity: self.flows.capacity() as u64,
+                entries: self.flows.len() as u64,
+                inserted: s.flows_inserted,
+                full: s.flows_full,
+                expired: self.flows.expired(),
+                steered_to_host: s.flows_steered,
+            },
             drops: s
                 .drops
                 .iter()

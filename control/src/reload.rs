@@ -129,6 +129,10 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.batch_size != b.batch_size, "[dataplane] batch_size");
     key(a.icmp_rate != b.icmp_rate, "[dataplane] icmp_rate");
     key(a.icmp_burst != b.icmp_burst, "[dataplane] icmp_burst");
+    key(
+        a.flow_table_size != b.flow_table_size,
+        "[dataplane] flow_table_size",
+    );
     key(old.routes != new.routes, "[[routes]]");
     match (&old.bgp, &new.bgp) {
         (None, None) => {}

@@ -277,6 +277,12 @@ fn text(r: &Reply) -> String {
                 ("arp_replies", c.arp_replies),
                 ("icmp_sent", c.icmp_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),
+                ("flows capacity", c.flows.capacity),
+                ("flows entries", c.flows.entries),
+                ("flows inserted", c.flows.inserted),
+                ("flows full", c.flows.full),
+                ("flows expired", c.flows.expired),
+                ("flows steered_to_host", c.flows.steered_to_host),
             ] {
                 t.row([k.to_string(), v.to_string()]);
             }

@@ -111,6 +111,14 @@ pub struct WorkerCounters {
     pub icmp_sent: Counter,
     /// ICMP errors suppressed by the rate limiter (the drop is still counted).
     pub icmp_rate_limited: Counter,
+    /// Flows the node's kernel NATed, newly entered in the flow table.
+    pub flows_inserted: Counter,
+    /// Such flows the flow table had no room for (their replies go
+    /// straight to the pod).
+    pub flows_full: Counter,
+    /// Packets of such flows' reply direction (and ICMP errors about
+    /// them) sent to the host port instead of a pod.
+    pub flows_steered: Counter,
     drops: [Counter; DropReason::COUNT],
     ports: Box<[PortCounters]>,
 }
@@ -124,6 +132,9 @@ impl Default for WorkerCounters {
             arp_replies: Counter::default(),
             icmp_sent: Counter::default(),
             icmp_rate_limited: Counter::default(),
+            flows_inserted: Counter::default(),
+            flows_full: Counter::default(),
+            flows_steered: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
         }
@@ -174,6 +185,9 @@ pub struct CounterSnapshot {
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub icmp_rate_limited: u64,
+    pub flows_inserted: u64,
+    pub flows_full: u64,
+    pub flows_steered: u64,
     /// `(reason, count)` for every reason, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
 }
@@ -201,6 +215,9 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Counter
         s.arp_replies += w.arp_replies.get();
         s.icmp_sent += w.icmp_sent.get();
         s.icmp_rate_limited += w.icmp_rate_limited.get();
+        s.flows_inserted += w.flows_inserted.get();
+        s.flows_full += w.flows_full.get();
+        s.flows_steered += w.flows_steered.get();
         for (i, d) in s.drops.iter_mut().enumerate() {
             d.1 += w.drops[i].get();
         }

@@ -8,11 +8,14 @@
 
 pub mod afxdp;
 pub mod bpf;
+pub mod clock;
+pub mod conntrack;
 pub mod counters;
 pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;
+pub mod maglev;
 pub mod pipeline;
 pub mod port;
 #[allow(unsafe_code)]

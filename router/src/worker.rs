@@ -22,12 +22,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
 use crate::fib::Fib;
 use crate::frame::Frame;
@@ -52,6 +53,8 @@ pub struct WorkerConfig {
     /// Frames taken from one port per poll.
     pub batch_size: usize,
     pub pipeline: PipelineConfig,
+    /// The flow table shared by all workers.
+    pub flows: Arc<FlowTable>,
 }
 
 enum Command {
@@ -97,7 +100,6 @@ impl WorkerHandle {
             owned: Vec::new(),
             tx: TxQueues::default(),
             slot_of: Vec::new(),
-            epoch: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("podrouter-w{id}"))
@@ -183,7 +185,6 @@ struct Worker {
     /// Index in `owned` of each port id (the epoll token), `u32::MAX` if
     /// not owned.
     slot_of: Vec<u32>,
-    epoch: Instant,
 }
 
 impl Worker {
@@ -294,8 +295,13 @@ impl Worker {
         let ports = self.ports.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let now_ns = self.epoch.elapsed().as_nanos() as u64;
-        let ctx = BatchContext::new(&fib, &ports, counters, now_ns);
+        let ctx = BatchContext::new(
+            &fib,
+            &ports,
+            counters,
+            &self.cfg.flows,
+            crate::clock::now_ns(),
+        );
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -511,10 +517,11 @@ mod tests {
         let port = Arc::new(QueuedPort::default());
         let ports = table_with(id, port.clone());
         let mut tx = TxQueues::default();
+        let flows = FlowTable::new(8, Default::default());
         let node = Some(Ipv4Addr::new(192, 168, 0, 2));
         for batch in 0..3 {
             tx.follow(&ports);
-            let ctx = BatchContext::new(&fib, &ports, &counters, 0);
+            let ctx = BatchContext::new(&fib, &ports, &counters, &flows, 0);
             for len in [60, 70] {
                 tx.push(&ctx, id, &Frame::from_bytes(&vec![0; len]), node);
             }
@@ -538,7 +545,7 @@ mod tests {
         let ports = table_with(id, other.clone());
         tx.follow(&ports);
         assert!(tx.slots[3].is_none(), "stale queue dropped");
-        let ctx = BatchContext::new(&fib, &ports, &counters, 0);
+        let ctx = BatchContext::new(&fib, &ports, &counters, &flows, 0);
         tx.push(&ctx, id, &Frame::from_bytes(&[0; 60]), None);
         tx.flush(&ports, &counters);
         assert_eq!(other.queues_made.load(Ordering::Relaxed), 1);

@@ -141,6 +141,12 @@ impl Cluster {
     /// 0 or 1) with `encap` ("always", "cross-subnet", "never"), and waits
     /// for every daemon's API.
     pub fn start(encap: &str, subnets: &[usize]) -> Cluster {
+        Cluster::start_with(encap, subnets, "")
+    }
+
+    /// [`Cluster::start`] with more `[dataplane]` lines for every node
+    /// (`"workers = 2\n"`).
+    pub fn start_with(encap: &str, subnets: &[usize], dataplane: &str) -> Cluster {
         let dir = TempDir::new("cluster");
         let underlay = Netns::new("ul");
         let used: Vec<usize> = {
@@ -197,7 +203,7 @@ impl Cluster {
             let mut toml = format!(
                 "node_name = \"node{i}\"\nnode_ip = \"{ip}\"\npod_cidrs = [\"{}\"]\n\
                  api_socket = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\n\n\
-                 [dataplane]\nbackend = \"{}\"\nuplink = \"eth0\"\nencap = \"{encap}\"\n",
+                 [dataplane]\nbackend = \"{}\"\nuplink = \"eth0\"\nencap = \"{encap}\"\n{dataplane}",
                 node_cidr(i),
                 ndir.join("api.sock").display(),
                 ndir.join("state").display(),

@@ -133,9 +133,26 @@ fn json_documents_have_the_documented_fields() {
             "icmp_rate_limited",
             "drops",
             "ports",
+            "flows",
         ],
     );
     assert_has_keys(&c["drops"], &drop_reasons());
+    assert_has_keys(
+        &c["flows"],
+        &[
+            "capacity",
+            "entries",
+            "inserted",
+            "full",
+            "expired",
+            "steered_to_host",
+        ],
+    );
+    assert_eq!(
+        num(&c, "/flows/capacity"),
+        262_144,
+        "the default flow_table_size: {c:#}"
+    );
     assert!(
         c["rx"].as_u64().unwrap() > 0,
         "pings were not counted: {c:#}"

@@ -14,13 +14,15 @@
 //! 3. [`decap`]: frames from the uplink: check and strip the outer IPIP
 //!    header (runs before IPv4 validation, which then checks the inner
 //!    packet).
-//! 4. (next: a conntrack/flow stage, then policy; they go between
-//!    validation and routing in [`Pipeline::forward_ipv4`] and return a
-//!    [`Fault`] to drop or answer a frame.)
+//! 4. (next: policy; it goes between validation and routing in
+//!    [`Pipeline::forward_ipv4`] and returns a [`Fault`] to drop or answer
+//!    a frame.)
 //! 5. [`route`]: the FIB lookup, ECMP member choice and
 //!    [`route::resolve_egress`], which turns a next hop into a port,
 //!    Ethernet destination and tunnel endpoint for forwarding and for ICMP
-//!    errors alike.
+//!    errors alike. Between the lookup and the egress, [`host_nat`]
+//!    records flows the node's kernel NATed and sends their replies back
+//!    to the node (it needs the next hop, so [`route`] calls it).
 //! 6. [`rewrite`]: TTL and MTU checks, MAC rewrite, TTL decrement.
 //! 7. [`icmp`]: a stage that fails with an ICMP error to send
 //!    ([`Fault::Icmp`]) gets it built here, in the same buffer.
@@ -66,6 +68,7 @@
 //! `icmp_rate_limited` and returns the `Drop`.
 use std::net::Ipv4Addr;
 
+use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::encap::EncapPolicy;
 use crate::fib::FibTable;
@@ -74,6 +77,7 @@ use crate::port::{PortEntry, PortId, PortRole, PortTable};
 
 mod arp;
 mod decap;
+mod host_nat;
 mod icmp;
 mod rewrite;
 mod route;
@@ -127,7 +131,10 @@ pub struct BatchContext<'a> {
     pub fib: &'a FibTable,
     pub ports: &'a PortTable,
     pub counters: &'a WorkerCounters,
-    /// Monotonic time in nanoseconds (for the ICMP rate limiter).
+    /// The flow table every worker shares (see [`host_nat`]).
+    pub flows: &'a FlowTable,
+    /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
+    /// limiter, flow timeouts).
     pub now_ns: u64,
     /// The host port, if attached.
     host: Option<(PortId, &'a PortEntry)>,
@@ -136,13 +143,14 @@ pub struct BatchContext<'a> {
 }
 
 impl<'a> BatchContext<'a> {
-    /// The context for one batch: the snapshots, the worker's counters and
-    /// the time; resolves the host port and the uplink (with its policy)
-    /// once for every frame of the batch.
+    /// The context for one batch: the snapshots, the worker's counters,
+    /// the shared flow table and the time; resolves the host port and the
+    /// uplink (with its policy) once for every frame of the batch.
     pub fn new(
         fib: &'a FibTable,
         ports: &'a PortTable,
         counters: &'a WorkerCounters,
+        flows: &'a FlowTable,
         now_ns: u64,
     ) -> BatchContext<'a> {
         let host = ports.host_port().and_then(|id| Some((id, ports.get(id)?)));
@@ -157,6 +165,7 @@ impl<'a> BatchContext<'a> {
             fib,
             ports,
             counters,
+            flows,
             now_ns,
             host,
             uplink,
@@ -296,8 +305,9 @@ impl Pipeline {
             decap::decapsulate(ctx, local, frame)?;
         }
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
-        // A conntrack/flow stage and then policy go here: they see a
-        // validated packet and its ingress, and fail with a `Fault`.
+        // Policy goes here: it sees a validated packet and its ingress, and
+        // fails with a `Fault` (the flow table it will read is filled by
+        // the host-NAT stage inside `route`).
         let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)?;
         rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
         Ok(Verdict::Forward {

@@ -14,11 +14,14 @@
 //!
 //! Invariants: reads the FIB snapshot and the batch's host port and uplink
 //! only (no per-frame table walk); what came through the tunnel goes to a
-//! local pod or nowhere (the router is not a transit for other nodes); a
+//! local pod or nowhere (the router is not a transit for other nodes),
+//! except the replies of flows the node NATed, which [`host_nat`] sends to
+//! the host port from any port; a
 //! frame never leaves by the port it came in on (`hairpin`), nor does the
 //! host's own traffic go back to the host.
 use std::net::Ipv4Addr;
 
+use super::host_nat;
 use super::validate::Ipv4Facts;
 use super::{BatchContext, Fault, IcmpError};
 use crate::counters::DropReason;
@@ -155,6 +158,11 @@ pub(super) fn route<'t>(
 ) -> Result<Egress<'t>, Fault> {
     let ip = || flow_hash(&frame.data()[ETHERNET_HEADER_LEN..]);
     let nh = next_hop(ctx, pkt.dst, ip, pkt.from_host);
+    // Replies of flows the node's kernel NATed go back through it (the one
+    // way out of the tunnel that is not to a local pod).
+    if host_nat::to_host(ctx, pkt.from_host, nh, &frame.data()[ETHERNET_HEADER_LEN..]) {
+        return Ok(host_egress(ctx, Some(ingress), false)?);
+    }
     // What came through the tunnel goes to a local pod or nowhere: the
     // router is not a transit for other nodes (Calico's IPIP neither).
     if from_uplink && !matches!(nh, Some(NextHop::Local(_))) {

@@ -4,6 +4,7 @@
 #![allow(unused_imports)]
 
 pub(super) use super::*;
+pub(super) use crate::conntrack::FlowTable;
 pub(super) use crate::counters::{DropReason, WorkerCounters};
 pub(super) use crate::encap::{EncapMode, EncapPolicy};
 pub(super) use crate::fib::{Fib, FibChange, NextHop, Prefix};
@@ -117,6 +118,7 @@ pub(super) struct Env {
     pub(super) ports: PortTable,
     pub(super) fib: Fib,
     pub(super) counters: WorkerCounters,
+    pub(super) flows: FlowTable,
     pub(super) pipeline: Pipeline,
     pub(super) now_ns: u64,
 }
@@ -186,6 +188,7 @@ impl Env {
             ports,
             fib,
             counters: WorkerCounters::default(),
+            flows: FlowTable::new(1024, Default::default()),
             pipeline: Pipeline::new(cfg),
             now_ns: 1_000_000_000,
         }
@@ -193,7 +196,13 @@ impl Env {
 
     pub(super) fn process(&mut self, ingress: PortId, frame: &mut Frame) -> Verdict {
         let table = self.fib.load();
-        let ctx = BatchContext::new(&table, &self.ports, &self.counters, self.now_ns);
+        let ctx = BatchContext::new(
+            &table,
+            &self.ports,
+            &self.counters,
+            &self.flows,
+            self.now_ns,
+        );
         self.pipeline.process(&ctx, ingress, frame)
     }
 

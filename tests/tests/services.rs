@@ -1,0 +1,300 @@
+//! Kubernetes Services through podrouter with kube-proxy's iptables rules
+//! in the node's kernel: two nodes over IPIP, a client pod and a backend on
+//! node 0, a backend on node 1, each backend serving TCP on port 80 and a
+//! UDP request/response service on port 53 (as the cluster DNS does). On
+//! node 0, the nat table kube-proxy's iptables mode writes: the ClusterIP
+//! 10.96.0.10 DNATed to either backend at random (`-m statistic --mode
+//! random --probability 0.5`), a NodePort for the node's own addresses,
+//! masquerade for traffic from outside the cluster CIDR and hairpins.
+//!
+//! Proves: TCP and UDP to the ClusterIP from the client pod reach both
+//! backends (the one on the same node and the one behind the tunnel), the
+//! backends see the client's own address (DNAT only), and the flow table
+//! counted the NATed flows and the replies it steered to the host port;
+//! the NodePort works from the node's own address to both backends.
+//! Without the steering (the router before issue 17) every connection
+//! through the ClusterIP times out: the backend's reply goes pod to pod and
+//! never meets the node's conntrack.
+use std::time::Duration;
+
+use podrouter_e2e::multinode::*;
+use podrouter_e2e::*;
+
+const CLUSTER_IP: &str = "10.96.0.10";
+const NODE_PORT: u16 = 30080;
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// A backend: TCP on port 80 answers each connection with one line
+/// `NAME PEER-ADDRESS`; UDP on port 53 answers each datagram the same way.
+const SERVER: &str = r#"
+import socket, sys, threading
+name = sys.argv[1]
+def udp():
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("0.0.0.0", 53))
+    while True:
+        data, peer = u.recvfrom(2048)
+        u.sendto(("%s %s\n" % (name, peer[0])).encode(), peer)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.socket()
+t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", 80))
+t.listen(128)
+while True:
+    c, peer = t.accept()
+    try:
+        c.sendall(("%s %s\n" % (name, peer[0])).encode())
+    finally:
+        c.close()
+"#;
+
+/// A client: `PROTO HOST PORT WANT MAX_TRIES MAX_FAILS`. Asks (one new
+/// connection or one new socket per try, so each is a new flow the node's
+/// NAT balances) until WANT distinct backends answered, MAX_TRIES tries or
+/// MAX_FAILS failures; prints one JSON object: answers per reply line,
+/// tries, failures and the first error.
+const CLIENT: &str = r#"
+import json, socket, sys
+proto, host, port, want, tries, fails = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+answers, n, failed, first_error = {}, 0, 0, None
+while n < tries and failed < fails and len(answers) < want:
+    n += 1
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            line = s.makefile().readline().strip()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.sendto(b"q", (host, port))
+            line = s.recvfrom(2048)[0].decode().strip()
+        s.close()
+        if not line:
+            raise OSError("empty answer")
+        answers[line] = answers.get(line, 0) + 1
+    except OSError as e:
+        failed += 1
+        first_error = first_error or repr(e)
+print(json.dumps({"answers": answers, "tries": n, "failures": failed, "first_error": first_error}))
+"#;
+
+/// kube-proxy's iptables-mode nat rules (as `iptables-save` shows them)
+/// for one Service with a TCP port 80 (NodePort `NODE_PORT`) and a UDP
+/// port 53, `backends` its ready endpoints.
+fn kube_proxy_rules(backends: &[&str]) -> String {
+    let mut r = String::from(
+        "*nat\n\
+         :KUBE-SERVICES - [0:0]\n\
+         :KUBE-NODEPORTS - [0:0]\n\
+         :KUBE-POSTROUTING - [0:0]\n\
+         :KUBE-MARK-MASQ - [0:0]\n\
+         :KUBE-SVC-HTTP - [0:0]\n\
+         :KUBE-EXT-HTTP - [0:0]\n\
+         :KUBE-SVC-DNS - [0:0]\n",
+    );
+    for i in 0..backends.len() {
+        r += &format!(":KUBE-SEP-HTTP{i} - [0:0]\n:KUBE-SEP-DNS{i} - [0:0]\n");
+    }
+    r += "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+          -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+          -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+          -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+          -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+          -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+          -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n";
+    r += &format!(
+        "-A KUBE-SERVICES -d {CLUSTER_IP}/32 -p tcp -m comment --comment \"default/svc:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-HTTP\n\
+         -A KUBE-SERVICES -d {CLUSTER_IP}/32 -p udp -m comment --comment \"default/svc:dns cluster IP\" -m udp --dport 53 -j KUBE-SVC-DNS\n\
+         -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n\
+         -A KUBE-NODEPORTS -p tcp -m comment --comment \"default/svc:http\" -m tcp --dport {NODE_PORT} -j KUBE-EXT-HTTP\n\
+         -A KUBE-EXT-HTTP -m comment --comment \"masquerade traffic for default/svc:http external destinations\" -j KUBE-MARK-MASQ\n\
+         -A KUBE-EXT-HTTP -j KUBE-SVC-HTTP\n\
+         -A KUBE-SVC-HTTP ! -s 10.244.0.0/16 -d {CLUSTER_IP}/32 -p tcp -m comment --comment \"default/svc:http cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+         -A KUBE-SVC-DNS ! -s 10.244.0.0/16 -d {CLUSTER_IP}/32 -p udp -m comment --comment \"default/svc:dns cluster IP\" -m udp --dport 53 -j KUBE-MARK-MASQ\n"
+    );
+    // As kube-proxy spreads n endpoints: 1/n, then 1/(n-1) of the rest, ...
+    for (i, b) in backends.iter().enumerate() {
+        let left = backends.len() - i;
+        let pick = if left > 1 {
+            format!(
+                "-m statistic --mode random --probability {:.11} ",
+                1.0 / left as f64
+            )
+        } else {
+            String::new()
+        };
+        for (svc, proto, port) in [("HTTP", "tcp", 80), ("DNS", "udp", 53)] {
+            r += &format!(
+                "-A KUBE-SVC-{svc} -m comment --comment \"default/svc -> {b}:{port}\" {pick}-j KUBE-SEP-{svc}{i}\n\
+                 -A KUBE-SEP-{svc}{i} -s {b}/32 -m comment --comment \"default/svc\" -j KUBE-MARK-MASQ\n\
+                 -A KUBE-SEP-{svc}{i} -p {proto} -m comment --comment \"default/svc\" -m {proto} -j DNAT --to-destination {b}:{port}\n"
+            );
+        }
+    }
+    r + "COMMIT\n"
+}
+
+/// What [`CLIENT`] printed.
+struct Asked {
+    answers: Vec<(String, u64)>,
+    json: Value,
+}
+
+impl Asked {
+    /// How many answers came from the backend called `name`.
+    fn from(&self, name: &str) -> u64 {
+        self.answers
+            .iter()
+            .filter(|(l, _)| l.split(' ').next() == Some(name))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.answers
+            .iter()
+            .filter_map(|(l, _)| l.split(' ').nth(1).map(str::to_string))
+            .collect()
+    }
+}
+
+/// Runs [`CLIENT`] in `ns` until `want` backends answered (at most 40
+/// tries, stopping after 6 failures).
+fn ask(ns: &str, proto: &str, host: &str, port: u16, want: u32) -> Asked {
+    let (port, want) = (port.to_string(), want.to_string());
+    let out = run_in(
+        ns,
+        &[
+            "python3", "-c", CLIENT, proto, host, &port, &want, "40", "6",
+        ],
+    );
+    assert!(out.ok(), "client failed: {out}");
+    let json: Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("client printed no JSON ({e}): {out}"));
+    let answers = json["answers"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Asked { answers, json }
+}
+
+const TOOLS: &[&str] = &["ping", "ss", "python3", "iptables-restore", "iptables-save"];
+
+#[test]
+fn cluster_ip_and_node_port_with_kube_proxy_rules() {
+    if require("cluster_ip_and_node_port_with_kube_proxy_rules", TOOLS) {
+        services_through_the_node(1);
+    }
+}
+
+/// The same with two workers per node: the host port, the uplink and the
+/// pods are spread over them (each new port goes to the worker with the
+/// fewest: host port 0, uplink 1, client 0, local backend 1), so a flow is
+/// recorded by one worker and its replies steered by the other.
+#[test]
+fn cluster_ip_with_two_workers() {
+    if require("cluster_ip_with_two_workers", TOOLS) {
+        services_through_the_node(2);
+    }
+}
+
+fn services_through_the_node(workers: usize) {
+    let mut c = Cluster::start_with("always", &[0, 0], &format!("workers = {workers}\n"));
+    let client = c.nodes[0].add_pod("client", &[]);
+    let b0 = c.nodes[0].add_pod("b0", &[]);
+    let b1 = c.nodes[1].add_pod("b1", &[]);
+    if workers == 2 {
+        assert_eq!(
+            (client.info["worker"].as_u64(), b0.info["worker"].as_u64()),
+            (Some(0), Some(1)),
+            "the pods are not on the workers this test means to cross: {} {}",
+            client.info,
+            b0.info
+        );
+    }
+    let _servers: Vec<Bg> = [("b0", &b0), ("b1", &b1)]
+        .into_iter()
+        .map(|(name, pod)| {
+            spawn_in(
+                &pod.ns,
+                &format!("server {name}"),
+                &["python3", "-c", SERVER, name],
+                None,
+            )
+        })
+        .collect();
+    for pod in [&b0, &b1] {
+        let listening = wait_until(Duration::from_secs(10), || {
+            let t = pod.exec(&["ss", "-ltnH", "sport = :80"]).stdout;
+            let u = pod.exec(&["ss", "-lunH", "sport = :53"]).stdout;
+            t.contains(":80") && u.contains(":53")
+        });
+        assert!(listening, "the server in {} never listened", pod.id);
+        assert!(
+            settle(&client.ns, &pod.ip, SETTLE),
+            "client never reached {} ({})",
+            pod.id,
+            pod.ip
+        );
+    }
+    // Directly, both backends answer with the client's address.
+    for pod in [&b0, &b1] {
+        let a = ask(&client.ns, "tcp", &pod.ip, 80, 1);
+        assert_eq!(a.from(&pod.id), 1, "{} directly: {}", pod.id, a.json);
+    }
+
+    let node0 = &c.nodes[0];
+    let rules_file = TempDir::new("kube-proxy");
+    let rules = rules_file.join("rules");
+    std::fs::write(&rules, kube_proxy_rules(&[&b0.ip, &b1.ip])).expect("write rules");
+    node0
+        .ns
+        .exec(&["iptables-restore", "--noflush", &rules.to_string_lossy()])
+        .expect_ok();
+    node0.ns.exec(&["iptables-save", "-t", "nat"]).expect_ok();
+    let before = node0.counters();
+
+    // TCP and UDP through the ClusterIP, from the client pod: both
+    // backends, and each sees the client's own address (DNAT only).
+    for proto in ["tcp", "udp"] {
+        let port = if proto == "tcp" { 80 } else { 53 };
+        let a = ask(&client.ns, proto, CLUSTER_IP, port, 2);
+        say(&format!("{proto} to {CLUSTER_IP}:{port}: {}", a.json));
+        for b in ["b0", "b1"] {
+            assert!(
+                a.from(b) > 0,
+                "{proto} through the ClusterIP never reached {b}: {}\n{}",
+                a.json,
+                node0.ns.exec(&["iptables-save", "-c", "-t", "nat"]).stdout
+            );
+        }
+        assert!(
+            a.peers().iter().all(|p| *p == client.ip),
+            "{proto}: a backend saw another source than the client {}: {}",
+            client.ip,
+            a.json
+        );
+    }
+    let after = node0.counters();
+    let inserted = delta(&before, &after, "/flows/inserted");
+    let steered = delta(&before, &after, "/flows/steered_to_host");
+    say(&format!(
+        "node 0 flow table: {inserted} flows inserted, {steered} packets steered to the host port: {}",
+        after["flows"]
+    ));
+    assert!(inserted >= 4, "flows NATed by the node: {}", after["flows"]);
+    assert!(steered >= 4, "replies steered: {}", after["flows"]);
+    assert_eq!(num(&after, "/flows/full"), 0, "{}", after["flows"]);
+
+    // The NodePort from the node's own address: masqueraded by the node,
+    // both backends.
+    let a = ask(node0.ns.name(), "tcp", &node0.ip, NODE_PORT, 2);
+    say(&format!("tcp to {}:{NODE_PORT}: {}", node0.ip, a.json));
+    for b in ["b0", "b1"] {
+        assert!(a.from(b) > 0, "the NodePort never reached {b}: {}", a.json);
+    }
+}
