@@ -7,11 +7,12 @@
 #
 # Steps: install missing system packages, cargo fmt --check, clippy with
 # warnings denied, release build of the binaries, cargo test --release for the
-# whole workspace, the demo (scripts/demo.sh, as root), a criterion smoke run
-# of the benchmarks, a short fuzz run of the BGP codec and the benchmark
-# harness's smoke mode. Every step runs even if an earlier one failed (except
-# tests and the demo after a failed build); a summary follows, and the exit
-# status is non-zero if anything failed.
+# whole workspace, the end-to-end tests again on the afxdp backend, the demo
+# (scripts/demo.sh, as root), a criterion smoke run of the benchmarks, a short
+# fuzz run of the BGP codec and the benchmark harness's smoke mode. Every step
+# runs even if an earlier one failed (except tests and the demo after a failed
+# build); a summary follows, and the exit status is non-zero if anything
+# failed.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -93,6 +94,26 @@ if step build cargo build --release --workspace --bins; then
         return "$rc"
     }
     STEP_DESC="cargo test --release --workspace --no-fail-fast" step test run_tests
+    # The end-to-end tests that attach pods, again on the afxdp backend
+    # (pods on veth pairs driven through AF_XDP; the helpers read
+    # PODROUTER_BACKEND): everything above the port must behave the same.
+    AFXDP_TESTS=(-p podrouter-e2e -p podrouter-cni --test forwarding --test icmp --test security
+        --test restart --test pods --test cli --test daemon --test multinode --test reload
+        --test services --test plugin --test podman)
+    TESTLOG_AFXDP="$LOGDIR/cargo-test-afxdp.log"
+    run_afxdp_tests() {
+        PODROUTER_BACKEND=afxdp timeout -k 30 "$TEST_TIMEOUT" \
+            cargo test --release --no-fail-fast "${AFXDP_TESTS[@]}" 2>&1 | tee "$TESTLOG_AFXDP"
+        local rc=${PIPESTATUS[0]}
+        [ "$rc" -eq 124 ] && echo "cargo test (afxdp) did not finish within ${TEST_TIMEOUT}s" >&2
+        return "$rc"
+    }
+    if [ "$(id -u)" -eq 0 ]; then
+        STEP_DESC="PODROUTER_BACKEND=afxdp cargo test --release ${AFXDP_TESTS[*]}" \
+            step afxdp run_afxdp_tests
+    else
+        skip_step afxdp "the afxdp end-to-end pass needs root"
+    fi
 else
     skip_step test "the release build failed"
 fi
@@ -157,17 +178,19 @@ fi
 
 # Totals over every test binary of the workspace (libtest's result lines).
 PASSED=0 FAILEDN=0 IGNORED=0 SKIPPED=0
-if [ -n "${TESTLOG:-}" ] && [ -f "$TESTLOG" ]; then
+for log in "${TESTLOG:-}" "${TESTLOG_AFXDP:-}"; do
+    [ -n "$log" ] && [ -f "$log" ] || continue
     while read -r p f i; do
         PASSED=$((PASSED + p)) FAILEDN=$((FAILEDN + f)) IGNORED=$((IGNORED + i))
-    done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$TESTLOG")
-    SKIPPED=$(grep -c '^SKIP ' "$TESTLOG" || true)
-    if [ "$SKIPPED" -gt 0 ]; then
+    done < <(sed -n 's/^test result: [A-Za-z]*\. \([0-9]*\) passed; \([0-9]*\) failed; \([0-9]*\) ignored.*/\1 \2 \3/p' "$log")
+    S=$(grep -c '^SKIP ' "$log" || true)
+    SKIPPED=$((SKIPPED + S))
+    if [ "$S" -gt 0 ]; then
         echo
-        echo "skipped end-to-end tests (they count as passed in libtest's totals):"
-        grep '^SKIP ' "$TESTLOG" | sed 's/^/  /'
+        echo "skipped end-to-end tests in $(basename "$log") (they count as passed in libtest's totals):"
+        grep '^SKIP ' "$log" | sed 's/^/  /'
     fi
-fi
+done
 
 echo
 echo "==================== summary ===================="

@@ -416,6 +416,29 @@ pub struct StatusInfo {
     pub routes: usize,
     pub free_addresses: u64,
     pub uptime_secs: u64,
+    /// Each pod port and how its backend drives it. Absent from daemons
+    /// older than this field.
+    #[serde(default)]
+    pub ports: Vec<PortStatusInfo>,
+}
+
+/// How one pod's port is driven.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortStatusInfo {
+    pub port: u32,
+    pub name: String,
+    /// `tap` or `afxdp`.
+    pub backend: String,
+    /// For `afxdp`: `copy` or `zero-copy`, then `driver` or `generic`
+    /// (where the XDP program runs), e.g. `copy, driver`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_mode: Option<String>,
+    /// For `afxdp`: the id of the attached XDP program (`ip link` shows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_prog_id: Option<u32>,
+    /// For `afxdp`: the node-end interface the AF_XDP sockets are bound to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xdp_ifname: Option<String>,
 }
 
 /// A node's VXLAN tunnel, as `podrouterctl status` shows it.
@@ -520,6 +543,24 @@ pub struct PortCountersInfo {
     /// Connections from this pod refused by its egress rules.
     #[serde(default)]
     pub policy_denied_egress: u64,
+    /// AF_XDP ports only: what the kernel and the port dropped outside the
+    /// pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xsk: Option<XskCountersInfo>,
+}
+
+/// Drops around an AF_XDP port's sockets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct XskCountersInfo {
+    /// Frames the kernel dropped before the receive ring: larger than a
+    /// UMEM chunk, or no room (`XDP_STATISTICS` `rx_dropped`).
+    pub rx_dropped: u64,
+    /// Frames dropped because the receive ring was full.
+    pub rx_ring_full: u64,
+    /// Frames dropped because the fill ring was empty.
+    pub rx_fill_empty: u64,
+    /// Frames the port could not queue for transmit.
+    pub tx_dropped: u64,
 }
 
 /// One BGP neighbour, like a line of `birdc show protocols all`.

@@ -14,6 +14,11 @@
 //!   counting them and timing each.
 //! - `cni`: runs a CNI plugin's ADD for a list of pod namespaces, then DEL
 //!   for all of them, from a pool of threads, timing each invocation.
+//! - `xskfwd`: the bare-XSK ceiling probe. podrouter's own AF_XDP port
+//!   (`podrouter_router::afxdp`) on two node-side veths, forwarding every
+//!   frame from one to the other with only its MACs rewritten: the same
+//!   sockets, rings and copies as podrouterd's afxdp backend, without the
+//!   pipeline, the FIB or the worker. Runs until killed.
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
@@ -86,11 +91,58 @@ pub fn main(kind: &str, args: &[String]) -> Res<()> {
         "accept" => accept(&a)?,
         "conn" => conn(&a)?,
         "cni" => cni(&a)?,
+        "xskfwd" => xskfwd(&a)?,
         _ => return Err(Error::msg(format!("unknown helper {kind}"))),
     };
     let mut o = io::stdout().lock();
     writeln!(o, "{v}")?;
     Ok(())
+}
+
+/// Forwards between AF_XDP ports on `a=` and `b=` (node-side veths in
+/// this namespace), rewriting the destination MAC to `amac=` / `bmac=`
+/// (the pod behind each) and the source to the gateway's. Polls, sleeping
+/// 50 µs when a round moved nothing.
+fn xskfwd(a: &Args) -> Res<serde_json::Value> {
+    use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort, XdpModeRequest};
+    use podrouter_router::frame::Frame;
+    use podrouter_router::port::Port;
+    let open = |ifname: &str| {
+        AfXdpPort::open(&AfXdpConfig {
+            ifname: ifname.to_string(),
+            mtu: 1500,
+            tx_queues: 1,
+            mode: XdpModeRequest::Auto,
+        })
+        .map_err(|e| Error::msg(format!("xskfwd: {ifname}: {e}")))
+    };
+    let ports = [open(a.get("a")?)?, open(a.get("b")?)?];
+    let macs = [parse_mac(a.get("amac")?)?, parse_mac(a.get("bmac")?)?];
+    let mut queues = [ports[0].tx_queue(), ports[1].tx_queue()];
+    let mut frames: Vec<Frame> = (0..64).map(|_| Frame::new()).collect();
+    eprintln!("xskfwd: forwarding ({})", ports[0].mode());
+    loop {
+        let mut moved = 0;
+        for from in 0..2 {
+            let to = 1 - from;
+            let n = ports[from].recv(&mut frames)?;
+            for f in &mut frames[..n] {
+                let d = f.data_mut();
+                if d.len() >= 12 {
+                    d[..6].copy_from_slice(&macs[to]);
+                    d[6..12].copy_from_slice(&GATEWAY_MAC);
+                }
+                let _ = ports[to].push(&mut queues[to], f, None);
+            }
+            if n > 0 {
+                let _ = ports[to].flush(&mut queues[to]);
+            }
+            moved += n;
+        }
+        if moved == 0 {
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
 }
 
 fn parse_mac(s: &str) -> Res<[u8; 6]> {

@@ -933,6 +933,77 @@ pub fn same_node(ctx: &mut Ctx) -> Res<()> {
     ctx.progress.step("same node: tearing down");
     drop(pr);
     drop(k);
+    if ctx.opts.backend == "afxdp" {
+        bare_xsk_rows(ctx)?;
+    }
+    Ok(())
+}
+
+/// The bare-XSK ceiling (afxdp runs): 64 B frames through podrouter's
+/// AF_XDP port on the same kind of veths with no pipeline, and
+/// podrouterd's 64 B rate as a fraction of it.
+fn bare_xsk_rows(ctx: &mut Ctx) -> Res<()> {
+    let scenario = "same node, 2 pods";
+    let opts = ctx.opts.clone();
+    let exe = ctx.self_exe.clone();
+    let slot = build(ctx, "same node: bare XSK forwarder with 2 pods", |_| {
+        topo::xsk_bare_same_node(&opts, &exe)
+    })?;
+    let slot = checked(ctx, slot, "bare XSK forwarder")?;
+    let cell = match &slot {
+        Err(why) => Cell::missing(first_line(why)),
+        Ok(t) => {
+            let (mut v, mut disturbed, mut err) = (Vec::new(), 0, None);
+            for rep in 1..=ctx.p.repeats {
+                let desc = format!(
+                    "{scenario} · UDP 64 B · {} · run {rep}/{}",
+                    t.label, ctx.p.repeats
+                );
+                ctx.progress.step(&desc);
+                let n0 = ctx.busy.len();
+                match udp_rate(ctx, t, 64, &desc) {
+                    Ok(r) => {
+                        v.push(r.mpps);
+                        disturbed += usize::from(ctx.busy[n0..].iter().any(|b| *b >= BUSY));
+                    }
+                    Err(e) if e.interrupted => return Err(e),
+                    Err(e) => {
+                        ctx.fail(&desc, &e);
+                        err.get_or_insert(e.msg);
+                    }
+                }
+            }
+            if v.is_empty() {
+                Cell::missing(first_line(&err.unwrap_or_default()))
+            } else {
+                Cell::from_runs(v, disturbed)
+            }
+        }
+    };
+    let ratio = match (ctx.two_pod_64[PR], cell.median()) {
+        (Some(p), Some(b)) if b > 0.0 => Cell::from_runs(vec![p / b], 0),
+        _ => Cell::missing("not available (a 64 B figure is missing)"),
+    };
+    let na = || Cell::missing("not available (an AF_XDP probe): no kernel counterpart");
+    ctx.rows.push(Row::new(
+        scenario,
+        "UDP 64 B frames, bare XSK forwarder (podrouter's AF_XDP port, no pipeline): the ceiling",
+        "Mpps",
+        "higher",
+        cell,
+        na(),
+    ));
+    ctx.rows.push(Row::new(
+        scenario,
+        "podrouterd (afxdp) 64 B rate / the bare XSK ceiling (goal >= 0.9)",
+        "ratio",
+        "higher",
+        ratio,
+        na(),
+    ));
+    ctx.progress
+        .step("same node: tearing down the bare XSK forwarder");
+    drop(slot);
     Ok(())
 }
 

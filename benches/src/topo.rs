@@ -489,6 +489,101 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
 }
 
 // ---------------------------------------------------------------------------
+// The bare-XSK ceiling probe
+
+/// Two pods on veth pairs, as podrouterd's afxdp backend makes them (pod
+/// end one queue, node end two), whose node ends are driven by the
+/// harness's `xskfwd` helper: podrouter's AF_XDP port forwarding with only
+/// the MACs rewritten, no pipeline. What AF_XDP itself allows on this
+/// machine, with podrouter's rings and copies.
+pub fn xsk_bare_same_node(opts: &PlaneOpts, self_exe: &Path) -> Res<Topology> {
+    let (tag, dir, node, node_name) = single_node()?;
+    let mtu = opts.mtu;
+    let mut topo = Topology {
+        label: "bare XSK forwarder".into(),
+        pods: Vec::new(),
+        daemons: Vec::new(),
+        nodes: vec![node_name.clone()],
+        notes: vec![format!(
+            "bare XSK forwarder: podrouter's AF_XDP port on both node-side veths, MAC rewrite only, pinned to CPU {}",
+            opts.dp_cpu
+        )],
+        pod_ns: Vec::new(),
+        _node_ns: vec![node],
+        _dir: dir,
+    };
+    topo.pod_ns.push(NetnsGroup::create(
+        (0..2).map(|i| format!("{tag}-p{i}")).collect(),
+    )?);
+    let mut node_lines = String::new();
+    let mut macs = Vec::new();
+    for (i, ns) in topo.pod_ns[0].names().iter().enumerate() {
+        let ip = pod_ip(BLOCKS[0], i);
+        let mac = pod_mac(0, i);
+        let _ = writeln!(
+            node_lines,
+            "link add xsk{i} mtu {mtu} numtxqueues 2 numrxqueues 2 type veth peer name eth0 address {mac} mtu {mtu} numtxqueues 1 numrxqueues 1 netns {ns}\n\
+             link set xsk{i} up"
+        );
+        topo.pods.push(Pod {
+            ns: ns.clone(),
+            ip,
+            ifname: "eth0".into(),
+        });
+        macs.push(mac);
+    }
+    ip_batch(Some(&node_name), &node_lines)?;
+    for p in &topo.pods {
+        ip_batch(
+            Some(&p.ns),
+            &format!(
+                "link set eth0 up\n\
+                 addr add {}/32 dev eth0\n\
+                 route add 169.254.1.1 dev eth0 scope link\n\
+                 route add default via 169.254.1.1 dev eth0\n\
+                 neigh replace 169.254.1.1 lladdr {HOST_MAC} dev eth0 nud permanent\n",
+                p.ip
+            ),
+        )?;
+    }
+    let log = topo._dir.path().join("xskfwd.log");
+    let exe = self_exe.to_string_lossy();
+    let cpu = format!("cpu={}", opts.dp_cpu);
+    let amac = format!("amac={}", macs[0]);
+    let bmac = format!("bmac={}", macs[1]);
+    let proc = Proc::spawn(
+        "xskfwd",
+        &[
+            "ip", "netns", "exec", &node_name, &exe, "__helper", "xskfwd", "a=xsk0", "b=xsk1",
+            &amac, &bmac, &cpu,
+        ],
+        Some(&log),
+    )?;
+    topo.daemons.push(Daemon {
+        proc,
+        socket: topo._dir.path().join("no-api.sock"),
+        log: log.clone(),
+        state_dir: topo._dir.path().to_path_buf(),
+    });
+    // Up once both programs are attached.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("forwarding")
+    {
+        util::check()?;
+        if Instant::now() > deadline {
+            bail!(
+                "xskfwd did not start: {}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(topo)
+}
+
+// ---------------------------------------------------------------------------
 // Two nodes
 
 /// How two nodes carry pod traffic between them.

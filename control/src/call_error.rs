@@ -30,6 +30,8 @@ pub enum CallError {
     OwnNetns(String),
     #[error("mtu {mtu} is out of range {min}..={max}")]
     MtuOutOfRange { mtu: u16, min: u16, max: u16 },
+    #[error("mtu {mtu} is above the afxdp backend's {max} (one UMEM chunk per frame)")]
+    MtuAboveAfxdp { mtu: u16, max: u16 },
     #[error(transparent)]
     Address(#[from] IpamError),
     /// Creating the pod's interface failed.
@@ -73,6 +75,7 @@ impl CallError {
             | CallError::InvalidIfname(_)
             | CallError::OwnNetns(_)
             | CallError::MtuOutOfRange { .. }
+            | CallError::MtuAboveAfxdp { .. }
             | CallError::BadPrefix(_) => ErrorCode::BadRequest,
             CallError::AlreadyAttached(_) => ErrorCode::AlreadyExists,
             CallError::NetnsNotFound(_) => ErrorCode::NetnsNotFound,

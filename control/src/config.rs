@@ -22,6 +22,29 @@ pub enum Backend {
     Afxdp,
 }
 
+/// Where the afxdp backend attaches its XDP program.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum XdpMode {
+    /// Driver (native) mode where the interface has it, else generic.
+    #[default]
+    Auto,
+    /// Driver mode only (a port that cannot have it is refused).
+    Driver,
+    /// Generic (skb) mode.
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Driver => "driver",
+            XdpMode::Generic => "generic",
+        })
+    }
+}
+
 /// When traffic to another node is IPIP-encapsulated (Calico's modes).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -125,6 +148,8 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct Dataplane {
     pub backend: Backend,
+    /// Where the afxdp backend attaches its XDP program.
+    pub xdp_mode: XdpMode,
     /// Worker threads polling ports.
     pub workers: usize,
     /// CPU core for each worker (same length as `workers`); empty: unpinned.
@@ -355,6 +380,7 @@ impl Default for Dataplane {
     fn default() -> Self {
         Dataplane {
             backend: Backend::Tap,
+            xdp_mode: XdpMode::Auto,
             workers: 1,
             cores: Vec::new(),
             mtu: DEFAULT_MTU_IPIP,
@@ -523,10 +549,14 @@ impl Config {
                 }
             }
         }
-        if dp.backend == Backend::Afxdp {
+        if dp.backend == Backend::Afxdp && dp.mtu > podrouter_router::afxdp::MAX_MTU {
             return Err((
-                "backend",
-                "the afxdp backend is not available in this build yet; use \"tap\"".into(),
+                "mtu",
+                format!(
+                    "{} is above the afxdp backend's {} (one UMEM chunk per frame)",
+                    dp.mtu,
+                    podrouter_router::afxdp::MAX_MTU
+                ),
             ));
         }
         if dp.workers == 0 || dp.workers > 64 {
@@ -851,8 +881,10 @@ asn = 64512
         let e = err("[dataplane]\nencap = \"sometimes\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("encap")));
 
-        let e = err("[dataplane]\nbackend = \"afxdp\"\n");
-        assert_eq!(e.key.as_deref(), Some("backend"));
+        let e = err("[dataplane]\nbackend = \"afxdp\"\nmtu = 9000\n");
+        assert_eq!(e.key.as_deref(), Some("mtu"));
+        let e = err("[dataplane]\nxdp_mode = \"native\"\n");
+        assert_eq!(e.key.as_deref(), Some("xdp_mode"));
 
         let e = err("pod_cidrs = [\"10.0.0.0/16\", \"10.0.1.0/24\"]\n");
         assert!(e.message.contains("overlap"), "{e}");

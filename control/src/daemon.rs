@@ -23,8 +23,10 @@ use arc_swap::ArcSwap;
 use podrouter_api::pending::{self, PendingDetach, PENDING_DETACH_DIR};
 use podrouter_api::{
     check_ifname, AttachParams, Call, CountersInfo, FlowCountersInfo, PodInfo, PortCountersInfo,
-    ReloadInfo, Reply, Response, RouteInfo, StatusInfo, API_VERSION,
+    PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo,
+    API_VERSION,
 };
+use podrouter_router::afxdp::AfXdpPort;
 use podrouter_router::clock;
 use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::{self, WorkerCounters};
@@ -37,9 +39,9 @@ use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use podrouter_types::Prefix;
 
 use crate::call_error::CallError;
-use crate::config::{Config, MTU_RANGE};
+use crate::config::{Backend, Config, MTU_RANGE};
 use crate::ipam::Ipam;
-use crate::nodenet::{KernelNet, NodeNet};
+use crate::nodenet::{KernelNet, NodeNet, PodPort};
 use crate::podnet::{PodInterfaceSpec, PodNetError};
 use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
@@ -118,6 +120,8 @@ struct Pod {
     record: PodRecord,
     port: PortId,
     worker: usize,
+    /// The pod's AF_XDP port (afxdp backend), for its mode and counters.
+    xdp: Option<Arc<AfXdpPort>>,
 }
 
 pub struct Daemon {
@@ -152,7 +156,7 @@ impl Daemon {
     /// from the state file. `config_path` is where `cfg` was read from
     /// (what a reload reads again).
     pub fn start(cfg: Config, config_path: Option<PathBuf>) -> Result<Daemon, StartError> {
-        Daemon::start_with(Box::new(KernelNet), cfg, config_path)
+        Daemon::start_with(Box::new(KernelNet::for_config(&cfg)), cfg, config_path)
     }
 
     /// [`Daemon::start`] on the node network `net`.
@@ -296,8 +300,8 @@ impl Daemon {
                 log::warn!("pod {}: dropped from state: {e}", r.id);
                 continue;
             }
-            let tap = match self.net.attach_pod_interface(&r.netns, &r.ifname) {
-                Ok(t) => t,
+            let port = match self.net.attach_pod_interface(&spec_of(&r)) {
+                Ok(p) => p,
                 Err(e) => {
                     log::warn!(
                         "pod {}: cannot re-open {} in {}: {e}; forgetting it and releasing {}",
@@ -312,7 +316,7 @@ impl Daemon {
                 }
             };
             let kept = r.clone();
-            match self.install(r, tap) {
+            match self.install(r, port) {
                 Ok(()) => log::info!("pod {}: restored", kept.id),
                 Err(e) => {
                     log::warn!(
@@ -375,7 +379,7 @@ impl Daemon {
 
     /// Makes a pod forwardable: port, worker, FIB, host route. Rolls back
     /// on failure.
-    fn install(&mut self, r: PodRecord, tap: Arc<dyn Port>) -> Result<(), CallError> {
+    fn install(&mut self, r: PodRecord, pod_port: PodPort) -> Result<(), CallError> {
         let info = PortInfo {
             name: format!("{}@{}", r.ifname, r.id),
             role: PortRole::Pod {
@@ -384,7 +388,9 @@ impl Daemon {
             },
             mtu: r.mtu,
         };
-        let (port, worker) = self.publish_port(info, tap).map_err(CallError::Port)?;
+        let (port, worker) = self
+            .publish_port(info, pod_port.port)
+            .map_err(CallError::Port)?;
         let host = Prefix::new(r.ip, 32).expect("/32");
         self.fib
             .update(&[FibChange::Insert(host, NextHop::Local(port))]);
@@ -400,6 +406,7 @@ impl Daemon {
                 record: r,
                 port,
                 worker,
+                xdp: pod_port.xdp,
             },
         );
         Ok(())
@@ -519,6 +526,18 @@ impl Daemon {
             routes: self.fib.load().len(),
             free_addresses: self.ipam.free(),
             uptime_secs: self.started.elapsed().as_secs(),
+            ports: self
+                .pods
+                .values()
+                .map(|p| PortStatusInfo {
+                    port: p.port.0,
+                    name: format!("{}@{}", p.record.ifname, p.record.id),
+                    backend: if p.xdp.is_some() { "afxdp" } else { "tap" }.into(),
+                    xdp_mode: p.xdp.as_ref().map(|x| x.mode().to_string()),
+                    xdp_prog_id: p.xdp.as_ref().map(|x| x.prog_id()),
+                    xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
+                })
+                .collect(),
         }
     }
 
@@ -563,6 +582,13 @@ impl Daemon {
                 max: *MTU_RANGE.end(),
             });
         }
+        let afxdp_max = podrouter_router::afxdp::MAX_MTU;
+        if self.cfg.dataplane.backend == Backend::Afxdp && mtu > afxdp_max {
+            return Err(CallError::MtuAboveAfxdp {
+                mtu,
+                max: afxdp_max,
+            });
+        }
         let ip = match p.ip {
             Some(ip) => self.ipam.reserve(ip).map(|()| ip),
             None => self.ipam.allocate(),
@@ -575,21 +601,15 @@ impl Daemon {
             mac: pod_mac(ip),
             mtu,
         };
-        let spec = PodInterfaceSpec {
-            netns: record.netns.clone(),
-            ifname: record.ifname.clone(),
-            ip,
-            mtu,
-            mac: record.mac,
-        };
-        let tap = match self.net.create_pod_interface(&spec) {
-            Ok(t) => t,
+        let spec = spec_of(&record);
+        let port = match self.net.create_pod_interface(&spec) {
+            Ok(p) => p,
             Err(source) => {
                 self.ipam.release(ip);
                 return Err(CallError::Interface { id: p.id, source });
             }
         };
-        if let Err(e) = self.install(record.clone(), tap) {
+        if let Err(e) = self.install(record.clone(), port) {
             self.discard_interface(&record);
             self.ipam.release(ip);
             return Err(e);
@@ -813,6 +833,22 @@ impl Daemon {
         let all: Vec<&WorkerCounters> = self.workers.iter().map(|w| &**w.counters).collect();
         let s = counters::sum(all.iter().copied());
         let ports = self.ports.load();
+        let xsk: BTreeMap<PortId, XskCountersInfo> = self
+            .pods
+            .values()
+            .filter_map(|p| {
+                let s = p.xdp.as_ref()?.stats();
+                Some((
+                    p.port,
+                    XskCountersInfo {
+                        rx_dropped: s.rx_dropped,
+                        rx_ring_full: s.rx_ring_full,
+                        rx_fill_empty: s.rx_fill_empty,
+                        tx_dropped: s.tx_dropped,
+                    },
+                ))
+            })
+            .collect();
         // So `entries` counts no flow that has already timed out.
         self.flows.sweep(clock::now_ms());
         CountersInfo {
@@ -851,6 +887,7 @@ impl Daemon {
                         drops: p.drops,
                         policy_denied_ingress: p.policy_denied_ingress,
                         policy_denied_egress: p.policy_denied_egress,
+                        xsk: xsk.get(&id).cloned(),
                     }
                 })
                 .collect(),
@@ -882,6 +919,17 @@ impl Daemon {
 
 /// The MAC a pod interface gets: 0a:58 and its IPv4 address (as Kubernetes
 /// bridge plugins do), so it is stable across restarts and readable.
+/// The interface a pod's record describes.
+fn spec_of(r: &PodRecord) -> PodInterfaceSpec {
+    PodInterfaceSpec {
+        netns: r.netns.clone(),
+        ifname: r.ifname.clone(),
+        ip: r.ip,
+        mtu: r.mtu,
+        mac: r.mac,
+    }
+}
+
 pub fn pod_mac(ip: Ipv4Addr) -> [u8; 6] {
     let o = ip.octets();
     [POD_MAC_PREFIX[0], POD_MAC_PREFIX[1], o[0], o[1], o[2], o[3]]

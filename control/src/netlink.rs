@@ -33,7 +33,10 @@ use netlink_packet_core::{
     NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+    LinkXdp, XdpAttached,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteNextHop,
     RouteProtocol, RouteScope, RouteType,
@@ -131,6 +134,24 @@ pub struct LinkInfo {
     pub mac: Option<[u8; 6]>,
     /// Administratively up (`IFF_UP`).
     pub up: bool,
+    /// The XDP program attached, if any.
+    pub xdp: Option<XdpAttachment>,
+}
+
+/// An XDP program on a link, as `IFLA_XDP` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpAttachment {
+    pub prog_id: u32,
+    pub mode: XdpAttachMode,
+}
+
+/// Where an attached XDP program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    Driver,
+    Generic,
+    /// Offloaded to hardware, or several programs.
+    Other,
 }
 
 /// An IPv4 address on an interface.
@@ -300,6 +321,26 @@ fn ext_ack_message(flags: u16, payload: &[u8]) -> Option<String> {
     None
 }
 
+/// The XDP program attached to a link, from its `IFLA_XDP` attribute.
+fn xdp_attachment(attrs: &[LinkXdp]) -> Option<XdpAttachment> {
+    let mut mode = None;
+    let mut prog_id = None;
+    for a in attrs {
+        match a {
+            LinkXdp::Attached(XdpAttached::None) => return None,
+            LinkXdp::Attached(XdpAttached::Driver) => mode = Some(XdpAttachMode::Driver),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some(XdpAttachMode::Generic),
+            LinkXdp::Attached(_) => mode = Some(XdpAttachMode::Other),
+            LinkXdp::ProgId(id) => prog_id = Some(*id),
+            _ => {}
+        }
+    }
+    Some(XdpAttachment {
+        prog_id: prog_id?,
+        mode: mode?,
+    })
+}
+
 fn link_info(m: &LinkMessage) -> LinkInfo {
     let mut l = LinkInfo {
         index: m.header.index,
@@ -307,9 +348,11 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
         mtu: 0,
         mac: None,
         up: m.header.flags.contains(LinkFlags::Up),
+        xdp: None,
     };
     for a in &m.attributes {
         match a {
+            LinkAttribute::Xdp(x) => l.xdp = xdp_attachment(x),
             LinkAttribute::IfName(n) => l.name = n.clone(),
             LinkAttribute::Mtu(v) => l.mtu = *v,
             LinkAttribute::Address(b) => l.mac = b.as_slice().try_into().ok(),
@@ -592,6 +635,63 @@ impl Netlink {
         let mut m = Self::link_msg(index);
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         self.link_change(m, &format!("set MAC {}", fmt_mac(&mac)))
+    }
+
+    /// `ip link add NAME address MAC mtu MTU type veth peer name PEER
+    /// netns PEER_NS numtxqueues Q numrxqueues Q`: a veth pair made in the
+    /// calling thread's namespace with its peer placed directly in
+    /// `peer_ns` (nothing moves afterwards). `EEXIST` if either name is
+    /// taken in its namespace.
+    pub fn veth_add(
+        &mut self,
+        name: &str,
+        mac: [u8; 6],
+        mtu: u32,
+        peer_name: &str,
+        peer_ns: std::os::fd::BorrowedFd<'_>,
+        peer_queues: u32,
+    ) -> io::Result<()> {
+        let mut peer = LinkMessage::default();
+        peer.attributes
+            .push(LinkAttribute::IfName(peer_name.into()));
+        peer.attributes.push(LinkAttribute::Mtu(mtu));
+        peer.attributes
+            .push(LinkAttribute::NetNsFd(peer_ns.as_raw_fd()));
+        peer.attributes
+            .push(LinkAttribute::NumTxQueues(peer_queues));
+        peer.attributes
+            .push(LinkAttribute::NumRxQueues(peer_queues));
+        let mut m = LinkMessage::default();
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        m.attributes.push(LinkAttribute::Address(mac.to_vec()));
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        m.attributes.push(LinkAttribute::NumTxQueues(1));
+        m.attributes.push(LinkAttribute::NumRxQueues(1));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(InfoKind::Veth),
+            NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
+        ]));
+        self.ack(
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("create veth {name} (peer {peer_name})"),
+        )
+    }
+
+    /// Detaches the XDP program attached to link `index` through netlink
+    /// (not one held by a BPF link: the kernel refuses that with `EBUSY`).
+    pub fn link_xdp_detach(&mut self, index: u32, mode: XdpAttachMode) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        let flags = match mode {
+            XdpAttachMode::Generic => 1 << 1,
+            XdpAttachMode::Driver => 1 << 2,
+            XdpAttachMode::Other => 0,
+        };
+        m.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(flags),
+        ]));
+        self.link_change(m, "detach its XDP program")
     }
 
     /// `ip link del dev INDEX`.

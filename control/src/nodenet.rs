@@ -11,23 +11,46 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort, XdpModeRequest};
 use podrouter_router::port::Port;
 use podrouter_types::Prefix;
 
+use crate::config::{Backend, Config, XdpMode};
 use crate::podnet::{self, PodInterfaceSpec, PodNetError};
+
+/// A pod's port as the backend made it.
+pub struct PodPort {
+    pub port: Arc<dyn Port>,
+    /// The same port as an AF_XDP port (afxdp backend), for its mode and
+    /// counters.
+    pub xdp: Option<Arc<AfXdpPort>>,
+}
+
+impl PodPort {
+    /// A port of no particular backend (TAP, or a test's).
+    pub fn plain(port: Arc<dyn Port>) -> PodPort {
+        PodPort { port, xdp: None }
+    }
+
+    fn afxdp(port: AfXdpPort) -> PodPort {
+        let x = Arc::new(port);
+        PodPort {
+            port: x.clone(),
+            xdp: Some(x),
+        }
+    }
+}
 
 /// What the daemon asks of the node's network.
 pub trait NodeNet {
     /// Creates (or re-opens, if it exists) the host port `name`.
     fn host_port(&self, name: &str, mac: [u8; 6], mtu: u16) -> Result<Arc<dyn Port>, PodNetError>;
-    /// Creates a pod's interface, configured, as [`podnet::create_pod_interface`].
-    fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<Arc<dyn Port>, PodNetError>;
-    /// Re-opens a pod's existing interface (after a restart).
-    fn attach_pod_interface(
-        &self,
-        netns: &Path,
-        ifname: &str,
-    ) -> Result<Arc<dyn Port>, PodNetError>;
+    /// Creates a pod's interface, configured, as [`podnet::create_pod_interface`]
+    /// (or [`podnet::create_pod_veth`] for the afxdp backend), and its port.
+    fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError>;
+    /// Re-opens a pod's existing interface (after a restart), the one
+    /// `spec` describes, and its port.
+    fn attach_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError>;
     /// Deletes a pod's interface; success if it or its namespace is gone.
     fn delete_pod_interface(&self, netns: &Path, ifname: &str) -> Result<(), PodNetError>;
     /// The MAC of `ifname` in `netns`; `None` if there is no such
@@ -39,8 +62,39 @@ pub trait NodeNet {
     fn host_route_del(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError>;
 }
 
-/// The real node: TAPs, netlink and network namespaces.
-pub struct KernelNet;
+/// The real node: TAPs or veth pairs with AF_XDP ports, netlink and
+/// network namespaces.
+pub struct KernelNet {
+    backend: Backend,
+    /// Transmit sockets per AF_XDP port: one per worker.
+    workers: u32,
+    xdp_mode: XdpModeRequest,
+}
+
+impl KernelNet {
+    /// The node as `cfg`'s `[dataplane]` wants its pods.
+    pub fn for_config(cfg: &Config) -> KernelNet {
+        KernelNet {
+            backend: cfg.dataplane.backend,
+            workers: cfg.dataplane.workers as u32,
+            xdp_mode: match cfg.dataplane.xdp_mode {
+                XdpMode::Auto => XdpModeRequest::Auto,
+                XdpMode::Driver => XdpModeRequest::Driver,
+                XdpMode::Generic => XdpModeRequest::Generic,
+            },
+        }
+    }
+
+    /// The AF_XDP port settings for the node end of `spec`'s veth.
+    fn afxdp_config(&self, spec: &PodInterfaceSpec) -> AfXdpConfig {
+        AfXdpConfig {
+            ifname: podnet::node_veth_name(spec.ip),
+            mtu: spec.mtu,
+            tx_queues: self.workers,
+            mode: self.xdp_mode,
+        }
+    }
+}
 
 impl NodeNet for KernelNet {
     fn host_port(&self, name: &str, mac: [u8; 6], mtu: u16) -> Result<Arc<dyn Port>, PodNetError> {
@@ -49,16 +103,37 @@ impl NodeNet for KernelNet {
         )?))
     }
 
-    fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<Arc<dyn Port>, PodNetError> {
-        Ok(Arc::new(podnet::create_pod_interface(spec)?))
+    fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
+        match self.backend {
+            Backend::Tap => Ok(PodPort::plain(Arc::new(podnet::create_pod_interface(
+                spec,
+            )?))),
+            Backend::Afxdp => {
+                let xcfg = self.afxdp_config(spec);
+                podnet::create_pod_veth(spec, &xcfg.ifname, xcfg.tx_queues + 1)?;
+                match podnet::open_afxdp_port(&xcfg) {
+                    Ok(x) => Ok(PodPort::afxdp(x)),
+                    Err(e) => {
+                        if let Err(d) = podnet::delete_pod_interface(&spec.netns, &spec.ifname) {
+                            log::warn!("rollback: cannot delete {}: {d}", spec.ifname);
+                        }
+                        Err(e)
+                    }
+                }
+            }
+        }
     }
 
-    fn attach_pod_interface(
-        &self,
-        netns: &Path,
-        ifname: &str,
-    ) -> Result<Arc<dyn Port>, PodNetError> {
-        Ok(Arc::new(podnet::attach_pod_interface(netns, ifname)?))
+    fn attach_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
+        match self.backend {
+            Backend::Tap => Ok(PodPort::plain(Arc::new(podnet::attach_pod_interface(
+                &spec.netns,
+                &spec.ifname,
+            )?))),
+            Backend::Afxdp => Ok(PodPort::afxdp(podnet::open_afxdp_port(
+                &self.afxdp_config(spec),
+            )?)),
+        }
     }
 
     fn delete_pod_interface(&self, netns: &Path, ifname: &str) -> Result<(), PodNetError> {
@@ -100,7 +175,7 @@ pub mod fake {
     use podrouter_router::port::{Port, TxQueue};
     use podrouter_types::Prefix;
 
-    use super::NodeNet;
+    use super::{NodeNet, PodPort};
     use crate::podnet::{PodInterfaceSpec, PodNetError};
 
     /// What the fake node holds.
@@ -205,10 +280,7 @@ pub mod fake {
             })
         }
 
-        fn create_pod_interface(
-            &self,
-            spec: &PodInterfaceSpec,
-        ) -> Result<Arc<dyn Port>, PodNetError> {
+        fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
             self.step("create pod interface", |s| {
                 let k = key(&spec.netns, &spec.ifname);
                 if s.interfaces.contains_key(&k) {
@@ -218,23 +290,19 @@ pub mod fake {
                     });
                 }
                 s.interfaces.insert(k, spec.mac);
-                Ok(FakePort::shared())
+                Ok(PodPort::plain(FakePort::shared()))
             })
         }
 
-        fn attach_pod_interface(
-            &self,
-            netns: &Path,
-            ifname: &str,
-        ) -> Result<Arc<dyn Port>, PodNetError> {
+        fn attach_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
             self.step("attach pod interface", |s| {
-                if !s.interfaces.contains_key(&key(netns, ifname)) {
+                if !s.interfaces.contains_key(&key(&spec.netns, &spec.ifname)) {
                     return Err(PodNetError::InterfaceNotFound {
-                        netns: netns.display().to_string(),
-                        ifname: ifname.to_string(),
+                        netns: spec.netns.display().to_string(),
+                        ifname: spec.ifname.clone(),
                     });
                 }
-                Ok(FakePort::shared())
+                Ok(PodPort::plain(FakePort::shared()))
             })
         }
 

@@ -1,6 +1,7 @@
-//! Pod and host interface plumbing: the TAP that is a pod's `eth0`, the host
-//! port `podrouter0`, and the node routes that send pod traffic into the
-//! router.
+//! Pod and host interface plumbing: the TAP that is a pod's `eth0` (or, for
+//! the afxdp backend, the veth pair whose node end gets an AF_XDP port:
+//! [`create_pod_veth`], [`open_afxdp_port`]), the host port `podrouter0`,
+//! and the node routes that send pod traffic into the router.
 //!
 //! A pod interface is a persistent TAP created directly inside the pod's
 //! namespace under its final name: the `/dev/net/tun` descriptor is opened
@@ -33,11 +34,14 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use podrouter_api::{check_ifname, InvalidIfname};
+use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort};
+use podrouter_router::bpf::XDP_PROG_NAME;
+use podrouter_router::sys::bpf;
 use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
 use podrouter_types::Prefix;
 
-use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope};
+use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope, XdpAttachment};
 use crate::netns::{open_netns, run_in_netns_fd};
 
 pub use crate::netlink::RTPROT_PODROUTER;
@@ -277,6 +281,21 @@ fn create_in_pod(
     if fail_at == Some(Stage::Down) {
         return Err(err("injected failure".into())(io::Error::other("test")));
     }
+    bring_up_addressed(&mut nl, index, spec, whom, fail_at)?;
+    Ok(new_tap.disarm())
+}
+
+/// Brings pod interface `index` up with Calico's addressing: `IP/32`,
+/// `169.254.1.1 dev IFNAME scope link`, `default via 169.254.1.1`. Runs
+/// in the pod's namespace (`nl` was opened there).
+fn bring_up_addressed(
+    nl: &mut Netlink,
+    index: u32,
+    spec: &PodInterfaceSpec,
+    whom: &str,
+    fail_at: Option<Stage>,
+) -> Result<(), PodNetError> {
+    let err = |what: String| move |e: io::Error| PodNetError::step(what, whom, e);
     nl.link_set_up(index)
         .map_err(err("bring the interface up".into()))?;
     if fail_at == Some(Stage::Up) {
@@ -306,7 +325,7 @@ fn create_in_pod(
     };
     nl.route_replace(&default)
         .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
-    Ok(new_tap.disarm())
+    Ok(())
 }
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
@@ -359,6 +378,172 @@ pub fn delete_pod_interface(netns: &Path, ifname: &str) -> Result<(), PodNetErro
         }
     })?
     .map_err(|e| PodNetError::step("delete the interface", &whom, e))
+}
+
+/// Name of the node end of the veth pair of the pod with address `ip`
+/// (afxdp backend): `prx` and the address in hex, unique in the node
+/// namespace and found again from the pod's record after a restart.
+pub fn node_veth_name(ip: Ipv4Addr) -> String {
+    format!("prx{:08x}", u32::from(ip))
+}
+
+/// A veth pair made in the pod's namespace, deleted again on drop unless
+/// disarmed; it must be dropped in that namespace (deleting the pod end
+/// deletes both ends).
+struct NewVeth<'a> {
+    name: &'a str,
+    whom: &'a str,
+    armed: bool,
+}
+
+impl Drop for NewVeth<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Err(e) = delete_link_named(self.name) {
+                log::warn!(
+                    "rollback for {}: cannot delete the new veth: {e}",
+                    self.whom
+                );
+            }
+        }
+    }
+}
+
+/// Creates a pod's interface for the afxdp backend: `eth0` (as `spec`
+/// says, addressed and routed as a TAP pod's is) is the pod end of a veth
+/// pair whose node end `node_ifname` is placed directly in the calling
+/// thread's (the node's) namespace with `queues` queues (one for receive,
+/// one per worker for transmit) and brought up. Transmit checksum offload
+/// is turned off on the pod end: the node end's AF_XDP socket gets frames
+/// exactly as they left the pod, so their checksums must be complete (TCP
+/// segmentation offload goes with it). On failure nothing is left behind.
+pub fn create_pod_veth(
+    spec: &PodInterfaceSpec,
+    node_ifname: &str,
+    queues: u32,
+) -> Result<(), PodNetError> {
+    let whom = format!(
+        "pod netns {} interface {} (veth peer {node_ifname})",
+        spec.netns.display(),
+        spec.ifname
+    );
+    check_ifname(&spec.ifname)?;
+    check_ifname(node_ifname)?;
+    let node_ns = open_netns(Path::new("/proc/thread-self/ns/net"))
+        .map_err(|e| PodNetError::step("open the node netns", &whom, e))?;
+    let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
+    let whom_ref = whom.as_str();
+    in_pod(ns.as_fd(), &spec.netns, || -> Result<(), PodNetError> {
+        let err = |what: String| move |e: io::Error| PodNetError::step(what, whom_ref, e);
+        let mut nl = Netlink::open().map_err(err("open netlink in the pod netns".into()))?;
+        nl.veth_add(
+            &spec.ifname,
+            spec.mac,
+            spec.mtu.into(),
+            node_ifname,
+            node_ns.as_fd(),
+            queues,
+        )
+        .map_err(|e| {
+            if errno(&e) == Some(libc::EEXIST) {
+                PodNetError::InterfaceExists {
+                    netns: spec.netns.display().to_string(),
+                    ifname: format!("{} (or node-side {node_ifname})", spec.ifname),
+                }
+            } else {
+                err("create the veth pair".into())(e)
+            }
+        })?;
+        let mut guard = NewVeth {
+            name: &spec.ifname,
+            whom: whom_ref,
+            armed: true,
+        };
+        let index = nl
+            .link_index(&spec.ifname)
+            .map_err(err("look up the new veth".into()))?
+            .ok_or_else(|| {
+                err("look up the new veth".into())(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "created veth vanished",
+                ))
+            })?;
+        crate::sys::set_tx_checksum_offload(&spec.ifname, false)
+            .map_err(err("turn transmit checksum offload off".into()))?;
+        bring_up_addressed(&mut nl, index, spec, whom_ref, None)?;
+        guard.armed = false;
+        Ok(())
+    })??;
+    let up = (|| -> io::Result<()> {
+        let mut nl = Netlink::open()?;
+        let index = nl.link_index(node_ifname)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "node end of the veth vanished")
+        })?;
+        nl.link_set_up(index)
+    })();
+    if let Err(e) = up {
+        let _ = delete_pod_interface(&spec.netns, &spec.ifname);
+        return Err(PodNetError::step("bring the node end up", &whom, e));
+    }
+    Ok(())
+}
+
+/// Opens the AF_XDP port on `cfg.ifname`, the node end of a pod's veth
+/// pair, in the calling thread's namespace. An XDP program a previous
+/// podrouterd left there (one named [`XDP_PROG_NAME`]: a pinned or
+/// inherited link, or one attached through netlink) is detached first, so
+/// programs never stack; any other program is left alone and the port
+/// refused.
+pub fn open_afxdp_port(cfg: &AfXdpConfig) -> Result<AfXdpPort, PodNetError> {
+    let whom = format!("veth node end {}", cfg.ifname);
+    let err = |what: &str| {
+        let whom = &whom;
+        let what = what.to_string();
+        move |e: io::Error| PodNetError::step(what, whom, e)
+    };
+    let mut nl = Netlink::open().map_err(err("open netlink"))?;
+    let link = nl
+        .link_get(&cfg.ifname)
+        .map_err(err("look up the interface"))?
+        .ok_or_else(|| PodNetError::InterfaceNotFound {
+            netns: "the node netns".into(),
+            ifname: cfg.ifname.clone(),
+        })?;
+    if let Some(x) = link.xdp {
+        let name = bpf::prog_name_by_id(x.prog_id).unwrap_or_default();
+        if name != XDP_PROG_NAME {
+            return Err(err("attach the XDP program")(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!(
+                    "another XDP program (id {}, {name:?}) is attached",
+                    x.prog_id
+                ),
+            )));
+        }
+        detach_stale_program(&mut nl, link.index, x).map_err(err("detach a stale XDP program"))?;
+        log::info!(
+            "{}: replaced the XDP program (id {}) a previous podrouterd left",
+            cfg.ifname,
+            x.prog_id
+        );
+    }
+    AfXdpPort::open(cfg).map_err(err("set up AF_XDP"))
+}
+
+/// Detaches program `x` from link `index`: through its BPF link if it has
+/// one (found by program id), else through netlink.
+fn detach_stale_program(nl: &mut Netlink, index: u32, x: XdpAttachment) -> io::Result<()> {
+    for id in bpf::link_ids()? {
+        let Ok(fd) = bpf::link_fd_by_id(id) else {
+            continue; // gone meanwhile
+        };
+        if let Ok(Some(info)) = bpf::xdp_link_info(fd.as_fd()) {
+            if info.prog_id == x.prog_id {
+                return bpf::link_detach(fd.as_fd());
+            }
+        }
+    }
+    nl.link_xdp_detach(index, x.mode)
 }
 
 /// Creates (or, if it exists, re-opens) the host TAP `name` in the current
@@ -486,6 +671,7 @@ mod tests {
     use podrouter_router::ROUTER_MAC;
     use podrouter_testkit::{privileged, Netns};
     use serde_json::Value;
+    use std::os::fd::AsRawFd;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -874,5 +1060,137 @@ mod tests {
         let routes = node.ip_json(&["-4", "route", "show"]);
         assert_eq!(routes.as_array().unwrap().len(), 0, "{routes}");
         drop(tap);
+    }
+
+    /// The afxdp path: a veth pair made in place (pod end addressed, node
+    /// end up), an AF_XDP port on its node end that answers the pod's ARP
+    /// and ping for its gateway, a second open replacing the first port's
+    /// program by name instead of stacking one, and deletion of the pair.
+    #[test]
+    fn pod_veth_with_an_afxdp_port() {
+        if !privileged("pod_veth_with_an_afxdp_port") {
+            return;
+        }
+        let node = Netns::new("node");
+        let pod = Netns::new("pod");
+        let spec = spec(&pod);
+        node.run(|| create_pod_veth(&spec, "prxtest0", 2)).unwrap();
+        assert_eq!(link_names(&pod), ["eth0", "lo"]);
+        assert_eq!(link_names(&node), ["lo", "prxtest0"]);
+        let l = node.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
+        assert_eq!(
+            (
+                l[0]["num_tx_queues"].as_u64(),
+                l[0]["num_rx_queues"].as_u64()
+            ),
+            (Some(2), Some(2)),
+            "{l}"
+        );
+        let l = pod.ip_json(&["-d", "link", "show", "dev", "eth0"]);
+        assert_eq!(
+            (
+                l[0]["num_tx_queues"].as_u64(),
+                l[0]["num_rx_queues"].as_u64()
+            ),
+            (Some(1), Some(1)),
+            "{l}"
+        );
+        let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
+        assert_eq!(addrs[0]["addr_info"][0]["local"], "10.244.1.2", "{addrs}");
+        let link = pod.ip_json(&["link", "show", "dev", "eth0"]);
+        assert_eq!(link[0]["address"], "02:aa:bb:cc:dd:01", "{link}");
+        let e = node
+            .run(|| create_pod_veth(&spec, "prxtest1", 2))
+            .unwrap_err();
+        assert!(matches!(e, PodNetError::InterfaceExists { .. }), "{e}");
+
+        let cfg = AfXdpConfig {
+            ifname: "prxtest0".into(),
+            mtu: spec.mtu,
+            tx_queues: 1,
+            mode: Default::default(),
+        };
+        let progs = |ns: &Netns| {
+            let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
+            v[0]["xdp"]["prog"]["id"].as_u64()
+        };
+        // A program of ours that something else still holds (a pinned or
+        // inherited link): replaced, not stacked. One of another name:
+        // left alone, the port refused.
+        let attach_stale = |name: &str| {
+            node.run(|| {
+                let map = bpf::xskmap_create("t", 1).unwrap();
+                let insns = podrouter_router::bpf::xsk_redirect_program(map.as_raw_fd());
+                let prog =
+                    bpf::xdp_prog_load(name, &insns, podrouter_router::bpf::LICENSE).unwrap();
+                let ifindex = podrouter_router::sys::if_nametoindex("prxtest0")
+                    .unwrap()
+                    .unwrap();
+                let link =
+                    bpf::xdp_link_create(prog.as_fd(), ifindex, bpf::XDP_FLAGS_SKB_MODE).unwrap();
+                (map, prog, link)
+            })
+        };
+        let foreign = attach_stale("other_prog");
+        let e = node.run(|| open_afxdp_port(&cfg)).unwrap_err();
+        assert!(e.to_string().contains("another XDP program"), "{e}");
+        drop(foreign);
+        let stale = attach_stale(XDP_PROG_NAME);
+        let stale_id = progs(&node).expect("stale program attached");
+        let port = node.run(|| open_afxdp_port(&cfg)).unwrap();
+        assert_ne!(u64::from(port.prog_id()), stale_id);
+        assert_eq!(progs(&node), Some(u64::from(port.prog_id())));
+        drop(stale);
+        assert_eq!(progs(&node), Some(u64::from(port.prog_id())));
+
+        let mut ping = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                pod.name(),
+                "ping",
+                "-c1",
+                "-W5",
+                "169.254.1.1",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
+        // Sockets bind by interface index in the calling thread's namespace.
+        let mut q = node.run(|| port.tx_queue());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut echo_seen = false;
+        let status = loop {
+            let n = port.recv(&mut frames).unwrap();
+            for f in &frames[..n] {
+                if let Some((kind, reply)) = answer(f.data()) {
+                    echo_seen |= kind != "arp";
+                    port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+                }
+            }
+            port.flush(&mut q).unwrap();
+            if let Some(st) = ping.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "ping did not finish");
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let out = ping.wait_with_output().unwrap();
+        assert!(echo_seen, "no echo request through the XSK");
+        assert!(
+            status.success(),
+            "ping failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        drop(q);
+        drop(port);
+        assert_eq!(progs(&node), None, "program left after the port went");
+        delete_pod_interface(&spec.netns, "eth0").unwrap();
+        assert_eq!(link_names(&pod), ["lo"]);
+        assert_eq!(link_names(&node), ["lo"]);
     }
 }

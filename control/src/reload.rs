@@ -119,6 +119,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(old.state_dir != new.state_dir, "state_dir");
     let (a, b): (&Dataplane, &Dataplane) = (&old.dataplane, &new.dataplane);
     key(a.backend != b.backend, "[dataplane] backend");
+    key(a.xdp_mode != b.xdp_mode, "[dataplane] xdp_mode");
     key(a.workers != b.workers, "[dataplane] workers");
     key(a.cores != b.cores, "[dataplane] cores");
     key(a.mtu != b.mtu, "[dataplane] mtu");

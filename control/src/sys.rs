@@ -1,5 +1,7 @@
 //! Every system call of the control plane that needs `unsafe`: entering and
-//! identifying network namespaces, and locking the state directory.
+//! identifying network namespaces, locking the state directory, TCP MD5
+//! and non-blocking connects for BGP, and the one ethtool setting the
+//! afxdp backend's pod veths need.
 //!
 //! Invariants: this is the only module of the control crate allowed to use
 //! `unsafe` (`lib.rs` denies it elsewhere); every `unsafe` block carries a
@@ -200,6 +202,55 @@ pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
     } else {
         Err(e)
     }
+}
+
+/// `ETHTOOL_STXCSUM`: set transmit checksum offload.
+const ETHTOOL_STXCSUM: u32 = 0x17;
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// Turns transmit checksum offload of interface `name` (in the calling
+/// thread's namespace) on or off (`ethtool -K NAME tx on|off`). Off, the
+/// stack fills in every checksum before the frame leaves, which a receiver
+/// that gets the bare frame (an AF_XDP socket on the veth's other end)
+/// needs; TCP segmentation offload goes with it.
+pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid interface name {name:?}"),
+        ));
+    }
+    // SAFETY: socket() takes no pointers; the result is checked below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nobody else owns.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut value = EthtoolValue {
+        cmd: ETHTOOL_STXCSUM,
+        data: u32::from(on),
+    };
+    // SAFETY: ifreq is a plain C struct; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { mem::zeroed() };
+    for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: SIOCETHTOOL reads the NUL-terminated name (the length was
+    // checked, the rest is zero) and the ethtool_value `ifru_data` points
+    // to, which lives across the call.
+    let r = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -408,7 +408,26 @@ fn text(r: &Reply) -> String {
                 "version".into(),
                 format!("{} (API {})", s.daemon_version, s.api_version),
             ]);
-            t.render()
+            let mut out = t.render();
+            if !s.ports.is_empty() {
+                let mut p = Table::new(&[
+                    "PORT", "NAME", "BACKEND", "XDP MODE", "XDP PROG", "NODE END",
+                ]);
+                for port in &s.ports {
+                    let dash = || "-".to_string();
+                    p.row([
+                        port.port.to_string(),
+                        port.name.clone(),
+                        port.backend.clone(),
+                        port.xdp_mode.clone().unwrap_or_else(dash),
+                        port.xdp_prog_id.map_or_else(dash, |i| i.to_string()),
+                        port.xdp_ifname.clone().unwrap_or_else(dash),
+                    ]);
+                }
+                out.push('\n');
+                out.push_str(&p.render());
+            }
+            out
         }
         Reply::Pods(pods) => {
             let mut t = Table::new(&[

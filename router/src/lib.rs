@@ -6,6 +6,8 @@
 //! verdict); `unsafe` lives only in [`sys`].
 #![deny(unsafe_code)]
 
+pub mod afxdp;
+pub mod bpf;
 pub mod clock;
 pub mod conntrack;
 pub mod counters;

@@ -563,9 +563,38 @@ pub fn delta(before: &Value, after: &Value, pointer: &str) -> u64 {
 // ---------------------------------------------------------------------------
 // The node and its daemon
 
+/// The data-plane backend test nodes run: `$PODROUTER_BACKEND` (`tap` or
+/// `afxdp`; `scripts/test.sh` runs the end-to-end tests once with each),
+/// `tap` when unset.
+pub fn backend() -> String {
+    match std::env::var("PODROUTER_BACKEND") {
+        Ok(b) if !b.is_empty() => {
+            assert!(
+                b == "tap" || b == "afxdp",
+                "PODROUTER_BACKEND={b}: expected tap or afxdp"
+            );
+            b
+        }
+        _ => "tap".to_string(),
+    }
+}
+
+/// A pod MTU well above the default that the backend carries: 9000 on TAP;
+/// 3000 on afxdp, whose frames must fit one 4 KiB UMEM chunk and whose
+/// driver-mode XDP on veth takes up to about 3500.
+pub fn jumbo_mtu() -> u16 {
+    if backend() == "afxdp" {
+        3000
+    } else {
+        9000
+    }
+}
+
 /// How a test node's `podrouterd` is configured.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
+    /// `dataplane.backend`; [`backend`] by default.
+    pub backend: String,
     pub node_ip: String,
     pub pod_cidrs: Vec<String>,
     pub workers: usize,
@@ -580,6 +609,7 @@ pub struct NodeConfig {
 impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
+            backend: backend(),
             node_ip: NODE_IP.to_string(),
             pod_cidrs: vec![POD_CIDR.to_string()],
             workers: 1,
@@ -610,12 +640,13 @@ impl NodeConfig {
              state_dir = \"{}\"\n\
              log_level = \"{}\"\n\
              \n[dataplane]\n\
-             backend = \"tap\"\n\
+             backend = \"{}\"\n\
              workers = {}\n",
             self.node_ip,
             dir.join("api.sock").display(),
             dir.join("state").display(),
             self.log_level,
+            self.backend,
             self.workers,
         );
         if let Some(m) = self.mtu {

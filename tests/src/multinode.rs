@@ -203,10 +203,11 @@ impl Cluster {
             let mut toml = format!(
                 "node_name = \"node{i}\"\nnode_ip = \"{ip}\"\npod_cidrs = [\"{}\"]\n\
                  api_socket = \"{}\"\nstate_dir = \"{}\"\nlog_level = \"debug\"\n\n\
-                 [dataplane]\nuplink = \"eth0\"\nencap = \"{encap}\"\n{dataplane}",
+                 [dataplane]\nbackend = \"{}\"\nuplink = \"eth0\"\nencap = \"{encap}\"\n{dataplane}",
                 node_cidr(i),
                 ndir.join("api.sock").display(),
                 ndir.join("state").display(),
+                crate::backend(),
             );
             for (j, &t) in subnets.iter().enumerate().filter(|(j, _)| *j != i) {
                 toml += &format!(

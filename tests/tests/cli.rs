@@ -59,7 +59,7 @@ fn json_documents_have_the_documented_fields() {
     assert_eq!(s["node_ip"], NODE_IP);
     assert_eq!(s["pod_cidrs"], serde_json::json!([POD_CIDR]));
     assert_eq!(s["api_version"], 1);
-    assert_eq!(s["backend"], "tap");
+    assert_eq!(s["backend"], podrouter_e2e::backend().as_str());
     assert_eq!(s["workers"], 1);
     assert_eq!(s["pods"], 2);
     assert_eq!(

@@ -180,7 +180,7 @@ fn runs_on_embedded_defaults_without_config() {
         serde_json::json!(["10.244.0.0/24"]),
         "{status:#}"
     );
-    assert_eq!(status["backend"], "tap", "{status:#}");
+    assert_eq!(status["backend"], "tap", "embedded default: {status:#}");
     assert_eq!(status["api_version"], 1, "{status:#}");
     let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_eq!(

@@ -109,7 +109,8 @@ fn df_packet_over_egress_mtu_gets_frag_needed() {
         return;
     }
     let mut node = Node::start(NodeConfig::default());
-    let a = node.add_pod("jumbo", &["--mtu", "9000"]);
+    let jumbo = jumbo_mtu().to_string();
+    let a = node.add_pod("jumbo", &["--mtu", &jumbo]);
     let b = node.add_pod("small", &[]);
     assert_eq!(b.info["mtu"], 1480);
     assert!(ping_until_reply(&a.ns, &b.ip, SETTLE));

@@ -100,11 +100,28 @@ fn attach_sets_address_routes_and_mtu() {
         assert_pod_interface(p, "eth0", &p.ip, 1480);
     }
     assert_ne!(a.info["port"], b.info["port"], "two pods share a port");
-    // A persistent TAP with a virtio-net header (offloads), as the design says.
+    // A persistent TAP with a virtio-net header (offloads), as the design
+    // says; with afxdp, a veth whose node end has our XDP program.
+    let want: &[&str] = if backend() == "afxdp" {
+        &["veth"]
+    } else {
+        &["tun type tap", "vnet_hdr on", "persist on"]
+    };
     for p in [&a, &b] {
         let d = p.exec(&["ip", "-d", "link", "show", "eth0"]).expect_ok();
-        for want in ["tun type tap", "vnet_hdr on", "persist on"] {
+        for want in want {
             assert!(d.stdout.contains(want), "pod interface lacks `{want}`: {d}");
+        }
+    }
+    if backend() == "afxdp" {
+        let status = node.ctl(&["status"]);
+        for port in status["ports"].as_array().expect("ports") {
+            let end = port["xdp_ifname"].as_str().expect("node end");
+            let d = node.ns.exec(&["ip", "-d", "link", "show", end]).expect_ok();
+            assert!(
+                d.stdout.contains("podrouter_xsk"),
+                "{end} has no XDP program: {d}"
+            );
         }
     }
 
@@ -140,19 +157,30 @@ fn attach_with_explicit_ip_ifname_and_mtu() {
         return;
     }
     let mut node = Node::start(NodeConfig::default());
+    let jumbo = jumbo_mtu();
+    let mtu = jumbo.to_string();
     let p = node.add_pod(
         "big",
-        &["--ip", "10.244.0.100", "--ifname", "net1", "--mtu", "9000"],
+        &["--ip", "10.244.0.100", "--ifname", "net1", "--mtu", &mtu],
     );
     assert_eq!(p.ip, "10.244.0.100");
     assert_eq!(p.info["ifname"], "net1");
-    assert_eq!(p.info["mtu"], 9000);
-    assert_pod_interface(&p, "net1", "10.244.0.100", 9000);
+    assert_eq!(p.info["mtu"], jumbo);
+    assert_pod_interface(&p, "net1", "10.244.0.100", jumbo.into());
     let none = p.exec(&["ip", "link", "show", "eth0"]);
     assert!(
         !none.ok(),
         "no eth0 should exist when net1 was asked for: {none}"
     );
+    if backend() == "afxdp" {
+        // Frames must fit one UMEM chunk: a larger MTU is refused plainly.
+        let ns = Netns::new("pod");
+        let out = node.ctl_out(&["attach", "huge", "--netns", &ns.path(), "--mtu", "9000"]);
+        assert!(
+            !out.ok() && out.text().contains("above the afxdp backend's"),
+            "{out}"
+        );
+    }
     // Automatic allocation skips the address that was taken by hand.
     let q = node.add_pod("auto", &[]);
     assert_eq!(q.ip, "10.244.0.1");

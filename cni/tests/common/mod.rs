@@ -100,10 +100,12 @@ impl Node {
             &config,
             format!(
                 "node_name = \"{}\"\nnode_ip = \"{node_ip}\"\npod_cidrs = [\"{pod_cidr}\"]\n\
-                 api_socket = \"{}\"\nstate_dir = \"{}\"\n",
+                 api_socket = \"{}\"\nstate_dir = \"{}\"\n\n[dataplane]\nbackend = \"{}\"\n",
                 ns.name(),
                 socket.display(),
-                state_dir.display()
+                state_dir.display(),
+                // scripts/test.sh runs these tests once per backend.
+                std::env::var("PODROUTER_BACKEND").unwrap_or_else(|_| "tap".into()),
             ),
         )
         .unwrap();

@@ -1,6 +1,8 @@
 //! Every system call of the data plane that needs `unsafe`: the TUN/TAP
 //! ioctls, vectored reads and writes of `[virtio_net_hdr][frame]`, interface
-//! name lookup, CPU affinity, and the uplink's raw IPv4 socket (`raw`).
+//! name lookup, CPU affinity, the uplink's raw IPv4 socket (`raw`), the
+//! `bpf()` calls that load and attach podrouter's XDP program (`bpf`) and
+//! AF_XDP sockets with their UMEM and rings (`xsk`).
 //!
 //! Invariants:
 //! - This is the only module of the router crate allowed to use `unsafe`
@@ -22,8 +24,10 @@ use std::os::unix::fs::OpenOptionsExt;
 /// Longest interface name the kernel accepts, without the trailing NUL.
 pub const MAX_IFNAME_LEN: usize = libc::IFNAMSIZ - 1;
 
+pub mod bpf;
 mod raw;
 mod tunnel_tap;
+pub mod xsk;
 pub use raw::{
     bind_ipv4, raw_ipv4_socket, recv_batch, send_batch, set_socket_buffers, wait_writable,
     MAX_BATCH,

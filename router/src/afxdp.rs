@@ -1,0 +1,827 @@
+//! AF_XDP ports: the node end of a pod's veth pair, driven through AF_XDP
+//! sockets (XSK) instead of the kernel's stack.
+//!
+//! Opening a port ([`AfXdpPort::open`]) sets up, on the node end:
+//! - one UMEM for the port, carved into disjoint chunk ranges: one for the
+//!   receive socket, one per transmit socket;
+//! - the receive socket, bound to queue 0 (where every frame the pod sends
+//!   arrives: the pod end has one transmit queue), its fill ring filled
+//!   with all its chunks;
+//! - an XSKMAP with that socket at key 0 and the XDP program of
+//!   [`crate::bpf::xsk_redirect_program`] attached as a BPF link, in driver
+//!   mode if the interface supports it (or as configured), else generic.
+//!
+//! Receive ([`Port::recv`], the owning worker only): frames are copied out
+//! of the RX ring's chunks into the worker's frames and each chunk goes
+//! straight back on the fill ring, which therefore always holds every chunk
+//! not in the kernel's hands; one fill-ring wakeup per batch if the kernel
+//! asked for it (`need_wakeup`). The receive socket's descriptor is the
+//! readiness fd: epoll reports it when the RX ring gets frames, so an idle
+//! port costs nothing.
+//!
+//! Transmit: each worker gets its own transmit socket (in its
+//! [`TxQueue`], made on first use) bound to a queue of its own (1, 2, ...;
+//! the node end has one queue per worker plus queue 0) and sharing the
+//! port's UMEM (`XDP_SHARED_UMEM`), with its own chunk range, completion
+//! and TX rings, so no two threads ever touch one ring. A plain frame is
+//! copied into a free chunk and described on the TX ring; a frame with an
+//! offload request (partial checksum, TCP segmentation, from a TAP port)
+//! goes through a [`TxRing`] that completes or cuts it in software first.
+//! Flush publishes the ring and kicks the kernel (`sendto`) while it asks
+//! for it; completed chunks return to the free list as the completion ring
+//! hands them back.
+//!
+//! Invariants: a chunk is owned by exactly one of: a ring, the kernel, the
+//! free list (TX) or the frame being copied; nothing allocates, locks
+//! (beyond one uncontended mutex per receive batch) or logs per frame; a
+//! frame larger than a chunk is never truncated: on receive the kernel
+//! drops and counts it (`XDP_STATISTICS`, see [`AfXdpPort::stats`]), on
+//! transmit it is cut into pieces that fit or dropped and counted.
+//! Dropping the port detaches the program (the link's descriptor closes
+//! first) and closes the sockets; a podrouterd killed outright leaves no
+//! program behind either, since a BPF link lives only as long as its
+//! descriptor.
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::bpf::{self, XDP_PROG_NAME};
+use crate::frame::{Frame, VnetHdr, MAX_FRAME_LEN};
+use crate::port::{foreign_queue, Port, TxQueue};
+use crate::sys;
+use crate::sys::bpf::{XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE};
+use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
+use crate::txring::{TxRing, TxSink};
+use crate::wire::ETHERNET_HEADER_LEN;
+
+/// Entries of the receive socket's fill and RX rings, and its chunks.
+pub const RX_RING: u32 = 1024;
+/// Entries of a transmit socket's TX and completion rings, and its chunks.
+pub const TX_RING: u32 = 256;
+/// Slots of a transmit socket's software-offload ring.
+const OFFLOAD_SLOTS: usize = 64;
+/// Bytes the kernel leaves in front of a received frame in copy mode
+/// (`XDP_PACKET_HEADROOM`).
+pub const XDP_HEADROOM: u32 = 256;
+/// `sendto` kicks per flush while the kernel still has TX entries (copy
+/// mode sends a bounded batch per call).
+const MAX_KICKS: u32 = TX_RING / 16 + 2;
+
+/// How the XDP program is to be attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpModeRequest {
+    /// Driver (native) mode if the interface has it, else generic.
+    #[default]
+    Auto,
+    Driver,
+    Generic,
+}
+
+/// Where the XDP program runs: in the driver, or in the kernel's generic
+/// (skb) path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    Driver,
+    Generic,
+}
+
+/// What a port got: attach mode and whether the sockets are zero-copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XdpMode {
+    pub attach: XdpAttach,
+    pub zerocopy: bool,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let copy = if self.zerocopy { "zero-copy" } else { "copy" };
+        let attach = match self.attach {
+            XdpAttach::Driver => "driver",
+            XdpAttach::Generic => "generic",
+        };
+        write!(f, "{copy}, {attach}")
+    }
+}
+
+/// Kernel and port drop counters of one port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AfXdpStats {
+    /// Frames the kernel dropped before our RX ring: too large for a
+    /// chunk, or no room (`rx_dropped`).
+    pub rx_dropped: u64,
+    /// Frames dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Frames dropped because the fill ring was empty.
+    pub rx_fill_empty: u64,
+    /// Frames that could not be queued for transmit (no free chunk, ring
+    /// full, kernel refused).
+    pub tx_dropped: u64,
+}
+
+/// What [`AfXdpPort::open`] needs.
+#[derive(Clone, Debug)]
+pub struct AfXdpConfig {
+    /// The node end of the veth pair, in the calling thread's namespace.
+    pub ifname: String,
+    /// Largest IPv4 packet on the link.
+    pub mtu: u16,
+    /// Transmit sockets the port can have (one per worker); the interface
+    /// needs this many queues plus one.
+    pub tx_queues: u32,
+    pub mode: XdpModeRequest,
+}
+
+/// Chunk size for a link MTU: the frame and the kernel's headroom must fit.
+pub fn chunk_size_for(mtu: u16) -> Option<u32> {
+    let need = u32::from(mtu) + ETHERNET_HEADER_LEN as u32 + XDP_HEADROOM;
+    [2048, 4096].into_iter().find(|&c| need <= c)
+}
+
+/// Largest MTU an AF_XDP port carries (one 4 KiB chunk per frame).
+pub const MAX_MTU: u16 = (4096 - XDP_HEADROOM as usize - ETHERNET_HEADER_LEN) as u16;
+
+struct RxSide {
+    rx: Ring<XdpDesc>,
+    fill: Ring<u64>,
+    range: UmemRange,
+}
+
+/// One pod's node-end interface driven through AF_XDP.
+pub struct AfXdpPort {
+    // Drop order matters: the link (detaching the program) goes first.
+    link: OwnedFd,
+    _prog: OwnedFd,
+    _map: OwnedFd,
+    ifname: String,
+    ifindex: u32,
+    mode: XdpMode,
+    prog_id: u32,
+    mtu: u16,
+    rx: Mutex<RxSide>,
+    /// The receive socket; it registered the UMEM the transmit sockets
+    /// share.
+    rx_sock: OwnedFd,
+    area: UmemArea,
+    /// Which transmit queues (1-based queue `i + 1`) are taken.
+    tx_taken: Arc<Mutex<Vec<bool>>>,
+    tx_dropped: Arc<AtomicU64>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent across a panic (rings
+    // and flags), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Binds the UMEM owner `fd` to `queue` with `need_wakeup`, zero-copy if
+/// the driver can, else copy mode; returns whether it is zero-copy.
+fn bind_owner(fd: &OwnedFd, ifindex: u32, queue: u32) -> io::Result<bool> {
+    let flags = xsk::BIND_NEED_WAKEUP;
+    match xsk::bind(fd.as_fd(), ifindex, queue, flags | xsk::BIND_ZEROCOPY, None) {
+        Ok(()) => Ok(true),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
+            ) =>
+        {
+            xsk::bind(fd.as_fd(), ifindex, queue, flags | xsk::BIND_COPY, None)?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+impl AfXdpPort {
+    /// Sets up the port on interface `cfg.ifname` (see the module
+    /// documentation). Fails with `ResourceBusy` if the interface already
+    /// has an XDP program (see [`AfXdpPort::open`]'s callers for replacing
+    /// one podrouterd left).
+    pub fn open(cfg: &AfXdpConfig) -> io::Result<AfXdpPort> {
+        let name = &cfg.ifname;
+        let ifindex = sys::if_nametoindex(name)?.ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
+        })?;
+        let chunk = chunk_size_for(cfg.mtu).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MTU {} is above the AF_XDP backend's {MAX_MTU}", cfg.mtu),
+            )
+        })?;
+        let tx_queues = cfg.tx_queues.max(1);
+        let area = UmemArea::new(RX_RING + tx_queues * TX_RING, chunk)
+            .map_err(|e| context(e, "cannot map the UMEM"))?;
+        let rx_sock = xsk::xsk_socket().map_err(|e| context(e, "cannot open an AF_XDP socket"))?;
+        area.register(rx_sock.as_fd())
+            .map_err(|e| context(e, "cannot register the UMEM"))?;
+        let fd = rx_sock.as_fd();
+        xsk::set_ring_size(fd, RingKind::Fill, RX_RING)?;
+        xsk::set_ring_size(fd, RingKind::Completion, RX_RING)?;
+        xsk::set_ring_size(fd, RingKind::Rx, RX_RING)?;
+        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, RX_RING)?;
+        let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, RX_RING)?;
+        let range = area.range(0, RX_RING)?;
+        for addr in range.chunk_addrs() {
+            fill.push(addr);
+        }
+        fill.submit();
+        let zerocopy = bind_owner(&rx_sock, ifindex, 0)
+            .map_err(|e| context(e, format!("cannot bind an AF_XDP socket to {name} queue 0")))?;
+
+        let map = sys::bpf::xskmap_create("podrouter_xsks", 1)
+            .map_err(|e| context(e, "cannot create the XSKMAP"))?;
+        sys::bpf::xskmap_set(map.as_fd(), 0, rx_sock.as_fd())
+            .map_err(|e| context(e, "cannot put the socket in the XSKMAP"))?;
+        let insns = bpf::xsk_redirect_program(map.as_raw_fd());
+        let prog = sys::bpf::xdp_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
+            .map_err(|e| context(e, "cannot load the XDP program"))?;
+        let prog_id = sys::bpf::prog_id(prog.as_fd())?;
+        let (link, attach) = attach(&prog, ifindex, cfg.mode)
+            .map_err(|e| context(e, format!("cannot attach the XDP program to {name}")))?;
+        Ok(AfXdpPort {
+            link,
+            _prog: prog,
+            _map: map,
+            ifname: name.clone(),
+            ifindex,
+            mode: XdpMode { attach, zerocopy },
+            prog_id,
+            mtu: cfg.mtu,
+            rx: Mutex::new(RxSide { rx, fill, range }),
+            rx_sock,
+            area,
+            tx_taken: Arc::new(Mutex::new(vec![false; tx_queues as usize])),
+            tx_dropped: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// Attach mode and copy mode this port got.
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// Id of the attached XDP program (as `ip link` shows it).
+    pub fn prog_id(&self) -> u32 {
+        self.prog_id
+    }
+
+    /// The kernel's drop counters for the receive socket and the frames
+    /// the port dropped on transmit. Makes a `getsockopt`: for the control
+    /// plane, not the fast path.
+    pub fn stats(&self) -> AfXdpStats {
+        let mut s = AfXdpStats {
+            tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        if let Ok(k) = xsk::statistics(self.rx_sock.as_fd()) {
+            s.rx_dropped = k.rx_dropped;
+            s.rx_ring_full = k.rx_ring_full;
+            s.rx_fill_empty = k.rx_fill_ring_empty_descs;
+        }
+        s
+    }
+
+    /// A transmit socket on a free queue, sharing the port's UMEM.
+    fn open_tx(&self) -> io::Result<TxState> {
+        let slot = {
+            let mut taken = lock(&self.tx_taken);
+            let i = taken.iter().position(|t| !t).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "every transmit queue of the port is taken (more workers than configured)",
+                )
+            })?;
+            taken[i] = true;
+            i
+        };
+        let guard = SlotGuard {
+            taken: self.tx_taken.clone(),
+            slot,
+        };
+        let sock = xsk::xsk_socket()?;
+        let fd = sock.as_fd();
+        // A socket sharing a UMEM on another queue brings its own fill and
+        // completion rings; it only transmits, so the fill ring stays
+        // empty (and unmapped).
+        xsk::set_ring_size(fd, RingKind::Fill, 1)?;
+        xsk::set_ring_size(fd, RingKind::Completion, TX_RING)?;
+        xsk::set_ring_size(fd, RingKind::Tx, TX_RING)?;
+        let comp: Ring<u64> = Ring::map(fd, RingKind::Completion, TX_RING)?;
+        let tx: Ring<XdpDesc> = Ring::map(fd, RingKind::Tx, TX_RING)?;
+        let queue = slot as u32 + 1;
+        // A socket sharing the UMEM takes the owner's flags (copy or
+        // zero-copy, need_wakeup); the kernel refuses any of its own.
+        xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx_sock.as_fd())).map_err(|e| {
+            context(
+                e,
+                format!(
+                    "cannot bind a transmit socket to {} queue {queue}",
+                    self.ifname
+                ),
+            )
+        })?;
+        let range = self.area.range(RX_RING + slot as u32 * TX_RING, TX_RING)?;
+        let free = range.chunk_addrs().collect();
+        let slot_size = usize::from(self.mtu) + ETHERNET_HEADER_LEN;
+        Ok(TxState {
+            xsk: XskTx {
+                sock,
+                tx,
+                comp,
+                range,
+                free,
+                frame_max: self.area.chunk_size() as usize,
+                dropped: self.tx_dropped.clone(),
+            },
+            offload: TxRing::new(OFFLOAD_SLOTS, slot_size, ETHERNET_HEADER_LEN),
+            _slot: guard,
+        })
+    }
+}
+
+/// Attaches `prog` in the requested mode; `Auto` tries driver mode first.
+fn attach(prog: &OwnedFd, ifindex: u32, mode: XdpModeRequest) -> io::Result<(OwnedFd, XdpAttach)> {
+    let busy = |e: io::Error| {
+        if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) {
+            io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                format!("the interface already has an XDP program ({e})"),
+            )
+        } else {
+            e
+        }
+    };
+    let drv = || sys::bpf::xdp_link_create(prog.as_fd(), ifindex, XDP_FLAGS_DRV_MODE);
+    let skb = || sys::bpf::xdp_link_create(prog.as_fd(), ifindex, XDP_FLAGS_SKB_MODE);
+    match mode {
+        XdpModeRequest::Driver => drv().map(|l| (l, XdpAttach::Driver)).map_err(busy),
+        XdpModeRequest::Generic => skb().map(|l| (l, XdpAttach::Generic)).map_err(busy),
+        XdpModeRequest::Auto => match drv() {
+            Ok(l) => Ok((l, XdpAttach::Driver)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EEXIST)) => {
+                Err(busy(e))
+            }
+            Err(_) => skb().map(|l| (l, XdpAttach::Generic)).map_err(busy),
+        },
+    }
+}
+
+impl fmt::Debug for AfXdpPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AfXdpPort")
+            .field("ifname", &self.ifname)
+            .field("ifindex", &self.ifindex)
+            .field("mode", &self.mode)
+            .field("prog_id", &self.prog_id)
+            .field("link", &self.link)
+            .finish()
+    }
+}
+
+/// Frees a transmit queue slot when its socket state goes.
+struct SlotGuard {
+    taken: Arc<Mutex<Vec<bool>>>,
+    slot: usize,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if let Some(t) = lock(&self.taken).get_mut(self.slot) {
+            *t = false;
+        }
+    }
+}
+
+/// One worker's transmit socket for one port.
+struct XskTx {
+    sock: OwnedFd,
+    tx: Ring<XdpDesc>,
+    comp: Ring<u64>,
+    range: UmemRange,
+    /// Chunks of `range` on no ring.
+    free: Vec<u64>,
+    /// Largest frame one chunk holds.
+    frame_max: usize,
+    dropped: Arc<AtomicU64>,
+}
+
+impl XskTx {
+    /// Takes back the chunks the kernel has sent.
+    fn reclaim(&mut self) {
+        let mut any = false;
+        while let Some(addr) = self.comp.pop() {
+            self.free.push(self.range.chunk_of(addr));
+            any = true;
+        }
+        if any {
+            self.comp.release();
+        }
+    }
+
+    /// Publishes the TX ring and kicks the kernel while it wants it.
+    fn kick(&mut self) -> io::Result<()> {
+        self.tx.submit();
+        let mut result = Ok(());
+        for _ in 0..MAX_KICKS {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
+            match xsk::kick_tx(self.sock.as_fd()) {
+                Ok(()) => break,
+                // More left than one call sends, or the completion ring is
+                // full: take completions back and go on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
+                    self.reclaim();
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    self.reclaim();
+                    result = Err(e);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.reclaim();
+        result
+    }
+
+    /// Copies one frame into a free chunk and queues it on the TX ring.
+    fn queue(&mut self, data: &[u8]) -> io::Result<()> {
+        if data.len() > self.frame_max {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame larger than a UMEM chunk",
+            ));
+        }
+        if self.free.is_empty() {
+            self.reclaim();
+        }
+        if self.free.is_empty() || self.tx.free(1) == 0 {
+            // Full: push out what is queued and take back what went.
+            let _ = self.kick();
+        }
+        let (Some(&addr), true) = (self.free.last(), self.tx.free(1) > 0) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(io::ErrorKind::WouldBlock.into());
+        };
+        let Some(buf) = self.range.write(addr, data.len()) else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(io::Error::other("chunk outside the socket's range"));
+        };
+        buf.copy_from_slice(data);
+        self.free.pop();
+        let pushed = self.tx.push(XdpDesc {
+            addr,
+            len: data.len() as u32,
+            options: 0,
+        });
+        debug_assert!(pushed, "room was checked");
+        Ok(())
+    }
+}
+
+impl TxSink for XskTx {
+    fn send<'a>(&mut self, pkts: impl Iterator<Item = (&'a [u8], Ipv4Addr)>) -> io::Result<usize> {
+        let mut n = 0;
+        for (pkt, _) in pkts {
+            match self.queue(pkt) {
+                Ok(()) => n += 1,
+                Err(e) if n == 0 => {
+                    // `queue` counted it; the ring counts what it drops
+                    // itself, so take ours back to count it once.
+                    self.dropped.fetch_sub(1, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Err(_) => {
+                    self.dropped.fetch_sub(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn wait(&mut self) {
+        let _ = self.kick();
+    }
+}
+
+/// What a worker's [`TxQueue`] for an AF_XDP port holds.
+struct TxState {
+    xsk: XskTx,
+    /// Frames with offload requests, completed or cut in software.
+    offload: TxRing,
+    _slot: SlotGuard,
+}
+
+impl TxState {
+    fn flush(&mut self) -> io::Result<()> {
+        let r = if self.offload.queued() > 0 {
+            self.offload.flush(&mut self.xsk)
+        } else {
+            Ok(())
+        };
+        let dropped = self.offload.take_dropped();
+        if dropped > 0 {
+            self.xsk.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        let k = self.xsk.kick();
+        r.and(k)
+    }
+}
+
+/// A transmit queue whose socket could not be made: every frame is
+/// refused with the reason.
+struct TxUnavailable(io::ErrorKind, String);
+
+impl Port for AfXdpPort {
+    fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
+        let mut guard = lock(&self.rx);
+        let RxSide { rx, fill, range } = &mut *guard;
+        let mut n = 0;
+        while n < frames.len() {
+            let Some(desc) = rx.pop() else {
+                break;
+            };
+            if let Some(bytes) = range.read(desc.addr, desc.len as usize) {
+                if bytes.len() <= MAX_FRAME_LEN {
+                    frames[n].load(bytes, VnetHdr::default());
+                    n += 1;
+                }
+            }
+            // The ring holds as many entries as there are chunks, so the
+            // chunk always fits back.
+            fill.push(range.chunk_of(desc.addr));
+        }
+        if n > 0 || fill.unsubmitted() > 0 {
+            rx.release();
+            fill.submit();
+            if fill.needs_wakeup() {
+                let _ = xsk::wake_rx(self.rx_sock.as_fd());
+            }
+        }
+        Ok(n)
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.rx_sock.as_raw_fd())
+    }
+
+    /// This worker's transmit socket (see the module documentation).
+    fn tx_queue(&self) -> TxQueue {
+        match self.open_tx() {
+            Ok(s) => TxQueue::new(s),
+            Err(e) => {
+                log::warn!("{}: no transmit socket for this worker: {e}", self.ifname);
+                TxQueue::new(TxUnavailable(e.kind(), e.to_string()))
+            }
+        }
+    }
+
+    fn push(&self, queue: &mut TxQueue, frame: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+        let Some(st) = queue.state::<TxState>() else {
+            return Err(match queue.state::<TxUnavailable>() {
+                Some(TxUnavailable(kind, why)) => io::Error::new(*kind, why.clone()),
+                None => foreign_queue(),
+            });
+        };
+        let d = frame.data();
+        let plain = frame.vnet == VnetHdr::default();
+        if plain && st.offload.queued() == 0 && d.len() <= st.xsk.frame_max {
+            return st.xsk.queue(d);
+        }
+        // Offloads (or a frame queued behind one, to keep the order).
+        if d.len() < ETHERNET_HEADER_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "runt frame"));
+        }
+        let mut eth = [0u8; ETHERNET_HEADER_LEN];
+        eth.copy_from_slice(&d[..ETHERNET_HEADER_LEN]);
+        let write_header = |pkt: &mut [u8], _: Ipv4Addr| {
+            pkt[..ETHERNET_HEADER_LEN].copy_from_slice(&eth);
+        };
+        let TxState { xsk, offload, .. } = st;
+        let r = offload.push(
+            &d[ETHERNET_HEADER_LEN..],
+            frame.vnet,
+            Ipv4Addr::UNSPECIFIED,
+            &write_header,
+            xsk,
+        );
+        let dropped = offload.take_dropped();
+        if dropped > 0 {
+            xsk.dropped.fetch_add(dropped, Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn flush(&self, queue: &mut TxQueue) -> io::Result<()> {
+        match queue.state::<TxState>() {
+            Some(st) => st.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podrouter_testkit::{in_private_netns, privileged};
+    use std::net::UdpSocket;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn chunk_sizes_follow_the_mtu() {
+        assert_eq!(chunk_size_for(1500), Some(2048));
+        assert_eq!(chunk_size_for(1778), Some(2048));
+        assert_eq!(chunk_size_for(1779), Some(4096));
+        assert_eq!(chunk_size_for(MAX_MTU), Some(4096));
+        assert_eq!(chunk_size_for(MAX_MTU + 1), None);
+    }
+
+    #[test]
+    fn mode_reads_as_status_shows_it() {
+        let m = XdpMode {
+            attach: XdpAttach::Driver,
+            zerocopy: false,
+        };
+        assert_eq!(m.to_string(), "copy, driver");
+    }
+
+    fn ip(args: &[&str]) -> String {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Receives until `want` frames came or a second passed.
+    fn recv_some(port: &AfXdpPort, frames: &mut [Frame], want: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut n = 0;
+        while n < want && Instant::now() < deadline {
+            n += port.recv(&mut frames[n..]).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        n
+    }
+
+    /// A veth pair whose node end is an AF_XDP port: the kernel's UDP
+    /// datagrams from the other end arrive through the XSK, a reply sent
+    /// through the port's transmit socket reaches the kernel's socket, and
+    /// dropping the port detaches the program. Both attach modes.
+    #[test]
+    fn veth_frames_both_ways_in_both_modes() {
+        if !privileged("veth_frames_both_ways_in_both_modes") {
+            return;
+        }
+        for mode in [XdpModeRequest::Driver, XdpModeRequest::Generic] {
+            in_private_netns(|| exchange(mode));
+        }
+    }
+
+    fn exchange(mode: XdpModeRequest) {
+        ip(&[
+            "link",
+            "add",
+            "pxa",
+            "numtxqueues",
+            "3",
+            "numrxqueues",
+            "3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "pxb",
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+        ]);
+        ip(&["link", "set", "pxa", "address", "02:00:00:00:00:0a", "up"]);
+        ip(&["link", "set", "pxb", "address", "02:00:00:00:00:0b", "up"]);
+        ip(&["addr", "add", "10.9.0.2/24", "dev", "pxb"]);
+        ip(&[
+            "neigh",
+            "add",
+            "10.9.0.1",
+            "lladdr",
+            "02:00:00:00:00:0a",
+            "dev",
+            "pxb",
+        ]);
+        let port = AfXdpPort::open(&AfXdpConfig {
+            ifname: "pxa".into(),
+            mtu: 1500,
+            tx_queues: 2,
+            mode,
+        })
+        .unwrap();
+        let want = match mode {
+            XdpModeRequest::Generic => XdpAttach::Generic,
+            _ => XdpAttach::Driver,
+        };
+        assert_eq!(port.mode().attach, want);
+        let shown = ip(&["-d", "link", "show", "pxa"]);
+        assert!(
+            shown.contains(&format!("id {}", port.prog_id())) && shown.contains(XDP_PROG_NAME),
+            "{shown}"
+        );
+        // A second program on the same interface is refused, not stacked.
+        let e = AfXdpPort::open(&AfXdpConfig {
+            ifname: "pxa".into(),
+            mtu: 1500,
+            tx_queues: 1,
+            mode,
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
+
+        let sock = UdpSocket::bind("10.9.0.2:4000").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        for i in 0..5u8 {
+            sock.send_to(&[i; 32], "10.9.0.1:5000").unwrap();
+        }
+        let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
+        let n = recv_some(&port, &mut frames, 5);
+        let udp: Vec<&Frame> = frames[..n]
+            .iter()
+            .filter(|f| {
+                f.data().len() > 42 && f.data()[12..14] == [0x08, 0x00] && f.data()[23] == 17
+            })
+            .collect();
+        assert_eq!(udp.len(), 5, "datagrams through the XSK ({n} frames)");
+        let d = udp[0].data();
+        assert_eq!(d[..6], [2, 0, 0, 0, 0, 0x0a]);
+        assert_eq!(d[42..74], [0u8; 32]);
+
+        // Reply with the addresses and ports swapped (the IPv4 checksum is
+        // unchanged; UDP checksum 0 means none), through a worker's queue.
+        let mut reply = d.to_vec();
+        reply.copy_within(6..12, 0);
+        reply[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x0a]);
+        let (src, dst) = (d[26..30].to_vec(), d[30..34].to_vec());
+        reply[26..30].copy_from_slice(&dst);
+        reply[30..34].copy_from_slice(&src);
+        let (sp, dp) = (d[34..36].to_vec(), d[36..38].to_vec());
+        reply[34..36].copy_from_slice(&dp);
+        reply[36..38].copy_from_slice(&sp);
+        reply[40..42].fill(0);
+        reply[42] = 0x77;
+        let mut q = port.tx_queue();
+        for _ in 0..3 {
+            port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+        }
+        port.flush(&mut q).unwrap();
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            let (len, from) = sock.recv_from(&mut buf).unwrap();
+            assert_eq!((len, from.to_string().as_str()), (32, "10.9.0.1:5000"));
+            assert_eq!(buf[0], 0x77);
+        }
+        // Several rings' worth in batches of nearly a ring (as many as the
+        // receiving socket's buffer takes): the indices wrap, every chunk
+        // is reclaimed from the completion ring and used again, none lost.
+        let burst = 250;
+        for _ in 0..4 {
+            for _ in 0..burst {
+                port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+            }
+            port.flush(&mut q).unwrap();
+            let mut got = 0;
+            while got < burst && sock.recv_from(&mut buf).is_ok() {
+                got += 1;
+            }
+            assert_eq!(got, burst);
+        }
+        assert_eq!(port.stats().tx_dropped, 0);
+
+        drop(q);
+        drop(port);
+        let shown = ip(&["-d", "link", "show", "pxa"]);
+        assert!(!shown.contains(XDP_PROG_NAME), "program left: {shown}");
+        ip(&["link", "del", "pxa"]);
+    }
+}
