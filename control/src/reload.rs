@@ -117,6 +117,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(old.node_ip != new.node_ip, "node_ip");
     key(old.api_socket != new.api_socket, "api_socket");
     key(old.state_dir != new.state_dir, "state_dir");
+    key(old.metrics != new.metrics, "[metrics] listen");
     let (a, b): (&Dataplane, &Dataplane) = (&old.dataplane, &new.dataplane);
     key(a.backend != b.backend, "[dataplane] backend");
     key(a.workers != b.workers, "[dataplane] workers");
