@@ -366,3 +366,87 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         .encode_to_string(&f.reg.gather())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podrouter_api::PortCountersInfo;
+
+    fn snapshot() -> Snapshot {
+        let status: StatusInfo = serde_json::from_value(serde_json::json!({
+            "node_name": "n", "node_ip": "10.0.0.1", "pod_cidrs": ["10.244.0.0/24"],
+            "daemon_version": "0", "api_version": 1, "backend": "tap", "encap": "always",
+            "workers": 1, "pods": 1, "routes": 4, "free_addresses": 250, "uptime_secs": 9
+        }))
+        .unwrap();
+        let port = |port: u32, name: &str, rx: u64| PortCountersInfo {
+            port,
+            name: name.into(),
+            rx_packets: rx,
+            rx_bytes: rx * 100,
+            tx_packets: 1,
+            tx_bytes: 2,
+            drops: 3,
+        };
+        let mut counters = CountersInfo {
+            workers: 1,
+            rx: 12,
+            ports: vec![
+                port(0, "podrouter0", 5),
+                port(1, "ipip@eth0", 0),
+                port(2, "eth0@web", 7),
+            ],
+            ..CountersInfo::default()
+        };
+        counters.drops.insert("no_route".into(), 25);
+        counters.drops.insert("tx_error".into(), 1);
+        let pods = vec![serde_json::from_value(serde_json::json!({
+            "id": "web", "netns": "/run/netns/web", "ifname": "eth0", "ip": "10.244.0.2",
+            "mac": "0a:58:0a:f4:00:02", "mtu": 1480, "port": 2, "worker": 0
+        }))
+        .unwrap()];
+        let peers = vec![serde_json::from_value(serde_json::json!({
+            "address": "10.0.0.2", "asn": 64512, "kind": "ibgp", "state": "Established",
+            "since_secs": 3, "passive": false, "md5": false, "prefixes_received": 2,
+            "prefixes_accepted": 1, "prefixes_stale": 0, "messages_in": 5, "messages_out": 5, "updates_in": 2,
+            "updates_out": 1, "treat_as_withdraw": 0, "established_count": 1,
+            "capabilities": []
+        }))
+        .unwrap()];
+        Snapshot {
+            status,
+            counters,
+            pods,
+            peers,
+        }
+    }
+
+    #[test]
+    fn every_figure_lands_under_its_name_and_labels() {
+        let text = render(&snapshot(), "podrouter0");
+        for line in [
+            "# TYPE podrouter_port_received_packets_total counter",
+            r#"podrouter_port_received_packets_total{kind="pod",name="web"} 7"#,
+            r#"podrouter_port_received_bytes_total{kind="host",name="podrouter0"} 500"#,
+            r#"podrouter_port_dropped_packets_total{kind="uplink",name="ipip@eth0"} 3"#,
+            r#"podrouter_drop_count_total{direction="ingress",reason="no_route"} 25"#,
+            r#"podrouter_drop_count_total{direction="egress",reason="tx_error"} 1"#,
+            "podrouter_received_packets_total 12",
+            "# TYPE podrouter_fib_routes gauge",
+            "podrouter_fib_routes 4",
+            "podrouter_pods 1",
+            r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Established"} 1"#,
+            r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Idle"} 0"#,
+            r#"podrouter_bgp_prefixes_accepted{peer="10.0.0.2"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_bgp_there_are_no_bgp_families() {
+        let mut s = snapshot();
+        s.peers.clear();
+        assert!(!render(&s, "podrouter0").contains("bgp"));
+    }
+}

@@ -532,6 +532,11 @@ asn = 64512
                 "address = \"10.0.0.4\"",
                 "[[bgp.peers]]",
             ),
+            (
+                "log_level = \"info\"",
+                "log_level = \"info\"\n[metrics]\nlisten = \"127.0.0.1:9091\"",
+                "[metrics] listen",
+            ),
         ];
         for (from, to, name) in cases {
             let e = plan(&old, with(from, to)).unwrap_err();
