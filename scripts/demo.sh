@@ -11,7 +11,8 @@
 # packets on the underlay. A ClusterIP (10.96.0.10:80) with a backend on each
 # node is reached from the pod through node 1's NAT (kube-proxy-style
 # iptables DNAT), or the step says why it was skipped. Then podrouterctl
-# status, pods, routes and counters. Everything is removed on exit, Ctrl-C
+# status, pods, routes and counters, and a few counters from node 1's
+# Prometheus endpoint. Everything is removed on exit, Ctrl-C
 # and errors included. Exits non-zero if a step that ran failed, printing
 # the daemons' logs.
 
@@ -24,7 +25,7 @@ for arg in "$@"; do
     case "$arg" in
     --hold) HOLD=1 ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -245,6 +246,9 @@ workers = 1
 uplink = "eth0"     # the underlay; other nodes' blocks go through IPIP on it
 encap = "always"
 
+[metrics]
+listen = "127.0.0.1:9091"   # in the node's namespace
+
 [bgp]
 asn = $ASN
 connect_retry = 1
@@ -440,7 +444,16 @@ show_ctl 1 pods
 show_ctl 1 routes
 show_ctl 1 counters
 echo
-skipped "metrics endpoint (curl of the podrouter counters) and a pcap of one ping read back with tshark: podrouterd has neither yet (issue 14)"
+echo "node 1's Prometheus endpoint ([metrics] listen), a few of its counters:"
+METRICS_OUT="$DIR/metrics.txt"
+if show ip netns exec "${NODE_NS[1]}" curl -sf -o "$METRICS_OUT" http://127.0.0.1:9091/metrics &&
+    grep -E '^podrouter_(port_(received|sent)_packets_total\{kind="pod"|drop_count_total\{.*reason="no_route"|fib_routes |bgp_session_state\{.*state="Established"|pods )' "$METRICS_OUT"; then
+    pass "metrics: curl of node 1's /metrics shows the podrouter counters"
+else
+    fail "metrics: node 1's /metrics on 127.0.0.1:9091 did not answer with the podrouter counters"
+fi
+echo
+skipped "a pcap of one ping read back with tshark: podrouterd has no capture yet (issue 14)"
 
 # ---------------------------------------------------------------------------
 hdr "result"

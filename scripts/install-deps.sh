@@ -40,6 +40,10 @@ declare -A NEED=(
     [gobgp]=gobgpd
     [vtysh]=frr
     [python3]=python3   # the scripted BGP peer of tests/tests/bgp_malformed.rs
+    # A real Prometheus scraping /metrics (tests/tests/metrics.rs); the
+    # package's own service is not used (the test starts one in a netns).
+    [prometheus]=prometheus
+    [promtool]=prometheus
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config

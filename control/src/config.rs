@@ -142,6 +142,16 @@ pub struct Config {
     pub routes: Vec<StaticRoute>,
     /// The BGP speaker (needs `node_ip`, the next hop of our blocks).
     pub bgp: Option<Bgp>,
+    /// The Prometheus endpoint; off when absent.
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`: where `/metrics` is served (Prometheus text format).
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address and port, e.g. `127.0.0.1:9091`.
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -372,6 +382,7 @@ impl Default for Config {
             dataplane: Dataplane::default(),
             routes: Vec::new(),
             bgp: None,
+            metrics: None,
         }
     }
 }

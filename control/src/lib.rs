@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod ipam;
 pub mod kernel_job;
 pub mod logger;
+pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod nodenet;

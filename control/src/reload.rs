@@ -117,6 +117,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(old.node_ip != new.node_ip, "node_ip");
     key(old.api_socket != new.api_socket, "api_socket");
     key(old.state_dir != new.state_dir, "state_dir");
+    key(old.metrics != new.metrics, "[metrics] listen");
     let (a, b): (&Dataplane, &Dataplane) = (&old.dataplane, &new.dataplane);
     key(a.backend != b.backend, "[dataplane] backend");
     key(a.xdp_mode != b.xdp_mode, "[dataplane] xdp_mode");
@@ -539,6 +540,11 @@ asn = 64512
                 "address = \"10.0.0.2\"",
                 "address = \"10.0.0.4\"",
                 "[[bgp.peers]]",
+            ),
+            (
+                "log_level = \"info\"",
+                "log_level = \"info\"\n[metrics]\nlisten = \"127.0.0.1:9091\"",
+                "[metrics] listen",
             ),
         ];
         for (from, to, name) in cases {

@@ -604,6 +604,8 @@ pub struct NodeConfig {
     pub log_level: String,
     /// Static `[[routes]]`: (prefix, via).
     pub routes: Vec<(String, String)>,
+    /// `[metrics] listen`, e.g. `127.0.0.1:9091` (in the node namespace).
+    pub metrics: Option<String>,
 }
 
 impl Default for NodeConfig {
@@ -618,6 +620,7 @@ impl Default for NodeConfig {
             icmp_burst: None,
             log_level: "debug".to_string(),
             routes: Vec::new(),
+            metrics: None,
         }
     }
 }
@@ -660,6 +663,9 @@ impl NodeConfig {
         }
         for (prefix, via) in &self.routes {
             s += &format!("\n[[routes]]\nprefix = \"{prefix}\"\nvia = \"{via}\"\n");
+        }
+        if let Some(listen) = &self.metrics {
+            s += &format!("\n[metrics]\nlisten = \"{listen}\"\n");
         }
         s
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use podrouter_control::config::Config;
 use podrouter_control::daemon::Daemon;
-use podrouter_control::{logger, server};
+use podrouter_control::{logger, metrics, server};
 
 /// podrouter's node daemon: a polled userspace router for pod networks.
 #[derive(Parser)]
@@ -30,6 +30,13 @@ fn main() -> ExitCode {
         None => Config::default(),
     };
     logger::init(cfg.log_level.filter());
+    if let Some(m) = &cfg.metrics {
+        let (api, host) = (cfg.api_socket.clone(), cfg.dataplane.host_port.clone());
+        if let Err(e) = metrics::spawn(m.listen, api, host) {
+            log::error!("cannot serve metrics on {}: {e}", m.listen);
+            return ExitCode::from(1);
+        }
+    }
     let mut daemon = match Daemon::start(cfg, args.config.clone()) {
         Ok(d) => d,
         Err(e) => {

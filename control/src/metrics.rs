@@ -1,0 +1,465 @@
+//! The Prometheus endpoint (`[metrics] listen`): a plain thread that
+//! answers `GET /metrics` in the Prometheus text format (0.0.4).
+//!
+//! Invariants: no worker and no data-path counter is touched here. Each
+//! scrape asks the daemon through its own API socket (the calls
+//! `podrouterctl counters`, `status`, `pods` and `bgp peers` make), so the
+//! figures are exactly the ones the CLI shows, read from the per-worker
+//! counters at scrape time; nothing is cached or counted twice. The
+//! exposition is built with the `prometheus` crate in a fresh registry
+//! per scrape. One connection is served at a time with short timeouts, and
+//! request heads are bounded, so a client can delay scrapes but not grow
+//! memory or block the daemon.
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use podrouter_api::{
+    BgpPeerInfo, Call, Client, CountersInfo, ErrorCode, PodInfo, Reply, StatusInfo,
+};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+/// How long a scraper may take to send its request or read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest request head accepted.
+const MAX_HEAD: usize = 8192;
+/// The content type of the Prometheus text format.
+const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// RFC 4271 session states, in order, for the one-hot state gauge.
+const BGP_STATES: [&str; 6] = [
+    "Idle",
+    "Connect",
+    "Active",
+    "OpenSent",
+    "OpenConfirm",
+    "Established",
+];
+
+/// Binds `listen` now (so a bad address fails the start) and serves
+/// scrapes from a thread of its own until the process exits.
+pub fn spawn(listen: SocketAddr, api_socket: PathBuf, host_port: String) -> io::Result<()> {
+    let listener = TcpListener::bind(listen)?;
+    log::info!("metrics on http://{listen}/metrics");
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(s) => {
+                        if let Err(e) = serve(s, &api_socket, &host_port) {
+                            log::debug!("metrics client: {e}");
+                        }
+                    }
+                    Err(e) => log::warn!("metrics accept: {e}"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn serve(mut s: TcpStream, api_socket: &std::path::Path, host_port: &str) -> io::Result<()> {
+    s.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    s.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let head = read_head(&mut s)?;
+    let line = head.lines().next().unwrap_or("");
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    if method != "GET" {
+        return respond(&mut s, "405 Method Not Allowed", "text/plain", "GET only\n");
+    }
+    if path != "/metrics" {
+        return respond(&mut s, "404 Not Found", "text/plain", "see /metrics\n");
+    }
+    match scrape(api_socket).map(|snap| render(&snap, host_port)) {
+        Ok(body) => respond(&mut s, "200 OK", CONTENT_TYPE, &body),
+        Err(e) => respond(
+            &mut s,
+            "503 Service Unavailable",
+            "text/plain",
+            &format!("podrouterd API: {e}\n"),
+        ),
+    }
+}
+
+/// Reads up to the blank line that ends an HTTP request head.
+fn read_head(s: &mut TcpStream) -> io::Result<String> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        if buf.len() > MAX_HEAD {
+            return Err(io::Error::other("request head too long"));
+        }
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn respond(s: &mut TcpStream, status: &str, content_type: &str, body: &str) -> io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body.as_bytes())
+}
+
+/// What one scrape reads from the daemon.
+pub struct Snapshot {
+    pub status: StatusInfo,
+    pub counters: CountersInfo,
+    pub pods: Vec<PodInfo>,
+    /// Empty when BGP is off.
+    pub peers: Vec<BgpPeerInfo>,
+}
+
+fn scrape(api_socket: &std::path::Path) -> Result<Snapshot, podrouter_api::ClientError> {
+    let mut c = Client::connect(api_socket, CLIENT_TIMEOUT)?;
+    let unexpected = || podrouter_api::ClientError::Protocol("unexpected reply".into());
+    let Reply::Status(status) = c.call(Call::Status)? else {
+        return Err(unexpected());
+    };
+    let Reply::Counters(counters) = c.call(Call::Counters)? else {
+        return Err(unexpected());
+    };
+    let Reply::Pods(pods) = c.call(Call::ListPods)? else {
+        return Err(unexpected());
+    };
+    let peers = match c.call(Call::BgpPeers) {
+        Ok(Reply::BgpPeers(p)) => p,
+        Ok(_) => return Err(unexpected()),
+        Err(podrouter_api::ClientError::Api(e)) if e.code == ErrorCode::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    Ok(Snapshot {
+        status,
+        counters,
+        pods,
+        peers,
+    })
+}
+
+/// Where a drop reason happens: every reason is decided on a frame the
+/// router received, except a refusal by the egress port and a pod's own
+/// egress policy.
+fn drop_direction(reason: &str) -> &'static str {
+    if reason == "tx_error" || reason == "policy_denied_egress" {
+        "egress"
+    } else {
+        "ingress"
+    }
+}
+
+/// Metric families of one scrape, in a registry of their own.
+struct Families {
+    reg: Registry,
+}
+
+impl Families {
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        let v = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+        self.reg
+            .register(Box::new(v.clone()))
+            .expect("metric registered once");
+        v
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        let v = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric name");
+        self.reg
+            .register(Box::new(v.clone()))
+            .expect("metric registered once");
+        v
+    }
+}
+
+fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The exposition of one snapshot (Prometheus text format 0.0.4).
+pub fn render(snap: &Snapshot, host_port: &str) -> String {
+    let f = Families {
+        reg: Registry::new_custom(Some("podrouter".into()), None).expect("valid prefix"),
+    };
+    let c = &snap.counters;
+
+    // Per port: kind is pod, host or uplink; name is the pod id or the
+    // interface name.
+    let port = ["kind", "name"];
+    let rx_p = f.counter(
+        "port_received_packets_total",
+        "Frames received on a port.",
+        &port,
+    );
+    let rx_b = f.counter(
+        "port_received_bytes_total",
+        "Bytes received on a port.",
+        &port,
+    );
+    let tx_p = f.counter(
+        "port_sent_packets_total",
+        "Frames sent out of a port.",
+        &port,
+    );
+    let tx_b = f.counter("port_sent_bytes_total", "Bytes sent out of a port.", &port);
+    let dr_p = f.counter(
+        "port_dropped_packets_total",
+        "Frames received on a port and dropped.",
+        &port,
+    );
+    let denied = f.counter(
+        "port_policy_denied_total",
+        "Connections a pod's NetworkPolicy refused, by direction from the pod.",
+        &["kind", "name", "direction"],
+    );
+    for p in &c.ports {
+        let pod = snap.pods.iter().find(|x| x.port == p.port);
+        let (kind, name) = match pod {
+            Some(pod) => ("pod", pod.id.as_str()),
+            None if p.name == host_port => ("host", p.name.as_str()),
+            None => ("uplink", p.name.as_str()),
+        };
+        let l = [kind, name];
+        rx_p.with_label_values(&l).inc_by(p.rx_packets);
+        rx_b.with_label_values(&l).inc_by(p.rx_bytes);
+        tx_p.with_label_values(&l).inc_by(p.tx_packets);
+        tx_b.with_label_values(&l).inc_by(p.tx_bytes);
+        dr_p.with_label_values(&l).inc_by(p.drops);
+        denied
+            .with_label_values(&[kind, name, "ingress"])
+            .inc_by(p.policy_denied_ingress);
+        denied
+            .with_label_values(&[kind, name, "egress"])
+            .inc_by(p.policy_denied_egress);
+    }
+
+    let drops = f.counter(
+        "drop_count_total",
+        "Frames dropped, by reason (see README) and direction.",
+        &["reason", "direction"],
+    );
+    for (reason, n) in &c.drops {
+        drops
+            .with_label_values(&[reason.as_str(), drop_direction(reason)])
+            .inc_by(*n);
+    }
+
+    for (name, help, v) in [
+        (
+            "received_packets_total",
+            "Frames received, all ports.",
+            c.rx,
+        ),
+        ("sent_packets_total", "Frames sent, all ports.", c.tx),
+        (
+            "worker_sleeps_total",
+            "Times a worker slept waiting for readiness.",
+            c.sleeps,
+        ),
+        ("arp_replies_total", "ARP requests answered.", c.arp_replies),
+        ("icmp_sent_total", "ICMP errors sent.", c.icmp_sent),
+        (
+            "icmp_rate_limited_total",
+            "ICMP errors suppressed by the rate limiter.",
+            c.icmp_rate_limited,
+        ),
+        (
+            "flows_inserted_total",
+            "Flows entered in the flow table.",
+            c.flows.inserted,
+        ),
+        (
+            "flows_refused_total",
+            "New flows refused because their bucket was full.",
+            c.flows.full,
+        ),
+        (
+            "flows_expired_total",
+            "Flow-table entries freed after their timeout.",
+            c.flows.expired,
+        ),
+        (
+            "flows_steered_packets_total",
+            "Reply packets of kernel-NATed flows sent to the host port.",
+            c.flows.steered_to_host,
+        ),
+    ] {
+        f.counter(name, help, &[])
+            .with_label_values::<&str>(&[])
+            .inc_by(v);
+    }
+    let s = &snap.status;
+    for (name, help, v) in [
+        ("workers", "Data-plane worker threads.", c.workers as u64),
+        ("pods", "Pods attached.", s.pods as u64),
+        ("fib_routes", "Routes in the FIB.", s.routes as u64),
+        (
+            "ipam_free_addresses",
+            "Pod addresses still free.",
+            s.free_addresses,
+        ),
+        (
+            "flow_table_capacity",
+            "Slots of the flow table.",
+            c.flows.capacity,
+        ),
+        (
+            "flow_table_entries",
+            "Flow-table slots in use.",
+            c.flows.entries,
+        ),
+        (
+            "uptime_seconds",
+            "Seconds since podrouterd started.",
+            s.uptime_secs,
+        ),
+    ] {
+        f.gauge(name, help, &[])
+            .with_label_values::<&str>(&[])
+            .set(gauge_value(v));
+    }
+
+    if !snap.peers.is_empty() {
+        let state = f.gauge(
+            "bgp_session_state",
+            "1 for the BGP session's current RFC 4271 state, 0 for the others.",
+            &["peer", "state"],
+        );
+        let received = f.gauge(
+            "bgp_prefixes_received",
+            "Prefixes in the peer's Adj-RIB-In.",
+            &["peer"],
+        );
+        let accepted = f.gauge(
+            "bgp_prefixes_accepted",
+            "Prefixes of the peer the import filter lets into the FIB.",
+            &["peer"],
+        );
+        let updates = f.counter(
+            "bgp_updates_received_total",
+            "UPDATE messages received from the peer.",
+            &["peer"],
+        );
+        let established = f.counter(
+            "bgp_established_transitions_total",
+            "Times the session reached Established.",
+            &["peer"],
+        );
+        for p in &snap.peers {
+            let peer = p.address.to_string();
+            for st in BGP_STATES {
+                state
+                    .with_label_values(&[peer.as_str(), st])
+                    .set(i64::from(p.state == st));
+            }
+            let l = [peer.as_str()];
+            received
+                .with_label_values(&l)
+                .set(gauge_value(p.prefixes_received as u64));
+            accepted
+                .with_label_values(&l)
+                .set(gauge_value(p.prefixes_accepted as u64));
+            updates.with_label_values(&l).inc_by(p.updates_in);
+            established
+                .with_label_values(&l)
+                .inc_by(p.established_count);
+        }
+    }
+
+    // Every family is registered once with valid names, so encoding cannot
+    // fail; an empty body would still be a valid exposition.
+    TextEncoder::new()
+        .encode_to_string(&f.reg.gather())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use podrouter_api::PortCountersInfo;
+
+    fn snapshot() -> Snapshot {
+        let status: StatusInfo = serde_json::from_value(serde_json::json!({
+            "node_name": "n", "node_ip": "10.0.0.1", "pod_cidrs": ["10.244.0.0/24"],
+            "daemon_version": "0", "api_version": 1, "backend": "tap", "encap": "always",
+            "workers": 1, "pods": 1, "routes": 4, "free_addresses": 250, "uptime_secs": 9
+        }))
+        .unwrap();
+        let port = |port: u32, name: &str, rx: u64| PortCountersInfo {
+            port,
+            name: name.into(),
+            rx_packets: rx,
+            rx_bytes: rx * 100,
+            tx_packets: 1,
+            tx_bytes: 2,
+            drops: 3,
+            ..PortCountersInfo::default()
+        };
+        let mut counters = CountersInfo {
+            workers: 1,
+            rx: 12,
+            ports: vec![
+                port(0, "podrouter0", 5),
+                port(1, "ipip@eth0", 0),
+                port(2, "eth0@web", 7),
+            ],
+            ..CountersInfo::default()
+        };
+        counters.drops.insert("no_route".into(), 25);
+        counters.drops.insert("tx_error".into(), 1);
+        let pods = vec![serde_json::from_value(serde_json::json!({
+            "id": "web", "netns": "/run/netns/web", "ifname": "eth0", "ip": "10.244.0.2",
+            "mac": "0a:58:0a:f4:00:02", "mtu": 1480, "port": 2, "worker": 0
+        }))
+        .unwrap()];
+        let peers = vec![serde_json::from_value(serde_json::json!({
+            "address": "10.0.0.2", "asn": 64512, "kind": "ibgp", "state": "Established",
+            "since_secs": 3, "passive": false, "md5": false, "prefixes_received": 2,
+            "prefixes_accepted": 1, "prefixes_stale": 0, "messages_in": 5, "messages_out": 5, "updates_in": 2,
+            "updates_out": 1, "treat_as_withdraw": 0, "established_count": 1,
+            "capabilities": []
+        }))
+        .unwrap()];
+        Snapshot {
+            status,
+            counters,
+            pods,
+            peers,
+        }
+    }
+
+    #[test]
+    fn every_figure_lands_under_its_name_and_labels() {
+        let text = render(&snapshot(), "podrouter0");
+        for line in [
+            "# TYPE podrouter_port_received_packets_total counter",
+            r#"podrouter_port_received_packets_total{kind="pod",name="web"} 7"#,
+            r#"podrouter_port_received_bytes_total{kind="host",name="podrouter0"} 500"#,
+            r#"podrouter_port_dropped_packets_total{kind="uplink",name="ipip@eth0"} 3"#,
+            r#"podrouter_drop_count_total{direction="ingress",reason="no_route"} 25"#,
+            r#"podrouter_drop_count_total{direction="egress",reason="tx_error"} 1"#,
+            "podrouter_received_packets_total 12",
+            "# TYPE podrouter_fib_routes gauge",
+            "podrouter_fib_routes 4",
+            "podrouter_pods 1",
+            r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Established"} 1"#,
+            r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Idle"} 0"#,
+            r#"podrouter_bgp_prefixes_accepted{peer="10.0.0.2"} 1"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn without_bgp_there_are_no_bgp_families() {
+        let mut s = snapshot();
+        s.peers.clear();
+        assert!(!render(&s, "podrouter0").contains("bgp"));
+    }
+}
