@@ -7,7 +7,7 @@
 # Two nodes on one underlay, each a network namespace with its own
 # podrouterd, find each other over BGP (iBGP, AS 64512) and install each
 # other's pod block. A pod on node 1 pings and runs a short iperf3 to a pod
-# on node 2 through the IPIP tunnel while tcpdump shows the encapsulated
+# on node 2 through the VXLAN tunnel while tcpdump shows the encapsulated
 # packets on the underlay. A ClusterIP (10.96.0.10:80) with a backend on each
 # node is reached from the pod through node 1's NAT (kube-proxy-style
 # iptables DNAT), or the step says why it was skipped. Then podrouterctl
@@ -243,8 +243,9 @@ log_level = "info"
 [dataplane]
 backend = "tap"
 workers = 1
-uplink = "eth0"     # the underlay; other nodes' blocks go through IPIP on it
+uplink = "eth0"     # the underlay; other nodes' blocks go through VXLAN on it
 encap = "always"
+tunnel = "vxlan"    # Calico's profile: VNI 4096, UDP 4789; pod MTU 1450
 
 [metrics]
 listen = "127.0.0.1:9091"   # in the node's namespace
@@ -326,13 +327,13 @@ show ip -n "${POD_NS[pod-a]}" route
 A=${POD_NS[pod-a]}
 echo
 echo "ping pod-a (node 1) -> pod-b (node 2), ttl=62: two routers, node 1's and node 2's;"
-echo "meanwhile tcpdump on node 1's underlay shows the IPIP packets (outer node"
-echo "addresses, the pods' inside):"
+echo "meanwhile tcpdump on node 1's underlay shows the VXLAN packets (UDP 4789,"
+echo "VNI 4096, outer node addresses, the pods' frame inside):"
 CAP_OUT="$DIR/tcpdump.out" CAP_ERR="$DIR/tcpdump.err"
 # tcpdump ends after 2 packets, or after 15 s if it never sees them
 # (--foreground: stay in our process group, so a signal to it reaches
 # tcpdump too).
-start_bg "$CAP_OUT" "$CAP_ERR" timeout --foreground 15 ip netns exec "${NODE_NS[1]}" tcpdump -c 2 -n -l -i eth0 'ip proto 4'
+start_bg "$CAP_OUT" "$CAP_ERR" timeout --foreground 15 ip netns exec "${NODE_NS[1]}" tcpdump -c 2 -n -l -i eth0 'udp port 4789'
 CAP_PID=$BG_PID
 wait_for 10 grep -q "listening on" "$CAP_ERR" || {
     cat "$CAP_ERR"
@@ -347,10 +348,11 @@ wait "$CAP_PID" || true
 echo
 echo "tcpdump (in the background above) printed:"
 sed 's/^/    /' "$CAP_OUT"
-if grep -q "IP ${NODE_IP[1]} > ${NODE_IP[2]}: IP ${POD_IP[pod-a]} > ${POD_IP[pod-b]}: ICMP echo request" "$CAP_OUT"; then
-    pass "tcpdump saw pod-a's ping IPIP-encapsulated from node 1 to node 2"
+if grep -q "IP ${NODE_IP[1]}\.[0-9]* > ${NODE_IP[2]}\.4789: VXLAN, flags \[I\] (0x08), vni 4096" "$CAP_OUT" &&
+    grep -q "IP ${POD_IP[pod-a]} > ${POD_IP[pod-b]}: ICMP echo request" "$CAP_OUT"; then
+    pass "tcpdump saw pod-a's ping VXLAN-encapsulated (VNI 4096) from node 1 to node 2"
 else
-    fail "tcpdump on node 1's underlay did not see pod-a's ping inside IPIP (stderr: $(tr '\n' ' ' <"$CAP_ERR"))"
+    fail "tcpdump on node 1's underlay did not see pod-a's ping inside VXLAN (stderr: $(tr '\n' ' ' <"$CAP_ERR"))"
 fi
 
 echo
@@ -473,7 +475,7 @@ if [ "$HOLD" -eq 1 ]; then
     cat <<EOF
   export PATH=$PWD/target/release:\$PATH
   ip netns exec ${POD_NS[pod-a]} ping ${POD_IP[pod-b]}
-  ip netns exec ${NODE_NS[1]} tcpdump -n -i eth0 'ip proto 4'
+  ip netns exec ${NODE_NS[1]} tcpdump -n -i eth0 'udp port 4789'
   ip netns exec ${POD_NS[pod-a]} curl http://${POD_IP[web-2]}/
   ip netns exec ${POD_NS[pod-a]} curl -m 2 http://$CLUSTER_IP/
   ip netns exec ${NODE_NS[1]} iptables -t nat -L PREROUTING -n -v
