@@ -64,6 +64,27 @@ mod tests {
         assert_eq!(ns.links().len(), 2, "{:?}", ns.links());
         assert_eq!(ns.addrs("kit0"), vec!["10.9.9.1/24".to_string()]);
         let mut sleeper = ns.command("sleep").arg("600").spawn().unwrap();
+        // `ip netns exec` enters the namespace after the spawn returns; a
+        // process not inside yet is invisible to the guard (and to `ip
+        // netns pids`), so wait until it is in before dropping.
+        let pid = sleeper.id().to_string();
+        let inside = || {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "pids", &name])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .any(|p| p == pid)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !inside() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sleep never entered {name}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         drop(ns);
         assert!(!std::path::Path::new(&format!("/run/netns/{name}")).exists());
         let st = sleeper.wait().unwrap();
