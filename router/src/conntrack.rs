@@ -360,13 +360,79 @@ const SEEN_GRANULARITY_MS: u64 = 1000;
 #[derive(Default)]
 struct Metas([AtomicU64; BUCKET]);
 
-/// The key and "last seen" of one slot.
+/// The key, "last seen" and address translation of one slot (the four
+/// words fill the 32 bytes the alignment gives a slot anyway).
 #[repr(align(32))]
 #[derive(Default)]
 struct Entry {
     addrs: AtomicU64,
     ports: AtomicU64,
     seen_ms: AtomicU64,
+    /// A [`Nat`] word, written with the key before the slot is published.
+    nat: AtomicU64,
+}
+
+/// Pseudo protocol of session-affinity entries (253: RFC 3692's "use for
+/// experimentation", never the key of a packet [`parse`] reads): the key
+/// is (client, ClusterIP, 0, service port), the entry's [`Nat::Affinity`]
+/// names the backend and its own timeout.
+pub const PROTO_AFFINITY: u8 = 253;
+
+/// The address translation an entry carries (the built-in Service load
+/// balancer's; `None` for every other entry).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat {
+    None,
+    /// Packets of the original direction go to `addr`:`port` instead of
+    /// their destination (the entry is keyed by the pre-DNAT tuple).
+    Dnat(Ipv4Addr, u16),
+    /// Packets of the reply direction come from `addr`:`port` instead of
+    /// their source (the entry is keyed by the post-DNAT tuple).
+    UnDnat(Ipv4Addr, u16),
+    /// A client's backend for a service port (a [`PROTO_AFFINITY`]
+    /// entry), kept `secs` after the client's last new flow.
+    Affinity {
+        backend: Ipv4Addr,
+        secs: u32,
+    },
+}
+
+const NAT_KIND_SHIFT: u32 = 62;
+const NAT_DNAT: u64 = 1;
+const NAT_UNDNAT: u64 = 2;
+const NAT_AFFINITY: u64 = 3;
+const NAT_SECS_MASK: u64 = (1 << 30) - 1;
+
+impl Nat {
+    /// The stored word: kind in bits 62-63, address in bits 0-31, port
+    /// (or the affinity timeout, 30 bits) from bit 32.
+    fn encode(self) -> u64 {
+        let w = |kind: u64, addr: Ipv4Addr, hi: u64| {
+            (kind << NAT_KIND_SHIFT) | (hi << 32) | u64::from(u32::from(addr))
+        };
+        match self {
+            Nat::None => 0,
+            Nat::Dnat(a, p) => w(NAT_DNAT, a, u64::from(p)),
+            Nat::UnDnat(a, p) => w(NAT_UNDNAT, a, u64::from(p)),
+            Nat::Affinity { backend, secs } => {
+                w(NAT_AFFINITY, backend, u64::from(secs).min(NAT_SECS_MASK))
+            }
+        }
+    }
+
+    fn decode(w: u64) -> Nat {
+        let addr = Ipv4Addr::from(w as u32);
+        let hi = (w >> 32) & NAT_SECS_MASK;
+        match w >> NAT_KIND_SHIFT {
+            NAT_DNAT => Nat::Dnat(addr, hi as u16),
+            NAT_UNDNAT => Nat::UnDnat(addr, hi as u16),
+            NAT_AFFINITY => Nat::Affinity {
+                backend: addr,
+                secs: hi as u32,
+            },
+            _ => Nat::None,
+        }
+    }
 }
 
 /// A live entry a lookup found: where, what its `meta` said then, and the
@@ -375,6 +441,7 @@ struct Entry {
 pub struct Hit {
     slot: u32,
     meta: u64,
+    nat: u64,
     pub dir: Dir,
 }
 
@@ -395,6 +462,12 @@ impl Hit {
     /// Network policy allowed this flow ([`POLICY_ALLOWED`]).
     pub fn policy_allowed(&self) -> bool {
         self.meta & POLICY_ALLOWED != 0
+    }
+
+    /// The address translation the entry carries.
+    #[inline]
+    pub fn nat(&self) -> Nat {
+        Nat::decode(self.nat)
     }
 }
 
@@ -533,7 +606,12 @@ impl FlowTable {
     fn is_expired(&self, e: &Entry, meta: u64, ports: u64, now_ms: u64) -> bool {
         let proto = ((ports >> 24) & 0xff) as u8;
         let seen = e.seen_ms.load(Ordering::Relaxed);
-        now_ms.saturating_sub(seen) > self.timeout_ms(proto, meta)
+        let timeout = if proto == PROTO_AFFINITY {
+            ((e.nat.load(Ordering::Relaxed) >> 32) & NAT_SECS_MASK) * 1000
+        } else {
+            self.timeout_ms(proto, meta)
+        };
+        now_ms.saturating_sub(seen) > timeout
     }
 
     /// Finds the live, unexpired entry of `key`'s flow.
@@ -548,9 +626,10 @@ impl FlowTable {
             }
             let i = b * BUCKET + k;
             let e = &self.entries[i];
-            let (a, p) = (
+            let (a, p, nat) = (
                 e.addrs.load(Ordering::Relaxed),
                 e.ports.load(Ordering::Relaxed),
+                e.nat.load(Ordering::Relaxed),
             );
             fence(Ordering::Acquire);
             let m2 = meta.load(Ordering::Relaxed);
@@ -568,6 +647,7 @@ impl FlowTable {
             return Some(Hit {
                 slot: i as u32,
                 meta: m2,
+                nat,
                 dir,
             });
         }
@@ -626,6 +706,12 @@ impl FlowTable {
     /// entry (with `flags`, e.g. [`HOST_NAT`]) whose original direction
     /// is this packet's.
     pub fn record(&self, pkt: &Packet, flags: u64, now_ms: u64) -> Record {
+        self.record_nat(pkt, flags, Nat::None, now_ms)
+    }
+
+    /// [`record`](Self::record), and a new entry carries `nat` (an
+    /// existing one keeps its own).
+    pub fn record_nat(&self, pkt: &Packet, flags: u64, nat: Nat, now_ms: u64) -> Record {
         let key = &pkt.key;
         if let Some(hit) = self.lookup(key, now_ms) {
             self.note(&hit, pkt.tcp_flags, key.proto, now_ms);
@@ -661,6 +747,7 @@ impl FlowTable {
             e.addrs.store(addrs, Ordering::Relaxed);
             e.ports.store(ports, Ordering::Relaxed);
             e.seen_ms.store(now_ms, Ordering::Relaxed);
+            e.nat.store(nat.encode(), Ordering::Relaxed);
             let first = (flags & CALLER_FLAGS) | if swapped { ORIG_SWAPPED } else { 0 };
             let state = step(first, Dir::Original, key.proto, pkt.tcp_flags);
             meta.store(
@@ -973,6 +1060,50 @@ mod tests {
         assert!(t.lookup(&udp(999).key, 31_000).is_some());
         assert_eq!(t.sweep(62_000), 1);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn entries_carry_their_translation_and_affinity_its_timeout() {
+        let t = FlowTable::new(64, Timeouts::default());
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let p = udp(5353);
+        let nat = Nat::Dnat(vip, 53);
+        assert_eq!(t.record_nat(&p, 0, nat, 0), Record::Inserted);
+        assert_eq!(t.lookup(&p.key, 0).unwrap().nat(), nat);
+        // An existing entry keeps its translation.
+        t.record_nat(&p, 0, Nat::UnDnat(B, 1), 0);
+        assert_eq!(t.lookup(&p.key.reversed(), 0).unwrap().nat(), nat);
+        assert_eq!(t.lookup(&udp(1).key, 0), None);
+        assert_eq!(t.record(&udp(1), 0, 0), Record::Inserted);
+        assert_eq!(t.lookup(&udp(1).key, 0).unwrap().nat(), Nat::None);
+        // An affinity entry lives its own timeout, not UDP's.
+        let aff = Packet {
+            key: FlowKey {
+                src: C,
+                dst: vip,
+                sport: 0,
+                dport: 53,
+                proto: PROTO_AFFINITY,
+            },
+            tcp_flags: 0,
+        };
+        let a = Nat::Affinity {
+            backend: B,
+            secs: 3 * 3600,
+        };
+        assert_eq!(t.record_nat(&aff, 0, a, 0), Record::Inserted);
+        assert_eq!(t.lookup(&aff.key, 10_000_000).unwrap().nat(), a);
+        assert!(t.lookup(&aff.key, 3 * 3_600_000 + 1).is_none());
+        for n in [
+            Nat::None,
+            Nat::UnDnat(Ipv4Addr::new(255, 255, 255, 255), 65535),
+            Nat::Affinity {
+                backend: C,
+                secs: 86_400,
+            },
+        ] {
+            assert_eq!(Nat::decode(n.encode()), n);
+        }
     }
 
     #[test]

@@ -100,6 +100,9 @@ drop_reasons! {
     TxError => "tx_error", "The egress port refused the frame.";
     PolicyDeniedIngress => "policy_denied_ingress", "A new connection the destination pod's NetworkPolicy ingress rules do not allow.";
     PolicyDeniedEgress => "policy_denied_egress", "A new connection the source pod's NetworkPolicy egress rules do not allow.";
+    ServiceNoBackend => "service_no_backend", "A new flow to a ClusterIP port with no ready backend, or to a port the ClusterIP does not serve (built-in load balancer; TCP reset or ICMP port unreachable sent if allowed).";
+    ServiceUntranslatable => "service_untranslatable", "A packet to a ClusterIP the built-in load balancer cannot translate: a fragment, ICMP, or a protocol other than TCP, UDP, SCTP.";
+    ServiceFlowsFull => "service_flows_full", "A new flow to a ClusterIP refused because the flow table had no room for its reply translation.";
 }
 
 /// Packets and bytes through one port, as seen by one worker.
@@ -134,6 +137,8 @@ pub struct WorkerCounters {
     /// Packets of such flows' reply direction (and ICMP errors about
     /// them) sent to the host port instead of a pod.
     pub flows_steered: Counter,
+    /// TCP resets the built-in load balancer sent (no ready backend).
+    pub tcp_resets_sent: Counter,
     /// New connections network policy checked and allowed (then tracked).
     pub policy_allowed: Counter,
     drops: [Counter; DropReason::COUNT],
@@ -152,6 +157,7 @@ impl Default for WorkerCounters {
             flows_inserted: Counter::default(),
             flows_full: Counter::default(),
             flows_steered: Counter::default(),
+            tcp_resets_sent: Counter::default(),
             policy_allowed: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
@@ -208,6 +214,7 @@ pub struct CounterSnapshot {
     pub flows_inserted: u64,
     pub flows_full: u64,
     pub flows_steered: u64,
+    pub tcp_resets_sent: u64,
     pub policy_allowed: u64,
     /// `(reason, count)` for every reason, in [`DropReason::ALL`] order.
     pub drops: Vec<(DropReason, u64)>,
@@ -241,6 +248,7 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Counter
         s.flows_inserted += w.flows_inserted.get();
         s.flows_full += w.flows_full.get();
         s.flows_steered += w.flows_steered.get();
+        s.tcp_resets_sent += w.tcp_resets_sent.get();
         s.policy_allowed += w.policy_allowed.get();
         for (i, d) in s.drops.iter_mut().enumerate() {
             d.1 += w.drops[i].get();

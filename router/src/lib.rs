@@ -19,6 +19,7 @@ pub mod maglev;
 pub mod pipeline;
 pub mod policy;
 pub mod port;
+pub mod service;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tap;

@@ -59,6 +59,9 @@ pub struct WorkerConfig {
     pub flows: Arc<FlowTable>,
     /// The published network policy, loaded once per batch.
     pub policies: Arc<crate::policy::Policies>,
+    /// The built-in load balancer's published services, loaded once per
+    /// batch.
+    pub services: Arc<crate::service::Services>,
 }
 
 enum Command {
@@ -298,6 +301,7 @@ impl Worker {
         let fib = self.fib.load();
         let ports = self.ports.load();
         let policy = self.cfg.policies.load();
+        let services = self.cfg.services.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
         let ctx = BatchContext::new(
@@ -307,7 +311,8 @@ impl Worker {
             &self.cfg.flows,
             crate::clock::now_ns(),
         )
-        .with_policy(&policy);
+        .with_policy(&policy)
+        .with_services(&services);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -554,6 +559,7 @@ mod tests {
             },
             flows: Arc::new(FlowTable::new(8, Default::default())),
             policies: Arc::new(crate::policy::Policies::new()),
+            services: Arc::new(crate::service::Services::new()),
         };
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,

@@ -171,6 +171,7 @@ pub(super) fn tunnel_fault(role: &PortRole, fault: Fault) -> Fault {
     match fault {
         Fault::Drop(r) => Fault::Drop(rename(r)),
         Fault::Icmp(e, r) => Fault::Icmp(e, rename(r)),
+        Fault::Reset(r) => Fault::Reset(rename(r)),
     }
 }
 

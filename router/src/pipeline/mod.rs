@@ -88,6 +88,7 @@ mod icmp;
 mod policy;
 mod rewrite;
 mod route;
+mod service;
 #[cfg(test)]
 mod testkit;
 mod validate;
@@ -157,6 +158,9 @@ pub struct BatchContext<'a> {
     /// The network policy snapshot of the batch ([`policy`]); `None`: no
     /// policy (as an empty table).
     pub policy: Option<&'a crate::policy::PolicyTable>,
+    /// The built-in load balancer's snapshot ([`service`]); `None`: no
+    /// services (as an empty table).
+    pub services: Option<&'a crate::service::ServiceTable>,
     /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
     /// limiter, flow timeouts).
     pub now_ns: u64,
@@ -191,6 +195,7 @@ impl<'a> BatchContext<'a> {
             counters,
             flows,
             policy: None,
+            services: None,
             now_ns,
             host,
             uplink,
@@ -201,6 +206,14 @@ impl<'a> BatchContext<'a> {
     pub fn with_policy(self, policy: &'a crate::policy::PolicyTable) -> BatchContext<'a> {
         BatchContext {
             policy: Some(policy),
+            ..self
+        }
+    }
+
+    /// The same context with the batch's service table snapshot.
+    pub fn with_services(self, services: &'a crate::service::ServiceTable) -> BatchContext<'a> {
+        BatchContext {
+            services: Some(services),
             ..self
         }
     }
@@ -216,6 +229,7 @@ const ICMP_DEST_UNREACHABLE: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const CODE_NET_UNREACHABLE: u8 = 0;
 const CODE_HOST_UNREACHABLE: u8 = 1;
+const CODE_PORT_UNREACHABLE: u8 = 3;
 const CODE_FRAG_NEEDED: u8 = 4;
 const CODE_TTL_EXCEEDED: u8 = 0;
 
@@ -239,6 +253,11 @@ impl IcmpError {
         code: CODE_HOST_UNREACHABLE,
         mtu: 0,
     };
+    const PORT_UNREACHABLE: IcmpError = IcmpError {
+        ty: ICMP_DEST_UNREACHABLE,
+        code: CODE_PORT_UNREACHABLE,
+        mtu: 0,
+    };
     const TTL_EXCEEDED: IcmpError = IcmpError {
         ty: ICMP_TIME_EXCEEDED,
         code: CODE_TTL_EXCEEDED,
@@ -259,6 +278,8 @@ impl IcmpError {
 enum Fault {
     Drop(DropReason),
     Icmp(IcmpError, DropReason),
+    /// A drop answered with a TCP reset (a ClusterIP without backends).
+    Reset(DropReason),
 }
 
 impl From<DropReason> for Fault {
@@ -336,6 +357,7 @@ impl Pipeline {
                     Err(Fault::Icmp(err, reason)) => {
                         self.icmp_error(ctx, ingress, frame, err, reason)
                     }
+                    Err(Fault::Reset(reason)) => self.tcp_reset(ctx, ingress, frame, reason),
                 }
             }
             Err(reason) => Verdict::Drop(reason),
@@ -363,9 +385,14 @@ impl Pipeline {
             } => Some(decap::decapsulate(ctx, local, frame)?),
             _ => vxlan_peer,
         };
-        let pkt = validate::ipv4(frame, role, eth_broadcast)?;
+        let mut pkt = validate::ipv4(frame, role, eth_broadcast)?;
         if let Some(node) = tunnel_peer {
             decap::check_inner_source(ctx.fib, node, pkt.src)?;
+        }
+        // A pod's packet to a ClusterIP goes to a backend from here on.
+        let from_pod = matches!(role, PortRole::Pod { .. });
+        if let Some(backend) = service::dnat(ctx, from_pod, frame)? {
+            pkt.dst = backend;
         }
         let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
             .map_err(|f| decap::tunnel_fault(role, f))?;
@@ -373,6 +400,9 @@ impl Pipeline {
         // (with its flag) the flows of the node's NAT before policy tracks
         // them: one flow, one entry, both flags.
         policy::admit(ctx, &frame.data()[ETHERNET_HEADER_LEN..])?;
+        // After policy, which tracks the flow as the backend sees it.
+        let to_pod = matches!(egress.entry.info.role, PortRole::Pod { .. });
+        service::un_dnat(ctx, to_pod, frame);
         rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
         Ok(Verdict::Forward {
             port: egress.port,

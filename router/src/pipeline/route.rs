@@ -251,6 +251,12 @@ pub fn flow_hash(ip: &[u8]) -> u32 {
     flow_hash_of(src, dst, proto, l4)
 }
 
+/// The hash of a client address alone (session affinity's pick).
+#[inline]
+pub(super) fn flow_hash_of_addr(src: u32) -> u32 {
+    flow_hash_of(src, 0, 0, 0)
+}
+
 #[inline]
 pub(super) fn flow_hash_of(src: u32, dst: u32, proto: u8, l4: u32) -> u32 {
     let h = mix(

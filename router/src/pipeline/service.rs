@@ -1,0 +1,739 @@
+//! Stage 3b, the built-in Service load balancer (opt-in: it does nothing
+//! until the control plane publishes a service): a packet from a local pod
+//! to a ClusterIP:port is translated to one of the service's ready
+//! backends before routing ([`dnat`]), and the backend's replies are
+//! translated back, after routing and policy, on the node of the client
+//! ([`un_dnat`]); a backend on another node replies through the tunnel to
+//! the client's node, which is where the flow's entries are.
+//!
+//! Per flow, two entries of the shared
+//! [`FlowTable`](crate::conntrack::FlowTable) (as the kernel's conntrack
+//! keeps two tuples): one keyed by the packet as the client sent it,
+//! carrying [`Nat::Dnat`] (the backend: the next packets of the flow go
+//! there whatever the backend set became), and one keyed by the packet
+//! as translated (client -> backend), carrying [`Nat::UnDnat`] (the
+//! ClusterIP and port the replies must come from). The second is the
+//! entry network policy and its state tracking see: one flow, one entry
+//! for them. Both entries see both directions' packets, so their TCP
+//! state, and with it their timeouts, are the flow's.
+//!
+//! A new flow takes a backend by its 5-tuple's hash through the service
+//! port's Maglev table, or, with `sessionAffinity: ClientIP`, the backend
+//! the client's [`PROTO_AFFINITY`] entry names while that backend is
+//! still ready (the entry is refreshed by each new flow and lives the
+//! service's `timeoutSeconds`). A service port with no ready backend (or
+//! a port the ClusterIP does not serve) is refused as kube-proxy does:
+//! TCP with a reset ([`Fault::Reset`], built by [`Pipeline::tcp_reset`]),
+//! anything else with ICMP port unreachable; both counted
+//! (`service_no_backend`) and rate-limited like every ICMP error.
+//!
+//! Checksums are updated incrementally (RFC 1624): the IPv4 header's and
+//! the TCP/UDP one over the pseudo-header and port; a frame with a
+//! partial checksum to complete (`NEEDS_CSUM` from a TAP) has only its
+//! pseudo-header sum adjusted, as the kernel's NAT does. SCTP's CRC32c
+//! covers the ports, not the addresses: it is recomputed when the port
+//! changes (unless its offload is requested).
+//!
+//! What is not done here: traffic from the host port, the uplink (other
+//! nodes' clients are balanced on their own node) or to NodePorts and
+//! external IPs: the node's kube-proxy keeps those, and the host-NAT stage
+//! keeps them correct. Fragments and ICMP to a ClusterIP are dropped
+//! (`service_untranslatable`). ICMP errors a backend sends about a
+//! translated packet are not translated back.
+//!
+//! Cost: nothing but one branch without services; with services, one
+//! hash probe per packet from a pod (is the destination a ClusterIP?),
+//! two flow-table bucket reads per packet to or from a ClusterIP, and one
+//! per packet to a local pod (is it a reply to translate?).
+use std::net::Ipv4Addr;
+
+use super::{BatchContext, Fault, IcmpError, Pipeline, Verdict};
+use crate::conntrack::{
+    self, Dir, FlowKey, Nat, Packet, Record, PROTO_AFFINITY, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+use crate::counters::DropReason;
+use crate::frame::{Frame, VnetHdr};
+use crate::port::PortId;
+use crate::service::{Backend, Frontend};
+use crate::wire::{checksum_update, field, ones_complement_sum, ETHERNET_HEADER_LEN};
+
+const ETH: usize = ETHERNET_HEADER_LEN;
+
+#[inline]
+fn addr(ip: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3])
+}
+
+/// Translates a packet from a local pod (`from_pod`) to a ClusterIP;
+/// returns its new destination, or `None` if it is no service's.
+#[inline]
+pub(super) fn dnat(
+    ctx: &BatchContext<'_>,
+    from_pod: bool,
+    frame: &mut Frame,
+) -> Result<Option<Ipv4Addr>, Fault> {
+    let Some(table) = ctx.services.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    if !from_pod {
+        return Ok(None);
+    }
+    let ip = &frame.data()[ETH..];
+    let vip = addr(ip, 16);
+    if !table.is_vip(vip) {
+        return Ok(None);
+    }
+    let Some(pkt) = conntrack::parse(ip).filter(|p| p.key.proto != conntrack::PROTO_ICMP) else {
+        return Err(Fault::Drop(DropReason::ServiceUntranslatable));
+    };
+    let key = pkt.key;
+    let tcp = key.proto == PROTO_TCP;
+    let Some(fe) = table.frontend(vip, key.dport, key.proto) else {
+        return Err(reject(tcp));
+    };
+    let now_ms = ctx.now_ns / 1_000_000;
+    let existing = ctx
+        .flows
+        .lookup(&key, now_ms)
+        .filter(|h| h.dir == Dir::Original)
+        .and_then(|h| match h.nat() {
+            Nat::Dnat(a, p) => Some((h, a, p)),
+            _ => None,
+        });
+    let (to, to_port) = match existing {
+        Some((h, a, p)) => {
+            ctx.flows.note(&h, pkt.tcp_flags, key.proto, now_ms);
+            fe.count(fe.backend(a, p), false);
+            (a, p)
+        }
+        None => {
+            let Some(b) = choose(ctx, fe, &key, ip, now_ms) else {
+                fe.count_rejected();
+                return Err(reject(tcp));
+            };
+            fe.count(Some(b), true);
+            match ctx
+                .flows
+                .record_nat(&pkt, 0, Nat::Dnat(b.addr, b.port), now_ms)
+            {
+                Record::Inserted => ctx.counters.flows_inserted.incr(),
+                Record::Full => ctx.counters.flows_full.incr(),
+                Record::Existing(_) => {}
+            }
+            (b.addr, b.port)
+        }
+    };
+    // The translated packet's entry: inserted with the flow (its reply
+    // translation), or noted like any packet of it.
+    let translated = Packet {
+        key: FlowKey {
+            dst: to,
+            dport: to_port,
+            ..key
+        },
+        tcp_flags: pkt.tcp_flags,
+    };
+    match ctx
+        .flows
+        .record_nat(&translated, 0, Nat::UnDnat(vip, key.dport), now_ms)
+    {
+        Record::Inserted => ctx.counters.flows_inserted.incr(),
+        Record::Full => {
+            // Its replies could not be translated back: refuse the flow
+            // rather than let it half work.
+            ctx.counters.flows_full.incr();
+            return Err(Fault::Drop(DropReason::ServiceFlowsFull));
+        }
+        Record::Existing(_) => {}
+    }
+    let partial = frame.vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
+    rewrite_endpoint(
+        &mut frame.data_mut()[ETH..],
+        Side::Dst,
+        to,
+        to_port,
+        partial,
+    );
+    Ok(Some(to))
+}
+
+/// The backend of a new flow: the client's affinity if it still holds,
+/// else the Maglev pick (recorded as the client's affinity if the
+/// service has it).
+#[inline]
+fn choose<'t>(
+    ctx: &BatchContext<'_>,
+    fe: &'t Frontend,
+    key: &FlowKey,
+    ip: &[u8],
+    now_ms: u64,
+) -> Option<&'t Backend> {
+    let secs = fe.affinity_secs();
+    if secs == 0 {
+        return fe.pick(super::flow_hash(ip));
+    }
+    let aff = Packet {
+        key: FlowKey {
+            sport: 0,
+            proto: PROTO_AFFINITY,
+            ..*key
+        },
+        tcp_flags: 0,
+    };
+    if let Some(h) = ctx.flows.lookup(&aff.key, now_ms) {
+        if let Nat::Affinity { backend, .. } = h.nat() {
+            if let Some(b) = fe.backend_at(backend) {
+                ctx.flows.note(&h, 0, PROTO_AFFINITY, now_ms);
+                return Some(b);
+            }
+        }
+        // Its backend is gone: the client gets a new one.
+        ctx.flows.remove(&h);
+    }
+    // One client, one backend: hash the client alone.
+    let b = fe.pick(super::route::flow_hash_of_addr(u32::from(key.src)))?;
+    let nat = Nat::Affinity {
+        backend: b.addr,
+        secs,
+    };
+    if ctx.flows.record_nat(&aff, 0, nat, now_ms) == Record::Full {
+        ctx.counters.flows_full.incr();
+    }
+    Some(b)
+}
+
+/// Refusal of a flow to a service port without a backend.
+#[inline]
+fn reject(tcp: bool) -> Fault {
+    if tcp {
+        Fault::Reset(DropReason::ServiceNoBackend)
+    } else {
+        Fault::Icmp(IcmpError::PORT_UNREACHABLE, DropReason::ServiceNoBackend)
+    }
+}
+
+/// Translates a backend's reply to a local pod (`to_local_pod`) back to
+/// the ClusterIP and port its client used.
+#[inline]
+pub(super) fn un_dnat(ctx: &BatchContext<'_>, to_local_pod: bool, frame: &mut Frame) {
+    if !to_local_pod || ctx.services.is_none_or(|t| t.is_empty()) || ctx.flows.is_empty() {
+        return;
+    }
+    let ip = &frame.data()[ETH..];
+    let Some(pkt) = conntrack::parse(ip) else {
+        return;
+    };
+    let now_ms = ctx.now_ns / 1_000_000;
+    let Some(hit) = ctx.flows.lookup(&pkt.key, now_ms) else {
+        return;
+    };
+    let Nat::UnDnat(vip, vport) = hit.nat() else {
+        return;
+    };
+    if hit.dir != Dir::Reply {
+        return;
+    }
+    ctx.flows.note(&hit, pkt.tcp_flags, pkt.key.proto, now_ms);
+    // The client's entry sees the reply too (its timeouts follow the
+    // flow's state).
+    let client_view = FlowKey {
+        src: vip,
+        sport: vport,
+        ..pkt.key
+    };
+    if let Some(h) = ctx.flows.lookup(&client_view, now_ms) {
+        ctx.flows.note(&h, pkt.tcp_flags, pkt.key.proto, now_ms);
+    }
+    let partial = frame.vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
+    rewrite_endpoint(&mut frame.data_mut()[ETH..], Side::Src, vip, vport, partial);
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Src,
+    Dst,
+}
+
+/// Rewrites the source or destination address and port of the IPv4
+/// packet `ip` (its ports known present: [`conntrack::parse`] read them),
+/// updating the checksums.
+fn rewrite_endpoint(ip: &mut [u8], side: Side, to: Ipv4Addr, port: u16, partial: bool) {
+    let (a_off, p_off) = match side {
+        Side::Src => (12, 0),
+        Side::Dst => (16, 2),
+    };
+    let old_addr = [
+        u16::from_be_bytes([ip[a_off], ip[a_off + 1]]),
+        u16::from_be_bytes([ip[a_off + 2], ip[a_off + 3]]),
+    ];
+    let o = to.octets();
+    let new_addr = [
+        u16::from_be_bytes([o[0], o[1]]),
+        u16::from_be_bytes([o[2], o[3]]),
+    ];
+    ip[a_off..a_off + 4].copy_from_slice(&o);
+    let mut csum = u16::from_be_bytes([ip[10], ip[11]]);
+    for (old, new) in old_addr.iter().zip(new_addr) {
+        csum = checksum_update(csum, *old, new);
+    }
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let l4 = &mut ip[hl..];
+    let old_port = u16::from_be_bytes([l4[p_off], l4[p_off + 1]]);
+    l4[p_off..p_off + 2].copy_from_slice(&port.to_be_bytes());
+    let csum_at = match proto {
+        PROTO_TCP => 16,
+        PROTO_UDP => 6,
+        PROTO_SCTP => {
+            if old_port != port && !partial && l4.len() >= 12 {
+                let crc = crc32c_sctp(l4);
+                l4[8..12].copy_from_slice(&crc.to_le_bytes());
+            }
+            return;
+        }
+        _ => return,
+    };
+    let Some(c) = l4.get(csum_at..csum_at + 2) else {
+        return;
+    };
+    let c = u16::from_be_bytes([c[0], c[1]]);
+    if proto == PROTO_UDP && c == 0 && !partial {
+        return; // no checksum
+    }
+    let new = if partial {
+        // The field holds the pseudo-header sum itself (not inverted),
+        // which has the addresses but not the ports.
+        let mut s = !c;
+        for (old, new) in old_addr.iter().zip(new_addr) {
+            s = checksum_update(s, *old, new);
+        }
+        !s
+    } else {
+        let mut s = c;
+        for (old, new) in old_addr.iter().zip(new_addr) {
+            s = checksum_update(s, *old, new);
+        }
+        s = checksum_update(s, old_port, port);
+        if proto == PROTO_UDP && s == 0 {
+            0xffff
+        } else {
+            s
+        }
+    };
+    l4[csum_at..csum_at + 2].copy_from_slice(&new.to_be_bytes());
+}
+
+/// SCTP's CRC32c (RFC 4960 appendix B) over `pkt` with its checksum
+/// field taken as zero; the value is stored little-endian.
+fn crc32c_sctp(pkt: &[u8]) -> u32 {
+    const POLY: u32 = 0x82f6_3b78;
+    let mut crc = !0u32;
+    for (i, &b) in pkt.iter().enumerate() {
+        let b = if (8..12).contains(&i) { 0 } else { b };
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ POLY
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+impl Pipeline {
+    /// Answers the TCP segment in `frame` (from a local pod, `ingress`)
+    /// with a reset from the address and port it was sent to, built in
+    /// place (RFC 9293 3.10.7.1: to a segment with ACK, seq = its ack;
+    /// otherwise ack = its seq + length); rate-limited with the ICMP
+    /// errors. Counts `reason` and `tcp_resets_sent`.
+    pub(super) fn tcp_reset(
+        &mut self,
+        ctx: &BatchContext<'_>,
+        ingress: PortId,
+        frame: &mut Frame,
+        reason: DropReason,
+    ) -> Verdict {
+        let d = frame.data();
+        let ip = &d[ETH..];
+        let hl = usize::from(ip[0] & 0x0f) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let Some(tcp) = ip.get(hl..total).filter(|t| t.len() >= 20) else {
+            return Verdict::Drop(reason);
+        };
+        let flags = tcp[field::tcp::FLAGS];
+        if flags & TCP_RST != 0 || ctx.is_uplink(ingress) {
+            return Verdict::Drop(reason);
+        }
+        if !self.icmp_bucket.take(ctx.now_ns) {
+            ctx.counters.icmp_rate_limited.incr();
+            return Verdict::Drop(reason);
+        }
+        let doff = usize::from(tcp[field::tcp::DATA_OFF] >> 4) * 4;
+        let seg_len = tcp.len().saturating_sub(doff) as u32
+            + u32::from(flags & TCP_SYN != 0)
+            + u32::from(flags & TCP_FIN != 0);
+        let be32 = |f: std::ops::Range<usize>| {
+            u32::from_be_bytes([
+                tcp[f.start],
+                tcp[f.start + 1],
+                tcp[f.start + 2],
+                tcp[f.start + 3],
+            ])
+        };
+        let (seq, ack, out_flags) = if flags & TCP_ACK != 0 {
+            (be32(field::tcp::ACK_NUM), 0, TCP_RST)
+        } else {
+            (
+                0,
+                be32(field::tcp::SEQ_NUM).wrapping_add(seg_len),
+                TCP_RST | TCP_ACK,
+            )
+        };
+        let (sport, dport) = (
+            u16::from_be_bytes([tcp[0], tcp[1]]),
+            u16::from_be_bytes([tcp[2], tcp[3]]),
+        );
+        let (src, dst) = (addr(ip, 12), addr(ip, 16));
+        let mut client_mac = [0u8; 6];
+        client_mac.copy_from_slice(&d[field::ethernet::SOURCE]);
+        let ident = self.next_ident();
+
+        const LEN: usize = ETH + 20 + 20;
+        if !frame.resize(LEN) {
+            return Verdict::Drop(reason);
+        }
+        let d = frame.data_mut();
+        d[field::ethernet::DESTINATION].copy_from_slice(&client_mac);
+        d[field::ethernet::SOURCE].copy_from_slice(&self.cfg.router_mac);
+        let ip = &mut d[ETH..];
+        ip[0] = 0x45;
+        ip[1] = 0;
+        ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+        ip[4..6].copy_from_slice(&ident.to_be_bytes());
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = crate::wire::DEFAULT_TTL;
+        ip[9] = PROTO_TCP;
+        ip[10..12].fill(0);
+        ip[12..16].copy_from_slice(&dst.octets());
+        ip[16..20].copy_from_slice(&src.octets());
+        let c = !ones_complement_sum(&ip[..20]);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let t = &mut ip[20..40];
+        t[0..2].copy_from_slice(&dport.to_be_bytes());
+        t[2..4].copy_from_slice(&sport.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = out_flags;
+        t[14..20].fill(0);
+        let mut pseudo = [0u8; 12 + 20];
+        pseudo[0..4].copy_from_slice(&dst.octets());
+        pseudo[4..8].copy_from_slice(&src.octets());
+        pseudo[9] = PROTO_TCP;
+        pseudo[10..12].copy_from_slice(&20u16.to_be_bytes());
+        pseudo[12..].copy_from_slice(t);
+        let c = !ones_complement_sum(&pseudo);
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        frame.vnet = VnetHdr::default();
+        ctx.counters.drop(reason);
+        ctx.counters.tcp_resets_sent.incr();
+        Verdict::Forward {
+            port: ingress,
+            tunnel: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::*;
+    use super::*;
+    use crate::service::{FrontendSpec, ServiceTable};
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+    fn table(backends: &[(Ipv4Addr, u16)], affinity_secs: u32) -> ServiceTable {
+        let mut t = ServiceTable::new();
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_SCTP] {
+            t.insert(
+                FrontendSpec {
+                    vip: VIP,
+                    port: 53,
+                    proto,
+                    backends: backends
+                        .iter()
+                        .map(|&(addr, port)| Backend {
+                            addr,
+                            port,
+                            counters: Arc::default(),
+                        })
+                        .collect(),
+                    affinity_secs,
+                    counters: Arc::default(),
+                },
+                crate::maglev::DEFAULT_SIZE,
+            )
+            .unwrap();
+        }
+        t
+    }
+
+    fn l4(proto: u8, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+        match proto {
+            PROTO_TCP => {
+                let mut t = vec![0u8; 20];
+                t[0..2].copy_from_slice(&sport.to_be_bytes());
+                t[2..4].copy_from_slice(&dport.to_be_bytes());
+                t[4..8].copy_from_slice(&1000u32.to_be_bytes());
+                t[12] = 0x50;
+                t[13] = flags;
+                t
+            }
+            _ => {
+                let mut u = vec![0u8; 12];
+                u[0..2].copy_from_slice(&sport.to_be_bytes());
+                u[2..4].copy_from_slice(&dport.to_be_bytes());
+                u[4..6].copy_from_slice(&12u16.to_be_bytes());
+                u
+            }
+        }
+    }
+
+    /// An IPv4 packet with its transport checksum filled in (SCTP: CRC32c).
+    fn packet(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        proto: u8,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    ) -> Vec<u8> {
+        let mut ip = ipv4(
+            src,
+            dst,
+            proto,
+            64,
+            DF,
+            &[],
+            &l4(proto, sport, dport, flags),
+        );
+        fill_l4_checksum(&mut ip);
+        ip
+    }
+
+    fn fill_l4_checksum(ip: &mut [u8]) {
+        let proto = ip[9];
+        if proto == PROTO_SCTP {
+            let c = crc32c_sctp(&ip[20..]);
+            ip[28..32].copy_from_slice(&c.to_le_bytes());
+            return;
+        }
+        let at = 20 + if proto == PROTO_TCP { 16 } else { 6 };
+        ip[at..at + 2].fill(0);
+        let c = !l4_sum(ip);
+        ip[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    /// The transport checksum's sum over pseudo-header and segment.
+    fn l4_sum(ip: &[u8]) -> u16 {
+        let mut p = ip[12..20].to_vec();
+        p.extend_from_slice(&[0, ip[9]]);
+        p.extend_from_slice(&((ip.len() - 20) as u16).to_be_bytes());
+        p.extend_from_slice(&ip[20..]);
+        ones_complement_sum(&p)
+    }
+
+    fn assert_checksums(ip: &[u8]) {
+        assert!(check_ipv4(ip).is_ok(), "IP header checksum");
+        match ip[9] {
+            PROTO_SCTP => assert_eq!(
+                u32::from_le_bytes(ip[28..32].try_into().unwrap()),
+                crc32c_sctp(&ip[20..])
+            ),
+            _ => assert_eq!(l4_sum(ip), 0xffff, "transport checksum"),
+        }
+    }
+
+    fn ends(ip: &[u8]) -> ((Ipv4Addr, u16), (Ipv4Addr, u16)) {
+        let p = |at: usize| u16::from_be_bytes([ip[at], ip[at + 1]]);
+        ((addr(ip, 12), p(20)), (addr(ip, 16), p(22)))
+    }
+
+    fn from_pod(env: &mut Env, port: PortId, mac: [u8; 6], ip: &[u8]) -> (Verdict, Frame) {
+        env.run(port, &eth(ROUTER_MAC, mac, ETHERTYPE_IPV4, ip))
+    }
+
+    #[test]
+    fn a_clusterip_flow_goes_to_one_backend_and_its_replies_come_back_from_the_clusterip() {
+        for proto in [PROTO_UDP, PROTO_TCP, PROTO_SCTP] {
+            let mut env = uplink_env(EncapMode::Always);
+            env.services = table(&[(B_IP, 5353), (REMOTE_IP, 5353)], 0);
+            let mut seen = std::collections::HashSet::new();
+            for sport in 40000..40064u16 {
+                let syn = packet(A_IP, VIP, proto, sport, 53, TCP_SYN);
+                let (v, f) = from_pod(&mut env, POD_A, A_MAC, &syn);
+                let out = &f.data()[14..];
+                assert_checksums(out);
+                let ((src, sp), (dst, dp)) = ends(out);
+                assert_eq!((src, sp, dp), (A_IP, sport, 5353), "{proto}");
+                seen.insert(dst);
+                let expect = if dst == B_IP {
+                    fwd(POD_B)
+                } else {
+                    tunnel_to(OTHER_NODE)
+                };
+                assert_eq!(v, expect);
+                // The next packet of the flow: the same backend.
+                let (_, f2) = from_pod(
+                    &mut env,
+                    POD_A,
+                    A_MAC,
+                    &packet(A_IP, VIP, proto, sport, 53, TCP_ACK),
+                );
+                assert_eq!(ends(&f2.data()[14..]).1 .0, dst);
+                // The backend's reply comes back from the ClusterIP.
+                let reply = packet(dst, A_IP, proto, 5353, sport, TCP_SYN | TCP_ACK);
+                let (v, f) = if dst == B_IP {
+                    from_pod(&mut env, POD_B, B_MAC, &reply)
+                } else {
+                    env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &reply))
+                };
+                assert_eq!(v, fwd(POD_A));
+                let back = &f.data()[14..];
+                assert_checksums(back);
+                assert_eq!(ends(back), ((VIP, 53), (A_IP, sport)));
+            }
+            assert_eq!(seen.len(), 2, "both backends get flows");
+            let t = &env.services;
+            let fe = t.frontend(VIP, 53, proto).unwrap();
+            assert_eq!(fe.counters().flows.load(Ordering::Relaxed), 64);
+            assert_eq!(fe.counters().packets.load(Ordering::Relaxed), 128);
+            let per_backend: u64 = fe
+                .backends()
+                .iter()
+                .map(|b| b.counters.flows.load(Ordering::Relaxed))
+                .sum();
+            assert_eq!(per_backend, 64);
+            // Direct traffic between the pods is left alone.
+            let direct = packet(B_IP, A_IP, proto, 5353, 40000 + 999, 0);
+            let (v, f) = from_pod(&mut env, POD_B, B_MAC, &direct);
+            assert_eq!(v, fwd(POD_A));
+            assert_eq!(ends(&f.data()[14..]).0, (B_IP, 5353));
+        }
+    }
+
+    #[test]
+    fn partial_checksums_get_only_the_pseudo_header_change() {
+        let mut env = Env::new();
+        env.services = table(&[(B_IP, 8053)], 0);
+        let mut ip = packet(A_IP, VIP, PROTO_TCP, 40000, 53, TCP_SYN);
+        // NEEDS_CSUM: the field holds the pseudo-header sum, not inverted.
+        let mut p = ip[12..20].to_vec();
+        p.extend_from_slice(&[0, 6, 0, 20]);
+        let pseudo = ones_complement_sum(&p);
+        ip[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let mut f = Frame::from_bytes(&eth(ROUTER_MAC, A_MAC, ETHERTYPE_IPV4, &ip));
+        f.vnet.flags = VnetHdr::F_NEEDS_CSUM;
+        f.vnet.csum_start = 34;
+        f.vnet.csum_offset = 16;
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_B));
+        let out = &f.data()[14..];
+        let mut p = out[12..20].to_vec();
+        p.extend_from_slice(&[0, 6, 0, 20]);
+        assert_eq!(
+            u16::from_be_bytes([out[36], out[37]]),
+            ones_complement_sum(&p)
+        );
+        assert_eq!(ends(out).1, (B_IP, 8053));
+    }
+
+    #[test]
+    fn client_ip_affinity_keeps_one_backend_until_it_times_out() {
+        let mut env = uplink_env(EncapMode::Always);
+        let backends: Vec<(Ipv4Addr, u16)> = (2..10)
+            .map(|i| (Ipv4Addr::new(10, 244, 2, i), 53))
+            .collect();
+        env.services = table(&backends, 60);
+        let first = |env: &mut Env, sport: u16| {
+            let (_, f) = from_pod(
+                env,
+                POD_A,
+                A_MAC,
+                &packet(A_IP, VIP, PROTO_UDP, sport, 53, 0),
+            );
+            ends(&f.data()[14..]).1 .0
+        };
+        let b = first(&mut env, 1000);
+        for sport in 1001..1050 {
+            assert_eq!(first(&mut env, sport), b);
+        }
+        // 50 s later: still (each new flow refreshed it).
+        env.now_ns += 50_000_000_000;
+        assert_eq!(first(&mut env, 2000), b);
+        // Without the affinity the flows spread.
+        env.services = table(&backends, 0);
+        let spread: std::collections::HashSet<_> =
+            (3000..3064).map(|s| first(&mut env, s)).collect();
+        assert!(spread.len() > 3, "{spread:?}");
+        // The affinity's backend goes away: the client gets another.
+        let rest: Vec<_> = backends.iter().copied().filter(|x| x.0 != b).collect();
+        env.services = table(&rest, 60);
+        let c = first(&mut env, 4000);
+        assert_ne!(c, b);
+        assert_eq!(first(&mut env, 4001), c);
+        // Expiry: 61 s idle.
+        env.now_ns += 61_000_000_000;
+        env.services = table(&backends, 60);
+        let _ = first(&mut env, 5000);
+    }
+
+    #[test]
+    fn no_backend_is_refused_as_kube_proxy_does() {
+        let mut env = Env::with_cfg(cfg(1000, 1000));
+        env.services = table(&[], 0);
+        // UDP: port unreachable, quoting the packet as sent.
+        let udp = packet(A_IP, VIP, PROTO_UDP, 40000, 53, 0);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &udp);
+        assert_eq!(v, fwd(POD_A));
+        assert_icmp_error(&f, A_MAC, A_IP, 3, 3, 0, &udp);
+        // TCP: a reset from the ClusterIP:port, acking the SYN.
+        let syn = packet(A_IP, VIP, PROTO_TCP, 40000, 53, TCP_SYN);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &syn);
+        assert_eq!(v, fwd(POD_A));
+        let d = f.data();
+        assert_eq!(&d[0..6], &A_MAC);
+        let ip = &d[14..];
+        assert_eq!(ip.len(), 40);
+        assert_checksums(ip);
+        assert_eq!(ends(ip), ((VIP, 53), (A_IP, 40000)));
+        assert_eq!(ip[33], TCP_RST | TCP_ACK);
+        assert_eq!(u32::from_be_bytes(ip[28..32].try_into().unwrap()), 1001);
+        // A port the ClusterIP does not serve: the same.
+        let other = packet(A_IP, VIP, PROTO_TCP, 40000, 80, TCP_ACK);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &other);
+        assert_eq!(v, fwd(POD_A));
+        assert_eq!(f.data()[14 + 33], TCP_RST);
+        assert_eq!(env.counters.drops(DropReason::ServiceNoBackend), 3);
+        assert_eq!(env.counters.tcp_resets_sent.get(), 2);
+        let fe = env.services.frontend(VIP, 53, PROTO_TCP).unwrap();
+        assert_eq!(fe.counters().rejected.load(Ordering::Relaxed), 1);
+        // A reset is never answered; ICMP to a ClusterIP is dropped.
+        let rst = packet(A_IP, VIP, PROTO_TCP, 40000, 53, TCP_RST);
+        assert_eq!(
+            from_pod(&mut env, POD_A, A_MAC, &rst).0,
+            Verdict::Drop(DropReason::ServiceNoBackend)
+        );
+        let echo = ipv4(A_IP, VIP, 1, 64, DF, &[], &[8, 0, 0xf7, 0xfe, 0, 1, 0, 0]);
+        assert_eq!(
+            from_pod(&mut env, POD_A, A_MAC, &echo).0,
+            Verdict::Drop(DropReason::ServiceUntranslatable)
+        );
+    }
+}
