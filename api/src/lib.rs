@@ -89,6 +89,58 @@ pub enum Call {
     EndpointDelete(EndpointRef),
     /// Every pod policy knows: local ones and other nodes'.
     EndpointList,
+    /// Add or replace Service and EndpointSlice objects for the built-in
+    /// load balancer (YAML or JSON text, `---` separated, or a `List`);
+    /// all or nothing.
+    ServiceApply(TextParams),
+    /// Remove a Service and its EndpointSlices.
+    ServiceDelete(ServiceRef),
+    /// Every Service with its ports, backends and counters.
+    ServiceList,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// A Service as the built-in load balancer holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub namespace: String,
+    pub name: String,
+    /// `None`: headless, nothing balanced.
+    pub cluster_ip: Option<Ipv4Addr>,
+    /// `sessionAffinity: ClientIP` timeout; 0: no affinity.
+    pub affinity_secs: u32,
+    pub ports: Vec<ServicePortInfo>,
+}
+
+/// One ClusterIP port and its ready backends, with their counters since
+/// the daemon started.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServicePortInfo {
+    pub name: String,
+    /// `TCP`, `UDP`, `SCTP`.
+    pub protocol: String,
+    pub port: u16,
+    /// Packets translated to a backend.
+    pub packets: u64,
+    /// New flows given a backend.
+    pub flows: u64,
+    /// New flows refused for want of a ready backend.
+    pub rejected: u64,
+    pub backends: Vec<ServiceBackendInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceBackendInfo {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub packets: u64,
+    pub flows: u64,
 }
 
 /// A document given as text (a file's contents).
@@ -281,6 +333,11 @@ pub enum Reply {
     /// Addresses of the endpoints applied or deleted.
     EndpointsChanged(Vec<Ipv4Addr>),
     Endpoints(Vec<EndpointInfo>),
+    /// What `service apply` applied (`service NS/NAME`,
+    /// `endpointslice NS/NAME`).
+    ServicesApplied(Vec<String>),
+    ServiceDeleted(ServiceRef),
+    Services(Vec<ServiceInfo>),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -65,6 +65,9 @@ pub enum CallError {
     /// A pod's identity (namespace, name, labels, named ports) at attach.
     #[error("pod {id}: identity: {source}")]
     Identity { id: String, source: StoreError },
+    /// A built-in load balancer call was refused.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
 }
 
 impl CallError {
@@ -93,6 +96,7 @@ impl CallError {
             | CallError::Bgp(_) => ErrorCode::Internal,
             CallError::Reload(e) => e.code(),
             CallError::Policy(e) | CallError::Identity { source: e, .. } => e.code(),
+            CallError::Service(e) => e.code(),
         }
     }
 

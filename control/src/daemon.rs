@@ -47,6 +47,7 @@ use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
 
 mod policy_calls;
+mod service_calls;
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -69,6 +70,8 @@ pub enum StartError {
     Bgp(std::io::Error),
     #[error("network policy state: {0}")]
     Policy(String),
+    #[error("service state: {0}")]
+    Service(String),
     /// The state holds live pods whose address is in no configured block
     /// (podrouterd exits 2: a configuration error, as `reload` refuses).
     #[error("{0}")]
@@ -147,6 +150,11 @@ pub struct Daemon {
     policy_store: PolicyStore,
     /// Their compiled form, as the workers read it.
     policies: Arc<Policies>,
+    /// Service and EndpointSlice objects for the built-in load balancer
+    /// (persisted).
+    service_store: crate::service::ServiceStore,
+    /// Their compiled form, as the workers read it.
+    services: Arc<podrouter_router::service::Services>,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -172,6 +180,9 @@ impl Daemon {
         }
         let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
         let policies = Arc::new(Policies::new());
+        let service_store =
+            crate::service::ServiceStore::open(&cfg.state_dir).map_err(StartError::Service)?;
+        let services = Arc::new(podrouter_router::service::Services::new());
         let fib = Arc::new(Fib::new());
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let pipeline = PipelineConfig {
@@ -198,6 +209,7 @@ impl Daemon {
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
                 policies: policies.clone(),
+                services: services.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -220,6 +232,8 @@ impl Daemon {
             net,
             policy_store,
             policies,
+            service_store,
+            services,
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -231,6 +245,7 @@ impl Daemon {
         d.restore(records);
         d.store.save(&d.records())?;
         d.publish_policy();
+        d.publish_services();
         d.process_pending_detaches();
         let kernel = d.uplink.clone();
         d.bgp =
@@ -468,6 +483,9 @@ impl Daemon {
             | Call::EndpointApply(_)
             | Call::EndpointDelete(_)
             | Call::EndpointList) => self.policy_call(call),
+            call @ (Call::ServiceApply(_) | Call::ServiceDelete(_) | Call::ServiceList) => {
+                self.service_call(call)
+            }
         };
         match result {
             Ok(r) => Response::ok(r),

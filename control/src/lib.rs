@@ -20,6 +20,7 @@ pub mod podnet;
 pub mod policy;
 pub mod reload;
 pub mod server;
+pub mod service;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;

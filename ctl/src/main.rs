@@ -17,6 +17,7 @@ use podrouter_api::{
 
 use crate::table::Table;
 
+mod service;
 mod table;
 
 /// Operate a podrouter node.
@@ -106,6 +107,12 @@ enum Command {
     Endpoint {
         #[command(subcommand)]
         command: EndpointCommand,
+    },
+    /// Services for the built-in load balancer (ClusterIPs balanced in
+    /// the data plane; opt-in).
+    Service {
+        #[command(subcommand)]
+        command: service::ServiceCommand,
     },
 }
 
@@ -338,6 +345,13 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         },
+        Command::Service { command } => match service::call(command) {
+            Ok(call) => call,
+            Err(e) => {
+                eprintln!("podrouterctl: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let reply = Client::connect(&args.socket, Duration::from_secs(args.timeout))
         .and_then(|mut c| c.call(call));
@@ -378,6 +392,9 @@ fn json(r: &Reply) -> String {
         Reply::Labels(l) => serde_json::to_value(l),
         Reply::EndpointsChanged(e) => serde_json::to_value(e),
         Reply::Endpoints(e) => serde_json::to_value(e),
+        Reply::ServicesApplied(s) => serde_json::to_value(s),
+        Reply::ServiceDeleted(s) => serde_json::to_value(s),
+        Reply::Services(s) => serde_json::to_value(s),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -529,6 +546,9 @@ fn text(r: &Reply) -> String {
             )
         }
         Reply::EndpointsChanged(ips) => ips.iter().map(|ip| format!("endpoint {ip}\n")).collect(),
+        Reply::ServicesApplied(names) => names.iter().map(|n| format!("applied {n}\n")).collect(),
+        Reply::ServiceDeleted(s) => format!("deleted service {}/{}\n", s.namespace, s.name),
+        Reply::Services(s) => service::table(s),
         Reply::Endpoints(eps) => {
             let mut t = Table::new(&["IP", "NODE", "NAMESPACE", "NAME", "LABELS", "PORTS"]);
             for e in eps {

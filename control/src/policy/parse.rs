@@ -52,13 +52,13 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
-type Res<T> = Result<T, (String, String)>;
+pub(crate) type Res<T> = Result<T, (String, String)>;
 
-fn err<T>(path: &str, msg: impl Into<String>) -> Res<T> {
+pub(crate) fn err<T>(path: &str, msg: impl Into<String>) -> Res<T> {
     Err((path.to_string(), msg.into()))
 }
 
-fn join(path: &str, field: &str) -> String {
+pub(crate) fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()
     } else {
@@ -99,12 +99,12 @@ pub fn parse_policies(text: &str) -> Result<Vec<Policy>, PolicyError> {
     Ok(out)
 }
 
-fn object<'a>(v: &'a Value, path: &str) -> Res<&'a Map<String, Value>> {
+pub(crate) fn object<'a>(v: &'a Value, path: &str) -> Res<&'a Map<String, Value>> {
     v.as_object()
         .map_or_else(|| err(path, "must be an object"), Ok)
 }
 
-fn only_fields(m: &Map<String, Value>, path: &str, allowed: &[&str]) -> Res<()> {
+pub(crate) fn only_fields(m: &Map<String, Value>, path: &str, allowed: &[&str]) -> Res<()> {
     for k in m.keys() {
         if !allowed.contains(&k.as_str()) {
             return err(
@@ -119,11 +119,11 @@ fn only_fields(m: &Map<String, Value>, path: &str, allowed: &[&str]) -> Res<()> 
     Ok(())
 }
 
-fn string<'a>(v: &'a Value, path: &str) -> Res<&'a str> {
+pub(crate) fn string<'a>(v: &'a Value, path: &str) -> Res<&'a str> {
     v.as_str().map_or_else(|| err(path, "must be a string"), Ok)
 }
 
-fn array<'a>(v: &'a Value, path: &str) -> Res<&'a [Value]> {
+pub(crate) fn array<'a>(v: &'a Value, path: &str) -> Res<&'a [Value]> {
     match v {
         Value::Array(a) => Ok(a),
         // `from:` with nothing after it is YAML null: the same as absent.

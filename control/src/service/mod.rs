@@ -1,0 +1,499 @@
+//! The built-in Service load balancer in the control plane (issue 17 part
+//! 2, opt-in): the store of Service and EndpointSlice objects, its
+//! persistence, and the compilation into the data plane's
+//! [`ServiceTable`] snapshot.
+//!
+//! - [`parse`]: the objects, from YAML or JSON, with field-path errors.
+//!
+//! Invariants: every change is all or nothing: it is applied to a copy,
+//! the copy is written to `state_dir/services.json` (temporary file,
+//! fsync, rename), and only then replaces the store, so a refused or
+//! unsaved change leaves both as they were. The caller (the daemon)
+//! recompiles and publishes after every change that returns `Ok`.
+//! Counters live outside the persisted data: each service port and
+//! backend keeps its counters across recompilations for as long as it
+//! stays in the table (lost on restart, like every counter).
+//!
+//! What a ClusterIP port balances to: the addresses of the ready
+//! endpoints of every EndpointSlice labelled with the service's name in
+//! its namespace, at the slice port of the same name and protocol as the
+//! service port (Kubernetes' rule: the slice port is the resolved
+//! `targetPort`). Sorted and deduplicated, so the Maglev table is the same
+//! whatever order the slices came in.
+pub mod parse;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use podrouter_api::{ErrorCode, ServiceBackendInfo, ServiceInfo, ServicePortInfo};
+use podrouter_router::maglev::DEFAULT_SIZE;
+use podrouter_router::service::{
+    Backend, BackendCounters, FrontendSpec, ServiceTable, SvcCounters,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use self::parse::{Object, Service, Slice};
+
+const FILE_VERSION: u32 = 1;
+const FILE_NAME: &str = "services.json";
+
+/// Why a service call was refused (the store is then unchanged).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// Malformed or unsupported input; the message says where.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// `services.json` could not be written.
+    #[error("saving service state: {0}")]
+    NotSaved(String),
+}
+
+impl ServiceError {
+    /// The wire's error class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ServiceError::Invalid(_) => ErrorCode::BadRequest,
+            ServiceError::NotFound(_) => ErrorCode::NotFound,
+            ServiceError::NotSaved(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// The persisted form: the objects as applied.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceFile {
+    version: u32,
+    services: Vec<Value>,
+    endpoint_slices: Vec<Value>,
+}
+
+type Key = (String, String);
+
+#[derive(Clone, Debug, Default)]
+struct Data {
+    services: BTreeMap<Key, Service>,
+    slices: BTreeMap<Key, Slice>,
+}
+
+/// A service port with its ClusterIP and ready backends (address, port).
+type Resolved<'a> = (
+    &'a Service,
+    Ipv4Addr,
+    &'a parse::ServicePort,
+    Vec<(Ipv4Addr, u16)>,
+);
+
+/// (namespace, name, protocol, port) of a service port.
+type PortKey = (String, String, u8, u16);
+
+/// Services and EndpointSlices, persisted in the state directory.
+#[derive(Debug)]
+pub struct ServiceStore {
+    data: Data,
+    dir: Option<PathBuf>,
+    port_counters: HashMap<PortKey, Arc<SvcCounters>>,
+    backend_counters: HashMap<(PortKey, Ipv4Addr, u16), Arc<BackendCounters>>,
+}
+
+impl ServiceStore {
+    /// A store that persists nothing (tests).
+    pub fn in_memory() -> ServiceStore {
+        ServiceStore {
+            data: Data::default(),
+            dir: None,
+            port_counters: HashMap::new(),
+            backend_counters: HashMap::new(),
+        }
+    }
+
+    /// Loads `dir/services.json` (absent: an empty store; one that does
+    /// not parse is an error, never silently replaced).
+    pub fn open(dir: &Path) -> Result<ServiceStore, String> {
+        let mut store = ServiceStore {
+            dir: Some(dir.to_owned()),
+            ..ServiceStore::in_memory()
+        };
+        let path = dir.join(FILE_NAME);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(store),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let corrupt = |why: String| {
+            format!(
+                "{} is unreadable ({why}); move it aside to start without services, or fix it",
+                path.display()
+            )
+        };
+        let f: ServiceFile = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        if f.version != FILE_VERSION {
+            return Err(corrupt(format!(
+                "version {} is not {FILE_VERSION}",
+                f.version
+            )));
+        }
+        for v in f.services.iter().chain(&f.endpoint_slices) {
+            let text = serde_json::to_string(v).map_err(|e| corrupt(e.to_string()))?;
+            for o in parse::parse_objects(&text).map_err(corrupt)? {
+                insert(&mut store.data, o);
+            }
+        }
+        Ok(store)
+    }
+
+    fn save(&self, data: &Data) -> Result<(), ServiceError> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let file = ServiceFile {
+            version: FILE_VERSION,
+            services: data.services.values().map(|s| s.source.clone()).collect(),
+            endpoint_slices: data.slices.values().map(|s| s.source.clone()).collect(),
+        };
+        let internal = ServiceError::NotSaved;
+        let body = serde_json::to_vec_pretty(&file).map_err(|e| internal(e.to_string()))?;
+        let tmp = dir.join("services.json.tmp");
+        let write = || -> io::Result<()> {
+            let mut f = fs::File::create(&tmp)?;
+            f.write_all(&body)?;
+            f.sync_all()?;
+            fs::rename(&tmp, dir.join(FILE_NAME))?;
+            fs::File::open(dir)?.sync_all()
+        };
+        write().map_err(|e| internal(e.to_string()))
+    }
+
+    fn change<T>(
+        &mut self,
+        change: impl FnOnce(&mut Data) -> Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        let mut next = self.data.clone();
+        let out = change(&mut next)?;
+        check_cluster_ips(&next)?;
+        self.save(&next)?;
+        self.data = next;
+        Ok(out)
+    }
+
+    /// `service apply`: every object of `text`, or none. Returns what
+    /// was applied (`service NS/NAME`, `endpointslice NS/NAME`).
+    pub fn apply(&mut self, text: &str) -> Result<Vec<String>, ServiceError> {
+        let objs = parse::parse_objects(text).map_err(ServiceError::Invalid)?;
+        if objs.is_empty() {
+            return Err(ServiceError::Invalid(
+                "no Service or EndpointSlice in the input".into(),
+            ));
+        }
+        self.change(|d| {
+            Ok(objs
+                .into_iter()
+                .map(|o| {
+                    let what = o.describe();
+                    insert(d, o);
+                    what
+                })
+                .collect())
+        })
+    }
+
+    /// `service delete`: the Service and the EndpointSlices labelled with
+    /// its name (Kubernetes garbage-collects them with it).
+    pub fn delete(&mut self, namespace: &str, name: &str) -> Result<(), ServiceError> {
+        self.change(|d| {
+            let key = (namespace.to_string(), name.to_string());
+            d.services
+                .remove(&key)
+                .ok_or_else(|| ServiceError::NotFound(format!("no Service {namespace}/{name}")))?;
+            d.slices
+                .retain(|_, s| !(s.namespace == namespace && s.service == name));
+            Ok(())
+        })
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.data.services.len()
+    }
+
+    /// The ready backends of every service port, in a stable order.
+    fn resolve(&self) -> Vec<Resolved<'_>> {
+        let mut out = Vec::new();
+        for s in self.data.services.values() {
+            let Some(vip) = s.cluster_ip else { continue };
+            let slices: Vec<&Slice> = self
+                .data
+                .slices
+                .values()
+                .filter(|e| e.namespace == s.namespace && e.service == s.name)
+                .collect();
+            for p in &s.ports {
+                let mut backends = BTreeSet::new();
+                for e in &slices {
+                    let Some(sp) = e
+                        .ports
+                        .iter()
+                        .find(|sp| sp.name == p.name && sp.protocol == p.protocol)
+                    else {
+                        continue;
+                    };
+                    for ep in e.endpoints.iter().filter(|ep| ep.ready) {
+                        for a in &ep.addresses {
+                            backends.insert((*a, sp.port));
+                        }
+                    }
+                }
+                out.push((s, vip, p, backends.into_iter().collect()));
+            }
+        }
+        out
+    }
+
+    /// The data plane's table: every ClusterIP port with its ready
+    /// backends, counters carried over from the previous table.
+    pub fn compile(&mut self) -> ServiceTable {
+        let mut port_counters = HashMap::new();
+        let mut backend_counters = HashMap::new();
+        let mut table = ServiceTable::new();
+        for (s, vip, p, backends) in self.resolve() {
+            let pk: PortKey = (
+                s.namespace.clone(),
+                s.name.clone(),
+                p.protocol.number(),
+                p.port,
+            );
+            let counters = self.port_counters.get(&pk).cloned().unwrap_or_default();
+            port_counters.insert(pk.clone(), counters.clone());
+            let backends = backends
+                .into_iter()
+                .map(|(addr, port)| {
+                    let bk = (pk.clone(), addr, port);
+                    let c = self.backend_counters.get(&bk).cloned().unwrap_or_default();
+                    backend_counters.insert(bk, c.clone());
+                    Backend {
+                        addr,
+                        port,
+                        counters: c,
+                    }
+                })
+                .collect();
+            let spec = FrontendSpec {
+                vip,
+                port: p.port,
+                proto: p.protocol.number(),
+                backends,
+                affinity_secs: s.affinity_secs,
+                counters,
+            };
+            if let Err(e) = table.insert(spec, DEFAULT_SIZE) {
+                // Only more backends than the table holds can fail.
+                log::error!(
+                    "service {}/{} port {}: {e}; not balanced",
+                    s.namespace,
+                    s.name,
+                    p.port
+                );
+            }
+        }
+        self.port_counters = port_counters;
+        self.backend_counters = backend_counters;
+        table
+    }
+
+    /// `service list`: every service with its ports, backends and
+    /// counters.
+    pub fn list(&self) -> Vec<ServiceInfo> {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let mut out: Vec<ServiceInfo> = self
+            .data
+            .services
+            .values()
+            .map(|s| ServiceInfo {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                cluster_ip: s.cluster_ip,
+                affinity_secs: s.affinity_secs,
+                ports: Vec::new(),
+            })
+            .collect();
+        for (s, _, p, backends) in self.resolve() {
+            let pk: PortKey = (
+                s.namespace.clone(),
+                s.name.clone(),
+                p.protocol.number(),
+                p.port,
+            );
+            let pc = self.port_counters.get(&pk);
+            let info = ServicePortInfo {
+                name: p.name.clone(),
+                protocol: p.protocol.to_string(),
+                port: p.port,
+                packets: pc.map_or(0, |c| load(&c.packets)),
+                flows: pc.map_or(0, |c| load(&c.flows)),
+                rejected: pc.map_or(0, |c| load(&c.rejected)),
+                backends: backends
+                    .into_iter()
+                    .map(|(addr, port)| {
+                        let bc = self.backend_counters.get(&(pk.clone(), addr, port));
+                        ServiceBackendInfo {
+                            ip: addr,
+                            port,
+                            packets: bc.map_or(0, |c| load(&c.packets)),
+                            flows: bc.map_or(0, |c| load(&c.flows)),
+                        }
+                    })
+                    .collect(),
+            };
+            if let Some(si) = out
+                .iter_mut()
+                .find(|i| i.namespace == s.namespace && i.name == s.name)
+            {
+                si.ports.push(info);
+            }
+        }
+        out
+    }
+}
+
+fn insert(d: &mut Data, o: Object) {
+    match o {
+        Object::Service(s) => {
+            d.services.insert((s.namespace.clone(), s.name.clone()), s);
+        }
+        Object::Slice(s) => {
+            d.slices.insert((s.namespace.clone(), s.name.clone()), s);
+        }
+    }
+}
+
+/// Two services may not claim one ClusterIP port.
+fn check_cluster_ips(d: &Data) -> Result<(), ServiceError> {
+    let mut seen: HashMap<(Ipv4Addr, u8, u16), &Service> = HashMap::new();
+    for s in d.services.values() {
+        let Some(vip) = s.cluster_ip else { continue };
+        for p in &s.ports {
+            if let Some(other) = seen.insert((vip, p.protocol.number(), p.port), s) {
+                if (&other.namespace, &other.name) != (&s.namespace, &s.name) {
+                    return Err(ServiceError::Invalid(format!(
+                        "service {}/{}: {vip}:{} {} is already service {}/{}'s",
+                        s.namespace, s.name, p.port, p.protocol, other.namespace, other.name
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "podrouter-svc-{tag}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    const DNS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: kube-system}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 5353}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: kube-system, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints:
+- addresses: [10.244.2.5]
+- addresses: [10.244.1.5]
+  conditions: {ready: true}
+- addresses: [10.244.1.6]
+  conditions: {ready: false}
+ports:
+- {name: dns, port: 5353, protocol: UDP}
+- {name: dns-tcp, port: 5353, protocol: TCP}
+"#;
+
+    #[test]
+    fn services_compile_survive_a_restart_and_refusals_change_nothing() {
+        let dir = tempdir("store");
+        let mut s = ServiceStore::open(&dir).unwrap();
+        assert_eq!(
+            s.apply(DNS).unwrap(),
+            ["service kube-system/dns", "endpointslice kube-system/dns-1"]
+        );
+        let t = s.compile();
+        let vip = Ipv4Addr::new(10, 96, 0, 10);
+        let f = t.frontend(vip, 53, 17).unwrap();
+        let b: Vec<_> = f.backends().iter().map(|b| (b.addr, b.port)).collect();
+        assert_eq!(
+            b,
+            [
+                (Ipv4Addr::new(10, 244, 1, 5), 5353),
+                (Ipv4Addr::new(10, 244, 2, 5), 5353)
+            ],
+            "ready ones only, sorted"
+        );
+        assert!(t.frontend(vip, 53, 6).is_some());
+        // Counters carry over a recompilation.
+        f.count(Some(&f.backends()[0]), true);
+        let t2 = s.compile();
+        assert_eq!(
+            t2.frontend(vip, 53, 17)
+                .unwrap()
+                .counters()
+                .flows
+                .load(Ordering::Relaxed),
+            1
+        );
+        let l = s.list();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].ports.len(), 2);
+        let udp = l[0].ports.iter().find(|p| p.protocol == "UDP").unwrap();
+        assert_eq!((udp.flows, udp.backends[0].flows), (1, 1));
+        // Refused: bad input, a ClusterIP port already taken; nothing changes.
+        let before = fs::read(dir.join(FILE_NAME)).unwrap();
+        let bad = "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec: {clusterIP: 1.2.3}";
+        assert!(matches!(s.apply(bad), Err(ServiceError::Invalid(_))));
+        let clash = "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: kube-system}\nspec: {clusterIP: 10.96.0.10, ports: [{port: 53, protocol: UDP}]}";
+        let e = s.apply(clash).unwrap_err().to_string();
+        assert!(e.contains("already service kube-system/dns's"), "{e}");
+        assert_eq!(fs::read(dir.join(FILE_NAME)).unwrap(), before);
+        assert_eq!(s.service_count(), 1);
+        // A restart finds the same.
+        let mut again = ServiceStore::open(&dir).unwrap();
+        assert_eq!(again.data.services.len(), 1);
+        assert_eq!(again.data.slices.len(), 1);
+        assert_eq!(again.compile().len(), 2);
+        // Delete takes the slices along.
+        assert!(matches!(
+            again.delete("kube-system", "nope"),
+            Err(ServiceError::NotFound(_))
+        ));
+        again.delete("kube-system", "dns").unwrap();
+        assert!(again.compile().is_empty());
+        assert!(ServiceStore::open(&dir).unwrap().data.slices.is_empty());
+        // A corrupt file is an error, not an empty store.
+        fs::write(dir.join(FILE_NAME), "{").unwrap();
+        assert!(ServiceStore::open(&dir).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
