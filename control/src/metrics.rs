@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use podrouter_api::{
-    BgpPeerInfo, Call, Client, CountersInfo, ErrorCode, PodInfo, Reply, StatusInfo,
+    BgpPeerInfo, Call, Client, CountersInfo, ErrorCode, PodInfo, Reply, ServiceInfo, StatusInfo,
 };
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
@@ -116,6 +116,8 @@ pub struct Snapshot {
     pub pods: Vec<PodInfo>,
     /// Empty when BGP is off.
     pub peers: Vec<BgpPeerInfo>,
+    /// The built-in load balancer's services (empty when none).
+    pub services: Vec<ServiceInfo>,
 }
 
 fn scrape(api_socket: &std::path::Path) -> Result<Snapshot, podrouter_api::ClientError> {
@@ -136,11 +138,15 @@ fn scrape(api_socket: &std::path::Path) -> Result<Snapshot, podrouter_api::Clien
         Err(podrouter_api::ClientError::Api(e)) if e.code == ErrorCode::NotFound => Vec::new(),
         Err(e) => return Err(e),
     };
+    let Reply::Services(services) = c.call(Call::ServiceList)? else {
+        return Err(unexpected());
+    };
     Ok(Snapshot {
         status,
         counters,
         pods,
         peers,
+        services,
     })
 }
 
@@ -372,11 +378,75 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         }
     }
 
+    if !snap.services.is_empty() {
+        render_services(&f, &snap.services);
+    }
+
     // Every family is registered once with valid names, so encoding cannot
     // fail; an empty body would still be a valid exposition.
     TextEncoder::new()
         .encode_to_string(&f.reg.gather())
         .unwrap_or_default()
+}
+
+/// The built-in load balancer's families: per service port, and per
+/// backend of it.
+fn render_services(f: &Families, services: &[ServiceInfo]) {
+    let svc = ["namespace", "service", "port", "protocol"];
+    let packets = f.counter(
+        "service_packets_total",
+        "Packets to a ClusterIP port translated to a backend (built-in load balancer).",
+        &svc,
+    );
+    let flows = f.counter(
+        "service_flows_total",
+        "New flows to a ClusterIP port given a backend.",
+        &svc,
+    );
+    let rejected = f.counter(
+        "service_rejected_flows_total",
+        "New flows to a ClusterIP port refused for want of a ready backend.",
+        &svc,
+    );
+    let ready = f.gauge(
+        "service_ready_backends",
+        "Ready backends of a ClusterIP port.",
+        &svc,
+    );
+    let be = ["namespace", "service", "port", "protocol", "backend"];
+    let be_packets = f.counter(
+        "service_backend_packets_total",
+        "Packets a ClusterIP port sent to one backend.",
+        &be,
+    );
+    let be_flows = f.counter(
+        "service_backend_flows_total",
+        "New flows a ClusterIP port gave one backend.",
+        &be,
+    );
+    for s in services {
+        for p in &s.ports {
+            let port = p.port.to_string();
+            let l = [
+                s.namespace.as_str(),
+                s.name.as_str(),
+                port.as_str(),
+                p.protocol.as_str(),
+            ];
+            packets.with_label_values(&l).inc_by(p.packets);
+            flows.with_label_values(&l).inc_by(p.flows);
+            rejected.with_label_values(&l).inc_by(p.rejected);
+            ready
+                .with_label_values(&l)
+                .set(gauge_value(p.backends.len() as u64));
+            for b in &p.backends {
+                let backend = format!("{}:{}", b.ip, b.port);
+                let l = [l[0], l[1], l[2], l[3], backend.as_str()];
+                be_packets.with_label_values(&l).inc_by(b.packets);
+                be_flows.with_label_values(&l).inc_by(b.flows);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -426,11 +496,20 @@ mod tests {
             "capabilities": []
         }))
         .unwrap()];
+        let services = serde_json::from_value(serde_json::json!([{
+            "namespace": "kube-system", "name": "dns", "cluster_ip": "10.96.0.10",
+            "affinity_secs": 0, "ports": [{
+                "name": "dns", "protocol": "UDP", "port": 53, "packets": 9, "flows": 4,
+                "rejected": 1, "backends": [{"ip": "10.244.1.5", "port": 5353, "packets": 9, "flows": 4}]
+            }]
+        }]))
+        .unwrap();
         Snapshot {
             status,
             counters,
             pods,
             peers,
+            services,
         }
     }
 
@@ -451,6 +530,10 @@ mod tests {
             r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Established"} 1"#,
             r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Idle"} 0"#,
             r#"podrouter_bgp_prefixes_accepted{peer="10.0.0.2"} 1"#,
+            r#"podrouter_service_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 4"#,
+            r#"podrouter_service_rejected_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
+            r#"podrouter_service_backend_packets_total{backend="10.244.1.5:5353",namespace="kube-system",port="53",protocol="UDP",service="dns"} 9"#,
+            r#"podrouter_service_ready_backends{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
