@@ -182,6 +182,44 @@ fn ask(ns: &str, proto: &str, host: &str, port: u16, want: u32) -> Asked {
     Asked { answers, json }
 }
 
+/// Starts [`SERVER`] in each backend (named after its pod id), waits until
+/// it listens and the client reaches it, and checks that each answers
+/// directly with the client's address. The servers live as long as the
+/// returned handles.
+fn serve(client: &Pod, backends: &[&Pod]) -> Vec<Bg> {
+    let servers: Vec<Bg> = backends
+        .iter()
+        .map(|pod| {
+            spawn_in(
+                &pod.ns,
+                &format!("server {}", pod.id),
+                &["python3", "-c", SERVER, &pod.id],
+                None,
+            )
+        })
+        .collect();
+    for pod in backends {
+        let listening = wait_until(Duration::from_secs(10), || {
+            let t = pod.exec(&["ss", "-ltnH", "sport = :80"]).stdout;
+            let u = pod.exec(&["ss", "-lunH", "sport = :53"]).stdout;
+            t.contains(":80") && u.contains(":53")
+        });
+        assert!(listening, "the server in {} never listened", pod.id);
+        assert!(
+            settle(&client.ns, &pod.ip, SETTLE),
+            "client never reached {} ({})",
+            pod.id,
+            pod.ip
+        );
+    }
+    // Directly, both backends answer with the client's address.
+    for pod in backends {
+        let a = ask(&client.ns, "tcp", &pod.ip, 80, 1);
+        assert_eq!(a.from(&pod.id), 1, "{} directly: {}", pod.id, a.json);
+    }
+    servers
+}
+
 const TOOLS: &[&str] = &["ping", "ss", "python3", "iptables-restore", "iptables-save"];
 
 #[test]
@@ -216,36 +254,7 @@ fn services_through_the_node(workers: usize) {
             b0.info
         );
     }
-    let _servers: Vec<Bg> = [("b0", &b0), ("b1", &b1)]
-        .into_iter()
-        .map(|(name, pod)| {
-            spawn_in(
-                &pod.ns,
-                &format!("server {name}"),
-                &["python3", "-c", SERVER, name],
-                None,
-            )
-        })
-        .collect();
-    for pod in [&b0, &b1] {
-        let listening = wait_until(Duration::from_secs(10), || {
-            let t = pod.exec(&["ss", "-ltnH", "sport = :80"]).stdout;
-            let u = pod.exec(&["ss", "-lunH", "sport = :53"]).stdout;
-            t.contains(":80") && u.contains(":53")
-        });
-        assert!(listening, "the server in {} never listened", pod.id);
-        assert!(
-            settle(&client.ns, &pod.ip, SETTLE),
-            "client never reached {} ({})",
-            pod.id,
-            pod.ip
-        );
-    }
-    // Directly, both backends answer with the client's address.
-    for pod in [&b0, &b1] {
-        let a = ask(&client.ns, "tcp", &pod.ip, 80, 1);
-        assert_eq!(a.from(&pod.id), 1, "{} directly: {}", pod.id, a.json);
-    }
+    let _servers = serve(&client, &[&b0, &b1]);
 
     let node0 = &c.nodes[0];
     let rules_file = TempDir::new("kube-proxy");
@@ -297,4 +306,152 @@ fn services_through_the_node(workers: usize) {
     for b in ["b0", "b1"] {
         assert!(a.from(b) > 0, "the NodePort never reached {b}: {}", a.json);
     }
+}
+
+/// The Service as `kubectl get -o yaml` would print it (and its
+/// EndpointSlice), for the built-in load balancer: `affinity` adds
+/// `sessionAffinity: ClientIP`; `ready` says whether the endpoints are.
+fn service_yaml(backends: &[&str], affinity: bool, ready: bool) -> String {
+    let affinity = if affinity {
+        "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"
+    } else {
+        "  sessionAffinity: None\n"
+    };
+    let endpoints: String = backends
+        .iter()
+        .map(|b| format!("  - addresses: [{b}]\n    conditions: {{ready: {ready}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: default}}\nspec:\n  \
+         clusterIP: {CLUSTER_IP}\n  type: ClusterIP\n  ports:\n  \
+         - {{name: http, port: 80, protocol: TCP, targetPort: 80}}\n  \
+         - {{name: dns, port: 53, protocol: UDP, targetPort: 53}}\n{affinity}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-x1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\n\
+         endpoints:\n{endpoints}ports:\n- {{name: http, port: 80, protocol: TCP}}\n\
+         - {{name: dns, port: 53, protocol: UDP}}\n"
+    )
+}
+
+/// One connected socket per protocol to the ClusterIP; prints the name of
+/// the error each got (`ok` if it got an answer).
+const REFUSED: &str = r#"
+import socket, sys
+host = sys.argv[1]
+for proto, port in (("tcp", 80), ("udp", 53)):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((host, port), timeout=2)
+            s.makefile().readline()
+        else:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.connect((host, port))
+            s.send(b"q")
+            s.recv(2048)
+        print(proto, "ok")
+    except OSError as e:
+        print(proto, type(e).__name__)
+"#;
+
+/// The built-in load balancer (issue 17 part 2) and no iptables rule at
+/// all: TCP and UDP through the ClusterIP reach the backend on the node
+/// and the one behind the tunnel, with the client's own address; ClientIP
+/// affinity keeps one client on one backend; without a ready backend TCP
+/// is reset and UDP gets port unreachable; after `service delete` the
+/// ClusterIP is no longer answered.
+#[test]
+fn cluster_ip_with_the_built_in_balancer() {
+    if !require("cluster_ip_with_the_built_in_balancer", TOOLS) {
+        return;
+    }
+    let mut c = Cluster::start("always", &[0, 0]);
+    let client = c.nodes[0].add_pod("client", &[]);
+    let b0 = c.nodes[0].add_pod("b0", &[]);
+    let b1 = c.nodes[1].add_pod("b1", &[]);
+    let _servers = serve(&client, &[&b0, &b1]);
+    let node0 = &c.nodes[0];
+    let nat = node0.ns.exec(&["iptables-save", "-t", "nat"]).stdout;
+    assert!(
+        !nat.contains("DNAT"),
+        "node 0 has NAT rules of its own:\n{nat}"
+    );
+    let dir = TempDir::new("lb");
+    let apply = |yaml: String| {
+        let f = dir.join("svc.yaml");
+        std::fs::write(&f, yaml).expect("write service");
+        node0.ctl(&["service", "apply", "-f", &f.to_string_lossy()])
+    };
+    let applied = apply(service_yaml(&[&b0.ip, &b1.ip], false, true));
+    say(&format!("applied: {applied}"));
+    let before = node0.counters();
+
+    for proto in ["tcp", "udp"] {
+        let port = if proto == "tcp" { 80 } else { 53 };
+        let a = ask(&client.ns, proto, CLUSTER_IP, port, 2);
+        say(&format!("{proto} to {CLUSTER_IP}:{port}: {}", a.json));
+        for b in ["b0", "b1"] {
+            assert!(
+                a.from(b) > 0,
+                "{proto} through the built-in balancer never reached {b}: {}\n{}",
+                a.json,
+                node0.ctl_out(&["service", "list"]).text()
+            );
+        }
+        assert_eq!(a.json["failures"], 0, "{proto}: {}", a.json);
+        assert!(
+            a.peers().iter().all(|p| *p == client.ip),
+            "{proto}: a backend saw another source than the client {}: {}",
+            client.ip,
+            a.json
+        );
+    }
+    let after = node0.counters();
+    assert_eq!(
+        delta(&before, &after, "/flows/steered_to_host"),
+        0,
+        "the node's kernel took part: {}",
+        after["flows"]
+    );
+    let list = node0.ctl(&["service", "list"]);
+    say(&format!("service list: {list}"));
+    for port in list[0]["ports"].as_array().expect("ports") {
+        let backends = port["backends"].as_array().expect("backends");
+        assert_eq!(backends.len(), 2, "{port}");
+        for b in backends {
+            assert!(num(b, "/flows") > 0 && num(b, "/packets") > 0, "{port}");
+        }
+    }
+
+    // ClientIP affinity: 20 new connections, one backend.
+    apply(service_yaml(&[&b0.ip, &b1.ip], true, true));
+    let a = ask(&client.ns, "tcp", CLUSTER_IP, 80, 2);
+    say(&format!("tcp with ClientIP affinity: {}", a.json));
+    assert_eq!(a.answers.len(), 1, "affinity not honoured: {}", a.json);
+    assert_eq!(a.json["tries"], 40, "{}", a.json);
+
+    // No ready backend: refused at once, as kube-proxy does.
+    apply(service_yaml(&[&b0.ip, &b1.ip], false, false));
+    let out = run_in(&client.ns, &["python3", "-c", REFUSED, CLUSTER_IP]);
+    assert!(out.ok(), "{out}");
+    assert_eq!(
+        out.stdout.trim(),
+        "tcp ConnectionRefusedError\nudp ConnectionRefusedError",
+        "{out}"
+    );
+    let refused = node0.counters();
+    assert!(
+        num(&refused, "/drops/service_no_backend") >= 2,
+        "{}",
+        refused["drops"]
+    );
+
+    // Deleted: the ClusterIP is nobody's.
+    node0.ctl(&["service", "delete", "default/svc"]);
+    assert_eq!(node0.ctl(&["service", "list"]), serde_json::json!([]));
+    let out = run_in(&client.ns, &["python3", "-c", REFUSED, CLUSTER_IP]);
+    assert!(
+        !out.stdout.contains("ok") && !out.stdout.contains("ConnectionRefused"),
+        "the deleted service still answers: {out}"
+    );
 }
