@@ -1275,9 +1275,104 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
             ));
         }
     }
-    ctx.progress.step("services: tearing down");
     drop(pr);
+    builtin_balancer_rows(ctx, &scenario, &ports, &k)?;
+    ctx.progress.step("services: tearing down");
     drop(k);
+    Ok(())
+}
+
+/// The built-in load balancer's rows of the Services scenario: the same
+/// client, backends and ClusterIP in podrouterd with `service apply` and
+/// no iptables rule, against the kernel with kube-proxy's rules (`k`,
+/// measured again, alternating, so each ratio comes from one run).
+fn builtin_balancer_rows(
+    ctx: &mut Ctx,
+    scenario: &str,
+    ports: &[(&str, u16)],
+    k: &Slot,
+) -> Res<()> {
+    let opts = ctx.opts.clone();
+    let lb = build(
+        ctx,
+        "services: podrouterd with a client, 2 backends and its built-in balancer",
+        |_| {
+            let mut t = topo::podrouter_same_node(&opts, 3, |_| {})?;
+            let backends = [t.pods[1].ip, t.pods[2].ip];
+            t.add_builtin_service(ports, &backends)?;
+            Ok(t)
+        },
+    )?;
+    let lb = checked(ctx, lb, "services built-in balancer")?;
+    if let Ok(t) = &lb {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    let planes = [&lb, k];
+    let what = format!(
+        "{scenario} · built-in balancer · UDP request/response at {} /s",
+        ctx.p.rr_rate
+    );
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!(
+                "request/response latency {name} (UDP to the ClusterIP), podrouterd's built-in balancer vs kube-proxy's rules in the kernel"
+            ),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    let what = format!("{scenario} · built-in balancer · new TCP connections");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    ctx.rows.push(Row::new(
+        scenario,
+        "new TCP connections per second to the ClusterIP, podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
+    ctx.rows.push(Row::new(
+        scenario,
+        "TCP connection time p50 (connect to the server's close), built-in balancer vs kernel",
+        "µs",
+        "lower",
+        cell(&r[PR], |x| {
+            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
+        }),
+        cell(&r[K], |x| {
+            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
+        }),
+    ));
+    if let Ok(t) = &lb {
+        if let Ok(podrouter_api::Reply::Services(s)) =
+            t.daemons[0].call(podrouter_api::Call::ServiceList)
+        {
+            let per_backend: Vec<String> = s
+                .iter()
+                .flat_map(|s| &s.ports)
+                .flat_map(|p| {
+                    p.backends.iter().map(move |b| {
+                        format!("{}/{} -> {}: {} flows", p.port, p.protocol, b.ip, b.flows)
+                    })
+                })
+                .collect();
+            ctx.notes.push(format!(
+                "services: podrouterd's built-in balancer after the runs: {}; drops: {}",
+                per_backend.join(", "),
+                t.daemons[0].drops()
+            ));
+        }
+    }
+    drop(lb);
     Ok(())
 }
 
@@ -1672,7 +1767,9 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
                 .sum(),
             Scenario::Cni => 2 + 2 * 2 * r + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
-            Scenario::Services => 2 + 2 * 3 * r + 1,
+            // + the built-in balancer: its build, latency and connections
+            // on it and the kernel.
+            Scenario::Services => 2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r,
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
         };
     }

@@ -1088,4 +1088,43 @@ impl Topology {
         ));
         Ok(())
     }
+
+    /// The same Service given to podrouterd's built-in load balancer
+    /// (`podrouterctl service apply`: a Service and its EndpointSlice)
+    /// instead of the kernel's rules: no iptables rule at all.
+    pub fn add_builtin_service(&mut self, ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> Res<()> {
+        let mut svc = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: bench}}\n\
+             spec:\n  clusterIP: {CLUSTER_IP}\n  ports:\n"
+        );
+        let mut slice = String::from(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-1\n  \
+             namespace: bench\n  labels: {kubernetes.io/service-name: svc}\naddressType: IPv4\n\
+             endpoints:\n",
+        );
+        for b in backends {
+            let _ = writeln!(slice, "- addresses: [{b}]\n  conditions: {{ready: true}}");
+        }
+        slice += "ports:\n";
+        for (proto, port) in ports {
+            let proto = proto.to_uppercase();
+            let _ = writeln!(
+                svc,
+                "  - {{name: p{port}, port: {port}, protocol: {proto}, targetPort: {port}}}"
+            );
+            let _ = writeln!(
+                slice,
+                "- {{name: p{port}, port: {port}, protocol: {proto}}}"
+            );
+        }
+        let text = format!("{svc}---\n{slice}");
+        self.daemons[0].call(Call::ServiceApply(podrouter_api::TextParams { text }))?;
+        self.notes.push(format!(
+            "{}: ClusterIP {CLUSTER_IP} over {} backends in podrouterd's built-in load balancer \
+             (service apply), no iptables rule",
+            self.label,
+            backends.len()
+        ));
+        Ok(())
+    }
 }
