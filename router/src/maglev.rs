@@ -1,9 +1,9 @@
 //! Maglev consistent hashing (Eisenbud et al., NSDI 2016): a lookup table
 //! that maps a flow's hash to one of a service's backends so that every
 //! backend gets an equal share of the table and a change of the backend
-//! set moves few flows. Groundwork for issue 17's built-in service load
-//! balancer (part 2), which is not wired yet: nothing in the pipeline uses
-//! this table today.
+//! set moves few flows. The built-in Service load balancer
+//! ([`crate::service`]) builds one per ClusterIP port and picks a new
+//! flow's backend with it.
 //!
 //! The table has a prime number of entries `M` (at least a few times the
 //! backends; [`DEFAULT_SIZE`] suits up to about a hundred). Each backend,
