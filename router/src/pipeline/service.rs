@@ -688,10 +688,71 @@ mod tests {
         let c = first(&mut env, 4000);
         assert_ne!(c, b);
         assert_eq!(first(&mut env, 4001), c);
-        // Expiry: 61 s idle.
+        // Expiry: after 61 s without a new flow the client's entry is gone.
+        let aff = FlowKey {
+            src: A_IP,
+            dst: VIP,
+            sport: 0,
+            dport: 53,
+            proto: PROTO_AFFINITY,
+        };
+        let now_ms = |env: &Env| env.now_ns / 1_000_000;
+        assert!(env.flows.lookup(&aff, now_ms(&env)).is_some());
         env.now_ns += 61_000_000_000;
-        env.services = table(&backends, 60);
-        let _ = first(&mut env, 5000);
+        assert!(env.flows.lookup(&aff, now_ms(&env)).is_none());
+        first(&mut env, 5000);
+        assert!(env.flows.lookup(&aff, now_ms(&env)).is_some(), "made again");
+    }
+
+    #[test]
+    fn mutated_packets_to_and_from_a_clusterip_never_panic() {
+        let mut env = uplink_env(EncapMode::Always);
+        env.services = table(&[(B_IP, 5353), (REMOTE_IP, 53)], 30);
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(17);
+        let seeds: Vec<(PortId, Vec<u8>)> = [PROTO_TCP, PROTO_UDP, PROTO_SCTP]
+            .into_iter()
+            .flat_map(|proto| {
+                [
+                    (
+                        POD_A,
+                        eth(
+                            ROUTER_MAC,
+                            A_MAC,
+                            ETHERTYPE_IPV4,
+                            &packet(A_IP, VIP, proto, 4000, 53, TCP_SYN),
+                        ),
+                    ),
+                    (
+                        POD_B,
+                        eth(
+                            ROUTER_MAC,
+                            B_MAC,
+                            ETHERTYPE_IPV4,
+                            &packet(B_IP, A_IP, proto, 5353, 4000, TCP_ACK),
+                        ),
+                    ),
+                ]
+            })
+            .collect();
+        for i in 0..5_000u64 {
+            let (port, mut b) = seeds[rng.gen_range(0..seeds.len())].clone();
+            for _ in 0..rng.gen_range(0..4) {
+                let j = rng.gen_range(14..b.len());
+                b[j] = rng.gen();
+            }
+            if rng.gen_bool(0.2) {
+                b.truncate(rng.gen_range(14..=b.len()));
+            }
+            let mut f = Frame::from_bytes(&b);
+            if rng.gen_bool(0.2) {
+                f.vnet.flags = VnetHdr::F_NEEDS_CSUM;
+            }
+            env.now_ns += 1_000_000 * (i % 7);
+            if let Verdict::Forward { .. } = env.process(port, &mut f) {
+                let d = f.data();
+                assert!(check_ipv4(&d[14..]).is_ok(), "forwarded IP is valid");
+            }
+        }
     }
 
     #[test]
