@@ -27,7 +27,10 @@
 //! in any free slot of it. A slot is a `meta` word (life, generation, state
 //! bits and a 32-bit tag from the key's hash), kept with its bucket's
 //! other seven in one cache line, and apart from it the two canonical key
-//! words and the time the flow was last seen.
+//! words, the time the flow was last seen and the address translation the
+//! built-in Service load balancer gave it ([`Nat`]; its session-affinity
+//! entries use the pseudo protocol [`PROTO_AFFINITY`] and carry their own
+//! timeout).
 //!
 //! Invariants and their cost:
 //! - Readers never wait: a lookup reads the bucket's eight `meta` words
@@ -59,9 +62,10 @@
 //! - Races that are accepted: two workers inserting the same new flow at
 //!   the same moment may create two entries (the later one is never found
 //!   and expires); a packet refreshing an entry in the very millisecond
-//!   the sweep frees it loses the entry (as if it had expired). Part 1's
-//!   only inserter is the host port's worker, so the first cannot happen
-//!   there.
+//!   the sweep frees it loses the entry (as if it had expired). The
+//!   host-NAT stage inserts only from the host port's worker and the
+//!   Service load balancer only from the client pod's port (one worker's),
+//!   so the first cannot happen there.
 //!
 //! The table lives in podrouterd's memory only: after a restart a flow is
 //! recorded again from its next packet in the original direction (TCP
