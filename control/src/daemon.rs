@@ -912,6 +912,11 @@ impl Daemon {
         );
     }
 
+    /// Pods attached now.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
     pub fn api_socket(&self) -> &Path {
         &self.cfg.api_socket
     }

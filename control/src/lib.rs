@@ -19,6 +19,7 @@ pub mod nodenet;
 pub mod podnet;
 pub mod policy;
 pub mod reload;
+pub mod sd_notify;
 pub mod server;
 pub mod state;
 #[allow(unsafe_code)]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use podrouter_control::config::Config;
 use podrouter_control::daemon::Daemon;
-use podrouter_control::{logger, metrics, server};
+use podrouter_control::{logger, metrics, sd_notify, server};
 
 /// podrouter's node daemon: a polled userspace router for pod networks.
 #[derive(Parser)]
@@ -44,7 +44,10 @@ fn main() -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let served = server::serve(&mut daemon);
+    // READY=1 only now: pods, routes and BGP are restored, the workers
+    // run and the API socket accepts (what `Type=notify` waits for).
+    let served = server::serve_then(&mut daemon, |d| sd_notify::ready(d.pod_count()));
+    sd_notify::stopping();
     daemon.shutdown();
     match served {
         Ok(()) => ExitCode::SUCCESS,
