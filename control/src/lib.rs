@@ -25,5 +25,6 @@ pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tc;
+pub mod uninstall;
 pub mod uplink_setup;
 pub mod vxlan_setup;
