@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod nodenet;
+pub mod op_stats;
 pub mod podnet;
 pub mod policy;
 pub mod reload;

@@ -300,14 +300,9 @@ impl Worker {
         let policy = self.cfg.policies.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let ctx = BatchContext::new(
-            &fib,
-            &ports,
-            counters,
-            &self.cfg.flows,
-            crate::clock::now_ns(),
-        )
-        .with_policy(&policy);
+        let started_ns = crate::clock::now_ns();
+        let ctx = BatchContext::new(&fib, &ports, counters, &self.cfg.flows, started_ns)
+            .with_policy(&policy);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -351,6 +346,12 @@ impl Worker {
             }
         }
         self.tx.flush(&ports, counters);
+        if busy {
+            // A second clock read only in rounds that did work.
+            counters
+                .busy_ns
+                .add(crate::clock::now_ns().saturating_sub(started_ns));
+        }
         busy
     }
 }
