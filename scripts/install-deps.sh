@@ -44,6 +44,9 @@ declare -A NEED=(
     # package's own service is not used (the test starts one in a netns).
     [prometheus]=prometheus
     [promtool]=prometheus
+    # `systemd-analyze verify` of deploy/systemd/podrouterd.service
+    # (tests/tests/systemd.rs); nothing is started with it.
+    [systemd-analyze]=systemd
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config

@@ -561,6 +561,32 @@ pub struct CountersInfo {
     /// older than this field.
     #[serde(default)]
     pub flows: FlowCountersInfo,
+    /// Per worker, in worker order: nanoseconds spent in rounds that
+    /// received frames. Empty from daemons older than this field.
+    #[serde(default)]
+    pub worker_busy_ns: Vec<u64>,
+    /// Attach calls handled (`Call::Attach`), with their latency.
+    #[serde(default)]
+    pub attach: OpStatsInfo,
+    /// Detach calls handled (`Call::Detach`), with their latency.
+    #[serde(default)]
+    pub detach: OpStatsInfo,
+}
+
+/// How many calls of one kind the daemon handled, and how long they took
+/// (a histogram in Prometheus's form).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OpStatsInfo {
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls answered with an error.
+    pub failed: u64,
+    /// Sum of every call's latency, in seconds.
+    pub seconds_sum: f64,
+    /// (upper bound in seconds, calls that took at most that long),
+    /// cumulative, in increasing order, finite bounds only: the implicit
+    /// `+Inf` bucket is `ok + failed`.
+    pub buckets: Vec<(f64, u64)>,
 }
 
 /// The shared flow table's numbers.

@@ -155,6 +155,9 @@ pub struct Daemon {
     service_store: crate::service::ServiceStore,
     /// Their compiled form, as the workers read it.
     services: Arc<podrouter_router::service::Services>,
+    /// Attach and detach calls: counts and latencies.
+    attach_stats: crate::op_stats::OpStats,
+    detach_stats: crate::op_stats::OpStats,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -234,6 +237,8 @@ impl Daemon {
             policies,
             service_store,
             services,
+            attach_stats: Default::default(),
+            detach_stats: Default::default(),
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -458,8 +463,18 @@ impl Daemon {
             Call::ListPods => Ok(Reply::Pods(
                 self.pods.values().map(|p| self.pod_info(p)).collect(),
             )),
-            Call::Attach(p) => self.attach(p),
-            Call::Detach(p) => self.detach(&p.id, p.netns.as_deref().zip(p.ifname.as_deref())),
+            Call::Attach(p) => {
+                let t = Instant::now();
+                let r = self.attach(p);
+                self.attach_stats.record(t.elapsed(), r.is_ok());
+                r
+            }
+            Call::Detach(p) => {
+                let t = Instant::now();
+                let r = self.detach(&p.id, p.netns.as_deref().zip(p.ifname.as_deref()));
+                self.detach_stats.record(t.elapsed(), r.is_ok());
+                r
+            }
             Call::Routes => Ok(Reply::Routes(self.routes())),
             Call::Counters => Ok(Reply::Counters(self.counters())),
             Call::BgpPeers => self.bgp_call(|b| b.peers().map(Reply::BgpPeers)),
@@ -909,6 +924,9 @@ impl Daemon {
                     }
                 })
                 .collect(),
+            worker_busy_ns: all.iter().map(|w| w.busy_ns.get()).collect(),
+            attach: self.attach_stats.info(),
+            detach: self.detach_stats.info(),
         }
     }
 
@@ -928,6 +946,11 @@ impl Daemon {
             "stopped; {} pod(s) kept for the next start",
             self.pods.len()
         );
+    }
+
+    /// Pods attached now.
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
     }
 
     pub fn api_socket(&self) -> &Path {

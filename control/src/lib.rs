@@ -16,14 +16,17 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod nodenet;
+pub mod op_stats;
 pub mod podnet;
 pub mod policy;
 pub mod reload;
+pub mod sd_notify;
 pub mod server;
 pub mod service;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod tc;
+pub mod uninstall;
 pub mod uplink_setup;
 pub mod vxlan_setup;

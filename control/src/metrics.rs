@@ -16,9 +16,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use podrouter_api::{
-    BgpPeerInfo, Call, Client, CountersInfo, ErrorCode, PodInfo, Reply, ServiceInfo, StatusInfo,
+    BgpPeerInfo, Call, Client, CountersInfo, ErrorCode, OpStatsInfo, PodInfo, Reply, ServiceInfo,
+    StatusInfo,
 };
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::proto::{Bucket, Histogram, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// How long a scraper may take to send its request or read the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -331,6 +333,31 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             .set(gauge_value(v));
     }
 
+    let busy = CounterVec::new(
+        Opts::new(
+            "worker_busy_seconds_total",
+            "Seconds a worker spent in rounds that received frames (idle: uptime minus this).",
+        ),
+        &["worker"],
+    )
+    .expect("valid metric name");
+    f.reg
+        .register(Box::new(busy.clone()))
+        .expect("metric registered once");
+    for (i, ns) in c.worker_busy_ns.iter().enumerate() {
+        busy.with_label_values(&[i.to_string().as_str()])
+            .inc_by(*ns as f64 / 1e9);
+    }
+    for (op, stats) in [("attach", &c.attach), ("detach", &c.detach)] {
+        let calls = f.counter(
+            &format!("pod_{op}_total"),
+            &format!("Pod {op} calls handled, by result."),
+            &["result"],
+        );
+        calls.with_label_values(&["ok"]).inc_by(stats.ok);
+        calls.with_label_values(&["error"]).inc_by(stats.failed);
+    }
+
     if !snap.peers.is_empty() {
         let state = f.gauge(
             "bgp_session_state",
@@ -382,10 +409,23 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         render_services(&f, &snap.services);
     }
 
+    // Histograms whose buckets the daemon already counted: families of
+    // their own, next to the registry's.
+    let mut families = f.reg.gather();
+    families.push(histogram(
+        "podrouter_pod_attach_duration_seconds",
+        "Time from an attach call's arrival to its answer.",
+        &c.attach,
+    ));
+    families.push(histogram(
+        "podrouter_pod_detach_duration_seconds",
+        "Time from a detach call's arrival to its answer.",
+        &c.detach,
+    ));
     // Every family is registered once with valid names, so encoding cannot
     // fail; an empty body would still be a valid exposition.
     TextEncoder::new()
-        .encode_to_string(&f.reg.gather())
+        .encode_to_string(&families)
         .unwrap_or_default()
 }
 
@@ -447,6 +487,31 @@ fn render_services(f: &Families, services: &[ServiceInfo]) {
             }
         }
     }
+/// A histogram family from counts already bucketed (cumulative, finite
+/// bounds; the encoder adds `+Inf` from the total).
+fn histogram(name: &str, help: &str, s: &OpStatsInfo) -> MetricFamily {
+    let mut h = Histogram::default();
+    h.set_sample_count(s.ok + s.failed);
+    h.set_sample_sum(s.seconds_sum);
+    h.set_bucket(
+        s.buckets
+            .iter()
+            .map(|(le, n)| {
+                let mut b = Bucket::default();
+                b.set_upper_bound(*le);
+                b.set_cumulative_count(*n);
+                b
+            })
+            .collect(),
+    );
+    let mut m = Metric::from_label(Vec::<LabelPair>::new());
+    m.set_histogram(h);
+    let mut mf = MetricFamily::default();
+    mf.set_name(name.into());
+    mf.set_help(help.into());
+    mf.set_field_type(MetricType::HISTOGRAM);
+    mf.set_metric(vec![m]);
+    mf
 }
 
 #[cfg(test)]
@@ -480,6 +545,13 @@ mod tests {
                 port(2, "eth0@web", 7),
             ],
             ..CountersInfo::default()
+        };
+        counters.worker_busy_ns = vec![1_500_000_000, 0];
+        counters.attach = OpStatsInfo {
+            ok: 3,
+            failed: 1,
+            seconds_sum: 0.5,
+            buckets: vec![(0.01, 2), (0.1, 3), (1.0, 4)],
         };
         counters.drops.insert("no_route".into(), 25);
         counters.drops.insert("tx_error".into(), 1);
@@ -534,6 +606,17 @@ mod tests {
             r#"podrouter_service_rejected_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
             r#"podrouter_service_backend_packets_total{backend="10.244.1.5:5353",namespace="kube-system",port="53",protocol="UDP",service="dns"} 9"#,
             r#"podrouter_service_ready_backends{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
+            r#"podrouter_worker_busy_seconds_total{worker="0"} 1.5"#,
+            r#"podrouter_worker_busy_seconds_total{worker="1"} 0"#,
+            r#"podrouter_pod_attach_total{result="ok"} 3"#,
+            r#"podrouter_pod_attach_total{result="error"} 1"#,
+            "# TYPE podrouter_pod_attach_duration_seconds histogram",
+            r#"podrouter_pod_attach_duration_seconds_bucket{le="0.01"} 2"#,
+            r#"podrouter_pod_attach_duration_seconds_bucket{le="1"} 4"#,
+            r#"podrouter_pod_attach_duration_seconds_bucket{le="+Inf"} 4"#,
+            "podrouter_pod_attach_duration_seconds_sum 0.5",
+            "podrouter_pod_attach_duration_seconds_count 4",
+            "podrouter_pod_detach_duration_seconds_count 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }

@@ -96,13 +96,13 @@ pub fn errno(e: &io::Error) -> Option<i32> {
 }
 
 /// A failure inside one request/response exchange, before it gets context.
-enum TxError {
+pub(crate) enum TxError {
     Kernel { errno: i32, msg: Option<String> },
     Io(io::Error),
 }
 
 impl TxError {
-    fn with_op(self, op: String) -> io::Error {
+    pub(crate) fn with_op(self, op: String) -> io::Error {
         match self {
             TxError::Kernel { errno, msg } => io::Error::new(
                 io::Error::from_raw_os_error(errno).kind(),
@@ -116,7 +116,7 @@ impl TxError {
         }
     }
 
-    fn errno(&self) -> Option<i32> {
+    pub(crate) fn errno(&self) -> Option<i32> {
         match self {
             TxError::Kernel { errno, .. } => Some(*errno),
             TxError::Io(e) => e.raw_os_error(),
@@ -454,7 +454,7 @@ impl Netlink {
 
     /// Sends one request and collects the replies up to the ACK (or, for a
     /// dump, `NLMSG_DONE`).
-    fn transact(
+    pub(crate) fn transact(
         &mut self,
         msg: RouteNetlinkMessage,
         flags: u16,

@@ -42,6 +42,12 @@ pub enum ServeError {
 
 /// Serves the API until SIGTERM or SIGINT, then removes the socket.
 pub fn serve(daemon: &mut Daemon) -> Result<(), ServeError> {
+    serve_then(daemon, |_| {})
+}
+
+/// [`serve`], calling `ready` once the API socket accepts connections
+/// (podrouterd's readiness notification to systemd).
+pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<(), ServeError> {
     let path = daemon.api_socket().to_owned();
     let mut listener = bind(&path)?;
     let mut poll = Poll::new()?;
@@ -63,6 +69,7 @@ pub fn serve(daemon: &mut Daemon) -> Result<(), ServeError> {
     poll.registry()
         .register(&mut sig_read, SIGNALS, Interest::READABLE)?;
     let mut events = Events::with_capacity(64);
+    ready(daemon);
     'outer: loop {
         daemon.tick();
         if let Err(e) = poll.poll(&mut events, Some(TICK)) {

@@ -253,6 +253,16 @@ pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `kill(pid, SIGTERM)`: asks process `pid` to stop.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::other("pid out of range"))?;
+    // SAFETY: kill takes two integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
@@ -29,6 +29,12 @@ use crate::netlink::{errno, Netlink};
 /// The filter's priority at the ingress hook (`tc filter show dev X
 /// ingress` lists it as `pref 49200`).
 pub const FILTER_PRIO: u16 = 49200;
+
+/// `parent ffff:fff3`: the egress hook of `clsact`.
+const EGRESS_HOOK: TcHandle = TcHandle {
+    major: 0xffff,
+    minor: TcHandle::MIN_EGRESS,
+};
 
 /// `ETH_P_IP` as tc wants it in `tcm_info`: network byte order.
 const PROTO_IP_BE: u16 = 0x0800u16.to_be();
@@ -167,16 +173,60 @@ impl Netlink {
     /// Removes the filter at [`FILTER_PRIO`] of the ingress hook (none
     /// there, or no qdisc: fine).
     pub fn vxlan_filter_del(&mut self, ifindex: u32) -> io::Result<()> {
+        self.vxlan_filter_remove(ifindex).map(|_| ())
+    }
+
+    /// [`Netlink::vxlan_filter_del`], telling whether there was one.
+    pub fn vxlan_filter_remove(&mut self, ifindex: u32) -> io::Result<bool> {
         match self.ack(
             RouteNetlinkMessage::DelTrafficFilter(filter_msg(ifindex)),
             0,
             || format!("delete the VXLAN redirect filter on link {ifindex}"),
         ) {
+            Ok(()) => Ok(true),
             Err(e) if matches!(errno(&e), Some(libc::ENOENT | libc::EINVAL | libc::ENODEV)) => {
-                Ok(())
+                Ok(false)
             }
-            r => r,
+            Err(e) => Err(e),
         }
+    }
+
+    /// Whether link `ifindex` has a `clsact` qdisc.
+    pub fn clsact_present(&mut self, ifindex: u32) -> io::Result<bool> {
+        let replies = self
+            .transact(RouteNetlinkMessage::GetQueueDiscipline(msg(0)), NLM_F_DUMP)
+            .map_err(|e| e.with_op("list qdiscs".into()))?;
+        Ok(replies.iter().any(|r| match r {
+            RouteNetlinkMessage::NewQueueDiscipline(q) => {
+                q.header.index == ifindex as i32
+                    && q.attributes
+                        .iter()
+                        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+            }
+            _ => false,
+        }))
+    }
+
+    /// Whether either hook of link `ifindex`'s `clsact` holds any filter
+    /// (no qdisc: false).
+    pub fn clsact_has_filters(&mut self, ifindex: u32) -> io::Result<bool> {
+        for hook in [INGRESS_HOOK, EGRESS_HOOK] {
+            let mut m = msg(ifindex);
+            m.header.parent = hook;
+            match self.transact(RouteNetlinkMessage::GetTrafficFilter(m), NLM_F_DUMP) {
+                Ok(replies) => {
+                    if replies
+                        .iter()
+                        .any(|r| matches!(r, RouteNetlinkMessage::NewTrafficFilter(_)))
+                    {
+                        return Ok(true);
+                    }
+                }
+                Err(e) if matches!(e.errno(), Some(libc::EINVAL | libc::ENOENT)) => {}
+                Err(e) => return Err(e.with_op(format!("list filters of link {ifindex}"))),
+            }
+        }
+        Ok(false)
     }
 }
 

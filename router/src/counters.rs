@@ -141,6 +141,10 @@ pub struct WorkerCounters {
     pub tcp_resets_sent: Counter,
     /// New connections network policy checked and allowed (then tracked).
     pub policy_allowed: Counter,
+    /// Nanoseconds spent in rounds that received frames (receive, pipeline,
+    /// flush), read from the batch clock twice per such round; the rest of
+    /// the worker's life is idle polling and sleeping.
+    pub busy_ns: Counter,
     drops: [Counter; DropReason::COUNT],
     ports: Box<[PortCounters]>,
 }
@@ -159,6 +163,7 @@ impl Default for WorkerCounters {
             flows_steered: Counter::default(),
             tcp_resets_sent: Counter::default(),
             policy_allowed: Counter::default(),
+            busy_ns: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
         }

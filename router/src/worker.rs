@@ -304,15 +304,10 @@ impl Worker {
         let services = self.cfg.services.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let ctx = BatchContext::new(
-            &fib,
-            &ports,
-            counters,
-            &self.cfg.flows,
-            crate::clock::now_ns(),
-        )
-        .with_policy(&policy)
-        .with_services(&services);
+        let started_ns = crate::clock::now_ns();
+        let ctx = BatchContext::new(&fib, &ports, counters, &self.cfg.flows, started_ns)
+            .with_policy(&policy)
+            .with_services(&services);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -356,6 +351,12 @@ impl Worker {
             }
         }
         self.tx.flush(&ports, counters);
+        if busy {
+            // A second clock read only in rounds that did work.
+            counters
+                .busy_ns
+                .add(crate::clock::now_ns().saturating_sub(started_ns));
+        }
         busy
     }
 }

@@ -159,6 +159,53 @@ fn prometheus_scrapes_the_counters_after_known_traffic() {
         "Prometheus saw {seen} frames from pod-b for {N} echo replies"
     );
     assert_eq!(prom_query(&node.name, "podrouter_pods"), Some(2));
+    // The two attaches, counted and timed; a refused one counted apart.
+    let refused = node.ctl_out(&["attach", "pod-a", "--netns", &a.netns_path]);
+    assert!(
+        !refused.ok(),
+        "a second attach of pod-a succeeded: {refused}"
+    );
+    let attach_ok = "podrouter_pod_attach_total{result=\"ok\"}";
+    let attach_err = "podrouter_pod_attach_total{result=\"error\"}";
+    let failed = wait_prom_equals(&node.name, attach_err, || {
+        num(&node.counters(), "/attach/failed")
+    });
+    assert_eq!(failed, 1);
+    assert_eq!(prom_query(&node.name, attach_ok), Some(2));
+    assert_eq!(
+        prom_query(&node.name, "podrouter_pod_attach_duration_seconds_count"),
+        Some(3)
+    );
+    // Each attach took less than 5 s and more than nothing.
+    assert_eq!(
+        prom_query(
+            &node.name,
+            "podrouter_pod_attach_duration_seconds_bucket{le=\"5\"}"
+        ),
+        Some(3)
+    );
+    assert_eq!(
+        prom_query(
+            &node.name,
+            "podrouter_pod_attach_duration_seconds_sum > bool 0"
+        ),
+        Some(1)
+    );
+    // The worker did work, and less than it has been alive.
+    assert_eq!(
+        prom_query(
+            &node.name,
+            "podrouter_worker_busy_seconds_total{worker=\"0\"} > bool 0"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        prom_query(
+            &node.name,
+            "sum(podrouter_worker_busy_seconds_total) < bool scalar(podrouter_uptime_seconds) + 1"
+        ),
+        Some(1)
+    );
 
     // The exposition passes Prometheus's own linter.
     let scrape = run_in(

@@ -116,7 +116,7 @@
 //!   (routed directly, `via` the node) when `encap` does not tunnel it,
 //!   but traffic the router itself must encapsulate has no FIB entry
 //!   until the peer re-sends the block (a second or so with BIRD).
-mod driver;
+pub(crate) mod driver;
 pub mod rib;
 pub mod session;
 pub mod speaker;
