@@ -4,6 +4,19 @@
 //!
 //! Run: `cargo bench -p podrouter-benches --bench fib`
 //!
+//! Lookup groups, all reporting time per address (256 addresses per
+//! iteration, one `Fib::load`):
+//! - `fib_lookup/random/N`: `FibTable::lookup` one address at a time, each
+//!   result used before the next lookup starts only as far as the CPU's
+//!   out-of-order window keeps them apart (a worker's per-frame lookup).
+//! - `fib_lookup_batch/random/N`: `FibTable::lookup_batch` over the 256
+//!   addresses (the first-level reads of 16 addresses issued before any
+//!   is used): the per-lookup cost inside a batch, not a single lookup's
+//!   latency.
+//! - `fib_lookup_hashed/random/1M`: the per-length hash tables with the
+//!   /16 index, the lookup path tables below `Fib::INDEX_MIN_ROUTES` take,
+//!   forced at 1M routes for comparison with the DIR-24-8 index.
+//!
 //! Random tables: prefix lengths drawn like a large Calico cluster's FIB,
 //! 70% /32 (pods), 25% /26 (IPAM blocks of other nodes), 5% uniform in
 //! /16../24 (host, service and aggregate routes), plus one default route;
@@ -117,6 +130,22 @@ fn pod_node_addrs(rng: &mut SmallRng) -> Vec<Ipv4Addr> {
         .collect()
 }
 
+fn bench_lookup_batch_on(c: &mut Criterion, id: BenchmarkId, fib: &Fib, addrs: &[Ipv4Addr]) {
+    let mut g = c.benchmark_group("fib_lookup_batch");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let mut at = 0;
+    let mut out = [None; BATCH];
+    g.bench_function(id, |b| {
+        b.iter(|| {
+            let t = fib.load();
+            t.lookup_batch(black_box(&addrs[at..at + BATCH]), &mut out);
+            at = (at + BATCH) % addrs.len();
+            out.iter().filter(|nh| nh.is_some()).count()
+        })
+    });
+    g.finish();
+}
+
 fn bench_lookup_on(c: &mut Criterion, group: &str, id: BenchmarkId, fib: &Fib, addrs: &[Ipv4Addr]) {
     let mut g = c.benchmark_group(group);
     g.throughput(Throughput::Elements(BATCH as u64));
@@ -144,9 +173,11 @@ fn fib_lookup(c: &mut Criterion) {
         let addrs = lookup_addrs(&mut rng, &routes);
         let t = fib.load();
         eprintln!(
-            "fib random/{name}: {} routes, ~{:.1} MB, per length {:?}",
+            "fib random/{name}: {} routes, ~{:.1} MB (DIR-24-8 index: {}, {:.1} MB per copy), per length {:?}",
             t.len(),
             t.memory_bytes() as f64 / 1e6,
+            t.has_index(),
+            t.index_bytes() as f64 / 1e6,
             nonzero(&t.len_histogram()),
         );
         drop(t);
@@ -157,6 +188,18 @@ fn fib_lookup(c: &mut Criterion) {
             &fib,
             &addrs,
         );
+        bench_lookup_batch_on(c, BenchmarkId::new("random", name), &fib, &addrs);
+        if n == 1_000_000 {
+            let hashed = Fib::with_index_min_routes(usize::MAX);
+            hashed.update(&routes);
+            bench_lookup_on(
+                c,
+                "fib_lookup_hashed",
+                BenchmarkId::new("random", name),
+                &hashed,
+                &addrs,
+            );
+        }
     }
     let fib = Fib::new();
     fib.update(&pod_node_routes());

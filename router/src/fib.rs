@@ -21,6 +21,27 @@
 //! destination to that length), and falls back to the slot's short route;
 //! the first hit is the longest match.
 //!
+//! A table of [`Fib::INDEX_MIN_ROUTES`] routes or more (16,384) also has a
+//! DIR-24-8 index ([`dir24`]): one 4-byte entry per /24 (64 MiB, on
+//! transparent huge pages where the kernel gives them), and a chunk of
+//! that /24's 256 addresses where a longer route lies inside it, stored
+//! as one 64-byte cache line while it has at most 8 runs of equal next
+//! hops. Its lookups are one read, or two with a chunk, however many
+//! prefix lengths the table has; [`FibTable::lookup_batch`] issues the
+//! first reads of 16 addresses before using any. The index is derived
+//! from the hash tables, which stay the truth (`get`, `routes`, groups,
+//! nodes). It cannot be copied on write cheaply, so there are two copies
+//! taking turns: a batch is applied to the copy no published snapshot
+//! uses any more (the one the previous snapshot used, brought forward
+//! by the previous batch's prefixes too), which is then published; the
+//! writer waits a few microseconds for a reader still finishing its
+//! batch on it, and only if a snapshot is held longer (2 ms) duplicates
+//! the current copy instead. Updates stay incremental: a route rewrites
+//! only the entries of its range whose route is no longer than it
+//! (insert) or is it (removal, with the covering route from the hash
+//! tables). Below half the threshold the index is dropped, so a node
+//! with a few thousand routes never pays its 128 MiB.
+//!
 //! Each length table is split by hash into `2^k` shards, each an
 //! `Arc<HashMap<u32, NextHop>>` (std's SwissTable) shared between
 //! snapshots. `k` grows with the table so a shard holds 128..512 routes
@@ -53,6 +74,16 @@
 //!
 //! # Why this structure
 //!
+//! Measured with the `fib` criterion bench (README, "FIB micro-benchmark"):
+//! at 1M random routes the hash tables with the /16 index took hundreds
+//! of nanoseconds per lookup (a probe per length present in the /16, each
+//! a cache miss), the DIR-24-8 index a few tens. Poptrie and multibit
+//! tries are smaller, but a lookup walks 4-5 dependent levels for a /32
+//! where DIR-24-8 reads at most two lines, and both would need
+//! copy-on-write paths for snapshots; the cost of DIR-24-8 is its fixed
+//! 64 MiB per copy, which is why small tables keep the hash path.
+//!
+//! The hash tables themselves (below the threshold):
 //! The index makes a lookup cost the lengths present *near the
 //! destination* rather than in the whole table: a full table spreads its
 //! routes over many lengths, but one /16 holds only a few of them, and
@@ -143,6 +174,9 @@ use podrouter_types::prefix::netmask;
 pub use podrouter_types::{Prefix, PrefixError};
 
 use crate::port::PortId;
+
+mod dir24;
+use dir24::Dir24;
 
 /// Where a destination goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -364,6 +398,11 @@ pub struct FibTable {
     /// how many routes do; a group no route uses is freed. Copied on
     /// write, once per batch that changes it.
     groups: Arc<Groups>,
+    /// The DIR-24-8 lookup index ([`dir24`]), present while the table is
+    /// large (see [`Fib::INDEX_MIN_ROUTES`]); lookups then use it alone.
+    /// Shared with the snapshots that use the same copy; never mutated
+    /// while shared.
+    index: Option<Arc<Dir24>>,
 }
 
 /// One interned next-hop group: its members (sorted, distinct, at least
@@ -458,6 +497,7 @@ impl FibTable {
             dir: empty_dir(),
             dir_stale: 0,
             groups: Arc::new(Groups::default()),
+            index: None,
         }
     }
 
@@ -536,6 +576,90 @@ impl FibTable {
     /// The longest-prefix match for `dst`. Never allocates or blocks.
     #[inline]
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<NextHop> {
+        if let Some(ix) = &self.index {
+            return ix.lookup(dst);
+        }
+        self.lookup_hashed(dst)
+    }
+
+    /// Longest-prefix matches for a batch: `out[i]` is the next hop of
+    /// `dsts[i]` (`out` must be at least as long). With the DIR-24-8 index
+    /// the addresses go in groups of 16, in three passes: prefetch every
+    /// /24 entry, then read them and prefetch the chunks they name, then
+    /// read the cells and prefetch their next hops, then read those; so
+    /// the cache and TLB misses of a group overlap instead of queueing
+    /// one after another. Never allocates or blocks.
+    #[inline]
+    pub fn lookup_batch(&self, dsts: &[Ipv4Addr], out: &mut [Option<NextHop>]) {
+        const GROUP: usize = 32;
+        let out = &mut out[..dsts.len()];
+        let Some(ix) = &self.index else {
+            for (o, &d) in out.iter_mut().zip(dsts) {
+                *o = self.lookup_hashed(d);
+            }
+            return;
+        };
+        for (dsts, out) in dsts.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
+            let mut cells = [0u32; GROUP];
+            for &d in dsts {
+                ix.prefetch_entry(u32::from(d));
+            }
+            for (c, &d) in cells.iter_mut().zip(dsts) {
+                let d = u32::from(d);
+                *c = ix.entry(d);
+                ix.prefetch_cell(*c, d);
+            }
+            for (c, &d) in cells.iter_mut().zip(dsts) {
+                *c = ix.cell(*c, u32::from(d));
+                ix.prefetch_hop(*c);
+            }
+            for (o, &c) in out.iter_mut().zip(&cells) {
+                *o = ix.hop(c);
+            }
+        }
+    }
+
+    /// Starts the memory reads the lookups of `dsts` will make, without
+    /// looking anything up: a worker calls it with the destinations of a
+    /// received batch before processing its frames one by one, so their
+    /// FIB reads overlap (two passes per 32 addresses: the /24 entries,
+    /// then the chunks they name). Nothing to do for tables without the
+    /// DIR-24-8 index, which stay in cache. Never allocates or blocks.
+    #[inline]
+    pub fn prefetch(&self, dsts: impl IntoIterator<Item = Ipv4Addr>) {
+        let Some(ix) = &self.index else {
+            return;
+        };
+        let mut group = [0u32; 32];
+        let mut dsts = dsts.into_iter().peekable();
+        while dsts.peek().is_some() {
+            let mut n = 0;
+            for (slot, d) in group.iter_mut().zip(dsts.by_ref()) {
+                *slot = u32::from(d);
+                ix.prefetch_entry(*slot);
+                n += 1;
+            }
+            for &d in &group[..n] {
+                ix.prefetch_cell(ix.entry(d), d);
+            }
+        }
+    }
+
+    /// Whether lookups use the DIR-24-8 index (the table is large).
+    pub fn has_index(&self) -> bool {
+        self.index.is_some()
+    }
+
+    /// Whether the index's first level got the huge-page advice (`None`:
+    /// no index).
+    pub fn index_huge_pages(&self) -> Option<bool> {
+        self.index.as_ref().map(|ix| ix.huge_pages())
+    }
+
+    /// The longest-prefix match through the per-length hash tables and
+    /// the /16 index (tables without the DIR-24-8 index).
+    #[inline]
+    fn lookup_hashed(&self, dst: Ipv4Addr) -> Option<NextHop> {
         let dst = u32::from(dst);
         let slot = self.dir_slot((dst >> DIR_BITS) as usize);
         let mut long = slot.long;
@@ -611,6 +735,16 @@ impl FibTable {
         }
     }
 
+    /// Brings `ix`'s cells for `prefix` in line with this table's route
+    /// for it (present or not).
+    fn sync_index(&self, ix: &mut Dir24, prefix: Prefix) {
+        let addr = u32::from(prefix.addr());
+        match self.get(prefix) {
+            Some(nh) => ix.insert(addr, prefix.len(), nh),
+            None => ix.remove(addr, prefix.len(), self.covering(prefix)),
+        }
+    }
+
     /// Recomputes every slot's `long` mask from the routes, dropping the
     /// bits removals left behind.
     fn rebuild_long_masks(&mut self) {
@@ -664,12 +798,19 @@ impl FibTable {
         h
     }
 
-    /// An estimate of the heap bytes this snapshot references, counting
+    /// Bytes of the DIR-24-8 index copy this snapshot uses (0 without
+    /// one); the writer keeps a second copy of the same size.
+    pub fn index_bytes(&self) -> usize {
+        self.index.as_ref().map_or(0, |ix| ix.memory_bytes())
+    }
+
+    /// An estimate of the heap bytes this snapshot references (its index
+    /// copy included), counting
     /// shards shared with other snapshots in full (SwissTable layout:
     /// buckets of (key, next hop) plus one control byte each).
     pub fn memory_bytes(&self) -> usize {
         const ARC_HEADER: usize = 2 * std::mem::size_of::<usize>();
-        let mut bytes = std::mem::size_of::<Self>();
+        let mut bytes = std::mem::size_of::<Self>() + self.index_bytes();
         bytes += ARC_HEADER + self.dir.len() * std::mem::size_of::<Arc<DirChunk>>();
         bytes += self.dir.len() * (ARC_HEADER + std::mem::size_of::<DirChunk>());
         // Next-hop groups: their slots, members and index entries (each
@@ -700,8 +841,10 @@ impl FibTable {
     }
 
     /// Applies `changes` in order (a later change to the same prefix wins)
-    /// to this private, unpublished table. Returns whether anything changed.
-    fn apply(&mut self, changes: &[FibChange]) -> bool {
+    /// to this private, unpublished table, pushing each prefix whose route
+    /// changed onto `changed` (the DIR-24-8 index is brought up to date by
+    /// [`Fib::update`] afterwards). Returns whether anything changed.
+    fn apply(&mut self, changes: &[FibChange], changed_prefixes: &mut Vec<Prefix>) -> bool {
         let mut touched = 0u64;
         for change in changes {
             let (prefix, changed) = match change {
@@ -715,6 +858,7 @@ impl FibTable {
             if changed {
                 touched |= 1 << prefix.len();
                 self.reindex(prefix);
+                changed_prefixes.push(prefix);
             }
         }
         let long_routes: usize = self.lens[DIR_BITS as usize + 1..]
@@ -852,19 +996,57 @@ impl fmt::Debug for FibTable {
 pub struct Fib {
     current: ArcSwap<FibTable>,
     /// Serialises writers; readers never touch it.
-    writer: Mutex<Retired>,
+    writer: Mutex<Writer>,
+    /// Routes from which lookups use the DIR-24-8 index.
+    index_min_routes: usize,
 }
 
-/// Replaced snapshots that readers may still hold; the writer drops each
-/// once it holds the last reference, so readers never free.
+/// The writer's private state: replaced snapshots that readers may still
+/// hold (the writer drops each once it holds the last reference, so
+/// readers never free), and the DIR-24-8 index's second copy.
 #[derive(Default)]
-struct Retired(Vec<Arc<FibTable>>);
+struct Writer {
+    retired: Vec<Arc<FibTable>>,
+    /// The copy of the index the published snapshot does *not* use (the
+    /// one the previous snapshot used), once no snapshot holds it any more
+    /// it is brought up to date and published by the next batch: two
+    /// copies take turns, so a batch writes only the cells its routes
+    /// cover, never a copy of the whole index.
+    spare: Option<Arc<Dir24>>,
+    /// Prefixes changed since `spare` was current (the last batch's).
+    spare_behind: Vec<Prefix>,
+}
 
-impl Retired {
+impl Writer {
     fn reclaim(&mut self) {
-        self.0.retain(|t| Arc::strong_count(t) > 1);
+        self.retired.retain(|t| Arc::strong_count(t) > 1);
+    }
+
+    /// The spare index copy, once no snapshot but the writer's holds it:
+    /// readers hold a snapshot for one batch, so this waits microseconds;
+    /// after [`SPARE_WAIT`] (a long-held snapshot) it gives up and `None`
+    /// tells the caller to copy the current index instead.
+    fn take_spare(&mut self) -> Option<Dir24> {
+        let mut spare = self.spare.take()?;
+        let start = std::time::Instant::now();
+        loop {
+            self.reclaim();
+            if Arc::get_mut(&mut spare).is_some() {
+                return Arc::into_inner(spare);
+            }
+            if start.elapsed() > SPARE_WAIT {
+                // Dropping our reference is safe: the retired snapshot
+                // still holding it is freed by the writer later.
+                return None;
+            }
+            std::thread::yield_now();
+        }
     }
 }
+
+/// How long [`Fib::update`] waits for readers to let go of the spare
+/// index copy before copying the current one instead (~20 ms at 1M routes).
+const SPARE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Default for Fib {
     fn default() -> Self {
@@ -884,7 +1066,25 @@ impl Fib {
         let seed = std::collections::hash_map::RandomState::new().hash_one(0x0f1b_u32);
         Fib {
             current: ArcSwap::from_pointee(FibTable::empty(KeyHash { seed })),
-            writer: Mutex::new(Retired::default()),
+            writer: Mutex::new(Writer::default()),
+            index_min_routes: Self::INDEX_MIN_ROUTES,
+        }
+    }
+
+    /// Routes from which a table gets the DIR-24-8 lookup index (and
+    /// loses it again below half of this): its first level costs 64 MiB
+    /// per copy, two copies, which a node with a few thousand routes
+    /// should not pay; below this the per-length hash tables with their
+    /// /16 index look up in tens of nanoseconds anyway.
+    pub const INDEX_MIN_ROUTES: usize = 16_384;
+
+    /// An empty FIB that builds the DIR-24-8 index from `min_routes`
+    /// routes instead of [`Fib::INDEX_MIN_ROUTES`] (0: always), for tests
+    /// and benchmarks that compare the two lookup paths.
+    pub fn with_index_min_routes(min_routes: usize) -> Fib {
+        Fib {
+            index_min_routes: min_routes,
+            ..Fib::new()
         }
     }
     /// The current snapshot (cheap; call once per batch).
@@ -905,18 +1105,70 @@ impl Fib {
     pub fn update(&self, changes: &[FibChange]) {
         // A panic while building `next` leaves the published table and the
         // retired list intact, so a poisoned lock is safe to reuse.
-        let mut retired = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        retired.reclaim();
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        writer.reclaim();
         let mut next = FibTable::clone(&self.current.load());
-        if !next.apply(changes) {
+        let mut changed = Vec::new();
+        if !next.apply(changes, &mut changed) {
             return;
         }
+        self.update_index(&mut writer, &mut next, changed);
         let old = self.current.swap(Arc::new(next));
         // arc-swap has turned readers' borrowed loads of `old` into counted
         // references, so a count of 1 means nobody else holds it.
         if Arc::strong_count(&old) > 1 {
-            retired.0.push(old);
+            writer.retired.push(old);
         }
+    }
+
+    /// Gives `next` (whose routes `changed` just changed) an up-to-date
+    /// DIR-24-8 index if it is large enough, without touching the copy
+    /// the published snapshot uses: the spare copy catches up with the
+    /// previous batch's and this batch's prefixes (or, if a reader still
+    /// holds it, the current copy is duplicated), and the current copy
+    /// becomes the spare.
+    fn update_index(&self, writer: &mut Writer, next: &mut FibTable, changed: Vec<Prefix>) {
+        let min = self.index_min_routes;
+        let keep = match &next.index {
+            Some(ix) => next.count >= min / 2 && ix.hop_count() <= 2 * next.count + 1024,
+            None => false,
+        };
+        let Some(current) = next.index.take().filter(|_| keep) else {
+            writer.spare = None;
+            writer.spare_behind.clear();
+            if next.count >= min && next.count > 0 {
+                let mut routes: Vec<(u32, u8, NextHop)> = next
+                    .routes()
+                    .into_iter()
+                    .map(|(p, nh)| (u32::from(p.addr()), p.len(), nh))
+                    .collect();
+                next.index = Some(Arc::new(Dir24::build(&mut routes)));
+            }
+            return;
+        };
+        let ix = match writer.take_spare() {
+            Some(mut ix) => {
+                // A prefix changed by both batches is synced once.
+                let mut behind = std::mem::take(&mut writer.spare_behind);
+                behind.extend_from_slice(&changed);
+                behind.sort_unstable();
+                behind.dedup();
+                for &p in &behind {
+                    next.sync_index(&mut ix, p);
+                }
+                ix
+            }
+            None => {
+                let mut ix = Dir24::clone(&current);
+                for &p in &changed {
+                    next.sync_index(&mut ix, p);
+                }
+                ix
+            }
+        };
+        next.index = Some(Arc::new(ix));
+        writer.spare = Some(current);
+        writer.spare_behind = changed;
     }
     /// Frees replaced snapshots no reader holds any more (also done by
     /// every [`Fib::update`]); for a control thread that updates rarely.
@@ -1445,6 +1697,167 @@ mod tests {
         assert!(rebuilt, "the index's long masks were never rebuilt");
     }
 
+    /// Every lookup path of `t` (the one `lookup` takes, the hash tables
+    /// with the /16 index, the batch API) against the reference.
+    fn check_lookups(t: &FibTable, model: &BTreeMap<Prefix, NextHop>, addrs: &[Ipv4Addr]) {
+        let mut batch = vec![None; addrs.len()];
+        t.prefetch(addrs.iter().copied()); // a hint: must change nothing
+        t.lookup_batch(addrs, &mut batch);
+        for (&a, &b) in addrs.iter().zip(&batch) {
+            let want = naive(model, a);
+            assert_eq!(t.lookup(a), want, "lookup {a}");
+            assert_eq!(t.lookup_hashed(a), want, "hashed lookup {a}");
+            assert_eq!(b, want, "batch lookup {a}");
+        }
+    }
+
+    /// Addresses around the model's routes: inside each, at both ends of
+    /// each, just outside each, and random ones in `base/base_len`.
+    fn probe_addrs(
+        rng: &mut SmallRng,
+        model: &BTreeMap<Prefix, NextHop>,
+        base: u32,
+        base_len: u32,
+    ) -> Vec<Ipv4Addr> {
+        let mut out = Vec::new();
+        for p in model.keys().take(400) {
+            let lo = u32::from(p.addr());
+            let hi = lo | !netmask(p.len().into());
+            let inside = lo | (rng.gen::<u32>() & !netmask(p.len().into()));
+            out.extend(
+                [lo, hi, inside, lo.wrapping_sub(1), hi.wrapping_add(1)].map(Ipv4Addr::from),
+            );
+        }
+        for _ in 0..400 {
+            out.push(Ipv4Addr::from(
+                (base & netmask(base_len)) | (rng.gen::<u32>() & !netmask(base_len)),
+            ));
+        }
+        out
+    }
+
+    /// Nested routes of every length in a small region, churned in random
+    /// batches on a FIB that always uses the DIR-24-8 index: after each
+    /// batch every lookup path equals the reference, snapshots held across
+    /// batches keep answering as they did (so the writer had to copy the
+    /// index instead of reusing the spare), and a /24 full of /32s goes
+    /// through small and full chunks and back.
+    #[test]
+    fn dir24_index_matches_reference_under_churn() {
+        let mut rng = SmallRng::seed_from_u64(0xd124);
+        let fib = Fib::with_index_min_routes(0);
+        let mut model: BTreeMap<Prefix, NextHop> = BTreeMap::new();
+        let mut held: Vec<(Arc<FibTable>, BTreeMap<Prefix, NextHop>)> = Vec::new();
+        for round in 0..60 {
+            let mut batch = Vec::new();
+            for _ in 0..rng.gen_range(1..150) {
+                let len = match rng.gen_range(0..10) {
+                    0..=2 => rng.gen_range(0..=24),
+                    3..=5 => 32,
+                    _ => rng.gen_range(25..=31),
+                };
+                // A /22, so most addresses have several matches; every
+                // fourth round also a /24 dense with /32s.
+                let pf = if round % 4 == 0 && rng.gen_bool(0.5) {
+                    rand_prefix(&mut rng, 0x0a01_0200, 24, 32)
+                } else {
+                    rand_prefix(&mut rng, 0x0a01_0000, 22, len.max(22))
+                };
+                let pf = if len < 22 {
+                    Prefix::new(
+                        Ipv4Addr::from(u32::from(pf.addr()) & netmask(len)),
+                        len as u8,
+                    )
+                    .unwrap()
+                } else {
+                    pf
+                };
+                if rng.gen_bool(if round < 30 { 0.3 } else { 0.6 }) && !model.is_empty() {
+                    let victim = *model.keys().nth(rng.gen_range(0..model.len())).unwrap();
+                    batch.push(FibChange::Remove(victim));
+                    model.remove(&victim);
+                } else {
+                    let nh = rand_nh(&mut rng);
+                    batch.push(FibChange::Insert(pf, nh));
+                    model.insert(pf, nh);
+                }
+            }
+            fib.update(&batch);
+            let t = fib.load();
+            assert!(t.has_index());
+            check_against_model(&t, &model);
+            let addrs = probe_addrs(&mut rng, &model, 0x0a01_0000, 20);
+            check_lookups(&t, &model, &addrs);
+            if round % 7 == 0 {
+                held.push((fib.snapshot(), model.clone()));
+            }
+        }
+        for (t, m) in &held {
+            let addrs = probe_addrs(&mut rng, m, 0x0a01_0000, 20);
+            check_lookups(t, m, &addrs);
+        }
+        // Everything removed: no route anywhere.
+        let all: Vec<_> = model.keys().map(|&p| FibChange::Remove(p)).collect();
+        fib.update(&all);
+        let t = fib.load();
+        for _ in 0..1000 {
+            let a = Ipv4Addr::from(0x0a01_0000 | (rng.gen::<u32>() & 0x3ff));
+            assert_eq!(t.lookup(a), None, "{a}");
+        }
+    }
+
+    /// The index appears at the threshold, goes below half of it, and
+    /// lookups agree with the reference on both sides of each switch;
+    /// a small table never pays for it.
+    #[test]
+    fn dir24_index_follows_the_table_size() {
+        let mut rng = SmallRng::seed_from_u64(0x51e);
+        let fib = Fib::with_index_min_routes(1000);
+        let mut model = BTreeMap::new();
+        let mut batch = vec![ins("0.0.0.0/0", NextHop::Host)];
+        model.insert(p("0.0.0.0/0"), NextHop::Host);
+        for _ in 0..999 {
+            let len = [32, 26, 24, 16][rng.gen_range(0..4)];
+            let pf = rand_prefix(&mut rng, 0x0a00_0000, 8, len);
+            let nh = rand_nh(&mut rng);
+            model.insert(pf, nh);
+            batch.push(FibChange::Insert(pf, nh));
+        }
+        fib.update(&batch);
+        let t = fib.load();
+        assert_eq!(t.has_index(), t.len() >= 1000);
+        assert!(!t.has_index() || t.index_bytes() >= 64 << 20);
+        let addrs = probe_addrs(&mut rng, &model, 0x0a00_0000, 8);
+        check_lookups(&t, &model, &addrs);
+        while !fib.load().has_index() {
+            let pf = rand_prefix(&mut rng, 0x0b00_0000, 8, 32);
+            model.insert(pf, NextHop::Host);
+            fib.update(&[FibChange::Insert(pf, NextHop::Host)]);
+        }
+        check_lookups(&fib.load(), &model, &addrs);
+        // Down to 600 routes (above half): the index stays.
+        let rm: Vec<_> = model
+            .keys()
+            .skip(600)
+            .map(|&p| FibChange::Remove(p))
+            .collect();
+        fib.update(&rm);
+        model = model.into_iter().take(600).collect();
+        assert!(fib.load().has_index());
+        check_lookups(&fib.load(), &model, &addrs);
+        // Down to 400: it goes.
+        let rm: Vec<_> = model
+            .keys()
+            .skip(400)
+            .map(|&p| FibChange::Remove(p))
+            .collect();
+        fib.update(&rm);
+        model = model.into_iter().take(400).collect();
+        assert!(!fib.load().has_index());
+        assert_eq!(fib.load().index_bytes(), 0);
+        check_lookups(&fib.load(), &model, &addrs);
+    }
+
     #[test]
     fn random_batches_match_model_through_resharding() {
         let mut rng = SmallRng::seed_from_u64(42);
@@ -1555,7 +1968,7 @@ mod tests {
         );
         let weak = Arc::downgrade(&*held);
         assert_eq!(
-            fib.writer.lock().unwrap().0.len(),
+            fib.writer.lock().unwrap().retired.len(),
             1,
             "old snapshot retired"
         );
@@ -1574,6 +1987,18 @@ mod tests {
     /// one prefix of a pair would mean a torn batch.
     #[test]
     fn readers_never_see_a_torn_batch() {
+        torn_batch_check(Fib::new());
+    }
+
+    /// The same with every table on the DIR-24-8 index: the two copies
+    /// take turns under readers.
+    #[test]
+    fn readers_never_see_a_torn_batch_with_the_index() {
+        let fib = Fib::with_index_min_routes(0);
+        torn_batch_check(fib);
+    }
+
+    fn torn_batch_check(fib: Fib) {
         const PAIRS: u8 = 32;
         const READERS: usize = 2;
         let a_pfx = |i: u8| Prefix::new(Ipv4Addr::new(10, 100, i, 0), 24).unwrap();
@@ -1582,7 +2007,6 @@ mod tests {
         let b_pfx = |i: u8| Prefix::host(Ipv4Addr::new(10, 200, i, 7));
         let b_nh = |i: u8| NextHop::Local(PortId(i.into()));
 
-        let fib = Fib::new();
         fib.update(&[
             ins("0.0.0.0/0", NextHop::Host),
             ins("10.0.0.0/8", NextHop::Unreachable),

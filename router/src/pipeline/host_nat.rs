@@ -28,8 +28,25 @@ use crate::fib::NextHop;
 /// Records host-port packets from local pods; says whether a packet
 /// towards a local pod (`next_hop`) must go to the host port instead.
 /// `ip` is the validated IPv4 packet.
-#[inline]
+///
+/// The common case, a packet from a pod port while the flow table is
+/// empty, is decided here inline (one relaxed load); the rest is out of
+/// line, so the forwarding path pays no call for it.
+#[inline(always)]
 pub(super) fn to_host(
+    ctx: &BatchContext<'_>,
+    ingress_is_host: bool,
+    next_hop: Option<NextHop>,
+    ip: &[u8],
+) -> bool {
+    if !ingress_is_host && ctx.flows.is_empty() {
+        return false;
+    }
+    to_host_slow(ctx, ingress_is_host, next_hop, ip)
+}
+
+#[inline(never)]
+fn to_host_slow(
     ctx: &BatchContext<'_>,
     ingress_is_host: bool,
     next_hop: Option<NextHop>,

@@ -334,14 +334,16 @@ impl Pipeline {
         let Some(entry) = ctx.ports.get(ingress) else {
             return Verdict::Drop(DropReason::NoPort);
         };
-        let role = entry.info.role;
+        // A reference: copying the role (the uplink's carries its encap
+        // policy and VXLAN settings) cost every frame.
+        let role = &entry.info.role;
         // The node a VXLAN frame came from, for the inner source check.
         let mut vxlan_peer = None;
         if let PortRole::Uplink {
             local,
             tunnel: Tunnel::Vxlan(vx),
             ..
-        } = role
+        } = *role
         {
             match decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
                 Ok(node) => vxlan_peer = Some(node),
@@ -349,9 +351,9 @@ impl Pipeline {
             }
         }
         match validate::ethernet(&self.cfg.router_mac, frame.data()) {
-            Ok(EtherKind::Arp) => self.arp(ctx, ingress, &role, frame),
+            Ok(EtherKind::Arp) => self.arp(ctx, ingress, role, frame),
             Ok(EtherKind::Ipv4 { broadcast }) => {
-                match self.forward_ipv4(ctx, ingress, &role, broadcast, vxlan_peer, frame) {
+                match self.forward_ipv4(ctx, ingress, role, broadcast, vxlan_peer, frame) {
                     Ok(v) => v,
                     Err(Fault::Drop(reason)) => Verdict::Drop(reason),
                     Err(Fault::Icmp(err, reason)) => {

@@ -39,12 +39,23 @@ use crate::counters::DropReason;
 use crate::fib::NextHop;
 use crate::policy::Decision;
 
-/// Decides whether the validated IPv4 packet `ip` may pass.
-#[inline]
+/// Decides whether the validated IPv4 packet `ip` may pass. Without
+/// policies (no table, or an empty one) that is decided here inline; the
+/// rest is out of line, so the forwarding path pays no call for it.
+#[inline(always)]
 pub fn admit(ctx: &BatchContext<'_>, ip: &[u8]) -> Result<(), DropReason> {
-    let Some(table) = ctx.policy.filter(|t| !t.is_empty()) else {
-        return Ok(());
-    };
+    match ctx.policy {
+        Some(table) if !table.is_empty() => admit_with(ctx, table, ip),
+        _ => Ok(()),
+    }
+}
+
+#[inline(never)]
+fn admit_with(
+    ctx: &BatchContext<'_>,
+    table: &crate::policy::PolicyTable,
+    ip: &[u8],
+) -> Result<(), DropReason> {
     let src = addr(ip, 12);
     let dst = addr(ip, 16);
     if table.pod(src).is_none() && table.pod(dst).is_none() {
