@@ -16,6 +16,7 @@ pub mod helpers;
 pub mod measure;
 pub mod report;
 pub mod scenarios;
+pub mod soak;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod topo;
@@ -87,6 +88,10 @@ struct Cli {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Instead of the comparison: a soak of this many minutes (TCP between
+    /// two pods, pings beside it, podrouterd's RSS sampled; soak.md).
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["smoke", "only", "json"])]
+    soak: Option<f64>,
 }
 
 /// The binary's entry point.
@@ -287,6 +292,21 @@ fn run(cli: &Cli) -> Res<bool> {
     let out_dir = fs::canonicalize(&cli.out)?;
     util::open_log(&out_dir.join("podrouter-bench.log"))?;
     util::sweep_stale_namespaces();
+
+    if let Some(minutes) = cli.soak {
+        if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+            return Err(Error::msg("--soak takes minutes between 0 and 1440"));
+        }
+        let cpus = allowed_cpus();
+        let opts = PlaneOpts {
+            bin_dir: bin_dir.clone(),
+            backend: cli.backend.clone(),
+            dp_cpu: *cpus.get(1).unwrap_or(&cpus[0]),
+            dp_cpu_node2: *cpus.get(1).unwrap_or(&cpus[0]),
+            mtu: 1500,
+        };
+        return soak::run(&opts, cpus[0], minutes, &out_dir);
+    }
 
     let mut p = if cli.smoke {
         Params::smoke()
