@@ -1,7 +1,7 @@
 //! `podrouter-bench --soak MINUTES`: a long run of one podrouterd that
 //! looks for slow leaks and stalls. Three pods on one node: iperf3 TCP from
 //! pod 0 to pod 1 for the whole run, pings from pod 2 to pod 1 beside it
-//! (5 a second), and every [`SAMPLE_SECS`] podrouterd's resident memory
+//! (5 a second, one `ping` per window), and every [`SAMPLE_SECS`] podrouterd's resident memory
 //! (`VmRSS`) and whether it still runs. At the end: a table over time (RSS,
 //! TCP Gbit/s, pings lost) and a summary (RSS start/end/max, ping loss and
 //! RTT, TCP min/median/max), written to `soak.md` and `soak.json` in the
@@ -180,25 +180,31 @@ fn measure(t: &Topology, opts: &PlaneOpts, gen_cpu: usize, minutes: f64, secs: u
         ],
         None,
     )?;
-    let ping = Proc::spawn(
-        "ping",
-        &[
-            "ip",
-            "netns",
-            "exec",
-            &ping_src.ns,
+    // One ping per window, so each window's loss is its own.
+    let ping_window = || {
+        Proc::spawn(
             "ping",
-            "-n",
-            "-i",
-            &PING_INTERVAL.to_string(),
-            "-W",
-            "1",
-            "-w",
-            &secs.to_string(),
-            &dip,
-        ],
-        None,
-    )?;
+            &[
+                "ip",
+                "netns",
+                "exec",
+                &ping_src.ns,
+                "ping",
+                "-n",
+                "-i",
+                &PING_INTERVAL.to_string(),
+                "-W",
+                "1",
+                "-w",
+                &SAMPLE_SECS.to_string(),
+                &dip,
+            ],
+            None,
+        )
+    };
+    let mut ping = Some(ping_window()?);
+    // Per window: (sent, replies' RTTs in ms).
+    let mut pings: Vec<(u64, Vec<f64>)> = Vec::new();
     let mut failures = Vec::new();
     let mut rss = vec![rss0];
     let mut sample_t = Vec::new();
@@ -209,6 +215,14 @@ fn measure(t: &Topology, opts: &PlaneOpts, gen_cpu: usize, minutes: f64, secs: u
             (start + Duration::from_secs(k * SAMPLE_SECS))
                 .saturating_duration_since(Instant::now()),
         )?;
+        if let Some(p) = ping.take() {
+            let out = p.wait(Duration::from_secs(SAMPLE_SECS + 10))?;
+            let rtts = ping_replies(&out.stdout).iter().map(|r| r.1).collect();
+            pings.push((ping_transmitted(&out.stdout).unwrap_or(0), rtts));
+        }
+        if k * SAMPLE_SECS < secs {
+            ping = Some(ping_window()?);
+        }
         match rss_kb(pid) {
             Some(r) => {
                 rss.push(r);
@@ -232,7 +246,7 @@ fn measure(t: &Topology, opts: &PlaneOpts, gen_cpu: usize, minutes: f64, secs: u
         k += 1;
     }
     let out = client.wait(Duration::from_secs(secs + 60))?;
-    let pout = ping.wait(Duration::from_secs(secs + 30))?;
+    drop(ping);
     drop(server);
     let drops = if daemon_alive {
         t.daemons[0].drops()
@@ -267,37 +281,19 @@ fn measure(t: &Topology, opts: &PlaneOpts, gen_cpu: usize, minutes: f64, secs: u
     let tcp_gbytes = v["end"]["sum_received"]["bytes"].as_f64().unwrap_or(0.0) / 1e9;
     let tcp_retransmits = v["end"]["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
 
-    // Pings: seq n left about n * PING_INTERVAL after the start.
-    let replies = ping_replies(&pout.stdout);
-    let sent = ping_transmitted(&pout.stdout).unwrap_or(0);
+    let sent: u64 = pings.iter().map(|p| p.0).sum();
+    let rtts: Vec<f64> = pings.iter().flat_map(|p| p.1.iter().copied()).collect();
     if sent == 0 {
-        failures.push(format!("ping sent nothing: {}", pout.stderr.trim()));
+        failures.push("ping sent nothing".into());
     }
-    let lost = sent.saturating_sub(replies.len() as u64);
+    let lost = sent.saturating_sub(rtts.len() as u64);
     if sent > 0 && lost as f64 / sent as f64 > MAX_PING_LOSS {
         failures.push(format!(
             "{lost} of {sent} pings lost (more than {:.0}%)",
             MAX_PING_LOSS * 100.0
         ));
     }
-    let window_of = |seq: u64| {
-        ((seq.saturating_sub(1) as f64 * PING_INTERVAL) / SAMPLE_SECS as f64).floor() as usize
-    };
     let nwin = sample_t.len().max(intervals.len());
-    let mut win_sent = vec![0u64; nwin];
-    let mut win_got = vec![0u64; nwin];
-    for seq in 1..=sent {
-        if let Some(w) = win_sent.get_mut(window_of(seq)) {
-            *w += 1;
-        }
-    }
-    for (seq, _) in &replies {
-        if let Some(w) = win_got.get_mut(window_of(*seq)) {
-            *w += 1;
-        }
-    }
-    let rtts: Vec<f64> = replies.iter().map(|r| r.1).collect();
-
     let samples: Vec<Sample> = (0..nwin)
         .map(|i| Sample {
             t: sample_t
@@ -306,8 +302,10 @@ fn measure(t: &Topology, opts: &PlaneOpts, gen_cpu: usize, minutes: f64, secs: u
                 .unwrap_or(((i + 1) as u64 * SAMPLE_SECS) as f64),
             rss_kb: rss.get(i + 1).copied().unwrap_or(0),
             tcp_gbps: intervals.get(i).copied(),
-            pings_sent: win_sent[i],
-            pings_lost: win_sent[i].saturating_sub(win_got[i]),
+            pings_sent: pings.get(i).map_or(0, |p| p.0),
+            pings_lost: pings
+                .get(i)
+                .map_or(0, |p| p.0.saturating_sub(p.1.len() as u64)),
         })
         .collect();
     let rss_end = *rss.last().unwrap_or(&rss0);
