@@ -12,6 +12,7 @@
 #![deny(unsafe_code)]
 
 pub mod bgp;
+pub mod flood;
 pub mod helpers;
 pub mod measure;
 pub mod report;
@@ -368,6 +369,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence,
             Scenario::Services,
             Scenario::Policy,
+            Scenario::Flood,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -453,6 +455,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => "bgp-convergence",
             Scenario::Services => "services",
             Scenario::Policy => "policy",
+            Scenario::Flood => "flood",
         })
         .collect();
     eprintln!(
@@ -484,6 +487,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
             Scenario::Services => scenarios::services(&mut ctx),
             Scenario::Policy => scenarios::policy(&mut ctx),
+            Scenario::Flood => flood::flood(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -533,6 +537,7 @@ fn run(cli: &Cli) -> Res<bool> {
         Scenario::Scale,
         Scenario::Services,
         Scenario::Policy,
+        Scenario::Flood,
     ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([
@@ -606,6 +611,17 @@ fn run(cli: &Cli) -> Res<bool> {
              the Services scenario's TCP client and server, one connection at a time"
                 .to_string(),
         );
+    }
+    if scen.contains(&Scenario::Flood) {
+        method.push(format!(
+            "flood: three pods on one node in each plane; the latency client above from pod 0 to \
+             an echo server in pod 1, once on a quiet node and once while pod 2 sends {:.0} \
+             frames/s in all from three AF_PACKET sockets in turn (the `flood` helper, paced, on \
+             the generator's CPU): broadcast ARP requests for 169.254.1.1, UDP to a free address \
+             of the pod block (10.244.3.250) and UDP with TTL 1 to pod 1; the frames each plane \
+             answered or dropped are in report.json",
+            p.flood_pps
+        ));
     }
     if scen.contains(&Scenario::Services) {
         method.push(format!(
