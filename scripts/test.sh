@@ -9,10 +9,10 @@
 # warnings denied, release build of the binaries, cargo test --release for the
 # whole workspace, the end-to-end tests again on the afxdp backend, the demo
 # (scripts/demo.sh, as root), a criterion smoke run of the benchmarks, a short
-# fuzz run of the BGP codec and the benchmark harness's smoke mode. Every step
-# runs even if an earlier one failed (except tests and the demo after a failed
-# build); a summary follows, and the exit status is non-zero if anything
-# failed.
+# fuzz run of the BGP codec and the pipeline, the benchmark harness's smoke
+# mode and a one-minute soak. Every step runs even if an earlier one failed
+# (except tests and the demo after a failed build); a summary follows, and
+# the exit status is non-zero if anything failed.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
@@ -162,10 +162,11 @@ fi
 STEP_DESC="cargo bench -p podrouter-benches -- --test" \
     step bench timeout -k 30 "$BENCH_TIMEOUT" cargo bench -p podrouter-benches -- --test
 
-# The BGP message decoder and session under libFuzzer (issue 5): a short
-# run of each cargo-fuzz target on the stable toolchain.
+# The BGP message decoder and session (issue 5) and the data-plane
+# pipeline (issue 15) under libFuzzer: a short run of each cargo-fuzz
+# target on the stable toolchain.
 FUZZ_SECS=${PODROUTER_FUZZ_SECS:-30}
-STEP_DESC="scripts/fuzz.sh $FUZZ_SECS (cargo fuzz: bgp_decode, bgp_session)" \
+STEP_DESC="scripts/fuzz.sh $FUZZ_SECS (cargo fuzz: bgp_decode, bgp_session, pipeline)" \
     step fuzz timeout -k 30 "$BENCH_TIMEOUT" bash scripts/fuzz.sh "$FUZZ_SECS"
 
 # The benchmark harness (issue 6) in its short mode: it builds both data
@@ -174,6 +175,15 @@ if [ "$(id -u)" -eq 0 ] && [ -x target/release/podrouter-bench ]; then
     step harness timeout -k 30 "$BENCH_TIMEOUT" target/release/podrouter-bench --smoke --quiet --out target/podrouter-bench-smoke
 else
     skip_step harness "podrouter-bench --smoke needs root and the release build"
+fi
+
+# A one-minute soak (issue 15): TCP between two pods with pings beside it;
+# fails if podrouterd exits, TCP stalls, pings are lost or its RSS grows.
+if [ "$(id -u)" -eq 0 ] && [ -x target/release/podrouter-bench ]; then
+    SOAK_MIN=${PODROUTER_SOAK_MINUTES:-1}
+    step soak timeout -k 30 "$BENCH_TIMEOUT" target/release/podrouter-bench --soak "$SOAK_MIN" --quiet --out target/podrouter-bench-soak
+else
+    skip_step soak "podrouter-bench --soak needs root and the release build"
 fi
 
 # Totals over every test binary of the workspace (libtest's result lines).

@@ -5,6 +5,11 @@
 //! - `gen`: the packet generator. An AF_PACKET socket on the pod's
 //!   interface sends one UDP frame over and over with `sendmmsg` and
 //!   `PACKET_QDISC_BYPASS`, as fast as the kernel takes them.
+//! - `flood`: the hostile pod of the flood scenario. Three AF_PACKET
+//!   senders on the pod's interface take turns, paced to a total rate:
+//!   ARP requests for the gateway, UDP to a free address of the pod block
+//!   and UDP with TTL 1 to another pod (the work a router answers with
+//!   proxy ARP, host unreachable and time exceeded).
 //! - `echo` / `rr`: a UDP echo server and a client that sends requests at a
 //!   fixed rate and records each round trip in nanoseconds.
 //! - `accept` / `conn`: a TCP server that answers each connection with one
@@ -86,6 +91,7 @@ pub fn main(kind: &str, args: &[String]) -> Res<()> {
     }
     let v = match kind {
         "gen" => gen(&a)?,
+        "flood" => flood(&a)?,
         "echo" => echo(&a)?,
         "rr" => rr(&a)?,
         "accept" => accept(&a)?,
@@ -260,6 +266,81 @@ fn gen(a: &Args) -> Res<serde_json::Value> {
         "last_error": last_err,
         "batch": s.batch(),
         "frame_bytes": frame.len(),
+    }))
+}
+
+/// A broadcast ARP request from `mac` / `src` for `target`.
+pub fn arp_request(mac: [u8; 6], src: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0xff; 6];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&[0x08, 0x06, 0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&src.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&target.octets());
+    f
+}
+
+/// See the module documentation: `if=`, `src=` (the pod's address),
+/// `victim=` (TTL-1 target), `free=` (an unassigned address), `pps=`
+/// (total), `secs=`.
+fn flood(a: &Args) -> Res<serde_json::Value> {
+    let ifname = a.get("if")?;
+    let src: Ipv4Addr = a.num("src")?;
+    let victim: Ipv4Addr = a.num("victim")?;
+    let free: Ipv4Addr = a.num("free")?;
+    let pps: f64 = a.num("pps")?;
+    let secs: f64 = a.num("secs")?;
+    let sys_dir = format!("/sys/class/net/{ifname}");
+    let mac = parse_mac(&fs::read_to_string(format!("{sys_dir}/address"))?)?;
+    let ifindex: u32 = fs::read_to_string(format!("{sys_dir}/ifindex"))?
+        .trim()
+        .parse()
+        .map_err(|_| Error::msg("bad ifindex"))?;
+    let mut ttl1 = udp_frame(64, mac, GATEWAY_MAC, src, victim);
+    ttl1[14 + 8] = 1;
+    ttl1[14 + 10..14 + 12].fill(0);
+    let c = ip_checksum(&ttl1[14..34]);
+    ttl1[14 + 10..14 + 12].copy_from_slice(&c.to_be_bytes());
+    let frames = [
+        arp_request(mac, src, Ipv4Addr::new(169, 254, 1, 1)),
+        udp_frame(64, mac, GATEWAY_MAC, src, free),
+        ttl1,
+    ];
+    const BATCH: usize = 16;
+    let mut senders = Vec::new();
+    for f in &frames {
+        senders.push(
+            sys::PacketSender::open(ifindex, f, BATCH)
+                .map_err(|e| Error::msg(format!("AF_PACKET socket on {ifname}: {e}")))?,
+        );
+    }
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let (mut sent, mut refused) = ([0u64; 3], 0u64);
+    let mut total = 0u64;
+    while Instant::now() < end {
+        for (i, s) in senders.iter_mut().enumerate() {
+            match s.send_batch() {
+                Ok(n) => {
+                    sent[i] += n as u64;
+                    total += n as u64;
+                    refused += (BATCH - n) as u64;
+                }
+                Err(_) => refused += BATCH as u64,
+            }
+        }
+        // Paced: the next round leaves when the total is due.
+        let due = start + Duration::from_secs_f64(total as f64 / pps.max(1.0));
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+    }
+    let el = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "arp": sent[0], "free": sent[1], "ttl1": sent[2], "refused": refused,
+        "secs": el, "pps": total as f64 / el.max(1e-9),
     }))
 }
 

@@ -12,10 +12,12 @@
 #![deny(unsafe_code)]
 
 pub mod bgp;
+pub mod flood;
 pub mod helpers;
 pub mod measure;
 pub mod report;
 pub mod scenarios;
+pub mod soak;
 #[allow(unsafe_code)]
 pub mod sys;
 pub mod topo;
@@ -87,6 +89,10 @@ struct Cli {
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
+    /// Instead of the comparison: a soak of this many minutes (TCP between
+    /// two pods, pings beside it, podrouterd's RSS sampled; soak.md).
+    #[arg(long, value_name = "MINUTES", conflicts_with_all = ["smoke", "only", "json"])]
+    soak: Option<f64>,
 }
 
 /// The binary's entry point.
@@ -288,6 +294,21 @@ fn run(cli: &Cli) -> Res<bool> {
     util::open_log(&out_dir.join("podrouter-bench.log"))?;
     util::sweep_stale_namespaces();
 
+    if let Some(minutes) = cli.soak {
+        if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+            return Err(Error::msg("--soak takes minutes between 0 and 1440"));
+        }
+        let cpus = allowed_cpus();
+        let opts = PlaneOpts {
+            bin_dir: bin_dir.clone(),
+            backend: cli.backend.clone(),
+            dp_cpu: *cpus.get(1).unwrap_or(&cpus[0]),
+            dp_cpu_node2: *cpus.get(1).unwrap_or(&cpus[0]),
+            mtu: 1500,
+        };
+        return soak::run(&opts, cpus[0], minutes, &out_dir);
+    }
+
     let mut p = if cli.smoke {
         Params::smoke()
     } else {
@@ -348,6 +369,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence,
             Scenario::Services,
             Scenario::Policy,
+            Scenario::Flood,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -433,6 +455,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => "bgp-convergence",
             Scenario::Services => "services",
             Scenario::Policy => "policy",
+            Scenario::Flood => "flood",
         })
         .collect();
     eprintln!(
@@ -464,6 +487,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
             Scenario::Services => scenarios::services(&mut ctx),
             Scenario::Policy => scenarios::policy(&mut ctx),
+            Scenario::Flood => flood::flood(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -513,6 +537,7 @@ fn run(cli: &Cli) -> Res<bool> {
         Scenario::Scale,
         Scenario::Services,
         Scenario::Policy,
+        Scenario::Flood,
     ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([
@@ -586,6 +611,17 @@ fn run(cli: &Cli) -> Res<bool> {
              the Services scenario's TCP client and server, one connection at a time"
                 .to_string(),
         );
+    }
+    if scen.contains(&Scenario::Flood) {
+        method.push(format!(
+            "flood: three pods on one node in each plane; the latency client above from pod 0 to \
+             an echo server in pod 1, once on a quiet node and once while pod 2 sends {:.0} \
+             frames/s in all from three AF_PACKET sockets in turn (the `flood` helper, paced, on \
+             the generator's CPU): broadcast ARP requests for 169.254.1.1, UDP to a free address \
+             of the pod block (10.244.3.250) and UDP with TTL 1 to pod 1; the frames each plane \
+             answered or dropped are in report.json",
+            p.flood_pps
+        ));
     }
     if scen.contains(&Scenario::Services) {
         method.push(format!(

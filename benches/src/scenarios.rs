@@ -37,6 +37,8 @@ pub struct Params {
     pub two_node_pairs: Vec<TwoNodePair>,
     /// Routes of the BGP convergence scenario.
     pub bgp_routes: usize,
+    /// Frames per second the flooding pod of the flood scenario sends.
+    pub flood_pps: f64,
 }
 
 /// One comparison of the two-node scenario: podrouterd in `encap` mode
@@ -185,6 +187,7 @@ impl Params {
             cni_parallel: 20,
             two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
+            flood_pps: 200_000.0,
         }
     }
 
@@ -212,6 +215,7 @@ impl Params {
                 TwoNodePair::VXLAN_ALWAYS_1500,
             ],
             bgp_routes: 2_000,
+            flood_pps: 50_000.0,
         }
     }
 }
@@ -237,6 +241,9 @@ pub enum Scenario {
     /// pods: podrouter's compiled rules against the same rules as iptables
     /// chains on the pod interfaces.
     Policy,
+    /// Latency between two pods while a third floods ARP, UDP to free
+    /// addresses and TTL-1 packets.
+    Flood,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -268,10 +275,10 @@ pub struct Ctx {
 pub const BUSY: f64 = 0.15;
 
 /// A data plane under test, or why it could not be built.
-type Slot = Result<Topology, String>;
+pub(crate) type Slot = Result<Topology, String>;
 
-const PR: usize = 0;
-const K: usize = 1;
+pub(crate) const PR: usize = 0;
+pub(crate) const K: usize = 1;
 
 impl Ctx {
     fn busy_note(&mut self, what: &str, busy: f64) {
@@ -303,14 +310,14 @@ impl Ctx {
     }
 }
 
-fn spawn_helper(ctx: &Ctx, ns: &str, kind: &str, args: &[String]) -> Res<Proc> {
+pub(crate) fn spawn_helper(ctx: &Ctx, ns: &str, kind: &str, args: &[String]) -> Res<Proc> {
     let mut a = ctx.helper_args(ns, kind);
     a.extend_from_slice(args);
     let refs: Vec<&str> = a.iter().map(String::as_str).collect();
     Proc::spawn(&format!("helper {kind}"), &refs, None)
 }
 
-fn helper_json(p: Proc, timeout: Duration) -> Res<Value> {
+pub(crate) fn helper_json(p: Proc, timeout: Duration) -> Res<Value> {
     let name = p.name.clone();
     let out = p.wait(timeout)?;
     if !out.ok() {
@@ -356,7 +363,7 @@ fn reachable(src: &topo::Pod, dst: std::net::Ipv4Addr) -> Res<bool> {
 
 /// [`check_slot`] for a data plane that must work: a built topology whose
 /// pods cannot talk is a failure of the run.
-fn checked(ctx: &mut Ctx, slot: Slot, what: &str) -> Res<Slot> {
+pub(crate) fn checked(ctx: &mut Ctx, slot: Slot, what: &str) -> Res<Slot> {
     let built = slot.is_ok();
     let slot = check_slot(slot, "")?;
     if let (true, Err(e)) = (built, &slot) {
@@ -386,7 +393,7 @@ fn check_slot(slot: Slot, prefix_missing: &str) -> Res<Slot> {
     }
 }
 
-fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Res<Slot> {
+pub(crate) fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Res<Slot> {
     ctx.progress.step(what);
     match f(ctx) {
         Ok(t) => Ok(Ok(t)),
@@ -583,8 +590,21 @@ fn rr_to(
     dst: std::net::Ipv4Addr,
     what: &str,
 ) -> Res<Vec<u64>> {
-    let src = &t.pods[0];
     let busy = quiesce(ctx, what)?;
+    rr_measure(ctx, t, servers, dst, what, busy)
+}
+
+/// [`rr_to`] without waiting for a calm machine first (`busy`: how busy
+/// it was when the caller looked).
+pub(crate) fn rr_measure(
+    ctx: &mut Ctx,
+    t: &Topology,
+    servers: &[&topo::Pod],
+    dst: std::net::Ipv4Addr,
+    what: &str,
+    busy: f64,
+) -> Res<Vec<u64>> {
+    let src = &t.pods[0];
     let count = (ctx.p.rr_rate * ctx.p.rr_secs).round() as u64;
     let mut echo = Vec::new();
     for s in servers {
@@ -711,7 +731,7 @@ fn conn_rate(
     Ok(r)
 }
 
-fn hist(ns: &[u64]) -> Histogram<u64> {
+pub(crate) fn hist(ns: &[u64]) -> Histogram<u64> {
     let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
     for v in ns {
         h.saturating_record((*v).max(1));
@@ -726,13 +746,13 @@ fn hist(ns: &[u64]) -> Histogram<u64> {
 /// within each repeat. Returns per plane the successful results or, if
 /// none, why.
 /// One successful run of a measurement.
-struct Run<T> {
+pub(crate) struct Run<T> {
     v: T,
     /// It started while other processes kept the machine busy.
     disturbed: bool,
 }
 
-fn both<T>(
+pub(crate) fn both<T>(
     ctx: &mut Ctx,
     planes: &[&Slot; 2],
     what: &str,
@@ -774,7 +794,7 @@ fn both<T>(
     Ok(out)
 }
 
-fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
+pub(crate) fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
     match r {
         Ok(v) => Cell::from_runs(
             v.iter().map(|r| f(&r.v)).collect(),
@@ -1771,6 +1791,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             // on it and the kernel.
             Scenario::Services => 2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r,
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
+            Scenario::Flood => 2 + 2 * 2 * r + 1,
         };
     }
     n
