@@ -487,6 +487,8 @@ fn render_services(f: &Families, services: &[ServiceInfo]) {
             }
         }
     }
+}
+
 /// A histogram family from counts already bucketed (cumulative, finite
 /// bounds; the encoder adds `+Inf` from the total).
 fn histogram(name: &str, help: &str, s: &OpStatsInfo) -> MetricFamily {
