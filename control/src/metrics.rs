@@ -297,6 +297,11 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             "Reply packets of kernel-NATed flows sent to the host port.",
             c.flows.steered_to_host,
         ),
+        (
+            "policy_allowed_connections_total",
+            "New connections network policy checked and allowed (then tracked).",
+            c.flows.policy_allowed,
+        ),
     ] {
         f.counter(name, help, &[])
             .with_label_values::<&str>(&[])
@@ -549,6 +554,7 @@ mod tests {
             ..CountersInfo::default()
         };
         counters.worker_busy_ns = vec![1_500_000_000, 0];
+        counters.flows.policy_allowed = 6;
         counters.attach = OpStatsInfo {
             ok: 3,
             failed: 1,
@@ -608,6 +614,7 @@ mod tests {
             r#"podrouter_service_rejected_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
             r#"podrouter_service_backend_packets_total{backend="10.244.1.5:5353",namespace="kube-system",port="53",protocol="UDP",service="dns"} 9"#,
             r#"podrouter_service_ready_backends{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
+            "podrouter_policy_allowed_connections_total 6",
             r#"podrouter_worker_busy_seconds_total{worker="0"} 1.5"#,
             r#"podrouter_worker_busy_seconds_total{worker="1"} 0"#,
             r#"podrouter_pod_attach_total{result="ok"} 3"#,
