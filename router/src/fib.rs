@@ -34,9 +34,9 @@
 //! taking turns: a batch is applied to the copy no published snapshot
 //! uses any more (the one the previous snapshot used, brought forward
 //! by the previous batch's prefixes too), which is then published; the
-//! writer waits a few microseconds for a reader still finishing its
-//! batch on it, and only if a snapshot is held longer (2 ms) duplicates
-//! the current copy instead. Updates stay incremental: a route rewrites
+//! writer waits (microseconds, or a scheduler tick for a preempted
+//! worker) for a reader still finishing its batch on it, and only if a
+//! snapshot is held longer (50 ms) duplicates the current copy instead. Updates stay incremental: a route rewrites
 //! only the entries of its range whose route is no longer than it
 //! (insert) or is it (removal, with the covering route from the hash
 //! tables). Below half the threshold the index is dropped, so a node
@@ -1023,9 +1023,12 @@ impl Writer {
     }
 
     /// The spare index copy, once no snapshot but the writer's holds it:
-    /// readers hold a snapshot for one batch, so this waits microseconds;
-    /// after [`SPARE_WAIT`] (a long-held snapshot) it gives up and `None`
-    /// tells the caller to copy the current index instead.
+    /// readers hold a snapshot for one batch, so this usually waits
+    /// microseconds, or a scheduler tick when a reader was preempted
+    /// holding one; after [`SPARE_WAIT`] (a snapshot held for longer, by
+    /// the control plane say) it gives up and `None` tells the caller to
+    /// copy the current index instead (~150 MB at 1M routes, tens of ms:
+    /// far dearer than waiting for a preempted reader).
     fn take_spare(&mut self) -> Option<Dir24> {
         let mut spare = self.spare.take()?;
         let start = std::time::Instant::now();
@@ -1039,14 +1042,14 @@ impl Writer {
                 // still holding it is freed by the writer later.
                 return None;
             }
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_micros(20));
         }
     }
 }
 
 /// How long [`Fib::update`] waits for readers to let go of the spare
-/// index copy before copying the current one instead (~20 ms at 1M routes).
-const SPARE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+/// index copy before copying the current one instead.
+const SPARE_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Default for Fib {
     fn default() -> Self {
