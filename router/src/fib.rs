@@ -139,6 +139,13 @@
 //!
 //! # Cost model
 //!
+//! - With the DIR-24-8 index (16,384 routes or more): `lookup` reads the
+//!   /24 entry, a 64-byte chunk if the /24 holds longer routes, and the
+//!   interned next hop; ~60 instructions. An update additionally rewrites
+//!   the index cells its routes cover, in the published-next copy and one
+//!   batch later in the other. Memory: 64 MiB plus 64 bytes per /24 with
+//!   routes longer than /24 (1 KiB past 8 runs), twice.
+//!
 //! - `lookup`: one slot read, then at most D probes for the D lengths
 //!   /17../32 the slot's mask names, longest first, stopping at the first
 //!   hit; routes of /16 or shorter cost no probe. Each probe hashes the masked key,
