@@ -288,6 +288,10 @@ impl Hasher for KeyHasher {
     fn write_u32(&mut self, key: u32) {
         self.acc = u64::from(key);
     }
+    #[inline]
+    fn write_u64(&mut self, key: u64) {
+        self.acc = key;
+    }
     fn write(&mut self, bytes: &[u8]) {
         // Not used by u32 keys; correct for anything else.
         for &b in bytes {
@@ -1152,7 +1156,7 @@ impl Fib {
                     .into_iter()
                     .map(|(p, nh)| (u32::from(p.addr()), p.len(), nh))
                     .collect();
-                next.index = Some(Arc::new(Dir24::build(&mut routes)));
+                next.index = Some(Arc::new(Dir24::build(&mut routes, next.hash)));
             }
             return;
         };
