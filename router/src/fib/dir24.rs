@@ -41,7 +41,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use super::NextHop;
+use super::{KeyHash, NextHop};
 use crate::sys::{advise_huge_pages, prefetch};
 
 /// Runs of equal cells a compressed chunk holds (one cache line).
@@ -95,7 +95,9 @@ pub(super) struct Dir24 {
     /// Interned next hops: cell hop id `n` is `hops[n]`; `hops[0]` is
     /// `None` (no route).
     hops: Vec<Option<NextHop>>,
-    hop_ids: HashMap<NextHop, u32>,
+    /// Interned next hops by [`hop_key`] (the FIB's multiply hash: a bulk
+    /// load interns a next hop per route, SipHash was 5% of it).
+    hop_ids: HashMap<u64, u32, KeyHash>,
     /// Whether the kernel accepted the huge-page advice for `top`.
     huge: bool,
 }
@@ -134,7 +136,7 @@ impl Clone for Dir24 {
 
 impl Dir24 {
     /// An index built from `routes` (any order).
-    pub(super) fn build(routes: &mut [(u32, u8, NextHop)]) -> Dir24 {
+    pub(super) fn build(routes: &mut [(u32, u8, NextHop)], hash: KeyHash) -> Dir24 {
         let (top, huge) = zeroed_top();
         let mut ix = Dir24 {
             top,
@@ -143,7 +145,7 @@ impl Dir24 {
             full: Vec::new(),
             full_free: Vec::new(),
             hops: vec![None],
-            hop_ids: HashMap::new(),
+            hop_ids: HashMap::with_hasher(hash),
             huge,
         };
         // Short routes shortest first, each overwriting its whole range;
@@ -293,18 +295,18 @@ impl Dir24 {
             + self.full.capacity() * std::mem::size_of::<FullChunk>()
             + (self.small_free.capacity() + self.full_free.capacity()) * 4
             + self.hops.capacity() * std::mem::size_of::<Option<NextHop>>()
-            + self.hop_ids.capacity() * (std::mem::size_of::<(NextHop, u32)>() + 1)
+            + self.hop_ids.capacity() * (std::mem::size_of::<(u64, u32)>() + 1)
     }
 
     /// The cell of a route `len` long via `nh`.
     fn cell_for(&mut self, nh: NextHop, len: u8) -> u32 {
-        let id = match self.hop_ids.get(&nh) {
+        let id = match self.hop_ids.get(&hop_key(nh)) {
             Some(&id) => id,
             None => {
                 let id = self.hops.len() as u32;
                 self.hops.push(Some(nh));
                 assert!(id <= HOP_MASK, "next-hop ids exhausted");
-                self.hop_ids.insert(nh, id);
+                self.hop_ids.insert(hop_key(nh), id);
                 id
             }
         };
@@ -402,6 +404,19 @@ impl Dir24 {
         }
         self.top[x] = entry;
     }
+}
+
+/// A next hop as one distinct integer: its kind above bit 32, its value
+/// below.
+fn hop_key(nh: NextHop) -> u64 {
+    let (kind, value) = match nh {
+        NextHop::Local(port) => (1, port.0),
+        NextHop::Host => (2, 0),
+        NextHop::Node(a) => (3, u32::from(a)),
+        NextHop::Nodes(g) => (4, g.0),
+        NextHop::Unreachable => (5, 0),
+    };
+    (kind << 32) | u64::from(value)
 }
 
 /// A free slot of `arena` (reused, or a new one at the end, with the
