@@ -54,6 +54,18 @@ fn rr_during(ctx: &mut Ctx, t: &Topology, flood: bool, what: &str) -> Res<Vec<u6
         "podrouterd_drops": drops,
     }));
     util::log(&format!("{what}: flood {fl}; podrouterd drops: {drops}"));
+    let (offered, sent) = (
+        fl["offered_pps"].as_f64().unwrap_or(0.0),
+        fl["sent_pps"].as_f64().unwrap_or(0.0),
+    );
+    if sent < 0.95 * offered {
+        // The pod's interface queue was full: this plane took less flood.
+        ctx.notes.push(format!(
+            "{what}: the flooding pod got {:.0} of {:.0} frames/s into its interface (its queue \
+             was full the rest of the time)",
+            sent, offered
+        ));
+    }
     Ok(rtts)
 }
 

@@ -317,21 +317,23 @@ fn flood(a: &Args) -> Res<serde_json::Value> {
     }
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
-    let (mut sent, mut refused) = ([0u64; 3], 0u64);
-    let mut total = 0u64;
+    // `offered`: frames tried; `refused`: those the device did not take
+    // (its queue was full). Pacing counts what was offered, so a full
+    // queue does not turn the loop into a spin.
+    let (mut sent, mut refused, mut offered) = ([0u64; 3], 0u64, 0u64);
     while Instant::now() < end {
         for (i, s) in senders.iter_mut().enumerate() {
+            offered += BATCH as u64;
             match s.send_batch() {
                 Ok(n) => {
                     sent[i] += n as u64;
-                    total += n as u64;
                     refused += (BATCH - n) as u64;
                 }
                 Err(_) => refused += BATCH as u64,
             }
         }
         // Paced: the next round leaves when the total is due.
-        let due = start + Duration::from_secs_f64(total as f64 / pps.max(1.0));
+        let due = start + Duration::from_secs_f64(offered as f64 / pps.max(1.0));
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
@@ -340,7 +342,8 @@ fn flood(a: &Args) -> Res<serde_json::Value> {
     let el = start.elapsed().as_secs_f64();
     Ok(json!({
         "arp": sent[0], "free": sent[1], "ttl1": sent[2], "refused": refused,
-        "secs": el, "pps": total as f64 / el.max(1e-9),
+        "secs": el, "offered_pps": offered as f64 / el.max(1e-9),
+        "sent_pps": sent.iter().sum::<u64>() as f64 / el.max(1e-9),
     }))
 }
 
