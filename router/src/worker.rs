@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::capture::{Armed, Direction, Taps};
 use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
 use crate::fib::Fib;
@@ -59,6 +60,8 @@ pub struct WorkerConfig {
     pub flows: Arc<FlowTable>,
     /// The published network policy, loaded once per batch.
     pub policies: Arc<crate::policy::Policies>,
+    /// Capture and trace taps, checked once per round ([`crate::capture`]).
+    pub taps: Arc<Taps>,
 }
 
 enum Command {
@@ -308,6 +311,8 @@ impl Worker {
             crate::clock::now_ns(),
         )
         .with_policy(&policy);
+        // One relaxed load per round while nothing is armed.
+        let armed = self.cfg.taps.armed().then(|| self.cfg.taps.load());
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -337,6 +342,19 @@ impl Worker {
             counters.rx.add(n as u64);
             let in_counters = counters.port(owned.id);
             in_counters.rx_packets.add(n as u64);
+            if let Some(armed) = &armed {
+                let batch = &mut self.frames[..n];
+                tapped_batch(
+                    &mut self.pipeline,
+                    &mut self.tx,
+                    &ctx,
+                    owned.id,
+                    batch,
+                    armed,
+                    self.cfg.id,
+                );
+                continue;
+            }
             for frame in &mut self.frames[..n] {
                 in_counters.rx_bytes.add(frame.len() as u64);
                 match self.pipeline.process(&ctx, owned.id, frame) {
@@ -352,6 +370,68 @@ impl Worker {
         }
         self.tx.flush(&ports, counters);
         busy
+    }
+}
+
+/// A batch while a capture or trace is armed: the frames of the untapped
+/// loop in [`Worker::poll_round`], plus copies of captured frames (as
+/// received, as sent, or dropped with `--drops`) and the instrumented
+/// pipeline path for traced frames.
+#[inline(never)]
+fn tapped_batch(
+    pipeline: &mut Pipeline,
+    tx: &mut TxQueues,
+    ctx: &BatchContext<'_>,
+    ingress: PortId,
+    frames: &mut [Frame],
+    armed: &Armed,
+    worker: usize,
+) {
+    let counters = ctx.counters;
+    let in_counters = counters.port(ingress);
+    let capture = armed.capture.as_deref();
+    let capture_in = capture.filter(|c| c.spec.port == ingress);
+    for frame in frames {
+        in_counters.rx_bytes.add(frame.len() as u64);
+        let received =
+            capture_in.and_then(|c| c.copy(worker, frame.data(), ctx.now_ns, Direction::In));
+        let traced = armed
+            .trace
+            .as_deref()
+            .and_then(|t| Some((t, t.claim(worker, ingress, frame.data(), ctx.now_ns)?)));
+        let verdict = match traced {
+            Some((session, mut record)) => {
+                let v = pipeline.process_traced(ctx, ingress, frame, &mut record);
+                session.commit(worker, record);
+                v
+            }
+            None => pipeline.process(ctx, ingress, frame),
+        };
+        match verdict {
+            Verdict::Forward { port, tunnel } => {
+                if let (Some(c), Some(r)) = (capture, received) {
+                    c.commit(worker, r);
+                }
+                if let Some(c) = capture.filter(|c| c.spec.port == port) {
+                    if let Some(r) = c.copy(worker, frame.data(), ctx.now_ns, Direction::Out) {
+                        c.commit(worker, r);
+                    }
+                }
+                tx.push(ctx, port, frame, tunnel);
+            }
+            Verdict::Drop(reason) => {
+                counters.drop(reason);
+                in_counters.drops.incr();
+                if let (Some(c), Some(mut r)) = (capture, received) {
+                    if c.spec.drops {
+                        r.drop = Some(reason);
+                        c.commit(worker, r);
+                    } else {
+                        c.give_back(worker, r);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -554,6 +634,7 @@ mod tests {
             },
             flows: Arc::new(FlowTable::new(8, Default::default())),
             policies: Arc::new(crate::policy::Policies::new()),
+            taps: Arc::new(Taps::new()),
         };
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,
