@@ -22,11 +22,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use podrouter_api::pending::{self, PendingDetach, PENDING_DETACH_DIR};
 use podrouter_api::{
-    check_ifname, AttachParams, Call, CountersInfo, FlowCountersInfo, PodInfo, PortCountersInfo,
-    PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo,
-    API_VERSION,
+    check_ifname, AttachParams, Call, CountersInfo, ErrorCode, FlowCountersInfo, PodInfo,
+    PortCountersInfo, PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo,
+    XskCountersInfo, API_VERSION,
 };
 use podrouter_router::afxdp::AfXdpPort;
+use podrouter_router::capture::Taps;
 use podrouter_router::clock;
 use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::{self, WorkerCounters};
@@ -47,6 +48,7 @@ use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
 
 mod policy_calls;
+mod taps;
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -147,6 +149,8 @@ pub struct Daemon {
     policy_store: PolicyStore,
     /// Their compiled form, as the workers read it.
     policies: Arc<Policies>,
+    /// Capture and trace taps the workers check ([`crate::tap_stream`]).
+    taps: Arc<Taps>,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -189,6 +193,7 @@ impl Daemon {
             cfg.dataplane.flow_table_size,
             cfg.dataplane.flow_timeouts.timeouts(),
         ));
+        let taps = Arc::new(Taps::new());
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -198,6 +203,7 @@ impl Daemon {
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
                 policies: policies.clone(),
+                taps: taps.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -220,6 +226,7 @@ impl Daemon {
             net,
             policy_store,
             policies,
+            taps,
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -468,6 +475,12 @@ impl Daemon {
             | Call::EndpointApply(_)
             | Call::EndpointDelete(_)
             | Call::EndpointList) => self.policy_call(call),
+            Call::Capture(_) | Call::Trace(_) => {
+                return Response::err(
+                    ErrorCode::BadRequest,
+                    "capture and trace stream over their own API connection (podrouterctl capture, trace)",
+                )
+            }
         };
         match result {
             Ok(r) => Response::ok(r),

@@ -23,6 +23,7 @@ pub mod server;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tap_stream;
 pub mod tc;
 pub mod uplink_setup;
 pub mod vxlan_setup;

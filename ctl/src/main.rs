@@ -18,6 +18,7 @@ use podrouter_api::{
 use crate::table::Table;
 
 mod table;
+mod tap;
 
 /// Operate a podrouter node.
 #[derive(Parser)]
@@ -107,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         command: EndpointCommand,
     },
+    /// Capture a pod's, a port's or the uplink's frames (both directions)
+    /// to a pcapng file, or to standard output with `-w -`.
+    Capture(tap::CaptureArgs),
+    /// Show each pipeline stage's decision for a pod's next frames.
+    Trace(tap::TraceArgs),
 }
 
 #[derive(Subcommand)]
@@ -328,6 +334,8 @@ fn main() -> ExitCode {
                 limit: Some(limit),
             }),
         },
+        Command::Capture(a) => return tap::capture(&args.socket, a),
+        Command::Trace(a) => return tap::trace(&args.socket, a, args.json),
         c @ (Command::Policy { .. }
         | Command::Pod { .. }
         | Command::Namespace { .. }
@@ -378,6 +386,7 @@ fn json(r: &Reply) -> String {
         Reply::Labels(l) => serde_json::to_value(l),
         Reply::EndpointsChanged(e) => serde_json::to_value(e),
         Reply::Endpoints(e) => serde_json::to_value(e),
+        Reply::Capture(i) | Reply::Trace(i) => serde_json::to_value(i),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -529,6 +538,7 @@ fn text(r: &Reply) -> String {
             )
         }
         Reply::EndpointsChanged(ips) => ips.iter().map(|ip| format!("endpoint {ip}\n")).collect(),
+        Reply::Capture(i) | Reply::Trace(i) => format!("tap on {} (port {})\n", i.port, i.port_id),
         Reply::Endpoints(eps) => {
             let mut t = Table::new(&["IP", "NODE", "NAMESPACE", "NAME", "LABELS", "PORTS"]);
             for e in eps {
