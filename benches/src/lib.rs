@@ -18,6 +18,7 @@ pub mod report;
 pub mod scenarios;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod taps;
 pub mod topo;
 pub mod util;
 
@@ -348,6 +349,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence,
             Scenario::Services,
             Scenario::Policy,
+            Scenario::Taps,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -433,6 +435,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => "bgp-convergence",
             Scenario::Services => "services",
             Scenario::Policy => "policy",
+            Scenario::Taps => "taps",
         })
         .collect();
     eprintln!(
@@ -464,6 +467,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::BgpConvergence => bgp::bgp_convergence(&mut ctx),
             Scenario::Services => scenarios::services(&mut ctx),
             Scenario::Policy => scenarios::policy(&mut ctx),
+            Scenario::Taps => taps::taps(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -513,6 +517,7 @@ fn run(cli: &Cli) -> Res<bool> {
         Scenario::Scale,
         Scenario::Services,
         Scenario::Policy,
+        Scenario::Taps,
     ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([

@@ -237,6 +237,9 @@ pub enum Scenario {
     /// pods: podrouter's compiled rules against the same rules as iptables
     /// chains on the pod interfaces.
     Policy,
+    /// Forwarding with /metrics scraped every second and an idle capture
+    /// armed, against the same podrouterd unwatched ([`crate::taps`]).
+    Taps,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -268,7 +271,7 @@ pub struct Ctx {
 pub const BUSY: f64 = 0.15;
 
 /// A data plane under test, or why it could not be built.
-type Slot = Result<Topology, String>;
+pub(crate) type Slot = Result<Topology, String>;
 
 const PR: usize = 0;
 const K: usize = 1;
@@ -356,7 +359,7 @@ fn reachable(src: &topo::Pod, dst: std::net::Ipv4Addr) -> Res<bool> {
 
 /// [`check_slot`] for a data plane that must work: a built topology whose
 /// pods cannot talk is a failure of the run.
-fn checked(ctx: &mut Ctx, slot: Slot, what: &str) -> Res<Slot> {
+pub(crate) fn checked(ctx: &mut Ctx, slot: Slot, what: &str) -> Res<Slot> {
     let built = slot.is_ok();
     let slot = check_slot(slot, "")?;
     if let (true, Err(e)) = (built, &slot) {
@@ -386,7 +389,7 @@ fn check_slot(slot: Slot, prefix_missing: &str) -> Res<Slot> {
     }
 }
 
-fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Res<Slot> {
+pub(crate) fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Res<Slot> {
     ctx.progress.step(what);
     match f(ctx) {
         Ok(t) => Ok(Ok(t)),
@@ -414,14 +417,14 @@ fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topology>) -> Re
 
 /// One packet-rate run.
 #[derive(Clone, Debug)]
-struct RateRun {
-    mpps: f64,
+pub(crate) struct RateRun {
+    pub(crate) mpps: f64,
     offered_mpps: f64,
     plane_cpu_per_mpkt: f64,
     core_per_mpkt: f64,
 }
 
-fn udp_rate(ctx: &mut Ctx, t: &Topology, size: usize, what: &str) -> Res<RateRun> {
+pub(crate) fn udp_rate(ctx: &mut Ctx, t: &Topology, size: usize, what: &str) -> Res<RateRun> {
     let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
     let busy = quiesce(ctx, what)?;
     let total = ctx.p.warmup + ctx.p.secs + 0.5;
@@ -726,10 +729,16 @@ fn hist(ns: &[u64]) -> Histogram<u64> {
 /// within each repeat. Returns per plane the successful results or, if
 /// none, why.
 /// One successful run of a measurement.
-struct Run<T> {
+pub(crate) struct Run<T> {
     v: T,
     /// It started while other processes kept the machine busy.
     disturbed: bool,
+}
+
+impl<T> Run<T> {
+    pub(crate) fn new(v: T, disturbed: bool) -> Run<T> {
+        Run { v, disturbed }
+    }
 }
 
 fn both<T>(
@@ -774,7 +783,7 @@ fn both<T>(
     Ok(out)
 }
 
-fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
+pub(crate) fn cell<T>(r: &Result<Vec<Run<T>>, String>, f: impl Fn(&T) -> f64) -> Cell {
     match r {
         Ok(v) => Cell::from_runs(
             v.iter().map(|r| f(&r.v)).collect(),
@@ -1674,6 +1683,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             Scenario::Services => 2 + 2 * 3 * r + 1,
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
+            Scenario::Taps => crate::taps::planned_steps(r),
         };
     }
     n
