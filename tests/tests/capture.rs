@@ -275,6 +275,7 @@ fn a_trace_of_one_ping_shows_the_stages_and_the_egress_port() {
     let p = ping(&a.ns, &b.ip, &["-c", "1", "-W", "2"]);
     assert_eq!(p.received, 1, "{}", p.text);
     let out = finish(bg, &log);
+    say(&format!("the trace:\n{out}"));
     for stage in [
         format!("ipv4       {} -> {} icmp type 8 code 0 ttl 64", a.ip, b.ip),
         format!("fib        {}/32 -> local pod on ", b.ip),

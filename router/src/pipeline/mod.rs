@@ -31,6 +31,11 @@
 //! 7. [`icmp`]: a stage that fails with an ICMP error to send
 //!    ([`Fault::Icmp`]) gets it built here, in the same buffer.
 //!
+//! [`Pipeline::process_traced`] runs the same stages for a frame an
+//! operator traces ([`crate::capture::trace`]), recording each stage's
+//! decision: the stages are generic over a `Tracer`, and the forwarding
+//! path's (`NoTrace`) records nothing and compiles to the untraced code.
+//!
 //! The [`BatchContext`] holds what every frame of a batch reads: the FIB
 //! and port table snapshots and, resolved once per batch, the host port
 //! and the uplink with its encapsulation policy.
