@@ -132,6 +132,22 @@ fn capture_of_a_ping_between_pods_reads_back_in_tshark() {
         "{piped}"
     );
 
+    // No count, no duration: Ctrl-C ends it cleanly (statistics written)
+    // and disarms the tap, so the next capture is not refused as busy.
+    let bg = start_ctl(&node, &log, &["capture", "--pod", &a.id, "-w", &f]);
+    assert!(signal(bg.pid(), "INT"));
+    let out = finish(bg, &log);
+    assert!(
+        out.contains("stopped: the client closed the stream"),
+        "{out}"
+    );
+    let bg = start_ctl(
+        &node,
+        &log,
+        &["capture", "--pod", &a.id, "--duration", "0.5", "-w", &f],
+    );
+    finish(bg, &log);
+
     // A filter that does not parse is refused with its position.
     let bad = node.ctl_table(&[
         "capture",
