@@ -401,7 +401,13 @@ fn tapped_batch(
             .and_then(|t| Some((t, t.claim(worker, ingress, frame.data(), ctx.now_ns)?)));
         let verdict = match traced {
             Some((session, mut record)) => {
-                let v = pipeline.process_traced(ctx, ingress, frame, &mut record);
+                let v = crate::capture::trace::process_traced(
+                    pipeline,
+                    ctx,
+                    ingress,
+                    frame,
+                    &mut record,
+                );
                 session.commit(worker, record);
                 v
             }

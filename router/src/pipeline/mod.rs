@@ -31,11 +31,6 @@
 //! 7. [`icmp`]: a stage that fails with an ICMP error to send
 //!    ([`Fault::Icmp`]) gets it built here, in the same buffer.
 //!
-//! [`Pipeline::process_traced`] runs the same stages for a frame an
-//! operator traces ([`crate::capture::trace`]), recording each stage's
-//! decision: the stages are generic over a `Tracer`, and the forwarding
-//! path's (`NoTrace`) records nothing and compiles to the untraced code.
-//!
 //! The [`BatchContext`] holds what every frame of a batch reads: the FIB
 //! and port table snapshots and, resolved once per batch, the host port
 //! and the uplink with its encapsulation policy.
@@ -78,11 +73,10 @@
 //! limiter refuses is the drop `arp_rate_limited`.
 use std::net::Ipv4Addr;
 
-use crate::capture::{TraceRecord, TraceStep};
 use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, WorkerCounters};
 use crate::encap::EncapPolicy;
-use crate::fib::{FibTable, NextHop, Prefix};
+use crate::fib::FibTable;
 use crate::frame::Frame;
 use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
 use crate::wire::ETHERNET_HEADER_LEN;
@@ -316,35 +310,6 @@ impl Pipeline {
         ingress: PortId,
         frame: &mut Frame,
     ) -> Verdict {
-        self.process_with(ctx, ingress, frame, &mut NoTrace)
-    }
-
-    /// [`Pipeline::process`], recording each stage's decision in `trace`
-    /// (the slower path a traced frame takes; the same stages, the same
-    /// verdict).
-    pub fn process_traced(
-        &mut self,
-        ctx: &BatchContext<'_>,
-        ingress: PortId,
-        frame: &mut Frame,
-        trace: &mut TraceRecord,
-    ) -> Verdict {
-        let v = self.process_with(ctx, ingress, frame, trace);
-        trace.step(match v {
-            Verdict::Forward { port, tunnel } => TraceStep::Forward { port, tunnel },
-            Verdict::Drop(reason) => TraceStep::Dropped(reason),
-        });
-        v
-    }
-
-    #[inline(always)]
-    fn process_with<T: Tracer>(
-        &mut self,
-        ctx: &BatchContext<'_>,
-        ingress: PortId,
-        frame: &mut Frame,
-        trace: &mut T,
-    ) -> Verdict {
         let Some(entry) = ctx.ports.get(ingress) else {
             return Verdict::Drop(DropReason::NoPort);
         };
@@ -358,31 +323,17 @@ impl Pipeline {
         } = role
         {
             match decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
-                Ok(node) => {
-                    trace.step(|| TraceStep::Decapsulated {
-                        tunnel: "vxlan",
-                        node,
-                    });
-                    vxlan_peer = Some(node)
-                }
+                Ok(node) => vxlan_peer = Some(node),
                 Err(reason) => return Verdict::Drop(reason),
             }
         }
         match validate::ethernet(&self.cfg.router_mac, frame.data()) {
-            Ok(EtherKind::Arp) => {
-                trace.step(|| TraceStep::Arp);
-                self.arp(ctx, ingress, &role, frame)
-            }
+            Ok(EtherKind::Arp) => self.arp(ctx, ingress, &role, frame),
             Ok(EtherKind::Ipv4 { broadcast }) => {
-                match self.forward_ipv4(ctx, ingress, &role, broadcast, vxlan_peer, frame, trace) {
+                match self.forward_ipv4(ctx, ingress, &role, broadcast, vxlan_peer, frame) {
                     Ok(v) => v,
                     Err(Fault::Drop(reason)) => Verdict::Drop(reason),
                     Err(Fault::Icmp(err, reason)) => {
-                        trace.step(|| TraceStep::Dropped(reason));
-                        trace.step(|| TraceStep::IcmpError {
-                            ty: err.ty,
-                            code: err.code,
-                        });
                         self.icmp_error(ctx, ingress, frame, err, reason)
                     }
                 }
@@ -394,8 +345,7 @@ impl Pipeline {
     /// IPv4 through the stages: decapsulate (from the uplink), validate,
     /// route, rewrite.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn forward_ipv4<T: Tracer>(
+    fn forward_ipv4(
         &mut self,
         ctx: &BatchContext<'_>,
         ingress: PortId,
@@ -403,7 +353,6 @@ impl Pipeline {
         eth_broadcast: bool,
         vxlan_peer: Option<Ipv4Addr>,
         frame: &mut Frame,
-        trace: &mut T,
     ) -> Result<Verdict, Fault> {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
         let tunnel_peer = match *role {
@@ -411,103 +360,25 @@ impl Pipeline {
                 local,
                 tunnel: Tunnel::Ipip,
                 ..
-            } => {
-                let node = decap::decapsulate(ctx, local, frame)?;
-                trace.step(|| TraceStep::Decapsulated {
-                    tunnel: "ipip",
-                    node,
-                });
-                Some(node)
-            }
+            } => Some(decap::decapsulate(ctx, local, frame)?),
             _ => vxlan_peer,
         };
         let pkt = validate::ipv4(frame, role, eth_broadcast)?;
-        trace.step(|| traced_ipv4(&pkt, frame));
         if let Some(node) = tunnel_peer {
             decap::check_inner_source(ctx.fib, node, pkt.src)?;
         }
-        trace.step(|| TraceStep::FibEntry(longest_match(ctx.fib, pkt.dst)));
         let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
             .map_err(|f| decap::tunnel_fault(role, f))?;
-        trace.step(|| TraceStep::Egress {
-            port: egress.port,
-            tunnel: egress.tunnel,
-        });
         // After routing, so the host-NAT stage inside `route` has recorded
         // (with its flag) the flows of the node's NAT before policy tracks
         // them: one flow, one entry, both flags.
         policy::admit(ctx, &frame.data()[ETHERNET_HEADER_LEN..])?;
-        trace.step(|| TraceStep::PolicyAllowed);
         rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
-        trace.step(|| {
-            let d = frame.data();
-            TraceStep::Rewritten {
-                ttl: d[ETHERNET_HEADER_LEN + 8],
-                dst_mac: d[..6].try_into().unwrap_or_default(),
-            }
-        });
         Ok(Verdict::Forward {
             port: egress.port,
             tunnel: egress.tunnel,
         })
     }
-}
-
-/// Where the pipeline reports stage decisions: nowhere ([`NoTrace`], the
-/// forwarding path: every call compiles away) or a [`TraceRecord`].
-trait Tracer {
-    /// Records the step `f` makes; `f` runs only when tracing.
-    fn step(&mut self, f: impl FnOnce() -> TraceStep);
-}
-
-/// The untraced path.
-struct NoTrace;
-
-impl Tracer for NoTrace {
-    #[inline(always)]
-    fn step(&mut self, _: impl FnOnce() -> TraceStep) {}
-}
-
-impl Tracer for TraceRecord {
-    #[inline]
-    fn step(&mut self, f: impl FnOnce() -> TraceStep) {
-        TraceRecord::step(self, f())
-    }
-}
-
-/// The IPv4 header a trace shows (after validation, so within the frame).
-fn traced_ipv4(pkt: &validate::Ipv4Facts, frame: &Frame) -> TraceStep {
-    let ip = &frame.data()[ETHERNET_HEADER_LEN..];
-    let proto = ip.get(9).copied().unwrap_or(0);
-    let ihl = usize::from(ip.first().map_or(0, |b| b & 0x0f)) * 4;
-    let first_fragment = ip.get(6..8).is_some_and(|f| f[0] & 0x1f == 0 && f[1] == 0);
-    let be16 = |at: usize| ip.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let l4 = match proto {
-        6 | 17 if first_fragment => be16(ihl).zip(be16(ihl + 2)),
-        1 if first_fragment => ip
-            .get(ihl..ihl + 2)
-            .map(|b| (u16::from(b[0]), u16::from(b[1]))),
-        _ => None,
-    };
-    TraceStep::Ipv4 {
-        src: pkt.src,
-        dst: pkt.dst,
-        proto,
-        ttl: pkt.ttl,
-        total_len: pkt.total_len as u16,
-        dont_frag: pkt.dont_frag,
-        l4,
-    }
-}
-
-/// The longest FIB prefix holding `dst` and its next hop (the trace's
-/// slow path: one probe per prefix length).
-fn longest_match(fib: &FibTable, dst: Ipv4Addr) -> Option<(Prefix, NextHop)> {
-    (0..=32u8).rev().find_map(|len| {
-        let net = Ipv4Addr::from(u32::from(dst) & podrouter_types::prefix::netmask(len.into()));
-        let prefix = Prefix::new(net, len).ok()?;
-        Some((prefix, fib.get(prefix)?))
-    })
 }
 
 #[cfg(test)]
