@@ -233,13 +233,13 @@ fn longest_match(fib: &FibTable, dst: Ipv4Addr) -> Option<(Prefix, NextHop)> {
     })
 }
 
+/// The tunnel a frame came through and the node that sent it.
+type TunnelFrom = Option<(&'static str, Ipv4Addr)>;
+
 /// The IPv4 packet inside a frame received on a port of `role`: past the
 /// tunnel's outer headers on the uplink (with the sending node), else past
 /// Ethernet; `None` for what is not IPv4 (ARP) or too short.
-fn inner_ipv4<'f>(
-    role: &PortRole,
-    f: &'f [u8],
-) -> Option<(&'f [u8], Option<(&'static str, Ipv4Addr)>)> {
+fn inner_ipv4<'f>(role: &PortRole, f: &'f [u8]) -> Option<(&'f [u8], TunnelFrom)> {
     let outer = f.get(ETHERNET_HEADER_LEN..)?;
     let ethertype = be16(f, 12)?;
     match role {
