@@ -47,6 +47,8 @@ declare -A NEED=(
     # `systemd-analyze verify` of deploy/systemd/podrouterd.service
     # (tests/tests/systemd.rs); nothing is started with it.
     [systemd-analyze]=systemd
+    # Reads back podrouterctl capture's pcapng (tests/tests/capture.rs).
+    [tshark]=tshark
     [cc]=build-essential
     [make]=build-essential
     [pkg-config]=pkg-config
@@ -102,6 +104,10 @@ if [ "${#missing[@]}" -gt 0 ] || [ "${#with_recommends[@]}" -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     log=$(mktemp)
     install() {
+        # tshark's wireshark-common asks whether non-root users may
+        # capture; answer no before apt-get can ask.
+        echo "wireshark-common wireshark-common/install-setuid boolean false" |
+            $SUDO debconf-set-selections || return
         $SUDO apt-get update -qq || return
         if [ "${#missing[@]}" -gt 0 ]; then
             $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" || return

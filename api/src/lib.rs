@@ -97,6 +97,80 @@ pub enum Call {
     ServiceDelete(ServiceRef),
     /// Every Service with its ports, backends and counters.
     ServiceList,
+    /// Start a live packet capture: the response line ([`Reply::Capture`])
+    /// is followed on the same connection by a pcapng stream that ends when
+    /// the capture stops (count, duration, or the client closes its
+    /// writing side); see [`CaptureParams`].
+    Capture(CaptureParams),
+    /// Trace the next frames of a pod through the pipeline: the response
+    /// line ([`Reply::Trace`]) is followed by one [`TraceEvent`] line per
+    /// traced frame and a last [`TraceEvent::Done`].
+    Trace(TraceParams),
+}
+
+/// What to capture. Exactly one of `pod`, `port` and `uplink` names the
+/// port whose received and sent frames are captured.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureParams {
+    /// A local pod: attach id, address or `namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// A port by its name (`podrouterctl counters` lists them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    /// The uplink (IPIP or VXLAN tunnel port).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uplink: bool,
+    /// Filter expression (host, net, port, proto, and/or/not); empty: all.
+    #[serde(default)]
+    pub filter: String,
+    /// Stop after this many frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+    /// Include frames the router dropped, with their reason as a comment.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drops: bool,
+    /// Bytes kept of each frame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snaplen: Option<u32>,
+}
+
+/// What to trace.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceParams {
+    /// A local pod: attach id, address or `namespace/name`.
+    pub pod: String,
+    /// Frames to trace.
+    pub count: u32,
+    #[serde(default)]
+    pub filter: String,
+    /// Give up after this many seconds (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_secs: Option<f64>,
+}
+
+/// The port a capture or trace is armed on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TapInfo {
+    pub port: String,
+    pub port_id: u32,
+    pub filter: String,
+}
+
+/// One line of a trace stream after its response line.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TraceEvent {
+    /// One traced frame: its stages, one per line, for a person.
+    Frame { number: u32, text: String },
+    /// The trace stopped: frames traced, and frames matched that could not
+    /// be recorded (ring full).
+    Done { traced: u32, lost: u64, why: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -338,6 +412,10 @@ pub enum Reply {
     ServicesApplied(Vec<String>),
     ServiceDeleted(ServiceRef),
     Services(Vec<ServiceInfo>),
+    /// A capture started; the pcapng stream follows.
+    Capture(TapInfo),
+    /// A trace started; [`TraceEvent`] lines follow.
+    Trace(TapInfo),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -20,6 +20,10 @@
 //!   an established flow. N = 0: no policy at all.
 //! - `policy_check_new_connection_N_rules`: the compiled rules' decision
 //!   on a new connection (what the stage adds to a flow's first packet).
+//! - `forward_pod_to_pod_64B_idle_capture`: the same frame on a port an
+//!   armed capture watches with a filter it does not match (two terms,
+//!   one reaching into the UDP header): the per-frame cost of an idle
+//!   capture (compare with `forward_pod_to_pod_64B` of the same run).
 //! - `proxy_arp_reply`: a pod's broadcast ARP request for 169.254.1.1 turned
 //!   into the reply in place.
 //!
@@ -35,6 +39,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use podrouter_router::capture::{CaptureSession, CaptureSpec, Direction, Filter};
 use podrouter_router::conntrack::{FlowKey, FlowTable, Packet, Record, HOST_NAT};
 use podrouter_router::counters::WorkerCounters;
 use podrouter_router::fib::{Fib, FibChange, NextHop};
@@ -246,6 +251,30 @@ fn bench_pipeline(c: &mut Criterion) {
     group.bench_function("forward_pod_to_pod_64B", |b| {
         b.iter(|| {
             frame.load(black_box(&udp), VnetHdr::default());
+            black_box(pipeline.process(&ctx, black_box(PortId(0)), &mut frame))
+        })
+    });
+
+    // What an armed capture that matches nothing adds to each frame of the
+    // captured port: the filter's miss (no copy), then the same forwarding.
+    let idle = CaptureSession::new(
+        CaptureSpec {
+            port: PortId(0),
+            filter: Filter::parse("host 203.0.113.77 or (udp and port 4789)").unwrap(),
+            drops: false,
+            snaplen: 128,
+        },
+        1,
+    );
+    assert!(
+        idle.copy(0, &udp, 0, Direction::In).is_none(),
+        "the filter misses"
+    );
+    group.bench_function("forward_pod_to_pod_64B_idle_capture", |b| {
+        b.iter(|| {
+            frame.load(black_box(&udp), VnetHdr::default());
+            let kept = idle.copy(0, frame.data(), 0, Direction::In);
+            black_box(kept.is_some());
             black_box(pipeline.process(&ctx, black_box(PortId(0)), &mut frame))
         })
     });

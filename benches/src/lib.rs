@@ -20,6 +20,7 @@ pub mod scenarios;
 pub mod soak;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod taps;
 pub mod topo;
 pub mod util;
 
@@ -370,6 +371,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Services,
             Scenario::Policy,
             Scenario::Flood,
+            Scenario::Taps,
         ]
     } else {
         let mut s = cli.only.clone();
@@ -456,6 +458,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Services => "services",
             Scenario::Policy => "policy",
             Scenario::Flood => "flood",
+            Scenario::Taps => "taps",
         })
         .collect();
     eprintln!(
@@ -488,6 +491,7 @@ fn run(cli: &Cli) -> Res<bool> {
             Scenario::Services => scenarios::services(&mut ctx),
             Scenario::Policy => scenarios::policy(&mut ctx),
             Scenario::Flood => flood::flood(&mut ctx),
+            Scenario::Taps => taps::taps(&mut ctx),
         };
         if let Err(e) = r {
             ctx.progress.finish();
@@ -538,6 +542,7 @@ fn run(cli: &Cli) -> Res<bool> {
         Scenario::Services,
         Scenario::Policy,
         Scenario::Flood,
+        Scenario::Taps,
     ];
     if scen.iter().any(|s| traffic.contains(s)) {
         method.extend([

@@ -244,6 +244,9 @@ pub enum Scenario {
     /// Latency between two pods while a third floods ARP, UDP to free
     /// addresses and TTL-1 packets.
     Flood,
+    /// Forwarding with /metrics scraped every second and an idle capture
+    /// armed, against the same podrouterd unwatched ([`crate::taps`]).
+    Taps,
 }
 
 /// Everything a scenario needs, and what it produced.
@@ -421,14 +424,14 @@ pub(crate) fn build(ctx: &mut Ctx, what: &str, f: impl FnOnce(&Ctx) -> Res<Topol
 
 /// One packet-rate run.
 #[derive(Clone, Debug)]
-struct RateRun {
-    mpps: f64,
+pub(crate) struct RateRun {
+    pub(crate) mpps: f64,
     offered_mpps: f64,
     plane_cpu_per_mpkt: f64,
     core_per_mpkt: f64,
 }
 
-fn udp_rate(ctx: &mut Ctx, t: &Topology, size: usize, what: &str) -> Res<RateRun> {
+pub(crate) fn udp_rate(ctx: &mut Ctx, t: &Topology, size: usize, what: &str) -> Res<RateRun> {
     let (src, dst) = (&t.pods[0], &t.pods[t.pods.len() - 1]);
     let busy = quiesce(ctx, what)?;
     let total = ctx.p.warmup + ctx.p.secs + 0.5;
@@ -750,6 +753,12 @@ pub(crate) struct Run<T> {
     v: T,
     /// It started while other processes kept the machine busy.
     disturbed: bool,
+}
+
+impl<T> Run<T> {
+    pub(crate) fn new(v: T, disturbed: bool) -> Run<T> {
+        Run { v, disturbed }
+    }
 }
 
 pub(crate) fn both<T>(
@@ -1792,6 +1801,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::Services => 2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r,
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
             Scenario::Flood => 2 + 2 * 2 * r + 1,
+            Scenario::Taps => crate::taps::planned_steps(r),
         };
     }
     n

@@ -361,6 +361,17 @@ pub fn podrouter_same_node(
     npods: usize,
     tick: impl FnMut(usize),
 ) -> Res<Topology> {
+    podrouter_same_node_with(opts, npods, "", tick)
+}
+
+/// [`podrouter_same_node`] with `extra_config` at the end of podrouterd's
+/// config (tables such as `[metrics]`).
+pub fn podrouter_same_node_with(
+    opts: &PlaneOpts,
+    npods: usize,
+    extra_config: &str,
+    tick: impl FnMut(usize),
+) -> Res<Topology> {
     let (tag, dir, node, node_name) = single_node()?;
     let daemon = start_daemon(
         opts,
@@ -369,7 +380,7 @@ pub fn podrouter_same_node(
         &node_name,
         NODE_IP,
         &format!("{}/22", BLOCKS[0]),
-        "",
+        extra_config,
     )?;
     let mut topo = Topology {
         label: format!("podrouter ({})", opts.backend),

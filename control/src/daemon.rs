@@ -22,11 +22,12 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use podrouter_api::pending::{self, PendingDetach, PENDING_DETACH_DIR};
 use podrouter_api::{
-    check_ifname, AttachParams, Call, CountersInfo, FlowCountersInfo, PodInfo, PortCountersInfo,
-    PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo, XskCountersInfo,
-    API_VERSION,
+    check_ifname, AttachParams, Call, CountersInfo, ErrorCode, FlowCountersInfo, PodInfo,
+    PortCountersInfo, PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo,
+    XskCountersInfo, API_VERSION,
 };
 use podrouter_router::afxdp::AfXdpPort;
+use podrouter_router::capture::Taps;
 use podrouter_router::clock;
 use podrouter_router::conntrack::FlowTable;
 use podrouter_router::counters::{self, WorkerCounters};
@@ -48,6 +49,7 @@ use crate::state::{PodRecord, StateError, StateStore};
 
 mod policy_calls;
 mod service_calls;
+mod taps;
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -158,6 +160,8 @@ pub struct Daemon {
     /// Attach and detach calls: counts and latencies.
     attach_stats: crate::op_stats::OpStats,
     detach_stats: crate::op_stats::OpStats,
+    /// Capture and trace taps the workers check ([`crate::tap_stream`]).
+    taps: Arc<Taps>,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -203,6 +207,7 @@ impl Daemon {
             cfg.dataplane.flow_table_size,
             cfg.dataplane.flow_timeouts.timeouts(),
         ));
+        let taps = Arc::new(Taps::new());
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -213,6 +218,7 @@ impl Daemon {
                 flows: flows.clone(),
                 policies: policies.clone(),
                 services: services.clone(),
+                taps: taps.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -239,6 +245,7 @@ impl Daemon {
             services,
             attach_stats: Default::default(),
             detach_stats: Default::default(),
+            taps,
         };
         d.start_host_port()?;
         if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
@@ -500,6 +507,12 @@ impl Daemon {
             | Call::EndpointList) => self.policy_call(call),
             call @ (Call::ServiceApply(_) | Call::ServiceDelete(_) | Call::ServiceList) => {
                 self.service_call(call)
+            }
+            Call::Capture(_) | Call::Trace(_) => {
+                return Response::err(
+                    ErrorCode::BadRequest,
+                    "capture and trace stream over their own API connection (podrouterctl capture, trace)",
+                )
             }
         };
         match result {

@@ -26,6 +26,7 @@ pub mod service;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod tap_stream;
 pub mod tc;
 pub mod uninstall;
 pub mod uplink_setup;

@@ -6,7 +6,9 @@
 //! clean stop; a second daemon on the same socket is refused rather than
 //! stealing it; one connection is served at a time with a read/write
 //! timeout, so no client can stall the loop for long; each request line
-//! gets exactly one response line.
+//! gets exactly one response line, except that a `capture` or `trace`
+//! request hands its connection to [`crate::tap_stream`], which streams on
+//! a thread of its own.
 use std::io::{self, BufReader, ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -157,32 +159,57 @@ fn serve_connection(stream: UnixStream, daemon: &mut Daemon) -> io::Result<()> {
                 return Err(e);
             }
         };
-        let resp = answer(&line, daemon);
-        write_response(&mut writer, &resp)?;
+        let call = match parse_request(&line) {
+            Ok(call) => call,
+            Err(resp) => {
+                write_response(&mut writer, &resp)?;
+                continue;
+            }
+        };
+        if crate::tap_stream::is_stream(&call) {
+            // A capture or trace takes the connection over.
+            return crate::tap_stream::start(call, writer, daemon);
+        }
+        write_response(&mut writer, &daemon.handle(call))?;
     }
 }
 
-fn answer(line: &str, daemon: &mut Daemon) -> Response {
+/// The call a request line asks for, or the error response to send.
+fn parse_request(line: &str) -> Result<podrouter_api::Call, Box<Response>> {
     // Check the version before the shape, so a newer client learns what is
     // wrong even if its request has fields this daemon does not know.
     let value: serde_json::Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => return Response::err(ErrorCode::BadRequest, format!("not JSON: {e}")),
+        Err(e) => {
+            return Err(Box::new(Response::err(
+                ErrorCode::BadRequest,
+                format!("not JSON: {e}"),
+            )))
+        }
     };
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(API_VERSION) => {}
         Some(v) => {
-            return Response::err(
+            return Err(Box::new(Response::err(
                 ErrorCode::UnsupportedVersion,
                 format!("API version {v} is not supported; this daemon speaks {API_VERSION}"),
-            )
+            )))
         }
-        None => return Response::err(ErrorCode::BadRequest, "request has no numeric \"version\""),
+        None => {
+            return Err(Box::new(Response::err(
+                ErrorCode::BadRequest,
+                "request has no numeric \"version\"",
+            )))
+        }
     }
-    match serde_json::from_value::<Request>(value) {
-        Ok(req) => daemon.handle(req.call),
-        Err(e) => Response::err(ErrorCode::BadRequest, format!("bad request: {e}")),
-    }
+    serde_json::from_value::<Request>(value)
+        .map(|req| req.call)
+        .map_err(|e| {
+            Box::new(Response::err(
+                ErrorCode::BadRequest,
+                format!("bad request: {e}"),
+            ))
+        })
 }
 
 fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {

@@ -19,6 +19,7 @@ use crate::table::Table;
 
 mod service;
 mod table;
+mod tap;
 
 /// Operate a podrouter node.
 #[derive(Parser)]
@@ -114,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: service::ServiceCommand,
     },
+    /// Capture a pod's, a port's or the uplink's frames (both directions)
+    /// to a pcapng file, or to standard output with `-w -`.
+    Capture(tap::CaptureArgs),
+    /// Show each pipeline stage's decision for a pod's next frames.
+    Trace(tap::TraceArgs),
 }
 
 #[derive(Subcommand)]
@@ -335,6 +341,8 @@ fn main() -> ExitCode {
                 limit: Some(limit),
             }),
         },
+        Command::Capture(a) => return tap::capture(&args.socket, a),
+        Command::Trace(a) => return tap::trace(&args.socket, a, args.json),
         c @ (Command::Policy { .. }
         | Command::Pod { .. }
         | Command::Namespace { .. }
@@ -395,6 +403,7 @@ fn json(r: &Reply) -> String {
         Reply::ServicesApplied(s) => serde_json::to_value(s),
         Reply::ServiceDeleted(s) => serde_json::to_value(s),
         Reply::Services(s) => serde_json::to_value(s),
+        Reply::Capture(i) | Reply::Trace(i) => serde_json::to_value(i),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -549,6 +558,7 @@ fn text(r: &Reply) -> String {
         Reply::ServicesApplied(names) => names.iter().map(|n| format!("applied {n}\n")).collect(),
         Reply::ServiceDeleted(s) => format!("deleted service {}/{}\n", s.namespace, s.name),
         Reply::Services(s) => service::table(s),
+        Reply::Capture(i) | Reply::Trace(i) => format!("tap on {} (port {})\n", i.port, i.port_id),
         Reply::Endpoints(eps) => {
             let mut t = Table::new(&["IP", "NODE", "NAMESPACE", "NAME", "LABELS", "PORTS"]);
             for e in eps {

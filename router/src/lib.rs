@@ -8,6 +8,7 @@
 
 pub mod afxdp;
 pub mod bpf;
+pub mod capture;
 pub mod clock;
 pub mod conntrack;
 pub mod counters;

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::capture::{Armed, Direction, Taps};
 use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
 use crate::fib::Fib;
@@ -62,6 +63,8 @@ pub struct WorkerConfig {
     /// The built-in load balancer's published services, loaded once per
     /// batch.
     pub services: Arc<crate::service::Services>,
+    /// Capture and trace taps, checked once per round ([`crate::capture`]).
+    pub taps: Arc<Taps>,
 }
 
 enum Command {
@@ -308,6 +311,8 @@ impl Worker {
         let ctx = BatchContext::new(&fib, &ports, counters, &self.cfg.flows, started_ns)
             .with_policy(&policy)
             .with_services(&services);
+        // One relaxed load per round while nothing is armed.
+        let armed = self.cfg.taps.armed().then(|| self.cfg.taps.load());
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -344,6 +349,19 @@ impl Worker {
                     .iter()
                     .filter_map(|f| ipv4_destination(f.data())),
             );
+            if let Some(armed) = &armed {
+                let batch = &mut self.frames[..n];
+                tapped_batch(
+                    &mut self.pipeline,
+                    &mut self.tx,
+                    &ctx,
+                    owned.id,
+                    batch,
+                    armed,
+                    self.cfg.id,
+                );
+                continue;
+            }
             for frame in &mut self.frames[..n] {
                 in_counters.rx_bytes.add(frame.len() as u64);
                 match self.pipeline.process(&ctx, owned.id, frame) {
@@ -379,6 +397,74 @@ fn ipv4_destination(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
         .get(ETHERNET_HEADER_LEN..)?
         .get(field::ipv4::DST_ADDR)?;
     Some(std::net::Ipv4Addr::new(dst[0], dst[1], dst[2], dst[3]))
+}
+
+/// A batch while a capture or trace is armed: the frames of the untapped
+/// loop in [`Worker::poll_round`], plus copies of captured frames (as
+/// received, as sent, or dropped with `--drops`) and the instrumented
+/// pipeline path for traced frames.
+#[inline(never)]
+fn tapped_batch(
+    pipeline: &mut Pipeline,
+    tx: &mut TxQueues,
+    ctx: &BatchContext<'_>,
+    ingress: PortId,
+    frames: &mut [Frame],
+    armed: &Armed,
+    worker: usize,
+) {
+    let counters = ctx.counters;
+    let in_counters = counters.port(ingress);
+    let capture = armed.capture.as_deref();
+    let capture_in = capture.filter(|c| c.spec.port == ingress);
+    for frame in frames {
+        in_counters.rx_bytes.add(frame.len() as u64);
+        let received =
+            capture_in.and_then(|c| c.copy(worker, frame.data(), ctx.now_ns, Direction::In));
+        let traced = armed
+            .trace
+            .as_deref()
+            .and_then(|t| Some((t, t.claim(worker, ingress, frame.data(), ctx.now_ns)?)));
+        let verdict = match traced {
+            Some((session, mut record)) => {
+                let v = crate::capture::trace::process_traced(
+                    pipeline,
+                    ctx,
+                    ingress,
+                    frame,
+                    &mut record,
+                );
+                session.commit(worker, record);
+                v
+            }
+            None => pipeline.process(ctx, ingress, frame),
+        };
+        match verdict {
+            Verdict::Forward { port, tunnel } => {
+                if let (Some(c), Some(r)) = (capture, received) {
+                    c.commit(worker, r);
+                }
+                if let Some(c) = capture.filter(|c| c.spec.port == port) {
+                    if let Some(r) = c.copy(worker, frame.data(), ctx.now_ns, Direction::Out) {
+                        c.commit(worker, r);
+                    }
+                }
+                tx.push(ctx, port, frame, tunnel);
+            }
+            Verdict::Drop(reason) => {
+                counters.drop(reason);
+                in_counters.drops.incr();
+                if let (Some(c), Some(mut r)) = (capture, received) {
+                    if c.spec.drops {
+                        r.drop = Some(reason);
+                        c.commit(worker, r);
+                    } else {
+                        c.give_back(worker, r);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One worker's transmit queue for one port id.
@@ -540,8 +626,6 @@ mod tests {
         Arc::new(PortTable::default().with(id, entry))
     }
 
-    /// A flooding port gets one batch per round, like every other port:
-    /// its backlog waits for later rounds, not its neighbours.
     #[test]
     fn the_prefetch_reads_ipv4_destinations_only() {
         let mut f = [0u8; 34];
@@ -557,6 +641,8 @@ mod tests {
         assert_eq!(super::ipv4_destination(&[]), None);
     }
 
+    /// A flooding port gets one batch per round, like every other port:
+    /// its backlog waits for later rounds, not its neighbours.
     #[test]
     fn a_round_takes_at_most_one_batch_from_each_port() {
         let batch = 8;
@@ -596,6 +682,7 @@ mod tests {
             flows: Arc::new(FlowTable::new(8, Default::default())),
             policies: Arc::new(crate::policy::Policies::new()),
             services: Arc::new(crate::service::Services::new()),
+            taps: Arc::new(Taps::new()),
         };
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,
