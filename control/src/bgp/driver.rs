@@ -35,6 +35,9 @@
 //!
 //! Reload: [`BgpHandle::set_local_routes`] hands the speaker this node's
 //! new blocks; it announces and withdraws them on every session.
+//! [`BgpHandle::set_peers`] hands it the new peers: sessions start and
+//! stop for the changed entries only, and the listener's TCP MD5 keys,
+//! the remote ports and the stale sweep follow.
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -52,7 +55,7 @@ use podrouter_router::fib::Fib;
 use podrouter_types::Prefix;
 
 use super::session::{ConnId, Input, Output};
-use super::speaker::{KernelJob, Speaker};
+use super::speaker::{KernelJob, PeerSpec, Speaker};
 use super::stale::{self, StaleKernelRoutes};
 use super::views;
 use super::{speaker_config, Endpoints};
@@ -74,7 +77,11 @@ enum Command {
     Peers(mpsc::Sender<Vec<BgpPeerInfo>>),
     Rib(Option<Prefix>, usize, mpsc::Sender<BgpRibInfo>),
     SetLocalRoutes(Vec<Prefix>, mpsc::Sender<()>),
-    Stop { graceful: bool },
+    /// The peers of a reloaded config, each with its remote port.
+    SetPeers(Vec<(PeerSpec, u16)>, mpsc::Sender<PeerChanges>),
+    Stop {
+        graceful: bool,
+    },
 }
 
 /// The control thread's handle on the BGP thread.
@@ -85,6 +92,17 @@ pub struct BgpHandle {
     kernel_thread: Option<JoinHandle<()>>,
     marker: PathBuf,
     graceful_restart: bool,
+    /// Whether this run announces the restart bit (new peers' sessions
+    /// get the same setting, so an unchanged peer compares equal).
+    restarting: bool,
+}
+
+/// What [`BgpHandle::set_peers`] did: the addresses of the sessions
+/// started and stopped (a changed peer is in both).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<Ipv4Addr>,
+    pub removed: Vec<Ipv4Addr>,
 }
 
 impl BgpHandle {
@@ -204,6 +222,7 @@ impl BgpHandle {
             kernel_thread,
             marker,
             graceful_restart: bgp.graceful_restart,
+            restarting,
         }))
     }
 
@@ -229,6 +248,20 @@ impl BgpHandle {
     /// the UPDATEs for every Established session.
     pub fn set_local_routes(&self, routes: Vec<Prefix>) -> Result<(), String> {
         self.ask(|tx| Command::SetLocalRoutes(routes, tx))
+    }
+
+    /// Applies the `[[bgp.peers]]` of a reloaded `cfg` (whose other `[bgp]`
+    /// keys equal the running ones, `crate::reload` checks that): starts
+    /// sessions for new peers, stops removed ones, leaves the rest alone.
+    pub fn set_peers(&self, cfg: &Config) -> Result<PeerChanges, String> {
+        let (Some(scfg), Some(ends)) = (
+            speaker_config(cfg, self.restarting),
+            Endpoints::from_config(cfg),
+        ) else {
+            return Err("the new config has no [bgp] section or no node_ip".into());
+        };
+        let peers = scfg.peers.into_iter().zip(ends.peer_ports).collect();
+        self.ask(|tx| Command::SetPeers(peers, tx))
     }
 
     /// Stops every session and the thread. With graceful restart
@@ -416,6 +449,9 @@ impl Driver {
                     self.do_io();
                     self.apply_fib();
                     let _ = tx.send(());
+                }
+                Command::SetPeers(peers, tx) => {
+                    let _ = tx.send(self.set_peers(now, peers));
                 }
                 Command::Stop { graceful } => {
                     let why = if graceful {
@@ -673,6 +709,68 @@ impl Driver {
                     .input(Instant::now(), peer, Input::ConnectFailed(e.to_string()));
             }
         }
+    }
+
+    /// A reload's peers: the speaker starts and stops sessions; here the
+    /// listener's TCP MD5 keys, the remote ports, the sockets of stopped
+    /// peers and the stale sweep (which no longer waits for them) follow.
+    fn set_peers(&mut self, now: Instant, peers: Vec<(PeerSpec, u16)>) -> PeerChanges {
+        let ports: HashMap<Ipv4Addr, u16> = peers
+            .iter()
+            .map(|(p, port)| (p.session.peer, *port))
+            .collect();
+        let specs = peers.into_iter().map(|(p, _)| p).collect();
+        let (added, gone) = self.speaker.set_peers(now, specs);
+        // Keys first removed, then set: a changed peer keeps its address.
+        for &i in &gone {
+            let spec = &self.speaker.cfg.peers[i];
+            if spec.password.is_some() {
+                // An empty key deletes the peer's key.
+                if let Err(e) = sys::tcp_md5_set(self.listener.as_fd(), spec.session.peer, b"") {
+                    log::warn!(
+                        "bgp {}: cannot remove the TCP MD5 key: {e}",
+                        spec.session.peer
+                    );
+                }
+            }
+            if let Some(st) = self.stale.as_mut() {
+                st.note_eor(i);
+            }
+        }
+        for &i in &added {
+            let spec = &self.speaker.cfg.peers[i];
+            let peer = spec.session.peer;
+            self.ends
+                .peer_ports
+                .push(ports.get(&peer).copied().unwrap_or(179));
+            if let Some(key) = &spec.password {
+                if let Err(e) = sys::tcp_md5_set(self.listener.as_fd(), peer, key.as_bytes()) {
+                    log::warn!("bgp {peer}: cannot set the TCP MD5 key on the listener: {e}");
+                }
+            }
+        }
+        // The stopped sessions' NOTIFICATIONs and closes, the new ones'
+        // connects.
+        self.do_io();
+        for &i in &gone {
+            for id in [ConnId::Outbound, ConnId::Inbound] {
+                self.close((i, id));
+            }
+        }
+        debug_assert_eq!(self.ends.peer_ports.len(), self.speaker.peer_count());
+        self.apply_fib();
+        let addr = |i: &usize| self.speaker.cfg.peers[*i].session.peer;
+        let changes = PeerChanges {
+            added: added.iter().map(addr).collect(),
+            removed: gone.iter().map(addr).collect(),
+        };
+        for a in &changes.removed {
+            log::info!("bgp {a}: peer removed by a reload, session stopped");
+        }
+        for a in &changes.added {
+            log::info!("bgp {a}: peer added by a reload, session started");
+        }
+        changes
     }
 
     /// Notes End-of-RIBs and, once due, deletes the stale learned-block

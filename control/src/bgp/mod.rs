@@ -75,11 +75,16 @@
 //! sends for IPv4 unicast whether or not MP IPv4 unicast was negotiated,
 //! RFC 4760 allows both, and every peer we test with accepts it); a
 //! session not yet Established announces the new list at its next OPEN
-//! exchange. No session is reset. Peers (`[[bgp.peers]]`) and every other
-//! `[bgp]` key are fixed at start: a reload that changes them is refused
-//! ("restart podrouterd to change [[bgp.peers]]"); the speaker's peers are
-//! indexed by position (tokens, kernel jobs), so adding or removing one at
-//! runtime is not cheap in this design.
+//! exchange. No session is reset.
+//!
+//! Peers change by reload too ([`BgpHandle::set_peers`],
+//! [`speaker::Speaker::set_peers`]): an entry not running is started as a
+//! new session, a running one missing from the new list is stopped (Cease,
+//! its routes leave the RIB and FIB) and retired, an unchanged one is not
+//! touched. Peers are indexed by position (mio tokens, the stale sweep's
+//! End-of-RIB list), so a removed peer keeps its slot, retired, and an
+//! added one takes a new slot at the end. Every other `[bgp]` key is
+//! fixed at start (a reload that changes one is refused).
 //!
 //! # Our own graceful restart (RFC 4724 restarting speaker)
 //!

@@ -13,13 +13,15 @@ use super::rib;
 use super::session::State;
 use super::speaker::Speaker;
 
-/// One row per configured neighbour, in configuration order; `md5[i]`
-/// says whether neighbour `i` has a TCP MD5 key.
+/// One row per configured neighbour, in configuration order (peers a
+/// reload removed are left out, peers it added come last); `md5[i]` says
+/// whether neighbour `i` has a TCP MD5 key.
 pub fn peers(speaker: &Speaker, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> {
     speaker
         .sessions()
         .iter()
         .enumerate()
+        .filter(|(i, _)| !speaker.is_retired(*i))
         .map(|(i, s)| {
             let c = &s.cfg;
             let neg = s.negotiated();
