@@ -54,8 +54,9 @@ use podrouter_api::{BgpPeerInfo, BgpRibInfo};
 use podrouter_router::fib::Fib;
 use podrouter_types::Prefix;
 
+use super::saved::Saver;
 use super::session::{ConnId, Input, Output};
-use super::speaker::{KernelJob, PeerSpec, Speaker};
+use super::speaker::{KernelJob, PeerSpec, Speaker, Vias};
 use super::stale::{self, StaleKernelRoutes};
 use super::views;
 use super::{speaker_config, Endpoints};
@@ -90,6 +91,7 @@ pub struct BgpHandle {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     kernel_thread: Option<JoinHandle<()>>,
+    save_thread: Option<JoinHandle<()>>,
     marker: PathBuf,
     graceful_restart: bool,
     /// Whether this run announces the restart bit (new peers' sessions
@@ -109,10 +111,14 @@ impl BgpHandle {
     /// Binds the listener and starts the BGP thread. `None` when the
     /// config has no `[bgp]` section. With an `uplink`, learned blocks
     /// also get the node kernel's routes.
+    /// `restored`: the saved routes [`super::restore_saved`] put in the
+    /// FIB (the speaker adopts them, the restart's sweep removes those no
+    /// peer announces again).
     pub fn start(
         cfg: &Config,
         fib: Arc<Fib>,
         uplink: Option<UplinkState>,
+        restored: Vec<(Prefix, Vias)>,
     ) -> io::Result<Option<BgpHandle>> {
         let Some(bgp) = cfg.bgp.as_ref() else {
             return Ok(None);
@@ -139,15 +145,16 @@ impl BgpHandle {
         // Before any session can re-learn anything: what the last run
         // left in the kernel.
         let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        let started = Instant::now();
+        let gr: Vec<bool> = scfg
+            .peers
+            .iter()
+            .map(|p| p.session.graceful_restart)
+            .collect();
+        let bound = Duration::from_secs(bgp.restart_time.into());
         let stale = match stale::scan(&cfg.pod_cidrs, &statics) {
             Ok(routes) if routes.is_empty() => None,
             Ok(routes) => {
-                let gr: Vec<bool> = scfg
-                    .peers
-                    .iter()
-                    .map(|p| p.session.graceful_restart)
-                    .collect();
-                let bound = Duration::from_secs(bgp.restart_time.into());
                 log::info!(
                     "bgp: {} learned-block kernel route(s) from before this start kept as stale                      until {} peer(s) send End-of-RIB (at most {} s): {}",
                     routes.len(),
@@ -159,7 +166,7 @@ impl BgpHandle {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                Some(StaleKernelRoutes::new(routes, &gr, Instant::now(), bound))
+                Some(StaleKernelRoutes::new(routes, &gr, started, bound))
             }
             Err(e) => {
                 log::warn!("bgp: cannot list kernel routes for the stale scan: {e}");
@@ -199,16 +206,29 @@ impl BgpHandle {
                 ""
             }
         );
+        let (save_tx, save_rx) = mpsc::channel::<Vec<KernelJob>>();
+        let saver = Saver::new(&cfg.state_dir, restored.clone());
+        let save_thread = std::thread::Builder::new()
+            .name("bgp-save".into())
+            .spawn(move || saver.run(save_rx))?;
+        let mut speaker = Speaker::new(scfg, Instant::now());
+        let adopted = speaker.adopt(restored);
+        let restored = (!adopted.is_empty()).then(|| {
+            let rows = adopted.into_iter().map(|p| (p, p)).collect();
+            StaleKernelRoutes::new(rows, &gr, started, bound)
+        });
         let mut driver = Driver {
             poll,
             listener: TcpListener::from_std(std_listener),
-            speaker: Speaker::new(scfg, Instant::now()),
+            speaker,
             ends,
             socks: HashMap::new(),
             again: HashSet::new(),
             fib,
             kernel,
+            save: save_tx,
             stale,
+            restored,
             rx,
             buf: vec![0; 64 * 1024],
         };
@@ -220,6 +240,7 @@ impl BgpHandle {
             waker,
             thread: Some(thread),
             kernel_thread,
+            save_thread: Some(save_thread),
             marker,
             graceful_restart: bgp.graceful_restart,
             restarting,
@@ -277,6 +298,10 @@ impl BgpHandle {
         // The BGP thread dropped its sender: the kernel thread finishes
         // what is queued (the removals of a non-graceful stop) and ends.
         if let Some(t) = self.kernel_thread.take() {
+            let _ = t.join();
+        }
+        // Likewise the saver writes the routes a last time.
+        if let Some(t) = self.save_thread.take() {
             let _ = t.join();
         }
         if graceful {
@@ -343,6 +368,11 @@ struct Driver {
     again: HashSet<(usize, ConnId)>,
     fib: Arc<Fib>,
     kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
+    /// The `bgp-save` thread: the same changes, for `state_dir/bgp-routes`.
+    save: mpsc::Sender<Vec<KernelJob>>,
+    /// Saved routes the speaker adopted at start, until the restart's
+    /// sweep (the same End-of-RIBs and bound as `stale`).
+    restored: Option<StaleKernelRoutes<Prefix>>,
     /// Learned-block kernel routes from before this start, until swept.
     stale: Option<StaleKernelRoutes<crate::netlink::Ipv4Route>>,
     rx: mpsc::Receiver<Command>,
@@ -381,6 +411,7 @@ impl Driver {
             self.do_io();
             self.apply_fib();
             self.check_stale(now);
+            self.check_restored(now);
             let timeout = if self.again.is_empty() {
                 self.speaker
                     .next_deadline()
@@ -818,9 +849,45 @@ impl Driver {
 
     fn send_kernel_jobs(&mut self) {
         let jobs = self.speaker.take_kernel_jobs();
-        if let (Some(k), false) = (&self.kernel, jobs.is_empty()) {
-            let _ = k.send(jobs);
+        if jobs.is_empty() {
+            return;
         }
+        if let Some(k) = &self.kernel {
+            let _ = self.save.send(jobs.clone());
+            let _ = k.send(jobs);
+        } else {
+            let _ = self.save.send(jobs);
+        }
+    }
+
+    /// Once due (as the stale kernel routes), runs the decision again for
+    /// every adopted saved route: those no peer announced again leave the
+    /// FIB (and their kernel routes go with the same batch).
+    fn check_restored(&mut self, now: Instant) {
+        let Some(r) = self.restored.as_mut() else {
+            return;
+        };
+        for i in 0..self.speaker.peer_count() {
+            if self.speaker.session(i).eor_received() {
+                r.note_eor(i);
+            }
+        }
+        let Some(why) = r.reason(now) else {
+            return;
+        };
+        let r = self.restored.take().expect("checked");
+        let prefixes = r.sweep(|_| false);
+        let total = prefixes.len();
+        self.speaker.recheck(prefixes.iter().copied());
+        let gone = prefixes
+            .iter()
+            .filter(|p| self.speaker.rib().best(p).is_none() || self.speaker.filtered(p).is_some())
+            .count();
+        self.apply_fib();
+        log::info!(
+            "bgp: {why}: {} of {total} restored route(s) announced again, {gone} removed",
+            total - gone
+        );
     }
 
     fn apply_fib(&mut self) {

@@ -81,6 +81,30 @@ fn reserved() -> [(Prefix, &'static str); 3] {
     ]
 }
 
+/// Why the import policy (module header) keeps a learned prefix out of
+/// the FIB, if it does.
+pub fn import_refusal(cfg: &SpeakerConfig, p: &Prefix) -> Option<&'static str> {
+    if p.len() == 0 {
+        return Some("default route stays with the host");
+    }
+    if let Some((_, why)) = reserved().into_iter().find(|(r, _)| overlaps(r, p)) {
+        return Some(why);
+    }
+    if cfg.node_networks.iter().any(|n| overlaps(n, p)) {
+        return Some("covers or overlaps this node's addresses or their subnets");
+    }
+    if cfg.local_routes.iter().any(|c| overlaps(c, p)) {
+        return Some("overlaps this node's pod_cidrs");
+    }
+    if cfg.static_routes.iter().any(|s| inside(p, s)) {
+        return Some("a static route has this prefix");
+    }
+    if !cfg.import_pools.iter().any(|pool| inside(p, pool)) {
+        return Some("outside [bgp] import_pools");
+    }
+    None
+}
+
 /// Whether two prefixes share an address (one contains the other).
 fn overlaps(a: &Prefix, b: &Prefix) -> bool {
     a.contains(b.addr()) || b.contains(a.addr())
@@ -325,25 +349,34 @@ impl Speaker {
     /// Why a learned prefix is kept out of the FIB, if it is (the import
     /// policy, module header).
     pub fn filtered(&self, p: &Prefix) -> Option<&'static str> {
-        if p.len() == 0 {
-            return Some("default route stays with the host");
+        import_refusal(&self.cfg, p)
+    }
+
+    /// Takes routes saved by the previous run (`super::saved`, already
+    /// in the FIB) as installed: a peer re-announcing one the same way
+    /// changes nothing, one announced otherwise is replaced, and
+    /// [`Speaker::recheck`] at the restart's sweep removes those nobody
+    /// announced again. Their kernel routes are (re)placed too, in case
+    /// the kernel lost them. Routes the import policy refuses now are
+    /// skipped; returns the prefixes taken.
+    pub fn adopt(&mut self, routes: Vec<(Prefix, Vias)>) -> Vec<Prefix> {
+        let mut taken = Vec::with_capacity(routes.len());
+        for (p, vias) in routes {
+            if self.filtered(&p).is_some() || self.installed.contains_key(&p) {
+                continue;
+            }
+            self.kernel_jobs.push((p, Some(vias.clone()), None));
+            self.installed.insert(p, vias);
+            taken.push(p);
         }
-        if let Some((_, why)) = reserved().into_iter().find(|(r, _)| overlaps(r, p)) {
-            return Some(why);
-        }
-        if self.cfg.node_networks.iter().any(|n| overlaps(n, p)) {
-            return Some("covers or overlaps this node's addresses or their subnets");
-        }
-        if self.cfg.local_routes.iter().any(|c| overlaps(c, p)) {
-            return Some("overlaps this node's pod_cidrs");
-        }
-        if self.cfg.static_routes.iter().any(|s| inside(p, s)) {
-            return Some("a static route has this prefix");
-        }
-        if !self.cfg.import_pools.iter().any(|pool| inside(p, pool)) {
-            return Some("outside [bgp] import_pools");
-        }
-        None
+        taken
+    }
+
+    /// Runs the decision again for these prefixes at the next
+    /// [`Speaker::take_fib_changes`] (adopted routes at the restart's
+    /// sweep: those with no path in the RIB leave the FIB).
+    pub fn recheck(&mut self, prefixes: impl IntoIterator<Item = Prefix>) {
+        self.dirty.extend(prefixes);
     }
 
     /// The FIB batch that brings the FIB in line with the RIB's best paths
@@ -803,6 +836,41 @@ mod tests {
         );
         assert_eq!(s.peer_index(ip("10.0.0.4")), Some(3));
         assert_eq!(s.session(0).state(), State::Established);
+    }
+
+    /// Saved routes adopted at start: re-announced the same way they
+    /// change nothing, announced otherwise they move, and the sweep
+    /// removes those nobody announced; refused ones are not adopted.
+    #[test]
+    fn adopted_routes_stay_until_the_sweep_unless_announced() {
+        let t = Instant::now();
+        let mut s = speaker();
+        let via = |a: &str| Vias::new(&[ip(a)]).unwrap();
+        let taken = s.adopt(vec![
+            (p("10.244.2.0/26"), via("10.0.0.2")),
+            (p("10.244.3.0/26"), via("10.0.0.2")),
+            (p("10.244.4.0/26"), via("10.0.0.2")),
+            (p("10.244.1.0/26"), via("10.0.0.2")), // our own block: refused
+        ]);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(s.take_kernel_jobs().len(), 3);
+        up(&mut s, t, 0, "10.0.0.2");
+        up(&mut s, t, 1, "10.0.0.3");
+        announce(&mut s, t, 0, "10.0.0.2", 100, &["10.244.2.0/26"]);
+        announce(&mut s, t, 1, "10.0.0.3", 100, &["10.244.3.0/26"]);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.3.0/26"),
+                NextHop::Node(ip("10.0.0.3"))
+            )]
+        );
+        s.recheck(taken);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Remove(p("10.244.4.0/26"))]
+        );
+        assert_eq!(s.installed(), 2);
     }
 
     /// Every class the import policy refuses, each with its reason; only
