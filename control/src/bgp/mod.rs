@@ -126,9 +126,10 @@
 //!   speaker adopts them as installed (a re-announcement the same way
 //!   changes nothing); at the same sweep as the stale kernel routes the
 //!   ones no peer announced again leave the FIB and the kernel. After a
-//!   crash the file is at most 200 ms old (or four times the last write
+//!   crash the file is at most 200 ms old (or ten times the last write
 //!   of a full table); what it misses comes back from the peers.
 mod driver;
+pub mod prefix_hash;
 pub mod rib;
 pub mod saved;
 pub mod session;

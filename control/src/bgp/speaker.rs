@@ -33,7 +33,7 @@
 //! `NextHop::Node` route, several an ECMP group
 //! (`FibChange::InsertMultipath`). The driver calls it once per
 //! loop iteration, so a burst of UPDATEs becomes one FIB publication.
-use std::collections::{HashMap, HashSet};
+use super::prefix_hash::{PrefixMap, PrefixSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -142,9 +142,9 @@ pub struct Speaker {
     /// session is stopped and holds no route; nothing addresses it again.
     retired: Vec<bool>,
     rib: Rib,
-    dirty: HashSet<Prefix>,
+    dirty: PrefixSet,
     /// What BGP installed per prefix: its next hops, sorted, distinct.
-    installed: HashMap<Prefix, Vias>,
+    installed: PrefixMap<Vias>,
     /// Changes for the node's kernel routes: (prefix, new via, old via).
     kernel_jobs: Vec<KernelJob>,
     io: Vec<(usize, Output)>,
@@ -163,8 +163,8 @@ impl Speaker {
             cfg,
             sessions,
             rib: Rib::new(),
-            dirty: HashSet::new(),
-            installed: HashMap::new(),
+            dirty: PrefixSet::default(),
+            installed: PrefixMap::default(),
             kernel_jobs: Vec::new(),
             io: Vec::new(),
             state_changes: Vec::new(),
