@@ -425,8 +425,24 @@ impl Receiver {
 struct Round {
     /// Established to all routes in.
     secs: f64,
+    /// CPU time the receiver's threads ran meanwhile (load-independent,
+    /// unlike `secs` on a shared machine).
+    cpu_secs: f64,
     /// Start of the process to Established.
     to_established: f64,
+}
+
+/// CPU time all threads of `pid` have run, in ns (the first field of each
+/// `/proc/PID/task/TID/schedstat`, nanosecond resolution); 0 if unreadable.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 /// Starts `who` fresh, times Established to `n` routes, stops it.
@@ -501,6 +517,7 @@ fn round(ctx: &Ctx, lab: &Lab, who: Receiver, n: usize, rep: usize) -> Res<Round
     let t0 = Instant::now();
     let limit = Duration::from_secs(60 + (n / 1000) as u64);
     let mut est: Option<Instant> = None;
+    let mut cpu_at_est = 0;
     let mut have = 0;
     let mut tick = t0;
     loop {
@@ -518,12 +535,14 @@ fn round(ctx: &Ctx, lab: &Lab, who: Receiver, n: usize, rep: usize) -> Res<Round
                 {
                     if peers.iter().any(|p| p.state == "Established") {
                         est = Some(Instant::now());
+                        cpu_at_est = cpu_ns(proc.pid());
                     }
                 }
             }
             (Receiver::Bird, None) => {
                 if ask_bird("show protocols").contains("Established") {
                     est = Some(Instant::now());
+                    cpu_at_est = cpu_ns(proc.pid());
                 }
             }
             (Receiver::Podrouterd, Some(_)) => {
@@ -543,7 +562,9 @@ fn round(ctx: &Ctx, lab: &Lab, who: Receiver, n: usize, rep: usize) -> Res<Round
         }
         if let (Some(e), true) = (est, have >= n) {
             let now = Instant::now();
+            let cpu = cpu_ns(proc.pid()).saturating_sub(cpu_at_est);
             return Ok(Round {
+                cpu_secs: cpu as f64 / 1e9,
                 secs: now.duration_since(e).as_secs_f64(),
                 to_established: e.duration_since(t0).as_secs_f64(),
             });
@@ -620,6 +641,7 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
         },
     };
     let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut disturbed = [0usize; 2];
     let mut errs: [Option<String>; 2] = [None, None];
     if let Ok(lab) = &lab {
@@ -636,9 +658,11 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
                         ctx.runs.push(json!({
                             "what": desc, "plane": who.name(), "kind": "bgp_convergence",
                             "routes": n, "secs": r.secs, "to_established_secs": r.to_established,
+                            "cpu_secs": r.cpu_secs,
                             "busy_before": busy,
                         }));
                         secs[i].push(r.secs);
+                        cpu[i].push(r.cpu_secs);
                         disturbed[i] += usize::from(busy >= BUSY);
                     }
                     Err(e) if e.interrupted => return Err(e),
@@ -650,17 +674,18 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
             }
         }
     }
-    let cells = |f: &dyn Fn(f64) -> f64| -> [Cell; 2] {
+    let cells = |of: &[Vec<f64>; 2], f: &dyn Fn(f64) -> f64| -> [Cell; 2] {
         [0, 1].map(|i| match &lab {
             Err(why) => Cell::missing(first_line(why)),
-            Ok(_) if secs[i].is_empty() => Cell::missing(first_line(
+            Ok(_) if of[i].is_empty() => Cell::missing(first_line(
                 errs[i].as_deref().unwrap_or("no successful run"),
             )),
-            Ok(_) => Cell::from_runs(secs[i].iter().map(|s| f(*s)).collect(), disturbed[i]),
+            Ok(_) => Cell::from_runs(of[i].iter().map(|s| f(*s)).collect(), disturbed[i]),
         })
     };
-    let [ps, bs] = cells(&|s| s);
-    let [pr, br] = cells(&|s| n as f64 / s);
+    let [ps, bs] = cells(&secs, &|s| s);
+    let [pr, br] = cells(&secs, &|s| n as f64 / s);
+    let [pc, bc] = cells(&cpu, &|s| s);
     ctx.rows.push(
         Row::new(
             &scenario,
@@ -680,6 +705,17 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
             "higher",
             pr,
             br,
+        )
+        .baseline("BIRD 2"),
+    );
+    ctx.rows.push(
+        Row::new(
+            &scenario,
+            &format!("CPU time of the receiver, Established to {n} routes installed (all threads)"),
+            "s",
+            "lower",
+            pc,
+            bc,
         )
         .baseline("BIRD 2"),
     );
