@@ -651,13 +651,13 @@ fn run(cli: &Cli) -> Res<bool> {
         method.push(format!(
             "BGP convergence: GoBGP (AS 64513) first learns {n} /24s from a source BIRD; then \
              podrouterd and BIRD 2 (both AS 64512, eBGP to GoBGP, on one bridge) take turns as \
-             the receiver, each started fresh per run; every 20 ms the harness asks the \
-             receiver for its session state and count (`podrouterctl --json bgp peers` / `bgp \
-             rib --limit 0`: `installed` in the FIB; `birdc show protocols` / `show route \
-             protocol up count`: BGP routes in BIRD's RIB; BIRD exports nothing, podrouterd \
-             also programs the node kernel's routes for its uplink meanwhile); the clock runs \
-             from the first poll that sees Established to the first that sees all {n}, so \
-             each figure resolves to about 20 ms plus one poll's own time",
+             the receiver, each started fresh per run; every 2 ms the harness asks the \
+             receiver for its session state and count over its control socket (podrouterd's \
+             API `bgp_peers` / `bgp_rib` with limit 0: `installed` in the FIB; BIRD's \
+             `show protocols` / `show route protocol up count`: BGP routes in BIRD's RIB; \
+             BIRD exports nothing); the clock runs from the first poll that sees Established \
+             to the first that sees all {n}, so each figure resolves to about 2 ms plus one \
+             poll's own time (well under a millisecond: no process is started)",
             n = p.bgp_routes
         ));
     }

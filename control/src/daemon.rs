@@ -254,14 +254,16 @@ impl Daemon {
             d.uplink = Some(u);
         }
         d.install_base_routes();
+        // Learned routes before the pods' ports forward their first packet.
+        let learned = crate::bgp::restore_saved(&d.cfg, &d.fib);
         d.restore(records);
         d.store.save(&d.records())?;
         d.publish_policy();
         d.publish_services();
         d.process_pending_detaches();
         let kernel = d.uplink.clone();
-        d.bgp =
-            crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel).map_err(StartError::Bgp)?;
+        d.bgp = crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel, learned)
+            .map_err(StartError::Bgp)?;
         log::info!(
             "node {} up: {} worker(s), pod CIDRs {}, {} pod(s) restored, API on {}",
             d.cfg.node_name,

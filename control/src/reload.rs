@@ -2,7 +2,10 @@
 //! change while podrouterd runs, and the plan for a new config.
 //!
 //! Runtime-changeable: `pod_cidrs` (blocks added and removed; a reorder
-//! only changes which block IPAM allocates from first) and `log_level`.
+//! only changes which block IPAM allocates from first), `log_level` and
+//! `[[bgp.peers]]` (a peer added gets a new session, a peer removed has
+//! its session stopped, a peer whose entry changed is both; every other
+//! session is left alone and stays Established).
 //! Everything else is fixed at start: a reload that changes any other key
 //! is refused as a whole, naming each such key ("restart podrouterd to
 //! change ...").
@@ -11,7 +14,7 @@
 //! [`Node`] all or nothing: every refusal comes before anything changes;
 //! then IPAM, then the node's kernel routes through [`NodeNet`] (the only
 //! step that can fail, undone in reverse if it does), then the FIB, the
-//! log level, the running config and BGP's announcements. Tests drive it
+//! log level, the running config, BGP's announcements and BGP's peers. Tests drive it
 //! with a fake [`NodeNet`], so every rollback is checked without root.
 //!
 //! Invariants: [`plan`] returns `Ok` only when the new config differs
@@ -19,6 +22,9 @@
 //! `removed` are disjoint and each sorted. A [`reload`] that returns an
 //! error left the config, IPAM, FIB and kernel routes as they were
 //! (except [`ReloadError::BgpNotUpdated`], where only BGP lags).
+//! `[[bgp.peers]]` entries compare whole: a peer is kept only when its
+//! entry is unchanged (any field, e.g. a new password or hold time,
+//! restarts that one session).
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -42,6 +48,8 @@ pub struct Plan {
     pub removed: Vec<Prefix>,
     /// `log_level` changes.
     pub log_level: bool,
+    /// `[[bgp.peers]]` changes (entries added, removed or edited).
+    pub peers: bool,
     /// The config to run once the plan is applied.
     pub new: Config,
 }
@@ -50,7 +58,7 @@ impl Plan {
     /// Nothing to do (the file equals the running config, up to the order
     /// of `pod_cidrs`).
     pub fn is_noop(&self) -> bool {
-        self.added.is_empty() && self.removed.is_empty() && !self.log_level
+        self.added.is_empty() && self.removed.is_empty() && !self.log_level && !self.peers
     }
 }
 
@@ -101,6 +109,7 @@ pub fn plan(old: &Config, new: Config) -> Result<Plan, NeedsRestart> {
         added,
         removed,
         log_level: old.log_level != new.log_level,
+        peers: peer_entries(old) != peer_entries(&new),
         new,
     })
 }
@@ -163,7 +172,11 @@ fn bgp_changes(a: &Bgp, b: &Bgp, key: &mut impl FnMut(bool, &str)) {
     );
     key(a.restart_time != b.restart_time, "[bgp] restart_time");
     key(a.import_pools != b.import_pools, "[bgp] import_pools");
-    key(a.peers != b.peers, "[[bgp.peers]]");
+}
+
+/// The `[[bgp.peers]]` entries, in file order (none without `[bgp]`).
+fn peer_entries(cfg: &Config) -> &[crate::config::BgpPeer] {
+    cfg.bgp.as_ref().map_or(&[], |b| &b.peers)
 }
 
 /// The removed blocks that still hold pods' addresses, with those pods'
@@ -246,7 +259,7 @@ pub enum ReloadError {
          to {block}: {source}"
     )]
     RouteDel { block: Prefix, source: PodNetError },
-    #[error("pod CIDRs applied on the node, but the BGP speaker did not take them: {0}")]
+    #[error("the node's changes applied, but the BGP speaker did not take them: {0}")]
     BgpNotUpdated(String),
 }
 
@@ -367,7 +380,7 @@ fn try_reload(node: Node<'_>, path: Option<&Path>) -> Result<ReloadInfo, ReloadE
         changed.push("log_level".to_string());
     }
     *node.cfg = plan.new;
-    let info = ReloadInfo {
+    let mut info = ReloadInfo {
         config: path.display().to_string(),
         pod_cidrs: node.cfg.pod_cidrs.iter().map(|c| c.to_string()).collect(),
         added: plan.added.iter().map(|c| c.to_string()).collect(),
@@ -379,6 +392,22 @@ fn try_reload(node: Node<'_>, path: Option<&Path>) -> Result<ReloadInfo, ReloadE
             b.set_local_routes(node.cfg.pod_cidrs.clone())
                 .map_err(ReloadError::BgpNotUpdated)?;
         }
+    }
+    if plan.peers {
+        let mut what = "[[bgp.peers]]".to_string();
+        if let Some(b) = node.bgp {
+            let done = b.set_peers(node.cfg).map_err(ReloadError::BgpNotUpdated)?;
+            let list = |a: &[Ipv4Addr]| {
+                let v: Vec<String> = a.iter().map(|a| a.to_string()).collect();
+                none_if_empty(&v)
+            };
+            what = format!(
+                "[[bgp.peers]] (sessions started: {}; stopped: {})",
+                list(&done.added),
+                list(&done.removed)
+            );
+        }
+        info.changed.push(what);
     }
     Ok(info)
 }
@@ -515,6 +544,26 @@ asn = 64512
     }
 
     #[test]
+    fn bgp_peers_change_at_runtime() {
+        let old = cfg(BASE);
+        let more = cfg(&format!(
+            "{BASE}[[bgp.peers]]\naddress = \"10.0.0.3\"\nasn = 64513\n"
+        ));
+        let pl = plan(&old, more.clone()).unwrap();
+        assert!(pl.peers && !pl.is_noop() && pl.added.is_empty());
+        let pl = plan(&more, cfg(BASE)).unwrap();
+        assert!(pl.peers);
+        let edited = with("address = \"10.0.0.2\"", "address = \"10.0.0.4\"");
+        assert!(plan(&old, edited).unwrap().peers);
+        let keyed = with(
+            "address = \"10.0.0.2\"",
+            "address = \"10.0.0.2\"\npassword = \"k\"",
+        );
+        assert!(plan(&old, keyed).unwrap().peers);
+        assert!(!plan(&old, cfg(BASE)).unwrap().peers);
+    }
+
+    #[test]
     fn other_keys_need_a_restart_and_are_all_named() {
         let old = cfg(BASE);
         let cases = [
@@ -535,11 +584,6 @@ asn = 64512
                 "asn = 64512\n[[",
                 "asn = 64512\nhold_time = 30\n[[",
                 "[bgp] hold_time",
-            ),
-            (
-                "address = \"10.0.0.2\"",
-                "address = \"10.0.0.4\"",
-                "[[bgp.peers]]",
             ),
             (
                 "log_level = \"info\"",

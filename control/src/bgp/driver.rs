@@ -35,6 +35,9 @@
 //!
 //! Reload: [`BgpHandle::set_local_routes`] hands the speaker this node's
 //! new blocks; it announces and withdraws them on every session.
+//! [`BgpHandle::set_peers`] hands it the new peers: sessions start and
+//! stop for the changed entries only, and the listener's TCP MD5 keys,
+//! the remote ports and the stale sweep follow.
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -51,8 +54,9 @@ use podrouter_api::{BgpPeerInfo, BgpRibInfo};
 use podrouter_router::fib::Fib;
 use podrouter_types::Prefix;
 
+use super::saved::Saver;
 use super::session::{ConnId, Input, Output};
-use super::speaker::{KernelJob, Speaker};
+use super::speaker::{KernelJob, PeerSpec, Speaker, Vias};
 use super::stale::{self, StaleKernelRoutes};
 use super::views;
 use super::{speaker_config, Endpoints};
@@ -74,7 +78,11 @@ enum Command {
     Peers(mpsc::Sender<Vec<BgpPeerInfo>>),
     Rib(Option<Prefix>, usize, mpsc::Sender<BgpRibInfo>),
     SetLocalRoutes(Vec<Prefix>, mpsc::Sender<()>),
-    Stop { graceful: bool },
+    /// The peers of a reloaded config, each with its remote port.
+    SetPeers(Vec<(PeerSpec, u16)>, mpsc::Sender<PeerChanges>),
+    Stop {
+        graceful: bool,
+    },
 }
 
 /// The control thread's handle on the BGP thread.
@@ -83,18 +91,34 @@ pub struct BgpHandle {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     kernel_thread: Option<JoinHandle<()>>,
+    save_thread: Option<JoinHandle<()>>,
     marker: PathBuf,
     graceful_restart: bool,
+    /// Whether this run announces the restart bit (new peers' sessions
+    /// get the same setting, so an unchanged peer compares equal).
+    restarting: bool,
+}
+
+/// What [`BgpHandle::set_peers`] did: the addresses of the sessions
+/// started and stopped (a changed peer is in both).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerChanges {
+    pub added: Vec<Ipv4Addr>,
+    pub removed: Vec<Ipv4Addr>,
 }
 
 impl BgpHandle {
     /// Binds the listener and starts the BGP thread. `None` when the
     /// config has no `[bgp]` section. With an `uplink`, learned blocks
     /// also get the node kernel's routes.
+    /// `restored`: the saved routes [`super::restore_saved`] put in the
+    /// FIB (the speaker adopts them, the restart's sweep removes those no
+    /// peer announces again).
     pub fn start(
         cfg: &Config,
         fib: Arc<Fib>,
         uplink: Option<UplinkState>,
+        restored: Vec<(Prefix, Vias)>,
     ) -> io::Result<Option<BgpHandle>> {
         let Some(bgp) = cfg.bgp.as_ref() else {
             return Ok(None);
@@ -121,15 +145,16 @@ impl BgpHandle {
         // Before any session can re-learn anything: what the last run
         // left in the kernel.
         let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        let started = Instant::now();
+        let gr: Vec<bool> = scfg
+            .peers
+            .iter()
+            .map(|p| p.session.graceful_restart)
+            .collect();
+        let bound = Duration::from_secs(bgp.restart_time.into());
         let stale = match stale::scan(&cfg.pod_cidrs, &statics) {
             Ok(routes) if routes.is_empty() => None,
             Ok(routes) => {
-                let gr: Vec<bool> = scfg
-                    .peers
-                    .iter()
-                    .map(|p| p.session.graceful_restart)
-                    .collect();
-                let bound = Duration::from_secs(bgp.restart_time.into());
                 log::info!(
                     "bgp: {} learned-block kernel route(s) from before this start kept as stale                      until {} peer(s) send End-of-RIB (at most {} s): {}",
                     routes.len(),
@@ -141,7 +166,7 @@ impl BgpHandle {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                Some(StaleKernelRoutes::new(routes, &gr, Instant::now(), bound))
+                Some(StaleKernelRoutes::new(routes, &gr, started, bound))
             }
             Err(e) => {
                 log::warn!("bgp: cannot list kernel routes for the stale scan: {e}");
@@ -181,16 +206,29 @@ impl BgpHandle {
                 ""
             }
         );
+        let (save_tx, save_rx) = mpsc::channel::<Vec<KernelJob>>();
+        let saver = Saver::new(&cfg.state_dir, restored.clone());
+        let save_thread = std::thread::Builder::new()
+            .name("bgp-save".into())
+            .spawn(move || saver.run(save_rx))?;
+        let mut speaker = Speaker::new(scfg, Instant::now());
+        let adopted = speaker.adopt(restored);
+        let restored = (!adopted.is_empty()).then(|| {
+            let rows = adopted.into_iter().map(|p| (p, p)).collect();
+            StaleKernelRoutes::new(rows, &gr, started, bound)
+        });
         let mut driver = Driver {
             poll,
             listener: TcpListener::from_std(std_listener),
-            speaker: Speaker::new(scfg, Instant::now()),
+            speaker,
             ends,
             socks: HashMap::new(),
             again: HashSet::new(),
             fib,
             kernel,
+            save: save_tx,
             stale,
+            restored,
             rx,
             buf: vec![0; 64 * 1024],
         };
@@ -202,8 +240,10 @@ impl BgpHandle {
             waker,
             thread: Some(thread),
             kernel_thread,
+            save_thread: Some(save_thread),
             marker,
             graceful_restart: bgp.graceful_restart,
+            restarting,
         }))
     }
 
@@ -231,6 +271,20 @@ impl BgpHandle {
         self.ask(|tx| Command::SetLocalRoutes(routes, tx))
     }
 
+    /// Applies the `[[bgp.peers]]` of a reloaded `cfg` (whose other `[bgp]`
+    /// keys equal the running ones, `crate::reload` checks that): starts
+    /// sessions for new peers, stops removed ones, leaves the rest alone.
+    pub fn set_peers(&self, cfg: &Config) -> Result<PeerChanges, String> {
+        let (Some(scfg), Some(ends)) = (
+            speaker_config(cfg, self.restarting),
+            Endpoints::from_config(cfg),
+        ) else {
+            return Err("the new config has no [bgp] section or no node_ip".into());
+        };
+        let peers = scfg.peers.into_iter().zip(ends.peer_ports).collect();
+        self.ask(|tx| Command::SetPeers(peers, tx))
+    }
+
     /// Stops every session and the thread. With graceful restart
     /// configured the sessions close without a NOTIFICATION (peers keep
     /// our routes for the restart time) and the restart marker is written.
@@ -244,6 +298,10 @@ impl BgpHandle {
         // The BGP thread dropped its sender: the kernel thread finishes
         // what is queued (the removals of a non-graceful stop) and ends.
         if let Some(t) = self.kernel_thread.take() {
+            let _ = t.join();
+        }
+        // Likewise the saver writes the routes a last time.
+        if let Some(t) = self.save_thread.take() {
             let _ = t.join();
         }
         if graceful {
@@ -310,6 +368,11 @@ struct Driver {
     again: HashSet<(usize, ConnId)>,
     fib: Arc<Fib>,
     kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
+    /// The `bgp-save` thread: the same changes, for `state_dir/bgp-routes`.
+    save: mpsc::Sender<Vec<KernelJob>>,
+    /// Saved routes the speaker adopted at start, until the restart's
+    /// sweep (the same End-of-RIBs and bound as `stale`).
+    restored: Option<StaleKernelRoutes<Prefix>>,
     /// Learned-block kernel routes from before this start, until swept.
     stale: Option<StaleKernelRoutes<crate::netlink::Ipv4Route>>,
     rx: mpsc::Receiver<Command>,
@@ -348,6 +411,7 @@ impl Driver {
             self.do_io();
             self.apply_fib();
             self.check_stale(now);
+            self.check_restored(now);
             let timeout = if self.again.is_empty() {
                 self.speaker
                     .next_deadline()
@@ -416,6 +480,9 @@ impl Driver {
                     self.do_io();
                     self.apply_fib();
                     let _ = tx.send(());
+                }
+                Command::SetPeers(peers, tx) => {
+                    let _ = tx.send(self.set_peers(now, peers));
                 }
                 Command::Stop { graceful } => {
                     let why = if graceful {
@@ -675,6 +742,68 @@ impl Driver {
         }
     }
 
+    /// A reload's peers: the speaker starts and stops sessions; here the
+    /// listener's TCP MD5 keys, the remote ports, the sockets of stopped
+    /// peers and the stale sweep (which no longer waits for them) follow.
+    fn set_peers(&mut self, now: Instant, peers: Vec<(PeerSpec, u16)>) -> PeerChanges {
+        let ports: HashMap<Ipv4Addr, u16> = peers
+            .iter()
+            .map(|(p, port)| (p.session.peer, *port))
+            .collect();
+        let specs = peers.into_iter().map(|(p, _)| p).collect();
+        let (added, gone) = self.speaker.set_peers(now, specs);
+        // Keys first removed, then set: a changed peer keeps its address.
+        for &i in &gone {
+            let spec = &self.speaker.cfg.peers[i];
+            if spec.password.is_some() {
+                // An empty key deletes the peer's key.
+                if let Err(e) = sys::tcp_md5_set(self.listener.as_fd(), spec.session.peer, b"") {
+                    log::warn!(
+                        "bgp {}: cannot remove the TCP MD5 key: {e}",
+                        spec.session.peer
+                    );
+                }
+            }
+            if let Some(st) = self.stale.as_mut() {
+                st.note_eor(i);
+            }
+        }
+        for &i in &added {
+            let spec = &self.speaker.cfg.peers[i];
+            let peer = spec.session.peer;
+            self.ends
+                .peer_ports
+                .push(ports.get(&peer).copied().unwrap_or(179));
+            if let Some(key) = &spec.password {
+                if let Err(e) = sys::tcp_md5_set(self.listener.as_fd(), peer, key.as_bytes()) {
+                    log::warn!("bgp {peer}: cannot set the TCP MD5 key on the listener: {e}");
+                }
+            }
+        }
+        // The stopped sessions' NOTIFICATIONs and closes, the new ones'
+        // connects.
+        self.do_io();
+        for &i in &gone {
+            for id in [ConnId::Outbound, ConnId::Inbound] {
+                self.close((i, id));
+            }
+        }
+        debug_assert_eq!(self.ends.peer_ports.len(), self.speaker.peer_count());
+        self.apply_fib();
+        let addr = |i: &usize| self.speaker.cfg.peers[*i].session.peer;
+        let changes = PeerChanges {
+            added: added.iter().map(addr).collect(),
+            removed: gone.iter().map(addr).collect(),
+        };
+        for a in &changes.removed {
+            log::info!("bgp {a}: peer removed by a reload, session stopped");
+        }
+        for a in &changes.added {
+            log::info!("bgp {a}: peer added by a reload, session started");
+        }
+        changes
+    }
+
     /// Notes End-of-RIBs and, once due, deletes the stale learned-block
     /// kernel routes BGP has not installed again. Runs on this thread, in
     /// order with the decisions: a prefix installed later gets its route
@@ -720,9 +849,45 @@ impl Driver {
 
     fn send_kernel_jobs(&mut self) {
         let jobs = self.speaker.take_kernel_jobs();
-        if let (Some(k), false) = (&self.kernel, jobs.is_empty()) {
-            let _ = k.send(jobs);
+        if jobs.is_empty() {
+            return;
         }
+        if let Some(k) = &self.kernel {
+            let _ = self.save.send(jobs.clone());
+            let _ = k.send(jobs);
+        } else {
+            let _ = self.save.send(jobs);
+        }
+    }
+
+    /// Once due (as the stale kernel routes), runs the decision again for
+    /// every adopted saved route: those no peer announced again leave the
+    /// FIB (and their kernel routes go with the same batch).
+    fn check_restored(&mut self, now: Instant) {
+        let Some(r) = self.restored.as_mut() else {
+            return;
+        };
+        for i in 0..self.speaker.peer_count() {
+            if self.speaker.session(i).eor_received() {
+                r.note_eor(i);
+            }
+        }
+        let Some(why) = r.reason(now) else {
+            return;
+        };
+        let r = self.restored.take().expect("checked");
+        let prefixes = r.sweep(|_| false);
+        let total = prefixes.len();
+        self.speaker.recheck(prefixes.iter().copied());
+        let gone = prefixes
+            .iter()
+            .filter(|p| self.speaker.rib().best(p).is_none() || self.speaker.filtered(p).is_some())
+            .count();
+        self.apply_fib();
+        log::info!(
+            "bgp: {why}: {} of {total} restored route(s) announced again, {gone} removed",
+            total - gone
+        );
     }
 
     fn apply_fib(&mut self) {

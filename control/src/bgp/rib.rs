@@ -23,8 +23,8 @@
 //! group the data plane spreads flows over. Sorting makes the group
 //! independent of arrival order and of steps 7-9, so every node with the
 //! same paths installs the same group, also after a restart.
+use super::prefix_hash::PrefixMap;
 use std::cmp::Ordering;
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -34,7 +34,9 @@ use super::session::Path;
 
 #[derive(Default)]
 pub struct Rib {
-    routes: HashMap<Prefix, Vec<Arc<Path>>>,
+    routes: PrefixMap<Vec<Arc<Path>>>,
+    /// Paths over all prefixes (kept as they change, so a count is O(1)).
+    path_count: usize,
 }
 
 /// The outcome of the decision for one prefix.
@@ -55,14 +57,19 @@ impl Rib {
         let v = self.routes.entry(prefix).or_default();
         match v.iter_mut().find(|p| p.peer == path.peer) {
             Some(slot) => *slot = path,
-            None => v.push(path),
+            None => {
+                v.push(path);
+                self.path_count += 1;
+            }
         }
     }
 
     /// Removes `peer`'s path for `prefix`.
     pub fn remove(&mut self, prefix: Prefix, peer: Ipv4Addr) {
         if let Some(v) = self.routes.get_mut(&prefix) {
+            let before = v.len();
             v.retain(|p| p.peer != peer);
+            self.path_count -= before - v.len();
             if v.is_empty() {
                 self.routes.remove(&prefix);
             }
@@ -75,6 +82,11 @@ impl Rib {
 
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
+    }
+
+    /// Paths over all prefixes.
+    pub fn path_count(&self) -> usize {
+        self.path_count
     }
 
     pub fn paths(&self, prefix: &Prefix) -> &[Arc<Path>] {

@@ -73,13 +73,13 @@
 //! a route refresh; [`Session::set_local_routes`] (a config reload) sends
 //! the difference on an Established session at once: withdrawn routes
 //! for the blocks removed, NLRI for the blocks added.
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use podrouter_types::Prefix;
 
+use super::prefix_hash::PrefixMap;
 use super::wire::{
     self, err, Capability, Ctx, GracefulRestart, Message, Notification, Open, Origin, PathAttrs,
     Segment, Update, AFI_IPV4, AS_TRANS, SAFI_UNICAST, SEG_AS_SEQUENCE,
@@ -257,7 +257,7 @@ pub struct Session {
     established_at: Option<Instant>,
     state_since: Instant,
     last_state: State,
-    adj_in: HashMap<Prefix, AdjEntry>,
+    adj_in: PrefixMap<AdjEntry>,
     stale_count: usize,
     /// Helper mode: when stale routes go if nothing replaces them.
     stale_deadline: Option<Instant>,
@@ -285,7 +285,7 @@ impl Session {
             established_at: None,
             state_since: now,
             last_state: State::Idle,
-            adj_in: HashMap::new(),
+            adj_in: PrefixMap::default(),
             stale_count: 0,
             stale_deadline: None,
             last_neg: None,

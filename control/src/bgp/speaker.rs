@@ -33,7 +33,7 @@
 //! `NextHop::Node` route, several an ECMP group
 //! (`FibChange::InsertMultipath`). The driver calls it once per
 //! loop iteration, so a burst of UPDATEs becomes one FIB publication.
-use std::collections::{HashMap, HashSet};
+use super::prefix_hash::{PrefixMap, PrefixSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
@@ -81,6 +81,30 @@ fn reserved() -> [(Prefix, &'static str); 3] {
     ]
 }
 
+/// Why the import policy (module header) keeps a learned prefix out of
+/// the FIB, if it does.
+pub fn import_refusal(cfg: &SpeakerConfig, p: &Prefix) -> Option<&'static str> {
+    if p.len() == 0 {
+        return Some("default route stays with the host");
+    }
+    if let Some((_, why)) = reserved().into_iter().find(|(r, _)| overlaps(r, p)) {
+        return Some(why);
+    }
+    if cfg.node_networks.iter().any(|n| overlaps(n, p)) {
+        return Some("covers or overlaps this node's addresses or their subnets");
+    }
+    if cfg.local_routes.iter().any(|c| overlaps(c, p)) {
+        return Some("overlaps this node's pod_cidrs");
+    }
+    if cfg.static_routes.iter().any(|s| inside(p, s)) {
+        return Some("a static route has this prefix");
+    }
+    if !cfg.import_pools.iter().any(|pool| inside(p, pool)) {
+        return Some("outside [bgp] import_pools");
+    }
+    None
+}
+
 /// Whether two prefixes share an address (one contains the other).
 fn overlaps(a: &Prefix, b: &Prefix) -> bool {
     a.contains(b.addr()) || b.contains(a.addr())
@@ -110,12 +134,17 @@ pub fn fib_change(p: Prefix, vias: &[Ipv4Addr]) -> FibChange {
 }
 
 pub struct Speaker {
+    /// `cfg.peers[i]` configures `sessions[i]`, live or retired.
     pub cfg: SpeakerConfig,
     sessions: Vec<Session>,
+    /// `retired[i]`: peer `i` was removed by a reload. Its slot stays (the
+    /// driver's tokens and the stale sweep index peers by position), its
+    /// session is stopped and holds no route; nothing addresses it again.
+    retired: Vec<bool>,
     rib: Rib,
-    dirty: HashSet<Prefix>,
+    dirty: PrefixSet,
     /// What BGP installed per prefix: its next hops, sorted, distinct.
-    installed: HashMap<Prefix, Vias>,
+    installed: PrefixMap<Vias>,
     /// Changes for the node's kernel routes: (prefix, new via, old via).
     kernel_jobs: Vec<KernelJob>,
     io: Vec<(usize, Output)>,
@@ -130,11 +159,12 @@ impl Speaker {
             .map(|p| Session::new(p.session.clone(), cfg.local_routes.clone(), now))
             .collect();
         Speaker {
+            retired: vec![false; cfg.peers.len()],
             cfg,
             sessions,
             rib: Rib::new(),
-            dirty: HashSet::new(),
-            installed: HashMap::new(),
+            dirty: PrefixSet::default(),
+            installed: PrefixMap::default(),
             kernel_jobs: Vec::new(),
             io: Vec::new(),
             state_changes: Vec::new(),
@@ -145,8 +175,65 @@ impl Speaker {
         self.sessions.len()
     }
 
+    /// The live peer with this address.
     pub fn peer_index(&self, addr: Ipv4Addr) -> Option<usize> {
-        self.sessions.iter().position(|s| s.cfg.peer == addr)
+        (0..self.sessions.len()).find(|i| !self.retired[*i] && self.sessions[*i].cfg.peer == addr)
+    }
+
+    /// The indexes of the peers not retired.
+    fn live(&self) -> Vec<usize> {
+        (0..self.sessions.len())
+            .filter(|i| !self.retired[*i])
+            .collect()
+    }
+
+    /// Whether peer `i` was removed by a reload.
+    pub fn is_retired(&self, i: usize) -> bool {
+        self.retired[i]
+    }
+
+    /// Replaces the configured peers (a reload): a live peer whose spec is
+    /// not in `peers` exactly is stopped with a Cease (its routes leave
+    /// the RIB) and retired; a spec not configured yet gets a new session,
+    /// started at once. A peer whose spec is unchanged is not touched, so
+    /// its session stays Established. A changed spec (same address, other
+    /// AS, key, timers...) is a removal plus an addition. Returns the
+    /// indexes (added, retired).
+    pub fn set_peers(&mut self, now: Instant, peers: Vec<PeerSpec>) -> (Vec<usize>, Vec<usize>) {
+        let mut gone = Vec::new();
+        for i in 0..self.sessions.len() {
+            if !self.retired[i] && !peers.contains(&self.cfg.peers[i]) {
+                self.input(
+                    now,
+                    i,
+                    Input::Stop {
+                        reason: "peer removed from the configuration".into(),
+                        graceful: false,
+                    },
+                );
+                self.retired[i] = true;
+                gone.push(i);
+            }
+        }
+        let mut added = Vec::new();
+        for spec in peers {
+            let known =
+                (0..self.sessions.len()).any(|i| !self.retired[i] && self.cfg.peers[i] == spec);
+            if known {
+                continue;
+            }
+            let i = self.sessions.len();
+            self.sessions.push(Session::new(
+                spec.session.clone(),
+                self.cfg.local_routes.clone(),
+                now,
+            ));
+            self.cfg.peers.push(spec);
+            self.retired.push(false);
+            self.input(now, i, Input::Start);
+            added.push(i);
+        }
+        (added, gone)
     }
 
     pub fn session(&self, i: usize) -> &Session {
@@ -154,7 +241,7 @@ impl Speaker {
     }
 
     pub fn start_all(&mut self, now: Instant) {
-        for i in 0..self.sessions.len() {
+        for i in self.live() {
             self.input(now, i, Input::Start);
         }
     }
@@ -206,7 +293,7 @@ impl Speaker {
             .copied()
             .collect();
         self.dirty.extend(touched);
-        for i in 0..self.sessions.len() {
+        for i in self.live() {
             let out = self.sessions[i].set_local_routes(now, routes.clone());
             self.absorb(i, out);
         }
@@ -262,25 +349,34 @@ impl Speaker {
     /// Why a learned prefix is kept out of the FIB, if it is (the import
     /// policy, module header).
     pub fn filtered(&self, p: &Prefix) -> Option<&'static str> {
-        if p.len() == 0 {
-            return Some("default route stays with the host");
+        import_refusal(&self.cfg, p)
+    }
+
+    /// Takes routes saved by the previous run (`super::saved`, already
+    /// in the FIB) as installed: a peer re-announcing one the same way
+    /// changes nothing, one announced otherwise is replaced, and
+    /// [`Speaker::recheck`] at the restart's sweep removes those nobody
+    /// announced again. Their kernel routes are (re)placed too, in case
+    /// the kernel lost them. Routes the import policy refuses now are
+    /// skipped; returns the prefixes taken.
+    pub fn adopt(&mut self, routes: Vec<(Prefix, Vias)>) -> Vec<Prefix> {
+        let mut taken = Vec::with_capacity(routes.len());
+        for (p, vias) in routes {
+            if self.filtered(&p).is_some() || self.installed.contains_key(&p) {
+                continue;
+            }
+            self.kernel_jobs.push((p, Some(vias.clone()), None));
+            self.installed.insert(p, vias);
+            taken.push(p);
         }
-        if let Some((_, why)) = reserved().into_iter().find(|(r, _)| overlaps(r, p)) {
-            return Some(why);
-        }
-        if self.cfg.node_networks.iter().any(|n| overlaps(n, p)) {
-            return Some("covers or overlaps this node's addresses or their subnets");
-        }
-        if self.cfg.local_routes.iter().any(|c| overlaps(c, p)) {
-            return Some("overlaps this node's pod_cidrs");
-        }
-        if self.cfg.static_routes.iter().any(|s| inside(p, s)) {
-            return Some("a static route has this prefix");
-        }
-        if !self.cfg.import_pools.iter().any(|pool| inside(p, pool)) {
-            return Some("outside [bgp] import_pools");
-        }
-        None
+        taken
+    }
+
+    /// Runs the decision again for these prefixes at the next
+    /// [`Speaker::take_fib_changes`] (adopted routes at the restart's
+    /// sweep: those with no path in the RIB leave the FIB).
+    pub fn recheck(&mut self, prefixes: impl IntoIterator<Item = Prefix>) {
+        self.dirty.extend(prefixes);
     }
 
     /// The FIB batch that brings the FIB in line with the RIB's best paths
@@ -686,6 +782,95 @@ mod tests {
             "{sent:?}"
         );
         assert_eq!(views::rib(&s, None, 10).routes[0].prefix, "10.244.1.0/26");
+    }
+
+    /// A reload's peers: the unchanged peer's session is not touched, the
+    /// removed one is stopped with a Cease and its routes leave the FIB,
+    /// the added one starts connecting; an edited entry restarts only
+    /// that peer.
+    #[test]
+    fn set_peers_touches_only_the_changed_peers() {
+        let t = Instant::now();
+        let mut s = speaker();
+        up(&mut s, t, 0, "10.0.0.2");
+        up(&mut s, t, 1, "10.0.0.3");
+        announce(&mut s, t, 1, "10.0.0.3", 100, &["10.244.3.0/26"]);
+        assert_eq!(s.take_fib_changes().len(), 1);
+        let kept = s.session(0).stats.established_count;
+        // Peer 10.0.0.3 goes, 10.0.0.4 comes.
+        let (added, gone) = s.set_peers(t, vec![spec("10.0.0.2", 64512), spec("10.0.0.4", 64513)]);
+        assert_eq!((added, gone), (vec![2], vec![1]));
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Remove(p("10.244.3.0/26"))]
+        );
+        let io = s.take_io();
+        assert!(
+            io.iter().any(|(i, o)| *i == 1
+                && matches!(o, Output::Send(_, b)
+                if matches!(wire::decode(b, Ctx::default()), Ok(Message::Notification(_))))),
+            "{io:?}"
+        );
+        assert!(io
+            .iter()
+            .any(|(i, o)| *i == 2 && matches!(o, Output::Connect)));
+        assert!(!io.iter().any(|(i, _)| *i == 0), "{io:?}");
+        assert_eq!(s.session(0).state(), State::Established);
+        assert_eq!(s.session(0).stats.established_count, kept);
+        assert_eq!(s.peer_index(ip("10.0.0.3")), None);
+        assert_eq!(s.peer_index(ip("10.0.0.4")), Some(2));
+        let rows = views::peers(&s, t, &[]);
+        let addrs: Vec<Ipv4Addr> = rows.iter().map(|r| r.address).collect();
+        assert_eq!(addrs, vec![ip("10.0.0.2"), ip("10.0.0.4")]);
+        // The same list again: nothing happens.
+        assert_eq!(
+            s.set_peers(t, vec![spec("10.0.0.2", 64512), spec("10.0.0.4", 64513)]),
+            (vec![], vec![])
+        );
+        // An edited entry (new hold time) restarts that session only.
+        let mut edited = spec("10.0.0.4", 64513);
+        edited.session.hold_time = 30;
+        assert_eq!(
+            s.set_peers(t, vec![spec("10.0.0.2", 64512), edited]),
+            (vec![3], vec![2])
+        );
+        assert_eq!(s.peer_index(ip("10.0.0.4")), Some(3));
+        assert_eq!(s.session(0).state(), State::Established);
+    }
+
+    /// Saved routes adopted at start: re-announced the same way they
+    /// change nothing, announced otherwise they move, and the sweep
+    /// removes those nobody announced; refused ones are not adopted.
+    #[test]
+    fn adopted_routes_stay_until_the_sweep_unless_announced() {
+        let t = Instant::now();
+        let mut s = speaker();
+        let via = |a: &str| Vias::new(&[ip(a)]).unwrap();
+        let taken = s.adopt(vec![
+            (p("10.244.2.0/26"), via("10.0.0.2")),
+            (p("10.244.3.0/26"), via("10.0.0.2")),
+            (p("10.244.4.0/26"), via("10.0.0.2")),
+            (p("10.244.1.0/26"), via("10.0.0.2")), // our own block: refused
+        ]);
+        assert_eq!(taken.len(), 3);
+        assert_eq!(s.take_kernel_jobs().len(), 3);
+        up(&mut s, t, 0, "10.0.0.2");
+        up(&mut s, t, 1, "10.0.0.3");
+        announce(&mut s, t, 0, "10.0.0.2", 100, &["10.244.2.0/26"]);
+        announce(&mut s, t, 1, "10.0.0.3", 100, &["10.244.3.0/26"]);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Insert(
+                p("10.244.3.0/26"),
+                NextHop::Node(ip("10.0.0.3"))
+            )]
+        );
+        s.recheck(taken);
+        assert_eq!(
+            s.take_fib_changes(),
+            vec![FibChange::Remove(p("10.244.4.0/26"))]
+        );
+        assert_eq!(s.installed(), 2);
     }
 
     /// Every class the import policy refuses, each with its reason; only

@@ -13,13 +13,15 @@ use super::rib;
 use super::session::State;
 use super::speaker::Speaker;
 
-/// One row per configured neighbour, in configuration order; `md5[i]`
-/// says whether neighbour `i` has a TCP MD5 key.
+/// One row per configured neighbour, in configuration order (peers a
+/// reload removed are left out, peers it added come last); `md5[i]` says
+/// whether neighbour `i` has a TCP MD5 key.
 pub fn peers(speaker: &Speaker, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> {
     speaker
         .sessions()
         .iter()
         .enumerate()
+        .filter(|(i, _)| !speaker.is_retired(*i))
         .map(|(i, s)| {
             let c = &s.cfg;
             let neg = s.negotiated();
@@ -70,18 +72,22 @@ pub fn peers(speaker: &Speaker, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> 
 
 /// The RIB as `podrouterctl bgp rib` shows it: our own blocks, then
 /// every learned path, sorted by prefix, best first; at most `limit`
-/// rows, only those inside `within` if given.
+/// rows, only those inside `within` if given. With `limit` 0 (the
+/// counts only, what a convergence poll asks many times a second) no
+/// prefix is listed or sorted: O(1) on the BGP thread.
 pub fn rib(speaker: &Speaker, within: Option<Prefix>, limit: usize) -> BgpRibInfo {
     let inside = |p: &Prefix| within.is_none_or(|w| w.contains(p.addr()) && p.len() >= w.len());
-    let mut prefixes: Vec<Prefix> = speaker.rib().prefixes().copied().filter(inside).collect();
+    let mut prefixes: Vec<Prefix> = if limit == 0 {
+        Vec::new()
+    } else {
+        speaker.rib().prefixes().copied().filter(inside).collect()
+    };
     prefixes.sort();
-    let total_paths = speaker
-        .rib()
-        .prefixes()
-        .map(|p| speaker.rib().paths(p).len())
-        .sum();
+    let total_paths = speaker.rib().path_count();
     let mut routes = Vec::new();
-    let mut truncated = false;
+    // Nothing listed with limit 0: truncated if there was anything to list
+    // (stops at the first such prefix).
+    let mut truncated = limit == 0 && speaker.rib().prefixes().any(&inside);
     for p in speaker.cfg.local_routes.iter().filter(|p| inside(p)) {
         routes.push(BgpRouteInfo {
             prefix: p.to_string(),
