@@ -189,6 +189,7 @@ impl Daemon {
             cfg.dataplane.flow_table_size,
             cfg.dataplane.flow_timeouts.timeouts(),
         ));
+        let path_mtus = Arc::new(podrouter_router::pmtu::PathMtus::new());
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -198,6 +199,7 @@ impl Daemon {
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
                 policies: policies.clone(),
+                path_mtus: path_mtus.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -222,7 +224,9 @@ impl Daemon {
             policies,
         };
         d.start_host_port()?;
-        if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
+        if let Some((u, info)) =
+            crate::uplink_setup::open(&d.cfg, &path_mtus).map_err(StartError::Uplink)?
+        {
             d.publish_port(info, u.port.clone())
                 .map_err(|e| StartError::Uplink(format!("port table: {e}")))?;
             d.uplink = Some(u);

@@ -100,6 +100,7 @@ drop_reasons! {
     TxError => "tx_error", "The egress port refused the frame.";
     PolicyDeniedIngress => "policy_denied_ingress", "A new connection the destination pod's NetworkPolicy ingress rules do not allow.";
     PolicyDeniedEgress => "policy_denied_egress", "A new connection the source pod's NetworkPolicy egress rules do not allow.";
+    PathMtuExceeded => "path_mtu_exceeded", "Fits the uplink but, with DF set, not the path MTU to the node learned from the underlay's ICMP frag needed (ICMP frag needed sent with that path MTU minus the tunnel overhead).";
 }
 
 /// Packets and bytes through one port, as seen by one worker.

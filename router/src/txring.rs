@@ -166,13 +166,14 @@ impl TxRing {
     fn push_fragments(
         &mut self,
         len: usize,
+        max_inner: usize,
         dst: Ipv4Addr,
         write_header: &impl Fn(&mut [u8], Ipv4Addr),
         sink: &mut impl TxSink,
     ) -> io::Result<()> {
         let scratch = std::mem::take(&mut self.scratch);
         let r = (|| {
-            let frags = Fragments::new(&scratch[..len], self.max_inner()).map_err(offload_error)?;
+            let frags = Fragments::new(&scratch[..len], max_inner).map_err(offload_error)?;
             for k in 0..frags.count() {
                 let i = self.free_slot(sink);
                 let n = frags.write(k, self.inner_mut(i));
@@ -201,6 +202,23 @@ impl TxRing {
         write_header: &impl Fn(&mut [u8], Ipv4Addr),
         sink: &mut impl TxSink,
     ) -> io::Result<()> {
+        let limit = self.max_inner();
+        self.push_limited(inner, vnet, dst, limit, write_header, sink)
+    }
+
+    /// [`TxRing::push`] with inner packets (segments, fragments) of at
+    /// most `limit` bytes, when the path to `dst` is known to be narrower
+    /// than a slot (a learned path MTU, `crate::pmtu`); a `limit` above
+    /// the slot's room is the slot's room.
+    pub fn push_limited(
+        &mut self,
+        inner: &[u8],
+        vnet: VnetHdr,
+        dst: Ipv4Addr,
+        limit: usize,
+        write_header: &impl Fn(&mut [u8], Ipv4Addr),
+        sink: &mut impl TxSink,
+    ) -> io::Result<()> {
         if inner.len() < IPV4_HEADER_LEN || inner[0] >> 4 != 4 {
             return Err(invalid("not an IPv4 packet"));
         }
@@ -217,7 +235,7 @@ impl TxRing {
         } else {
             None
         };
-        let max_inner = self.max_inner();
+        let max_inner = limit.min(self.max_inner());
         if vnet.is_gso() {
             if vnet.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
                 return Err(invalid("GSO type other than TCPv4"));
@@ -231,7 +249,7 @@ impl TxRing {
                     self.commit(i, n, dst, write_header);
                 } else {
                     let n = segs.write(k, &mut self.scratch);
-                    self.push_fragments(n, dst, write_header, sink)?;
+                    self.push_fragments(n, max_inner, dst, write_header, sink)?;
                 }
             }
             return Ok(());
@@ -251,7 +269,7 @@ impl TxRing {
             gso::complete_checksum(&mut self.scratch[..total], start, offset)
                 .map_err(offload_error)?;
         }
-        self.push_fragments(total, dst, write_header, sink)
+        self.push_fragments(total, max_inner, dst, write_header, sink)
     }
 
     /// Sends everything queued through `sink`; always leaves the ring

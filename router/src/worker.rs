@@ -59,6 +59,8 @@ pub struct WorkerConfig {
     pub flows: Arc<FlowTable>,
     /// The published network policy, loaded once per batch.
     pub policies: Arc<crate::policy::Policies>,
+    /// The path MTUs learned towards other nodes, loaded once per batch.
+    pub path_mtus: Arc<crate::pmtu::PathMtus>,
 }
 
 enum Command {
@@ -298,6 +300,7 @@ impl Worker {
         let fib = self.fib.load();
         let ports = self.ports.load();
         let policy = self.cfg.policies.load();
+        let path_mtus = self.cfg.path_mtus.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
         let ctx = BatchContext::new(
@@ -307,7 +310,8 @@ impl Worker {
             &self.cfg.flows,
             crate::clock::now_ns(),
         )
-        .with_policy(&policy);
+        .with_policy(&policy)
+        .with_path_mtus(&path_mtus);
         let mut busy = false;
         for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
             let n = match owned.port.recv(&mut self.frames) {
@@ -554,6 +558,7 @@ mod tests {
             },
             flows: Arc::new(FlowTable::new(8, Default::default())),
             policies: Arc::new(crate::policy::Policies::new()),
+            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
         };
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,

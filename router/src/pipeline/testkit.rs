@@ -123,6 +123,8 @@ pub(super) struct Env {
     pub(super) flows: FlowTable,
     /// Network policy (empty: nobody isolated).
     pub(super) policy: crate::policy::PolicyTable,
+    /// Path MTUs learned towards other nodes (empty: none).
+    pub(super) path_mtus: crate::pmtu::PathMtuSnapshot,
     pub(super) pipeline: Pipeline,
     pub(super) now_ns: u64,
 }
@@ -194,6 +196,7 @@ impl Env {
             counters: WorkerCounters::default(),
             flows: FlowTable::new(1024, Default::default()),
             policy: Default::default(),
+            path_mtus: Default::default(),
             pipeline: Pipeline::new(cfg),
             now_ns: 1_000_000_000,
         }
@@ -208,7 +211,8 @@ impl Env {
             &self.flows,
             self.now_ns,
         )
-        .with_policy(&self.policy);
+        .with_policy(&self.policy)
+        .with_path_mtus(&self.path_mtus);
         self.pipeline.process(&ctx, ingress, frame)
     }
 
