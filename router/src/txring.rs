@@ -18,7 +18,9 @@
 //!   call takes at a time. `WouldBlock` is waited out a bounded number of
 //!   times ([`FLUSH_WAITS`]), then the rest is dropped; a packet the sink
 //!   refuses (`EMSGSIZE`, unreachable, ...) is dropped and the rest sent;
-//!   a sink that takes nothing drops the rest.
+//!   a sink that takes nothing drops the rest. `EMSGSIZE` gets one retry
+//!   first: a raw socket reports an ICMP frag needed about an earlier
+//!   packet as the error of its next send, whichever packet that is.
 //!
 //! Invariants: one owner (a worker), so no lock; nothing allocates after
 //! [`TxRing::new`]; [`TxRing::flush`] always leaves the ring empty; every
@@ -277,7 +279,7 @@ impl TxRing {
     /// dropped; the drops are counted ([`TxRing::take_dropped`]).
     pub fn flush(&mut self, sink: &mut impl TxSink) -> io::Result<()> {
         let (mut sent, mut dropped, mut waits) = (0, 0u64, 0);
-        let mut err = None;
+        let (mut err, mut retried) = (None, None);
         while sent < self.queued {
             let (slot_size, buf, lens, dsts) = (self.slot_size, &self.buf, &self.lens, &self.dsts);
             let pkts = (sent..self.queued).map(|i| {
@@ -299,8 +301,15 @@ impl TxRing {
                     err = Some(e);
                     break;
                 }
-                // The first packet of this call was refused (EMSGSIZE,
-                // unreachable, ...): drop it, send the rest.
+                // EMSGSIZE may be the socket's pending error from an ICMP
+                // frag needed about an earlier packet (a raw socket reports
+                // it on its next send, whatever that sends): the packet
+                // gets one more try before it counts as refused.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && retried != Some(sent) => {
+                    retried = Some(sent);
+                }
+                // The first packet of this call was refused (EMSGSIZE
+                // twice, unreachable, ...): drop it, send the rest.
                 Err(e) => {
                     sent += 1;
                     dropped += 1;
@@ -576,6 +585,7 @@ mod tests {
             script: [
                 Ok(1),
                 Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
                 Ok(4),
             ]
             .into_iter()
@@ -590,6 +600,25 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE));
         assert_eq!(sink.sent.len(), 4);
         assert_eq!(r.take_dropped(), 1);
+        // One EMSGSIZE is the socket's pending error (an ICMP about an
+        // earlier packet): the packet is tried again and goes.
+        let mut sink = FakeSink {
+            script: [
+                Ok(1),
+                Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                Ok(4),
+            ]
+            .into_iter()
+            .collect(),
+            ..FakeSink::default()
+        };
+        for _ in 0..5 {
+            r.push(&p, VnetHdr::default(), NODE_B, &ipip, &mut sink)
+                .unwrap();
+        }
+        r.flush(&mut sink).unwrap();
+        assert_eq!(sink.sent.len(), 5);
+        assert_eq!(r.take_dropped(), 0);
         // A sink that takes nothing drops the rest.
         let mut sink = FakeSink {
             script: [Ok(2), Ok(0)].into_iter().collect(),
