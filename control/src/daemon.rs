@@ -542,6 +542,17 @@ impl Daemon {
                     xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
                 })
                 .collect(),
+            path_mtus: self
+                .uplink
+                .as_ref()
+                .map(|u| {
+                    u.path_mtus
+                        .snapshot()
+                        .iter()
+                        .map(|(node, mtu)| podrouter_api::PathMtuInfo { node, mtu })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

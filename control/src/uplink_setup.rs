@@ -69,6 +69,8 @@ pub struct UplinkState {
     /// underlay's ICMP (stops when the last clone goes); `None` if it
     /// could not start (logged: the uplink's MTU is then the only bound).
     pub pmtu: Option<Arc<PmtuWatcher>>,
+    /// The path MTUs learned (what the workers read).
+    pub path_mtus: Arc<PathMtus>,
 }
 
 impl std::fmt::Debug for UplinkState {
@@ -237,6 +239,7 @@ fn try_open(
             port,
             vxlan,
             pmtu,
+            path_mtus: path_mtus.clone(),
         },
         info,
     ))
@@ -578,6 +581,7 @@ mod tests {
                 port: port.clone(),
                 vxlan: None,
                 pmtu: None,
+                path_mtus: Arc::new(PathMtus::new()),
             };
             let ours = || -> Vec<String> {
                 let mut v: Vec<String> = Netlink::open()

@@ -125,6 +125,14 @@ fn narrow_path(dataplane: &str, kind: &str, pod_mtu: u32, overhead: u32) {
     });
     say(&format!("{kind}: {}", text.trim()));
     assert!(learned_lines(&c) >= 1, "node 0 did not log the path MTU");
+    let status = c.nodes[0].ctl(&["status"]);
+    let learned = status["path_mtus"].as_array().cloned().unwrap_or_default();
+    assert!(
+        learned
+            .iter()
+            .any(|p| p["node"] == c.nodes[1].ip.as_str() && p["mtu"] == 1400),
+        "status does not show path MTU 1400 to node 1: {status:#}"
+    );
     let counters = c.nodes[0].counters();
     assert!(
         num(&counters, "/drops/path_mtu_exceeded") >= 1,
