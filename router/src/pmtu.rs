@@ -28,13 +28,13 @@
 //!
 //! # Who reads it
 //!
-//! [`PathMtus`] is an immutable snapshot (node -> outer path MTU, sorted)
-//! swapped whole by the learner thread, the only writer. A worker loads it
+//! [`PathMtus`] holds an immutable [`PathMtuSnapshot`] (node -> outer
+//! path MTU, sorted) swapped whole by the learner thread, the only writer. A worker loads it
 //! once per batch; the pipeline looks a node up only for frames to the
 //! tunnel, and only when the snapshot is not empty, so a node whose paths
 //! are all wide pays one length check. The pipeline answers DF packets
 //! that no longer fit with ICMP frag needed carrying the path MTU minus
-//! the tunnel overhead ([`PathMtus::inner_mtu`]); the VXLAN port
+//! the tunnel overhead ([`PathMtuSnapshot::inner_mtu`]); the VXLAN port
 //! fragments packets without DF to it.
 //!
 //! Invariants: the snapshot is bounded ([`MAX_ENTRIES`] nodes; messages
