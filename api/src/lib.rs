@@ -555,6 +555,21 @@ pub struct StatusInfo {
     /// older than this field.
     #[serde(default)]
     pub ports: Vec<PortStatusInfo>,
+    /// Path MTUs learned towards other nodes from the underlay's ICMP
+    /// "fragmentation needed" (outer MTU per node; only nodes whose path
+    /// is narrower than the uplink, until they expire). Absent when there
+    /// are none, and from daemons older than this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_mtus: Vec<PathMtuInfo>,
+}
+
+/// A path MTU learned towards another node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathMtuInfo {
+    /// The node's underlay address.
+    pub node: Ipv4Addr,
+    /// The largest outer packet that reaches it unfragmented.
+    pub mtu: u16,
 }
 
 /// How one pod's port is driven.

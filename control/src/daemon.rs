@@ -208,6 +208,7 @@ impl Daemon {
             cfg.dataplane.flow_timeouts.timeouts(),
         ));
         let taps = Arc::new(Taps::new());
+        let path_mtus = Arc::new(podrouter_router::pmtu::PathMtus::new());
         let mut workers = Vec::new();
         for id in 0..cfg.dataplane.workers {
             let wc = WorkerConfig {
@@ -219,6 +220,7 @@ impl Daemon {
                 policies: policies.clone(),
                 services: services.clone(),
                 taps: taps.clone(),
+                path_mtus: path_mtus.clone(),
             };
             workers.push(
                 WorkerHandle::spawn(wc, fib.clone(), ports.clone())
@@ -248,7 +250,9 @@ impl Daemon {
             taps,
         };
         d.start_host_port()?;
-        if let Some((u, info)) = crate::uplink_setup::open(&d.cfg).map_err(StartError::Uplink)? {
+        if let Some((u, info)) =
+            crate::uplink_setup::open(&d.cfg, &path_mtus).map_err(StartError::Uplink)?
+        {
             d.publish_port(info, u.port.clone())
                 .map_err(|e| StartError::Uplink(format!("port table: {e}")))?;
             d.uplink = Some(u);
@@ -586,6 +590,17 @@ impl Daemon {
                     xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
                 })
                 .collect(),
+            path_mtus: self
+                .uplink
+                .as_ref()
+                .map(|u| {
+                    u.path_mtus
+                        .snapshot()
+                        .iter()
+                        .map(|(node, mtu)| podrouter_api::PathMtuInfo { node, mtu })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 

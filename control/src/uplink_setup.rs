@@ -44,6 +44,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use podrouter_router::encap::{EncapMode, EncapPolicy};
+use podrouter_router::pmtu::{self, OuterKind, OuterMatch, PathMtus, PmtuLearner, PmtuWatcher};
 use podrouter_router::port::{Port, PortInfo, PortRole, Tunnel};
 use podrouter_router::uplink::Uplink;
 use podrouter_router::vxlan::MTU_OVERHEAD;
@@ -64,6 +65,12 @@ pub struct UplinkState {
     pub port: Arc<dyn Port>,
     /// What the VXLAN uplink set up on the node (undone at shutdown).
     pub vxlan: Option<Arc<VxlanSetup>>,
+    /// The thread learning the path MTU to other nodes from the
+    /// underlay's ICMP (stops when the last clone goes); `None` if it
+    /// could not start (logged: the uplink's MTU is then the only bound).
+    pub pmtu: Option<Arc<PmtuWatcher>>,
+    /// The path MTUs learned (what the workers read).
+    pub path_mtus: Arc<PathMtus>,
 }
 
 impl std::fmt::Debug for UplinkState {
@@ -102,8 +109,13 @@ pub fn port_name(tunnel: TunnelKind, ifname: &str) -> String {
 
 /// Opens the uplink for `cfg`, or returns `None` when the node has none
 /// (no `node_ip`, or an implicit uplink that cannot be set up: logged).
-/// The caller publishes the port with the returned [`PortInfo`].
-pub fn open(cfg: &Config) -> Result<Option<(UplinkState, PortInfo)>, String> {
+/// The caller publishes the port with the returned [`PortInfo`]. The path
+/// MTUs learned towards other nodes are published into `path_mtus` (the
+/// workers' copy).
+pub fn open(
+    cfg: &Config,
+    path_mtus: &Arc<PathMtus>,
+) -> Result<Option<(UplinkState, PortInfo)>, String> {
     let explicit = cfg.dataplane.uplink.is_some();
     let Some(node_ip) = cfg.node_ip else {
         if explicit || !cfg.routes.is_empty() {
@@ -113,7 +125,7 @@ pub fn open(cfg: &Config) -> Result<Option<(UplinkState, PortInfo)>, String> {
         }
         return Ok(None);
     };
-    match try_open(cfg, node_ip) {
+    match try_open(cfg, node_ip, path_mtus) {
         Ok(r) => Ok(Some(r)),
         Err(e) if explicit => Err(e),
         Err(e) => {
@@ -126,7 +138,11 @@ pub fn open(cfg: &Config) -> Result<Option<(UplinkState, PortInfo)>, String> {
     }
 }
 
-fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), String> {
+fn try_open(
+    cfg: &Config,
+    node_ip: Ipv4Addr,
+    path_mtus: &Arc<PathMtus>,
+) -> Result<(UplinkState, PortInfo), String> {
     let mut nl = Netlink::open().map_err(|e| e.to_string())?;
     let addrs = nl.addrs_v4().map_err(|e| e.to_string())?;
     let link: LinkInfo = match &cfg.dataplane.uplink {
@@ -157,12 +173,18 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         subnet,
     };
     let tunnel_kind = cfg.dataplane.tunnel;
-    let (port, tunnel, path_mtu, vxlan): (Arc<dyn Port>, _, _, _) = match tunnel_kind {
+    let (port, tunnel, path_mtu, vxlan, outer): (Arc<dyn Port>, _, _, _, _) = match tunnel_kind {
         TunnelKind::Ipip => {
             let port = Uplink::open(node_ip, link_mtu)
                 .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
             let path_mtu = port.path_mtu();
-            (Arc::new(port), Tunnel::Ipip, path_mtu, None)
+            (
+                Arc::new(port),
+                Tunnel::Ipip,
+                path_mtu,
+                None,
+                OuterKind::Ipip,
+            )
         }
         TunnelKind::Vxlan => {
             if link_mtu < podrouter_router::uplink::MIN_LINK_MTU + MTU_OVERHEAD {
@@ -174,11 +196,13 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
             let (port, setup) = crate::vxlan_setup::open(cfg, node_ip, &link)
                 .map_err(|e| format!("cannot open the VXLAN uplink on {}: {e}", link.name))?;
             let params = port.params();
+            port.set_path_mtus(path_mtus.clone());
             (
                 port,
                 Tunnel::Vxlan(params),
                 link_mtu - MTU_OVERHEAD,
                 Some(Arc::new(setup)),
+                OuterKind::Vxlan { port: params.port },
             )
         }
     };
@@ -197,6 +221,7 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
         );
     }
     enable_forwarding();
+    let pmtu = watch_path_mtu(node_ip, outer, link_mtu, path_mtus);
     let info = PortInfo {
         name: port_name(tunnel_kind, &link.name),
         role: PortRole::Uplink {
@@ -213,9 +238,44 @@ fn try_open(cfg: &Config, node_ip: Ipv4Addr) -> Result<(UplinkState, PortInfo), 
             tunnel,
             port,
             vxlan,
+            pmtu,
+            path_mtus: path_mtus.clone(),
         },
         info,
     ))
+}
+
+/// Starts learning the path MTU towards other nodes from the ICMP
+/// "fragmentation needed" the underlay sends about our outer packets
+/// (`podrouter_router::pmtu`); entries expire as the kernel's do
+/// (`net.ipv4.route.mtu_expires`). A failure is logged, not fatal: the
+/// uplink's MTU then stays the only bound, as before.
+fn watch_path_mtu(
+    node_ip: Ipv4Addr,
+    kind: OuterKind,
+    link_mtu: u16,
+    path_mtus: &Arc<PathMtus>,
+) -> Option<Arc<PmtuWatcher>> {
+    let expiry = pmtu::kernel_expiry_secs();
+    let m = OuterMatch {
+        node_ip,
+        kind,
+        link_mtu,
+    };
+    match PmtuWatcher::spawn(PmtuLearner::new(m, expiry, path_mtus.clone())) {
+        Ok(w) => {
+            log::info!(
+                "path MTU: learning from ICMP frag needed about our outer packets, entries expire after {expiry} s"
+            );
+            Some(Arc::new(w))
+        }
+        Err(e) => {
+            log::warn!(
+                "path MTU: cannot watch ICMP frag needed ({e}); a link narrower than the uplink between nodes will drop DF packets"
+            );
+            None
+        }
+    }
 }
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -520,6 +580,8 @@ mod tests {
                 tunnel: Tunnel::Ipip,
                 port: port.clone(),
                 vxlan: None,
+                pmtu: None,
+                path_mtus: Arc::new(PathMtus::new()),
             };
             let ours = || -> Vec<String> {
                 let mut v: Vec<String> = Netlink::open()
@@ -594,6 +656,6 @@ mod tests {
     #[test]
     fn no_node_ip_means_no_uplink() {
         let cfg = Config::parse("", "t.toml").unwrap();
-        assert!(open(&cfg).unwrap().is_none());
+        assert!(open(&cfg, &Arc::new(PathMtus::new())).unwrap().is_none());
     }
 }

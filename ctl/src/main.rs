@@ -425,6 +425,14 @@ fn text(r: &Reply) -> String {
                 t.row(["vtep mac".into(), v.vtep_mac.clone()]);
                 t.row(["vxlan uplink".into(), v.uplink.clone()]);
             }
+            if !s.path_mtus.is_empty() {
+                let learned: Vec<String> = s
+                    .path_mtus
+                    .iter()
+                    .map(|p| format!("{} {}", p.node, p.mtu))
+                    .collect();
+                t.row(["path mtu".into(), learned.join(", ")]);
+            }
             t.row(["workers".into(), s.workers.to_string()]);
             t.row(["pods".into(), s.pods.to_string()]);
             t.row(["routes".into(), s.routes.to_string()]);

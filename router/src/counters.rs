@@ -103,6 +103,7 @@ drop_reasons! {
     ServiceNoBackend => "service_no_backend", "A new flow to a ClusterIP port with no ready backend, or to a port the ClusterIP does not serve (built-in load balancer; TCP reset or ICMP port unreachable sent if allowed).";
     ServiceUntranslatable => "service_untranslatable", "A packet to a ClusterIP the built-in load balancer cannot translate: a fragment, ICMP, or a protocol other than TCP, UDP, SCTP.";
     ServiceFlowsFull => "service_flows_full", "A new flow to a ClusterIP refused because the flow table had no room for its reply translation.";
+    PathMtuExceeded => "path_mtu_exceeded", "Fits the uplink but, with DF set, not the path MTU to the node learned from the underlay's ICMP frag needed (ICMP frag needed sent with that path MTU minus the tunnel overhead).";
 }
 
 /// Packets and bytes through one port, as seen by one worker.

@@ -18,6 +18,7 @@ pub mod frame;
 pub mod gso;
 pub mod maglev;
 pub mod pipeline;
+pub mod pmtu;
 pub mod policy;
 pub mod port;
 pub mod service;

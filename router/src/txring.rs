@@ -18,7 +18,9 @@
 //!   call takes at a time. `WouldBlock` is waited out a bounded number of
 //!   times ([`FLUSH_WAITS`]), then the rest is dropped; a packet the sink
 //!   refuses (`EMSGSIZE`, unreachable, ...) is dropped and the rest sent;
-//!   a sink that takes nothing drops the rest.
+//!   a sink that takes nothing drops the rest. `EMSGSIZE` gets one retry
+//!   first: a raw socket reports an ICMP frag needed about an earlier
+//!   packet as the error of its next send, whichever packet that is.
 //!
 //! Invariants: one owner (a worker), so no lock; nothing allocates after
 //! [`TxRing::new`]; [`TxRing::flush`] always leaves the ring empty; every
@@ -166,13 +168,14 @@ impl TxRing {
     fn push_fragments(
         &mut self,
         len: usize,
+        max_inner: usize,
         dst: Ipv4Addr,
         write_header: &impl Fn(&mut [u8], Ipv4Addr),
         sink: &mut impl TxSink,
     ) -> io::Result<()> {
         let scratch = std::mem::take(&mut self.scratch);
         let r = (|| {
-            let frags = Fragments::new(&scratch[..len], self.max_inner()).map_err(offload_error)?;
+            let frags = Fragments::new(&scratch[..len], max_inner).map_err(offload_error)?;
             for k in 0..frags.count() {
                 let i = self.free_slot(sink);
                 let n = frags.write(k, self.inner_mut(i));
@@ -201,6 +204,23 @@ impl TxRing {
         write_header: &impl Fn(&mut [u8], Ipv4Addr),
         sink: &mut impl TxSink,
     ) -> io::Result<()> {
+        let limit = self.max_inner();
+        self.push_limited(inner, vnet, dst, limit, write_header, sink)
+    }
+
+    /// [`TxRing::push`] with inner packets (segments, fragments) of at
+    /// most `limit` bytes, when the path to `dst` is known to be narrower
+    /// than a slot (a learned path MTU, `crate::pmtu`); a `limit` above
+    /// the slot's room is the slot's room.
+    pub fn push_limited(
+        &mut self,
+        inner: &[u8],
+        vnet: VnetHdr,
+        dst: Ipv4Addr,
+        limit: usize,
+        write_header: &impl Fn(&mut [u8], Ipv4Addr),
+        sink: &mut impl TxSink,
+    ) -> io::Result<()> {
         if inner.len() < IPV4_HEADER_LEN || inner[0] >> 4 != 4 {
             return Err(invalid("not an IPv4 packet"));
         }
@@ -217,7 +237,7 @@ impl TxRing {
         } else {
             None
         };
-        let max_inner = self.max_inner();
+        let max_inner = limit.min(self.max_inner());
         if vnet.is_gso() {
             if vnet.gso_type & !VnetHdr::GSO_ECN != VnetHdr::GSO_TCPV4 {
                 return Err(invalid("GSO type other than TCPv4"));
@@ -231,7 +251,7 @@ impl TxRing {
                     self.commit(i, n, dst, write_header);
                 } else {
                     let n = segs.write(k, &mut self.scratch);
-                    self.push_fragments(n, dst, write_header, sink)?;
+                    self.push_fragments(n, max_inner, dst, write_header, sink)?;
                 }
             }
             return Ok(());
@@ -251,7 +271,7 @@ impl TxRing {
             gso::complete_checksum(&mut self.scratch[..total], start, offset)
                 .map_err(offload_error)?;
         }
-        self.push_fragments(total, dst, write_header, sink)
+        self.push_fragments(total, max_inner, dst, write_header, sink)
     }
 
     /// Sends everything queued through `sink`; always leaves the ring
@@ -259,7 +279,7 @@ impl TxRing {
     /// dropped; the drops are counted ([`TxRing::take_dropped`]).
     pub fn flush(&mut self, sink: &mut impl TxSink) -> io::Result<()> {
         let (mut sent, mut dropped, mut waits) = (0, 0u64, 0);
-        let mut err = None;
+        let (mut err, mut retried) = (None, None);
         while sent < self.queued {
             let (slot_size, buf, lens, dsts) = (self.slot_size, &self.buf, &self.lens, &self.dsts);
             let pkts = (sent..self.queued).map(|i| {
@@ -281,8 +301,15 @@ impl TxRing {
                     err = Some(e);
                     break;
                 }
-                // The first packet of this call was refused (EMSGSIZE,
-                // unreachable, ...): drop it, send the rest.
+                // EMSGSIZE may be the socket's pending error from an ICMP
+                // frag needed about an earlier packet (a raw socket reports
+                // it on its next send, whatever that sends): the packet
+                // gets one more try before it counts as refused.
+                Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && retried != Some(sent) => {
+                    retried = Some(sent);
+                }
+                // The first packet of this call was refused (EMSGSIZE
+                // twice, unreachable, ...): drop it, send the rest.
                 Err(e) => {
                     sent += 1;
                     dropped += 1;
@@ -558,6 +585,7 @@ mod tests {
             script: [
                 Ok(1),
                 Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
                 Ok(4),
             ]
             .into_iter()
@@ -572,6 +600,25 @@ mod tests {
         assert_eq!(e.raw_os_error(), Some(libc::EMSGSIZE));
         assert_eq!(sink.sent.len(), 4);
         assert_eq!(r.take_dropped(), 1);
+        // One EMSGSIZE is the socket's pending error (an ICMP about an
+        // earlier packet): the packet is tried again and goes.
+        let mut sink = FakeSink {
+            script: [
+                Ok(1),
+                Err(io::Error::from_raw_os_error(libc::EMSGSIZE)),
+                Ok(4),
+            ]
+            .into_iter()
+            .collect(),
+            ..FakeSink::default()
+        };
+        for _ in 0..5 {
+            r.push(&p, VnetHdr::default(), NODE_B, &ipip, &mut sink)
+                .unwrap();
+        }
+        r.flush(&mut sink).unwrap();
+        assert_eq!(sink.sent.len(), 5);
+        assert_eq!(r.take_dropped(), 0);
         // A sink that takes nothing drops the rest.
         let mut sink = FakeSink {
             script: [Ok(2), Ok(0)].into_iter().collect(),

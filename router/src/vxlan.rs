@@ -11,7 +11,7 @@
 //! ```text
 //!  0  outer Ethernet  (14)  dst: the uplink TAP's own MAC (the node's
 //!                           kernel takes the frame and routes it)
-//! 14  outer IPv4      (20)  node -> node, protocol 17, TTL 64, DF clear
+//! 14  outer IPv4      (20)  node -> node, protocol 17, TTL 64, DF set
 //! 34  UDP             (8)   src: a flow hash (ECMP on the underlay),
 //!                           dst: the VXLAN port, checksum 0 (RFC 7348 5)
 //! 42  VXLAN           (8)   flags 0x08 (I), VNI
@@ -222,9 +222,11 @@ impl OuterHeaders {
         ip[1] = self.tos;
         ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
         ip[4..6].copy_from_slice(&self.ident.to_be_bytes());
-        // DF clear (the kernel's vxlan default): a path smaller than
-        // planned fragments instead of dropping.
-        ip[6..8].copy_from_slice(&[0, 0]);
+        // DF set: a router whose next link is narrower than ours answers
+        // with ICMP frag needed, from which the path MTU is learned
+        // (`crate::pmtu`). Outer fragments would be lost: the receive
+        // classifier takes whole packets only.
+        ip[6..8].copy_from_slice(&[0x40, 0]);
         ip[8] = crate::wire::DEFAULT_TTL;
         ip[9] = IPPROTO_UDP;
         ip[10..12].copy_from_slice(&[0, 0]);
@@ -470,9 +472,9 @@ mod tests {
     }
 
     /// The outer headers, byte for byte, as `tcpdump -x` shows the
-    /// kernel's own VXLAN packets (checksum worked out by hand:
-    /// 0x4500+0x0046+0x1234+0x0000+0x4011+0xc0a8+0x6401+0xc0a8+0x6402
-    /// = 0x2_e0de -> 0xe0e0 -> !0xe0e0 = 0x1f1f).
+    /// kernel's own VXLAN packets (with `df set`; checksum worked out by
+    /// hand: 0x4500+0x0046+0x1234+0x4000+0x4011+0xc0a8+0x6401+0xc0a8+0x6402
+    /// = 0x3_20de -> 0x20e1 -> !0x20e1 = 0xdf1e).
     #[test]
     fn outer_headers_golden_bytes_both_ways() {
         let mut buf = [0u8; OUTER_LEN + 14 + 20];
@@ -481,7 +483,7 @@ mod tests {
         #[rustfmt::skip]
         let want: [u8; OUTER_LEN] = [
             2, 0, 0, 0, 0, 1,  0x0e, 0x70, 192, 168, 100, 1,  0x08, 0x00,
-            0x45, 0x00, 0x00, 0x46, 0x12, 0x34, 0x00, 0x00, 0x40, 0x11, 0x1f, 0x1f,
+            0x45, 0x00, 0x00, 0x46, 0x12, 0x34, 0x40, 0x00, 0x40, 0x11, 0xdf, 0x1e,
             192, 168, 100, 1,  192, 168, 100, 2,
             0xc3, 0x50, 0x21, 0x18, 0x00, 0x32, 0x00, 0x00,
             0x08, 0, 0, 0, 0, 0, 1, 0,

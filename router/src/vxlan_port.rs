@@ -46,11 +46,15 @@
 //! # Too big for the path
 //!
 //! The pipeline answers DF packets that do not fit the path (link MTU -
-//! 50) with ICMP fragmentation needed. A packet without DF that does not
-//! fit is fragmented by the ring (inner fragments, each in its own VXLAN
-//! packet, as the IPIP uplink does), so no VXLAN packet is ever an outer
-//! fragment: the receive classifier only takes whole ones, and the kernel
-//! peers never need to reassemble.
+//! 50, or the path MTU learned for the node minus 50, [`crate::pmtu`])
+//! with ICMP fragmentation needed. A packet without DF that does not fit
+//! is fragmented by the ring (inner fragments, each in its own VXLAN
+//! packet, as the IPIP uplink does) to the same bound, so no VXLAN packet
+//! is ever an outer fragment: the receive classifier only takes whole
+//! ones, and the kernel peers never need to reassemble. Outer packets
+//! carry DF, so a narrower link on the underlay answers with ICMP frag
+//! needed (which teaches the path MTU) instead of fragmenting them into
+//! pieces the far node's classifier would not take.
 //!
 //! Invariants: the descriptor is non-blocking; `recv` stops at `EAGAIN`,
 //! `send` returns the kernel's error (the worker counts it); nothing per
@@ -61,12 +65,13 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 
 use crate::frame::Frame;
 use crate::pipeline::flow_hash;
+use crate::pmtu::PathMtus;
 use crate::port::{foreign_queue, Port, TxQueue};
 use crate::sys;
 use crate::txring::{TxRing, TxSink};
@@ -96,6 +101,9 @@ pub struct VxlanPort {
     ident: AtomicU32,
     /// Packets the ring could not send.
     tx_dropped: AtomicU64,
+    /// Path MTUs learned towards other nodes ([`crate::pmtu`]), once the
+    /// daemon has set them: packets without DF are fragmented to fit.
+    path_mtus: OnceLock<Arc<PathMtus>>,
 }
 
 /// Socket buffer for the ring's raw socket.
@@ -185,6 +193,7 @@ impl VxlanPort {
             peers: ArcSwap::from_pointee(Vec::new()),
             ident: AtomicU32::new(0),
             tx_dropped: AtomicU64::new(0),
+            path_mtus: OnceLock::new(),
         })
     }
 
@@ -203,6 +212,29 @@ impl VxlanPort {
         peers.sort_by_key(|(ip, _)| *ip);
         peers.dedup_by_key(|(ip, _)| *ip);
         self.peers.store(Arc::new(peers));
+    }
+
+    /// The path MTUs this port fragments to (set once, by the daemon; a
+    /// second call is ignored).
+    pub fn set_path_mtus(&self, path_mtus: Arc<PathMtus>) {
+        let _ = self.path_mtus.set(path_mtus);
+    }
+
+    /// The largest inner packet the ring may send to `node` for an inner
+    /// packet `ip`: the learned path MTU minus 50 when one is known and
+    /// the packet is big enough to care and has no DF (DF packets that do
+    /// not fit were answered by the pipeline), else everything a slot
+    /// holds.
+    fn ring_limit(&self, node: Ipv4Addr, ip: &[u8]) -> usize {
+        const SMALLEST: usize = (crate::pmtu::MIN_PMTU - crate::vxlan::MTU_OVERHEAD) as usize;
+        let df = ip.get(6).is_some_and(|f| f & 0x40 != 0);
+        if ip.len() <= SMALLEST || df {
+            return usize::MAX;
+        }
+        self.path_mtus
+            .get()
+            .and_then(|p| p.load().inner_mtu(node))
+            .map_or(usize::MAX, usize::from)
     }
 
     /// The inner destination MAC for frames to `node`.
@@ -332,7 +364,8 @@ impl Port for VxlanPort {
         let mut sink = RawSink(self.raw.as_fd());
         if !frame.vnet.is_gso() {
             let write_header = |pkt: &mut [u8], dst: Ipv4Addr| self.ring_header(pkt, dst);
-            let r = ring.push(ip, frame.vnet, node, &write_header, &mut sink);
+            let limit = self.ring_limit(node, ip);
+            let r = ring.push_limited(ip, frame.vnet, node, limit, &write_header, &mut sink);
             self.count_drops(ring);
             return r;
         }

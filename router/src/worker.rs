@@ -65,6 +65,8 @@ pub struct WorkerConfig {
     pub services: Arc<crate::service::Services>,
     /// Capture and trace taps, checked once per round ([`crate::capture`]).
     pub taps: Arc<Taps>,
+    /// The path MTUs learned towards other nodes, loaded once per batch.
+    pub path_mtus: Arc<crate::pmtu::PathMtus>,
 }
 
 enum Command {
@@ -305,12 +307,14 @@ impl Worker {
         let ports = self.ports.load();
         let policy = self.cfg.policies.load();
         let services = self.cfg.services.load();
+        let path_mtus = self.cfg.path_mtus.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
         let started_ns = crate::clock::now_ns();
         let ctx = BatchContext::new(&fib, &ports, counters, &self.cfg.flows, started_ns)
             .with_policy(&policy)
-            .with_services(&services);
+            .with_services(&services)
+            .with_path_mtus(&path_mtus);
         // One relaxed load per round while nothing is armed.
         let armed = self.cfg.taps.armed().then(|| self.cfg.taps.load());
         let mut busy = false;
@@ -683,6 +687,7 @@ mod tests {
             policies: Arc::new(crate::policy::Policies::new()),
             services: Arc::new(crate::service::Services::new()),
             taps: Arc::new(Taps::new()),
+            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
         };
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,

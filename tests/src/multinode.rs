@@ -126,6 +126,17 @@ impl Drop for ClusterNode {
     }
 }
 
+/// What [`Cluster::start_prepared`] shows its `prepare` step: the
+/// namespaces before the daemons start. The node on subnet `s` is linked
+/// to the underlay by `n<i>` (underlay side) and `eth0` (node side); the
+/// router's link to subnet `s` is `r<s>` (router side) and `rt<s>`
+/// (underlay side).
+pub struct Underlay<'a> {
+    pub underlay: &'a Netns,
+    pub router: Option<&'a Netns>,
+    pub nodes: &'a [ClusterNode],
+}
+
 /// Nodes on an underlay, each with its own daemon.
 pub struct Cluster {
     pub nodes: Vec<ClusterNode>,
@@ -147,6 +158,18 @@ impl Cluster {
     /// [`Cluster::start`] with more `[dataplane]` lines for every node
     /// (`"workers = 2\n"`).
     pub fn start_with(encap: &str, subnets: &[usize], dataplane: &str) -> Cluster {
+        Cluster::start_prepared(encap, subnets, dataplane, &|_| {})
+    }
+
+    /// [`Cluster::start_with`], calling `prepare` once the namespaces and
+    /// links exist and before any daemon starts (to narrow a link, set a
+    /// sysctl in a node).
+    pub fn start_prepared(
+        encap: &str,
+        subnets: &[usize],
+        dataplane: &str,
+        prepare: &dyn Fn(&Underlay<'_>),
+    ) -> Cluster {
         let dir = TempDir::new("cluster");
         let underlay = Netns::new("ul");
         let used: Vec<usize> = {
@@ -231,6 +254,11 @@ impl Cluster {
                 ns,
             });
         }
+        prepare(&Underlay {
+            underlay: &underlay,
+            router: router.as_ref(),
+            nodes: &nodes,
+        });
         for n in &mut nodes {
             let d = bin("podrouterd");
             let d = d.to_string_lossy();

@@ -58,7 +58,10 @@
 //! sends it as it is), or to the host port for the node's kernel to route
 //! directly. To the tunnel, DF packets (GSO frames: each segment) must fit
 //! the uplink's MTU (link MTU - 20) or get ICMP fragmentation needed;
-//! others are fragmented by the uplink. From the uplink, frames are
+//! others are fragmented by the uplink. A path MTU learned for the node
+//! from the underlay's ICMP ([`crate::pmtu`], in the batch context) lowers
+//! that bound to the path MTU minus the tunnel's overhead
+//! (`path_mtu_exceeded` when only the learned path is too small). From the uplink, frames are
 //! decapsulated only if addressed to this node by a known node (a `via` of
 //! the FIB snapshot), and the inner packet may only go to a local pod:
 //! every other case is a counted drop (`ipip_*`), and an unassigned address
@@ -78,6 +81,7 @@ use crate::counters::{DropReason, WorkerCounters};
 use crate::encap::EncapPolicy;
 use crate::fib::FibTable;
 use crate::frame::Frame;
+use crate::pmtu::PathMtuSnapshot;
 use crate::port::{PortEntry, PortId, PortRole, PortTable, Tunnel};
 use crate::wire::ETHERNET_HEADER_LEN;
 
@@ -164,6 +168,9 @@ pub struct BatchContext<'a> {
     /// Monotonic time in nanoseconds ([`crate::clock`]: the ICMP rate
     /// limiter, flow timeouts).
     pub now_ns: u64,
+    /// The path MTUs learned towards other nodes ([`crate::pmtu`]);
+    /// `None`: none learned (every path as wide as the uplink).
+    path_mtus: Option<&'a PathMtuSnapshot>,
     /// The host port, if attached.
     host: Option<(PortId, &'a PortEntry)>,
     /// The uplink, if attached.
@@ -196,6 +203,7 @@ impl<'a> BatchContext<'a> {
             flows,
             policy: None,
             services: None,
+            path_mtus: None,
             now_ns,
             host,
             uplink,
@@ -215,6 +223,25 @@ impl<'a> BatchContext<'a> {
         BatchContext {
             services: Some(services),
             ..self
+        }
+    }
+
+    /// The same context with the batch's learned path MTUs.
+    pub fn with_path_mtus(self, path_mtus: &'a PathMtuSnapshot) -> BatchContext<'a> {
+        BatchContext {
+            path_mtus: Some(path_mtus),
+            ..self
+        }
+    }
+
+    /// The MTU towards `node` through the tunnel whose port MTU is
+    /// `port_mtu`: that, or the learned path MTU minus the tunnel's
+    /// overhead when smaller.
+    #[inline]
+    fn tunnel_mtu(&self, port_mtu: u16, node: Ipv4Addr) -> u16 {
+        match self.path_mtus.and_then(|p| p.inner_mtu(node)) {
+            Some(inner) => inner.min(port_mtu),
+            None => port_mtu,
         }
     }
 

@@ -5,7 +5,8 @@
 //! TTL: the node's kernel and the router are one hop together (as in
 //! Calico), so only traffic between pods (here or on other nodes) loses a
 //! TTL here. MTU: to the tunnel, DF packets (GSO frames: each segment) must
-//! fit the uplink's MTU or get ICMP fragmentation needed, others are
+//! fit the uplink's MTU and the path MTU learned for the node (less the
+//! tunnel's overhead) or get ICMP fragmentation needed, others are
 //! fragmented by the uplink; to a pod or the host, GSO frames pass (the
 //! receiving stack cuts them) and others must fit, or get fragmentation
 //! needed (DF) or are dropped (`too_big`).
@@ -49,23 +50,26 @@ pub(super) fn rewrite(
         ));
     }
 
-    let mtu = egress.entry.info.mtu;
+    let mtu = egress.mtu;
     if egress.tunnel.is_some() {
         // The uplink cuts GSO frames at gso_size and fragments what has
-        // no DF; what has DF must fit as it is (per segment).
-        let too_big = if frame.vnet.is_gso() {
+        // no DF; what has DF must fit as it is (per segment), on the
+        // path as learned (egress.mtu) as well as on the uplink.
+        let len = if frame.vnet.is_gso() {
             match tcp_segment_len(frame) {
-                Some(seg) => seg > usize::from(mtu),
+                Some(seg) => seg,
                 None => return Err(Fault::Drop(DropReason::GsoUnsupported)),
             }
         } else {
-            pkt.total_len > usize::from(mtu)
+            pkt.total_len
         };
-        if too_big && pkt.dont_frag {
-            return Err(Fault::Icmp(
-                IcmpError::frag_needed(mtu),
-                DropReason::FragNeeded,
-            ));
+        if len > usize::from(mtu) && pkt.dont_frag {
+            let reason = if len > usize::from(egress.entry.info.mtu) {
+                DropReason::FragNeeded
+            } else {
+                DropReason::PathMtuExceeded
+            };
+            return Err(Fault::Icmp(IcmpError::frag_needed(mtu), reason));
         }
     } else if !frame.vnet.is_gso() && pkt.total_len > usize::from(mtu) {
         // GSO super-segments are cut at gso_size by the receiving stack.
@@ -235,6 +239,46 @@ mod tests {
         let (v, f) = env.run(POD_A, &from_a(REMOTE_IP, 64, 0, 1500));
         assert_eq!(v, tunnel_to(OTHER_NODE));
         assert_eq!(f.len(), 14 + 1500);
+    }
+
+    /// A path MTU learned for FAR_NODE (outer 1400, so 1380 inside IPIP)
+    /// lowers the bound for that node only; DF packets between the two get
+    /// frag needed with 1380 (`path_mtu_exceeded`), GSO frames per
+    /// segment; without DF they go on (the uplink side fragments).
+    #[test]
+    fn learned_path_mtu_lowers_the_tunnel_mtu_per_node() {
+        use crate::pmtu::{OuterKind, PathMtuSnapshot};
+        let mut env = uplink_env(EncapMode::Always);
+        env.path_mtus = PathMtuSnapshot::new(OuterKind::Ipip, &[(FAR_NODE, 1400)]);
+        let (v, _) = env.run(POD_A, &from_a(FAR_POD, 64, DF, 1380));
+        assert_eq!(v, tunnel_to(FAR_NODE));
+        let input = from_a(FAR_POD, 64, DF, 1381);
+        let (v, f) = env.run(POD_A, &input);
+        assert_eq!(v, fwd(POD_A));
+        assert_icmp_error(&f, A_MAC, A_IP, 3, 4, 1380, ip_part(&input));
+        assert_eq!(env.counters.drops(DropReason::PathMtuExceeded), 1);
+        // Too big for the uplink itself: still frag_needed, with the
+        // smaller (learned) MTU.
+        let (_, f) = env.run(POD_A, &from_a(FAR_POD, 64, DF, 1500));
+        assert_eq!(&f.data()[14 + 26..14 + 28], &1380u16.to_be_bytes());
+        assert_eq!(env.counters.drops(DropReason::FragNeeded), 1);
+        // Another node's path is untouched.
+        let (v, _) = env.run(POD_A, &from_a(REMOTE_IP, 64, DF, 1480));
+        assert_eq!(v, tunnel_to(OTHER_NODE));
+        // No DF: forwarded for the uplink to fragment.
+        let (v, _) = env.run(POD_A, &from_a(FAR_POD, 64, 0, 1480));
+        assert_eq!(v, tunnel_to(FAR_NODE));
+        // GSO: 20 + 32 + 1328 = 1380 fits, 1329 does not.
+        let mut f = gso_from_a(FAR_POD, 1328, 30_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), tunnel_to(FAR_NODE));
+        let mut f = gso_from_a(FAR_POD, 1329, 30_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_A));
+        assert_eq!(&f.data()[14 + 26..14 + 28], &1380u16.to_be_bytes());
+        assert_eq!(env.counters.drops(DropReason::PathMtuExceeded), 2);
+        // VXLAN's overhead is 50: outer 1400 is 1350 inside.
+        env.path_mtus = PathMtuSnapshot::new(OuterKind::Vxlan { port: 4789 }, &[(FAR_NODE, 1400)]);
+        let (_, f) = env.run(POD_A, &from_a(FAR_POD, 64, DF, 1400));
+        assert_eq!(&f.data()[14 + 26..14 + 28], &1350u16.to_be_bytes());
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub(super) struct Egress<'t> {
     pub port: PortId,
     pub entry: &'t PortEntry,
     pub tunnel: Option<Ipv4Addr>,
+    /// The largest packet that leaves this way unfragmented: the port's
+    /// MTU or, through the tunnel, the path MTU learned for the node
+    /// minus the tunnel's overhead when that is smaller
+    /// ([`crate::pmtu`]).
+    pub mtu: u16,
 }
 
 impl Egress<'_> {
@@ -82,6 +87,7 @@ fn host_egress<'t>(
         port,
         entry,
         tunnel: None,
+        mtu: entry.info.mtu,
     })
 }
 
@@ -109,6 +115,7 @@ pub(super) fn resolve_egress<'t>(
                 port,
                 entry,
                 tunnel: None,
+                mtu: entry.info.mtu,
             })
         }
         NextHop::Host => host_egress(ctx, ingress, from_host),
@@ -124,6 +131,7 @@ pub(super) fn resolve_egress<'t>(
                 port: up.id,
                 entry: up.entry,
                 tunnel: Some(node),
+                mtu: ctx.tunnel_mtu(up.entry.info.mtu, node),
             })
         }
         NextHop::Nodes(_) | NextHop::Unreachable => Err(DropReason::NoRoute),

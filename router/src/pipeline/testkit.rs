@@ -125,6 +125,8 @@ pub(super) struct Env {
     pub(super) policy: crate::policy::PolicyTable,
     /// The built-in load balancer's services (empty: none).
     pub(super) services: crate::service::ServiceTable,
+    /// Path MTUs learned towards other nodes (empty: none).
+    pub(super) path_mtus: crate::pmtu::PathMtuSnapshot,
     pub(super) pipeline: Pipeline,
     pub(super) now_ns: u64,
 }
@@ -197,6 +199,7 @@ impl Env {
             flows: FlowTable::new(1024, Default::default()),
             policy: Default::default(),
             services: Default::default(),
+            path_mtus: Default::default(),
             pipeline: Pipeline::new(cfg),
             now_ns: 1_000_000_000,
         }
@@ -212,7 +215,8 @@ impl Env {
             self.now_ns,
         )
         .with_policy(&self.policy)
-        .with_services(&self.services);
+        .with_services(&self.services)
+        .with_path_mtus(&self.path_mtus);
         self.pipeline.process(&ctx, ingress, frame)
     }
 

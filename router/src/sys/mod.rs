@@ -29,8 +29,8 @@ mod raw;
 mod tunnel_tap;
 pub mod xsk;
 pub use raw::{
-    bind_ipv4, raw_ipv4_socket, recv_batch, send_batch, set_socket_buffers, wait_writable,
-    MAX_BATCH,
+    bind_ipv4, icmp_frag_needed_socket, raw_ipv4_socket, recv_batch, send_batch,
+    set_socket_buffers, wait_readable, wait_writable, MAX_BATCH,
 };
 pub use tunnel_tap::{
     read_with_header, tun_hwaddr, write_parts, TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM,

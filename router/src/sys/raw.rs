@@ -1,6 +1,8 @@
 //! Raw IPv4 sockets for the IPIP uplink: one `socket(AF_INET, SOCK_RAW,
 //! proto)` with `IP_HDRINCL`, batched receive (`recvmmsg`) and send
-//! (`sendmmsg`), and a bounded wait for writability.
+//! (`sendmmsg`), and a bounded wait for writability; and the receive-only
+//! ICMP socket, filtered in the kernel to "fragmentation needed", through
+//! which the path MTU towards other nodes is learned (`crate::pmtu`).
 //!
 //! Invariants: descriptors are non-blocking and close-on-exec; batch
 //! functions build their `mmsghdr`/`iovec`/`sockaddr_in` arrays on the
@@ -227,6 +229,72 @@ pub fn wait_writable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
     // SAFETY: one pollfd on the stack, exclusively borrowed for the call.
     let r = retry(|| unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
     Ok(r > 0 && p.revents & libc::POLLOUT != 0)
+}
+
+/// Waits up to `timeout_ms` for `fd` to become readable; true if it did.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout_ms: i32) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd on the stack, exclusively borrowed for the call.
+    let r = retry(|| unsafe { libc::poll(&mut p, 1, timeout_ms) })?;
+    Ok(r > 0 && p.revents & libc::POLLIN != 0)
+}
+
+/// A classic BPF program for a raw ICMP socket (data starts at the IPv4
+/// header) that keeps only "destination unreachable, fragmentation
+/// needed" (type 3, code 4) and drops everything else in the kernel.
+const FRAG_NEEDED_FILTER: [libc::sock_filter; 7] = [
+    // x = 4 * (ip[0] & 0xf): the IPv4 header length.
+    bpf_insn(0xb1, 0, 0, 0),
+    // a = ip[x + 0]: the ICMP type.
+    bpf_insn(0x50, 0, 0, 0),
+    // type 3? else drop.
+    bpf_insn(0x15, 0, 3, 3),
+    // a = ip[x + 1]: the ICMP code.
+    bpf_insn(0x50, 0, 0, 1),
+    // code 4? else drop.
+    bpf_insn(0x15, 0, 1, 4),
+    bpf_insn(0x06, 0, 0, 0xffff),
+    bpf_insn(0x06, 0, 0, 0),
+];
+
+const fn bpf_insn(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+/// Opens a non-blocking raw ICMP socket that receives only ICMP
+/// "fragmentation needed" messages addressed to this namespace (a filter
+/// in the kernel drops every other ICMP message before it is queued).
+/// Receive only; needs `CAP_NET_RAW`.
+pub fn icmp_frag_needed_socket() -> io::Result<OwnedFd> {
+    let fd = raw_ipv4_socket(libc::IPPROTO_ICMP as u8)?;
+    let prog = libc::sock_fprog {
+        len: FRAG_NEEDED_FILTER.len() as u16,
+        filter: FRAG_NEEDED_FILTER.as_ptr().cast_mut(),
+    };
+    // SAFETY: `prog` and the filter array it points to (a constant) live
+    // for the whole call; the kernel copies the program and never writes
+    // through the pointer. The exact size of `prog` is passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot attach the frag-needed filter: {e}"),
+        ));
+    }
+    Ok(fd)
 }
 
 #[cfg(test)]
