@@ -428,6 +428,9 @@ struct Round {
     /// CPU time the receiver's threads ran meanwhile (load-independent,
     /// unlike `secs` on a shared machine).
     cpu_secs: f64,
+    /// Peak resident memory of the receiver (VmHWM), MiB, once all
+    /// routes are in.
+    peak_rss_mib: f64,
     /// Start of the process to Established.
     to_established: f64,
 }
@@ -443,6 +446,17 @@ fn cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
+}
+
+/// Peak resident set size of `pid` (`VmHWM` in `/proc/PID/status`), MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }
 
 /// Starts `who` fresh, times Established to `n` routes, stops it.
@@ -564,6 +578,7 @@ fn round(ctx: &Ctx, lab: &Lab, who: Receiver, n: usize, rep: usize) -> Res<Round
             let now = Instant::now();
             let cpu = cpu_ns(proc.pid()).saturating_sub(cpu_at_est);
             return Ok(Round {
+                peak_rss_mib: peak_rss_mib(proc.pid()),
                 cpu_secs: cpu as f64 / 1e9,
                 secs: now.duration_since(e).as_secs_f64(),
                 to_established: e.duration_since(t0).as_secs_f64(),
@@ -642,6 +657,7 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
     };
     let mut secs: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut cpu: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut rss: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut disturbed = [0usize; 2];
     let mut errs: [Option<String>; 2] = [None, None];
     if let Ok(lab) = &lab {
@@ -658,11 +674,12 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
                         ctx.runs.push(json!({
                             "what": desc, "plane": who.name(), "kind": "bgp_convergence",
                             "routes": n, "secs": r.secs, "to_established_secs": r.to_established,
-                            "cpu_secs": r.cpu_secs,
+                            "cpu_secs": r.cpu_secs, "peak_rss_mib": r.peak_rss_mib,
                             "busy_before": busy,
                         }));
                         secs[i].push(r.secs);
                         cpu[i].push(r.cpu_secs);
+                        rss[i].push(r.peak_rss_mib);
                         disturbed[i] += usize::from(busy >= BUSY);
                     }
                     Err(e) if e.interrupted => return Err(e),
@@ -686,6 +703,7 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
     let [ps, bs] = cells(&secs, &|s| s);
     let [pr, br] = cells(&secs, &|s| n as f64 / s);
     let [pc, bc] = cells(&cpu, &|s| s);
+    let [pm, bm] = cells(&rss, &|s| s);
     ctx.rows.push(
         Row::new(
             &scenario,
@@ -716,6 +734,17 @@ pub fn bgp_convergence(ctx: &mut Ctx) -> Res<()> {
             "lower",
             pc,
             bc,
+        )
+        .baseline("BIRD 2"),
+    );
+    ctx.rows.push(
+        Row::new(
+            &scenario,
+            &format!("peak resident memory of the receiver with {n} routes (VmHWM)"),
+            "MiB",
+            "lower",
+            pm,
+            bm,
         )
         .baseline("BIRD 2"),
     );

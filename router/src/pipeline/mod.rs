@@ -18,6 +18,9 @@
 //!    what follows them is an Ethernet frame); after IPv4 validation,
 //!    [`decap::check_inner_source`] checks, for either tunnel, that the
 //!    inner source routes back to the sending node.
+//!    Then [`service`]: a pod's packet to a ClusterIP of the built-in load
+//!    balancer is translated to a backend (or refused) before routing; its
+//!    replies are translated back after [`policy`].
 //! 4. [`route`]: the FIB lookup, ECMP member choice and
 //!    [`route::resolve_egress`], which turns a next hop into a port,
 //!    Ethernet destination and tunnel endpoint for forwarding and for ICMP
