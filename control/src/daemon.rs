@@ -598,6 +598,7 @@ impl Daemon {
     }
 
     fn attach(&mut self, p: AttachParams) -> CallResult {
+        let start = Instant::now();
         validate_id(&p.id)?;
         check_ifname(&p.ifname)?;
         if let Some(i) = &p.identity {
@@ -651,6 +652,7 @@ impl Daemon {
             mtu,
         };
         let spec = spec_of(&record);
+        let checked = Instant::now();
         let port = match self.net.create_pod_interface(&spec) {
             Ok(p) => p,
             Err(source) => {
@@ -658,11 +660,13 @@ impl Daemon {
                 return Err(CallError::Interface { id: p.id, source });
             }
         };
+        let created = Instant::now();
         if let Err(e) = self.install(record.clone(), port) {
             self.discard_interface(&record);
             self.ipam.release(ip);
             return Err(e);
         }
+        let installed = Instant::now();
         if let Err(source) = self.store.save(&self.records()) {
             self.uninstall(&record.id);
             self.discard_interface(&record);
@@ -689,12 +693,17 @@ impl Daemon {
         }
         self.publish_policy();
         log::info!(
-            "pod {}: attached {} {}/32 in {} (port {})",
+            "pod {}: attached {} {}/32 in {} (port {}; checks and IPAM {:.2} ms, \
+             interface {:.2} ms, data plane and host route {:.2} ms, state {:.2} ms)",
             record.id,
             record.ifname,
             ip,
             record.netns.display(),
-            self.pods[&record.id].port.0
+            self.pods[&record.id].port.0,
+            ms(checked - start),
+            ms(created - checked),
+            ms(installed - created),
+            ms(installed.elapsed()),
         );
         Ok(Reply::Pod(self.pod_info(&self.pods[&record.id])))
     }
@@ -736,6 +745,7 @@ impl Daemon {
         id: &str,
         orphan: Option<(&str, &str)>,
     ) -> Result<(Reply, Option<InterfaceRemoval>), CallError> {
+        let start = Instant::now();
         let Some(record) = self.uninstall(id) else {
             let Some((netns, ifname)) = orphan else {
                 return Err(CallError::NoSuchPod(id.to_string()));
@@ -754,6 +764,7 @@ impl Daemon {
                 }),
             };
         };
+        let uninstalled = Instant::now();
         if let Err(e) = self.store.save(&self.records()) {
             // The pod is gone from the data plane; the next save or start
             // will drop it from the file (its netns interface is gone too).
@@ -763,14 +774,25 @@ impl Daemon {
             log::error!("pod {id}: detached but its identity was not forgotten: {e}");
         }
         self.publish_policy();
-        let removal = InterfaceRemoval::new(record, self.net.clone());
+        let steps = format!(
+            "data plane and host route {:.2} ms, state {:.2} ms",
+            ms(uninstalled - start),
+            ms(uninstalled.elapsed())
+        );
+        let removal = InterfaceRemoval::new(record, self.net.clone(), steps);
         Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
     }
 
     /// Ends a detach whose interface removal has run: frees the address.
     pub fn removal_done(&mut self, done: RemovalDone) {
         self.ipam.release(done.ip);
-        log::info!("pod {}: detached, released {}", done.id, done.ip);
+        log::info!(
+            "pod {}: detached, released {} ({}, interface removal {:.2} ms)",
+            done.id,
+            done.ip,
+            done.steps,
+            ms(done.removal)
+        );
     }
 
     /// Removes `ifname` in `netns` if it is a pod interface podrouter made
@@ -1036,6 +1058,11 @@ pub fn mac_text(m: [u8; 6]) -> String {
 /// Whether `path` names the network namespace this process runs in (same
 /// nsfs inode), e.g. a `/proc/PID/ns/net` of a process that has not moved
 /// into its pod yet. Attaching there would move a pod TAP into the node.
+/// A duration in milliseconds, for the step timings in the log.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 /// A network namespace's identity: the (device, inode) its file has,
 /// whichever path (a /run/netns bind mount, /proc/PID/ns/net) names it.
 type NetnsId = (u64, u64);

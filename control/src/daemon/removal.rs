@@ -11,6 +11,7 @@
 //! returned, so it is never handed out while the old interface exists.
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::nodenet::NodeNet;
 use crate::state::PodRecord;
@@ -20,6 +21,8 @@ use crate::state::PodRecord;
 pub struct InterfaceRemoval {
     record: PodRecord,
     net: Arc<dyn NodeNet>,
+    /// How long the detach's earlier steps took, for the log.
+    steps: String,
 }
 
 /// A removal that has run: what the control thread still has to free.
@@ -27,11 +30,14 @@ pub struct InterfaceRemoval {
 pub struct RemovalDone {
     pub id: String,
     pub ip: Ipv4Addr,
+    /// The detach's earlier steps and how long the removal took.
+    pub steps: String,
+    pub removal: Duration,
 }
 
 impl InterfaceRemoval {
-    pub(super) fn new(record: PodRecord, net: Arc<dyn NodeNet>) -> InterfaceRemoval {
-        InterfaceRemoval { record, net }
+    pub(super) fn new(record: PodRecord, net: Arc<dyn NodeNet>, steps: String) -> InterfaceRemoval {
+        InterfaceRemoval { record, net, steps }
     }
 
     /// Removes the interface (blocking; any thread). A failure is logged:
@@ -39,9 +45,15 @@ impl InterfaceRemoval {
     /// runtime's next DEL (with netns and ifname) removes.
     pub fn run(self) -> RemovalDone {
         let r = self.record;
+        let start = Instant::now();
         if let Err(e) = self.net.delete_pod_interface(&r.netns, &r.ifname) {
             log::warn!("pod {}: removing {}: {e}", r.id, r.ifname);
         }
-        RemovalDone { id: r.id, ip: r.ip }
+        RemovalDone {
+            id: r.id,
+            ip: r.ip,
+            steps: self.steps,
+            removal: start.elapsed(),
+        }
     }
 }
