@@ -34,7 +34,7 @@ use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
 use podrouter_router::policy::Policies;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
-use podrouter_router::worker::{WorkerConfig, WorkerHandle};
+use podrouter_router::worker::{PortRelease, WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use podrouter_types::Prefix;
 
@@ -423,18 +423,38 @@ impl Daemon {
     /// Stops forwarding for a pod and removes its routes; the interface and
     /// the address are the caller's business.
     fn uninstall(&mut self, id: &str) -> Option<PodRecord> {
+        let (record, port, release) = self.start_uninstall(id)?;
+        wait_port_release(&record.id, release);
+        self.forget_port(port);
+        Some(record)
+    }
+
+    /// [`Daemon::uninstall`] without waiting for the pod's worker: the pod
+    /// is gone from `pods`, the FIB and the host routes, its worker has
+    /// been asked to let go of its port. The port stays in the port table
+    /// (no route leads to it) so that its id is not handed to a new pod
+    /// while a worker may still receive from it; the caller waits for the
+    /// release, then [`Daemon::forget_port`].
+    fn start_uninstall(&mut self, id: &str) -> Option<(PodRecord, PortId, Option<PortRelease>)> {
         let pod = self.pods.remove(id)?;
-        if let Err(e) = self.workers[pod.worker].remove_port(pod.port) {
-            log::warn!("pod {id}: worker {}: {e}", pod.worker);
-        }
         let host = Prefix::new(pod.record.ip, 32).expect("/32");
         self.fib.update(&[FibChange::Remove(host)]);
-        self.ports
-            .store(Arc::new(self.ports.load().without(pod.port)));
+        let release = match self.workers[pod.worker].start_remove_port(pod.port) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("pod {id}: worker {}: {e}", pod.worker);
+                None
+            }
+        };
         if let Err(e) = self.net.host_route_del(host, &self.cfg.dataplane.host_port) {
             log::warn!("pod {id}: removing host route: {e}");
         }
-        Some(pod.record)
+        Some((pod.record, pod.port, release))
+    }
+
+    /// Drops a port no worker uses any more from the port table.
+    fn forget_port(&mut self, port: PortId) {
+        self.ports.store(Arc::new(self.ports.load().without(port)));
     }
 
     /// Housekeeping between events (at least once a second): frees FIB
@@ -746,7 +766,7 @@ impl Daemon {
         orphan: Option<(&str, &str)>,
     ) -> Result<(Reply, Option<InterfaceRemoval>), CallError> {
         let start = Instant::now();
-        let Some(record) = self.uninstall(id) else {
+        let Some((record, port, release)) = self.start_uninstall(id) else {
             let Some((netns, ifname)) = orphan else {
                 return Err(CallError::NoSuchPod(id.to_string()));
             };
@@ -779,12 +799,13 @@ impl Daemon {
             ms(uninstalled - start),
             ms(uninstalled.elapsed())
         );
-        let removal = InterfaceRemoval::new(record, self.net.clone(), steps);
+        let removal = InterfaceRemoval::new(record, port, release, self.net.clone(), steps);
         Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
     }
 
     /// Ends a detach whose interface removal has run: frees the address.
     pub fn removal_done(&mut self, done: RemovalDone) {
+        self.forget_port(done.port);
         self.ipam.release(done.ip);
         log::info!(
             "pod {}: detached, released {} ({}, interface removal {:.2} ms)",
@@ -1058,6 +1079,13 @@ pub fn mac_text(m: [u8; 6]) -> String {
 /// Whether `path` names the network namespace this process runs in (same
 /// nsfs inode), e.g. a `/proc/PID/ns/net` of a process that has not moved
 /// into its pod yet. Attaching there would move a pod TAP into the node.
+/// Waits until a worker has let go of a removed pod's port.
+fn wait_port_release(id: &str, release: Option<PortRelease>) {
+    if let Some(Err(e)) = release.map(PortRelease::wait) {
+        log::warn!("pod {id}: {e}");
+    }
+}
+
 /// A duration in milliseconds, for the step timings in the log.
 fn ms(d: std::time::Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -72,9 +72,9 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
         ApiStats::count(&stats.requests);
         let resp = match request::parse(&line) {
             Ok(call) => serve_call(call, owner)?,
-            Err(resp) => {
+            Err(e) => {
                 ApiStats::count(&stats.bad_requests);
-                resp
+                Response::err(e.code, e.message)
             }
         };
         if let Err(e) = write_response(&mut stream, &resp, Instant::now() + WRITE_DEADLINE) {

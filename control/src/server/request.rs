@@ -5,9 +5,9 @@
 //! exactly as the server does.
 //!
 //! Invariants: the framer never holds more than its limit plus one read
-//! of bytes; every line gets either a `Call` or one error `Response`;
+//! of bytes; every line gets either a `Call` or one error;
 //! nothing here panics on any input.
-use podrouter_api::{Call, ErrorCode, Request, Response, API_VERSION};
+use podrouter_api::{ApiError, Call, ErrorCode, Request, API_VERSION};
 
 /// Why a connection's bytes cannot be cut into requests.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -70,43 +70,36 @@ impl LineFramer {
     }
 }
 
-/// The call one request line asks for, or the error response to send.
-pub fn parse(line: &[u8]) -> Result<Call, Response> {
+/// The call one request line asks for, or the error to answer it with.
+pub fn parse(line: &[u8]) -> Result<Call, ApiError> {
+    let err = |code, message: String| ApiError { code, message };
     let Ok(line) = std::str::from_utf8(line) else {
-        return Err(Response::err(ErrorCode::BadRequest, "request is not UTF-8"));
+        return Err(err(ErrorCode::BadRequest, "request is not UTF-8".into()));
     };
     // Check the version before the shape, so a newer client learns what is
     // wrong even if its request has fields this daemon does not know.
     let value: serde_json::Value = match serde_json::from_str(line) {
         Ok(v) => v,
-        Err(e) => {
-            return Err(Response::err(
-                ErrorCode::BadRequest,
-                format!("not JSON: {e}"),
-            ))
-        }
+        Err(e) => return Err(err(ErrorCode::BadRequest, format!("not JSON: {e}"))),
     };
     match value.get("version").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(API_VERSION) => {}
         Some(v) => {
-            return Err(Response::err(
+            return Err(err(
                 ErrorCode::UnsupportedVersion,
                 format!("API version {v} is not supported; this daemon speaks {API_VERSION}"),
             ))
         }
         None => {
-            return Err(Response::err(
+            return Err(err(
                 ErrorCode::BadRequest,
-                "request has no numeric \"version\"",
+                "request has no numeric \"version\"".into(),
             ))
         }
     }
     match serde_json::from_value::<Request>(value) {
         Ok(req) => Ok(req.call),
-        Err(e) => Err(Response::err(
-            ErrorCode::BadRequest,
-            format!("bad request: {e}"),
-        )),
+        Err(e) => Err(err(ErrorCode::BadRequest, format!("bad request: {e}"))),
     }
 }
 
@@ -147,7 +140,7 @@ mod tests {
             parse(br#"{"version":1,"method":"status"}"#),
             Ok(Call::Status)
         ));
-        let code = |line: &[u8]| parse(line).unwrap_err().error.unwrap().code;
+        let code = |line: &[u8]| parse(line).unwrap_err().code;
         assert_eq!(code(b"\xff\xfe"), ErrorCode::BadRequest);
         assert_eq!(code(b"{not json"), ErrorCode::BadRequest);
         assert_eq!(code(br#"{"method":"status"}"#), ErrorCode::BadRequest);
