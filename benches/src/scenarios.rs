@@ -1555,7 +1555,7 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
             json!({
                 "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": false,
                 "mtu": ctx.opts.mtu,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.0.0/22"}]],
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.245.0.0/{}", topo::cni_prefix_len(n + held_max))}]],
                          "dataDir": t.dir().join("host-local")},
             })
             .to_string(),
