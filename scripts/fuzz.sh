@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets (control/fuzz: the BGP codec and session,
-# the data-plane pipeline) for a short while each:
+# the data-plane pipeline, the API request parser) for a short while each:
 #
 #   bash scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
 #
@@ -9,7 +9,8 @@
 # without a sanitizer (`-s none`: the code under test is safe Rust, so
 # libFuzzer's coverage guidance is what matters; no nightly needed). Each
 # target starts from seeds cut out of the real BIRD, GoBGP and FRR byte
-# streams in control/src/bgp/testdata plus what earlier runs kept in
+# streams in control/src/bgp/testdata (the API target from the request
+# lines podrouterctl and podrouter-cni send) plus what earlier runs kept in
 # control/fuzz/corpus. A crash, panic or timeout fails the run; libFuzzer
 # leaves the input that caused it in control/fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -150,11 +151,48 @@ for pcap in sorted(src.glob("*.pcap")):
 print(f"fuzz.sh: {n} captured frames as pipeline seeds")
 PY
 
+# Seeds for the API parser: request lines as podrouterctl and podrouter-cni
+# send them (one per file), a pipelined pair, and a few that must be refused.
+api=control/fuzz/corpus/api_request
+mkdir -p "$api"
+n=0
+while IFS= read -r line; do
+    printf '%s\n' "$line" >"$api/seed-$n"
+    n=$((n + 1))
+done <<'SEEDS'
+{"version":1,"method":"status"}
+{"version":1,"method":"list_pods"}
+{"version":1,"method":"attach","params":{"id":"pod1","netns":"/run/netns/pod1","ifname":"eth0","mtu":1480}}
+{"version":1,"method":"attach","params":{"id":"c0ffee","netns":"/var/run/netns/cni-1","ifname":"eth0","ip":"10.244.0.7","identity":{"namespace":"default","name":"web","labels":{"app":"web"},"ports":[{"name":"http","protocol":"TCP","port":80}]}}}
+{"version":1,"method":"detach","params":{"id":"pod1"}}
+{"version":1,"method":"detach","params":{"id":"c0ffee","netns":"/var/run/netns/cni-1","ifname":"eth0"}}
+{"version":1,"method":"routes"}
+{"version":1,"method":"counters"}
+{"version":1,"method":"bgp_peers"}
+{"version":1,"method":"bgp_rib","params":{"prefix":"10.244.0.0/16","limit":100}}
+{"version":1,"method":"reload"}
+{"version":1,"method":"policy_apply","params":{"text":"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: default}\nspec: {podSelector: {}}"}}
+{"version":1,"method":"policy_delete","params":{"namespace":"default","name":"deny"}}
+{"version":1,"method":"policy_list"}
+{"version":1,"method":"policy_show","params":{"pod":"pod1"}}
+{"version":1,"method":"pod_label","params":{"pod":"pod1","set":{"app":"db"},"remove":["tier"]}}
+{"version":1,"method":"namespace_label","params":{"namespace":"default","set":{"team":"a"}}}
+{"version":1,"method":"endpoint_apply","params":{"text":"ip: 10.0.0.9\nnamespace: ext\nname: db"}}
+{"version":1,"method":"endpoint_delete","params":{"ip":"10.0.0.9"}}
+{"version":1,"method":"endpoint_list"}
+{"version":2,"method":"status"}
+{"method":"status"}
+{"version":1,"method":"attach","params":{"id":"x","netns":"/n","bogus":1}}
+SEEDS
+printf '%s\n%s\n' '{"version":1,"method":"status"}' '{"version":1,"method":"counters"}' \
+    >"$api/seed-pipelined"
+echo "fuzz.sh: $n API request lines as seeds"
+
 cd control/fuzz
 cargo fuzz build -s none
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-for target in bgp_decode bgp_session pipeline; do
+for target in bgp_decode bgp_session pipeline api_request; do
     echo "fuzz.sh: $target for ${SECS}s"
     # -timeout: one input taking over 10 s counts as a hang (a failure).
     status=0

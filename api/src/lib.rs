@@ -518,6 +518,8 @@ pub enum ErrorCode {
     /// that needs a restart, or removes a block pods still use); the
     /// running configuration is unchanged.
     ReloadRefused,
+    /// The daemon serves as many connections as it allows; try again.
+    Busy,
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -561,6 +563,33 @@ pub struct StatusInfo {
     /// are none, and from daemons older than this field.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_mtus: Vec<PathMtuInfo>,
+    /// The API server's connections and what it refused (absent from
+    /// daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<ApiServerInfo>,
+}
+
+/// The API server's figures since the daemon started.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiServerInfo {
+    /// Connections open now.
+    pub connections: u64,
+    /// Most connections served at once; more are refused.
+    pub max_connections: u64,
+    pub accepted: u64,
+    /// Connections refused because `max_connections` were open.
+    pub refused_busy: u64,
+    pub requests: u64,
+    /// Connections closed because a request did not arrive whole within
+    /// the request deadline (nothing sent, half a request, a trickle).
+    pub request_timeouts: u64,
+    /// Requests longer than the size limit.
+    pub oversized: u64,
+    /// Requests that were not valid JSON, had the wrong version or shape,
+    /// or ended mid-line.
+    pub bad_requests: u64,
+    /// Responses the client did not read within the deadline.
+    pub write_timeouts: u64,
 }
 
 /// A path MTU learned towards another node.

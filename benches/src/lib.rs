@@ -75,6 +75,10 @@ struct Cli {
     cni_pods: Option<usize>,
     #[arg(long)]
     cni_parallel: Option<usize>,
+    /// Extra CNI rows with this many pods already attached (comma-separated;
+    /// default 100,1000, 4 with --smoke; 0 for none).
+    #[arg(long, value_delimiter = ',')]
+    cni_held: Option<Vec<usize>>,
     /// Routes GoBGP sends in the BGP convergence scenario (default 100000,
     /// 2000 with --smoke).
     #[arg(long)]
@@ -335,6 +339,9 @@ fn run(cli: &Cli) -> Res<bool> {
     if let Some(n) = cli.cni_parallel {
         p.cni_parallel = n.max(1);
     }
+    if let Some(h) = &cli.cni_held {
+        p.cni_held = h.iter().filter(|&&n| n > 0).map(|&n| n.min(1000)).collect();
+    }
     if let Some(n) = cli.bgp_routes {
         if n == 0 || n > bgp::MAX_ROUTES {
             return Err(Error::msg(format!(
@@ -577,7 +584,9 @@ fn run(cli: &Cli) -> Res<bool> {
             "CNI: a driver in the node namespace runs the plugin as a runtime does (env + stdin) \
                  for ADD of every pod, then DEL of every pod, timing each invocation from fork to \
                  exit; podrouter-cni (TAP and address from podrouterd) against Debian's ptp + \
-                 host-local (veth, addresses in host-local files), {} pods",
+                 host-local (veth, addresses in host-local files), {} pods; the rows \"already \
+                 attached\" first attach that many other pods (20 at a time, not timed) and detach \
+                 them after",
             p.cni_pods
         ));
     }

@@ -33,6 +33,9 @@ pub struct Params {
     pub scale_idle_secs: f64,
     pub cni_pods: usize,
     pub cni_parallel: usize,
+    /// For extra CNI rows: pods already attached while the measured ones
+    /// come and go.
+    pub cni_held: Vec<usize>,
     /// The podrouter/kernel pairs of the two-node scenario.
     pub two_node_pairs: Vec<TwoNodePair>,
     /// Routes of the BGP convergence scenario.
@@ -185,6 +188,7 @@ impl Params {
             scale_idle_secs: 10.0,
             cni_pods: 100,
             cni_parallel: 20,
+            cni_held: vec![100, 1000],
             two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
             flood_pps: 200_000.0,
@@ -206,6 +210,7 @@ impl Params {
             scale_idle_secs: 1.0,
             cni_pods: 6,
             cni_parallel: 3,
+            cni_held: vec![4],
             // The flat underlay with plain routing, the routed one with
             // both tunnels, and podrouter's VXLAN: every two-node code path
             // once.
@@ -1614,6 +1619,8 @@ fn verify_two_node(ctx: &mut Ctx, slot: Slot, pair: &TwoNodePair, scenario: &str
 pub fn cni(ctx: &mut Ctx) -> Res<()> {
     let n = ctx.p.cni_pods;
     let par = ctx.p.cni_parallel;
+    let held_all = ctx.p.cni_held.clone();
+    let held_max = held_all.iter().copied().max().unwrap_or(0);
     let ptp = ctx.cni_dir.join("ptp");
     let hl = ctx.cni_dir.join("host-local");
     let ours = ctx.opts.bin_dir.join("podrouter-cni");
@@ -1621,8 +1628,8 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
     let pr: Slot = if ours.is_file() {
         build(
             ctx,
-            &format!("CNI: podrouterd node with {n} pod namespaces"),
-            |_| topo::cni_node(&opts, n, true),
+            &format!("CNI: podrouterd node with {} pod namespaces", n + held_max),
+            |_| topo::cni_node(&opts, n + held_max, true),
         )?
     } else {
         ctx.progress.step("CNI: podrouter-cni");
@@ -1636,8 +1643,8 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
     let k: Slot = if ptp.is_file() && hl.is_file() {
         build(
             ctx,
-            &format!("CNI: node with {n} pod namespaces for ptp"),
-            |_| topo::cni_node(&opts, n, false),
+            &format!("CNI: node with {} pod namespaces for ptp", n + held_max),
+            |_| topo::cni_node(&opts, n + held_max, false),
         )?
     } else {
         ctx.progress.step("CNI: ptp + host-local");
@@ -1672,7 +1679,7 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
             json!({
                 "cniVersion": "1.0.0", "name": "benchptp", "type": "ptp", "ipMasq": false,
                 "mtu": ctx.opts.mtu,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.0.0/22"}]],
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": format!("10.245.0.0/{}", topo::cni_prefix_len(n + held_max))}]],
                          "dataDir": t.dir().join("host-local")},
             })
             .to_string(),
@@ -1680,10 +1687,16 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
         confs[K] = Some((ptp.clone(), conf, ctx.cni_dir.clone()));
     }
     let planes = [&pr, &k];
-    for (parallel, label) in [
-        (1, format!("{n} pods one at a time")),
-        (par, format!("{n} pods, {par} in parallel")),
-    ] {
+    let mut runs = Vec::new();
+    for held in std::iter::once(0).chain(held_all) {
+        let beside = match held {
+            0 => String::new(),
+            h => format!(", {h} already attached"),
+        };
+        runs.push((1, held, format!("{n} pods one at a time{beside}")));
+        runs.push((par, held, format!("{n} pods, {par} in parallel{beside}")));
+    }
+    for (parallel, held, label) in runs {
         let scenario = format!("CNI, {label}");
         let mut run_no = 0;
         let r = both(ctx, &planes, &scenario, |c, t, desc| {
@@ -1697,8 +1710,8 @@ pub fn cni(ctx: &mut Ctx) -> Res<()> {
                 &plugin,
                 &conf,
                 &cni_path,
-                parallel,
-                &format!("r{run_no}p{parallel}"),
+                (parallel, held),
+                &format!("r{run_no}p{parallel}h{held}"),
                 desc,
             )
         })?;
@@ -1734,25 +1747,27 @@ fn cni_run(
     plugin: &Path,
     conf: &Path,
     cni_path: &Path,
-    parallel: usize,
+    (parallel, held): (usize, usize),
     id: &str,
     what: &str,
 ) -> Res<(Vec<f64>, Vec<f64>)> {
     let busy = quiesce(ctx, what)?;
+    // The first cni_pods namespaces are measured, the next `held` hold
+    // pods attached beside them.
+    let n = ctx.p.cni_pods;
     let netns: Vec<&str> = t.pods.iter().map(|p| p.ns.as_str()).collect();
-    let p = spawn_helper(
-        ctx,
-        &t.nodes[0],
-        "cni",
-        &[
-            format!("plugin={}", plugin.display()),
-            format!("conf={}", conf.display()),
-            format!("cni_path={}", cni_path.display()),
-            format!("id=bench-{id}"),
-            format!("netns={}", netns.join(",")),
-            format!("parallel={parallel}"),
-        ],
-    )?;
+    let mut args = vec![
+        format!("plugin={}", plugin.display()),
+        format!("conf={}", conf.display()),
+        format!("cni_path={}", cni_path.display()),
+        format!("id=bench-{id}"),
+        format!("netns={}", netns[..n].join(",")),
+        format!("parallel={parallel}"),
+    ];
+    if held > 0 {
+        args.push(format!("held={}", netns[n..n + held].join(",")));
+    }
+    let p = spawn_helper(ctx, &t.nodes[0], "cni", &args)?;
     let v = helper_json(p, Duration::from_secs(600))?;
     let ms = |verb: &str| -> Vec<f64> {
         v[verb]["ms"]
@@ -1762,7 +1777,7 @@ fn cni_run(
     };
     let (add, del) = (ms("add"), ms("del"));
     ctx.runs.push(
-        json!({"what": what, "plane": t.label, "kind": "cni", "parallel": parallel,
+        json!({"what": what, "plane": t.label, "kind": "cni", "parallel": parallel, "held": held,
         "add_ms": add, "del_ms": del, "add_wall_secs": v["add"]["wall_secs"],
         "del_wall_secs": v["del"]["wall_secs"], "busy_before": busy}),
     );
@@ -1794,7 +1809,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
                 .iter()
                 .map(|pair| 2 + traffic(pair.sizes_that_fit(&p.two_node_sizes).0.len()) + 1)
                 .sum(),
-            Scenario::Cni => 2 + 2 * 2 * r + 1,
+            Scenario::Cni => 2 + 2 * 2 * r * (1 + p.cni_held.len()) + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             // + the built-in balancer: its build, latency and connections
             // on it and the kernel.

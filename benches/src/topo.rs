@@ -883,6 +883,16 @@ pub fn two_node(
 
 /// A node namespace with `npods` empty pod namespaces, and podrouterd when
 /// `daemon` (for podrouter-cni); nothing else (for ptp).
+/// The prefix length of a CNI node's pod block (podrouterd's and
+/// host-local's) for `npods` pods: a /22, or a /21 above 1,022 pods.
+pub fn cni_prefix_len(npods: usize) -> u8 {
+    if npods <= 1022 {
+        22
+    } else {
+        21
+    }
+}
+
 pub fn cni_node(opts: &PlaneOpts, npods: usize, daemon: bool) -> Res<Topology> {
     let (tag, dir, node, node_name) = single_node()?;
     let mut topo = Topology {
@@ -907,7 +917,9 @@ pub fn cni_node(opts: &PlaneOpts, npods: usize, daemon: bool) -> Res<Topology> {
             "bench-cni",
             &node_name,
             NODE_IP,
-            &format!("{}/22", BLOCKS[0]),
+            // A /22 holds 1,022 pods; more (pods already attached beside
+            // the measured ones) need a /21, from the same address.
+            &format!("{}/{}", BLOCKS[0], cni_prefix_len(npods)),
             "",
         )?;
         topo.daemons.push(d);

@@ -83,6 +83,7 @@ impl RouterError {
                     ErrorCode::AddressUnavailable => Code::AddressUnavailable,
                     ErrorCode::NetnsNotFound => Code::UnknownContainer,
                     ErrorCode::BadRequest => Code::InvalidConfig,
+                    ErrorCode::Busy => Code::TryAgainLater,
                     _ => Code::Daemon,
                 };
                 let hint = match code {

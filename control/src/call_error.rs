@@ -28,6 +28,15 @@ pub enum CallError {
     NetnsNotFound(String),
     #[error("{0} is podrouterd's own (the node's) network namespace, not a pod's")]
     OwnNetns(String),
+    #[error(
+        "network namespace {netns} already holds pod {pod} (interface {ifname}); podrouter \
+         gives a pod one interface, a second would take over its routes: detach {pod} first"
+    )]
+    NetnsHasPod {
+        netns: String,
+        pod: String,
+        ifname: String,
+    },
     #[error("mtu {mtu} is out of range {min}..={max}")]
     MtuOutOfRange { mtu: u16, min: u16, max: u16 },
     #[error("mtu {mtu} is above the afxdp backend's {max} (one UMEM chunk per frame)")]
@@ -80,7 +89,9 @@ impl CallError {
             | CallError::MtuOutOfRange { .. }
             | CallError::MtuAboveAfxdp { .. }
             | CallError::BadPrefix(_) => ErrorCode::BadRequest,
-            CallError::AlreadyAttached(_) => ErrorCode::AlreadyExists,
+            CallError::AlreadyAttached(_) | CallError::NetnsHasPod { .. } => {
+                ErrorCode::AlreadyExists
+            }
             CallError::NetnsNotFound(_) => ErrorCode::NetnsNotFound,
             CallError::Address(_) => ErrorCode::AddressUnavailable,
             CallError::Interface { source, .. } => match source {

@@ -35,7 +35,7 @@ use podrouter_router::fib::{Fib, FibChange, NextHop};
 use podrouter_router::pipeline::PipelineConfig;
 use podrouter_router::policy::Policies;
 use podrouter_router::port::{Port, PortEntry, PortId, PortInfo, PortRole, PortTable};
-use podrouter_router::worker::{WorkerConfig, WorkerHandle};
+use podrouter_router::worker::{PortRelease, WorkerConfig, WorkerHandle};
 use podrouter_router::{GATEWAY_IP, ROUTER_MAC};
 use podrouter_types::Prefix;
 
@@ -48,8 +48,11 @@ use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
 
 mod policy_calls;
+mod removal;
 mod service_calls;
 mod taps;
+
+pub use removal::{InterfaceRemoval, RemovalDone};
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -127,6 +130,9 @@ struct Pod {
     worker: usize,
     /// The pod's AF_XDP port (afxdp backend), for its mode and counters.
     xdp: Option<Arc<AfXdpPort>>,
+    /// Which namespace `record.netns` was when the pod was installed, to
+    /// find a second attach into it without a stat per pod.
+    netns_id: Option<NetnsId>,
 }
 
 pub struct Daemon {
@@ -146,8 +152,9 @@ pub struct Daemon {
     bgp: Option<crate::bgp::BgpHandle>,
     /// The IPIP uplink to other nodes, if this node has one.
     uplink: Option<crate::uplink_setup::UplinkState>,
-    /// Pod interfaces, the host port and host routes.
-    net: Box<dyn NodeNet>,
+    /// Pod interfaces, the host port and host routes (shared with the
+    /// interface removals that run off the control thread).
+    net: Arc<dyn NodeNet>,
     /// NetworkPolicy objects and pod/namespace identities (persisted).
     policy_store: PolicyStore,
     /// Their compiled form, as the workers read it.
@@ -240,7 +247,7 @@ impl Daemon {
             started: Instant::now(),
             bgp: None,
             uplink: None,
-            net,
+            net: Arc::from(net),
             policy_store,
             policies,
             service_store,
@@ -436,6 +443,7 @@ impl Daemon {
         self.pods.insert(
             r.id.clone(),
             Pod {
+                netns_id: netns_id(&r.netns),
                 record: r,
                 port,
                 worker,
@@ -448,18 +456,38 @@ impl Daemon {
     /// Stops forwarding for a pod and removes its routes; the interface and
     /// the address are the caller's business.
     fn uninstall(&mut self, id: &str) -> Option<PodRecord> {
+        let (record, port, release) = self.start_uninstall(id)?;
+        wait_port_release(&record.id, release);
+        self.forget_port(port);
+        Some(record)
+    }
+
+    /// [`Daemon::uninstall`] without waiting for the pod's worker: the pod
+    /// is gone from `pods`, the FIB and the host routes, its worker has
+    /// been asked to let go of its port. The port stays in the port table
+    /// (no route leads to it) so that its id is not handed to a new pod
+    /// while a worker may still receive from it; the caller waits for the
+    /// release, then [`Daemon::forget_port`].
+    fn start_uninstall(&mut self, id: &str) -> Option<(PodRecord, PortId, Option<PortRelease>)> {
         let pod = self.pods.remove(id)?;
-        if let Err(e) = self.workers[pod.worker].remove_port(pod.port) {
-            log::warn!("pod {id}: worker {}: {e}", pod.worker);
-        }
         let host = Prefix::new(pod.record.ip, 32).expect("/32");
         self.fib.update(&[FibChange::Remove(host)]);
-        self.ports
-            .store(Arc::new(self.ports.load().without(pod.port)));
+        let release = match self.workers[pod.worker].start_remove_port(pod.port) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                log::warn!("pod {id}: worker {}: {e}", pod.worker);
+                None
+            }
+        };
         if let Err(e) = self.net.host_route_del(host, &self.cfg.dataplane.host_port) {
             log::warn!("pod {id}: removing host route: {e}");
         }
-        Some(pod.record)
+        Some((pod.record, pod.port, release))
+    }
+
+    /// Drops a port no worker uses any more from the port table.
+    fn forget_port(&mut self, port: PortId) {
+        self.ports.store(Arc::new(self.ports.load().without(port)));
     }
 
     /// Housekeeping between events (at least once a second): frees FIB
@@ -469,8 +497,43 @@ impl Daemon {
         self.flows.sweep(clock::now_ms());
     }
 
-    /// Answers one API call.
+    /// Answers one API call, doing all of its work here (a detach's
+    /// interface removal included).
     pub fn handle(&mut self, call: Call) -> Response {
+        let (response, removal) = self.handle_call(call);
+        if let Some(r) = removal {
+            self.removal_done(r.run());
+        }
+        response
+    }
+
+    /// Answers one API call, leaving a detach's interface removal (the
+    /// slow part, ~20 ms of kernel work) to the caller: it must run it
+    /// ([`InterfaceRemoval::run`], on any thread) before it delivers the
+    /// response, then hand the outcome back to [`Daemon::removal_done`].
+    pub fn handle_call(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
+        if let Call::Detach(p) = &call {
+            let t = Instant::now();
+            let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
+            return match self.detach(&p.id, orphan) {
+                Ok((reply, Some(removal))) => {
+                    // Counted in removal_done, with the removal's time.
+                    (Response::ok(reply), Some(removal.since(t)))
+                }
+                Ok((reply, None)) => {
+                    self.detach_stats.record(t.elapsed(), true);
+                    (Response::ok(reply), None)
+                }
+                Err(e) => {
+                    self.detach_stats.record(t.elapsed(), false);
+                    (e.response(), None)
+                }
+            };
+        }
+        (self.handle_now(call), None)
+    }
+
+    fn handle_now(&mut self, call: Call) -> Response {
         let result = match call {
             Call::Status => Ok(Reply::Status(self.status())),
             Call::ListPods => Ok(Reply::Pods(
@@ -483,10 +546,14 @@ impl Daemon {
                 r
             }
             Call::Detach(p) => {
-                let t = Instant::now();
-                let r = self.detach(&p.id, p.netns.as_deref().zip(p.ifname.as_deref()));
-                self.detach_stats.record(t.elapsed(), r.is_ok());
-                r
+                // handle_call takes detaches; this is its inline form.
+                let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
+                self.detach(&p.id, orphan).map(|(reply, removal)| {
+                    if let Some(r) = removal {
+                        self.removal_done(r.run());
+                    }
+                    reply
+                })
             }
             Call::Routes => Ok(Reply::Routes(self.routes())),
             Call::Counters => Ok(Reply::Counters(self.counters())),
@@ -601,6 +668,8 @@ impl Daemon {
                         .collect()
                 })
                 .unwrap_or_default(),
+            // Filled in by the API server, which owns these figures.
+            api: None,
         }
     }
 
@@ -619,6 +688,7 @@ impl Daemon {
     }
 
     fn attach(&mut self, p: AttachParams) -> CallResult {
+        let start = Instant::now();
         validate_id(&p.id)?;
         check_ifname(&p.ifname)?;
         if let Some(i) = &p.identity {
@@ -636,6 +706,13 @@ impl Daemon {
         }
         if is_own_netns(&netns) {
             return Err(CallError::OwnNetns(p.netns));
+        }
+        if let Some(other) = self.pod_in_netns(&netns) {
+            return Err(CallError::NetnsHasPod {
+                netns: p.netns,
+                pod: other.record.id.clone(),
+                ifname: other.record.ifname.clone(),
+            });
         }
         let mtu = p.mtu.unwrap_or(self.cfg.dataplane.mtu);
         if !MTU_RANGE.contains(&mtu) {
@@ -665,6 +742,7 @@ impl Daemon {
             mtu,
         };
         let spec = spec_of(&record);
+        let checked = Instant::now();
         let port = match self.net.create_pod_interface(&spec) {
             Ok(p) => p,
             Err(source) => {
@@ -672,11 +750,13 @@ impl Daemon {
                 return Err(CallError::Interface { id: p.id, source });
             }
         };
+        let created = Instant::now();
         if let Err(e) = self.install(record.clone(), port) {
             self.discard_interface(&record);
             self.ipam.release(ip);
             return Err(e);
         }
+        let installed = Instant::now();
         if let Err(source) = self.store.save(&self.records()) {
             self.uninstall(&record.id);
             self.discard_interface(&record);
@@ -703,14 +783,35 @@ impl Daemon {
         }
         self.publish_policy();
         log::info!(
-            "pod {}: attached {} {}/32 in {} (port {})",
+            "pod {}: attached {} {}/32 in {} (port {}; checks and IPAM {:.2} ms, \
+             interface {:.2} ms, data plane and host route {:.2} ms, state {:.2} ms)",
             record.id,
             record.ifname,
             ip,
             record.netns.display(),
-            self.pods[&record.id].port.0
+            self.pods[&record.id].port.0,
+            ms(checked - start),
+            ms(created - checked),
+            ms(installed - created),
+            ms(installed.elapsed()),
         );
         Ok(Reply::Pod(self.pod_info(&self.pods[&record.id])))
+    }
+
+    /// The pod already attached in the namespace at `netns`, if any.
+    ///
+    /// podrouter gives a pod one interface: its routes (`169.254.1.1 dev
+    /// IF`, `default via 169.254.1.1`) are the namespace's, so a second
+    /// interface would take them over and its detach would leave the first
+    /// pod without any. A second attach into the namespace is refused.
+    fn pod_in_netns(&self, netns: &Path) -> Option<&Pod> {
+        let id = netns_id(netns)?;
+        // The cached identity may be stale (a namespace deleted without a
+        // detach, its inode number reused): confirm on the pod's own path.
+        self.pods
+            .values()
+            .filter(|p| p.netns_id == Some(id))
+            .find(|p| netns_id(&p.record.netns) == Some(id))
     }
 
     fn discard_interface(&self, r: &PodRecord) {
@@ -722,8 +823,20 @@ impl Daemon {
     /// Detaches a known pod; for an unknown id with `orphan` (netns, ifname)
     /// given, removes a podrouter interface left there by an attach that
     /// was cut short (a crash between creating it and saving the state).
-    fn detach(&mut self, id: &str, orphan: Option<(&str, &str)>) -> CallResult {
-        let Some(record) = self.uninstall(id) else {
+    ///
+    /// A known pod leaves the data plane, the host routes, the state file
+    /// and the policy identities here; its interface's removal is returned
+    /// for the caller to run, and its address stays taken until that is
+    /// done ([`Daemon::removal_done`]), so no new pod gets it while the
+    /// old interface (and the afxdp backend's node-side veth named after
+    /// the address) still exists.
+    fn detach(
+        &mut self,
+        id: &str,
+        orphan: Option<(&str, &str)>,
+    ) -> Result<(Reply, Option<InterfaceRemoval>), CallError> {
+        let start = Instant::now();
+        let Some((record, port, release)) = self.start_uninstall(id) else {
             let Some((netns, ifname)) = orphan else {
                 return Err(CallError::NoSuchPod(id.to_string()));
             };
@@ -733,7 +846,7 @@ impl Daemon {
                     if removed {
                         log::info!("{id}: removed orphaned interface {ifname} in {netns}");
                     }
-                    Ok(Reply::Detached { id: id.to_string() })
+                    Ok((Reply::Detached { id: id.to_string() }, None))
                 }
                 Err(source) => Err(CallError::Orphan {
                     id: id.to_string(),
@@ -741,8 +854,7 @@ impl Daemon {
                 }),
             };
         };
-        self.discard_interface(&record);
-        self.ipam.release(record.ip);
+        let uninstalled = Instant::now();
         if let Err(e) = self.store.save(&self.records()) {
             // The pod is gone from the data plane; the next save or start
             // will drop it from the file (its netns interface is gone too).
@@ -752,8 +864,27 @@ impl Daemon {
             log::error!("pod {id}: detached but its identity was not forgotten: {e}");
         }
         self.publish_policy();
-        log::info!("pod {id}: detached, released {}", record.ip);
-        Ok(Reply::Detached { id: id.to_string() })
+        let steps = format!(
+            "data plane and host route {:.2} ms, state {:.2} ms",
+            ms(uninstalled - start),
+            ms(uninstalled.elapsed())
+        );
+        let removal = InterfaceRemoval::new(record, port, release, self.net.clone(), steps);
+        Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
+    }
+
+    /// Ends a detach whose interface removal has run: frees the address.
+    pub fn removal_done(&mut self, done: RemovalDone) {
+        self.detach_stats.record(done.since_call, true);
+        self.forget_port(done.port);
+        self.ipam.release(done.ip);
+        log::info!(
+            "pod {}: detached, released {} ({}, interface removal {:.2} ms)",
+            done.id,
+            done.ip,
+            done.steps,
+            ms(done.removal)
+        );
     }
 
     /// Removes `ifname` in `netns` if it is a pod interface podrouter made
@@ -815,12 +946,23 @@ impl Daemon {
                 .get(&p.id)
                 .map(|pod| p.matches(&self.pod_info(pod)));
             let outcome = match matches {
-                Some(true) => self.detach(&p.id, None).map(|_| "detached"),
+                Some(true) => self.detach(&p.id, None).map(|(_, removal)| {
+                    if let Some(r) = removal {
+                        self.removal_done(r.run());
+                    }
+                    "detached"
+                }),
                 Some(false) => Ok("id now belongs to another attachment; left alone"),
                 None => match &p.netns {
-                    Some(netns) => self
-                        .detach(&p.id, Some((netns, &p.ifname)))
-                        .map(|_| "no such pod; leftover interface removed if any"),
+                    Some(netns) => {
+                        self.detach(&p.id, Some((netns, &p.ifname)))
+                            .map(|(_, removal)| {
+                                if let Some(r) = removal {
+                                    self.removal_done(r.run());
+                                }
+                                "no such pod; leftover interface removed if any"
+                            })
+                    }
                     None => Ok("no such pod"),
                 },
             };
@@ -1016,15 +1158,30 @@ pub fn mac_text(m: [u8; 6]) -> String {
 /// Whether `path` names the network namespace this process runs in (same
 /// nsfs inode), e.g. a `/proc/PID/ns/net` of a process that has not moved
 /// into its pod yet. Attaching there would move a pod TAP into the node.
-fn is_own_netns(path: &Path) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    match (
-        std::fs::metadata(path),
-        std::fs::metadata("/proc/thread-self/ns/net"),
-    ) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
+/// Waits until a worker has let go of a removed pod's port.
+fn wait_port_release(id: &str, release: Option<PortRelease>) {
+    if let Some(Err(e)) = release.map(PortRelease::wait) {
+        log::warn!("pod {id}: {e}");
     }
+}
+
+/// A duration in milliseconds, for the step timings in the log.
+fn ms(d: std::time::Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A network namespace's identity: the (device, inode) its file has,
+/// whichever path (a /run/netns bind mount, /proc/PID/ns/net) names it.
+type NetnsId = (u64, u64);
+
+fn netns_id(path: &Path) -> Option<NetnsId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+fn is_own_netns(path: &Path) -> bool {
+    let own = netns_id(Path::new("/proc/thread-self/ns/net"));
+    own.is_some() && netns_id(path) == own
 }
 
 fn validate_id(id: &str) -> Result<(), CallError> {
@@ -1164,6 +1321,68 @@ mod tests {
 
     fn host_routes(net: &NetState) -> Vec<String> {
         net.routes.iter().map(|(p, _)| p.to_string()).collect()
+    }
+
+    fn attach_in(t: &mut TestNode, id: &str, netns: String, ifname: &str) -> Response {
+        t.d().handle(Call::Attach(AttachParams {
+            id: id.into(),
+            netns,
+            ifname: ifname.into(),
+            ip: None,
+            mtu: None,
+            identity: None,
+        }))
+    }
+
+    fn detach_call(id: &str) -> Call {
+        Call::Detach(DetachParams {
+            id: id.into(),
+            netns: None,
+            ifname: None,
+        })
+    }
+
+    #[test]
+    fn a_second_attach_into_a_pods_namespace_is_refused_and_changes_nothing() {
+        let mut t = TestNode::new("second-if");
+        assert_eq!(t.attach("p0").error, None);
+        let before = t.snapshot();
+        let same_netns = t.netns("p0");
+        let e = attach_in(&mut t, "p1", same_netns.clone(), "eth1")
+            .error
+            .expect("refused");
+        assert_eq!(e.code, ErrorCode::AlreadyExists);
+        assert!(
+            e.message.contains("already holds pod p0 (interface eth0)"),
+            "{e}"
+        );
+        assert_eq!(t.snapshot(), before);
+        // Once p0 is gone, the namespace may take another pod.
+        assert_eq!(t.d().handle(detach_call("p0")).error, None);
+        assert_eq!(attach_in(&mut t, "p1", same_netns, "eth1").error, None);
+    }
+
+    #[test]
+    fn a_detach_keeps_the_address_until_its_interface_removal_has_run() {
+        let mut t = TestNode::new("removal");
+        assert_eq!(t.attach("p0").error, None);
+        let iface = |t: &TestNode| t.net.state().interfaces.len();
+        let free = t.d().ipam.free();
+        let (resp, removal) = t.d().handle_call(detach_call("p0"));
+        assert_eq!(resp.error, None);
+        let removal = removal.expect("a known pod's interface is left to the caller");
+        // Out of the data plane and the state file, interface and address kept.
+        assert!(t.d().pods.is_empty());
+        assert!(t.d().store.load().unwrap().is_empty());
+        assert_eq!((iface(&t), t.d().ipam.free()), (1, free));
+        let done = removal.run();
+        assert_eq!(iface(&t), 0);
+        t.d().removal_done(done);
+        assert_eq!(t.d().ipam.free(), free + 1);
+        // An unknown id leaves nothing to run.
+        let (resp, removal) = t.d().handle_call(detach_call("p0"));
+        assert_eq!(resp.error.map(|e| e.code), Some(ErrorCode::NotFound));
+        assert!(removal.is_none());
     }
 
     /// Fails the attach at each of its node-network steps in turn: each

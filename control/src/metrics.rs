@@ -362,6 +362,25 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         calls.with_label_values(&["ok"]).inc_by(stats.ok);
         calls.with_label_values(&["error"]).inc_by(stats.failed);
     }
+    if let Some(a) = &s.api {
+        f.gauge("api_connections", "API connections open.", &[])
+            .with_label_values::<&str>(&[])
+            .set(gauge_value(a.connections));
+        let refused = f.counter(
+            "api_refused_total",
+            "API connections refused or closed and requests refused, by reason.",
+            &["reason"],
+        );
+        for (reason, v) in [
+            ("busy", a.refused_busy),
+            ("request_timeout", a.request_timeouts),
+            ("oversized", a.oversized),
+            ("bad_request", a.bad_requests),
+            ("write_timeout", a.write_timeouts),
+        ] {
+            refused.with_label_values(&[reason]).inc_by(v);
+        }
+    }
 
     if !snap.peers.is_empty() {
         let state = f.gauge(
@@ -530,7 +549,10 @@ mod tests {
         let status: StatusInfo = serde_json::from_value(serde_json::json!({
             "node_name": "n", "node_ip": "10.0.0.1", "pod_cidrs": ["10.244.0.0/24"],
             "daemon_version": "0", "api_version": 1, "backend": "tap", "encap": "always",
-            "workers": 1, "pods": 1, "routes": 4, "free_addresses": 250, "uptime_secs": 9
+            "workers": 1, "pods": 1, "routes": 4, "free_addresses": 250, "uptime_secs": 9,
+            "api": {"connections": 3, "max_connections": 512, "accepted": 40,
+                    "refused_busy": 0, "requests": 50, "request_timeouts": 2,
+                    "oversized": 1, "bad_requests": 0, "write_timeouts": 0}
         }))
         .unwrap();
         let port = |port: u32, name: &str, rx: u64| PortCountersInfo {
@@ -607,6 +629,9 @@ mod tests {
             "# TYPE podrouter_fib_routes gauge",
             "podrouter_fib_routes 4",
             "podrouter_pods 1",
+            "podrouter_api_connections 3",
+            r#"podrouter_api_refused_total{reason="request_timeout"} 2"#,
+            r#"podrouter_api_refused_total{reason="oversized"} 1"#,
             r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Established"} 1"#,
             r#"podrouter_bgp_session_state{peer="10.0.0.2",state="Idle"} 0"#,
             r#"podrouter_bgp_prefixes_accepted{peer="10.0.0.2"} 1"#,

@@ -41,8 +41,10 @@ impl PodPort {
     }
 }
 
-/// What the daemon asks of the node's network.
-pub trait NodeNet {
+/// What the daemon asks of the node's network. `Send + Sync`: a pod
+/// interface's removal runs on the API connection's thread, off the
+/// control thread (see [`crate::daemon::InterfaceRemoval`]).
+pub trait NodeNet: Send + Sync {
     /// Creates (or re-opens, if it exists) the host port `name`.
     fn host_port(&self, name: &str, mac: [u8; 6], mtu: u16) -> Result<Arc<dyn Port>, PodNetError>;
     /// Creates a pod's interface, configured, as [`podnet::create_pod_interface`]

@@ -1,35 +1,87 @@
-//! The control thread's event loop: the API socket, the stop signals
-//! (SIGTERM, SIGINT) and the reload signal (SIGHUP, handled exactly like
-//! the API's `reload`, its outcome logged).
+//! The control thread's event loop and the API server: the API socket,
+//! the stop signals (SIGTERM, SIGINT) and the reload signal (SIGHUP,
+//! handled exactly like the API's `reload`, its outcome logged).
+//!
+//! Many clients are served at once: each accepted connection gets a
+//! thread ([`conn`]) that reads and parses its requests under a deadline
+//! and sends each call over a channel to this thread, which owns the
+//! [`Daemon`] and answers calls one at a time. The slow part of a detach
+//! (removing the interface) runs back on the connection's thread, so
+//! detaches overlap and nothing waits on a client. A `capture` or `trace`
+//! request hands its connection to [`crate::tap_stream`] (on this thread,
+//! which arms the tap and starts the stream's own thread).
 //!
 //! Invariants: the socket is created owner-only (0600) and removed on a
 //! clean stop; a second daemon on the same socket is refused rather than
-//! stealing it; one connection is served at a time with a read/write
-//! timeout, so no client can stall the loop for long; each request line
-//! gets exactly one response line, except that a `capture` or `trace`
-//! request hands its connection to [`crate::tap_stream`], which streams on
-//! a thread of its own.
-use std::io::{self, BufReader, ErrorKind, Write};
+//! stealing it; at most [`MAX_CONNECTIONS`] connections are open (more are
+//! answered `busy` and closed); no client can delay another's call by
+//! more than the calls queued before it; the daemon's state changes only
+//! on this thread; what is refused or timed out is counted in
+//! [`stats::ApiStats`], which `status` reports.
+use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::{UnixListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
-use podrouter_api::{read_line, ErrorCode, Request, Response, API_VERSION};
+use mio::{Events, Interest, Poll, Token, Waker};
+use podrouter_api::{Call, ErrorCode, Reply, Response};
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, InterfaceRemoval, RemovalDone};
+
+mod conn;
+pub mod request;
+mod stats;
+
+pub use conn::{REQUEST_DEADLINE, WRITE_DEADLINE};
 
 const LISTENER: Token = Token(0);
 const SIGNALS: Token = Token(1);
 const RELOAD: Token = Token(2);
+const CALLS: Token = Token(3);
 
 /// How often the daemon's housekeeping runs when nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
 
-/// How long a client may take to send a request or read its response.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most API connections open at once.
+pub const MAX_CONNECTIONS: u64 = 512;
+
+/// Stack of a connection's thread: it parses JSON (serde_json stops at
+/// 128 levels of nesting) and does netlink; the daemon's work runs on
+/// the control thread.
+const CONN_STACK: usize = 512 * 1024;
+
+/// What connection threads ask of the control thread.
+pub(crate) enum ToOwner {
+    /// Answer `call`; the reply may leave an interface removal to run.
+    Call {
+        call: Call,
+        reply: mpsc::SyncSender<(Response, Option<InterfaceRemoval>)>,
+    },
+    /// A detach's interface removal has run: free what it held.
+    Removed(RemovalDone),
+    /// A capture or trace: arm it and stream on `conn`.
+    Stream { call: Call, conn: StdUnixStream },
+}
+
+/// A connection thread's way to the control thread.
+#[derive(Clone)]
+pub(crate) struct Owner {
+    tx: mpsc::Sender<ToOwner>,
+    waker: Arc<Waker>,
+}
+
+impl Owner {
+    fn send(&self, msg: ToOwner) -> io::Result<()> {
+        self.tx
+            .send(msg)
+            .map_err(|_| io::Error::other("podrouterd is stopping"))?;
+        self.waker.wake()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -70,6 +122,12 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     poll.registry()
         .register(&mut sig_read, SIGNALS, Interest::READABLE)?;
+    let (tx, calls) = mpsc::channel();
+    let owner = Owner {
+        tx,
+        waker: Arc::new(Waker::new(poll.registry(), CALLS)?),
+    };
+    let stats = Arc::new(stats::ApiStats::new(MAX_CONNECTIONS));
     let mut events = Events::with_capacity(64);
     ready(daemon);
     'outer: loop {
@@ -93,8 +151,29 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
                     log::info!("SIGHUP received, reloading the configuration");
                     let _ = daemon.reload();
                 }
-                LISTENER => accept_all(&listener, daemon),
+                LISTENER => accept_all(&listener, &owner, &stats),
                 _ => {}
+            }
+        }
+        // Whatever woke us, answer every call that is waiting.
+        while let Ok(msg) = calls.try_recv() {
+            match msg {
+                ToOwner::Call { call, reply } => {
+                    let (mut resp, removal) = daemon.handle_call(call);
+                    if let Some(Reply::Status(s)) = &mut resp.result {
+                        s.api = Some(stats.snapshot());
+                    }
+                    if let Err(mpsc::SendError((_, Some(removal)))) = reply.send((resp, removal)) {
+                        // The connection's thread is gone: finish here.
+                        daemon.removal_done(removal.run());
+                    }
+                }
+                ToOwner::Removed(done) => daemon.removal_done(done),
+                ToOwner::Stream { call, conn } => {
+                    if let Err(e) = crate::tap_stream::start(call, conn, daemon) {
+                        log::debug!("API client: starting a stream: {e}");
+                    }
+                }
             }
         }
     }
@@ -122,14 +201,10 @@ fn bind(path: &Path) -> Result<UnixListener, ServeError> {
     Ok(listener)
 }
 
-fn accept_all(listener: &UnixListener, daemon: &mut Daemon) {
+fn accept_all(listener: &UnixListener, owner: &Owner, stats: &Arc<stats::ApiStats>) {
     loop {
         match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = serve_connection(stream, daemon) {
-                    log::debug!("API client: {e}");
-                }
-            }
+            Ok((stream, _)) => start_connection(stream, owner, stats),
             Err(e) if e.kind() == ErrorKind::WouldBlock => return,
             Err(e) => {
                 log::warn!("API accept: {e}");
@@ -139,81 +214,30 @@ fn accept_all(listener: &UnixListener, daemon: &mut Daemon) {
     }
 }
 
-/// Answers every request line on one connection until it closes.
-fn serve_connection(stream: UnixStream, daemon: &mut Daemon) -> io::Result<()> {
-    // mio hands out non-blocking streams; serve this one blocking with
-    // timeouts instead (the fd changes owner, no copy).
-    let stream = StdUnixStream::from(std::os::fd::OwnedFd::from(stream));
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut writer = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    loop {
-        let line = match read_line(&mut reader) {
-            Ok(Some(l)) => l,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let resp = Response::err(ErrorCode::BadRequest, e.to_string());
-                let _ = write_response(&mut writer, &resp);
-                return Err(e);
-            }
-        };
-        let call = match parse_request(&line) {
-            Ok(call) => call,
-            Err(resp) => {
-                write_response(&mut writer, &resp)?;
-                continue;
-            }
-        };
-        if crate::tap_stream::is_stream(&call) {
-            // A capture or trace takes the connection over.
-            return crate::tap_stream::start(call, writer, daemon);
+/// Gives an accepted connection its thread, or refuses it when
+/// [`MAX_CONNECTIONS`] are open.
+fn start_connection(stream: UnixStream, owner: &Owner, stats: &Arc<stats::ApiStats>) {
+    // mio hands out non-blocking streams; the connection's thread serves
+    // it blocking with deadlines (the fd changes owner, no copy).
+    let mut stream = StdUnixStream::from(std::os::fd::OwnedFd::from(stream));
+    let Some(open) = stats.admit() else {
+        let resp = Response::err(
+            ErrorCode::Busy,
+            format!("podrouterd serves {MAX_CONNECTIONS} connections at once; try again"),
+        );
+        // Non-blocking, best effort: a short line fits the socket buffer.
+        if let Ok(mut line) = serde_json::to_vec(&resp) {
+            line.push(b'\n');
+            let _ = stream.write(&line);
         }
-        write_response(&mut writer, &daemon.handle(call))?;
-    }
-}
-
-/// The call a request line asks for, or the error response to send.
-fn parse_request(line: &str) -> Result<podrouter_api::Call, Box<Response>> {
-    // Check the version before the shape, so a newer client learns what is
-    // wrong even if its request has fields this daemon does not know.
-    let value: serde_json::Value = match serde_json::from_str(line) {
-        Ok(v) => v,
-        Err(e) => {
-            return Err(Box::new(Response::err(
-                ErrorCode::BadRequest,
-                format!("not JSON: {e}"),
-            )))
-        }
+        return;
     };
-    match value.get("version").and_then(|v| v.as_u64()) {
-        Some(v) if v == u64::from(API_VERSION) => {}
-        Some(v) => {
-            return Err(Box::new(Response::err(
-                ErrorCode::UnsupportedVersion,
-                format!("API version {v} is not supported; this daemon speaks {API_VERSION}"),
-            )))
-        }
-        None => {
-            return Err(Box::new(Response::err(
-                ErrorCode::BadRequest,
-                "request has no numeric \"version\"",
-            )))
-        }
+    let (owner, stats) = (owner.clone(), stats.clone());
+    let spawned = std::thread::Builder::new()
+        .name("podrouter-api".into())
+        .stack_size(CONN_STACK)
+        .spawn(move || conn::serve(stream, owner, stats, open));
+    if let Err(e) = spawned {
+        log::warn!("API: cannot start a connection thread: {e}");
     }
-    serde_json::from_value::<Request>(value)
-        .map(|req| req.call)
-        .map_err(|e| {
-            Box::new(Response::err(
-                ErrorCode::BadRequest,
-                format!("bad request: {e}"),
-            ))
-        })
-}
-
-fn write_response(w: &mut impl Write, resp: &Response) -> io::Result<()> {
-    let mut s = serde_json::to_string(resp).map_err(io::Error::other)?;
-    s.push('\n');
-    w.write_all(s.as_bytes())
 }

@@ -438,6 +438,23 @@ fn text(r: &Reply) -> String {
             t.row(["routes".into(), s.routes.to_string()]);
             t.row(["free addresses".into(), s.free_addresses.to_string()]);
             t.row(["uptime".into(), format!("{}s", s.uptime_secs)]);
+            if let Some(a) = &s.api {
+                t.row([
+                    "api connections".into(),
+                    format!("{} open (at most {})", a.connections, a.max_connections),
+                ]);
+                t.row([
+                    "api refused".into(),
+                    format!(
+                        "{} busy, {} timed out, {} oversized, {} bad, {} unread",
+                        a.refused_busy,
+                        a.request_timeouts,
+                        a.oversized,
+                        a.bad_requests,
+                        a.write_timeouts
+                    ),
+                ]);
+            }
             t.row([
                 "version".into(),
                 format!("{} (API {})", s.daemon_version, s.api_version),

@@ -136,11 +136,16 @@ impl WorkerHandle {
 
     /// Takes a port away and waits (bounded) until the worker has let go.
     pub fn remove_port(&mut self, id: PortId) -> io::Result<()> {
+        self.start_remove_port(id)?.wait()
+    }
+
+    /// Takes a port away without waiting: the worker lets go on its next
+    /// round, and [`PortRelease::wait`] (on any thread) returns once it has.
+    pub fn start_remove_port(&mut self, id: PortId) -> io::Result<PortRelease> {
         let (tx, rx) = mpsc::channel();
         self.send(Command::RemovePort(id, tx))?;
         self.ports = self.ports.saturating_sub(1);
-        rx.recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "worker did not release the port"))
+        Ok(PortRelease(rx))
     }
 
     /// Ports this worker receives from.
@@ -162,6 +167,20 @@ impl WorkerHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A port removal a worker has been asked for (see
+/// [`WorkerHandle::start_remove_port`]).
+#[must_use = "the worker may still use the port until wait returns"]
+pub struct PortRelease(mpsc::Receiver<()>);
+
+impl PortRelease {
+    /// Waits (at most 5 s) until the worker no longer uses the port.
+    pub fn wait(self) -> io::Result<()> {
+        self.0
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "worker did not release the port"))
     }
 }
 
