@@ -10,10 +10,12 @@
 # on node 2 through the VXLAN tunnel while tcpdump shows the encapsulated
 # packets on the underlay. A ClusterIP (10.96.0.10:80) with a backend on each
 # node is reached from the pod through node 1's NAT (kube-proxy-style
-# iptables DNAT), or the step says why it was skipped. Then podrouterctl
-# status, pods, routes and counters, and a few counters from node 1's
-# Prometheus endpoint. Everything is removed on exit, Ctrl-C
-# and errors included. Exits non-zero if a step that ran failed, printing
+# iptables DNAT), then through podrouter's built-in balancer (podrouterctl
+# service apply -f). Then podrouterctl status, pods, routes and counters, a
+# few counters from node 1's Prometheus endpoint, a podrouterctl capture of
+# one ping read back by tshark and a podrouterctl trace of another.
+# Everything is removed on exit, Ctrl-C and errors included. Exits
+# non-zero if a step that ran failed, printing
 # the daemons' logs.
 
 # Functions called from traps and through wait_for look unused to shellcheck.
@@ -25,7 +27,7 @@ for arg in "$@"; do
     case "$arg" in
     --hold) HOLD=1 ;;
     -h | --help)
-        sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -148,10 +150,6 @@ fail() {
     FAILED=1
     printf '%sFAILED: %s%s\n' "$B" "$*" "$N"
 }
-skipped() {
-    RESULTS+=("skipped  $*")
-    printf '%sskipped: %s%s\n' "$B" "$*" "$N"
-}
 # A step we cannot go on without: report, print the logs, exit 1.
 die() {
     fail "$*"
@@ -204,7 +202,7 @@ start_bg() {
 }
 
 # ---------------------------------------------------------------------------
-hdr "1/5 dependencies and build"
+hdr "1/6 dependencies and build"
 show bash scripts/install-deps.sh --demo
 pr_setup_cargo
 show cargo build --release --bin podrouterd --bin podrouterctl
@@ -214,7 +212,7 @@ T0=$(now_ms)
 DIR=$(mktemp -d "/tmp/$TAG.XXXXXX")
 
 # ---------------------------------------------------------------------------
-hdr "2/5 two nodes on one underlay, peering over BGP"
+hdr "2/6 two nodes on one underlay, peering over BGP"
 echo "node namespaces ${NODE_NS[1]} and ${NODE_NS[2]}, joined by a veth pair (the underlay):"
 for n in "${NODES[@]}"; do
     CREATED_NS+=("${NODE_NS[$n]}") # first, so an interrupt cannot leak it
@@ -303,7 +301,7 @@ show_ctl 1 routes
 show_ctl 2 routes
 
 # ---------------------------------------------------------------------------
-hdr "3/5 pods on both nodes, across the tunnel"
+hdr "3/6 pods on both nodes, across the tunnel"
 declare -A POD_NS POD_IP
 for p in "${PODS[@]}"; do
     n=${POD_NODE[$p]}
@@ -370,7 +368,7 @@ fi
 stop_pid "$IPERF_PID"
 
 # ---------------------------------------------------------------------------
-hdr "4/5 a Service: ClusterIP $CLUSTER_IP:80 with a backend on each node"
+hdr "4/6 a Service: ClusterIP $CLUSTER_IP:80 with a backend on each node"
 for p in web-1 web-2; do
     mkdir -p "$DIR/$p"
     echo "hello from $p (${POD_IP[$p]}) on node ${POD_NODE[$p]}" >"$DIR/$p/index.html"
@@ -401,17 +399,6 @@ show ip netns exec "$N1" iptables -t nat -A PREROUTING -d "$CLUSTER_IP/32" -p tc
 show ip netns exec "$N1" iptables -t nat -A PREROUTING -d "$CLUSTER_IP/32" -p tcp --dport 80 \
     -j DNAT --to-destination "${POD_IP[web-2]}:80"
 
-# Does the running podrouterd send the replies of flows the node NATed back
-# through the host port (issue 17)? Such a daemon has a flow table, whose
-# size `podrouterctl counters` reports as flows.capacity (older daemons: no
-# `flows`). Without it the backend's reply goes straight to pod-a, the
-# node's conntrack never translates it back, and pod-a drops it: the
-# connection times out.
-steering_reported() {
-    local cap
-    cap=$(ctl "$1" --json counters | pyjson "print(int((d.get('flows') or {}).get('capacity', 0)))") || return 1
-    [ "${cap:-0}" -gt 0 ]
-}
 echo
 echo "pod-a -> $CLUSTER_IP: the router hands it to node 1's kernel (no pod has that"
 echo "address), which DNATs it to a backend and routes it back into the router; the"
@@ -430,17 +417,85 @@ show ip netns exec "$N1" iptables -t nat -L PREROUTING -n -v
 if [ "$SVC_OK" -eq 1 ] && printf '%s\n' "${SVC_ANSWERS[@]}" | grep -q "from web-1" &&
     printf '%s\n' "${SVC_ANSWERS[@]}" | grep -q "from web-2"; then
     steered=$(ctl 1 --json counters | pyjson "print((d.get('flows') or {}).get('steered_to_host', 0))")
-    pass "Service: pod-a reached $CLUSTER_IP:80, once on each node's backend (node 1 steered $steered reply packets to its kernel: counters flows steered_to_host)"
+    pass "Service through node 1's NAT: pod-a reached $CLUSTER_IP:80, once on each node's backend (node 1 steered $steered reply packets to its kernel: counters flows steered_to_host)"
 elif [ "$SVC_OK" -eq 1 ]; then
-    fail "Service: $CLUSTER_IP:80 answered, but not from both backends: ${SVC_ANSWERS[*]}"
-elif steering_reported 1; then
-    fail "Service: podrouterd has a flow table to steer NATed flows' replies (counters: flows), yet pod-a's connections to $CLUSTER_IP:80 failed"
+    fail "Service through node 1's NAT: $CLUSTER_IP:80 answered, but not from both backends: ${SVC_ANSWERS[*]}"
 else
-    skipped "Service through node 1's NAT: this podrouterd does not send the replies of NATed flows back through the host port yet (no flow table in its counters; issue 17), so the backends' replies bypass node 1's conntrack and pod-a's connections to $CLUSTER_IP:80 timed out"
+    fail "Service through node 1's NAT: pod-a's connections to $CLUSTER_IP:80 failed (podrouterd must send the backends' replies back through node 1's kernel: counters flows steered_to_host)"
+fi
+
+# Packets node 1's DNAT rules have translated so far (their pkts column).
+dnat_packets() {
+    in_ns "$N1" iptables -t nat -L PREROUTING -n -v -x | awk '/DNAT/ { s += $1 } END { print s + 0 }'
+}
+steered_to_host() {
+    ctl 1 --json counters | pyjson "print((d.get('flows') or {}).get('steered_to_host', 0))"
+}
+echo
+echo "the same ClusterIP, now balanced by podrouter itself: the Service and its"
+echo "EndpointSlice as 'kubectl get -o yaml' prints them, applied to node 1. A pod's"
+echo "packet to $CLUSTER_IP:80 is DNATed in node 1's data plane to a backend chosen by"
+echo "Maglev hashing of the connection, and never reaches node 1's kernel (its"
+echo "iptables rules above stay, untouched):"
+SVC_YAML="$DIR/web-service.yaml"
+cat >"$SVC_YAML" <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: ClusterIP
+  clusterIP: $CLUSTER_IP
+  ports:
+  - {name: http, port: 80, protocol: TCP, targetPort: 80}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-x1
+  namespace: default
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+- addresses: [${POD_IP[web-1]}]
+  conditions: {ready: true}
+- addresses: [${POD_IP[web-2]}]
+  conditions: {ready: true}
+ports:
+- {name: http, port: 80, protocol: TCP}
+EOF
+echo
+echo "$SVC_YAML:"
+sed 's/^/    /' "$SVC_YAML"
+if show_ctl 1 service apply -f "$SVC_YAML"; then
+    nat_before=$(dnat_packets)
+    steered_before=$(steered_to_host)
+    echo
+    echo "16 connections from pod-a to $CLUSTER_IP:80, each from a new source port"
+    echo "(so each may hash to another backend), answers counted:"
+    # shellcheck disable=SC2016 # expanded by the pod's shell
+    LB_LOOP='for i in $(seq 16); do curl -sS -m 2 http://'"$CLUSTER_IP"'/; done | sort | uniq -c'
+    lb_out=$(show ip netns exec "$A" sh -c "$LB_LOOP" 2>&1) || true
+    echo "$lb_out"
+    answered=$(printf '%s\n' "$lb_out" | awk '/hello from/ { s += $1 } END { print s + 0 }')
+    nat_after=$(dnat_packets)
+    steered_after=$(steered_to_host)
+    show_ctl 1 service list
+    echo
+    echo "node 1's DNAT rules translated $((nat_after - nat_before)) packets meanwhile; its flow table steered"
+    echo "$((steered_after - steered_before)) reply packets to its kernel (counters flows steered_to_host)"
+    if [ "$answered" -eq 16 ] && printf '%s\n' "$lb_out" | grep -q "from web-1" &&
+        printf '%s\n' "$lb_out" | grep -q "from web-2" &&
+        [ "$nat_after" -eq "$nat_before" ] && [ "$steered_after" -eq "$steered_before" ]; then
+        pass "Service through the built-in balancer: 16 of 16 connections to $CLUSTER_IP:80 answered, by both backends, without node 1's kernel NAT"
+    else
+        fail "Service through the built-in balancer: $answered of 16 connections answered ($(printf '%s' "$lb_out" | tr '\n' ' ')), node 1's DNAT rules took $((nat_after - nat_before)) packets, $((steered_after - steered_before)) steered to its kernel"
+    fi
+else
+    fail "Service through the built-in balancer: podrouterctl service apply -f $SVC_YAML was refused"
 fi
 
 # ---------------------------------------------------------------------------
-hdr "5/5 podrouterctl on node 1"
+hdr "5/6 podrouterctl on node 1"
 show_ctl 1 status
 show_ctl 1 pods
 show_ctl 1 routes
@@ -454,8 +509,66 @@ if show ip netns exec "${NODE_NS[1]}" curl -sf -o "$METRICS_OUT" http://127.0.0.
 else
     fail "metrics: node 1's /metrics on 127.0.0.1:9091 did not answer with the podrouter counters"
 fi
+
+# ---------------------------------------------------------------------------
+hdr "6/6 a capture and a trace of one ping"
+# run_tapped NAME CMD...: starts podrouterctl capture or trace (CMD) in the
+# background, waits until the daemon has armed it (its first stderr line),
+# pings pod-b once from pod-a, waits for CMD to end by itself (its --count)
+# and prints what it wrote to stderr. Output in $DIR/NAME.{out,err}; fails
+# (returns 1) if any of that did not happen.
+run_tapped() {
+    local name=$1 armed=$2
+    shift 2
+    local out="$DIR/$name.out" err="$DIR/$name.err" pid rc=0
+    start_bg "$out" "$err" timeout --foreground 20 "$@"
+    pid=$BG_PID
+    if ! wait_for 10 grep -q "$armed" "$err"; then
+        cat "$err"
+        stop_pid "$pid"
+        return 1
+    fi
+    show ip netns exec "$A" ping -c 1 -W 2 "${POD_IP[pod-b]}" || rc=1
+    wait "$pid" || rc=1
+    echo
+    echo "podrouterctl (in the background above) printed on stderr:"
+    sed 's/^/    /' "$err"
+    return "$rc"
+}
+PCAP="$DIR/ping.pcapng"
+echo "podrouterctl capture records pod-a's port as pcapng, both directions: one ping to"
+echo "pod-b is two frames, the request pod-a sent and the reply delivered to it:"
+if run_tapped capture "capturing on" podrouterctl --socket "${SOCK[1]}" capture --pod pod-a \
+    --filter "icmp and host ${POD_IP[pod-b]}" --count 2 -w "$PCAP"; then
+    # tshark warns on stderr that it runs as root; the packets are on stdout.
+    tshark_out=$(show tshark -n -r "$PCAP" 2>"$DIR/tshark.err") || true
+    echo "$tshark_out"
+    if printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-a]} . ${POD_IP[pod-b]} .*ICMP.*Echo (ping) request" &&
+        printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-b]} . ${POD_IP[pod-a]} .*ICMP.*Echo (ping) reply"; then
+        pass "capture: one ping pod-a -> pod-b written to a pcap by podrouterctl capture, read back by tshark"
+    else
+        fail "capture: tshark -r $PCAP did not show pod-a's echo request and pod-b's reply (tshark stderr: $(tr '\n' ' ' <"$DIR/tshark.err"))"
+    fi
+else
+    fail "capture: podrouterctl capture --pod pod-a of one ping did not complete"
+fi
+
 echo
-skipped "a pcap of one ping read back with tshark: podrouterd has no capture yet (issue 14)"
+echo "podrouterctl trace shows what each pipeline stage of node 1 decided for the"
+echo "next frame pod-a sends (here: routed to node 2 through the VXLAN tunnel):"
+if run_tapped trace "tracing" podrouterctl --socket "${SOCK[1]}" trace --pod pod-a \
+    --filter "icmp and host ${POD_IP[pod-b]}" --count 1; then
+    echo "and on stdout:"
+    sed 's/^/    /' "$DIR/trace.out"
+    if grep -q "^frame 1:" "$DIR/trace.out" &&
+        grep -q "verdict .*forward to .*encapsulated to node ${NODE_IP[2]})" "$DIR/trace.out"; then
+        pass "trace: node 1's pipeline decisions for pod-a's ping, towards node 2 (${NODE_IP[2]})"
+    else
+        fail "trace: podrouterctl trace did not show a frame forwarded (encapsulated) to node 2"
+    fi
+else
+    fail "trace: podrouterctl trace --pod pod-a of one ping did not complete"
+fi
 
 # ---------------------------------------------------------------------------
 hdr "result"
@@ -467,7 +580,7 @@ if [ "$FAILED" -ne 0 ]; then
     print_logs
     RESULT_RC=1
 else
-    echo "demo: every step that ran passed"
+    echo "demo: every step passed"
 fi
 
 if [ "$HOLD" -eq 1 ]; then
@@ -479,6 +592,11 @@ if [ "$HOLD" -eq 1 ]; then
   ip netns exec ${POD_NS[pod-a]} curl http://${POD_IP[web-2]}/
   ip netns exec ${POD_NS[pod-a]} curl -m 2 http://$CLUSTER_IP/
   ip netns exec ${NODE_NS[1]} iptables -t nat -L PREROUTING -n -v
+  podrouterctl --socket ${SOCK[1]} service list
+  podrouterctl --socket ${SOCK[1]} service delete default/web    # then the curl above goes through node 1's NAT
+  podrouterctl --socket ${SOCK[1]} capture --pod pod-a --count 10 -w - | tshark -n -r -
+  podrouterctl --socket ${SOCK[1]} capture --uplink --filter 'host ${POD_IP[pod-b]}' --count 4 -w - | tshark -n -r -
+  podrouterctl --socket ${SOCK[1]} trace --pod pod-a --count 1 --filter icmp
   podrouterctl --socket ${SOCK[1]} bgp peers
   podrouterctl --socket ${SOCK[1]} bgp rib
   podrouterctl --socket ${SOCK[2]} routes

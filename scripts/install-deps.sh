@@ -47,7 +47,8 @@ declare -A NEED=(
     # `systemd-analyze verify` of deploy/systemd/podrouterd.service
     # (tests/tests/systemd.rs); nothing is started with it.
     [systemd-analyze]=systemd
-    # Reads back podrouterctl capture's pcapng (tests/tests/capture.rs).
+    # Reads back podrouterctl capture's pcapng (tests/tests/capture.rs,
+    # the demo's capture step).
     [tshark]=tshark
     [cc]=build-essential
     [make]=build-essential
@@ -59,7 +60,7 @@ declare -A NEED=(
 if [ "$DEMO_ONLY" -eq 1 ]; then
     for cmd in "${!NEED[@]}"; do
         case "$cmd" in
-        ip | ss | ping | iperf3 | tcpdump | iptables | curl | python3 | cc | make | pkg-config) ;;
+        ip | ss | ping | iperf3 | tcpdump | iptables | curl | python3 | tshark | cc | make | pkg-config) ;;
         *) unset "NEED[$cmd]" ;;
         esac
     done

@@ -300,9 +300,16 @@ fn build_lab(n: usize) -> Res<(Lab, f64)> {
     let limit = Duration::from_secs(120 + (n / 1000) as u64);
     let mut have = 0;
     loop {
-        let out = lab.gobgp(&["global", "rib", "summary", "-a", "ipv4"])?;
-        if let Some(d) = destinations(&out.stdout) {
-            have = d;
+        // While gobgpd takes in a large table (a million routes) its API
+        // can take longer than the call's 10 s: not yet, ask again.
+        match lab.gobgp(&["global", "rib", "summary", "-a", "ipv4"]) {
+            Ok(out) => {
+                if let Some(d) = destinations(&out.stdout) {
+                    have = d;
+                }
+            }
+            Err(e) if e.interrupted => return Err(e),
+            Err(_) => {}
         }
         if have >= n {
             break;
