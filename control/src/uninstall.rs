@@ -61,11 +61,15 @@ impl Report {
 }
 
 /// Files podrouter keeps in its state directory.
-const STATE_FILES: [&str; 6] = [
+const STATE_FILES: [&str; 10] = [
     "state.json",
     "state.json.tmp",
     "policy.json",
     "policy.json.tmp",
+    "services.json",
+    "services.json.tmp",
+    crate::bgp::saved::ROUTES_FILE,
+    "bgp-routes.tmp",
     crate::bgp::driver::RESTART_MARKER,
     "lock",
 ];
