@@ -83,6 +83,8 @@ impl StateStore {
     /// Takes the directory's lock without waiting and writes our pid in
     /// the lock file (only once we hold it).
     fn lock(dir: &Path) -> Result<fs::File, StateError> {
+        /// How long a busy lock is retried before it counts as held.
+        const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
         let path = dir.join(LOCK_FILE);
         let io_err = |source| StateError::Io {
             path: path.clone(),
@@ -96,7 +98,18 @@ impl StateStore {
             .open(&path)
             .map_err(io_err)?;
         use std::os::fd::AsFd;
-        if !crate::sys::try_lock_exclusive(f.as_fd()).map_err(io_err)? {
+        // A lock that is busy for a moment is not yet another podrouterd:
+        // a predecessor may be exiting (a restart), and a child process
+        // forked by another thread of this process holds a copy of every
+        // descriptor (and so of a lock we just released) until it execs.
+        // Wait briefly before calling it taken.
+        let give_up = std::time::Instant::now() + LOCK_PATIENCE;
+        let mut locked = crate::sys::try_lock_exclusive(f.as_fd()).map_err(io_err)?;
+        while !locked && std::time::Instant::now() < give_up {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            locked = crate::sys::try_lock_exclusive(f.as_fd()).map_err(io_err)?;
+        }
+        if !locked {
             let pid = fs::read_to_string(&path)
                 .ok()
                 .map(|s| s.trim().to_string())
