@@ -21,7 +21,9 @@
 //! as a restart: at once if the session ran on an inbound connection too,
 //! else when the new connection's OPEN arrives (until then it may be the
 //! late half of a connect collision that the peer closes unused, e.g. a
-//! SYN retransmitted after TCP MD5 dropped a reset).
+//! SYN retransmitted after TCP MD5 dropped a reset). Our own connect still
+//! in progress when a session comes up on the peer's connection is
+//! cancelled, so that it never reaches the peer as such a second connection.
 //!
 //! # States reported
 //!
