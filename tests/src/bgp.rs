@@ -435,31 +435,6 @@ pub fn wait_established(node: &Node, addr: &str, timeout: Duration) {
     );
 }
 
-/// Waits until podrouterd's session with `addr` has been Established for
-/// 2 s. With BIRD and TCP MD5 the first session sometimes (2 runs in 8
-/// here, once the link existed before podrouterd's BGP started) is closed
-/// by BIRD within 100 ms of Established and comes back a second or two
-/// later, with no NOTIFICATION and no collision logged on our side. Not
-/// yet explained: it persists with podrouterd no longer treating a GR
-/// peer's bare inbound connect as a restart (1 run in 8 without this
-/// wait). Tests that go on to use the session's routes wait it out.
-#[track_caller]
-pub fn wait_settled(node: &Node, addr: &str, timeout: Duration) {
-    let settled = || {
-        peers(node).iter().any(|p| {
-            p["address"] == addr
-                && p["state"] == "Established"
-                && p["since_secs"].as_u64().is_some_and(|s| s >= 2)
-        })
-    };
-    assert!(
-        wait_until(timeout, settled),
-        "peer {addr} not Established for 2 s within {timeout:?}: {:#?}\nlog:\n{}",
-        peers(node),
-        node.daemon_log()
-    );
-}
-
 /// The FIB's next hop for a prefix (`via` of a `node` route), if any.
 pub fn fib_via(node: &Node, prefix: &str) -> Option<String> {
     let routes = node.ctl(&["routes"]);

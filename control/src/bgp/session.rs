@@ -21,7 +21,9 @@
 //! as a restart: at once if the session ran on an inbound connection too,
 //! else when the new connection's OPEN arrives (until then it may be the
 //! late half of a connect collision that the peer closes unused, e.g. a
-//! SYN retransmitted after TCP MD5 dropped a reset).
+//! SYN retransmitted after TCP MD5 dropped a reset). Our own connect still
+//! in progress when a session comes up on the peer's connection is
+//! cancelled, so that it never reaches the peer as such a second connection.
 //!
 //! # States reported
 //!
@@ -847,6 +849,17 @@ impl Session {
         let conn = self.conn_mut(id).expect("caller checked");
         conn.state = State::Established;
         let neg = conn.neg.clone().expect("set in OpenConfirm");
+        if self.connecting {
+            // The session runs on the peer's connection: abandon our own
+            // connect still in progress. Left alone, it may complete later
+            // (with TCP MD5 the peer's unsigned reset to an early SYN is
+            // dropped, so the kernel retransmits the SYN until the peer
+            // listens), and a graceful-restart peer such as BIRD takes a
+            // new connection on an Established session for our restart
+            // and drops the session.
+            self.connecting = false;
+            self.out.push(Output::CancelConnect);
+        }
         self.established_at = Some(now);
         self.eor_received = false;
         self.stats.established_count += 1;
@@ -1315,6 +1328,39 @@ mod tests {
         // Backoff then a new connect.
         let o = s.poll(t + Duration::from_secs(14));
         assert!(o.contains(&Output::Connect), "{o:?}");
+    }
+
+    /// Our connect is still in progress (its SYN unanswered) when the
+    /// peer's own connection reaches Established: the connect is cancelled
+    /// so it cannot land on the peer later as a second connection, which a
+    /// graceful-restart peer (BIRD) reads as our restart.
+    #[test]
+    fn established_on_inbound_cancels_our_pending_connect() {
+        let t = Instant::now();
+        let mut s = Session::new(cfg(64513), vec![p("10.244.1.0/26")], t);
+        let o = s.handle(t, Input::Start);
+        assert!(o.contains(&Output::Connect), "{o:?}");
+        let o = s.handle(t, Input::Connected(ConnId::Inbound));
+        assert!(!o.contains(&Output::CancelConnect), "too early: {o:?}");
+        s.handle(
+            t,
+            Input::Data(
+                ConnId::Inbound,
+                &peer_open(64513, "10.0.0.2", 30, Some(false)),
+            ),
+        );
+        assert_eq!(s.state(), State::OpenConfirm);
+        let o = s.handle(t, Input::Data(ConnId::Inbound, &wire::encode_keepalive()));
+        assert_eq!(s.state(), State::Established);
+        assert!(o.contains(&Output::CancelConnect), "{o:?}");
+        // The cancelled connect is not retried while the session is up, and
+        // a late completion of it is closed, never answered with an OPEN.
+        let o = s.poll(t + Duration::from_secs(6));
+        assert!(!o.contains(&Output::Connect), "{o:?}");
+        let o = s.handle(t, Input::Connected(ConnId::Outbound));
+        assert!(o.contains(&Output::Close(ConnId::Outbound)), "{o:?}");
+        assert!(sent(&o).is_empty(), "{o:?}");
+        assert_eq!(s.state(), State::Established);
     }
 
     #[test]
