@@ -86,11 +86,6 @@ impl fmt::Display for TunnelKind {
 /// Pod MTU when the file sets none: a 1500-byte underlay minus the tunnel.
 pub const DEFAULT_MTU_IPIP: u16 = 1480;
 pub const DEFAULT_MTU_VXLAN: u16 = 1450;
-/// `[dataplane] idle_spin_us` by default (measured: README "Configuration").
-pub const DEFAULT_IDLE_SPIN_US: u32 = 100;
-/// The longest idle spin the config accepts: beyond 10 ms a worker is
-/// simply busy-polling.
-pub const MAX_IDLE_SPIN_US: u32 = 10_000;
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -189,9 +184,6 @@ pub struct Dataplane {
     pub vxlan_vni: u32,
     /// Frames taken from a port per poll.
     pub batch_size: usize,
-    /// Microseconds a worker keeps polling after its last frame before it
-    /// sleeps (0-10000; 0: sleep at once). See README "Configuration".
-    pub idle_spin_us: u32,
     /// ICMP errors per second per worker.
     pub icmp_rate: u32,
     /// ICMP error burst per worker.
@@ -410,7 +402,6 @@ impl Default for Dataplane {
             vxlan_port: podrouter_router::vxlan::CALICO_PORT,
             vxlan_vni: podrouter_router::vxlan::CALICO_VNI,
             batch_size: 32,
-            idle_spin_us: DEFAULT_IDLE_SPIN_US,
             icmp_rate: 100,
             icmp_burst: 50,
             flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
@@ -607,12 +598,6 @@ impl Config {
             return Err((
                 "batch_size",
                 format!("{} is out of range 1..=256", dp.batch_size),
-            ));
-        }
-        if dp.idle_spin_us > MAX_IDLE_SPIN_US {
-            return Err((
-                "idle_spin_us",
-                format!("{} is out of range 0..={MAX_IDLE_SPIN_US}", dp.idle_spin_us),
             ));
         }
         if dp.icmp_burst == 0 {
@@ -931,11 +916,6 @@ asn = 64512
         assert!(e.message.contains("out of range 8..=16777216"), "{e}");
         let c = Config::parse("[dataplane]\nflow_table_size = 1000\n", "t.toml").unwrap();
         assert_eq!(c.dataplane.flow_table_size, 1000);
-        assert_eq!(c.dataplane.idle_spin_us, DEFAULT_IDLE_SPIN_US);
-        let e = err("[dataplane]\nidle_spin_us = 10001\n");
-        assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("idle_spin_us")));
-        let c = Config::parse("[dataplane]\nidle_spin_us = 0\n", "t.toml").unwrap();
-        assert_eq!(c.dataplane.idle_spin_us, 0);
         // Flow timeouts: the kernel's defaults, each settable, 0 refused.
         assert_eq!(c.dataplane.flow_timeouts.tcp_established, 432_000);
         assert_eq!(c.dataplane.flow_timeouts.udp_unreplied, 30);

@@ -222,7 +222,6 @@ impl Daemon {
                 id,
                 core: cfg.dataplane.cores.get(id).copied(),
                 batch_size: cfg.dataplane.batch_size,
-                idle_spin: std::time::Duration::from_micros(cfg.dataplane.idle_spin_us.into()),
                 pipeline: pipeline.clone(),
                 flows: flows.clone(),
                 policies: policies.clone(),

@@ -42,8 +42,7 @@ use std::net::Ipv4Addr;
 /// How long a worker with fd-less ports (in-memory) waits between polls.
 const FDLESS_POLL: Duration = Duration::from_millis(1);
 
-/// Empty polling rounds before a worker goes to sleep (at least; see
-/// [`WorkerConfig::idle_spin`]).
+/// Empty polling rounds before a worker goes to sleep.
 const IDLE_ROUNDS_BEFORE_SLEEP: u32 = 2;
 
 const WAKER: Token = Token(usize::MAX);
@@ -56,14 +55,6 @@ pub struct WorkerConfig {
     pub core: Option<usize>,
     /// Frames taken from one port per poll.
     pub batch_size: usize,
-    /// How long the worker keeps polling (epoll without waiting) after the
-    /// last round that received frames before it sleeps in epoll. The next
-    /// packet of a request/response exchange (a SYN-ACK, an ACK, the
-    /// response) usually comes within tens of microseconds; caught while
-    /// spinning it skips a wake-up that on a busy CPU waits for the
-    /// scheduler. Zero: sleep after [`IDLE_ROUNDS_BEFORE_SLEEP`] empty
-    /// rounds. A worker without traffic still sleeps once this has passed.
-    pub idle_spin: Duration,
     pub pipeline: PipelineConfig,
     /// The flow table shared by all workers.
     pub flows: Arc<FlowTable>,
@@ -237,28 +228,16 @@ impl Worker {
         }
         let mut events = Events::with_capacity(256);
         let mut idle_rounds = 0u32;
-        let spin_ns = self.cfg.idle_spin.as_nanos() as u64;
-        // When the last round that received frames ended (read only when
-        // spinning is configured: one clock read per round then).
-        let mut last_busy_ns = 0u64;
         while !self.stop.load(Ordering::Acquire) {
             if self.apply_commands().is_err() {
                 break; // control thread is gone
             }
             let timeout = if self.poll_round() {
                 idle_rounds = 0;
-                if spin_ns > 0 {
-                    last_busy_ns = crate::clock::now_ns();
-                }
                 Some(Duration::ZERO)
             } else {
-                idle_rounds = idle_rounds.saturating_add(1);
-                let now_ns = if spin_ns > 0 {
-                    crate::clock::now_ns()
-                } else {
-                    0
-                };
-                if !time_to_sleep(idle_rounds, now_ns.saturating_sub(last_busy_ns), spin_ns) {
+                idle_rounds += 1;
+                if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP {
                     Some(Duration::ZERO)
                 } else {
                     self.counters.sleeps.incr();
@@ -428,14 +407,6 @@ impl Worker {
         }
         busy
     }
-}
-
-/// Whether a worker that has had `idle_rounds` empty rounds in a row, the
-/// last frame `since_busy_ns` ago, goes to sleep in epoll now: after
-/// [`IDLE_ROUNDS_BEFORE_SLEEP`] rounds and once the idle spin
-/// (`spin_ns`, 0 = none) has passed.
-fn time_to_sleep(idle_rounds: u32, since_busy_ns: u64, spin_ns: u64) -> bool {
-    idle_rounds >= IDLE_ROUNDS_BEFORE_SLEEP && since_busy_ns >= spin_ns
 }
 
 /// The IPv4 destination of an Ethernet frame carrying IPv4 (for the FIB
@@ -693,21 +664,6 @@ mod tests {
         assert_eq!(super::ipv4_destination(&[]), None);
     }
 
-    #[test]
-    fn a_worker_spins_for_the_idle_spin_after_its_last_frame_then_sleeps() {
-        use super::{time_to_sleep, IDLE_ROUNDS_BEFORE_SLEEP as N};
-        // Without a spin: after N empty rounds, however recent the frame.
-        assert!(!time_to_sleep(N - 1, 0, 0));
-        assert!(time_to_sleep(N, 0, 0));
-        // With a 100 µs spin: polls on until 100 µs after the last frame.
-        let spin = 100_000;
-        assert!(!time_to_sleep(N, 0, spin));
-        assert!(!time_to_sleep(N + 1000, spin - 1, spin));
-        assert!(time_to_sleep(N, spin, spin));
-        // The round minimum still holds when the spin has passed.
-        assert!(!time_to_sleep(N - 1, 10 * spin, spin));
-    }
-
     /// A flooding port gets one batch per round, like every other port:
     /// its backlog waits for later rounds, not its neighbours.
     #[test]
@@ -738,7 +694,6 @@ mod tests {
             id: 0,
             core: None,
             batch_size: batch,
-            idle_spin: Duration::ZERO,
             pipeline: PipelineConfig {
                 router_mac: crate::ROUTER_MAC,
                 node_ip: Ipv4Addr::new(192, 168, 0, 2),
