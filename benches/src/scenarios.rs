@@ -694,6 +694,7 @@ fn conn_rate(
             ],
         )?);
     }
+    let sleeps_before = worker_sleeps(t);
     let client = spawn_helper(
         ctx,
         &src.ns,
@@ -724,11 +725,25 @@ fn conn_rate(
         per_sec: conn_ns.len() as f64 / secs,
         conn_ns,
     };
+    // How often podrouterd's workers went to sleep in epoll per connection:
+    // each sleep is a wake-up the next packet waits for.
+    let sleeps_per_conn = sleeps_before
+        .zip(worker_sleeps(t))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / r.conn_ns.len() as f64);
+    if let Some(s) = sleeps_per_conn {
+        util::log(&format!(
+            "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs; podrouterd's workers slept {s:.2} times per connection",
+            r.conn_ns.len(),
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+        ));
+    }
     ctx.runs.push(json!({
         "what": what, "plane": t.label, "kind": "tcp_connections", "completed": r.conn_ns.len(),
         "failed": failed, "first_error": v["first_error"], "per_sec": r.per_sec,
         "p50_us": h.value_at_quantile(0.5) as f64 / 1e3,
         "p99_us": h.value_at_quantile(0.99) as f64 / 1e3, "busy_before": busy,
+        "worker_sleeps_per_connection": sleeps_per_conn,
     }));
     if failed > 0 {
         ctx.notes.push(format!(
@@ -737,6 +752,20 @@ fn conn_rate(
         ));
     }
     Ok(r)
+}
+
+/// The sleeps of all podrouterd workers of a topology (`None` for the
+/// kernel's, or if a daemon does not answer).
+fn worker_sleeps(t: &Topology) -> Option<u64> {
+    if t.daemons.is_empty() {
+        return None;
+    }
+    t.daemons
+        .iter()
+        .try_fold(0u64, |sum, d| match d.call(podrouter_api::Call::Counters) {
+            Ok(podrouter_api::Reply::Counters(c)) => Some(sum + c.sleeps),
+            _ => None,
+        })
 }
 
 pub(crate) fn hist(ns: &[u64]) -> Histogram<u64> {
