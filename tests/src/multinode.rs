@@ -534,6 +534,21 @@ pub fn assert_tunnel_counts_after_ping(
         "node {j} tunnel counters for {} (rx pkts, rx bytes, tx pkts, tx bytes), encap {encap}",
         ni.ip
     );
+    // The table for people lists the peer with the same figures.
+    let table = podrouterctl(&ni.socket, false, &["counters"]).stdout;
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(nj.ip.as_str()))
+        .unwrap_or_else(|| panic!("no tunnel row for {} in:\n{table}", nj.ip));
+    let cells: Vec<u64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().expect("a number"))
+        .collect();
+    assert_eq!(
+        cells, after.0,
+        "tunnel row of `podrouterctl counters`:\n{table}"
+    );
     crate::say(&format!(
         "tunnel counters {} <-> {} after {n} pings: {on_i:?} (encap {encap})",
         ni.ip, nj.ip
