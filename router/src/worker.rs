@@ -595,9 +595,9 @@ impl TxQueues {
                 let c = ctx.counters.port(out);
                 c.tx_packets.incr();
                 c.tx_bytes.add(frame.len() as u64);
-                if let Some(slot) = tunnel.and_then(|n| self.node_slots.slot(ctx, n)) {
+                if let Some(node_slot) = tunnel.and_then(|n| self.node_slots.slot(ctx, n)) {
                     // The inner packet behind its Ethernet header.
-                    let t = ctx.counters.tunnel(slot);
+                    let t = ctx.counters.tunnel(node_slot);
                     t.tx_packets.incr();
                     t.tx_bytes
                         .add(frame.len().saturating_sub(crate::wire::ETHERNET_HEADER_LEN) as u64);
