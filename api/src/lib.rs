@@ -693,6 +693,28 @@ pub struct CountersInfo {
     /// Detach calls handled (`Call::Detach`), with their latency.
     #[serde(default)]
     pub detach: OpStatsInfo,
+    /// Tunnel (IPIP or VXLAN) traffic per peer node: every node some route
+    /// has gone via since the start, in the order they first appeared.
+    /// Empty from daemons older than this field.
+    #[serde(default)]
+    pub tunnels: Vec<TunnelCountersInfo>,
+}
+
+/// Tunnel traffic with one peer node. A frame counts once however many
+/// segments a GSO frame makes on the wire; bytes are the inner IPv4
+/// packet's (what the tunnel carries, without the outer headers).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelCountersInfo {
+    /// The node's underlay address, or `other` for the nodes beyond the
+    /// data plane's per-node slots (1023), counted together.
+    pub node: String,
+    /// Frames decapsulated from the node (outer headers checked, before
+    /// the inner packet's checks).
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    /// Frames handed to the tunnel for the node.
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
 }
 
 /// How many calls of one kind the daemon handled, and how long they took

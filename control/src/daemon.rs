@@ -24,7 +24,7 @@ use podrouter_api::pending::{self, PendingDetach, PENDING_DETACH_DIR};
 use podrouter_api::{
     check_ifname, AttachParams, Call, CountersInfo, ErrorCode, FlowCountersInfo, PodInfo,
     PortCountersInfo, PortStatusInfo, ReloadInfo, Reply, Response, RouteInfo, StatusInfo,
-    XskCountersInfo, API_VERSION,
+    TunnelCountersInfo, XskCountersInfo, API_VERSION,
 };
 use podrouter_router::afxdp::AfXdpPort;
 use podrouter_router::capture::Taps;
@@ -1099,6 +1099,16 @@ impl Daemon {
             worker_busy_ns: all.iter().map(|w| w.busy_ns.get()).collect(),
             attach: self.attach_stats.info(),
             detach: self.detach_stats.info(),
+            tunnels: counters::sum_tunnels(&self.fib.load(), all.iter().copied())
+                .into_iter()
+                .map(|(node, t)| TunnelCountersInfo {
+                    node: node.map_or_else(|| "other".to_string(), |n| n.to_string()),
+                    rx_packets: t.rx_packets,
+                    rx_bytes: t.rx_bytes,
+                    tx_packets: t.tx_packets,
+                    tx_bytes: t.tx_bytes,
+                })
+                .collect(),
         }
     }
 

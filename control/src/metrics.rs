@@ -258,6 +258,31 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             .inc_by(*n);
     }
 
+    // Per peer node of the tunnel (IPIP or VXLAN): its underlay address
+    // (`other` for nodes beyond the data plane's slots), direction
+    // `received` (decapsulated from it) or `sent` (handed to the tunnel
+    // for it); bytes of the inner packets.
+    let tunnel = ["node", "direction"];
+    let tun_p = f.counter(
+        "tunnel_packets_total",
+        "Frames through the tunnel, by peer node and direction.",
+        &tunnel,
+    );
+    let tun_b = f.counter(
+        "tunnel_bytes_total",
+        "Inner IPv4 bytes through the tunnel, by peer node and direction.",
+        &tunnel,
+    );
+    for t in &c.tunnels {
+        for (dir, packets, bytes) in [
+            ("received", t.rx_packets, t.rx_bytes),
+            ("sent", t.tx_packets, t.tx_bytes),
+        ] {
+            tun_p.with_label_values(&[&t.node, dir]).inc_by(packets);
+            tun_b.with_label_values(&[&t.node, dir]).inc_by(bytes);
+        }
+    }
+
     for (name, help, v) in [
         (
             "received_packets_total",
@@ -543,7 +568,7 @@ fn histogram(name: &str, help: &str, s: &OpStatsInfo) -> MetricFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podrouter_api::PortCountersInfo;
+    use podrouter_api::{PortCountersInfo, TunnelCountersInfo};
 
     fn snapshot() -> Snapshot {
         let status: StatusInfo = serde_json::from_value(serde_json::json!({
@@ -583,6 +608,13 @@ mod tests {
             seconds_sum: 0.5,
             buckets: vec![(0.01, 2), (0.1, 3), (1.0, 4)],
         };
+        counters.tunnels = vec![TunnelCountersInfo {
+            node: "10.0.0.2".into(),
+            rx_packets: 4,
+            rx_bytes: 336,
+            tx_packets: 5,
+            tx_bytes: 420,
+        }];
         counters.drops.insert("no_route".into(), 25);
         counters.drops.insert("tx_error".into(), 1);
         let pods = vec![serde_json::from_value(serde_json::json!({
@@ -651,6 +683,11 @@ mod tests {
             "podrouter_pod_attach_duration_seconds_sum 0.5",
             "podrouter_pod_attach_duration_seconds_count 4",
             "podrouter_pod_detach_duration_seconds_count 0",
+            "# TYPE podrouter_tunnel_packets_total counter",
+            r#"podrouter_tunnel_packets_total{direction="received",node="10.0.0.2"} 4"#,
+            r#"podrouter_tunnel_packets_total{direction="sent",node="10.0.0.2"} 5"#,
+            r#"podrouter_tunnel_bytes_total{direction="received",node="10.0.0.2"} 336"#,
+            r#"podrouter_tunnel_bytes_total{direction="sent",node="10.0.0.2"} 420"#,
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }

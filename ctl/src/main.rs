@@ -698,7 +698,20 @@ fn text(r: &Reply) -> String {
                     x.policy_denied_egress.to_string(),
                 ]);
             }
-            format!("{}\n{}", t.render(), p.render())
+            if c.tunnels.is_empty() {
+                return format!("{}\n{}", t.render(), p.render());
+            }
+            let mut n = Table::new(&["TUNNEL PEER", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"]);
+            for x in &c.tunnels {
+                n.row([
+                    x.node.clone(),
+                    x.rx_packets.to_string(),
+                    x.rx_bytes.to_string(),
+                    x.tx_packets.to_string(),
+                    x.tx_bytes.to_string(),
+                ]);
+            }
+            format!("{}\n{}\n{}", t.render(), p.render(), n.render())
         }
         Reply::BgpPeers(peers) => {
             let mut t = Table::new(&[

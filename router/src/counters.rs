@@ -1,5 +1,6 @@
 //! Per-worker counters: rx, tx, drops by named reason, ICMP and ARP events,
-//! and per-port packet/byte counts.
+//! per-port packet/byte counts, and tunnel packet/byte counts per peer
+//! node (indexed by the FIB's node slot, [`crate::fib::FibTable::node_slot`]).
 //!
 //! Invariants: each [`WorkerCounters`] has exactly one writer (its worker),
 //! so increments are a relaxed load and store, never a locked instruction;
@@ -8,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crossbeam_utils::CachePadded;
 
+use crate::fib::NODE_SLOTS;
 use crate::port::{PortId, MAX_PORTS};
 
 /// A counter written by one thread and read by any.
@@ -120,6 +122,18 @@ pub struct PortCounters {
     pub policy_denied_egress: Counter,
 }
 
+/// Tunnel traffic with one peer node, as seen by one worker: frames
+/// handed to the tunnel for the node (sent) and decapsulated from it
+/// (received: outer checks passed, before the inner packet's). A GSO frame
+/// counts once; bytes are those of the inner IPv4 packet.
+#[derive(Default)]
+pub struct TunnelCounters {
+    pub rx_packets: Counter,
+    pub rx_bytes: Counter,
+    pub tx_packets: Counter,
+    pub tx_bytes: Counter,
+}
+
 /// Everything one worker counts.
 pub struct WorkerCounters {
     pub rx: Counter,
@@ -148,6 +162,7 @@ pub struct WorkerCounters {
     pub busy_ns: Counter,
     drops: [Counter; DropReason::COUNT],
     ports: Box<[PortCounters]>,
+    tunnels: Box<[TunnelCounters]>,
 }
 
 impl Default for WorkerCounters {
@@ -167,6 +182,7 @@ impl Default for WorkerCounters {
             busy_ns: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
+            tunnels: (0..NODE_SLOTS).map(|_| TunnelCounters::default()).collect(),
         }
     }
 }
@@ -189,6 +205,13 @@ impl WorkerCounters {
     #[inline]
     pub fn port(&self, id: PortId) -> &PortCounters {
         &self.ports[(id.0 as usize).min(MAX_PORTS - 1)]
+    }
+
+    /// Tunnel counters of the node in FIB node slot `slot`; slots beyond
+    /// [`NODE_SLOTS`] share the last one (the FIB never hands them out).
+    #[inline]
+    pub fn tunnel(&self, slot: u16) -> &TunnelCounters {
+        &self.tunnels[usize::from(slot).min(NODE_SLOTS - 1)]
     }
 
     /// Zeroes a port's counters when its id is reused (control thread).
@@ -236,6 +259,52 @@ pub struct PortSnapshot {
     pub drops: u64,
     pub policy_denied_ingress: u64,
     pub policy_denied_egress: u64,
+}
+
+/// One peer node's tunnel numbers summed over workers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TunnelSnapshot {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+}
+
+/// Sums one node slot's tunnel counters over all workers.
+pub fn sum_tunnel<'a>(
+    workers: impl IntoIterator<Item = &'a WorkerCounters>,
+    slot: u16,
+) -> TunnelSnapshot {
+    let mut s = TunnelSnapshot::default();
+    for w in workers {
+        let t = w.tunnel(slot);
+        s.rx_packets += t.rx_packets.get();
+        s.rx_bytes += t.rx_bytes.get();
+        s.tx_packets += t.tx_packets.get();
+        s.tx_bytes += t.tx_bytes.get();
+    }
+    s
+}
+
+/// Every peer node's tunnel numbers summed over workers, in `fib`'s slot
+/// order: `(Some(node), numbers)` for each node that has had a slot, then
+/// `(None, numbers)` for the shared overflow slot if anything counted
+/// there. Control thread only (allocates).
+pub fn sum_tunnels<'a>(
+    fib: &crate::fib::FibTable,
+    workers: impl IntoIterator<Item = &'a WorkerCounters> + Clone,
+) -> Vec<(Option<std::net::Ipv4Addr>, TunnelSnapshot)> {
+    let mut v: Vec<_> = fib
+        .node_slot_addrs()
+        .iter()
+        .enumerate()
+        .map(|(slot, &node)| (Some(node), sum_tunnel(workers.clone(), slot as u16)))
+        .collect();
+    let other = sum_tunnel(workers, crate::fib::NODE_SLOT_OTHER);
+    if other != TunnelSnapshot::default() {
+        v.push((None, other));
+    }
+    v
 }
 
 /// Sums the counters of all workers.
@@ -306,6 +375,15 @@ mod tests {
         assert_eq!(sum_port([&a, &b], PortId(7)).tx_bytes, 100);
         b.reset_port(PortId(7));
         assert_eq!(sum_port([&a, &b], PortId(7)).tx_bytes, 0);
+        a.tunnel(2).tx_packets.incr();
+        b.tunnel(2).tx_bytes.add(84);
+        a.tunnel(3).rx_packets.incr();
+        let t = sum_tunnel([&a, &b], 2);
+        assert_eq!((t.tx_packets, t.tx_bytes, t.rx_packets), (1, 84, 0));
+        assert_eq!(sum_tunnel([&a, &b], 3).rx_packets, 1);
+        // Out-of-range slots land in the last one, never panic.
+        a.tunnel(u16::MAX).rx_bytes.add(5);
+        assert_eq!(sum_tunnel([&a], (NODE_SLOTS - 1) as u16).rx_bytes, 5);
     }
 
     #[test]

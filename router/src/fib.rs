@@ -133,6 +133,11 @@
 //!   snapshot; a group's refcount is the number of its routes; `nodes`
 //!   counts a node once per route that goes via it, directly or as a group
 //!   member.
+//! - Every known node has a tunnel counter slot ([`FibTable::node_slot`]),
+//!   given the first time a route goes via it and never changed or reused
+//!   for the life of the [`Fib`] (the slot list is append-only and
+//!   carried into every later snapshot), so per-worker counters indexed
+//!   by it need no reset and a worker may remember a node's slot.
 //! - Readers never free memory: the writer keeps each replaced snapshot
 //!   until it holds the last reference, then drops it on the control thread
 //!   (at the next [`Fib::update`] or [`Fib::reclaim`]).
@@ -397,7 +402,11 @@ pub struct FibTable {
     /// with how many routes do. Maintained by `insert`/`remove`, so it is
     /// always the set of the snapshot's own routes (the uplink accepts IPIP
     /// only from these). Copied on write, once per batch that changes it.
-    nodes: Arc<HashMap<u32, u32, KeyHash>>,
+    nodes: Arc<HashMap<u32, KnownNode, KeyHash>>,
+    /// The tunnel counter slot of every node ever known, in slot order
+    /// ([`NodeSlots`]); append-only, copied on write only by a batch that
+    /// brings a node never seen before.
+    node_slots: Arc<NodeSlots>,
     /// The lookup index: `1 << DIR_BITS` slots, one per /16, in chunks.
     /// A batch copies the chunk-pointer array and each chunk it writes,
     /// once.
@@ -414,6 +423,48 @@ pub struct FibTable {
     /// Shared with the snapshots that use the same copy; never mutated
     /// while shared.
     index: Option<Arc<Dir24>>,
+}
+
+/// Nodes that get a tunnel counter slot of their own
+/// ([`crate::counters::TunnelCounters`]); later ones share
+/// [`NODE_SLOT_OTHER`].
+pub const NODE_SLOTS: usize = 1024;
+/// The slot shared by every node beyond the first `NODE_SLOTS - 1`.
+pub const NODE_SLOT_OTHER: u16 = (NODE_SLOTS - 1) as u16;
+
+/// A known node: how many routes go via it, and its tunnel counter slot.
+#[derive(Clone, Copy, Debug)]
+struct KnownNode {
+    routes: u32,
+    slot: u16,
+}
+
+/// Tunnel counter slots: a node gets the next free one the first time a
+/// route goes via it and keeps it for the life of the [`Fib`] (a node that
+/// leaves and comes back counts on where it stopped), so the per-worker
+/// counters never need resetting and a slot always means one node.
+/// Bounded: the `NODE_SLOTS`-th node and later share [`NODE_SLOT_OTHER`].
+#[derive(Clone, Debug, Default)]
+struct NodeSlots {
+    by_addr: HashMap<u32, u16>,
+    addrs: Vec<Ipv4Addr>,
+}
+
+impl NodeSlots {
+    /// The slot of `addr`, giving it the next one if it has none.
+    fn slot(this: &mut Arc<NodeSlots>, addr: u32) -> u16 {
+        if let Some(&slot) = this.by_addr.get(&addr) {
+            return slot;
+        }
+        if this.addrs.len() >= usize::from(NODE_SLOT_OTHER) {
+            return NODE_SLOT_OTHER;
+        }
+        let s = Arc::make_mut(this);
+        let slot = s.addrs.len() as u16;
+        s.addrs.push(Ipv4Addr::from(addr));
+        s.by_addr.insert(addr, slot);
+        slot
+    }
 }
 
 /// One interned next-hop group: its members (sorted, distinct, at least
@@ -505,6 +556,7 @@ impl FibTable {
             count: 0,
             lens: std::array::from_fn(|_| LenTable::default()),
             nodes: Arc::new(HashMap::with_hasher(hash)),
+            node_slots: Arc::new(NodeSlots::default()),
             dir: empty_dir(),
             dir_stale: 0,
             groups: Arc::new(Groups::default()),
@@ -542,6 +594,22 @@ impl FibTable {
         self.nodes.contains_key(&u32::from(addr))
     }
 
+    /// The tunnel counter slot of `addr` if it is a known node (the same
+    /// single hash probe as [`FibTable::is_node`]); never allocates or
+    /// blocks.
+    #[inline]
+    pub fn node_slot(&self, addr: Ipv4Addr) -> Option<u16> {
+        self.nodes.get(&u32::from(addr)).map(|n| n.slot)
+    }
+
+    /// The node of every tunnel counter slot given so far, in slot order
+    /// (slot `i` is `node_slot_addrs()[i]`; known now or in the past).
+    /// Nodes beyond the first `NODE_SLOTS - 1` are not in it: they count
+    /// in [`NODE_SLOT_OTHER`].
+    pub fn node_slot_addrs(&self) -> &[Ipv4Addr] {
+        &self.node_slots.addrs
+    }
+
     /// The known nodes, sorted.
     pub fn nodes(&self) -> Vec<Ipv4Addr> {
         let mut v: Vec<Ipv4Addr> = self.nodes.keys().map(|&k| k.into()).collect();
@@ -572,12 +640,21 @@ impl FibTable {
             }
         }
         let nodes = Arc::make_mut(&mut self.nodes);
+        let slots = &mut self.node_slots;
         let groups = &*self.groups;
-        for_each_via(groups, new, |a| *nodes.entry(a).or_insert(0) += 1);
+        for_each_via(groups, new, |a| {
+            nodes
+                .entry(a)
+                .or_insert_with(|| KnownNode {
+                    routes: 0,
+                    slot: NodeSlots::slot(slots, a),
+                })
+                .routes += 1
+        });
         for_each_via(groups, old, |a| {
             if let Some(n) = nodes.get_mut(&a) {
-                *n -= 1;
-                if *n == 0 {
+                n.routes -= 1;
+                if n.routes == 0 {
                     nodes.remove(&a);
                 }
             }
@@ -1404,6 +1481,49 @@ mod tests {
         assert!(fib.load().nodes().is_empty());
         // The snapshot taken earlier still has both.
         assert_eq!(t.nodes(), vec![n1, n2]);
+    }
+
+    #[test]
+    fn node_slots_are_stable_and_bounded() {
+        let fib = Fib::new();
+        let (n1, n2, n3) = (
+            ip("192.168.57.12"),
+            ip("192.168.58.13"),
+            ip("192.168.59.14"),
+        );
+        fib.update(&[
+            ins("10.244.0.64/26", NextHop::Node(n1)),
+            mp("10.244.1.0/26", &[n2, n3]),
+        ]);
+        let t = fib.load();
+        let (s1, s2, s3) = (t.node_slot(n1), t.node_slot(n2), t.node_slot(n3));
+        assert!(s1.is_some() && s2.is_some() && s3.is_some());
+        assert!(s1 != s2 && s2 != s3 && s1 != s3, "one slot per node");
+        assert_eq!(t.node_slot(ip("192.168.57.1")), None, "not a node");
+        for (n, s) in [(n1, s1), (n2, s2), (n3, s3)] {
+            assert_eq!(t.node_slot_addrs()[usize::from(s.unwrap())], n);
+        }
+        // n1 leaves (no slot while unknown: its frames are refused) and
+        // comes back to the same slot; its name stays for the counters.
+        fib.update(&[rm("10.244.0.64/26")]);
+        assert_eq!(fib.load().node_slot(n1), None);
+        assert_eq!(fib.load().node_slot_addrs().len(), 3);
+        fib.update(&[ins("10.244.2.0/26", NextHop::Node(n1))]);
+        assert_eq!(fib.load().node_slot(n1), s1);
+        // Beyond NODE_SLOTS - 1 nodes, the rest share the last slot.
+        let many: Vec<FibChange> = (0..NODE_SLOTS as u32 + 5)
+            .map(|i| {
+                let block = Ipv4Addr::from(0x0a00_0000 + (i << 6));
+                let node = Ipv4Addr::from(0xac10_0000 + i);
+                FibChange::Insert(Prefix::new(block, 26).unwrap(), NextHop::Node(node))
+            })
+            .collect();
+        fib.update(&many);
+        let t = fib.load();
+        assert_eq!(t.node_slot_addrs().len(), usize::from(NODE_SLOT_OTHER));
+        let last = Ipv4Addr::from(0xac10_0000 + NODE_SLOTS as u32 + 4);
+        assert_eq!(t.node_slot(last), Some(NODE_SLOT_OTHER));
+        assert_eq!(t.node_slot(n1), s1, "earlier slots unchanged");
     }
 
     fn mp(s: &str, vias: &[Ipv4Addr]) -> FibChange {

@@ -507,6 +507,40 @@ struct TxQueues {
     touched: Vec<PortId>,
     /// The table snapshot the queues were last checked against.
     table: usize,
+    /// Tunnel counter slots of the nodes frames went to lately.
+    node_slots: NodeSlotCache,
+}
+
+/// A worker's memory of the FIB's tunnel counter slots, so a frame to the
+/// tunnel costs an array read and compare, not a probe of the node table:
+/// direct-mapped by the node address's low bits (nodes of one underlay
+/// subnet differ there), filled from [`crate::fib::FibTable::node_slot`]
+/// on a miss. Never stale: the FIB keeps a node's slot for its whole life,
+/// and a worker follows one FIB.
+struct NodeSlotCache([(u32, u16); NodeSlotCache::LEN]);
+
+impl Default for NodeSlotCache {
+    fn default() -> Self {
+        // Address 0 is never a node, so the empty entries never match.
+        NodeSlotCache([(0, 0); NodeSlotCache::LEN])
+    }
+}
+
+impl NodeSlotCache {
+    const LEN: usize = 64;
+
+    /// The slot of `node`, if the batch's FIB knows it.
+    #[inline]
+    fn slot(&mut self, ctx: &BatchContext<'_>, node: Ipv4Addr) -> Option<u16> {
+        let key = u32::from(node);
+        let entry = &mut self.0[key as usize % Self::LEN];
+        if entry.0 == key && key != 0 {
+            return Some(entry.1);
+        }
+        let slot = ctx.fib.node_slot(node)?;
+        *entry = (key, slot);
+        Some(slot)
+    }
 }
 
 impl TxQueues {
@@ -561,6 +595,13 @@ impl TxQueues {
                 let c = ctx.counters.port(out);
                 c.tx_packets.incr();
                 c.tx_bytes.add(frame.len() as u64);
+                if let Some(node_slot) = tunnel.and_then(|n| self.node_slots.slot(ctx, n)) {
+                    // The inner packet behind its Ethernet header.
+                    let t = ctx.counters.tunnel(node_slot);
+                    t.tx_packets.incr();
+                    t.tx_bytes
+                        .add(frame.len().saturating_sub(crate::wire::ETHERNET_HEADER_LEN) as u64);
+                }
                 if !slot.touched {
                     slot.touched = true;
                     self.touched.push(out);
@@ -734,6 +775,46 @@ mod tests {
         assert!(worker.poll_round());
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
+    }
+
+    #[test]
+    fn frames_to_the_tunnel_count_under_their_node() {
+        let fib = Fib::new();
+        let (near, far) = (Ipv4Addr::new(192, 168, 0, 2), Ipv4Addr::new(192, 168, 0, 3));
+        let block = |a: [u8; 4]| crate::fib::Prefix::new(Ipv4Addr::from(a), 26).unwrap();
+        fib.update(&[
+            crate::fib::FibChange::Insert(block([10, 244, 1, 0]), crate::fib::NextHop::Node(near)),
+            crate::fib::FibChange::Insert(block([10, 244, 2, 0]), crate::fib::NextHop::Node(far)),
+        ]);
+        let fib = fib.load();
+        let counters = SharedCounters::default();
+        let id = PortId(3);
+        let ports = table_with(id, Arc::new(QueuedPort::default()));
+        let flows = FlowTable::new(8, Default::default());
+        let mut tx = TxQueues::default();
+        tx.follow(&ports);
+        let ctx = BatchContext::new(&fib, &ports, &counters, &flows, 0);
+        // Ethernet header + 84-byte inner packet (a ping of 56 bytes).
+        for _ in 0..3 {
+            tx.push(&ctx, id, &Frame::from_bytes(&[0; 98]), Some(near));
+        }
+        tx.push(&ctx, id, &Frame::from_bytes(&[0; 114]), Some(far));
+        tx.push(&ctx, id, &Frame::from_bytes(&[0; 60]), None);
+        // A node this snapshot does not know has no slot: not counted.
+        tx.push(
+            &ctx,
+            id,
+            &Frame::from_bytes(&[0; 60]),
+            Some(Ipv4Addr::new(192, 168, 0, 9)),
+        );
+        tx.flush(&ports, &counters);
+        let sent = |n| {
+            let t = counters.tunnel(fib.node_slot(n).unwrap());
+            (t.tx_packets.get(), t.tx_bytes.get(), t.rx_packets.get())
+        };
+        assert_eq!(sent(near), (3, 3 * 84, 0));
+        assert_eq!(sent(far), (1, 100, 0));
+        assert_eq!(counters.port(id).tx_packets.get(), 6, "port counts all");
     }
 
     #[test]

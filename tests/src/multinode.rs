@@ -460,3 +460,97 @@ pub fn iperf3_gbps(client: &Pod, server: &Pod) -> f64 {
     );
     bps / 1e9
 }
+
+/// `(rx packets, rx bytes, tx packets, tx bytes)` of the tunnel counters
+/// a node's `counters` (JSON) has for peer node `peer` (underlay
+/// address); zeros if it lists no such peer.
+#[track_caller]
+pub fn tunnel_counts(counters: &Value, peer: &str) -> [u64; 4] {
+    let list = counters["tunnels"].as_array().cloned().unwrap_or_default();
+    match list.iter().find(|t| t["node"] == peer) {
+        Some(t) => [
+            crate::num(t, "/rx_packets"),
+            crate::num(t, "/rx_bytes"),
+            crate::num(t, "/tx_packets"),
+            crate::num(t, "/tx_bytes"),
+        ],
+        None => [0; 4],
+    }
+}
+
+/// Pings `b` (a pod of node `j`) from `a` (a pod of node `i`) `n` times
+/// with 56-byte payloads (84-byte IPv4 packets) once routes have settled,
+/// and checks the per-peer tunnel counters on both nodes: node `i` sent
+/// exactly the `n` requests to node `j` and received its `n` replies
+/// (node `j` the other way round) when they `encap`, and nothing moved
+/// through the tunnel otherwise. Nothing else may cross between the two
+/// nodes meanwhile.
+#[track_caller]
+pub fn assert_tunnel_counts_after_ping(
+    c: &Cluster,
+    (i, j): (usize, usize),
+    a: &Pod,
+    b: &Pod,
+    encap: bool,
+) {
+    let n: u64 = 5;
+    let (ni, nj) = (&c.nodes[i], &c.nodes[j]);
+    let before = (
+        tunnel_counts(&ni.counters(), &nj.ip),
+        tunnel_counts(&nj.counters(), &ni.ip),
+    );
+    let count = n.to_string();
+    let p = crate::ping(
+        &a.ns,
+        &b.ip,
+        &["-c", &count, "-i", "0.2", "-s", "56", "-W", "2"],
+    );
+    assert_eq!(
+        u64::from(p.received),
+        n,
+        "ping {} -> {}:\n{}",
+        a.id,
+        b.id,
+        p.text
+    );
+    let after = (
+        tunnel_counts(&ni.counters(), &nj.ip),
+        tunnel_counts(&nj.counters(), &ni.ip),
+    );
+    let grew = |b: [u64; 4], a: [u64; 4]| -> [u64; 4] { std::array::from_fn(|k| a[k] - b[k]) };
+    let (on_i, on_j) = (grew(before.0, after.0), grew(before.1, after.1));
+    let want = if encap {
+        [n, 84 * n, n, 84 * n]
+    } else {
+        [0; 4]
+    };
+    assert_eq!(
+        on_i, want,
+        "node {i} tunnel counters for {} (rx pkts, rx bytes, tx pkts, tx bytes), encap {encap}",
+        nj.ip
+    );
+    assert_eq!(
+        on_j, want,
+        "node {j} tunnel counters for {} (rx pkts, rx bytes, tx pkts, tx bytes), encap {encap}",
+        ni.ip
+    );
+    // The table for people lists the peer with the same figures.
+    let table = podrouterctl(&ni.socket, false, &["counters"]).stdout;
+    let row = table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(nj.ip.as_str()))
+        .unwrap_or_else(|| panic!("no tunnel row for {} in:\n{table}", nj.ip));
+    let cells: Vec<u64> = row
+        .split_whitespace()
+        .skip(1)
+        .map(|c| c.parse().expect("a number"))
+        .collect();
+    assert_eq!(
+        cells, after.0,
+        "tunnel row of `podrouterctl counters`:\n{table}"
+    );
+    crate::say(&format!(
+        "tunnel counters {} <-> {} after {n} pings: {on_i:?} (encap {encap})",
+        ni.ip, nj.ip
+    ));
+}

@@ -147,6 +147,7 @@ fn two_nodes(encap: &str) {
         (&c.nodes[0].ip, &c.nodes[1].ip),
         wire_encap,
     );
+    assert_tunnel_counts_after_ping(&c, (0, 1), a, b, wire_encap);
     iperf3_every_pair(&c, &pods);
     // The uplink carried the tunnelled traffic, or nothing.
     let counters = c.nodes[0].counters();

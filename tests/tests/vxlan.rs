@@ -108,6 +108,7 @@ fn two_nodes(encap: &str, profile: &str, port: u16, vni: u32) {
     );
     let wire_encap = encap == "always";
     assert_wire(&c, &a, &b, port, vni, wire_encap);
+    assert_tunnel_counts_after_ping(&c, (0, 1), &a, &b, wire_encap);
     let ab = iperf3_gbps(&a, &b);
     let ba = iperf3_gbps(&b, &a);
     say(&format!(

@@ -17,6 +17,9 @@
 //! the frame as it was. What is decapsulated may only go to a local pod
 //! ([`tunnel_fault`] names the drop after the tunnel).
 //!
+//! Each frame decapsulated is counted under its node's tunnel counter
+//! slot ([`count_received`]), which the known-node check returns.
+//!
 //! [`check_inner_source`] is the anti-spoofing check of both tunnels, run
 //! once the inner packet is validated: the inner source must be the
 //! sending node itself or an address the FIB routes back to that node,
@@ -40,13 +43,14 @@ use crate::wire::{self, IpProtocol, ETHERNET_HEADER_LEN, IPPROTO_IPIP};
 /// Checks and strips the outer header of an IPIP frame from the uplink
 /// (which answers for `local`): protocol 4, no fragment, addressed to us,
 /// from a known node (a `via` of the current FIB), with a valid inner
-/// IPv4 header. Returns the sending node (the outer source), for
-/// [`check_inner_source`] once the inner packet is validated.
+/// IPv4 header. Returns the sending node (the outer source) and its
+/// tunnel counter slot, for [`check_inner_source`] once the inner packet
+/// is validated and for [`count_received`].
 pub(super) fn decapsulate(
     ctx: &BatchContext<'_>,
     local: Ipv4Addr,
     frame: &mut Frame,
-) -> Result<Ipv4Addr, DropReason> {
+) -> Result<(Ipv4Addr, u16), DropReason> {
     let data = frame.data();
     if data.len() < ETHERNET_HEADER_LEN {
         return Err(DropReason::IpipMalformed);
@@ -63,13 +67,22 @@ pub(super) fn decapsulate(
         return Err(DropReason::IpipNotForNode);
     }
     let node = outer.src_addr();
-    if !ctx.fib.is_node(node) {
-        return Err(DropReason::IpipUnknownNode);
-    }
+    let slot = ctx.fib.node_slot(node).ok_or(DropReason::IpipUnknownNode)?;
     wire::ipip_decap(frame).map_err(|_| DropReason::IpipMalformed)?;
     wire::check_ipv4(&frame.data()[ETHERNET_HEADER_LEN..])
         .map_err(|_| DropReason::IpipMalformed)?;
-    Ok(node)
+    Ok((node, slot))
+}
+
+/// Counts a frame just decapsulated from the node in tunnel counter slot
+/// `slot` (its inner IPv4 packet behind an Ethernet header): one array
+/// add, the slot came with the known-node check.
+#[inline]
+pub(super) fn count_received(ctx: &BatchContext<'_>, slot: u16, frame: &Frame) {
+    let t = ctx.counters.tunnel(slot);
+    t.rx_packets.incr();
+    t.rx_bytes
+        .add(frame.len().saturating_sub(ETHERNET_HEADER_LEN) as u64);
 }
 
 /// Checks the source of a packet that came out of a tunnel from `node`:
@@ -107,8 +120,8 @@ pub(super) fn check_inner_source(
 /// bytes go, the offload request is mapped onto the inner frame, and the
 /// inner Ethernet destination becomes `router_mac`, so the later stages
 /// see a frame like any port's. On error the frame is left as it was.
-/// Returns the sending node (the outer source), for
-/// [`check_inner_source`].
+/// Returns the sending node (the outer source) and its tunnel counter
+/// slot, for [`check_inner_source`] and [`count_received`].
 #[inline]
 pub(super) fn vxlan_decap(
     ctx: &BatchContext<'_>,
@@ -116,7 +129,7 @@ pub(super) fn vxlan_decap(
     vx: &VxlanParams,
     router_mac: &[u8; 6],
     frame: &mut Frame,
-) -> Result<Ipv4Addr, DropReason> {
+) -> Result<(Ipv4Addr, u16), DropReason> {
     let outer = OuterHeaders::parse(frame.data(), false).map_err(|e| match e {
         DecapError::Malformed
         | DecapError::BadChecksum
@@ -129,9 +142,10 @@ pub(super) fn vxlan_decap(
     if outer.dst != local {
         return Err(DropReason::VxlanNotForNode);
     }
-    if !ctx.fib.is_node(outer.src) {
-        return Err(DropReason::VxlanUnknownNode);
-    }
+    let slot = ctx
+        .fib
+        .node_slot(outer.src)
+        .ok_or(DropReason::VxlanUnknownNode)?;
     if outer.vni != vx.vni {
         return Err(DropReason::VxlanWrongVni);
     }
@@ -149,7 +163,7 @@ pub(super) fn vxlan_decap(
     frame.pull_front(OUTER_LEN);
     frame.vnet = vnet;
     frame.data_mut()[0..6].copy_from_slice(router_mac);
-    Ok(outer.src)
+    Ok((outer.src, slot))
 }
 
 /// A fault of the later stages for a packet that came through the tunnel
@@ -198,6 +212,28 @@ mod tests {
         let outer = ipv4(OTHER_NODE, NODE_IP, 4, 64, 0, &[1, 1, 1, 0], &inner);
         let b = eth(ROUTER_MAC, [0; 6], ETHERTYPE_IPV4, &outer);
         assert_eq!(env.run(UPLINK, &b).0, fwd(POD_A));
+    }
+
+    #[test]
+    fn decapsulated_frames_count_under_their_node() {
+        let mut env = uplink_env(EncapMode::Always);
+        let slot = env.fib.load().node_slot(OTHER_NODE).unwrap();
+        let inner = remote_udp(A_IP, 63, 200);
+        for _ in 0..2 {
+            let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &inner));
+            assert_eq!(v, fwd(POD_A));
+        }
+        // Decapsulated, then refused for its inner source: still received
+        // from that node (and counted as a drop).
+        let spoofed = ipv4(C_IP, A_IP, 17, 63, DF, &[], &udp(180));
+        let (v, _) = env.run(UPLINK, &ipip_in(OTHER_NODE, NODE_IP, &spoofed));
+        assert_eq!(v, Verdict::Drop(DropReason::TunnelSpoofedSource));
+        // From an unknown node: never decapsulated, not counted.
+        let stranger = Ipv4Addr::new(192, 168, 0, 99);
+        env.run(UPLINK, &ipip_in(stranger, NODE_IP, &inner));
+        let t = env.counters.tunnel(slot);
+        assert_eq!((t.rx_packets.get(), t.rx_bytes.get()), (3, 3 * 200));
+        assert_eq!((t.tx_packets.get(), t.tx_bytes.get()), (0, 0));
     }
 
     #[test]
@@ -425,6 +461,20 @@ mod tests {
         assert_eq!(d.len(), 14 + inner.len());
         assert_eq!(check_ipv4(&d[14..]).unwrap().hop_limit(), 62);
         assert_eq!((f.vnet.csum_start, f.vnet.csum_offset), (34, 6));
+        // Counted under the sending node: the inner packet's bytes.
+        let slot = env.fib.load().node_slot(OTHER_NODE).unwrap();
+        let rx = |env: &Env| {
+            let t = env.counters.tunnel(slot);
+            (t.rx_packets.get(), t.rx_bytes.get())
+        };
+        assert_eq!(rx(&env), (1, 100));
+        // A wrong VNI is not decapsulated, not counted.
+        let b = vxlan_in(OTHER_NODE, NODE_IP, VX.vni + 1, VX.mac, &inner);
+        assert_eq!(
+            env.run(UPLINK, &b).0,
+            Verdict::Drop(DropReason::VxlanWrongVni)
+        );
+        assert_eq!(rx(&env), (1, 100));
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!    packet), or the outer headers of VXLAN (before the Ethernet check:
 //!    what follows them is an Ethernet frame); after IPv4 validation,
 //!    [`decap::check_inner_source`] checks, for either tunnel, that the
-//!    inner source routes back to the sending node.
+//!    inner source routes back to the sending node. What is decapsulated
+//!    is counted under the sending node's tunnel counter slot
+//!    ([`decap::count_received`]); what goes to the tunnel, by the worker.
 //!    Then [`service`]: a pod's packet to a ClusterIP of the built-in load
 //!    balancer is translated to a backend (or refused) before routing; its
 //!    replies are translated back after [`policy`].
@@ -376,7 +378,10 @@ impl Pipeline {
         } = *role
         {
             match decap::vxlan_decap(ctx, local, &vx, &self.cfg.router_mac, frame) {
-                Ok(node) => vxlan_peer = Some(node),
+                Ok(peer) => {
+                    decap::count_received(ctx, peer.1, frame);
+                    vxlan_peer = Some(peer);
+                }
                 Err(reason) => return Verdict::Drop(reason),
             }
         }
@@ -405,7 +410,7 @@ impl Pipeline {
         ingress: PortId,
         role: &PortRole,
         eth_broadcast: bool,
-        vxlan_peer: Option<Ipv4Addr>,
+        vxlan_peer: Option<(Ipv4Addr, u16)>,
         frame: &mut Frame,
     ) -> Result<Verdict, Fault> {
         let from_uplink = matches!(role, PortRole::Uplink { .. });
@@ -414,11 +419,15 @@ impl Pipeline {
                 local,
                 tunnel: Tunnel::Ipip,
                 ..
-            } => Some(decap::decapsulate(ctx, local, frame)?),
+            } => {
+                let peer = decap::decapsulate(ctx, local, frame)?;
+                decap::count_received(ctx, peer.1, frame);
+                Some(peer)
+            }
             _ => vxlan_peer,
         };
         let mut pkt = validate::ipv4(frame, role, eth_broadcast)?;
-        if let Some(node) = tunnel_peer {
+        if let Some((node, _)) = tunnel_peer {
             decap::check_inner_source(ctx.fib, node, pkt.src)?;
         }
         // A pod's packet to a ClusterIP goes to a backend from here on.
