@@ -9,6 +9,7 @@ pub mod bgp;
 pub mod call_error;
 pub mod config;
 pub mod daemon;
+pub mod durable;
 pub mod ipam;
 pub mod kernel_job;
 pub mod logger;

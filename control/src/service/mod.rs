@@ -24,7 +24,7 @@ pub mod parse;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -159,15 +159,7 @@ impl ServiceStore {
         };
         let internal = ServiceError::NotSaved;
         let body = serde_json::to_vec_pretty(&file).map_err(|e| internal(e.to_string()))?;
-        let tmp = dir.join("services.json.tmp");
-        let write = || -> io::Result<()> {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(&body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, dir.join(FILE_NAME))?;
-            fs::File::open(dir)?.sync_all()
-        };
-        write().map_err(|e| internal(e.to_string()))
+        crate::durable::replace_file(dir, FILE_NAME, &body).map_err(|e| internal(e.to_string()))
     }
 
     fn change<T>(
