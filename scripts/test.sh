@@ -166,7 +166,7 @@ STEP_DESC="cargo bench -p podrouter-benches -- --test" \
 # pipeline (issue 15) under libFuzzer: a short run of each cargo-fuzz
 # target on the stable toolchain.
 FUZZ_SECS=${PODROUTER_FUZZ_SECS:-30}
-STEP_DESC="scripts/fuzz.sh $FUZZ_SECS (cargo fuzz: bgp_decode, bgp_session, pipeline)" \
+STEP_DESC="scripts/fuzz.sh $FUZZ_SECS (cargo fuzz: bgp_decode, bgp_session, pipeline, api_request)" \
     step fuzz timeout -k 30 "$BENCH_TIMEOUT" bash scripts/fuzz.sh "$FUZZ_SECS"
 
 # The benchmark harness (issue 6) in its short mode: it builds both data
