@@ -1,7 +1,8 @@
 //! `podrouterctl capture` and `trace` on a live node: what they write is
 //! read back by tshark (a capture of a ping, a filtered capture, dropped
-//! frames with their reason, `-w -` into a pipe) and a trace of one ping
-//! names the stages and the egress port.
+//! frames with their reason, `-w -` into a pipe, a port chosen by name, the
+//! uplink of a two-node cluster) and a trace of one ping names the stages
+//! and the egress port.
 use std::fs;
 use std::path::Path;
 use std::time::Duration;
@@ -311,5 +312,138 @@ fn a_trace_of_one_ping_shows_the_stages_and_the_egress_port() {
     assert!(
         verdict.ends_with(&format!("(port {port})")),
         "{verdict}\npod-b: {b_port:#}"
+    );
+}
+
+/// The names of a node's ports (`podrouterctl --json counters`).
+fn port_names(counters: &serde_json::Value) -> Vec<String> {
+    counters["ports"]
+        .as_array()
+        .map(|ps| {
+            ps.iter()
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_capture_by_port_name_on_the_host_port_shows_a_ping_to_the_node() {
+    if !require(
+        "a_capture_by_port_name_on_the_host_port_shows_a_ping_to_the_node",
+        &["ping", "tshark"],
+    ) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig::default());
+    let a = node.add_pod("pod-a", &[]);
+    let node_ip = node.cfg.node_ip.clone();
+    assert!(ping_until_reply(&a.ns, &node_ip, SETTLE));
+    // The host port is the one port that is neither a pod's nor a tunnel's.
+    let names = port_names(&podrouterctl_json(&node.socket, &["counters"]));
+    let host: Vec<&String> = names.iter().filter(|n| !n.contains('@')).collect();
+    assert_eq!(host.len(), 1, "expected one host port among {names:?}");
+    let host = host[0].clone();
+
+    let file = node.dir.join("host.pcapng");
+    let log = node.dir.join("capture-host.log");
+    let f = file.to_string_lossy().into_owned();
+    let bg = start_ctl(
+        &node,
+        &log,
+        &[
+            "capture", "--port", &host, "--filter", "icmp", "--count", "4", "-w", &f,
+        ],
+    );
+    let p = ping(&a.ns, &node_ip, &["-c", "2", "-i", "0.2", "-W", "2"]);
+    assert_eq!(p.received, 2, "{}", p.text);
+    let out = finish(bg, &log);
+    assert!(out.contains(&format!("capturing on {host}")), "{out}");
+    assert!(out.contains("4 frames captured, 0 lost"), "{out}");
+    // The requests leave the router towards the node, the replies come back
+    // from it: both directions of the host port.
+    let frames = tshark_fields(&file, &["ip.src", "ip.dst", "icmp.type"]);
+    let req = format!("{},{node_ip},8", a.ip);
+    let rep = format!("{node_ip},{},0", a.ip);
+    assert_eq!(
+        frames.iter().filter(|l| **l == req).count(),
+        2,
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames.iter().filter(|l| **l == rep).count(),
+        2,
+        "{frames:?}"
+    );
+
+    // A port that does not exist is refused with the hint, and nothing runs.
+    let out = podrouterctl(
+        &node.socket,
+        false,
+        &["capture", "--port", "no-such-port", "-w", "/dev/null"],
+    );
+    assert!(!out.ok(), "{out}");
+    assert!(out.stderr.contains("no port named no-such-port"), "{out}");
+}
+
+#[test]
+fn a_capture_on_the_uplink_shows_the_tunnelled_ping() {
+    if !require(
+        "a_capture_on_the_uplink_shows_the_tunnelled_ping",
+        &["ping", "tshark"],
+    ) {
+        return;
+    }
+    let mut c = podrouter_e2e::multinode::Cluster::start("always", &[0, 0]);
+    let a = c.nodes[0].add_pod("cap-a", &[]);
+    let b = c.nodes[1].add_pod("cap-b", &[]);
+    assert!(podrouter_e2e::multinode::settle(&a.ns, &b.ip, SETTLE));
+
+    let dir = TempDir::new("capup");
+    let file = dir.join("uplink.pcapng");
+    let log = dir.join("capture-uplink.log");
+    let f = file.to_string_lossy().into_owned();
+    let socket = c.nodes[0].socket.to_string_lossy().into_owned();
+    let ctl = bin("podrouterctl");
+    let mut bg = Bg::spawn(
+        "podrouterctl",
+        &[
+            ctl.to_str().unwrap(),
+            "--socket",
+            &socket,
+            "capture",
+            "--uplink",
+            "--count",
+            "4",
+            "-w",
+            &f,
+        ],
+        Some(&log),
+    );
+    assert!(wait_until(SETTLE, || fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("capturing on")));
+    let p = ping(&a.ns, &b.ip, &["-c", "2", "-i", "0.2", "-W", "2"]);
+    assert_eq!(p.received, 2, "{}", p.text);
+    let status = wait_timeout(&mut bg.child, FINISH);
+    let out = fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.is_some_and(|s| s.success()), "{out}");
+    assert!(out.contains("capturing on ipip@"), "{out}");
+    // Sent: recorded before encapsulation (README); received: with the
+    // outer IPIP header, so tshark lists both IPv4 layers (outer first).
+    let frames = tshark_fields(&file, &["ip.src", "ip.dst", "ip.proto", "icmp.type"]);
+    let (n0, n1) = (&c.nodes[0].ip, &c.nodes[1].ip);
+    let sent = format!("{},{},1,8", a.ip, b.ip);
+    let received = format!("{n1},{},{n0},{},4,1,0", b.ip, a.ip);
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    assert_eq!(
+        frames.iter().filter(|l| **l == sent).count(),
+        2,
+        "{frames:?}"
+    );
+    assert_eq!(
+        frames.iter().filter(|l| **l == received).count(),
+        2,
+        "{frames:?}"
     );
 }
