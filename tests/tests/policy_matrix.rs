@@ -1,7 +1,7 @@
 //! The network policy reachability matrix, the way the Kubernetes network
 //! policy test tools check it: namespaces x, y, z (labelled ns=x, ...)
 //! with pods a, b, c (labelled pod=a, ...) spread over two podrouter
-//! nodes joined by IPIP; for each case a policy set is applied on both
+//! nodes joined by IPIP, two workers each; for each case a policy set is applied on both
 //! nodes and every pod probes every pod on TCP and UDP ports 80 and 81
 //! (a real connect and echo, a real UDP request and response); the 9x9x4
 //! result must equal the case's truth table.
@@ -63,7 +63,10 @@ impl World {
 }
 
 fn world() -> World {
-    let mut cluster = Cluster::start("always", &[0, 0]);
+    // Two workers per node: pods go to the less loaded one, so the two
+    // ends of a same-node connection sit on different workers and each
+    // direction of the flow is tracked by another thread (issue 13 item 4).
+    let mut cluster = Cluster::start_with("always", &[0, 0], "workers = 2\n");
     let dir = TempDir::new("netpol");
     let mut pods = Vec::new();
     let mut servers = Vec::new();
