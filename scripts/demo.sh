@@ -543,8 +543,10 @@ if run_tapped capture "capturing on" podrouterctl --socket "${SOCK[1]}" capture 
     # tshark warns on stderr that it runs as root; the packets are on stdout.
     tshark_out=$(show tshark -n -r "$PCAP" 2>"$DIR/tshark.err") || true
     echo "$tshark_out"
-    if printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-a]} . ${POD_IP[pod-b]} .*ICMP.*Echo (ping) request" &&
-        printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-b]} . ${POD_IP[pod-a]} .*ICMP.*Echo (ping) reply"; then
+    # tshark's arrow between the addresses is one UTF-8 character, which
+    # grep's "." does not match in the C locale of a bare root shell.
+    if printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-a]} .* ${POD_IP[pod-b]} .*ICMP.*Echo (ping) request" &&
+        printf '%s\n' "$tshark_out" | grep -q "${POD_IP[pod-b]} .* ${POD_IP[pod-a]} .*ICMP.*Echo (ping) reply"; then
         pass "capture: one ping pod-a -> pod-b written to a pcap by podrouterctl capture, read back by tshark"
     else
         fail "capture: tshark -r $PCAP did not show pod-a's echo request and pod-b's reply (tshark stderr: $(tr '\n' ' ' <"$DIR/tshark.err"))"
