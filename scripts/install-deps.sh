@@ -55,15 +55,19 @@ declare -A NEED=(
     [pkg-config]=pkg-config
 )
 
-# The demo runs these (and builds with cc); on a fresh machine it need not
-# wait for the test suite's BGP daemons and container runtime.
+# The demo runs these and builds with cc; on a fresh machine it need not
+# wait for the test suite's BGP daemons and container runtime, nor for
+# build-essential's C++ compiler, make and Perl (the fuzz targets' libFuzzer
+# is C++; the two binaries the demo builds only need cc to link, and no
+# crate of theirs compiles C or asks pkg-config).
 if [ "$DEMO_ONLY" -eq 1 ]; then
     for cmd in "${!NEED[@]}"; do
         case "$cmd" in
-        ip | ss | ping | iperf3 | tcpdump | iptables | curl | python3 | tshark | cc | make | pkg-config) ;;
+        ip | ss | ping | iperf3 | tcpdump | iptables | curl | python3 | tshark | cc) ;;
         *) unset "NEED[$cmd]" ;;
         esac
     done
+    NEED[cc]=gcc
 fi
 
 missing=()
@@ -71,6 +75,9 @@ for cmd in "${!NEED[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
 done
 [ -e /etc/ssl/certs/ca-certificates.crt ] || missing+=(ca-certificates)
+# The C library's startup files and headers, which cc links every binary
+# with (build-essential brings them; gcc alone only recommends them).
+[ -e /usr/include/stdio.h ] || missing+=(libc6-dev)
 with_recommends=()
 if [ "$DEMO_ONLY" -eq 0 ]; then
     [ -x /usr/lib/frr/bgpd ] || missing+=(frr)
