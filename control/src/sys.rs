@@ -316,8 +316,7 @@ pub fn send_with_fds(
             let cmsg = libc::CMSG_FIRSTHDR(&msg);
             (*cmsg).cmsg_level = libc::SOL_SOCKET;
             (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-            (*cmsg).cmsg_len =
-                libc::CMSG_LEN((fds.len() * mem::size_of::<libc::c_int>()) as u32) as _;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of_val(fds) as u32) as _;
             let out = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
             for (i, fd) in fds.iter().enumerate() {
                 std::ptr::write_unaligned(out.add(i), *fd);

@@ -667,6 +667,8 @@ mod tests {
     #[test]
     fn no_node_ip_means_no_uplink() {
         let cfg = Config::parse("", "t.toml").unwrap();
-        assert!(open(&cfg, &Arc::new(PathMtus::new())).unwrap().is_none());
+        assert!(open(&cfg, &Arc::new(PathMtus::new()), None)
+            .unwrap()
+            .is_none());
     }
 }
