@@ -106,6 +106,57 @@ pub enum Call {
     /// line ([`Reply::Trace`]) is followed by one [`TraceEvent`] line per
     /// traced frame and a last [`TraceEvent::Done`].
     Trace(TraceParams),
+    /// Sent by `podrouterd --takeover`: hand this daemon's data plane over.
+    /// The response ([`Reply::Takeover`]) is followed on the same
+    /// connection by the descriptors it lists (`SCM_RIGHTS`); see
+    /// podrouterd's `takeover` module for the whole exchange.
+    Takeover(TakeoverParams),
+}
+
+/// Who asks for a takeover and what it expects to be handed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeoverParams {
+    /// The takeover exchange's version; both sides must speak the same.
+    pub protocol: u32,
+    /// The state directory format version the new daemon reads.
+    pub state_version: u32,
+    /// The new daemon's version (for the logs).
+    pub daemon_version: String,
+    /// The new daemon's pid.
+    pub pid: u32,
+    /// The config keys the handed descriptors depend on, as the new
+    /// daemon has them (key -> value text); they must equal the running
+    /// daemon's.
+    pub config: BTreeMap<String, String>,
+}
+
+/// What the running daemon hands over, in the order its descriptors
+/// follow the response: the state directory's lock file, the API
+/// listener, the host port's TAP, the uplink's socket if `uplink`, then
+/// each pod's TAP in `pods` order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverOffer {
+    /// The old daemon's pid.
+    pub pid: u32,
+    pub daemon_version: String,
+    pub uplink: bool,
+    pub pods: Vec<TakeoverPod>,
+}
+
+impl TakeoverOffer {
+    /// How many descriptors follow the offer.
+    pub fn fd_count(&self) -> usize {
+        3 + usize::from(self.uplink) + self.pods.len()
+    }
+}
+
+/// One pod whose TAP is handed over.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TakeoverPod {
+    pub id: String,
+    pub netns: String,
+    pub ifname: String,
 }
 
 /// What to capture. Exactly one of `pod`, `port` and `uplink` names the
@@ -416,6 +467,8 @@ pub enum Reply {
     Capture(TapInfo),
     /// A trace started; [`TraceEvent`] lines follow.
     Trace(TapInfo),
+    /// A takeover started: the descriptors listed follow.
+    Takeover(TakeoverOffer),
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -50,9 +50,11 @@ use crate::state::{PodRecord, StateError, StateStore};
 mod policy_calls;
 mod removal;
 mod service_calls;
+mod takeover;
 mod taps;
 
 pub use removal::{InterfaceRemoval, RemovalDone};
+pub use takeover::Handed;
 
 /// First two bytes of every pod interface MAC podrouter assigns.
 pub const POD_MAC_PREFIX: [u8; 2] = [0x0a, 0x58];
@@ -81,6 +83,9 @@ pub enum StartError {
     /// (podrouterd exits 2: a configuration error, as `reload` refuses).
     #[error("{0}")]
     PodsOutsideBlocks(String),
+    /// What a takeover handed over does not fit the state or the node.
+    #[error("takeover: {0}")]
+    Takeover(String),
 }
 
 impl StartError {
@@ -169,6 +174,15 @@ pub struct Daemon {
     detach_stats: crate::op_stats::OpStats,
     /// Capture and trace taps the workers check ([`crate::tap_stream`]).
     taps: Arc<Taps>,
+    /// Taken over from another podrouterd: its API listener, until the
+    /// server takes it ([`Daemon::take_api_listener`]).
+    inherited_api: Option<std::os::fd::OwnedFd>,
+    /// Taken over: the restored learned routes BGP adopts once the old
+    /// daemon has let go ([`Daemon::finish_takeover`]).
+    deferred_bgp: Option<Vec<(Prefix, crate::kernel_job::Vias)>>,
+    /// Handed over to another podrouterd: its data plane, interfaces and
+    /// API socket are the new daemon's, [`Daemon::shutdown`] leaves them.
+    handed_over: bool,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -187,10 +201,30 @@ impl Daemon {
         cfg: Config,
         config_path: Option<PathBuf>,
     ) -> Result<Daemon, StartError> {
-        let store = StateStore::open(&cfg.state_dir)?;
+        Daemon::start_inner(net, cfg, config_path, None)
+    }
+
+    /// [`Daemon::start_with`]; with `inherited` (a takeover, see
+    /// [`takeover`]) the state lock, the uplink's socket and the API
+    /// listener are the old daemon's, `net` hands out its TAPs, the
+    /// workers start paused and BGP does not start: all of that waits for
+    /// [`Daemon::finish_takeover`].
+    fn start_inner(
+        net: Box<dyn NodeNet>,
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        mut inherited: Option<takeover::Inherited>,
+    ) -> Result<Daemon, StartError> {
+        let store = match inherited.as_mut().and_then(|i| i.lock.take()) {
+            Some(lock) => StateStore::adopt(&cfg.state_dir, lock)?,
+            None => StateStore::open(&cfg.state_dir)?,
+        };
         let records = store.load()?;
         if let Some(why) = pods_outside_blocks(&cfg.pod_cidrs, &records) {
             return Err(StartError::PodsOutsideBlocks(why));
+        }
+        if let Some(why) = inherited.as_ref().and_then(|i| i.unhanded(&records)) {
+            return Err(StartError::Takeover(why));
         }
         let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
         let policies = Arc::new(Policies::new());
@@ -229,10 +263,15 @@ impl Daemon {
                 taps: taps.clone(),
                 path_mtus: path_mtus.clone(),
             };
-            workers.push(
-                WorkerHandle::spawn(wc, fib.clone(), ports.clone())
-                    .map_err(|e| StartError::Worker(id, e))?,
-            );
+            let w = WorkerHandle::spawn(wc, fib.clone(), ports.clone())
+                .map_err(|e| StartError::Worker(id, e))?;
+            if inherited.is_some() {
+                // Before any port: the old daemon still reads them.
+                w.pause()
+                    .and_then(|p| p.wait())
+                    .map_err(|e| StartError::Worker(id, e))?;
+            }
+            workers.push(w);
         }
         let mut d = Daemon {
             ipam: Ipam::new(&cfg.pod_cidrs),
@@ -255,10 +294,14 @@ impl Daemon {
             attach_stats: Default::default(),
             detach_stats: Default::default(),
             taps,
+            inherited_api: None,
+            deferred_bgp: None,
+            handed_over: false,
         };
         d.start_host_port()?;
+        let uplink_fd = inherited.as_mut().and_then(|i| i.uplink.take());
         if let Some((u, info)) =
-            crate::uplink_setup::open(&d.cfg, &path_mtus).map_err(StartError::Uplink)?
+            crate::uplink_setup::open(&d.cfg, &path_mtus, uplink_fd).map_err(StartError::Uplink)?
         {
             d.publish_port(info, u.port.clone())
                 .map_err(|e| StartError::Uplink(format!("port table: {e}")))?;
@@ -271,10 +314,15 @@ impl Daemon {
         d.store.save(&d.records())?;
         d.publish_policy();
         d.publish_services();
-        d.process_pending_detaches();
-        let kernel = d.uplink.clone();
-        d.bgp = crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel, learned)
-            .map_err(StartError::Bgp)?;
+        if let Some(i) = inherited {
+            d.inherited_api = Some(i.api);
+            d.deferred_bgp = Some(learned);
+        } else {
+            d.process_pending_detaches();
+            let kernel = d.uplink.clone();
+            d.bgp = crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel, learned)
+                .map_err(StartError::Bgp)?;
+        }
         log::info!(
             "node {} up: {} worker(s), pod CIDRs {}, {} pod(s) restored, API on {}",
             d.cfg.node_name,
@@ -585,6 +633,12 @@ impl Daemon {
                 return Response::err(
                     ErrorCode::BadRequest,
                     "capture and trace stream over their own API connection (podrouterctl capture, trace)",
+                )
+            }
+            Call::Takeover(_) => {
+                return Response::err(
+                    ErrorCode::BadRequest,
+                    "a takeover is podrouterd --takeover's exchange on its own API connection",
                 )
             }
         };
@@ -1120,6 +1174,10 @@ impl Daemon {
         }
         for w in &mut self.workers {
             w.stop();
+        }
+        if self.handed_over {
+            log::info!("stopped; {} pod(s) handed over", self.pods.len());
+            return;
         }
         if let Some(setup) = self.uplink.as_ref().and_then(|u| u.vxlan.clone()) {
             setup.teardown();

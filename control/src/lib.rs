@@ -27,6 +27,7 @@ pub mod service;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod takeover;
 pub mod tap_stream;
 pub mod tc;
 pub mod uninstall;

@@ -12,7 +12,8 @@
 //! which arms the tap and starts the stream's own thread).
 //!
 //! Invariants: the socket is created owner-only (0600) and removed on a
-//! clean stop; a second daemon on the same socket is refused rather than
+//! clean stop (not after a takeover, [`crate::takeover`], which hands the
+//! listener and its backlog to the new daemon); a second daemon on the same socket is refused rather than
 //! stealing it; at most [`MAX_CONNECTIONS`] connections are open (more are
 //! answered `busy` and closed); no client can delay another's call by
 //! more than the calls queued before it; the daemon's state changes only
@@ -65,6 +66,11 @@ pub(crate) enum ToOwner {
     Removed(RemovalDone),
     /// A capture or trace: arm it and stream on `conn`.
     Stream { call: Call, conn: StdUnixStream },
+    /// `podrouterd --takeover` asks for everything ([`crate::takeover`]).
+    Takeover {
+        params: podrouter_api::TakeoverParams,
+        conn: StdUnixStream,
+    },
 }
 
 /// A connection thread's way to the control thread.
@@ -103,7 +109,16 @@ pub fn serve(daemon: &mut Daemon) -> Result<(), ServeError> {
 /// (podrouterd's readiness notification to systemd).
 pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<(), ServeError> {
     let path = daemon.api_socket().to_owned();
-    let mut listener = bind(&path)?;
+    let mut listener = match daemon.take_api_listener() {
+        // Taken over with the rest: the same socket, its backlog included.
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            UnixListener::from_std(l)
+        }
+        None => bind(&path)?,
+    };
+    let mut handed_over = false;
     let mut poll = Poll::new()?;
     let (sig_read, sig_write) = std::os::unix::net::UnixStream::pair()?;
     sig_read.set_nonblocking(true)?;
@@ -174,10 +189,20 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
                         log::debug!("API client: starting a stream: {e}");
                     }
                 }
+                ToOwner::Takeover { params, conn } => {
+                    use std::os::fd::AsRawFd;
+                    if crate::takeover::give(daemon, listener.as_raw_fd(), conn, params) {
+                        // The socket and its backlog are the new daemon's.
+                        handed_over = true;
+                        break 'outer;
+                    }
+                }
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
+    if !handed_over {
+        let _ = std::fs::remove_file(&path);
+    }
     Ok(())
 }
 

@@ -8,7 +8,9 @@
 //! One daemon per state directory: [`StateStore::open`] takes an exclusive
 //! `flock` on `state_dir/lock` (holding our pid, for the message a second
 //! daemon prints) and keeps it for the store's life; the kernel drops it
-//! when the process ends, so a crash leaves no stale lock.
+//! when the process ends, so a crash leaves no stale lock. A takeover
+//! hands the locked open file itself to the new daemon
+//! ([`StateStore::adopt`]), so the lock never lapses between the two.
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -16,7 +18,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-const STATE_VERSION: u32 = 1;
+/// The state file's format version (a takeover needs both daemons to
+/// read the same).
+pub const STATE_VERSION: u32 = 1;
 
 /// One attached pod as persisted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +59,7 @@ pub struct StateStore {
     dir: PathBuf,
     file: PathBuf,
     /// The open lock file: the `flock` lives as long as this does.
-    _lock: fs::File,
+    lock: fs::File,
 }
 
 /// The lock file in the state directory.
@@ -76,8 +80,49 @@ impl StateStore {
         Ok(StateStore {
             dir: dir.to_owned(),
             file: dir.join("state.json"),
-            _lock: lock,
+            lock,
         })
+    }
+
+    /// Opens the state directory with the lock another podrouterd handed
+    /// over (`--takeover`): `lock` must be an open file of
+    /// `dir/lock` on which the lock is held (the same open file the old
+    /// daemon locked, so the lock never lapses). Writes our pid in it.
+    pub fn adopt(dir: &Path, lock: fs::File) -> Result<StateStore, StateError> {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let path = dir.join(LOCK_FILE);
+        let io_err = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        let ours = fs::metadata(&path).map_err(io_err)?;
+        let handed = lock.metadata().map_err(io_err)?;
+        if (ours.dev(), ours.ino()) != (handed.dev(), handed.ino()) {
+            return Err(io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the lock handed over is not this state directory's",
+            )));
+        }
+        // Taking it again through the same open file succeeds at once
+        // exactly when that open file holds it.
+        if !crate::sys::try_lock_exclusive(lock.as_fd()).map_err(io_err)? {
+            return Err(io_err(io::Error::other("the lock handed over is not held")));
+        }
+        lock.set_len(0).map_err(io_err)?;
+        // At offset 0 whatever the shared file offset is.
+        lock.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)
+            .map_err(io_err)?;
+        Ok(StateStore {
+            dir: dir.to_owned(),
+            file: dir.join("state.json"),
+            lock,
+        })
+    }
+
+    /// The open lock file (handed over by a takeover).
+    pub fn lock_file(&self) -> &fs::File {
+        &self.lock
     }
 
     /// Takes the directory's lock without waiting and writes our pid in

@@ -1,7 +1,8 @@
 //! Every system call of the control plane that needs `unsafe`: entering and
 //! identifying network namespaces, locking the state directory, TCP MD5
-//! and non-blocking connects for BGP, and the one ethtool setting the
-//! afxdp backend's pod veths need.
+//! and non-blocking connects for BGP, the one ethtool setting the
+//! afxdp backend's pod veths need, and passing descriptors over a unix
+//! socket (`SCM_RIGHTS`) for a takeover.
 //!
 //! Invariants: this is the only module of the control crate allowed to use
 //! `unsafe` (`lib.rs` denies it elsewhere); every `unsafe` block carries a
@@ -263,6 +264,144 @@ pub fn terminate(pid: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Most descriptors one `SCM_RIGHTS` message carries (the kernel's
+/// `SCM_MAX_FD` is 253).
+pub const MAX_FDS_PER_MESSAGE: usize = 250;
+
+/// Control buffer for [`MAX_FDS_PER_MESSAGE`] descriptors, aligned for
+/// `struct cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 1024]);
+
+fn cmsg_space(fds: usize) -> usize {
+    // SAFETY: CMSG_SPACE is pure arithmetic on its argument.
+    unsafe { libc::CMSG_SPACE((fds * mem::size_of::<libc::c_int>()) as u32) as usize }
+}
+
+/// Sends `data` (at least one byte) with the descriptors `fds` (at most
+/// [`MAX_FDS_PER_MESSAGE`]) attached, on the unix stream socket `sock`:
+/// the receiver gets its own descriptors for the same open files.
+/// Returns how many bytes of `data` went out (the descriptors go with
+/// the first byte). `fds` are descriptor numbers the caller keeps open
+/// for the call (one that is not open fails the call with `EBADF`).
+pub fn send_with_fds(
+    sock: BorrowedFd<'_>,
+    data: &[u8],
+    fds: &[std::os::fd::RawFd],
+) -> io::Result<usize> {
+    if data.is_empty() || fds.len() > MAX_FDS_PER_MESSAGE {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "one to MAX_FDS_PER_MESSAGE descriptors with at least one byte",
+        ));
+    }
+    let mut cbuf = CmsgBuf([0; 1024]);
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let space = cmsg_space(fds.len());
+        msg.msg_control = cbuf.0.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: msg_control points to `space` (<= 1024) zeroed, aligned
+        // bytes, so CMSG_FIRSTHDR returns a pointer to a header inside
+        // `cbuf`, and CMSG_DATA to room for `fds.len()` ints after it
+        // (CMSG_SPACE counted them); `cbuf` outlives the writes.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(mem::size_of_val(fds) as u32) as _;
+            let out = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(out.add(i), *fd);
+            }
+        }
+    }
+    loop {
+        // SAFETY: `msg` points to `iov` (reading `data`, alive for the
+        // call) and to `cbuf`; sendmsg reads them only during the call and
+        // `sock` is open for it. The descriptor numbers in the control
+        // message are only read by the kernel, which checks each.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives bytes into `buf` from the unix stream socket `sock`, and the
+/// descriptors that came with them into `fds` (owned, close-on-exec).
+/// Returns the bytes read (0: the peer closed). An error if the kernel
+/// had to drop descriptors (more than [`MAX_FDS_PER_MESSAGE`] in one
+/// message).
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<std::os::fd::OwnedFd>,
+) -> io::Result<usize> {
+    use std::os::fd::FromRawFd;
+    let mut cbuf = CmsgBuf([0; 1024]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is a plain C struct; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = cmsg_space(MAX_FDS_PER_MESSAGE) as _;
+    let n = loop {
+        // SAFETY: `msg` points to `iov` (writing into `buf`, exclusively
+        // borrowed) and to `cbuf` (msg_controllen <= its 1024 bytes);
+        // both outlive the call, and `sock` is open for it.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: recvmsg filled `msg.msg_controllen` bytes of `cbuf` with
+    // well-formed control messages; CMSG_FIRSTHDR/CMSG_NXTHDR walk only
+    // inside that length. An SCM_RIGHTS message's data holds
+    // (cmsg_len - CMSG_LEN(0)) / sizeof(int) descriptors the kernel just
+    // installed in this process, which nothing else owns: each is wrapped
+    // in an OwnedFd exactly once.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<libc::c_int>();
+                for i in 0..bytes / mem::size_of::<libc::c_int>() {
+                    let raw = std::ptr::read_unaligned(data.add(i));
+                    fds.push(std::os::fd::OwnedFd::from_raw_fd(raw));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(io::Error::other(
+            "descriptors were dropped: more than one message can carry",
+        ));
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +416,50 @@ mod tests {
         assert_eq!(ns_kind(uts.as_fd()).unwrap(), NsKind::OtherNamespace);
         let plain = File::open("/proc/self/status").unwrap();
         assert_eq!(ns_kind(plain.as_fd()).unwrap(), NsKind::NotNamespace);
+    }
+
+    /// Descriptors sent are received in order, for the same open files,
+    /// across several messages, and the bytes around them arrive whole.
+    #[test]
+    fn descriptors_pass_over_a_unix_socket() {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::net::UnixStream;
+        let (a, b) = UnixStream::pair().unwrap();
+        let dir = podrouter_testkit::TempDir::new("scm-rights");
+        let files: Vec<File> = (0..300)
+            .map(|i| {
+                let p = dir.join(&format!("f{i}"));
+                std::fs::write(&p, format!("file {i}")).unwrap();
+                File::open(&p).unwrap()
+            })
+            .collect();
+        let raw: Vec<std::os::fd::RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let sender = std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                (&a).write_all(b"head\n").unwrap();
+                for chunk in raw.chunks(MAX_FDS_PER_MESSAGE) {
+                    assert_eq!(send_with_fds(a.as_fd(), b".", chunk).unwrap(), 1);
+                }
+            });
+            let mut got = Vec::new();
+            let mut bytes = Vec::new();
+            let mut buf = [0u8; 64];
+            while got.len() < 300 {
+                let n = recv_with_fds(b.as_fd(), &mut buf, &mut got).unwrap();
+                assert!(n > 0);
+                bytes.extend_from_slice(&buf[..n]);
+            }
+            h.join().unwrap();
+            (got, bytes)
+        });
+        let (got, bytes) = sender;
+        assert_eq!(bytes, b"head\n..");
+        for (i, fd) in got.into_iter().enumerate() {
+            let mut f = File::from(fd);
+            f.rewind().unwrap();
+            let mut text = String::new();
+            f.read_to_string(&mut text).unwrap();
+            assert_eq!(text, format!("file {i}"));
+        }
     }
 }

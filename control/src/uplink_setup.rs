@@ -41,6 +41,7 @@
 //! set up runs without one (routes to other nodes are dropped and counted
 //! as `no_uplink`) and says so in the log.
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use podrouter_router::encap::{EncapMode, EncapPolicy};
@@ -111,12 +112,15 @@ pub fn port_name(tunnel: TunnelKind, ifname: &str) -> String {
 /// (no `node_ip`, or an implicit uplink that cannot be set up: logged).
 /// The caller publishes the port with the returned [`PortInfo`]. The path
 /// MTUs learned towards other nodes are published into `path_mtus` (the
-/// workers' copy).
+/// workers' copy). `adopted`: the IPIP uplink's socket handed over by a
+/// takeover, used instead of a new one (then a failure is an error even
+/// without an explicit `uplink`).
 pub fn open(
     cfg: &Config,
     path_mtus: &Arc<PathMtus>,
+    adopted: Option<OwnedFd>,
 ) -> Result<Option<(UplinkState, PortInfo)>, String> {
-    let explicit = cfg.dataplane.uplink.is_some();
+    let explicit = cfg.dataplane.uplink.is_some() || adopted.is_some();
     let Some(node_ip) = cfg.node_ip else {
         if explicit || !cfg.routes.is_empty() {
             log::warn!(
@@ -125,7 +129,7 @@ pub fn open(
         }
         return Ok(None);
     };
-    match try_open(cfg, node_ip, path_mtus) {
+    match try_open(cfg, node_ip, path_mtus, adopted) {
         Ok(r) => Ok(Some(r)),
         Err(e) if explicit => Err(e),
         Err(e) => {
@@ -142,6 +146,7 @@ fn try_open(
     cfg: &Config,
     node_ip: Ipv4Addr,
     path_mtus: &Arc<PathMtus>,
+    adopted: Option<OwnedFd>,
 ) -> Result<(UplinkState, PortInfo), String> {
     let mut nl = Netlink::open().map_err(|e| e.to_string())?;
     let addrs = nl.addrs_v4().map_err(|e| e.to_string())?;
@@ -175,8 +180,11 @@ fn try_open(
     let tunnel_kind = cfg.dataplane.tunnel;
     let (port, tunnel, path_mtu, vxlan, outer): (Arc<dyn Port>, _, _, _, _) = match tunnel_kind {
         TunnelKind::Ipip => {
-            let port = Uplink::open(node_ip, link_mtu)
-                .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
+            let port = match adopted {
+                Some(fd) => Uplink::adopt(fd, node_ip, link_mtu),
+                None => Uplink::open(node_ip, link_mtu),
+            }
+            .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
             let path_mtu = port.path_mtu();
             (
                 Arc::new(port),
@@ -187,6 +195,9 @@ fn try_open(
             )
         }
         TunnelKind::Vxlan => {
+            if adopted.is_some() {
+                return Err("a VXLAN uplink cannot be handed over".into());
+            }
             if link_mtu < podrouter_router::uplink::MIN_LINK_MTU + MTU_OVERHEAD {
                 return Err(format!(
                     "uplink {} MTU {link_mtu} is too small for VXLAN",
@@ -656,6 +667,8 @@ mod tests {
     #[test]
     fn no_node_ip_means_no_uplink() {
         let cfg = Config::parse("", "t.toml").unwrap();
-        assert!(open(&cfg, &Arc::new(PathMtus::new())).unwrap().is_none());
+        assert!(open(&cfg, &Arc::new(PathMtus::new()), None)
+            .unwrap()
+            .is_none());
     }
 }

@@ -404,6 +404,7 @@ fn json(r: &Reply) -> String {
         Reply::ServiceDeleted(s) => serde_json::to_value(s),
         Reply::Services(s) => serde_json::to_value(s),
         Reply::Capture(i) | Reply::Trace(i) => serde_json::to_value(i),
+        Reply::Takeover(o) => serde_json::to_value(o),
     };
     v.and_then(|v| serde_json::to_string_pretty(&v))
         .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
@@ -584,6 +585,7 @@ fn text(r: &Reply) -> String {
         Reply::ServiceDeleted(s) => format!("deleted service {}/{}\n", s.namespace, s.name),
         Reply::Services(s) => service::table(s),
         Reply::Capture(i) | Reply::Trace(i) => format!("tap on {} (port {})\n", i.port, i.port_id),
+        Reply::Takeover(o) => format!("takeover offered by pid {}\n", o.pid),
         Reply::Endpoints(eps) => {
             let mut t = Table::new(&["IP", "NODE", "NAMESPACE", "NAME", "LABELS", "PORTS"]);
             for e in eps {

@@ -101,6 +101,31 @@ impl TapPort {
         Ok(port)
     }
 
+    /// Takes over a descriptor another podrouterd had open on a TAP (passed
+    /// over a unix socket, see podrouterd's `--takeover`): the same open
+    /// file, so its header size, offloads, non-blocking mode and the frames
+    /// queued on it are kept. Fails unless it is attached to a TAP with
+    /// podrouter's flags named `expected` (the name it has now).
+    pub fn adopt(fd: OwnedFd, expected: &str) -> io::Result<TapPort> {
+        let (name, flags) = sys::tun_get_iff(fd.as_fd())
+            .map_err(|e| with_context(e, || format!("handed-over descriptor for {expected}")))?;
+        if flags & sys::TAP_FLAGS != sys::TAP_FLAGS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "handed-over descriptor for {expected} is not a TAP with podrouter's flags"
+                ),
+            ));
+        }
+        if name != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("handed-over descriptor for {expected} is attached to {name}"),
+            ));
+        }
+        Ok(TapPort { fd })
+    }
+
     fn configure(&self) -> io::Result<()> {
         sys::tun_set_vnet_hdr_sz(self.fd.as_fd(), sys::VNET_HDR_SIZE)?;
         sys::tun_set_offload(self.fd.as_fd(), sys::TAP_OFFLOADS)

@@ -121,6 +121,24 @@ impl Uplink {
         })
     }
 
+    /// Takes over the raw socket another podrouterd had open (passed over
+    /// a unix socket, see podrouterd's `--takeover`), with the packets
+    /// queued on it; `local` and `link_mtu` as for [`Uplink::open`].
+    pub fn adopt(fd: OwnedFd, local: Ipv4Addr, link_mtu: u16) -> io::Result<Uplink> {
+        if link_mtu < MIN_LINK_MTU {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("uplink MTU {link_mtu} is below {MIN_LINK_MTU}"),
+            ));
+        }
+        Ok(Uplink {
+            fd,
+            local,
+            link_mtu: usize::from(link_mtu),
+            tx_dropped: AtomicU64::new(0),
+        })
+    }
+
     /// The node address outer packets come from and go to.
     pub fn local(&self) -> Ipv4Addr {
         self.local

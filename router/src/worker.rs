@@ -10,7 +10,10 @@
 //! without an fd are polled every round; a round takes at most one batch
 //! from each port, so a flooding port's backlog waits for later rounds
 //! instead of delaying its neighbours; nothing on
-//! the per-frame path allocates, locks or logs.
+//! the per-frame path allocates, locks or logs; a paused worker
+//! ([`WorkerHandle::pause`], for a takeover) receives from no port until
+//! it is resumed, and it pauses only between rounds, after the round's
+//! frames were sent.
 //!
 //! Transmit: each worker owns one [`TxQueue`] per egress port it has sent
 //! to (DPDK l3fwd's `tx_mbufs[port]` per lcore), made by the port the first
@@ -73,7 +76,16 @@ enum Command {
     AddPort(PortId, Arc<dyn Port>),
     /// Stop receiving from the port; the sender is told when done.
     RemovePort(PortId, Sender<()>),
+    /// Stop receiving from every port (after the current round, whose
+    /// frames are sent on); the sender is told once no receive will run.
+    Pause(Sender<()>),
+    /// Receive again after a pause.
+    Resume,
 }
+
+/// How long a paused worker waits for a command before it looks at the
+/// stop flag again (a command or a stop also wakes it at once).
+const PAUSED_WAIT: Duration = Duration::from_millis(100);
 
 /// The control thread's handle on a running worker.
 pub struct WorkerHandle {
@@ -108,6 +120,7 @@ impl WorkerHandle {
             poll,
             commands: rx,
             stop: stop.clone(),
+            paused: false,
             counters: counters.clone(),
             owned: Vec::new(),
             tx: TxQueues::default(),
@@ -146,6 +159,22 @@ impl WorkerHandle {
         self.send(Command::RemovePort(id, tx))?;
         self.ports = self.ports.saturating_sub(1);
         Ok(PortRelease(rx))
+    }
+
+    /// Stops receiving from every port, ports added later included, until
+    /// [`WorkerHandle::resume`]: what was received is sent on first, and
+    /// frames arriving meanwhile wait in the ports' own queues (a TAP's,
+    /// a socket's). Used by a takeover: the old daemon pauses before it
+    /// hands its descriptors over, the new one starts paused.
+    pub fn pause(&self) -> io::Result<PortRelease> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Command::Pause(tx))?;
+        Ok(PortRelease(rx))
+    }
+
+    /// Receives again after [`WorkerHandle::pause`].
+    pub fn resume(&self) -> io::Result<()> {
+        self.send(Command::Resume)
     }
 
     /// Ports this worker receives from.
@@ -210,6 +239,8 @@ struct Worker {
     poll: Poll,
     commands: Receiver<Command>,
     stop: Arc<AtomicBool>,
+    /// Paused ([`Command::Pause`]): no port is received from.
+    paused: bool,
     counters: Arc<SharedCounters>,
     owned: Vec<OwnedPort>,
     tx: TxQueues,
@@ -231,6 +262,12 @@ impl Worker {
         while !self.stop.load(Ordering::Acquire) {
             if self.apply_commands().is_err() {
                 break; // control thread is gone
+            }
+            if self.paused {
+                // Readiness seen now is not lost: every port counts as
+                // ready again at the resume.
+                self.collect_ready(&mut events, Some(PAUSED_WAIT));
+                continue;
             }
             let timeout = if self.poll_round() {
                 idle_rounds = 0;
@@ -307,6 +344,18 @@ impl Worker {
                         }
                     }
                     let _ = done.send(());
+                }
+                Ok(Command::Pause(done)) => {
+                    // Called between rounds: the last round's frames have
+                    // been flushed, and no receive runs until the resume.
+                    self.paused = true;
+                    let _ = done.send(());
+                }
+                Ok(Command::Resume) => {
+                    self.paused = false;
+                    for p in &mut self.owned {
+                        p.ready = true;
+                    }
                 }
                 Err(TryRecvError::Empty) => return Ok(()),
                 Err(TryRecvError::Disconnected) => return Err(()),
@@ -764,6 +813,7 @@ mod tests {
             poll: Poll::new().unwrap(),
             commands: mpsc::channel().1,
             stop: Arc::new(AtomicBool::new(false)),
+            paused: false,
             counters: Arc::new(SharedCounters::default()),
             owned: vec![owned(flood_id, &flood), owned(quiet_id, &quiet)],
             tx: TxQueues::default(),
@@ -775,6 +825,47 @@ mod tests {
         assert!(worker.poll_round());
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
+    }
+
+    /// A paused worker receives nothing, from ports it had and ports added
+    /// meanwhile; what waited is received once it is resumed.
+    #[test]
+    fn a_paused_worker_receives_nothing_until_resumed() {
+        let cfg = WorkerConfig {
+            id: 0,
+            core: None,
+            batch_size: 8,
+            pipeline: PipelineConfig {
+                router_mac: crate::ROUTER_MAC,
+                node_ip: Ipv4Addr::new(192, 168, 0, 2),
+                icmp_rate_per_sec: 0,
+                icmp_burst: 0,
+                arp_rate_per_sec: 0,
+                arp_burst: 0,
+            },
+            flows: Arc::new(FlowTable::new(8, Default::default())),
+            policies: Arc::new(crate::policy::Policies::new()),
+            services: Arc::new(crate::service::Services::new()),
+            taps: Arc::new(Taps::new()),
+            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
+        };
+        let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
+        let mut w = WorkerHandle::spawn(cfg, Arc::new(Fib::new()), ports).unwrap();
+        let (a, b) = (Arc::new(MemPort::new()), Arc::new(MemPort::new()));
+        w.add_port(PortId(0), a.clone()).unwrap();
+        w.pause().unwrap().wait().unwrap();
+        w.add_port(PortId(1), b.clone()).unwrap();
+        a.inject(&[0; 60]);
+        b.inject(&[0; 60]);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(w.counters.rx.get(), 0, "a paused worker received");
+        w.resume().unwrap();
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        while w.counters.rx.get() < 2 && std::time::Instant::now() < give_up {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.counters.rx.get(), 2);
+        w.stop();
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub use serde_json::Value;
 pub mod bgp;
 pub mod multinode;
 pub mod netpol;
+pub mod probe;
+pub mod takeover;
 
 /// The node address every test node gets (each node has its own netns).
 pub const NODE_IP: &str = "192.168.200.1";

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
+use podrouter_e2e::probe::probe_across;
 use podrouter_e2e::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -29,108 +30,6 @@ fn ip(i: usize) -> String {
 }
 fn block(i: usize) -> String {
     format!("10.244.{}.0/26", 40 + i)
-}
-
-const RECEIVER: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 9000))
-s.settimeout(0.2)
-end = time.time() + float(sys.argv[1])
-got = set()
-while time.time() < end:
-    try:
-        d, _ = s.recvfrom(64)
-        got.add(int(d))
-    except socket.timeout:
-        pass
-    except ValueError:
-        pass
-seq = sorted(got)
-gap, at = 0, -1
-for a, b in zip(seq, seq[1:]):
-    if b - a - 1 > gap:
-        gap, at = b - a - 1, a
-print(len(seq), seq[0] if seq else -1, seq[-1] if seq else -1, gap, at)
-"#;
-
-const SENDER: &str = r#"
-import socket, sys, time
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-n = int(sys.argv[1])
-dsts = sys.argv[2:]
-t0 = time.monotonic()
-for i in range(n):
-    d = t0 + i / 1000.0 - time.monotonic()
-    if d > 0:
-        time.sleep(d)
-    for x in dsts:
-        try:
-            s.sendto(str(i).encode(), (x, 9000))
-        except OSError:
-            pass
-    if i == 200:
-        print("flowing", flush=True)
-"#;
-
-/// What a receiver saw: probes received, first and last sequence number,
-/// the longest run lost between two received ones and where it began.
-#[derive(Debug)]
-struct Seen {
-    count: u64,
-    first: i64,
-    last: i64,
-    gap: u64,
-    at: i64,
-}
-
-fn parse_seen(out: &Out) -> Seen {
-    let w: Vec<i64> = out
-        .stdout
-        .split_whitespace()
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    assert_eq!(w.len(), 5, "receiver printed {out}");
-    Seen {
-        count: w[0] as u64,
-        first: w[1],
-        last: w[2],
-        gap: w[3] as u64,
-        at: w[4],
-    }
-}
-
-/// Runs the probe stream from `from` to `to` pods while `restart` runs
-/// [`STOP_AFTER`] the stream is flowing; returns what each receiver saw, in `to`'s order.
-fn probe_across(from: &Pod, to: &[&Pod], restart: impl FnOnce()) -> Vec<Seen> {
-    let listen = format!("{}", STREAM_MS / 1000 + 4);
-    let receivers: Vec<_> = to
-        .iter()
-        .map(|p| {
-            let ns = p.ns.clone();
-            let listen = listen.clone();
-            std::thread::spawn(move || run_in(&ns, &["python3", "-c", RECEIVER, &listen]))
-        })
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    let mut cmd = std::process::Command::new("ip");
-    cmd.args(["netns", "exec", &from.ns, "python3", "-c", SENDER])
-        .arg(STREAM_MS.to_string())
-        .args(to.iter().map(|p| p.ip.as_str()))
-        .stdout(std::process::Stdio::piped());
-    let mut sender = cmd.spawn().expect("spawn the probe sender");
-    let mut line = String::new();
-    let mut out = std::io::BufReader::new(sender.stdout.take().expect("piped"));
-    std::io::BufRead::read_line(&mut out, &mut line).expect("read the sender");
-    assert_eq!(line.trim(), "flowing", "the sender did not start");
-    std::thread::sleep(STOP_AFTER);
-    restart();
-    let status = sender.wait().expect("wait for the sender");
-    assert!(status.success(), "sender: {status}");
-    receivers
-        .into_iter()
-        .map(|r| parse_seen(&r.join().expect("receiver thread")))
-        .collect()
 }
 
 #[test]
@@ -172,7 +71,7 @@ fn restart_gap_for_local_and_learned_traffic() {
 
     let mut report = Vec::new();
     for sig in ["TERM", "KILL"] {
-        let seen = probe_across(&a1, &[&b1, &a2], || {
+        let (seen, _) = probe_across(&a1, &[&b1, &a2], STREAM_MS, STOP_AFTER, || {
             a.stop_daemon(sig);
             a.start_daemon();
         });

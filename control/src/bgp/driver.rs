@@ -288,8 +288,21 @@ impl BgpHandle {
     /// Stops every session and the thread. With graceful restart
     /// configured the sessions close without a NOTIFICATION (peers keep
     /// our routes for the restart time) and the restart marker is written.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
         let graceful = self.graceful_restart;
+        self.stop_as(graceful);
+    }
+
+    /// Stops as a graceful restart whatever the config says, for a
+    /// takeover: the FIB and the learned blocks' kernel routes stay, the
+    /// learned routes are saved for the new daemon, and the sessions close
+    /// without a NOTIFICATION (peers that negotiated graceful restart keep
+    /// our routes until the new daemon's sessions are up).
+    pub fn stop_for_handover(self) {
+        self.stop_as(true);
+    }
+
+    fn stop_as(mut self, graceful: bool) {
         let _ = self.tx.send(Command::Stop { graceful });
         let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use podrouter_control::config::Config;
 use podrouter_control::daemon::Daemon;
-use podrouter_control::{logger, metrics, sd_notify, server};
+use podrouter_control::{logger, metrics, sd_notify, server, takeover};
 
 /// podrouter's node daemon: a polled userspace router for pod networks.
 #[derive(Parser)]
@@ -20,6 +20,12 @@ struct Args {
     /// running podrouterd first; prints what was removed.
     #[arg(long)]
     uninstall: bool,
+    /// Take over from the podrouterd running with the same config (an
+    /// upgrade): it hands over its TAPs, sockets and API listener and
+    /// exits; frames that arrive meanwhile wait in the TAPs' queues. If it
+    /// refuses or the takeover fails, it carries on and this exits 1.
+    #[arg(long, conflicts_with = "uninstall")]
+    takeover: bool,
 }
 
 /// How long `--uninstall` waits for a running podrouterd to stop.
@@ -56,18 +62,38 @@ fn main() -> ExitCode {
         };
     }
     logger::init(cfg.log_level.filter());
-    if let Some(m) = &cfg.metrics {
+    let metrics_args = cfg.metrics.as_ref().map(|m| {
         let (api, host) = (cfg.api_socket.clone(), cfg.dataplane.host_port.clone());
-        if let Err(e) = metrics::spawn(m.listen, api, host) {
-            log::error!("cannot serve metrics on {}: {e}", m.listen);
-            return ExitCode::from(1);
+        (m.listen, api, host)
+    });
+    let mut daemon = if args.takeover {
+        let d = match takeover::take_over(cfg, args.config.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("takeover: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        // The old daemon is exiting and lets go of the metrics port.
+        if let Some((listen, api, host)) = metrics_args {
+            if let Err(e) = spawn_metrics_when_free(listen, api, host) {
+                log::error!("cannot serve metrics on {listen}: {e}");
+            }
         }
-    }
-    let mut daemon = match Daemon::start(cfg, args.config.clone()) {
-        Ok(d) => d,
-        Err(e) => {
-            log::error!("cannot start: {e}");
-            return ExitCode::from(e.exit_code());
+        d
+    } else {
+        if let Some((listen, api, host)) = metrics_args {
+            if let Err(e) = metrics::spawn(listen, api, host) {
+                log::error!("cannot serve metrics on {listen}: {e}");
+                return ExitCode::from(1);
+            }
+        }
+        match Daemon::start(cfg, args.config.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                log::error!("cannot start: {e}");
+                return ExitCode::from(e.exit_code());
+            }
         }
     };
     // READY=1 only now: pods, routes and BGP are restored, the workers
@@ -80,6 +106,27 @@ fn main() -> ExitCode {
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// [`metrics::spawn`], retried while the address is in use (by the daemon
+/// we took over from, until it has exited), for at most 5 s.
+fn spawn_metrics_when_free(
+    listen: std::net::SocketAddr,
+    api: PathBuf,
+    host: String,
+) -> std::io::Result<()> {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match metrics::spawn(listen, api.clone(), host.clone()) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
         }
     }
 }

@@ -75,6 +75,13 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
                 // A capture or trace takes the connection over.
                 return owner.send(ToOwner::Stream { call, conn: stream });
             }
+            Ok(podrouter_api::Call::Takeover(params)) => {
+                // So does a takeover: the descriptors go over it.
+                return owner.send(ToOwner::Takeover {
+                    params,
+                    conn: stream,
+                });
+            }
             Ok(call) => serve_call(call, owner)?,
             Err(e) => {
                 ApiStats::count(&stats.bad_requests);
