@@ -53,8 +53,9 @@
 //! nodes' clients are balanced on their own node) or to NodePorts and
 //! external IPs: the node's kube-proxy keeps those, and the host-NAT stage
 //! keeps them correct. Fragments and ICMP to a ClusterIP are dropped
-//! (`service_untranslatable`), so an ICMP error a client sends about a
-//! backend's reply is not translated.
+//! (`service_untranslatable`), but for an ICMP error a client sends
+//! about a reply of a balanced flow ([`dnat_icmp_error`]: on to the
+//! backend, the quote as the backend sent it).
 //!
 //! Cost: nothing but one branch without services; with services, one
 //! hash probe per packet from a pod (is the destination a ClusterIP?),
@@ -110,7 +111,7 @@ pub(super) fn dnat(
         return Ok(None);
     }
     let Some(pkt) = conntrack::parse(ip).filter(|p| p.key.proto != conntrack::PROTO_ICMP) else {
-        return Err(Fault::Drop(DropReason::ServiceUntranslatable));
+        return dnat_icmp_error(ctx, frame, vip);
     };
     let key = pkt.key;
     let tcp = key.proto == PROTO_TCP;
@@ -190,6 +191,55 @@ pub(super) fn dnat(
         vip,
         vport: key.dport,
     }))
+}
+
+/// An ICMP error from a local pod to a ClusterIP about a reply it got
+/// through the balancer (port unreachable: the client closed its
+/// socket): sent on to the flow's backend, the quote turned back into
+/// the reply as the backend sent it. Anything else ICMP to a ClusterIP
+/// (echo, an error about no balanced flow) is dropped.
+#[cold]
+fn dnat_icmp_error(
+    ctx: &BatchContext<'_>,
+    frame: &mut Frame,
+    vip: Ipv4Addr,
+) -> Result<Option<Translated>, Fault> {
+    let untranslatable = Err(Fault::Drop(DropReason::ServiceUntranslatable));
+    let ip = &frame.data()[ETH..];
+    let Some(quoted) = conntrack::parse_icmp_error_quote(ip).filter(|q| q.src == vip) else {
+        return untranslatable;
+    };
+    let Some(hit) = ctx.flows.lookup(&quoted, ctx.now_ns / 1_000_000) else {
+        return untranslatable;
+    };
+    let Nat::Dnat(to, to_port) = hit.nat() else {
+        return untranslatable;
+    };
+    if hit.dir != Dir::Reply {
+        return untranslatable;
+    }
+    let partial = frame.vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
+    let ip = &mut frame.data_mut()[ETH..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    set_addr(ip, 16, to);
+    let icmp = &mut ip[hl..];
+    rewrite_endpoint(&mut icmp[8..], Side::Src, to, to_port, Csum::Quoted);
+    if !partial {
+        fill_icmp_checksum(icmp);
+    }
+    Ok(Some(Translated {
+        backend: to,
+        backend_port: to_port,
+        vip,
+        vport: quoted.sport,
+    }))
+}
+
+/// Writes the checksum of the ICMP message `icmp`.
+fn fill_icmp_checksum(icmp: &mut [u8]) {
+    icmp[2..4].fill(0);
+    let c = !ones_complement_sum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Removes both entries of the flow `h` found (client `key` to the
@@ -360,9 +410,7 @@ fn un_dnat_icmp_error(ctx: &BatchContext<'_>, frame: &mut Frame, now_ms: u64) {
     let icmp = &mut ip[hl..];
     rewrite_endpoint(&mut icmp[8..], Side::Dst, vip, vport, Csum::Quoted);
     if !partial {
-        icmp[2..4].fill(0);
-        let c = !ones_complement_sum(icmp);
-        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        fill_icmp_checksum(icmp);
     }
 }
 
@@ -1160,6 +1208,41 @@ mod tests {
         assert_eq!(
             crate::service::cut_stale_flows(&env.flows, &env.services),
             1
+        );
+    }
+
+    #[test]
+    fn a_clients_icmp_error_about_a_reply_goes_to_the_backend() {
+        let mut env = uplink_env(EncapMode::Always);
+        env.services = table(&[(B_IP, 5353)], 0);
+        from_pod(
+            &mut env,
+            POD_A,
+            A_MAC,
+            &packet(A_IP, VIP, PROTO_UDP, 40000, 53, 0),
+        );
+        let (v, f) = from_pod(
+            &mut env,
+            POD_B,
+            B_MAC,
+            &packet(B_IP, A_IP, PROTO_UDP, 5353, 40000, 0),
+        );
+        assert_eq!(v, fwd(POD_A));
+        let reply = f.data()[14..].to_vec();
+        assert_eq!(ends(&reply).0, (VIP, 53));
+        // The client's socket is gone: port unreachable, to the ClusterIP.
+        let err = icmp_error(A_IP, VIP, 3, 3, &reply);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &err);
+        assert_eq!(v, fwd(POD_B));
+        let ((src, dst), inner) = icmp_parts(&f);
+        assert_eq!((src, dst), (A_IP, B_IP));
+        assert_eq!(ends(&inner), ((B_IP, 5353), (A_IP, 40000)));
+        assert_checksums(&inner);
+        // About no balanced flow: dropped, as any other ICMP to it.
+        let other = packet(VIP, A_IP, PROTO_UDP, 53, 40999, 0);
+        assert_eq!(
+            from_pod(&mut env, POD_A, A_MAC, &icmp_error(A_IP, VIP, 3, 3, &other)).0,
+            Verdict::Drop(DropReason::ServiceUntranslatable)
         );
     }
 }
