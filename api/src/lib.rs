@@ -258,6 +258,10 @@ pub struct ServicePortInfo {
     /// New flows refused for want of a ready backend.
     pub rejected: u64,
     pub backends: Vec<ServiceBackendInfo>,
+    /// Flows cut because their backend left the port (removed from the
+    /// EndpointSlices or no longer ready). Absent from older daemons.
+    #[serde(default)]
+    pub cut: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -806,6 +810,11 @@ pub struct FlowCountersInfo {
     /// New connections network policy checked and allowed (then tracked).
     #[serde(default)]
     pub policy_allowed: u64,
+    /// Entries removed before their timeout because what they stood for
+    /// went away (a Service of the built-in load balancer, or a backend of
+    /// it: each flow has two entries). Absent from older daemons.
+    #[serde(default)]
+    pub purged: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

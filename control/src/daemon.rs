@@ -228,8 +228,8 @@ impl Daemon {
         }
         let policy_store = PolicyStore::open(&cfg.state_dir).map_err(StartError::Policy)?;
         let policies = Arc::new(Policies::new());
-        let service_store =
-            crate::service::ServiceStore::open(&cfg.state_dir).map_err(StartError::Service)?;
+        let service_store = crate::service::ServiceStore::open(&cfg.state_dir, &cfg.node_name)
+            .map_err(StartError::Service)?;
         let services = Arc::new(podrouter_router::service::Services::new());
         let fib = Arc::new(Fib::new());
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
@@ -1126,6 +1126,7 @@ impl Daemon {
                 expired: self.flows.expired(),
                 steered_to_host: s.flows_steered,
                 policy_allowed: s.policy_allowed,
+                purged: self.flows.purged(),
             },
             drops: s
                 .drops

@@ -323,6 +323,11 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             c.flows.steered_to_host,
         ),
         (
+            "flows_purged_total",
+            "Flow-table entries removed because their Service or backend went away.",
+            c.flows.purged,
+        ),
+        (
             "policy_allowed_connections_total",
             "New connections network policy checked and allowed (then tracked).",
             c.flows.policy_allowed,
@@ -497,6 +502,11 @@ fn render_services(f: &Families, services: &[ServiceInfo]) {
         "New flows to a ClusterIP port refused for want of a ready backend.",
         &svc,
     );
+    let cut = f.counter(
+        "service_cut_flows_total",
+        "Flows to a ClusterIP port cut because their backend left it.",
+        &svc,
+    );
     let ready = f.gauge(
         "service_ready_backends",
         "Ready backends of a ClusterIP port.",
@@ -525,6 +535,7 @@ fn render_services(f: &Families, services: &[ServiceInfo]) {
             packets.with_label_values(&l).inc_by(p.packets);
             flows.with_label_values(&l).inc_by(p.flows);
             rejected.with_label_values(&l).inc_by(p.rejected);
+            cut.with_label_values(&l).inc_by(p.cut);
             ready
                 .with_label_values(&l)
                 .set(gauge_value(p.backends.len() as u64));
@@ -602,6 +613,7 @@ mod tests {
         };
         counters.worker_busy_ns = vec![1_500_000_000, 0];
         counters.flows.policy_allowed = 6;
+        counters.flows.purged = 8;
         counters.attach = OpStatsInfo {
             ok: 3,
             failed: 1,
@@ -634,7 +646,8 @@ mod tests {
             "namespace": "kube-system", "name": "dns", "cluster_ip": "10.96.0.10",
             "affinity_secs": 0, "ports": [{
                 "name": "dns", "protocol": "UDP", "port": 53, "packets": 9, "flows": 4,
-                "rejected": 1, "backends": [{"ip": "10.244.1.5", "port": 5353, "packets": 9, "flows": 4}]
+                "rejected": 1, "cut": 2,
+                "backends": [{"ip": "10.244.1.5", "port": 5353, "packets": 9, "flows": 4}]
             }]
         }]))
         .unwrap();
@@ -669,9 +682,11 @@ mod tests {
             r#"podrouter_bgp_prefixes_accepted{peer="10.0.0.2"} 1"#,
             r#"podrouter_service_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 4"#,
             r#"podrouter_service_rejected_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
+            r#"podrouter_service_cut_flows_total{namespace="kube-system",port="53",protocol="UDP",service="dns"} 2"#,
             r#"podrouter_service_backend_packets_total{backend="10.244.1.5:5353",namespace="kube-system",port="53",protocol="UDP",service="dns"} 9"#,
             r#"podrouter_service_ready_backends{namespace="kube-system",port="53",protocol="UDP",service="dns"} 1"#,
             "podrouter_policy_allowed_connections_total 6",
+            "podrouter_flows_purged_total 8",
             r#"podrouter_worker_busy_seconds_total{worker="0"} 1.5"#,
             r#"podrouter_worker_busy_seconds_total{worker="1"} 0"#,
             r#"podrouter_pod_attach_total{result="ok"} 3"#,

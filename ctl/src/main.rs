@@ -670,6 +670,7 @@ fn text(r: &Reply) -> String {
                 ("flows expired", c.flows.expired),
                 ("flows steered_to_host", c.flows.steered_to_host),
                 ("policy allowed", c.flows.policy_allowed),
+                ("flows purged", c.flows.purged),
             ] {
                 t.row([k.to_string(), v.to_string()]);
             }

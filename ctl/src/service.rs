@@ -52,6 +52,7 @@ pub fn table(services: &[ServiceInfo]) -> String {
         "PACKETS",
         "FLOWS",
         "REJECTED",
+        "CUT",
         "AFFINITY",
     ]);
     for s in services {
@@ -86,6 +87,7 @@ pub fn table(services: &[ServiceInfo]) -> String {
                 p.packets.to_string(),
                 p.flows.to_string(),
                 p.rejected.to_string(),
+                p.cut.to_string(),
                 affinity.clone(),
             ]);
             for b in &p.backends {

@@ -240,6 +240,22 @@ fn l4_key(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4: &[u8]) -> Option<FlowKey>
     })
 }
 
+/// The key of a flow's first packet from its stored canonical words
+/// ([`FlowKey::canonical`]) and whether that packet went from the
+/// canonical second endpoint to the first.
+fn original_key(addrs: u64, ports: u64, swapped: bool) -> FlowKey {
+    let lo = (Ipv4Addr::from((addrs >> 32) as u32), (ports >> 48) as u16);
+    let hi = (Ipv4Addr::from(addrs as u32), (ports >> 32) as u16);
+    let ((src, sport), (dst, dport)) = if swapped { (hi, lo) } else { (lo, hi) };
+    FlowKey {
+        src,
+        dst,
+        sport,
+        dport,
+        proto: (ports >> 24) as u8,
+    }
+}
+
 /// Idle timeouts, in seconds; the defaults are the Linux kernel's
 /// nf_conntrack defaults (`net.netfilter.nf_conntrack_*_timeout*`). SCTP
 /// is tracked by ports only, with UDP's unreplied timeout and the
@@ -500,6 +516,8 @@ pub struct FlowTable {
     used: CachePadded<AtomicUsize>,
     /// Entries freed because they expired (sweep or reuse).
     expired: CachePadded<AtomicU64>,
+    /// Entries removed by [`FlowTable::purge`].
+    purged: CachePadded<AtomicU64>,
 }
 
 impl fmt::Debug for FlowTable {
@@ -543,6 +561,7 @@ impl FlowTable {
             timeouts,
             used: CachePadded::new(AtomicUsize::new(0)),
             expired: CachePadded::new(AtomicU64::new(0)),
+            purged: CachePadded::new(AtomicU64::new(0)),
         }
     }
 
@@ -802,6 +821,61 @@ impl FlowTable {
                 Err(_) => return false,
             }
         }
+    }
+
+    /// Removes every live entry (expired or not) for which `doomed`
+    /// returns true, given the entry's key as its flow's first packet
+    /// carried it and its translation; returns how many went. For the
+    /// control thread when what an entry stands for went away (a Service
+    /// or a backend of the built-in load balancer): one pass over the
+    /// slots, like [`sweep`](Self::sweep), reading a slot's key only when
+    /// it is live and carries a translation. An entry whose slot is
+    /// reused during the pass is left alone (the seqlock check fails);
+    /// a packet of a removed flow finds no entry and starts a new one.
+    pub fn purge(&self, mut doomed: impl FnMut(&FlowKey, Nat) -> bool) -> usize {
+        if self.is_empty() {
+            return 0;
+        }
+        let mut removed = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            let meta = self.meta(i);
+            let m = meta.load(Ordering::Acquire);
+            if m & LIFE_MASK != LIVE {
+                continue;
+            }
+            let nat_word = e.nat.load(Ordering::Relaxed);
+            if nat_word == 0 {
+                continue;
+            }
+            let (addrs, ports) = (
+                e.addrs.load(Ordering::Relaxed),
+                e.ports.load(Ordering::Relaxed),
+            );
+            fence(Ordering::Acquire);
+            if (meta.load(Ordering::Relaxed) ^ m) & IDENTITY != 0 {
+                continue;
+            }
+            let key = original_key(addrs, ports, m & ORIG_SWAPPED != 0);
+            if !doomed(&key, Nat::decode(nat_word)) {
+                continue;
+            }
+            let hit = Hit {
+                slot: i as u32,
+                meta: m,
+                nat: nat_word,
+                dir: Dir::Original,
+            };
+            if self.remove(&hit) {
+                removed += 1;
+            }
+        }
+        self.purged.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    /// Entries removed by [`purge`](Self::purge) since the start.
+    pub fn purged(&self) -> u64 {
+        self.purged.load(Ordering::Relaxed)
     }
 
     /// Frees every expired entry; returns how many. Any thread may call
@@ -1268,5 +1342,44 @@ mod tests {
             t.lookup(&tcp(7, 0).key, 0).unwrap().tcp_state(),
             TcpState::SynRecv
         );
+    }
+
+    #[test]
+    fn purge_removes_what_the_caller_dooms_with_the_key_as_first_sent() {
+        let t = FlowTable::new(1024, Timeouts::default());
+        let backend = Ipv4Addr::new(10, 244, 9, 9);
+        // Both canonical orders of the first packet, a translated entry
+        // each; and an entry without a translation, never offered.
+        let up = udp(40000);
+        let mut down = udp(40001);
+        down.key = down.key.reversed();
+        for p in [&up, &down] {
+            assert_eq!(
+                t.record_nat(p, 0, Nat::Dnat(backend, 5353), 1),
+                Record::Inserted
+            );
+        }
+        assert_eq!(t.record(&udp(40002), 0, 1), Record::Inserted);
+        let mut offered = Vec::new();
+        let removed = t.purge(|k, nat| {
+            offered.push((*k, nat));
+            k.sport == 40000
+        });
+        assert_eq!(removed, 1);
+        assert_eq!(t.purged(), 1);
+        offered.sort_by_key(|(k, _)| (k.sport, k.dport));
+        assert_eq!(
+            offered,
+            [
+                (down.key, Nat::Dnat(backend, 5353)),
+                (up.key, Nat::Dnat(backend, 5353))
+            ]
+        );
+        assert!(t.lookup(&up.key, 1).is_none());
+        assert!(t.lookup(&down.key, 1).is_some());
+        assert!(t.lookup(&udp(40002).key, 1).is_some());
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.purge(|_, _| true), 1);
+        assert_eq!(t.len(), 1);
     }
 }

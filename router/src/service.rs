@@ -6,8 +6,10 @@
 //! [`ServiceTable`] is an immutable snapshot: per ClusterIP (one hash
 //! probe), its frontends (port and protocol, a short list scanned
 //! linearly), each with its ready backends (address and target port), the
-//! [`Maglev`] table that picks one per flow, and the `ClientIP` session
-//! affinity timeout if any. [`Services`] publishes snapshots the way
+//! [`Maglev`] table that picks one per flow, its draining backends
+//! (terminating but serving: they keep their flows, get no new one), and
+//! the `ClientIP` session affinity timeout if any. [`cut_stale_flows`]
+//! removes from the flow table the flows a new snapshot no longer serves. [`Services`] publishes snapshots the way
 //! [`crate::policy::Policies`] does: one `ArcSwap`, a worker loads it once
 //! per batch and never blocks, the control thread builds the next table
 //! aside and swaps it in. The control plane (`control/src/service/`)
@@ -40,6 +42,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use crossbeam_utils::CachePadded;
 
+use crate::conntrack::{FlowTable, Nat, PROTO_AFFINITY};
 use crate::fib::KeyHash;
 use crate::maglev::{Maglev, MaglevError};
 
@@ -53,6 +56,11 @@ pub struct SvcCounters {
     /// New flows refused for want of a ready backend (reset / port
     /// unreachable sent or not, rate limits apply).
     pub rejected: CachePadded<AtomicU64>,
+    /// Flows cut because their backend left the port (removed from its
+    /// EndpointSlices or no longer ready): their entries removed, by
+    /// [`cut_stale_flows`] when the table changed or by the data path
+    /// on the flow's next packet, whichever came first.
+    pub cut: CachePadded<AtomicU64>,
 }
 
 /// Counters of one backend of one service port.
@@ -83,6 +91,10 @@ pub struct FrontendSpec {
     pub proto: u8,
     /// Ready backends, in a stable order (the Maglev table depends on it).
     pub backends: Vec<Backend>,
+    /// Backends that take no new flow but keep the ones they have
+    /// (terminating endpoints still serving: a pod shutting down
+    /// gracefully).
+    pub draining: Vec<Backend>,
     /// `sessionAffinity: ClientIP`: seconds a client keeps its backend
     /// after its last new flow; 0: no affinity.
     pub affinity_secs: u32,
@@ -95,6 +107,7 @@ pub struct Frontend {
     pub port: u16,
     pub proto: u8,
     backends: Box<[Backend]>,
+    draining: Box<[Backend]>,
     maglev: Maglev,
     affinity_secs: u32,
     counters: Arc<SvcCounters>,
@@ -114,16 +127,23 @@ impl Frontend {
         self.backends.iter().find(|b| b.addr == addr)
     }
 
-    /// The backend at `addr`:`port` (an existing flow), if still listed.
+    /// The backend at `addr`:`port` (an existing flow), if it still
+    /// serves: ready or draining.
     #[inline]
     pub fn backend(&self, addr: Ipv4Addr, port: u16) -> Option<&Backend> {
         self.backends
             .iter()
+            .chain(self.draining.iter())
             .find(|b| b.addr == addr && b.port == port)
     }
 
     pub fn backends(&self) -> &[Backend] {
         &self.backends
+    }
+
+    /// Backends that keep their flows but take no new one.
+    pub fn draining(&self) -> &[Backend] {
+        &self.draining
     }
 
     pub fn affinity_secs(&self) -> u32 {
@@ -153,6 +173,11 @@ impl Frontend {
     #[inline]
     pub fn count_rejected(&self) {
         bump(&self.counters.rejected);
+    }
+
+    #[inline]
+    pub fn count_cut(&self) {
+        bump(&self.counters.cut);
     }
 }
 
@@ -184,6 +209,7 @@ impl ServiceTable {
             port: spec.port,
             proto: spec.proto,
             backends: spec.backends.into_boxed_slice(),
+            draining: spec.draining.into_boxed_slice(),
             maglev,
             affinity_secs: spec.affinity_secs,
             counters: spec.counters,
@@ -264,6 +290,50 @@ impl Services {
     }
 }
 
+/// Removes from `flows` the entries of the built-in balancer's flows
+/// that `table` (just published) no longer serves: a flow whose service
+/// port is gone (its Service deleted, the port removed) or whose backend
+/// left the port, and a client's session affinity to a ClusterIP that is
+/// gone. Both entries of a flow go (the client's, carrying
+/// [`Nat::Dnat`], and the translated one, carrying [`Nat::UnDnat`]), so
+/// the flow's next packet is a new flow: balanced again among the
+/// backends left (a TCP segment that is no SYN then gets a reset from the
+/// new backend, the one the client sees coming from the ClusterIP), or
+/// refused if there is none. Returns the flows cut (client entries), each
+/// counted in its service port's `cut` when the port remains.
+///
+/// The control thread's, after each publication: one pass over the flow
+/// table. A worker still holding the previous snapshot may give a flow
+/// the removed backend during the pass; the data path cuts such a flow
+/// on its next packet (see `pipeline::service`).
+pub fn cut_stale_flows(flows: &FlowTable, table: &ServiceTable) -> usize {
+    let mut cut = 0;
+    flows.purge(|key, nat| match nat {
+        // key: the client's packet to the ClusterIP.
+        Nat::Dnat(to, to_port) => {
+            let stale = match table.frontend(key.dst, key.dport, key.proto) {
+                Some(fe) if fe.backend(to, to_port).is_some() => false,
+                Some(fe) => {
+                    fe.count_cut();
+                    true
+                }
+                None => true,
+            };
+            cut += usize::from(stale);
+            stale
+        }
+        // key: the client's packet as translated to the backend.
+        Nat::UnDnat(vip, vport) => table
+            .frontend(vip, vport, key.proto)
+            .is_none_or(|fe| fe.backend(key.dst, key.dport).is_none()),
+        // key: (client, ClusterIP, 0, service port); its backend is
+        // checked on the client's next new flow.
+        Nat::Affinity { .. } => key.proto == PROTO_AFFINITY && !table.is_vip(key.dst),
+        Nat::None => false,
+    });
+    cut
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +359,7 @@ mod tests {
                     port,
                     proto,
                     backends: vec![backend(2, 5353), backend(3, 5353)],
+                    draining: vec![backend(4, 5353)],
                     affinity_secs: 0,
                     counters: Arc::default(),
                 },
@@ -306,6 +377,11 @@ mod tests {
         let b = f.pick(12345).unwrap();
         assert_eq!(b.port, 5353);
         assert_eq!(f.backend_at(b.addr).unwrap().addr, b.addr);
+        // A draining backend keeps its flows but gets no new one.
+        let d = Ipv4Addr::new(10, 244, 1, 4);
+        assert!(f.backend(d, 5353).is_some());
+        assert!(f.backend_at(d).is_none());
+        assert!((0..1000).all(|h| f.pick(h).unwrap().addr != d));
         f.count(Some(b), true);
         f.count(Some(b), false);
         assert_eq!(f.counters().packets.load(Ordering::Relaxed), 2);
@@ -318,6 +394,7 @@ mod tests {
                 port: 53,
                 proto: 17,
                 backends: vec![],
+                draining: vec![],
                 affinity_secs: 0,
                 counters: Arc::default(),
             },

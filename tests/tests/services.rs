@@ -455,3 +455,167 @@ fn cluster_ip_with_the_built_in_balancer() {
         "the deleted service still answers: {out}"
     );
 }
+
+/// The Service of [`the_built_in_balancer_follows_its_backends`]: TCP 80
+/// and UDP 53 as above, and UDP 54 to port 5454 where no backend
+/// listens; `endpoints` are (address, nodeName); `spec_extra` is added to
+/// the spec (one `  key: value` line).
+fn lb_yaml(endpoints: &[(&str, &str)], spec_extra: &str) -> String {
+    let endpoints: String = endpoints
+        .iter()
+        .map(|(ip, node)| format!("- addresses: [{ip}]\n  nodeName: {node}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: default}}\nspec:\n  \
+         clusterIP: {CLUSTER_IP}\n  ports:\n  \
+         - {{name: http, port: 80, protocol: TCP, targetPort: 80}}\n  \
+         - {{name: dns, port: 53, protocol: UDP, targetPort: 53}}\n  \
+         - {{name: nolisten, port: 54, protocol: UDP, targetPort: 5454}}\n{spec_extra}---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: svc-x1\n  \
+         namespace: default\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\n\
+         endpoints:\n{endpoints}ports:\n- {{name: http, port: 80, protocol: TCP}}\n\
+         - {{name: dns, port: 53, protocol: UDP}}\n- {{name: nolisten, port: 5454, protocol: UDP}}\n"
+    )
+}
+
+/// `HOST PORT N`: N connected UDP sockets to HOST:PORT, each sends one
+/// datagram and waits for an answer; prints one line each: `ok` or the
+/// name of the error.
+const UDP_TRIES: &str = r#"
+import socket, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for i in range(n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((host, port))
+    try:
+        s.send(b"q")
+        s.recv(2048)
+        print("ok")
+    except OSError as e:
+        print(type(e).__name__)
+    s.close()
+"#;
+
+/// `HOST SPORT`: one datagram to HOST:53 from source port SPORT (the same
+/// flow every run); prints the name of the backend that answered.
+const UDP_FROM_PORT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[2])))
+s.settimeout(2)
+s.connect((sys.argv[1], 53))
+s.send(b"q")
+print(s.recv(2048).decode().split()[0])
+"#;
+
+/// The built-in load balancer as its backends change (issue 17 part 2,
+/// no iptables rule): a backend's ICMP port unreachable reaches the
+/// client translated back to the ClusterIP, so its socket gets
+/// `ECONNREFUSED` (from the backend on the same node and from the one
+/// behind the tunnel); a UDP flow whose backend leaves the EndpointSlice
+/// moves to the backend left at its next datagram, counted as cut; a
+/// deleted Service's flows leave the flow table; `internalTrafficPolicy:
+/// Local` balances to this node's endpoints only and refuses when it has
+/// none.
+#[test]
+fn the_built_in_balancer_follows_its_backends() {
+    if !require("the_built_in_balancer_follows_its_backends", TOOLS) {
+        return;
+    }
+    let mut c = Cluster::start("always", &[0, 0]);
+    let client = c.nodes[0].add_pod("client", &[]);
+    let b0 = c.nodes[0].add_pod("b0", &[]);
+    let b1 = c.nodes[1].add_pod("b1", &[]);
+    let _servers = serve(&client, &[&b0, &b1]);
+    let node0 = &c.nodes[0];
+    let dir = TempDir::new("lb-follow");
+    let apply = |yaml: String| {
+        let f = dir.join("svc.yaml");
+        std::fs::write(&f, yaml).expect("write service");
+        node0.ctl(&["service", "apply", "-f", &f.to_string_lossy()])
+    };
+    let port_info = |protocol: &str, port: u64| -> Value {
+        let list = node0.ctl(&["service", "list"]);
+        list[0]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["protocol"] == protocol && p["port"] == port)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {protocol} {port} in {list}"))
+    };
+    let (e0, e1) = ((b0.ip.as_str(), "node0"), (b1.ip.as_str(), "node1"));
+
+    // ICMP port unreachable from the backend, each backend in turn.
+    for (only, name) in [(e0, "b0, same node"), (e1, "b1, behind the tunnel")] {
+        apply(lb_yaml(&[only], ""));
+        let out = run_in(
+            &client.ns,
+            &["python3", "-c", UDP_TRIES, CLUSTER_IP, "54", "3"],
+        );
+        say(&format!(
+            "UDP to {CLUSTER_IP}:54 via {name}: {}",
+            out.stdout.trim()
+        ));
+        assert_eq!(
+            out.stdout.trim(),
+            "ConnectionRefusedError\nConnectionRefusedError\nConnectionRefusedError",
+            "the backend's port unreachable did not reach the client's socket ({name}): {out}"
+        );
+    }
+
+    // A UDP flow whose backend leaves: its next datagram goes to the one
+    // left (not the one it had, which still serves).
+    apply(lb_yaml(&[e0, e1], ""));
+    let ask_from = || {
+        let out = run_in(
+            &client.ns,
+            &["python3", "-c", UDP_FROM_PORT, CLUSTER_IP, "40053"],
+        );
+        assert!(out.ok(), "{out}");
+        out.stdout.trim().to_string()
+    };
+    let first = ask_from();
+    assert_eq!(ask_from(), first, "the same flow, the same backend");
+    let left = if first == "b0" { e1 } else { e0 };
+    apply(lb_yaml(&[left], ""));
+    let second = ask_from();
+    say(&format!(
+        "UDP flow: {first}, then after {first} left: {second}"
+    ));
+    assert_ne!(second, first, "the flow kept its removed backend");
+    let dns = port_info("UDP", 53);
+    assert!(num(&dns, "/cut") >= 1, "the cut is not counted: {dns}");
+
+    // The Service deleted: its flows leave the flow table.
+    let before = node0.counters();
+    node0.ctl(&["service", "delete", "default/svc"]);
+    let after = node0.counters();
+    say(&format!("after delete: {}", after["flows"]));
+    assert!(
+        delta(&before, &after, "/flows/purged") >= 2,
+        "the deleted service's flow stayed: {} -> {}",
+        before["flows"],
+        after["flows"]
+    );
+
+    // internalTrafficPolicy: Local: this node's endpoint only ...
+    apply(lb_yaml(&[e0, e1], "  internalTrafficPolicy: Local\n"));
+    let a = ask(&client.ns, "tcp", CLUSTER_IP, 80, 2);
+    say(&format!("tcp with internalTrafficPolicy Local: {}", a.json));
+    assert!(
+        a.from("b0") > 0 && a.from("b1") == 0,
+        "not only the local endpoint: {}",
+        a.json
+    );
+    // ... and none: refused, as kube-proxy does.
+    apply(lb_yaml(&[e1], "  internalTrafficPolicy: Local\n"));
+    let out = run_in(&client.ns, &["python3", "-c", REFUSED, CLUSTER_IP]);
+    assert_eq!(
+        out.stdout.trim(),
+        "tcp ConnectionRefusedError\nudp ConnectionRefusedError",
+        "{out}"
+    );
+}

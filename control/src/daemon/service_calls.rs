@@ -4,10 +4,13 @@
 //! other.
 //!
 //! Invariants: after every call that changes the store, the table is
-//! recompiled and published (one atomic swap; workers never wait). New
-//! flows see the change at once; existing flows keep the backend they
-//! were given (their flow-table entries), as with kube-proxy, until they
-//! end or their service is gone.
+//! recompiled and published (one atomic swap; workers never wait), then
+//! the flows it no longer serves are cut: those of a deleted Service or
+//! port and those whose backend left (removed or no longer ready), TCP
+//! and UDP alike (see
+//! [`cut_stale_flows`](podrouter_router::service::cut_stale_flows)).
+//! New flows see the change at once; a flow whose backend stays keeps
+//! it.
 use podrouter_api::{Call, Reply};
 
 use super::{CallResult, Daemon};
@@ -17,6 +20,10 @@ impl Daemon {
     pub(super) fn publish_services(&mut self) {
         let table = self.service_store.compile();
         self.services.publish(table);
+        let cut = podrouter_router::service::cut_stale_flows(&self.flows, &self.services.load());
+        if cut > 0 {
+            log::info!("service: {cut} flows cut (their service or backend is gone)");
+        }
     }
 
     /// One of the service calls.

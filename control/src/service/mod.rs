@@ -18,7 +18,9 @@
 //! endpoints of every EndpointSlice labelled with the service's name in
 //! its namespace, at the slice port of the same name and protocol as the
 //! service port (Kubernetes' rule: the slice port is the resolved
-//! `targetPort`). Sorted and deduplicated, so the Maglev table is the same
+//! `targetPort`); with `internalTrafficPolicy: Local`, only those whose
+//! `nodeName` is this node's (none: the port is refused, as kube-proxy
+//! does). Sorted and deduplicated, so the Maglev table is the same
 //! whatever order the slices came in.
 pub mod parse;
 
@@ -84,11 +86,13 @@ struct Data {
     slices: BTreeMap<Key, Slice>,
 }
 
-/// A service port with its ClusterIP and ready backends (address, port).
+/// A service port with its ClusterIP, its ready backends and its
+/// draining ones (address, port).
 type Resolved<'a> = (
     &'a Service,
     Ipv4Addr,
     &'a parse::ServicePort,
+    Vec<(Ipv4Addr, u16)>,
     Vec<(Ipv4Addr, u16)>,
 );
 
@@ -100,27 +104,31 @@ type PortKey = (String, String, u8, u16);
 pub struct ServiceStore {
     data: Data,
     dir: Option<PathBuf>,
+    /// This node's name (`node_name`), for `internalTrafficPolicy: Local`.
+    node_name: String,
     port_counters: HashMap<PortKey, Arc<SvcCounters>>,
     backend_counters: HashMap<(PortKey, Ipv4Addr, u16), Arc<BackendCounters>>,
 }
 
 impl ServiceStore {
-    /// A store that persists nothing (tests).
-    pub fn in_memory() -> ServiceStore {
+    /// A store that persists nothing (tests), on the node `node_name`.
+    pub fn in_memory(node_name: &str) -> ServiceStore {
         ServiceStore {
             data: Data::default(),
             dir: None,
+            node_name: node_name.to_string(),
             port_counters: HashMap::new(),
             backend_counters: HashMap::new(),
         }
     }
 
     /// Loads `dir/services.json` (absent: an empty store; one that does
-    /// not parse is an error, never silently replaced).
-    pub fn open(dir: &Path) -> Result<ServiceStore, String> {
+    /// not parse is an error, never silently replaced), for the node
+    /// `node_name`.
+    pub fn open(dir: &Path, node_name: &str) -> Result<ServiceStore, String> {
         let mut store = ServiceStore {
             dir: Some(dir.to_owned()),
-            ..ServiceStore::in_memory()
+            ..ServiceStore::in_memory(node_name)
         };
         let path = dir.join(FILE_NAME);
         let text = match fs::read_to_string(&path) {
@@ -226,6 +234,7 @@ impl ServiceStore {
                 .collect();
             for p in &s.ports {
                 let mut backends = BTreeSet::new();
+                let mut draining = BTreeSet::new();
                 for e in &slices {
                     let Some(sp) = e
                         .ports
@@ -234,13 +243,24 @@ impl ServiceStore {
                     else {
                         continue;
                     };
-                    for ep in e.endpoints.iter().filter(|ep| ep.ready) {
+                    let here = |ep: &&parse::Endpoint| {
+                        !s.node_local || ep.node_name.as_deref() == Some(self.node_name.as_str())
+                    };
+                    for ep in e.endpoints.iter().filter(here) {
                         for a in &ep.addresses {
-                            backends.insert((*a, sp.port));
+                            if ep.ready {
+                                backends.insert((*a, sp.port));
+                            } else if ep.serving {
+                                draining.insert((*a, sp.port));
+                            }
                         }
                     }
                 }
-                out.push((s, vip, p, backends.into_iter().collect()));
+                // One address ready in a slice and terminating in another
+                // (a slice not yet updated) is ready.
+                let draining: Vec<(Ipv4Addr, u16)> =
+                    draining.difference(&backends).copied().collect();
+                out.push((s, vip, p, backends.into_iter().collect(), draining));
             }
         }
         out
@@ -252,7 +272,7 @@ impl ServiceStore {
         let mut port_counters = HashMap::new();
         let mut backend_counters = HashMap::new();
         let mut table = ServiceTable::new();
-        for (s, vip, p, backends) in self.resolve() {
+        for (s, vip, p, backends, draining) in self.resolve() {
             let pk: PortKey = (
                 s.namespace.clone(),
                 s.name.clone(),
@@ -261,24 +281,28 @@ impl ServiceStore {
             );
             let counters = self.port_counters.get(&pk).cloned().unwrap_or_default();
             port_counters.insert(pk.clone(), counters.clone());
-            let backends = backends
-                .into_iter()
-                .map(|(addr, port)| {
-                    let bk = (pk.clone(), addr, port);
-                    let c = self.backend_counters.get(&bk).cloned().unwrap_or_default();
-                    backend_counters.insert(bk, c.clone());
-                    Backend {
-                        addr,
-                        port,
-                        counters: c,
-                    }
-                })
-                .collect();
+            let mut with_counters = |list: Vec<(Ipv4Addr, u16)>| -> Vec<Backend> {
+                list.into_iter()
+                    .map(|(addr, port)| {
+                        let bk = (pk.clone(), addr, port);
+                        let c = self.backend_counters.get(&bk).cloned().unwrap_or_default();
+                        backend_counters.insert(bk, c.clone());
+                        Backend {
+                            addr,
+                            port,
+                            counters: c,
+                        }
+                    })
+                    .collect()
+            };
+            let backends = with_counters(backends);
+            let draining = with_counters(draining);
             let spec = FrontendSpec {
                 vip,
                 port: p.port,
                 proto: p.protocol.number(),
                 backends,
+                draining,
                 affinity_secs: s.affinity_secs,
                 counters,
             };
@@ -313,7 +337,7 @@ impl ServiceStore {
                 ports: Vec::new(),
             })
             .collect();
-        for (s, _, p, backends) in self.resolve() {
+        for (s, _, p, backends, _) in self.resolve() {
             let pk: PortKey = (
                 s.namespace.clone(),
                 s.name.clone(),
@@ -328,6 +352,7 @@ impl ServiceStore {
                 packets: pc.map_or(0, |c| load(&c.packets)),
                 flows: pc.map_or(0, |c| load(&c.flows)),
                 rejected: pc.map_or(0, |c| load(&c.rejected)),
+                cut: pc.map_or(0, |c| load(&c.cut)),
                 backends: backends
                     .into_iter()
                     .map(|(addr, port)| {
@@ -419,6 +444,8 @@ endpoints:
   conditions: {ready: true}
 - addresses: [10.244.1.6]
   conditions: {ready: false}
+- addresses: [10.244.1.7]
+  conditions: {ready: false, serving: true, terminating: true}
 ports:
 - {name: dns, port: 5353, protocol: UDP}
 - {name: dns-tcp, port: 5353, protocol: TCP}
@@ -427,7 +454,7 @@ ports:
     #[test]
     fn services_compile_survive_a_restart_and_refusals_change_nothing() {
         let dir = tempdir("store");
-        let mut s = ServiceStore::open(&dir).unwrap();
+        let mut s = ServiceStore::open(&dir, "node-a").unwrap();
         assert_eq!(
             s.apply(DNS).unwrap(),
             ["service kube-system/dns", "endpointslice kube-system/dns-1"]
@@ -444,6 +471,8 @@ ports:
             ],
             "ready ones only, sorted"
         );
+        let d: Vec<_> = f.draining().iter().map(|b| b.addr).collect();
+        assert_eq!(d, [Ipv4Addr::new(10, 244, 1, 7)], "terminating, serving");
         assert!(t.frontend(vip, 53, 6).is_some());
         // Counters carry over a recompilation.
         f.count(Some(&f.backends()[0]), true);
@@ -471,7 +500,7 @@ ports:
         assert_eq!(fs::read(dir.join(FILE_NAME)).unwrap(), before);
         assert_eq!(s.service_count(), 1);
         // A restart finds the same.
-        let mut again = ServiceStore::open(&dir).unwrap();
+        let mut again = ServiceStore::open(&dir, "node-a").unwrap();
         assert_eq!(again.data.services.len(), 1);
         assert_eq!(again.data.slices.len(), 1);
         assert_eq!(again.compile().len(), 2);
@@ -482,10 +511,51 @@ ports:
         ));
         again.delete("kube-system", "dns").unwrap();
         assert!(again.compile().is_empty());
-        assert!(ServiceStore::open(&dir).unwrap().data.slices.is_empty());
+        assert!(ServiceStore::open(&dir, "node-a")
+            .unwrap()
+            .data
+            .slices
+            .is_empty());
         // A corrupt file is an error, not an empty store.
         fs::write(dir.join(FILE_NAME), "{").unwrap();
-        assert!(ServiceStore::open(&dir).is_err());
+        assert!(ServiceStore::open(&dir, "node-a").is_err());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+        let local = |policy: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+                 spec: {{clusterIP: 10.96.0.20, internalTrafficPolicy: {policy}, \
+                 ports: [{{port: 80}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: web-1, labels: {{kubernetes.io/service-name: web}}}}\n\
+                 addressType: IPv4\nendpoints:\n\
+                 - {{addresses: [10.244.1.7], nodeName: node-a}}\n\
+                 - {{addresses: [10.244.2.7], nodeName: node-b}}\n\
+                 - {{addresses: [10.244.3.7]}}\nports: [{{port: 8080}}]\n"
+            )
+        };
+        let vip = Ipv4Addr::new(10, 96, 0, 20);
+        let backends = |s: &mut ServiceStore| -> Vec<Ipv4Addr> {
+            let t = s.compile();
+            t.frontend(vip, 80, 6)
+                .unwrap()
+                .backends()
+                .iter()
+                .map(|b| b.addr)
+                .collect()
+        };
+        let mut a = ServiceStore::in_memory("node-a");
+        a.apply(&local("Cluster")).unwrap();
+        assert_eq!(backends(&mut a).len(), 3);
+        a.apply(&local("Local")).unwrap();
+        assert_eq!(backends(&mut a), [Ipv4Addr::new(10, 244, 1, 7)]);
+        // A node with no endpoint of its own: nothing to balance to (the
+        // data path refuses), not the other nodes' endpoints.
+        let mut c = ServiceStore::in_memory("node-c");
+        c.apply(&local("Local")).unwrap();
+        assert!(backends(&mut c).is_empty());
     }
 }

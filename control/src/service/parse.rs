@@ -45,6 +45,9 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP`: its timeout; 0 without.
     pub affinity_secs: u32,
+    /// `internalTrafficPolicy: Local`: only the endpoints on this node
+    /// (their `nodeName`) are backends.
+    pub node_local: bool,
     /// The object as applied.
     pub source: Value,
 }
@@ -55,6 +58,12 @@ pub struct Endpoint {
     pub addresses: Vec<Ipv4Addr>,
     /// `conditions.ready` (absent: ready, as Kubernetes reads it).
     pub ready: bool,
+    /// `conditions.serving`: ready or not, it still answers (a terminating
+    /// pod draining its connections); absent: as `ready`, as Kubernetes
+    /// reads it.
+    pub serving: bool,
+    /// `nodeName`: the node the endpoint runs on, if given.
+    pub node_name: Option<String>,
 }
 
 /// One port of a slice: the backends' port for the service port of the
@@ -310,12 +319,30 @@ fn service(m: &Map<String, Value>, source: &Value, path: &str) -> Res<Service> {
             )
         }
     };
+    // The node's kube-proxy keeps NodePorts and external traffic, so
+    // `externalTrafficPolicy` is its business; `trafficDistribution` and
+    // the slices' `hints` are accepted and ignored (every ready backend
+    // is a candidate, as with no hint).
+    let node_local = match spec.get("internalTrafficPolicy") {
+        None | Some(Value::Null) => false,
+        Some(v) => match string(v, &join(&spath, "internalTrafficPolicy"))? {
+            "Cluster" => false,
+            "Local" => true,
+            other => {
+                return err(
+                    &join(&spath, "internalTrafficPolicy"),
+                    format!("{other:?} is not Cluster or Local"),
+                )
+            }
+        },
+    };
     Ok(Service {
         namespace,
         name,
         cluster_ip,
         ports,
         affinity_secs,
+        node_local,
         source: source.clone(),
     })
 }
@@ -399,19 +426,30 @@ fn slice(m: &Map<String, Value>, source: &Value, path: &str) -> Res<Slice> {
             return err(&apath, "needs at least one address");
         }
         let cpath = join(&path, "conditions");
-        let ready = match em.get("conditions") {
-            None | Some(Value::Null) => true,
+        let (ready, serving) = match em.get("conditions") {
+            None | Some(Value::Null) => (true, true),
             Some(c) => {
                 let cm = object(c, &cpath)?;
                 only_fields(cm, &cpath, &["ready", "serving", "terminating"])?;
-                match cm.get("ready") {
-                    None | Some(Value::Null) => true,
-                    Some(Value::Bool(b)) => *b,
-                    Some(v) => return err(&join(&cpath, "ready"), format!("{v} is not a boolean")),
-                }
+                let flag = |name: &str, absent: bool| match cm.get(name) {
+                    None | Some(Value::Null) => Ok(absent),
+                    Some(Value::Bool(b)) => Ok(*b),
+                    Some(v) => err(&join(&cpath, name), format!("{v} is not a boolean")),
+                };
+                let ready = flag("ready", true)?;
+                (ready, flag("serving", ready)?)
             }
         };
-        endpoints.push(Endpoint { addresses, ready });
+        let node_name = match em.get("nodeName") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(string(v, &join(&path, "nodeName"))?.to_string()),
+        };
+        endpoints.push(Endpoint {
+            addresses,
+            ready,
+            serving,
+            node_name,
+        });
     }
     let ppath = join(path, "ports");
     let mut ports = Vec::new();
@@ -460,6 +498,8 @@ items:
     clusterIP: 10.96.0.10
     clusterIPs: [10.96.0.10]
     internalTrafficPolicy: Cluster
+    externalTrafficPolicy: Local
+    trafficDistribution: PreferClose
     ipFamilies: [IPv4]
     ipFamilyPolicy: SingleStack
     ports:
@@ -481,9 +521,13 @@ items:
   - addresses: [10.244.1.5]
     conditions: {ready: true, serving: true, terminating: false}
     nodeName: node-a
+    zone: zone-a
+    hints: {forZones: [{name: zone-a}]}
     targetRef: {kind: Pod, name: coredns-1, namespace: kube-system}
   - addresses: [10.244.2.5]
     conditions: {ready: false}
+  - addresses: [10.244.2.6]
+    conditions: {ready: false, serving: true, terminating: true}
   ports:
   - {name: dns, port: 5353, protocol: UDP}
   - {name: dns-tcp, port: 5353, protocol: TCP}
@@ -510,6 +554,11 @@ items:
         let Object::Slice(e) = &objs[1] else { panic!() };
         assert_eq!(e.service, "kube-dns");
         assert!(e.endpoints[0].ready && !e.endpoints[1].ready);
+        assert!(e.endpoints[0].serving && !e.endpoints[1].serving);
+        assert!(!e.endpoints[2].ready && e.endpoints[2].serving);
+        assert_eq!(e.endpoints[0].node_name.as_deref(), Some("node-a"));
+        assert_eq!(e.endpoints[1].node_name, None);
+        assert!(!s.node_local);
         assert_eq!(e.ports[0].port, 5353);
         // JSON and `---` separated documents too.
         let json = serde_json::to_string(&objs_source(&objs)[0]).unwrap();
@@ -543,6 +592,10 @@ items:
             (
                 "---\n---\napiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {sessionAffinity: Sticky}",
                 "document 2: spec.sessionAffinity: \"Sticky\" is not None or ClientIP",
+            ),
+            (
+                "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {internalTrafficPolicy: Node}",
+                "document 1: spec.internalTrafficPolicy: \"Node\" is not Cluster or Local",
             ),
             (
                 "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {bogus: 1}",

@@ -432,10 +432,34 @@ impl Pipeline {
         }
         // A pod's packet to a ClusterIP goes to a backend from here on.
         let from_pod = matches!(role, PortRole::Pod { .. });
-        if let Some(backend) = service::dnat(ctx, from_pod, frame)? {
-            pkt.dst = backend;
+        let translated = service::dnat(ctx, from_pod, frame)?;
+        if let Some(t) = translated {
+            pkt.dst = t.backend;
         }
-        let egress = route::route(ctx, ingress, from_uplink, &pkt, frame)
+        let routed = self.route_and_rewrite(ctx, ingress, role, from_uplink, &pkt, frame);
+        match (routed, translated) {
+            // The client must find its own packet in the router's error.
+            (Err(Fault::Icmp(e, r)), Some(t)) => {
+                service::undo_dnat(frame, &t);
+                Err(Fault::Icmp(e, r))
+            }
+            (routed, _) => routed,
+        }
+    }
+
+    /// IPv4 from routing on: route, policy, replies of the built-in load
+    /// balancer translated back, rewrite.
+    #[inline(always)]
+    fn route_and_rewrite(
+        &mut self,
+        ctx: &BatchContext<'_>,
+        ingress: PortId,
+        role: &PortRole,
+        from_uplink: bool,
+        pkt: &validate::Ipv4Facts,
+        frame: &mut Frame,
+    ) -> Result<Verdict, Fault> {
+        let egress = route::route(ctx, ingress, from_uplink, pkt, frame)
             .map_err(|f| decap::tunnel_fault(role, f))?;
         // After routing, so the host-NAT stage inside `route` has recorded
         // (with its flag) the flows of the node's NAT before policy tracks
@@ -444,7 +468,7 @@ impl Pipeline {
         // After policy, which tracks the flow as the backend sees it.
         let to_pod = matches!(egress.entry.info.role, PortRole::Pod { .. });
         service::un_dnat(ctx, to_pod, frame);
-        rewrite::rewrite(&self.cfg, &egress, &pkt, frame)?;
+        rewrite::rewrite(&self.cfg, &egress, pkt, frame)?;
         Ok(Verdict::Forward {
             port: egress.port,
             tunnel: egress.tunnel,

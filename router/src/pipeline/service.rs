@@ -34,12 +34,28 @@
 //! covers the ports, not the addresses: it is recomputed when the port
 //! changes (unless its offload is requested).
 //!
+//! ICMP errors about a translated packet reach the client as errors
+//! about the packet it sent: one from the backend or a router on the way
+//! ([`un_dnat`]: the quote's destination back to the ClusterIP and port,
+//! the outer source too when the backend sent it), and one this router
+//! answers itself after the translation ([`undo_dnat`] before the error
+//! is built: fragmentation needed towards a backend behind the tunnel).
+//!
+//! A flow whose backend left the service port (or whose service went
+//! away) is cut: the control thread removes its entries when it publishes
+//! the table ([`crate::service::cut_stale_flows`]), and a packet of such a
+//! flow that still finds its entries (a worker on the previous snapshot
+//! inserted them meanwhile) removes them here ([`cut`]); either way the
+//! next packet is a new flow, balanced among the backends left or
+//! refused, and the cut is counted per service port.
+//!
 //! What is not done here: traffic from the host port, the uplink (other
 //! nodes' clients are balanced on their own node) or to NodePorts and
 //! external IPs: the node's kube-proxy keeps those, and the host-NAT stage
 //! keeps them correct. Fragments and ICMP to a ClusterIP are dropped
-//! (`service_untranslatable`). ICMP errors a backend sends about a
-//! translated packet are not translated back.
+//! (`service_untranslatable`), but for an ICMP error a client sends
+//! about a reply of a balanced flow ([`dnat_icmp_error`]: on to the
+//! backend, the quote as the backend sent it).
 //!
 //! Cost: nothing but one branch without services; with services, one
 //! hash probe per packet from a pod (is the destination a ClusterIP?),
@@ -65,14 +81,24 @@ fn addr(ip: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3])
 }
 
+/// What [`dnat`] did to a packet: its destination was `vip`:`vport`,
+/// it is `backend`:`backend_port` now.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Translated {
+    pub backend: Ipv4Addr,
+    backend_port: u16,
+    vip: Ipv4Addr,
+    vport: u16,
+}
+
 /// Translates a packet from a local pod (`from_pod`) to a ClusterIP;
-/// returns its new destination, or `None` if it is no service's.
+/// returns what it did, or `None` if the packet is no service's.
 #[inline]
 pub(super) fn dnat(
     ctx: &BatchContext<'_>,
     from_pod: bool,
     frame: &mut Frame,
-) -> Result<Option<Ipv4Addr>, Fault> {
+) -> Result<Option<Translated>, Fault> {
     let Some(table) = ctx.services.filter(|t| !t.is_empty()) else {
         return Ok(None);
     };
@@ -85,7 +111,7 @@ pub(super) fn dnat(
         return Ok(None);
     }
     let Some(pkt) = conntrack::parse(ip).filter(|p| p.key.proto != conntrack::PROTO_ICMP) else {
-        return Err(Fault::Drop(DropReason::ServiceUntranslatable));
+        return dnat_icmp_error(ctx, frame, vip);
     };
     let key = pkt.key;
     let tcp = key.proto == PROTO_TCP;
@@ -101,11 +127,21 @@ pub(super) fn dnat(
             Nat::Dnat(a, p) => Some((h, a, p)),
             _ => None,
         });
-    let (to, to_port) = match existing {
-        Some((h, a, p)) => {
+    // A flow whose backend left the port (a table published after the
+    // control thread's cut, or while it ran): cut here, then balanced
+    // again as a new flow.
+    let kept = existing.and_then(|(h, a, p)| match fe.backend(a, p) {
+        Some(b) => Some((h, b)),
+        None => {
+            cut(ctx, fe, &h, &key, a, p, now_ms);
+            None
+        }
+    });
+    let (to, to_port) = match kept {
+        Some((h, b)) => {
             ctx.flows.note(&h, pkt.tcp_flags, key.proto, now_ms);
-            fe.count(fe.backend(a, p), false);
-            (a, p)
+            fe.count(Some(b), false);
+            (b.addr, b.port)
         }
         None => {
             let Some(b) = choose(ctx, fe, &key, ip, now_ms) else {
@@ -147,15 +183,104 @@ pub(super) fn dnat(
         }
         Record::Existing(_) => {}
     }
+    let csum = Csum::of(frame.vnet.flags);
+    rewrite_endpoint(&mut frame.data_mut()[ETH..], Side::Dst, to, to_port, csum);
+    Ok(Some(Translated {
+        backend: to,
+        backend_port: to_port,
+        vip,
+        vport: key.dport,
+    }))
+}
+
+/// An ICMP error from a local pod to a ClusterIP about a reply it got
+/// through the balancer (port unreachable: the client closed its
+/// socket): sent on to the flow's backend, the quote turned back into
+/// the reply as the backend sent it. Anything else ICMP to a ClusterIP
+/// (echo, an error about no balanced flow) is dropped.
+#[cold]
+fn dnat_icmp_error(
+    ctx: &BatchContext<'_>,
+    frame: &mut Frame,
+    vip: Ipv4Addr,
+) -> Result<Option<Translated>, Fault> {
+    let untranslatable = Err(Fault::Drop(DropReason::ServiceUntranslatable));
+    let ip = &frame.data()[ETH..];
+    let Some(quoted) = conntrack::parse_icmp_error_quote(ip).filter(|q| q.src == vip) else {
+        return untranslatable;
+    };
+    let Some(hit) = ctx.flows.lookup(&quoted, ctx.now_ns / 1_000_000) else {
+        return untranslatable;
+    };
+    let Nat::Dnat(to, to_port) = hit.nat() else {
+        return untranslatable;
+    };
+    if hit.dir != Dir::Reply {
+        return untranslatable;
+    }
     let partial = frame.vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
-    rewrite_endpoint(
-        &mut frame.data_mut()[ETH..],
-        Side::Dst,
-        to,
-        to_port,
-        partial,
-    );
-    Ok(Some(to))
+    let ip = &mut frame.data_mut()[ETH..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    set_addr(ip, 16, to);
+    let icmp = &mut ip[hl..];
+    rewrite_endpoint(&mut icmp[8..], Side::Src, to, to_port, Csum::Quoted);
+    if !partial {
+        fill_icmp_checksum(icmp);
+    }
+    Ok(Some(Translated {
+        backend: to,
+        backend_port: to_port,
+        vip,
+        vport: quoted.sport,
+    }))
+}
+
+/// Writes the checksum of the ICMP message `icmp`.
+fn fill_icmp_checksum(icmp: &mut [u8]) {
+    icmp[2..4].fill(0);
+    let c = !ones_complement_sum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+}
+
+/// Removes both entries of the flow `h` found (client `key` to the
+/// ClusterIP, given backend `to`:`to_port`, no longer one of `fe`'s) and
+/// counts it cut.
+#[cold]
+fn cut(
+    ctx: &BatchContext<'_>,
+    fe: &Frontend,
+    h: &conntrack::Hit,
+    key: &FlowKey,
+    to: Ipv4Addr,
+    to_port: u16,
+    now_ms: u64,
+) {
+    ctx.flows.remove(h);
+    let translated = FlowKey {
+        dst: to,
+        dport: to_port,
+        ..*key
+    };
+    if let Some(t) = ctx.flows.lookup(&translated, now_ms) {
+        ctx.flows.remove(&t);
+    }
+    fe.count_cut();
+}
+
+/// Puts back the ClusterIP and port [`dnat`] replaced, before the router
+/// answers the packet with an ICMP error of its own (fragmentation
+/// needed towards a backend behind the tunnel, TTL exceeded): the client
+/// must find in the quote the packet it sent, or its socket ignores the
+/// error.
+#[cold]
+pub(super) fn undo_dnat(frame: &mut Frame, t: &Translated) {
+    let csum = Csum::of(frame.vnet.flags);
+    let ip = &mut frame.data_mut()[ETH..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let port = t.backend_port.to_be_bytes();
+    if addr(ip, 16) == t.backend && ip.get(hl + 2..hl + 4) == Some(&port[..]) {
+        rewrite_endpoint(ip, Side::Dst, t.vip, t.vport, csum);
+    }
 }
 
 /// The backend of a new flow: the client's affinity if it still holds,
@@ -221,10 +346,11 @@ pub(super) fn un_dnat(ctx: &BatchContext<'_>, to_local_pod: bool, frame: &mut Fr
         return;
     }
     let ip = &frame.data()[ETH..];
+    let now_ms = ctx.now_ns / 1_000_000;
     let Some(pkt) = conntrack::parse(ip) else {
+        un_dnat_icmp_error(ctx, frame, now_ms);
         return;
     };
-    let now_ms = ctx.now_ns / 1_000_000;
     let Some(hit) = ctx.flows.lookup(&pkt.key, now_ms) else {
         return;
     };
@@ -245,8 +371,86 @@ pub(super) fn un_dnat(ctx: &BatchContext<'_>, to_local_pod: bool, frame: &mut Fr
     if let Some(h) = ctx.flows.lookup(&client_view, now_ms) {
         ctx.flows.note(&h, pkt.tcp_flags, pkt.key.proto, now_ms);
     }
+    let csum = Csum::of(frame.vnet.flags);
+    rewrite_endpoint(&mut frame.data_mut()[ETH..], Side::Src, vip, vport, csum);
+}
+
+/// An ICMP error to a local pod about a packet it sent to a backend
+/// (port unreachable from the backend, fragmentation needed or time
+/// exceeded from a router on the way): the quote is turned back into
+/// the packet the client sent (destination the ClusterIP and port, the
+/// quoted IP and transport checksums updated), so the client's socket
+/// takes the error; an error the backend itself sent comes from the
+/// ClusterIP (outer source and IP checksum), one from a router keeps its
+/// source, as the kernel's NAT does. The ICMP checksum is recomputed
+/// (ICMP errors are short and rare; a checksum the frame still asks to
+/// have completed is left to that).
+#[inline(never)]
+fn un_dnat_icmp_error(ctx: &BatchContext<'_>, frame: &mut Frame, now_ms: u64) {
+    let ip = &frame.data()[ETH..];
+    let Some(quoted) = conntrack::parse_icmp_error_quote(ip) else {
+        return;
+    };
+    let Some(hit) = ctx.flows.lookup(&quoted, now_ms) else {
+        return;
+    };
+    let Nat::UnDnat(vip, vport) = hit.nat() else {
+        return;
+    };
+    if hit.dir != Dir::Original {
+        return;
+    }
     let partial = frame.vnet.flags & VnetHdr::F_NEEDS_CSUM != 0;
-    rewrite_endpoint(&mut frame.data_mut()[ETH..], Side::Src, vip, vport, partial);
+    let ip = &mut frame.data_mut()[ETH..];
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    if addr(ip, 12) == quoted.dst {
+        set_addr(ip, 12, vip);
+    }
+    // parse_icmp_error_quote checked the quoted header and its ports.
+    let icmp = &mut ip[hl..];
+    rewrite_endpoint(&mut icmp[8..], Side::Dst, vip, vport, Csum::Quoted);
+    if !partial {
+        fill_icmp_checksum(icmp);
+    }
+}
+
+/// Sets the IPv4 address at `at` (12: source, 16: destination) of the
+/// header `ip`, updating its checksum.
+fn set_addr(ip: &mut [u8], at: usize, to: Ipv4Addr) {
+    let mut csum = u16::from_be_bytes([ip[10], ip[11]]);
+    let o = to.octets();
+    for k in [0, 2] {
+        let old = u16::from_be_bytes([ip[at + k], ip[at + k + 1]]);
+        csum = checksum_update(csum, old, u16::from_be_bytes([o[k], o[k + 1]]));
+    }
+    ip[at..at + 4].copy_from_slice(&o);
+    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// How a rewritten packet's transport checksum is kept right.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Csum {
+    /// A complete checksum: updated for the addresses and port.
+    Full,
+    /// A checksum the frame asks to have completed (`NEEDS_CSUM` from a
+    /// TAP): the field holds the pseudo-header sum, updated for the
+    /// addresses only.
+    Partial,
+    /// The packet an ICMP error quotes (maybe cut short): the TCP/UDP
+    /// checksum updated if quoted, SCTP's CRC left alone (it covers the
+    /// whole packet, which is not there).
+    Quoted,
+}
+
+impl Csum {
+    #[inline]
+    fn of(vnet_flags: u8) -> Csum {
+        if vnet_flags & VnetHdr::F_NEEDS_CSUM != 0 {
+            Csum::Partial
+        } else {
+            Csum::Full
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -256,9 +460,11 @@ enum Side {
 }
 
 /// Rewrites the source or destination address and port of the IPv4
-/// packet `ip` (its ports known present: [`conntrack::parse`] read them),
-/// updating the checksums.
-fn rewrite_endpoint(ip: &mut [u8], side: Side, to: Ipv4Addr, port: u16, partial: bool) {
+/// packet `ip` (its ports known present: [`conntrack::parse`] or
+/// [`conntrack::parse_icmp_error_quote`] read them), updating the
+/// checksums as `csum` says.
+fn rewrite_endpoint(ip: &mut [u8], side: Side, to: Ipv4Addr, port: u16, csum: Csum) {
+    let partial = csum == Csum::Partial;
     let (a_off, p_off) = match side {
         Side::Src => (12, 0),
         Side::Dst => (16, 2),
@@ -272,12 +478,7 @@ fn rewrite_endpoint(ip: &mut [u8], side: Side, to: Ipv4Addr, port: u16, partial:
         u16::from_be_bytes([o[0], o[1]]),
         u16::from_be_bytes([o[2], o[3]]),
     ];
-    ip[a_off..a_off + 4].copy_from_slice(&o);
-    let mut csum = u16::from_be_bytes([ip[10], ip[11]]);
-    for (old, new) in old_addr.iter().zip(new_addr) {
-        csum = checksum_update(csum, *old, new);
-    }
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
+    set_addr(ip, a_off, to);
 
     let hl = usize::from(ip[0] & 0x0f) * 4;
     let proto = ip[9];
@@ -288,7 +489,7 @@ fn rewrite_endpoint(ip: &mut [u8], side: Side, to: Ipv4Addr, port: u16, partial:
         PROTO_TCP => 16,
         PROTO_UDP => 6,
         PROTO_SCTP => {
-            if old_port != port && !partial && l4.len() >= 12 {
+            if old_port != port && csum == Csum::Full && l4.len() >= 12 {
                 let crc = crc32c_sctp(l4);
                 l4[8..12].copy_from_slice(&crc.to_le_bytes());
             }
@@ -460,6 +661,25 @@ mod tests {
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
     fn table(backends: &[(Ipv4Addr, u16)], affinity_secs: u32) -> ServiceTable {
+        table_draining(backends, &[], affinity_secs)
+    }
+
+    fn backend_list(list: &[(Ipv4Addr, u16)]) -> Vec<Backend> {
+        list.iter()
+            .map(|&(addr, port)| Backend {
+                addr,
+                port,
+                counters: Arc::default(),
+            })
+            .collect()
+    }
+
+    /// [`table`] with `draining` backends too.
+    fn table_draining(
+        backends: &[(Ipv4Addr, u16)],
+        draining: &[(Ipv4Addr, u16)],
+        affinity_secs: u32,
+    ) -> ServiceTable {
         let mut t = ServiceTable::new();
         for proto in [PROTO_UDP, PROTO_TCP, PROTO_SCTP] {
             t.insert(
@@ -467,14 +687,8 @@ mod tests {
                     vip: VIP,
                     port: 53,
                     proto,
-                    backends: backends
-                        .iter()
-                        .map(|&(addr, port)| Backend {
-                            addr,
-                            port,
-                            counters: Arc::default(),
-                        })
-                        .collect(),
+                    backends: backend_list(backends),
+                    draining: backend_list(draining),
                     affinity_secs,
                     counters: Arc::default(),
                 },
@@ -794,6 +1008,240 @@ mod tests {
         let echo = ipv4(A_IP, VIP, 1, 64, DF, &[], &[8, 0, 0xf7, 0xfe, 0, 1, 0, 0]);
         assert_eq!(
             from_pod(&mut env, POD_A, A_MAC, &echo).0,
+            Verdict::Drop(DropReason::ServiceUntranslatable)
+        );
+    }
+
+    /// An ICMP error from `src` to `dst` quoting `quote`.
+    fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, quote: &[u8]) -> Vec<u8> {
+        let mut icmp = vec![ty, code, 0, 0, 0, 0, 0, 0];
+        if code == 4 {
+            icmp[6..8].copy_from_slice(&1400u16.to_be_bytes());
+        }
+        icmp.extend_from_slice(quote);
+        let c = !ones_complement_sum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4(src, dst, 1, 64, 0, &[], &icmp)
+    }
+
+    /// The outer addresses and the quote of an ICMP error, its checksums
+    /// checked (the quote's IP header's too).
+    fn icmp_parts(f: &Frame) -> ((Ipv4Addr, Ipv4Addr), Vec<u8>) {
+        let out = &f.data()[14..];
+        assert!(check_ipv4(out).is_ok(), "outer IP checksum");
+        assert_eq!(out[9], 1);
+        let icmp = &out[20..];
+        assert_eq!(ones_complement_sum(icmp), 0xffff, "ICMP checksum");
+        let inner = icmp[8..].to_vec();
+        assert_eq!(
+            ones_complement_sum(&inner[..20]),
+            0xffff,
+            "quoted IP checksum"
+        );
+        ((addr(out, 12), addr(out, 16)), inner)
+    }
+
+    #[test]
+    fn icmp_errors_about_a_balanced_flow_reach_the_client_about_the_clusterip() {
+        let mut env = uplink_env(EncapMode::Always);
+        env.services = table(&[(B_IP, 5353)], 0);
+        let sent = packet(A_IP, VIP, PROTO_UDP, 40000, 53, 0);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &sent);
+        assert_eq!(v, fwd(POD_B));
+        let translated = f.data()[14..].to_vec();
+        assert_eq!(ends(&translated).1, (B_IP, 5353));
+        // The backend has nothing on the port: its port unreachable,
+        // quoting all of the packet or only 8 bytes past the header,
+        // comes from the ClusterIP about the packet the client sent.
+        for quote_len in [translated.len(), 28] {
+            let err = icmp_error(B_IP, A_IP, 3, 3, &translated[..quote_len]);
+            let (v, f) = from_pod(&mut env, POD_B, B_MAC, &err);
+            assert_eq!(v, fwd(POD_A));
+            let ((src, dst), inner) = icmp_parts(&f);
+            assert_eq!((src, dst), (VIP, A_IP));
+            assert_eq!(ends(&inner), ((A_IP, 40000), (VIP, 53)));
+            if quote_len == translated.len() {
+                // Transport checksum and all: the client's own packet
+                // (but for the TTL the router took).
+                assert_checksums(&inner);
+                assert_eq!(inner[20..], sent[20..]);
+            }
+        }
+        // Fragmentation needed from a router on the way (here the node's
+        // kernel, through the host port): its source stays.
+        let err = icmp_error(HOSTNET_IP, A_IP, 3, 4, &translated[..28]);
+        let (v, f) = env.run(HOST, &eth(ROUTER_MAC, HOST_MAC, ETHERTYPE_IPV4, &err));
+        assert_eq!(v, fwd(POD_A));
+        let ((src, _), inner) = icmp_parts(&f);
+        assert_eq!(src, HOSTNET_IP);
+        assert_eq!(ends(&inner).1, (VIP, 53));
+        // An error about a packet of no balanced flow is left alone.
+        let direct = packet(A_IP, B_IP, PROTO_UDP, 40001, 5353, 0);
+        let err = icmp_error(B_IP, A_IP, 3, 3, &direct);
+        let (v, f) = from_pod(&mut env, POD_B, B_MAC, &err);
+        assert_eq!(v, fwd(POD_A));
+        let ((src, _), inner) = icmp_parts(&f);
+        assert_eq!(src, B_IP);
+        assert_eq!(inner, direct);
+        // The router's own error about a translated packet (too big for
+        // the tunnel to a backend on another node) quotes the packet as
+        // the client sent it.
+        env.services = table(&[(REMOTE_IP, 5353)], 0);
+        let mut l4 = vec![0u8; 1480];
+        l4[0..2].copy_from_slice(&40002u16.to_be_bytes());
+        l4[2..4].copy_from_slice(&53u16.to_be_bytes());
+        l4[4..6].copy_from_slice(&1480u16.to_be_bytes());
+        let mut big = ipv4(A_IP, VIP, PROTO_UDP, 64, DF, &[], &l4);
+        fill_l4_checksum(&mut big);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &big);
+        assert_eq!(v, fwd(POD_A));
+        let raw = &f.data()[14 + 20..];
+        assert_eq!((raw[0], raw[1]), (3, 4), "fragmentation needed");
+        let mtu = u16::from_be_bytes([raw[6], raw[7]]);
+        assert!(mtu < 1500, "{mtu}");
+        assert_icmp_error(&f, A_MAC, A_IP, 3, 4, mtu, &big);
+    }
+
+    #[test]
+    fn flows_of_a_backend_that_left_are_cut_and_balanced_again() {
+        let mut env = uplink_env(EncapMode::Always);
+        let both = [(B_IP, 5353), (REMOTE_IP, 5353)];
+        env.services = table(&both, 0);
+        let send = |env: &mut Env, proto: u8, sport: u16, flags: u8| {
+            let (v, f) = from_pod(
+                env,
+                POD_A,
+                A_MAC,
+                &packet(A_IP, VIP, proto, sport, 53, flags),
+            );
+            (v, ends(&f.data()[14..]))
+        };
+        let translated = |b: Ipv4Addr, sport: u16| FlowKey {
+            src: A_IP,
+            dst: b,
+            sport,
+            dport: 5353,
+            proto: PROTO_UDP,
+        };
+        let now_ms = |env: &Env| env.now_ns / 1_000_000;
+        let first: Vec<(u16, Ipv4Addr)> = (1000..1032u16)
+            .map(|sport| (sport, send(&mut env, PROTO_UDP, sport, 0).1 .1 .0))
+            .collect();
+        let on_remote = first.iter().filter(|(_, b)| *b == REMOTE_IP).count();
+        assert!(on_remote > 0 && on_remote < first.len(), "{first:?}");
+
+        // The remote backend leaves: its flows are cut when the table is
+        // published, the others keep theirs.
+        env.services = table(&[(B_IP, 5353)], 0);
+        let cut = crate::service::cut_stale_flows(&env.flows, &env.services);
+        assert_eq!(cut, on_remote);
+        let fe = env.services.frontend(VIP, 53, PROTO_UDP).unwrap();
+        assert_eq!(fe.counters().cut.load(Ordering::Relaxed), on_remote as u64);
+        for &(sport, b) in &first {
+            let entry = env.flows.lookup(&translated(b, sport), now_ms(&env));
+            assert_eq!(entry.is_some(), b == B_IP, "{sport} on {b}");
+            // UDP: the next packet is balanced again, to the one left.
+            assert_eq!(send(&mut env, PROTO_UDP, sport, 0).1 .1, (B_IP, 5353));
+        }
+        // A table whose backends changed without a cut (a worker on an
+        // older snapshot): the flow's next packet cuts it itself.
+        env.services = table(&[(REMOTE_IP, 5353)], 0);
+        let (sport, _) = first[0];
+        assert_eq!(send(&mut env, PROTO_UDP, sport, 0).1 .1, (REMOTE_IP, 5353));
+        let fe = env.services.frontend(VIP, 53, PROTO_UDP).unwrap();
+        assert_eq!(fe.counters().cut.load(Ordering::Relaxed), 1);
+        assert!(env
+            .flows
+            .lookup(&translated(B_IP, sport), now_ms(&env))
+            .is_none());
+
+        // TCP: an open connection whose backend goes, with no backend
+        // left: its next segment is reset from the ClusterIP.
+        env.services = table(&both, 0);
+        send(&mut env, PROTO_TCP, 2000, TCP_SYN);
+        env.services = table(&[], 0);
+        crate::service::cut_stale_flows(&env.flows, &env.services);
+        let fe = env.services.frontend(VIP, 53, PROTO_TCP).unwrap();
+        assert_eq!(fe.counters().cut.load(Ordering::Relaxed), 1);
+        let (v, ends_) = send(&mut env, PROTO_TCP, 2000, TCP_ACK);
+        assert_eq!(v, fwd(POD_A));
+        assert_eq!(ends_, ((VIP, 53), (A_IP, 2000)), "a reset back");
+
+        // The Service deleted: every entry of its flows goes.
+        env.services = table(&both, 0);
+        for sport in 3000..3010 {
+            send(&mut env, PROTO_UDP, sport, 0);
+        }
+        assert!(!env.flows.is_empty());
+        env.services = ServiceTable::new();
+        assert!(crate::service::cut_stale_flows(&env.flows, &env.services) >= 10);
+        assert!(env.flows.is_empty(), "{} entries left", env.flows.len());
+    }
+
+    #[test]
+    fn a_draining_backend_keeps_its_flows_and_gets_no_new_one() {
+        let mut env = uplink_env(EncapMode::Always);
+        env.services = table(&[(B_IP, 5353)], 0);
+        let to = |env: &mut Env, sport: u16| {
+            let (_, f) = from_pod(
+                env,
+                POD_A,
+                A_MAC,
+                &packet(A_IP, VIP, PROTO_TCP, sport, 53, TCP_ACK),
+            );
+            ends(&f.data()[14..]).1 .0
+        };
+        assert_eq!(to(&mut env, 1000), B_IP);
+        // B terminates (still serving), REMOTE takes the new flows.
+        env.services = table_draining(&[(REMOTE_IP, 5353)], &[(B_IP, 5353)], 0);
+        assert_eq!(
+            crate::service::cut_stale_flows(&env.flows, &env.services),
+            0
+        );
+        assert_eq!(to(&mut env, 1000), B_IP, "its connection stays");
+        assert!((1001..1020).all(|sport| to(&mut env, sport) == REMOTE_IP));
+        let fe = env.services.frontend(VIP, 53, PROTO_TCP).unwrap();
+        assert_eq!(fe.counters().cut.load(Ordering::Relaxed), 0);
+        assert_eq!(fe.draining()[0].counters.packets.load(Ordering::Relaxed), 1);
+        // B gone for good: its connection is cut.
+        env.services = table(&[(REMOTE_IP, 5353)], 0);
+        assert_eq!(
+            crate::service::cut_stale_flows(&env.flows, &env.services),
+            1
+        );
+    }
+
+    #[test]
+    fn a_clients_icmp_error_about_a_reply_goes_to_the_backend() {
+        let mut env = uplink_env(EncapMode::Always);
+        env.services = table(&[(B_IP, 5353)], 0);
+        from_pod(
+            &mut env,
+            POD_A,
+            A_MAC,
+            &packet(A_IP, VIP, PROTO_UDP, 40000, 53, 0),
+        );
+        let (v, f) = from_pod(
+            &mut env,
+            POD_B,
+            B_MAC,
+            &packet(B_IP, A_IP, PROTO_UDP, 5353, 40000, 0),
+        );
+        assert_eq!(v, fwd(POD_A));
+        let reply = f.data()[14..].to_vec();
+        assert_eq!(ends(&reply).0, (VIP, 53));
+        // The client's socket is gone: port unreachable, to the ClusterIP.
+        let err = icmp_error(A_IP, VIP, 3, 3, &reply);
+        let (v, f) = from_pod(&mut env, POD_A, A_MAC, &err);
+        assert_eq!(v, fwd(POD_B));
+        let ((src, dst), inner) = icmp_parts(&f);
+        assert_eq!((src, dst), (A_IP, B_IP));
+        assert_eq!(ends(&inner), ((B_IP, 5353), (A_IP, 40000)));
+        assert_checksums(&inner);
+        // About no balanced flow: dropped, as any other ICMP to it.
+        let other = packet(VIP, A_IP, PROTO_UDP, 53, 40999, 0);
+        assert_eq!(
+            from_pod(&mut env, POD_A, A_MAC, &icmp_error(A_IP, VIP, 3, 3, &other)).0,
             Verdict::Drop(DropReason::ServiceUntranslatable)
         );
     }
