@@ -17,9 +17,9 @@
 //!   out-of-order window keeps them apart (a worker's per-frame lookup).
 //! - `fib_lookup_batch/random/N`: `FibTable::lookup_batch` over 256
 //!   addresses at a time (a worker's rx batch; with the DIR-24-8 index,
-//!   groups of 32 addresses in passes that prefetch the /24 entries, then
-//!   the chunks, then the next hops): the per-lookup cost inside a batch,
-//!   not a single lookup's latency.
+//!   groups of 16 addresses pipelined through stages that prefetch the
+//!   /24 entries, then the chunks, then the next hops): the per-lookup
+//!   cost inside a batch, not a single lookup's latency.
 //! - `fib_lookup_hashed/random/1M`: the per-length hash tables with the
 //!   /16 index, the lookup path tables below `Fib::INDEX_MIN_ROUTES` take,
 //!   forced at 1M routes for comparison with the DIR-24-8 index.

@@ -28,8 +28,8 @@
 //! as one 64-byte cache line while it has at most 10 runs of equal next
 //! hops. Its lookups are one read, or two with a chunk, however many
 //! prefix lengths the table has, with no branch on what the first read
-//! found; [`FibTable::lookup_batch`] issues the first reads of 32
-//! addresses before using any. The index is derived from the hash
+//! found; [`FibTable::lookup_batch`] pipelines groups of 16 addresses so
+//! the reads of three groups are in flight at once. The index is derived from the hash
 //! tables, which stay the truth (`get`, `routes`, groups, nodes). It
 //! cannot be copied on write cheaply, so there are two copies taking
 //! turns: a batch is applied to the copy no published snapshot uses any
@@ -754,14 +754,17 @@ impl FibTable {
 
     /// Longest-prefix matches for a batch: `out[i]` is the next hop of
     /// `dsts[i]` (`out` must be at least as long). With the DIR-24-8 index
-    /// the addresses go in groups of 16, in three passes: prefetch every
-    /// /24 entry, then read them and prefetch the chunks they name, then
-    /// read the cells and prefetch their next hops, then read those; so
-    /// the cache and TLB misses of a group overlap instead of queueing
-    /// one after another. Never allocates or blocks.
+    /// the addresses go in groups of 16 through a software pipeline of
+    /// four stages: prefetch the group's /24 entries; read them and
+    /// prefetch the chunks they name; read the cells and prefetch their
+    /// next hops; read those. Each step runs every stage on a different
+    /// group (the newest group's first stage, the oldest's last), so the
+    /// misses of three groups are in flight while the CPU works, instead
+    /// of one group's misses per stage with the CPU waiting for the first
+    /// of them. Never allocates or blocks.
     #[inline]
     pub fn lookup_batch(&self, dsts: &[Ipv4Addr], out: &mut [Option<NextHop>]) {
-        const GROUP: usize = 32;
+        const GROUP: usize = 16;
         let out = &mut out[..dsts.len()];
         let Some(ix) = &self.index else {
             for (o, &d) in out.iter_mut().zip(dsts) {
@@ -769,22 +772,37 @@ impl FibTable {
             }
             return;
         };
-        for (dsts, out) in dsts.chunks(GROUP).zip(out.chunks_mut(GROUP)) {
-            let mut cells = [0u32; GROUP];
-            for &d in dsts {
-                ix.prefetch_entry(u32::from(d));
+        let groups = dsts.len().div_ceil(GROUP);
+        let span = |g: usize| g * GROUP..dsts.len().min((g + 1) * GROUP);
+        // Entries, then cells, of the groups in the middle stages, by
+        // group number modulo 4.
+        let mut cells = [[0u32; GROUP]; 4];
+        for step in 0..groups + 3 {
+            if let Some(g) = step.checked_sub(3) {
+                let cells = &cells[g % 4];
+                for (o, &c) in out[span(g)].iter_mut().zip(cells) {
+                    *o = ix.hop(c);
+                }
             }
-            for (c, &d) in cells.iter_mut().zip(dsts) {
-                let d = u32::from(d);
-                *c = ix.entry(d);
-                ix.prefetch_cell(*c, d);
+            if let Some(g) = step.checked_sub(2).filter(|&g| g < groups) {
+                let cells = &mut cells[g % 4];
+                for (c, &d) in cells.iter_mut().zip(&dsts[span(g)]) {
+                    *c = ix.cell(*c, u32::from(d));
+                    ix.prefetch_hop(*c);
+                }
             }
-            for (c, &d) in cells.iter_mut().zip(dsts) {
-                *c = ix.cell(*c, u32::from(d));
-                ix.prefetch_hop(*c);
+            if let Some(g) = step.checked_sub(1).filter(|&g| g < groups) {
+                let cells = &mut cells[g % 4];
+                for (c, &d) in cells.iter_mut().zip(&dsts[span(g)]) {
+                    let d = u32::from(d);
+                    *c = ix.entry(d);
+                    ix.prefetch_cell(*c, d);
+                }
             }
-            for (o, &c) in out.iter_mut().zip(&cells) {
-                *o = ix.hop(c);
+            if step < groups {
+                for &d in &dsts[span(step)] {
+                    ix.prefetch_entry(u32::from(d));
+                }
             }
         }
     }
