@@ -27,8 +27,7 @@
 //! that /24's 256 addresses where a longer route lies inside it, stored
 //! as one 64-byte cache line while it has at most 10 runs of equal next
 //! hops. Its lookups are one read, or two with a chunk, however many
-//! prefix lengths the table has, with no branch on what the first read
-//! found; [`FibTable::lookup_batch`] pipelines groups of 16 addresses so
+//! prefix lengths the table has; [`FibTable::lookup_batch`] pipelines groups of 16 addresses so
 //! the reads of three groups are in flight at once. The index is derived from the hash
 //! tables, which stay the truth (`get`, `routes`, groups, nodes). It
 //! cannot be copied on write cheaply, so there are two copies taking
@@ -148,9 +147,8 @@
 //! # Cost model
 //!
 //! - With the DIR-24-8 index (16,384 routes or more): `lookup` reads the
-//!   /24 entry, a 64-byte chunk if the /24 holds longer routes (else an
-//!   always-cached placeholder), and the interned next hop; about 40
-//!   instructions, no data-dependent branch. An update additionally rewrites
+//!   /24 entry, a 64-byte chunk if the /24 holds longer routes, and the
+//!   interned next hop; about 40 instructions. An update additionally rewrites
 //!   the index cells its routes cover, in the published-next copy and one
 //!   batch later in the other. Memory: 64 MiB plus 64 bytes per /24 with
 //!   routes longer than /24 (1 KiB past 10 runs), twice.
