@@ -47,11 +47,13 @@ use crate::podnet::{PodInterfaceSpec, PodNetError};
 use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
 
+mod commit;
 mod policy_calls;
 mod removal;
 mod service_calls;
 mod taps;
 
+pub use commit::Uncommitted;
 pub use removal::{InterfaceRemoval, RemovalDone};
 
 /// First two bytes of every pod interface MAC podrouter assigns.
@@ -169,6 +171,9 @@ pub struct Daemon {
     detach_stats: crate::op_stats::OpStats,
     /// Capture and trace taps the workers check ([`crate::tap_stream`]).
     taps: Arc<Taps>,
+    /// What the calls handled since the last [`Daemon::commit`] changed
+    /// and is not yet on disk or published.
+    unwritten: commit::Unwritten,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -255,6 +260,7 @@ impl Daemon {
             attach_stats: Default::default(),
             detach_stats: Default::default(),
             taps,
+            unwritten: Default::default(),
         };
         d.start_host_port()?;
         if let Some((u, info)) =
@@ -272,6 +278,7 @@ impl Daemon {
         d.publish_policy();
         d.publish_services();
         d.process_pending_detaches();
+        d.commit(&mut []);
         let kernel = d.uplink.clone();
         d.bgp = crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel, learned)
             .map_err(StartError::Bgp)?;
@@ -507,11 +514,20 @@ impl Daemon {
         response
     }
 
-    /// Answers one API call, leaving a detach's interface removal (the
-    /// slow part, ~20 ms of kernel work) to the caller: it must run it
+    /// Answers one API call, its changes durable (a batch of one: see
+    /// [`Daemon::call_uncommitted`] and [`Daemon::commit`] for more),
+    /// leaving a detach's interface removal (the slow part, ~20 ms of
+    /// kernel work) to the caller: it must run it
     /// ([`InterfaceRemoval::run`], on any thread) before it delivers the
     /// response, then hand the outcome back to [`Daemon::removal_done`].
     pub fn handle_call(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
+        self.call_committed(call)
+    }
+
+    /// [`Daemon::handle_call`] without the commit: the state file, the
+    /// pods' identities and the compiled policy are left to
+    /// [`Daemon::commit`].
+    fn handle_in_memory(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
         if let Call::Detach(p) = &call {
             let t = Instant::now();
             let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
@@ -539,12 +555,8 @@ impl Daemon {
             Call::ListPods => Ok(Reply::Pods(
                 self.pods.values().map(|p| self.pod_info(p)).collect(),
             )),
-            Call::Attach(p) => {
-                let t = Instant::now();
-                let r = self.attach(p);
-                self.attach_stats.record(t.elapsed(), r.is_ok());
-                r
-            }
+            // Counted in commit, with the state write's time.
+            Call::Attach(p) => self.attach(p),
             Call::Detach(p) => {
                 // handle_call takes detaches; this is its inline form.
                 let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
@@ -757,34 +769,16 @@ impl Daemon {
             return Err(e);
         }
         let installed = Instant::now();
-        if let Err(source) = self.store.save(&self.records()) {
-            self.uninstall(&record.id);
-            self.discard_interface(&record);
-            self.ipam.release(ip);
-            return Err(CallError::NotSaved {
-                id: record.id,
-                source,
-            });
-        }
-        if let Err(source) = self
-            .policy_store
-            .set_identity(&record.id, p.identity.clone())
-        {
-            self.uninstall(&record.id);
-            self.discard_interface(&record);
-            self.ipam.release(ip);
-            if let Err(e) = self.store.save(&self.records()) {
-                log::error!("pod {}: state file not rolled back: {e}", record.id);
-            }
-            return Err(CallError::Identity {
-                id: record.id,
-                source,
-            });
-        }
-        self.publish_policy();
+        // The state file, the identity and the policy follow at the commit
+        // of this call's batch, before the answer leaves.
+        self.unwritten.state = true;
+        self.unwritten
+            .identities
+            .push((record.id.clone(), p.identity.clone()));
+        self.unwritten.policy = true;
         log::info!(
             "pod {}: attached {} {}/32 in {} (port {}; checks and IPAM {:.2} ms, \
-             interface {:.2} ms, data plane and host route {:.2} ms, state {:.2} ms)",
+             interface {:.2} ms, data plane and host route {:.2} ms)",
             record.id,
             record.ifname,
             ip,
@@ -793,7 +787,6 @@ impl Daemon {
             ms(checked - start),
             ms(created - checked),
             ms(installed - created),
-            ms(installed.elapsed()),
         );
         Ok(Reply::Pod(self.pod_info(&self.pods[&record.id])))
     }
@@ -854,21 +847,12 @@ impl Daemon {
                 }),
             };
         };
-        let uninstalled = Instant::now();
-        if let Err(e) = self.store.save(&self.records()) {
-            // The pod is gone from the data plane; the next save or start
-            // will drop it from the file (its netns interface is gone too).
-            log::error!("pod {id}: detached but the state file was not updated: {e}");
-        }
-        if let Err(e) = self.policy_store.set_identity(id, None) {
-            log::error!("pod {id}: detached but its identity was not forgotten: {e}");
-        }
-        self.publish_policy();
-        let steps = format!(
-            "data plane and host route {:.2} ms, state {:.2} ms",
-            ms(uninstalled - start),
-            ms(uninstalled.elapsed())
-        );
+        // The state file, the identity and the policy follow at the commit
+        // of this call's batch, before the answer leaves.
+        self.unwritten.state = true;
+        self.unwritten.identities.push((id.to_string(), None));
+        self.unwritten.policy = true;
+        let steps = format!("data plane and host route {:.2} ms", ms(start.elapsed()));
         let removal = InterfaceRemoval::new(record, port, release, self.net.clone(), steps);
         Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
     }
@@ -1115,6 +1099,8 @@ impl Daemon {
     /// Stops the workers. Pod interfaces (persistent TAPs), host routes and
     /// the state file stay, so a restart picks everything up again.
     pub fn shutdown(mut self) {
+        // A batch whose write failed gets one more try.
+        self.commit(&mut []);
         if let Some(b) = self.bgp.take() {
             b.stop();
         }
@@ -1205,22 +1191,22 @@ fn validate_id(id: &str) -> Result<(), CallError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::nodenet::fake::{FakeNet, NetState};
     use podrouter_api::{DetachParams, ErrorCode};
 
     /// A daemon on a fake node, in a scratch directory: unprivileged.
-    struct TestNode {
-        dir: podrouter_testkit::TempDir,
-        net: FakeNet,
+    pub(crate) struct TestNode {
+        pub(crate) dir: podrouter_testkit::TempDir,
+        pub(crate) net: FakeNet,
         d: Option<Daemon>,
     }
 
     const CIDRS: &str = r#"["10.244.0.0/28", "10.244.1.0/28", "10.244.2.0/28"]"#;
 
     impl TestNode {
-        fn new(name: &str) -> TestNode {
+        pub(crate) fn new(name: &str) -> TestNode {
             let dir = podrouter_testkit::TempDir::new(&format!("daemon-{name}"));
             std::fs::create_dir_all(dir.join("netns")).unwrap();
             let mut t = TestNode {
@@ -1260,18 +1246,18 @@ mod tests {
             }
         }
 
-        fn d(&mut self) -> &mut Daemon {
+        pub(crate) fn d(&mut self) -> &mut Daemon {
             self.d.as_mut().expect("daemon running")
         }
 
         /// A pod netns: any absolute path that exists and is not ours.
-        fn netns(&self, name: &str) -> String {
+        pub(crate) fn netns(&self, name: &str) -> String {
             let p = self.dir.join("netns").join(name);
             std::fs::write(&p, "").unwrap();
             p.display().to_string()
         }
 
-        fn attach(&mut self, id: &str) -> Response {
+        pub(crate) fn attach(&mut self, id: &str) -> Response {
             let netns = self.netns(id);
             self.d().handle(Call::Attach(AttachParams {
                 id: id.into(),
@@ -1284,7 +1270,7 @@ mod tests {
         }
 
         /// Everything a handler may change, to compare before and after.
-        fn snapshot(&mut self) -> Snapshot {
+        pub(crate) fn snapshot(&mut self) -> Snapshot {
             let net = self.net.state();
             let d = self.d();
             let mut ports: Vec<String> = d
@@ -1318,14 +1304,14 @@ mod tests {
     }
 
     #[derive(Debug, PartialEq)]
-    struct Snapshot {
-        net: NetState,
-        pods: Vec<String>,
+    pub(crate) struct Snapshot {
+        pub(crate) net: NetState,
+        pub(crate) pods: Vec<String>,
         fib: Vec<String>,
         ports: Vec<String>,
         worker_ports: usize,
-        free: u64,
-        saved: Vec<String>,
+        pub(crate) free: u64,
+        pub(crate) saved: Vec<String>,
         cidrs: Vec<String>,
     }
 
@@ -1344,7 +1330,7 @@ mod tests {
         }))
     }
 
-    fn detach_call(id: &str) -> Call {
+    pub(crate) fn detach_call(id: &str) -> Call {
         Call::Detach(DetachParams {
             id: id.into(),
             netns: None,

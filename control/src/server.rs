@@ -5,9 +5,12 @@
 //! Many clients are served at once: each accepted connection gets a
 //! thread ([`conn`]) that reads and parses its requests under a deadline
 //! and sends each call over a channel to this thread, which owns the
-//! [`Daemon`] and answers calls one at a time. The slow part of a detach
-//! (removing the interface) runs back on the connection's thread, so
-//! detaches overlap and nothing waits on a client. A `capture` or `trace`
+//! [`Daemon`]. It takes every call that is queued, handles them one after
+//! the other in memory, makes the batch durable with one write
+//! ([`crate::daemon::Daemon::commit`]: group commit) and only then answers
+//! them. The slow part of a detach (removing the interface) runs back on
+//! the connection's thread, started before the write, so detaches overlap
+//! with each other and with the write, and nothing waits on a client. A `capture` or `trace`
 //! request hands its connection to [`crate::tap_stream`] (on this thread,
 //! which arms the tap and starts the stream's own thread).
 //!
@@ -16,7 +19,8 @@
 //! stealing it; at most [`MAX_CONNECTIONS`] connections are open (more are
 //! answered `busy` and closed); no client can delay another's call by
 //! more than the calls queued before it; the daemon's state changes only
-//! on this thread; what is refused or timed out is counted in
+//! on this thread; no answer leaves before the batch it belongs to is
+//! durable; what is refused or timed out is counted in
 //! [`stats::ApiStats`], which `status` reports.
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -30,7 +34,7 @@ use mio::net::{UnixListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use podrouter_api::{Call, ErrorCode, Reply, Response};
 
-use crate::daemon::{Daemon, InterfaceRemoval, RemovalDone};
+use crate::daemon::{Daemon, InterfaceRemoval, RemovalDone, Uncommitted};
 
 mod conn;
 pub mod request;
@@ -56,16 +60,28 @@ const CONN_STACK: usize = 512 * 1024;
 
 /// What connection threads ask of the control thread.
 pub(crate) enum ToOwner {
-    /// Answer `call`; the reply may leave an interface removal to run.
+    /// Answer `call` (a detach's interface removal first, if it leaves one).
     Call {
         call: Call,
-        reply: mpsc::SyncSender<(Response, Option<InterfaceRemoval>)>,
+        reply: mpsc::SyncSender<Answer>,
     },
     /// A detach's interface removal has run: free what it held.
     Removed(RemovalDone),
     /// A capture or trace: arm it and stream on `conn`.
     Stream { call: Call, conn: StdUnixStream },
 }
+
+/// What the control thread sends back for a call, in this order: at most
+/// one removal (at once), then the response (once the call's batch is
+/// durable). The channel holds both, so sending never blocks.
+pub(crate) enum Answer {
+    /// A detach's interface removal, to run now (before the response).
+    Removal(InterfaceRemoval),
+    Response(Response),
+}
+
+/// Room in a call's answer channel: a removal and the response.
+pub(crate) const ANSWERS: usize = 2;
 
 /// A connection thread's way to the control thread.
 #[derive(Clone)]
@@ -156,29 +172,54 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
             }
         }
         // Whatever woke us, answer every call that is waiting.
-        while let Ok(msg) = calls.try_recv() {
-            match msg {
-                ToOwner::Call { call, reply } => {
-                    let (mut resp, removal) = daemon.handle_call(call);
-                    if let Some(Reply::Status(s)) = &mut resp.result {
-                        s.api = Some(stats.snapshot());
-                    }
-                    if let Err(mpsc::SendError((_, Some(removal)))) = reply.send((resp, removal)) {
+        answer_queued(daemon, &calls, &stats);
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// Handles every message queued on `calls` (group commit: one write of
+/// the state for all the calls among them), then answers the calls.
+fn answer_queued(daemon: &mut Daemon, calls: &mpsc::Receiver<ToOwner>, stats: &stats::ApiStats) {
+    let mut batch: Vec<Uncommitted> = Vec::new();
+    let mut replies: Vec<mpsc::SyncSender<Answer>> = Vec::new();
+    while let Ok(msg) = calls.try_recv() {
+        match msg {
+            ToOwner::Call { call, reply } => {
+                let mut u = daemon.call_uncommitted(call);
+                if let Some(Reply::Status(s)) = &mut u.response_mut().result {
+                    s.api = Some(stats.snapshot());
+                }
+                if let Some(removal) = u.take_removal() {
+                    // Off this thread at once: it overlaps with the write.
+                    if let Err(mpsc::TrySendError::Full(Answer::Removal(r))
+                    | mpsc::TrySendError::Disconnected(Answer::Removal(r))) =
+                        reply.try_send(Answer::Removal(removal))
+                    {
                         // The connection's thread is gone: finish here.
-                        daemon.removal_done(removal.run());
+                        daemon.removal_done(r.run());
                     }
                 }
-                ToOwner::Removed(done) => daemon.removal_done(done),
-                ToOwner::Stream { call, conn } => {
-                    if let Err(e) = crate::tap_stream::start(call, conn, daemon) {
-                        log::debug!("API client: starting a stream: {e}");
-                    }
+                batch.push(u);
+                replies.push(reply);
+            }
+            ToOwner::Removed(done) => daemon.removal_done(done),
+            ToOwner::Stream { call, conn } => {
+                if let Err(e) = crate::tap_stream::start(call, conn, daemon) {
+                    log::debug!("API client: starting a stream: {e}");
                 }
             }
         }
     }
-    let _ = std::fs::remove_file(&path);
-    Ok(())
+    if batch.is_empty() {
+        return;
+    }
+    daemon.commit(&mut batch);
+    for (u, reply) in batch.into_iter().zip(replies) {
+        let (resp, _) = u.finish();
+        // A client gone meanwhile just misses its answer.
+        let _ = reply.try_send(Answer::Response(resp));
+    }
 }
 
 fn bind(path: &Path) -> Result<UnixListener, ServeError> {
@@ -239,5 +280,87 @@ fn start_connection(stream: UnixStream, owner: &Owner, stats: &Arc<stats::ApiSta
         .spawn(move || conn::serve(stream, owner, stats, open));
     if let Err(e) = spawned {
         log::warn!("API: cannot start a connection thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use podrouter_api::{AttachParams, ErrorCode};
+
+    use super::*;
+    use crate::daemon::tests::{detach_call, TestNode};
+
+    fn queue(tx: &mpsc::Sender<ToOwner>, call: Call) -> mpsc::Receiver<Answer> {
+        let (reply, answer) = mpsc::sync_channel(ANSWERS);
+        tx.send(ToOwner::Call { call, reply }).unwrap();
+        answer
+    }
+
+    fn attach(t: &TestNode, id: &str) -> Call {
+        Call::Attach(AttachParams {
+            id: id.into(),
+            netns: t.netns(id),
+            ifname: "eth0".into(),
+            ip: None,
+            mtu: None,
+            identity: None,
+        })
+    }
+
+    fn response(answer: &mpsc::Receiver<Answer>) -> Response {
+        match answer.try_recv() {
+            Ok(Answer::Response(r)) => r,
+            Ok(Answer::Removal(_)) => panic!("a removal where the response was due"),
+            Err(e) => panic!("no answer: {e}"),
+        }
+    }
+
+    /// 20 attaches queued at once cost one write of the state, and none is
+    /// answered before it; a detach's removal goes out ahead of its
+    /// response. When the write fails, no attach of the batch is answered
+    /// with success.
+    #[test]
+    fn queued_calls_are_answered_after_one_write() {
+        let mut t = TestNode::new("server-batch");
+        let stats = stats::ApiStats::new(MAX_CONNECTIONS);
+        let (tx, calls) = mpsc::channel();
+        let ids: Vec<String> = (0..20).map(|i| format!("p{i:02}")).collect();
+        let answers: Vec<_> = ids.iter().map(|id| queue(&tx, attach(&t, id))).collect();
+        let writes = t.d().state_writes();
+        assert!(answers.iter().all(|a| a.try_recv().is_err()));
+        answer_queued(t.d(), &calls, &stats);
+        assert_eq!(t.d().state_writes(), writes + 1, "one write for the batch");
+        assert_eq!(t.snapshot().saved, ids, "every answered pod is on disk");
+        for a in &answers {
+            assert_eq!(response(a).error, None);
+        }
+
+        // A detach beside an attach: the removal first, then the response.
+        let det = queue(&tx, detach_call("p00"));
+        let att = queue(&tx, attach(&t, "late"));
+        answer_queued(t.d(), &calls, &stats);
+        assert_eq!(t.d().state_writes(), writes + 2);
+        let Ok(Answer::Removal(removal)) = det.try_recv() else {
+            panic!("the detach's removal comes first")
+        };
+        assert_eq!(response(&det).error, None);
+        assert_eq!(response(&att).error, None);
+        let done = removal.run();
+        t.d().removal_done(done);
+
+        // A batch whose write fails: every attach is refused.
+        let tmp = t.dir.join("state").join("state.json.tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        let failing: Vec<_> = ["x", "y", "z"]
+            .iter()
+            .map(|id| queue(&tx, attach(&t, id)))
+            .collect();
+        answer_queued(t.d(), &calls, &stats);
+        std::fs::remove_dir(&tmp).unwrap();
+        for a in &failing {
+            let e = response(a).error.expect("refused: not durable");
+            assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
+        }
+        assert_eq!(t.snapshot().pods.len(), 20, "x, y, z undone");
     }
 }

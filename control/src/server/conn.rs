@@ -1,8 +1,8 @@
 //! One API connection, served on its own thread: it reads request lines
 //! under a whole-request deadline, parses them, has the control thread
 //! (the daemon's owner) answer each call, runs what the answer leaves to
-//! it (a detach's interface removal) and writes the response under a
-//! deadline. A slow or silent client only ever holds its own thread.
+//! it (a detach's interface removal, sent ahead of the response) and
+//! writes the response under a deadline. A slow or silent client only ever holds its own thread.
 //!
 //! Invariants: a request must arrive whole within [`REQUEST_DEADLINE`]
 //! of the server starting to wait for it (a trickle does not extend it),
@@ -20,7 +20,7 @@ use podrouter_api::{Call, ErrorCode, Response, MAX_LINE};
 
 use super::request::{self, FrameError, LineFramer};
 use super::stats::{ApiStats, OpenConnection};
-use super::{Owner, ToOwner};
+use super::{Answer, Owner, ToOwner, ANSWERS};
 
 /// How long a client may take to send one whole request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -93,20 +93,23 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
 /// Answers one call by the control thread (streams were handed over
 /// before: see [`serve_requests`]).
 fn serve_call(call: Call, owner: &Owner) -> io::Result<Response> {
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    let (reply_tx, reply_rx) = mpsc::sync_channel(ANSWERS);
     owner.send(ToOwner::Call {
         call,
         reply: reply_tx,
     })?;
-    let (resp, removal) = reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("podrouterd is stopping"))?;
-    if let Some(removal) = removal {
-        // The slow part of a detach, here so that concurrent detaches
-        // overlap; the caller hears back only once it is done.
-        owner.send(ToOwner::Removed(removal.run()))?;
+    loop {
+        let answer = reply_rx
+            .recv()
+            .map_err(|_| io::Error::other("podrouterd is stopping"))?;
+        match answer {
+            // The slow part of a detach, here so that concurrent detaches
+            // overlap (and with the state write); the caller hears back
+            // only once it is done.
+            Answer::Removal(removal) => owner.send(ToOwner::Removed(removal.run()))?,
+            Answer::Response(resp) => return Ok(resp),
+        }
     }
-    Ok(resp)
 }
 
 #[derive(Debug)]
