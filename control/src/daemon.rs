@@ -3,9 +3,11 @@
 //!
 //! Invariants: a pod is in `pods` exactly when its port is in the port
 //! table, its /32 is in the FIB and in the host's routing table, one worker
-//! receives from it, its address is taken in IPAM and it is in the state
-//! file. Every handler either completes all of these or rolls back to where
-//! it started. A config reload ([`Daemon::reload`], [`crate::reload`]) is
+//! receives from it and its address is taken in IPAM; the state file
+//! agrees once the batch of calls that changed it is committed
+//! ([`commit`]: group commit, before any of them is answered). Every
+//! handler either completes all of these or rolls back to where it
+//! started. A config reload ([`Daemon::reload`], [`crate::reload`]) is
 //! all or nothing too: refused with the running config untouched, or
 //! applied to IPAM, the FIB, the kernel and BGP before `cfg` is replaced.
 //!
@@ -174,6 +176,8 @@ pub struct Daemon {
     /// What the calls handled since the last [`Daemon::commit`] changed
     /// and is not yet on disk or published.
     unwritten: commit::Unwritten,
+    /// Detached pods' interface removals not done yet.
+    removing: removal::InFlight,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -261,6 +265,7 @@ impl Daemon {
             detach_stats: Default::default(),
             taps,
             unwritten: Default::default(),
+            removing: Default::default(),
         };
         d.start_host_port()?;
         if let Some((u, info)) =
@@ -528,22 +533,12 @@ impl Daemon {
     /// pods' identities and the compiled policy are left to
     /// [`Daemon::commit`].
     fn handle_in_memory(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
+        // Attaches and detaches are counted at their commit.
         if let Call::Detach(p) = &call {
-            let t = Instant::now();
             let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
             return match self.detach(&p.id, orphan) {
-                Ok((reply, Some(removal))) => {
-                    // Counted in removal_done, with the removal's time.
-                    (Response::ok(reply), Some(removal.since(t)))
-                }
-                Ok((reply, None)) => {
-                    self.detach_stats.record(t.elapsed(), true);
-                    (Response::ok(reply), None)
-                }
-                Err(e) => {
-                    self.detach_stats.record(t.elapsed(), false);
-                    (e.response(), None)
-                }
+                Ok((reply, removal)) => (Response::ok(reply), removal),
+                Err(e) => (e.response(), None),
             };
         }
         (self.handle_now(call), None)
@@ -555,7 +550,6 @@ impl Daemon {
             Call::ListPods => Ok(Reply::Pods(
                 self.pods.values().map(|p| self.pod_info(p)).collect(),
             )),
-            // Counted in commit, with the state write's time.
             Call::Attach(p) => self.attach(p),
             Call::Detach(p) => {
                 // handle_call takes detaches; this is its inline form.
@@ -655,7 +649,10 @@ impl Daemon {
             workers: self.workers.len(),
             pods: self.pods.len(),
             routes: self.fib.load().len(),
-            free_addresses: self.ipam.free(),
+            // An address whose pod's interface removal is still in flight
+            // counts as free: an attach that needs it waits for it
+            // (removal::InFlight), as if the detach had.
+            free_addresses: self.ipam.free() + self.removing.len() as u64,
             uptime_secs: self.started.elapsed().as_secs(),
             ports: self
                 .pods
@@ -817,12 +814,13 @@ impl Daemon {
     /// given, removes a podrouter interface left there by an attach that
     /// was cut short (a crash between creating it and saving the state).
     ///
-    /// A known pod leaves the data plane, the host routes, the state file
-    /// and the policy identities here; its interface's removal is returned
-    /// for the caller to run, and its address stays taken until that is
-    /// done ([`Daemon::removal_done`]), so no new pod gets it while the
-    /// old interface (and the afxdp backend's node-side veth named after
-    /// the address) still exists.
+    /// A known pod leaves the data plane and the host routes here, the
+    /// state file and the policy identities at its batch's commit; its
+    /// interface's removal is returned for the caller to run (after the
+    /// answer), and its address stays taken until that is done
+    /// ([`Daemon::removal_done`]), so no new pod gets it while the old
+    /// interface (and the afxdp backend's node-side veth named after the
+    /// address) still exists.
     fn detach(
         &mut self,
         id: &str,
@@ -854,12 +852,13 @@ impl Daemon {
         self.unwritten.policy = true;
         let steps = format!("data plane and host route {:.2} ms", ms(start.elapsed()));
         let removal = InterfaceRemoval::new(record, port, release, self.net.clone(), steps);
+        self.removing.add(&removal);
         Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
     }
 
     /// Ends a detach whose interface removal has run: frees the address.
     pub fn removal_done(&mut self, done: RemovalDone) {
-        self.detach_stats.record(done.since_call, true);
+        self.removing.done(&done);
         self.forget_port(done.port);
         self.ipam.release(done.ip);
         log::info!(
@@ -878,7 +877,9 @@ impl Daemon {
             .pods
             .values()
             .any(|p| p.record.netns == netns && p.record.ifname == ifname);
-        if owned || !netns.exists() {
+        // A detached pod's interface still being removed there is not an
+        // orphan: its removal (which waits for the worker) takes it.
+        if owned || !netns.exists() || self.removing.in_netns(netns) {
             return Ok(false);
         }
         match self.net.interface_mac(netns, ifname)? {
@@ -1168,7 +1169,7 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// A network namespace's identity: the (device, inode) its file has,
 /// whichever path (a /run/netns bind mount, /proc/PID/ns/net) names it.
-type NetnsId = (u64, u64);
+pub type NetnsId = (u64, u64);
 
 fn netns_id(path: &Path) -> Option<NetnsId> {
     use std::os::unix::fs::MetadataExt;

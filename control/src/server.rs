@@ -9,8 +9,10 @@
 //! the other in memory, makes the batch durable with one write
 //! ([`crate::daemon::Daemon::commit`]: group commit) and only then answers
 //! them. The slow part of a detach (removing the interface) runs back on
-//! the connection's thread, started before the write, so detaches overlap
-//! with each other and with the write, and nothing waits on a client. A `capture` or `trace`
+//! the connection's thread once the detach is answered, so the caller
+//! does not wait for the kernel, removals overlap, and nothing waits on a
+//! client. An attach into a namespace whose old interface is still being
+//! removed is held back until that removal is done. A `capture` or `trace`
 //! request hands its connection to [`crate::tap_stream`] (on this thread,
 //! which arms the tap and starts the stream's own thread).
 //!
@@ -20,7 +22,8 @@
 //! answered `busy` and closed); no client can delay another's call by
 //! more than the calls queued before it; the daemon's state changes only
 //! on this thread; no answer leaves before the batch it belongs to is
-//! durable; what is refused or timed out is counted in
+//! durable; a stop waits (bounded) for the removals in flight; what is
+//! refused or timed out is counted in
 //! [`stats::ApiStats`], which `status` reports.
 use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -50,6 +53,10 @@ const CALLS: Token = Token(3);
 /// How often the daemon's housekeeping runs when nothing else happens.
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a stop waits for interface removals in flight (a removal
+/// waits up to 5 s for its worker, then for the kernel).
+const REMOVALS_AT_STOP: Duration = Duration::from_secs(6);
+
 /// Most API connections open at once.
 pub const MAX_CONNECTIONS: u64 = 512;
 
@@ -75,9 +82,10 @@ pub(crate) enum ToOwner {
 /// one removal (at once), then the response (once the call's batch is
 /// durable). The channel holds both, so sending never blocks.
 pub(crate) enum Answer {
-    /// A detach's interface removal, to run now (before the response).
+    /// A detach's interface removal, to run once the response is written.
     Removal(InterfaceRemoval),
-    Response(Response),
+    /// Boxed: a response is several times a removal's size.
+    Response(Box<Response>),
 }
 
 /// Room in a call's answer channel: a removal and the response.
@@ -145,6 +153,7 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
     };
     let stats = Arc::new(stats::ApiStats::new(MAX_CONNECTIONS));
     let mut events = Events::with_capacity(64);
+    let mut held = Held::new();
     ready(daemon);
     'outer: loop {
         daemon.tick();
@@ -172,37 +181,33 @@ pub fn serve_then(daemon: &mut Daemon, ready: impl FnOnce(&Daemon)) -> Result<()
             }
         }
         // Whatever woke us, answer every call that is waiting.
-        answer_queued(daemon, &calls, &stats);
+        answer_queued(daemon, &calls, &stats, &mut held);
     }
+    finish_removals(daemon, &calls);
     let _ = std::fs::remove_file(&path);
     Ok(())
 }
 
-/// Handles every message queued on `calls` (group commit: one write of
-/// the state for all the calls among them), then answers the calls.
-fn answer_queued(daemon: &mut Daemon, calls: &mpsc::Receiver<ToOwner>, stats: &stats::ApiStats) {
-    let mut batch: Vec<Uncommitted> = Vec::new();
-    let mut replies: Vec<mpsc::SyncSender<Answer>> = Vec::new();
+/// Calls held back until an interface removal in their namespace is done
+/// ([`Daemon::waits_for_removal`]), in arrival order.
+type Held = Vec<(Call, mpsc::SyncSender<Answer>)>;
+
+/// Handles every message queued on `calls` and every held call that may
+/// go now (group commit: one write of the state for all the calls among
+/// them), then answers the calls.
+fn answer_queued(
+    daemon: &mut Daemon,
+    calls: &mpsc::Receiver<ToOwner>,
+    stats: &stats::ApiStats,
+    held: &mut Held,
+) {
+    let mut batch = Batch::default();
     while let Ok(msg) = calls.try_recv() {
         match msg {
-            ToOwner::Call { call, reply } => {
-                let mut u = daemon.call_uncommitted(call);
-                if let Some(Reply::Status(s)) = &mut u.response_mut().result {
-                    s.api = Some(stats.snapshot());
-                }
-                if let Some(removal) = u.take_removal() {
-                    // Off this thread at once: it overlaps with the write.
-                    if let Err(mpsc::TrySendError::Full(Answer::Removal(r))
-                    | mpsc::TrySendError::Disconnected(Answer::Removal(r))) =
-                        reply.try_send(Answer::Removal(removal))
-                    {
-                        // The connection's thread is gone: finish here.
-                        daemon.removal_done(r.run());
-                    }
-                }
-                batch.push(u);
-                replies.push(reply);
+            ToOwner::Call { call, reply } if daemon.waits_for_removal(&call) => {
+                held.push((call, reply));
             }
+            ToOwner::Call { call, reply } => batch.handle(daemon, call, reply, stats),
             ToOwner::Removed(done) => daemon.removal_done(done),
             ToOwner::Stream { call, conn } => {
                 if let Err(e) = crate::tap_stream::start(call, conn, daemon) {
@@ -211,14 +216,83 @@ fn answer_queued(daemon: &mut Daemon, calls: &mpsc::Receiver<ToOwner>, stats: &s
             }
         }
     }
-    if batch.is_empty() {
-        return;
+    for (call, reply) in std::mem::take(held) {
+        if daemon.waits_for_removal(&call) {
+            held.push((call, reply));
+        } else {
+            batch.handle(daemon, call, reply, stats);
+        }
     }
-    daemon.commit(&mut batch);
-    for (u, reply) in batch.into_iter().zip(replies) {
-        let (resp, _) = u.finish();
-        // A client gone meanwhile just misses its answer.
-        let _ = reply.try_send(Answer::Response(resp));
+    batch.commit_and_answer(daemon);
+}
+
+/// The calls handled since the last commit, and where their answers go.
+#[derive(Default)]
+struct Batch {
+    calls: Vec<Uncommitted>,
+    replies: Vec<mpsc::SyncSender<Answer>>,
+}
+
+impl Batch {
+    fn handle(
+        &mut self,
+        daemon: &mut Daemon,
+        call: Call,
+        reply: mpsc::SyncSender<Answer>,
+        stats: &stats::ApiStats,
+    ) {
+        let mut u = daemon.call_uncommitted(call);
+        if let Some(Reply::Status(s)) = &mut u.response_mut().result {
+            s.api = Some(stats.snapshot());
+        }
+        if let Some(removal) = u.take_removal() {
+            // To the connection's thread, which runs it after the answer.
+            if let Err(
+                mpsc::TrySendError::Full(Answer::Removal(r))
+                | mpsc::TrySendError::Disconnected(Answer::Removal(r)),
+            ) = reply.try_send(Answer::Removal(removal))
+            {
+                // The connection's thread is gone: finish here.
+                daemon.removal_done(r.run());
+            }
+        }
+        self.calls.push(u);
+        self.replies.push(reply);
+    }
+
+    /// Makes the batch durable, then lets every answer go.
+    fn commit_and_answer(mut self, daemon: &mut Daemon) {
+        if self.calls.is_empty() {
+            return;
+        }
+        daemon.commit(&mut self.calls);
+        for (u, reply) in self.calls.into_iter().zip(self.replies) {
+            let (resp, _) = u.finish();
+            // A client gone meanwhile just misses its answer.
+            let _ = reply.try_send(Answer::Response(Box::new(resp)));
+        }
+    }
+}
+
+/// At a stop, waits (at most [`REMOVALS_AT_STOP`]) for the interface
+/// removals of answered detaches to finish, so that none is cut short by
+/// the exit; calls that arrive meanwhile are dropped (their clients see
+/// the daemon stopping).
+fn finish_removals(daemon: &mut Daemon, calls: &mpsc::Receiver<ToOwner>) {
+    let deadline = std::time::Instant::now() + REMOVALS_AT_STOP;
+    while daemon.removals_in_flight() > 0 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match calls.recv_timeout(left) {
+            Ok(ToOwner::Removed(done)) => daemon.removal_done(done),
+            Ok(_) => {}
+            Err(_) => {
+                log::warn!(
+                    "stopping with {} interface removal(s) unfinished",
+                    daemon.removals_in_flight()
+                );
+                return;
+            }
+        }
     }
 }
 
@@ -309,7 +383,7 @@ mod tests {
 
     fn response(answer: &mpsc::Receiver<Answer>) -> Response {
         match answer.try_recv() {
-            Ok(Answer::Response(r)) => r,
+            Ok(Answer::Response(r)) => *r,
             Ok(Answer::Removal(_)) => panic!("a removal where the response was due"),
             Err(e) => panic!("no answer: {e}"),
         }
@@ -324,11 +398,12 @@ mod tests {
         let mut t = TestNode::new("server-batch");
         let stats = stats::ApiStats::new(MAX_CONNECTIONS);
         let (tx, calls) = mpsc::channel();
+        let mut held = Held::new();
         let ids: Vec<String> = (0..20).map(|i| format!("p{i:02}")).collect();
         let answers: Vec<_> = ids.iter().map(|id| queue(&tx, attach(&t, id))).collect();
         let writes = t.d().state_writes();
         assert!(answers.iter().all(|a| a.try_recv().is_err()));
-        answer_queued(t.d(), &calls, &stats);
+        answer_queued(t.d(), &calls, &stats, &mut held);
         assert_eq!(t.d().state_writes(), writes + 1, "one write for the batch");
         assert_eq!(t.snapshot().saved, ids, "every answered pod is on disk");
         for a in &answers {
@@ -338,7 +413,7 @@ mod tests {
         // A detach beside an attach: the removal first, then the response.
         let det = queue(&tx, detach_call("p00"));
         let att = queue(&tx, attach(&t, "late"));
-        answer_queued(t.d(), &calls, &stats);
+        answer_queued(t.d(), &calls, &stats, &mut held);
         assert_eq!(t.d().state_writes(), writes + 2);
         let Ok(Answer::Removal(removal)) = det.try_recv() else {
             panic!("the detach's removal comes first")
@@ -355,12 +430,54 @@ mod tests {
             .iter()
             .map(|id| queue(&tx, attach(&t, id)))
             .collect();
-        answer_queued(t.d(), &calls, &stats);
+        answer_queued(t.d(), &calls, &stats, &mut held);
         std::fs::remove_dir(&tmp).unwrap();
         for a in &failing {
             let e = response(a).error.expect("refused: not durable");
             assert_eq!(e.code, ErrorCode::Internal, "{e:?}");
         }
         assert_eq!(t.snapshot().pods.len(), 20, "x, y, z undone");
+    }
+
+    /// An attach into a namespace whose detached pod's interface is still
+    /// being removed waits for that removal, then goes through (a second
+    /// interface of the same name there would be refused).
+    #[test]
+    fn an_attach_waits_for_the_removal_in_its_namespace() {
+        let mut t = TestNode::new("server-held");
+        let stats = stats::ApiStats::new(MAX_CONNECTIONS);
+        let (tx, calls) = mpsc::channel();
+        let mut held = Held::new();
+        assert_eq!(t.attach("old").error, None);
+        let det = queue(&tx, detach_call("old"));
+        answer_queued(t.d(), &calls, &stats, &mut held);
+        let Ok(Answer::Removal(removal)) = det.try_recv() else {
+            panic!("the detach leaves its removal")
+        };
+        assert_eq!(response(&det).error, None, "answered before the removal");
+        assert_eq!(t.d().removals_in_flight(), 1);
+        // Same namespace (TestNode names it after the id), same ifname.
+        let again = queue(
+            &tx,
+            Call::Attach(AttachParams {
+                id: "new".into(),
+                netns: t.netns("old"),
+                ifname: "eth0".into(),
+                ip: None,
+                mtu: None,
+                identity: None,
+            }),
+        );
+        let other = queue(&tx, attach(&t, "elsewhere"));
+        answer_queued(t.d(), &calls, &stats, &mut held);
+        assert_eq!(response(&other).error, None, "other namespaces go on");
+        assert!(again.try_recv().is_err(), "held while the removal runs");
+        assert_eq!(held.len(), 1);
+        tx.send(ToOwner::Removed(removal.run())).unwrap();
+        answer_queued(t.d(), &calls, &stats, &mut held);
+        assert_eq!(response(&again).error, None);
+        assert!(held.is_empty());
+        assert_eq!(t.d().removals_in_flight(), 0);
+        assert_eq!(t.snapshot().pods, vec!["elsewhere", "new"]);
     }
 }

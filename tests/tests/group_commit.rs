@@ -48,8 +48,7 @@ fn attaches_answered_before_a_kill_9_survive_it() {
         })
         .collect();
     assert!(
-        wait_until(Duration::from_secs(20), || answered
-            .load(Ordering::SeqCst)
+        wait_until(Duration::from_secs(20), || answered.load(Ordering::SeqCst)
             >= ANSWERED_BEFORE_KILL),
         "no {ANSWERED_BEFORE_KILL} attaches answered in 20 s"
     );
@@ -106,4 +105,58 @@ fn attaches_answered_before_a_kill_9_survive_it() {
         "{} handed out again: {listed:?}",
         fresh.ip
     );
+}
+
+/// A detach is answered before its interface's removal finishes; an
+/// attach into the same namespace right after it (20 such pairs at once)
+/// waits for that removal and gets a fresh, working eth0.
+#[test]
+fn an_attach_right_after_a_detach_in_the_same_namespace_succeeds() {
+    if !require(
+        "an_attach_right_after_a_detach_in_the_same_namespace_succeeds",
+        &[],
+    ) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig::default());
+    let socket = node.socket.clone();
+    let pods: Vec<Pod> = (0..PODS)
+        .map(|i| node.add_pod(&format!("re-{i}"), &[]))
+        .collect();
+    let free_before = node.ctl(&["status"])["free_addresses"].as_u64().unwrap();
+    let again: Vec<_> = pods
+        .iter()
+        .map(|p| {
+            let (socket, id, path) = (socket.clone(), p.id.clone(), p.netns_path.clone());
+            thread::spawn(move || {
+                let detached = podrouterctl(&socket, true, &["detach", &id]);
+                let attached = podrouterctl(
+                    &socket,
+                    true,
+                    &["attach", &format!("{id}-again"), "--netns", &path],
+                );
+                (detached, attached)
+            })
+        })
+        .collect();
+    for (p, h) in pods.iter().zip(again) {
+        let (detached, attached) = h.join().unwrap();
+        assert!(detached.ok(), "detach {}: {detached}", p.id);
+        assert!(
+            attached.ok(),
+            "attach into {}'s namespace: {attached}",
+            p.id
+        );
+        let v: Value = serde_json::from_str(&attached.stdout).unwrap();
+        let ip = v["ip"].as_str().unwrap();
+        let out = p.exec(&["ip", "-j", "addr", "show", "dev", "eth0"]);
+        assert!(
+            out.ok() && out.stdout.contains(&format!("\"local\":\"{ip}\"")),
+            "{}'s namespace has no eth0 with {ip}: {out}",
+            p.id
+        );
+    }
+    let s = node.ctl(&["status"]);
+    assert_eq!(s["pods"], PODS, "{s:#}");
+    assert_eq!(s["free_addresses"], free_before, "{s:#}");
 }

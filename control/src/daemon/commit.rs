@@ -17,16 +17,18 @@
 //!   without them. Undoing only ever removes pods, so the state in memory
 //!   is again what the old file said, minus the batch's detaches.
 //! - A detach is never undone: its pod left the data plane when it was
-//!   handled and its interface removal may already run. If the write
-//!   fails, the file still lists the pod until the next successful write;
-//!   a crash before that restores nothing of it (its interface is gone or
-//!   going, so the start forgets it and frees its address) - the same as
-//!   a crash between a detach and its write. The state stays marked
-//!   unwritten, so the next commit writes it.
-//! - A detach's interface removal may run before the batch is durable
-//!   (see [`Uncommitted::take_removal`]): a crash in between finds a pod
-//!   in the old file whose interface is gone, forgets it and frees its
-//!   address at start, which is what the detach asked for.
+//!   handled. If the write fails, it is answered with that error (the
+//!   caller retries: the pod is gone, and a CNI DEL with netns and ifname
+//!   then succeeds); the file still lists the pod until the next
+//!   successful write, and a crash before that brings the pod back if its
+//!   interface is still there, for the retried detach to take it, or
+//!   forgets it if not. The state stays marked unwritten, so the next
+//!   commit writes it.
+//! - A detach's interface removal runs after its answer (see
+//!   [`super::removal`]), so after the commit; were it to run before, a
+//!   crash in between would find a pod in the old file whose interface is
+//!   gone, forget it and free its address at start: what the detach
+//!   asked for.
 //! - Changes reach the file in the order the calls were handled, and a
 //!   batch is written whole: a crash leaves the file of the last commit
 //!   or of this one, never a part of a batch.
@@ -45,15 +47,24 @@ pub struct Uncommitted {
     removal: Option<InterfaceRemoval>,
     /// The pod an attach added: undone if the batch's write fails.
     attached: Option<PodRecord>,
-    /// When an attach call arrived (its latency includes the write).
-    attach_started: Option<Instant>,
+    /// The pod a detach took out: its answer says so if the write fails.
+    detached: Option<String>,
+    /// An attach or a detach, and when it arrived: counted at the commit
+    /// (its latency includes the write).
+    timed: Option<(Op, Instant)>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Attach,
+    Detach,
 }
 
 impl Uncommitted {
-    /// A detach's interface removal, to run on any thread now: removing
-    /// the interface before the state without the pod is durable is safe
-    /// (see the module's invariants). The answer still waits for the
-    /// commit.
+    /// A detach's interface removal, to hand to the thread that runs it
+    /// (the connection's, once the answer is written). Running it before
+    /// the state without the pod is durable would be safe too (see the
+    /// module's invariants).
     pub fn take_removal(&mut self) -> Option<InterfaceRemoval> {
         self.removal.take()
     }
@@ -85,19 +96,30 @@ impl Daemon {
     /// Handles `call` in memory, leaving its durable part to
     /// [`Daemon::commit`] (with the other calls of its batch).
     pub fn call_uncommitted(&mut self, call: Call) -> Uncommitted {
-        let attach_started = matches!(call, Call::Attach(_)).then(Instant::now);
+        let op = match call {
+            Call::Attach(_) => Some(Op::Attach),
+            Call::Detach(_) => Some(Op::Detach),
+            _ => None,
+        };
+        let timed = op.map(|op| (op, Instant::now()));
         let (response, removal) = self.handle_in_memory(call);
-        let attached = match (&response.result, attach_started) {
-            (Some(Reply::Pod(info)), Some(_)) => {
+        let attached = match (&response.result, op) {
+            (Some(Reply::Pod(info)), Some(Op::Attach)) => {
                 self.pods.get(&info.id).map(|p| p.record.clone())
             }
+            _ => None,
+        };
+        // A detach of a known pod leaves its interface's removal.
+        let detached = match (&response.result, &removal) {
+            (Some(Reply::Detached { id }), Some(_)) => Some(id.clone()),
             _ => None,
         };
         Uncommitted {
             response,
             removal,
             attached,
-            attach_started,
+            detached,
+            timed,
         }
     }
 
@@ -126,7 +148,18 @@ impl Daemon {
                         source: e.duplicate(),
                     });
                     log::error!("state file not written: {e}; {undone} attach(es) undone");
-                    self.rewrite_state();
+                    if !self.rewrite_state() {
+                        // The detaches are not durable either.
+                        for u in batch.iter_mut() {
+                            if let Some(id) = u.detached.take() {
+                                u.response = CallError::DetachNotSaved {
+                                    id,
+                                    source: e.duplicate(),
+                                }
+                                .response();
+                            }
+                        }
+                    }
                     // The undone pods' identities are not recorded.
                     identities.retain(|(id, i)| i.is_none() || self.pods.contains_key(id));
                 }
@@ -146,9 +179,11 @@ impl Daemon {
             self.publish_policy();
         }
         for u in batch.iter() {
-            if let Some(t) = u.attach_started {
-                self.attach_stats
-                    .record(t.elapsed(), u.response.error.is_none());
+            let ok = u.response.error.is_none();
+            match u.timed {
+                Some((Op::Attach, t)) => self.attach_stats.record(t.elapsed(), ok),
+                Some((Op::Detach, t)) => self.detach_stats.record(t.elapsed(), ok),
+                None => {}
             }
         }
     }
@@ -187,11 +222,17 @@ impl Daemon {
     }
 
     /// Writes the state after undoing attaches (best effort: on failure
-    /// it stays marked unwritten, for the next commit).
-    fn rewrite_state(&mut self) {
+    /// it stays marked unwritten, for the next commit); whether it did.
+    fn rewrite_state(&mut self) -> bool {
         match self.store.save(&self.records()) {
-            Ok(()) => self.unwritten.state = false,
-            Err(e) => log::error!("state file still not written: {e}; retried at the next call"),
+            Ok(()) => {
+                self.unwritten.state = false;
+                true
+            }
+            Err(e) => {
+                log::error!("state file still not written: {e}; retried at the next call");
+                false
+            }
         }
     }
 }
@@ -255,7 +296,8 @@ mod tests {
     }
 
     /// A batch whose write fails: every attach in it is undone and told
-    /// why, the detach stands; the file catches up at the next commit.
+    /// why; the detach stands (its pod is gone) but says the write
+    /// failed; the file catches up at the next commit.
     #[test]
     fn a_failed_write_undoes_every_attach_of_the_batch() {
         let mut t = TestNode::new("batch-fail");
@@ -286,7 +328,17 @@ mod tests {
                 "{e:?}"
             );
         }
-        assert_eq!(answers[2].0.error, None, "the detach stands");
+        let e = answers[2]
+            .0
+            .error
+            .as_ref()
+            .expect("the detach is not durable");
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(
+            e.message
+                .starts_with("pod old: detached, but the state file was not written"),
+            "{e:?}"
+        );
         let mut answers = answers;
         let removal = answers[2].1.take().expect("the detach's removal");
         let done = removal.run();
