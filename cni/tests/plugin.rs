@@ -12,6 +12,20 @@ use podrouter_api::{AttachParams, Call};
 use podrouter_testkit::{privileged, Needs};
 use serde_json::Value;
 
+/// The links left in `ns` once detached pods' interfaces are gone: a DEL
+/// is answered before its interface's removal finishes, so this waits for
+/// them (up to 2 s).
+fn links_after_removals(ns: &Netns) -> Vec<String> {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let links = ns.links();
+        if links.is_empty() || std::time::Instant::now() > end {
+            return links;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 fn env0(command: &'static str) -> CniEnv {
     CniEnv {
         command,
@@ -206,7 +220,8 @@ fn add_check_del_lifecycle() {
     assert_eq!(plugin(&del, &with_prev(&conf, &prev)).ok(), "");
     plugin(&del, &with_prev(&conf, &prev)).ok();
     plugin(&del, &conf).ok();
-    assert!(pod.links().is_empty(), "{:?}", pod.links());
+    let left = links_after_removals(&pod);
+    assert!(left.is_empty(), "{left:?}");
     assert!(node.pods().is_empty());
     assert_eq!(node.status().free_addresses, free0);
     // CHECK after DEL fails.
@@ -316,7 +331,8 @@ fn del_with_the_router_down_is_finished_when_it_is_back() {
     let ids: Vec<String> = node.pods().into_iter().map(|p| p.id).collect();
     assert_eq!(ids, vec!["cni:ctrd2:eth0".to_string()]);
     assert!(!entry.exists(), "pending entry left behind");
-    assert!(pod.links().is_empty(), "{:?}", pod.links());
+    let left = links_after_removals(&pod);
+    assert!(left.is_empty(), "{left:?}");
     plugin(&attach_env("DEL", "ctrd2", &pod2.path(), "eth0"), &conf).ok();
     assert_eq!(node.status().free_addresses, free0);
 }
@@ -523,7 +539,8 @@ fn gc_removes_exactly_the_unlisted_attachments() {
     let mut ids: Vec<String> = node.pods().into_iter().map(|p| p.id).collect();
     ids.sort();
     assert_eq!(ids, vec!["cni:gc0:eth0".to_string(), "manual".to_string()]);
-    assert!(pods[1].links().is_empty() && pods[2].links().is_empty());
+    assert!(links_after_removals(&pods[1]).is_empty());
+    assert!(links_after_removals(&pods[2]).is_empty());
     assert_eq!(pods[0].links(), vec!["eth0".to_string()]);
     assert_eq!(node.status().free_addresses, free0 - 2);
     // Idempotent.
@@ -631,7 +648,8 @@ fn fifty_concurrent_adds_then_dels_leak_nothing() {
     assert!(node.pods().is_empty());
     assert_eq!(node.status().free_addresses, free0);
     for ns in &pods {
-        assert!(ns.links().is_empty(), "{}: {:?}", ns.name(), ns.links());
+        let left = links_after_removals(ns);
+        assert!(left.is_empty(), "{}: {left:?}", ns.name());
     }
     let state = std::fs::read_to_string(node.state_dir.join("state.json")).unwrap_or_default();
     assert!(
@@ -853,7 +871,7 @@ fn kill_9_during_a_burst_of_adds_then_restart_and_gc() {
     // Checked last, so the checks above report too.
     let leaked: Vec<String> = failed
         .iter()
-        .filter(|i| !pods[**i].links().is_empty())
+        .filter(|i| !links_after_removals(&pods[**i]).is_empty())
         .map(|i| format!("k{i}"))
         .collect();
     assert_eq!(node.status().free_addresses, free0 - ok.len() as u64);

@@ -54,6 +54,11 @@ pub enum CallError {
     /// The attach was undone because the state file could not be written.
     #[error("pod {id}: not attached: {source}")]
     NotSaved { id: String, source: StateError },
+    /// The pod left the data plane, but the state file still lists it
+    /// (written again at the next call); a retry of the detach finds it
+    /// gone.
+    #[error("pod {id}: detached, but the state file was not written ({source}); retry to confirm")]
+    DetachNotSaved { id: String, source: StateError },
     #[error("no pod with id {0}")]
     NoSuchPod(String),
     /// Looking for, or removing, an interface an attach left behind.
@@ -103,6 +108,7 @@ impl CallError {
             CallError::Port(_)
             | CallError::HostRoute { .. }
             | CallError::NotSaved { .. }
+            | CallError::DetachNotSaved { .. }
             | CallError::Orphan { .. }
             | CallError::Bgp(_) => ErrorCode::Internal,
             CallError::Reload(e) => e.code(),

@@ -3,9 +3,11 @@
 //!
 //! Invariants: a pod is in `pods` exactly when its port is in the port
 //! table, its /32 is in the FIB and in the host's routing table, one worker
-//! receives from it, its address is taken in IPAM and it is in the state
-//! file. Every handler either completes all of these or rolls back to where
-//! it started. A config reload ([`Daemon::reload`], [`crate::reload`]) is
+//! receives from it and its address is taken in IPAM; the state file
+//! agrees once the batch of calls that changed it is committed
+//! ([`commit`]: group commit, before any of them is answered). Every
+//! handler either completes all of these or rolls back to where it
+//! started. A config reload ([`Daemon::reload`], [`crate::reload`]) is
 //! all or nothing too: refused with the running config untouched, or
 //! applied to IPAM, the FIB, the kernel and BGP before `cfg` is replaced.
 //!
@@ -47,12 +49,14 @@ use crate::podnet::{PodInterfaceSpec, PodNetError};
 use crate::policy::PolicyStore;
 use crate::state::{PodRecord, StateError, StateStore};
 
+mod commit;
 mod policy_calls;
 mod removal;
 mod service_calls;
 mod takeover;
 mod taps;
 
+pub use commit::Uncommitted;
 pub use removal::{InterfaceRemoval, RemovalDone};
 pub use takeover::Handed;
 
@@ -183,6 +187,11 @@ pub struct Daemon {
     /// Handed over to another podrouterd: its data plane, interfaces and
     /// API socket are the new daemon's, [`Daemon::shutdown`] leaves them.
     handed_over: bool,
+    /// What the calls handled since the last [`Daemon::commit`] changed
+    /// and is not yet on disk or published.
+    unwritten: commit::Unwritten,
+    /// Detached pods' interface removals not done yet.
+    removing: removal::InFlight,
 }
 
 type CallResult = Result<Reply, CallError>;
@@ -297,6 +306,8 @@ impl Daemon {
             inherited_api: None,
             deferred_bgp: None,
             handed_over: false,
+            unwritten: Default::default(),
+            removing: Default::default(),
         };
         d.start_host_port()?;
         let uplink_fd = inherited.as_mut().and_then(|i| i.uplink.take());
@@ -319,6 +330,7 @@ impl Daemon {
             d.deferred_bgp = Some(learned);
         } else {
             d.process_pending_detaches();
+            d.commit(&mut []);
             let kernel = d.uplink.clone();
             d.bgp = crate::bgp::BgpHandle::start(&d.cfg, d.fib.clone(), kernel, learned)
                 .map_err(StartError::Bgp)?;
@@ -555,27 +567,26 @@ impl Daemon {
         response
     }
 
-    /// Answers one API call, leaving a detach's interface removal (the
-    /// slow part, ~20 ms of kernel work) to the caller: it must run it
+    /// Answers one API call, its changes durable (a batch of one: see
+    /// [`Daemon::call_uncommitted`] and [`Daemon::commit`] for more),
+    /// leaving a detach's interface removal (the slow part, ~20 ms of
+    /// kernel work) to the caller: it must run it
     /// ([`InterfaceRemoval::run`], on any thread) before it delivers the
     /// response, then hand the outcome back to [`Daemon::removal_done`].
     pub fn handle_call(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
+        self.call_committed(call)
+    }
+
+    /// [`Daemon::handle_call`] without the commit: the state file, the
+    /// pods' identities and the compiled policy are left to
+    /// [`Daemon::commit`].
+    fn handle_in_memory(&mut self, call: Call) -> (Response, Option<InterfaceRemoval>) {
+        // Attaches and detaches are counted at their commit.
         if let Call::Detach(p) = &call {
-            let t = Instant::now();
             let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
             return match self.detach(&p.id, orphan) {
-                Ok((reply, Some(removal))) => {
-                    // Counted in removal_done, with the removal's time.
-                    (Response::ok(reply), Some(removal.since(t)))
-                }
-                Ok((reply, None)) => {
-                    self.detach_stats.record(t.elapsed(), true);
-                    (Response::ok(reply), None)
-                }
-                Err(e) => {
-                    self.detach_stats.record(t.elapsed(), false);
-                    (e.response(), None)
-                }
+                Ok((reply, removal)) => (Response::ok(reply), removal),
+                Err(e) => (e.response(), None),
             };
         }
         (self.handle_now(call), None)
@@ -587,12 +598,7 @@ impl Daemon {
             Call::ListPods => Ok(Reply::Pods(
                 self.pods.values().map(|p| self.pod_info(p)).collect(),
             )),
-            Call::Attach(p) => {
-                let t = Instant::now();
-                let r = self.attach(p);
-                self.attach_stats.record(t.elapsed(), r.is_ok());
-                r
-            }
+            Call::Attach(p) => self.attach(p),
             Call::Detach(p) => {
                 // handle_call takes detaches; this is its inline form.
                 let orphan = p.netns.as_deref().zip(p.ifname.as_deref());
@@ -697,7 +703,10 @@ impl Daemon {
             workers: self.workers.len(),
             pods: self.pods.len(),
             routes: self.fib.load().len(),
-            free_addresses: self.ipam.free(),
+            // An address whose pod's interface removal is still in flight
+            // counts as free: an attach that needs it waits for it
+            // (removal::InFlight), as if the detach had.
+            free_addresses: self.ipam.free() + self.removing.len() as u64,
             uptime_secs: self.started.elapsed().as_secs(),
             ports: self
                 .pods
@@ -811,34 +820,16 @@ impl Daemon {
             return Err(e);
         }
         let installed = Instant::now();
-        if let Err(source) = self.store.save(&self.records()) {
-            self.uninstall(&record.id);
-            self.discard_interface(&record);
-            self.ipam.release(ip);
-            return Err(CallError::NotSaved {
-                id: record.id,
-                source,
-            });
-        }
-        if let Err(source) = self
-            .policy_store
-            .set_identity(&record.id, p.identity.clone())
-        {
-            self.uninstall(&record.id);
-            self.discard_interface(&record);
-            self.ipam.release(ip);
-            if let Err(e) = self.store.save(&self.records()) {
-                log::error!("pod {}: state file not rolled back: {e}", record.id);
-            }
-            return Err(CallError::Identity {
-                id: record.id,
-                source,
-            });
-        }
-        self.publish_policy();
+        // The state file, the identity and the policy follow at the commit
+        // of this call's batch, before the answer leaves.
+        self.unwritten.state = true;
+        self.unwritten
+            .identities
+            .push((record.id.clone(), p.identity.clone()));
+        self.unwritten.policy = true;
         log::info!(
             "pod {}: attached {} {}/32 in {} (port {}; checks and IPAM {:.2} ms, \
-             interface {:.2} ms, data plane and host route {:.2} ms, state {:.2} ms)",
+             interface {:.2} ms, data plane and host route {:.2} ms)",
             record.id,
             record.ifname,
             ip,
@@ -847,7 +838,6 @@ impl Daemon {
             ms(checked - start),
             ms(created - checked),
             ms(installed - created),
-            ms(installed.elapsed()),
         );
         Ok(Reply::Pod(self.pod_info(&self.pods[&record.id])))
     }
@@ -878,12 +868,13 @@ impl Daemon {
     /// given, removes a podrouter interface left there by an attach that
     /// was cut short (a crash between creating it and saving the state).
     ///
-    /// A known pod leaves the data plane, the host routes, the state file
-    /// and the policy identities here; its interface's removal is returned
-    /// for the caller to run, and its address stays taken until that is
-    /// done ([`Daemon::removal_done`]), so no new pod gets it while the
-    /// old interface (and the afxdp backend's node-side veth named after
-    /// the address) still exists.
+    /// A known pod leaves the data plane and the host routes here, the
+    /// state file and the policy identities at its batch's commit; its
+    /// interface's removal is returned for the caller to run (after the
+    /// answer), and its address stays taken until that is done
+    /// ([`Daemon::removal_done`]), so no new pod gets it while the old
+    /// interface (and the afxdp backend's node-side veth named after the
+    /// address) still exists.
     fn detach(
         &mut self,
         id: &str,
@@ -908,28 +899,20 @@ impl Daemon {
                 }),
             };
         };
-        let uninstalled = Instant::now();
-        if let Err(e) = self.store.save(&self.records()) {
-            // The pod is gone from the data plane; the next save or start
-            // will drop it from the file (its netns interface is gone too).
-            log::error!("pod {id}: detached but the state file was not updated: {e}");
-        }
-        if let Err(e) = self.policy_store.set_identity(id, None) {
-            log::error!("pod {id}: detached but its identity was not forgotten: {e}");
-        }
-        self.publish_policy();
-        let steps = format!(
-            "data plane and host route {:.2} ms, state {:.2} ms",
-            ms(uninstalled - start),
-            ms(uninstalled.elapsed())
-        );
+        // The state file, the identity and the policy follow at the commit
+        // of this call's batch, before the answer leaves.
+        self.unwritten.state = true;
+        self.unwritten.identities.push((id.to_string(), None));
+        self.unwritten.policy = true;
+        let steps = format!("data plane and host route {:.2} ms", ms(start.elapsed()));
         let removal = InterfaceRemoval::new(record, port, release, self.net.clone(), steps);
+        self.removing.add(&removal);
         Ok((Reply::Detached { id: id.to_string() }, Some(removal)))
     }
 
     /// Ends a detach whose interface removal has run: frees the address.
     pub fn removal_done(&mut self, done: RemovalDone) {
-        self.detach_stats.record(done.since_call, true);
+        self.removing.done(&done);
         self.forget_port(done.port);
         self.ipam.release(done.ip);
         log::info!(
@@ -948,7 +931,9 @@ impl Daemon {
             .pods
             .values()
             .any(|p| p.record.netns == netns && p.record.ifname == ifname);
-        if owned || !netns.exists() {
+        // A detached pod's interface still being removed there is not an
+        // orphan: its removal (which waits for the worker) takes it.
+        if owned || !netns.exists() || self.removing.in_netns(netns) {
             return Ok(false);
         }
         match self.net.interface_mac(netns, ifname)? {
@@ -1170,6 +1155,8 @@ impl Daemon {
     /// Stops the workers. Pod interfaces (persistent TAPs), host routes and
     /// the state file stay, so a restart picks everything up again.
     pub fn shutdown(mut self) {
+        // A batch whose write failed gets one more try.
+        self.commit(&mut []);
         if let Some(b) = self.bgp.take() {
             b.stop();
         }
@@ -1241,7 +1228,7 @@ fn ms(d: std::time::Duration) -> f64 {
 
 /// A network namespace's identity: the (device, inode) its file has,
 /// whichever path (a /run/netns bind mount, /proc/PID/ns/net) names it.
-type NetnsId = (u64, u64);
+pub type NetnsId = (u64, u64);
 
 fn netns_id(path: &Path) -> Option<NetnsId> {
     use std::os::unix::fs::MetadataExt;
@@ -1264,22 +1251,22 @@ fn validate_id(id: &str) -> Result<(), CallError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::nodenet::fake::{FakeNet, NetState};
     use podrouter_api::{DetachParams, ErrorCode};
 
     /// A daemon on a fake node, in a scratch directory: unprivileged.
-    struct TestNode {
-        dir: podrouter_testkit::TempDir,
-        net: FakeNet,
+    pub(crate) struct TestNode {
+        pub(crate) dir: podrouter_testkit::TempDir,
+        pub(crate) net: FakeNet,
         d: Option<Daemon>,
     }
 
     const CIDRS: &str = r#"["10.244.0.0/28", "10.244.1.0/28", "10.244.2.0/28"]"#;
 
     impl TestNode {
-        fn new(name: &str) -> TestNode {
+        pub(crate) fn new(name: &str) -> TestNode {
             let dir = podrouter_testkit::TempDir::new(&format!("daemon-{name}"));
             std::fs::create_dir_all(dir.join("netns")).unwrap();
             let mut t = TestNode {
@@ -1319,18 +1306,18 @@ mod tests {
             }
         }
 
-        fn d(&mut self) -> &mut Daemon {
+        pub(crate) fn d(&mut self) -> &mut Daemon {
             self.d.as_mut().expect("daemon running")
         }
 
         /// A pod netns: any absolute path that exists and is not ours.
-        fn netns(&self, name: &str) -> String {
+        pub(crate) fn netns(&self, name: &str) -> String {
             let p = self.dir.join("netns").join(name);
             std::fs::write(&p, "").unwrap();
             p.display().to_string()
         }
 
-        fn attach(&mut self, id: &str) -> Response {
+        pub(crate) fn attach(&mut self, id: &str) -> Response {
             let netns = self.netns(id);
             self.d().handle(Call::Attach(AttachParams {
                 id: id.into(),
@@ -1343,7 +1330,7 @@ mod tests {
         }
 
         /// Everything a handler may change, to compare before and after.
-        fn snapshot(&mut self) -> Snapshot {
+        pub(crate) fn snapshot(&mut self) -> Snapshot {
             let net = self.net.state();
             let d = self.d();
             let mut ports: Vec<String> = d
@@ -1377,14 +1364,14 @@ mod tests {
     }
 
     #[derive(Debug, PartialEq)]
-    struct Snapshot {
-        net: NetState,
-        pods: Vec<String>,
+    pub(crate) struct Snapshot {
+        pub(crate) net: NetState,
+        pub(crate) pods: Vec<String>,
         fib: Vec<String>,
         ports: Vec<String>,
         worker_ports: usize,
-        free: u64,
-        saved: Vec<String>,
+        pub(crate) free: u64,
+        pub(crate) saved: Vec<String>,
         cidrs: Vec<String>,
     }
 
@@ -1403,7 +1390,7 @@ mod tests {
         }))
     }
 
-    fn detach_call(id: &str) -> Call {
+    pub(crate) fn detach_call(id: &str) -> Call {
         Call::Detach(DetachParams {
             id: id.into(),
             netns: None,

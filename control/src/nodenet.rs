@@ -8,7 +8,8 @@
 //! Invariant: each method either does all of what it says or nothing (the
 //! contract `podnet` keeps); deletions succeed when the thing is already
 //! gone.
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort, XdpModeRequest};
@@ -62,6 +63,20 @@ pub trait NodeNet: Send + Sync {
     fn host_route_add(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError>;
     /// Removes that route; success if it is not there.
     fn host_route_del(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError>;
+    /// Keeps the namespace at `netns` alive, and a path naming it, until
+    /// the returned hold drops, so that an interface removal that runs
+    /// later still reaches it even if the runtime has deleted the
+    /// namespace's file meanwhile. `None`: nothing to hold (use `netns`).
+    fn hold_netns(&self, _netns: &Path) -> Option<NetnsHold> {
+        None
+    }
+}
+
+/// An open network namespace (see [`NodeNet::hold_netns`]).
+pub struct NetnsHold {
+    /// Names the namespace while `_fd` is open (`/proc/self/fd/N`).
+    pub path: PathBuf,
+    _fd: OwnedFd,
 }
 
 /// The real node: TAPs or veth pairs with AF_XDP ports, netlink and
@@ -159,6 +174,14 @@ impl NodeNet for KernelNet {
 
     fn host_route_del(&self, prefix: Prefix, host_port: &str) -> Result<(), PodNetError> {
         podnet::host_route_del(prefix, host_port)
+    }
+
+    fn hold_netns(&self, netns: &Path) -> Option<NetnsHold> {
+        let fd = crate::netns::open_netns(netns).ok()?;
+        Some(NetnsHold {
+            path: PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())),
+            _fd: fd,
+        })
     }
 }
 

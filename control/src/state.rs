@@ -15,6 +15,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -54,12 +55,36 @@ pub enum StateError {
     Locked { pid: String, dir: PathBuf },
 }
 
+impl StateError {
+    /// The same error again (`io::Error` is not `Clone`: its kind and
+    /// text are kept), for every call of a batch that one write failed.
+    pub fn duplicate(&self) -> StateError {
+        match self {
+            StateError::Io { path, source } => StateError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            StateError::Corrupt { path, why } => StateError::Corrupt {
+                path: path.clone(),
+                why: why.clone(),
+            },
+            StateError::Locked { pid, dir } => StateError::Locked {
+                pid: pid.clone(),
+                dir: dir.clone(),
+            },
+        }
+    }
+}
+
 /// Reads and writes the state file.
 pub struct StateStore {
     dir: PathBuf,
     file: PathBuf,
     /// The open lock file: the `flock` lives as long as this does.
     lock: fs::File,
+    /// Successful [`StateStore::save`]s so far (how many writes a batch
+    /// of calls cost).
+    writes: AtomicU64,
 }
 
 /// The lock file in the state directory.
@@ -81,6 +106,7 @@ impl StateStore {
             dir: dir.to_owned(),
             file: dir.join("state.json"),
             lock,
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -117,6 +143,7 @@ impl StateStore {
             dir: dir.to_owned(),
             file: dir.join("state.json"),
             lock,
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -218,7 +245,14 @@ impl StateStore {
         fs::rename(&tmp, &self.file).map_err(io_err(&self.file))?;
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+            .map_err(io_err(&self.dir))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// How many times the state was written since this store was opened.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 

@@ -241,8 +241,13 @@ fn detach_removes_interface_and_route() {
 
     let v = node.ctl(&["detach", "pod-a"]);
     assert_eq!(v["id"], "pod-a", "{v:#}");
-    let gone = a.exec(&["ip", "link", "show", "eth0"]);
-    assert!(!gone.ok(), "eth0 still exists in the detached pod: {gone}");
+    // The interface's removal finishes just after the answer.
+    assert!(
+        wait_until(std::time::Duration::from_secs(2), || !a
+            .exec(&["ip", "link", "show", "eth0"])
+            .ok()),
+        "eth0 still exists in the detached pod"
+    );
     let pods = node.ctl(&["pods"]);
     assert!(
         pods.as_array().unwrap().iter().all(|p| p["id"] != "pod-a"),

@@ -94,7 +94,10 @@ fn pods_keep_interface_and_address_across_restart() {
     assert!(ping_until_reply(&c.ns, &a.ip, SETTLE));
     // Detach still works on a restored pod.
     node.ctl(&["detach", "pod-a"]);
-    assert!(!pod_addr(&a).ok(), "restored pod-a kept eth0 after detach");
+    assert!(
+        wait_until(Duration::from_secs(2), || !pod_addr(&a).ok()),
+        "restored pod-a kept eth0 after detach"
+    );
 }
 
 /// The XDP programs on interface `ifname` of the node namespace, as

@@ -185,6 +185,7 @@ impl Daemon {
             w.resume().map_err(|e| StartError::Worker(w.id, e))?;
         }
         self.process_pending_detaches();
+        self.commit(&mut []);
         if let Some(learned) = self.deferred_bgp.take() {
             let kernel = self.uplink.clone();
             self.bgp = crate::bgp::BgpHandle::start(&self.cfg, self.fib.clone(), kernel, learned)

@@ -240,23 +240,38 @@ impl PolicyStore {
             })
     }
 
-    /// Records a pod's identity at attach (validated); `None` forgets any.
+    /// Records a pod's identity (validated); `None` forgets any.
+    #[cfg(test)]
     pub fn set_identity(
         &mut self,
         id: &str,
         identity: Option<PodIdentity>,
     ) -> Result<(), CallError> {
-        if let Some(i) = &identity {
+        self.set_identities(&[(id.to_string(), identity)])
+    }
+
+    /// Records pods' identities (validated; `None` forgets one), in order,
+    /// with one write (none if nothing changes): all of them or, on an error,
+    /// none. For the identities of a batch of attaches and detaches.
+    pub fn set_identities(
+        &mut self,
+        changes: &[(String, Option<PodIdentity>)],
+    ) -> Result<(), CallError> {
+        for i in changes.iter().filter_map(|(_, i)| i.as_ref()) {
             validate_identity(i)?;
         }
-        if self.data.identities.get(id) == identity.as_ref() {
+        let mut next = self.data.identities.clone();
+        for (id, identity) in changes {
+            match identity {
+                Some(i) => next.insert(id.clone(), i.clone()),
+                None => next.remove(id),
+            };
+        }
+        if next == self.data.identities {
             return Ok(());
         }
         self.change(|d| {
-            match identity {
-                Some(i) => d.identities.insert(id.to_string(), i),
-                None => d.identities.remove(id),
-            };
+            d.identities = next;
             Ok(())
         })
     }

@@ -1,8 +1,8 @@
 //! One API connection, served on its own thread: it reads request lines
 //! under a whole-request deadline, parses them, has the control thread
-//! (the daemon's owner) answer each call, runs what the answer leaves to
-//! it (a detach's interface removal) and writes the response under a
-//! deadline. A slow or silent client only ever holds its own thread.
+//! (the daemon's owner) answer each call, writes the response under a
+//! deadline, then runs what the answer left to it (a detach's interface
+//! removal: the caller does not wait for it). A slow or silent client only ever holds its own thread.
 //!
 //! Invariants: a request must arrive whole within [`REQUEST_DEADLINE`]
 //! of the server starting to wait for it (a trickle does not extend it),
@@ -20,7 +20,8 @@ use podrouter_api::{Call, ErrorCode, Response, MAX_LINE};
 
 use super::request::{self, FrameError, LineFramer};
 use super::stats::{ApiStats, OpenConnection};
-use super::{Owner, ToOwner};
+use super::{Answer, Owner, ToOwner, ANSWERS};
+use crate::daemon::InterfaceRemoval;
 
 /// How long a client may take to send one whole request.
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
@@ -70,7 +71,7 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
             }
         };
         ApiStats::count(&stats.requests);
-        let resp = match request::parse(&line) {
+        let (resp, removal) = match request::parse(&line) {
             Ok(call) if crate::tap_stream::is_stream(&call) => {
                 // A capture or trace takes the connection over.
                 return owner.send(ToOwner::Stream { call, conn: stream });
@@ -85,10 +86,16 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
             Ok(call) => serve_call(call, owner)?,
             Err(e) => {
                 ApiStats::count(&stats.bad_requests);
-                Response::err(e.code, e.message)
+                (Response::err(e.code, e.message), None)
             }
         };
-        if let Err(e) = write_response(&mut stream, &resp, Instant::now() + WRITE_DEADLINE) {
+        let written = write_response(&mut stream, &resp, Instant::now() + WRITE_DEADLINE);
+        if let Some(removal) = removal {
+            // After the answer, whether or not it got through: the caller
+            // does not wait for the kernel, and the removal always runs.
+            owner.send(ToOwner::Removed(removal.run()))?;
+        }
+        if let Err(e) = written {
             if e.kind() == ErrorKind::TimedOut {
                 ApiStats::count(&stats.write_timeouts);
             }
@@ -98,22 +105,27 @@ fn serve_requests(mut stream: UnixStream, owner: &Owner, stats: &ApiStats) -> io
 }
 
 /// Answers one call by the control thread (streams were handed over
-/// before: see [`serve_requests`]).
-fn serve_call(call: Call, owner: &Owner) -> io::Result<Response> {
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+/// before: see [`serve_requests`]), with the interface removal a detach
+/// leaves to run once the response is written.
+fn serve_call(call: Call, owner: &Owner) -> io::Result<(Response, Option<InterfaceRemoval>)> {
+    let (reply_tx, reply_rx) = mpsc::sync_channel(ANSWERS);
     owner.send(ToOwner::Call {
         call,
         reply: reply_tx,
     })?;
-    let (resp, removal) = reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("podrouterd is stopping"))?;
-    if let Some(removal) = removal {
-        // The slow part of a detach, here so that concurrent detaches
-        // overlap; the caller hears back only once it is done.
-        owner.send(ToOwner::Removed(removal.run()))?;
+    let mut removal = None;
+    loop {
+        match reply_rx.recv() {
+            Ok(Answer::Removal(r)) => removal = Some(r),
+            Ok(Answer::Response(resp)) => return Ok((*resp, removal)),
+            Err(_) => {
+                if let Some(r) = removal {
+                    let _ = owner.send(ToOwner::Removed(r.run()));
+                }
+                return Err(io::Error::other("podrouterd is stopping"));
+            }
+        }
     }
-    Ok(resp)
 }
 
 #[derive(Debug)]
