@@ -397,6 +397,9 @@ mod tests {
     use super::*;
     use crate::daemon::tests::{detach_call, TestNode};
 
+    /// No takeover is asked for in these tests: no listener to hand over.
+    const NO_TAKEOVER: std::os::fd::RawFd = -1;
+
     fn queue(tx: &mpsc::Sender<ToOwner>, call: Call) -> mpsc::Receiver<Answer> {
         let (reply, answer) = mpsc::sync_channel(ANSWERS);
         tx.send(ToOwner::Call { call, reply }).unwrap();
@@ -436,7 +439,7 @@ mod tests {
         let answers: Vec<_> = ids.iter().map(|id| queue(&tx, attach(&t, id))).collect();
         let writes = t.d().state_writes();
         assert!(answers.iter().all(|a| a.try_recv().is_err()));
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         assert_eq!(t.d().state_writes(), writes + 1, "one write for the batch");
         assert_eq!(t.snapshot().saved, ids, "every answered pod is on disk");
         for a in &answers {
@@ -446,7 +449,7 @@ mod tests {
         // A detach beside an attach: the removal first, then the response.
         let det = queue(&tx, detach_call("p00"));
         let att = queue(&tx, attach(&t, "late"));
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         assert_eq!(t.d().state_writes(), writes + 2);
         let Ok(Answer::Removal(removal)) = det.try_recv() else {
             panic!("the detach's removal comes first")
@@ -463,7 +466,7 @@ mod tests {
             .iter()
             .map(|id| queue(&tx, attach(&t, id)))
             .collect();
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         std::fs::remove_dir(&tmp).unwrap();
         for a in &failing {
             let e = response(a).error.expect("refused: not durable");
@@ -483,7 +486,7 @@ mod tests {
         let mut held = Held::new();
         assert_eq!(t.attach("old").error, None);
         let det = queue(&tx, detach_call("old"));
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         let Ok(Answer::Removal(removal)) = det.try_recv() else {
             panic!("the detach leaves its removal")
         };
@@ -502,12 +505,12 @@ mod tests {
             }),
         );
         let other = queue(&tx, attach(&t, "elsewhere"));
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         assert_eq!(response(&other).error, None, "other namespaces go on");
         assert!(again.try_recv().is_err(), "held while the removal runs");
         assert_eq!(held.len(), 1);
         tx.send(ToOwner::Removed(removal.run())).unwrap();
-        answer_queued(t.d(), &calls, &stats, &mut held);
+        answer_queued(t.d(), &calls, &stats, &mut held, NO_TAKEOVER);
         assert_eq!(response(&again).error, None);
         assert!(held.is_empty());
         assert_eq!(t.d().removals_in_flight(), 0);
