@@ -1020,6 +1020,32 @@ mod tests {
         drop(tap);
     }
 
+    /// A host port made for two workers is a multi-queue TAP with a
+    /// second queue; a restart with another worker count makes it again
+    /// of the other kind.
+    #[test]
+    fn host_port_follows_the_worker_count() {
+        if !privileged("host_port_follows_the_worker_count") {
+            return;
+        }
+        let node = Netns::new("mqnode");
+        let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+        let multi_queue = || {
+            let link = &node.ip_json(&["-d", "link", "show", "podrouter0"])[0];
+            assert_eq!(link["linkinfo"]["info_data"]["persist"], true, "{link}");
+            link["linkinfo"]["info_data"]["multi_queue"].clone()
+        };
+        for queues in [2, 1, 2] {
+            let tap = retry_busy(|| {
+                node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, queues))
+            })
+            .unwrap();
+            assert_eq!(multi_queue(), queues > 1, "{queues} queue(s)");
+            assert_eq!(tap.rx_queues().len(), queues - 1);
+            drop(tap);
+        }
+    }
+
     #[test]
     fn host_port_and_host_routes() {
         if !privileged("host_port_and_host_routes") {
