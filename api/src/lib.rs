@@ -836,6 +836,10 @@ pub struct PortCountersInfo {
     /// pipeline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xsk: Option<XskCountersInfo>,
+    /// `rx_packets` by worker (index = worker id): with several workers,
+    /// how a multi-queue port's receive work spread over them.
+    #[serde(default)]
+    pub rx_packets_per_worker: Vec<u64>,
 }
 
 /// Drops around an AF_XDP port's sockets.

@@ -91,6 +91,16 @@ struct Cli {
     /// never-1500); default: all of them (a few with --smoke).
     #[arg(long, value_delimiter = ',')]
     pairs: Vec<String>,
+    /// podrouterd's `dataplane.workers` in every topology; workers after
+    /// the first are pinned to the machine's other CPUs (on 2 CPUs: the
+    /// generator's), and the kernel plane's RPS spreads over the same
+    /// CPUs. Rows are labelled "workers N" when N is not 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: u16,
+    /// Same-node and two-node rows without the UDP packet rates (TCP,
+    /// CPU per GB and latency only): a quicker look at throughput.
+    #[arg(long)]
+    no_packet_rates: bool,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -310,6 +320,8 @@ fn run(cli: &Cli) -> Res<bool> {
             dp_cpu: *cpus.get(1).unwrap_or(&cpus[0]),
             dp_cpu_node2: *cpus.get(1).unwrap_or(&cpus[0]),
             mtu: 1500,
+            workers: 1,
+            spare_cpus: Vec::new(),
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -350,6 +362,10 @@ fn run(cli: &Cli) -> Res<bool> {
             )));
         }
         p.bgp_routes = n;
+    }
+    if cli.no_packet_rates {
+        p.sizes.clear();
+        p.two_node_sizes.clear();
     }
     if !cli.pairs.is_empty() {
         let all = scenarios::TwoNodePair::ALL;
@@ -406,6 +422,15 @@ fn run(cli: &Cli) -> Res<bool> {
              so every figure understates what either could do alone"
         ));
     }
+    if cli.workers > 1 {
+        pinning.push(format!(
+            "--workers {}: podrouterd's workers on CPU {dp_cpu} then the other CPUs in order \
+             ({} allowed; workers beyond them unpinned), so they share CPU {gen_cpu} with the \
+             traffic generator and iperf3; the kernel plane's RPS spreads over the same CPUs",
+            cli.workers,
+            cpus.len()
+        ));
+    }
     if scen.contains(&Scenario::TwoNode) {
         if dp_cpu_node2 == dp_cpu {
             pinning.push(format!(
@@ -438,6 +463,8 @@ fn run(cli: &Cli) -> Res<bool> {
             dp_cpu,
             dp_cpu_node2,
             mtu: 1500,
+            workers: usize::from(cli.workers),
+            spare_cpus: cpus.iter().copied().filter(|&c| c != dp_cpu).collect(),
         },
         gen_cpu,
         self_exe,

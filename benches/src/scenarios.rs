@@ -578,6 +578,9 @@ fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
             "what": what, "plane": t.label, "kind": "tcp", "streams": streams,
             "gbps": r.gbps, "bytes": bytes, "plane_cpu_s_per_gb": r.plane_cpu_per_gb,
             "retransmits": v["end"]["sum_sent"]["retransmits"], "counters": d, "busy_before": busy,
+            // What the generator itself cost: iperf3's own CPU use, client
+            // (host) and server (remote), in percent of one CPU.
+            "iperf3_cpu_percent": v["end"]["cpu_utilization_percent"],
         }));
         return Ok(r);
     }
@@ -909,7 +912,7 @@ fn traffic_rows(
             ));
         }
     }
-    if plot {
+    if plot && !sizes.is_empty() {
         let labels: Vec<String> = planes
             .iter()
             .map(|s| match s {
@@ -978,6 +981,16 @@ fn traffic_rows(
 // ---------------------------------------------------------------------------
 // Scenarios
 
+/// ", workers N" for rows measured with `--workers N` (N > 1), else
+/// nothing: the rows of a default run keep their names.
+fn workers_label(opts: &topo::PlaneOpts) -> String {
+    if opts.workers > 1 {
+        format!(", workers {}", opts.workers)
+    } else {
+        String::new()
+    }
+}
+
 pub fn same_node(ctx: &mut Ctx) -> Res<()> {
     let opts = ctx.opts.clone();
     let pr = build(ctx, "same node: podrouterd with 2 pods", |_| {
@@ -992,7 +1005,8 @@ pub fn same_node(ctx: &mut Ctx) -> Res<()> {
         ctx.notes.extend(t.notes.iter().cloned());
     }
     let sizes = ctx.p.sizes.clone();
-    traffic_rows(ctx, [&pr, &k], "same node, 2 pods", &sizes, true)?;
+    let scenario = format!("same node, 2 pods{}", workers_label(&ctx.opts));
+    traffic_rows(ctx, [&pr, &k], &scenario, &sizes, true)?;
     ctx.progress.step("same node: tearing down");
     drop(pr);
     drop(k);
@@ -1513,7 +1527,7 @@ pub fn policy(ctx: &mut Ctx) -> Res<()> {
 
 pub fn two_node(ctx: &mut Ctx) -> Res<()> {
     for pair in ctx.p.two_node_pairs.clone() {
-        let scenario = pair.scenario();
+        let scenario = format!("{}{}", pair.scenario(), workers_label(&ctx.opts));
         let o = ctx.opts.clone();
         let pr = build(ctx, &format!("{scenario}: podrouter nodes"), |_| {
             topo::two_node(&o, pair.podrouter(), pair.underlay, pair.underlay_mtu)

@@ -89,6 +89,49 @@ pub struct PlaneOpts {
     pub dp_cpu_node2: usize,
     /// Pod MTU on one node (two-node: set per encapsulation).
     pub mtu: u16,
+    /// podrouterd's `dataplane.workers` (`--workers`).
+    pub workers: usize,
+    /// The CPUs further workers are pinned to, in order, after `dp_cpu`
+    /// (the machine's other CPUs); the kernel plane's RPS spreads over
+    /// the same set, so both planes get the same CPUs.
+    pub spare_cpus: Vec<usize>,
+}
+
+impl PlaneOpts {
+    /// The CPUs of podrouterd's workers (`dataplane.cores`): `dp_cpu`,
+    /// then the spare CPUs; fewer than `workers` when the machine has
+    /// fewer CPUs (the rest run unpinned).
+    pub fn worker_cpus(&self) -> Vec<usize> {
+        let mut cpus = vec![self.dp_cpu];
+        cpus.extend(self.spare_cpus.iter().filter(|&&c| c != self.dp_cpu));
+        cpus.truncate(self.workers.max(1));
+        cpus
+    }
+
+    /// The RPS mask of the kernel plane: the workers' CPUs.
+    fn rps_mask(&self) -> String {
+        let mask = self
+            .worker_cpus()
+            .iter()
+            .fold(0u64, |m, &c| m | 1u64 << c.min(63));
+        format!("{mask:x}")
+    }
+
+    /// How the workers are placed, for the notes.
+    pub fn workers_text(&self) -> String {
+        let cpus = self.worker_cpus();
+        let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+        let mut t = format!(
+            "{} worker{} pinned to CPU {}",
+            self.workers,
+            if self.workers == 1 { "" } else { "s" },
+            list.join(",")
+        );
+        if cpus.len() < self.workers {
+            t += &format!(" ({} unpinned)", self.workers - cpus.len());
+        }
+        t
+    }
 }
 
 /// A pod: its namespace, address and interface.
@@ -220,17 +263,21 @@ fn pod_mac(node: usize, i: usize) -> String {
     )
 }
 
-/// "1" or "1 (node 1) and 2 (node 2)".
-fn cpu_list(cpus: [usize; 2]) -> String {
-    if cpus[0] == cpus[1] {
-        cpus[0].to_string()
+/// The two nodes' data-plane CPUs: "1", "1,0" or "1 (node 1) and 2
+/// (node 2)".
+fn cpu_list(nodes: &[PlaneOpts; 2]) -> String {
+    let [a, b] = [&nodes[0], &nodes[1]].map(|o| {
+        o.worker_cpus()
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    });
+    if a == b {
+        a
     } else {
-        format!("{} (node 1) and {} (node 2)", cpus[0], cpus[1])
+        format!("{a} (node 1) and {b} (node 2)")
     }
-}
-
-fn rps_mask(cpu: usize) -> String {
-    format!("{:x}", 1u64 << cpu.min(63))
 }
 
 // ---------------------------------------------------------------------------
@@ -263,14 +310,19 @@ fn start_daemon(
          \n\
          [dataplane]\n\
          backend = \"{}\"\n\
-         workers = 1\n\
+         workers = {}\n\
          cores = [{}]\n\
          mtu = {}\n\
          {extra_dataplane}\n",
         socket.display(),
         state_dir.display(),
         opts.backend,
-        opts.dp_cpu,
+        opts.workers.max(1),
+        opts.worker_cpus()
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
         opts.mtu,
     );
     // [[routes]] tables must come after [dataplane]'s keys: callers pass
@@ -388,8 +440,9 @@ pub fn podrouter_same_node_with(
         daemons: vec![daemon],
         nodes: vec![node_name],
         notes: vec![format!(
-            "podrouterd: 1 worker pinned to CPU {} (dataplane.cores), pod MTU {}",
-            opts.dp_cpu, opts.mtu
+            "podrouterd: {} (dataplane.cores), pod MTU {}",
+            opts.workers_text(),
+            opts.mtu
         )],
         pod_ns: Vec::new(),
         _node_ns: vec![node],
@@ -418,7 +471,7 @@ fn kernel_pods(
     pods: &[String],
     block: Ipv4Addr,
     mtu: u16,
-    dp_cpu: usize,
+    rps_mask: &str,
     mut tick: impl FnMut(usize),
 ) -> Res<Vec<Pod>> {
     let mut out = Vec::new();
@@ -446,8 +499,7 @@ fn kernel_pods(
             "sysctl -qw net.ipv4.ip_forward=1 && \
              for d in /proc/sys/net/ipv4/conf/cali*; do echo 1 > $d/proxy_arp; echo 1 > $d/rp_filter; done && \
              for d in /proc/sys/net/ipv4/neigh/cali*; do echo 0 > $d/proxy_delay; done && \
-             for q in /sys/class/net/cali*/queues/rx-0/rps_cpus; do echo {} > $q; done",
-            rps_mask(dp_cpu)
+             for q in /sys/class/net/cali*/queues/rx-0/rps_cpus; do echo {rps_mask} > $q; done"
         ),
     )?;
     for (i, p) in out.iter().enumerate() {
@@ -477,8 +529,10 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
         daemons: Vec::new(),
         nodes: vec![node_name.clone()],
         notes: vec![format!(
-            "kernel: RPS of every host-side veth steered to CPU {}, pod MTU {}",
-            opts.dp_cpu, opts.mtu
+            "kernel: RPS of every host-side veth steered to CPU mask {} (podrouterd's workers' \
+             CPUs), pod MTU {}",
+            opts.rps_mask(),
+            opts.mtu
         )],
         pod_ns: Vec::new(),
         _node_ns: vec![node],
@@ -493,7 +547,7 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
         topo.pod_ns[0].names(),
         BLOCKS[0],
         opts.mtu,
-        opts.dp_cpu,
+        &opts.rps_mask(),
         tick,
     )?;
     Ok(topo)
@@ -651,6 +705,13 @@ pub fn two_node(
     let n: Vec<String> = nodes.names()[..2].to_vec();
     let cpus = [opts.dp_cpu, opts.dp_cpu_node2];
     let mtu = two_node_pod_mtu(mode, underlay_mtu);
+    // Each node's data plane: its workers' CPUs, and the same set for its
+    // kernel's RPS.
+    let node_opts = cpus.map(|c| PlaneOpts {
+        mtu,
+        dp_cpu: c,
+        ..opts.clone()
+    });
     let vxlan_mtu = underlay_mtu - VXLAN_OVERHEAD;
     let addrs = underlay.addrs();
     let across = if underlay == Underlay::Routed {
@@ -709,8 +770,8 @@ pub fn two_node(
                     "sysctl -qw net.ipv4.ip_forward=1 && \
                      echo {} > /sys/class/net/r1/queues/rx-0/rps_cpus && \
                      echo {} > /sys/class/net/r2/queues/rx-0/rps_cpus",
-                    rps_mask(cpus[0]),
-                    rps_mask(cpus[1])
+                    node_opts[0].rps_mask(),
+                    node_opts[1].rps_mask()
                 ),
             )?;
         }
@@ -732,7 +793,7 @@ pub fn two_node(
             &n[k],
             &format!(
                 "sysctl -qw net.ipv4.ip_forward=1 && echo {} > /sys/class/net/{u}/queues/rx-0/rps_cpus",
-                rps_mask(cpus[k])
+                node_opts[k].rps_mask()
             ),
         )?;
     }
@@ -742,14 +803,9 @@ pub fn two_node(
     match mode {
         TwoNodeMode::Podrouter { encap, tunnel } => {
             for k in 0..2 {
-                let o = PlaneOpts {
-                    mtu,
-                    dp_cpu: cpus[k],
-                    ..opts.clone()
-                };
                 let other = 1 - k;
                 let d = start_daemon(
-                    &o,
+                    &node_opts[k],
                     topo._dir.path(),
                     &format!("bench-n{}", k + 1),
                     &n[k],
@@ -765,8 +821,9 @@ pub fn two_node(
                 topo.daemons.push(d);
             }
             topo.notes.push(format!(
-                "two nodes: podrouterd workers pinned to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}",
-                cpu_list(cpus)
+                "two nodes: podrouterd {} worker(s) per node pinned to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}",
+                opts.workers.max(1),
+                cpu_list(&node_opts)
             ));
             let mut pods = Vec::new();
             for (k, (d, pod_ns)) in topo.daemons.iter().zip(&pod_names).enumerate() {
@@ -800,7 +857,7 @@ pub fn two_node(
                     &pod_names[k..k + 1],
                     BLOCKS[k],
                     mtu,
-                    cpus[k],
+                    &node_opts[k].rps_mask(),
                     |_| {},
                 )?);
             }
@@ -859,7 +916,7 @@ pub fn two_node(
             }
             topo.notes.push(format!(
                 "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}{}",
-                cpu_list(cpus),
+                cpu_list(&node_opts),
                 if mode == TwoNodeMode::KernelVxlan {
                     format!(", flannel.1 MTU {vxlan_mtu}")
                 } else {
@@ -872,7 +929,7 @@ pub fn two_node(
         topo.notes.push(format!(
             "routed underlay: a router namespace forwards between 192.168.101.0/24 and \
              192.168.102.0/24 (RPS of its links to CPU {})",
-            cpu_list(cpus)
+            cpu_list(&node_opts)
         ));
     }
     Ok(topo)

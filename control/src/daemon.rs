@@ -445,7 +445,11 @@ impl Daemon {
     }
 
     /// Adds a port to the published table and hands it to the least loaded
-    /// worker; returns its id and the worker.
+    /// worker; returns its id and the worker. A port with more receive
+    /// queues (`Port::rx_queues`: the host port and the VXLAN uplink with
+    /// `workers` > 1) gives one to each following worker, under the same
+    /// id; such ports stay for the daemon's life (a pod's port has one
+    /// queue, which is all [`Daemon::uninstall`] takes back).
     fn publish_port(
         &mut self,
         info: PortInfo,
@@ -464,9 +468,22 @@ impl Daemon {
             },
         )));
         let worker = self.least_loaded_worker();
+        let queues = port.rx_queues();
         if let Err(e) = self.workers[worker].add_port(id, port) {
             self.ports.store(Arc::new(self.ports.load().without(id)));
             return Err(PublishError::Worker(worker, e));
+        }
+        let n = self.workers.len();
+        // One queue per worker at most: a worker watches a port id once.
+        for (k, q) in queues.into_iter().take(n.saturating_sub(1)).enumerate() {
+            let w = (worker + 1 + k) % n;
+            if let Err(e) = self.workers[w].add_rx_queue(id, q) {
+                log::warn!(
+                    "port {}: worker {w} cannot take receive queue {}: {e}",
+                    id.0,
+                    k + 1
+                );
+            }
         }
         Ok((id, worker))
     }
@@ -1133,6 +1150,10 @@ impl Daemon {
                         policy_denied_ingress: p.policy_denied_ingress,
                         policy_denied_egress: p.policy_denied_egress,
                         xsk: xsk.get(&id).cloned(),
+                        rx_packets_per_worker: all
+                            .iter()
+                            .map(|w| w.port(id).rx_packets.get())
+                            .collect(),
                     }
                 })
                 .collect(),

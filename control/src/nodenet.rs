@@ -116,7 +116,10 @@ impl KernelNet {
 impl NodeNet for KernelNet {
     fn host_port(&self, name: &str, mac: [u8; 6], mtu: u16) -> Result<Arc<dyn Port>, PodNetError> {
         Ok(Arc::new(podnet::create_or_attach_host_port(
-            name, mac, mtu,
+            name,
+            mac,
+            mtu,
+            self.workers as usize,
         )?))
     }
 

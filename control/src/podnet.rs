@@ -550,10 +550,19 @@ fn detach_stale_program(nl: &mut Netlink, index: u32, x: XdpAttachment) -> io::R
 /// (node) namespace, sets its MAC and MTU and brings it up. A TAP created
 /// here is removed again if configuring it fails; an existing one is left
 /// as it was found.
+///
+/// With `queues` above 1 (one per worker) the TAP is multi-queue, so every
+/// worker reads a share of what the node sends to its pods
+/// (`podrouter_router::mq`); an existing TAP of the other kind (left by a
+/// run with another worker count) is deleted and made again, taking its
+/// routes with it (the daemon adds them after this). A multi-queue TAP
+/// takes any number of descriptors, so a second daemon is not refused
+/// here as it is with one queue.
 pub fn create_or_attach_host_port(
     name: &str,
     mac: [u8; 6],
     mtu: u16,
+    queues: usize,
 ) -> Result<TapPort, PodNetError> {
     check_ifname(name)?;
     let whom = format!("host port {name}");
@@ -576,10 +585,36 @@ pub fn create_or_attach_host_port(
     };
     // A TAP we create is deleted again (by `NewTap`) if a later step
     // fails; an attached one is simply closed.
-    let held = match existing {
-        Some(_) => Held::Attached(TapPort::attach(name).map_err(tap_err("attach to"))?),
+    let attach = || {
+        if queues > 1 {
+            TapPort::attach_multi_queue(name, queues)
+        } else {
+            TapPort::attach(name)
+        }
+    };
+    let create = || {
+        if queues > 1 {
+            TapPort::create_multi_queue(name, queues)
+        } else {
+            TapPort::create(name)
+        }
+    };
+    let attached = match existing {
+        Some(index) => match attach() {
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                log::info!("{whom}: {e}; making it again with {queues} queue(s)");
+                nl.link_delete(index)
+                    .map_err(err("delete the TAP of the other kind".into()))?;
+                None
+            }
+            r => Some(r.map_err(tap_err("attach to"))?),
+        },
+        None => None,
+    };
+    let held = match attached {
+        Some(t) => Held::Attached(t),
         None => Held::New(NewTap::new(
-            TapPort::create(name).map_err(tap_err("create"))?,
+            create().map_err(tap_err("create"))?,
             name,
             &whom,
         )),
@@ -985,6 +1020,32 @@ mod tests {
         drop(tap);
     }
 
+    /// A host port made for two workers is a multi-queue TAP with a
+    /// second queue; a restart with another worker count makes it again
+    /// of the other kind.
+    #[test]
+    fn host_port_follows_the_worker_count() {
+        if !privileged("host_port_follows_the_worker_count") {
+            return;
+        }
+        let node = Netns::new("mqnode");
+        let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+        let multi_queue = || {
+            let link = &node.ip_json(&["-d", "link", "show", "podrouter0"])[0];
+            assert_eq!(link["linkinfo"]["info_data"]["persist"], true, "{link}");
+            link["linkinfo"]["info_data"]["multi_queue"].clone()
+        };
+        for queues in [2, 1, 2] {
+            let tap = retry_busy(|| {
+                node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, queues))
+            })
+            .unwrap();
+            assert_eq!(multi_queue(), queues > 1, "{queues} queue(s)");
+            assert_eq!(tap.rx_queues().len(), queues - 1);
+            drop(tap);
+        }
+    }
+
     #[test]
     fn host_port_and_host_routes() {
         if !privileged("host_port_and_host_routes") {
@@ -993,7 +1054,7 @@ mod tests {
         let node = Netns::new("node");
         let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
         let tap = node
-            .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
+            .run(|| create_or_attach_host_port("podrouter0", mac, 1500, 1))
             .unwrap();
         let check = |mtu: u64| {
             let link = &node.ip_json(&["-d", "link", "show", "podrouter0"])[0];
@@ -1008,24 +1069,27 @@ mod tests {
         check(1500);
         // Held: a second daemon cannot take it.
         let e = node
-            .run(|| create_or_attach_host_port("podrouter0", mac, 1500))
+            .run(|| create_or_attach_host_port("podrouter0", mac, 1500, 1))
             .unwrap_err();
         assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
         drop(tap);
         // Restart: attached, reconfigured.
-        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000)))
-            .unwrap();
+        let tap =
+            retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000, 1)))
+                .unwrap();
         check(9000);
         // The MAC can change while the port is up (TAPs allow live changes).
         drop(tap);
         let other = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfd];
-        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", other, 9000)))
-            .unwrap();
+        let tap =
+            retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", other, 9000, 1)))
+                .unwrap();
         let link = &node.ip_json(&["link", "show", "podrouter0"])[0];
         assert_eq!(link["address"], "02:00:00:00:00:fd", "{link}");
         drop(tap);
-        let tap = retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000)))
-            .unwrap();
+        let tap =
+            retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 9000, 1)))
+                .unwrap();
         check(9000);
         assert_eq!(link_names(&node), ["lo", "podrouter0"]);
 

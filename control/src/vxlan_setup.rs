@@ -8,7 +8,9 @@
 //!   interface, up, with `accept_local=1` and `rp_filter=0`: the frames
 //!   podrouterd writes come from the node's own address, which the
 //!   kernel otherwise drops as martian; no IPv6 on it (its router
-//!   solicitations would come back to us as non-VXLAN frames).
+//!   solicitations would come back to us as non-VXLAN frames). One
+//!   receive queue per worker (`[dataplane] workers`), flows steered over
+//!   them by the kernel (`podrouter_router::mq`).
 //!   `ip_forward=1` is set by the
 //!   uplink setup for every tunnel.
 //! - **Receive redirect**: `clsact` on the underlay interface (kept if it
@@ -85,7 +87,8 @@ pub fn open(
 ) -> Result<(Arc<VxlanPort>, VxlanSetup), String> {
     let params = params(cfg, node_ip);
     let link_mtu = u16::try_from(link.mtu).unwrap_or(u16::MAX);
-    let port = VxlanPort::create(TAP_NAME, node_ip, params, link_mtu).map_err(|e| e.to_string())?;
+    let port = VxlanPort::create(TAP_NAME, node_ip, params, link_mtu, cfg.dataplane.workers)
+        .map_err(|e| e.to_string())?;
     port.set_peer_macs(
         cfg.routes
             .iter()

@@ -701,20 +701,32 @@ fn text(r: &Reply) -> String {
                     x.policy_denied_egress.to_string(),
                 ]);
             }
-            if c.tunnels.is_empty() {
-                return format!("{}\n{}", t.render(), p.render());
+            let mut out = vec![t.render(), p.render()];
+            if c.workers > 1 {
+                // How each port's receive work spread over the workers.
+                let mut w = Table::new(&["PORT", "NAME", "RX PKTS BY WORKER"]);
+                for x in &c.ports {
+                    let by: Vec<String> =
+                        x.rx_packets_per_worker.iter().map(u64::to_string).collect();
+                    w.row([x.port.to_string(), x.name.clone(), by.join(" / ")]);
+                }
+                out.push(w.render());
             }
-            let mut n = Table::new(&["TUNNEL PEER", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"]);
-            for x in &c.tunnels {
-                n.row([
-                    x.node.clone(),
-                    x.rx_packets.to_string(),
-                    x.rx_bytes.to_string(),
-                    x.tx_packets.to_string(),
-                    x.tx_bytes.to_string(),
-                ]);
+            if !c.tunnels.is_empty() {
+                let mut n =
+                    Table::new(&["TUNNEL PEER", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES"]);
+                for x in &c.tunnels {
+                    n.row([
+                        x.node.clone(),
+                        x.rx_packets.to_string(),
+                        x.rx_bytes.to_string(),
+                        x.tx_packets.to_string(),
+                        x.tx_bytes.to_string(),
+                    ]);
+                }
+                out.push(n.render());
             }
-            format!("{}\n{}\n{}", t.render(), p.render(), n.render())
+            out.join("\n")
         }
         Reply::BgpPeers(peers) => {
             let mut t = Table::new(&[

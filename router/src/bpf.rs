@@ -1,17 +1,22 @@
-//! BPF bytecode built at run time: the instruction encoding and the XDP
-//! program that hands every frame of an interface to podrouter's AF_XDP
-//! socket, so podrouterd needs no C compiler, libbpf or bpftool at build
-//! or run time (the program is loaded with the `bpf()` system call, see
-//! [`crate::sys::bpf`]).
+//! BPF bytecode built at run time: the instruction encoding and the two
+//! programs podrouterd loads, so it needs no C compiler, libbpf or bpftool
+//! at build or run time (they are loaded with the `bpf()` system call, see
+//! [`crate::sys::bpf`]):
 //!
-//! The program, in C terms:
+//! - the XDP program that hands every frame of an interface to
+//!   podrouter's AF_XDP socket, in C terms
 //!
-//! ```text
-//! return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
-//! ```
+//!   ```text
+//!   return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+//!   ```
 //!
-//! A frame whose queue has no socket in the map goes on to the kernel
-//! (`XDP_PASS`), so the program never drops anything by itself.
+//!   A frame whose queue has no socket in the map goes on to the kernel
+//!   (`XDP_PASS`), so the program never drops anything by itself;
+//! - the flow steering program of a multi-queue TAP
+//!   ([`flow_steering_program`], see [`crate::mq`]), which picks the queue
+//!   (so the worker) of each frame the kernel sends into the TAP from the
+//!   frame's IPv4 addresses and TCP/UDP ports: every frame of a flow gets
+//!   the same queue.
 //!
 //! Invariants: pure (no I/O); an [`Insn`] has the layout of the kernel's
 //! `struct bpf_insn` (8 bytes, little-endian fields on little-endian
@@ -42,11 +47,24 @@ const BPF_LDX: u8 = 0x01;
 const BPF_JMP: u8 = 0x05;
 const BPF_ALU64: u8 = 0x07;
 const BPF_W: u8 = 0x00;
+const BPF_H: u8 = 0x08;
+const BPF_B: u8 = 0x10;
 const BPF_DW: u8 = 0x18;
 const BPF_IMM: u8 = 0x00;
+const BPF_ABS: u8 = 0x20;
+const BPF_IND: u8 = 0x40;
 const BPF_MEM: u8 = 0x60;
+const BPF_MUL: u8 = 0x20;
+const BPF_AND: u8 = 0x50;
+const BPF_LSH: u8 = 0x60;
+const BPF_RSH: u8 = 0x70;
+const BPF_XOR: u8 = 0xa0;
 const BPF_MOV: u8 = 0xb0;
 const BPF_K: u8 = 0x00;
+const BPF_X: u8 = 0x08;
+const BPF_JEQ: u8 = 0x10;
+const BPF_JSET: u8 = 0x40;
+const BPF_JNE: u8 = 0x50;
 const BPF_CALL: u8 = 0x80;
 const BPF_EXIT: u8 = 0x90;
 /// `src_reg` of a 64-bit immediate load whose immediate is a map fd.
@@ -57,6 +75,9 @@ pub const R0: u8 = 0;
 pub const R1: u8 = 1;
 pub const R2: u8 = 2;
 pub const R3: u8 = 3;
+pub const R6: u8 = 6;
+pub const R7: u8 = 7;
+pub const R8: u8 = 8;
 
 /// Helper `bpf_redirect_map`.
 pub const FN_REDIRECT_MAP: i32 = 51;
@@ -94,6 +115,72 @@ impl Insn {
         ]
     }
 
+    /// `dst = src` (64-bit registers)
+    pub const fn mov(dst: u8, src: u8) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_MOV | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst = imm` (64-bit immediate, two instructions)
+    pub const fn load_imm64(dst: u8, imm: u64) -> [Insn; 2] {
+        [
+            Insn::new(BPF_LD | BPF_DW | BPF_IMM, dst, 0, 0, imm as u32 as i32),
+            Insn::new(0, 0, 0, 0, (imm >> 32) as u32 as i32),
+        ]
+    }
+
+    /// `dst *= src` (64-bit)
+    pub const fn mul(dst: u8, src: u8) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_MUL | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst ^= src` (64-bit)
+    pub const fn xor(dst: u8, src: u8) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_XOR | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst &= imm` (64-bit)
+    pub const fn and_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_AND | BPF_K, dst, 0, 0, imm)
+    }
+
+    /// `dst <<= imm` (64-bit)
+    pub const fn lsh_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_LSH | BPF_K, dst, 0, 0, imm)
+    }
+
+    /// `dst >>= imm` (64-bit, logical)
+    pub const fn rsh_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_RSH | BPF_K, dst, 0, 0, imm)
+    }
+
+    /// `r0 = ntohl(*(u32 *)(skb->data + off))`, `ntohs` of a u16, or a
+    /// byte (`size` 4, 2 or 1): the legacy packet load of socket filters
+    /// (the skb must be in r6; r1-r5 are clobbered; a load beyond the
+    /// packet ends the program, returning 0).
+    pub const fn load_abs(size: u8, off: i32) -> Insn {
+        Insn::new(BPF_LD | BPF_ABS | size_bits(size), 0, 0, 0, off)
+    }
+
+    /// [`Insn::load_abs`] at `src + off`.
+    pub const fn load_ind(size: u8, src: u8, off: i32) -> Insn {
+        Insn::new(BPF_LD | BPF_IND | size_bits(size), 0, src, 0, off)
+    }
+
+    /// `if dst != imm goto +off`
+    pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(BPF_JMP | BPF_JNE | BPF_K, dst, 0, off, imm)
+    }
+
+    /// `if dst == imm goto +off`
+    pub const fn jeq_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(BPF_JMP | BPF_JEQ | BPF_K, dst, 0, off, imm)
+    }
+
+    /// `if dst & imm goto +off`
+    pub const fn jset_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(BPF_JMP | BPF_JSET | BPF_K, dst, 0, off, imm)
+    }
+
     /// `r0 = helper(r1, ..., r5)`
     pub const fn call(helper: i32) -> Insn {
         Insn::new(BPF_JMP | BPF_CALL, 0, 0, 0, helper)
@@ -113,6 +200,75 @@ impl Insn {
         b[4..8].copy_from_slice(&self.imm.to_le_bytes());
         b
     }
+}
+
+const fn size_bits(size: u8) -> u8 {
+    match size {
+        1 => BPF_B,
+        2 => BPF_H,
+        _ => BPF_W,
+    }
+}
+
+/// The name the steering program is loaded under.
+pub const STEERING_PROG_NAME: &str = "podrouter_steer";
+
+/// A multi-queue TAP's steering program (`TUNSETSTEERINGEBPF`, a socket
+/// filter run on each frame the kernel transmits into the TAP; the tun
+/// driver takes the low 16 bits of what it returns modulo the number of
+/// queues). In C terms, on the Ethernet frame:
+///
+/// ```text
+/// if (ethertype != IPv4) return 0;
+/// h = saddr ^ daddr;
+/// if (!(frag_off & (MF | offset)) && (protocol == TCP || protocol == UDP))
+///     h ^= *(u32 *)(l4 header);          /* source port << 16 | dest port */
+/// return (h * 0x9e3779b97f4a7c15) >> 48; /* Fibonacci hashing: top bits */
+/// ```
+///
+/// The multiplication matters: Linux gives `connect()` even ephemeral
+/// ports, so the clients' flows to one server differ only from bit 1 of
+/// the source port up, and a plain fold of the bits would put them all
+/// on one queue of two.
+///
+/// So every frame of one TCP or UDP flow, and every fragment of one
+/// address pair, goes to one queue; a VXLAN packet's outer UDP source
+/// port, which its sender derives from the inner flow (RFC 7348), spreads
+/// the tunnelled flows. The kernel's own choice without a program (its
+/// flow table) moves a flow to whichever queue last *wrote* a packet of
+/// it, which would gather a pod's flows on that pod's worker; this does
+/// not depend on what was written.
+pub fn flow_steering_program() -> [Insn; 26] {
+    const ETH: i32 = crate::wire::ETHERNET_HEADER_LEN as i32;
+    let [k_lo, k_hi] = Insn::load_imm64(R1, 0x9e37_79b9_7f4a_7c15);
+    [
+        /* 0 */ Insn::mov(R6, R1), // the loads below read the skb in r6
+        /* 1 */ Insn::load_abs(2, 12),
+        /* 2 */ Insn::jne_imm(R0, 0x0800, 21), // not IPv4: to 24
+        /* 3 */ Insn::load_abs(4, ETH + 12),
+        /* 4 */ Insn::mov(R7, R0),
+        /* 5 */ Insn::load_abs(4, ETH + 16),
+        /* 6 */ Insn::xor(R7, R0),
+        /* 7 */ Insn::load_abs(2, ETH + 6),
+        /* 8 */ Insn::jset_imm(R0, 0x3fff, 9), // a fragment: to 18
+        /* 9 */ Insn::load_abs(1, ETH + 9),
+        /* 10 */ Insn::jeq_imm(R0, 6, 1), // TCP: to 12
+        /* 11 */ Insn::jne_imm(R0, 17, 6), // not UDP: to 18
+        /* 12 */ Insn::load_abs(1, ETH),
+        /* 13 */ Insn::and_imm(R0, 0x0f),
+        /* 14 */ Insn::lsh_imm(R0, 2),
+        /* 15 */ Insn::mov(R8, R0), // the IPv4 header's length
+        /* 16 */ Insn::load_ind(4, R8, ETH),
+        /* 17 */ Insn::xor(R7, R0),
+        /* 18 */ Insn::mov(R0, R7),
+        /* 19 */ k_lo,
+        /* 20 */ k_hi,
+        /* 21 */ Insn::mul(R0, R1),
+        /* 22 */ Insn::rsh_imm(R0, 48),
+        /* 23 */ Insn::exit(),
+        /* 24 */ Insn::mov_imm(R0, 0),
+        /* 25 */ Insn::exit(),
+    ]
 }
 
 /// The XDP program redirecting every frame to the socket at its receive
@@ -164,6 +320,35 @@ mod tests {
                 [0x95, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00], // exit
             ]
         );
+    }
+
+    /// Every jump of the steering program lands inside it, and each path
+    /// ends at an exit; spot-checked bytes from the instruction-set
+    /// document (the privileged test in `mq` proves the verifier takes
+    /// it and the kernel spreads flows with it).
+    #[test]
+    fn steering_program_jumps_land_inside_and_bytes_match_the_encoding() {
+        let p = flow_steering_program();
+        let jumps: Vec<(usize, usize)> = p
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.code & 0x07 == BPF_JMP && i.code != 0x95)
+            .map(|(at, i)| (at, (at as i64 + 1 + i64::from(i.off)) as usize))
+            .collect();
+        assert_eq!(jumps, vec![(2, 24), (8, 18), (10, 12), (11, 18)]);
+        assert_eq!(p[23], Insn::exit());
+        assert_eq!(p[25], Insn::exit());
+        let b = |i: usize| p[i].to_bytes();
+        assert_eq!(b(0), [0xbf, 0x16, 0, 0, 0, 0, 0, 0]); // r6 = r1
+        assert_eq!(b(1), [0x28, 0, 0, 0, 12, 0, 0, 0]); // r0 = ldabsh 12
+        assert_eq!(b(3), [0x20, 0, 0, 0, 26, 0, 0, 0]); // r0 = ldabsw 26
+        assert_eq!(b(9), [0x30, 0, 0, 0, 23, 0, 0, 0]); // r0 = ldabsb 23
+        assert_eq!(b(16), [0x40, 0x80, 0, 0, 14, 0, 0, 0]); // r0 = ldindw r8 + 14
+        assert_eq!(b(8), [0x45, 0, 9, 0, 0xff, 0x3f, 0, 0]); // if r0 & 0x3fff goto +9
+        assert_eq!(b(19), [0x18, 0x01, 0, 0, 0x15, 0x7c, 0x4a, 0x7f]); // r1 = K ll
+        assert_eq!(b(20), [0, 0, 0, 0, 0xb9, 0x79, 0x37, 0x9e]);
+        assert_eq!(b(21), [0x2f, 0x10, 0, 0, 0, 0, 0, 0]); // r0 *= r1
+        assert_eq!(b(22), [0x77, 0, 0, 0, 48, 0, 0, 0]); // r0 >>= 48
     }
 
     #[test]

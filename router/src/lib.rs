@@ -17,6 +17,7 @@ pub mod fib;
 pub mod frame;
 pub mod gso;
 pub mod maglev;
+pub mod mq;
 pub mod pipeline;
 pub mod pmtu;
 pub mod policy;

@@ -1,7 +1,9 @@
 //! Ports: where frames come from and go to, behind one batched interface,
 //! and the port table the workers and the pipeline read.
 //!
-//! Invariants: only the worker that owns a port calls [`Port::recv`] on it;
+//! Invariants: only the worker that owns a port calls [`Port::recv`] on it
+//! (a multi-queue port's other queues, [`Port::rx_queues`], are ports of
+//! their own, each owned by one other worker);
 //! every worker transmits through a [`TxQueue`] of its own per egress port
 //! (DPDK l3fwd's `tx_mbufs[port]` per lcore), so transmitting takes no lock
 //! and allocates nothing once the queue exists. The table is an immutable
@@ -12,7 +14,7 @@ use std::any::Any;
 use std::collections::VecDeque;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -125,6 +127,57 @@ pub trait Port: Send + Sync {
     /// Called once per batch.
     fn flush(&self, _queue: &mut TxQueue) -> io::Result<()> {
         Ok(())
+    }
+
+    /// The port's other receive queues (a multi-queue TAP's other
+    /// descriptors, [`crate::mq`]), each a port whose `recv` and
+    /// `readiness_fd` serve that queue: the daemon gives each to another
+    /// worker under the port's id, so one port's receive work spreads
+    /// over the workers while the kernel keeps each flow on one queue.
+    /// Frames *to* the port still go through the port itself (a queue's
+    /// `push` refuses). None by default.
+    fn rx_queues(&self) -> Vec<Arc<dyn Port>> {
+        Vec::new()
+    }
+}
+
+/// One more receive queue of a multi-queue device ([`Port::rx_queues`]):
+/// its descriptor, read the way the device's port reads its own.
+pub struct RxQueue {
+    fd: OwnedFd,
+    read: fn(BorrowedFd<'_>, &mut [Frame]) -> io::Result<usize>,
+}
+
+impl RxQueue {
+    /// A queue read by `read` (the port's own receive function: one batch,
+    /// stopping at `EAGAIN`).
+    pub fn new(fd: OwnedFd, read: fn(BorrowedFd<'_>, &mut [Frame]) -> io::Result<usize>) -> Self {
+        RxQueue { fd, read }
+    }
+}
+
+impl std::fmt::Debug for RxQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RxQueue")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish()
+    }
+}
+
+impl Port for RxQueue {
+    fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
+        (self.read)(self.fd.as_fd(), frames)
+    }
+
+    fn readiness_fd(&self) -> Option<RawFd> {
+        Some(self.fd.as_raw_fd())
+    }
+
+    fn push(&self, _: &mut TxQueue, _: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "a receive queue does not transmit: frames go through its port",
+        ))
     }
 }
 

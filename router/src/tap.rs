@@ -23,18 +23,26 @@
 //!   `set_persist(false)` before dropping it (or delete it over netlink).
 //! - A single-queue TAP accepts one descriptor at a time: `attach` fails
 //!   with `EBUSY` while another process (or port) holds it.
+//! - A multi-queue TAP ([`TapPort::create_multi_queue`], the host port)
+//!   has one descriptor per worker: the port's own, which every worker
+//!   writes to, and [`Port::rx_queues`], each read by another worker, the
+//!   kernel steering each flow to one of them ([`crate::mq`]).
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use std::sync::Arc;
+
 use crate::frame::{Frame, VnetHdr, VNET_HDR_LEN};
-use crate::port::{Port, TxQueue};
+use crate::port::{Port, RxQueue, TxQueue};
 use crate::sys;
 
 /// One TAP device, seen through its `/dev/net/tun` descriptor.
 #[derive(Debug)]
 pub struct TapPort {
     fd: OwnedFd,
+    /// A multi-queue TAP's other queues ([`Port::rx_queues`]).
+    queues: Vec<Arc<RxQueue>>,
 }
 
 fn with_context(e: io::Error, what: impl FnOnce() -> String) -> io::Error {
@@ -46,8 +54,44 @@ impl TapPort {
     /// namespace, with podrouter's flags and offloads. Fails with
     /// `AlreadyExists` if any device of that name exists there.
     pub fn create(name: &str) -> io::Result<TapPort> {
+        TapPort::create_with(name, sys::TAP_FLAGS)
+    }
+
+    /// [`TapPort::create`], multi-queue: `queues` descriptors (one per
+    /// worker), flows steered over them ([`crate::mq`]).
+    pub fn create_multi_queue(name: &str, queues: usize) -> io::Result<TapPort> {
+        let flags = sys::TAP_FLAGS | sys::IFF_MULTI_QUEUE;
+        let mut port = TapPort::create_with(name, flags)?;
+        port.add_queues(name, flags, queues);
+        Ok(port)
+    }
+
+    /// [`TapPort::attach`] to a multi-queue TAP, with `queues` descriptors.
+    /// `InvalidInput` if it is a single-queue TAP.
+    pub fn attach_multi_queue(name: &str, queues: usize) -> io::Result<TapPort> {
+        let flags = sys::TAP_FLAGS | sys::IFF_MULTI_QUEUE;
+        let mut port = TapPort::attach_with(name, flags)?;
+        port.add_queues(name, flags, queues);
+        Ok(port)
+    }
+
+    fn add_queues(&mut self, name: &str, flags: libc::c_int, queues: usize) {
+        self.queues = crate::mq::attach_extra_queues(
+            self.fd.as_fd(),
+            name,
+            flags,
+            queues,
+            configure,
+            read_frames,
+        )
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    }
+
+    fn create_with(name: &str, flags: libc::c_int) -> io::Result<TapPort> {
         let fd = sys::open_tun()?;
-        sys::tun_set_iff(fd.as_fd(), name, sys::TAP_FLAGS | sys::IFF_TUN_EXCL).map_err(|e| {
+        sys::tun_set_iff(fd.as_fd(), name, flags | sys::IFF_TUN_EXCL).map_err(|e| {
             if e.raw_os_error() == Some(libc::EBUSY) {
                 io::Error::new(
                     io::ErrorKind::AlreadyExists,
@@ -59,7 +103,10 @@ impl TapPort {
                 with_context(e, || format!("cannot create TAP {name} (TUNSETIFF)"))
             }
         })?;
-        let port = TapPort { fd };
+        let port = TapPort {
+            fd,
+            queues: Vec::new(),
+        };
         // Until TUNSETPERSIST the device dies with `fd`, so an early return
         // below leaves nothing behind.
         port.configure()
@@ -74,6 +121,15 @@ impl TapPort {
     /// an error if it is not a TAP with our flags or is held by another
     /// descriptor.
     pub fn attach(name: &str) -> io::Result<TapPort> {
+        TapPort::attach_with(name, sys::TAP_FLAGS)
+    }
+
+    fn attach_with(name: &str, flags: libc::c_int) -> io::Result<TapPort> {
+        let kind = if flags & sys::IFF_MULTI_QUEUE != 0 {
+            "multi-queue"
+        } else {
+            "single-queue"
+        };
         // TUNSETIFF without IFF_TUN_EXCL would create a missing device, so
         // check first (a device appearing between the check and the ioctl
         // would be created non-persistent and vanish with the descriptor).
@@ -84,18 +140,21 @@ impl TapPort {
             ));
         }
         let fd = sys::open_tun()?;
-        sys::tun_set_iff(fd.as_fd(), name, sys::TAP_FLAGS).map_err(|e| match e.raw_os_error() {
+        sys::tun_set_iff(fd.as_fd(), name, flags).map_err(|e| match e.raw_os_error() {
             Some(libc::EBUSY) => io::Error::new(
                 io::ErrorKind::ResourceBusy,
                 format!("cannot attach to TAP {name}: another descriptor holds it"),
             ),
             Some(libc::EINVAL) => io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("cannot attach to {name}: not a single-queue TAP device ({e})"),
+                format!("cannot attach to {name}: not a {kind} TAP device ({e})"),
             ),
             _ => with_context(e, || format!("cannot attach to TAP {name} (TUNSETIFF)")),
         })?;
-        let port = TapPort { fd };
+        let port = TapPort {
+            fd,
+            queues: Vec::new(),
+        };
         port.configure()
             .map_err(|e| with_context(e, || format!("cannot configure TAP {name}")))?;
         Ok(port)
@@ -127,8 +186,7 @@ impl TapPort {
     }
 
     fn configure(&self) -> io::Result<()> {
-        sys::tun_set_vnet_hdr_sz(self.fd.as_fd(), sys::VNET_HDR_SIZE)?;
-        sys::tun_set_offload(self.fd.as_fd(), sys::TAP_OFFLOADS)
+        configure(self.fd.as_fd())
     }
 
     /// Makes the device outlive this descriptor (`true`) or die with the
@@ -175,31 +233,49 @@ impl AsRawFd for TapPort {
     }
 }
 
-impl Port for TapPort {
-    /// One `readv` per frame: the virtio-net header into [`Frame::vnet`], the
-    /// frame after the headroom. Stops at `EAGAIN`. An error after some
-    /// frames were read is deferred (the next call sees it again if it
-    /// persists), so received frames are never lost.
-    fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < frames.len() {
-            let frame = &mut frames[n];
-            let mut hdr = [0u8; VNET_HDR_LEN];
-            match sys::read_vnet_frame(self.fd.as_fd(), &mut hdr, frame.rx_buffer()) {
-                Ok(len) if len > VNET_HDR_LEN => {
-                    frame.set_len(len - VNET_HDR_LEN);
-                    frame.vnet = VnetHdr::from_bytes(&hdr);
-                    n += 1;
-                }
-                // A read of 0 means "nothing more" (not expected on a TAP);
-                // a header without a frame is not a frame.
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
+/// Podrouter's header size and offloads on one TAP descriptor.
+fn configure(fd: BorrowedFd<'_>) -> io::Result<()> {
+    sys::tun_set_vnet_hdr_sz(fd, sys::VNET_HDR_SIZE)?;
+    sys::tun_set_offload(fd, sys::TAP_OFFLOADS)
+}
+
+/// One `readv` per frame: the virtio-net header into [`Frame::vnet`], the
+/// frame after the headroom. Stops at `EAGAIN`. An error after some
+/// frames were read is deferred (the next call sees it again if it
+/// persists), so received frames are never lost.
+fn read_frames(fd: BorrowedFd<'_>, frames: &mut [Frame]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < frames.len() {
+        let frame = &mut frames[n];
+        let mut hdr = [0u8; VNET_HDR_LEN];
+        match sys::read_vnet_frame(fd, &mut hdr, frame.rx_buffer()) {
+            Ok(len) if len > VNET_HDR_LEN => {
+                frame.set_len(len - VNET_HDR_LEN);
+                frame.vnet = VnetHdr::from_bytes(&hdr);
+                n += 1;
             }
+            // A read of 0 means "nothing more" (not expected on a TAP);
+            // a header without a frame is not a frame.
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
         }
-        Ok(n)
+    }
+    Ok(n)
+}
+
+impl Port for TapPort {
+    /// [`read_frames`] on the port's own descriptor.
+    fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
+        read_frames(self.fd.as_fd(), frames)
+    }
+
+    fn rx_queues(&self) -> Vec<Arc<dyn Port>> {
+        self.queues
+            .iter()
+            .map(|q| q.clone() as Arc<dyn Port>)
+            .collect()
     }
 
     /// Sends the frame now ([`TapPort::send`]); `tunnel` means nothing to

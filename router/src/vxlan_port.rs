@@ -36,6 +36,12 @@
 //!   the filter admits) and hands them to the pipeline as they are: its
 //!   decapsulation stage checks and strips the outer headers
 //!   (`pipeline` `vxlan_decap`).
+//! - **Queues**: the TAP is multi-queue, one queue per worker
+//!   ([`crate::mq`]): the kernel steers each redirected packet by its
+//!   outer addresses and UDP source port (which the sender derives from
+//!   the inner flow), so every worker decapsulates a share of the flows
+//!   and each flow stays on one worker, in order. Frames are written
+//!   through the first descriptor, by every worker.
 //!
 //! # Peers' VTEP MACs
 //!
@@ -72,7 +78,7 @@ use arc_swap::ArcSwap;
 use crate::frame::Frame;
 use crate::pipeline::flow_hash;
 use crate::pmtu::PathMtus;
-use crate::port::{foreign_queue, Port, TxQueue};
+use crate::port::{foreign_queue, Port, RxQueue, TxQueue};
 use crate::sys;
 use crate::txring::{TxRing, TxSink};
 use crate::vxlan::{
@@ -104,6 +110,8 @@ pub struct VxlanPort {
     /// Path MTUs learned towards other nodes ([`crate::pmtu`]), once the
     /// daemon has set them: packets without DF are fragmented to fit.
     path_mtus: OnceLock<Arc<PathMtus>>,
+    /// The TAP's other receive queues ([`Port::rx_queues`]).
+    queues: Vec<Arc<RxQueue>>,
 }
 
 /// Socket buffer for the ring's raw socket.
@@ -146,14 +154,16 @@ impl std::fmt::Debug for VxlanPort {
 impl VxlanPort {
     /// Creates the TAP `name` (not persistent: it goes with the port) in
     /// the calling thread's network namespace, with the UDP-tunnel
-    /// offloads and the 24-byte header. `local` is the node's address,
-    /// `link_mtu` the underlay's MTU. The device is left down; the caller
-    /// configures and raises it.
+    /// offloads and the 24-byte header, and `queues` receive queues (one
+    /// per worker; see the module documentation). `local` is the node's
+    /// address, `link_mtu` the underlay's MTU. The device is left down;
+    /// the caller configures and raises it.
     pub fn create(
         name: &str,
         local: Ipv4Addr,
         params: VxlanParams,
         link_mtu: u16,
+        queues: usize,
     ) -> io::Result<VxlanPort> {
         if link_mtu < 68 + crate::vxlan::MTU_OVERHEAD {
             return Err(io::Error::new(
@@ -162,15 +172,11 @@ impl VxlanPort {
             ));
         }
         let fd = sys::open_tun()?;
-        sys::tun_set_iff(fd.as_fd(), name, sys::TAP_FLAGS | sys::IFF_TUN_EXCL).map_err(|e| {
+        let flags = sys::TAP_FLAGS | sys::IFF_MULTI_QUEUE;
+        sys::tun_set_iff(fd.as_fd(), name, flags | sys::IFF_TUN_EXCL).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot create TAP {name} for VXLAN: {e}"))
         })?;
-        sys::tun_set_vnet_hdr_sz(fd.as_fd(), TUNNEL_VNET_HDR_LEN as libc::c_int)?;
-        sys::tun_set_offload(
-            fd.as_fd(),
-            sys::TAP_OFFLOADS | sys::TUN_F_UDP_TUNNEL_GSO | sys::TUN_F_UDP_TUNNEL_GSO_CSUM,
-        )
-        .map_err(|e| {
+        configure(fd.as_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -182,6 +188,17 @@ impl VxlanPort {
         let tap_mac = sys::tun_hwaddr(fd.as_fd())?;
         let raw = sys::raw_ipv4_socket(libc::IPPROTO_RAW as u8)?;
         sys::set_socket_buffers(raw.as_fd(), SOCKET_BUFFER);
+        let queues = crate::mq::attach_extra_queues(
+            fd.as_fd(),
+            name,
+            flags,
+            queues,
+            configure,
+            read_packets,
+        )
+        .into_iter()
+        .map(Arc::new)
+        .collect();
         Ok(VxlanPort {
             fd,
             name: name.to_string(),
@@ -194,6 +211,7 @@ impl VxlanPort {
             ident: AtomicU32::new(0),
             tx_dropped: AtomicU64::new(0),
             path_mtus: OnceLock::new(),
+            queues,
         })
     }
 
@@ -316,31 +334,52 @@ impl VxlanPort {
     }
 }
 
+/// The UDP-tunnel header size and offloads on one descriptor of the TAP.
+fn configure(fd: BorrowedFd<'_>) -> io::Result<()> {
+    sys::tun_set_vnet_hdr_sz(fd, TUNNEL_VNET_HDR_LEN as libc::c_int)?;
+    sys::tun_set_offload(
+        fd,
+        sys::TAP_OFFLOADS | sys::TUN_F_UDP_TUNNEL_GSO | sys::TUN_F_UDP_TUNNEL_GSO_CSUM,
+    )
+}
+
+/// One `readv` per packet, as the kernel queued it (GRO'd: up to 64 KiB).
+/// Stops at `EAGAIN`; an error after some frames is deferred.
+fn read_packets(fd: BorrowedFd<'_>, frames: &mut [Frame]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < frames.len() {
+        let frame = &mut frames[n];
+        let mut hdr = [0u8; TUNNEL_VNET_HDR_LEN];
+        match sys::read_with_header(fd, &mut hdr, frame.rx_buffer()) {
+            Ok(len) if len > TUNNEL_VNET_HDR_LEN => {
+                frame.set_len(len - TUNNEL_VNET_HDR_LEN);
+                frame.vnet = TunnelVnetHdr::from_bytes(&hdr).base;
+                n += 1;
+            }
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
+        }
+    }
+    Ok(n)
+}
+
 fn invalid(what: &'static str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 impl Port for VxlanPort {
-    /// One `readv` per packet, as the kernel queued it (GRO'd: up to
-    /// 64 KiB). Stops at `EAGAIN`; an error after some frames is deferred.
+    /// [`read_packets`] on the first queue.
     fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
-        let mut n = 0;
-        while n < frames.len() {
-            let frame = &mut frames[n];
-            let mut hdr = [0u8; TUNNEL_VNET_HDR_LEN];
-            match sys::read_with_header(self.fd.as_fd(), &mut hdr, frame.rx_buffer()) {
-                Ok(len) if len > TUNNEL_VNET_HDR_LEN => {
-                    frame.set_len(len - TUNNEL_VNET_HDR_LEN);
-                    frame.vnet = TunnelVnetHdr::from_bytes(&hdr).base;
-                    n += 1;
-                }
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
-            }
-        }
-        Ok(n)
+        read_packets(self.fd.as_fd(), frames)
+    }
+
+    fn rx_queues(&self) -> Vec<Arc<dyn Port>> {
+        self.queues
+            .iter()
+            .map(|q| q.clone() as Arc<dyn Port>)
+            .collect()
     }
 
     fn tx_queue(&self) -> TxQueue {

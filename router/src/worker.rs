@@ -2,7 +2,8 @@
 //! batches, runs each frame through the pipeline and sends it on.
 //!
 //! Invariants: a port is received from by exactly one worker (the one it
-//! was added to); the FIB and port table are loaded once per batch; a round
+//! was added to), a multi-queue port by one worker per queue, each under
+//! the port's id (a worker holds at most one queue of a port); the FIB and port table are loaded once per batch; a round
 //! receives only from ports epoll reported readable (edge-triggered, through
 //! mio) since they were last drained, so a worker with a thousand idle pods
 //! makes no syscall for them; a port leaves the ready set only when a
@@ -145,6 +146,14 @@ impl WorkerHandle {
         self.send(Command::AddPort(id, port))?;
         self.ports += 1;
         Ok(())
+    }
+
+    /// Hands one more receive queue of a port another worker owns
+    /// ([`Port::rx_queues`]) to this worker, under that port's id. Not
+    /// counted in [`WorkerHandle::port_count`]: every worker gets one
+    /// queue of such a port, so they add the same to each.
+    pub fn add_rx_queue(&mut self, id: PortId, queue: Arc<dyn Port>) -> io::Result<()> {
+        self.send(Command::AddPort(id, queue))
     }
 
     /// Takes a port away and waits (bounded) until the worker has let go.

@@ -2,7 +2,8 @@
 //! and attach its XDP program without libbpf: create an XSKMAP and set
 //! its entries, load a program, attach it to an interface as a BPF link,
 //! and find (by id) the links and programs already attached, to replace
-//! a program a previous podrouterd left behind.
+//! a program a previous podrouterd left behind; and to load the socket
+//! filter that steers a multi-queue TAP's flows ([`socket_filter_load`]).
 //!
 //! Invariants: each command's attribute block is a `#[repr(C)]` struct
 //! laid out as the matching member of the kernel's `union bpf_attr`
@@ -28,6 +29,7 @@ const BPF_LINK_GET_NEXT_ID: libc::c_int = 31;
 const BPF_LINK_DETACH: libc::c_int = 34;
 
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 /// `enum bpf_attach_type`: BPF_XDP.
 const BPF_XDP: u32 = 37;
@@ -151,13 +153,29 @@ struct ProgLoadAttr {
 /// Loads an XDP program. On a verifier rejection the error carries the
 /// verifier's log.
 pub fn xdp_prog_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
+    prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, name, insns, license)
+}
+
+/// Loads a socket filter program (what `TUNSETSTEERINGEBPF` takes). On a
+/// verifier rejection the error carries the verifier's log.
+pub fn socket_filter_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
+    prog_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, name, insns, license)
+}
+
+fn prog_load(
+    prog_type: u32,
+    expected_attach_type: u32,
+    name: &str,
+    insns: &[Insn],
+    license: &CStr,
+) -> io::Result<OwnedFd> {
     let mut a = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name: name16(name),
-        expected_attach_type: BPF_XDP,
+        expected_attach_type,
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut a) {

@@ -33,7 +33,8 @@ pub use raw::{
     set_socket_buffers, wait_readable, wait_writable, MAX_BATCH,
 };
 pub use tunnel_tap::{
-    read_with_header, tun_hwaddr, write_parts, TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM,
+    read_with_header, tun_hwaddr, tun_set_steering_ebpf, write_parts, IFF_MULTI_QUEUE,
+    TUN_F_UDP_TUNNEL_GSO, TUN_F_UDP_TUNNEL_GSO_CSUM,
 };
 
 /// Huge-page size this kernel's transparent huge pages use on x86-64.

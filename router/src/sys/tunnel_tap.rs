@@ -1,7 +1,8 @@
-//! System calls of the VXLAN uplink's TAP that the pod TAPs do not need:
-//! the UDP-tunnel offload flags, the device's own MAC, and vectored reads
-//! and writes with a header of any size (the 24-byte
-//! `virtio_net_hdr_v1_hash_tunnel`) and a frame in several pieces.
+//! System calls of the VXLAN uplink's TAP and the multi-queue TAPs that
+//! the pod TAPs do not need: the UDP-tunnel offload flags, the device's
+//! own MAC, vectored reads and writes with a header of any size (the
+//! 24-byte `virtio_net_hdr_v1_hash_tunnel`) and a frame in several
+//! pieces, and a multi-queue TAP's steering program.
 use std::io;
 use std::mem;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -13,6 +14,28 @@ use super::retry;
 pub const TUN_F_UDP_TUNNEL_GSO: libc::c_uint = 0x80;
 /// `TUN_F_UDP_TUNNEL_GSO_CSUM`: ... with a partial outer UDP checksum.
 pub const TUN_F_UDP_TUNNEL_GSO_CSUM: libc::c_uint = 0x100;
+
+/// `IFF_MULTI_QUEUE`: a TAP with one queue per attached descriptor.
+pub const IFF_MULTI_QUEUE: libc::c_int = libc::IFF_MULTI_QUEUE;
+
+/// `TUNSETSTEERINGEBPF`: the socket filter program `prog` (a descriptor)
+/// picks the queue of every frame the kernel sends into the multi-queue
+/// TAP `fd` is attached to (the device keeps its own reference; the
+/// caller may close `prog`).
+pub fn tun_set_steering_ebpf(fd: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+    let prog_fd: libc::c_int = prog.as_raw_fd();
+    // SAFETY: TUNSETSTEERINGEBPF reads one int (a program descriptor)
+    // through the pointer, which points to a live local for the call;
+    // `fd` and `prog` are open for the whole call.
+    retry(|| unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETSTEERINGEBPF,
+            &prog_fd as *const libc::c_int,
+        )
+    })?;
+    Ok(())
+}
 
 /// Most pieces [`write_parts`] takes.
 pub const MAX_PARTS: usize = 4;
