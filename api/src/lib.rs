@@ -896,6 +896,12 @@ pub struct BgpPeerInfo {
     pub capabilities: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Milliseconds from this session's Established to the last FIB batch
+    /// BGP published since (any peer's routes), measured by the daemon:
+    /// once a table is in, its convergence time without a poller's
+    /// resolution. None when nothing was published since Established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_to_last_install_ms: Option<f64>,
 }
 
 /// The BGP RIB, like `birdc show route`.

@@ -688,12 +688,16 @@ fn run(cli: &Cli) -> Res<bool> {
             "BGP convergence: GoBGP (AS 64513) first learns {n} /24s from a source BIRD; then \
              podrouterd and BIRD 2 (both AS 64512, eBGP to GoBGP, on one bridge) take turns as \
              the receiver, each started fresh per run; every 2 ms the harness asks the \
-             receiver for its session state and count over its control socket (podrouterd's \
-             API `bgp_peers` / `bgp_rib` with limit 0: `installed` in the FIB; BIRD's \
-             `show protocols` / `show route protocol up count`: BGP routes in BIRD's RIB; \
-             BIRD exports nothing); the clock runs from the first poll that sees Established \
-             to the first that sees all {n}, so each figure resolves to about 2 ms plus one \
-             poll's own time (well under a millisecond: no process is started)",
+             receiver for its session state and count over one control socket connection \
+             kept open for the round (podrouterd's API `bgp_peers` / `bgp_rib` with limit 0: \
+             `installed` in the FIB; BIRD's `show protocols` / `show protocols all up`: the \
+             routes its BGP channel imported into its RIB, a counter; BIRD exports nothing); \
+             the clock runs from the first poll that sees Established to the first that sees \
+             all {n}, so each figure resolves to about 2 ms plus one poll's own time (well \
+             under a millisecond: no process is started). The rounds run once with GoBGP \
+             sending and once with the source BIRD sending (its own sessions to the \
+             receivers); each sender's row is its CPU time over the same interval: when it \
+             is about the elapsed time, the sender bounds the figure",
             n = p.bgp_routes
         ));
     }

@@ -1,8 +1,9 @@
 //! Every system call of the control plane that needs `unsafe`: entering and
 //! identifying network namespaces, locking the state directory, TCP MD5
 //! and non-blocking connects for BGP, the one ethtool setting the
-//! afxdp backend's pod veths need, and passing descriptors over a unix
-//! socket (`SCM_RIGHTS`) for a takeover.
+//! afxdp backend's pod veths need, passing descriptors over a unix
+//! socket (`SCM_RIGHTS`) for a takeover, and a background thread's lower
+//! priority.
 //!
 //! Invariants: this is the only module of the control crate allowed to use
 //! `unsafe` (`lib.rs` denies it elsewhere); every `unsafe` block carries a
@@ -402,11 +403,48 @@ pub fn recv_with_fds(
     Ok(n)
 }
 
+/// Lowers the calling thread's scheduling priority by `by` nice levels
+/// (at most to 19). Linux keeps a nice value per thread, and
+/// `setpriority(PRIO_PROCESS, 0)` is the calling thread's: background
+/// threads (the BGP kernel-route and saved-routes writers) then yield the
+/// CPU to the ones that decide and forward when both want it.
+pub fn lower_thread_priority(by: i32) -> io::Result<()> {
+    // SAFETY: getpriority takes integers and touches no memory of ours; it
+    // fails only for an invalid `which`/`who`, and these are valid.
+    let now = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    let target = now.saturating_add(by).min(19);
+    // SAFETY: as above; lowering one's own priority needs no privilege.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, target) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs::File;
     use std::os::fd::AsFd;
+
+    /// Only the calling thread's nice value changes.
+    #[test]
+    fn lowering_priority_is_per_thread() {
+        let nice_of = |who: &str| -> i64 {
+            let stat = std::fs::read_to_string(format!("/proc/thread-self/{who}")).unwrap();
+            // Field 19 (nice), counted after the command's closing ")".
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+        };
+        let before = nice_of("stat");
+        let inner = std::thread::spawn(move || {
+            lower_thread_priority(3).unwrap();
+            nice_of("stat")
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inner, (before + 3).min(19));
+        assert_eq!(nice_of("stat"), before);
+    }
 
     #[test]
     fn namespace_files_are_recognised() {

@@ -59,6 +59,13 @@ fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
     ));
     let p = &peers(&node)[0];
     assert_eq!(p["kind"], "ebgp");
+    // The daemon's own convergence timing: Established to the FIB batch
+    // that installed GoBGP's block, within the session's life so far.
+    let ms = p["established_to_last_install_ms"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no established_to_last_install_ms: {p}"));
+    let alive_ms = (p["since_secs"].as_u64().unwrap() + 1) as f64 * 1e3;
+    assert!((0.0..alive_ms).contains(&ms), "{ms} ms, {p}");
     let rib = node.ctl(&["bgp", "rib"]);
     let r = rib["routes"]
         .as_array()

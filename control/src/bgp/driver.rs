@@ -6,7 +6,17 @@
 //! control thread. Each iteration: fire timers, read what arrived (at most
 //! 1 MiB per connection per iteration, so one peer's full table cannot
 //! starve another's keepalives), carry out the speaker's socket work, and
-//! publish the FIB changes of the whole iteration as one batch.
+//! publish the FIB changes as one batch once due: at once after a quiet
+//! spell, and during a burst (a full table) no sooner than eight times the
+//! last publication's cost after it (at most 100 ms), because a
+//! publication copies the FIB shards it touches (about the whole table
+//! for a thousand scattered routes). Then, off this thread, the node
+//! kernel's routes and the saved-routes file follow the published batch,
+//! on threads that run ten nice levels below the rest (background work:
+//! under contention the BGP thread and the data plane come first).
+//! `podrouterctl bgp peers` (API `bgp_peers`) reports per session the
+//! time from Established to the last publication, the daemon's own
+//! convergence figure.
 //!
 //! Inbound connections from addresses that are not configured peers are
 //! closed at once, before a byte is read. Sends are queued per connection
@@ -185,7 +195,7 @@ impl BgpHandle {
         let (tx, rx) = mpsc::channel();
         let (kernel, kernel_thread) = match uplink {
             Some(u) => {
-                let (ktx, krx) = mpsc::channel::<Vec<KernelJob>>();
+                let (ktx, krx) = mpsc::channel::<JobBatch>();
                 let host_port = cfg.dataplane.host_port.clone();
                 let t = std::thread::Builder::new()
                     .name("bgp-kernel".into())
@@ -206,11 +216,14 @@ impl BgpHandle {
                 ""
             }
         );
-        let (save_tx, save_rx) = mpsc::channel::<Vec<KernelJob>>();
+        let (save_tx, save_rx) = mpsc::channel::<JobBatch>();
         let saver = Saver::new(&cfg.state_dir, restored.clone());
         let save_thread = std::thread::Builder::new()
             .name("bgp-save".into())
-            .spawn(move || saver.run(save_rx))?;
+            .spawn(move || {
+                background_priority("bgp-save");
+                saver.run(save_rx)
+            })?;
         let mut speaker = Speaker::new(scfg, Instant::now());
         let adopted = speaker.adopt(restored);
         let restored = (!adopted.is_empty()).then(|| {
@@ -231,6 +244,8 @@ impl BgpHandle {
             restored,
             rx,
             buf: vec![0; 64 * 1024],
+            last_publish: None,
+            next_publish: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("bgp".into())
@@ -327,13 +342,22 @@ impl BgpHandle {
 
 /// The `bgp-kernel` thread: applies kernel route changes in order, every
 /// batch queued so far at once.
-fn kernel_sync(rx: mpsc::Receiver<Vec<KernelJob>>, host_port: String, uplink: UplinkState) {
+fn kernel_sync(rx: mpsc::Receiver<JobBatch>, host_port: String, uplink: UplinkState) {
+    background_priority("bgp-kernel");
     let mut routes = KernelRoutes::new(&host_port, uplink);
-    while let Ok(mut batch) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
-            batch.extend(more);
+            queued.push(more);
         }
-        let failed = routes.apply(&batch);
+        let joined: Vec<KernelJob>;
+        let batch: &[KernelJob] = if queued.len() == 1 {
+            queued[0].as_slice()
+        } else {
+            joined = queued.iter().flat_map(|b| b.iter().cloned()).collect();
+            joined.as_slice()
+        };
+        let failed = routes.apply(batch);
         // Every failure names its prefix: the first few of a batch as
         // warnings, the rest at debug level, then a count.
         for (k, (prefix, e)) in failed.iter().enumerate() {
@@ -359,6 +383,17 @@ fn kernel_sync(rx: mpsc::Receiver<Vec<KernelJob>>, host_port: String, uplink: Up
     }
 }
 
+/// Nice levels the `bgp-kernel` and `bgp-save` threads give up: their
+/// work follows the FIB, so under contention (a full table arriving on a
+/// busy node) the BGP thread and the data plane come first.
+const BACKGROUND_NICE: i32 = 10;
+
+fn background_priority(thread: &str) {
+    if let Err(e) = sys::lower_thread_priority(BACKGROUND_NICE) {
+        log::debug!("bgp: cannot lower the priority of {thread}: {e}");
+    }
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -380,9 +415,9 @@ struct Driver {
     /// Connections with unread data left after their read budget.
     again: HashSet<(usize, ConnId)>,
     fib: Arc<Fib>,
-    kernel: Option<mpsc::Sender<Vec<KernelJob>>>,
+    kernel: Option<mpsc::Sender<JobBatch>>,
     /// The `bgp-save` thread: the same changes, for `state_dir/bgp-routes`.
-    save: mpsc::Sender<Vec<KernelJob>>,
+    save: mpsc::Sender<JobBatch>,
     /// Saved routes the speaker adopted at start, until the restart's
     /// sweep (the same End-of-RIBs and bound as `stale`).
     restored: Option<StaleKernelRoutes<Prefix>>,
@@ -390,7 +425,23 @@ struct Driver {
     stale: Option<StaleKernelRoutes<crate::netlink::Ipv4Route>>,
     rx: mpsc::Receiver<Command>,
     buf: Vec<u8>,
+    /// When the last FIB batch with BGP changes was published (for the
+    /// peers' `established_to_last_install_ms`, and the next batch's due
+    /// time).
+    last_publish: Option<Instant>,
+    /// When the next batch is due (during a burst; see
+    /// [`Driver::apply_fib_when_due`]).
+    next_publish: Instant,
 }
+
+/// A FIB batch is due this many times the last one's cost after it.
+const PUBLISH_GAP_FACTOR: u32 = 8;
+/// The longest a decision waits for its FIB batch.
+const MAX_PUBLISH_GAP: Duration = Duration::from_millis(100);
+
+/// One FIB batch's kernel route changes, shared by the `bgp-kernel` and
+/// `bgp-save` threads (one copy for both).
+type JobBatch = Arc<Vec<KernelJob>>;
 
 fn token(peer: usize, id: ConnId) -> Token {
     Token(2 + peer * 2 + (id == ConnId::Inbound) as usize)
@@ -422,15 +473,17 @@ impl Driver {
             let now = Instant::now();
             self.speaker.poll(now);
             self.do_io();
-            self.apply_fib();
+            self.apply_fib_when_due(now);
             self.check_stale(now);
             self.check_restored(now);
             let timeout = if self.again.is_empty() {
-                self.speaker
-                    .next_deadline()
-                    .map_or(Duration::from_secs(1), |d| {
-                        d.saturating_duration_since(now).min(Duration::from_secs(1))
-                    })
+                let next = [self.speaker.next_deadline(), self.fib_due()]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                next.map_or(Duration::from_secs(1), |d| {
+                    d.saturating_duration_since(now).min(Duration::from_secs(1))
+                })
             } else {
                 Duration::ZERO
             };
@@ -466,7 +519,7 @@ impl Driver {
                 self.read(key);
                 self.do_io();
             }
-            self.apply_fib();
+            self.apply_fib_when_due(Instant::now());
         }
     }
 
@@ -483,7 +536,17 @@ impl Driver {
                         .iter()
                         .map(|p| p.password.is_some())
                         .collect();
-                    let _ = tx.send(views::peers(&self.speaker, now, &md5));
+                    let mut rows = views::peers(&self.speaker, now, &md5);
+                    for row in &mut rows {
+                        row.established_to_last_install_ms = self
+                            .speaker
+                            .peer_index(row.address)
+                            .and_then(|i| self.speaker.session(i).established_at())
+                            .zip(self.last_publish)
+                            .and_then(|(est, publish)| publish.checked_duration_since(est))
+                            .map(|d| d.as_secs_f64() * 1e3);
+                    }
+                    let _ = tx.send(rows);
                 }
                 Command::Rib(within, limit, tx) => {
                     let _ = tx.send(views::rib(&self.speaker, within, limit));
@@ -498,6 +561,9 @@ impl Driver {
                     let _ = tx.send(self.set_peers(now, peers));
                 }
                 Command::Stop { graceful } => {
+                    // Decisions not yet published go first (the saved
+                    // routes follow the FIB).
+                    self.apply_fib();
                     let why = if graceful {
                         "graceful restart"
                     } else {
@@ -833,7 +899,12 @@ impl Driver {
         let Some(why) = st.reason(now) else {
             return;
         };
-        let st = self.stale.take().expect("checked");
+        // Decisions still waiting for their FIB batch count as installed
+        // for the sweep: publish them first.
+        self.apply_fib();
+        let Some(st) = self.stale.take() else {
+            return;
+        };
         let total = st.len();
         // A prefix that became one of our own blocks (a reload since the
         // start) now has our route, with the same identity: keep it.
@@ -860,17 +931,18 @@ impl Driver {
         }
     }
 
+    /// Hands the kernel route changes taken so far to the `bgp-kernel`
+    /// and `bgp-save` threads (one shared copy).
     fn send_kernel_jobs(&mut self) {
         let jobs = self.speaker.take_kernel_jobs();
         if jobs.is_empty() {
             return;
         }
+        let jobs = Arc::new(jobs);
         if let Some(k) = &self.kernel {
-            let _ = self.save.send(jobs.clone());
-            let _ = k.send(jobs);
-        } else {
-            let _ = self.save.send(jobs);
+            let _ = k.send(jobs.clone());
         }
+        let _ = self.save.send(jobs);
     }
 
     /// Once due (as the stale kernel routes), runs the decision again for
@@ -903,19 +975,49 @@ impl Driver {
         );
     }
 
+    /// When the decisions waiting for the FIB are due to be published:
+    /// `None` without any, else [`PUBLISH_GAP_FACTOR`] times the last
+    /// publication's cost after it.
+    fn fib_due(&self) -> Option<Instant> {
+        self.speaker.fib_pending().then_some(self.next_publish)
+    }
+
+    /// [`Driver::apply_fib`] once due ([`Driver::fib_due`]): in a burst of
+    /// UPDATEs (a full table) the changes of many reads become one FIB
+    /// batch. A publication copies every FIB shard the batch touches,
+    /// about the whole table for a thousand scattered routes, so
+    /// publishing per read made a table of N routes cost O(N^2 / 1000);
+    /// spacing them by a multiple of their own cost keeps the BGP thread's
+    /// time in publications at about a ninth of the burst, while a change
+    /// after a quiet spell is published at once.
+    fn apply_fib_when_due(&mut self, now: Instant) {
+        if self.fib_due().is_some_and(|due| due > now) {
+            return;
+        }
+        self.apply_fib();
+    }
+
+    /// Publishes the FIB changes of the decisions so far as one batch,
+    /// then hands their kernel route changes and the saved-routes update
+    /// to their threads: forwarding (the FIB) never waits for netlink or
+    /// the file, and those threads do not compete with the batch for a
+    /// CPU while it is built.
     fn apply_fib(&mut self) {
         let changes = self.speaker.take_fib_changes();
-        self.send_kernel_jobs();
         if !changes.is_empty() {
             let t = Instant::now();
             self.fib.update(&changes);
+            let done = Instant::now();
+            self.last_publish = Some(done);
+            self.next_publish = done + ((done - t) * PUBLISH_GAP_FACTOR).min(MAX_PUBLISH_GAP);
             log::debug!(
                 "bgp: FIB updated: {} changes in {:?}, {} BGP routes installed",
                 changes.len(),
-                t.elapsed(),
+                done - t,
                 self.speaker.installed()
             );
         }
+        self.send_kernel_jobs();
     }
 }
 

@@ -34,7 +34,7 @@ use super::session::Path;
 
 #[derive(Default)]
 pub struct Rib {
-    routes: PrefixMap<Vec<Arc<Path>>>,
+    routes: PrefixMap<Paths>,
     /// Paths over all prefixes (kept as they change, so a count is O(1)).
     path_count: usize,
 }
@@ -47,6 +47,23 @@ pub struct Selection {
     pub multipath: Vec<Arc<Path>>,
 }
 
+/// One prefix's paths. Nearly every prefix has a single path (one peer
+/// sent it), kept inline: no allocation per route for a full table.
+enum Paths {
+    One(Arc<Path>),
+    /// Two or more, one per peer.
+    Many(Vec<Arc<Path>>),
+}
+
+impl Paths {
+    fn as_slice(&self) -> &[Arc<Path>] {
+        match self {
+            Paths::One(p) => std::slice::from_ref(p),
+            Paths::Many(v) => v,
+        }
+    }
+}
+
 impl Rib {
     pub fn new() -> Rib {
         Rib::default()
@@ -54,24 +71,57 @@ impl Rib {
 
     /// Sets `peer`'s path for `prefix` (replacing its previous one).
     pub fn upsert(&mut self, prefix: Prefix, path: Arc<Path>) {
-        let v = self.routes.entry(prefix).or_default();
-        match v.iter_mut().find(|p| p.peer == path.peer) {
-            Some(slot) => *slot = path,
-            None => {
-                v.push(path);
+        use std::collections::hash_map::Entry;
+        let paths = match self.routes.entry(prefix) {
+            Entry::Vacant(e) => {
+                e.insert(Paths::One(path));
+                self.path_count += 1;
+                return;
+            }
+            Entry::Occupied(e) => e.into_mut(),
+        };
+        match paths {
+            Paths::One(p) if p.peer == path.peer => *p = path,
+            Paths::One(p) => {
+                *paths = Paths::Many(vec![p.clone(), path]);
                 self.path_count += 1;
             }
+            Paths::Many(v) => match v.iter_mut().find(|p| p.peer == path.peer) {
+                Some(slot) => *slot = path,
+                None => {
+                    v.push(path);
+                    self.path_count += 1;
+                }
+            },
         }
     }
 
     /// Removes `peer`'s path for `prefix`.
     pub fn remove(&mut self, prefix: Prefix, peer: Ipv4Addr) {
-        if let Some(v) = self.routes.get_mut(&prefix) {
-            let before = v.len();
-            v.retain(|p| p.peer != peer);
-            self.path_count -= before - v.len();
-            if v.is_empty() {
-                self.routes.remove(&prefix);
+        let Some(paths) = self.routes.get_mut(&prefix) else {
+            return;
+        };
+        match paths {
+            Paths::One(p) => {
+                if p.peer == peer {
+                    self.routes.remove(&prefix);
+                    self.path_count -= 1;
+                }
+            }
+            Paths::Many(v) => {
+                let before = v.len();
+                v.retain(|p| p.peer != peer);
+                self.path_count -= before - v.len();
+                match &mut v[..] {
+                    [] => {
+                        self.routes.remove(&prefix);
+                    }
+                    [one] => {
+                        let one = one.clone();
+                        *paths = Paths::One(one);
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -90,7 +140,7 @@ impl Rib {
     }
 
     pub fn paths(&self, prefix: &Prefix) -> &[Arc<Path>] {
-        self.routes.get(prefix).map_or(&[], |v| &v[..])
+        self.routes.get(prefix).map_or(&[], Paths::as_slice)
     }
 
     pub fn prefixes(&self) -> impl Iterator<Item = &Prefix> {
@@ -445,5 +495,53 @@ mod tests {
         rib.next_hops(&p, &mut nh);
         assert!(nh.is_empty());
         assert!(rib.select(&p).is_none());
+    }
+
+    /// A prefix's paths move between the inline single path and the list
+    /// as peers come and go; the path count follows every step.
+    #[test]
+    fn one_path_and_many_paths_keep_the_counts() {
+        let mut rib = Rib::new();
+        let p: Prefix = "10.244.2.0/26".parse().unwrap();
+        let q: Prefix = "10.244.3.0/26".parse().unwrap();
+        let peers = |rib: &Rib, x: &Prefix| -> Vec<Ipv4Addr> {
+            rib.paths(x).iter().map(|a| a.peer).collect()
+        };
+        rib.upsert(p, mk(&base("10.0.0.2")));
+        rib.upsert(q, mk(&base("10.0.0.2")));
+        assert_eq!((rib.len(), rib.path_count()), (2, 2));
+        // The same peer again replaces its path.
+        rib.upsert(
+            p,
+            mk(&B {
+                lp: 50,
+                ..base("10.0.0.2")
+            }),
+        );
+        assert_eq!(rib.path_count(), 2);
+        assert_eq!(rib.best(&p).unwrap().local_pref, 50);
+        rib.upsert(p, mk(&base("10.0.0.3")));
+        rib.upsert(p, mk(&base("10.0.0.4")));
+        assert_eq!(
+            peers(&rib, &p),
+            vec![ip("10.0.0.2"), ip("10.0.0.3"), ip("10.0.0.4")]
+        );
+        assert_eq!(rib.path_count(), 4);
+        // A peer that has no path for the prefix changes nothing.
+        rib.remove(p, ip("10.0.0.9"));
+        rib.remove(q, ip("10.0.0.9"));
+        assert_eq!(rib.path_count(), 4);
+        rib.remove(p, ip("10.0.0.2"));
+        rib.remove(p, ip("10.0.0.4"));
+        assert_eq!(peers(&rib, &p), vec![ip("10.0.0.3")]);
+        assert_eq!(rib.path_count(), 2);
+        // Back to one path: a second peer makes it a list again.
+        rib.upsert(p, mk(&base("10.0.0.5")));
+        assert_eq!(peers(&rib, &p), vec![ip("10.0.0.3"), ip("10.0.0.5")]);
+        rib.remove(p, ip("10.0.0.3"));
+        rib.remove(p, ip("10.0.0.5"));
+        rib.remove(q, ip("10.0.0.2"));
+        assert!(rib.is_empty());
+        assert_eq!(rib.path_count(), 0);
     }
 }

@@ -23,15 +23,15 @@
 //! counted (the file is ours, but a truncated disk must not stop a start).
 //!
 //! Invariant: the file lists each prefix once, with sorted, distinct vias.
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use podrouter_types::Prefix;
 
+use super::prefix_hash::PrefixMap;
 use crate::kernel_job::{KernelJob, Vias};
 
 /// The file's name under `state_dir`.
@@ -145,7 +145,7 @@ fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
 /// The `bgp-save` thread's state: the routes as the FIB has them.
 pub struct Saver {
     path: PathBuf,
-    routes: HashMap<Prefix, Vias>,
+    routes: PrefixMap<Vias>,
     dirty: bool,
     interval: Duration,
 }
@@ -187,8 +187,9 @@ impl Saver {
     }
 
     /// The thread's loop: changes from `rx`, a write at most every
-    /// interval, a last one when the sender is gone.
-    pub fn run(mut self, rx: mpsc::Receiver<Vec<KernelJob>>) {
+    /// interval, a last one when the sender is gone. Each batch is shared
+    /// with the `bgp-kernel` thread.
+    pub fn run(mut self, rx: mpsc::Receiver<Arc<Vec<KernelJob>>>) {
         let mut last = Instant::now();
         loop {
             let wait = if self.dirty {
@@ -288,7 +289,8 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let saver = Saver::new(dir.path(), load(dir.path()));
         let t = std::thread::spawn(move || saver.run(rx));
-        tx.send(vec![(p("10.244.4.0/26"), None, None)]).unwrap();
+        tx.send(Arc::new(vec![(p("10.244.4.0/26"), None, None)]))
+            .unwrap();
         drop(tx);
         t.join().unwrap();
         assert_eq!(load(dir.path()).len(), 1);

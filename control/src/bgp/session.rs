@@ -369,6 +369,12 @@ impl Session {
         }
     }
 
+    /// When the current session reached Established (None while it is
+    /// not).
+    pub fn established_at(&self) -> Option<Instant> {
+        self.established_at
+    }
+
     /// When the state last changed.
     pub fn state_since(&self) -> Instant {
         self.state_since

@@ -31,8 +31,10 @@
 //! installed before, producing one batch of inserts and removes for
 //! [`podrouter_router::fib::Fib::update`]: one next hop is a plain
 //! `NextHop::Node` route, several an ECMP group
-//! (`FibChange::InsertMultipath`). The driver calls it once per
-//! loop iteration, so a burst of UPDATEs becomes one FIB publication.
+//! (`FibChange::InsertMultipath`). The driver calls it when a FIB
+//! batch is due (at once after a quiet spell, spaced by a multiple of the
+//! last batch's cost during a burst), so a burst of UPDATEs becomes a few
+//! large FIB publications.
 use super::prefix_hash::{PrefixMap, PrefixSet};
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -382,28 +384,45 @@ impl Speaker {
     /// The FIB batch that brings the FIB in line with the RIB's best paths
     /// (each prefix via the distinct next hops of its multipath set).
     pub fn take_fib_changes(&mut self) -> Vec<FibChange> {
-        let mut changes = Vec::new();
+        use std::collections::hash_map::Entry;
         let dirty = std::mem::take(&mut self.dirty);
+        let mut changes = Vec::with_capacity(dirty.len());
         self.kernel_jobs.reserve(dirty.len());
         let mut want = Vec::new();
         for p in dirty {
             want.clear();
-            if self.filtered(&p).is_none() {
+            if import_refusal(&self.cfg, &p).is_none() {
                 self.rib.next_hops(&p, &mut want);
             }
-            let have: &[Ipv4Addr] = self.installed.get(&p).map_or(&[], |v| v);
-            if have == &want[..] {
-                continue;
+            // One lookup of the installed map per prefix.
+            match self.installed.entry(p) {
+                Entry::Occupied(mut e) => {
+                    if e.get()[..] == want[..] {
+                        continue;
+                    }
+                    changes.push(fib_change(p, &want));
+                    let job = match Vias::new(&want) {
+                        Some(v) => (p, Some(v.clone()), Some(e.insert(v))),
+                        None => (p, None, Some(e.remove())),
+                    };
+                    self.kernel_jobs.push(job);
+                }
+                Entry::Vacant(e) => {
+                    let Some(v) = Vias::new(&want) else {
+                        continue;
+                    };
+                    changes.push(fib_change(p, &want));
+                    e.insert(v.clone());
+                    self.kernel_jobs.push((p, Some(v), None));
+                }
             }
-            changes.push(fib_change(p, &want));
-            let new = Vias::new(&want);
-            let old = match &new {
-                Some(v) => self.installed.insert(p, v.clone()),
-                None => self.installed.remove(&p),
-            };
-            self.kernel_jobs.push((p, new, old));
         }
         changes
+    }
+
+    /// Whether decisions are waiting for [`Speaker::take_fib_changes`].
+    pub fn fib_pending(&self) -> bool {
+        !self.dirty.is_empty()
     }
 
     /// Kernel route changes that go with the FIB changes taken so far.

@@ -65,6 +65,8 @@ pub fn peers(speaker: &Speaker, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> 
                 established_count: s.stats.established_count,
                 capabilities: caps,
                 last_error: s.stats.last_error.clone(),
+                // The driver fills it in (it knows the FIB's publications).
+                established_to_last_install_ms: None,
             }
         })
         .collect()
