@@ -182,7 +182,11 @@ impl TapPort {
                 format!("handed-over descriptor for {expected} is attached to {name}"),
             ));
         }
-        Ok(TapPort { fd })
+        // One descriptor: a takeover hands over single-queue TAPs only.
+        Ok(TapPort {
+            fd,
+            queues: Vec::new(),
+        })
     }
 
     fn configure(&self) -> io::Result<()> {

@@ -140,6 +140,12 @@ pub fn unsupported(cfg: &Config) -> Option<String> {
             cfg.dataplane.tunnel
         ));
     }
+    if cfg.dataplane.workers > 1 {
+        return Some(format!(
+            "with {} workers the host port is a multi-queue TAP whose queues are not handed              over yet (only one worker's); restart podrouterd instead",
+            cfg.dataplane.workers
+        ));
+    }
     None
 }
 
