@@ -51,6 +51,7 @@ mod policy_calls;
 mod removal;
 mod service_calls;
 mod taps;
+mod uplink_xdp;
 
 pub use removal::{InterfaceRemoval, RemovalDone};
 
@@ -656,6 +657,7 @@ impl Daemon {
                     xdp_prog_id: p.xdp.as_ref().map(|x| x.prog_id()),
                     xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
                 })
+                .chain(self.uplink_xdp_status())
                 .collect(),
             path_mtus: self
                 .uplink
@@ -1053,6 +1055,7 @@ impl Daemon {
                     },
                 ))
             })
+            .chain(self.uplink_xsk_counters())
             .collect();
         // So `entries` counts no flow that has already timed out.
         self.flows.sweep(clock::now_ms());
