@@ -61,6 +61,10 @@ struct Cli {
     /// podrouterd's data-plane backend (`dataplane.backend`).
     #[arg(long, default_value = "tap")]
     backend: String,
+    /// Two-node IPIP pairs receive through XDP on the uplink
+    /// (`dataplane.uplink_xdp = true`).
+    #[arg(long)]
+    uplink_xdp: bool,
     /// Runs per figure (at least 3 unless --smoke).
     #[arg(long)]
     repeats: Option<usize>,
@@ -310,6 +314,7 @@ fn run(cli: &Cli) -> Res<bool> {
             dp_cpu: *cpus.get(1).unwrap_or(&cpus[0]),
             dp_cpu_node2: *cpus.get(1).unwrap_or(&cpus[0]),
             mtu: 1500,
+            uplink_xdp: cli.uplink_xdp,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -438,6 +443,7 @@ fn run(cli: &Cli) -> Res<bool> {
             dp_cpu,
             dp_cpu_node2,
             mtu: 1500,
+            uplink_xdp: cli.uplink_xdp,
         },
         gen_cpu,
         self_exe,

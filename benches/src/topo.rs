@@ -89,6 +89,16 @@ pub struct PlaneOpts {
     pub dp_cpu_node2: usize,
     /// Pod MTU on one node (two-node: set per encapsulation).
     pub mtu: u16,
+    /// `dataplane.uplink_xdp` in two-node IPIP topologies (`--uplink-xdp`).
+    pub uplink_xdp: bool,
+}
+
+impl PlaneOpts {
+    /// Whether a two-node podrouter pair runs its uplink through XDP:
+    /// asked for, and IPIP that is encapsulated (what `uplink_xdp` takes).
+    pub fn uplink_xdp_for(&self, encap: &str, tunnel: &str) -> bool {
+        self.uplink_xdp && tunnel == "ipip" && encap != "never"
+    }
 }
 
 /// A pod: its namespace, address and interface.
@@ -660,8 +670,13 @@ pub fn two_node(
     };
     let label = match mode {
         TwoNodeMode::Podrouter { encap, tunnel } => format!(
-            "podrouter ({}, {tunnel}, encap {encap}{across}, underlay MTU {underlay_mtu})",
-            opts.backend
+            "podrouter ({}, {tunnel}{}, encap {encap}{across}, underlay MTU {underlay_mtu})",
+            opts.backend,
+            if opts.uplink_xdp_for(encap, tunnel) {
+                ", uplink_xdp"
+            } else {
+                ""
+            }
         ),
         TwoNodeMode::KernelPlain => {
             format!("kernel, plain routing{across}, underlay MTU {underlay_mtu}")
@@ -756,8 +771,14 @@ pub fn two_node(
                     addrs[k],
                     &format!("{}/24", BLOCKS[k]),
                     &format!(
-                        "uplink = \"u{}\"\nencap = \"{encap}\"\ntunnel = \"{tunnel}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
+                        "uplink = \"u{}\"\nencap = \"{encap}\"\ntunnel = \"{tunnel}\"\n{}\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
                         k + 1,
+                        // Only when on: older podrouterds refuse the key.
+                        if opts.uplink_xdp_for(encap, tunnel) {
+                            "uplink_xdp = true\n"
+                        } else {
+                            ""
+                        },
                         BLOCKS[other],
                         addrs[other]
                     ),
