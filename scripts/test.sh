@@ -99,7 +99,7 @@ if step build cargo build --release --workspace --bins; then
     # PODROUTER_BACKEND): everything above the port must behave the same.
     AFXDP_TESTS=(-p podrouter-e2e -p podrouter-cni --test forwarding --test icmp --test security
         --test restart --test pods --test cli --test daemon --test multinode --test reload
-        --test services --test uninstall --test plugin --test podman)
+        --test services --test uninstall --test uplink_xdp --test plugin --test podman)
     TESTLOG_AFXDP="$LOGDIR/cargo-test-afxdp.log"
     run_afxdp_tests() {
         PODROUTER_BACKEND=afxdp timeout -k 30 "$TEST_TIMEOUT" \

@@ -61,6 +61,10 @@ struct Cli {
     /// podrouterd's data-plane backend (`dataplane.backend`).
     #[arg(long, default_value = "tap")]
     backend: String,
+    /// Two-node IPIP pairs receive through XDP on the uplink
+    /// (`dataplane.uplink_xdp = true`).
+    #[arg(long)]
+    uplink_xdp: bool,
     /// Runs per figure (at least 3 unless --smoke).
     #[arg(long)]
     repeats: Option<usize>,
@@ -322,6 +326,7 @@ fn run(cli: &Cli) -> Res<bool> {
             mtu: 1500,
             workers: 1,
             spare_cpus: Vec::new(),
+            uplink_xdp: cli.uplink_xdp,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -465,6 +470,7 @@ fn run(cli: &Cli) -> Res<bool> {
             mtu: 1500,
             workers: usize::from(cli.workers),
             spare_cpus: cpus.iter().copied().filter(|&c| c != dp_cpu).collect(),
+            uplink_xdp: cli.uplink_xdp,
         },
         gen_cpu,
         self_exe,

@@ -95,6 +95,8 @@ pub struct PlaneOpts {
     /// (the machine's other CPUs); the kernel plane's RPS spreads over
     /// the same set, so both planes get the same CPUs.
     pub spare_cpus: Vec<usize>,
+    /// `dataplane.uplink_xdp` in two-node IPIP topologies (`--uplink-xdp`).
+    pub uplink_xdp: bool,
 }
 
 impl PlaneOpts {
@@ -131,6 +133,12 @@ impl PlaneOpts {
             t += &format!(" ({} unpinned)", self.workers - cpus.len());
         }
         t
+    }
+
+    /// Whether a two-node podrouter pair runs its uplink through XDP:
+    /// asked for, and IPIP that is encapsulated (what `uplink_xdp` takes).
+    pub fn uplink_xdp_for(&self, encap: &str, tunnel: &str) -> bool {
+        self.uplink_xdp && tunnel == "ipip" && encap != "never"
     }
 }
 
@@ -721,8 +729,13 @@ pub fn two_node(
     };
     let label = match mode {
         TwoNodeMode::Podrouter { encap, tunnel } => format!(
-            "podrouter ({}, {tunnel}, encap {encap}{across}, underlay MTU {underlay_mtu})",
-            opts.backend
+            "podrouter ({}, {tunnel}{}, encap {encap}{across}, underlay MTU {underlay_mtu})",
+            opts.backend,
+            if opts.uplink_xdp_for(encap, tunnel) {
+                ", uplink_xdp"
+            } else {
+                ""
+            }
         ),
         TwoNodeMode::KernelPlain => {
             format!("kernel, plain routing{across}, underlay MTU {underlay_mtu}")
@@ -812,8 +825,14 @@ pub fn two_node(
                     addrs[k],
                     &format!("{}/24", BLOCKS[k]),
                     &format!(
-                        "uplink = \"u{}\"\nencap = \"{encap}\"\ntunnel = \"{tunnel}\"\n\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
+                        "uplink = \"u{}\"\nencap = \"{encap}\"\ntunnel = \"{tunnel}\"\n{}\n[[routes]]\nprefix = \"{}/24\"\nvia = \"{}\"\n",
                         k + 1,
+                        // Only when on: older podrouterds refuse the key.
+                        if opts.uplink_xdp_for(encap, tunnel) {
+                            "uplink_xdp = true\n"
+                        } else {
+                            ""
+                        },
                         BLOCKS[other],
                         addrs[other]
                     ),

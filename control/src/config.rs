@@ -177,6 +177,11 @@ pub struct Dataplane {
     pub encap: Encap,
     /// The encapsulation: `ipip` (default) or `vxlan`.
     pub tunnel: TunnelKind,
+    /// Receive this node's IPIP traffic through an XDP program and AF_XDP
+    /// sockets on the uplink (everything else goes on to the kernel).
+    /// Either backend; needs `tunnel = "ipip"`, `node_ip` and an `encap`
+    /// other than `never`.
+    pub uplink_xdp: bool,
     /// VXLAN's UDP port: 4789 (Calico's `vxlan.calico`, the default) or
     /// 8472 (Flannel's `flannel.1`).
     pub vxlan_port: u16,
@@ -399,6 +404,7 @@ impl Default for Dataplane {
             uplink: None,
             encap: Encap::Always,
             tunnel: TunnelKind::Ipip,
+            uplink_xdp: false,
             vxlan_port: podrouter_router::vxlan::CALICO_PORT,
             vxlan_vni: podrouter_router::vxlan::CALICO_VNI,
             batch_size: 32,
@@ -602,6 +608,23 @@ impl Config {
         }
         if dp.icmp_burst == 0 {
             return Err(("icmp_burst", "must be at least 1".into()));
+        }
+        if dp.uplink_xdp {
+            let why = if dp.tunnel != TunnelKind::Ipip {
+                Some(
+                    "works with tunnel = \"ipip\" only (VXLAN frames from other nodes can carry \
+                     partial checksums an AF_XDP socket cannot complete)",
+                )
+            } else if dp.encap == Encap::Never {
+                Some("has nothing to receive with encap = \"never\"")
+            } else if self.node_ip.is_none() {
+                Some("needs node_ip: the program takes IPIP addressed to it")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(("uplink_xdp", why.into()));
+            }
         }
         if dp.vxlan_port == 0 {
             return Err(("vxlan_port", "must be a UDP port, 1..=65535".into()));
@@ -896,6 +919,26 @@ asn = 64512
         assert_eq!(e.key.as_deref(), Some("mtu"));
         let e = err("[dataplane]\nxdp_mode = \"native\"\n");
         assert_eq!(e.key.as_deref(), Some("xdp_mode"));
+        for (text, says) in [
+            (
+                "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\ntunnel = \"vxlan\"\nuplink_xdp = true\n",
+                "ipip",
+            ),
+            (
+                "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\nencap = \"never\"\nuplink_xdp = true\n",
+                "never",
+            ),
+            ("[dataplane]\nuplink_xdp = true\n", "node_ip"),
+        ] {
+            let e = err(text);
+            assert_eq!(e.key.as_deref(), Some("uplink_xdp"), "{text}");
+            assert!(e.message.contains(says), "{text}: {e}");
+        }
+        let ok = Config::parse(
+            "node_ip = \"10.0.0.1\"\n[dataplane]\nuplink_xdp = true\n",
+            "t.toml",
+        );
+        assert!(ok.unwrap().dataplane.uplink_xdp);
 
         let e = err("pod_cidrs = [\"10.0.0.0/16\", \"10.0.1.0/24\"]\n");
         assert!(e.message.contains("overlap"), "{e}");

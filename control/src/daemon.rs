@@ -55,6 +55,7 @@ mod removal;
 mod service_calls;
 mod takeover;
 mod taps;
+mod uplink_xdp;
 
 pub use commit::Uncommitted;
 pub use removal::{InterfaceRemoval, RemovalDone};
@@ -736,6 +737,7 @@ impl Daemon {
                     xdp_prog_id: p.xdp.as_ref().map(|x| x.prog_id()),
                     xdp_ifname: p.xdp.as_ref().map(|x| x.ifname().to_string()),
                 })
+                .chain(self.uplink_xdp_status())
                 .collect(),
             path_mtus: self
                 .uplink
@@ -1109,6 +1111,7 @@ impl Daemon {
                     },
                 ))
             })
+            .chain(self.uplink_xsk_counters())
             .collect();
         // So `entries` counts no flow that has already timed out.
         self.flows.sweep(clock::now_ms());

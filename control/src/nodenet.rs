@@ -88,17 +88,22 @@ pub struct KernelNet {
     xdp_mode: XdpModeRequest,
 }
 
+/// The data plane's attach request for the config's `xdp_mode`.
+pub fn xdp_mode_request(m: XdpMode) -> XdpModeRequest {
+    match m {
+        XdpMode::Auto => XdpModeRequest::Auto,
+        XdpMode::Driver => XdpModeRequest::Driver,
+        XdpMode::Generic => XdpModeRequest::Generic,
+    }
+}
+
 impl KernelNet {
     /// The node as `cfg`'s `[dataplane]` wants its pods.
     pub fn for_config(cfg: &Config) -> KernelNet {
         KernelNet {
             backend: cfg.dataplane.backend,
             workers: cfg.dataplane.workers as u32,
-            xdp_mode: match cfg.dataplane.xdp_mode {
-                XdpMode::Auto => XdpModeRequest::Auto,
-                XdpMode::Driver => XdpModeRequest::Driver,
-                XdpMode::Generic => XdpModeRequest::Generic,
-            },
+            xdp_mode: xdp_mode_request(cfg.dataplane.xdp_mode),
         }
     }
 

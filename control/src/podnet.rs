@@ -41,7 +41,7 @@ use podrouter_router::tap::TapPort;
 use podrouter_router::GATEWAY_IP;
 use podrouter_types::Prefix;
 
-use crate::netlink::{errno, fmt_mac, Ipv4Route, Netlink, Scope, XdpAttachment};
+use crate::netlink::{errno, fmt_mac, Ipv4Route, LinkInfo, Netlink, Scope, XdpAttachment};
 use crate::netns::{open_netns, run_in_netns_fd};
 
 pub use crate::netlink::RTPROT_PODROUTER;
@@ -509,25 +509,37 @@ pub fn open_afxdp_port(cfg: &AfXdpConfig) -> Result<AfXdpPort, PodNetError> {
             netns: "the node netns".into(),
             ifname: cfg.ifname.clone(),
         })?;
-    if let Some(x) = link.xdp {
-        let name = bpf::prog_name_by_id(x.prog_id).unwrap_or_default();
-        if name != XDP_PROG_NAME {
-            return Err(err("attach the XDP program")(io::Error::new(
-                io::ErrorKind::ResourceBusy,
-                format!(
-                    "another XDP program (id {}, {name:?}) is attached",
-                    x.prog_id
-                ),
-            )));
-        }
-        detach_stale_program(&mut nl, link.index, x).map_err(err("detach a stale XDP program"))?;
-        log::info!(
-            "{}: replaced the XDP program (id {}) a previous podrouterd left",
-            cfg.ifname,
-            x.prog_id
-        );
-    }
+    detach_stale_xdp(&mut nl, &link).map_err(err("attach the XDP program"))?;
     AfXdpPort::open(cfg).map_err(err("set up AF_XDP"))
+}
+
+/// Detaches the XDP program a previous podrouterd left on `link` (one
+/// named [`XDP_PROG_NAME`]: a pinned or inherited link, or one attached
+/// through netlink), so programs never stack; any other program is left
+/// alone and refused (`ResourceBusy`). Nothing attached: nothing done.
+/// Used for the pods' veths and the uplink (`uplink_xdp`).
+pub fn detach_stale_xdp(nl: &mut Netlink, link: &LinkInfo) -> io::Result<()> {
+    let Some(x) = link.xdp else {
+        return Ok(());
+    };
+    let name = bpf::prog_name_by_id(x.prog_id).unwrap_or_default();
+    if name != XDP_PROG_NAME {
+        return Err(io::Error::new(
+            io::ErrorKind::ResourceBusy,
+            format!(
+                "another XDP program (id {}, {name:?}) is attached",
+                x.prog_id
+            ),
+        ));
+    }
+    detach_stale_program(nl, link.index, x)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot detach a stale XDP program: {e}")))?;
+    log::info!(
+        "{}: replaced the XDP program (id {}) a previous podrouterd left",
+        link.name,
+        x.prog_id
+    );
+    Ok(())
 }
 
 /// Detaches program `x` from link `index`: through its BPF link if it has

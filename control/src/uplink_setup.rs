@@ -49,6 +49,7 @@ use podrouter_router::pmtu::{self, OuterKind, OuterMatch, PathMtus, PmtuLearner,
 use podrouter_router::port::{Port, PortInfo, PortRole, Tunnel};
 use podrouter_router::uplink::Uplink;
 use podrouter_router::vxlan::MTU_OVERHEAD;
+use podrouter_router::xdp_uplink::{XdpUplink, XdpUplinkConfig};
 use podrouter_types::Prefix;
 
 use crate::config::{Config, Encap, TunnelKind};
@@ -66,6 +67,9 @@ pub struct UplinkState {
     pub port: Arc<dyn Port>,
     /// What the VXLAN uplink set up on the node (undone at shutdown).
     pub vxlan: Option<Arc<VxlanSetup>>,
+    /// The XDP receive of `uplink_xdp` (the same port as `port`): its
+    /// program goes with the port.
+    pub xdp: Option<Arc<XdpUplink>>,
     /// The thread learning the path MTU to other nodes from the
     /// underlay's ICMP (stops when the last clone goes); `None` if it
     /// could not start (logged: the uplink's MTU is then the only bound).
@@ -131,7 +135,7 @@ pub fn open(
     };
     match try_open(cfg, node_ip, path_mtus, adopted) {
         Ok(r) => Ok(Some(r)),
-        Err(e) if explicit => Err(e),
+        Err(e) if explicit || cfg.dataplane.uplink_xdp => Err(e),
         Err(e) => {
             log::warn!(
                 "no uplink ({e}); traffic to other nodes' blocks is dropped (no_uplink). \
@@ -178,21 +182,23 @@ fn try_open(
         subnet,
     };
     let tunnel_kind = cfg.dataplane.tunnel;
+    let mut xdp = None;
     let (port, tunnel, path_mtu, vxlan, outer): (Arc<dyn Port>, _, _, _, _) = match tunnel_kind {
         TunnelKind::Ipip => {
-            let port = match adopted {
+            let raw = match adopted {
                 Some(fd) => Uplink::adopt(fd, node_ip, link_mtu),
                 None => Uplink::open(node_ip, link_mtu),
             }
             .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
-            let path_mtu = port.path_mtu();
-            (
-                Arc::new(port),
-                Tunnel::Ipip,
-                path_mtu,
-                None,
-                OuterKind::Ipip,
-            )
+            let path_mtu = raw.path_mtu();
+            let port: Arc<dyn Port> = if cfg.dataplane.uplink_xdp {
+                let x = Arc::new(open_xdp(cfg, node_ip, &link, &mut nl, Arc::new(raw))?);
+                xdp = Some(x.clone());
+                x
+            } else {
+                Arc::new(raw)
+            };
+            (port, Tunnel::Ipip, path_mtu, None, OuterKind::Ipip)
         }
         TunnelKind::Vxlan => {
             if adopted.is_some() {
@@ -249,11 +255,42 @@ fn try_open(
             tunnel,
             port,
             vxlan,
+            xdp,
             pmtu,
             path_mtus: path_mtus.clone(),
         },
         info,
     ))
+}
+
+/// The uplink's XDP receive around the raw-socket uplink `raw`
+/// (`uplink_xdp`): a program a previous podrouterd left on the interface
+/// is replaced, another's refused.
+fn open_xdp(
+    cfg: &Config,
+    node_ip: Ipv4Addr,
+    link: &LinkInfo,
+    nl: &mut Netlink,
+    raw: Arc<dyn Port>,
+) -> Result<XdpUplink, String> {
+    let fail = |e: std::io::Error| format!("uplink_xdp on {}: {e}", link.name);
+    crate::podnet::detach_stale_xdp(nl, link).map_err(fail)?;
+    let xcfg = XdpUplinkConfig {
+        ifname: link.name.clone(),
+        local: node_ip,
+        link_mtu: u16::try_from(link.mtu).unwrap_or(u16::MAX),
+        mode: crate::nodenet::xdp_mode_request(cfg.dataplane.xdp_mode),
+    };
+    let x = XdpUplink::open(&xcfg, raw).map_err(fail)?;
+    log::info!(
+        "uplink_xdp: IPIP to {node_ip} on {} goes to {} AF_XDP socket(s) ({}, program id {}); \
+         everything else to the kernel",
+        link.name,
+        x.queues(),
+        x.mode(),
+        x.prog_id()
+    );
+    Ok(x)
 }
 
 /// Starts learning the path MTU towards other nodes from the ICMP
@@ -591,6 +628,7 @@ mod tests {
                 tunnel: Tunnel::Ipip,
                 port: port.clone(),
                 vxlan: None,
+                xdp: None,
                 pmtu: None,
                 path_mtus: Arc::new(PathMtus::new()),
             };

@@ -149,6 +149,99 @@ struct RxSide {
     range: UmemRange,
 }
 
+/// A socket receiving from one queue of an interface: it registers the
+/// UMEM `area` and owns its first [`RX_RING`] chunks, all on the fill ring
+/// or in the kernel's hands (the rest of the area is for transmit sockets
+/// sharing it). Used by the pod ports and the uplink
+/// ([`crate::xdp_uplink`]).
+pub(crate) struct XskRx {
+    side: Mutex<RxSide>,
+    sock: OwnedFd,
+    zerocopy: bool,
+}
+
+impl XskRx {
+    /// Opens the socket, registers `area` with it, fills the fill ring and
+    /// binds it to `queue` of interface `ifindex` (`need_wakeup`;
+    /// zero-copy if the driver can). `name` is for errors.
+    pub(crate) fn open(area: &UmemArea, ifindex: u32, queue: u32, name: &str) -> io::Result<XskRx> {
+        let sock = xsk::xsk_socket().map_err(|e| context(e, "cannot open an AF_XDP socket"))?;
+        area.register(sock.as_fd())
+            .map_err(|e| context(e, "cannot register the UMEM"))?;
+        let fd = sock.as_fd();
+        xsk::set_ring_size(fd, RingKind::Fill, RX_RING)?;
+        xsk::set_ring_size(fd, RingKind::Completion, RX_RING)?;
+        xsk::set_ring_size(fd, RingKind::Rx, RX_RING)?;
+        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, RX_RING)?;
+        let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, RX_RING)?;
+        let range = area.range(0, RX_RING)?;
+        for addr in range.chunk_addrs() {
+            fill.push(addr);
+        }
+        fill.submit();
+        let zerocopy = bind_owner(&sock, ifindex, queue).map_err(|e| {
+            context(
+                e,
+                format!("cannot bind an AF_XDP socket to {name} queue {queue}"),
+            )
+        })?;
+        Ok(XskRx {
+            side: Mutex::new(RxSide { rx, fill, range }),
+            sock,
+            zerocopy,
+        })
+    }
+
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+
+    pub(crate) fn zerocopy(&self) -> bool {
+        self.zerocopy
+    }
+
+    /// Copies what the RX ring holds (up to `frames.len()`) into `frames`
+    /// and gives every chunk straight back to the fill ring; returns how
+    /// many frames were filled. One fill-ring wakeup per batch if the
+    /// kernel asked for it; no syscall otherwise.
+    pub(crate) fn recv(&self, frames: &mut [Frame]) -> usize {
+        let mut guard = lock(&self.side);
+        let RxSide { rx, fill, range } = &mut *guard;
+        let mut n = 0;
+        while n < frames.len() {
+            let Some(desc) = rx.pop() else {
+                break;
+            };
+            if let Some(bytes) = range.read(desc.addr, desc.len as usize) {
+                if bytes.len() <= MAX_FRAME_LEN {
+                    frames[n].load(bytes, VnetHdr::default());
+                    n += 1;
+                }
+            }
+            // The ring holds as many entries as there are chunks, so the
+            // chunk always fits back.
+            fill.push(range.chunk_of(desc.addr));
+        }
+        if n > 0 || fill.unsubmitted() > 0 {
+            rx.release();
+            fill.submit();
+            if fill.needs_wakeup() {
+                let _ = xsk::wake_rx(self.sock.as_fd());
+            }
+        }
+        n
+    }
+
+    /// The kernel's drop counters of this socket (a `getsockopt`).
+    pub(crate) fn add_stats(&self, s: &mut AfXdpStats) {
+        if let Ok(k) = xsk::statistics(self.sock.as_fd()) {
+            s.rx_dropped += k.rx_dropped;
+            s.rx_ring_full += k.rx_ring_full;
+            s.rx_fill_empty += k.rx_fill_ring_empty_descs;
+        }
+    }
+}
+
 /// One pod's node-end interface driven through AF_XDP.
 pub struct AfXdpPort {
     // Drop order matters: the link (detaching the program) goes first.
@@ -160,10 +253,9 @@ pub struct AfXdpPort {
     mode: XdpMode,
     prog_id: u32,
     mtu: u16,
-    rx: Mutex<RxSide>,
     /// The receive socket; it registered the UMEM the transmit sockets
     /// share.
-    rx_sock: OwnedFd,
+    rx: XskRx,
     area: UmemArea,
     /// Which transmit queues (1-based queue `i + 1`) are taken.
     tx_taken: Arc<Mutex<Vec<bool>>>,
@@ -176,7 +268,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
+pub(crate) fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
@@ -218,26 +310,12 @@ impl AfXdpPort {
         let tx_queues = cfg.tx_queues.max(1);
         let area = UmemArea::new(RX_RING + tx_queues * TX_RING, chunk)
             .map_err(|e| context(e, "cannot map the UMEM"))?;
-        let rx_sock = xsk::xsk_socket().map_err(|e| context(e, "cannot open an AF_XDP socket"))?;
-        area.register(rx_sock.as_fd())
-            .map_err(|e| context(e, "cannot register the UMEM"))?;
-        let fd = rx_sock.as_fd();
-        xsk::set_ring_size(fd, RingKind::Fill, RX_RING)?;
-        xsk::set_ring_size(fd, RingKind::Completion, RX_RING)?;
-        xsk::set_ring_size(fd, RingKind::Rx, RX_RING)?;
-        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, RX_RING)?;
-        let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, RX_RING)?;
-        let range = area.range(0, RX_RING)?;
-        for addr in range.chunk_addrs() {
-            fill.push(addr);
-        }
-        fill.submit();
-        let zerocopy = bind_owner(&rx_sock, ifindex, 0)
-            .map_err(|e| context(e, format!("cannot bind an AF_XDP socket to {name} queue 0")))?;
+        let rx = XskRx::open(&area, ifindex, 0, name)?;
+        let zerocopy = rx.zerocopy();
 
         let map = sys::bpf::xskmap_create("podrouter_xsks", 1)
             .map_err(|e| context(e, "cannot create the XSKMAP"))?;
-        sys::bpf::xskmap_set(map.as_fd(), 0, rx_sock.as_fd())
+        sys::bpf::xskmap_set(map.as_fd(), 0, rx.fd())
             .map_err(|e| context(e, "cannot put the socket in the XSKMAP"))?;
         let insns = bpf::xsk_redirect_program(map.as_raw_fd());
         let prog = sys::bpf::xdp_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
@@ -254,8 +332,7 @@ impl AfXdpPort {
             mode: XdpMode { attach, zerocopy },
             prog_id,
             mtu: cfg.mtu,
-            rx: Mutex::new(RxSide { rx, fill, range }),
-            rx_sock,
+            rx,
             area,
             tx_taken: Arc::new(Mutex::new(vec![false; tx_queues as usize])),
             tx_dropped: Arc::new(AtomicU64::new(0)),
@@ -288,11 +365,7 @@ impl AfXdpPort {
             tx_dropped: self.tx_dropped.load(Ordering::Relaxed),
             ..Default::default()
         };
-        if let Ok(k) = xsk::statistics(self.rx_sock.as_fd()) {
-            s.rx_dropped = k.rx_dropped;
-            s.rx_ring_full = k.rx_ring_full;
-            s.rx_fill_empty = k.rx_fill_ring_empty_descs;
-        }
+        self.rx.add_stats(&mut s);
         s
     }
 
@@ -326,7 +399,7 @@ impl AfXdpPort {
         let queue = slot as u32 + 1;
         // A socket sharing the UMEM takes the owner's flags (copy or
         // zero-copy, need_wakeup); the kernel refuses any of its own.
-        xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx_sock.as_fd())).map_err(|e| {
+        xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx.fd())).map_err(|e| {
             context(
                 e,
                 format!(
@@ -355,7 +428,11 @@ impl AfXdpPort {
 }
 
 /// Attaches `prog` in the requested mode; `Auto` tries driver mode first.
-fn attach(prog: &OwnedFd, ifindex: u32, mode: XdpModeRequest) -> io::Result<(OwnedFd, XdpAttach)> {
+pub(crate) fn attach(
+    prog: &OwnedFd,
+    ifindex: u32,
+    mode: XdpModeRequest,
+) -> io::Result<(OwnedFd, XdpAttach)> {
     let busy = |e: io::Error| {
         if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) {
             io::Error::new(
@@ -554,35 +631,11 @@ struct TxUnavailable(io::ErrorKind, String);
 
 impl Port for AfXdpPort {
     fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
-        let mut guard = lock(&self.rx);
-        let RxSide { rx, fill, range } = &mut *guard;
-        let mut n = 0;
-        while n < frames.len() {
-            let Some(desc) = rx.pop() else {
-                break;
-            };
-            if let Some(bytes) = range.read(desc.addr, desc.len as usize) {
-                if bytes.len() <= MAX_FRAME_LEN {
-                    frames[n].load(bytes, VnetHdr::default());
-                    n += 1;
-                }
-            }
-            // The ring holds as many entries as there are chunks, so the
-            // chunk always fits back.
-            fill.push(range.chunk_of(desc.addr));
-        }
-        if n > 0 || fill.unsubmitted() > 0 {
-            rx.release();
-            fill.submit();
-            if fill.needs_wakeup() {
-                let _ = xsk::wake_rx(self.rx_sock.as_fd());
-            }
-        }
-        Ok(n)
+        Ok(self.rx.recv(frames))
     }
 
     fn readiness_fd(&self) -> Option<RawFd> {
-        Some(self.rx_sock.as_raw_fd())
+        Some(self.rx.fd().as_raw_fd())
     }
 
     /// This worker's transmit socket (see the module documentation).

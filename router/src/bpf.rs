@@ -18,6 +18,17 @@
 //!   frame's IPv4 addresses and TCP/UDP ports: every frame of a flow gets
 //!   the same queue.
 //!
+//! The uplink's program ([`uplink_ipip_program`], for `uplink_xdp`) takes
+//! only this node's tunnel traffic and passes everything else:
+//!
+//! ```text
+//! if (len > max || len < 34) return XDP_PASS;
+//! if (eth.proto != IPv4 || ip.ver_ihl != 0x45) return XDP_PASS;
+//! if (ip.frag_off & (MF | offset)) return XDP_PASS;   // the kernel reassembles
+//! if (ip.daddr != node || ip.protocol != 4) return XDP_PASS;
+//! return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
+//! ```
+//!
 //! Invariants: pure (no I/O); an [`Insn`] has the layout of the kernel's
 //! `struct bpf_insn` (8 bytes, little-endian fields on little-endian
 //! hosts), so a slice of them is what `BPF_PROG_LOAD` takes.
@@ -45,10 +56,14 @@ pub struct Insn {
 const BPF_LD: u8 = 0x00;
 const BPF_LDX: u8 = 0x01;
 const BPF_JMP: u8 = 0x05;
+const BPF_JMP32: u8 = 0x06;
 const BPF_ALU64: u8 = 0x07;
 const BPF_W: u8 = 0x00;
 const BPF_H: u8 = 0x08;
 const BPF_B: u8 = 0x10;
+const BPF_ADD: u8 = 0x00;
+const BPF_JGT: u8 = 0x20;
+const BPF_JLE: u8 = 0xb0;
 const BPF_DW: u8 = 0x18;
 const BPF_IMM: u8 = 0x00;
 const BPF_ABS: u8 = 0x20;
@@ -75,6 +90,8 @@ pub const R0: u8 = 0;
 pub const R1: u8 = 1;
 pub const R2: u8 = 2;
 pub const R3: u8 = 3;
+pub const R4: u8 = 4;
+pub const R5: u8 = 5;
 pub const R6: u8 = 6;
 pub const R7: u8 = 7;
 pub const R8: u8 = 8;
@@ -83,7 +100,9 @@ pub const R8: u8 = 8;
 pub const FN_REDIRECT_MAP: i32 = 51;
 /// XDP verdict `XDP_PASS`.
 pub const XDP_PASS: i32 = 2;
-/// Offset of `rx_queue_index` in `struct xdp_md`.
+/// Offsets in `struct xdp_md`: `data`, `data_end`, `rx_queue_index`.
+pub const XDP_MD_DATA: i16 = 0;
+pub const XDP_MD_DATA_END: i16 = 4;
 pub const XDP_MD_RX_QUEUE_INDEX: i16 = 16;
 
 impl Insn {
@@ -99,6 +118,52 @@ impl Insn {
     /// `dst = *(u32 *)(src + off)`
     pub const fn load_u32(dst: u8, src: u8, off: i16) -> Insn {
         Insn::new(BPF_LDX | BPF_MEM | BPF_W, dst, src, off, 0)
+    }
+
+    /// `dst = *(u16 *)(src + off)` (host byte order)
+    pub const fn load_u16(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(BPF_LDX | BPF_MEM | BPF_H, dst, src, off, 0)
+    }
+
+    /// `dst = *(u8 *)(src + off)`
+    pub const fn load_u8(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(BPF_LDX | BPF_MEM | BPF_B, dst, src, off, 0)
+    }
+
+    /// `dst = src` (64-bit)
+    pub const fn mov_reg(dst: u8, src: u8) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_MOV | BPF_X, dst, src, 0, 0)
+    }
+
+    /// `dst += imm` (64-bit)
+    pub const fn add_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_ADD | BPF_K, dst, 0, 0, imm)
+    }
+
+    /// `dst &= imm` (64-bit)
+    pub const fn and_imm(dst: u8, imm: i32) -> Insn {
+        Insn::new(BPF_ALU64 | BPF_AND | BPF_K, dst, 0, 0, imm)
+    }
+
+    /// `if (u32)dst != (u32)imm goto +off`
+    pub const fn jne32_imm(dst: u8, imm: i32, off: i16) -> Insn {
+        Insn::new(BPF_JMP32 | BPF_JNE | BPF_K, dst, 0, off, imm)
+    }
+
+    /// `if dst > src goto +off` (unsigned, 64-bit)
+    pub const fn jgt_reg(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(BPF_JMP | BPF_JGT | BPF_X, dst, src, off, 0)
+    }
+
+    /// `if dst <= src goto +off` (unsigned, 64-bit)
+    pub const fn jle_reg(dst: u8, src: u8, off: i16) -> Insn {
+        Insn::new(BPF_JMP | BPF_JLE | BPF_X, dst, src, off, 0)
+    }
+
+    /// The same instruction jumping `off` ahead (for jumps patched once the
+    /// target is known).
+    const fn with_off(self, off: i16) -> Insn {
+        Insn { off, ..self }
     }
 
     /// `dst = imm` (64-bit register, sign-extended immediate)
@@ -289,6 +354,68 @@ pub fn xsk_redirect_program(map_fd: i32) -> [Insn; 6] {
     ]
 }
 
+/// Shortest frame the uplink program looks into: Ethernet and an IPv4
+/// header without options.
+const UPLINK_MIN_FRAME: i32 = 14 + 20;
+
+/// The uplink's XDP program: IPIP (protocol 4) addressed to `node`,
+/// whole (no fragment), IPv4 without options, at most `max_frame` bytes
+/// with its Ethernet header, goes to the socket at its receive queue's
+/// index in the XSKMAP `map_fd` (or on to the kernel if there is none);
+/// everything else goes on to the kernel (`XDP_PASS`). The node's own
+/// traffic, ARP, fragments and anything too long for a UMEM chunk are
+/// never taken from the host.
+pub fn uplink_ipip_program(map_fd: i32, node: std::net::Ipv4Addr, max_frame: u16) -> Vec<Insn> {
+    // Loads are in host (little-endian) byte order: compare with the wire
+    // bytes read the same way.
+    let ethertype_ipv4 = i32::from(u16::from_le_bytes([0x08, 0x00]));
+    // MF and the 13-bit offset of the big-endian flags/offset field.
+    let frag_mask = i32::from(u16::from_le_bytes([0x3f, 0xff]));
+    let node_le = u32::from_le_bytes(node.octets()) as i32;
+    let mut p = Vec::with_capacity(32);
+    let mut to_pass = Vec::new();
+    let mut jump_to_pass = |p: &mut Vec<Insn>, insn: Insn| {
+        to_pass.push(p.len());
+        p.push(insn);
+    };
+    // r2 = data, r3 = data_end (r1 stays ctx)
+    p.push(Insn::load_u32(R2, R1, XDP_MD_DATA));
+    p.push(Insn::load_u32(R3, R1, XDP_MD_DATA_END));
+    // Too long for a chunk: the kernel's path takes it whole.
+    p.push(Insn::mov_reg(R4, R2));
+    p.push(Insn::add_imm(R4, i32::from(max_frame) + 1));
+    jump_to_pass(&mut p, Insn::jle_reg(R4, R3, 0));
+    // Too short for Ethernet + IPv4.
+    p.push(Insn::mov_reg(R4, R2));
+    p.push(Insn::add_imm(R4, UPLINK_MIN_FRAME));
+    jump_to_pass(&mut p, Insn::jgt_reg(R4, R3, 0));
+    p.push(Insn::load_u16(R5, R2, 12));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, ethertype_ipv4, 0));
+    p.push(Insn::load_u8(R5, R2, 14));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, 0x45, 0));
+    p.push(Insn::load_u16(R5, R2, 14 + 6));
+    p.push(Insn::and_imm(R5, frag_mask));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, 0, 0));
+    p.push(Insn::load_u32(R5, R2, 14 + 16));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, node_le, 0));
+    p.push(Insn::load_u8(R5, R2, 14 + 9));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, 4, 0));
+    // return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)
+    p.push(Insn::load_u32(R2, R1, XDP_MD_RX_QUEUE_INDEX));
+    p.extend(Insn::load_map_fd(R1, map_fd));
+    p.push(Insn::mov_imm(R3, XDP_PASS));
+    p.push(Insn::call(FN_REDIRECT_MAP));
+    p.push(Insn::exit());
+    // pass: return XDP_PASS
+    let pass = p.len();
+    p.push(Insn::mov_imm(R0, XDP_PASS));
+    p.push(Insn::exit());
+    for i in to_pass {
+        p[i] = p[i].with_off((pass - i - 1) as i16);
+    }
+    p
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +476,63 @@ mod tests {
         assert_eq!(b(20), [0, 0, 0, 0, 0xb9, 0x79, 0x37, 0x9e]);
         assert_eq!(b(21), [0x2f, 0x10, 0, 0, 0, 0, 0, 0]); // r0 *= r1
         assert_eq!(b(22), [0x77, 0, 0, 0, 48, 0, 0, 0]); // r0 >>= 48
+    }
+
+    /// The uplink program's checks, spelled out from the instruction-set
+    /// document: every jump lands on the `XDP_PASS` exit, the constants
+    /// compare with the wire bytes as a little-endian load reads them.
+    /// The privileged test in `xdp_uplink` proves the verifier takes it.
+    #[test]
+    fn uplink_program_golden_bytes() {
+        let node = std::net::Ipv4Addr::new(192, 168, 57, 200);
+        let p = uplink_ipip_program(9, node, 1514);
+        let bytes: Vec<[u8; 8]> = p.iter().map(|i| i.to_bytes()).collect();
+        let pass = p.len() - 2;
+        assert_eq!(bytes[pass], [0xb7, 0, 0, 0, 2, 0, 0, 0], "r0 = XDP_PASS");
+        assert_eq!(bytes[pass + 1], [0x95, 0, 0, 0, 0, 0, 0, 0], "exit");
+        assert_eq!(bytes[0], [0x61, 0x12, 0, 0, 0, 0, 0, 0], "r2 = ctx->data");
+        assert_eq!(
+            bytes[1],
+            [0x61, 0x13, 4, 0, 0, 0, 0, 0],
+            "r3 = ctx->data_end"
+        );
+        assert_eq!(bytes[3], [0x07, 0x04, 0, 0, 0xeb, 0x05, 0, 0], "r4 += 1515");
+        assert_eq!(bytes[4][..2], [0xbd, 0x34], "if r4 <= r3");
+        assert_eq!(bytes[7][..2], [0x2d, 0x34], "if r4 > r3");
+        // Every conditional jump goes to the pass block.
+        let mut jumps = 0;
+        for (i, insn) in p.iter().enumerate() {
+            if matches!(insn.code & 0x07, BPF_JMP | BPF_JMP32)
+                && insn.code & 0xf0 != BPF_CALL
+                && insn.code & 0xf0 != BPF_EXIT
+            {
+                assert_eq!(
+                    i as i64 + 1 + i64::from(insn.off),
+                    pass as i64,
+                    "jump at {i}"
+                );
+                jumps += 1;
+            }
+        }
+        assert_eq!(jumps, 7);
+        let has = |b: [u8; 8]| bytes.contains(&b);
+        // ethertype 0x0800 read little-endian: 0x0008
+        let jne32_r5 = |imm: [u8; 4]| {
+            bytes
+                .iter()
+                .any(|b| b[..2] == [0x56, 0x05] && b[4..] == imm)
+        };
+        assert!(jne32_r5([0x08, 0, 0, 0]));
+        // destination 192.168.57.200 as a little-endian u32
+        assert!(jne32_r5([192, 168, 57, 200]));
+        assert!(jne32_r5([0x45, 0, 0, 0]));
+        // frag mask: 0x3fff big-endian
+        assert!(has([0x57, 0x05, 0, 0, 0x3f, 0xff, 0, 0]));
+        // protocol 4, then the redirect
+        assert!(jne32_r5([4, 0, 0, 0]));
+        assert_eq!(bytes[pass - 6], [0x61, 0x12, 0x10, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[pass - 5], [0x18, 0x11, 0, 0, 9, 0, 0, 0]);
+        assert_eq!(bytes[pass - 2], [0x85, 0, 0, 0, 0x33, 0, 0, 0]);
     }
 
     #[test]

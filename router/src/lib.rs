@@ -32,6 +32,7 @@ pub mod vxlan;
 pub mod vxlan_port;
 pub mod wire;
 pub mod worker;
+pub mod xdp_uplink;
 
 use std::net::Ipv4Addr;
 

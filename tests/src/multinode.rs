@@ -86,6 +86,49 @@ impl ClusterNode {
         pod
     }
 
+    /// Stops the node's podrouterd with `sig` (`TERM`, `KILL`), starts it
+    /// again with the same config and waits for its API (its log is
+    /// replaced: the earlier one is printed first).
+    #[track_caller]
+    pub fn restart(&mut self, sig: &str) {
+        self.stop(sig);
+        say(&format!(
+            "--- log of node {} before SIG{sig} ---\n{}",
+            self.index,
+            self.daemon_log()
+        ));
+        let d = bin("podrouterd");
+        let d = d.to_string_lossy();
+        let c = self.config.to_string_lossy().into_owned();
+        self.daemon = Some(spawn_in(
+            self.ns.name(),
+            "podrouterd",
+            &[&d, "--config", &c],
+            Some(&self.log),
+        ));
+        let up = wait_until(Duration::from_secs(20), || {
+            self.socket.exists() && self.ctl_out(&["status"]).ok()
+        });
+        assert!(
+            up,
+            "podrouterd of node {} did not come back:\n{}",
+            self.index,
+            self.daemon_log()
+        );
+    }
+
+    /// Stops the node's podrouterd with `sig` and waits for its exit.
+    #[track_caller]
+    pub fn stop(&mut self, sig: &str) {
+        if let Some(mut bg) = self.daemon.take() {
+            assert!(
+                bg.stop_with(sig, Duration::from_secs(10)).is_some(),
+                "podrouterd of node {} ignored SIG{sig}",
+                self.index
+            );
+        }
+    }
+
     pub fn daemon_log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_else(|e| format!("(no log: {e})"))
     }

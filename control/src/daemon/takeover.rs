@@ -140,6 +140,13 @@ pub fn unsupported(cfg: &Config) -> Option<String> {
             cfg.dataplane.tunnel
         ));
     }
+    if cfg.dataplane.uplink_xdp {
+        return Some(
+            "the uplink's AF_XDP sockets cannot be handed over (uplink_xdp = true); restart \
+             podrouterd instead"
+                .to_string(),
+        );
+    }
     if cfg.dataplane.workers > 1 {
         return Some(format!(
             "with {} workers the host port is a multi-queue TAP whose queues are not handed              over yet (only one worker's); restart podrouterd instead",
