@@ -203,11 +203,6 @@ impl Insn {
         Insn::new(BPF_ALU64 | BPF_XOR | BPF_X, dst, src, 0, 0)
     }
 
-    /// `dst &= imm` (64-bit)
-    pub const fn and_imm(dst: u8, imm: i32) -> Insn {
-        Insn::new(BPF_ALU64 | BPF_AND | BPF_K, dst, 0, 0, imm)
-    }
-
     /// `dst <<= imm` (64-bit)
     pub const fn lsh_imm(dst: u8, imm: i32) -> Insn {
         Insn::new(BPF_ALU64 | BPF_LSH | BPF_K, dst, 0, 0, imm)
