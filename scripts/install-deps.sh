@@ -25,6 +25,9 @@ declare -A NEED=(
     [tracepath]=iputils-tracepath
     [iperf3]=iperf3
     [tcpdump]=tcpdump
+    # GRO on veth underlays (the harness's two-node topologies, the e2e
+    # test of IPIP over an underlay with GRO), as a NIC has it.
+    [ethtool]=ethtool
     [pgrep]=procps
     # kube-proxy-style rules (nft backend): the demo's Service step,
     # tests/tests/services.rs and the harness's Services scenario.

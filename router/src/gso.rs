@@ -33,6 +33,7 @@ const IP_MF: u16 = 0x2000;
 const IP_OFFSET_MASK: u16 = 0x1fff;
 const TCP_FIN: u8 = 0x01;
 const TCP_PSH: u8 = 0x08;
+const TCP_ECE: u8 = 0x40;
 const TCP_CWR: u8 = 0x80;
 
 /// Why a packet could not be offloaded in software.
@@ -396,6 +397,11 @@ struct Coalescing {
 /// outer + inner IPv4 without options + TCP) that may take part in
 /// coalescing: no fragments, total lengths exact, flags ACK or ACK|PSH.
 fn ipip_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
+    ipip_tcp_shape_flags(d, TCP_ACK | TCP_PSH)
+}
+
+/// [`ipip_tcp_shape`] with ACK plus any of `allowed` as the flags.
+fn ipip_tcp_shape_flags(d: &[u8], allowed: u8) -> Option<(usize, usize)> {
     if d.len() < IPIP_TCP_OFF + TCP_HEADER_LEN
         || d[OUTER + ipv4::VER_IHL] != IPV4_NO_OPTIONS
         || d[OUTER + ipv4::PROTOCOL] != IPPROTO_IPIP
@@ -416,7 +422,11 @@ fn ipip_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
     }
     let thl = usize::from(d[IPIP_TCP_OFF + tcp::DATA_OFF] >> 4) * 4;
     let flags = d[IPIP_TCP_OFF + tcp::FLAGS];
-    if thl < TCP_HEADER_LEN || IPIP_TCP_OFF + thl > d.len() || flags & !TCP_PSH != TCP_ACK {
+    if thl < TCP_HEADER_LEN
+        || IPIP_TCP_OFF + thl > d.len()
+        || flags & TCP_ACK == 0
+        || flags & !(allowed | TCP_ACK) != 0
+    {
         return None;
     }
     Some((thl, d.len() - IPIP_TCP_OFF - thl))
@@ -455,7 +465,13 @@ fn tcp_seq(d: &[u8]) -> u32 {
 /// frame's partial checksum is trusted by the receiver, so every piece is
 /// checked here). The merged outer and inner packets stay within 65535
 /// bytes. Anything else passes through untouched.
-pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize {
+///
+/// A packet the receiving kernel's GRO already merged (on a NIC, or a
+/// veth with GRO on; `ipip_gro_receive` is built into every kernel, with
+/// or without the `ipip` module) becomes a GSO frame by itself, as does a
+/// TCP packet longer than `link_mtu` (reassembled outer fragments); see
+/// [`adopt_kernel_merged`]. Neither is merged with anything else.
+pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize, link_mtu: usize) -> usize {
     let n = n.min(frames.len());
     let mut out = 0;
     let mut i = 0;
@@ -464,6 +480,9 @@ pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize 
         let head = out;
         out += 1;
         i += 1;
+        if adopt_kernel_merged(&mut frames[head], link_mtu) {
+            continue;
+        }
         let d = frames[head].data();
         let Some((thl, payload)) = ipip_tcp_shape(d) else {
             continue;
@@ -546,6 +565,54 @@ fn try_absorb(
     if payload < st.mss {
         st.closed = true;
     }
+    true
+}
+
+/// Makes an IPIP TCP frame that is already a run of segments a GSO
+/// super-segment with a partial checksum, as it is: one the kernel's GRO
+/// merged, whose TCP checksum field holds the pseudo-header sum (what
+/// `tcp4_gro_complete` leaves; the kernel verified every segment's
+/// checksum while merging, and a single segment keeps its full checksum),
+/// or one longer than `link_mtu` (the largest outer packet the link
+/// carries: reassembled outer fragments) whose full checksum verifies,
+/// which is then replaced by that sum. Flags may be ACK with PSH, FIN and
+/// ECE (GRO keeps the last segment's); SYN, RST and URG are never merged.
+/// `gso_size` is what the link could carry per segment (`link_mtu` less
+/// both IPv4 headers and the TCP header), at most the payload: the
+/// segments' own size is not in the packet, and the pipeline lowers it to
+/// the egress port's MTU. Anything else is left untouched. Returns
+/// whether the frame became a GSO frame.
+pub fn adopt_kernel_merged(frame: &mut crate::frame::Frame, link_mtu: usize) -> bool {
+    use crate::frame::VnetHdr;
+    const ALLOWED: u8 = TCP_PSH | TCP_FIN | TCP_ECE;
+    let d = frame.data();
+    let Some((thl, payload)) = ipip_tcp_shape_flags(d, ALLOWED) else {
+        return false;
+    };
+    if payload == 0 {
+        return false;
+    }
+    let tcp_len = thl + payload;
+    let addrs = &d[INNER + ipv4::ADDRS.start..INNER + ipv4::ADDRS.end];
+    let partial = ones_complement_sum(&tcp_pseudo_header(addrs, tcp_len as u16));
+    let field = IPIP_TCP_OFF + tcp::CHECKSUM.start;
+    if be16(d, field) != partial {
+        if d.len() <= OUTER + link_mtu || !ipip_tcp_checksum_ok(d) {
+            return false;
+        }
+        put16(frame.data_mut(), field, partial);
+    }
+    let gso_size = link_mtu
+        .saturating_sub(2 * IPV4_HEADER_LEN + thl)
+        .clamp(1, payload);
+    frame.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_TCPV4,
+        hdr_len: (IPIP_TCP_OFF + thl) as u16,
+        gso_size: gso_size as u16,
+        csum_start: IPIP_TCP_OFF as u16,
+        csum_offset: tcp::CHECKSUM.start as u16,
+    };
     true
 }
 
@@ -926,6 +993,10 @@ mod tests {
         );
     }
 
+    /// The uplink's link MTU in the coalescing tests: above every packet
+    /// they make unless they mean to exceed it.
+    const TEST_LINK_MTU: usize = 9000;
+
     /// The segments of `orig` (cut at `mss`) as the uplink receives them:
     /// Ethernet + outer IPv4 (10.0.0.1 -> 10.0.0.2) + segment.
     fn ipip_segments(orig: &[u8], mss: usize) -> Vec<Vec<u8>> {
@@ -988,7 +1059,7 @@ mod tests {
         let pkts = ipip_segments(&orig, 1428);
         assert_eq!(pkts.len(), 8);
         let mut frames = frames_of(&pkts);
-        let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+        let n = coalesce_ipip_tcp(&mut frames, pkts.len(), TEST_LINK_MTU);
         assert_eq!(n, 1, "one run");
         let back = resegment(&frames[0]);
         let want: Vec<Vec<u8>> = pkts.iter().map(|p| p[34..].to_vec()).collect();
@@ -1024,7 +1095,7 @@ mod tests {
         ];
         for (what, pkts, want) in cases {
             let mut frames = frames_of(&pkts);
-            let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+            let n = coalesce_ipip_tcp(&mut frames, pkts.len(), TEST_LINK_MTU);
             assert_eq!(n, want, "{what}");
             // Nothing lost or reordered: the frames' payloads, segmented
             // back where merged, are the input's.
@@ -1041,13 +1112,97 @@ mod tests {
         }
         // Not TCP-in-IPIP, or a lone segment: untouched.
         let mut frames = frames_of(&base[..1]);
-        assert_eq!(coalesce_ipip_tcp(&mut frames, 1), 1);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 1, TEST_LINK_MTU), 1);
         assert!(!frames[0].vnet.is_gso());
         assert_eq!(frames[0].data(), &base[0][..]);
         let junk = vec![vec![0u8; 60], vec![1u8; 3]];
         let mut frames = frames_of(&junk);
-        assert_eq!(coalesce_ipip_tcp(&mut frames, 2), 2);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 2, TEST_LINK_MTU), 2);
         assert_eq!(frames[1].data(), &junk[1][..]);
+    }
+
+    /// `pkt` as the uplink receives it whole: Ethernet + outer IPv4.
+    fn ipip_whole(pkt: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 14 + 20];
+        v.extend_from_slice(pkt);
+        crate::wire::write_ipip_header(
+            &mut v[14..],
+            (20 + pkt.len()) as u16,
+            0,
+            0,
+            true,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(10, 0, 0, 2),
+        );
+        v
+    }
+
+    #[test]
+    fn packets_the_kernel_merged_become_gso_frames() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 13 + 1) as u8).collect();
+        // As the kernel's GRO leaves it: the pseudo-header sum in the TCP
+        // checksum field (tcp_packet writes just that), PSH and FIN of the
+        // last segment kept.
+        let merged = tcp_packet(&[], 0x19, &payload);
+        let mut frames = frames_of(&[ipip_whole(&merged)]);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 1, 1500), 1);
+        let f = &frames[0];
+        assert!(f.vnet.is_gso(), "adopted as a GSO frame");
+        assert_eq!(f.vnet.gso_size, 1500 - 40 - 32, "what the link carries");
+        assert_eq!(f.data()[34..], merged[..], "bytes untouched");
+        let segs = resegment(f);
+        assert_eq!(segs.len(), 10_000usize.div_ceil(1428));
+        let mut joined = Vec::new();
+        for s in &segs {
+            joined.extend_from_slice(verify_tcp(s).payload());
+        }
+        assert_eq!(joined, payload);
+
+        // Reassembled fragments carry a full checksum: verified, then
+        // replaced by the pseudo-header sum.
+        let mut full = merged.clone();
+        complete_checksum(&mut full, 20, 16).unwrap();
+        let mut frames = frames_of(&[ipip_whole(&full)]);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 1, 1500), 1);
+        assert!(frames[0].vnet.is_gso());
+        assert_eq!(frames[0].data()[34..], merged[..]);
+
+        // Merged, but shorter than the link could carry (GRO merges what
+        // one poll brought): adopted too, gso_size at most the payload.
+        let short = tcp_packet(&[], 0x10, &payload[..3000]);
+        let mut frames = frames_of(&[ipip_whole(&short)]);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, 1, 9000), 1);
+        assert!(frames[0].vnet.is_gso());
+        assert_eq!(frames[0].vnet.gso_size, 3000);
+
+        // A bad checksum, SYN, UDP, or a whole segment the link carried:
+        // left alone (the pod's stack or the normal path decides).
+        let mut bad = full.clone();
+        bad[100] ^= 1;
+        let mut syn = merged.clone();
+        syn[20 + 13] |= 0x02;
+        let udp = udp_packet(&[], 0, 3000);
+        for (what, pkt, link) in [
+            ("bad checksum", &bad, 1500),
+            ("syn", &syn, 1500),
+            ("udp", &udp, 1500),
+            ("a segment that fits the link", &full, 10_100),
+        ] {
+            let mut frames = frames_of(&[ipip_whole(pkt)]);
+            assert_eq!(coalesce_ipip_tcp(&mut frames, 1, link), 1, "{what}");
+            assert!(!frames[0].vnet.is_gso(), "{what}");
+            assert_eq!(frames[0].data()[34..], pkt[..], "{what}");
+        }
+
+        // Between ordinary segments, in order, merged with neither.
+        let small = tcp_packet(&[], 0x10, &payload[..3000]);
+        let mut pkts = ipip_segments(&small, 1000);
+        pkts.insert(1, ipip_whole(&merged));
+        let mut frames = frames_of(&pkts);
+        assert_eq!(coalesce_ipip_tcp(&mut frames, pkts.len(), 1500), 3);
+        assert_eq!(frames[1].data()[34..], merged[..]);
+        assert!(!frames[0].vnet.is_gso(), "a lone segment stays as it is");
+        assert!(frames[2].vnet.is_gso(), "the last two merged");
     }
 
     #[test]
@@ -1097,7 +1252,7 @@ mod tests {
                 pkts[k].truncate(l);
             }
             let mut frames = frames_of(&pkts);
-            let n = coalesce_ipip_tcp(&mut frames, pkts.len());
+            let n = coalesce_ipip_tcp(&mut frames, pkts.len(), TEST_LINK_MTU);
             assert!(n >= 1 && n <= pkts.len());
             for f in &frames[..n] {
                 if f.vnet.is_gso() {

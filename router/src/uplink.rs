@@ -30,7 +30,14 @@
 //! - **Receive coalescing**: consecutive TCP segments of one flow in a
 //!   received batch are merged into one GSO frame (checksums verified
 //!   first), which the pipeline decapsulates and a pod's TAP takes whole,
-//!   as the kernel's GRO would ([`gso::coalesce_ipip_tcp`]).
+//!   as the kernel's GRO would ([`gso::coalesce_ipip_tcp`]). Where the
+//!   underlay interface does GRO (a NIC's default), the node's kernel has
+//!   merged them already (`ipip_gro_receive` is built into every kernel,
+//!   the `ipip` module or not): the socket then gets one packet of many
+//!   segments (up to 64 KiB) whose TCP checksum field holds the
+//!   pseudo-header sum, which becomes a GSO frame as it is
+//!   ([`gso::adopt_kernel_merged`]); the kernel verified every segment's
+//!   checksum while merging.
 //! - **Software offloads**: a raw socket has none, so what a pod's TAP
 //!   handed us is finished during that one copy ([`TxRing::push`]):
 //!   a partial checksum (`NEEDS_CSUM`) is completed; a TCP GSO
@@ -217,7 +224,7 @@ impl Port for Uplink {
                 break;
             }
         }
-        Ok(gso::coalesce_ipip_tcp(frames, n))
+        Ok(gso::coalesce_ipip_tcp(frames, n, self.link_mtu))
     }
 
     /// This worker's send ring: room for [`RING_BYTES`] of outer packets

@@ -8,7 +8,8 @@
 //! fit the uplink's MTU and the path MTU learned for the node (less the
 //! tunnel's overhead) or get ICMP fragmentation needed, others are
 //! fragmented by the uplink; to a pod or the host, GSO frames pass (the
-//! receiving stack cuts them) and others must fit, or get fragmentation
+//! receiving stack cuts them; a TCP `gso_size` larger than the port's MTU
+//! allows is lowered to fit) and others must fit, or get fragmentation
 //! needed (DF) or are dropped (`too_big`).
 //!
 //! Invariants: a frame is rewritten only when every check passed, so a
@@ -32,6 +33,25 @@ fn tcp_segment_len(frame: &Frame) -> Option<usize> {
     let ip = frame.data().get(ETHERNET_HEADER_LEN..)?;
     let segs = TcpSegments::new(ip, usize::from(frame.vnet.gso_size)).ok()?;
     Some(segs.header_len() + usize::from(frame.vnet.gso_size))
+}
+
+/// Lowers the `gso_size` of a TCP GSO frame whose segments would not fit
+/// `mtu` to the largest that does. A frame the uplink took whole from the
+/// kernel's GRO carries only what the underlay link could carry per
+/// segment ([`crate::gso::adopt_kernel_merged`]); a pod's kernel would
+/// take it as it is, but a stack that forwards it (the node's, behind the
+/// host port) cuts it at `gso_size` and would refuse it.
+fn fit_gso_size(frame: &mut Frame, mtu: u16) {
+    let Some(seg) = tcp_segment_len(frame) else {
+        return;
+    };
+    let (mtu, size) = (usize::from(mtu), usize::from(frame.vnet.gso_size));
+    if seg > mtu {
+        let headers = seg - size;
+        if let Some(fits) = mtu.checked_sub(headers).filter(|&s| s > 0) {
+            frame.vnet.gso_size = fits as u16;
+        }
+    }
 }
 
 /// Checks TTL and MTU for `egress` and rewrites the frame for it.
@@ -71,8 +91,11 @@ pub(super) fn rewrite(
             };
             return Err(Fault::Icmp(IcmpError::frag_needed(mtu), reason));
         }
-    } else if !frame.vnet.is_gso() && pkt.total_len > usize::from(mtu) {
-        // GSO super-segments are cut at gso_size by the receiving stack.
+    } else if frame.vnet.is_gso() {
+        // GSO super-segments are cut at gso_size by the receiving stack,
+        // at most at what this port carries.
+        fit_gso_size(frame, mtu);
+    } else if pkt.total_len > usize::from(mtu) {
         return Err(if pkt.dont_frag {
             Fault::Icmp(IcmpError::frag_needed(mtu), DropReason::FragNeeded)
         } else {
@@ -221,6 +244,22 @@ mod tests {
         assert_eq!(f.vnet, vnet);
         assert_eq!(f.len(), input.len());
         assert_eq!(check_ipv4(&f.data()[14..]).unwrap().hop_limit(), 63);
+    }
+
+    /// A TCP GSO frame whose segments would not fit the pod's MTU (one
+    /// the uplink took from the kernel's GRO carries the link's size) is
+    /// cut at what the port carries: gso_size lowered, nothing else.
+    #[test]
+    fn gso_size_is_lowered_to_the_egress_mtu() {
+        let mut env = Env::new();
+        let mut f = gso_from_a(C_IP, 8928, 30_000, VnetHdr::GSO_TCPV4);
+        let input = f.data().to_vec();
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_C));
+        assert_eq!(f.vnet.gso_size, 1000 - 20 - 32);
+        assert_eq!(f.len(), input.len());
+        let mut f = gso_from_a(C_IP, 900, 30_000, VnetHdr::GSO_TCPV4);
+        assert_eq!(env.process(POD_A, &mut f), fwd(POD_C));
+        assert_eq!(f.vnet.gso_size, 900, "a size that fits is kept");
     }
 
     #[test]
