@@ -87,6 +87,9 @@ pub struct XdpUplink {
     inner: Arc<dyn Port>,
     /// Watches every socket and the inner port (the readiness fd).
     ready: Poll,
+    /// The underlay's MTU, which bounds what receive coalescing takes as
+    /// one packet ([`gso::coalesce_ipip_tcp`]).
+    link_mtu: usize,
 }
 
 impl fmt::Debug for XdpUplink {
@@ -172,6 +175,7 @@ impl XdpUplink {
             queues,
             inner,
             ready,
+            link_mtu: usize::from(cfg.link_mtu),
         })
     }
 
@@ -243,7 +247,7 @@ impl Port for XdpUplink {
         for f in &mut frames[..n] {
             as_raw_socket_frame(f);
         }
-        let n = gso::coalesce_ipip_tcp(frames, n);
+        let n = gso::coalesce_ipip_tcp(frames, n, self.link_mtu);
         if n == frames.len() {
             return Ok(n);
         }
