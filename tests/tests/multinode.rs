@@ -269,8 +269,11 @@ fn two_nodes_always_over_an_underlay_with_gro() {
             "node {}: {packets} IP packets received carrying {segments} segments",
             n.index
         ));
+        // Without GRO every packet is one segment. A quarter more
+        // segments than packets is merging, whatever the share of pure
+        // ACKs (which are never merged) among what this node received.
         assert!(
-            segments > 2 * packets,
+            4 * segments > 5 * packets,
             "node {}'s kernel merged nothing ({packets} packets, {segments} segments): \
              the test does not test what it should",
             n.index
