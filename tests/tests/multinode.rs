@@ -269,11 +269,11 @@ fn two_nodes_always_over_an_underlay_with_gro() {
             "node {}: {packets} IP packets received carrying {segments} segments",
             n.index
         ));
-        // Without GRO every packet is one segment. A quarter more
-        // segments than packets is merging, whatever the share of pure
-        // ACKs (which are never merged) among what this node received.
+        // Without GRO every packet is one segment, so 5% more segments
+        // than packets is merging, whatever the share of pure ACKs (never
+        // merged) among what this node received (35-90% more here).
         assert!(
-            4 * segments > 5 * packets,
+            20 * segments > 21 * packets,
             "node {}'s kernel merged nothing ({packets} packets, {segments} segments): \
              the test does not test what it should",
             n.index
