@@ -398,7 +398,7 @@ mod tests {
     fn daemon(dir: &TempDir) -> Daemon {
         let text = format!(
             "node_name = \"t\"\npod_cidrs = [\"10.244.0.0/28\"]\napi_socket = \"{0}/api.sock\"\n\
-             state_dir = \"{0}/state\"\n\n[dataplane]\nworkers = 2\n",
+             state_dir = \"{0}/state\"\n\n[dataplane]\nworkers = 1\n",
             dir.path().display()
         );
         let path = dir.join("podrouter.toml");

@@ -351,3 +351,30 @@ impl Daemon {
         self.handed_over = true;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(dataplane: &str) -> Config {
+        let text = format!(
+            "node_name = \"t\"\npod_cidrs = [\"10.244.0.0/28\"]\n\n[dataplane]\n{dataplane}"
+        );
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    /// What cannot be handed over yet is refused with its reason; a
+    /// single-worker tap node with IPIP can.
+    #[test]
+    fn what_a_takeover_refuses() {
+        assert_eq!(unsupported(&cfg("")), None);
+        let why = |d: &str| unsupported(&cfg(d)).unwrap_or_default();
+        assert!(
+            why("workers = 2\n").contains("2 workers"),
+            "{}",
+            why("workers = 2\n")
+        );
+        assert!(why("backend = \"afxdp\"\n").contains("afxdp"));
+        assert!(why("tunnel = \"vxlan\"\n").contains("vxlan"));
+    }
+}
