@@ -47,6 +47,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::bpf::{self, XDP_PROG_NAME};
 use crate::frame::{Frame, VnetHdr, MAX_FRAME_LEN};
@@ -272,11 +273,34 @@ pub(crate) fn context(e: io::Error, what: impl fmt::Display) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
+/// How long a bind waits for a queue that a socket of an earlier
+/// podrouterd still holds. When a process dies, its sockets close at once
+/// but the kernel detaches their buffer pool from the queue in deferred
+/// work, and until then a new bind gets `EBUSY`: a daemon restarted right
+/// after `kill -9` would otherwise fail to start.
+const QUEUE_RELEASE_WAIT: Duration = Duration::from_secs(3);
+
+/// Runs `bind` until it succeeds, fails with anything but `EBUSY`, or
+/// [`QUEUE_RELEASE_WAIT`] has passed.
+fn bind_once_released(mut bind: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let deadline = Instant::now() + QUEUE_RELEASE_WAIT;
+    loop {
+        match bind() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Binds the UMEM owner `fd` to `queue` with `need_wakeup`, zero-copy if
 /// the driver can, else copy mode; returns whether it is zero-copy.
 fn bind_owner(fd: &OwnedFd, ifindex: u32, queue: u32) -> io::Result<bool> {
     let flags = xsk::BIND_NEED_WAKEUP;
-    match xsk::bind(fd.as_fd(), ifindex, queue, flags | xsk::BIND_ZEROCOPY, None) {
+    let bind =
+        |mode| bind_once_released(|| xsk::bind(fd.as_fd(), ifindex, queue, flags | mode, None));
+    match bind(xsk::BIND_ZEROCOPY) {
         Ok(()) => Ok(true),
         Err(e)
             if matches!(
@@ -284,7 +308,7 @@ fn bind_owner(fd: &OwnedFd, ifindex: u32, queue: u32) -> io::Result<bool> {
                 Some(libc::EOPNOTSUPP) | Some(libc::EINVAL)
             ) =>
         {
-            xsk::bind(fd.as_fd(), ifindex, queue, flags | xsk::BIND_COPY, None)?;
+            bind(xsk::BIND_COPY)?;
             Ok(false)
         }
         Err(e) => Err(e),
@@ -399,15 +423,17 @@ impl AfXdpPort {
         let queue = slot as u32 + 1;
         // A socket sharing the UMEM takes the owner's flags (copy or
         // zero-copy, need_wakeup); the kernel refuses any of its own.
-        xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx.fd())).map_err(|e| {
-            context(
-                e,
-                format!(
-                    "cannot bind a transmit socket to {} queue {queue}",
-                    self.ifname
-                ),
-            )
-        })?;
+        bind_once_released(|| xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx.fd()))).map_err(
+            |e| {
+                context(
+                    e,
+                    format!(
+                        "cannot bind a transmit socket to {} queue {queue}",
+                        self.ifname
+                    ),
+                )
+            },
+        )?;
         let range = self.area.range(RX_RING + slot as u32 * TX_RING, TX_RING)?;
         let free = range.chunk_addrs().collect();
         let slot_size = usize::from(self.mtu) + ETHERNET_HEADER_LEN;
