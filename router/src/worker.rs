@@ -701,6 +701,28 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::sync::Mutex;
 
+    /// A worker's configuration for tests: no rate limits, empty tables.
+    fn test_config(batch_size: usize) -> WorkerConfig {
+        WorkerConfig {
+            id: 0,
+            core: None,
+            batch_size,
+            pipeline: PipelineConfig {
+                router_mac: crate::ROUTER_MAC,
+                node_ip: Ipv4Addr::new(192, 168, 0, 2),
+                icmp_rate_per_sec: 0,
+                icmp_burst: 0,
+                arp_rate_per_sec: 0,
+                arp_burst: 0,
+            },
+            flows: Arc::new(FlowTable::new(8, Default::default())),
+            policies: Arc::new(crate::policy::Policies::new()),
+            services: Arc::new(crate::service::Services::new()),
+            taps: Arc::new(Taps::new()),
+            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
+        }
+    }
+
     /// A port whose queue collects frames (with their tunnel) until flush,
     /// which moves them to `sent`; it counts the queues it made.
     #[derive(Default)]
@@ -789,24 +811,7 @@ mod tests {
             flood.inject(&[0; 60]);
         }
         quiet.inject(&[0; 60]);
-        let cfg = WorkerConfig {
-            id: 0,
-            core: None,
-            batch_size: batch,
-            pipeline: PipelineConfig {
-                router_mac: crate::ROUTER_MAC,
-                node_ip: Ipv4Addr::new(192, 168, 0, 2),
-                icmp_rate_per_sec: 0,
-                icmp_burst: 0,
-                arp_rate_per_sec: 0,
-                arp_burst: 0,
-            },
-            flows: Arc::new(FlowTable::new(8, Default::default())),
-            policies: Arc::new(crate::policy::Policies::new()),
-            services: Arc::new(crate::service::Services::new()),
-            taps: Arc::new(Taps::new()),
-            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
-        };
+        let cfg = test_config(batch);
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,
             port: port.clone(),
@@ -840,24 +845,7 @@ mod tests {
     /// meanwhile; what waited is received once it is resumed.
     #[test]
     fn a_paused_worker_receives_nothing_until_resumed() {
-        let cfg = WorkerConfig {
-            id: 0,
-            core: None,
-            batch_size: 8,
-            pipeline: PipelineConfig {
-                router_mac: crate::ROUTER_MAC,
-                node_ip: Ipv4Addr::new(192, 168, 0, 2),
-                icmp_rate_per_sec: 0,
-                icmp_burst: 0,
-                arp_rate_per_sec: 0,
-                arp_burst: 0,
-            },
-            flows: Arc::new(FlowTable::new(8, Default::default())),
-            policies: Arc::new(crate::policy::Policies::new()),
-            services: Arc::new(crate::service::Services::new()),
-            taps: Arc::new(Taps::new()),
-            path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
-        };
+        let cfg = test_config(8);
         let ports = Arc::new(ArcSwap::from_pointee(PortTable::default()));
         let mut w = WorkerHandle::spawn(cfg, Arc::new(Fib::new()), ports).unwrap();
         let (a, b) = (Arc::new(MemPort::new()), Arc::new(MemPort::new()));
