@@ -756,10 +756,21 @@ mod tests {
     }
 
     /// Receives until `want` frames came or a second passed.
-    fn recv_some(port: &AfXdpPort, frames: &mut [Frame], want: usize) -> usize {
+    /// Receives until `want` of the frames received so far satisfy `keep`
+    /// (the kernel also sends ARP and IPv6 frames of its own, in any
+    /// order), or two seconds pass; returns how many frames were received.
+    fn recv_until(
+        port: &AfXdpPort,
+        frames: &mut [Frame],
+        want: usize,
+        keep: impl Fn(&Frame) -> bool,
+    ) -> usize {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut n = 0;
-        while n < want && Instant::now() < deadline {
+        while frames[..n].iter().filter(|f| keep(f)).count() < want
+            && n < frames.len()
+            && Instant::now() < deadline
+        {
             n += port.recv(&mut frames[n..]).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -843,14 +854,12 @@ mod tests {
         for i in 0..5u8 {
             sock.send_to(&[i; 32], "10.9.0.1:5000").unwrap();
         }
-        let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
-        let n = recv_some(&port, &mut frames, 5);
-        let udp: Vec<&Frame> = frames[..n]
-            .iter()
-            .filter(|f| {
-                f.data().len() > 42 && f.data()[12..14] == [0x08, 0x00] && f.data()[23] == 17
-            })
-            .collect();
+        let is_udp = |f: &Frame| {
+            f.data().len() > 42 && f.data()[12..14] == [0x08, 0x00] && f.data()[23] == 17
+        };
+        let mut frames: Vec<Frame> = (0..64).map(|_| Frame::new()).collect();
+        let n = recv_until(&port, &mut frames, 5, is_udp);
+        let udp: Vec<&Frame> = frames[..n].iter().filter(|f| is_udp(f)).collect();
         assert_eq!(udp.len(), 5, "datagrams through the XSK ({n} frames)");
         let d = udp[0].data();
         assert_eq!(d[..6], [2, 0, 0, 0, 0, 0x0a]);
