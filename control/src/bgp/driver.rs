@@ -436,6 +436,9 @@ struct Driver {
 
 /// A FIB batch is due this many times the last one's cost after it.
 const PUBLISH_GAP_FACTOR: u32 = 8;
+/// Stale kernel routes the sweep's log line names (and failures it logs
+/// one by one); the rest are counted.
+const STALE_NAMED: usize = 10;
 /// The longest a decision waits for its FIB batch.
 const MAX_PUBLISH_GAP: Duration = Duration::from_millis(100);
 
@@ -917,17 +920,30 @@ impl Driver {
             if gone.is_empty() {
                 String::new()
             } else {
+                // The first few by name: a crash with a full table leaves
+                // hundreds of thousands.
+                let named = gone.len().min(STALE_NAMED);
                 format!(
-                    " ({})",
-                    gone.iter()
+                    " ({}{})",
+                    gone[..named]
+                        .iter()
                         .map(|r| r.to_string())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    if gone.len() > named {
+                        format!(" and {} more", gone.len() - named)
+                    } else {
+                        String::new()
+                    }
                 )
             }
         );
-        for f in failed {
+        let failures = failed.len();
+        for f in failed.iter().take(STALE_NAMED) {
             log::warn!("bgp: deleting stale kernel route {f}");
+        }
+        if failures > STALE_NAMED {
+            log::warn!("bgp: {failures} stale kernel route deletions failed");
         }
     }
 
