@@ -23,8 +23,8 @@
 //! of the route it came from. Cell 0 (id 0, length 0) is the default
 //! route, `hops[0]`, `None` while there is none: the /0 route is never
 //! written into `top` or a chunk, so setting, replacing or removing it
-//! changes one slot of `hops`, and the pages of `top` no longer route
-//! touches stay untouched (zero pages the kernel never backs). A node's
+//! changes one slot of `hops`, and the pages of `top` that no other
+//! route covers stay untouched (zero pages the kernel never backs). A node's
 //! FIB always has a default route (to the host port), which leaf-pushed
 //! filled all 64 MiB of each copy; now a copy costs the /24s its routes
 //! cover, and [`Dir24::clone`] copies only the regions of `top` written
