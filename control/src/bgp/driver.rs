@@ -247,6 +247,7 @@ impl BgpHandle {
             buf: vec![0; 64 * 1024],
             last_publish: None,
             next_publish: Instant::now(),
+            quiet_floor: Instant::now(),
             last_input: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -438,6 +439,11 @@ struct Driver {
     /// [`QUIET_PUBLISH`], the burst is over (or stalled) and the pending
     /// decisions are published without waiting for `next_publish`.
     last_input: Instant,
+    /// The soonest a pause in the input publishes: [`QUIET_FLOOR_FACTOR`]
+    /// times the last publication's cost after it, so a sender that
+    /// pauses often (a slow full table) still leaves the thread at least
+    /// two thirds of its time for the input.
+    quiet_floor: Instant,
 }
 
 /// A FIB batch is due this many times the last one's cost after it.
@@ -452,6 +458,9 @@ const MAX_PUBLISH_GAP: Duration = Duration::from_millis(100);
 /// [`MAX_PUBLISH_GAP`] with the BGP thread idle (a third of the interval
 /// in a 100,000-route round from BIRD, `perf` timeline).
 const QUIET_PUBLISH: Duration = Duration::from_millis(5);
+/// A pause publishes no sooner than this many times the last
+/// publication's cost after it.
+const QUIET_FLOOR_FACTOR: u32 = 2;
 
 /// One FIB batch's kernel route changes, shared by the `bgp-kernel` and
 /// `bgp-save` threads (one copy for both).
@@ -1007,11 +1016,12 @@ impl Driver {
     /// When the decisions waiting for the FIB are due to be published:
     /// `None` without any, else [`PUBLISH_GAP_FACTOR`] times the last
     /// publication's cost after it, or [`QUIET_PUBLISH`] after the last
-    /// input if that is sooner.
+    /// input if that is sooner (but not before `quiet_floor`).
     fn fib_due(&self) -> Option<Instant> {
-        self.speaker
-            .fib_pending()
-            .then_some(self.next_publish.min(self.last_input + QUIET_PUBLISH))
+        self.speaker.fib_pending().then_some(
+            self.next_publish
+                .min((self.last_input + QUIET_PUBLISH).max(self.quiet_floor)),
+        )
     }
 
     /// [`Driver::apply_fib`] once due ([`Driver::fib_due`]): in a burst of
@@ -1042,6 +1052,7 @@ impl Driver {
             let done = Instant::now();
             self.last_publish = Some(done);
             self.next_publish = done + ((done - t) * PUBLISH_GAP_FACTOR).min(MAX_PUBLISH_GAP);
+            self.quiet_floor = done + (done - t) * QUIET_FLOOR_FACTOR;
             log::debug!(
                 "bgp: FIB updated: {} changes in {:?}, {} BGP routes installed",
                 changes.len(),
