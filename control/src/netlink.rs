@@ -778,7 +778,8 @@ impl Netlink {
     }
 
     /// Applies many route changes with few system calls: up to
-    /// [`BATCH_MSGS`] messages per `sendmsg`, then their ACKs, matched by
+    /// [`BATCH_MSGS`] messages per `sendmsg`, the last of them asking for
+    /// an ACK, then the answers (that ACK and any error), matched by
     /// sequence number. Returns one result per op, in order; a refused op
     /// does not stop the others (the kernel goes on with the next message
     /// of a batch after an error). A socket failure fails the ops whose
@@ -801,8 +802,18 @@ impl Netlink {
                         0,
                     ),
                 };
+                // Only the chunk's last message asks for an ACK: the
+                // kernel answers a failed message whether asked or not,
+                // in order, so once the last one's answer is in, every
+                // message without an answer succeeded (one reply to read
+                // per chunk instead of one per route).
+                let ack = if self.seq == first.wrapping_add(chunk.len() as u32 - 1) {
+                    NLM_F_ACK
+                } else {
+                    0
+                };
                 let mut header = NetlinkHeader::default();
-                header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+                header.flags = NLM_F_REQUEST | ack | flags;
                 header.sequence_number = self.seq;
                 let mut req = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
                 req.finalize();
@@ -835,15 +846,16 @@ impl Netlink {
         results
     }
 
-    /// Reads ACKs for the sequence numbers `first..first + answers.len()`
-    /// into `answers` until each has one.
+    /// Reads the answers for the sequence numbers `first..first +
+    /// answers.len()` into `answers` until the last one has its ACK (or
+    /// its error); the others, which asked for no ACK, get an answer only
+    /// if they failed, so those still without one then succeeded.
     fn collect_acks(
         &mut self,
         first: u32,
         answers: &mut [Option<Result<(), TxError>>],
     ) -> io::Result<()> {
-        let mut open = answers.len();
-        while open > 0 {
+        while answers.last().is_some_and(Option::is_none) {
             let (data, _) = self.sock.recv_from_full()?;
             let mut off = 0;
             while data.len() - off >= NLMSG_HDRLEN {
@@ -875,9 +887,11 @@ impl Netlink {
                             msg: ext_ack_message(m.header.flags, &e.header),
                         }),
                     });
-                    open -= 1;
                 }
             }
+        }
+        for a in answers.iter_mut().filter(|a| a.is_none()) {
+            *a = Some(Ok(()));
         }
         Ok(())
     }

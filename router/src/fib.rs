@@ -22,8 +22,10 @@
 //! the first hit is the longest match.
 //!
 //! A table of [`Fib::INDEX_MIN_ROUTES`] routes or more (16,384) also has a
-//! DIR-24-8 index ([`dir24`]): one 4-byte entry per /24 (64 MiB, on
-//! transparent huge pages where the kernel gives them), and a chunk of
+//! DIR-24-8 index ([`dir24`]): one 4-byte entry per /24 (64 MiB of
+//! address space on transparent huge pages where the kernel gives them,
+//! resident only where routes other than the default are: the default
+//! route is the index's next hop 0, never written into entries), and a chunk of
 //! that /24's 256 addresses where a longer route lies inside it, stored
 //! as one 64-byte cache line while it has at most 10 runs of equal next
 //! hops. Its lookups are one read, or two with a chunk, however many
@@ -42,7 +44,7 @@
 //! (removal, with the covering route from the hash tables), each change
 //! worked out once per batch and applied to each copy. Below half the
 //! threshold the index is dropped, so a node with a few thousand routes
-//! never pays its 128 MiB.
+//! never pays for it.
 //!
 //! Each length table is split by hash into `2^k` shards, each an
 //! `Arc<HashMap<u32, NextHop>>` (std's SwissTable) shared between
@@ -150,8 +152,9 @@
 //!   /24 entry, a 64-byte chunk if the /24 holds longer routes, and the
 //!   interned next hop; about 40 instructions. An update additionally rewrites
 //!   the index cells its routes cover, in the published-next copy and one
-//!   batch later in the other. Memory: 64 MiB plus 64 bytes per /24 with
-//!   routes longer than /24 (1 KiB past 10 runs), twice.
+//!   batch later in the other. Memory: the first level's pages that
+//!   routes other than the default cover (at most 64 MiB), plus 64 bytes
+//!   per /24 with routes longer than /24 (1 KiB past 10 runs), twice.
 //!
 //! - `lookup`: one slot read, then at most D probes for the D lengths
 //!   /17../32 the slot's mask names, longest first, stopping at the first
@@ -1275,8 +1278,8 @@ impl Fib {
     }
 
     /// Routes from which a table gets the DIR-24-8 lookup index (and
-    /// loses it again below half of this): its first level costs 64 MiB
-    /// per copy, two copies, which a node with a few thousand routes
+    /// loses it again below half of this): its first level costs up to
+    /// 64 MiB per copy, two copies, which a node with a few thousand routes
     /// should not pay; below this the per-length hash tables with their
     /// /16 index look up in tens of nanoseconds anyway.
     pub const INDEX_MIN_ROUTES: usize = 16_384;

@@ -8,7 +8,8 @@
 //! starve another's keepalives), carry out the speaker's socket work, and
 //! publish the FIB changes as one batch once due: at once after a quiet
 //! spell, and during a burst (a full table) no sooner than eight times the
-//! last publication's cost after it (at most 100 ms), because a
+//! last publication's cost after it (at most 100 ms) or 5 ms after the
+//! input pauses, whichever comes first, because a
 //! publication copies the FIB shards it touches (about the whole table
 //! for a thousand scattered routes). Then, off this thread, the node
 //! kernel's routes and the saved-routes file follow the published batch,
@@ -246,6 +247,8 @@ impl BgpHandle {
             buf: vec![0; 64 * 1024],
             last_publish: None,
             next_publish: Instant::now(),
+            quiet_floor: Instant::now(),
+            last_input: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("bgp".into())
@@ -432,12 +435,32 @@ struct Driver {
     /// When the next batch is due (during a burst; see
     /// [`Driver::apply_fib_when_due`]).
     next_publish: Instant,
+    /// When a peer's bytes were last read: once input pauses for
+    /// [`QUIET_PUBLISH`], the burst is over (or stalled) and the pending
+    /// decisions are published without waiting for `next_publish`.
+    last_input: Instant,
+    /// The soonest a pause in the input publishes: [`QUIET_FLOOR_FACTOR`]
+    /// times the last publication's cost after it, so a sender that
+    /// pauses often (a slow full table) still leaves the thread at least
+    /// two thirds of its time for the input.
+    quiet_floor: Instant,
 }
 
 /// A FIB batch is due this many times the last one's cost after it.
 const PUBLISH_GAP_FACTOR: u32 = 8;
+/// Stale kernel routes the sweep's log line names (and failures it logs
+/// one by one); the rest are counted.
+const STALE_NAMED: usize = 10;
 /// The longest a decision waits for its FIB batch.
 const MAX_PUBLISH_GAP: Duration = Duration::from_millis(100);
+/// A pause in the input this long publishes the pending decisions at
+/// once: at the end of a full table the last batch waited up to
+/// [`MAX_PUBLISH_GAP`] with the BGP thread idle (a third of the interval
+/// in a 100,000-route round from BIRD, `perf` timeline).
+const QUIET_PUBLISH: Duration = Duration::from_millis(5);
+/// A pause publishes no sooner than this many times the last
+/// publication's cost after it.
+const QUIET_FLOOR_FACTOR: u32 = 2;
 
 /// One FIB batch's kernel route changes, shared by the `bgp-kernel` and
 /// `bgp-save` threads (one copy for both).
@@ -695,6 +718,8 @@ impl Driver {
                     let now = Instant::now();
                     self.speaker
                         .input(now, key.0, Input::Data(key.1, &self.buf[..n]));
+                    // After the work: a pause is counted from here.
+                    self.last_input = Instant::now();
                     self.do_io();
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
@@ -917,17 +942,30 @@ impl Driver {
             if gone.is_empty() {
                 String::new()
             } else {
+                // The first few by name: a crash with a full table leaves
+                // hundreds of thousands.
+                let named = gone.len().min(STALE_NAMED);
                 format!(
-                    " ({})",
-                    gone.iter()
+                    " ({}{})",
+                    gone[..named]
+                        .iter()
                         .map(|r| r.to_string())
                         .collect::<Vec<_>>()
-                        .join(", ")
+                        .join(", "),
+                    if gone.len() > named {
+                        format!(" and {} more", gone.len() - named)
+                    } else {
+                        String::new()
+                    }
                 )
             }
         );
-        for f in failed {
+        let failures = failed.len();
+        for f in failed.iter().take(STALE_NAMED) {
             log::warn!("bgp: deleting stale kernel route {f}");
+        }
+        if failures > STALE_NAMED {
+            log::warn!("bgp: {failures} stale kernel route deletions failed");
         }
     }
 
@@ -977,9 +1015,13 @@ impl Driver {
 
     /// When the decisions waiting for the FIB are due to be published:
     /// `None` without any, else [`PUBLISH_GAP_FACTOR`] times the last
-    /// publication's cost after it.
+    /// publication's cost after it, or [`QUIET_PUBLISH`] after the last
+    /// input if that is sooner (but not before `quiet_floor`).
     fn fib_due(&self) -> Option<Instant> {
-        self.speaker.fib_pending().then_some(self.next_publish)
+        self.speaker.fib_pending().then_some(
+            self.next_publish
+                .min((self.last_input + QUIET_PUBLISH).max(self.quiet_floor)),
+        )
     }
 
     /// [`Driver::apply_fib`] once due ([`Driver::fib_due`]): in a burst of
@@ -1010,6 +1052,7 @@ impl Driver {
             let done = Instant::now();
             self.last_publish = Some(done);
             self.next_publish = done + ((done - t) * PUBLISH_GAP_FACTOR).min(MAX_PUBLISH_GAP);
+            self.quiet_floor = done + (done - t) * QUIET_FLOOR_FACTOR;
             log::debug!(
                 "bgp: FIB updated: {} changes in {:?}, {} BGP routes installed",
                 changes.len(),

@@ -385,11 +385,13 @@ impl Speaker {
     /// (each prefix via the distinct next hops of its multipath set).
     pub fn take_fib_changes(&mut self) -> Vec<FibChange> {
         use std::collections::hash_map::Entry;
-        let dirty = std::mem::take(&mut self.dirty);
+        // Drained, not replaced: the set keeps its capacity, so the next
+        // burst's batches do not grow a fresh table from nothing each.
+        let mut dirty = std::mem::take(&mut self.dirty);
         let mut changes = Vec::with_capacity(dirty.len());
         self.kernel_jobs.reserve(dirty.len());
         let mut want = Vec::new();
-        for p in dirty {
+        for p in dirty.drain() {
             want.clear();
             if import_refusal(&self.cfg, &p).is_none() {
                 self.rib.next_hops(&p, &mut want);
@@ -417,6 +419,7 @@ impl Speaker {
                 }
             }
         }
+        self.dirty = dirty;
         changes
     }
 

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use podrouter_types::Prefix;
 
-use crate::netlink::{errno, Ipv4Route, Netlink, RouteEntry, RTPROT_PODROUTER};
+use crate::netlink::{errno, Ipv4Route, Netlink, RouteEntry, RouteOp, RTPROT_PODROUTER};
 
 /// The learned-block routes found at start (`T`: the kernel route, an
 /// [`Ipv4Route`] in the daemon), and what the sweep waits for.
@@ -146,16 +146,20 @@ impl<T> StaleKernelRoutes<T> {
 }
 
 /// Deletes the given routes (protocol 77, exact match); a route already
-/// gone is fine. Returns how many were deleted and the failures.
+/// gone is fine. Returns how many were deleted and the failures. In
+/// batches ([`Netlink::route_batch`]): a restart after a crash can leave
+/// a full table of stale routes, and one request and ACK per route held
+/// the BGP thread for seconds at 100,000 of them.
 pub fn delete(routes: &[Ipv4Route]) -> (usize, Vec<String>) {
     let mut nl = match Netlink::open() {
         Ok(nl) => nl,
         Err(e) => return (0, vec![format!("netlink: {e}")]),
     };
+    let ops: Vec<RouteOp> = routes.iter().cloned().map(RouteOp::Delete).collect();
     let mut done = 0;
     let mut failed = Vec::new();
-    for r in routes {
-        match nl.route_delete(r) {
+    for (r, result) in routes.iter().zip(nl.route_batch(&ops)) {
+        match result {
             Ok(()) => done += 1,
             Err(e) if errno(&e) == Some(libc::ESRCH) => {}
             Err(e) => failed.push(format!("{r}: {e}")),

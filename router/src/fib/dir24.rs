@@ -19,8 +19,16 @@
 //! random table pays 64 bytes per /24 with long routes, not 1 KiB.
 //!
 //! A cell is a `u32`: bits 0..25 the next-hop id (an index into `hops`,
-//! where every distinct [`NextHop`] is interned; 0 is no route), bits
-//! 25..31 the length of the route it came from. The length is what makes
+//! where every distinct [`NextHop`] is interned), bits 25..31 the length
+//! of the route it came from. Cell 0 (id 0, length 0) is the default
+//! route, `hops[0]`, `None` while there is none: the /0 route is never
+//! written into `top` or a chunk, so setting, replacing or removing it
+//! changes one slot of `hops`, and the pages of `top` that no other
+//! route covers stay untouched (zero pages the kernel never backs). A node's
+//! FIB always has a default route (to the host port), which leaf-pushed
+//! filled all 64 MiB of each copy; now a copy costs the /24s its routes
+//! cover, and [`Dir24::clone`] copies only the regions of `top` written
+//! so far (`touched`). The length is what makes
 //! updates incremental: inserting a route of length L rewrites only the
 //! cells of its range that hold a route no longer than L; removing it
 //! rewrites only those that hold length L exactly, with the covering route
@@ -65,6 +73,10 @@ pub(super) const SMALL_RUNS: usize = 10;
 
 /// Entries of `top`: one per /24.
 const TOP: usize = 1 << 24;
+/// `top` entries per region of the `touched` bitmap (256 KiB of `top`).
+const REGION_BITS: u32 = 16;
+/// Regions of `top`.
+const REGIONS: usize = TOP >> REGION_BITS;
 
 const CHUNK: u32 = 1 << 31;
 const FULL: u32 = 1 << 30;
@@ -161,8 +173,11 @@ pub(super) struct Dir24 {
     full: Vec<FullChunk>,
     full_free: Vec<u32>,
     /// Interned next hops: cell hop id `n` is `hops[n]`; `hops[0]` is
-    /// `None` (no route).
+    /// the default route's (`None`: no default route).
     hops: Vec<Option<NextHop>>,
+    /// Bit `r`: region `r` of `top` (`1 << REGION_BITS` entries) may hold
+    /// a nonzero entry; the others were never written (still zero).
+    touched: [u64; REGIONS / 64],
     /// Interned next hops by [`hop_key`] (the FIB's multiply hash: a bulk
     /// load interns a next hop per route, SipHash was 5% of it).
     hop_ids: HashMap<u64, u32, KeyHash>,
@@ -191,13 +206,19 @@ fn zeroed_top() -> (Box<[u32; TOP]>, bool) {
 }
 
 impl Clone for Dir24 {
-    /// A deep copy (64 MiB and the chunks), for when the spare copy is
-    /// still held by a reader.
+    /// A deep copy (the written regions of `top` and the chunks), for
+    /// the second copy and when the spare copy is still held by a reader.
     fn clone(&self) -> Dir24 {
         let (mut top, huge) = zeroed_top();
-        top.copy_from_slice(&self.top[..]);
+        for r in 0..REGIONS {
+            if self.touched[r / 64] & (1 << (r % 64)) != 0 {
+                let range = r << REGION_BITS..(r + 1) << REGION_BITS;
+                top[range.clone()].copy_from_slice(&self.top[range]);
+            }
+        }
         Dir24 {
             top,
+            touched: self.touched,
             small: huge_copy(&self.small, self.small.capacity()),
             small_free: self.small_free.clone(),
             full: huge_copy(&self.full, self.full.capacity()),
@@ -222,6 +243,7 @@ impl Dir24 {
             full: vec![FullChunk::ZEROED],
             full_free: Vec::new(),
             hops: vec![None],
+            touched: [0; REGIONS / 64],
             hop_ids: HashMap::with_hasher(hash),
             huge,
             runs: Vec::with_capacity(257),
@@ -244,8 +266,11 @@ impl Dir24 {
         ix.small = huge_copy(&ix.small, 1 + chunks + chunks / 4);
         for &(a, len, nh) in &routes[..split] {
             let cell = ix.cell_for(nh, len);
+            if len == 0 {
+                continue; // the default route: `hops[0]`, cell 0
+            }
             let first = (a >> 8) as usize;
-            ix.top[first..first + (1usize << (24 - len))].fill(cell);
+            ix.fill_top(first..first + (1usize << (24 - len)), cell);
         }
         let mut rest = &routes[split..];
         while let Some(&(a, _, _)) = rest.first() {
@@ -333,6 +358,9 @@ impl Dir24 {
     /// Applies one change.
     pub(super) fn apply(&mut self, op: IndexOp) {
         match op {
+            // The default route is `hops[0]`, never written in cells.
+            IndexOp::Set(_, 0, nh) => self.hops[0] = Some(nh),
+            IndexOp::Clear(_, 0, _) => self.hops[0] = None,
             IndexOp::Set(addr, len, nh) => {
                 let cell = self.cell_for(nh, len);
                 let len = u32::from(len);
@@ -373,8 +401,13 @@ impl Dir24 {
             + (self.runs.capacity() + self.edited.capacity()) * std::mem::size_of::<Run>()
     }
 
-    /// The cell of a route `len` long via `nh`.
+    /// The cell of a route `len` long via `nh` (for the default route,
+    /// length 0, cell 0 with `hops[0]` set to `nh`).
     fn cell_for(&mut self, nh: NextHop, len: u8) -> u32 {
+        if len == 0 {
+            self.hops[0] = Some(nh);
+            return 0;
+        }
         let id = match self.hop_ids.get(&hop_key(nh)) {
             Some(&id) => id,
             None => {
@@ -396,7 +429,10 @@ impl Dir24 {
             for x in first..first + (1usize << (24 - len)) {
                 let e = self.top[x];
                 if e & CHUNK == 0 {
-                    self.top[x] = f(e);
+                    let new = f(e);
+                    if new != e {
+                        self.set_top(x, new);
+                    }
                 } else {
                     self.edit(x, 0, 256, &f);
                 }
@@ -458,6 +494,9 @@ impl Dir24 {
             }
             CHUNK | FULL | i
         };
+        if entry != old {
+            self.set_top(x, entry);
+        }
         // Free the old chunk unless it was reused.
         if old & CHUNK != 0 && old != entry {
             let i = old & INDEX_MASK;
@@ -467,7 +506,26 @@ impl Dir24 {
                 self.full_free.push(i);
             }
         }
+    }
+
+    /// Writes entry `x` of `top`, noting its region as touched.
+    #[inline]
+    fn set_top(&mut self, x: usize, entry: u32) {
+        let r = x >> REGION_BITS;
+        self.touched[r / 64] |= 1 << (r % 64);
         self.top[x] = entry;
+    }
+
+    /// Writes `entry` to the entries `range` of `top`, noting their
+    /// regions as touched.
+    fn fill_top(&mut self, range: std::ops::Range<usize>, entry: u32) {
+        if range.is_empty() {
+            return;
+        }
+        for r in range.start >> REGION_BITS..=(range.end - 1) >> REGION_BITS {
+            self.touched[r / 64] |= 1 << (r % 64);
+        }
+        self.top[range].fill(entry);
     }
 }
 
@@ -607,6 +665,59 @@ mod tests {
         assert!(ix.small_free.len() + ix.full_free.len() > 0, "chunks freed");
         assert_eq!(ix.small[0].cell(7), 0, "placeholder untouched");
         assert_eq!(ix.full[0].0, [0; 256], "placeholder untouched");
+    }
+
+    /// The default route lives in `hops[0]`: setting, replacing and
+    /// removing it writes no entry of `top`, a table of a default route
+    /// and a few /24s touches one region, and a clone (which copies only
+    /// touched regions) answers like the original.
+    #[test]
+    fn the_default_route_writes_no_entry() {
+        let host = NextHop::Host;
+        let node = NextHop::Node(std::net::Ipv4Addr::new(10, 0, 0, 2));
+        let mut routes = vec![
+            (0, 0, host),
+            (0x0b00_0000, 24, node),
+            (0x0b00_0100, 24, node),
+            (0x0b00_0240, 26, node),
+        ];
+        let mut ix = Dir24::build(&mut routes, KeyHash::default());
+        let touched = |ix: &Dir24| ix.touched.iter().map(|w| w.count_ones()).sum::<u32>();
+        assert_eq!(touched(&ix), 1);
+        assert_eq!(ix.top.iter().filter(|&&e| e != 0).count(), 3);
+        let check = |ix: &Dir24, default: Option<NextHop>| {
+            assert_eq!(ix.lookup(0x0b00_0001), Some(node));
+            assert_eq!(ix.lookup(0x0b00_01ff), Some(node));
+            assert_eq!(ix.lookup(0x0b00_0241), Some(node));
+            assert_eq!(ix.lookup(0x0b00_0201), default);
+            assert_eq!(ix.lookup(0x0b00_0301), default);
+            assert_eq!(ix.lookup(0xc0a8_0001), default);
+        };
+        check(&ix, Some(host));
+        let copy = ix.clone();
+        check(&copy, Some(host));
+        ix.apply(IndexOp::Set(0, 0, NextHop::Unreachable));
+        check(&ix, Some(NextHop::Unreachable));
+        check(&copy, Some(host));
+        // Removing a /24 under the default route leaves cell 0 (the default).
+        ix.apply(IndexOp::Clear(
+            0x0b00_0000,
+            24,
+            Some((NextHop::Unreachable, 0)),
+        ));
+        assert_eq!(ix.entry(0x0b00_0000), 0);
+        assert_eq!(ix.lookup(0x0b00_0001), Some(NextHop::Unreachable));
+        ix.apply(IndexOp::Set(0x0b00_0000, 24, node));
+        ix.apply(IndexOp::Clear(0, 0, None));
+        check(&ix, None);
+        assert_eq!(touched(&ix), 1);
+        assert_eq!(ix.top.iter().filter(|&&e| e != 0).count(), 3);
+        // A route in another region marks it; the clone copies it.
+        ix.apply(IndexOp::Set(0x7f00_0000, 8, node));
+        assert_eq!(touched(&ix), 2);
+        let copy = ix.clone();
+        assert_eq!(copy.lookup(0x7f12_3456), Some(node));
+        check(&copy, None);
     }
 
     /// Splitting and merging runs, against the same edit on 256 cells.
