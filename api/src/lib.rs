@@ -624,6 +624,30 @@ pub struct StatusInfo {
     /// daemons older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api: Option<ApiServerInfo>,
+    /// The IPIP uplink's path for whole TCP segments (absent without an
+    /// IPIP uplink, and from daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipip_gso: Option<IpipGsoInfo>,
+}
+
+/// Whether the IPIP uplink sends a pod's TCP GSO segments whole (through
+/// its TAP and tcx program) and what went that way since the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpipGsoInfo {
+    /// The path is set up; `false` when the config turned it off or the
+    /// kernel refused it (the daemon's log says why).
+    pub enabled: bool,
+    /// The TAP, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// The tcx program's id, when enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prog_id: Option<u32>,
+    /// GSO frames written whole and their inner bytes.
+    pub frames: u64,
+    pub bytes: u64,
+    /// Writes the kernel refused (those frames were cut in userspace).
+    pub errors: u64,
 }
 
 /// The API server's figures since the daemon started.

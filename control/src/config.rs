@@ -182,6 +182,12 @@ pub struct Dataplane {
     /// Either backend; needs `tunnel = "ipip"`, `node_ip` and an `encap`
     /// other than `never`.
     pub uplink_xdp: bool,
+    /// Send a pod's TCP GSO segments over IPIP whole, through the TAP
+    /// `podrouter-ip` and its tcx program (`podrouter_router::ipip_gso`),
+    /// instead of cutting them in userspace. On by default; where the
+    /// kernel cannot (no tcx, before Linux 6.6) the uplink says why once
+    /// and cuts them as before.
+    pub ipip_gso: bool,
     /// VXLAN's UDP port: 4789 (Calico's `vxlan.calico`, the default) or
     /// 8472 (Flannel's `flannel.1`).
     pub vxlan_port: u16,
@@ -405,6 +411,7 @@ impl Default for Dataplane {
             encap: Encap::Always,
             tunnel: TunnelKind::Ipip,
             uplink_xdp: false,
+            ipip_gso: true,
             vxlan_port: podrouter_router::vxlan::CALICO_PORT,
             vxlan_vni: podrouter_router::vxlan::CALICO_VNI,
             batch_size: 32,

@@ -752,6 +752,7 @@ impl Daemon {
                 .unwrap_or_default(),
             // Filled in by the API server, which owns these figures.
             api: None,
+            ipip_gso: self.ipip_gso_status(),
         }
     }
 

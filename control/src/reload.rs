@@ -138,6 +138,7 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.encap != b.encap, "[dataplane] encap");
     key(a.tunnel != b.tunnel, "[dataplane] tunnel");
     key(a.uplink_xdp != b.uplink_xdp, "[dataplane] uplink_xdp");
+    key(a.ipip_gso != b.ipip_gso, "[dataplane] ipip_gso");
     key(a.vxlan_port != b.vxlan_port, "[dataplane] vxlan_port");
     key(a.vxlan_vni != b.vxlan_vni, "[dataplane] vxlan_vni");
     key(a.batch_size != b.batch_size, "[dataplane] batch_size");

@@ -45,6 +45,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use podrouter_router::encap::{EncapMode, EncapPolicy};
+use podrouter_router::ipip_gso::{IpipGso, TAP_NAME, TAP_NAME_ALT};
 use podrouter_router::pmtu::{self, OuterKind, OuterMatch, PathMtus, PmtuLearner, PmtuWatcher};
 use podrouter_router::port::{Port, PortInfo, PortRole, Tunnel};
 use podrouter_router::uplink::Uplink;
@@ -65,6 +66,9 @@ pub struct UplinkState {
     pub policy: EncapPolicy,
     pub tunnel: Tunnel,
     pub port: Arc<dyn Port>,
+    /// The raw-socket IPIP uplink (the same port as `port`, or the one
+    /// `xdp` wraps): its IPIP GSO path's state.
+    pub ipip: Option<Arc<Uplink>>,
     /// What the VXLAN uplink set up on the node (undone at shutdown).
     pub vxlan: Option<Arc<VxlanSetup>>,
     /// The XDP receive of `uplink_xdp` (the same port as `port`): its
@@ -183,6 +187,7 @@ fn try_open(
     };
     let tunnel_kind = cfg.dataplane.tunnel;
     let mut xdp = None;
+    let mut ipip = None;
     let (port, tunnel, path_mtu, vxlan, outer): (Arc<dyn Port>, _, _, _, _) = match tunnel_kind {
         TunnelKind::Ipip => {
             let raw = match adopted {
@@ -191,12 +196,18 @@ fn try_open(
             }
             .map_err(|e| format!("cannot open the uplink on {}: {e}", link.name))?;
             let path_mtu = raw.path_mtu();
+            let raw = Arc::new(if cfg.dataplane.ipip_gso {
+                with_ipip_gso(raw, &link, &mut nl)
+            } else {
+                raw
+            });
+            ipip = Some(raw.clone());
             let port: Arc<dyn Port> = if cfg.dataplane.uplink_xdp {
-                let x = Arc::new(open_xdp(cfg, node_ip, &link, &mut nl, Arc::new(raw))?);
+                let x = Arc::new(open_xdp(cfg, node_ip, &link, &mut nl, raw)?);
                 xdp = Some(x.clone());
                 x
             } else {
-                Arc::new(raw)
+                raw
             };
             (port, Tunnel::Ipip, path_mtu, None, OuterKind::Ipip)
         }
@@ -254,6 +265,7 @@ fn try_open(
             policy,
             tunnel,
             port,
+            ipip,
             vxlan,
             xdp,
             pmtu,
@@ -261,6 +273,55 @@ fn try_open(
         },
         info,
     ))
+}
+
+/// The raw-socket uplink `raw` with its IPIP GSO path
+/// (`podrouter_router::ipip_gso`): the TAP `podrouter-ip` (or
+/// `podrouter-ip2` while the other is held, by the daemon a takeover
+/// replaces) with its program, raised. Where that fails the uplink goes
+/// on without it (logged once, with the reason): segments are then cut
+/// in userspace as before.
+fn with_ipip_gso(raw: Uplink, link: &LinkInfo, nl: &mut Netlink) -> Uplink {
+    let mut why = String::new();
+    for name in [TAP_NAME, TAP_NAME_ALT] {
+        let gso = match IpipGso::create(name, link.index) {
+            Ok(g) => g,
+            Err(e) => {
+                why = e.to_string();
+                if e.kind() == std::io::ErrorKind::AlreadyExists
+                    || e.raw_os_error() == Some(libc::EBUSY)
+                {
+                    continue;
+                }
+                break;
+            }
+        };
+        let up = nl
+            .link_get(name)
+            .map_err(|e| e.to_string())
+            .and_then(|l| l.ok_or_else(|| format!("{name} vanished")))
+            .and_then(|l| nl.link_set_up(l.index).map_err(|e| e.to_string()));
+        match up {
+            Ok(()) => {
+                log::info!(
+                    "ipip_gso: TCP segments to other nodes leave whole through TAP {name} \
+                     (tcx program id {}) out of {}",
+                    gso.prog_id(),
+                    link.name
+                );
+                return raw.with_gso(gso);
+            }
+            Err(e) => {
+                why = format!("cannot raise {name}: {e}");
+                break;
+            }
+        }
+    }
+    log::warn!(
+        "ipip_gso: off ({why}); TCP segments to other nodes are cut in userspace \
+         (set [dataplane] ipip_gso = false to silence this)"
+    );
+    raw
 }
 
 /// The uplink's XDP receive around the raw-socket uplink `raw`
@@ -627,6 +688,7 @@ mod tests {
                 policy: EncapPolicy { mode, subnet: None },
                 tunnel: Tunnel::Ipip,
                 port: port.clone(),
+                ipip: None,
                 vxlan: None,
                 xdp: None,
                 pmtu: None,

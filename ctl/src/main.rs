@@ -426,6 +426,19 @@ fn text(r: &Reply) -> String {
                 t.row(["vtep mac".into(), v.vtep_mac.clone()]);
                 t.row(["vxlan uplink".into(), v.uplink.clone()]);
             }
+            if let Some(g) = &s.ipip_gso {
+                let text = match &g.tap {
+                    Some(tap) if g.enabled => format!(
+                        "on via {tap} (prog {}): {} frames, {} bytes, {} refused",
+                        g.prog_id.unwrap_or(0),
+                        g.frames,
+                        g.bytes,
+                        g.errors
+                    ),
+                    _ => "off (segments cut in userspace)".to_string(),
+                };
+                t.row(["ipip gso".into(), text]);
+            }
             if !s.path_mtus.is_empty() {
                 let learned: Vec<String> = s
                     .path_mtus

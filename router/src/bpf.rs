@@ -95,6 +95,8 @@ pub const R5: u8 = 5;
 pub const R6: u8 = 6;
 pub const R7: u8 = 7;
 pub const R8: u8 = 8;
+/// The read-only frame pointer (top of the program's 512-byte stack).
+pub const R10: u8 = 10;
 
 /// Helper `bpf_redirect_map`.
 pub const FN_REDIRECT_MAP: i32 = 51;
@@ -349,6 +351,115 @@ pub fn xsk_redirect_program(map_fd: i32) -> [Insn; 6] {
     ]
 }
 
+/// The name the IPIP GSO classifier is loaded under (`bpftool` shows it).
+pub const IPIP_GSO_PROG_NAME: &str = "podrouter_ipgso";
+
+/// Helpers of the IPIP GSO classifier (`enum bpf_func_id`).
+const FN_SKB_STORE_BYTES: i32 = 9;
+const FN_SKB_LOAD_BYTES: i32 = 26;
+const FN_SKB_ADJUST_ROOM: i32 = 50;
+const FN_REDIRECT_NEIGH: i32 = 152;
+/// `BPF_ADJ_ROOM_MAC`: make or remove room right after the MAC header.
+const ADJ_ROOM_MAC: i32 = 1;
+/// `BPF_F_ADJ_ROOM_FIXED_GSO`: keep `gso_size` as it is.
+const ADJ_ROOM_FIXED_GSO: i32 = 1 << 0;
+/// `BPF_F_ADJ_ROOM_ENCAP_L3_IPV4`: the room is an outer IPv4 header
+/// (marks the skb encapsulated, `SKB_GSO_IPXIP4`).
+const ADJ_ROOM_ENCAP_L3_IPV4: i32 = 1 << 1;
+/// tc verdict `TC_ACT_SHOT`: drop.
+const TC_ACT_SHOT: i32 = 2;
+
+/// The IPIP GSO classifier (tcx ingress of podrouterd's IPIP TAP, see
+/// [`crate::ipip_gso`]). Every frame podrouterd writes there is Ethernet +
+/// outer IPv4 (protocol 4) + inner IPv4 + TCP, a TCP GSO packet as the
+/// TAP's virtio header made it: typed plain `SKB_GSO_TCPV4`, which a
+/// device would cut at the outer headers. The program re-types it as an
+/// IPIP packet, so the kernel's `ipip_gso_segment` cuts it right wherever
+/// a device cannot carry it whole, and sends it out of `uplink_ifindex`
+/// after a route and neighbour lookup of the outer destination. In C
+/// terms:
+///
+/// ```text
+/// __u8 outer[20];
+/// if (bpf_skb_load_bytes(skb, 14, outer, 20)) return TC_ACT_SHOT;
+/// if (outer[0] != 0x45 || outer[9] != IPPROTO_IPIP) return TC_ACT_SHOT;
+/// /* pop the outer header: the network header is now the inner one */
+/// if (bpf_skb_adjust_room(skb, -20, BPF_ADJ_ROOM_MAC, FIXED_GSO)) return TC_ACT_SHOT;
+/// /* push it back as encapsulation: inner headers set, SKB_GSO_IPXIP4 */
+/// if (bpf_skb_adjust_room(skb, 20, BPF_ADJ_ROOM_MAC, FIXED_GSO | ENCAP_L3_IPV4))
+///     return TC_ACT_SHOT;
+/// if (bpf_skb_store_bytes(skb, 14, outer, 20, 0)) return TC_ACT_SHOT;
+/// return bpf_redirect_neigh(uplink_ifindex, NULL, 0, 0);
+/// ```
+///
+/// Nothing else ever reaches the TAP's ingress (only podrouterd writes
+/// it), so everything that is not such a frame is dropped.
+pub fn ipip_gso_program(uplink_ifindex: u32) -> Vec<Insn> {
+    const ETH: i32 = crate::wire::ETHERNET_HEADER_LEN as i32;
+    const OUTER: i32 = crate::wire::IPV4_HEADER_LEN as i32;
+    /// Where the outer header is kept on the stack.
+    const SAVED: i16 = -24;
+    let mut p = Vec::with_capacity(40);
+    let mut to_drop = Vec::new();
+    let mut jump_to_drop = |p: &mut Vec<Insn>, insn: Insn| {
+        to_drop.push(p.len());
+        p.push(insn);
+    };
+    p.push(Insn::mov(R6, R1)); // r6 = skb
+                               // bpf_skb_load_bytes(skb, 14, fp - 24, 20)
+    p.push(Insn::mov(R1, R6));
+    p.push(Insn::mov_imm(R2, ETH));
+    p.push(Insn::mov(R3, R10));
+    p.push(Insn::add_imm(R3, i32::from(SAVED)));
+    p.push(Insn::mov_imm(R4, OUTER));
+    p.push(Insn::call(FN_SKB_LOAD_BYTES));
+    jump_to_drop(&mut p, Insn::jne_imm(R0, 0, 0));
+    p.push(Insn::load_u8(R1, R10, SAVED));
+    jump_to_drop(&mut p, Insn::jne_imm(R1, 0x45, 0));
+    p.push(Insn::load_u8(R1, R10, SAVED + 9));
+    jump_to_drop(&mut p, Insn::jne_imm(R1, 4, 0));
+    // bpf_skb_adjust_room(skb, -20, MAC, FIXED_GSO)
+    p.push(Insn::mov(R1, R6));
+    p.push(Insn::mov_imm(R2, -OUTER));
+    p.push(Insn::mov_imm(R3, ADJ_ROOM_MAC));
+    p.push(Insn::mov_imm(R4, ADJ_ROOM_FIXED_GSO));
+    p.push(Insn::call(FN_SKB_ADJUST_ROOM));
+    jump_to_drop(&mut p, Insn::jne_imm(R0, 0, 0));
+    // bpf_skb_adjust_room(skb, 20, MAC, FIXED_GSO | ENCAP_L3_IPV4)
+    p.push(Insn::mov(R1, R6));
+    p.push(Insn::mov_imm(R2, OUTER));
+    p.push(Insn::mov_imm(R3, ADJ_ROOM_MAC));
+    p.push(Insn::mov_imm(
+        R4,
+        ADJ_ROOM_FIXED_GSO | ADJ_ROOM_ENCAP_L3_IPV4,
+    ));
+    p.push(Insn::call(FN_SKB_ADJUST_ROOM));
+    jump_to_drop(&mut p, Insn::jne_imm(R0, 0, 0));
+    // bpf_skb_store_bytes(skb, 14, fp - 24, 20, 0)
+    p.push(Insn::mov(R1, R6));
+    p.push(Insn::mov_imm(R2, ETH));
+    p.push(Insn::mov(R3, R10));
+    p.push(Insn::add_imm(R3, i32::from(SAVED)));
+    p.push(Insn::mov_imm(R4, OUTER));
+    p.push(Insn::mov_imm(R5, 0));
+    p.push(Insn::call(FN_SKB_STORE_BYTES));
+    jump_to_drop(&mut p, Insn::jne_imm(R0, 0, 0));
+    // return bpf_redirect_neigh(uplink_ifindex, NULL, 0, 0)
+    p.push(Insn::mov_imm(R1, uplink_ifindex as i32));
+    p.push(Insn::mov_imm(R2, 0));
+    p.push(Insn::mov_imm(R3, 0));
+    p.push(Insn::mov_imm(R4, 0));
+    p.push(Insn::call(FN_REDIRECT_NEIGH));
+    p.push(Insn::exit());
+    let drop = p.len();
+    p.push(Insn::mov_imm(R0, TC_ACT_SHOT));
+    p.push(Insn::exit());
+    for i in to_drop {
+        p[i] = p[i].with_off((drop - i - 1) as i16);
+    }
+    p
+}
+
 /// Shortest frame the uplink program looks into: Ethernet and an IPv4
 /// header without options.
 const UPLINK_MIN_FRAME: i32 = 14 + 20;
@@ -528,6 +639,48 @@ mod tests {
         assert_eq!(bytes[pass - 6], [0x61, 0x12, 0x10, 0, 0, 0, 0, 0]);
         assert_eq!(bytes[pass - 5], [0x18, 0x11, 0, 0, 9, 0, 0, 0]);
         assert_eq!(bytes[pass - 2], [0x85, 0, 0, 0, 0x33, 0, 0, 0]);
+    }
+
+    /// The IPIP GSO classifier, from the instruction-set document: every
+    /// conditional jump lands on the `TC_ACT_SHOT` exit, the helpers are
+    /// called in order with the flags the module documents. The
+    /// privileged test in `ipip_gso` proves the verifier takes it and
+    /// the kernel does what it says.
+    #[test]
+    fn ipip_gso_program_golden_bytes() {
+        let p = ipip_gso_program(7);
+        let bytes: Vec<[u8; 8]> = p.iter().map(|i| i.to_bytes()).collect();
+        assert_eq!(p.len(), 40);
+        let drop = p.len() - 2;
+        assert_eq!(bytes[drop], [0xb7, 0, 0, 0, 2, 0, 0, 0], "r0 = TC_ACT_SHOT");
+        assert_eq!(bytes[drop + 1], [0x95, 0, 0, 0, 0, 0, 0, 0], "exit");
+        let mut jumps = 0;
+        for (i, insn) in p.iter().enumerate() {
+            if insn.code & 0x07 == BPF_JMP
+                && insn.code & 0xf0 != BPF_CALL
+                && insn.code & 0xf0 != BPF_EXIT
+            {
+                assert_eq!(
+                    i as i64 + 1 + i64::from(insn.off),
+                    drop as i64,
+                    "jump at {i}"
+                );
+                jumps += 1;
+            }
+        }
+        assert_eq!(jumps, 6);
+        let calls: Vec<i32> = p.iter().filter(|i| i.code == 0x85).map(|i| i.imm).collect();
+        assert_eq!(calls, vec![26, 50, 50, 9, 152]);
+        assert_eq!(bytes[0], [0xbf, 0x16, 0, 0, 0, 0, 0, 0], "r6 = r1");
+        // r1 = *(u8 *)(r10 - 24): the saved version/IHL byte
+        assert!(bytes.contains(&[0x71, 0xa1, 0xe8, 0xff, 0, 0, 0, 0]));
+        // r2 = -20, r4 = FIXED_GSO; r4 = FIXED_GSO | ENCAP_L3_IPV4
+        assert!(bytes.contains(&[0xb7, 0x02, 0, 0, 0xec, 0xff, 0xff, 0xff]));
+        assert!(bytes.contains(&[0xb7, 0x04, 0, 0, 1, 0, 0, 0]));
+        assert!(bytes.contains(&[0xb7, 0x04, 0, 0, 3, 0, 0, 0]));
+        // r1 = uplink ifindex, then the redirect's verdict is returned
+        assert_eq!(bytes[drop - 6], [0xb7, 0x01, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(bytes[drop - 1], [0x95, 0, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]

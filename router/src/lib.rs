@@ -16,6 +16,7 @@ pub mod encap;
 pub mod fib;
 pub mod frame;
 pub mod gso;
+pub mod ipip_gso;
 pub mod maglev;
 pub mod mq;
 pub mod pipeline;

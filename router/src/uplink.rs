@@ -46,6 +46,15 @@
 //!   fit never get here: the pipeline answers them with ICMP fragmentation
 //!   needed.)
 //!
+//! - **64 KiB segments whole** ([`crate::ipip_gso`], when the daemon
+//!   could set it up: [`Uplink::with_gso`]): a TCP GSO frame whose
+//!   segments fit the path and carry DF is not cut here but written whole
+//!   into the IPIP GSO TAP, whose program sends it out of the uplink
+//!   interface as one IPIP GSO packet. The ring is flushed first, so a
+//!   flow's earlier packets leave first (both paths hand the packet to
+//!   the uplink's transmit synchronously, in the calling thread). A write
+//!   the kernel refuses falls back to the ring, so nothing is lost.
+//!
 //! Whether a next hop is reached through the tunnel or directly is
 //! [`crate::encap::EncapPolicy`]'s decision, made by the pipeline.
 //!
@@ -69,6 +78,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::frame::Frame;
 use crate::gso;
+use crate::ipip_gso::IpipGso;
 use crate::port::{foreign_queue, Port, TxQueue};
 use crate::sys;
 use crate::txring::{TxRing, TxSink};
@@ -103,6 +113,8 @@ pub struct Uplink {
     /// Largest outer packet, header included.
     link_mtu: usize,
     tx_dropped: AtomicU64,
+    /// The IPIP GSO TAP, when set up ([`Uplink::with_gso`]).
+    gso: Option<IpipGso>,
 }
 
 impl Uplink {
@@ -125,6 +137,7 @@ impl Uplink {
             local,
             link_mtu: usize::from(link_mtu),
             tx_dropped: AtomicU64::new(0),
+            gso: None,
         })
     }
 
@@ -143,7 +156,20 @@ impl Uplink {
             local,
             link_mtu: usize::from(link_mtu),
             tx_dropped: AtomicU64::new(0),
+            gso: None,
         })
+    }
+
+    /// Sends TCP GSO frames that fit the path whole through `gso` (see
+    /// the module documentation).
+    pub fn with_gso(mut self, gso: IpipGso) -> Uplink {
+        self.gso = Some(gso);
+        self
+    }
+
+    /// The IPIP GSO path, if this uplink has one.
+    pub fn gso(&self) -> Option<&IpipGso> {
+        self.gso.as_ref()
     }
 
     /// The node address outer packets come from and go to.
@@ -245,6 +271,24 @@ impl Port for Uplink {
             return Err(invalid("frame too short for IPv4"));
         }
         let local = self.local;
+        let ip = &d[ETHERNET_HEADER_LEN..];
+        if let Some(gso) = &self.gso {
+            if IpipGso::takes(&frame.vnet, ip)
+                && IpipGso::segments_fit(&frame.vnet, ip, self.path_mtu())
+            {
+                // What the ring could not send is counted there (and
+                // reported after this frame went).
+                let mut flushed = Ok(());
+                if ring.queued() > 0 {
+                    flushed = ring.flush(&mut RawSocketSink(self.fd.as_fd()));
+                    self.count_drops(ring);
+                }
+                if gso.send(local, dst, &frame.vnet, ip).is_ok() {
+                    return flushed;
+                }
+                // Counted by the GSO path; the ring takes it instead.
+            }
+        }
         let write_header = |pkt: &mut [u8], dst: Ipv4Addr| {
             let inner = &pkt[IPV4_HEADER_LEN..];
             let tos = inner[field::ipv4::TOS];
@@ -253,13 +297,7 @@ impl Port for Uplink {
             wire::write_ipip_header(pkt, len, 0, tos, df, local, dst);
         };
         let mut sink = RawSocketSink(self.fd.as_fd());
-        let r = ring.push(
-            &d[ETHERNET_HEADER_LEN..],
-            frame.vnet,
-            dst,
-            &write_header,
-            &mut sink,
-        );
+        let r = ring.push(ip, frame.vnet, dst, &write_header, &mut sink);
         self.count_drops(ring);
         r
     }

@@ -124,12 +124,15 @@ fn takeover_under_a_probe_stream_loses_no_packet() {
         return;
     }
 
-    let held_before = taps_held(old_pid);
+    // The IPIP GSO TAP is not handed over: each daemon makes its own
+    // (`podrouter-ip`, then `podrouter-ip2` while the old one holds it).
+    let (gso_before, held_before) = split_gso_tap(taps_held(old_pid));
     assert_eq!(
         held_before.len(),
         3,
         "host port and two pods: {held_before:?}"
     );
+    assert_eq!(gso_before, ["podrouter-ip"]);
     let mut taken = None;
     let (seen, send_failures) = probe_across(&a1, &[&b1, &a2], STREAM_MS, TAKE_OVER_AFTER, || {
         taken = Some(a.take_over_daemon())
@@ -183,7 +186,14 @@ fn takeover_under_a_probe_stream_loses_no_packet() {
     }
     // The old process is gone; the new one alone holds the same TAPs.
     assert!(!Path::new(&format!("/proc/{}", taken.old_pid)).exists());
-    assert_eq!(taps_held(taken.new_pid), held_before);
+    let (gso_after, held_after) = split_gso_tap(taps_held(taken.new_pid));
+    assert_eq!(held_after, held_before);
+    assert_eq!(
+        gso_after,
+        ["podrouter-ip2"],
+        "the new daemon's own IPIP GSO TAP"
+    );
+    assert_eq!(a.ctl(&["status"])["ipip_gso"]["tap"], "podrouter-ip2");
     assert_eq!(a.ctl(&["status"])["pods"], 2);
     assert!(
         ping_until_reply(&a1.ns, &b1.ip, UP),
@@ -198,4 +208,11 @@ fn takeover_under_a_probe_stream_loses_no_packet() {
     assert!(wait_fib(a, &block(2), Some(&ip(2)), UP));
     wait_established(b, &ip(1), UP);
     assert!(wait_fib(b, &block(1), Some(&ip(1)), UP));
+}
+
+/// (the IPIP GSO TAPs, the others) among the TAP names a daemon holds.
+fn split_gso_tap(names: Vec<String>) -> (Vec<String>, Vec<String>) {
+    names
+        .into_iter()
+        .partition(|n| n.starts_with("podrouter-ip"))
 }

@@ -1,7 +1,9 @@
 //! What `podrouterctl status` and `counters` show of the uplink's XDP
 //! receive (`uplink_xdp`): one more entry in the status's port list and
-//! in the AF_XDP socket counters, beside the pods' AF_XDP ports.
-use podrouter_api::{PortStatusInfo, XskCountersInfo};
+//! in the AF_XDP socket counters, beside the pods' AF_XDP ports; and of
+//! its IPIP GSO path (`ipip_gso`): whether it is on and what went that
+//! way.
+use podrouter_api::{IpipGsoInfo, PortStatusInfo, XskCountersInfo};
 use podrouter_router::port::PortId;
 
 use super::Daemon;
@@ -19,6 +21,25 @@ impl Daemon {
             xdp_mode: Some(x.mode().to_string()),
             xdp_prog_id: Some(x.prog_id()),
             xdp_ifname: Some(x.ifname().to_string()),
+        })
+    }
+
+    /// The IPIP uplink's GSO path: on or off, and its counters.
+    pub(super) fn ipip_gso_status(&self) -> Option<IpipGsoInfo> {
+        let raw = self.uplink.as_ref()?.ipip.as_ref()?;
+        Some(match raw.gso() {
+            Some(g) => {
+                let s = g.stats();
+                IpipGsoInfo {
+                    enabled: true,
+                    tap: Some(g.name().to_string()),
+                    prog_id: Some(g.prog_id()),
+                    frames: s.frames,
+                    bytes: s.bytes,
+                    errors: s.errors,
+                }
+            }
+            None => IpipGsoInfo::default(),
         })
     }
 

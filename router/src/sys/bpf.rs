@@ -3,7 +3,9 @@
 //! its entries, load a program, attach it to an interface as a BPF link,
 //! and find (by id) the links and programs already attached, to replace
 //! a program a previous podrouterd left behind; and to load the socket
-//! filter that steers a multi-queue TAP's flows ([`socket_filter_load`]).
+//! filter that steers a multi-queue TAP's flows ([`socket_filter_load`]);
+//! and to load and attach the IPIP GSO classifier as a tcx link
+//! ([`sched_cls_load`], [`tcx_ingress_link_create`]).
 //!
 //! Invariants: each command's attribute block is a `#[repr(C)]` struct
 //! laid out as the matching member of the kernel's `union bpf_attr`
@@ -31,6 +33,10 @@ const BPF_LINK_DETACH: libc::c_int = 34;
 const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
 const BPF_PROG_TYPE_XDP: u32 = 6;
+/// `BPF_PROG_TYPE_SCHED_CLS`: a tc (or tcx) classifier on an skb.
+const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `enum bpf_attach_type`: BPF_TCX_INGRESS (Linux 6.6+).
+const BPF_TCX_INGRESS: u32 = 46;
 /// `enum bpf_attach_type`: BPF_XDP.
 const BPF_XDP: u32 = 37;
 /// `enum bpf_link_type`: BPF_LINK_TYPE_XDP.
@@ -162,6 +168,13 @@ pub fn socket_filter_load(name: &str, insns: &[Insn], license: &CStr) -> io::Res
     prog_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, name, insns, license)
 }
 
+/// Loads a tc classifier (`BPF_PROG_TYPE_SCHED_CLS`), for a tcx link
+/// ([`tcx_ingress_link_create`]). On a verifier rejection the error
+/// carries the verifier's log.
+pub fn sched_cls_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
+    prog_load(BPF_PROG_TYPE_SCHED_CLS, 0, name, insns, license)
+}
+
 fn prog_load(
     prog_type: u32,
     expected_attach_type: u32,
@@ -223,6 +236,21 @@ pub fn xdp_link_create(prog: BorrowedFd<'_>, ifindex: u32, flags: u32) -> io::Re
         target_ifindex: ifindex,
         attach_type: BPF_XDP,
         flags,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_CREATE, &mut a).map(fd_result)
+}
+
+/// Attaches tc classifier `prog` to the ingress of interface `ifindex`
+/// as a tcx BPF link (Linux 6.6+; no qdisc, no netlink), after whatever
+/// tcx programs are already there. The program stays attached while the
+/// link's descriptor is open (and no longer: a killed podrouterd leaves
+/// none).
+pub fn tcx_ingress_link_create(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut a = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: BPF_TCX_INGRESS,
         ..Default::default()
     };
     bpf(BPF_LINK_CREATE, &mut a).map(fd_result)
