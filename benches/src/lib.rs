@@ -83,6 +83,10 @@ struct Cli {
     /// default 100,1000, 4 with --smoke; 0 for none).
     #[arg(long, value_delimiter = ',')]
     cni_held: Option<Vec<usize>>,
+    /// Services loaded in each round of the Services scenario, the
+    /// measured one included (comma-separated; default 1,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<u32>>,
     /// Routes GoBGP sends in the BGP convergence scenario (default 100000,
     /// 2000 with --smoke).
     #[arg(long)]
@@ -355,6 +359,9 @@ fn run(cli: &Cli) -> Res<bool> {
     }
     if let Some(n) = cli.cni_parallel {
         p.cni_parallel = n.max(1);
+    }
+    if let Some(n) = &cli.services {
+        p.service_counts = n.iter().map(|&n| n.max(1)).collect();
     }
     if let Some(h) = &cli.cni_held {
         p.cni_held = h.iter().filter(|&&n| n > 0).map(|&n| n.min(1000)).collect();

@@ -36,6 +36,9 @@ pub struct Params {
     /// For extra CNI rows: pods already attached while the measured ones
     /// come and go.
     pub cni_held: Vec<usize>,
+    /// Services loaded in each round of the Services scenario (see
+    /// [`SERVICE_COUNTS`]).
+    pub service_counts: Vec<u32>,
     /// The podrouter/kernel pairs of the two-node scenario.
     pub two_node_pairs: Vec<TwoNodePair>,
     /// Routes of the BGP convergence scenario.
@@ -189,6 +192,7 @@ impl Params {
             cni_pods: 100,
             cni_parallel: 20,
             cni_held: vec![100, 1000],
+            service_counts: SERVICE_COUNTS.to_vec(),
             two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
             flood_pps: 200_000.0,
@@ -211,6 +215,7 @@ impl Params {
             cni_pods: 6,
             cni_parallel: 3,
             cni_held: vec![4],
+            service_counts: SERVICE_COUNTS.to_vec(),
             // The flat underlay with plain routing, the routed one with
             // both tunnels, and podrouter's VXLAN: every two-node code path
             // once.
@@ -1248,7 +1253,8 @@ fn build_scale(opts: &PlaneOpts, plane: usize, n: usize, prog: &Progress) -> Res
     }
 }
 
-/// How many Services the Services scenario loads in each round: the
+/// How many Services the Services scenario loads in each round by
+/// default (`--services`): the
 /// measured one alone, then among 999 and 9,999 others (kube-proxy's
 /// iptables mode walks one rule per Service port for a connection's first
 /// packet; the built-in balancer looks the ClusterIP up in a hash table).
@@ -1259,8 +1265,8 @@ pub const SERVICE_COUNTS: [u32; 3] = [1, 1_000, 10_000];
 /// steered back through the node by the flow table) against the kernel
 /// (Calico's wiring) with the same rules; once per [`SERVICE_COUNTS`].
 pub fn services(ctx: &mut Ctx) -> Res<()> {
-    for n in SERVICE_COUNTS {
-        services_among(ctx, n - 1)?;
+    for n in ctx.p.service_counts.clone() {
+        services_among(ctx, n.saturating_sub(1))?;
     }
     Ok(())
 }
@@ -1890,7 +1896,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             // + the built-in balancer: its build, latency and connections
             // on it and the kernel.
-            Scenario::Services => SERVICE_COUNTS.len() * (2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r),
+            Scenario::Services => p.service_counts.len() * (2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r),
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
             Scenario::Flood => 2 + 2 * 2 * r + 1,
             Scenario::Taps => crate::taps::planned_steps(r),
