@@ -35,8 +35,11 @@ pub const API_VERSION: u32 = 1;
 /// Where podrouterd listens unless configured otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/podrouter/podrouter.sock";
 
-/// Longest request or response line accepted (bytes).
-pub const MAX_LINE: usize = 1 << 20;
+/// Longest request or response line accepted (bytes): a whole cluster's
+/// Services and EndpointSlices in one `service apply` (10,000 of each are
+/// about 5 MB of YAML, more as a JSON string) and their `service list`.
+/// A connection's buffer grows only as its line arrives.
+pub const MAX_LINE: usize = 64 << 20;
 
 /// One request line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -1042,7 +1045,7 @@ pub fn read_line<R: BufRead>(r: &mut R) -> io::Result<Option<String>> {
     }
     if buf.last() != Some(&b'\n') {
         let why = if buf.len() > MAX_LINE {
-            "line longer than the 1 MiB limit"
+            "line longer than the 64 MiB limit"
         } else {
             "stream ended in the middle of a line"
         };

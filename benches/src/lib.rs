@@ -83,6 +83,10 @@ struct Cli {
     /// default 100,1000, 4 with --smoke; 0 for none).
     #[arg(long, value_delimiter = ',')]
     cni_held: Option<Vec<usize>>,
+    /// Services loaded in each round of the Services scenario, the
+    /// measured one included (comma-separated; default 1,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    services: Option<Vec<u32>>,
     /// Routes GoBGP sends in the BGP convergence scenario (default 100000,
     /// 2000 with --smoke).
     #[arg(long)]
@@ -355,6 +359,9 @@ fn run(cli: &Cli) -> Res<bool> {
     }
     if let Some(n) = cli.cni_parallel {
         p.cni_parallel = n.max(1);
+    }
+    if let Some(n) = &cli.services {
+        p.service_counts = n.iter().map(|&n| n.max(1)).collect();
     }
     if let Some(h) = &cli.cni_held {
         p.cni_held = h.iter().filter(|&&n| n > 0).map(|&n| n.min(1000)).collect();
@@ -682,11 +689,27 @@ fn run(cli: &Cli) -> Res<bool> {
              the ClusterIP one after the other for {} s (connect, read the server's one byte to \
              the end of stream, close with a RST after the server's FIN, so no TIME_WAIT \
              is left and ports are reused at once), servers in both backends; for \
-             reference the same client to one backend's own address",
+             reference the same client to one backend's own address. The built-in balancer's \
+             rows: podrouterd with the same Service given through `service apply` and no \
+             iptables rule, against the kernel with kube-proxy's rules, alternated. Rounds \
+             with {} Services: the measured one and N-1 others of one TCP port and two \
+             endpoints each (in kube-proxy's shape: KUBE-SVC-* chains with statistic jumps, \
+             KUBE-SEP-* chains with DNAT and the hairpin mark; in one `service apply` for the \
+             built-in plane); kube-proxy orders KUBE-SERVICES by Go map iteration, random at \
+             every sync, so the measured Service's rules sit halfway down the chain. A new \
+             connection's first packet walks the chain up to its rule (kernel plane, and \
+             podrouter's trip through the node); in the kernel plane a connection to a pod's \
+             own address walks all of it, podrouter's pod-to-pod path never meets the node's \
+             nat table",
             topo::CLUSTER_IP,
             helpers::ECHO_PORT,
             helpers::CONN_PORT,
-            p.secs
+            p.secs,
+            p.service_counts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     if scen.contains(&Scenario::BgpConvergence) {

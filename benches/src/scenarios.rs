@@ -36,6 +36,9 @@ pub struct Params {
     /// For extra CNI rows: pods already attached while the measured ones
     /// come and go.
     pub cni_held: Vec<usize>,
+    /// Services loaded in each round of the Services scenario (see
+    /// [`SERVICE_COUNTS`]).
+    pub service_counts: Vec<u32>,
     /// The podrouter/kernel pairs of the two-node scenario.
     pub two_node_pairs: Vec<TwoNodePair>,
     /// Routes of the BGP convergence scenario.
@@ -189,6 +192,7 @@ impl Params {
             cni_pods: 100,
             cni_parallel: 20,
             cni_held: vec![100, 1000],
+            service_counts: SERVICE_COUNTS.to_vec(),
             two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
             flood_pps: 200_000.0,
@@ -211,6 +215,7 @@ impl Params {
             cni_pods: 6,
             cni_parallel: 3,
             cni_held: vec![4],
+            service_counts: SERVICE_COUNTS.to_vec(),
             // The flat underlay with plain routing, the routed one with
             // both tunnels, and podrouter's VXLAN: every two-node code path
             // once.
@@ -1248,11 +1253,26 @@ fn build_scale(opts: &PlaneOpts, plane: usize, n: usize, prog: &Progress) -> Res
     }
 }
 
+/// How many Services the Services scenario loads in each round by
+/// default (`--services`): the
+/// measured one alone, then among 999 and 9,999 others (kube-proxy's
+/// iptables mode walks one rule per Service port for a connection's first
+/// packet; the built-in balancer looks the ClusterIP up in a hash table).
+pub const SERVICE_COUNTS: [u32; 3] = [1, 1_000, 10_000];
+
 /// Services: a client pod and two backend pods on one node, kube-proxy's
 /// iptables rules for a ClusterIP in the node's kernel; podrouter (replies
 /// steered back through the node by the flow table) against the kernel
-/// (Calico's wiring) with the same rules.
+/// (Calico's wiring) with the same rules; once per [`SERVICE_COUNTS`].
 pub fn services(ctx: &mut Ctx) -> Res<()> {
+    for n in ctx.p.service_counts.clone() {
+        services_among(ctx, n.saturating_sub(1))?;
+    }
+    Ok(())
+}
+
+/// One round of [`services`]: the measured Service among `others` more.
+fn services_among(ctx: &mut Ctx, others: u32) -> Res<()> {
     let opts = ctx.opts.clone();
     let ports = [
         ("udp", crate::helpers::ECHO_PORT),
@@ -1260,28 +1280,43 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
     ];
     let with_service = |mut t: Topology| -> Res<Topology> {
         let backends = [t.pods[1].ip, t.pods[2].ip];
-        t.add_kube_proxy_service(&ports, &backends)?;
+        t.add_kube_proxy_service(&ports, &backends, others)?;
         Ok(t)
+    };
+    let among = if others == 0 {
+        String::new()
+    } else {
+        format!(" among {} Services", others + 1)
     };
     let pr = build(
         ctx,
-        "services: podrouterd with a client, 2 backends and kube-proxy's rules",
+        &format!("services{among}: podrouterd with a client, 2 backends and kube-proxy's rules"),
         |_| with_service(topo::podrouter_same_node(&opts, 3, |_| {})?),
     )?;
     let pr = checked(ctx, pr, "services podrouter")?;
     let k = build(
         ctx,
-        "services: kernel (Calico-style) with a client, 2 backends and kube-proxy's rules",
+        &format!(
+            "services{among}: kernel (Calico-style) with a client, 2 backends and kube-proxy's rules"
+        ),
         |_| with_service(topo::kernel_same_node(&opts, 3, |_| {})?),
     )?;
     let k = checked(ctx, k, "services kernel")?;
     for t in [&pr, &k].into_iter().flatten() {
         ctx.notes.extend(t.notes.iter().cloned());
     }
-    let scenario = format!(
-        "Services: ClusterIP {} with kube-proxy's iptables rules, client and 2 backends on one node",
-        topo::CLUSTER_IP
-    );
+    let scenario = if others == 0 {
+        format!(
+            "Services: ClusterIP {} with kube-proxy's iptables rules, client and 2 backends on one node",
+            topo::CLUSTER_IP
+        )
+    } else {
+        format!(
+            "Services: ClusterIP {}{among} (kube-proxy's iptables rules: its rule halfway down \
+             KUBE-SERVICES), client and 2 backends on one node",
+            topo::CLUSTER_IP
+        )
+    };
     let planes = [&pr, &k];
     let what = format!("{scenario} · UDP request/response at {} /s", ctx.p.rr_rate);
     let r = both(ctx, &planes, &what, |c, t, d| {
@@ -1353,8 +1388,8 @@ pub fn services(ctx: &mut Ctx) -> Res<()> {
         }
     }
     drop(pr);
-    builtin_balancer_rows(ctx, &scenario, &ports, &k)?;
-    ctx.progress.step("services: tearing down");
+    builtin_balancer_rows(ctx, &scenario, &ports, &k, others)?;
+    ctx.progress.step(&format!("services{among}: tearing down"));
     drop(k);
     Ok(())
 }
@@ -1368,15 +1403,19 @@ fn builtin_balancer_rows(
     scenario: &str,
     ports: &[(&str, u16)],
     k: &Slot,
+    others: u32,
 ) -> Res<()> {
     let opts = ctx.opts.clone();
     let lb = build(
         ctx,
-        "services: podrouterd with a client, 2 backends and its built-in balancer",
+        &format!(
+            "services: podrouterd with a client, 2 backends and its built-in balancer, {} Services",
+            others + 1
+        ),
         |_| {
             let mut t = topo::podrouter_same_node(&opts, 3, |_| {})?;
             let backends = [t.pods[1].ip, t.pods[2].ip];
-            t.add_builtin_service(ports, &backends)?;
+            t.add_builtin_service(ports, &backends, others)?;
             Ok(t)
         },
     )?;
@@ -1435,6 +1474,7 @@ fn builtin_balancer_rows(
         {
             let per_backend: Vec<String> = s
                 .iter()
+                .filter(|s| s.cluster_ip == Some(topo::CLUSTER_IP))
                 .flat_map(|s| &s.ports)
                 .flat_map(|p| {
                     p.backends.iter().map(move |b| {
@@ -1856,7 +1896,7 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             // + the built-in balancer: its build, latency and connections
             // on it and the kernel.
-            Scenario::Services => 2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r,
+            Scenario::Services => p.service_counts.len() * (2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r),
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
             Scenario::Flood => 2 + 2 * 2 * r + 1,
             Scenario::Taps => crate::taps::planned_steps(r),

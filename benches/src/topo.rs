@@ -1027,13 +1027,36 @@ impl Topology {
 /// The ClusterIP of the Services scenario (a Service's usual range).
 pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
+/// The ClusterIP of the `i`th of the other Services loaded beside the
+/// measured one (10.96.16.0 upwards: never [`CLUSTER_IP`]).
+pub fn other_cluster_ip(i: u32) -> Ipv4Addr {
+    Ipv4Addr::from(0x0a60_1000 + i)
+}
+
+/// The two endpoints of the `i`th other Service: addresses of the cluster
+/// CIDR (10.245.0.0/16) that no pod of the benchmark has; no traffic goes
+/// to them.
+fn other_endpoints(i: u32) -> [Ipv4Addr; 2] {
+    let b = 0x0af5_0000 + 2 * i;
+    [Ipv4Addr::from(b), Ipv4Addr::from(b + 1)]
+}
+
 /// kube-proxy's iptables-mode nat table (as `iptables-save` prints it) for
 /// one Service at [`CLUSTER_IP`] with the given `(protocol, port)`s, each
 /// spread over `backends` the way kube-proxy spreads endpoints (`-m
 /// statistic --mode random --probability 1/n`, then 1/(n-1) of the rest,
 /// ...), with its masquerade rules (sources outside the cluster CIDR,
-/// hairpins).
-pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> String {
+/// hairpins), among `others` other Services of one TCP port and two
+/// endpoints each ([`other_cluster_ip`]).
+///
+/// kube-proxy writes one `KUBE-SERVICES` rule per Service port, in the
+/// order it iterates its Go map of service ports: unsorted, a different
+/// order at every resync. So a Service's place in the chain is random,
+/// halfway down on average: the measured Service's rules go after half
+/// of the others'. Every new connection's first packet through the
+/// node's nat table walks the chain to its Service's rule, and a packet
+/// to no Service (pod to pod) walks all of it.
+pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr], others: u32) -> String {
     let mut r = String::from(
         "*nat\n:KUBE-SERVICES - [0:0]\n:KUBE-POSTROUTING - [0:0]\n:KUBE-MARK-MASQ - [0:0]\n",
     );
@@ -1042,6 +1065,12 @@ pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> String 
         for j in 0..backends.len() {
             let _ = writeln!(r, ":KUBE-SEP-{i}-{j} - [0:0]");
         }
+    }
+    for i in 0..others {
+        let _ = writeln!(
+            r,
+            ":KUBE-SVC-O{i} - [0:0]\n:KUBE-SEP-O{i}-0 - [0:0]\n:KUBE-SEP-O{i}-1 - [0:0]"
+        );
     }
     r.push_str(
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
@@ -1052,11 +1081,38 @@ pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> String 
          -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
          -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
     );
-    for (i, (proto, port)) in ports.iter().enumerate() {
+    // KUBE-SERVICES, in chain order: half the others, the measured
+    // Service, the other half.
+    let mut services: Vec<String> = Vec::new();
+    for i in 0..others {
+        let vip = other_cluster_ip(i);
+        let eps = other_endpoints(i);
+        services.push(format!(
+            "-A KUBE-SERVICES -d {vip}/32 -p tcp -m comment --comment \"other/s{i}:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-O{i}"
+        ));
         let _ = writeln!(
             r,
-            "-A KUBE-SERVICES -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-SVC-{i}\n\
-             -A KUBE-SVC-{i} ! -s 10.244.0.0/16 -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-MARK-MASQ"
+            "-A KUBE-SVC-O{i} ! -s 10.244.0.0/16 -d {vip}/32 -p tcp -m comment --comment \"other/s{i}:http cluster IP\" -m tcp --dport 80 -j KUBE-MARK-MASQ\n\
+             -A KUBE-SVC-O{i} -m comment --comment \"other/s{i}:http -> {}:8080\" -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-O{i}-0\n\
+             -A KUBE-SVC-O{i} -m comment --comment \"other/s{i}:http -> {}:8080\" -j KUBE-SEP-O{i}-1",
+            eps[0], eps[1]
+        );
+        for (j, e) in eps.iter().enumerate() {
+            let _ = writeln!(
+                r,
+                "-A KUBE-SEP-O{i}-{j} -s {e}/32 -m comment --comment \"other/s{i}:http\" -j KUBE-MARK-MASQ\n\
+                 -A KUBE-SEP-O{i}-{j} -p tcp -m comment --comment \"other/s{i}:http\" -m tcp -j DNAT --to-destination {e}:8080"
+            );
+        }
+    }
+    let mut measured = Vec::new();
+    for (i, (proto, port)) in ports.iter().enumerate() {
+        measured.push(format!(
+            "-A KUBE-SERVICES -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-SVC-{i}"
+        ));
+        let _ = writeln!(
+            r,
+            "-A KUBE-SVC-{i} ! -s 10.244.0.0/16 -d {CLUSTER_IP}/32 -p {proto} -m comment --comment \"bench/svc:{port} cluster IP\" -m {proto} --dport {port} -j KUBE-MARK-MASQ"
         );
         for (j, b) in backends.iter().enumerate() {
             let left = backends.len() - j;
@@ -1076,14 +1132,17 @@ pub fn kube_proxy_rules(ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> String 
             );
         }
     }
+    let half = services.len() / 2;
+    services.splice(half..half, measured);
+    for l in services {
+        r.push_str(&l);
+        r.push('\n');
+    }
     r.push_str("COMMIT\n");
     r
 }
 
 impl Topology {
-    /// Installs [`kube_proxy_rules`] in the node's nat table (with
-    /// `iptables-restore --noflush`) and turns on forwarding, as a
-    /// Kubernetes node has it.
     /// One NetworkPolicy selecting every pod (ingress): `rules - 1` rules
     /// each allowing one 172.16.0.0/16 address on one TCP port, then one
     /// allowing the first pod (any port). 0: no policy.
@@ -1155,35 +1214,45 @@ impl Topology {
         Ok(())
     }
 
+    /// Installs [`kube_proxy_rules`] in the node's nat table (with
+    /// `iptables-restore`) and turns on forwarding, as a Kubernetes node
+    /// has it.
     pub fn add_kube_proxy_service(
         &mut self,
         ports: &[(&str, u16)],
         backends: &[Ipv4Addr],
+        others: u32,
     ) -> Res<()> {
         let node = self.nodes[0].clone();
         util::ns_sh(&node, "sysctl -qw net.ipv4.ip_forward=1")?;
-        let rules = kube_proxy_rules(ports, backends);
-        let args = [
-            "ip",
-            "netns",
-            "exec",
-            &node,
-            "iptables-restore",
-            "--noflush",
-        ];
+        let rules = kube_proxy_rules(ports, backends, others);
+        let started = Instant::now();
+        // Without --noflush: the node's nat table is new and holds nothing
+        // else (podrouterd writes no iptables rule). kube-proxy itself
+        // restores with --noflush, which this iptables (nf_tables backend)
+        // takes 80 s over for 10,000 Services against 2.5 s for a full
+        // restore; the resulting rules are the same.
+        let args = ["ip", "netns", "exec", &node, "iptables-restore"];
         let out = Proc::spawn_full("iptables-restore", &args, None, Some(rules.as_bytes()), &[])?
             .wait(Duration::from_secs(60))?;
         if !out.ok() {
+            let head: String = rules.lines().take(40).collect::<Vec<_>>().join("\n");
             bail!(
-                "iptables-restore in {node} failed: {}\n{rules}",
+                "iptables-restore in {node} failed: {}\n{head}",
                 out.stderr.trim()
             );
         }
         self.notes.push(format!(
             "{}: kube-proxy's iptables rules (nat table, iptables-restore) for ClusterIP {CLUSTER_IP} \
-             over {} backends, net.ipv4.ip_forward=1",
+             over {} backends{}, net.ipv4.ip_forward=1; loaded in {:.2} s",
             self.label,
-            backends.len()
+            backends.len(),
+            if others > 0 {
+                format!(", its KUBE-SERVICES rules after {} of {others} other Services'", others / 2)
+            } else {
+                String::new()
+            },
+            started.elapsed().as_secs_f64()
         ));
         Ok(())
     }
@@ -1191,7 +1260,14 @@ impl Topology {
     /// The same Service given to podrouterd's built-in load balancer
     /// (`podrouterctl service apply`: a Service and its EndpointSlice)
     /// instead of the kernel's rules: no iptables rule at all.
-    pub fn add_builtin_service(&mut self, ports: &[(&str, u16)], backends: &[Ipv4Addr]) -> Res<()> {
+    /// `others`: as many other Services (those of [`kube_proxy_rules`]),
+    /// in the same `service apply`.
+    pub fn add_builtin_service(
+        &mut self,
+        ports: &[(&str, u16)],
+        backends: &[Ipv4Addr],
+        others: u32,
+    ) -> Res<()> {
         let mut svc = format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: bench}}\n\
              spec:\n  clusterIP: {CLUSTER_IP}\n  ports:\n"
@@ -1216,13 +1292,46 @@ impl Topology {
                 "- {{name: p{port}, port: {port}, protocol: {proto}}}"
             );
         }
-        let text = format!("{svc}---\n{slice}");
-        self.daemons[0].call(Call::ServiceApply(podrouter_api::TextParams { text }))?;
+        let mut text = format!("{svc}---\n{slice}");
+        for i in 0..others {
+            let [a, b] = other_endpoints(i);
+            let _ = write!(
+                text,
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: other}}\n\
+                 spec: {{clusterIP: {}, ports: [{{name: http, port: 80, protocol: TCP, targetPort: 8080}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s{i}-1, namespace: other, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+                 addressType: IPv4\nendpoints: [{{addresses: [{a}]}}, {{addresses: [{b}]}}]\n\
+                 ports: [{{name: http, port: 8080, protocol: TCP}}]\n",
+                other_cluster_ip(i)
+            );
+        }
+        let started = Instant::now();
+        match self.daemons[0].call(Call::ServiceApply(podrouter_api::TextParams { text }))? {
+            Reply::ServicesApplied(a) if a.len() == 2 * (others as usize + 1) => {}
+            other => bail!("service apply: unexpected reply {other:?}"),
+        }
+        let applied = started.elapsed();
+        match self.daemons[0].call(Call::ServiceList)? {
+            Reply::Services(l) if l.len() == others as usize + 1 => {}
+            Reply::Services(l) => bail!(
+                "service list: {} Services after applying {}",
+                l.len(),
+                others + 1
+            ),
+            other => bail!("service list: unexpected reply {other:?}"),
+        }
         self.notes.push(format!(
             "{}: ClusterIP {CLUSTER_IP} over {} backends in podrouterd's built-in load balancer \
-             (service apply), no iptables rule",
+             (service apply{}, answered in {:.2} s), no iptables rule",
             self.label,
-            backends.len()
+            backends.len(),
+            if others > 0 {
+                format!(" of {} Services in one call", others + 1)
+            } else {
+                String::new()
+            },
+            applied.as_secs_f64()
         ));
         Ok(())
     }

@@ -111,6 +111,17 @@ pub trait Port: Send + Sync {
     /// sleeping workers; `None` if the port must be polled.
     fn readiness_fd(&self) -> Option<RawFd>;
 
+    /// Whether a [`recv`](Port::recv) that returned fewer frames than it
+    /// was given (but some) left nothing to read: it stopped because the
+    /// device had no more. The worker then waits for the port's next
+    /// readiness edge instead of receiving once more only to find it
+    /// empty, one syscall less per wake-up. False by default: a port may
+    /// merge or filter what it read, returning few frames with more
+    /// waiting.
+    fn short_recv_drains(&self) -> bool {
+        false
+    }
+
     /// One worker's transmit queue for this port. Called once per worker
     /// and port (again only if another port takes the id); may allocate.
     fn tx_queue(&self) -> TxQueue {

@@ -291,6 +291,12 @@ impl Port for TapPort {
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.fd.as_raw_fd())
     }
+
+    /// [`read_frames`] stops short at `EAGAIN` (or at an error it defers,
+    /// which the receive at the port's next edge sees again).
+    fn short_recv_drains(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

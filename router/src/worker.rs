@@ -7,7 +7,9 @@
 //! receives only from ports epoll reported readable (edge-triggered, through
 //! mio) since they were last drained, so a worker with a thousand idle pods
 //! makes no syscall for them; a port leaves the ready set only when a
-//! receive returned nothing, so no frame is left behind an edge; ports
+//! receive returned nothing, or returned short from a port whose short
+//! receive means drained ([`Port::short_recv_drains`]: a TAP stops at
+//! `EAGAIN`), so no frame is left behind an edge; ports
 //! without an fd are polled every round; a round takes at most one batch
 //! from each port, so a flooding port's backlog waits for later rounds
 //! instead of delaying its neighbours; nothing on
@@ -235,8 +237,11 @@ struct OwnedPort {
     /// skipped until the control thread removes it.
     failed: bool,
     /// Frames may be waiting: epoll reported the port since a receive last
-    /// came back empty. Ports without an fd are always treated as ready.
+    /// came back empty (or short, for a port whose short receive drains
+    /// it). Ports without an fd are always treated as ready.
     ready: bool,
+    /// [`Port::short_recv_drains`], asked once.
+    short_recv_drains: bool,
 }
 
 struct Worker {
@@ -336,6 +341,7 @@ impl Worker {
                     self.slot_of[slot] = self.owned.len() as u32;
                     self.owned.push(OwnedPort {
                         id,
+                        short_recv_drains: port.short_recv_drains(),
                         port,
                         failed: false,
                         ready: true,
@@ -418,6 +424,13 @@ impl Worker {
                     owned.ready = false;
                 }
                 continue;
+            }
+            if n < self.frames.len()
+                && owned.short_recv_drains
+                && owned.port.readiness_fd().is_some()
+            {
+                // Drained: the next frame comes with an edge.
+                owned.ready = false;
             }
             busy = true;
             counters.rx.add(n as u64);
@@ -817,6 +830,7 @@ mod tests {
             port: port.clone(),
             failed: false,
             ready: true,
+            short_recv_drains: false,
         };
         let mut worker = Worker {
             pipeline: Pipeline::new(cfg.pipeline.clone()),
@@ -839,6 +853,87 @@ mod tests {
         assert!(worker.poll_round());
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
+    }
+
+    /// A port with a readiness fd (a socket standing in for the device)
+    /// that hands out what was injected and counts its receives.
+    struct EdgePort {
+        fd: std::os::unix::net::UnixStream,
+        frames: Mutex<Vec<Vec<u8>>>,
+        recvs: AtomicUsize,
+        drains: bool,
+    }
+
+    impl Port for EdgePort {
+        fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
+            self.recvs.fetch_add(1, Ordering::Relaxed);
+            let mut q = self.frames.lock().unwrap();
+            let n = q.len().min(frames.len());
+            for (f, data) in frames.iter_mut().zip(q.drain(..n)) {
+                f.rx_buffer()[..data.len()].copy_from_slice(&data);
+                f.set_len(data.len());
+            }
+            Ok(n)
+        }
+        fn readiness_fd(&self) -> Option<RawFd> {
+            Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd))
+        }
+        fn push(&self, _: &mut TxQueue, _: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+            Ok(())
+        }
+        fn short_recv_drains(&self) -> bool {
+            self.drains
+        }
+    }
+
+    /// A port whose short receive drains it is received from once per
+    /// wake-up with frames, not a second time to find it empty; any other
+    /// port is, and neither leaves a frame behind.
+    #[test]
+    fn a_short_receive_from_a_draining_port_ends_its_turn() {
+        for drains in [true, false] {
+            let (fd, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            let port = Arc::new(EdgePort {
+                fd,
+                frames: Mutex::new(vec![vec![0; 60]]),
+                recvs: AtomicUsize::new(0),
+                drains,
+            });
+            let cfg = test_config(8);
+            let mut worker = Worker {
+                pipeline: Pipeline::new(cfg.pipeline.clone()),
+                frames: (0..8).map(|_| Frame::new()).collect(),
+                cfg,
+                fib: Arc::new(Fib::new()),
+                ports: Arc::new(ArcSwap::from_pointee(PortTable::default())),
+                poll: Poll::new().unwrap(),
+                commands: mpsc::channel().1,
+                stop: Arc::new(AtomicBool::new(false)),
+                paused: false,
+                counters: Arc::new(SharedCounters::default()),
+                owned: vec![OwnedPort {
+                    id: PortId(0),
+                    port: port.clone(),
+                    failed: false,
+                    ready: true,
+                    short_recv_drains: drains,
+                }],
+                tx: TxQueues::default(),
+                slot_of: Vec::new(),
+            };
+            assert!(worker.poll_round());
+            worker.poll_round();
+            worker.poll_round();
+            let recvs = port.recvs.load(Ordering::Relaxed);
+            assert_eq!(recvs, if drains { 1 } else { 2 }, "drains: {drains}");
+            assert_eq!(worker.counters.rx.get(), 1);
+            assert!(!worker.owned[0].ready);
+            // Another frame and its edge: received.
+            port.frames.lock().unwrap().push(vec![0; 60]);
+            worker.owned[0].ready = true;
+            assert!(worker.poll_round());
+            assert_eq!(worker.counters.rx.get(), 2);
+        }
     }
 
     /// A paused worker receives nothing, from ports it had and ports added

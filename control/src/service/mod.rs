@@ -33,7 +33,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use podrouter_api::{ErrorCode, ServiceBackendInfo, ServiceInfo, ServicePortInfo};
-use podrouter_router::maglev::DEFAULT_SIZE;
+use podrouter_router::maglev;
 use podrouter_router::service::{
     Backend, BackendCounters, FrontendSpec, ServiceTable, SvcCounters,
 };
@@ -222,20 +222,26 @@ impl ServiceStore {
     }
 
     /// The ready backends of every service port, in a stable order.
+    /// Linear in the objects: the slices are grouped by their Service
+    /// once (a cluster has thousands of both).
     fn resolve(&self) -> Vec<Resolved<'_>> {
+        let mut slices_of: HashMap<(&str, &str), Vec<&Slice>> = HashMap::new();
+        for e in self.data.slices.values() {
+            slices_of
+                .entry((e.namespace.as_str(), e.service.as_str()))
+                .or_default()
+                .push(e);
+        }
         let mut out = Vec::new();
         for s in self.data.services.values() {
             let Some(vip) = s.cluster_ip else { continue };
-            let slices: Vec<&Slice> = self
-                .data
-                .slices
-                .values()
-                .filter(|e| e.namespace == s.namespace && e.service == s.name)
-                .collect();
+            let slices = slices_of
+                .get(&(s.namespace.as_str(), s.name.as_str()))
+                .map_or(&[][..], Vec::as_slice);
             for p in &s.ports {
                 let mut backends = BTreeSet::new();
                 let mut draining = BTreeSet::new();
-                for e in &slices {
+                for e in slices {
                     let Some(sp) = e
                         .ports
                         .iter()
@@ -306,7 +312,8 @@ impl ServiceStore {
                 affinity_secs: s.affinity_secs,
                 counters,
             };
-            if let Err(e) = table.insert(spec, DEFAULT_SIZE) {
+            let size = maglev::size_for(spec.backends.len());
+            if let Err(e) = table.insert(spec, size) {
                 // Only more backends than the table holds can fail.
                 log::error!(
                     "service {}/{} port {}: {e}; not balanced",
@@ -325,6 +332,14 @@ impl ServiceStore {
     /// counters.
     pub fn list(&self) -> Vec<ServiceInfo> {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        // Services come in key order, and so do their resolved ports.
+        let index: HashMap<(&str, &str), usize> = self
+            .data
+            .services
+            .keys()
+            .enumerate()
+            .map(|(i, (ns, name))| ((ns.as_str(), name.as_str()), i))
+            .collect();
         let mut out: Vec<ServiceInfo> = self
             .data
             .services
@@ -366,11 +381,8 @@ impl ServiceStore {
                     })
                     .collect(),
             };
-            if let Some(si) = out
-                .iter_mut()
-                .find(|i| i.namespace == s.namespace && i.name == s.name)
-            {
-                si.ports.push(info);
+            if let Some(&i) = index.get(&(s.namespace.as_str(), s.name.as_str())) {
+                out[i].ports.push(info);
             }
         }
         out
@@ -410,6 +422,7 @@ fn check_cluster_ips(d: &Data) -> Result<(), ServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fmt::Write as _;
 
     fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!(
@@ -519,6 +532,64 @@ ports:
         // A corrupt file is an error, not an empty store.
         fs::write(dir.join(FILE_NAME), "{").unwrap();
         assert!(ServiceStore::open(&dir, "node-a").is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `n` Services of one TCP port each, with one EndpointSlice of two
+    /// endpoints each, as one multi-document text (what `kubectl get
+    /// svc,endpointslices -A -o yaml` of a big cluster amounts to).
+    pub(crate) fn many_services(n: u32) -> String {
+        let mut text = String::new();
+        for i in 0..n {
+            let vip = Ipv4Addr::from(0x0a60_1000 + i);
+            let b = 0x0af5_0000 + 2 * i;
+            let _ = write!(
+                text,
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: many}}\n\
+                 spec: {{clusterIP: {vip}, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: s{i}-1, namespace: many, labels: {{kubernetes.io/service-name: s{i}}}}}\n\
+                 addressType: IPv4\nendpoints: [{{addresses: [{}]}}, {{addresses: [{}]}}]\n\
+                 ports: [{{name: http, port: 8080, protocol: TCP}}]\n---\n",
+                Ipv4Addr::from(b),
+                Ipv4Addr::from(b + 1)
+            );
+        }
+        text
+    }
+
+    #[test]
+    fn ten_thousand_services_apply_compile_and_list_in_bounded_time() {
+        let n = 10_000;
+        let text = many_services(n);
+        let dir = tempdir("many");
+        let mut s = ServiceStore::open(&dir, "node-a").unwrap();
+        let t0 = std::time::Instant::now();
+        assert_eq!(s.apply(&text).unwrap().len(), 2 * n as usize);
+        let applied = t0.elapsed();
+        let t1 = std::time::Instant::now();
+        let table = s.compile();
+        let compiled = t1.elapsed();
+        let t2 = std::time::Instant::now();
+        let list = s.list();
+        let listed = t2.elapsed();
+        eprintln!("{n} services: apply {applied:?}, compile {compiled:?}, list {listed:?}");
+        assert_eq!(table.len(), n as usize);
+        assert_eq!(list.len(), n as usize);
+        assert!(list
+            .iter()
+            .all(|i| i.ports.len() == 1 && i.ports[0].backends.len() == 2));
+        let last = Ipv4Addr::from(0x0a60_1000 + n - 1);
+        let f = table.frontend(last, 80, 6).unwrap();
+        assert_eq!(f.backends().len(), 2);
+        assert_eq!(f.backends()[0].port, 8080);
+        // Seconds at most even in a debug build on a busy machine: this
+        // is the call a controller makes for a whole cluster's Services.
+        let bound = std::time::Duration::from_secs(if cfg!(debug_assertions) { 60 } else { 5 });
+        assert!(
+            applied + compiled + listed < bound,
+            "apply {applied:?} + compile {compiled:?} + list {listed:?} over {bound:?}"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
