@@ -38,8 +38,9 @@ pub const DEFAULT_SOCKET: &str = "/run/podrouter/podrouter.sock";
 /// Longest request or response line accepted (bytes): a whole cluster's
 /// Services and EndpointSlices in one `service apply` (10,000 of each are
 /// about 5 MB of YAML, more as a JSON string) and their `service list`.
-/// A connection's buffer grows only as its line arrives.
-pub const MAX_LINE: usize = 64 << 20;
+/// A connection's buffer grows only as its line arrives; with at most
+/// 512 connections that bounds what clients can make the daemon hold.
+pub const MAX_LINE: usize = 16 << 20;
 
 /// One request line.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
