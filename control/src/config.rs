@@ -160,6 +160,10 @@ pub struct Dataplane {
     pub backend: Backend,
     /// Where the afxdp backend attaches its XDP program.
     pub xdp_mode: XdpMode,
+    /// The afxdp backend's receive share per pod: chunks of the pod port's
+    /// receive UMEM and entries of its fill ring (a power of two,
+    /// 64..=4096). Transmit chunks are per worker, not per pod.
+    pub afxdp_rx_chunks: u32,
     /// Worker threads polling ports.
     pub workers: usize,
     /// CPU core for each worker (same length as `workers`); empty: unpinned.
@@ -397,6 +401,7 @@ impl Default for Dataplane {
         Dataplane {
             backend: Backend::Tap,
             xdp_mode: XdpMode::Auto,
+            afxdp_rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
             workers: 1,
             cores: Vec::new(),
             mtu: DEFAULT_MTU_IPIP,
@@ -576,6 +581,8 @@ impl Config {
                 ),
             ));
         }
+        podrouter_router::afxdp::check_rx_chunks(dp.afxdp_rx_chunks)
+            .map_err(|e| ("afxdp_rx_chunks", e))?;
         if dp.workers == 0 || dp.workers > 64 {
             return Err(("workers", format!("{} is out of range 1..=64", dp.workers)));
         }

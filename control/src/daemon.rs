@@ -55,6 +55,7 @@ mod removal;
 mod service_calls;
 mod takeover;
 mod taps;
+mod umem;
 mod uplink_xdp;
 
 pub use commit::Uncommitted;
@@ -752,6 +753,7 @@ impl Daemon {
                 .unwrap_or_default(),
             // Filled in by the API server, which owns these figures.
             api: None,
+            afxdp_umem: self.umem_status(),
         }
     }
 

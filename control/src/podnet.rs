@@ -1185,6 +1185,7 @@ mod tests {
             mtu: spec.mtu,
             tx_queues: 1,
             mode: Default::default(),
+            rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
         };
         let progs = |ns: &Netns| {
             let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
