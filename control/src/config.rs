@@ -926,6 +926,11 @@ asn = 64512
         assert_eq!(e.key.as_deref(), Some("mtu"));
         let e = err("[dataplane]\nxdp_mode = \"native\"\n");
         assert_eq!(e.key.as_deref(), Some("xdp_mode"));
+        for bad in ["100", "32", "8192"] {
+            let e = err(&format!("[dataplane]\nafxdp_rx_chunks = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("afxdp_rx_chunks"), "{bad}: {e}");
+            assert!(e.message.contains("power of two"), "{e}");
+        }
         for (text, says) in [
             (
                 "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\ntunnel = \"vxlan\"\nuplink_xdp = true\n",

@@ -453,9 +453,10 @@ fn text(r: &Reply) -> String {
                 t.row([
                     "umem transmit".into(),
                     format!(
-                        "{} in {} UMEMs (one per worker)",
+                        "{} in {} UMEM{} (one per worker)",
                         mib(u.tx_bytes),
-                        u.tx_umems
+                        u.tx_umems,
+                        if u.tx_umems == 1 { "" } else { "s" }
                     ),
                 ]);
             }

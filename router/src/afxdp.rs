@@ -85,7 +85,8 @@ pub const RX_RING: u32 = 1024;
 pub const DEFAULT_RX_CHUNKS: u32 = 1024;
 /// The receive shares a port may be given (a power of two in this range).
 pub const RX_CHUNKS_RANGE: std::ops::RangeInclusive<u32> = 64..=4096;
-/// Entries of a transmit socket's TX and completion rings, and its chunks.
+/// Entries of a transmit socket's TX and completion rings, and the most
+/// chunks of its worker's pool it may hold.
 pub const TX_RING: u32 = 256;
 /// Slots of a transmit socket's software-offload ring.
 const OFFLOAD_SLOTS: usize = 64;
