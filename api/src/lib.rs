@@ -632,6 +632,10 @@ pub struct StatusInfo {
     /// IPIP uplink, and from daemons older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipip_gso: Option<IpipGsoInfo>,
+    /// The afxdp backend's UMEM memory (absent with the TAP backend and
+    /// from daemons older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub afxdp_umem: Option<UmemInfo>,
 }
 
 /// Whether the IPIP uplink sends a pod's TCP GSO segments whole (through
@@ -652,6 +656,19 @@ pub struct IpipGsoInfo {
     pub bytes: u64,
     /// Writes the kernel refused (those frames were cut in userspace).
     pub errors: u64,
+}
+
+/// UMEM memory the AF_XDP sockets use (pinned by the kernel while
+/// registered): one receive UMEM per pod port (and per `uplink_xdp`
+/// queue), one transmit UMEM per worker.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UmemInfo {
+    pub rx_umems: u64,
+    pub rx_bytes: u64,
+    pub tx_umems: u64,
+    pub tx_bytes: u64,
+    /// Chunks of each pod port's receive UMEM (`afxdp_rx_chunks`).
+    pub rx_chunks_per_port: u32,
 }
 
 /// The API server's figures since the daemon started.

@@ -119,6 +119,7 @@ fn xskfwd(a: &Args) -> Res<serde_json::Value> {
             mtu: 1500,
             tx_queues: 1,
             mode: XdpModeRequest::Auto,
+            rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
         })
         .map_err(|e| Error::msg(format!("xskfwd: {ifname}: {e}")))
     };

@@ -65,6 +65,10 @@ struct Cli {
     /// (`dataplane.uplink_xdp = true`).
     #[arg(long)]
     uplink_xdp: bool,
+    /// The afxdp backend's receive chunks per pod port
+    /// (`dataplane.afxdp_rx_chunks`; podrouterd's default if absent).
+    #[arg(long)]
+    afxdp_rx_chunks: Option<u32>,
     /// Runs per figure (at least 3 unless --smoke).
     #[arg(long)]
     repeats: Option<usize>,
@@ -331,6 +335,7 @@ fn run(cli: &Cli) -> Res<bool> {
             workers: 1,
             spare_cpus: Vec::new(),
             uplink_xdp: cli.uplink_xdp,
+            afxdp_rx_chunks: cli.afxdp_rx_chunks,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -478,6 +483,7 @@ fn run(cli: &Cli) -> Res<bool> {
             workers: usize::from(cli.workers),
             spare_cpus: cpus.iter().copied().filter(|&c| c != dp_cpu).collect(),
             uplink_xdp: cli.uplink_xdp,
+            afxdp_rx_chunks: cli.afxdp_rx_chunks,
         },
         gen_cpu,
         self_exe,

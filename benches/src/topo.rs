@@ -97,6 +97,8 @@ pub struct PlaneOpts {
     pub spare_cpus: Vec<usize>,
     /// `dataplane.uplink_xdp` in two-node IPIP topologies (`--uplink-xdp`).
     pub uplink_xdp: bool,
+    /// `dataplane.afxdp_rx_chunks` (`--afxdp-rx-chunks`), if given.
+    pub afxdp_rx_chunks: Option<u32>,
 }
 
 impl PlaneOpts {
@@ -321,6 +323,7 @@ fn start_daemon(
          workers = {}\n\
          cores = [{}]\n\
          mtu = {}\n\
+         {}\
          {extra_dataplane}\n",
         socket.display(),
         state_dir.display(),
@@ -332,6 +335,9 @@ fn start_daemon(
             .collect::<Vec<_>>()
             .join(", "),
         opts.mtu,
+        opts.afxdp_rx_chunks
+            .map(|n| format!("afxdp_rx_chunks = {n}\n"))
+            .unwrap_or_default(),
     );
     // [[routes]] tables must come after [dataplane]'s keys: callers pass
     // them in extra_dataplane's tail.

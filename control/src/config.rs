@@ -160,6 +160,10 @@ pub struct Dataplane {
     pub backend: Backend,
     /// Where the afxdp backend attaches its XDP program.
     pub xdp_mode: XdpMode,
+    /// The afxdp backend's receive share per pod: chunks of the pod port's
+    /// receive UMEM and entries of its fill ring (a power of two,
+    /// 64..=4096). Transmit chunks are per worker, not per pod.
+    pub afxdp_rx_chunks: u32,
     /// Worker threads polling ports.
     pub workers: usize,
     /// CPU core for each worker (same length as `workers`); empty: unpinned.
@@ -403,6 +407,7 @@ impl Default for Dataplane {
         Dataplane {
             backend: Backend::Tap,
             xdp_mode: XdpMode::Auto,
+            afxdp_rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
             workers: 1,
             cores: Vec::new(),
             mtu: DEFAULT_MTU_IPIP,
@@ -583,6 +588,8 @@ impl Config {
                 ),
             ));
         }
+        podrouter_router::afxdp::check_rx_chunks(dp.afxdp_rx_chunks)
+            .map_err(|e| ("afxdp_rx_chunks", e))?;
         if dp.workers == 0 || dp.workers > 64 {
             return Err(("workers", format!("{} is out of range 1..=64", dp.workers)));
         }
@@ -926,6 +933,11 @@ asn = 64512
         assert_eq!(e.key.as_deref(), Some("mtu"));
         let e = err("[dataplane]\nxdp_mode = \"native\"\n");
         assert_eq!(e.key.as_deref(), Some("xdp_mode"));
+        for bad in ["100", "32", "8192"] {
+            let e = err(&format!("[dataplane]\nafxdp_rx_chunks = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("afxdp_rx_chunks"), "{bad}: {e}");
+            assert!(e.message.contains("power of two"), "{e}");
+        }
         for (text, says) in [
             (
                 "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\ntunnel = \"vxlan\"\nuplink_xdp = true\n",

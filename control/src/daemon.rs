@@ -55,6 +55,7 @@ mod removal;
 mod service_calls;
 mod takeover;
 mod taps;
+mod umem;
 mod uplink_xdp;
 
 pub use commit::Uncommitted;
@@ -753,6 +754,7 @@ impl Daemon {
             // Filled in by the API server, which owns these figures.
             api: None,
             ipip_gso: self.ipip_gso_status(),
+            afxdp_umem: self.umem_status(),
         }
     }
 

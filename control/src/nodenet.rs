@@ -86,6 +86,7 @@ pub struct KernelNet {
     /// Transmit sockets per AF_XDP port: one per worker.
     workers: u32,
     xdp_mode: XdpModeRequest,
+    rx_chunks: u32,
 }
 
 /// The data plane's attach request for the config's `xdp_mode`.
@@ -104,6 +105,7 @@ impl KernelNet {
             backend: cfg.dataplane.backend,
             workers: cfg.dataplane.workers as u32,
             xdp_mode: xdp_mode_request(cfg.dataplane.xdp_mode),
+            rx_chunks: cfg.dataplane.afxdp_rx_chunks,
         }
     }
 
@@ -114,6 +116,7 @@ impl KernelNet {
             mtu: spec.mtu,
             tx_queues: self.workers,
             mode: self.xdp_mode,
+            rx_chunks: self.rx_chunks,
         }
     }
 }

@@ -1185,6 +1185,7 @@ mod tests {
             mtu: spec.mtu,
             tx_queues: 1,
             mode: Default::default(),
+            rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
         };
         let progs = |ns: &Netns| {
             let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);
@@ -1234,27 +1235,32 @@ mod tests {
             .spawn()
             .unwrap();
         let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
-        // Sockets bind by interface index in the calling thread's namespace.
-        let mut q = node.run(|| port.tx_queue());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut echo_seen = false;
-        let status = loop {
-            let n = port.recv(&mut frames).unwrap();
-            for f in &frames[..n] {
-                if let Some((kind, reply)) = answer(f.data()) {
-                    echo_seen |= kind != "arp";
-                    port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+        // Sockets bind by interface index in the calling thread's
+        // namespace, and a transmit queue is used on the thread that made
+        // it (a worker's): the whole exchange runs in the node's.
+        let (status, echo_seen) = node.run(|| {
+            let mut q = port.tx_queue();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut echo_seen = false;
+            let status = loop {
+                let n = port.recv(&mut frames).unwrap();
+                for f in &frames[..n] {
+                    if let Some((kind, reply)) = answer(f.data()) {
+                        echo_seen |= kind != "arp";
+                        port.push(&mut q, &Frame::from_bytes(&reply), None).unwrap();
+                    }
                 }
-            }
-            port.flush(&mut q).unwrap();
-            if let Some(st) = ping.try_wait().unwrap() {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "ping did not finish");
-            if n == 0 {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        };
+                port.flush(&mut q).unwrap();
+                if let Some(st) = ping.try_wait().unwrap() {
+                    break st;
+                }
+                assert!(Instant::now() < deadline, "ping did not finish");
+                if n == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            };
+            (status, echo_seen)
+        });
         let out = ping.wait_with_output().unwrap();
         assert!(echo_seen, "no echo request through the XSK");
         assert!(
@@ -1262,7 +1268,6 @@ mod tests {
             "ping failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        drop(q);
         drop(port);
         assert_eq!(progs(&node), None, "program left after the port went");
         delete_pod_interface(&spec.netns, "eth0").unwrap();

@@ -130,6 +130,10 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     let (a, b): (&Dataplane, &Dataplane) = (&old.dataplane, &new.dataplane);
     key(a.backend != b.backend, "[dataplane] backend");
     key(a.xdp_mode != b.xdp_mode, "[dataplane] xdp_mode");
+    key(
+        a.afxdp_rx_chunks != b.afxdp_rx_chunks,
+        "[dataplane] afxdp_rx_chunks",
+    );
     key(a.workers != b.workers, "[dataplane] workers");
     key(a.cores != b.cores, "[dataplane] cores");
     key(a.mtu != b.mtu, "[dataplane] mtu");

@@ -452,6 +452,27 @@ fn text(r: &Reply) -> String {
             t.row(["routes".into(), s.routes.to_string()]);
             t.row(["free addresses".into(), s.free_addresses.to_string()]);
             t.row(["uptime".into(), format!("{}s", s.uptime_secs)]);
+            if let Some(u) = &s.afxdp_umem {
+                let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+                t.row([
+                    "umem receive".into(),
+                    format!(
+                        "{} in {} UMEMs ({} chunks per pod port)",
+                        mib(u.rx_bytes),
+                        u.rx_umems,
+                        u.rx_chunks_per_port
+                    ),
+                ]);
+                t.row([
+                    "umem transmit".into(),
+                    format!(
+                        "{} in {} UMEM{} (one per worker)",
+                        mib(u.tx_bytes),
+                        u.tx_umems,
+                        if u.tx_umems == 1 { "" } else { "s" }
+                    ),
+                ]);
+            }
             if let Some(a) = &s.api {
                 t.row([
                     "api connections".into(),

@@ -1,12 +1,23 @@
 //! AF_XDP ports: the node end of a pod's veth pair, driven through AF_XDP
 //! sockets (XSK) instead of the kernel's stack.
 //!
+//! Memory: a port's receive socket has a UMEM of its own holding its
+//! receive share ([`AfXdpConfig::rx_chunks`] chunks); every transmit socket
+//! draws from its worker's transmit UMEM ([`tx_pool`]: one per worker,
+//! [`tx_pool::WORKER_TX_CHUNKS`] chunks, shared by all the worker's
+//! transmit sockets through `XDP_SHARED_UMEM`). So a pod costs its receive
+//! share only, whatever the number of workers, and a worker costs one
+//! transmit pool whatever the number of pods. The receive share cannot come
+//! from a shared pool: a frame for a port lands in a chunk already on that
+//! port's fill ring, so each port keeps its share there; and a UMEM's size
+//! is fixed (and pinned whole) when it is registered, so a worker-wide UMEM
+//! holding every port's share would pin the largest pod count's worth up
+//! front. [`umem_use`] sums what is mapped, for `podrouterctl status`.
+//!
 //! Opening a port ([`AfXdpPort::open`]) sets up, on the node end:
-//! - one UMEM for the port, carved into disjoint chunk ranges: one for the
-//!   receive socket, one per transmit socket;
 //! - the receive socket, bound to queue 0 (where every frame the pod sends
-//!   arrives: the pod end has one transmit queue), its fill ring filled
-//!   with all its chunks;
+//!   arrives: the pod end has one transmit queue), with its UMEM, its fill
+//!   ring filled with all its chunks;
 //! - an XSKMAP with that socket at key 0 and the XDP program of
 //!   [`crate::bpf::xsk_redirect_program`] attached as a BPF link, in driver
 //!   mode if the interface supports it (or as configured), else generic.
@@ -19,28 +30,36 @@
 //! readiness fd: epoll reports it when the RX ring gets frames, so an idle
 //! port costs nothing.
 //!
-//! Transmit: each worker gets its own transmit socket (in its
-//! [`TxQueue`], made on first use) bound to a queue of its own (1, 2, ...;
-//! the node end has one queue per worker plus queue 0) and sharing the
-//! port's UMEM (`XDP_SHARED_UMEM`), with its own chunk range, completion
-//! and TX rings, so no two threads ever touch one ring. A plain frame is
+//! Transmit: a port's receive side is polled by the one worker that owns
+//! the port, but any worker may send to it. Each worker gets its own
+//! transmit socket per port (in its [`TxQueue`], made on first use, on the
+//! worker's thread) bound to a queue of its own (1, 2, ...; the node end
+//! has one queue per worker plus queue 0), and that socket joins the
+//! *sending* worker's transmit UMEM, not the UMEM of the port's owner: its
+//! chunks come from the sending worker's free list and go back to it from
+//! its completion ring, which only that worker reads. A plain frame is
 //! copied into a free chunk and described on the TX ring; a frame with an
 //! offload request (partial checksum, TCP segmentation, from a TAP port)
 //! goes through a [`TxRing`] that completes or cuts it in software first.
 //! Flush publishes the ring and kicks the kernel (`sendto`) while it asks
-//! for it; completed chunks return to the free list as the completion ring
-//! hands them back.
+//! for it; completed chunks return to the worker's free list as the
+//! completion ring hands them back.
 //!
-//! Invariants: a chunk is owned by exactly one of: a ring, the kernel, the
-//! free list (TX) or the frame being copied; nothing allocates, locks
-//! (beyond one uncontended mutex per receive batch) or logs per frame; a
-//! frame larger than a chunk is never truncated: on receive the kernel
-//! drops and counts it (`XDP_STATISTICS`, see [`AfXdpPort::stats`]), on
-//! transmit it is cut into pieces that fit or dropped and counted.
-//! Dropping the port detaches the program (the link's descriptor closes
-//! first) and closes the sockets; a podrouterd killed outright leaves no
-//! program behind either, since a BPF link lives only as long as its
-//! descriptor.
+//! Invariants: a port's sockets span several UMEMs (its own receive UMEM,
+//! one transmit UMEM per worker that sends to it); every ring is touched
+//! by one thread (the receive side by the owning worker, under an
+//! uncontended mutex per batch; a transmit socket by the worker that made
+//! it); a chunk is owned by exactly one of: a ring, the kernel, a free
+//! list or the frame being copied; nothing allocates, locks (beyond that
+//! mutex) or logs per frame; a frame larger than a chunk is never
+//! truncated: on receive the kernel drops and counts it (`XDP_STATISTICS`,
+//! see [`AfXdpPort::stats`]), on transmit it is cut into pieces that fit
+//! or dropped and counted. Dropping the port detaches the program (the
+//! link's descriptor closes first) and closes the sockets; a podrouterd
+//! killed outright leaves no program behind either, since a BPF link lives
+//! only as long as its descriptor.
+mod tx_pool;
+
 use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
@@ -58,9 +77,16 @@ use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 use crate::txring::{TxRing, TxSink};
 use crate::wire::ETHERNET_HEADER_LEN;
 
-/// Entries of the receive socket's fill and RX rings, and its chunks.
+/// Entries of the uplink's receive sockets' fill and RX rings, and their
+/// chunks ([`crate::xdp_uplink`]).
 pub const RX_RING: u32 = 1024;
-/// Entries of a transmit socket's TX and completion rings, and its chunks.
+/// A pod port's receive share when the configuration names none: chunks
+/// of its receive UMEM, entries of its fill and RX rings.
+pub const DEFAULT_RX_CHUNKS: u32 = 1024;
+/// The receive shares a port may be given (a power of two in this range).
+pub const RX_CHUNKS_RANGE: std::ops::RangeInclusive<u32> = 64..=4096;
+/// Entries of a transmit socket's TX and completion rings, and the most
+/// chunks of its worker's pool it may hold.
 pub const TX_RING: u32 = 256;
 /// Slots of a transmit socket's software-offload ring.
 const OFFLOAD_SLOTS: usize = 64;
@@ -133,6 +159,84 @@ pub struct AfXdpConfig {
     /// needs this many queues plus one.
     pub tx_queues: u32,
     pub mode: XdpModeRequest,
+    /// The receive share: chunks of the port's receive UMEM (a power of
+    /// two in [`RX_CHUNKS_RANGE`]; [`DEFAULT_RX_CHUNKS`] unless configured).
+    pub rx_chunks: u32,
+}
+
+/// UMEM memory mapped by the AF_XDP backend in this process (pinned by the
+/// kernel while a socket has it registered).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UmemFigures {
+    /// Receive UMEMs (one per pod port and per uplink queue) and their bytes.
+    pub rx_umems: u64,
+    pub rx_bytes: u64,
+    /// Transmit UMEMs (one per worker and chunk size) and their bytes.
+    pub tx_umems: u64,
+    pub tx_bytes: u64,
+}
+
+static RX_UMEMS: AtomicU64 = AtomicU64::new(0);
+static RX_UMEM_BYTES: AtomicU64 = AtomicU64::new(0);
+static TX_UMEMS: AtomicU64 = AtomicU64::new(0);
+static TX_UMEM_BYTES: AtomicU64 = AtomicU64::new(0);
+
+/// What the AF_XDP backend has mapped for UMEMs right now.
+pub fn umem_use() -> UmemFigures {
+    UmemFigures {
+        rx_umems: RX_UMEMS.load(Ordering::Relaxed),
+        rx_bytes: RX_UMEM_BYTES.load(Ordering::Relaxed),
+        tx_umems: TX_UMEMS.load(Ordering::Relaxed),
+        tx_bytes: TX_UMEM_BYTES.load(Ordering::Relaxed),
+    }
+}
+
+/// One UMEM area counted in [`umem_use`] for as long as this lives.
+struct UmemUse {
+    bytes: u64,
+    counters: (&'static AtomicU64, &'static AtomicU64),
+}
+
+impl UmemUse {
+    fn counted(area: &UmemArea, counters: (&'static AtomicU64, &'static AtomicU64)) -> UmemUse {
+        let bytes = u64::from(area.chunks()) * u64::from(area.chunk_size());
+        counters.0.fetch_add(1, Ordering::Relaxed);
+        counters.1.fetch_add(bytes, Ordering::Relaxed);
+        UmemUse { bytes, counters }
+    }
+
+    fn rx(area: &UmemArea) -> UmemUse {
+        UmemUse::counted(area, (&RX_UMEMS, &RX_UMEM_BYTES))
+    }
+
+    fn tx(area: &UmemArea) -> UmemUse {
+        UmemUse::counted(area, (&TX_UMEMS, &TX_UMEM_BYTES))
+    }
+}
+
+impl Drop for UmemUse {
+    fn drop(&mut self) {
+        self.counters.0.fetch_sub(1, Ordering::Relaxed);
+        self.counters.1.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Tests that open AF_XDP sockets take this: some compare the
+/// process-wide [`umem_use`] figures before and after.
+#[cfg(test)]
+pub(crate) static UMEM_TESTS: Mutex<()> = Mutex::new(());
+
+/// Checks a configured receive share.
+pub fn check_rx_chunks(n: u32) -> Result<(), String> {
+    if n.is_power_of_two() && RX_CHUNKS_RANGE.contains(&n) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{n} is not a power of two in {}..={}",
+            RX_CHUNKS_RANGE.start(),
+            RX_CHUNKS_RANGE.end()
+        ))
+    }
 }
 
 /// Chunk size for a link MTU: the frame and the kernel's headroom must fit.
@@ -151,14 +255,14 @@ struct RxSide {
 }
 
 /// A socket receiving from one queue of an interface: it registers the
-/// UMEM `area` and owns its first [`RX_RING`] chunks, all on the fill ring
-/// or in the kernel's hands (the rest of the area is for transmit sockets
-/// sharing it). Used by the pod ports and the uplink
-/// ([`crate::xdp_uplink`]).
+/// UMEM `area` and owns all its chunks (a power of two of them), all on
+/// the fill ring or in the kernel's hands. Used by the pod ports and the
+/// uplink ([`crate::xdp_uplink`]).
 pub(crate) struct XskRx {
     side: Mutex<RxSide>,
     sock: OwnedFd,
     zerocopy: bool,
+    _use: UmemUse,
 }
 
 impl XskRx {
@@ -170,12 +274,14 @@ impl XskRx {
         area.register(sock.as_fd())
             .map_err(|e| context(e, "cannot register the UMEM"))?;
         let fd = sock.as_fd();
-        xsk::set_ring_size(fd, RingKind::Fill, RX_RING)?;
-        xsk::set_ring_size(fd, RingKind::Completion, RX_RING)?;
-        xsk::set_ring_size(fd, RingKind::Rx, RX_RING)?;
-        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, RX_RING)?;
-        let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, RX_RING)?;
-        let range = area.range(0, RX_RING)?;
+        let chunks = area.chunks();
+        // The socket never transmits: its completion ring stays empty.
+        xsk::set_ring_size(fd, RingKind::Fill, chunks)?;
+        xsk::set_ring_size(fd, RingKind::Completion, 1)?;
+        xsk::set_ring_size(fd, RingKind::Rx, chunks)?;
+        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, chunks)?;
+        let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, chunks)?;
+        let range = area.range(0, chunks)?;
         for addr in range.chunk_addrs() {
             fill.push(addr);
         }
@@ -190,6 +296,7 @@ impl XskRx {
             side: Mutex::new(RxSide { rx, fill, range }),
             sock,
             zerocopy,
+            _use: UmemUse::rx(area),
         })
     }
 
@@ -254,10 +361,10 @@ pub struct AfXdpPort {
     mode: XdpMode,
     prog_id: u32,
     mtu: u16,
-    /// The receive socket; it registered the UMEM the transmit sockets
-    /// share.
+    /// The receive socket, with the port's receive UMEM.
     rx: XskRx,
-    area: UmemArea,
+    /// Bytes of a UMEM chunk (the largest frame one holds).
+    chunk_size: u32,
     /// Which transmit queues (1-based queue `i + 1`) are taken.
     tx_taken: Arc<Mutex<Vec<bool>>>,
     tx_dropped: Arc<AtomicU64>,
@@ -332,8 +439,11 @@ impl AfXdpPort {
             )
         })?;
         let tx_queues = cfg.tx_queues.max(1);
-        let area = UmemArea::new(RX_RING + tx_queues * TX_RING, chunk)
-            .map_err(|e| context(e, "cannot map the UMEM"))?;
+        check_rx_chunks(cfg.rx_chunks).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidInput, format!("receive chunks: {e}"))
+        })?;
+        let area =
+            UmemArea::new(cfg.rx_chunks, chunk).map_err(|e| context(e, "cannot map the UMEM"))?;
         let rx = XskRx::open(&area, ifindex, 0, name)?;
         let zerocopy = rx.zerocopy();
 
@@ -357,7 +467,7 @@ impl AfXdpPort {
             prog_id,
             mtu: cfg.mtu,
             rx,
-            area,
+            chunk_size: chunk,
             tx_taken: Arc::new(Mutex::new(vec![false; tx_queues as usize])),
             tx_dropped: Arc::new(AtomicU64::new(0)),
         })
@@ -393,7 +503,8 @@ impl AfXdpPort {
         s
     }
 
-    /// A transmit socket on a free queue, sharing the port's UMEM.
+    /// A transmit socket on a free queue of the port, on this worker's
+    /// transmit UMEM.
     fn open_tx(&self) -> io::Result<TxState> {
         let slot = {
             let mut taken = lock(&self.tx_taken);
@@ -410,41 +521,13 @@ impl AfXdpPort {
             taken: self.tx_taken.clone(),
             slot,
         };
-        let sock = xsk::xsk_socket()?;
-        let fd = sock.as_fd();
-        // A socket sharing a UMEM on another queue brings its own fill and
-        // completion rings; it only transmits, so the fill ring stays
-        // empty (and unmapped).
-        xsk::set_ring_size(fd, RingKind::Fill, 1)?;
-        xsk::set_ring_size(fd, RingKind::Completion, TX_RING)?;
-        xsk::set_ring_size(fd, RingKind::Tx, TX_RING)?;
-        let comp: Ring<u64> = Ring::map(fd, RingKind::Completion, TX_RING)?;
-        let tx: Ring<XdpDesc> = Ring::map(fd, RingKind::Tx, TX_RING)?;
         let queue = slot as u32 + 1;
-        // A socket sharing the UMEM takes the owner's flags (copy or
-        // zero-copy, need_wakeup); the kernel refuses any of its own.
-        bind_once_released(|| xsk::bind(fd, self.ifindex, queue, 0, Some(self.rx.fd()))).map_err(
-            |e| {
-                context(
-                    e,
-                    format!(
-                        "cannot bind a transmit socket to {} queue {queue}",
-                        self.ifname
-                    ),
-                )
-            },
-        )?;
-        let range = self.area.range(RX_RING + slot as u32 * TX_RING, TX_RING)?;
-        let free = range.chunk_addrs().collect();
+        let sock = tx_pool::open(self.ifindex, queue, self.chunk_size, &self.ifname)?;
         let slot_size = usize::from(self.mtu) + ETHERNET_HEADER_LEN;
         Ok(TxState {
             xsk: XskTx {
                 sock,
-                tx,
-                comp,
-                range,
-                free,
-                frame_max: self.area.chunk_size() as usize,
+                frame_max: self.chunk_size as usize,
                 dropped: self.tx_dropped.clone(),
             },
             offload: TxRing::new(OFFLOAD_SLOTS, slot_size, ETHERNET_HEADER_LEN),
@@ -512,47 +595,30 @@ impl Drop for SlotGuard {
 
 /// One worker's transmit socket for one port.
 struct XskTx {
-    sock: OwnedFd,
-    tx: Ring<XdpDesc>,
-    comp: Ring<u64>,
-    range: UmemRange,
-    /// Chunks of `range` on no ring.
-    free: Vec<u64>,
+    sock: tx_pool::PoolSocket,
     /// Largest frame one chunk holds.
     frame_max: usize,
     dropped: Arc<AtomicU64>,
 }
 
 impl XskTx {
-    /// Takes back the chunks the kernel has sent.
-    fn reclaim(&mut self) {
-        let mut any = false;
-        while let Some(addr) = self.comp.pop() {
-            self.free.push(self.range.chunk_of(addr));
-            any = true;
-        }
-        if any {
-            self.comp.release();
-        }
-    }
-
     /// Publishes the TX ring and kicks the kernel while it wants it.
     fn kick(&mut self) -> io::Result<()> {
-        self.tx.submit();
+        self.sock.tx.submit();
         let mut result = Ok(());
         for _ in 0..MAX_KICKS {
-            if !self.tx.needs_wakeup() {
+            if !self.sock.tx.needs_wakeup() {
                 break;
             }
-            match xsk::kick_tx(self.sock.as_fd()) {
+            match xsk::kick_tx(self.sock.fd()) {
                 Ok(()) => break,
                 // More left than one call sends, or the completion ring is
                 // full: take completions back and go on.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {
-                    self.reclaim();
+                    self.sock.reclaim();
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    self.reclaim();
+                    self.sock.reclaim();
                     result = Err(e);
                 }
                 Err(e) => {
@@ -561,11 +627,12 @@ impl XskTx {
                 }
             }
         }
-        self.reclaim();
+        self.sock.reclaim();
         result
     }
 
-    /// Copies one frame into a free chunk and queues it on the TX ring.
+    /// Copies one frame into a free chunk of the worker's pool and queues
+    /// it on the TX ring.
     fn queue(&mut self, data: &[u8]) -> io::Result<()> {
         if data.len() > self.frame_max {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -574,30 +641,19 @@ impl XskTx {
                 "frame larger than a UMEM chunk",
             ));
         }
-        if self.free.is_empty() {
-            self.reclaim();
+        if !self.sock.has_room() {
+            self.sock.reclaim();
         }
-        if self.free.is_empty() || self.tx.free(1) == 0 {
+        let mut r = self.sock.queue(data);
+        if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
             // Full: push out what is queued and take back what went.
             let _ = self.kick();
+            r = self.sock.queue(data);
         }
-        let (Some(&addr), true) = (self.free.last(), self.tx.free(1) > 0) else {
+        if r.is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(io::ErrorKind::WouldBlock.into());
-        };
-        let Some(buf) = self.range.write(addr, data.len()) else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(io::Error::other("chunk outside the socket's range"));
-        };
-        buf.copy_from_slice(data);
-        self.free.pop();
-        let pushed = self.tx.push(XdpDesc {
-            addr,
-            len: data.len() as u32,
-            options: 0,
-        });
-        debug_assert!(pushed, "room was checked");
-        Ok(())
+        }
+        r
     }
 }
 
@@ -755,19 +811,17 @@ mod tests {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Receives until `want` frames came or a second passed.
-    /// Receives until `want` of the frames received so far satisfy `keep`
-    /// (the kernel also sends ARP and IPv6 frames of its own, in any
-    /// order), or two seconds pass; returns how many frames were received.
-    fn recv_until(
-        port: &AfXdpPort,
-        frames: &mut [Frame],
-        want: usize,
-        keep: impl Fn(&Frame) -> bool,
-    ) -> usize {
+    /// Whether `f` is an IPv4 UDP frame.
+    fn is_udp(f: &Frame) -> bool {
+        f.data().len() > 42 && f.data()[12..14] == [0x08, 0x00] && f.data()[23] == 17
+    }
+
+    /// Receives until `want` UDP frames came (the kernel's own IPv6 and
+    /// ARP frames come too) or two seconds passed; returns how many frames.
+    fn recv_some(port: &AfXdpPort, frames: &mut [Frame], want: usize) -> usize {
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut n = 0;
-        while frames[..n].iter().filter(|f| keep(f)).count() < want
+        while frames[..n].iter().filter(|f| is_udp(f)).count() < want
             && n < frames.len()
             && Instant::now() < deadline
         {
@@ -786,6 +840,7 @@ mod tests {
         if !privileged("veth_frames_both_ways_in_both_modes") {
             return;
         }
+        let _one = lock(&UMEM_TESTS);
         for mode in [XdpModeRequest::Driver, XdpModeRequest::Generic] {
             in_private_netns(|| exchange(mode));
         }
@@ -827,6 +882,7 @@ mod tests {
             mtu: 1500,
             tx_queues: 2,
             mode,
+            rx_chunks: DEFAULT_RX_CHUNKS,
         })
         .unwrap();
         let want = match mode {
@@ -845,6 +901,7 @@ mod tests {
             mtu: 1500,
             tx_queues: 1,
             mode,
+            rx_chunks: DEFAULT_RX_CHUNKS,
         })
         .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
@@ -854,11 +911,8 @@ mod tests {
         for i in 0..5u8 {
             sock.send_to(&[i; 32], "10.9.0.1:5000").unwrap();
         }
-        let is_udp = |f: &Frame| {
-            f.data().len() > 42 && f.data()[12..14] == [0x08, 0x00] && f.data()[23] == 17
-        };
         let mut frames: Vec<Frame> = (0..64).map(|_| Frame::new()).collect();
-        let n = recv_until(&port, &mut frames, 5, is_udp);
+        let n = recv_some(&port, &mut frames, 5);
         let udp: Vec<&Frame> = frames[..n].iter().filter(|f| is_udp(f)).collect();
         assert_eq!(udp.len(), 5, "datagrams through the XSK ({n} frames)");
         let d = udp[0].data();
@@ -911,5 +965,165 @@ mod tests {
         let shown = ip(&["-d", "link", "show", "pxa"]);
         assert!(!shown.contains(XDP_PROG_NAME), "program left: {shown}");
         ip(&["link", "del", "pxa"]);
+    }
+
+    /// A veth pair `a`/`b` (`a` with three queues), `b` addressed
+    /// `10.9.{n}.2/24` with a neighbour entry for `10.9.{n}.1` at `a`.
+    fn pair(a: &str, b: &str, n: u8) {
+        ip(&[
+            "link",
+            "add",
+            a,
+            "numtxqueues",
+            "3",
+            "numrxqueues",
+            "3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+        ]);
+        let mac_a = format!("02:00:00:00:{n:02x}:0a");
+        ip(&["link", "set", a, "address", &mac_a, "up"]);
+        ip(&[
+            "link",
+            "set",
+            b,
+            "address",
+            &format!("02:00:00:00:{n:02x}:0b"),
+            "up",
+        ]);
+        ip(&["addr", "add", &format!("10.9.{n}.2/24"), "dev", b]);
+        ip(&[
+            "neigh",
+            "add",
+            &format!("10.9.{n}.1"),
+            "lladdr",
+            &mac_a,
+            "dev",
+            b,
+        ]);
+    }
+
+    /// A UDP datagram from 10.9.{n}.1:5000 to 10.9.{n}.2:4000, `byte`
+    /// repeated as its payload, as an Ethernet frame (UDP checksum 0).
+    fn datagram(n: u8, byte: u8) -> Frame {
+        let mut f = vec![0u8; 14 + 20 + 8 + 16];
+        f[..6].copy_from_slice(&[2, 0, 0, 0, n, 0x0b]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, n, 0x0a]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip4 = &mut f[14..34];
+        ip4[0] = 0x45;
+        ip4[2..4].copy_from_slice(&44u16.to_be_bytes());
+        ip4[8] = 64;
+        ip4[9] = 17;
+        ip4[12..16].copy_from_slice(&[10, 9, n, 1]);
+        ip4[16..20].copy_from_slice(&[10, 9, n, 2]);
+        let mut sum: u32 = ip4
+            .chunks(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let sum = !(sum as u16);
+        ip4[10..12].copy_from_slice(&sum.to_be_bytes());
+        f[34..36].copy_from_slice(&5000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&4000u16.to_be_bytes());
+        f[38..40].copy_from_slice(&24u16.to_be_bytes());
+        f[42..].fill(byte);
+        Frame::from_bytes(&f)
+    }
+
+    /// Ports opened on one thread: each maps its receive share only, and
+    /// every transmit socket of the thread (the worker) shares one
+    /// transmit UMEM, which outlives the port whose socket registered it
+    /// (its veth deleted): a later port joins through another member or
+    /// registers it again, and every chunk comes back.
+    #[test]
+    fn ports_share_their_workers_transmit_umem() {
+        if !privileged("ports_share_their_workers_transmit_umem") {
+            return;
+        }
+        let _one = lock(&UMEM_TESTS);
+        in_private_netns(share_one_pool);
+    }
+
+    fn share_one_pool() {
+        let open = |name: &str, rx_chunks| {
+            AfXdpPort::open(&AfXdpConfig {
+                ifname: name.into(),
+                mtu: 1500,
+                tx_queues: 2,
+                mode: XdpModeRequest::Auto,
+                rx_chunks,
+            })
+            .unwrap()
+        };
+        let before = umem_use();
+        let (pool_bytes, _) = tx_pool::this_thread();
+        assert_eq!(pool_bytes, 0, "a fresh thread has no transmit pool");
+        pair("pxa1", "pxb1", 1);
+        pair("pxa2", "pxb2", 2);
+        pair("pxa3", "pxb3", 3);
+        let p1 = open("pxa1", 256);
+        let p2 = open("pxa2", 512);
+        let grown = umem_use();
+        assert_eq!(grown.rx_umems - before.rx_umems, 2);
+        assert_eq!(grown.rx_bytes - before.rx_bytes, (256 + 512) * 2048);
+        assert_eq!(
+            grown.tx_bytes, before.tx_bytes,
+            "no transmit memory per port"
+        );
+
+        let send = |port: &AfXdpPort, q: &mut TxQueue, n: u8, count: usize| {
+            let sock = UdpSocket::bind(format!("10.9.{n}.2:4000")).unwrap();
+            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            for i in 0..count {
+                port.push(q, &datagram(n, i as u8), None).unwrap();
+            }
+            port.flush(q).unwrap();
+            let mut buf = [0u8; 64];
+            for i in 0..count {
+                let (len, _) = sock.recv_from(&mut buf).unwrap();
+                assert_eq!((len, buf[0]), (16, i as u8));
+            }
+        };
+        let mut q1 = p1.tx_queue();
+        let mut q2 = p2.tx_queue();
+        let (pool_bytes, members) = tx_pool::this_thread();
+        assert_eq!(pool_bytes, u64::from(tx_pool::WORKER_TX_CHUNKS) * 2048);
+        assert_eq!(members, 2, "both transmit sockets on the one pool");
+        assert_eq!(umem_use().tx_umems - before.tx_umems, 1);
+        send(&p1, &mut q1, 1, 100);
+        send(&p2, &mut q2, 2, 100);
+
+        // The first port (whose socket registered the pool) goes, veth
+        // and all; its queue is still held, as a worker does until it
+        // sees the next port table.
+        drop(p1);
+        ip(&["link", "del", "pxa1"]);
+        let p3 = open("pxa3", 256);
+        let mut q3 = p3.tx_queue();
+        send(&p3, &mut q3, 3, 200);
+        send(&p2, &mut q2, 2, 200);
+        let (pool_bytes, members) = tx_pool::this_thread();
+        assert_eq!(pool_bytes, u64::from(tx_pool::WORKER_TX_CHUNKS) * 2048);
+        assert_eq!(members, 3);
+        drop((q1, q2, q3));
+        // Every chunk is back once the sockets are closed.
+        assert_eq!(
+            tx_pool::free_chunks(2048),
+            Some(tx_pool::WORKER_TX_CHUNKS as usize)
+        );
+        drop((p2, p3));
+        let after = umem_use();
+        assert_eq!(after.rx_umems, before.rx_umems);
+        assert_eq!(after.rx_bytes, before.rx_bytes);
     }
 }

@@ -357,6 +357,9 @@ mod tests {
         {
             return;
         }
+        let _one = crate::afxdp::UMEM_TESTS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for mode in [XdpModeRequest::Driver, XdpModeRequest::Generic] {
             let peer = Netns::new("xupl");
             in_private_netns(|| exchange(&peer, mode));

@@ -12,7 +12,9 @@
 //!   access leaves the mapped ring.
 //! - A [`UmemArea`] is page-aligned anonymous memory registered with
 //!   `XDP_UMEM_REG`; it is carved into disjoint [`UmemRange`]s, each owned
-//!   by one socket's state, so no two owners touch the same chunk. A range
+//!   by one socket's state or by one worker's transmit pool (which lends
+//!   its chunks to its sockets one at a time, keeping who holds which), so
+//!   no two owners touch the same chunk. A range
 //!   only hands out slices of the chunks its owner received from the
 //!   kernel (RX) or is about to give it (TX), bounds-checked.
 //! - Nothing here allocates after set-up; the per-batch calls (`kick_tx`,
