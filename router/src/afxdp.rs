@@ -847,36 +847,7 @@ mod tests {
     }
 
     fn exchange(mode: XdpModeRequest) {
-        ip(&[
-            "link",
-            "add",
-            "pxa",
-            "numtxqueues",
-            "3",
-            "numrxqueues",
-            "3",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "pxb",
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-        ]);
-        ip(&["link", "set", "pxa", "address", "02:00:00:00:00:0a", "up"]);
-        ip(&["link", "set", "pxb", "address", "02:00:00:00:00:0b", "up"]);
-        ip(&["addr", "add", "10.9.0.2/24", "dev", "pxb"]);
-        ip(&[
-            "neigh",
-            "add",
-            "10.9.0.1",
-            "lladdr",
-            "02:00:00:00:00:0a",
-            "dev",
-            "pxb",
-        ]);
+        pair("pxa", "pxb", 0);
         let port = AfXdpPort::open(&AfXdpConfig {
             ifname: "pxa".into(),
             mtu: 1500,
