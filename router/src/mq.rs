@@ -116,7 +116,7 @@ mod tests {
         let mut n = 0;
         while n < frames.len() {
             let mut hdr = [0u8; crate::frame::VNET_HDR_LEN];
-            match sys::read_vnet_frame(fd, &mut hdr, frames[n].rx_buffer()) {
+            match sys::read_with_header(fd, &mut hdr, frames[n].rx_buffer()) {
                 Ok(len) if len > hdr.len() => {
                     frames[n].set_len(len - hdr.len());
                     n += 1;

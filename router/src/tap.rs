@@ -248,14 +248,26 @@ fn configure(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// frames were read is deferred (the next call sees it again if it
 /// persists), so received frames are never lost.
 fn read_frames(fd: BorrowedFd<'_>, frames: &mut [Frame]) -> io::Result<usize> {
+    read_frames_with::<VNET_HDR_LEN>(fd, frames, VnetHdr::from_bytes)
+}
+
+/// Up to `frames.len()` frames from a TAP whose offload header is `H`
+/// bytes (read by `parse`), one `readv` each, as the kernel queued them.
+/// Stops at `EAGAIN`; an error after some frames is deferred to the next
+/// call.
+pub(crate) fn read_frames_with<const H: usize>(
+    fd: BorrowedFd<'_>,
+    frames: &mut [Frame],
+    parse: fn(&[u8; H]) -> VnetHdr,
+) -> io::Result<usize> {
     let mut n = 0;
     while n < frames.len() {
         let frame = &mut frames[n];
-        let mut hdr = [0u8; VNET_HDR_LEN];
-        match sys::read_vnet_frame(fd, &mut hdr, frame.rx_buffer()) {
-            Ok(len) if len > VNET_HDR_LEN => {
-                frame.set_len(len - VNET_HDR_LEN);
-                frame.vnet = VnetHdr::from_bytes(&hdr);
+        let mut hdr = [0u8; H];
+        match sys::read_with_header(fd, &mut hdr, frame.rx_buffer()) {
+            Ok(len) if len > H => {
+                frame.set_len(len - H);
+                frame.vnet = parse(&hdr);
                 n += 1;
             }
             // A read of 0 means "nothing more" (not expected on a TAP);

@@ -80,6 +80,7 @@ use crate::pipeline::flow_hash;
 use crate::pmtu::PathMtus;
 use crate::port::{foreign_queue, Port, RxQueue, TxQueue};
 use crate::sys;
+use crate::tap::read_frames_with;
 use crate::txring::{TxRing, TxSink};
 use crate::vxlan::{
     source_port, vtep_mac, OuterHeaders, TunnelVnetHdr, VxlanParams, OUTER_LEN, TUNNEL_VNET_HDR_LEN,
@@ -343,26 +344,10 @@ fn configure(fd: BorrowedFd<'_>) -> io::Result<()> {
     )
 }
 
-/// One `readv` per packet, as the kernel queued it (GRO'd: up to 64 KiB).
-/// Stops at `EAGAIN`; an error after some frames is deferred.
+/// One `readv` per packet, as the kernel queued it (GRO'd: up to 64 KiB),
+/// with the tunnel offload header.
 fn read_packets(fd: BorrowedFd<'_>, frames: &mut [Frame]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < frames.len() {
-        let frame = &mut frames[n];
-        let mut hdr = [0u8; TUNNEL_VNET_HDR_LEN];
-        match sys::read_with_header(fd, &mut hdr, frame.rx_buffer()) {
-            Ok(len) if len > TUNNEL_VNET_HDR_LEN => {
-                frame.set_len(len - TUNNEL_VNET_HDR_LEN);
-                frame.vnet = TunnelVnetHdr::from_bytes(&hdr).base;
-                n += 1;
-            }
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
-        }
-    }
-    Ok(n)
+    read_frames_with::<TUNNEL_VNET_HDR_LEN>(fd, frames, |h| TunnelVnetHdr::from_bytes(h).base)
 }
 
 fn invalid(what: &'static str) -> io::Error {

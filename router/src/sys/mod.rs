@@ -266,34 +266,6 @@ pub fn tun_set_persist(fd: BorrowedFd<'_>, persist: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads one frame with its virtio-net header (one `readv`): the header into
-/// `hdr`, the frame into `buf`. Returns the total byte count, header
-/// included. `WouldBlock` when nothing is queued (the descriptor is
-/// non-blocking).
-#[inline]
-pub fn read_vnet_frame(
-    fd: BorrowedFd<'_>,
-    hdr: &mut [u8; 10],
-    buf: &mut [u8],
-) -> io::Result<usize> {
-    let iov = [
-        libc::iovec {
-            iov_base: hdr.as_mut_ptr().cast(),
-            iov_len: hdr.len(),
-        },
-        libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        },
-    ];
-    // SAFETY: both iovecs describe memory exclusively borrowed (`&mut`) for
-    // the whole call with their exact lengths; readv writes at most that
-    // much into them and `fd` stays open for the call.
-    let n =
-        retry(|| unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as libc::c_int) })?;
-    Ok(n as usize)
-}
-
 /// Writes one frame after its virtio-net header (one `writev`). Returns the
 /// total byte count written, header included.
 #[inline]
