@@ -189,6 +189,70 @@ pub fn measure(pods: &[MatrixPod]) -> Matrix {
     m
 }
 
+/// Probes again, up to `rounds` times and one source at a time, the cells
+/// where `want` allows and `got` measured a refusal, and writes what they
+/// answer into `got`; returns how many cells a re-probe turned to allowed.
+///
+/// A probe that should pass can fail for reasons that are not policy: 324
+/// probes start at once and a UDP reply may miss its second second on a
+/// loaded machine. A refusal is only believed when it repeats. The other
+/// kind of difference, a cell that answered where the policy refuses, is
+/// never re-probed: an answer cannot come from load, so it always counts.
+pub fn reprobe_refusals(
+    pods: &[MatrixPod],
+    want: &Matrix,
+    got: &mut Matrix,
+    rounds: usize,
+) -> usize {
+    let mut turned = 0;
+    for _ in 0..rounds {
+        let mut by_source: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for ((src, dst, port), ok) in got.iter() {
+            if *ok
+                || !want
+                    .get(&(src.clone(), dst.clone(), port.clone()))
+                    .copied()
+                    .unwrap_or(false)
+            {
+                continue;
+            }
+            let d = pods.iter().find(|p| &p.name == dst).expect("a matrix pod");
+            let (proto, n) = port.split_once('/').expect("proto/port");
+            by_source
+                .entry(src.as_str())
+                .or_default()
+                .push(format!("{proto}:{}:{n}", d.ip));
+        }
+        if by_source.is_empty() {
+            break;
+        }
+        let mut answers = Vec::new();
+        for (src, targets) in by_source {
+            let s = pods.iter().find(|p| p.name == src).expect("a matrix pod");
+            for (target, ok) in probe(&s.ns, &targets) {
+                let mut parts = target.splitn(3, ':');
+                let (proto, ip, n) = (
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                    parts.next().unwrap_or_default().to_string(),
+                );
+                let d = pods.iter().find(|p| p.ip == ip).expect("a matrix pod");
+                answers.push((
+                    (src.to_string(), d.name.clone(), format!("{proto}/{n}")),
+                    ok,
+                ));
+            }
+        }
+        for (cell, ok) in answers {
+            if ok {
+                turned += 1;
+                got.insert(cell, true);
+            }
+        }
+    }
+    turned
+}
+
 /// The expected matrix from a rule `allowed(src, dst, "tcp/80")`; a pod
 /// always reaches itself (never through the router).
 pub fn expect(pods: &[MatrixPod], allowed: impl Fn(&str, &str, &str) -> bool) -> Matrix {
