@@ -285,13 +285,13 @@ impl Dir24 {
             (len > 24, if len > 24 { a >> 8 } else { 0 }, len)
         });
         let split = routes.partition_point(|r| r.1 <= 24);
-        // One chunk per /24 holding long routes (most are small): the
-        // arena is sized once, on huge pages, before it is written.
+        // A chunk per /24 holding two or more long routes (one long
+        // route under a uniform cover fits the entry): the arena is
+        // sized once, on huge pages, before it is written (it grows by
+        // `alloc` if more are needed).
         let mut chunks = 0;
-        let mut last = None;
-        for &(a, _, _) in &routes[split..] {
-            chunks += usize::from(last != Some(a >> 8));
-            last = Some(a >> 8);
+        for pair in routes[split..].windows(2) {
+            chunks += usize::from(pair[0].0 >> 8 == pair[1].0 >> 8);
         }
         ix.small = huge_copy(&ix.small, 1 + chunks + chunks / 4);
         for &(a, len, nh) in &routes[..split] {
