@@ -71,8 +71,8 @@
 //! - A /24 whose runs fit its entry ([`plain_entry`], [`inline_entry`])
 //!   has no chunk (so a chunk's cells are all equal only when their hop
 //!   id is too big for an entry), and a small chunk has at most
-//!   [`SMALL_RUNS`] runs; freed chunk slots are reused. Small chunk 0 and full chunk 0 are placeholders no entry
-//!   names.
+//!   [`SMALL_RUNS`] runs; freed chunk slots are reused. Small chunk 0
+//!   and full chunk 0 are placeholders no entry names.
 //! - Next-hop ids are never reused while the index lives; `Fib` rebuilds
 //!   an index whose interned next hops outnumber its routes well enough.
 //! - A `Dir24` is mutated only while nobody else can read it (`Fib`
