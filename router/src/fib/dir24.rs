@@ -310,20 +310,22 @@ impl Dir24 {
         while let Some(&(a, _, _)) = rest.first() {
             let x = (a >> 8) as usize;
             let n = rest.partition_point(|r| (r.0 >> 8) as usize == x);
-            let mut cells = [0; 256];
+            // The /24's runs, each route (shortest first) overwriting its
+            // range: run edits, not 256 cells expanded and recompressed
+            // per /24 (most hold one route).
             let mut runs = std::mem::take(&mut ix.runs);
+            let mut edited = std::mem::take(&mut ix.edited);
             runs.clear();
             ix.runs_of(ix.top[x], &mut runs);
-            cells_of_runs(&runs, &mut cells);
             for &(a, len, nh) in &rest[..n] {
                 let cell = ix.cell_for(nh, len);
-                let lo = (a & 0xff) as usize;
-                cells[lo..lo + (1usize << (32 - len))].fill(cell);
+                let lo = (a & 0xff) as u16;
+                edit_runs(&runs, lo, lo + (1 << (32 - len)), &|_| cell, &mut edited);
+                std::mem::swap(&mut runs, &mut edited);
             }
-            runs.clear();
-            runs_of_cells(&cells, &mut runs);
             ix.store(x, &runs);
             ix.runs = runs;
+            ix.edited = edited;
             rest = &rest[n..];
         }
         ix
@@ -605,14 +607,6 @@ fn runs_of_cells(cells: &[u32; 256], out: &mut Vec<Run>) {
         if pair[0] != pair[1] {
             out.push((i as u16 + 1, pair[1]));
         }
-    }
-}
-
-/// The 256 cells of `runs` (a /24), into `out`.
-fn cells_of_runs(runs: &[Run], out: &mut [u32; 256]) {
-    for (k, &(start, cell)) in runs.iter().enumerate() {
-        let end = runs.get(k + 1).map_or(256, |r| usize::from(r.0));
-        out[usize::from(start)..end].fill(cell);
     }
 }
 
