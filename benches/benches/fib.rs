@@ -9,7 +9,8 @@
 //! Lookup groups: one criterion iteration is one lookup, so the time
 //! criterion reports is the time per lookup. A sample times a plain loop
 //! over a pre-generated array of 4M addresses (16 MiB, read in order,
-//! cycled), with one `Fib::load` per sample: no per-lookup closure call,
+//! cycled), with one `Fib::load` per sample (a worker loads once per rx
+//! batch and then looks up frame by frame): no per-lookup closure call,
 //! random number or snapshot load is in the figure, and the array is big
 //! enough that the table lines it touches do not stay in the caches (the
 //! previous version cycled 65,536 addresses, whose lines fit in this
