@@ -130,6 +130,29 @@ pub fn tcp_md5_set(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> 
     Ok(())
 }
 
+/// Has the socket acknowledge what it received at once, including an
+/// acknowledgement the kernel was delaying (`TCP_QUICKACK`). Not sticky:
+/// the kernel may go back to delayed ACKs, so a receiver sets it after
+/// each read.
+pub fn tcp_quickack(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from `on`, which lives for the
+    // call; `fd` is open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &on as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts a non-blocking TCP connect to `peer`, from `local` if given, with
 /// an MD5 key if given (set before the SYN, as RFC 2385 needs). The
 /// connect completes in the background: wait for writability, then check
