@@ -43,19 +43,24 @@
 //!   reads the kernel's route count for the receiver's namespace
 //!   (`/proc/PID/net/fib_triestat`, about 1 ms per 100,000 routes, so
 //!   every 2 ms or twice a read's cost, whichever is longer), the same way
-//!   for both receivers, and one route dump at the end tells the learned
+//!   for both receivers, and once that count holds still one route dump
+//!   (after the fact: the reads before it timed the table) tells the learned
 //!   routes from the receiver's own. The resolution (2 ms, or a few ms at
 //!   a million routes) is well under the figures (hundreds of ms).
 //! - **Why BIRD's own times used to spread** (0.10-0.76 s within one
-//!   invocation with BIRD sending): not the Established detection (the
-//!   poll sees it 0-6 ms after the receiver's own timestamp, in the JSON
-//!   as `seen_late_secs`). Sender and receiver both sat mostly idle (CPU
-//!   time a tenth of the elapsed time): BIRD does not set `TCP_NODELAY`,
-//!   so the short last segment of a burst waits for the receiver's ACK,
-//!   which the kernel delays by up to 40 ms; how many bursts hit that
-//!   varies from run to run (tcpdump of a source BIRD feeding a
-//!   receiver). podrouterd acknowledges at once (`TCP_QUICKACK` after
-//!   each read); BIRD as a receiver does not.
+//!   invocation with BIRD sending): mostly not the Established detection
+//!   (the poll sees it 0-6 ms after a RIB-only BIRD's or podrouterd's own
+//!   timestamp, in the JSON as `seen_late_secs`; a BIRD busy exporting
+//!   into the kernel answers its CLI up to 0.1-0.5 s late, hence the own
+//!   timestamps). Sender and receiver both sat mostly idle (a RIB-only
+//!   BIRD's CPU time is 0.03 s over 0.2-1.0 s): BIRD does not set
+//!   `TCP_NODELAY`, so the short last segment of a burst waits for the
+//!   receiver's ACK, which the kernel delays by up to 40 ms (tcpdump of a
+//!   source BIRD feeding podrouterd), and how many bursts hit that varies
+//!   run to run. podrouterd now acknowledges at once (`TCP_QUICKACK`
+//!   after each read: its FIB time with BIRD sending fell from 0.98 s to
+//!   0.21 s in back-to-back runs); BIRD as a receiver does not, so its
+//!   RIB-only time still spreads.
 //! - **Who bounds the time**: the sender's CPU time over the same interval
 //!   is a row of its own: when it is about the elapsed time and the
 //!   receiver's CPU time is well below it, the figure measures how fast
@@ -807,9 +812,9 @@ fn measure(
     let mut sender_cpu_at_est = 0;
     // The kernel's count at each read once the FIB/RIB is full (Unix
     // seconds, routes). It includes the receiver's own routes (connected,
-    // podrouterd's pod block), so once it reaches `n` one dump tells the
-    // learned from the own, and the table was in at the first read whose
-    // count minus the own reached `n`.
+    // podrouterd's pod block), so once it settles at `n` or more one dump
+    // tells the learned from the own, and the table was in at the first
+    // read whose count minus the own reached `n`.
     let mut counts: Vec<(f64, usize)> = Vec::new();
     let mut in_kernel_at: Option<f64> = None;
     let mut have = 0;
@@ -872,12 +877,17 @@ fn measure(
         let now = Instant::now();
         if table_at.is_some() && who.kernel() && now >= next_kernel_read {
             let count = kernel_routes(pid).unwrap_or(0);
+            let settled = counts.last().is_some_and(|(_, c)| *c == count);
             counts.push((unix_secs(), count));
             next_kernel_read = now + POLL.max(now.elapsed() * 2);
-            if count >= n {
+            // Once the count holds still at `n` or more, one dump (after
+            // the fact: the reads before it already timed the table)
+            // tells the learned routes from the receiver's own.
+            if count >= n && settled {
                 learned = learned_in_kernel(ns)?;
-                let own = kernel_routes(pid).unwrap_or(0).saturating_sub(learned);
-                if learned >= n {
+                let own = count.saturating_sub(learned);
+                let still = kernel_routes(pid).unwrap_or(0) == count;
+                if learned >= n && still {
                     in_kernel_at = counts
                         .iter()
                         .find(|(_, c)| c.saturating_sub(own) >= n)
