@@ -49,18 +49,22 @@
 //!   a million routes) is well under the figures (hundreds of ms).
 //! - **Why BIRD's own times used to spread** (0.10-0.76 s within one
 //!   invocation with BIRD sending): mostly not the Established detection
-//!   (the poll sees it 0-6 ms after a RIB-only BIRD's or podrouterd's own
-//!   timestamp, in the JSON as `seen_late_secs`; a BIRD busy exporting
-//!   into the kernel answers its CLI up to 0.1-0.5 s late, hence the own
-//!   timestamps). Sender and receiver both sat mostly idle (a RIB-only
-//!   BIRD's CPU time is 0.03 s over 0.2-1.0 s): BIRD does not set
-//!   `TCP_NODELAY`, so the short last segment of a burst waits for the
-//!   receiver's ACK, which the kernel delays by up to 40 ms (tcpdump of a
-//!   source BIRD feeding podrouterd), and how many bursts hit that varies
-//!   run to run. podrouterd now acknowledges at once (`TCP_QUICKACK`
-//!   after each read: its FIB time with BIRD sending fell from 0.98 s to
-//!   0.21 s in back-to-back runs); BIRD as a receiver does not, so its
-//!   RIB-only time still spreads.
+//!   (the poll sees it 0-9 ms after a RIB-only BIRD's or podrouterd's own
+//!   timestamp, in the JSON as `seen_late_secs`; but a BIRD busy
+//!   exporting into the kernel answers its CLI up to 0.1-0.5 s late,
+//!   hence the own timestamps). Sender and receiver both sit mostly idle
+//!   in those rounds: a RIB-only BIRD's CPU time is 0.03-0.06 s over
+//!   0.2-1.2 s, the source BIRD's about 0.05 s, so the time goes to
+//!   waiting, on the sender's pacing or on TCP. One cause seen: BIRD does
+//!   not set `TCP_NODELAY`, so the short last segment of a burst waits
+//!   for the receiver's ACK, which the kernel delayed by 40 ms (tcpdump of
+//!   a source BIRD feeding podrouterd, 2,000 routes). podrouterd now
+//!   acknowledges at once (`TCP_QUICKACK` after each read), but its own
+//!   FIB time with BIRD sending did not change reliably with it in
+//!   back-to-back runs (medians of 5 at load 3.5-7: 0.21, 0.48 and
+//!   0.74 s new against 0.55, 0.77 and 0.32 s old), so that is not the
+//!   whole story, and the rest is not found out. The RIB-only figures therefore still spread; the kernel
+//!   rows, where the receiver's own work dominates, spread less.
 //! - **Who bounds the time**: the sender's CPU time over the same interval
 //!   is a row of its own: when it is about the elapsed time and the
 //!   receiver's CPU time is well below it, the figure measures how fast

@@ -761,9 +761,8 @@ impl Driver {
                 Ok(n) => {
                     // Acknowledge now rather than up to 40 ms later: a
                     // sender whose last segment of a burst is short holds
-                    // it (Nagle) until our ACK, and a delayed ACK stalled
-                    // a full table's transfer for 40 ms again and again
-                    // (tcpdump of a BIRD sender).
+                    // it (Nagle) until our ACK; a delayed ACK stalled a
+                    // BIRD sender's table for 40 ms (tcpdump).
                     let _ = sys::tcp_quickack(s.stream.as_fd());
                     let now = Instant::now();
                     self.speaker
