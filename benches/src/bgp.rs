@@ -906,9 +906,12 @@ fn measure(
             let sender_cpu = cpu_ns(sender_pid).saturating_sub(sender_cpu_at_est);
             let (mut own_kernel_secs, mut own_fib_secs) = (None, None);
             if who == Receiver::Podrouterd {
-                if let Some(podrouter_api::Reply::BgpPeers(peers)) =
-                    api(podrouter_api::Call::BgpPeers)
-                {
+                // The API closes a connection that sent nothing for 5 s
+                // (a million kernel routes take longer): a failed call
+                // drops it, the second connects again.
+                let peers = api(podrouter_api::Call::BgpPeers)
+                    .or_else(|| api(podrouter_api::Call::BgpPeers));
+                if let Some(podrouter_api::Reply::BgpPeers(peers)) = peers {
                     if let Some(p) = peers.iter().find(|p| p.state == "Established") {
                         own_est = p.established_unix_ms.map(|ms| ms / 1e3);
                         own_kernel_secs = p.established_to_kernel_synced_ms.map(|ms| ms / 1e3);
