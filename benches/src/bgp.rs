@@ -55,16 +55,17 @@
 //!   hence the own timestamps). Sender and receiver both sit mostly idle
 //!   in those rounds: a RIB-only BIRD's CPU time is 0.03-0.06 s over
 //!   0.2-1.2 s, the source BIRD's about 0.05 s, so the time goes to
-//!   waiting, on the sender's pacing or on TCP. One cause seen: BIRD does
-//!   not set `TCP_NODELAY`, so the short last segment of a burst waits
-//!   for the receiver's ACK, which the kernel delayed by 40 ms (tcpdump of
-//!   a source BIRD feeding podrouterd, 2,000 routes). podrouterd now
+//!   waiting, on the sender's pacing or on TCP. One cause seen (tcpdump of
+//!   a source BIRD feeding podrouterd, 2,000 routes): BIRD held the short
+//!   last segment of a burst until the receiver's ACK (Nagle's algorithm;
+//!   it does not appear to set `TCP_NODELAY`), which the kernel delayed
+//!   by 40 ms. podrouterd now
 //!   acknowledges at once (`TCP_QUICKACK` after each read), but its own
 //!   FIB time with BIRD sending did not change reliably with it in
 //!   back-to-back runs (medians of 5 at load 3.5-7: 0.21, 0.48 and
 //!   0.74 s new against 0.55, 0.77 and 0.32 s old), so that is not the
-//!   whole story, and the rest is not found out. The RIB-only figures therefore still spread; the kernel
-//!   rows, where the receiver's own work dominates, spread less.
+//!   whole story, and the rest is not found out: the RIB-only figures
+//!   still spread.
 //! - **Who bounds the time**: the sender's CPU time over the same interval
 //!   is a row of its own: when it is about the elapsed time and the
 //!   receiver's CPU time is well below it, the figure measures how fast

@@ -22,9 +22,9 @@
 //! per session the time from Established to the last publication and to
 //! the kernel caught up, the daemon's own convergence figures.
 //!
-//! Every read re-arms `TCP_QUICKACK` on the connection: senders that do
-//! not set `TCP_NODELAY` (BIRD) hold a burst's short last segment until
-//! our ACK, and the kernel's delayed ACK made that up to 40 ms per burst.
+//! Every read re-arms `TCP_QUICKACK` on the connection: a sender under
+//! Nagle's algorithm (BIRD, by tcpdump) holds a burst's short last segment
+//! until our ACK, and the kernel's delayed ACK made that 40 ms.
 //!
 //! Inbound connections from addresses that are not configured peers are
 //! closed at once, before a byte is read. Sends are queued per connection
