@@ -61,7 +61,7 @@ struct Cli {
     /// podrouterd's data-plane backend (`dataplane.backend`).
     #[arg(long, default_value = "tap")]
     backend: String,
-    /// Two-node IPIP pairs receive through XDP on the uplink
+    /// Two-node tunnel pairs (IPIP, VXLAN) receive through XDP on the uplink
     /// (`dataplane.uplink_xdp = true`).
     #[arg(long)]
     uplink_xdp: bool,

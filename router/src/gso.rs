@@ -648,6 +648,64 @@ fn finish_coalesced(head: &mut crate::frame::Frame, st: &Coalescing) {
     };
 }
 
+const IPPROTO_UDP: u8 = 17;
+/// Where the checksum field sits in a UDP header.
+const UDP_CHECKSUM_AT: usize = 6;
+
+/// Gives a frame that arrived with no checksum state (an AF_XDP socket's)
+/// the state a sending kernel left in it: if the TCP or UDP packet in the
+/// IPv4 packet at `l3` (whole, not a fragment, lengths consistent) has a
+/// checksum field holding exactly its pseudo-header sum, that field is a
+/// partial checksum the sender's kernel left for an offload (a veth
+/// underlay keeps `CHECKSUM_PARTIAL` on the wire), and the frame becomes
+/// a partial-checksum frame (`NEEDS_CSUM`, `csum_start` at the L4 header
+/// counted from the frame's start), which the receiving pod's kernel
+/// trusts and a software path completes. Returns whether it did.
+///
+/// Anything else is left as it is: a full checksum is verified by
+/// whoever receives it (the pod's kernel drops and counts a wrong one). A
+/// full checksum that happens to equal the pseudo-header sum is taken as
+/// partial and completed to the same value, so the test is never wrong
+/// for an intact packet; a corrupt packet whose field happens to equal
+/// its pseudo-header sum (1 in 65536 of corrupt ones) is delivered, as
+/// the kernel on a veth would.
+pub fn mark_partial_checksum(frame: &mut crate::frame::Frame, l3: usize) -> bool {
+    use crate::frame::VnetHdr;
+    let d = frame.data();
+    let Some(ip) = d.get(l3..) else {
+        return false;
+    };
+    let Ok((hl, total)) = ip_lengths(ip) else {
+        return false;
+    };
+    if be16(ip, ipv4::FLAGS_FRAG.start) & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return false;
+    }
+    let field = match ip[ipv4::PROTOCOL] {
+        IPPROTO_TCP => tcp::CHECKSUM.start,
+        IPPROTO_UDP => UDP_CHECKSUM_AT,
+        _ => return false,
+    };
+    let l4_len = total - hl;
+    if l4_len < field + 2 {
+        return false;
+    }
+    let mut pseudo = tcp_pseudo_header(&ip[ipv4::ADDRS], l4_len as u16);
+    pseudo[9] = ip[ipv4::PROTOCOL];
+    if be16(ip, hl + field) != ones_complement_sum(&pseudo) {
+        return false;
+    }
+    frame.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_NONE,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: (l3 + hl) as u16,
+        csum_offset: field as u16,
+    };
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1261,5 +1319,69 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A partial TCP or UDP checksum behind 64 bytes of outer headers is
+    /// recognised and marked; the completed (full) checksum, a fragment,
+    /// a wrong checksum and a truncated packet are left alone.
+    #[test]
+    fn partial_checksums_are_told_from_full_ones() {
+        use crate::frame::{Frame, VnetHdr};
+        let l3 = 64;
+        let behind = |pkt: &[u8]| {
+            let mut b = vec![0xaa; l3];
+            b.extend_from_slice(pkt);
+            Frame::from_bytes(&b)
+        };
+        let partial = tcp_packet(&[], TCP_ACK, &[7; 300]);
+        let mut f = behind(&partial);
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.flags, VnetHdr::F_NEEDS_CSUM);
+        assert_eq!(f.vnet.gso_type, VnetHdr::GSO_NONE);
+        assert_eq!(
+            (f.vnet.csum_start, f.vnet.csum_offset),
+            ((l3 + 20) as u16, 16)
+        );
+        // Completing it as the mark says gives the full checksum, which
+        // is not taken for a partial one.
+        let mut full = partial.clone();
+        complete_checksum(&mut full, 20, 16).unwrap();
+        verify_tcp(&full);
+        let mut f = behind(&full);
+        assert!(!mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet, VnetHdr::default());
+        // With IP options the L4 header moves.
+        let mut f = behind(&tcp_packet(&[1, 1, 1, 0], TCP_ACK | TCP_PSH, &[1; 10]));
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.csum_start, (l3 + 24) as u16);
+        // Wrong, fragment, truncated, not TCP/UDP: untouched.
+        let mut wrong = full.clone();
+        wrong[40] ^= 1;
+        let mut frag = partial.clone();
+        put16(&mut frag, 6, 0x2000);
+        fill_ip_checksum(&mut frag, 20);
+        let mut icmp = partial.clone();
+        icmp[9] = 1;
+        for pkt in [&wrong[..], &frag, &partial[..30], &icmp] {
+            let mut f = behind(pkt);
+            assert!(!mark_partial_checksum(&mut f, l3));
+            assert_eq!(f.vnet, VnetHdr::default());
+        }
+        // UDP: the field at offset 6 holding the pseudo-header sum.
+        let mut udp = vec![0u8; 20 + 8 + 32];
+        udp[0] = 0x45;
+        put16(&mut udp, 2, 60);
+        udp[9] = IPPROTO_UDP;
+        udp[12..16].copy_from_slice(&SRC.octets());
+        udp[16..20].copy_from_slice(&DST.octets());
+        put16(&mut udp, 24, 40);
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&udp[12..20]);
+        pseudo[9] = IPPROTO_UDP;
+        put16(&mut pseudo, 10, 40);
+        put16(&mut udp, 26, ones_complement_sum(&pseudo));
+        let mut f = behind(&udp);
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.csum_offset, 6);
     }
 }
