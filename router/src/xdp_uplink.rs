@@ -38,7 +38,9 @@
 //!   partial checksum the sending kernel left (a veth underlay does), and
 //!   the frame is marked `NEEDS_CSUM` ([`gso::mark_partial_checksum`]);
 //!   any other checksum is full, and the pod's kernel verifies it (and
-//!   drops and counts a wrong one).
+//!   drops and counts a wrong one). Consecutive TCP segments of a flow
+//!   are then coalesced into a UDP-tunnel GSO frame as the TAP would have
+//!   handed over after the kernel's GRO ([`gso::coalesce_vxlan_tcp`]).
 //!
 //! The pipeline checks and strips the outer headers as for the inner
 //! port (the known-node, VNI, VTEP MAC and inner-source checks included).
@@ -282,8 +284,8 @@ fn as_tap_frame(f: &mut Frame) {
 }
 
 impl Port for XdpUplink {
-    /// The sockets' frames first (IPIP made to look like the raw socket's,
-    /// TCP segments coalesced; VXLAN like the TAP's), then the inner
+    /// The sockets' frames first (made to look like the raw socket's or
+    /// the TAP's, TCP segments coalesced), then the inner
     /// port's, up to `frames.len()`. An error of the inner port after
     /// frames were received is deferred.
     fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
@@ -305,7 +307,7 @@ impl Port for XdpUplink {
                 for f in &mut frames[..n] {
                     as_tap_frame(f);
                 }
-                n
+                gso::coalesce_vxlan_tcp(frames, n)
             }
         };
         if n == frames.len() {
