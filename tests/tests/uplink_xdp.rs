@@ -10,6 +10,7 @@
 //! again; a clean stop leaves no program behind.
 use std::time::Duration;
 
+use podrouter_e2e::backlog::BacklogDrops;
 use podrouter_e2e::multinode::*;
 use podrouter_e2e::*;
 
@@ -162,6 +163,9 @@ fn takes_the_tunnel_and_leaves_the_host_its_traffic(
     port: &str,
     restarts: Restarts,
 ) {
+    // Pings are counted exactly: a failure says whether the kernel's
+    // shared receive backlogs dropped packets meanwhile (see `backlog`).
+    let backlog = BacklogDrops::now();
     let mut c = Cluster::start_with(
         "always",
         &[0, 0],
@@ -189,7 +193,12 @@ fn takes_the_tunnel_and_leaves_the_host_its_traffic(
     // counts every request, its IP layer sees (almost) nothing.
     let (rx0, ip0) = (uplink_rx(&c.nodes[1], port), ip_in_receives(&c.nodes[1]));
     let p = ping(&a.ns, &b.ip, &["-c", "50", "-i", "0.01", "-W", "2"]);
-    assert!(p.received >= 45, "pods across the tunnel:\n{}", p.text);
+    assert!(
+        p.received >= 45,
+        "pods across the tunnel ({}):\n{}",
+        backlog.note(),
+        p.text
+    );
     let (rx1, ip1) = (uplink_rx(&c.nodes[1], port), ip_in_receives(&c.nodes[1]));
     assert!(rx1 - rx0 >= 45, "uplink received {} of 50", rx1 - rx0);
     assert!(
@@ -209,13 +218,20 @@ fn takes_the_tunnel_and_leaves_the_host_its_traffic(
         &c.nodes[0].ip,
         &["-c", "3", "-i", "0.2", "-W", "2"],
     );
-    assert_eq!(host.received, 3, "node 1 -> node 0:\n{}", host.text);
+    assert_eq!(
+        host.received,
+        3,
+        "node 1 -> node 0 ({}):\n{}",
+        backlog.note(),
+        host.text
+    );
     let (n0, n1) = (node_endpoint(&c.nodes[0]), node_endpoint(&c.nodes[1]));
     let tcp = iperf3_gbps(&n1, &n0);
     let pods = pods_ping.join().expect("pod ping thread");
     assert!(
         pods.received >= 27,
-        "pods during host traffic:\n{}",
+        "pods during host traffic ({}):\n{}",
+        backlog.note(),
         pods.text
     );
     // The pods' TCP both ways: segments the other node's kernel cut
@@ -250,7 +266,13 @@ fn takes_the_tunnel_and_leaves_the_host_its_traffic(
     assert_ne!(id, first_ids[0], "the old program is still attached");
     assert!(settle(&a.ns, &b.ip, SETTLE), "pods after the restart");
     let p = ping(&a.ns, &b.ip, &["-c", "3", "-i", "0.2", "-W", "2"]);
-    assert_eq!(p.received, 3, "pods after the restart:\n{}", p.text);
+    assert_eq!(
+        p.received,
+        3,
+        "pods after the restart ({}):\n{}",
+        backlog.note(),
+        p.text
+    );
 
     // A clean stop detaches the program; the node is reachable as before.
     c.nodes[0].stop("TERM");
@@ -261,8 +283,10 @@ fn takes_the_tunnel_and_leaves_the_host_its_traffic(
         &["-c", "2", "-i", "0.2", "-W", "2"],
     );
     assert_eq!(
-        host.received, 2,
-        "node 0 after its daemon stopped:\n{}",
+        host.received,
+        2,
+        "node 0 after its daemon stopped ({}):\n{}",
+        backlog.note(),
         host.text
     );
 }
