@@ -947,6 +947,19 @@ pub struct BgpPeerInfo {
     /// resolution. None when nothing was published since Established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub established_to_last_install_ms: Option<f64>,
+    /// Milliseconds from this session's Established to the moment the
+    /// node's kernel held every learned-block route BGP decided so far
+    /// (the `bgp-kernel` thread finished the last batch handed to it),
+    /// measured by the daemon. Without kernel routes (no uplink) the same
+    /// as `established_to_last_install_ms`. None while the kernel is
+    /// behind the FIB, or when nothing was installed since Established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_to_kernel_synced_ms: Option<f64>,
+    /// When this session last reached Established, milliseconds since the
+    /// Unix epoch by the daemon's clock (to set beside another daemon's
+    /// own timestamp, e.g. BIRD's `show protocols`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub established_unix_ms: Option<f64>,
 }
 
 /// The BGP RIB, like `birdc show route`.

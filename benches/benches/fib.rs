@@ -1,13 +1,16 @@
 //! FIB micro-benchmarks: longest-prefix lookups at several table sizes and
-//! shapes, and the update rate of 1,000-change batches into a 1M-route
-//! table while a reader thread keeps looking up (as a worker would).
+//! shapes, and update rates at 1M routes while a reader thread keeps
+//! looking up (as a worker would): 1,000-change batches (`fib_update`),
+//! installing the whole table and churning a tenth of it in one batch
+//! (`fib_update_bulk`, routes per second of wall clock).
 //!
 //! Run: `cargo bench -p podrouter-benches --bench fib`
 //!
 //! Lookup groups: one criterion iteration is one lookup, so the time
 //! criterion reports is the time per lookup. A sample times a plain loop
 //! over a pre-generated array of 4M addresses (16 MiB, read in order,
-//! cycled), with one `Fib::load` per sample: no per-lookup closure call,
+//! cycled), with one `Fib::load` per sample (a worker loads once per rx
+//! batch and then looks up frame by frame): no per-lookup closure call,
 //! random number or snapshot load is in the figure, and the array is big
 //! enough that the table lines it touches do not stay in the caches (the
 //! previous version cycled 65,536 addresses, whose lines fit in this
@@ -377,12 +380,114 @@ fn fib_update(c: &mut Criterion) {
     });
 }
 
+/// The prefix of an insert or removal.
+fn prefix_of(c: &FibChange) -> Prefix {
+    match c {
+        FibChange::Insert(p, _) | FibChange::InsertMultipath(p, _) | FibChange::Remove(p) => *p,
+    }
+}
+
+/// Bulk updates at 1M routes while a reader thread looks up: installing
+/// the whole table in one batch (a BGP initial load; the table is emptied
+/// again, untimed, between iterations), and churning a tenth of it in one
+/// batch (50,000 installed routes removed and 50,000 fresh ones inserted,
+/// then back). Criterion's throughput is routes per second of wall clock,
+/// writer waits for readers included; the reader's rate during each is
+/// printed after the group.
+fn fib_update_bulk(c: &mut Criterion) {
+    const CHURN: usize = 50_000;
+    let mut rng = SmallRng::seed_from_u64(0xb1c);
+    let routes = random_routes(&mut rng, 1_000_000);
+    let addrs = lookup_addrs(&mut rng, &routes);
+    let remove_all: Vec<FibChange> = routes
+        .iter()
+        .map(|c| FibChange::Remove(prefix_of(c)))
+        .collect();
+    let mut seen: std::collections::HashSet<Prefix> = routes.iter().map(prefix_of).collect();
+    let mut fresh = Vec::with_capacity(CHURN);
+    while fresh.len() < CHURN {
+        let p = random_prefix(&mut rng);
+        if seen.insert(p) {
+            fresh.push(FibChange::Insert(p, next_hop_for(&mut rng, p)));
+        }
+    }
+    // Iteration 2k: `away` (installed routes out, fresh ones in);
+    // iteration 2k+1: `back`.
+    let old = &routes[1..=CHURN];
+    let away: Vec<FibChange> = old
+        .iter()
+        .map(|c| FibChange::Remove(prefix_of(c)))
+        .chain(fresh.iter().cloned())
+        .collect();
+    let back: Vec<FibChange> = fresh
+        .iter()
+        .map(|c| FibChange::Remove(prefix_of(c)))
+        .chain(old.iter().cloned())
+        .collect();
+    let fib = Fib::new();
+    let reader = Reader {
+        stop: AtomicBool::new(false),
+        lookups: AtomicU64::new(0),
+        max_batch_ns: AtomicU64::new(0),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| reader.run(&fib, &addrs));
+        let mut g = c.benchmark_group("fib_update_bulk");
+        g.sample_size(10);
+        g.warm_up_time(Duration::from_millis(100));
+        g.throughput(Throughput::Elements(routes.len() as u64));
+        // The reader's lookups while installs are timed (not while the
+        // table is emptied again: an empty table's lookups are cheaper).
+        let (mut install_lookups, mut install_time) = (0, Duration::ZERO);
+        g.bench_function(BenchmarkId::new("1M_routes", "install"), |b| {
+            b.iter_custom(|n| {
+                let mut busy = Duration::ZERO;
+                for _ in 0..n {
+                    let (before, start) = (reader.lookups.load(Ordering::Relaxed), Instant::now());
+                    fib.update(&routes);
+                    busy += start.elapsed();
+                    install_lookups += reader.lookups.load(Ordering::Relaxed) - before;
+                    fib.update(&remove_all);
+                }
+                install_time += busy;
+                busy
+            })
+        });
+        let install_rate = install_lookups as f64 / install_time.as_secs_f64().max(1e-9);
+        fib.update(&routes);
+        g.throughput(Throughput::Elements(2 * CHURN as u64));
+        let mut k = 0;
+        let (churn_rate, churn_max) = reader.measure(|| {
+            g.bench_function(BenchmarkId::new("1M_routes", "churn_10pct"), |b| {
+                b.iter(|| {
+                    fib.update(if k % 2 == 0 { &away } else { &back });
+                    k += 1;
+                })
+            });
+        });
+        g.finish();
+        reader.stop.store(true, Ordering::Relaxed);
+        let t = fib.load();
+        let total = t.memory_bytes() + t.index_bytes();
+        eprintln!(
+            "fib_update_bulk reader (64 lookups per load): during installs {:.1} M lookups/s, \
+             during churn {:.1} M lookups/s (slowest batch {:.1} us); \
+             after: {} routes, {:.0} bytes per route with both index copies",
+            install_rate / 1e6,
+            churn_rate / 1e6,
+            churn_max as f64 / 1e3,
+            t.len(),
+            total as f64 / t.len().max(1) as f64,
+        );
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = fib_lookup, fib_update
+    targets = fib_lookup, fib_update, fib_update_bulk
 }
 criterion_main!(benches);

@@ -61,7 +61,7 @@ struct Cli {
     /// podrouterd's data-plane backend (`dataplane.backend`).
     #[arg(long, default_value = "tap")]
     backend: String,
-    /// Two-node IPIP pairs receive through XDP on the uplink
+    /// Two-node tunnel pairs (IPIP, VXLAN) receive through XDP on the uplink
     /// (`dataplane.uplink_xdp = true`).
     #[arg(long)]
     uplink_xdp: bool,
@@ -721,18 +721,23 @@ fn run(cli: &Cli) -> Res<bool> {
     if scen.contains(&Scenario::BgpConvergence) {
         method.push(format!(
             "BGP convergence: GoBGP (AS 64513) first learns {n} /24s from a source BIRD; then \
-             podrouterd and BIRD 2 (both AS 64512, eBGP to GoBGP, on one bridge) take turns as \
-             the receiver, each started fresh per run; every 2 ms the harness asks the \
-             receiver for its session state and count over one control socket connection \
-             kept open for the round (podrouterd's API `bgp_peers` / `bgp_rib` with limit 0: \
-             `installed` in the FIB; BIRD's `show protocols` / `show protocols all up`: the \
-             routes its BGP channel imported into its RIB, a counter; BIRD exports nothing); \
-             the clock runs from the first poll that sees Established to the first that sees \
-             all {n}, so each figure resolves to about 2 ms plus one poll's own time (well \
-             under a millisecond: no process is started). The rounds run once with GoBGP \
-             sending and once with the source BIRD sending (its own sessions to the \
-             receivers); each sender's row is its CPU time over the same interval: when it \
-             is about the elapsed time, the sender bounds the figure",
+             podrouterd, BIRD 2 with a kernel protocol exporting what it learns (as Calico's \
+             BIRD) and BIRD 2 with its RIB only (all AS 64512, eBGP to the sender, on one \
+             bridge) take turns as the receiver, each started fresh per run. Installed means: \
+             podrouterd, in its FIB and then in the node kernel (a route per learned block); \
+             BIRD, in its RIB and, through the kernel protocol, in the kernel; the RIB-only \
+             rows compare podrouterd's FIB with BIRD's RIB. The clock starts at the \
+             receiver's own Established timestamp (podrouterd's API `bgp_peers` \
+             `established_unix_ms`, BIRD's `show protocols` time) and stops at the first \
+             poll that sees the table in: every 2 ms the harness asks the receiver for its \
+             count over one control socket connection kept open (`bgp_rib` with limit 0: \
+             `installed`; BIRD's `show protocols all up`: imported), then reads the kernel's \
+             route count of the receiver's namespace (`/proc/PID/net/fib_triestat`, every \
+             2 ms or twice a read's cost) the same way for both, and tells learned routes \
+             from the receiver's own with one route dump at the end. The rounds run once \
+             with GoBGP sending and once with the source BIRD sending (its own sessions to \
+             the receivers); each sender's row is its CPU time over the same interval: when \
+             it is about the elapsed time, the sender bounds the figure",
             n = p.bgp_routes
         ));
     }

@@ -95,7 +95,7 @@ pub struct PlaneOpts {
     /// (the machine's other CPUs); the kernel plane's RPS spreads over
     /// the same set, so both planes get the same CPUs.
     pub spare_cpus: Vec<usize>,
-    /// `dataplane.uplink_xdp` in two-node IPIP topologies (`--uplink-xdp`).
+    /// `dataplane.uplink_xdp` in two-node tunnel topologies (`--uplink-xdp`).
     pub uplink_xdp: bool,
     /// `dataplane.afxdp_rx_chunks` (`--afxdp-rx-chunks`), if given.
     pub afxdp_rx_chunks: Option<u32>,
@@ -138,9 +138,10 @@ impl PlaneOpts {
     }
 
     /// Whether a two-node podrouter pair runs its uplink through XDP:
-    /// asked for, and IPIP that is encapsulated (what `uplink_xdp` takes).
+    /// asked for, and a tunnel (IPIP or VXLAN) that is encapsulated (what
+    /// `uplink_xdp` takes).
     pub fn uplink_xdp_for(&self, encap: &str, tunnel: &str) -> bool {
-        self.uplink_xdp && tunnel == "ipip" && encap != "never"
+        self.uplink_xdp && matches!(tunnel, "ipip" | "vxlan") && encap != "never"
     }
 }
 

@@ -181,10 +181,10 @@ pub struct Dataplane {
     pub encap: Encap,
     /// The encapsulation: `ipip` (default) or `vxlan`.
     pub tunnel: TunnelKind,
-    /// Receive this node's IPIP traffic through an XDP program and AF_XDP
+    /// Receive this node's tunnel traffic through an XDP program and AF_XDP
     /// sockets on the uplink (everything else goes on to the kernel).
-    /// Either backend; needs `tunnel = "ipip"`, `node_ip` and an `encap`
-    /// other than `never`.
+    /// Either backend, either tunnel (IPIP, or VXLAN on `vxlan_port`);
+    /// needs `node_ip` and an `encap` other than `never`.
     pub uplink_xdp: bool,
     /// Send a pod's TCP GSO segments over IPIP whole, through the TAP
     /// `podrouter-ip` and its tcx program (`podrouter_router::ipip_gso`),
@@ -624,15 +624,10 @@ impl Config {
             return Err(("icmp_burst", "must be at least 1".into()));
         }
         if dp.uplink_xdp {
-            let why = if dp.tunnel != TunnelKind::Ipip {
-                Some(
-                    "works with tunnel = \"ipip\" only (VXLAN frames from other nodes can carry \
-                     partial checksums an AF_XDP socket cannot complete)",
-                )
-            } else if dp.encap == Encap::Never {
+            let why = if dp.encap == Encap::Never {
                 Some("has nothing to receive with encap = \"never\"")
             } else if self.node_ip.is_none() {
-                Some("needs node_ip: the program takes IPIP addressed to it")
+                Some("needs node_ip: the program takes tunnel traffic addressed to it")
             } else {
                 None
             };
@@ -940,10 +935,6 @@ asn = 64512
         }
         for (text, says) in [
             (
-                "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\ntunnel = \"vxlan\"\nuplink_xdp = true\n",
-                "ipip",
-            ),
-            (
                 "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\nencap = \"never\"\nuplink_xdp = true\n",
                 "never",
             ),
@@ -958,6 +949,13 @@ asn = 64512
             "t.toml",
         );
         assert!(ok.unwrap().dataplane.uplink_xdp);
+        // VXLAN too (it was refused before uplink_xdp took VXLAN).
+        let ok = Config::parse(
+            "node_ip = \"10.0.0.1\"\n[dataplane]\nbackend = \"afxdp\"\ntunnel = \"vxlan\"\nuplink_xdp = true\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(ok.dataplane.uplink_xdp && ok.dataplane.tunnel == TunnelKind::Vxlan);
 
         let e = err("pod_cidrs = [\"10.0.0.0/16\", \"10.0.1.0/24\"]\n");
         assert!(e.message.contains("overlap"), "{e}");

@@ -416,7 +416,17 @@ impl Drop for NewVeth<'_> {
 /// one per worker for transmit) and brought up. Transmit checksum offload
 /// is turned off on the pod end: the node end's AF_XDP socket gets frames
 /// exactly as they left the pod, so their checksums must be complete (TCP
-/// segmentation offload goes with it). On failure nothing is left behind.
+/// segmentation offload goes with it).
+///
+/// The pod's receive runs in the pod end's own NAPI, not through the CPU's
+/// backlog: GRO on the pod end, as many receive queues there as the node
+/// end has transmit queues, and TSO off on the node end (the veth driver
+/// takes that NAPI path only then, for frames the node end's AF_XDP
+/// sockets send, which are never TSO frames anyway). The backlog
+/// (`netif_rx`) is one queue per CPU shared by every namespace, at most
+/// `net.core.netdev_max_backlog` packets: a flood anywhere on the machine
+/// that fills it made the kernel drop the pod's packets unseen by
+/// podrouterd. On failure nothing is left behind.
 pub fn create_pod_veth(
     spec: &PodInterfaceSpec,
     node_ifname: &str,
@@ -470,6 +480,8 @@ pub fn create_pod_veth(
             })?;
         crate::sys::set_tx_checksum_offload(&spec.ifname, false)
             .map_err(err("turn transmit checksum offload off".into()))?;
+        crate::sys::set_gro(&spec.ifname, true)
+            .map_err(err("turn generic receive offload on".into()))?;
         bring_up_addressed(&mut nl, index, spec, whom_ref, None)?;
         guard.armed = false;
         Ok(())
@@ -479,11 +491,16 @@ pub fn create_pod_veth(
         let index = nl.link_index(node_ifname)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "node end of the veth vanished")
         })?;
+        crate::sys::set_tso(node_ifname, false)?;
         nl.link_set_up(index)
     })();
     if let Err(e) = up {
         let _ = delete_pod_interface(&spec.netns, &spec.ifname);
-        return Err(PodNetError::step("bring the node end up", &whom, e));
+        return Err(PodNetError::step(
+            "turn TSO off on the node end and bring it up",
+            &whom,
+            e,
+        ));
     }
     Ok(())
 }
@@ -1162,14 +1179,31 @@ mod tests {
             (Some(2), Some(2)),
             "{l}"
         );
+        // A receive queue in the pod for each transmit queue of the node
+        // end (the veth's NAPI takes only frames whose queue exists).
         let l = pod.ip_json(&["-d", "link", "show", "dev", "eth0"]);
         assert_eq!(
             (
                 l[0]["num_tx_queues"].as_u64(),
                 l[0]["num_rx_queues"].as_u64()
             ),
-            (Some(1), Some(1)),
+            (Some(1), Some(2)),
             "{l}"
+        );
+        // The pod receives through its end's NAPI, not the CPU's shared
+        // backlog: GRO on the pod end, TSO off on the node end.
+        let features = |ns: &Netns, dev: &str| {
+            let out = ns.command("ethtool").args(["-k", dev]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let pod_end = features(&pod, "eth0");
+        assert!(pod_end.contains("generic-receive-offload: on"), "{pod_end}");
+        // (The veth driver's test is the kernel's TSO mask: IPv4, IPv6.)
+        let node_end = features(&node, "prxtest0");
+        assert!(
+            node_end.contains("\ttx-tcp-segmentation: off")
+                && node_end.contains("\ttx-tcp6-segmentation: off"),
+            "{node_end}"
         );
         let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
         assert_eq!(addrs[0]["addr_info"][0]["local"], "10.244.1.2", "{addrs}");

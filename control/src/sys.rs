@@ -130,6 +130,29 @@ pub fn tcp_md5_set(fd: BorrowedFd<'_>, peer: std::net::Ipv4Addr, key: &[u8]) -> 
     Ok(())
 }
 
+/// Has the socket acknowledge what it received at once, including an
+/// acknowledgement the kernel was delaying (`TCP_QUICKACK`). Not sticky:
+/// the kernel may go back to delayed ACKs, so a receiver sets it after
+/// each read.
+pub fn tcp_quickack(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads one c_int from `on`, which lives for the
+    // call; `fd` is open for the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_QUICKACK,
+            &on as *const libc::c_int as *const libc::c_void,
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Starts a non-blocking TCP connect to `peer`, from `local` if given, with
 /// an MD5 key if given (set before the SYN, as RFC 2385 needs). The
 /// connect completes in the background: wait for writability, then check
@@ -208,6 +231,10 @@ pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `ETHTOOL_STXCSUM`: set transmit checksum offload.
 const ETHTOOL_STXCSUM: u32 = 0x17;
+/// `ETHTOOL_STSO`: set TCP segmentation offload.
+const ETHTOOL_STSO: u32 = 0x1f;
+/// `ETHTOOL_SGRO`: set generic receive offload.
+const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -222,6 +249,23 @@ struct EthtoolValue {
 /// that gets the bare frame (an AF_XDP socket on the veth's other end)
 /// needs; TCP segmentation offload goes with it.
 pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
+    ethtool_set_value(name, ETHTOOL_STXCSUM, on)
+}
+
+/// Turns TCP segmentation offload of interface `name` (in the calling
+/// thread's namespace) on or off (`ethtool -K NAME tso on|off`).
+pub fn set_tso(name: &str, on: bool) -> io::Result<()> {
+    ethtool_set_value(name, ETHTOOL_STSO, on)
+}
+
+/// Turns generic receive offload of interface `name` (in the calling
+/// thread's namespace) on or off (`ethtool -K NAME gro on|off`).
+pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
+    ethtool_set_value(name, ETHTOOL_SGRO, on)
+}
+
+/// One `SIOCETHTOOL` call that sets an `ethtool_value` flag.
+fn ethtool_set_value(name: &str, cmd: u32, on: bool) -> io::Result<()> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -236,7 +280,7 @@ pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
     // SAFETY: `fd` is a new descriptor nobody else owns.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut value = EthtoolValue {
-        cmd: ETHTOOL_STXCSUM,
+        cmd,
         data: u32::from(on),
     };
     // SAFETY: ifreq is a plain C struct; all-zero is a valid value.

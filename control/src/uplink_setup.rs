@@ -44,6 +44,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
+use podrouter_router::bpf::UplinkTunnel;
 use podrouter_router::encap::{EncapMode, EncapPolicy};
 use podrouter_router::ipip_gso::{IpipGso, TAP_NAME, TAP_NAME_ALT};
 use podrouter_router::pmtu::{self, OuterKind, OuterMatch, PathMtus, PmtuLearner, PmtuWatcher};
@@ -203,7 +204,14 @@ fn try_open(
             });
             ipip = Some(raw.clone());
             let port: Arc<dyn Port> = if cfg.dataplane.uplink_xdp {
-                let x = Arc::new(open_xdp(cfg, node_ip, &link, &mut nl, raw)?);
+                let x = Arc::new(open_xdp(
+                    cfg,
+                    node_ip,
+                    &link,
+                    &mut nl,
+                    UplinkTunnel::Ipip,
+                    raw,
+                )?);
                 xdp = Some(x.clone());
                 x
             } else {
@@ -225,6 +233,14 @@ fn try_open(
                 .map_err(|e| format!("cannot open the VXLAN uplink on {}: {e}", link.name))?;
             let params = port.params();
             port.set_path_mtus(path_mtus.clone());
+            let port: Arc<dyn Port> = if cfg.dataplane.uplink_xdp {
+                let tunnel = UplinkTunnel::Vxlan { port: params.port };
+                let x = Arc::new(open_xdp(cfg, node_ip, &link, &mut nl, tunnel, port)?);
+                xdp = Some(x.clone());
+                x
+            } else {
+                port
+            };
             (
                 port,
                 Tunnel::Vxlan(params),
@@ -324,27 +340,34 @@ fn with_ipip_gso(raw: Uplink, link: &LinkInfo, nl: &mut Netlink) -> Uplink {
     raw
 }
 
-/// The uplink's XDP receive around the raw-socket uplink `raw`
-/// (`uplink_xdp`): a program a previous podrouterd left on the interface
-/// is replaced, another's refused.
+/// The uplink's XDP receive of `tunnel` around its port `inner` (the
+/// raw-socket uplink, or the VXLAN TAP) (`uplink_xdp`): a program a
+/// previous podrouterd left on the interface is replaced, another's
+/// refused.
 fn open_xdp(
     cfg: &Config,
     node_ip: Ipv4Addr,
     link: &LinkInfo,
     nl: &mut Netlink,
-    raw: Arc<dyn Port>,
+    tunnel: UplinkTunnel,
+    inner: Arc<dyn Port>,
 ) -> Result<XdpUplink, String> {
     let fail = |e: std::io::Error| format!("uplink_xdp on {}: {e}", link.name);
     crate::podnet::detach_stale_xdp(nl, link).map_err(fail)?;
     let xcfg = XdpUplinkConfig {
         ifname: link.name.clone(),
         local: node_ip,
+        tunnel,
         link_mtu: u16::try_from(link.mtu).unwrap_or(u16::MAX),
         mode: crate::nodenet::xdp_mode_request(cfg.dataplane.xdp_mode),
     };
-    let x = XdpUplink::open(&xcfg, raw).map_err(fail)?;
+    let x = XdpUplink::open(&xcfg, inner).map_err(fail)?;
+    let what = match tunnel {
+        UplinkTunnel::Ipip => "IPIP".to_string(),
+        UplinkTunnel::Vxlan { port } => format!("VXLAN (UDP port {port})"),
+    };
     log::info!(
-        "uplink_xdp: IPIP to {node_ip} on {} goes to {} AF_XDP socket(s) ({}, program id {}); \
+        "uplink_xdp: {what} to {node_ip} on {} goes to {} AF_XDP socket(s) ({}, program id {}); \
          everything else to the kernel",
         link.name,
         x.queues(),

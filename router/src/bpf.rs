@@ -18,14 +18,16 @@
 //!   frame's IPv4 addresses and TCP/UDP ports: every frame of a flow gets
 //!   the same queue.
 //!
-//! The uplink's program ([`uplink_ipip_program`], for `uplink_xdp`) takes
+//! The uplink's program ([`uplink_program`], for `uplink_xdp`) takes
 //! only this node's tunnel traffic and passes everything else:
 //!
 //! ```text
-//! if (len > max || len < 34) return XDP_PASS;
+//! if (len > max || len < min) return XDP_PASS;  // min: 34, VXLAN 42
 //! if (eth.proto != IPv4 || ip.ver_ihl != 0x45) return XDP_PASS;
 //! if (ip.frag_off & (MF | offset)) return XDP_PASS;   // the kernel reassembles
-//! if (ip.daddr != node || ip.protocol != 4) return XDP_PASS;
+//! if (ip.daddr != node) return XDP_PASS;
+//! if (ip.protocol != 4) return XDP_PASS;           // IPIP; VXLAN: 17, and
+//! if (udp.dest != vxlan_port) return XDP_PASS;     // VXLAN only
 //! return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 //! ```
 //!
@@ -460,18 +462,54 @@ pub fn ipip_gso_program(uplink_ifindex: u32) -> Vec<Insn> {
     p
 }
 
-/// Shortest frame the uplink program looks into: Ethernet and an IPv4
-/// header without options.
-const UPLINK_MIN_FRAME: i32 = 14 + 20;
+/// What the uplink's XDP program takes besides IPv4 to the node: the
+/// configured tunnel's packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkTunnel {
+    /// IP protocol 4.
+    Ipip,
+    /// UDP to this destination port (the VXLAN port).
+    Vxlan { port: u16 },
+}
 
-/// The uplink's XDP program: IPIP (protocol 4) addressed to `node`,
-/// whole (no fragment), IPv4 without options, at most `max_frame` bytes
-/// with its Ethernet header, goes to the socket at its receive queue's
-/// index in the XSKMAP `map_fd` (or on to the kernel if there is none);
-/// everything else goes on to the kernel (`XDP_PASS`). The node's own
-/// traffic, ARP, fragments and anything too long for a UMEM chunk are
-/// never taken from the host.
+impl UplinkTunnel {
+    /// Shortest frame the program looks into: Ethernet and an IPv4 header
+    /// without options, and for VXLAN the UDP header.
+    const fn min_frame(self) -> i32 {
+        match self {
+            UplinkTunnel::Ipip => 14 + 20,
+            UplinkTunnel::Vxlan { .. } => 14 + 20 + 8,
+        }
+    }
+
+    const fn protocol(self) -> i32 {
+        match self {
+            UplinkTunnel::Ipip => 4,
+            UplinkTunnel::Vxlan { .. } => 17,
+        }
+    }
+}
+
+/// The uplink's XDP program for IPIP: [`uplink_program`] with
+/// [`UplinkTunnel::Ipip`].
 pub fn uplink_ipip_program(map_fd: i32, node: std::net::Ipv4Addr, max_frame: u16) -> Vec<Insn> {
+    uplink_program(map_fd, node, max_frame, UplinkTunnel::Ipip)
+}
+
+/// The uplink's XDP program: `tunnel`'s packets (IPIP: protocol 4; VXLAN:
+/// UDP to its port) addressed to `node`, whole (no fragment), IPv4
+/// without options, at most `max_frame` bytes with their Ethernet header,
+/// go to the socket at their receive queue's index in the XSKMAP `map_fd`
+/// (or on to the kernel if there is none); everything else goes on to the
+/// kernel (`XDP_PASS`). The node's own traffic, ARP, other UDP ports,
+/// fragments and anything too long for a UMEM chunk are never taken from
+/// the host.
+pub fn uplink_program(
+    map_fd: i32,
+    node: std::net::Ipv4Addr,
+    max_frame: u16,
+    tunnel: UplinkTunnel,
+) -> Vec<Insn> {
     // Loads are in host (little-endian) byte order: compare with the wire
     // bytes read the same way.
     let ethertype_ipv4 = i32::from(u16::from_le_bytes([0x08, 0x00]));
@@ -491,9 +529,9 @@ pub fn uplink_ipip_program(map_fd: i32, node: std::net::Ipv4Addr, max_frame: u16
     p.push(Insn::mov_reg(R4, R2));
     p.push(Insn::add_imm(R4, i32::from(max_frame) + 1));
     jump_to_pass(&mut p, Insn::jle_reg(R4, R3, 0));
-    // Too short for Ethernet + IPv4.
+    // Too short for Ethernet + IPv4 (+ UDP).
     p.push(Insn::mov_reg(R4, R2));
-    p.push(Insn::add_imm(R4, UPLINK_MIN_FRAME));
+    p.push(Insn::add_imm(R4, tunnel.min_frame()));
     jump_to_pass(&mut p, Insn::jgt_reg(R4, R3, 0));
     p.push(Insn::load_u16(R5, R2, 12));
     jump_to_pass(&mut p, Insn::jne32_imm(R5, ethertype_ipv4, 0));
@@ -505,7 +543,13 @@ pub fn uplink_ipip_program(map_fd: i32, node: std::net::Ipv4Addr, max_frame: u16
     p.push(Insn::load_u32(R5, R2, 14 + 16));
     jump_to_pass(&mut p, Insn::jne32_imm(R5, node_le, 0));
     p.push(Insn::load_u8(R5, R2, 14 + 9));
-    jump_to_pass(&mut p, Insn::jne32_imm(R5, 4, 0));
+    jump_to_pass(&mut p, Insn::jne32_imm(R5, tunnel.protocol(), 0));
+    if let UplinkTunnel::Vxlan { port } = tunnel {
+        // The UDP destination port (the length check covered it).
+        p.push(Insn::load_u16(R5, R2, 14 + 20 + 2));
+        let port_le = i32::from(u16::from_le_bytes(port.to_be_bytes()));
+        jump_to_pass(&mut p, Insn::jne32_imm(R5, port_le, 0));
+    }
     // return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS)
     p.push(Insn::load_u32(R2, R1, XDP_MD_RX_QUEUE_INDEX));
     p.extend(Insn::load_map_fd(R1, map_fd));
@@ -639,6 +683,47 @@ mod tests {
         assert_eq!(bytes[pass - 6], [0x61, 0x12, 0x10, 0, 0, 0, 0, 0]);
         assert_eq!(bytes[pass - 5], [0x18, 0x11, 0, 0, 9, 0, 0, 0]);
         assert_eq!(bytes[pass - 2], [0x85, 0, 0, 0, 0x33, 0, 0, 0]);
+    }
+
+    /// The VXLAN variant: the IPIP checks with protocol 17, a frame long
+    /// enough for the UDP header, and one more check (the UDP destination
+    /// port, read little-endian) before the redirect; every jump still
+    /// lands on the pass block.
+    #[test]
+    fn uplink_vxlan_program_checks_the_udp_port() {
+        let node = std::net::Ipv4Addr::new(192, 168, 57, 200);
+        let p = uplink_program(9, node, 1514, UplinkTunnel::Vxlan { port: 4789 });
+        let bytes: Vec<[u8; 8]> = p.iter().map(|i| i.to_bytes()).collect();
+        let pass = p.len() - 2;
+        assert_eq!(bytes[pass], [0xb7, 0, 0, 0, 2, 0, 0, 0], "r0 = XDP_PASS");
+        assert_eq!(bytes[6], [0x07, 0x04, 0, 0, 42, 0, 0, 0], "r4 += 42");
+        let mut jumps = 0;
+        for (i, insn) in p.iter().enumerate() {
+            if matches!(insn.code & 0x07, BPF_JMP | BPF_JMP32)
+                && insn.code & 0xf0 != BPF_CALL
+                && insn.code & 0xf0 != BPF_EXIT
+            {
+                assert_eq!(i as i64 + 1 + i64::from(insn.off), pass as i64, "jump {i}");
+                jumps += 1;
+            }
+        }
+        assert_eq!(jumps, 8);
+        let jne32_r5 = |imm: [u8; 4]| {
+            bytes
+                .iter()
+                .position(|b| b[..2] == [0x56, 0x05] && b[4..] == imm)
+        };
+        let udp = jne32_r5([17, 0, 0, 0]).expect("protocol 17");
+        assert_eq!(jne32_r5([4, 0, 0, 0]), None, "no IPIP check");
+        // r5 = *(u16 *)(data + 36); if r5 != 4789 (0x12b5 big-endian)
+        assert_eq!(bytes[udp + 1], [0x69, 0x25, 36, 0, 0, 0, 0, 0]);
+        assert_eq!(bytes[udp + 2][4..], [0x12, 0xb5, 0, 0]);
+        assert_eq!(bytes[udp + 3], [0x61, 0x12, 0x10, 0, 0, 0, 0, 0]);
+        // IPIP is unchanged by the VXLAN variant's existence.
+        assert_eq!(
+            uplink_ipip_program(9, node, 1514),
+            uplink_program(9, node, 1514, UplinkTunnel::Ipip)
+        );
     }
 
     /// The IPIP GSO classifier, from the instruction-set document: every

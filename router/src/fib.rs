@@ -22,13 +22,14 @@
 //! the first hit is the longest match.
 //!
 //! A table of [`Fib::INDEX_MIN_ROUTES`] routes or more (16,384) also has a
-//! DIR-24-8 index ([`dir24`]): one 4-byte entry per /24 (64 MiB of
+//! DIR-24-8 index ([`dir24`]): one 8-byte entry per /24 (128 MiB of
 //! address space on transparent huge pages where the kernel gives them,
 //! resident only where routes other than the default are: the default
-//! route is the index's next hop 0, never written into entries), and a chunk of
-//! that /24's 256 addresses where a longer route lies inside it, stored
-//! as one 64-byte cache line while it has at most 10 runs of equal next
-//! hops. Its lookups are one read, or two with a chunk, however many
+//! route is the index's next hop 0, never written into entries), which
+//! holds the /24's cells itself when they are one route's or one longer
+//! route's run under a shorter one, and else names a chunk of that /24's
+//! 256 addresses, stored as one 64-byte cache line while it has at most
+//! 10 runs of equal next hops. Its lookups are one read, or two with a chunk, however many
 //! prefix lengths the table has; [`FibTable::lookup_batch`] pipelines groups of 16 addresses so
 //! the reads of three groups are in flight at once. The index is derived from the hash
 //! tables, which stay the truth (`get`, `routes`, groups, nodes). It
@@ -85,7 +86,7 @@
 //! tries are smaller, but a lookup walks 4-5 dependent levels for a /32
 //! where DIR-24-8 reads at most two lines, and both would need
 //! copy-on-write paths for snapshots; the cost of DIR-24-8 is its fixed
-//! 64 MiB per copy, which is why small tables keep the hash path.
+//! 128 MiB per copy, which is why small tables keep the hash path.
 //!
 //! The hash tables themselves (below the threshold):
 //! The index makes a lookup cost the lengths present *near the
@@ -149,12 +150,12 @@
 //! # Cost model
 //!
 //! - With the DIR-24-8 index (16,384 routes or more): `lookup` reads the
-//!   /24 entry, a 64-byte chunk if the /24 holds longer routes, and the
-//!   interned next hop; about 40 instructions. An update additionally rewrites
+//!   /24 entry, a 64-byte chunk if the /24's cells do not fit the entry
+//!   (two or more longer routes), and the interned next hop. An update additionally rewrites
 //!   the index cells its routes cover, in the published-next copy and one
 //!   batch later in the other. Memory: the first level's pages that
-//!   routes other than the default cover (at most 64 MiB), plus 64 bytes
-//!   per /24 with routes longer than /24 (1 KiB past 10 runs), twice.
+//!   routes other than the default cover (at most 128 MiB), plus 64 bytes
+//!   per /24 whose cells do not fit its entry (1 KiB past 10 runs), twice.
 //!
 //! - `lookup`: one slot read, then at most D probes for the D lengths
 //!   /17../32 the slot's mask names, longest first, stopping at the first
@@ -777,19 +778,20 @@ impl FibTable {
         let span = |g: usize| g * GROUP..dsts.len().min((g + 1) * GROUP);
         // Entries, then cells, of the groups in the middle stages, by
         // group number modulo 4.
-        let mut cells = [[0u32; GROUP]; 4];
+        let mut cells = [[0u64; GROUP]; 4];
         for step in 0..groups + 3 {
             if let Some(g) = step.checked_sub(3) {
                 let cells = &cells[g % 4];
                 for (o, &c) in out[span(g)].iter_mut().zip(cells) {
-                    *o = ix.hop(c);
+                    *o = ix.hop(c as u32);
                 }
             }
             if let Some(g) = step.checked_sub(2).filter(|&g| g < groups) {
                 let cells = &mut cells[g % 4];
                 for (c, &d) in cells.iter_mut().zip(&dsts[span(g)]) {
-                    *c = ix.cell(*c, u32::from(d));
-                    ix.prefetch_hop(*c);
+                    let id = ix.hop_id(*c, u32::from(d));
+                    ix.prefetch_hop(id);
+                    *c = u64::from(id);
                 }
             }
             if let Some(g) = step.checked_sub(1).filter(|&g| g < groups) {

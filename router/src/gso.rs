@@ -648,6 +648,269 @@ fn finish_coalesced(head: &mut crate::frame::Frame, st: &Coalescing) {
     };
 }
 
+const IPPROTO_UDP: u8 = 17;
+/// Where the checksum field sits in a UDP header.
+const UDP_CHECKSUM_AT: usize = 6;
+
+/// Offsets in a VXLAN frame as the uplink hands it over (outer Ethernet
+/// first; outer and inner IPv4 without options): outer IPv4, UDP, the
+/// VXLAN header, inner Ethernet, inner IPv4, inner TCP.
+const VX_OUTER: usize = ETHERNET_HEADER_LEN;
+const VX_UDP: usize = VX_OUTER + IPV4_HEADER_LEN;
+const VX_HDR: usize = VX_UDP + 8;
+const VX_INNER_ETH: usize = VX_HDR + 8;
+const VX_INNER: usize = VX_INNER_ETH + ETHERNET_HEADER_LEN;
+const VX_TCP: usize = VX_INNER + IPV4_HEADER_LEN;
+
+/// The TCP header length and payload length of a VXLAN frame that may
+/// take part in coalescing: outer IPv4 without options, UDP, inner
+/// Ethernet carrying IPv4 without options and TCP, neither IPv4 packet a
+/// fragment, every length exact (no padding), flags ACK or ACK|PSH.
+fn vxlan_tcp_shape(d: &[u8]) -> Option<(usize, usize)> {
+    if d.len() < VX_TCP + TCP_HEADER_LEN
+        || d[VX_OUTER + ipv4::VER_IHL] != IPV4_NO_OPTIONS
+        || d[VX_OUTER + ipv4::PROTOCOL] != IPPROTO_UDP
+        || d[VX_INNER_ETH + 12..VX_INNER_ETH + 14] != [0x08, 0x00]
+        || d[VX_INNER + ipv4::VER_IHL] != IPV4_NO_OPTIONS
+        || d[VX_INNER + ipv4::PROTOCOL] != IPPROTO_TCP
+    {
+        return None;
+    }
+    let fragment = |ip: &[u8]| be16(ip, ipv4::FLAGS_FRAG.start) & (IP_MF | IP_OFFSET_MASK) != 0;
+    if fragment(&d[VX_OUTER..]) || fragment(&d[VX_INNER..]) {
+        return None;
+    }
+    let total = d.len() - VX_OUTER;
+    if usize::from(be16(d, VX_OUTER + ipv4::LENGTH.start)) != total
+        || usize::from(be16(d, VX_UDP + 4)) != total - IPV4_HEADER_LEN
+        || usize::from(be16(d, VX_INNER + ipv4::LENGTH.start)) != d.len() - VX_INNER
+    {
+        return None;
+    }
+    let thl = usize::from(d[VX_TCP + tcp::DATA_OFF] >> 4) * 4;
+    let flags = d[VX_TCP + tcp::FLAGS];
+    if thl < TCP_HEADER_LEN
+        || VX_TCP + thl > d.len()
+        || flags & TCP_ACK == 0
+        || flags & !(TCP_ACK | TCP_PSH) != 0
+    {
+        return None;
+    }
+    Some((thl, d.len() - VX_TCP - thl))
+}
+
+/// Whether the inner TCP checksum of a VXLAN frame may be trusted for a
+/// merged frame: partial (the field holds the pseudo-header sum, see
+/// [`mark_partial_checksum`]) or full and verifying.
+fn vxlan_tcp_checksum_ok(d: &[u8]) -> bool {
+    let addrs = &d[VX_INNER + ipv4::ADDRS.start..VX_INNER + ipv4::ADDRS.end];
+    let pseudo = ones_complement_sum(&tcp_pseudo_header(addrs, (d.len() - VX_TCP) as u16));
+    be16(d, VX_TCP + tcp::CHECKSUM.start) == pseudo
+        || add_sums(pseudo, ones_complement_sum(&d[VX_TCP..])) == 0xffff
+}
+
+/// Receive-side coalescing of TCP segments carried in VXLAN, for the
+/// uplink's AF_XDP receive: [`coalesce_ipip_tcp`] for frames shaped as
+/// the VXLAN TAP hands them over (outer Ethernet, IPv4, UDP, VXLAN, inner
+/// Ethernet, IPv4, TCP). A segment joins a run on the same conditions,
+/// plus the same outer UDP ports, VXLAN header and inner Ethernet header;
+/// its checksum must verify or be partial (what a sending kernel leaves
+/// on a veth underlay, which the kernel itself would trust there). The
+/// merged frame is a UDP-tunnel GSO frame as the TAP would have handed it
+/// over (`GSO_UDP_TUNNEL_IPV4 | GSO_TCPV4`, partial inner checksum, outer
+/// UDP checksum 0: none, allowed over IPv4, and nothing reads it), so the
+/// pipeline's VXLAN decapsulation takes it unchanged. A frame that merges
+/// with nothing is left as it was. Returns how many frames remain, in
+/// order, as `frames[..returned]`.
+pub fn coalesce_vxlan_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize {
+    let n = n.min(frames.len());
+    let mut out = 0;
+    let mut i = 0;
+    while i < n {
+        frames.swap(out, i);
+        let head = out;
+        out += 1;
+        i += 1;
+        let d = frames[head].data();
+        let Some((thl, payload)) = vxlan_tcp_shape(d) else {
+            continue;
+        };
+        if payload == 0 || d[VX_TCP + tcp::FLAGS] != TCP_ACK || !vxlan_tcp_checksum_ok(d) {
+            continue;
+        }
+        let mut st = Coalescing {
+            thl,
+            mss: payload,
+            payload,
+            next_seq: be32(d, VX_TCP + tcp::SEQ_NUM.start).wrapping_add(payload as u32),
+            merged: 1,
+            psh: false,
+            closed: false,
+        };
+        while i < n && !st.closed {
+            let (a, b) = frames.split_at_mut(i);
+            if !try_absorb_vxlan(&mut a[head], &mut st, &b[0]) {
+                break;
+            }
+            i += 1;
+        }
+        if st.merged > 1 {
+            finish_coalesced_vxlan(&mut frames[head], &st);
+        }
+    }
+    out
+}
+
+/// Appends `p`'s payload to `head` if `p` continues the run (see
+/// [`coalesce_vxlan_tcp`]).
+fn try_absorb_vxlan(
+    head: &mut crate::frame::Frame,
+    st: &mut Coalescing,
+    p: &crate::frame::Frame,
+) -> bool {
+    let pd = p.data();
+    let Some((thl, payload)) = vxlan_tcp_shape(pd) else {
+        return false;
+    };
+    let hd = head.data();
+    let t = VX_TCP;
+    let at = |base: usize, f: std::ops::Range<usize>| base + f.start..base + f.end;
+    let df = |d: &[u8]| d[VX_INNER + ipv4::FLAGS] & (IP_DF >> 8) as u8;
+    let same = thl == st.thl
+        && hd[at(VX_OUTER, ipv4::ADDRS)] == pd[at(VX_OUTER, ipv4::ADDRS)]
+        // outer UDP ports, then the VXLAN header and inner Ethernet
+        && hd[VX_UDP..VX_UDP + 4] == pd[VX_UDP..VX_UDP + 4]
+        && hd[VX_HDR..VX_INNER] == pd[VX_HDR..VX_INNER]
+        && hd[VX_INNER + ipv4::TOS] == pd[VX_INNER + ipv4::TOS]
+        && hd[VX_INNER + ipv4::TTL] == pd[VX_INNER + ipv4::TTL]
+        && df(hd) == df(pd)
+        && hd[at(VX_INNER, ipv4::ADDRS)] == pd[at(VX_INNER, ipv4::ADDRS)]
+        && hd[at(t, tcp::PORTS)] == pd[at(t, tcp::PORTS)]
+        // ACK number and data offset
+        && hd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF] == pd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF]
+        && hd[at(t, tcp::WINDOW)] == pd[at(t, tcp::WINDOW)]
+        // urgent pointer and options
+        && hd[t + tcp::URGENT.start..t + thl] == pd[t + tcp::URGENT.start..t + thl];
+    if !same
+        || be32(pd, t + tcp::SEQ_NUM.start) != st.next_seq
+        || payload == 0
+        || payload > st.mss
+        || VX_TCP - VX_OUTER + thl + st.payload + payload > usize::from(u16::MAX)
+        || head.tailroom() < payload
+        || !vxlan_tcp_checksum_ok(pd)
+    {
+        return false;
+    }
+    let end = head.len();
+    if !head.resize(end + payload) {
+        return false;
+    }
+    head.data_mut()[end..].copy_from_slice(&pd[t + thl..]);
+    st.payload += payload;
+    st.next_seq = st.next_seq.wrapping_add(payload as u32);
+    st.merged += 1;
+    if pd[t + tcp::FLAGS] & TCP_PSH != 0 {
+        st.psh = true;
+        st.closed = true;
+    }
+    if payload < st.mss {
+        st.closed = true;
+    }
+    true
+}
+
+/// Fixes the headers of a coalesced VXLAN frame (both IPv4 lengths and
+/// checksums, the UDP length, outer UDP checksum 0, PSH, the inner TCP
+/// checksum partial) and marks it a UDP-tunnel GSO frame.
+fn finish_coalesced_vxlan(head: &mut crate::frame::Frame, st: &Coalescing) {
+    use crate::frame::VnetHdr;
+    let tcp_len = st.thl + st.payload;
+    let d = head.data_mut();
+    let outer_len = d.len() - VX_OUTER;
+    put16(&mut d[VX_OUTER..], ipv4::LENGTH.start, outer_len as u16);
+    fill_ip_checksum(&mut d[VX_OUTER..], IPV4_HEADER_LEN);
+    put16(d, VX_UDP + 4, (outer_len - IPV4_HEADER_LEN) as u16);
+    put16(d, VX_UDP + UDP_CHECKSUM_AT, 0);
+    put16(
+        &mut d[VX_INNER..],
+        ipv4::LENGTH.start,
+        (IPV4_HEADER_LEN + tcp_len) as u16,
+    );
+    fill_ip_checksum(&mut d[VX_INNER..], IPV4_HEADER_LEN);
+    if st.psh {
+        d[VX_TCP + tcp::FLAGS] |= TCP_PSH;
+    }
+    let addrs = &d[VX_INNER + ipv4::ADDRS.start..VX_INNER + ipv4::ADDRS.end];
+    let pseudo = tcp_pseudo_header(addrs, tcp_len as u16);
+    put16(
+        d,
+        VX_TCP + tcp::CHECKSUM.start,
+        ones_complement_sum(&pseudo),
+    );
+    head.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: crate::vxlan::GSO_UDP_TUNNEL_IPV4 | VnetHdr::GSO_TCPV4,
+        hdr_len: (VX_TCP + st.thl) as u16,
+        gso_size: st.mss as u16,
+        csum_start: VX_TCP as u16,
+        csum_offset: tcp::CHECKSUM.start as u16,
+    };
+}
+
+/// Gives a frame that arrived with no checksum state (an AF_XDP socket's)
+/// the state a sending kernel left in it: if the TCP or UDP packet in the
+/// IPv4 packet at `l3` (whole, not a fragment, lengths consistent) has a
+/// checksum field holding exactly its pseudo-header sum, that field is a
+/// partial checksum the sender's kernel left for an offload (a veth
+/// underlay keeps `CHECKSUM_PARTIAL` on the wire), and the frame becomes
+/// a partial-checksum frame (`NEEDS_CSUM`, `csum_start` at the L4 header
+/// counted from the frame's start), which the receiving pod's kernel
+/// trusts and a software path completes. Returns whether it did.
+///
+/// Anything else is left as it is: a full checksum is verified by
+/// whoever receives it (the pod's kernel drops and counts a wrong one). A
+/// full checksum that happens to equal the pseudo-header sum is taken as
+/// partial and completed to the same value, so the test is never wrong
+/// for an intact packet; a corrupt packet whose field happens to equal
+/// its pseudo-header sum (1 in 65536 of corrupt ones) is delivered, as
+/// the kernel on a veth would.
+pub fn mark_partial_checksum(frame: &mut crate::frame::Frame, l3: usize) -> bool {
+    use crate::frame::VnetHdr;
+    let d = frame.data();
+    let Some(ip) = d.get(l3..) else {
+        return false;
+    };
+    let Ok((hl, total)) = ip_lengths(ip) else {
+        return false;
+    };
+    if be16(ip, ipv4::FLAGS_FRAG.start) & (IP_MF | IP_OFFSET_MASK) != 0 {
+        return false;
+    }
+    let field = match ip[ipv4::PROTOCOL] {
+        IPPROTO_TCP => tcp::CHECKSUM.start,
+        IPPROTO_UDP => UDP_CHECKSUM_AT,
+        _ => return false,
+    };
+    let l4_len = total - hl;
+    if l4_len < field + 2 {
+        return false;
+    }
+    let mut pseudo = tcp_pseudo_header(&ip[ipv4::ADDRS], l4_len as u16);
+    pseudo[9] = ip[ipv4::PROTOCOL];
+    if be16(ip, hl + field) != ones_complement_sum(&pseudo) {
+        return false;
+    }
+    frame.vnet = VnetHdr {
+        flags: VnetHdr::F_NEEDS_CSUM,
+        gso_type: VnetHdr::GSO_NONE,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: (l3 + hl) as u16,
+        csum_offset: field as u16,
+    };
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1261,5 +1524,179 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A partial TCP or UDP checksum behind 64 bytes of outer headers is
+    /// recognised and marked; the completed (full) checksum, a fragment,
+    /// a wrong checksum and a truncated packet are left alone.
+    #[test]
+    fn partial_checksums_are_told_from_full_ones() {
+        use crate::frame::{Frame, VnetHdr};
+        let l3 = 64;
+        let behind = |pkt: &[u8]| {
+            let mut b = vec![0xaa; l3];
+            b.extend_from_slice(pkt);
+            Frame::from_bytes(&b)
+        };
+        let partial = tcp_packet(&[], TCP_ACK, &[7; 300]);
+        let mut f = behind(&partial);
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.flags, VnetHdr::F_NEEDS_CSUM);
+        assert_eq!(f.vnet.gso_type, VnetHdr::GSO_NONE);
+        assert_eq!(
+            (f.vnet.csum_start, f.vnet.csum_offset),
+            ((l3 + 20) as u16, 16)
+        );
+        // Completing it as the mark says gives the full checksum, which
+        // is not taken for a partial one.
+        let mut full = partial.clone();
+        complete_checksum(&mut full, 20, 16).unwrap();
+        verify_tcp(&full);
+        let mut f = behind(&full);
+        assert!(!mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet, VnetHdr::default());
+        // With IP options the L4 header moves.
+        let mut f = behind(&tcp_packet(&[1, 1, 1, 0], TCP_ACK | TCP_PSH, &[1; 10]));
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.csum_start, (l3 + 24) as u16);
+        // Wrong, fragment, truncated, not TCP/UDP: untouched.
+        let mut wrong = full.clone();
+        wrong[40] ^= 1;
+        let mut frag = partial.clone();
+        put16(&mut frag, 6, 0x2000);
+        fill_ip_checksum(&mut frag, 20);
+        let mut icmp = partial.clone();
+        icmp[9] = 1;
+        for pkt in [&wrong[..], &frag, &partial[..30], &icmp] {
+            let mut f = behind(pkt);
+            assert!(!mark_partial_checksum(&mut f, l3));
+            assert_eq!(f.vnet, VnetHdr::default());
+        }
+        // UDP: the field at offset 6 holding the pseudo-header sum.
+        let mut udp = vec![0u8; 20 + 8 + 32];
+        udp[0] = 0x45;
+        put16(&mut udp, 2, 60);
+        udp[9] = IPPROTO_UDP;
+        udp[12..16].copy_from_slice(&SRC.octets());
+        udp[16..20].copy_from_slice(&DST.octets());
+        put16(&mut udp, 24, 40);
+        let mut pseudo = [0u8; 12];
+        pseudo[..8].copy_from_slice(&udp[12..20]);
+        pseudo[9] = IPPROTO_UDP;
+        put16(&mut pseudo, 10, 40);
+        put16(&mut udp, 26, ones_complement_sum(&pseudo));
+        let mut f = behind(&udp);
+        assert!(mark_partial_checksum(&mut f, l3));
+        assert_eq!(f.vnet.csum_offset, 6);
+    }
+
+    /// A VXLAN frame as the uplink hands it over around `inner` (an IPv4
+    /// packet), from 192.168.0.2 to 192.168.0.1, UDP 40000 to 4789, VNI
+    /// 4096, inner Ethernet to ee:ee:ee:ee:ee:ee.
+    fn vxlan_frame(inner: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + 8 + 14 + inner.len();
+        let mut v = vec![0u8; 14 + total];
+        v[12..14].copy_from_slice(&[8, 0]);
+        v[14] = 0x45;
+        put16(&mut v, 16, total as u16);
+        put16(&mut v, 20, IP_DF);
+        v[22] = 64;
+        v[23] = IPPROTO_UDP;
+        v[26..30].copy_from_slice(&[192, 168, 0, 2]);
+        v[30..34].copy_from_slice(&[192, 168, 0, 1]);
+        fill_ip_checksum(&mut v[14..], 20);
+        put16(&mut v, 34, 40000);
+        put16(&mut v, 36, 4789);
+        put16(&mut v, 38, (total - 20) as u16);
+        v[42] = 0x08;
+        v[46..49].copy_from_slice(&[0, 0x10, 0]);
+        v[50..56].copy_from_slice(&[0xee; 6]);
+        v[56..62].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        v[62..64].copy_from_slice(&[8, 0]);
+        v[64..].copy_from_slice(inner);
+        v
+    }
+
+    /// Consecutive VXLAN segments of one flow with partial checksums (as
+    /// a sending kernel on a veth leaves them) merge into one UDP-tunnel
+    /// GSO frame that VXLAN decapsulation takes and that cuts back into
+    /// the same segments with full checksums; another flow's segment and
+    /// one with a wrong full checksum stay apart.
+    #[test]
+    fn vxlan_segments_coalesce_into_a_tunnel_gso_frame() {
+        use crate::frame::{Frame, VnetHdr};
+        use crate::vxlan::{TunnelVnetHdr, GSO_UDP_TUNNEL_IPV4, INNER_IP_OFFSET, OUTER_UDP_OFFSET};
+        let inner = |i: u32, flags: u8| {
+            let mut p = tcp_packet(&[], flags, &[i as u8; 1000]);
+            let seq = 0xffff_f000u32.wrapping_add(i * 1000);
+            p[24..28].copy_from_slice(&seq.to_be_bytes());
+            p
+        };
+        let originals: Vec<Vec<u8>> = (0..4)
+            .map(|i| inner(i, if i == 3 { TCP_ACK | TCP_PSH } else { TCP_ACK }))
+            .collect();
+        let mut other_flow = inner(4, TCP_ACK);
+        put16(&mut other_flow, 20, 40001);
+        // Partial checksums depend on the addresses and length only.
+        let mut frames: Vec<Frame> = originals
+            .iter()
+            .chain([&other_flow])
+            .map(|p| Frame::from_bytes(&vxlan_frame(p)))
+            .collect();
+        let n = coalesce_vxlan_tcp(&mut frames, 5);
+        assert_eq!(n, 2);
+        let f = &frames[0];
+        let d = f.data();
+        assert_eq!(d.len(), 64 + 20 + 32 + 4000);
+        assert_eq!(
+            f.vnet,
+            VnetHdr {
+                flags: VnetHdr::F_NEEDS_CSUM,
+                gso_type: GSO_UDP_TUNNEL_IPV4 | VnetHdr::GSO_TCPV4,
+                hdr_len: 84 + 32,
+                gso_size: 1000,
+                csum_start: 84,
+                csum_offset: 16,
+            }
+        );
+        assert_eq!(
+            ones_complement_sum(&d[14..34]),
+            0xffff,
+            "outer IPv4 checksum"
+        );
+        assert_eq!(usize::from(be16(d, 16)), d.len() - 14);
+        assert_eq!(usize::from(be16(d, 38)), d.len() - 34, "UDP length");
+        assert_eq!(be16(d, 40), 0, "outer UDP checksum: none");
+        assert_eq!(d[84 + 13], TCP_ACK | TCP_PSH);
+        // The pipeline's view: the offload request mapped to the inner
+        // frame, then cut as a pod's TAP (or a software path) would.
+        let mapped = TunnelVnetHdr {
+            base: f.vnet,
+            outer_th_offset: OUTER_UDP_OFFSET as u16,
+            inner_nh_offset: INNER_IP_OFFSET as u16,
+        }
+        .decap()
+        .expect("decapsulation takes it");
+        assert_eq!((mapped.csum_start, mapped.hdr_len), (34, 66));
+        let segs = TcpSegments::new(&d[64..], 1000).unwrap();
+        assert_eq!(segs.count(), 4);
+        let mut out = vec![0u8; 2048];
+        for (i, orig) in originals.iter().enumerate() {
+            let len = segs.write(i, &mut out);
+            let tcp = verify_tcp(&out[..len]);
+            assert_eq!(tcp.payload(), &orig[52..], "segment {i}");
+        }
+        assert_eq!(frames[1].data(), &vxlan_frame(&other_flow)[..]);
+
+        // A wrong full checksum (neither partial nor verifying) ends the
+        // run before it.
+        let mut bad = inner(1, TCP_ACK);
+        bad[36] ^= 0x55;
+        let mut frames: Vec<Frame> = [inner(0, TCP_ACK), bad, inner(2, TCP_ACK)]
+            .iter()
+            .map(|p| Frame::from_bytes(&vxlan_frame(p)))
+            .collect();
+        assert_eq!(coalesce_vxlan_tcp(&mut frames, 3), 3);
+        assert!(frames.iter().all(|f| f.vnet == VnetHdr::default()));
     }
 }

@@ -1,32 +1,49 @@
-//! The IPIP uplink's receive through XDP (`[dataplane] uplink_xdp`): an
+//! The tunnel uplink's receive through XDP (`[dataplane] uplink_xdp`): an
 //! XDP program on the underlay interface hands this node's tunnel traffic
-//! to AF_XDP sockets and passes everything else to the kernel, so the
-//! node's own traffic (SSH, the API, BGP, ARP) never leaves the host's
-//! stack.
+//! (IPIP, or VXLAN on its UDP port) to AF_XDP sockets and passes
+//! everything else to the kernel, so the node's own traffic (SSH, the
+//! API, BGP, ARP) never leaves the host's stack.
 //!
-//! [`XdpUplink`] wraps the raw-socket [`Uplink`](crate::uplink::Uplink)
-//! (or any tunnel port: `inner`) and keeps its transmit path (`tx_queue`,
-//! `push`, `flush` go to `inner`). Receive:
+//! [`XdpUplink`] wraps the raw-socket [`Uplink`](crate::uplink::Uplink),
+//! the [`VxlanPort`](crate::vxlan_port::VxlanPort) (or any tunnel port:
+//! `inner`) and keeps its transmit path (`tx_queue`, `push`, `flush` go to
+//! `inner`) and its other receive queues ([`Port::rx_queues`]). Receive:
 //!
 //! - one AF_XDP socket per receive queue of the interface (queue 0, 1, ...
 //!   as far as the kernel binds them, at most [`MAX_QUEUES`]), each with
 //!   its own UMEM of [`RX_RING`] chunks, all in one XSKMAP at their queue's
 //!   index;
-//! - the program of [`crate::bpf::uplink_ipip_program`]: IPIP (protocol 4)
-//!   addressed to the node, whole, IPv4 without options, no longer than a
-//!   chunk, goes to the socket of its queue (or on to the kernel if that
-//!   queue has none); anything else goes on (`XDP_PASS`);
-//! - what the program passes and is still IPIP for us (fragments, options,
-//!   frames too long for a chunk, queues beyond [`MAX_QUEUES`]) reaches the
-//!   inner port's raw socket as before, so [`Port::recv`] takes the
+//! - the program of [`crate::bpf::uplink_program`]: IPIP (protocol 4), or
+//!   UDP to the VXLAN port, addressed to the node, whole, IPv4 without
+//!   options, no longer than a chunk, goes to the socket of its queue (or
+//!   on to the kernel if that queue has none); anything else goes on
+//!   (`XDP_PASS`);
+//! - what the program passes and is still tunnel traffic for us
+//!   (fragments, options, frames too long for a chunk, queues beyond
+//!   [`MAX_QUEUES`]) reaches the inner port as before (the raw socket;
+//!   VXLAN's tc redirect into its TAP), so [`Port::recv`] takes the
 //!   sockets' frames first and then whatever the inner port has.
 //!
-//! Frames from the sockets are turned into what the raw-socket uplink
-//! hands the pipeline: the outer Ethernet header rewritten (router MAC as
-//! destination, source zero), trimmed to the outer IPv4 length (the wire
-//! pads short frames), then consecutive TCP segments of a flow coalesced
-//! ([`gso::coalesce_ipip_tcp`]). The pipeline checks and strips the outer
-//! header as for the raw socket.
+//! Frames from the sockets are turned into what the inner port hands the
+//! pipeline:
+//!
+//! - IPIP, as the raw socket: the outer Ethernet header rewritten (router
+//!   MAC as destination, source zero), trimmed to the outer IPv4 length
+//!   (the wire pads short frames), then consecutive TCP segments of a flow
+//!   coalesced ([`gso::coalesce_ipip_tcp`]);
+//! - VXLAN, as the TAP: the whole frame, outer Ethernet first, trimmed to
+//!   the outer IPv4 length, with the inner checksum state the TAP's
+//!   offload header would have carried. The bytes say it: an inner TCP or
+//!   UDP checksum field that holds exactly its pseudo-header sum is a
+//!   partial checksum the sending kernel left (a veth underlay does), and
+//!   the frame is marked `NEEDS_CSUM` ([`gso::mark_partial_checksum`]);
+//!   any other checksum is full, and the pod's kernel verifies it (and
+//!   drops and counts a wrong one). Consecutive TCP segments of a flow
+//!   are then coalesced into a UDP-tunnel GSO frame as the TAP would have
+//!   handed over after the kernel's GRO ([`gso::coalesce_vxlan_tcp`]).
+//!
+//! The pipeline checks and strips the outer headers as for the inner
+//! port (the known-node, VNI, VTEP MAC and inner-source checks included).
 //!
 //! Readiness: one epoll descriptor (nested in the worker's) watches every
 //! socket and the inner port, so an idle uplink costs nothing.
@@ -50,12 +67,13 @@ use mio::{Interest, Poll, Token};
 use crate::afxdp::{
     attach, chunk_size_for, context, AfXdpStats, XdpMode, XdpModeRequest, XskRx, MAX_MTU, RX_RING,
 };
-use crate::bpf::{self, XDP_PROG_NAME};
+use crate::bpf::{self, UplinkTunnel, XDP_PROG_NAME};
 use crate::frame::Frame;
 use crate::gso;
 use crate::port::{Port, TxQueue};
 use crate::sys;
 use crate::sys::xsk::UmemArea;
+use crate::vxlan::INNER_IP_OFFSET;
 use crate::wire::{field, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
 
 /// Most receive queues of the uplink given a socket; tunnel traffic on a
@@ -67,8 +85,10 @@ pub const MAX_QUEUES: u32 = 16;
 pub struct XdpUplinkConfig {
     /// The underlay interface, in the calling thread's namespace.
     pub ifname: String,
-    /// The node's address: only IPIP addressed to it is taken.
+    /// The node's address: only tunnel traffic addressed to it is taken.
     pub local: Ipv4Addr,
+    /// Which tunnel's packets the program takes (VXLAN: its UDP port).
+    pub tunnel: UplinkTunnel,
     /// The interface's MTU (largest outer IPv4 packet).
     pub link_mtu: u16,
     pub mode: XdpModeRequest,
@@ -87,6 +107,7 @@ pub struct XdpUplink {
     inner: Arc<dyn Port>,
     /// Watches every socket and the inner port (the readiness fd).
     ready: Poll,
+    tunnel: UplinkTunnel,
     /// The underlay's MTU, which bounds what receive coalescing takes as
     /// one packet ([`gso::coalesce_ipip_tcp`]).
     link_mtu: usize,
@@ -145,7 +166,7 @@ impl XdpUplink {
                 .map_err(|e| context(e, "cannot put a socket in the XSKMAP"))?;
         }
         let max_frame = cfg.link_mtu + ETHERNET_HEADER_LEN as u16;
-        let insns = bpf::uplink_ipip_program(map.as_raw_fd(), cfg.local, max_frame);
+        let insns = bpf::uplink_program(map.as_raw_fd(), cfg.local, max_frame, cfg.tunnel);
         let prog = sys::bpf::xdp_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
             .map_err(|e| context(e, "cannot load the uplink's XDP program"))?;
         let prog_id = sys::bpf::prog_id(prog.as_fd())?;
@@ -175,6 +196,7 @@ impl XdpUplink {
             queues,
             inner,
             ready,
+            tunnel: cfg.tunnel,
             link_mtu: usize::from(cfg.link_mtu),
         })
     }
@@ -191,6 +213,11 @@ impl XdpUplink {
     /// Id of the attached XDP program (as `ip link` shows it).
     pub fn prog_id(&self) -> u32 {
         self.prog_id
+    }
+
+    /// The tunnel whose packets the program takes.
+    pub fn tunnel(&self) -> UplinkTunnel {
+        self.tunnel
     }
 
     /// Receive queues with a socket.
@@ -231,11 +258,36 @@ fn as_raw_socket_frame(f: &mut Frame) {
     }
 }
 
+/// Makes a VXLAN frame from a socket look like one from the VXLAN TAP:
+/// no Ethernet padding past the outer IPv4 length, and the inner
+/// checksum's state in the offload header where the bytes show a partial
+/// one ([`gso::mark_partial_checksum`] on an inner IPv4 packet). A frame
+/// whose lengths are wrong is left as it is: the pipeline drops it.
+fn as_tap_frame(f: &mut Frame) {
+    let d = f.data();
+    if d.len() < INNER_IP_OFFSET {
+        return;
+    }
+    let ip_len = usize::from(u16::from_be_bytes([
+        d[ETHERNET_HEADER_LEN + 2],
+        d[ETHERNET_HEADER_LEN + 3],
+    ]));
+    let len = ETHERNET_HEADER_LEN + ip_len;
+    if len < INNER_IP_OFFSET || len > d.len() {
+        return;
+    }
+    let inner_ipv4 = d[INNER_IP_OFFSET - 2..INNER_IP_OFFSET] == ETHERTYPE_IPV4.to_be_bytes();
+    f.set_len(len);
+    if inner_ipv4 {
+        gso::mark_partial_checksum(f, INNER_IP_OFFSET);
+    }
+}
+
 impl Port for XdpUplink {
-    /// The sockets' frames first (made to look like the raw socket's,
-    /// TCP segments coalesced), then the inner port's, up to
-    /// `frames.len()`. An error of the inner port after frames were
-    /// received is deferred.
+    /// The sockets' frames first (made to look like the raw socket's or
+    /// the TAP's, TCP segments coalesced), then the inner
+    /// port's, up to `frames.len()`. An error of the inner port after
+    /// frames were received is deferred.
     fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
         let mut n = 0;
         for q in &self.queues {
@@ -244,10 +296,20 @@ impl Port for XdpUplink {
             }
             n += q.recv(&mut frames[n..]);
         }
-        for f in &mut frames[..n] {
-            as_raw_socket_frame(f);
-        }
-        let n = gso::coalesce_ipip_tcp(frames, n, self.link_mtu);
+        let n = match self.tunnel {
+            UplinkTunnel::Ipip => {
+                for f in &mut frames[..n] {
+                    as_raw_socket_frame(f);
+                }
+                gso::coalesce_ipip_tcp(frames, n, self.link_mtu)
+            }
+            UplinkTunnel::Vxlan { .. } => {
+                for f in &mut frames[..n] {
+                    as_tap_frame(f);
+                }
+                gso::coalesce_vxlan_tcp(frames, n)
+            }
+        };
         if n == frames.len() {
             return Ok(n);
         }
@@ -260,6 +322,12 @@ impl Port for XdpUplink {
 
     fn readiness_fd(&self) -> Option<RawFd> {
         Some(self.ready.as_raw_fd())
+    }
+
+    /// The inner port's other receive queues (the VXLAN TAP's, one per
+    /// worker): what the program passes may land there.
+    fn rx_queues(&self) -> Vec<Arc<dyn Port>> {
+        self.inner.rx_queues()
     }
 
     fn tx_queue(&self) -> TxQueue {
@@ -323,18 +391,62 @@ mod tests {
     /// A few lines of python3 in the peer: `count` IPIP packets (the
     /// kernel writes the outer header) carrying a 28-byte inner packet
     /// to `dst`, and one UDP datagram to `dst` port 7000.
-    fn peer_sends(peer: &Netns, dst: &str, count: u32) {
-        let script = format!(
-            "import socket\n\
-             s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)\n\
-             inner = bytes([0x45,0,0,28, 0,0,0x40,0, 64,17,0,0, 10,244,0,66, 10,244,0,2]) + bytes(8)\n\
-             for i in range({count}):\n    s.sendto(inner, ('{dst}', 0))\n\
-             u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-             u.sendto(b'host', ('{dst}', 7000))\n"
+    fn peer_sends_ipip(peer: &Netns, dst: &str, count: u32) {
+        python(
+            peer,
+            &format!(
+                "import socket\n\
+                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 4)\n\
+                 inner = bytes([0x45,0,0,28, 0,0,0x40,0, 64,17,0,0, 10,244,0,66, 10,244,0,2]) + bytes(8)\n\
+                 for i in range({count}):\n    s.sendto(inner, ('{dst}', 0))\n\
+                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 u.sendto(b'host', ('{dst}', 7000))\n"
+            ),
         );
+    }
+
+    /// Length of the inner IPv4 packet [`peer_sends_vxlan`] sends.
+    const VXLAN_INNER_IP: usize = 20 + 20 + 100;
+
+    /// python3 in the peer: `count` VXLAN datagrams to `dst` port 4789
+    /// (VNI 4096), each an inner Ethernet frame with TCP/IPv4 of 100
+    /// payload bytes whose TCP checksum is partial (the pseudo-header
+    /// sum) in even ones and full in odd ones; one datagram to port 4790
+    /// (VXLAN's shape, another port) and one to port 7000.
+    fn peer_sends_vxlan(peer: &Netns, dst: &str, count: u32) {
+        python(
+            peer,
+            &format!(
+                "import socket, struct\n\
+                 def fold(b):\n\
+                 \x20   if len(b) % 2: b += bytes(1)\n\
+                 \x20   s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
+                 \x20   while s >> 16: s = (s & 0xffff) + (s >> 16)\n\
+                 \x20   return s\n\
+                 src, dst = bytes([10,244,0,66]), bytes([10,244,0,2])\n\
+                 tcp = struct.pack('!HHIIBBHHH', 40000, 5201, 1, 1, 0x50, 0x10, 500, 0, 0) + bytes(range(100))\n\
+                 pseudo = src + dst + struct.pack('!BBH', 0, 6, len(tcp))\n\
+                 partial = fold(pseudo)\n\
+                 full = 0xffff - fold(pseudo + tcp)\n\
+                 ip = struct.pack('!BBHHHBBH', 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0) + src + dst\n\
+                 ip = ip[:10] + struct.pack('!H', 0xffff - fold(ip)) + ip[12:]\n\
+                 eth = bytes([0xee,0xee,0xee,0xee,0xee,0xee, 2,0,0,0,0,1, 8,0])\n\
+                 vx = bytes([8,0,0,0, 0,0x10,0,0])\n\
+                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+                 for i in range({count}):\n\
+                 \x20   c = partial if i % 2 == 0 else full\n\
+                 \x20   t = tcp[:16] + struct.pack('!H', c) + tcp[18:]\n\
+                 \x20   u.sendto(vx + eth + ip + t, ('{dst}', 4789))\n\
+                 u.sendto(vx + eth + ip + tcp, ('{dst}', 4790))\n\
+                 u.sendto(b'host', ('{dst}', 7000))\n"
+            ),
+        );
+    }
+
+    fn python(peer: &Netns, script: &str) {
         let out = peer
             .command("python3")
-            .args(["-c", &script])
+            .args(["-c", script])
             .output()
             .expect("python3");
         assert!(
@@ -344,10 +456,12 @@ mod tests {
         );
     }
 
-    /// An uplink veth whose node end has the program: IPIP addressed to
-    /// the node arrives through the sockets as the raw socket would hand
-    /// it over, while ping and UDP to the node's address still reach the
-    /// kernel. Dropping the port detaches the program. Both attach modes.
+    /// An uplink veth whose node end has the program: IPIP (or VXLAN to
+    /// its port) addressed to the node arrives through the sockets as the
+    /// inner port would hand it over, while ping and UDP to the node's
+    /// address (VXLAN's shape to another port too) still reach the
+    /// kernel. Dropping the port detaches the program. Both attach modes,
+    /// both tunnels.
     #[test]
     fn tunnel_traffic_to_the_socket_the_rest_to_the_host() {
         if !podrouter_testkit::Needs::new("tunnel_traffic_to_the_socket_the_rest_to_the_host")
@@ -361,12 +475,14 @@ mod tests {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         for mode in [XdpModeRequest::Driver, XdpModeRequest::Generic] {
-            let peer = Netns::new("xupl");
-            in_private_netns(|| exchange(&peer, mode));
+            for tunnel in [UplinkTunnel::Ipip, UplinkTunnel::Vxlan { port: 4789 }] {
+                let peer = Netns::new("xupl");
+                in_private_netns(|| exchange(&peer, mode, tunnel));
+            }
         }
     }
 
-    fn exchange(peer: &Netns, mode: XdpModeRequest) {
+    fn exchange(peer: &Netns, mode: XdpModeRequest, tunnel: UplinkTunnel) {
         ip(&[
             "link",
             "add",
@@ -388,6 +504,7 @@ mod tests {
             &XdpUplinkConfig {
                 ifname: "ul0".into(),
                 local: Ipv4Addr::new(10, 9, 2, 1),
+                tunnel,
                 link_mtu: 1500,
                 mode,
             },
@@ -402,6 +519,10 @@ mod tests {
         );
         let host = UdpSocket::bind("10.9.2.1:7000").unwrap();
         host.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let other_port = UdpSocket::bind("10.9.2.1:4790").unwrap();
+        other_port
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
 
         let ping = peer
             .command("ping")
@@ -413,26 +534,64 @@ mod tests {
             "ping to the node through the program: {}",
             String::from_utf8_lossy(&ping.stdout)
         );
-        peer_sends(peer, "10.9.2.1", 5);
-        let mut buf = [0u8; 16];
+        match tunnel {
+            UplinkTunnel::Ipip => peer_sends_ipip(peer, "10.9.2.1", 5),
+            UplinkTunnel::Vxlan { .. } => peer_sends_vxlan(peer, "10.9.2.1", 6),
+        }
+        let mut buf = [0u8; 256];
         let (len, _) = host.recv_from(&mut buf).expect("UDP to the host passed");
         assert_eq!(&buf[..len], b"host");
 
+        let want = match tunnel {
+            UplinkTunnel::Ipip => 5,
+            UplinkTunnel::Vxlan { .. } => 6,
+        };
         let mut frames: Vec<Frame> = (0..8).map(|_| Frame::new()).collect();
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut got = Vec::new();
-        while got.len() < 5 && Instant::now() < deadline {
+        while got.len() < want && Instant::now() < deadline {
             let n = port.recv(&mut frames).unwrap();
-            got.extend(frames[..n].iter().map(|f| f.data().to_vec()));
+            got.extend(frames[..n].iter().map(|f| (f.data().to_vec(), f.vnet)));
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(got.len(), 5, "IPIP through the sockets");
-        for d in &got {
-            assert_eq!(d.len(), 14 + 20 + 28);
-            assert_eq!(d[..6], crate::ROUTER_MAC);
-            assert_eq!(d[14 + 9], 4, "outer protocol IPIP");
-            assert_eq!(d[14 + 16..14 + 20], [10, 9, 2, 1]);
-            assert_eq!(d[34 + 16..34 + 20], [10, 244, 0, 2], "inner destination");
+        assert_eq!(got.len(), want, "tunnel traffic through the sockets");
+        match tunnel {
+            UplinkTunnel::Ipip => {
+                for (d, _) in &got {
+                    assert_eq!(d.len(), 14 + 20 + 28);
+                    assert_eq!(d[..6], crate::ROUTER_MAC);
+                    assert_eq!(d[14 + 9], 4, "outer protocol IPIP");
+                    assert_eq!(d[14 + 16..14 + 20], [10, 9, 2, 1]);
+                    assert_eq!(d[34 + 16..34 + 20], [10, 244, 0, 2], "inner destination");
+                }
+            }
+            UplinkTunnel::Vxlan { .. } => {
+                let (mut partial, mut full) = (0, 0);
+                for (d, vnet) in &got {
+                    assert_eq!(d.len(), INNER_IP_OFFSET + VXLAN_INNER_IP);
+                    assert_eq!(d[14 + 9], 17, "outer protocol UDP");
+                    assert_eq!(d[14 + 16..14 + 20], [10, 9, 2, 1]);
+                    assert_eq!(d[36..38], 4789u16.to_be_bytes());
+                    assert_eq!(d[46..50], [0, 0x10, 0, 0], "VNI 4096");
+                    assert_eq!(
+                        d[INNER_IP_OFFSET + 16..INNER_IP_OFFSET + 20],
+                        [10, 244, 0, 2]
+                    );
+                    if vnet.flags == crate::frame::VnetHdr::F_NEEDS_CSUM {
+                        assert_eq!(vnet.csum_start as usize, INNER_IP_OFFSET + 20);
+                        assert_eq!(vnet.csum_offset, 16);
+                        partial += 1;
+                    } else {
+                        assert_eq!(*vnet, crate::frame::VnetHdr::default());
+                        full += 1;
+                    }
+                }
+                assert_eq!((partial, full), (3, 3), "partial checksums told apart");
+                let (len, _) = other_port
+                    .recv_from(&mut buf)
+                    .expect("UDP to another port passed");
+                assert_eq!(len, 8 + 14 + VXLAN_INNER_IP);
+            }
         }
         assert_eq!(port.stats().rx_dropped, 0);
 

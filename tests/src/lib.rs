@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 pub use podrouter_testkit::{have_command, is_root, unique, Needs, Netns, TempDir};
 pub use serde_json::Value;
+pub mod backlog;
 pub mod bgp;
 pub mod multinode;
 pub mod netpol;

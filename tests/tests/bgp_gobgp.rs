@@ -66,6 +66,33 @@ fn bgp_gobgp_ebgp_learn_withdraw_and_peer_death() {
         .unwrap_or_else(|| panic!("no established_to_last_install_ms: {p}"));
     let alive_ms = (p["since_secs"].as_u64().unwrap() + 1) as f64 * 1e3;
     assert!((0.0..alive_ms).contains(&ms), "{ms} ms, {p}");
+    // The node kernel's routes follow the FIB batch: once the kernel
+    // thread has caught up, its figure is no earlier than the FIB's.
+    assert!(
+        wait_until(Duration::from_secs(10), || peers(&node)[0]
+            ["established_to_kernel_synced_ms"]
+            .is_f64()),
+        "the kernel routes never caught up: {p}"
+    );
+    let p = &peers(&node)[0];
+    let fib_ms = p["established_to_last_install_ms"].as_f64().unwrap();
+    let kernel_ms = p["established_to_kernel_synced_ms"].as_f64().unwrap();
+    assert!(
+        (fib_ms..alive_ms + 10e3).contains(&kernel_ms),
+        "kernel {kernel_ms} ms before the FIB {fib_ms} ms: {p}"
+    );
+    // Established by the daemon's wall clock: within the session's life.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        * 1e3;
+    let est_ms = p["established_unix_ms"].as_f64().unwrap();
+    let up_ms = (p["since_secs"].as_u64().unwrap() + 2) as f64 * 1e3;
+    assert!(
+        (now_ms - up_ms..=now_ms).contains(&est_ms),
+        "established_unix_ms {est_ms} not within {up_ms} ms before {now_ms}: {p}"
+    );
     let rib = node.ctl(&["bgp", "rib"]);
     let r = rib["routes"]
         .as_array()

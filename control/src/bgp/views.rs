@@ -67,6 +67,8 @@ pub fn peers(speaker: &Speaker, now: Instant, md5: &[bool]) -> Vec<BgpPeerInfo> 
                 last_error: s.stats.last_error.clone(),
                 // The driver fills it in (it knows the FIB's publications).
                 established_to_last_install_ms: None,
+                established_to_kernel_synced_ms: None,
+                established_unix_ms: None,
             }
         })
         .collect()

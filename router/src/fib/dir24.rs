@@ -5,18 +5,27 @@
 //!
 //! [`Dir24`] owns a leaf-pushed copy of the routes, derived from the
 //! FIB's per-length hash tables (the source of truth): `top` has one
-//! 4-byte entry per /24 of the address space (2^24 entries, 64 MiB,
+//! 8-byte entry per /24 of the address space (2^24 entries, 128 MiB,
 //! backed by transparent huge pages where the kernel gives them). An entry
-//! is either a *cell* (the longest route of length /0../24 covering the
-//! whole /24) or a reference to a *chunk* holding the 256 cells of that
-//! /24 because some route longer than /24 lies inside it. A chunk is kept
+//! holds the /24's cells itself when they fit, else refers to a *chunk*
+//! holding its 256 cells. They fit when the /24 has one cell (the longest
+//! route of /0../24 covering it, or equal cells) or one *outer* cell
+//! around or beside one *inner* run that is aligned, a power of two long
+//! and from a route of /25../32 (a /24 holding one /32 or one /26 under a
+//! shorter route: nearly every such /24 of a full or random table), with
+//! hop ids below 2^21: the entry has both hop ids, both lengths, the
+//! inner run's first byte and log2 size. A chunk is kept
 //! compressed while its 256 cells form at most [`SMALL_RUNS`] runs of
 //! equal cells (one 64-byte cache line: where runs 1..10 start, as 16-bit
 //! lanes, and the runs' cells; a cell's run is how many starts are at or
 //! below its address byte, counted for all lanes at once with a few
-//! word-wide subtractions), else in full (256 cells, 1 KiB). A /24
-//! holding one /32 or one /26 is 3 runs, so a full Internet-sized or
-//! random table pays 64 bytes per /24 with long routes, not 1 KiB.
+//! word-wide subtractions), else in full (256 cells, 1 KiB). So a random
+//! or Internet-sized table pays a chunk only for the few /24s with two or
+//! more longer routes (64 bytes each), and a lookup of the others reads
+//! one line (entry) before the next hop, not two (entry, chunk): at 1M
+//! random routes the 4-byte entries with a chunk per /24 holding a longer
+//! route took 80-90 ns per single lookup against 34-41 ns with these
+//! (criterion, same sequence, load 5-6), for 64 MiB more per copy.
 //!
 //! A cell is a `u32`: bits 0..25 the next-hop id (an index into `hops`,
 //! where every distinct [`NextHop`] is interned), bits 25..31 the length
@@ -26,7 +35,7 @@
 //! changes one slot of `hops`, and the pages of `top` that no other
 //! route covers stay untouched (zero pages the kernel never backs). A node's
 //! FIB always has a default route (to the host port), which leaf-pushed
-//! filled all 64 MiB of each copy; now a copy costs the /24s its routes
+//! filled all of each copy's `top`; now a copy costs the /24s its routes
 //! cover, and [`Dir24::clone`] copies only the regions of `top` written
 //! so far (`touched`). The length is what makes
 //! updates incremental: inserting a route of length L rewrites only the
@@ -38,7 +47,11 @@
 //!
 //! # Lookup
 //!
-//! A lookup reads the /24 entry and, for a chunk, one line of it: a small
+//! A lookup reads the /24 entry. An entry holding its cells gives the hop
+//! id without a branch: the inner id if the address byte is in the inner
+//! run (`(byte ^ start) >> log == 0`), else the outer one (a one-cell
+//! entry repeats its id in both places). A chunk entry (rare) is a branch
+//! and one more line: a small
 //! chunk's rank takes three subtractions and a multiply, no branch (four
 //! software population counts before, the x86-64 baseline has no
 //! `popcnt`, in a loop whose per-word test was often mispredicted): 38
@@ -55,10 +68,11 @@
 //!   covering it among those applied (`insert`/`remove` in any order: the
 //!   rules above only depend on the final set of routes, which `Fib`
 //!   relies on when it brings its second copy up to date).
-//! - A chunk's cells are never all equal (it collapses to one entry), and
-//!   a small chunk has at most [`SMALL_RUNS`] runs; freed chunk slots
-//!   are reused. Small chunk 0 and full chunk 0 are placeholders no entry
-//!   names.
+//! - A /24 whose runs fit its entry ([`plain_entry`], [`inline_entry`])
+//!   has no chunk (so a chunk's cells are all equal only when their hop
+//!   id is too big for an entry), and a small chunk has at most
+//!   [`SMALL_RUNS`] runs; freed chunk slots are reused. Small chunk 0
+//!   and full chunk 0 are placeholders no entry names.
 //! - Next-hop ids are never reused while the index lives; `Fib` rebuilds
 //!   an index whose interned next hops outnumber its routes well enough.
 //! - A `Dir24` is mutated only while nobody else can read it (`Fib`
@@ -78,11 +92,27 @@ const REGION_BITS: u32 = 16;
 /// Regions of `top`.
 const REGIONS: usize = TOP >> REGION_BITS;
 
-const CHUNK: u32 = 1 << 31;
-const FULL: u32 = 1 << 30;
-const INDEX_MASK: u32 = FULL - 1;
+/// A cell's hop id bits and where its length starts.
 const DEPTH_SHIFT: u32 = 25;
 const HOP_MASK: u32 = (1 << DEPTH_SHIFT) - 1;
+
+/// `top` entry kinds: bit 63 set, a chunk (bit 62: full, else small; the
+/// low bits its index); clear, the /24's cells in the entry itself
+/// (`INLINE` set: an outer cell with one inner run, else one cell).
+const CHUNK: u64 = 1 << 63;
+const FULL: u64 = 1 << 62;
+const INLINE: u64 = 1 << 62;
+const INDEX_MASK: u64 = (1 << 30) - 1;
+/// Fields of an entry holding its cells: hop ids of [`ID_BITS`] bits.
+const ID_BITS: u32 = 21;
+const ID_MASK: u64 = (1 << ID_BITS) - 1;
+const OUTER_DEPTH_SHIFT: u32 = ID_BITS; // 6 bits, 0..=32
+const INNER_ID_SHIFT: u32 = 27;
+const INNER_DEPTH_SHIFT: u32 = 48; // 3 bits, length - 25
+const START_SHIFT: u32 = 51; // 8 bits
+const LOG_SHIFT: u32 = 59; // 3 bits, log2 of the inner run's size
+/// The shortest route an inner run may come from (3 bits hold 25..=32).
+const INNER_MIN_DEPTH: u32 = 25;
 
 /// Four 16-bit lanes of 1, and their top bits.
 const LANE_ONES: u64 = 0x0001_0001_0001_0001;
@@ -167,7 +197,7 @@ pub(super) enum IndexOp {
 
 /// The index. See the module header.
 pub(super) struct Dir24 {
-    top: Box<[u32; TOP]>,
+    top: Box<[u64; TOP]>,
     small: Vec<SmallChunk>,
     small_free: Vec<u32>,
     full: Vec<FullChunk>,
@@ -195,8 +225,8 @@ fn depth(cell: u32) -> u32 {
 
 /// A zeroed `top` table, advised to huge pages before its first write
 /// (a zeroed allocation this large is fresh, untouched pages).
-fn zeroed_top() -> (Box<[u32; TOP]>, bool) {
-    let mut top = vec![0u32; TOP];
+fn zeroed_top() -> (Box<[u64; TOP]>, bool) {
+    let mut top = vec![0u64; TOP];
     let huge = advise_huge_pages(&mut top);
     let top = top
         .into_boxed_slice()
@@ -255,13 +285,13 @@ impl Dir24 {
             (len > 24, if len > 24 { a >> 8 } else { 0 }, len)
         });
         let split = routes.partition_point(|r| r.1 <= 24);
-        // One chunk per /24 holding long routes (most are small): the
-        // arena is sized once, on huge pages, before it is written.
+        // A chunk per /24 holding two or more long routes (one long
+        // route under a uniform cover fits the entry): the arena is
+        // sized once, on huge pages, before it is written (it grows by
+        // `alloc` if more are needed).
         let mut chunks = 0;
-        let mut last = None;
-        for &(a, _, _) in &routes[split..] {
-            chunks += usize::from(last != Some(a >> 8));
-            last = Some(a >> 8);
+        for pair in routes[split..].windows(2) {
+            chunks += usize::from(pair[0].0 >> 8 == pair[1].0 >> 8);
         }
         ix.small = huge_copy(&ix.small, 1 + chunks + chunks / 4);
         for &(a, len, nh) in &routes[..split] {
@@ -270,59 +300,76 @@ impl Dir24 {
                 continue; // the default route: `hops[0]`, cell 0
             }
             let first = (a >> 8) as usize;
-            ix.fill_top(first..first + (1usize << (24 - len)), cell);
+            let range = first..first + (1usize << (24 - len));
+            match plain_entry(cell) {
+                Some(e) => ix.fill_top(range, e),
+                None => range.for_each(|x| ix.store(x, &[(0, cell)])),
+            }
         }
         let mut rest = &routes[split..];
         while let Some(&(a, _, _)) = rest.first() {
             let x = (a >> 8) as usize;
             let n = rest.partition_point(|r| (r.0 >> 8) as usize == x);
-            let mut cells = [ix.top[x]; 256];
+            // The /24's runs, each route (shortest first) overwriting its
+            // range: run edits, not 256 cells expanded and recompressed
+            // per /24 (most hold one route).
+            let mut runs = std::mem::take(&mut ix.runs);
+            let mut edited = std::mem::take(&mut ix.edited);
+            runs.clear();
+            ix.runs_of(ix.top[x], &mut runs);
             for &(a, len, nh) in &rest[..n] {
                 let cell = ix.cell_for(nh, len);
-                let lo = (a & 0xff) as usize;
-                cells[lo..lo + (1usize << (32 - len))].fill(cell);
+                let lo = (a & 0xff) as u16;
+                edit_runs(&runs, lo, lo + (1 << (32 - len)), &|_| cell, &mut edited);
+                std::mem::swap(&mut runs, &mut edited);
             }
-            let mut runs = std::mem::take(&mut ix.runs);
-            runs.clear();
-            runs_of_cells(&cells, &mut runs);
             ix.store(x, &runs);
             ix.runs = runs;
+            ix.edited = edited;
             rest = &rest[n..];
         }
         ix
     }
 
     /// The longest-prefix match for `dst`: one read of `top`, one more
-    /// (one cache line) when the /24 holds longer routes.
+    /// (one cache line) when the /24's cells do not fit its entry.
     #[inline(always)]
     pub(super) fn lookup(&self, dst: u32) -> Option<NextHop> {
-        self.hop(self.cell(self.entry(dst), dst))
+        self.hop(self.hop_id(self.entry(dst), dst))
     }
 
     /// The entry of `dst`'s /24 (the first read of a lookup).
     #[inline(always)]
-    pub(super) fn entry(&self, dst: u32) -> u32 {
+    pub(super) fn entry(&self, dst: u32) -> u64 {
         self.top[(dst >> 8) as usize]
     }
 
-    /// The cell of `dst` whose /24 entry is `e` (the second read, if any).
-    /// A branch on the entry's kind (module header).
+    /// The hop id of `dst`'s cell, whose /24 entry is `e`: picked from the
+    /// entry without a branch (inner or outer id by a shift), or read
+    /// from a chunk behind a branch that is rarely taken (module header).
     #[inline(always)]
-    pub(super) fn cell(&self, e: u32, dst: u32) -> u32 {
-        let lo = (dst & 0xff) as usize;
+    pub(super) fn hop_id(&self, e: u64, dst: u32) -> u32 {
+        let lo = u64::from(dst & 0xff);
         if e & CHUNK == 0 {
-            e
+            let start = (e >> START_SHIFT) & 0xff;
+            let log = (e >> LOG_SHIFT) & 7;
+            let shift = if (lo ^ start) >> log == 0 {
+                INNER_ID_SHIFT
+            } else {
+                0
+            };
+            ((e >> shift) & ID_MASK) as u32
         } else if e & FULL == 0 {
-            self.small[(e & INDEX_MASK) as usize].cell(lo)
+            self.small[(e & INDEX_MASK) as usize].cell(lo as usize) & HOP_MASK
         } else {
-            self.full[(e & INDEX_MASK) as usize].0[lo]
+            self.full[(e & INDEX_MASK) as usize].0[lo as usize] & HOP_MASK
         }
     }
 
-    /// The next hop of a cell.
+    /// The next hop of a hop id (or of a cell: its length bits are masked).
     #[inline(always)]
-    pub(super) fn hop(&self, cell: u32) -> Option<NextHop> {
-        self.hops.get((cell & HOP_MASK) as usize).copied().flatten()
+    pub(super) fn hop(&self, id: u32) -> Option<NextHop> {
+        self.hops.get((id & HOP_MASK) as usize).copied().flatten()
     }
 
     /// Starts loading the /24 entry of `dst` (the batch API's first pass).
@@ -331,9 +378,9 @@ impl Dir24 {
         prefetch(&self.top[(dst >> 8) as usize]);
     }
 
-    /// Starts loading what [`Dir24::cell`] will read for entry `e`.
+    /// Starts loading what [`Dir24::hop_id`] will read for entry `e`.
     #[inline(always)]
-    pub(super) fn prefetch_cell(&self, e: u32, dst: u32) {
+    pub(super) fn prefetch_cell(&self, e: u64, dst: u32) {
         if e & CHUNK == 0 {
             return;
         }
@@ -347,10 +394,10 @@ impl Dir24 {
         }
     }
 
-    /// Starts loading the next hop of `cell`.
+    /// Starts loading the next hop of hop id `id`.
     #[inline(always)]
-    pub(super) fn prefetch_hop(&self, cell: u32) {
-        if let Some(h) = self.hops.get((cell & HOP_MASK) as usize) {
+    pub(super) fn prefetch_hop(&self, id: u32) {
+        if let Some(h) = self.hops.get((id & HOP_MASK) as usize) {
             prefetch(h);
         }
     }
@@ -392,7 +439,7 @@ impl Dir24 {
 
     /// Heap bytes held (allocated capacity, whether touched or not).
     pub(super) fn memory_bytes(&self) -> usize {
-        TOP * 4
+        TOP * std::mem::size_of::<u64>()
             + self.small.capacity() * std::mem::size_of::<SmallChunk>()
             + self.full.capacity() * std::mem::size_of::<FullChunk>()
             + (self.small_free.capacity() + self.full_free.capacity()) * 4
@@ -428,10 +475,11 @@ impl Dir24 {
         if len <= 24 {
             for x in first..first + (1usize << (24 - len)) {
                 let e = self.top[x];
-                if e & CHUNK == 0 {
-                    let new = f(e);
-                    if new != e {
-                        self.set_top(x, new);
+                if e & (CHUNK | INLINE) == 0 {
+                    let cell = plain_cell(e);
+                    let new = f(cell);
+                    if new != cell {
+                        self.store(x, &[(0, new)]);
                     }
                 } else {
                     self.edit(x, 0, 256, &f);
@@ -445,6 +493,8 @@ impl Dir24 {
 
     /// Applies `f` to the cells `lo..hi` of the /24 `x`, as runs.
     fn edit(&mut self, x: usize, lo: u16, hi: u16, f: &impl Fn(u32) -> u32) {
+        // (An entry's cells as runs, edited, stored back in whichever
+        // form fits: the same code for every kind of entry.)
         let mut runs = std::mem::take(&mut self.runs);
         let mut edited = std::mem::take(&mut self.edited);
         runs.clear();
@@ -456,9 +506,24 @@ impl Dir24 {
     }
 
     /// Appends the runs of the /24 whose entry is `e` to `out`.
-    fn runs_of(&self, e: u32, out: &mut Vec<Run>) {
+    fn runs_of(&self, e: u64, out: &mut Vec<Run>) {
         if e & CHUNK == 0 {
-            out.push((0, e));
+            let outer = plain_cell(e);
+            if e & INLINE == 0 {
+                out.push((0, outer));
+                return;
+            }
+            let inner = (((e >> INNER_DEPTH_SHIFT) & 7) as u32 + INNER_MIN_DEPTH) << DEPTH_SHIFT
+                | ((e >> INNER_ID_SHIFT) & ID_MASK) as u32;
+            let start = ((e >> START_SHIFT) & 0xff) as u16;
+            let end = start + (1 << ((e >> LOG_SHIFT) & 7));
+            if start > 0 {
+                out.push((0, outer));
+            }
+            out.push((start, inner));
+            if end < 256 {
+                out.push((end, outer));
+            }
         } else if e & FULL == 0 {
             self.small[(e & INDEX_MASK) as usize].runs(out);
         } else {
@@ -466,24 +531,30 @@ impl Dir24 {
         }
     }
 
-    /// Stores `runs` as the /24 `x`: one entry if there is one run, a
-    /// small chunk if there are few, else a full one; the chunk the /24
-    /// had is reused when of the right kind, else freed.
+    /// Stores `runs` as the /24 `x`: in the entry itself if they fit
+    /// ([`plain_entry`], [`inline_entry`]), else a small chunk if there
+    /// are few, else a full one; the chunk the /24 had is reused when of
+    /// the right kind, else freed.
     fn store(&mut self, x: usize, runs: &[Run]) {
         let old = self.top[x];
-        let entry = if runs.len() == 1 {
-            runs[0].1
+        let in_entry = if runs.len() == 1 {
+            plain_entry(runs[0].1)
+        } else {
+            inline_entry(runs)
+        };
+        let entry = if let Some(e) = in_entry {
+            e
         } else if runs.len() <= SMALL_RUNS {
             let i = if old & (CHUNK | FULL) == CHUNK {
-                old & INDEX_MASK
+                (old & INDEX_MASK) as u32
             } else {
                 alloc(&mut self.small, &mut self.small_free)
             };
             self.small[i as usize] = SmallChunk::from_runs(runs);
-            CHUNK | i
+            CHUNK | u64::from(i)
         } else {
             let i = if old & (CHUNK | FULL) == CHUNK | FULL {
-                old & INDEX_MASK
+                (old & INDEX_MASK) as u32
             } else {
                 alloc(&mut self.full, &mut self.full_free)
             };
@@ -492,14 +563,14 @@ impl Dir24 {
                 let end = runs.get(k + 1).map_or(256, |r| usize::from(r.0));
                 cells[usize::from(start)..end].fill(cell);
             }
-            CHUNK | FULL | i
+            CHUNK | FULL | u64::from(i)
         };
         if entry != old {
             self.set_top(x, entry);
         }
         // Free the old chunk unless it was reused.
         if old & CHUNK != 0 && old != entry {
-            let i = old & INDEX_MASK;
+            let i = (old & INDEX_MASK) as u32;
             if old & FULL == 0 {
                 self.small_free.push(i);
             } else {
@@ -510,7 +581,7 @@ impl Dir24 {
 
     /// Writes entry `x` of `top`, noting its region as touched.
     #[inline]
-    fn set_top(&mut self, x: usize, entry: u32) {
+    fn set_top(&mut self, x: usize, entry: u64) {
         let r = x >> REGION_BITS;
         self.touched[r / 64] |= 1 << (r % 64);
         self.top[x] = entry;
@@ -518,7 +589,7 @@ impl Dir24 {
 
     /// Writes `entry` to the entries `range` of `top`, noting their
     /// regions as touched.
-    fn fill_top(&mut self, range: std::ops::Range<usize>, entry: u32) {
+    fn fill_top(&mut self, range: std::ops::Range<usize>, entry: u64) {
         if range.is_empty() {
             return;
         }
@@ -537,6 +608,54 @@ fn runs_of_cells(cells: &[u32; 256], out: &mut Vec<Run>) {
             out.push((i as u16 + 1, pair[1]));
         }
     }
+}
+
+/// The cell of an entry holding its cells (the outer one if it has an
+/// inner run).
+fn plain_cell(e: u64) -> u32 {
+    let depth = ((e >> OUTER_DEPTH_SHIFT) & 0x3f) as u32;
+    (depth << DEPTH_SHIFT) | (e & ID_MASK) as u32
+}
+
+/// The entry of a /24 whose cells are all `cell`, if its hop id fits:
+/// the inner id repeats the outer one, so a lookup picks it either way.
+fn plain_entry(cell: u32) -> Option<u64> {
+    let id = u64::from(cell & HOP_MASK);
+    if id > ID_MASK {
+        return None;
+    }
+    Some((u64::from(depth(cell)) << OUTER_DEPTH_SHIFT) | id | (id << INNER_ID_SHIFT))
+}
+
+/// The entry of a /24 of 2 or 3 runs that are one outer cell around (or
+/// beside) one inner run, if they fit: the inner run is aligned, a power
+/// of two long, from a route of /25../32, and both hop ids fit.
+fn inline_entry(runs: &[Run]) -> Option<u64> {
+    let end_of = |k: usize| runs.get(k + 1).map_or(256, |r| r.0);
+    let candidates: &[(usize, usize)] = match runs {
+        [_, _] => &[(1, 0), (0, 1)],
+        [(_, a), _, (_, c)] if a == c => &[(1, 0)],
+        _ => return None,
+    };
+    candidates.iter().find_map(|&(inner, outer)| {
+        let (start, cell) = runs[inner];
+        let size = end_of(inner) - start;
+        let (outer, inner_depth) = (runs[outer].1, depth(cell));
+        let fits = size.is_power_of_two()
+            && start % size == 0
+            && (INNER_MIN_DEPTH..=32).contains(&inner_depth)
+            && u64::from(cell & HOP_MASK) <= ID_MASK
+            && u64::from(outer & HOP_MASK) <= ID_MASK;
+        fits.then(|| {
+            INLINE
+                | (u64::from(size.trailing_zeros()) << LOG_SHIFT)
+                | (u64::from(start) << START_SHIFT)
+                | (u64::from(inner_depth - INNER_MIN_DEPTH) << INNER_DEPTH_SHIFT)
+                | (u64::from(cell & HOP_MASK) << INNER_ID_SHIFT)
+                | (u64::from(depth(outer)) << OUTER_DEPTH_SHIFT)
+                | u64::from(outer & HOP_MASK)
+        })
+    })
 }
 
 /// `runs` (a /24) with `f` applied to the cells `lo..hi`, into `out`:
@@ -587,7 +706,7 @@ fn alloc<T: Copy + Zeroed>(arena: &mut Vec<T>, free: &mut Vec<u32>) -> u32 {
     }
     arena.push(T::ZEROED);
     let i = arena.len() - 1;
-    assert!(i as u32 <= INDEX_MASK, "chunk ids exhausted");
+    assert!(i as u64 <= INDEX_MASK, "chunk ids exhausted");
     i as u32
 }
 
@@ -647,13 +766,14 @@ mod tests {
                 let x = rng.gen_range(0..TOP);
                 ix.store(x, &runs);
                 let e = ix.entry((x as u32) << 8);
+                // (Lengths 1..3: never inline, which needs /25../32.)
                 assert_eq!(e & CHUNK != 0, n > 1, "{n} runs");
                 assert_eq!(e & FULL != 0, n > SMALL_RUNS, "{n} runs");
                 for (k, &(start, cell)) in runs.iter().enumerate() {
                     let end = runs.get(k + 1).map_or(256, |r| r.0);
                     for i in start..end {
                         let dst = ((x as u32) << 8) | u32::from(i);
-                        assert_eq!(ix.cell(e, dst), cell, "{n} runs, byte {i}");
+                        assert_eq!(ix.hop_id(e, dst), cell & HOP_MASK, "{n} runs, byte {i}");
                     }
                 }
                 let mut back = Vec::new();
@@ -665,6 +785,75 @@ mod tests {
         assert!(ix.small_free.len() + ix.full_free.len() > 0, "chunks freed");
         assert_eq!(ix.small[0].cell(7), 0, "placeholder untouched");
         assert_eq!(ix.full[0].0, [0; 256], "placeholder untouched");
+    }
+
+    /// A /24 of one outer cell around (or beside) one aligned run of a
+    /// /25../32 route is held in its entry: lookups pick the right hop id
+    /// for every byte without a chunk, the runs come back as they went
+    /// in, and runs that do not fit (unaligned, three kinds of cell, a
+    /// short inner route, a hop id over 21 bits) take a chunk instead.
+    #[test]
+    fn inline_entries_hold_their_runs() {
+        let mut rng = SmallRng::seed_from_u64(0x1e);
+        let mut ix = Dir24::build(&mut [], KeyHash::default());
+        let cell = |depth: u32, id: u32| (depth << DEPTH_SHIFT) | id;
+        for _ in 0..2000 {
+            let log = rng.gen_range(0..8u32);
+            let size = 1u16 << log;
+            let start = rng.gen_range(0..256 / size) * size;
+            let inner = cell(rng.gen_range(25..=32), rng.gen_range(1..=ID_MASK as u32));
+            let outer = cell(rng.gen_range(0..=32), rng.gen_range(0..=ID_MASK as u32));
+            if inner == outer {
+                continue;
+            }
+            let mut runs = Vec::new();
+            if start > 0 {
+                runs.push((0, outer));
+            }
+            runs.push((start, inner));
+            if start + size < 256 {
+                runs.push((start + size, outer));
+            }
+            let x = rng.gen_range(0..TOP);
+            ix.store(x, &runs);
+            let e = ix.entry((x as u32) << 8);
+            assert_eq!(e & (CHUNK | INLINE), INLINE, "{runs:?}");
+            for i in 0..256u16 {
+                let dst = ((x as u32) << 8) | u32::from(i);
+                let want = if (start..start + size).contains(&i) {
+                    inner
+                } else {
+                    outer
+                };
+                assert_eq!(ix.hop_id(e, dst), want & HOP_MASK, "{runs:?} byte {i}");
+            }
+            let mut back = Vec::new();
+            ix.runs_of(e, &mut back);
+            assert_eq!(back, runs);
+            ix.store(x, &[(0, 0)]);
+            assert_eq!(ix.entry((x as u32) << 8), 0);
+        }
+        let (a, b, c) = (cell(24, 1), cell(32, 2), cell(32, 3));
+        for runs in [
+            vec![(0, a), (3, b), (6, a)],           // not a power of two long
+            vec![(0, a), (2, b), (4, a)],           // aligned: fits
+            vec![(0, a), (3, b), (4, a)],           // 1 long at 3: fits
+            vec![(0, a), (4, b), (12, a)],          // 8 long, not aligned
+            vec![(0, a), (4, b), (8, c)],           // three cells
+            vec![(0, a), (128, cell(24, 2))],       // inner from a /24
+            vec![(0, a), (128, cell(25, 1 << 21))], // hop id too big
+        ] {
+            ix.store(7, &runs);
+            let e = ix.entry(7 << 8);
+            let fits = runs[1].0 == 2 || runs[1].0 == 3 && runs[2].0 == 4;
+            assert_eq!(e & CHUNK == 0, fits, "{runs:?}");
+            let mut back = Vec::new();
+            ix.runs_of(e, &mut back);
+            assert_eq!(back, runs);
+        }
+        ix.store(7, &[(0, cell(8, 1 << 22))]);
+        assert_ne!(ix.entry(7 << 8) & CHUNK, 0, "a big hop id takes a chunk");
+        assert_eq!(ix.hop_id(ix.entry(7 << 8), 7 << 8), 1 << 22);
     }
 
     /// The default route lives in `hops[0]`: setting, replacing and
