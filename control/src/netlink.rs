@@ -637,8 +637,8 @@ impl Netlink {
         self.link_change(m, &format!("set MAC {}", fmt_mac(&mac)))
     }
 
-    /// `ip link add NAME address MAC mtu MTU numrxqueues Q type veth peer
-    /// name PEER netns PEER_NS numtxqueues Q numrxqueues Q`: a veth pair made in the
+    /// `ip link add NAME address MAC mtu MTU type veth peer name PEER
+    /// netns PEER_NS numtxqueues Q numrxqueues Q`: a veth pair made in the
     /// calling thread's namespace with its peer placed directly in
     /// `peer_ns` (nothing moves afterwards). `EEXIST` if either name is
     /// taken in its namespace.
@@ -666,9 +666,7 @@ impl Netlink {
         m.attributes.push(LinkAttribute::Address(mac.to_vec()));
         m.attributes.push(LinkAttribute::Mtu(mtu));
         m.attributes.push(LinkAttribute::NumTxQueues(1));
-        // One receive queue per peer transmit queue: the veth driver takes
-        // its NAPI path only for a frame whose queue the receiver has.
-        m.attributes.push(LinkAttribute::NumRxQueues(peer_queues));
+        m.attributes.push(LinkAttribute::NumRxQueues(1));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             NlLinkInfo::Kind(InfoKind::Veth),
             NlLinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),

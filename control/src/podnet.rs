@@ -419,10 +419,9 @@ impl Drop for NewVeth<'_> {
 /// segmentation offload goes with it).
 ///
 /// The pod's receive runs in the pod end's own NAPI, not through the CPU's
-/// backlog: GRO on the pod end, as many receive queues there as the node
-/// end has transmit queues, and TSO off on the node end (the veth driver
-/// takes that NAPI path only then, for frames the node end's AF_XDP
-/// sockets send, which are never TSO frames anyway). The backlog
+/// backlog: GRO on the pod end and TSO off on the node end (the veth
+/// driver takes that NAPI path only then, for frames the node end's
+/// AF_XDP socket sends, which are never TSO frames anyway). The backlog
 /// (`netif_rx`) is one queue per CPU shared by every namespace, at most
 /// `net.core.netdev_max_backlog` packets: a flood anywhere on the machine
 /// that fills it made the kernel drop the pod's packets unseen by
@@ -1179,15 +1178,13 @@ mod tests {
             (Some(2), Some(2)),
             "{l}"
         );
-        // A receive queue in the pod for each transmit queue of the node
-        // end (the veth's NAPI takes only frames whose queue exists).
         let l = pod.ip_json(&["-d", "link", "show", "dev", "eth0"]);
         assert_eq!(
             (
                 l[0]["num_tx_queues"].as_u64(),
                 l[0]["num_rx_queues"].as_u64()
             ),
-            (Some(1), Some(2)),
+            (Some(1), Some(1)),
             "{l}"
         );
         // The pod receives through its end's NAPI, not the CPU's shared
