@@ -416,16 +416,7 @@ impl Drop for NewVeth<'_> {
 /// one per worker for transmit) and brought up. Transmit checksum offload
 /// is turned off on the pod end: the node end's AF_XDP socket gets frames
 /// exactly as they left the pod, so their checksums must be complete (TCP
-/// segmentation offload goes with it).
-///
-/// The pod's receive runs in the pod end's own NAPI, not through the CPU's
-/// backlog: GRO on the pod end and TSO off on the node end (the veth
-/// driver takes that NAPI path only then, for frames the node end's
-/// AF_XDP socket sends, which are never TSO frames anyway). The backlog
-/// (`netif_rx`) is one queue per CPU shared by every namespace, at most
-/// `net.core.netdev_max_backlog` packets: a flood anywhere on the machine
-/// that fills it made the kernel drop the pod's packets unseen by
-/// podrouterd. On failure nothing is left behind.
+/// segmentation offload goes with it). On failure nothing is left behind.
 pub fn create_pod_veth(
     spec: &PodInterfaceSpec,
     node_ifname: &str,
@@ -479,8 +470,6 @@ pub fn create_pod_veth(
             })?;
         crate::sys::set_tx_checksum_offload(&spec.ifname, false)
             .map_err(err("turn transmit checksum offload off".into()))?;
-        crate::sys::set_gro(&spec.ifname, true)
-            .map_err(err("turn generic receive offload on".into()))?;
         bring_up_addressed(&mut nl, index, spec, whom_ref, None)?;
         guard.armed = false;
         Ok(())
@@ -490,16 +479,11 @@ pub fn create_pod_veth(
         let index = nl.link_index(node_ifname)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "node end of the veth vanished")
         })?;
-        crate::sys::set_tso(node_ifname, false)?;
         nl.link_set_up(index)
     })();
     if let Err(e) = up {
         let _ = delete_pod_interface(&spec.netns, &spec.ifname);
-        return Err(PodNetError::step(
-            "turn TSO off on the node end and bring it up",
-            &whom,
-            e,
-        ));
+        return Err(PodNetError::step("bring the node end up", &whom, e));
     }
     Ok(())
 }
@@ -1186,21 +1170,6 @@ mod tests {
             ),
             (Some(1), Some(1)),
             "{l}"
-        );
-        // The pod receives through its end's NAPI, not the CPU's shared
-        // backlog: GRO on the pod end, TSO off on the node end.
-        let features = |ns: &Netns, dev: &str| {
-            let out = ns.command("ethtool").args(["-k", dev]).output().unwrap();
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        };
-        let pod_end = features(&pod, "eth0");
-        assert!(pod_end.contains("generic-receive-offload: on"), "{pod_end}");
-        // (The veth driver's test is the kernel's TSO mask: IPv4, IPv6.)
-        let node_end = features(&node, "prxtest0");
-        assert!(
-            node_end.contains("\ttx-tcp-segmentation: off")
-                && node_end.contains("\ttx-tcp6-segmentation: off"),
-            "{node_end}"
         );
         let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
         assert_eq!(addrs[0]["addr_info"][0]["local"], "10.244.1.2", "{addrs}");

@@ -231,10 +231,6 @@ pub fn try_lock_exclusive(file: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// `ETHTOOL_STXCSUM`: set transmit checksum offload.
 const ETHTOOL_STXCSUM: u32 = 0x17;
-/// `ETHTOOL_STSO`: set TCP segmentation offload.
-const ETHTOOL_STSO: u32 = 0x1f;
-/// `ETHTOOL_SGRO`: set generic receive offload.
-const ETHTOOL_SGRO: u32 = 0x2c;
 
 /// `struct ethtool_value`.
 #[repr(C)]
@@ -249,23 +245,6 @@ struct EthtoolValue {
 /// that gets the bare frame (an AF_XDP socket on the veth's other end)
 /// needs; TCP segmentation offload goes with it.
 pub fn set_tx_checksum_offload(name: &str, on: bool) -> io::Result<()> {
-    ethtool_set_value(name, ETHTOOL_STXCSUM, on)
-}
-
-/// Turns TCP segmentation offload of interface `name` (in the calling
-/// thread's namespace) on or off (`ethtool -K NAME tso on|off`).
-pub fn set_tso(name: &str, on: bool) -> io::Result<()> {
-    ethtool_set_value(name, ETHTOOL_STSO, on)
-}
-
-/// Turns generic receive offload of interface `name` (in the calling
-/// thread's namespace) on or off (`ethtool -K NAME gro on|off`).
-pub fn set_gro(name: &str, on: bool) -> io::Result<()> {
-    ethtool_set_value(name, ETHTOOL_SGRO, on)
-}
-
-/// One `SIOCETHTOOL` call that sets an `ethtool_value` flag.
-fn ethtool_set_value(name: &str, cmd: u32, on: bool) -> io::Result<()> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -280,7 +259,7 @@ fn ethtool_set_value(name: &str, cmd: u32, on: bool) -> io::Result<()> {
     // SAFETY: `fd` is a new descriptor nobody else owns.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut value = EthtoolValue {
-        cmd,
+        cmd: ETHTOOL_STXCSUM,
         data: u32::from(on),
     };
     // SAFETY: ifreq is a plain C struct; all-zero is a valid value.
