@@ -382,7 +382,7 @@ const IPV4_NO_OPTIONS: u8 = 0x45;
 const IPPROTO_IPIP: u8 = 4;
 const TCP_ACK: u8 = 0x10;
 
-/// What [`coalesce_ipip_tcp`] tracks about the frame it is growing.
+/// What [`coalesce_tcp`] tracks about the frame it is growing.
 struct Coalescing {
     thl: usize,
     mss: usize,
@@ -442,10 +442,6 @@ fn ipip_tcp_checksum_ok(d: &[u8]) -> bool {
     ) == 0xffff
 }
 
-fn tcp_seq(d: &[u8]) -> u32 {
-    be32(d, IPIP_TCP_OFF + tcp::SEQ_NUM.start)
-}
-
 /// Receive-side coalescing (GRO) of TCP segments carried in IPIP, for the
 /// uplink: in the first `n` frames (each Ethernet + a whole outer IPv4
 /// packet), runs of consecutive segments of one TCP flow are merged into
@@ -472,6 +468,58 @@ fn tcp_seq(d: &[u8]) -> u32 {
 /// TCP packet longer than `link_mtu` (reassembled outer fragments); see
 /// [`adopt_kernel_merged`]. Neither is merged with anything else.
 pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize, link_mtu: usize) -> usize {
+    coalesce_tcp::<Ipip>(frames, n, |frame| adopt_kernel_merged(frame, link_mtu))
+}
+
+/// What differs between the tunnels whose TCP segments [`coalesce_tcp`]
+/// merges. Every frame starts with the outer Ethernet header; the outer
+/// IPv4 header follows at [`OUTER`].
+trait TunnelTcp {
+    /// Where the inner IPv4 header starts.
+    const INNER: usize;
+    /// Where the inner TCP header starts.
+    const TCP: usize;
+    /// Bytes between the outer and the inner IPv4 header that two
+    /// segments of one run must share (beyond the outer addresses).
+    const SAME_TUNNEL: &'static [std::ops::Range<usize>];
+    /// The virtio GSO type of a merged frame.
+    const GSO_TYPE: u8;
+    /// The TCP header length and payload length of a frame that may take
+    /// part in coalescing (flags ACK or ACK|PSH), or `None`.
+    fn shape(d: &[u8]) -> Option<(usize, usize)>;
+    /// Whether the inner TCP checksum may be trusted for a merged frame.
+    fn checksum_ok(d: &[u8]) -> bool;
+    /// Fixes the tunnel's own headers between the outer and inner IPv4
+    /// headers once the frame has grown to its final length.
+    fn finish_tunnel(d: &mut [u8]);
+}
+
+/// IPIP: outer IPv4, inner IPv4, TCP.
+struct Ipip;
+
+impl TunnelTcp for Ipip {
+    const INNER: usize = INNER;
+    const TCP: usize = IPIP_TCP_OFF;
+    const SAME_TUNNEL: &'static [std::ops::Range<usize>] = &[];
+    const GSO_TYPE: u8 = crate::frame::VnetHdr::GSO_TCPV4;
+    fn shape(d: &[u8]) -> Option<(usize, usize)> {
+        ipip_tcp_shape(d)
+    }
+    fn checksum_ok(d: &[u8]) -> bool {
+        ipip_tcp_checksum_ok(d)
+    }
+    fn finish_tunnel(_: &mut [u8]) {}
+}
+
+/// Merges runs of consecutive TCP segments of one flow in `frames[..n]`
+/// (see [`coalesce_ipip_tcp`] and [`coalesce_vxlan_tcp`]); `adopt` may
+/// take a frame as it is (a run the kernel merged already), which then
+/// merges with nothing.
+fn coalesce_tcp<L: TunnelTcp>(
+    frames: &mut [crate::frame::Frame],
+    n: usize,
+    mut adopt: impl FnMut(&mut crate::frame::Frame) -> bool,
+) -> usize {
     let n = n.min(frames.len());
     let mut out = 0;
     let mut i = 0;
@@ -480,34 +528,34 @@ pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize, link_mtu:
         let head = out;
         out += 1;
         i += 1;
-        if adopt_kernel_merged(&mut frames[head], link_mtu) {
+        if adopt(&mut frames[head]) {
             continue;
         }
         let d = frames[head].data();
-        let Some((thl, payload)) = ipip_tcp_shape(d) else {
+        let Some((thl, payload)) = L::shape(d) else {
             continue;
         };
-        if payload == 0 || d[IPIP_TCP_OFF + tcp::FLAGS] != TCP_ACK || !ipip_tcp_checksum_ok(d) {
+        if payload == 0 || d[L::TCP + tcp::FLAGS] != TCP_ACK || !L::checksum_ok(d) {
             continue;
         }
         let mut st = Coalescing {
             thl,
             mss: payload,
             payload,
-            next_seq: tcp_seq(d).wrapping_add(payload as u32),
+            next_seq: be32(d, L::TCP + tcp::SEQ_NUM.start).wrapping_add(payload as u32),
             merged: 1,
             psh: false,
             closed: false,
         };
         while i < n && !st.closed {
             let (a, b) = frames.split_at_mut(i);
-            if !try_absorb(&mut a[head], &mut st, &b[0]) {
+            if !try_absorb::<L>(&mut a[head], &mut st, &b[0]) {
                 break;
             }
             i += 1;
         }
         if st.merged > 1 {
-            finish_coalesced(&mut frames[head], &st);
+            finish_coalesced::<L>(&mut frames[head], &st);
         }
     }
     out
@@ -515,25 +563,26 @@ pub fn coalesce_ipip_tcp(frames: &mut [crate::frame::Frame], n: usize, link_mtu:
 
 /// Appends `p`'s payload to `head` if `p` continues the run (see
 /// [`coalesce_ipip_tcp`]).
-fn try_absorb(
+fn try_absorb<L: TunnelTcp>(
     head: &mut crate::frame::Frame,
     st: &mut Coalescing,
     p: &crate::frame::Frame,
 ) -> bool {
     let pd = p.data();
-    let Some((thl, payload)) = ipip_tcp_shape(pd) else {
+    let Some((thl, payload)) = L::shape(pd) else {
         return false;
     };
     let hd = head.data();
-    let t = IPIP_TCP_OFF;
+    let (inner, t) = (L::INNER, L::TCP);
     let at = |base: usize, f: std::ops::Range<usize>| base + f.start..base + f.end;
-    let df = |d: &[u8]| d[INNER + ipv4::FLAGS] & (IP_DF >> 8) as u8;
+    let df = |d: &[u8]| d[inner + ipv4::FLAGS] & (IP_DF >> 8) as u8;
     let same = thl == st.thl
         && hd[at(OUTER, ipv4::ADDRS)] == pd[at(OUTER, ipv4::ADDRS)]
-        && hd[INNER + ipv4::TOS] == pd[INNER + ipv4::TOS]
-        && hd[INNER + ipv4::TTL] == pd[INNER + ipv4::TTL]
+        && L::SAME_TUNNEL.iter().all(|r| hd[r.clone()] == pd[r.clone()])
+        && hd[inner + ipv4::TOS] == pd[inner + ipv4::TOS]
+        && hd[inner + ipv4::TTL] == pd[inner + ipv4::TTL]
         && df(hd) == df(pd)
-        && hd[at(INNER, ipv4::ADDRS)] == pd[at(INNER, ipv4::ADDRS)]
+        && hd[at(inner, ipv4::ADDRS)] == pd[at(inner, ipv4::ADDRS)]
         && hd[at(t, tcp::PORTS)] == pd[at(t, tcp::PORTS)]
         // ACK number and data offset
         && hd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF] == pd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF]
@@ -541,20 +590,20 @@ fn try_absorb(
         // urgent pointer and options
         && hd[t + tcp::URGENT.start..t + thl] == pd[t + tcp::URGENT.start..t + thl];
     if !same
-        || tcp_seq(pd) != st.next_seq
+        || be32(pd, t + tcp::SEQ_NUM.start) != st.next_seq
         || payload == 0
         || payload > st.mss
-        || IPIP_TCP_OFF - 14 + thl + st.payload + payload > usize::from(u16::MAX)
+        || t - OUTER + thl + st.payload + payload > usize::from(u16::MAX)
         || head.tailroom() < payload
-        || !ipip_tcp_checksum_ok(pd)
+        || !L::checksum_ok(pd)
     {
         return false;
     }
-    let at = head.len();
-    if !head.resize(at + payload) {
+    let end = head.len();
+    if !head.resize(end + payload) {
         return false;
     }
-    head.data_mut()[at..].copy_from_slice(&pd[t + thl..]);
+    head.data_mut()[end..].copy_from_slice(&pd[t + thl..]);
     st.payload += payload;
     st.next_seq = st.next_seq.wrapping_add(payload as u32);
     st.merged += 1;
@@ -616,31 +665,33 @@ pub fn adopt_kernel_merged(frame: &mut crate::frame::Frame, link_mtu: usize) -> 
     true
 }
 
-/// Fixes the headers of a coalesced frame and marks it a GSO super-segment
-/// with a partial checksum.
-fn finish_coalesced(head: &mut crate::frame::Frame, st: &Coalescing) {
+/// Fixes the headers of a coalesced frame (both IPv4 lengths and
+/// checksums, the tunnel's own headers, PSH, the inner TCP checksum
+/// partial) and marks it a GSO super-segment of `L::GSO_TYPE`.
+fn finish_coalesced<L: TunnelTcp>(head: &mut crate::frame::Frame, st: &Coalescing) {
     use crate::frame::VnetHdr;
-    let t = IPIP_TCP_OFF;
+    let (inner, t) = (L::INNER, L::TCP);
     let tcp_len = st.thl + st.payload;
     let d = head.data_mut();
-    let outer_len = 2 * IPV4_HEADER_LEN + tcp_len;
+    let outer_len = d.len() - OUTER;
     put16(&mut d[OUTER..], ipv4::LENGTH.start, outer_len as u16);
     fill_ip_checksum(&mut d[OUTER..], IPV4_HEADER_LEN);
+    L::finish_tunnel(d);
     put16(
-        &mut d[INNER..],
+        &mut d[inner..],
         ipv4::LENGTH.start,
         (IPV4_HEADER_LEN + tcp_len) as u16,
     );
-    fill_ip_checksum(&mut d[INNER..], IPV4_HEADER_LEN);
+    fill_ip_checksum(&mut d[inner..], IPV4_HEADER_LEN);
     if st.psh {
         d[t + tcp::FLAGS] |= TCP_PSH;
     }
-    let addrs = &d[INNER + ipv4::ADDRS.start..INNER + ipv4::ADDRS.end];
+    let addrs = &d[inner + ipv4::ADDRS.start..inner + ipv4::ADDRS.end];
     let pseudo = tcp_pseudo_header(addrs, tcp_len as u16);
     put16(d, t + tcp::CHECKSUM.start, ones_complement_sum(&pseudo));
     head.vnet = VnetHdr {
         flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: VnetHdr::GSO_TCPV4,
+        gso_type: L::GSO_TYPE,
         hdr_len: (t + st.thl) as u16,
         gso_size: st.mss as u16,
         csum_start: t as u16,
@@ -723,138 +774,31 @@ fn vxlan_tcp_checksum_ok(d: &[u8]) -> bool {
 /// with nothing is left as it was. Returns how many frames remain, in
 /// order, as `frames[..returned]`.
 pub fn coalesce_vxlan_tcp(frames: &mut [crate::frame::Frame], n: usize) -> usize {
-    let n = n.min(frames.len());
-    let mut out = 0;
-    let mut i = 0;
-    while i < n {
-        frames.swap(out, i);
-        let head = out;
-        out += 1;
-        i += 1;
-        let d = frames[head].data();
-        let Some((thl, payload)) = vxlan_tcp_shape(d) else {
-            continue;
-        };
-        if payload == 0 || d[VX_TCP + tcp::FLAGS] != TCP_ACK || !vxlan_tcp_checksum_ok(d) {
-            continue;
-        }
-        let mut st = Coalescing {
-            thl,
-            mss: payload,
-            payload,
-            next_seq: be32(d, VX_TCP + tcp::SEQ_NUM.start).wrapping_add(payload as u32),
-            merged: 1,
-            psh: false,
-            closed: false,
-        };
-        while i < n && !st.closed {
-            let (a, b) = frames.split_at_mut(i);
-            if !try_absorb_vxlan(&mut a[head], &mut st, &b[0]) {
-                break;
-            }
-            i += 1;
-        }
-        if st.merged > 1 {
-            finish_coalesced_vxlan(&mut frames[head], &st);
-        }
-    }
-    out
+    coalesce_tcp::<Vxlan>(frames, n, |_| false)
 }
 
-/// Appends `p`'s payload to `head` if `p` continues the run (see
-/// [`coalesce_vxlan_tcp`]).
-fn try_absorb_vxlan(
-    head: &mut crate::frame::Frame,
-    st: &mut Coalescing,
-    p: &crate::frame::Frame,
-) -> bool {
-    let pd = p.data();
-    let Some((thl, payload)) = vxlan_tcp_shape(pd) else {
-        return false;
-    };
-    let hd = head.data();
-    let t = VX_TCP;
-    let at = |base: usize, f: std::ops::Range<usize>| base + f.start..base + f.end;
-    let df = |d: &[u8]| d[VX_INNER + ipv4::FLAGS] & (IP_DF >> 8) as u8;
-    let same = thl == st.thl
-        && hd[at(VX_OUTER, ipv4::ADDRS)] == pd[at(VX_OUTER, ipv4::ADDRS)]
-        // outer UDP ports, then the VXLAN header and inner Ethernet
-        && hd[VX_UDP..VX_UDP + 4] == pd[VX_UDP..VX_UDP + 4]
-        && hd[VX_HDR..VX_INNER] == pd[VX_HDR..VX_INNER]
-        && hd[VX_INNER + ipv4::TOS] == pd[VX_INNER + ipv4::TOS]
-        && hd[VX_INNER + ipv4::TTL] == pd[VX_INNER + ipv4::TTL]
-        && df(hd) == df(pd)
-        && hd[at(VX_INNER, ipv4::ADDRS)] == pd[at(VX_INNER, ipv4::ADDRS)]
-        && hd[at(t, tcp::PORTS)] == pd[at(t, tcp::PORTS)]
-        // ACK number and data offset
-        && hd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF] == pd[t + tcp::ACK_NUM.start..=t + tcp::DATA_OFF]
-        && hd[at(t, tcp::WINDOW)] == pd[at(t, tcp::WINDOW)]
-        // urgent pointer and options
-        && hd[t + tcp::URGENT.start..t + thl] == pd[t + tcp::URGENT.start..t + thl];
-    if !same
-        || be32(pd, t + tcp::SEQ_NUM.start) != st.next_seq
-        || payload == 0
-        || payload > st.mss
-        || VX_TCP - VX_OUTER + thl + st.payload + payload > usize::from(u16::MAX)
-        || head.tailroom() < payload
-        || !vxlan_tcp_checksum_ok(pd)
-    {
-        return false;
-    }
-    let end = head.len();
-    if !head.resize(end + payload) {
-        return false;
-    }
-    head.data_mut()[end..].copy_from_slice(&pd[t + thl..]);
-    st.payload += payload;
-    st.next_seq = st.next_seq.wrapping_add(payload as u32);
-    st.merged += 1;
-    if pd[t + tcp::FLAGS] & TCP_PSH != 0 {
-        st.psh = true;
-        st.closed = true;
-    }
-    if payload < st.mss {
-        st.closed = true;
-    }
-    true
-}
+/// VXLAN: outer IPv4, UDP, VXLAN header, inner Ethernet, inner IPv4, TCP.
+struct Vxlan;
 
-/// Fixes the headers of a coalesced VXLAN frame (both IPv4 lengths and
-/// checksums, the UDP length, outer UDP checksum 0, PSH, the inner TCP
-/// checksum partial) and marks it a UDP-tunnel GSO frame.
-fn finish_coalesced_vxlan(head: &mut crate::frame::Frame, st: &Coalescing) {
-    use crate::frame::VnetHdr;
-    let tcp_len = st.thl + st.payload;
-    let d = head.data_mut();
-    let outer_len = d.len() - VX_OUTER;
-    put16(&mut d[VX_OUTER..], ipv4::LENGTH.start, outer_len as u16);
-    fill_ip_checksum(&mut d[VX_OUTER..], IPV4_HEADER_LEN);
-    put16(d, VX_UDP + 4, (outer_len - IPV4_HEADER_LEN) as u16);
-    put16(d, VX_UDP + UDP_CHECKSUM_AT, 0);
-    put16(
-        &mut d[VX_INNER..],
-        ipv4::LENGTH.start,
-        (IPV4_HEADER_LEN + tcp_len) as u16,
-    );
-    fill_ip_checksum(&mut d[VX_INNER..], IPV4_HEADER_LEN);
-    if st.psh {
-        d[VX_TCP + tcp::FLAGS] |= TCP_PSH;
+impl TunnelTcp for Vxlan {
+    const INNER: usize = VX_INNER;
+    const TCP: usize = VX_TCP;
+    /// The outer UDP ports, then the VXLAN header and the inner Ethernet
+    /// header.
+    const SAME_TUNNEL: &'static [std::ops::Range<usize>] = &[VX_UDP..VX_UDP + 4, VX_HDR..VX_INNER];
+    const GSO_TYPE: u8 = crate::vxlan::GSO_UDP_TUNNEL_IPV4 | crate::frame::VnetHdr::GSO_TCPV4;
+    fn shape(d: &[u8]) -> Option<(usize, usize)> {
+        vxlan_tcp_shape(d)
     }
-    let addrs = &d[VX_INNER + ipv4::ADDRS.start..VX_INNER + ipv4::ADDRS.end];
-    let pseudo = tcp_pseudo_header(addrs, tcp_len as u16);
-    put16(
-        d,
-        VX_TCP + tcp::CHECKSUM.start,
-        ones_complement_sum(&pseudo),
-    );
-    head.vnet = VnetHdr {
-        flags: VnetHdr::F_NEEDS_CSUM,
-        gso_type: crate::vxlan::GSO_UDP_TUNNEL_IPV4 | VnetHdr::GSO_TCPV4,
-        hdr_len: (VX_TCP + st.thl) as u16,
-        gso_size: st.mss as u16,
-        csum_start: VX_TCP as u16,
-        csum_offset: tcp::CHECKSUM.start as u16,
-    };
+    fn checksum_ok(d: &[u8]) -> bool {
+        vxlan_tcp_checksum_ok(d)
+    }
+    /// The UDP length, and no outer UDP checksum.
+    fn finish_tunnel(d: &mut [u8]) {
+        let udp_len = d.len() - VX_UDP;
+        put16(d, VX_UDP + 4, udp_len as u16);
+        put16(d, VX_UDP + UDP_CHECKSUM_AT, 0);
+    }
 }
 
 /// Gives a frame that arrived with no checksum state (an AF_XDP socket's)
