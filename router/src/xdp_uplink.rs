@@ -22,7 +22,12 @@
 //!   (fragments, options, frames too long for a chunk, queues beyond
 //!   [`MAX_QUEUES`]) reaches the inner port as before (the raw socket;
 //!   VXLAN's tc redirect into its TAP), so [`Port::recv`] takes the
-//!   sockets' frames first and then whatever the inner port has.
+//!   sockets' frames first and then whatever the inner port has. The
+//!   inner port is nearly always empty, so while the sockets deliver it is
+//!   read only every [`INNER_EVERY`]th receive (a syscall that would find
+//!   nothing, saved on the others), and always before a receive returns
+//!   nothing: the worker drops the port from its ready set only then, so
+//!   no frame waits behind an edge it consumed.
 //!
 //! Frames from the sockets are turned into what the inner port hands the
 //! pipeline:
@@ -59,6 +64,7 @@ use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use mio::unix::SourceFd;
@@ -75,6 +81,10 @@ use crate::sys;
 use crate::sys::xsk::UmemArea;
 use crate::vxlan::INNER_IP_OFFSET;
 use crate::wire::{field, ETHERNET_HEADER_LEN, ETHERTYPE_IPV4, IPV4_HEADER_LEN};
+
+/// While the sockets deliver, the inner port is read on one receive in
+/// this many (and always when they deliver nothing).
+pub const INNER_EVERY: u32 = 8;
 
 /// Most receive queues of the uplink given a socket; tunnel traffic on a
 /// queue beyond them takes the kernel's path (the raw socket).
@@ -111,6 +121,9 @@ pub struct XdpUplink {
     /// The underlay's MTU, which bounds what receive coalescing takes as
     /// one packet ([`gso::coalesce_ipip_tcp`]).
     link_mtu: usize,
+    /// Receives since the inner port was last read ([`INNER_EVERY`]). One
+    /// worker receives from the port, so relaxed ordering is enough.
+    since_inner: AtomicU32,
 }
 
 impl fmt::Debug for XdpUplink {
@@ -198,6 +211,7 @@ impl XdpUplink {
             ready,
             tunnel: cfg.tunnel,
             link_mtu: usize::from(cfg.link_mtu),
+            since_inner: AtomicU32::new(0),
         })
     }
 
@@ -285,9 +299,10 @@ fn as_tap_frame(f: &mut Frame) {
 
 impl Port for XdpUplink {
     /// The sockets' frames first (made to look like the raw socket's or
-    /// the TAP's, TCP segments coalesced), then the inner
-    /// port's, up to `frames.len()`. An error of the inner port after
-    /// frames were received is deferred.
+    /// the TAP's, TCP segments coalesced), then the inner port's, up to
+    /// `frames.len()`: the inner port is read when the sockets gave
+    /// nothing and on every [`INNER_EVERY`]th receive. An error of the
+    /// inner port after frames were received is deferred.
     fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
         let mut n = 0;
         for q in &self.queues {
@@ -310,9 +325,12 @@ impl Port for XdpUplink {
                 gso::coalesce_vxlan_tcp(frames, n)
             }
         };
-        if n == frames.len() {
+        let since = self.since_inner.load(Ordering::Relaxed).saturating_add(1);
+        if n == frames.len() || (n > 0 && since < INNER_EVERY) {
+            self.since_inner.store(since, Ordering::Relaxed);
             return Ok(n);
         }
+        self.since_inner.store(0, Ordering::Relaxed);
         match self.inner.recv(&mut frames[n..]) {
             Ok(m) => Ok(n + m),
             Err(_) if n > 0 => Ok(n),
