@@ -177,7 +177,7 @@ impl WorkerHandle {
     pub fn start_remove_rx_queue(&mut self, id: PortId) -> io::Result<PortRelease> {
         let (tx, rx) = mpsc::channel();
         self.send(Command::RemovePort(id, tx))?;
-        Ok(PortRelease(vec![rx]))
+        Ok(PortRelease(Box::new([rx])))
     }
 
     /// Stops receiving from every port, ports added later included, until
@@ -188,7 +188,7 @@ impl WorkerHandle {
     pub fn pause(&self) -> io::Result<PortRelease> {
         let (tx, rx) = mpsc::channel();
         self.send(Command::Pause(tx))?;
-        Ok(PortRelease(vec![rx]))
+        Ok(PortRelease(Box::new([rx])))
     }
 
     /// Receives again after [`WorkerHandle::pause`].
@@ -221,13 +221,13 @@ impl WorkerHandle {
 /// A port removal one or more workers have been asked for (see
 /// [`WorkerHandle::start_remove_port`], [`PortRelease::and`]).
 #[must_use = "the worker may still use the port until wait returns"]
-pub struct PortRelease(Vec<mpsc::Receiver<()>>);
+pub struct PortRelease(Box<[mpsc::Receiver<()>]>);
 
 impl PortRelease {
     /// Waits (at most 5 s) until no worker asked uses the port any more.
     pub fn wait(self) -> io::Result<()> {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        for rx in self.0 {
+        for rx in self.0.into_vec() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             rx.recv_timeout(left).map_err(|_| {
                 io::Error::new(io::ErrorKind::TimedOut, "worker did not release the port")
@@ -238,9 +238,10 @@ impl PortRelease {
 
     /// One release that waits for both (a port whose receive queues are
     /// spread over several workers).
-    pub fn and(mut self, other: PortRelease) -> PortRelease {
-        self.0.extend(other.0);
-        self
+    pub fn and(self, other: PortRelease) -> PortRelease {
+        let mut all = self.0.into_vec();
+        all.extend(other.0.into_vec());
+        PortRelease(all.into_boxed_slice())
     }
 }
 
