@@ -448,10 +448,10 @@ impl Daemon {
 
     /// Adds a port to the published table and hands it to the least loaded
     /// worker; returns its id and the worker. A port with more receive
-    /// queues (`Port::rx_queues`: the host port and the VXLAN uplink with
-    /// `workers` > 1) gives one to each following worker, under the same
-    /// id; such ports stay for the daemon's life (a pod's port has one
-    /// queue, which is all [`Daemon::uninstall`] takes back).
+    /// queues (`Port::rx_queues`: the host port, the VXLAN uplink and a
+    /// pod's TAP with `workers` > 1) gives one to each following worker,
+    /// under the same id; [`Daemon::uninstall`] takes a pod's back from
+    /// every worker.
     fn publish_port(
         &mut self,
         info: PortInfo,
@@ -551,13 +551,29 @@ impl Daemon {
         let pod = self.pods.remove(id)?;
         let host = Prefix::new(pod.record.ip, 32).expect("/32");
         self.fib.update(&[FibChange::Remove(host)]);
-        let release = match self.workers[pod.worker].start_remove_port(pod.port) {
+        let mut release = match self.workers[pod.worker].start_remove_port(pod.port) {
             Ok(r) => Some(r),
             Err(e) => {
                 log::warn!("pod {id}: worker {}: {e}", pod.worker);
                 None
             }
         };
+        // A multi-queue pod TAP (`workers` > 1) left a receive queue on
+        // the other workers: they let go too (one holding none, at once).
+        for (w, worker) in self.workers.iter_mut().enumerate() {
+            if w == pod.worker {
+                continue;
+            }
+            match worker.start_remove_rx_queue(pod.port) {
+                Ok(r) => {
+                    release = Some(match release.take() {
+                        Some(all) => all.and(r),
+                        None => r,
+                    })
+                }
+                Err(e) => log::warn!("pod {id}: worker {w}: {e}"),
+            }
+        }
         if let Err(e) = self.net.host_route_del(host, &self.cfg.dataplane.host_port) {
             log::warn!("pod {id}: removing host route: {e}");
         }

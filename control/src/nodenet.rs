@@ -133,9 +133,9 @@ impl NodeNet for KernelNet {
 
     fn create_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
         match self.backend {
-            Backend::Tap => Ok(PodPort::plain(Arc::new(podnet::create_pod_interface(
-                spec,
-            )?))),
+            Backend::Tap => Ok(PodPort::plain(Arc::new(
+                podnet::create_pod_interface_with_queues(spec, self.workers as usize)?,
+            ))),
             Backend::Afxdp => {
                 let xcfg = self.afxdp_config(spec);
                 podnet::create_pod_veth(spec, &xcfg.ifname, xcfg.tx_queues + 1)?;
@@ -154,10 +154,13 @@ impl NodeNet for KernelNet {
 
     fn attach_pod_interface(&self, spec: &PodInterfaceSpec) -> Result<PodPort, PodNetError> {
         match self.backend {
-            Backend::Tap => Ok(PodPort::plain(Arc::new(podnet::attach_pod_interface(
-                &spec.netns,
-                &spec.ifname,
-            )?))),
+            Backend::Tap => Ok(PodPort::plain(Arc::new(
+                podnet::attach_pod_interface_with_queues(
+                    &spec.netns,
+                    &spec.ifname,
+                    self.workers as usize,
+                )?,
+            ))),
             Backend::Afxdp => Ok(PodPort::afxdp(podnet::open_afxdp_port(
                 &self.afxdp_config(spec),
             )?)),

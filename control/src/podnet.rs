@@ -210,11 +210,23 @@ enum Stage {
 /// TAP (persistent, in the pod's namespace). On failure nothing is left
 /// behind.
 pub fn create_pod_interface(spec: &PodInterfaceSpec) -> Result<TapPort, PodNetError> {
-    create_pod_interface_inner(spec, None)
+    create_pod_interface_inner(spec, 1, None)
+}
+
+/// [`create_pod_interface`] with `queues` receive queues (one per worker):
+/// a multi-queue TAP whose flows the pod's kernel spreads over them
+/// ([`podrouter_router::mq`]), so one pod's connections are read by every
+/// worker. One queue is a plain single-queue TAP.
+pub fn create_pod_interface_with_queues(
+    spec: &PodInterfaceSpec,
+    queues: usize,
+) -> Result<TapPort, PodNetError> {
+    create_pod_interface_inner(spec, queues, None)
 }
 
 fn create_pod_interface_inner(
     spec: &PodInterfaceSpec,
+    queues: usize,
     fail_at: Option<Stage>,
 ) -> Result<TapPort, PodNetError> {
     let whom = format!(
@@ -225,7 +237,7 @@ fn create_pod_interface_inner(
     check_ifname(&spec.ifname)?;
     let ns = open_netns(&spec.netns).map_err(|e| netns_error(&spec.netns, e))?;
     in_pod(ns.as_fd(), &spec.netns, || {
-        create_in_pod(spec, &whom, fail_at)
+        create_in_pod(spec, queues, &whom, fail_at)
     })?
 }
 
@@ -244,10 +256,16 @@ fn in_pod<T: Send>(
 /// [`NewTap`] here, in the pod's namespace, which deletes the device.
 fn create_in_pod(
     spec: &PodInterfaceSpec,
+    queues: usize,
     whom: &str,
     fail_at: Option<Stage>,
 ) -> Result<TapPort, PodNetError> {
-    let tap = TapPort::create(&spec.ifname).map_err(|e| {
+    let tap = if queues > 1 {
+        TapPort::create_multi_queue(&spec.ifname, queues)
+    } else {
+        TapPort::create(&spec.ifname)
+    };
+    let tap = tap.map_err(|e| {
         if e.kind() == io::ErrorKind::AlreadyExists {
             PodNetError::InterfaceExists {
                 netns: spec.netns.display().to_string(),
@@ -330,9 +348,32 @@ fn bring_up_addressed(
 
 /// Re-opens a pod's existing interface (after a podrouterd restart).
 pub fn attach_pod_interface(netns: &Path, ifname: &str) -> Result<TapPort, PodNetError> {
+    attach_pod_interface_with_queues(netns, ifname, 1)
+}
+
+/// [`attach_pod_interface`] with up to `queues` receive queues: a
+/// multi-queue TAP gets `queues` (at least one), a single-queue one (made
+/// while podrouterd ran one worker) keeps its one queue.
+pub fn attach_pod_interface_with_queues(
+    netns: &Path,
+    ifname: &str,
+    queues: usize,
+) -> Result<TapPort, PodNetError> {
     check_ifname(ifname)?;
     let ns = open_netns(netns).map_err(|e| netns_error(netns, e))?;
-    in_pod(ns.as_fd(), netns, || TapPort::attach(ifname))?.map_err(|e| {
+    let attach = || {
+        // The device's kind decides: attaching with the other kind's flags
+        // fails with `InvalidInput`, then the other kind is tried.
+        let single = || TapPort::attach(ifname);
+        let multi = || TapPort::attach_multi_queue(ifname, queues.max(1));
+        let other_kind = |e: &io::Error| e.kind() == io::ErrorKind::InvalidInput;
+        if queues > 1 {
+            multi().or_else(|e| if other_kind(&e) { single() } else { Err(e) })
+        } else {
+            single().or_else(|e| if other_kind(&e) { multi() } else { Err(e) })
+        }
+    };
+    in_pod(ns.as_fd(), netns, attach)?.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             PodNetError::InterfaceNotFound {
                 netns: netns.display().to_string(),
@@ -891,7 +932,7 @@ mod tests {
         let good = spec(&pod);
         for stage in [Stage::Down, Stage::Up] {
             let e = node
-                .run(|| create_pod_interface_inner(&good, Some(stage)))
+                .run(|| create_pod_interface_inner(&good, 1, Some(stage)))
                 .unwrap_err();
             assert!(e.to_string().contains("injected failure"), "{e}");
             assert_eq!(link_names(&node), ["lo"], "after {stage:?}");

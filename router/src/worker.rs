@@ -166,10 +166,18 @@ impl WorkerHandle {
     /// Takes a port away without waiting: the worker lets go on its next
     /// round, and [`PortRelease::wait`] (on any thread) returns once it has.
     pub fn start_remove_port(&mut self, id: PortId) -> io::Result<PortRelease> {
+        let release = self.start_remove_rx_queue(id)?;
+        self.ports = self.ports.saturating_sub(1);
+        Ok(release)
+    }
+
+    /// Takes back a receive queue given with [`WorkerHandle::add_rx_queue`]
+    /// (not counted in [`WorkerHandle::port_count`]), without waiting. A
+    /// worker that holds nothing under `id` lets go at once.
+    pub fn start_remove_rx_queue(&mut self, id: PortId) -> io::Result<PortRelease> {
         let (tx, rx) = mpsc::channel();
         self.send(Command::RemovePort(id, tx))?;
-        self.ports = self.ports.saturating_sub(1);
-        Ok(PortRelease(rx))
+        Ok(PortRelease(Box::new([rx])))
     }
 
     /// Stops receiving from every port, ports added later included, until
@@ -180,7 +188,7 @@ impl WorkerHandle {
     pub fn pause(&self) -> io::Result<PortRelease> {
         let (tx, rx) = mpsc::channel();
         self.send(Command::Pause(tx))?;
-        Ok(PortRelease(rx))
+        Ok(PortRelease(Box::new([rx])))
     }
 
     /// Receives again after [`WorkerHandle::pause`].
@@ -210,17 +218,30 @@ impl WorkerHandle {
     }
 }
 
-/// A port removal a worker has been asked for (see
-/// [`WorkerHandle::start_remove_port`]).
+/// A port removal one or more workers have been asked for (see
+/// [`WorkerHandle::start_remove_port`], [`PortRelease::and`]).
 #[must_use = "the worker may still use the port until wait returns"]
-pub struct PortRelease(mpsc::Receiver<()>);
+pub struct PortRelease(Box<[mpsc::Receiver<()>]>);
 
 impl PortRelease {
-    /// Waits (at most 5 s) until the worker no longer uses the port.
+    /// Waits (at most 5 s) until no worker asked uses the port any more.
     pub fn wait(self) -> io::Result<()> {
-        self.0
-            .recv_timeout(Duration::from_secs(5))
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "worker did not release the port"))
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for rx in self.0.into_vec() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            rx.recv_timeout(left).map_err(|_| {
+                io::Error::new(io::ErrorKind::TimedOut, "worker did not release the port")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One release that waits for both (a port whose receive queues are
+    /// spread over several workers).
+    pub fn and(self, other: PortRelease) -> PortRelease {
+        let mut all = self.0.into_vec();
+        all.extend(other.0.into_vec());
+        PortRelease(all.into_boxed_slice())
     }
 }
 

@@ -1,7 +1,7 @@
 //! More than one worker (`[dataplane] workers = 2`) between two nodes:
-//! the receive side of the VXLAN uplink's TAP and of the host port
+//! the receive side of the VXLAN uplink's TAP, of the host port
 //! (`encap = "never"`: the node's kernel hands the other node's traffic
-//! to it) is read by both workers, a flow stays on one of them (a UDP
+//! to it) and of a sending pod's own TAP is read by both workers, a flow stays on one of them (a UDP
 //! sequence crosses in order while iperf3 loads both), and what each
 //! worker received shows in `podrouterctl counters`
 //! (`rx_packets_per_worker`, and the text table).
@@ -122,9 +122,17 @@ fn udp_sequence(a: &Pod, b: &Pod) -> (u32, u32) {
     reader.join().expect("UDP reader")
 }
 
-/// Two nodes with two workers each; `port` is the port on node 1 whose
-/// receive side must spread (what carries a->b traffic into node 1).
-fn spread(test: &str, encap: &str, dataplane: &str, port: &str) {
+/// Where the receive side that must spread is: a port of the receiving
+/// node (what carries a->b traffic into it), or the sending pod's own port
+/// on node 0 (a multi-queue pod TAP).
+enum Watched {
+    Receiver(&'static str),
+    SendingPod,
+}
+
+/// Two nodes with two workers each, pod a on node 0 sending to pod b on
+/// node 1; `watched` is the port whose receive side must spread.
+fn spread(test: &str, encap: &str, dataplane: &str, watched: Watched) {
     if !require(test, TOOLS) {
         return;
     }
@@ -133,7 +141,12 @@ fn spread(test: &str, encap: &str, dataplane: &str, port: &str) {
     let b = c.nodes[1].add_pod("b", &[]);
     assert!(settle(&a.ns, &b.ip, SETTLE), "{test}: a never reached b");
     assert!(settle(&b.ns, &a.ip, SETTLE), "{test}: b never reached a");
-    let per_worker = || rx_per_worker(&c.nodes[1].counters(), port);
+    let (node, port) = match watched {
+        Watched::Receiver(port) => (1, port.to_string()),
+        Watched::SendingPod => (0, format!("eth0@{}", a.id)),
+    };
+    let port = port.as_str();
+    let per_worker = || rx_per_worker(&c.nodes[node].counters(), port);
     let before = per_worker();
     assert_eq!(before.len(), 2, "two workers: {before:?}");
 
@@ -149,7 +162,7 @@ fn spread(test: &str, encap: &str, dataplane: &str, port: &str) {
     let got: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     let total: u64 = got.iter().sum();
     say(&format!(
-        "{test}: {port} on node 1 received by worker during iperf3 -P {STREAMS}: {got:?}"
+        "{test}: {port} on node {node} received by worker during iperf3 -P {STREAMS}: {got:?}"
     ));
     // Each flow lands on either queue with even odds: a worker with
     // under 5% of the frames means the flows were not spread.
@@ -178,11 +191,30 @@ fn spread(test: &str, encap: &str, dataplane: &str, port: &str) {
     assert_eq!(reordered, 0, "{test}: a flow was reordered");
 
     // The text table shows the same split.
-    let text = podrouterctl(&c.nodes[1].socket, false, &["counters"]).stdout;
+    let text = podrouterctl(&c.nodes[node].socket, false, &["counters"]).stdout;
     assert!(
         text.contains("RX PKTS BY WORKER") && text.lines().any(|l| l.contains(port)),
         "{test}: no per-worker table:\n{text}"
     );
+
+    if node == 0 {
+        // A detach takes the pod's queues back from both workers, then
+        // removes its interface.
+        let out = podrouterctl(&c.nodes[0].socket, false, &["detach", &a.id]);
+        assert!(out.ok(), "{test}: detach failed: {out}");
+        let gone = wait_until(Duration::from_secs(5), || {
+            !a.exec(&["ip", "link", "show", "eth0"]).ok()
+        });
+        assert!(
+            gone,
+            "{test}: pod a's interface is still there after the detach"
+        );
+        let log = c.nodes[0].daemon_log();
+        assert!(
+            !log.contains("did not release"),
+            "{test}: a worker kept the detached pod's queue:\n{log}"
+        );
+    }
 }
 
 #[test]
@@ -191,7 +223,7 @@ fn two_workers_share_the_vxlan_uplinks_receive_side() {
         "two_workers_share_the_vxlan_uplinks_receive_side",
         "always",
         "tunnel = \"vxlan\"\n",
-        "vxlan@eth0",
+        Watched::Receiver("vxlan@eth0"),
     );
 }
 
@@ -201,6 +233,19 @@ fn two_workers_share_the_host_ports_receive_side() {
         "two_workers_share_the_host_ports_receive_side",
         "never",
         "",
-        "podrouter0",
+        Watched::Receiver("podrouter0"),
+    );
+}
+
+/// A pod's TAP is multi-queue with two workers: one pod's connections are
+/// read by both workers of its node (the sending side spreads too), each
+/// flow by one, in order.
+#[test]
+fn two_workers_share_one_pods_sending_side() {
+    spread(
+        "two_workers_share_one_pods_sending_side",
+        "always",
+        "tunnel = \"vxlan\"\n",
+        Watched::SendingPod,
     );
 }
