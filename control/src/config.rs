@@ -335,6 +335,20 @@ pub struct Bgp {
     pub import_pools: Option<Vec<Prefix>>,
     #[serde(default)]
     pub peers: Vec<BgpPeer>,
+    /// How learned blocks reach the node kernel (see `bgp::kernel_plan`).
+    #[serde(default)]
+    pub kernel_routes: KernelRoutesMode,
+}
+
+/// `[bgp] kernel_routes`: one node kernel route per learned block, or one
+/// per import pool into the host port (the router's FIB has the detail)
+/// plus per-block routes only for the blocks the kernel routes itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelRoutesMode {
+    #[default]
+    PerBlock,
+    PerPool,
 }
 
 fn de_opt_prefixes<'de, D: serde::Deserializer<'de>>(

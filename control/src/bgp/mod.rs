@@ -129,6 +129,7 @@
 //!   crash the file is at most 200 ms old (or ten times the last write
 //!   of a full table); what it misses comes back from the peers.
 pub(crate) mod driver;
+pub mod kernel_plan;
 pub mod prefix_hash;
 pub mod rib;
 pub mod saved;
