@@ -374,7 +374,7 @@ fn run(cli: &Cli) -> Res<bool> {
     if let Some(n) = cli.bgp_routes {
         if n == 0 || n > bgp::MAX_ROUTES {
             return Err(Error::msg(format!(
-                "--bgp-routes must be between 1 and {} (the table is /24s from 11.0.0.0 up to 126.255.255.0)",
+                "--bgp-routes must be between 1 and {} (the table is the /26 blocks of the pool 8.0.0.0/6)",
                 bgp::MAX_ROUTES
             )));
         }
