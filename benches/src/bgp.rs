@@ -5,10 +5,13 @@
 //!
 //! This module owns that scenario's lab and its rows:
 //!
-//! - **Lab**: five network namespaces on one bridge (10.210.0.0/24, in a
-//!   switch namespace): the receiver node for podrouterd (.1, AS 64512),
+//! - **Lab**: five network namespaces on one bridge (192.168.210.0/24, in
+//!   a switch namespace): the receiver node for podrouterd (.1, AS 64512),
 //!   one for BIRD (.2, AS 64512), GoBGP (.3, AS 64513) and a "source" BIRD
-//!   (.4, AS 65000) holding N static /24s from 11.0.0.0 up. GoBGP learns
+//!   (.4, AS 65000) holding N static routes, the /26 blocks (Calico's block
+//!   size) of the pod pool 8.0.0.0/6 from its start up: a pool as a
+//!   cluster has one, covering none of the nodes' addresses, wide enough
+//!   for a million blocks ([`POOL`], [`MAX_ROUTES`]). GoBGP learns
 //!   the table from the source before any measured session exists (`gobgp
 //!   mrt inject` 3.10 drops the tail of large dumps, so the table comes over
 //!   BGP), and serves it to both receivers over eBGP.
@@ -18,17 +21,28 @@
 //!   microseconds of CPU per route it sends, about what the whole interval
 //!   lasts, so with it the figure is mostly GoBGP's; BIRD sends the same
 //!   table several times faster, so the receivers' own speed shows.
-//! - **What "installed" means** (the same job on both sides): podrouterd
-//!   forwards with its FIB and also gives each learned block a route in
-//!   the node's kernel (the node's own traffic to remote pods), so its
-//!   table is in once the FIB and the kernel hold it. The baseline is BIRD
-//!   as Calico runs it: BGP into the RIB and a kernel protocol exporting
-//!   every route into the receiver namespace's kernel (one netlink
-//!   exchange per route, synchronously, so its export counter is what the
-//!   kernel holds). A second BIRD receiver without a kernel protocol gives
-//!   the RIB-only rows, against podrouterd's FIB alone.
+//! - **What "installed" means** (the same job on both sides: the node's
+//!   host and its pods can reach every learned block). podrouterd forwards
+//!   the pods' traffic with its FIB; the host's own traffic to remote pods
+//!   follows the node kernel's routes. With `[bgp] kernel_routes =
+//!   "per-pool"` (the `podrouterd` receiver) the kernel needs one route
+//!   for the pool into the host port, which podrouterd installs at start,
+//!   plus a route per block only for blocks the kernel routes itself
+//!   (none here: every block is tunnelled), so its table is in once the
+//!   FIB holds it and the kernel holds the pool's route (checked in the
+//!   final dump). The `podrouterd (per-block kernel routes)` receiver (the
+//!   default `kernel_routes`) waits for a kernel route per block as well,
+//!   so nobody has to take the per-pool figure on trust. The baseline is
+//!   BIRD as Calico runs it: BGP into the RIB and a kernel protocol
+//!   exporting every route into the receiver namespace's kernel (one
+//!   netlink exchange per route, synchronously, so its export counter is
+//!   what the kernel holds): on a Calico node the kernel is the data
+//!   plane, so it needs every block. A second BIRD receiver without a
+//!   kernel protocol gives the RIB-only rows, against podrouterd's FIB
+//!   alone.
 //! - **Rounds**: the receivers take turns, so they never compete for CPUs:
-//!   per repeat podrouterd, BIRD, BIRD (RIB only), each started fresh
+//!   per repeat podrouterd (per-pool), podrouterd (per-block), BIRD, BIRD
+//!   (RIB only), each started fresh
 //!   (podrouterd with an empty state directory), and the kernel routes a
 //!   receiver left are flushed after its round.
 //! - **The clock** starts at the receiver's own timestamp of Established
@@ -778,8 +792,9 @@ fn unix_secs() -> f64 {
 /// stops it.
 ///
 /// What "installed" means: podrouterd, in its FIB (what forwarding uses)
-/// and then in the node's kernel (its design gives each learned block a
-/// kernel route, for the node's own traffic to remote pods); BIRD, in its
+/// and in the node's kernel what its `kernel_routes` needs for the node's
+/// own traffic to remote pods (per-pool: the pool's route; per-block: a
+/// route per block); BIRD, in its
 /// RIB and, through its kernel protocol, in the kernel (as Calico's BIRD
 /// does). The kernel's count is read by the harness in the same way for
 /// both; the start is each receiver's own Established timestamp.

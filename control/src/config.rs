@@ -1056,6 +1056,19 @@ asn = 64512
             "x".repeat(81)
         ));
         assert_eq!(e.key.as_deref(), Some("password"));
+        assert_eq!(b.kernel_routes, KernelRoutesMode::PerBlock);
+        let c = Config::parse(
+            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\nkernel_routes = \"per-pool\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.bgp.unwrap().kernel_routes, KernelRoutesMode::PerPool);
+        let e = err("node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\nkernel_routes = \"pool\"\n");
+        assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("kernel_routes")));
+        assert!(
+            e.message.contains("per-block") && e.message.contains("per-pool"),
+            "{e}"
+        );
     }
 
     #[test]
