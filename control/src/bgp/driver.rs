@@ -407,15 +407,15 @@ fn kernel_sync(
     progress: &SharedProgress,
 ) {
     let mut routes = KernelRoutes::new(&host_port, uplink);
-    if !plan.covering().is_empty() {
-        // Before the first learned route: the host reaches every
-        // tunnelled block of the pools through the router from now on.
-        if let Err(e) = routes.set_routes(&plan.covering_routes(0), true) {
-            log::warn!("bgp: covering kernel routes for the import pools: {e}");
-        }
-    }
     let per_pool = !plan.covering().is_empty();
+    // Before the first learned route: the host reaches every tunnelled
+    // block of the pools through the router from now on. If that fails
+    // (the host port not there yet), again with each batch until it works.
+    let mut covering_in = !per_pool || install_covering(&mut routes, &plan);
     while let Ok(first) = rx.recv() {
+        if !covering_in {
+            covering_in = install_covering(&mut routes, &plan);
+        }
         let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
             queued.push(more);
@@ -468,6 +468,18 @@ fn kernel_sync(
     if per_pool && drop_covering.load(Ordering::Relaxed) {
         if let Err(e) = routes.set_routes(&plan.covering_routes(0), false) {
             log::warn!("bgp: removing the import pools' covering kernel routes: {e}");
+        }
+    }
+}
+
+/// Installs the pools' covering routes; whether that worked (a failure is
+/// logged).
+fn install_covering(routes: &mut KernelRoutes, plan: &KernelPlan) -> bool {
+    match routes.set_routes(&plan.covering_routes(0), true) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("bgp: covering kernel routes for the import pools: {e} (trying again with the next change)");
+            false
         }
     }
 }
