@@ -5,10 +5,13 @@
 //!
 //! This module owns that scenario's lab and its rows:
 //!
-//! - **Lab**: five network namespaces on one bridge (10.210.0.0/24, in a
-//!   switch namespace): the receiver node for podrouterd (.1, AS 64512),
+//! - **Lab**: five network namespaces on one bridge (192.168.210.0/24, in
+//!   a switch namespace): the receiver node for podrouterd (.1, AS 64512),
 //!   one for BIRD (.2, AS 64512), GoBGP (.3, AS 64513) and a "source" BIRD
-//!   (.4, AS 65000) holding N static /24s from 11.0.0.0 up. GoBGP learns
+//!   (.4, AS 65000) holding N static routes, the /26 blocks (Calico's block
+//!   size) of the pod pool 8.0.0.0/6 from its start up: a pool as a
+//!   cluster has one, covering none of the nodes' addresses, wide enough
+//!   for a million blocks ([`POOL`], [`MAX_ROUTES`]). GoBGP learns
 //!   the table from the source before any measured session exists (`gobgp
 //!   mrt inject` 3.10 drops the tail of large dumps, so the table comes over
 //!   BGP), and serves it to both receivers over eBGP.
@@ -18,17 +21,28 @@
 //!   microseconds of CPU per route it sends, about what the whole interval
 //!   lasts, so with it the figure is mostly GoBGP's; BIRD sends the same
 //!   table several times faster, so the receivers' own speed shows.
-//! - **What "installed" means** (the same job on both sides): podrouterd
-//!   forwards with its FIB and also gives each learned block a route in
-//!   the node's kernel (the node's own traffic to remote pods), so its
-//!   table is in once the FIB and the kernel hold it. The baseline is BIRD
-//!   as Calico runs it: BGP into the RIB and a kernel protocol exporting
-//!   every route into the receiver namespace's kernel (one netlink
-//!   exchange per route, synchronously, so its export counter is what the
-//!   kernel holds). A second BIRD receiver without a kernel protocol gives
-//!   the RIB-only rows, against podrouterd's FIB alone.
+//! - **What "installed" means** (the same job on both sides: the node's
+//!   host and its pods can reach every learned block). podrouterd forwards
+//!   the pods' traffic with its FIB; the host's own traffic to remote pods
+//!   follows the node kernel's routes. With `[bgp] kernel_routes =
+//!   "per-pool"` (the `podrouterd` receiver) the kernel needs one route
+//!   for the pool into the host port, which podrouterd installs at start,
+//!   plus a route per block only for blocks the kernel routes itself
+//!   (none here: every block is tunnelled), so its table is in once the
+//!   FIB holds it and the kernel holds the pool's route (checked in the
+//!   final dump). The `podrouterd (per-block kernel routes)` receiver (the
+//!   default `kernel_routes`) waits for a kernel route per block as well,
+//!   so nobody has to take the per-pool figure on trust. The baseline is
+//!   BIRD as Calico runs it: BGP into the RIB and a kernel protocol
+//!   exporting every route into the receiver namespace's kernel (one
+//!   netlink exchange per route, synchronously, so its export counter is
+//!   what the kernel holds): on a Calico node the kernel is the data
+//!   plane, so it needs every block. A second BIRD receiver without a
+//!   kernel protocol gives the RIB-only rows, against podrouterd's FIB
+//!   alone.
 //! - **Rounds**: the receivers take turns, so they never compete for CPUs:
-//!   per repeat podrouterd, BIRD, BIRD (RIB only), each started fresh
+//!   per repeat podrouterd (per-pool), podrouterd (per-block), BIRD, BIRD
+//!   (RIB only), each started fresh
 //!   (podrouterd with an empty state directory), and the kernel routes a
 //!   receiver left are flushed after its round.
 //! - **The clock** starts at the receiver's own timestamp of Established
@@ -101,10 +115,10 @@ const GOBGP_AS: u32 = 64513;
 const SOURCE_AS: u32 = 65000;
 /// The lab's members: namespace suffix and address on the bridge.
 const MEMBERS: [(&str, Ipv4Addr); 4] = [
-    ("node", Ipv4Addr::new(10, 210, 0, 1)),
-    ("bird", Ipv4Addr::new(10, 210, 0, 2)),
-    ("gobgp", Ipv4Addr::new(10, 210, 0, 3)),
-    ("src", Ipv4Addr::new(10, 210, 0, 4)),
+    ("node", Ipv4Addr::new(192, 168, 210, 1)),
+    ("bird", Ipv4Addr::new(192, 168, 210, 2)),
+    ("gobgp", Ipv4Addr::new(192, 168, 210, 3)),
+    ("src", Ipv4Addr::new(192, 168, 210, 4)),
 ];
 const NODE: usize = 0;
 const BIRD: usize = 1;
@@ -173,14 +187,28 @@ impl Sender {
     }
 }
 
-/// The address of route `i` of the table: /24s from 11.0.0.0 up.
+/// The length of the table's blocks (Calico's default block size).
+const BLOCK_LEN: u8 = 26;
+
+/// The pod address pool the blocks come from: 8.0.0.0/6 holds 2^20
+/// blocks of /26 (a million-route table fits), and covers none of the
+/// lab's addresses (192.168.210.0/24), as a cluster's pool covers none of
+/// its nodes' addresses.
+const POOL: (Ipv4Addr, u8) = (Ipv4Addr::new(8, 0, 0, 0), 6);
+
+/// The address of route `i` of the table: /26 blocks from the pool's
+/// start up.
 fn route(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from((11u32 << 24) + ((i as u32) << 8))
+    Ipv4Addr::from(u32::from(POOL.0) + ((i as u32) << (32 - BLOCK_LEN)))
 }
 
-/// The most routes the table can hold (11.0.0.0 up to 126.255.255.0/24,
-/// staying out of 127/8).
-pub const MAX_ROUTES: usize = (127 - 11) << 16;
+/// The most routes the table can hold: every /26 of the pool.
+pub const MAX_ROUTES: usize = 1 << (BLOCK_LEN - POOL.1);
+
+/// Whether `a` lies in the pool.
+fn in_pool(a: Ipv4Addr) -> bool {
+    u32::from(a) >> (32 - POOL.1) == u32::from(POOL.0) >> (32 - POOL.1)
+}
 
 /// Everything the scenario built; fields drop in declaration order.
 struct Lab {
@@ -232,7 +260,7 @@ fn source_conf(n: usize) -> String {
         src = MEMBERS[SRC].1
     );
     for i in 0..n {
-        let _ = writeln!(s, "  route {}/24 blackhole;", route(i));
+        let _ = writeln!(s, "  route {}/{BLOCK_LEN} blackhole;", route(i));
     }
     let _ = write!(
         s,
@@ -278,15 +306,18 @@ fn gobgp_conf() -> String {
     s
 }
 
-/// The receiver's config for `sender`. The bulk routes (11.0.0.0/24 up
-/// to 126.255.255.0/24) lie outside the default import pools (`pod_cidrs`
-/// widened to /16), so it declares them: 0.0.0.0/1.
-fn podrouterd_conf(lab: &Lab, sender: Sender) -> String {
+/// The receiver's config for `sender`. The table's blocks lie outside
+/// the default import pools (`pod_cidrs` widened to /16), so it declares
+/// their pool. `per_pool`: `[bgp] kernel_routes = "per-pool"` (one kernel
+/// route for the pool, the blocks in the FIB only: every block here is
+/// tunnelled); else the default, a kernel route per block (and no key, so
+/// an older podrouterd that lacks it reads the config too).
+fn podrouterd_conf(lab: &Lab, sender: Sender, per_pool: bool) -> String {
     format!(
         "# written by podrouter-bench\n\
          node_name = \"bench-bgp\"\n\
          node_ip = \"{node}\"\n\
-         pod_cidrs = [\"10.244.1.0/26\"]\n\
+         pod_cidrs = [\"172.16.1.0/26\"]\n\
          api_socket = \"{}\"\n\
          state_dir = \"{}\"\n\
          log_level = \"warn\"\n\
@@ -298,7 +329,8 @@ fn podrouterd_conf(lab: &Lab, sender: Sender) -> String {
          asn = {RECEIVER_AS}\n\
          connect_retry = 1\n\
          graceful_restart = false\n\
-         import_pools = [\"0.0.0.0/1\"]\n\
+         import_pools = [\"{pool}/{pool_len}\"]\n\
+         {kernel_routes}\
          \n\
          [[bgp.peers]]\n\
          address = \"{peer}\"\n\
@@ -308,6 +340,13 @@ fn podrouterd_conf(lab: &Lab, sender: Sender) -> String {
         node = MEMBERS[NODE].1,
         peer = MEMBERS[sender.member()].1,
         asn = sender.asn(),
+        pool = POOL.0,
+        pool_len = POOL.1,
+        kernel_routes = if per_pool {
+            "kernel_routes = \"per-pool\"\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -377,10 +416,12 @@ fn build_lab(n: usize) -> Res<(Lab, f64)> {
             let conf = lab.path(&format!("{}-{tag}.conf", who.file_stem()));
             fs::write(conf, bird_conf(sender, who == Receiver::Bird))?;
         }
-        fs::write(
-            lab.path(&format!("podrouter-{tag}.toml")),
-            podrouterd_conf(&lab, sender),
-        )?;
+        for who in [Receiver::Podrouterd, Receiver::PodrouterdPerBlock] {
+            fs::write(
+                lab.path(&format!("{}-{tag}.toml", who.file_stem())),
+                podrouterd_conf(&lab, sender, who == Receiver::Podrouterd),
+            )?;
+        }
     }
 
     let conf = lab.path("gobgp.toml");
@@ -551,19 +592,29 @@ impl BirdCtl {
 /// Which receiver a round measures.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Receiver {
+    /// `kernel_routes = "per-pool"`: the FIB, and in the kernel the
+    /// pool's covering route (every block here is tunnelled).
     Podrouterd,
+    /// The default `per-block`: the FIB and a kernel route per block.
+    PodrouterdPerBlock,
     /// BIRD exporting what it learns into the kernel (the baseline).
     Bird,
     /// BIRD importing into its RIB only.
     BirdRib,
 }
 
-const RECEIVERS: [Receiver; 3] = [Receiver::Podrouterd, Receiver::Bird, Receiver::BirdRib];
+const RECEIVERS: [Receiver; 4] = [
+    Receiver::Podrouterd,
+    Receiver::PodrouterdPerBlock,
+    Receiver::Bird,
+    Receiver::BirdRib,
+];
 
 impl Receiver {
     fn name(self) -> &'static str {
         match self {
             Receiver::Podrouterd => "podrouterd",
+            Receiver::PodrouterdPerBlock => "podrouterd (per-block kernel routes)",
             Receiver::Bird => "BIRD",
             Receiver::BirdRib => "BIRD (RIB only)",
         }
@@ -573,6 +624,7 @@ impl Receiver {
     fn file_stem(self) -> &'static str {
         match self {
             Receiver::Podrouterd => "podrouterd",
+            Receiver::PodrouterdPerBlock => "podrouterd-per-block",
             Receiver::Bird => "bird",
             Receiver::BirdRib => "bird-rib",
         }
@@ -581,6 +633,26 @@ impl Receiver {
     /// Whether its round waits for the routes in the kernel.
     fn kernel(self) -> bool {
         self != Receiver::BirdRib
+    }
+
+    fn is_podrouterd(self) -> bool {
+        matches!(self, Receiver::Podrouterd | Receiver::PodrouterdPerBlock)
+    }
+
+    /// How many of the `n` blocks need a kernel route of their own: all
+    /// of them, but none with podrouterd's per-pool routes (every block
+    /// is tunnelled, so the pool's route into the host port covers them).
+    fn kernel_blocks(self, n: usize) -> usize {
+        if self == Receiver::Podrouterd {
+            0
+        } else {
+            n
+        }
+    }
+
+    /// Whether the kernel must also hold the pool's covering route.
+    fn covering_route(self) -> bool {
+        self == Receiver::Podrouterd
     }
 }
 
@@ -660,20 +732,47 @@ fn main_prefixes(triestat: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Learned routes (inside the table's 11.0.0.0-126.255.255.0 range) in
-/// the main table of namespace `ns`: one dump, to tell them from the
-/// receiver's own routes once the count says the table may be in.
-fn learned_in_kernel(ns: &str) -> Res<usize> {
+/// The learned routes in the main table of namespace `ns`: one dump, to
+/// tell them from the receiver's own routes once the count says the
+/// table may be in.
+fn learned_in_kernel(ns: &str) -> Res<KernelView> {
     let out = util::run_t(
         &["ip", "-n", ns, "-4", "route", "show", "table", "main"],
         Duration::from_secs(120),
     )?;
-    Ok(out
-        .stdout
-        .lines()
-        .filter_map(|l| l.split(['.', '/', ' ']).next()?.parse::<u8>().ok())
-        .filter(|first| (11..127).contains(first))
-        .count())
+    Ok(kernel_view(&out.stdout))
+}
+
+/// What a dump of the main table holds of the table's pool.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelView {
+    /// Routes for the table's blocks (/26s of the pool).
+    blocks: usize,
+    /// The pool's covering route, into a device (podrouterd's per-pool
+    /// routes), present.
+    covering: bool,
+}
+
+fn kernel_view(dump: &str) -> KernelView {
+    let mut v = KernelView {
+        blocks: 0,
+        covering: false,
+    };
+    let pool = format!("{}/{} ", POOL.0, POOL.1);
+    for l in dump.lines() {
+        let Some((addr, len)) = l.split(' ').next().and_then(|d| d.split_once('/')) else {
+            continue;
+        };
+        let (Ok(addr), Ok(len)) = (addr.parse::<Ipv4Addr>(), len.parse::<u8>()) else {
+            continue;
+        };
+        if len == BLOCK_LEN && in_pool(addr) {
+            v.blocks += 1;
+        } else if l.starts_with(&pool) && l.contains(" dev ") && !l.contains(" via ") {
+            v.covering = true;
+        }
+    }
+    v
 }
 
 /// When BIRD's protocol `up` entered its state (`show protocols` with
@@ -693,8 +792,9 @@ fn unix_secs() -> f64 {
 /// stops it.
 ///
 /// What "installed" means: podrouterd, in its FIB (what forwarding uses)
-/// and then in the node's kernel (its design gives each learned block a
-/// kernel route, for the node's own traffic to remote pods); BIRD, in its
+/// and in the node's kernel what its `kernel_routes` needs for the node's
+/// own traffic to remote pods (per-pool: the pool's route; per-block: a
+/// route per block); BIRD, in its
 /// RIB and, through its kernel protocol, in the kernel (as Calico's BIRD
 /// does). The kernel's count is read by the harness in the same way for
 /// both; the start is each receiver's own Established timestamp.
@@ -704,11 +804,11 @@ fn round(ctx: &Ctx, lab: &Lab, sender: Sender, who: Receiver, n: usize, rep: usi
     let sock = lab.path("api.sock").to_string_lossy().into_owned();
     let bird_ctl = lab.path("bird.ctl").to_string_lossy().into_owned();
     let proc = match who {
-        Receiver::Podrouterd => {
+        Receiver::Podrouterd | Receiver::PodrouterdPerBlock => {
             let _ = fs::remove_dir_all(lab.path("state"));
             let _ = fs::remove_file(lab.path("api.sock"));
             let d = bin.join("podrouterd");
-            let conf = lab.path(&format!("podrouter-{}.toml", sender.tag()));
+            let conf = lab.path(&format!("{}-{}.toml", who.file_stem(), sender.tag()));
             Proc::spawn(
                 "podrouterd",
                 &[
@@ -748,7 +848,7 @@ fn round(ctx: &Ctx, lab: &Lab, sender: Sender, who: Receiver, n: usize, rep: usi
         }
     };
     let (ns, proto) = match who {
-        Receiver::Podrouterd => (lab.ns(NODE), "77"),
+        Receiver::Podrouterd | Receiver::PodrouterdPerBlock => (lab.ns(NODE), "77"),
         _ => (lab.ns(BIRD), "bird"),
     };
     let r = measure(lab, proc, sender, who, n, ns, &sock, &bird_ctl, &log);
@@ -837,12 +937,14 @@ fn measure(
         match (who, est) {
             (_, None) => {
                 let up = match who {
-                    Receiver::Podrouterd => match api(podrouter_api::Call::BgpPeers) {
-                        Some(podrouter_api::Reply::BgpPeers(peers)) => {
-                            peers.iter().any(|p| p.state == "Established")
+                    Receiver::Podrouterd | Receiver::PodrouterdPerBlock => {
+                        match api(podrouter_api::Call::BgpPeers) {
+                            Some(podrouter_api::Reply::BgpPeers(peers)) => {
+                                peers.iter().any(|p| p.state == "Established")
+                            }
+                            _ => false,
                         }
-                        _ => false,
-                    },
+                    }
                     _ => {
                         let shown = ask_bird("show protocols");
                         let up = shown
@@ -860,7 +962,9 @@ fn measure(
                     sender_cpu_at_est = cpu_ns(sender_pid);
                 }
             }
-            (Receiver::Podrouterd, Some(_)) if table_at.is_none() => {
+            (Receiver::Podrouterd | Receiver::PodrouterdPerBlock, Some(_))
+                if table_at.is_none() =>
+            {
                 let call = podrouter_api::Call::BgpRib(podrouter_api::BgpRibParams {
                     prefix: None,
                     limit: Some(0),
@@ -885,17 +989,20 @@ fn measure(
             let settled = counts.last().is_some_and(|(_, c)| *c == count);
             counts.push((unix_secs(), count));
             next_kernel_read = now + POLL.max(now.elapsed() * 2);
-            // Once the count holds still at `n` or more, one dump (after
-            // the fact: the reads before it already timed the table)
-            // tells the learned routes from the receiver's own.
-            if count >= n && settled {
-                learned = learned_in_kernel(ns)?;
+            // Once the count holds still at what the receiver's design
+            // needs or more, one dump (after the fact: the reads before it
+            // already timed the table) tells the learned routes from the
+            // receiver's own.
+            let need = who.kernel_blocks(n);
+            if count >= need && settled {
+                let view = learned_in_kernel(ns)?;
+                learned = view.blocks;
                 let own = count.saturating_sub(learned);
                 let still = kernel_routes(pid).unwrap_or(0) == count;
-                if learned >= n && still {
+                if learned >= need && still && (view.covering || !who.covering_route()) {
                     in_kernel_at = counts
                         .iter()
-                        .find(|(_, c)| c.saturating_sub(own) >= n)
+                        .find(|(_, c)| c.saturating_sub(own) >= need)
                         .map(|(t, _)| *t);
                 }
             }
@@ -906,7 +1013,7 @@ fn measure(
             let cpu = cpu_ns(pid).saturating_sub(cpu_at_est);
             let sender_cpu = cpu_ns(sender_pid).saturating_sub(sender_cpu_at_est);
             let (mut own_kernel_secs, mut own_fib_secs) = (None, None);
-            if who == Receiver::Podrouterd {
+            if who.is_podrouterd() {
                 // The API closes a connection that sent nothing for 5 s
                 // (a million kernel routes take longer): a failed call
                 // drops it, the second connects again.
@@ -1059,7 +1166,9 @@ fn sender_rows(ctx: &mut Ctx, lab: &Result<Lab, String>, sender: Sender, n: usiz
                             "busy_before": busy,
                         }));
                         sender_cpu[i].push(r.sender_cpu_secs);
-                        own.extend(r.own_kernel_secs);
+                        if who == Receiver::Podrouterd {
+                            own.extend(r.own_kernel_secs);
+                        }
                         secs[i].push(r.secs);
                         table[i].push(r.table_secs);
                         cpu[i].push(r.cpu_secs);
@@ -1088,12 +1197,12 @@ fn sender_rows(ctx: &mut Ctx, lab: &Result<Lab, String>, sender: Sender, n: usiz
     let rate = |s: f64| n as f64 / s;
     // Columns: podrouterd against BIRD with its kernel protocol (the
     // baseline), and the table-only rows against BIRD without it.
-    let (pod, bird, rib) = (0, 1, 2);
+    let (pod, per_block, bird, rib) = (0, 1, 2, 3);
     let rows = [
         (
             format!(
-                "Established to {n} routes installed (podrouterd: FIB and node kernel; \
-                 BIRD: RIB and kernel protocol)"
+                "Established to {n} routes installed (podrouterd: FIB, and in the node kernel the \
+                 pool's route into the router; BIRD: RIB and kernel protocol, a route per block)"
             ),
             "s",
             "lower",
@@ -1114,6 +1223,28 @@ fn sender_rows(ctx: &mut Ctx, lab: &Result<Lab, String>, sender: Sender, n: usiz
             "s",
             "lower",
             cell(&cpu, pod, &same),
+            cell(&cpu, bird, &same),
+            "BIRD 2",
+        ),
+        (
+            format!(
+                "Established to {n} routes installed, podrouterd with per-block kernel routes \
+                 (FIB and a node kernel route per block; BIRD: RIB and kernel protocol)"
+            ),
+            "s",
+            "lower",
+            cell(&secs, per_block, &same),
+            cell(&secs, bird, &same),
+            "BIRD 2",
+        ),
+        (
+            format!(
+                "CPU time of the receiver, podrouterd with per-block kernel routes, Established \
+                 to {n} routes installed (all threads)"
+            ),
+            "s",
+            "lower",
+            cell(&cpu, per_block, &same),
             cell(&cpu, bird, &same),
             "BIRD 2",
         ),
@@ -1185,20 +1316,27 @@ mod tests {
 
     #[test]
     fn table_and_configs() {
-        assert_eq!(route(0), Ipv4Addr::new(11, 0, 0, 0));
-        assert_eq!(route(256), Ipv4Addr::new(11, 1, 0, 0));
-        assert_eq!(route(99_999), Ipv4Addr::new(12, 134, 159, 0));
-        assert_eq!(route(MAX_ROUTES - 1), Ipv4Addr::new(126, 255, 255, 0));
+        assert_eq!(route(0), Ipv4Addr::new(8, 0, 0, 0));
+        assert_eq!(route(4), Ipv4Addr::new(8, 0, 1, 0));
+        assert_eq!(route(99_999), Ipv4Addr::new(8, 97, 167, 192));
+        assert_eq!(MAX_ROUTES, 1 << 20);
+        assert_eq!(route(MAX_ROUTES - 1), Ipv4Addr::new(11, 255, 255, 192));
+        assert!(in_pool(route(0)) && in_pool(route(MAX_ROUTES - 1)));
+        assert!(!in_pool(Ipv4Addr::new(12, 0, 0, 0)) && !in_pool(MEMBERS[NODE].1));
         let c = source_conf(3);
         assert_eq!(c.matches("blackhole;").count(), 3);
-        assert!(c.contains("route 11.0.2.0/24 blackhole;"));
-        assert!(gobgp_conf().contains("neighbor-address = \"10.210.0.1\""));
-        assert!(bird_conf(Sender::Gobgp, true).contains("neighbor 10.210.0.3 as 64513"));
-        assert!(bird_conf(Sender::Bird, true).contains("neighbor 10.210.0.4 as 65000"));
+        assert!(c.contains("route 8.0.0.128/26 blackhole;"));
+        assert!(gobgp_conf().contains("neighbor-address = \"192.168.210.1\""));
+        assert!(bird_conf(Sender::Gobgp, true).contains("neighbor 192.168.210.3 as 64513"));
+        assert!(bird_conf(Sender::Bird, true).contains("neighbor 192.168.210.4 as 65000"));
         assert!(bird_conf(Sender::Bird, true).contains("protocol kernel k"));
         assert!(!bird_conf(Sender::Bird, false).contains("protocol kernel"));
-        assert!(c.contains("protocol bgp to_node { local as 65000; neighbor 10.210.0.1 as 64512;"));
-        assert!(c.contains("protocol bgp to_bird { local as 65000; neighbor 10.210.0.2 as 64512;"));
+        assert!(
+            c.contains("protocol bgp to_node { local as 65000; neighbor 192.168.210.1 as 64512;")
+        );
+        assert!(
+            c.contains("protocol bgp to_bird { local as 65000; neighbor 192.168.210.2 as 64512;")
+        );
     }
 
     #[test]
@@ -1225,5 +1363,20 @@ mod tests {
                     \tPrefixes:       100003\nLocal:\n\tPrefixes:       7\n";
         assert_eq!(main_prefixes(stat), 100_003);
         assert_eq!(main_prefixes("Local:\n\tPrefixes: 7\n"), 0);
+        let dump = "default via 192.168.210.254 dev eth0\n\
+                    8.0.0.0/6 dev prbench0 proto 77 scope link\n\
+                    8.0.0.0/26 via 192.168.210.4 dev eth0 proto bird metric 32\n\
+                    8.0.0.64/26 dev prbench0 proto 77 scope link\n\
+                    172.16.1.0/26 dev prbench0 proto 77 scope link\n\
+                    12.0.0.0/26 dev prbench0 proto 77 scope link\n\
+                    192.168.210.0/24 dev eth0 proto kernel scope link src 192.168.210.1\n";
+        assert_eq!(
+            kernel_view(dump),
+            KernelView {
+                blocks: 2,
+                covering: true
+            }
+        );
+        assert!(!kernel_view("8.0.0.0/26 dev x\n").covering);
     }
 }

@@ -374,7 +374,7 @@ fn run(cli: &Cli) -> Res<bool> {
     if let Some(n) = cli.bgp_routes {
         if n == 0 || n > bgp::MAX_ROUTES {
             return Err(Error::msg(format!(
-                "--bgp-routes must be between 1 and {} (the table is /24s from 11.0.0.0 up to 126.255.255.0)",
+                "--bgp-routes must be between 1 and {} (the table is the /26 blocks of the pool 8.0.0.0/6)",
                 bgp::MAX_ROUTES
             )));
         }
@@ -720,13 +720,18 @@ fn run(cli: &Cli) -> Res<bool> {
     }
     if scen.contains(&Scenario::BgpConvergence) {
         method.push(format!(
-            "BGP convergence: GoBGP (AS 64513) first learns {n} /24s from a source BIRD; then \
-             podrouterd, BIRD 2 with a kernel protocol exporting what it learns (as Calico's \
-             BIRD) and BIRD 2 with its RIB only (all AS 64512, eBGP to the sender, on one \
-             bridge) take turns as the receiver, each started fresh per run. Installed means: \
-             podrouterd, in its FIB and then in the node kernel (a route per learned block); \
-             BIRD, in its RIB and, through the kernel protocol, in the kernel; the RIB-only \
-             rows compare podrouterd's FIB with BIRD's RIB. The clock starts at the \
+            "BGP convergence: GoBGP (AS 64513) first learns {n} /26 blocks of the pool \
+             8.0.0.0/6 from a source BIRD; then podrouterd (`kernel_routes = \"per-pool\"`), \
+             podrouterd with per-block kernel routes, BIRD 2 with a kernel protocol exporting \
+             what it learns (as Calico's BIRD) and BIRD 2 with its RIB only (all AS 64512, eBGP \
+             to the sender, on one bridge) take turns as the receiver, each started fresh per \
+             run. Installed means the host and the pods can reach every learned block: \
+             podrouterd, in its FIB and, in the node kernel, the pool's one route into the \
+             router (every block here is tunnelled, so the kernel needs no route per block; \
+             the per-block rows wait for a kernel route per block as well); BIRD, in its RIB \
+             and, through the kernel protocol, a kernel route per block (the kernel is a \
+             Calico node's data plane); the RIB-only rows compare podrouterd's FIB with \
+             BIRD's RIB. The clock starts at the \
              receiver's own Established timestamp (podrouterd's API `bgp_peers` \
              `established_unix_ms`, BIRD's `show protocols` time) and stops at the first \
              poll that sees the table in: every 2 ms the harness asks the receiver for its \

@@ -178,6 +178,7 @@ fn bgp_changes(a: &Bgp, b: &Bgp, key: &mut impl FnMut(bool, &str)) {
     );
     key(a.restart_time != b.restart_time, "[bgp] restart_time");
     key(a.import_pools != b.import_pools, "[bgp] import_pools");
+    key(a.kernel_routes != b.kernel_routes, "[bgp] kernel_routes");
 }
 
 /// The `[[bgp.peers]]` entries, in file order (none without `[bgp]`).

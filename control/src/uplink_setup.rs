@@ -618,6 +618,59 @@ impl KernelRoutes {
     }
 }
 
+impl KernelRoutes {
+    /// Installs (`install`, replacing what is there) or removes routes
+    /// into the host port (their `oif` is set to its index here), such as
+    /// the import pools' covering routes. A removal of a route that is not
+    /// there, or whose port is gone, succeeds. Errors name each route.
+    pub fn set_routes(&mut self, routes: &[Ipv4Route], install: bool) -> Result<(), String> {
+        if routes.is_empty() {
+            return Ok(());
+        }
+        if self.nl.is_none() {
+            self.nl = Some(Netlink::open().map_err(|e| e.to_string())?);
+        }
+        let nl = self.nl.as_mut().expect("opened above");
+        let index = match host_index(nl, &self.host_port) {
+            Ok(i) => i,
+            Err(_) if !install => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let ops: Vec<RouteOp> = routes
+            .iter()
+            .map(|r| {
+                let route = Ipv4Route {
+                    oif: index,
+                    ..r.clone()
+                };
+                if install {
+                    RouteOp::Replace(route)
+                } else {
+                    RouteOp::Delete(route)
+                }
+            })
+            .collect();
+        let mut errors = Vec::new();
+        for (op, r) in ops.iter().zip(nl.route_batch(&ops)) {
+            let gone = [libc::ESRCH, libc::ENODEV];
+            match r {
+                Ok(()) => {}
+                Err(e) if !install && errno(&e).is_some_and(|n| gone.contains(&n)) => {}
+                Err(e) => {
+                    let rt = op.route();
+                    errors.push(format!("{}/{}: {e}", rt.dst, rt.prefix_len));
+                }
+            }
+        }
+        self.failures += errors.len() as u64;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join(", "))
+        }
+    }
+}
+
 /// Installs the kernel routes for the config's static `[[routes]]`,
 /// logging (not failing on) the ones the kernel refuses.
 pub fn install_node_routes(cfg: &Config, uplink: Option<&UplinkState>) {

@@ -61,6 +61,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -72,6 +73,7 @@ use podrouter_api::{BgpPeerInfo, BgpRibInfo};
 use podrouter_router::fib::Fib;
 use podrouter_types::Prefix;
 
+use super::kernel_plan::KernelPlan;
 use super::saved::Saver;
 use super::session::{ConnId, Input, Output};
 use super::speaker::{KernelJob, PeerSpec, Speaker, Vias};
@@ -121,6 +123,9 @@ pub struct BgpHandle {
     waker: Arc<Waker>,
     thread: Option<JoinHandle<()>>,
     kernel_thread: Option<JoinHandle<()>>,
+    /// Set by a non-graceful stop before the `bgp-kernel` thread is
+    /// joined: it then also removes the pools' covering routes.
+    drop_covering: Arc<AtomicBool>,
     save_thread: Option<JoinHandle<()>>,
     marker: PathBuf,
     graceful_restart: bool,
@@ -172,9 +177,29 @@ impl BgpHandle {
             list_text(&scfg.node_networks)
         );
         let ends = Endpoints::from_config(cfg).expect("bgp is set");
+        let plan = uplink
+            .as_ref()
+            .map(|u| KernelPlan::new(bgp.kernel_routes, u.policy, &scfg));
+        if let Some(plan) = &plan {
+            if !plan.covering().is_empty() {
+                log::info!(
+                    "bgp: kernel_routes = \"per-pool\": one kernel route into {} per pool ({}); \
+                     per-block routes only for blocks routed directly",
+                    cfg.dataplane.host_port,
+                    list_text(plan.covering())
+                );
+            }
+            for (pool, why) in plan.refused() {
+                log::warn!(
+                    "bgp: kernel_routes = \"per-pool\": pool {pool} gets no covering route ({why}); \
+                     its blocks get per-block kernel routes"
+                );
+            }
+        }
         // Before any session can re-learn anything: what the last run
-        // left in the kernel.
-        let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        // left in the kernel (the pools' covering routes are not stale).
+        let mut statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        statics.extend(plan.iter().flat_map(|p| p.covering().iter().copied()));
         let started = Instant::now();
         let gr: Vec<bool> = scfg
             .peers
@@ -214,17 +239,19 @@ impl BgpHandle {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = mpsc::channel();
         let kernel_progress = SharedProgress::default();
-        let (kernel, kernel_thread) = match uplink {
-            Some(u) => {
+        let drop_covering = Arc::new(AtomicBool::new(false));
+        let (kernel, kernel_thread) = match (uplink, plan.clone()) {
+            (Some(u), Some(plan)) => {
                 let (ktx, krx) = mpsc::channel::<JobBatch>();
                 let host_port = cfg.dataplane.host_port.clone();
                 let progress = kernel_progress.clone();
+                let drop = drop_covering.clone();
                 let t = std::thread::Builder::new()
                     .name("bgp-kernel".into())
-                    .spawn(move || kernel_sync(krx, host_port, u, &progress))?;
+                    .spawn(move || kernel_sync(krx, host_port, u, plan, &drop, &progress))?;
                 (Some(ktx), Some(t))
             }
-            None => (None, None),
+            _ => (None, None),
         };
         log::info!(
             "bgp: AS {} router id {} listening on {}, {} peer(s){}",
@@ -261,6 +288,7 @@ impl BgpHandle {
             again: HashSet::new(),
             fib,
             kernel,
+            plan,
             kernel_sent: 0,
             kernel_progress,
             save: save_tx,
@@ -281,6 +309,7 @@ impl BgpHandle {
             waker,
             thread: Some(thread),
             kernel_thread,
+            drop_covering,
             save_thread: Some(save_thread),
             marker,
             graceful_restart: bgp.graceful_restart,
@@ -344,6 +373,7 @@ impl BgpHandle {
     }
 
     fn stop_as(mut self, graceful: bool) {
+        self.drop_covering.store(!graceful, Ordering::Relaxed);
         let _ = self.tx.send(Command::Stop { graceful });
         let _ = self.waker.wake();
         if let Some(t) = self.thread.take() {
@@ -372,16 +402,34 @@ fn kernel_sync(
     rx: mpsc::Receiver<JobBatch>,
     host_port: String,
     uplink: UplinkState,
+    plan: KernelPlan,
+    drop_covering: &AtomicBool,
     progress: &SharedProgress,
 ) {
     let mut routes = KernelRoutes::new(&host_port, uplink);
+    let per_pool = !plan.covering().is_empty();
+    // Before the first learned route: the host reaches every tunnelled
+    // block of the pools through the router from now on. If that fails
+    // (the host port not there yet), again with each batch until it works.
+    let mut covering_in = !per_pool || install_covering(&mut routes, &plan);
     while let Ok(first) = rx.recv() {
+        if !covering_in {
+            covering_in = install_covering(&mut routes, &plan);
+        }
         let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
             queued.push(more);
         }
         let joined: Vec<KernelJob>;
-        let batch: &[KernelJob] = if queued.len() == 1 {
+        let batch: &[KernelJob] = if per_pool {
+            // Only the blocks that need a route of their own.
+            joined = queued
+                .iter()
+                .flat_map(|b| b.iter())
+                .filter_map(|j| plan.kernel_job(j))
+                .collect();
+            joined.as_slice()
+        } else if queued.len() == 1 {
             queued[0].as_slice()
         } else {
             joined = queued.iter().flat_map(|b| b.iter().cloned()).collect();
@@ -413,6 +461,25 @@ fn kernel_sync(
                 },
                 routes.failures
             );
+        }
+    }
+    // The BGP thread has stopped; a non-graceful stop has just removed
+    // the learned blocks' routes, and the pools' routes go with them.
+    if per_pool && drop_covering.load(Ordering::Relaxed) {
+        if let Err(e) = routes.set_routes(&plan.covering_routes(0), false) {
+            log::warn!("bgp: removing the import pools' covering kernel routes: {e}");
+        }
+    }
+}
+
+/// Installs the pools' covering routes; whether that worked (a failure is
+/// logged).
+fn install_covering(routes: &mut KernelRoutes, plan: &KernelPlan) -> bool {
+    match routes.set_routes(&plan.covering_routes(0), true) {
+        Ok(()) => true,
+        Err(e) => {
+            log::warn!("bgp: covering kernel routes for the import pools: {e} (trying again with the next change)");
+            false
         }
     }
 }
@@ -450,6 +517,9 @@ struct Driver {
     again: HashSet<(usize, ConnId)>,
     fib: Arc<Fib>,
     kernel: Option<mpsc::Sender<JobBatch>>,
+    /// Which learned blocks need a kernel route of their own (None: no
+    /// uplink, no kernel routes).
+    plan: Option<KernelPlan>,
     /// Batches handed to the `bgp-kernel` thread so far.
     kernel_sent: u64,
     kernel_progress: SharedProgress,
@@ -985,8 +1055,18 @@ impl Driver {
         let total = st.len();
         // A prefix that became one of our own blocks (a reload since the
         // start) now has our route, with the same identity: keep it.
+        // In `per-pool` mode a re-learned block that the pool's route now
+        // covers no longer has a route of its own: its old one goes.
         let speaker = &self.speaker;
-        let gone = st.sweep(|p| speaker.is_installed(p) || speaker.cfg.local_routes.contains(p));
+        let plan = self.plan.as_ref();
+        let gone = st.sweep(|p| {
+            let relearned = match (speaker.installed_vias(p), plan) {
+                (Some(v), Some(plan)) => plan.own_route(p, v),
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            relearned || speaker.cfg.local_routes.contains(p)
+        });
         let (deleted, failed) = stale::delete(&gone);
         log::info!(
             "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned,              {deleted} deleted{}",

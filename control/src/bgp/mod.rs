@@ -30,6 +30,9 @@
 //!   without I/O, so whole multi-peer scenarios replay in unit tests.
 //! - [`views`]: the API's peer and RIB views, built from the speaker's
 //!   read-only accessors.
+//! - [`kernel_plan`]: which learned blocks need a node kernel route of
+//!   their own (`[bgp] kernel_routes`: every block, or per import pool a
+//!   covering route into the host port plus the directly routed blocks).
 //! - [`stale`]: the learned-block kernel routes a previous run left
 //!   behind, and when they go (our own graceful restart, below).
 //! - [`saved`]: the learned routes kept in the state directory for the
@@ -93,12 +96,14 @@
 //! - Stop: SIGTERM with `graceful_restart` closes every session without
 //!   a NOTIFICATION (helpers keep our blocks for `restart_time`), writes
 //!   `state_dir/bgp-restart` with the time, and leaves the FIB and the
-//!   learned blocks' kernel routes alone (the peers keep our routes; we
-//!   keep theirs). A non-graceful stop withdraws both.
+//!   learned blocks' kernel routes alone, the pools' covering routes
+//!   included (the peers keep our routes; we keep theirs). A non-graceful
+//!   stop withdraws both, and then the covering routes.
 //! - Start: a marker younger than `restart_time` sets the R bit and the
 //!   F bit for IPv4 unicast in our OPEN. Before any session starts,
 //!   [`stale::scan`] lists the protocol-77 kernel routes that are not our
-//!   own (pods' /32s, our blocks, static `[[routes]]`, the default): the
+//!   own (pods' /32s, our blocks, static `[[routes]]`, the pools'
+//!   covering routes of `per-pool`, the default): the
 //!   learned blocks of the last run, now stale. They stay while peers
 //!   re-send their routes; a block learned again gets its route replaced
 //!   in place by the `bgp-kernel` thread (no flap). Once every peer with
@@ -129,6 +134,7 @@
 //!   crash the file is at most 200 ms old (or ten times the last write
 //!   of a full table); what it misses comes back from the peers.
 pub(crate) mod driver;
+pub mod kernel_plan;
 pub mod prefix_hash;
 pub mod rib;
 pub mod saved;

@@ -306,6 +306,11 @@ impl Speaker {
         self.installed.contains_key(p)
     }
 
+    /// The nodes BGP routes `p` via in the FIB now, if it has `p`.
+    pub fn installed_vias(&self, p: &Prefix) -> Option<&Vias> {
+        self.installed.get(p)
+    }
+
     /// Fires expired timers of every session.
     pub fn poll(&mut self, now: Instant) {
         for i in 0..self.sessions.len() {

@@ -3,8 +3,10 @@
 //! of our own restart).
 //!
 //! With an IPIP uplink the `bgp-kernel` thread gives every learned block a
-//! kernel route (protocol 77). A graceful stop keeps them, as the peers
-//! keep our routes; a crash leaves them too. At start, before any session
+//! kernel route (protocol 77); with `kernel_routes = "per-pool"` only the
+//! blocks the kernel routes itself, and each import pool a covering route
+//! ([`super::kernel_plan`], never listed as stale here). A graceful stop
+//! keeps them, as the peers keep our routes; a crash leaves them too. At start, before any session
 //! comes up, [`scan`] lists the protocol-77 routes that are not this
 //! node's own (nothing inside or around a `pod_cidrs` block: pods' /32s
 //! and the blocks' routes to the host port; no static `[[routes]]` prefix;
