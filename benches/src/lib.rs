@@ -69,6 +69,15 @@ struct Cli {
     /// (`dataplane.afxdp_rx_chunks`; podrouterd's default if absent).
     #[arg(long)]
     afxdp_rx_chunks: Option<u32>,
+    /// Microseconds podrouterd's workers keep polling after the last frame
+    /// (`dataplane.busy_poll_us`; podrouterd's default if absent, and then
+    /// not written, so an older podrouterd from --bin-dir still starts).
+    #[arg(long)]
+    busy_poll_us: Option<u32>,
+    /// podrouterd's workers' scheduler slice in microseconds
+    /// (`dataplane.worker_slice_us`; not written if absent).
+    #[arg(long)]
+    worker_slice_us: Option<u32>,
     /// Runs per figure (at least 3 unless --smoke).
     #[arg(long)]
     repeats: Option<usize>,
@@ -336,6 +345,8 @@ fn run(cli: &Cli) -> Res<bool> {
             spare_cpus: Vec::new(),
             uplink_xdp: cli.uplink_xdp,
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
+            busy_poll_us: cli.busy_poll_us,
+            worker_slice_us: cli.worker_slice_us,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -484,6 +495,8 @@ fn run(cli: &Cli) -> Res<bool> {
             spare_cpus: cpus.iter().copied().filter(|&c| c != dp_cpu).collect(),
             uplink_xdp: cli.uplink_xdp,
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
+            busy_poll_us: cli.busy_poll_us,
+            worker_slice_us: cli.worker_slice_us,
         },
         gen_cpu,
         self_exe,

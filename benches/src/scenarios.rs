@@ -636,6 +636,7 @@ pub(crate) fn rr_measure(
             ],
         )?);
     }
+    let sleeps_before = worker_sleeps(t);
     let client = spawn_helper(
         ctx,
         &src.ns,
@@ -657,6 +658,11 @@ pub(crate) fn rr_measure(
     if rtts.is_empty() {
         bail!("no request was answered ({lost} lost)");
     }
+    // Each request crosses the worker twice; without busy polling it
+    // sleeps after each crossing (about 2 per request).
+    let sleeps_per_request = sleeps_before
+        .zip(worker_sleeps(t))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / count as f64);
     let h = hist(&rtts);
     ctx.runs.push(json!({
         "what": what, "plane": t.label, "kind": "rr", "requests": count, "answered": rtts.len(),
@@ -664,6 +670,7 @@ pub(crate) fn rr_measure(
         "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
         "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
         "max_us": h.max() as f64 / 1e3, "busy_before": busy,
+        "worker_sleeps_per_request": sleeps_per_request,
     }));
     if lost > 0 {
         ctx.notes.push(format!(

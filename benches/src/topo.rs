@@ -99,6 +99,10 @@ pub struct PlaneOpts {
     pub uplink_xdp: bool,
     /// `dataplane.afxdp_rx_chunks` (`--afxdp-rx-chunks`), if given.
     pub afxdp_rx_chunks: Option<u32>,
+    /// `dataplane.busy_poll_us` (`--busy-poll-us`), if given.
+    pub busy_poll_us: Option<u32>,
+    /// `dataplane.worker_slice_us` (`--worker-slice-us`), if given.
+    pub worker_slice_us: Option<u32>,
 }
 
 impl PlaneOpts {
@@ -325,6 +329,8 @@ fn start_daemon(
          cores = [{}]\n\
          mtu = {}\n\
          {}\
+         {}\
+         {}\
          {extra_dataplane}\n",
         socket.display(),
         state_dir.display(),
@@ -338,6 +344,12 @@ fn start_daemon(
         opts.mtu,
         opts.afxdp_rx_chunks
             .map(|n| format!("afxdp_rx_chunks = {n}\n"))
+            .unwrap_or_default(),
+        opts.busy_poll_us
+            .map(|n| format!("busy_poll_us = {n}\n"))
+            .unwrap_or_default(),
+        opts.worker_slice_us
+            .map(|n| format!("worker_slice_us = {n}\n"))
             .unwrap_or_default(),
     );
     // [[routes]] tables must come after [dataplane]'s keys: callers pass

@@ -208,6 +208,15 @@ pub struct Dataplane {
     pub flow_table_size: usize,
     /// Idle timeouts of the flow table's entries (`[dataplane.flow_timeouts]`).
     pub flow_timeouts: FlowTimeouts,
+    /// Microseconds a worker keeps polling, without sleeping, after the
+    /// last frame it received (0..=10000; 0, the default: it sleeps after
+    /// two empty rounds). See README "Connection rate and worker wake-ups".
+    pub busy_poll_us: u32,
+    /// The workers' scheduler time slice in microseconds (100..=100000;
+    /// 0, the default: the kernel's). A worker with a slice shorter than
+    /// the task running on its CPU preempts it when it wakes (Linux 6.12's
+    /// EEVDF custom slices) instead of waiting up to a tick.
+    pub worker_slice_us: u32,
 }
 
 /// Idle timeouts of the flow table, in seconds; each defaults to the Linux
@@ -438,6 +447,8 @@ impl Default for Dataplane {
             icmp_burst: 50,
             flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
             flow_timeouts: FlowTimeouts::default(),
+            busy_poll_us: 0,
+            worker_slice_us: 0,
         }
     }
 }
@@ -632,6 +643,25 @@ impl Config {
             return Err((
                 "batch_size",
                 format!("{} is out of range 1..=256", dp.batch_size),
+            ));
+        }
+        let max_busy_poll = podrouter_router::busy_poll::MAX_WINDOW.as_micros();
+        if u128::from(dp.busy_poll_us) > max_busy_poll {
+            return Err((
+                "busy_poll_us",
+                format!(
+                    "{} is out of range 0..={max_busy_poll} (0 turns busy polling off)",
+                    dp.busy_poll_us
+                ),
+            ));
+        }
+        if dp.worker_slice_us != 0 && !(100..=100_000).contains(&dp.worker_slice_us) {
+            return Err((
+                "worker_slice_us",
+                format!(
+                    "{} is out of range 100..=100000 (0 keeps the kernel's slice)",
+                    dp.worker_slice_us
+                ),
             ));
         }
         if dp.icmp_burst == 0 {
@@ -940,6 +970,18 @@ asn = 64512
 
         let e = err("[dataplane]\nbackend = \"afxdp\"\nmtu = 9000\n");
         assert_eq!(e.key.as_deref(), Some("mtu"));
+        for bad in ["10001", "1000000"] {
+            let e = err(&format!("[dataplane]\nbusy_poll_us = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("busy_poll_us"), "{bad}: {e}");
+            assert!(e.message.contains("out of range 0..=10000"), "{e}");
+        }
+        for bad in ["1", "99", "100001"] {
+            let e = err(&format!("[dataplane]\nworker_slice_us = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("worker_slice_us"), "{bad}: {e}");
+            assert!(e.message.contains("out of range 100..=100000"), "{e}");
+        }
+        let e = err("[dataplane]\nbusy_poll_us = -1\n");
+        assert_eq!(e.key.as_deref(), Some("busy_poll_us"), "{e}");
         let e = err("[dataplane]\nxdp_mode = \"native\"\n");
         assert_eq!(e.key.as_deref(), Some("xdp_mode"));
         for bad in ["100", "32", "8192"] {

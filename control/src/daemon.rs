@@ -273,6 +273,8 @@ impl Daemon {
                 services: services.clone(),
                 taps: taps.clone(),
                 path_mtus: path_mtus.clone(),
+                busy_poll: std::time::Duration::from_micros(cfg.dataplane.busy_poll_us.into()),
+                slice: std::time::Duration::from_micros(cfg.dataplane.worker_slice_us.into()),
             };
             let w = WorkerHandle::spawn(wc, fib.clone(), ports.clone())
                 .map_err(|e| StartError::Worker(id, e))?;

@@ -146,6 +146,11 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.vxlan_port != b.vxlan_port, "[dataplane] vxlan_port");
     key(a.vxlan_vni != b.vxlan_vni, "[dataplane] vxlan_vni");
     key(a.batch_size != b.batch_size, "[dataplane] batch_size");
+    key(a.busy_poll_us != b.busy_poll_us, "[dataplane] busy_poll_us");
+    key(
+        a.worker_slice_us != b.worker_slice_us,
+        "[dataplane] worker_slice_us",
+    );
     key(a.icmp_rate != b.icmp_rate, "[dataplane] icmp_rate");
     key(a.icmp_burst != b.icmp_burst, "[dataplane] icmp_burst");
     key(

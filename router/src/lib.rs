@@ -8,6 +8,7 @@
 
 pub mod afxdp;
 pub mod bpf;
+pub mod busy_poll;
 pub mod capture;
 pub mod clock;
 pub mod conntrack;

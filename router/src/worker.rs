@@ -36,6 +36,7 @@ use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::busy_poll::BusyPoll;
 use crate::capture::{Armed, Direction, Taps};
 use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
@@ -73,6 +74,14 @@ pub struct WorkerConfig {
     pub taps: Arc<Taps>,
     /// The path MTUs learned towards other nodes, loaded once per batch.
     pub path_mtus: Arc<crate::pmtu::PathMtus>,
+    /// Keep polling without sleeping for this long after the last round
+    /// that received a frame (`[dataplane] busy_poll_us`); zero: sleep
+    /// after [`IDLE_ROUNDS_BEFORE_SLEEP`] empty rounds, as always.
+    pub busy_poll: Duration,
+    /// The worker thread's scheduler time slice (`[dataplane]
+    /// worker_slice_us`, [`crate::sys::set_current_thread_slice`]); zero:
+    /// the kernel's default.
+    pub slice: Duration,
 }
 
 enum Command {
@@ -292,8 +301,22 @@ impl Worker {
                 Err(e) => log::warn!("worker {}: cannot pin to core {core}: {e}", self.cfg.id),
             }
         }
+        if !self.cfg.slice.is_zero() {
+            match crate::sys::set_current_thread_slice(self.cfg.slice) {
+                Ok(()) => log::info!(
+                    "worker {}: scheduler slice {} µs",
+                    self.cfg.id,
+                    self.cfg.slice.as_micros()
+                ),
+                Err(e) => log::warn!(
+                    "worker {}: cannot set a scheduler slice (needs Linux 6.12): {e}",
+                    self.cfg.id
+                ),
+            }
+        }
         let mut events = Events::with_capacity(256);
         let mut idle_rounds = 0u32;
+        let mut busy_poll = BusyPoll::new(self.cfg.busy_poll);
         while !self.stop.load(Ordering::Acquire) {
             if self.apply_commands().is_err() {
                 break; // control thread is gone
@@ -301,15 +324,22 @@ impl Worker {
             if self.paused {
                 // Readiness seen now is not lost: every port counts as
                 // ready again at the resume.
+                busy_poll.slept();
                 self.collect_ready(&mut events, Some(PAUSED_WAIT));
                 continue;
             }
-            let timeout = if self.poll_round() {
+            let started_ns = crate::clock::now_ns();
+            busy_poll.round_starts(started_ns);
+            let found_work = self.poll_round(started_ns);
+            // One more clock read per round, only with busy polling on.
+            let spin =
+                busy_poll.enabled() && busy_poll.after_round(crate::clock::now_ns(), found_work);
+            let timeout = if found_work {
                 idle_rounds = 0;
                 Some(Duration::ZERO)
             } else {
                 idle_rounds += 1;
-                if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP {
+                if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP || spin {
                     Some(Duration::ZERO)
                 } else {
                     self.counters.sleeps.incr();
@@ -405,8 +435,9 @@ impl Worker {
             .register(&mut SourceFd(&fd), Token(id.0 as usize), Interest::READABLE)
     }
 
-    /// One pass over every owned port; true if any frame was received.
-    fn poll_round(&mut self) -> bool {
+    /// One pass over every owned port, started at `started_ns`; true if
+    /// any frame was received.
+    fn poll_round(&mut self, started_ns: u64) -> bool {
         let fib = self.fib.load();
         let ports = self.ports.load();
         let policy = self.cfg.policies.load();
@@ -414,7 +445,6 @@ impl Worker {
         let path_mtus = self.cfg.path_mtus.load();
         self.tx.follow(&ports);
         let counters: &WorkerCounters = &self.counters;
-        let started_ns = crate::clock::now_ns();
         let ctx = BatchContext::new(&fib, &ports, counters, &self.cfg.flows, started_ns)
             .with_policy(&policy)
             .with_services(&services)
@@ -754,6 +784,8 @@ mod tests {
             services: Arc::new(crate::service::Services::new()),
             taps: Arc::new(Taps::new()),
             path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
+            busy_poll: Duration::ZERO,
+            slice: Duration::ZERO,
         }
     }
 
@@ -868,10 +900,10 @@ mod tests {
             tx: TxQueues::default(),
             slot_of: Vec::new(),
         };
-        assert!(worker.poll_round());
+        assert!(worker.poll_round(crate::clock::now_ns()));
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (batch as u64, 1));
-        assert!(worker.poll_round());
+        assert!(worker.poll_round(crate::clock::now_ns()));
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
     }
@@ -942,9 +974,9 @@ mod tests {
                 tx: TxQueues::default(),
                 slot_of: Vec::new(),
             };
-            assert!(worker.poll_round());
-            worker.poll_round();
-            worker.poll_round();
+            assert!(worker.poll_round(crate::clock::now_ns()));
+            worker.poll_round(crate::clock::now_ns());
+            worker.poll_round(crate::clock::now_ns());
             let recvs = port.recvs.load(Ordering::Relaxed);
             assert_eq!(recvs, if drains { 1 } else { 2 }, "drains: {drains}");
             assert_eq!(worker.counters.rx.get(), 1);
@@ -952,7 +984,7 @@ mod tests {
             // Another frame and its edge: received.
             port.frames.lock().unwrap().push(vec![0; 60]);
             worker.owned[0].ready = true;
-            assert!(worker.poll_round());
+            assert!(worker.poll_round(crate::clock::now_ns()));
             assert_eq!(worker.counters.rx.get(), 2);
         }
     }

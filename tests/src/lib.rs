@@ -609,6 +609,8 @@ pub struct NodeConfig {
     pub routes: Vec<(String, String)>,
     /// `[metrics] listen`, e.g. `127.0.0.1:9091` (in the node namespace).
     pub metrics: Option<String>,
+    /// More `[dataplane]` lines, each ending in a newline.
+    pub dataplane_extra: String,
 }
 
 impl Default for NodeConfig {
@@ -624,6 +626,7 @@ impl Default for NodeConfig {
             log_level: "debug".to_string(),
             routes: Vec::new(),
             metrics: None,
+            dataplane_extra: String::new(),
         }
     }
 }
@@ -664,6 +667,7 @@ impl NodeConfig {
         if let Some(b) = self.icmp_burst {
             s += &format!("icmp_burst = {b}\n");
         }
+        s += &self.dataplane_extra;
         for (prefix, via) in &self.routes {
             s += &format!("\n[[routes]]\nprefix = \"{prefix}\"\nvia = \"{via}\"\n");
         }

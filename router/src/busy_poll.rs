@@ -1,0 +1,165 @@
+//! Busy polling: whether a worker polls its ports again at once instead
+//! of sleeping in epoll (`[dataplane] busy_poll_us`).
+//!
+//! A sleeping worker costs nothing, but the next frame then waits for its
+//! wake-up (on a VM whose idle CPU halts, an exit to the host). With a
+//! window set, a worker keeps polling for that long after the last round
+//! that received a frame, so the next packet of an exchange (a reply, the
+//! next segment of a handshake) finds it awake; an idle worker still
+//! sleeps, so idle pods cost nothing.
+//!
+//! A spinning thread uses its whole share of its CPU, and when something
+//! else becomes runnable there the scheduler makes it wait a full slice
+//! (milliseconds), where a thread that slept is woken ahead of others.
+//! So the policy watches for that: a gap between one round's end and the
+//! next round's start longer than [`PREEMPTED_GAP_NS`] (in between the
+//! worker only asks epoll for readiness, without waiting) means it was
+//! preempted, and it then stops spinning for [`BACKOFF_NS`]: on a busy
+//! CPU the worker behaves as if the window were zero.
+//!
+//! Invariants: with a zero window [`BusyPoll::after_round`] always says
+//! sleep-as-before and keeps no state; time is passed in (the worker's
+//! own clock reads), never read here.
+use std::time::Duration;
+
+/// A gap between two polling rounds, with no sleep in between, longer than
+/// this means the worker's thread was not running: preempted (or held up
+/// by interrupt work on its CPU). A round's gap is normally an
+/// `epoll_wait` with a zero timeout, a microsecond or two.
+pub const PREEMPTED_GAP_NS: u64 = 250_000;
+
+/// How long a worker that was preempted while spinning sleeps between
+/// rounds again like a worker without busy polling.
+pub const BACKOFF_NS: u64 = 1_000_000_000;
+
+/// The largest window `[dataplane] busy_poll_us` takes.
+pub const MAX_WINDOW: Duration = Duration::from_millis(10);
+
+/// One worker's busy-polling state.
+#[derive(Debug)]
+pub struct BusyPoll {
+    window_ns: u64,
+    /// When the last round that received a frame ended.
+    last_work_ns: u64,
+    /// When the previous round ended, if the worker has not slept since.
+    awake_since_ns: Option<u64>,
+    /// No spinning before this time (after a preemption).
+    backoff_until_ns: u64,
+    /// Preemptions seen while spinning (each starts a back-off).
+    pub backoffs: u64,
+}
+
+impl BusyPoll {
+    /// A policy that keeps polling for `window` after the last frame
+    /// (zero: never).
+    pub fn new(window: Duration) -> BusyPoll {
+        BusyPoll {
+            window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
+            last_work_ns: 0,
+            awake_since_ns: None,
+            backoff_until_ns: 0,
+            backoffs: 0,
+        }
+    }
+
+    /// Whether busy polling is configured at all.
+    pub fn enabled(&self) -> bool {
+        self.window_ns > 0
+    }
+
+    /// Called when a round starts at `now_ns`: a long gap since the
+    /// previous round's end, with no sleep in between, is a preemption.
+    pub fn round_starts(&mut self, now_ns: u64) {
+        if let Some(end) = self.awake_since_ns.take() {
+            if now_ns.saturating_sub(end) > PREEMPTED_GAP_NS {
+                self.backoffs += 1;
+                self.backoff_until_ns = now_ns.saturating_add(BACKOFF_NS);
+            }
+        }
+    }
+
+    /// Called when the worker waits for readiness outside the rounds (a
+    /// paused worker): the next gap is that wait, not a preemption.
+    pub fn slept(&mut self) {
+        self.awake_since_ns = None;
+    }
+
+    /// Called when a round ends at `now_ns` (`found_work`: it received a
+    /// frame): true if the worker should poll again without sleeping
+    /// beyond its usual empty rounds.
+    pub fn after_round(&mut self, now_ns: u64, found_work: bool) -> bool {
+        if self.window_ns == 0 {
+            return false;
+        }
+        if found_work {
+            self.last_work_ns = now_ns;
+        }
+        let spin = now_ns >= self.backoff_until_ns
+            && now_ns.saturating_sub(self.last_work_ns) < self.window_ns;
+        // Only a spinning worker's gaps tell of preemption: the gap after
+        // a sleep is the sleep.
+        self.awake_since_ns = spin.then_some(now_ns);
+        spin
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: u64 = 1_000;
+
+    #[test]
+    fn a_zero_window_never_spins() {
+        let mut b = BusyPoll::new(Duration::ZERO);
+        assert!(!b.enabled());
+        b.round_starts(1_000 * US);
+        assert!(!b.after_round(1_001 * US, true));
+        assert!(!b.after_round(1_002 * US, false));
+    }
+
+    #[test]
+    fn spins_for_the_window_after_the_last_frame_then_sleeps() {
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        assert!(b.enabled());
+        let mut t = 1_000_000 * US;
+        b.round_starts(t);
+        assert!(b.after_round(t, true), "right after a frame");
+        t += 50 * US;
+        b.round_starts(t - 1);
+        assert!(b.after_round(t, false), "50 µs after it");
+        b.round_starts(t + 1);
+        assert!(
+            b.after_round(t + 10 * US, true),
+            "a new frame restarts the window"
+        );
+        t += 10 * US + 100 * US;
+        b.round_starts(t - 1);
+        assert!(!b.after_round(t, false), "100 µs without a frame: sleep");
+        // The gap after a sleep is no preemption.
+        t += 50_000 * US;
+        b.round_starts(t);
+        assert!(b.after_round(t + US, true));
+        assert_eq!(b.backoffs, 0);
+    }
+
+    #[test]
+    fn a_preempted_spin_backs_off_then_spins_again() {
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        let mut t = 1_000_000 * US;
+        b.round_starts(t);
+        assert!(b.after_round(t, true));
+        // Descheduled for 3 ms between two rounds of the spin.
+        t += 3_000 * US;
+        b.round_starts(t);
+        assert_eq!(b.backoffs, 1);
+        assert!(!b.after_round(t + US, true), "backing off: sleep");
+        t += BACKOFF_NS / 2;
+        b.round_starts(t);
+        assert!(!b.after_round(t, true), "still backing off");
+        t += BACKOFF_NS;
+        b.round_starts(t);
+        assert!(b.after_round(t, true), "the back-off is over");
+        assert_eq!(b.backoffs, 1);
+    }
+}
