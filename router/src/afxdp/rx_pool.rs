@@ -18,9 +18,10 @@
 //! standing share, raised to the burst size ([`RX_BURST`], or the standing
 //! share if larger) while batches come in large ([`BUSY_BATCH`] frames or
 //! more, or the worker's whole batch), lowered again when they come in
-//! small ([`IDLE_BATCH`] or fewer). Chunks already on the fill ring stay
-//! there (the kernel never hands them back): a port that was busy gives
-//! its surplus back as the frames that use it up arrive.
+//! small ([`IDLE_BATCH`] or fewer, [`IDLE_STREAK`] batches in a row).
+//! Chunks already on the fill ring stay there (the kernel never hands
+//! them back): a port that was busy gives its surplus back as the frames
+//! that use it up arrive.
 //! Below the target it takes more from the arena's free list; above it the
 //! surplus goes back there. In the steady state (a batch's chunks go
 //! straight back) the arena is not touched at all.
@@ -68,8 +69,11 @@ pub const ARENA_MIN_CHUNKS: u32 = 4096;
 /// A batch of this many frames or more (or a full batch) raises the
 /// port's target to its burst size.
 const BUSY_BATCH: u32 = 16;
-/// A batch of this many frames or fewer lowers it to the standing share.
+/// A batch of this many frames or fewer counts as small ...
 const IDLE_BATCH: u32 = 4;
+/// ... and this many small batches in a row lower the target to the
+/// standing share (a busy port's last, short batch of a round must not).
+const IDLE_STREAK: u32 = 64;
 
 struct Arena {
     area: UmemArea,
@@ -198,6 +202,8 @@ struct Side {
     held: u32,
     /// What the port tries to hold: `standing` or `burst`.
     target: u32,
+    /// Small batches in a row.
+    small: u32,
     standing: u32,
     burst: u32,
     /// Chunks of the batch being received (capacity: the RX ring's size).
@@ -312,6 +318,7 @@ pub(super) fn open(
             view,
             held,
             target: standing,
+            small: 0,
             standing,
             burst,
             spare: Vec::with_capacity(burst as usize),
@@ -356,8 +363,14 @@ impl PoolRx {
         s.held = s.held.saturating_sub(popped);
         if popped >= BUSY_BATCH || popped as usize == frames.len() {
             s.target = s.burst;
+            s.small = 0;
         } else if popped <= IDLE_BATCH {
-            s.target = s.standing;
+            s.small = s.small.saturating_add(1);
+            if s.small >= IDLE_STREAK {
+                s.target = s.standing;
+            }
+        } else {
+            s.small = 0;
         }
         while s.held < s.target {
             let Some(addr) = s.spare.pop() else {
