@@ -16,15 +16,29 @@
 //! on its fill ring when idle. After every receive batch the worker puts the
 //! batch's chunks back on the port's fill ring up to the port's target: the
 //! standing share, raised to the burst size ([`RX_BURST`], or the standing
-//! share if larger) while batches come in large ([`BUSY_BATCH`] frames or
-//! more, or the worker's whole batch), lowered again when they come in
-//! small ([`IDLE_BATCH`] or fewer, [`IDLE_STREAK`] batches in a row).
+//! share if larger) by any large batch ([`BUSY_BATCH`] frames or more, or
+//! the worker's whole batch), lowered again only when the port received
+//! fewer than [`BUSY_FRAMES`] frames in a window of at least
+//! [`WINDOW_NS`]. The rate decides, not the batch size: a worker that
+//! outpaces a flood sees it in batches of one or two frames, and a port
+//! lowered to its standing share mid-flood would drop what arrives while
+//! its worker is off the CPU (the fill ring runs dry), and churn between
+//! the two targets (taking the arena's lock on every batch). The clock is
+//! read once every [`CLOCK_EVERY`] small batches while the target is
+//! raised, never on a large batch.
 //! Chunks already on the fill ring stay there (the kernel never hands
 //! them back): a port that was busy gives its surplus back as the frames
 //! that use it up arrive.
 //! Below the target it takes more from the arena's free list; above it the
 //! surplus goes back there. In the steady state (a batch's chunks go
 //! straight back) the arena is not touched at all.
+//!
+//! The fill ring has twice the entries of the most chunks a port holds:
+//! the kernel publishes how far it consumed the fill ring only when it
+//! flushes, after it published the RX descriptors of the same frames, so
+//! a ring exactly as large as the chunks can look full for a moment while
+//! the chunks it took are already back in our hands. A chunk the fill ring
+//! refuses is never lost: it goes back to the arena's free list.
 //!
 //! Invariants:
 //! - Every chunk of an arena is free (on the arena's free list) or owned by
@@ -69,11 +83,12 @@ pub const ARENA_MIN_CHUNKS: u32 = 4096;
 /// A batch of this many frames or more (or a full batch) raises the
 /// port's target to its burst size.
 const BUSY_BATCH: u32 = 16;
-/// A batch of this many frames or fewer counts as small ...
-const IDLE_BATCH: u32 = 4;
-/// ... and this many small batches in a row lower the target to the
-/// standing share (a busy port's last, short batch of a round must not).
-const IDLE_STREAK: u32 = 64;
+/// A raised port that receives fewer frames than this in a window ...
+const BUSY_FRAMES: u64 = 1024;
+/// ... of at least this long (1 s) goes back to its standing share.
+const WINDOW_NS: u64 = 1_000_000_000;
+/// Small batches between two looks at the clock while the target is raised.
+const CLOCK_EVERY: u32 = 32;
 
 struct Arena {
     area: UmemArea,
@@ -200,14 +215,74 @@ struct Side {
     view: UmemRange,
     /// Chunks on the fill ring or in the kernel's hands.
     held: u32,
-    /// What the port tries to hold: `standing` or `burst`.
-    target: u32,
-    /// Small batches in a row.
-    small: u32,
-    standing: u32,
-    burst: u32,
+    /// How many chunks the port tries to hold.
+    mark: Watermark,
     /// Chunks of the batch being received (capacity: the RX ring's size).
     spare: Vec<u64>,
+}
+
+/// A port's target: its standing share or its burst size (see the
+/// module documentation).
+struct Watermark {
+    standing: u32,
+    burst: u32,
+    target: u32,
+    /// Small batches since the clock was last read.
+    small: u32,
+    /// Frames received since `window_ns`.
+    window_frames: u64,
+    /// When the current rate window began ([`crate::clock::now_ns`]).
+    window_ns: u64,
+    /// How often the target changed.
+    changes: u64,
+}
+
+impl Watermark {
+    fn new(standing: u32, burst: u32, now_ns: u64) -> Watermark {
+        Watermark {
+            standing,
+            burst,
+            target: standing,
+            small: 0,
+            window_frames: 0,
+            window_ns: now_ns,
+            changes: 0,
+        }
+    }
+
+    /// Moves the target after a batch of `popped` frames (`full`: the
+    /// whole batch the worker asked for); `now_ns` is called at most once
+    /// every [`CLOCK_EVERY`] small batches, and only while the target is
+    /// raised.
+    fn after_batch(&mut self, popped: u32, full: bool, now_ns: impl FnOnce() -> u64) {
+        self.window_frames += u64::from(popped);
+        if popped >= BUSY_BATCH || full {
+            self.small = 0;
+            if self.target != self.burst {
+                self.target = self.burst;
+                self.changes += 1;
+            }
+            return;
+        }
+        if self.target == self.standing {
+            return;
+        }
+        self.small += 1;
+        if self.small < CLOCK_EVERY {
+            return;
+        }
+        self.small = 0;
+        let now = now_ns();
+        if now.saturating_sub(self.window_ns) < WINDOW_NS {
+            return;
+        }
+        if self.window_frames < BUSY_FRAMES {
+            self.target = self.standing;
+            self.changes += 1;
+        }
+        self.window_ns = now;
+        self.window_frames = 0;
+    }
 }
 
 /// A pod port's receive socket in its worker's receive pool (see the
@@ -244,12 +319,13 @@ pub(super) fn open(
     let sock = xsk::xsk_socket().map_err(|e| context(e, "cannot open an AF_XDP socket"))?;
     let fd = sock.as_fd();
     let burst = standing.max(RX_BURST);
-    // Its own fill ring (it is on its own device); it never transmits, so
-    // its completion ring stays empty.
-    xsk::set_ring_size(fd, RingKind::Fill, burst)?;
+    // Its own fill ring (it is on its own device), twice the chunks it may
+    // hold (see the module documentation); it never transmits, so its
+    // completion ring stays empty.
+    xsk::set_ring_size(fd, RingKind::Fill, 2 * burst)?;
     xsk::set_ring_size(fd, RingKind::Completion, 1)?;
     xsk::set_ring_size(fd, RingKind::Rx, burst)?;
-    let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, burst)?;
+    let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, 2 * burst)?;
     let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, burst)?;
     let what = || format!("cannot bind an AF_XDP socket to {name} queue {queue}");
     let arena = arena_for(worker, chunk_size, standing)?;
@@ -301,6 +377,7 @@ pub(super) fn open(
     let token = a.next_token;
     a.next_token = a.next_token.wrapping_add(1).max(1);
     let mut held = 0;
+    // The ring is empty and larger than the standing share: every push fits.
     while held < standing {
         let Some(addr) = a.take(token) else {
             break;
@@ -317,10 +394,7 @@ pub(super) fn open(
             fill,
             view,
             held,
-            target: standing,
-            small: 0,
-            standing,
-            burst,
+            mark: Watermark::new(standing, burst, crate::clock::now_ns()),
             spare: Vec::with_capacity(burst as usize),
         }),
         sock,
@@ -361,34 +435,32 @@ impl PoolRx {
         }
         s.rx.release();
         s.held = s.held.saturating_sub(popped);
-        if popped >= BUSY_BATCH || popped as usize == frames.len() {
-            s.target = s.burst;
-            s.small = 0;
-        } else if popped <= IDLE_BATCH {
-            s.small = s.small.saturating_add(1);
-            if s.small >= IDLE_STREAK {
-                s.target = s.standing;
-            }
-        } else {
-            s.small = 0;
-        }
-        while s.held < s.target {
-            let Some(addr) = s.spare.pop() else {
+        s.mark.after_batch(
+            popped,
+            popped as usize == frames.len(),
+            crate::clock::now_ns,
+        );
+        while s.held < s.mark.target {
+            let Some(&addr) = s.spare.last() else {
                 break;
             };
-            s.fill.push(addr);
+            if !s.fill.push(addr) {
+                break;
+            }
+            s.spare.pop();
             s.held += 1;
         }
-        if s.held < s.target || !s.spare.is_empty() {
+        if !s.spare.is_empty() || (s.held < s.mark.target && s.fill.free(1) > 0) {
             let token = self.lease.token;
             let mut arena = lock(&self.lease.arena);
             for addr in s.spare.drain(..) {
                 arena.give_back(token, addr);
             }
-            while s.held < s.target {
+            while s.held < s.mark.target && s.fill.free(1) > 0 {
                 let Some(addr) = arena.take(token) else {
                     break;
                 };
+                // Room checked above; the ring has one producer (us).
                 s.fill.push(addr);
                 s.held += 1;
             }
@@ -433,4 +505,66 @@ pub(super) fn arena_of(rx: &PoolRx) -> (usize, usize) {
 #[cfg(test)]
 pub(super) fn same_arena(a: &PoolRx, b: &PoolRx) -> bool {
     Arc::ptr_eq(&a.lease.arena, &b.lease.arena)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    /// `batches` batches of `frames` frames each, `step_ns` apart on a
+    /// clock starting at `*now`; returns how often the clock was read.
+    fn feed(m: &mut Watermark, now: &mut u64, batches: u32, frames: u32, step_ns: u64) -> u32 {
+        let mut reads = 0;
+        for _ in 0..batches {
+            *now += step_ns;
+            let t = *now;
+            m.after_batch(frames, false, || {
+                reads += 1;
+                t
+            });
+        }
+        reads
+    }
+
+    #[test]
+    fn a_large_batch_raises_the_target_and_a_quiet_second_lowers_it() {
+        let mut now = 0;
+        let mut m = Watermark::new(128, 1024, now);
+        // Small batches of an idle port: no clock, no change.
+        assert_eq!(feed(&mut m, &mut now, 100, 1, MS), 0);
+        assert_eq!((m.target, m.changes), (128, 0));
+        // One large batch raises it at once.
+        feed(&mut m, &mut now, 1, BUSY_BATCH, MS);
+        assert_eq!(m.target, 1024);
+        m.after_batch(3, true, || unreachable!("a full batch reads no clock"));
+        // A trickle (2 frames every 10 ms, 200 a second) lowers it once a
+        // window of a second has passed, not before.
+        feed(&mut m, &mut now, 50, 2, 10 * MS);
+        assert_eq!(m.target, 1024, "half a second");
+        let reads = feed(&mut m, &mut now, 150, 2, 10 * MS);
+        assert_eq!(m.target, 128);
+        assert_eq!(m.changes, 2);
+        assert!(reads <= 150 / CLOCK_EVERY, "{reads} clock reads");
+    }
+
+    /// A worker faster than a flood sees it one or two frames at a time:
+    /// the target stays raised (the last session's batch-size rule lowered
+    /// it after 64 such batches, then churned).
+    #[test]
+    fn a_flood_in_small_batches_keeps_the_burst() {
+        let mut now = 0;
+        let mut m = Watermark::new(128, 1024, now);
+        m.after_batch(32, true, || 0);
+        // 0.3 Mpps in batches of 2 for 5 seconds.
+        let per_batch = 2 * 1_000_000_000 / 300_000;
+        feed(&mut m, &mut now, 750_000, 2, per_batch);
+        assert_eq!((m.target, m.changes), (1024, 1));
+        // Then a trickle: down once, and it stays down.
+        feed(&mut m, &mut now, 400, 1, 10 * MS);
+        assert_eq!((m.target, m.changes), (128, 2));
+        feed(&mut m, &mut now, 400, 1, 10 * MS);
+        assert_eq!((m.target, m.changes), (128, 2));
+    }
 }
