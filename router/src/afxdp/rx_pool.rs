@@ -47,8 +47,8 @@
 //!   descriptor. A port only ever puts chunks of its own arena on its fill
 //!   ring (the kernel would refuse others: they are another UMEM).
 //! - The arena's free list is touched under the arena's mutex: by the
-//!   worker polling the port (only when a batch moves the port off its
-//!   target) and by the control thread when a port opens or closes. The
+//!   worker polling the port (only when a batch leaves the port off its
+//!   target, or its fill ring refused a chunk) and by the control thread when a port opens or closes. The
 //!   daemon hands a pod port to the worker whose pool it joined
 //!   (`AfXdpConfig::rx_worker`), so the mutex is taken by one worker only;
 //!   ports never move between workers (a port is added to one worker and
