@@ -76,7 +76,8 @@ use crate::frame::{Frame, VnetHdr, MAX_FRAME_LEN};
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
 /// Most chunks a busy port holds (unless its standing share is larger):
-/// the size of its fill and RX rings, and each arena's burst reserve.
+/// the size of its RX ring (its fill ring has twice as many entries), and
+/// each arena's burst reserve.
 pub const RX_BURST: u32 = 1024;
 /// Chunks of an arena at least (8 MiB of 2 KiB chunks).
 pub const ARENA_MIN_CHUNKS: u32 = 4096;
