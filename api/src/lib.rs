@@ -667,7 +667,8 @@ pub struct UmemInfo {
     pub rx_bytes: u64,
     pub tx_umems: u64,
     pub tx_bytes: u64,
-    /// Chunks of each pod port's receive UMEM (`afxdp_rx_chunks`).
+    /// Chunks each idle pod port holds of its worker's receive pool
+    /// (`afxdp_rx_chunks`, the standing share).
     pub rx_chunks_per_port: u32,
 }
 

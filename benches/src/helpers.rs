@@ -120,6 +120,7 @@ fn xskfwd(a: &Args) -> Res<serde_json::Value> {
             tx_queues: 1,
             mode: XdpModeRequest::Auto,
             rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
+            rx_worker: 0,
         })
         .map_err(|e| Error::msg(format!("xskfwd: {ifname}: {e}")))
     };

@@ -160,9 +160,10 @@ pub struct Dataplane {
     pub backend: Backend,
     /// Where the afxdp backend attaches its XDP program.
     pub xdp_mode: XdpMode,
-    /// The afxdp backend's receive share per pod: chunks of the pod port's
-    /// receive UMEM and entries of its fill ring (a power of two,
-    /// 64..=4096). Transmit chunks are per worker, not per pod.
+    /// The afxdp backend's standing receive share per pod: chunks of its
+    /// worker's receive pool a pod port keeps on its fill ring when idle
+    /// (a power of two, 64..=4096; a busy port draws up to 1024 or this,
+    /// whichever is larger). Transmit chunks are per worker, not per pod.
     pub afxdp_rx_chunks: u32,
     /// Worker threads polling ports.
     pub workers: usize,

@@ -318,7 +318,7 @@ impl Daemon {
         if let Some((u, info)) =
             crate::uplink_setup::open(&d.cfg, &path_mtus, uplink_fd).map_err(StartError::Uplink)?
         {
-            d.publish_port(info, u.port.clone())
+            d.publish_port(info, u.port.clone(), None)
                 .map_err(|e| StartError::Uplink(format!("port table: {e}")))?;
             d.uplink = Some(u);
         }
@@ -366,7 +366,7 @@ impl Daemon {
             mtu,
         };
         let (id, _) = self
-            .publish_port(info, tap)
+            .publish_port(info, tap, None)
             .map_err(|e| StartError::HostPort(PodNetError::Other(format!("port table: {e}"))))?;
         log::info!("host port {name} is port {}", id.0);
         Ok(())
@@ -404,7 +404,10 @@ impl Daemon {
                 log::warn!("pod {}: dropped from state: {e}", r.id);
                 continue;
             }
-            let port = match self.net.attach_pod_interface(&spec_of(&r)) {
+            let port = match self
+                .net
+                .attach_pod_interface(&spec_of(&r, self.least_loaded_worker()))
+            {
                 Ok(p) => p,
                 Err(e) => {
                     log::warn!(
@@ -448,7 +451,8 @@ impl Daemon {
         self.pods.values().map(|p| p.record.clone()).collect()
     }
 
-    /// Adds a port to the published table and hands it to the least loaded
+    /// Adds a port to the published table and hands it to `worker` (the one
+    /// whose receive pool an AF_XDP port joined) or else the least loaded
     /// worker; returns its id and the worker. A port with more receive
     /// queues (`Port::rx_queues`: the host port, the VXLAN uplink and a
     /// pod's TAP with `workers` > 1) gives one to each following worker,
@@ -458,6 +462,7 @@ impl Daemon {
         &mut self,
         info: PortInfo,
         port: Arc<dyn Port>,
+        worker: Option<usize>,
     ) -> Result<(PortId, usize), PublishError> {
         let table = self.ports.load_full();
         let id = table.free_id().ok_or(PublishError::TableFull)?;
@@ -471,7 +476,9 @@ impl Daemon {
                 port: port.clone(),
             },
         )));
-        let worker = self.least_loaded_worker();
+        let worker = worker
+            .filter(|w| *w < self.workers.len())
+            .unwrap_or_else(|| self.least_loaded_worker());
         let queues = port.rx_queues();
         if let Err(e) = self.workers[worker].add_port(id, port) {
             self.ports.store(Arc::new(self.ports.load().without(id)));
@@ -510,7 +517,7 @@ impl Daemon {
             mtu: r.mtu,
         };
         let (port, worker) = self
-            .publish_port(info, pod_port.port)
+            .publish_port(info, pod_port.port, pod_port.worker)
             .map_err(CallError::Port)?;
         let host = Prefix::new(r.ip, 32).expect("/32");
         self.fib
@@ -844,7 +851,7 @@ impl Daemon {
             mac: pod_mac(ip),
             mtu,
         };
-        let spec = spec_of(&record);
+        let spec = spec_of(&record, self.least_loaded_worker());
         let checked = Instant::now();
         let port = match self.net.create_pod_interface(&spec) {
             Ok(p) => p,
@@ -1234,13 +1241,14 @@ impl Daemon {
 /// The MAC a pod interface gets: 0a:58 and its IPv4 address (as Kubernetes
 /// bridge plugins do), so it is stable across restarts and readable.
 /// The interface a pod's record describes.
-fn spec_of(r: &PodRecord) -> PodInterfaceSpec {
+fn spec_of(r: &PodRecord, worker: usize) -> PodInterfaceSpec {
     PodInterfaceSpec {
         netns: r.netns.clone(),
         ifname: r.ifname.clone(),
         ip: r.ip,
         mtu: r.mtu,
         mac: r.mac,
+        worker,
     }
 }
 
@@ -1689,6 +1697,7 @@ pub(crate) mod tests {
                     ip: Ipv4Addr::UNSPECIFIED,
                     mtu: 1500,
                     mac: node.interfaces[&(netns.clone(), ifname.clone())],
+                    worker: 0,
                 };
                 t.net.create_pod_interface(&spec).unwrap();
             }
@@ -1814,6 +1823,7 @@ pub(crate) mod tests {
                 ip: Ipv4Addr::new(10, 244, 0, 9),
                 mtu: 1500,
                 mac,
+                worker: 0,
             };
             t.net.create_pod_interface(&spec).unwrap();
         };

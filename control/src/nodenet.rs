@@ -25,19 +25,27 @@ pub struct PodPort {
     /// The same port as an AF_XDP port (afxdp backend), for its mode and
     /// counters.
     pub xdp: Option<Arc<AfXdpPort>>,
+    /// The worker that must poll the port (an AF_XDP port's receive socket
+    /// is in that worker's receive pool); `None`: any.
+    pub worker: Option<usize>,
 }
 
 impl PodPort {
     /// A port of no particular backend (TAP, or a test's).
     pub fn plain(port: Arc<dyn Port>) -> PodPort {
-        PodPort { port, xdp: None }
+        PodPort {
+            port,
+            xdp: None,
+            worker: None,
+        }
     }
 
-    fn afxdp(port: AfXdpPort) -> PodPort {
+    fn afxdp(port: AfXdpPort, worker: usize) -> PodPort {
         let x = Arc::new(port);
         PodPort {
             port: x.clone(),
             xdp: Some(x),
+            worker: Some(worker),
         }
     }
 }
@@ -117,6 +125,7 @@ impl KernelNet {
             tx_queues: self.workers,
             mode: self.xdp_mode,
             rx_chunks: self.rx_chunks,
+            rx_worker: spec.worker,
         }
     }
 }
@@ -140,7 +149,7 @@ impl NodeNet for KernelNet {
                 let xcfg = self.afxdp_config(spec);
                 podnet::create_pod_veth(spec, &xcfg.ifname, xcfg.tx_queues + 1)?;
                 match podnet::open_afxdp_port(&xcfg) {
-                    Ok(x) => Ok(PodPort::afxdp(x)),
+                    Ok(x) => Ok(PodPort::afxdp(x, spec.worker)),
                     Err(e) => {
                         if let Err(d) = podnet::delete_pod_interface(&spec.netns, &spec.ifname) {
                             log::warn!("rollback: cannot delete {}: {d}", spec.ifname);
@@ -161,9 +170,10 @@ impl NodeNet for KernelNet {
                     self.workers as usize,
                 )?,
             ))),
-            Backend::Afxdp => Ok(PodPort::afxdp(podnet::open_afxdp_port(
-                &self.afxdp_config(spec),
-            )?)),
+            Backend::Afxdp => Ok(PodPort::afxdp(
+                podnet::open_afxdp_port(&self.afxdp_config(spec))?,
+                spec.worker,
+            )),
         }
     }
 

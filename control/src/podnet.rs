@@ -59,6 +59,9 @@ pub struct PodInterfaceSpec {
     /// Largest IPv4 packet on the link (TAPs accept 68..=65521).
     pub mtu: u16,
     pub mac: [u8; 6],
+    /// The worker that will poll the pod's port (the afxdp backend puts
+    /// its receive socket in that worker's receive pool).
+    pub worker: usize,
 }
 
 /// Why pod or host interface plumbing failed, and for whom.
@@ -803,6 +806,7 @@ mod tests {
             ip: Ipv4Addr::new(10, 244, 1, 2),
             mtu: 1450,
             mac: MAC,
+            worker: 0,
         }
     }
 
@@ -1227,6 +1231,7 @@ mod tests {
             tx_queues: 1,
             mode: Default::default(),
             rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,
+            rx_worker: 0,
         };
         let progs = |ns: &Netns| {
             let v = ns.ip_json(&["-d", "link", "show", "dev", "prxtest0"]);

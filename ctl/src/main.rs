@@ -457,7 +457,7 @@ fn text(r: &Reply) -> String {
                 t.row([
                     "umem receive".into(),
                     format!(
-                        "{} in {} UMEMs ({} chunks per pod port)",
+                        "{} in {} UMEMs ({} chunks standing per pod port)",
                         mib(u.rx_bytes),
                         u.rx_umems,
                         u.rx_chunks_per_port

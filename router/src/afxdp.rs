@@ -1,32 +1,34 @@
 //! AF_XDP ports: the node end of a pod's veth pair, driven through AF_XDP
 //! sockets (XSK) instead of the kernel's stack.
 //!
-//! Memory: a port's receive socket has a UMEM of its own holding its
-//! receive share ([`AfXdpConfig::rx_chunks`] chunks); every transmit socket
-//! draws from its worker's transmit UMEM ([`tx_pool`]: one per worker,
-//! [`tx_pool::WORKER_TX_CHUNKS`] chunks, shared by all the worker's
-//! transmit sockets through `XDP_SHARED_UMEM`). So a pod costs its receive
-//! share only, whatever the number of workers, and a worker costs one
-//! transmit pool whatever the number of pods. The receive share cannot come
-//! from a shared pool: a frame for a port lands in a chunk already on that
-//! port's fill ring, so each port keeps its share there; and a UMEM's size
-//! is fixed (and pinned whole) when it is registered, so a worker-wide UMEM
-//! holding every port's share would pin the largest pod count's worth up
-//! front. [`umem_use`] sums what is mapped, for `podrouterctl status`.
+//! Memory: one receive pool and one transmit pool per worker, each a UMEM
+//! shared by that worker's sockets through `XDP_SHARED_UMEM`, each socket
+//! with its own fill and completion rings. A port's receive socket joins
+//! the receive pool of the worker that polls it ([`rx_pool`]: arenas of
+//! [`rx_pool::ARENA_MIN_CHUNKS`] chunks, one more whenever the pods'
+//! standing shares fill one; a port holds its standing share
+//! [`AfXdpConfig::rx_chunks`] when idle and up to [`rx_pool::RX_BURST`]
+//! while busy); every transmit socket draws from its worker's transmit
+//! UMEM ([`tx_pool`]: one per worker, [`tx_pool::WORKER_TX_CHUNKS`]
+//! chunks). So a pod costs its standing share of an arena, whatever the
+//! number of workers, and a worker costs one transmit pool whatever the
+//! number of pods. [`umem_use`] sums what is mapped, for `podrouterctl
+//! status`. The uplink's receive sockets ([`XskRx`], `uplink_xdp`) keep a
+//! UMEM of their own per queue.
 //!
 //! Opening a port ([`AfXdpPort::open`]) sets up, on the node end:
 //! - the receive socket, bound to queue 0 (where every frame the pod sends
-//!   arrives: the pod end has one transmit queue), with its UMEM, its fill
-//!   ring filled with all its chunks;
+//!   arrives: the pod end has one transmit queue), in an arena of its
+//!   worker's receive pool, its fill ring holding its standing share;
 //! - an XSKMAP with that socket at key 0 and the XDP program of
 //!   [`crate::bpf::xsk_redirect_program`] attached as a BPF link, in driver
 //!   mode if the interface supports it (or as configured), else generic.
 //!
 //! Receive ([`Port::recv`], the owning worker only): frames are copied out
-//! of the RX ring's chunks into the worker's frames and each chunk goes
-//! straight back on the fill ring, which therefore always holds every chunk
-//! not in the kernel's hands; one fill-ring wakeup per batch if the kernel
-//! asked for it (`need_wakeup`). The receive socket's descriptor is the
+//! of the RX ring's chunks into the worker's frames and the chunks go back
+//! on the fill ring up to the port's target, the rest to the arena's free
+//! list (or more are taken from it: [`rx_pool`]); one fill-ring wakeup per
+//! batch if the kernel asked for it (`need_wakeup`). The receive socket's descriptor is the
 //! readiness fd: epoll reports it when the RX ring gets frames, so an idle
 //! port costs nothing.
 //!
@@ -45,19 +47,21 @@
 //! for it; completed chunks return to the worker's free list as the
 //! completion ring hands them back.
 //!
-//! Invariants: a port's sockets span several UMEMs (its own receive UMEM,
-//! one transmit UMEM per worker that sends to it); every ring is touched
-//! by one thread (the receive side by the owning worker, under an
-//! uncontended mutex per batch; a transmit socket by the worker that made
-//! it); a chunk is owned by exactly one of: a ring, the kernel, a free
-//! list or the frame being copied; nothing allocates, locks (beyond that
-//! mutex) or logs per frame; a frame larger than a chunk is never
+//! Invariants: a port's sockets span several UMEMs (an arena of its
+//! worker's receive pool, one transmit UMEM per worker that sends to it);
+//! every ring is touched by one thread (the receive side by the owning
+//! worker, under an uncontended mutex per batch, plus the arena's mutex
+//! when a batch moves the port off its target; a transmit socket by the
+//! worker that made it); a chunk is owned by exactly one of: a ring, the
+//! kernel, a free list or the frame being copied; nothing allocates, locks
+//! (beyond those mutexes, per batch) or logs per frame; a frame larger than a chunk is never
 //! truncated: on receive the kernel drops and counts it (`XDP_STATISTICS`,
 //! see [`AfXdpPort::stats`]), on transmit it is cut into pieces that fit
 //! or dropped and counted. Dropping the port detaches the program (the
 //! link's descriptor closes first) and closes the sockets; a podrouterd
 //! killed outright leaves no program behind either, since a BPF link lives
 //! only as long as its descriptor.
+mod rx_pool;
 mod tx_pool;
 
 use std::fmt;
@@ -80,10 +84,12 @@ use crate::wire::ETHERNET_HEADER_LEN;
 /// Entries of the uplink's receive sockets' fill and RX rings, and their
 /// chunks ([`crate::xdp_uplink`]).
 pub const RX_RING: u32 = 1024;
-/// A pod port's receive share when the configuration names none: chunks
-/// of its receive UMEM, entries of its fill and RX rings.
-pub const DEFAULT_RX_CHUNKS: u32 = 1024;
-/// The receive shares a port may be given (a power of two in this range).
+/// A pod port's standing receive share when the configuration names none:
+/// chunks of its worker's receive pool it keeps on its fill ring when idle
+/// (it draws up to [`rx_pool::RX_BURST`] while busy).
+pub const DEFAULT_RX_CHUNKS: u32 = 128;
+pub use rx_pool::{ARENA_MIN_CHUNKS, RX_BURST};
+/// The standing shares a port may be given (a power of two in this range).
 pub const RX_CHUNKS_RANGE: std::ops::RangeInclusive<u32> = 64..=4096;
 /// Entries of a transmit socket's TX and completion rings, and the most
 /// chunks of its worker's pool it may hold.
@@ -159,16 +165,21 @@ pub struct AfXdpConfig {
     /// needs this many queues plus one.
     pub tx_queues: u32,
     pub mode: XdpModeRequest,
-    /// The receive share: chunks of the port's receive UMEM (a power of
-    /// two in [`RX_CHUNKS_RANGE`]; [`DEFAULT_RX_CHUNKS`] unless configured).
+    /// The standing receive share: chunks of the worker's receive pool on
+    /// the port's fill ring when idle (a power of two in
+    /// [`RX_CHUNKS_RANGE`]; [`DEFAULT_RX_CHUNKS`] unless configured).
     pub rx_chunks: u32,
+    /// The worker that will poll the port: its receive socket joins that
+    /// worker's receive pool ([`rx_pool`]).
+    pub rx_worker: usize,
 }
 
 /// UMEM memory mapped by the AF_XDP backend in this process (pinned by the
 /// kernel while a socket has it registered).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UmemFigures {
-    /// Receive UMEMs (one per pod port and per uplink queue) and their bytes.
+    /// Receive UMEMs (the workers' receive arenas, one per uplink queue)
+    /// and their bytes.
     pub rx_umems: u64,
     pub rx_bytes: u64,
     /// Transmit UMEMs (one per worker and chunk size) and their bytes.
@@ -256,8 +267,8 @@ struct RxSide {
 
 /// A socket receiving from one queue of an interface: it registers the
 /// UMEM `area` and owns all its chunks (a power of two of them), all on
-/// the fill ring or in the kernel's hands. Used by the pod ports and the
-/// uplink ([`crate::xdp_uplink`]).
+/// the fill ring or in the kernel's hands. Used by the uplink
+/// ([`crate::xdp_uplink`]); pod ports use [`rx_pool`].
 pub(crate) struct XskRx {
     side: Mutex<RxSide>,
     sock: OwnedFd,
@@ -275,11 +286,15 @@ impl XskRx {
             .map_err(|e| context(e, "cannot register the UMEM"))?;
         let fd = sock.as_fd();
         let chunks = area.chunks();
-        // The socket never transmits: its completion ring stays empty.
-        xsk::set_ring_size(fd, RingKind::Fill, chunks)?;
+        // The socket never transmits: its completion ring stays empty. The
+        // fill ring has twice the entries of the chunks: the kernel
+        // publishes how far it consumed it only when it flushes, after the
+        // RX descriptors of the same frames, so a ring exactly as large
+        // could look full for a moment and refuse a chunk we got back.
+        xsk::set_ring_size(fd, RingKind::Fill, 2 * chunks)?;
         xsk::set_ring_size(fd, RingKind::Completion, 1)?;
         xsk::set_ring_size(fd, RingKind::Rx, chunks)?;
-        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, chunks)?;
+        let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, 2 * chunks)?;
         let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, chunks)?;
         let range = area.range(0, chunks)?;
         for addr in range.chunk_addrs() {
@@ -326,8 +341,8 @@ impl XskRx {
                     n += 1;
                 }
             }
-            // The ring holds as many entries as there are chunks, so the
-            // chunk always fits back.
+            // The ring holds twice as many entries as there are chunks, so
+            // the chunk always fits back.
             fill.push(range.chunk_of(desc.addr));
         }
         if n > 0 || fill.unsubmitted() > 0 {
@@ -361,8 +376,8 @@ pub struct AfXdpPort {
     mode: XdpMode,
     prog_id: u32,
     mtu: u16,
-    /// The receive socket, with the port's receive UMEM.
-    rx: XskRx,
+    /// The receive socket, in its worker's receive pool.
+    rx: rx_pool::PoolRx,
     /// Bytes of a UMEM chunk (the largest frame one holds).
     chunk_size: u32,
     /// Which transmit queues (1-based queue `i + 1`) are taken.
@@ -442,10 +457,9 @@ impl AfXdpPort {
         check_rx_chunks(cfg.rx_chunks).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("receive chunks: {e}"))
         })?;
-        let area =
-            UmemArea::new(cfg.rx_chunks, chunk).map_err(|e| context(e, "cannot map the UMEM"))?;
-        let rx = XskRx::open(&area, ifindex, 0, name)?;
-        let zerocopy = rx.zerocopy();
+        let rx = rx_pool::open(cfg.rx_worker, ifindex, 0, chunk, cfg.rx_chunks, name)?;
+        // The receive pools bind in copy mode (see [`rx_pool`]).
+        let zerocopy = false;
 
         let map = sys::bpf::xskmap_create("podrouter_xsks", 1)
             .map_err(|e| context(e, "cannot create the XSKMAP"))?;
@@ -854,6 +868,7 @@ mod tests {
             tx_queues: 2,
             mode,
             rx_chunks: DEFAULT_RX_CHUNKS,
+            rx_worker: 0,
         })
         .unwrap();
         let want = match mode {
@@ -873,6 +888,7 @@ mod tests {
             tx_queues: 1,
             mode,
             rx_chunks: DEFAULT_RX_CHUNKS,
+            rx_worker: 0,
         })
         .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ResourceBusy, "{e}");
@@ -1033,6 +1049,7 @@ mod tests {
                 tx_queues: 2,
                 mode: XdpModeRequest::Auto,
                 rx_chunks,
+                rx_worker: 0,
             })
             .unwrap()
         };
@@ -1045,8 +1062,11 @@ mod tests {
         let p1 = open("pxa1", 256);
         let p2 = open("pxa2", 512);
         let grown = umem_use();
-        assert_eq!(grown.rx_umems - before.rx_umems, 2);
-        assert_eq!(grown.rx_bytes - before.rx_bytes, (256 + 512) * 2048);
+        assert_eq!(grown.rx_umems - before.rx_umems, 1, "one receive arena");
+        assert_eq!(
+            grown.rx_bytes - before.rx_bytes,
+            u64::from(ARENA_MIN_CHUNKS) * 2048
+        );
         assert_eq!(
             grown.tx_bytes, before.tx_bytes,
             "no transmit memory per port"
@@ -1095,6 +1115,113 @@ mod tests {
         drop((p2, p3));
         let after = umem_use();
         assert_eq!(after.rx_umems, before.rx_umems);
+        assert_eq!(after.rx_bytes, before.rx_bytes);
+    }
+
+    /// Sends `count` datagrams from the kernel's end `10.9.{n}.2` to
+    /// `10.9.{n}.1` (the port's end) and receives them through `port` in
+    /// batches of 64; returns how many UDP frames came.
+    fn burst_in(port: &AfXdpPort, n: u8, count: usize) -> usize {
+        let sock = UdpSocket::bind(format!("10.9.{n}.2:0")).unwrap();
+        for i in 0..count {
+            sock.send_to(&[i as u8; 18], format!("10.9.{n}.1:5000"))
+                .unwrap();
+        }
+        let mut frames: Vec<Frame> = (0..64).map(|_| Frame::new()).collect();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut got = 0;
+        while got < count && Instant::now() < deadline {
+            let k = port.recv(&mut frames).unwrap();
+            got += frames[..k].iter().filter(|f| is_udp(f)).count();
+            if k == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        got
+    }
+
+    /// Pod ports of one worker share one receive arena, another worker's
+    /// port gets another; an idle port holds its standing share, a busy
+    /// one draws more from the arena; a port whose veth was deleted under
+    /// it gives all its chunks back when it closes, and the arena goes with
+    /// its last port.
+    #[test]
+    fn pod_ports_receive_in_their_workers_arena() {
+        if !privileged("pod_ports_receive_in_their_workers_arena") {
+            return;
+        }
+        let _one = lock(&UMEM_TESTS);
+        in_private_netns(share_receive_arena);
+    }
+
+    fn share_receive_arena() {
+        let open = |name: &str, rx_worker| {
+            AfXdpPort::open(&AfXdpConfig {
+                ifname: name.into(),
+                mtu: 1500,
+                tx_queues: 1,
+                mode: XdpModeRequest::Auto,
+                rx_chunks: 64,
+                rx_worker,
+            })
+            .unwrap()
+        };
+        // Worker numbers no other test uses: the pools are process-wide.
+        let (w_a, w_b) = (7001, 7002);
+        let before = umem_use();
+        for n in 1..=4 {
+            pair(&format!("pxa{n}"), &format!("pxb{n}"), n);
+        }
+        let p1 = open("pxa1", w_a);
+        let p2 = open("pxa2", w_a);
+        let p3 = open("pxa3", w_b);
+        let grown = umem_use();
+        assert_eq!(grown.rx_umems - before.rx_umems, 2, "one arena per worker");
+        assert_eq!(
+            grown.rx_bytes - before.rx_bytes,
+            2 * u64::from(ARENA_MIN_CHUNKS) * 2048
+        );
+        assert!(rx_pool::same_arena(&p1.rx, &p2.rx));
+        assert!(!rx_pool::same_arena(&p1.rx, &p3.rx));
+        let arena = ARENA_MIN_CHUNKS as usize;
+        assert_eq!(rx_pool::arena_of(&p1.rx), (arena - 2 * 64, 2));
+        assert_eq!((p1.rx.held(), p2.rx.held()), (64, 64));
+
+        // Busy: full batches raise the port's target, it draws from the
+        // arena, and a burst larger than the standing share gets through.
+        assert_eq!(burst_in(&p1, 1, 48), 48);
+        assert!(p1.rx.held() > 64, "held {}", p1.rx.held());
+        assert_eq!(burst_in(&p1, 1, 600), 600);
+        assert_eq!(p1.stats().rx_fill_empty, 0, "{:?}", p1.stats());
+        assert_eq!(burst_in(&p3, 3, 20), 20);
+        // A quiet second (fewer frames than a busy port gets) lowers it
+        // again: then the chunks received go back to the arena instead of
+        // the fill ring.
+        let busy = p1.rx.held();
+        std::thread::sleep(Duration::from_millis(1100));
+        for _ in 0..80 {
+            assert_eq!(burst_in(&p1, 1, 1), 1);
+        }
+        assert!(p1.rx.held() < busy, "{} then {}", busy, p1.rx.held());
+        let (free, _) = rx_pool::arena_of(&p1.rx);
+        assert_eq!(free, arena - p1.rx.held() as usize - 64);
+
+        // p2's veth goes under it: the next port joins through p1, and
+        // p2's chunks come back when it closes.
+        ip(&["link", "del", "pxa2"]);
+        let p4 = open("pxa4", w_a);
+        assert!(rx_pool::same_arena(&p1.rx, &p4.rx));
+        assert_eq!(burst_in(&p4, 4, 20), 20);
+        drop(p2);
+        let (free, members) = rx_pool::arena_of(&p1.rx);
+        assert_eq!(members, 2);
+        assert_eq!(free, arena - p1.rx.held() as usize - p4.rx.held() as usize);
+        drop((p1, p3, p4));
+        let after = umem_use();
+        assert_eq!(
+            after.rx_umems, before.rx_umems,
+            "arenas go with their ports"
+        );
         assert_eq!(after.rx_bytes, before.rx_bytes);
     }
 }

@@ -1,11 +1,12 @@
-//! The afxdp backend's memory with two workers: each pod port costs its
-//! receive share (one UMEM of `afxdp_rx_chunks` chunks), and transmit
-//! chunks come from one UMEM per worker shared by all the worker's
-//! transmit sockets, whatever the number of pods and whichever worker
-//! sends to them. Before this, every pod also carried a transmit range per
-//! worker. `podrouterctl status` shows the figures; the daemon's anonymous
-//! resident memory (where the UMEMs live) grows by the receive shares and
-//! the two transmit pools, not by a transmit range per pod and worker.
+//! The afxdp backend's memory with two workers: the pods' receive sockets
+//! share their worker's receive arena (one UMEM of 4096 chunks per worker
+//! while the pods' standing shares fit in it), and transmit chunks come
+//! from one UMEM per worker shared by all the worker's transmit sockets,
+//! whatever the number of pods and whichever worker sends to them. Before
+//! this every pod port had a receive UMEM of its own (1024 chunks, 2 MiB).
+//! `podrouterctl status` shows the figures; the daemon's anonymous
+//! resident memory (where the UMEMs live) grows by two receive arenas and
+//! two transmit pools, not by a receive UMEM per pod.
 //! Always runs the afxdp backend, whatever `PODROUTER_BACKEND` says.
 use std::fs;
 use std::time::Duration;
@@ -13,7 +14,12 @@ use std::time::Duration;
 use podrouter_e2e::*;
 
 const PODS: usize = 24;
-const RX_CHUNKS: u64 = 1024;
+/// The standing receive share (router's `DEFAULT_RX_CHUNKS`).
+const RX_CHUNKS: u64 = 128;
+/// Chunks of a receive arena (router's `ARENA_MIN_CHUNKS`).
+const ARENA_CHUNKS: u64 = 4096;
+/// Each pod port's receive UMEM before (`afxdp_rx_chunks` = 1024).
+const OLD_RX_CHUNKS_PER_POD: u64 = 1024;
 const CHUNK: u64 = 2048;
 /// Chunks of a worker's transmit UMEM (router's `WORKER_TX_CHUNKS`).
 const WORKER_TX_CHUNKS: u64 = 1024;
@@ -32,9 +38,9 @@ fn rss_anon(pid: u32) -> u64 {
 }
 
 #[test]
-fn pods_cost_their_receive_share_and_workers_one_transmit_pool() {
+fn pods_share_their_workers_receive_arena_and_transmit_pool() {
     if !require(
-        "pods_cost_their_receive_share_and_workers_one_transmit_pool",
+        "pods_share_their_workers_receive_arena_and_transmit_pool",
         &["ping"],
     ) {
         return;
@@ -82,10 +88,14 @@ fn pods_cost_their_receive_share_and_workers_one_transmit_pool() {
 
     let status = node.ctl(&["status"]);
     let umem = &status["afxdp_umem"];
-    let rx_share = RX_CHUNKS * CHUNK;
+    let arena = ARENA_CHUNKS * CHUNK;
     let pool = WORKER_TX_CHUNKS * CHUNK;
-    assert_eq!(num(umem, "/rx_umems"), PODS as u64, "{status:#}");
-    assert_eq!(num(umem, "/rx_bytes"), PODS as u64 * rx_share, "{status:#}");
+    assert_eq!(
+        num(umem, "/rx_umems"),
+        2,
+        "one receive arena per worker: {status:#}"
+    );
+    assert_eq!(num(umem, "/rx_bytes"), 2 * arena, "{status:#}");
     assert_eq!(
         num(umem, "/tx_umems"),
         2,
@@ -94,29 +104,33 @@ fn pods_cost_their_receive_share_and_workers_one_transmit_pool() {
     assert_eq!(num(umem, "/tx_bytes"), 2 * pool, "{status:#}");
 
     // What the process really holds: the UMEMs are populated anonymous
-    // memory. The old layout would have added a transmit range per pod
-    // and worker on top of the receive shares.
+    // memory. The old layouts had a receive UMEM per pod (and before that
+    // a transmit range per pod and worker too).
     let grown = rss_anon(pid).saturating_sub(rss_before);
-    let new_layout = PODS as u64 * rx_share + 2 * pool;
-    let old_layout = PODS as u64 * (rx_share + 2 * OLD_TX_CHUNKS_PER_POD_AND_WORKER * CHUNK);
+    let new_layout = 2 * arena + 2 * pool;
+    let old_rx_layout = PODS as u64 * OLD_RX_CHUNKS_PER_POD * CHUNK + 2 * pool;
+    let older_layout =
+        PODS as u64 * (OLD_RX_CHUNKS_PER_POD + 2 * OLD_TX_CHUNKS_PER_POD_AND_WORKER) * CHUNK;
     say(&format!(
-        "RssAnon grew by {:.1} MiB for {PODS} pods (UMEMs now {:.1} MiB, before {:.1} MiB)",
+        "RssAnon grew by {:.1} MiB for {PODS} pods (UMEMs now {:.1} MiB; \
+         a receive UMEM per pod {:.1} MiB; and a transmit range per pod {:.1} MiB)",
         grown as f64 / 1048576.0,
         new_layout as f64 / 1048576.0,
-        old_layout as f64 / 1048576.0
+        old_rx_layout as f64 / 1048576.0,
+        older_layout as f64 / 1048576.0
     ));
     assert!(
-        grown >= PODS as u64 * rx_share,
-        "the receive shares are not resident: grew by {grown}"
+        grown >= 2 * arena,
+        "the receive arenas are not resident: grew by {grown}"
     );
-    // Everything else a pod costs the daemon is far below the 1 MiB per
-    // pod the old transmit ranges took.
+    // Everything else a pod costs the daemon is far below the 2 MiB per
+    // pod its own receive UMEM took.
     let slack = PODS as u64 * 256 * 1024;
     assert!(
         grown <= new_layout + slack,
-        "grew by {grown} bytes, more than {new_layout} + {slack}: a transmit range per pod?"
+        "grew by {grown} bytes, more than {new_layout} + {slack}: a receive UMEM per pod?"
     );
-    assert!(new_layout + slack < old_layout);
+    assert!(new_layout + slack < old_rx_layout);
 
     let text = node.ctl_table(&["status"]).expect_ok().stdout;
     assert!(
@@ -124,12 +138,25 @@ fn pods_cost_their_receive_share_and_workers_one_transmit_pool() {
         "{text}"
     );
 
-    // Pods going away give their receive UMEMs back.
-    for p in &pods[PODS / 2..] {
+    // The pods still forward after all that (their standing shares and
+    // bursts come from the shared arenas).
+    assert!(ping_until_reply(
+        &pods[PODS - 1].ns,
+        &pods[2].ip,
+        Duration::from_secs(5)
+    ));
+    // Pods going away keep the arenas while any pod of the worker is left,
+    // and the last one takes its worker's arena with it.
+    for p in &pods[2..] {
+        node.ctl(&["detach", &p.id]);
+    }
+    let status = node.ctl(&["status"]);
+    assert_eq!(num(&status["afxdp_umem"], "/rx_umems"), 2, "{status:#}");
+    for p in &pods[..2] {
         node.ctl(&["detach", &p.id]);
     }
     let gone = wait_until(Duration::from_secs(10), || {
-        num(&node.ctl(&["status"])["afxdp_umem"], "/rx_umems") == (PODS / 2) as u64
+        num(&node.ctl(&["status"])["afxdp_umem"], "/rx_umems") == 0
     });
     assert!(gone, "{:#}", node.ctl(&["status"]));
 }

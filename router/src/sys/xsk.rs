@@ -12,9 +12,11 @@
 //!   access leaves the mapped ring.
 //! - A [`UmemArea`] is page-aligned anonymous memory registered with
 //!   `XDP_UMEM_REG`; it is carved into disjoint [`UmemRange`]s, each owned
-//!   by one socket's state or by one worker's transmit pool (which lends
-//!   its chunks to its sockets one at a time, keeping who holds which), so
-//!   no two owners touch the same chunk. A range
+//!   by one socket's state or by one worker's transmit or receive pool
+//!   (which lends its chunks to its sockets, keeping who holds which; a
+//!   receive socket reads through a view of its pool's whole area, but
+//!   only at the chunks its RX ring handed it), so no two owners touch the
+//!   same chunk. A range
 //!   only hands out slices of the chunks its owner received from the
 //!   kernel (RX) or is about to give it (TX), bounds-checked.
 //! - Nothing here allocates after set-up; the per-batch calls (`kick_tx`,
