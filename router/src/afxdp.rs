@@ -416,6 +416,37 @@ fn bind_once_released(mut bind: impl FnMut() -> io::Result<()>) -> io::Result<()
     }
 }
 
+/// Binds `sock` to `queue` of `ifindex` on a worker's shared UMEM `area`:
+/// through the first of `members` that is still bound (a joining socket
+/// takes that one's flags, copy mode and `need_wakeup`, and may set none;
+/// a member whose device is gone answers `EBADF` and the next is tried),
+/// else by registering `area` on `sock`, which then binds as the UMEM's
+/// owner in copy mode with `need_wakeup`. `what` names the socket in
+/// errors, `umem` the UMEM.
+fn bind_shared_umem(
+    sock: &OwnedFd,
+    area: &UmemArea,
+    members: impl IntoIterator<Item = Arc<OwnedFd>>,
+    (ifindex, queue): (u32, u32),
+    what: impl Fn() -> String,
+    umem: &str,
+) -> io::Result<()> {
+    for member in members {
+        match bind_once_released(|| {
+            xsk::bind(sock.as_fd(), ifindex, queue, 0, Some(member.as_fd()))
+        }) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
+            Err(e) => return Err(context(e, what())),
+        }
+    }
+    area.register(sock.as_fd())
+        .map_err(|e| context(e, format!("cannot register {umem}")))?;
+    let flags = xsk::BIND_NEED_WAKEUP | xsk::BIND_COPY;
+    bind_once_released(|| xsk::bind(sock.as_fd(), ifindex, queue, flags, None))
+        .map_err(|e| context(e, what()))
+}
+
 /// Binds the UMEM owner `fd` to `queue` with `need_wakeup`, zero-copy if
 /// the driver can, else copy mode; returns whether it is zero-copy.
 fn bind_owner(fd: &OwnedFd, ifindex: u32, queue: u32) -> io::Result<bool> {

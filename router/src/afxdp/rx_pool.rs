@@ -71,7 +71,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::{bind_once_released, context, lock, AfXdpStats, UmemUse};
+use super::{bind_shared_umem, context, lock, AfXdpStats, UmemUse};
 use crate::frame::{Frame, VnetHdr, MAX_FRAME_LEN};
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
@@ -346,29 +346,15 @@ pub(super) fn open(
             ),
         ));
     }
-    let mut joined = false;
-    for member in a.members.iter().filter_map(|m| m.sock.upgrade()) {
-        // A socket sharing the UMEM takes the flags of the one it joins
-        // through; it may set none.
-        match bind_once_released(|| {
-            xsk::bind(sock.as_fd(), ifindex, queue, 0, Some(member.as_fd()))
-        }) {
-            Ok(()) => {
-                joined = true;
-                break;
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
-            Err(e) => return Err(context(e, what())),
-        }
-    }
-    if !joined {
-        a.area
-            .register(sock.as_fd())
-            .map_err(|e| context(e, "cannot register a worker's receive UMEM"))?;
-        let flags = xsk::BIND_NEED_WAKEUP | xsk::BIND_COPY;
-        bind_once_released(|| xsk::bind(sock.as_fd(), ifindex, queue, flags, None))
-            .map_err(|e| context(e, what()))?;
-    }
+    let members: Vec<_> = a.members.iter().filter_map(|m| m.sock.upgrade()).collect();
+    bind_shared_umem(
+        &sock,
+        &a.area,
+        members,
+        (ifindex, queue),
+        what,
+        "a worker's receive UMEM",
+    )?;
     let sock = Arc::new(sock);
     a.members.push(Member {
         sock: Arc::downgrade(&sock),

@@ -34,7 +34,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use super::{bind_once_released, context, UmemUse, TX_RING};
+use super::{bind_shared_umem, context, UmemUse, TX_RING};
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
 /// Chunks of one worker's transmit UMEM (for each chunk size in use).
@@ -191,30 +191,15 @@ pub(super) fn open(
             }
         };
         pool.members.retain(|m| m.strong_count() > 0);
-        let mut joined = false;
-        for member in pool.members.iter().filter_map(Weak::upgrade) {
-            // A socket sharing the UMEM takes the flags of the one it
-            // joins through (copy mode, need_wakeup); it may set none.
-            match bind_once_released(|| {
-                xsk::bind(sock.as_fd(), ifindex, queue, 0, Some(member.as_fd()))
-            }) {
-                Ok(()) => {
-                    joined = true;
-                    break;
-                }
-                // That member's device is gone: try the next.
-                Err(e) if e.raw_os_error() == Some(libc::EBADF) => continue,
-                Err(e) => return Err(context(e, what())),
-            }
-        }
-        if !joined {
-            pool.area
-                .register(sock.as_fd())
-                .map_err(|e| context(e, "cannot register the worker's transmit UMEM"))?;
-            let flags = xsk::BIND_NEED_WAKEUP | xsk::BIND_COPY;
-            bind_once_released(|| xsk::bind(sock.as_fd(), ifindex, queue, flags, None))
-                .map_err(|e| context(e, what()))?;
-        }
+        let members: Vec<_> = pool.members.iter().filter_map(Weak::upgrade).collect();
+        bind_shared_umem(
+            &sock,
+            &pool.area,
+            members,
+            (ifindex, queue),
+            what,
+            "the worker's transmit UMEM",
+        )?;
         let sock = Arc::new(sock);
         pool.members.push(Arc::downgrade(&sock));
         let token = pool.next_token;
