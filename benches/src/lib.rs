@@ -319,7 +319,7 @@ fn preflight(bin_dir: &Path) -> Res<()> {
 /// Refuses a `--pod-mtu` the backend cannot carry, before any topology is
 /// made (podrouterd would refuse it at start too, less plainly).
 fn check_pod_mtu(backend: &str, mtu: u16) -> Res<()> {
-    let max = podrouter_router::afxdp::MAX_MTU;
+    let max = podrouter_router::afxdp::MAX_POD_MTU;
     if backend == "afxdp" && mtu > max {
         return Err(Error::msg(format!(
             "--pod-mtu {mtu}: the afxdp backend carries pod MTUs up to {max}"
