@@ -712,7 +712,9 @@ pub struct PortStatusInfo {
     /// `tap` or `afxdp`.
     pub backend: String,
     /// For `afxdp`: `copy` or `zero-copy`, then `driver` or `generic`
-    /// (where the XDP program runs), e.g. `copy, driver`.
+    /// (where the XDP program runs), e.g. `copy, driver`; then
+    /// `multi-buffer` when a frame spans several UMEM chunks (pod MTU above
+    /// 3826), e.g. `copy, driver, multi-buffer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub xdp_mode: Option<String>,
     /// For `afxdp`: the id of the attached XDP program (`ip link` shows it).
@@ -900,6 +902,10 @@ pub struct XskCountersInfo {
     pub rx_fill_empty: u64,
     /// Frames the port could not queue for transmit.
     pub tx_dropped: u64,
+    /// Frames the port dropped on receive: longer than its MTU, or a chain
+    /// of descriptors (a frame over several UMEM chunks) that was broken.
+    #[serde(default)]
+    pub rx_invalid: u64,
 }
 
 /// One BGP neighbour, like a line of `birdc show protocols all`.

@@ -107,16 +107,18 @@ pub fn main(kind: &str, args: &[String]) -> Res<()> {
 
 /// Forwards between AF_XDP ports on `a=` and `b=` (node-side veths in
 /// this namespace), rewriting the destination MAC to `amac=` / `bmac=`
-/// (the pod behind each) and the source to the gateway's. Polls, sleeping
+/// (the pod behind each) and the source to the gateway's; `mtu=` is the
+/// veths' MTU. Polls, sleeping
 /// 50 µs when a round moved nothing.
 fn xskfwd(a: &Args) -> Res<serde_json::Value> {
     use podrouter_router::afxdp::{AfXdpConfig, AfXdpPort, XdpModeRequest};
     use podrouter_router::frame::Frame;
     use podrouter_router::port::Port;
+    let mtu: u16 = a.num("mtu")?;
     let open = |ifname: &str| {
         AfXdpPort::open(&AfXdpConfig {
             ifname: ifname.to_string(),
-            mtu: 1500,
+            mtu,
             tx_queues: 1,
             mode: XdpModeRequest::Auto,
             rx_chunks: podrouter_router::afxdp::DEFAULT_RX_CHUNKS,

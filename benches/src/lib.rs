@@ -78,6 +78,11 @@ struct Cli {
     /// (`dataplane.worker_slice_us`; not written if absent).
     #[arg(long)]
     worker_slice_us: Option<u32>,
+    /// The pods' MTU in the one-node topologies, podrouterd's
+    /// (`dataplane.mtu`), the kernel's and the bare-XSK probe's alike
+    /// (default 1500). Two-node rows keep theirs (set by the underlay).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1500..=9000))]
+    pod_mtu: Option<u16>,
     /// Runs per figure (at least 3 unless --smoke).
     #[arg(long)]
     repeats: Option<usize>,
@@ -311,6 +316,18 @@ fn preflight(bin_dir: &Path) -> Res<()> {
     Ok(())
 }
 
+/// Refuses a `--pod-mtu` the backend cannot carry, before any topology is
+/// made (podrouterd would refuse it at start too, less plainly).
+fn check_pod_mtu(backend: &str, mtu: u16) -> Res<()> {
+    let max = podrouter_router::afxdp::MAX_POD_MTU;
+    if backend == "afxdp" && mtu > max {
+        return Err(Error::msg(format!(
+            "--pod-mtu {mtu}: the afxdp backend carries pod MTUs up to {max}"
+        )));
+    }
+    Ok(())
+}
+
 /// Runs everything; `Ok(false)` when some figure failed for a reason other
 /// than a known missing feature.
 fn run(cli: &Cli) -> Res<bool> {
@@ -432,6 +449,8 @@ fn run(cli: &Cli) -> Res<bool> {
         s
     };
 
+    let pod_mtu = cli.pod_mtu.unwrap_or(1500);
+    check_pod_mtu(&cli.backend, pod_mtu)?;
     let cpus = allowed_cpus();
     let gen_cpu = cpus[0];
     let dp_cpu = *cpus.get(1).unwrap_or(&cpus[0]);
@@ -490,7 +509,7 @@ fn run(cli: &Cli) -> Res<bool> {
             backend: cli.backend.clone(),
             dp_cpu,
             dp_cpu_node2,
-            mtu: 1500,
+            mtu: pod_mtu,
             workers: usize::from(cli.workers),
             spare_cpus: cpus.iter().copied().filter(|&c| c != dp_cpu).collect(),
             uplink_xdp: cli.uplink_xdp,

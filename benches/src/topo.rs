@@ -641,13 +641,14 @@ pub fn xsk_bare_same_node(opts: &PlaneOpts, self_exe: &Path) -> Res<Topology> {
     let log = topo._dir.path().join("xskfwd.log");
     let exe = self_exe.to_string_lossy();
     let cpu = format!("cpu={}", opts.dp_cpu);
+    let mtu = format!("mtu={mtu}");
     let amac = format!("amac={}", macs[0]);
     let bmac = format!("bmac={}", macs[1]);
     let proc = Proc::spawn(
         "xskfwd",
         &[
             "ip", "netns", "exec", &node_name, &exe, "__helper", "xskfwd", "a=xsk0", "b=xsk1",
-            &amac, &bmac, &cpu,
+            &amac, &bmac, &cpu, &mtu,
         ],
         Some(&log),
     )?;

@@ -39,7 +39,7 @@ pub enum CallError {
     },
     #[error("mtu {mtu} is out of range {min}..={max}")]
     MtuOutOfRange { mtu: u16, min: u16, max: u16 },
-    #[error("mtu {mtu} is above the afxdp backend's {max} (one UMEM chunk per frame)")]
+    #[error("mtu {mtu} is above the afxdp backend's {max}")]
     MtuAboveAfxdp { mtu: u16, max: u16 },
     #[error(transparent)]
     Address(#[from] IpamError),

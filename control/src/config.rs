@@ -604,13 +604,13 @@ impl Config {
                 }
             }
         }
-        if dp.backend == Backend::Afxdp && dp.mtu > podrouter_router::afxdp::MAX_MTU {
+        if dp.backend == Backend::Afxdp && dp.mtu > podrouter_router::afxdp::MAX_POD_MTU {
             return Err((
                 "mtu",
                 format!(
-                    "{} is above the afxdp backend's {} (one UMEM chunk per frame)",
+                    "{} is above the afxdp backend's {}",
                     dp.mtu,
-                    podrouter_router::afxdp::MAX_MTU
+                    podrouter_router::afxdp::MAX_POD_MTU
                 ),
             ));
         }
@@ -969,7 +969,7 @@ asn = 64512
         let e = err("[dataplane]\nencap = \"sometimes\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(2), Some("encap")));
 
-        let e = err("[dataplane]\nbackend = \"afxdp\"\nmtu = 9000\n");
+        let e = err("[dataplane]\nbackend = \"afxdp\"\nmtu = 9001\n");
         assert_eq!(e.key.as_deref(), Some("mtu"));
         for bad in ["10001", "1000000"] {
             let e = err(&format!("[dataplane]\nbusy_poll_us = {bad}\n"));

@@ -832,7 +832,7 @@ impl Daemon {
                 max: *MTU_RANGE.end(),
             });
         }
-        let afxdp_max = podrouter_router::afxdp::MAX_MTU;
+        let afxdp_max = podrouter_router::afxdp::MAX_POD_MTU;
         if self.cfg.dataplane.backend == Backend::Afxdp && mtu > afxdp_max {
             return Err(CallError::MtuAboveAfxdp {
                 mtu,
@@ -1136,6 +1136,7 @@ impl Daemon {
                         rx_ring_full: s.rx_ring_full,
                         rx_fill_empty: s.rx_fill_empty,
                         tx_dropped: s.tx_dropped,
+                        rx_invalid: s.rx_invalid,
                     },
                 ))
             })

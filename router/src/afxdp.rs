@@ -54,13 +54,25 @@
 //! when a batch moves the port off its target; a transmit socket by the
 //! worker that made it); a chunk is owned by exactly one of: a ring, the
 //! kernel, a free list or the frame being copied; nothing allocates, locks
-//! (beyond those mutexes, per batch) or logs per frame; a frame larger than a chunk is never
-//! truncated: on receive the kernel drops and counts it (`XDP_STATISTICS`,
-//! see [`AfXdpPort::stats`]), on transmit it is cut into pieces that fit
-//! or dropped and counted. Dropping the port detaches the program (the
+//! (beyond those mutexes, per batch) or logs per frame; a frame is never
+//! truncated: on receive a frame larger than the port's MTU is dropped and
+//! counted (by the kernel, `XDP_STATISTICS`, when it does not fit one
+//! chunk of a single-buffer port; by the port, `rx_invalid`, otherwise:
+//! see [`AfXdpPort::stats`]), on transmit one with an offload request is
+//! cut into pieces that fit, any other too large is dropped and counted.
+//!
+//! Pod MTUs above one chunk ([`MAX_CHUNK_MTU`], up to [`MAX_POD_MTU`]):
+//! the port is *multi-buffer* ([`Layout`]): its program is loaded with
+//! `BPF_F_XDP_HAS_FRAGS` (without it veth refuses a peer MTU above about
+//! 3500 in driver mode), its sockets bind with `XDP_USE_SG` on UMEMs of
+//! their own kind, a received frame arrives as a chain of descriptors
+//! gathered into one frame, and a transmitted one goes out as a chain
+//! ([`chain`], [`rx_pool`], [`tx_pool`]). Ports at or below one chunk are
+//! exactly as before. Dropping the port detaches the program (the
 //! link's descriptor closes first) and closes the sockets; a podrouterd
 //! killed outright leaves no program behind either, since a BPF link lives
 //! only as long as its descriptor.
+mod chain;
 mod rx_pool;
 mod tx_pool;
 
@@ -121,11 +133,13 @@ pub enum XdpAttach {
     Generic,
 }
 
-/// What a port got: attach mode and whether the sockets are zero-copy.
+/// What a port got: attach mode, whether the sockets are zero-copy, and
+/// whether a frame may span several chunks (multi-buffer, [`Layout`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpMode {
     pub attach: XdpAttach,
     pub zerocopy: bool,
+    pub multi_buffer: bool,
 }
 
 impl fmt::Display for XdpMode {
@@ -135,7 +149,11 @@ impl fmt::Display for XdpMode {
             XdpAttach::Driver => "driver",
             XdpAttach::Generic => "generic",
         };
-        write!(f, "{copy}, {attach}")
+        write!(f, "{copy}, {attach}")?;
+        if self.multi_buffer {
+            write!(f, ", multi-buffer")?;
+        }
+        Ok(())
     }
 }
 
@@ -152,6 +170,9 @@ pub struct AfXdpStats {
     /// Frames that could not be queued for transmit (no free chunk, ring
     /// full, kernel refused).
     pub tx_dropped: u64,
+    /// Frames the port dropped on receive: longer than its MTU, or a chain
+    /// of descriptors that was broken.
+    pub rx_invalid: u64,
 }
 
 /// What [`AfXdpPort::open`] needs.
@@ -256,8 +277,39 @@ pub fn chunk_size_for(mtu: u16) -> Option<u32> {
     [2048, 4096].into_iter().find(|&c| need <= c)
 }
 
-/// Largest MTU an AF_XDP port carries (one 4 KiB chunk per frame).
-pub const MAX_MTU: u16 = (4096 - XDP_HEADROOM as usize - ETHERNET_HEADER_LEN) as u16;
+/// Largest MTU one UMEM chunk carries (4 KiB, less the kernel's headroom
+/// and the Ethernet header): the uplink's limit, and a pod port's without
+/// multi-buffer.
+pub const MAX_CHUNK_MTU: u16 = (4096 - XDP_HEADROOM as usize - ETHERNET_HEADER_LEN) as u16;
+
+/// Largest pod MTU the backend carries: above [`MAX_CHUNK_MTU`] a frame
+/// spans several chunks (multi-buffer, three 4 KiB chunks at 9000).
+pub const MAX_POD_MTU: u16 = 9000;
+
+/// How a pod port's frames sit in UMEM chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub chunk_size: u32,
+    /// A frame may span several chunks (`XDP_USE_SG`, a program loaded
+    /// with `BPF_F_XDP_HAS_FRAGS`).
+    pub multi_buffer: bool,
+}
+
+/// The layout of a pod port of MTU `mtu`: one chunk per frame while one
+/// holds it, else 4 KiB chunks chained; `None` above [`MAX_POD_MTU`].
+pub fn layout_for(mtu: u16) -> Option<Layout> {
+    match chunk_size_for(mtu) {
+        Some(chunk_size) => Some(Layout {
+            chunk_size,
+            multi_buffer: false,
+        }),
+        None if mtu <= MAX_POD_MTU => Some(Layout {
+            chunk_size: 4096,
+            multi_buffer: true,
+        }),
+        None => None,
+    }
+}
 
 struct RxSide {
     rx: Ring<XdpDesc>,
@@ -378,8 +430,8 @@ pub struct AfXdpPort {
     mtu: u16,
     /// The receive socket, in its worker's receive pool.
     rx: rx_pool::PoolRx,
-    /// Bytes of a UMEM chunk (the largest frame one holds).
-    chunk_size: u32,
+    /// How frames sit in the port's chunks.
+    layout: Layout,
     /// Which transmit queues (1-based queue `i + 1`) are taken.
     tx_taken: Arc<Mutex<Vec<bool>>>,
     tx_dropped: Arc<AtomicU64>,
@@ -421,8 +473,9 @@ fn bind_once_released(mut bind: impl FnMut() -> io::Result<()>) -> io::Result<()
 /// takes that one's flags, copy mode and `need_wakeup`, and may set none;
 /// a member whose device is gone answers `EBADF` and the next is tried),
 /// else by registering `area` on `sock`, which then binds as the UMEM's
-/// owner in copy mode with `need_wakeup`. `what` names the socket in
-/// errors, `umem` the UMEM.
+/// owner in copy mode with `need_wakeup`, and multi-buffer
+/// (`XDP_USE_SG`) if `multi_buffer`. `what` names the socket in errors,
+/// `umem` the UMEM.
 fn bind_shared_umem(
     sock: &OwnedFd,
     area: &UmemArea,
@@ -430,6 +483,7 @@ fn bind_shared_umem(
     (ifindex, queue): (u32, u32),
     what: impl Fn() -> String,
     umem: &str,
+    multi_buffer: bool,
 ) -> io::Result<()> {
     for member in members {
         match bind_once_released(|| {
@@ -442,7 +496,10 @@ fn bind_shared_umem(
     }
     area.register(sock.as_fd())
         .map_err(|e| context(e, format!("cannot register {umem}")))?;
-    let flags = xsk::BIND_NEED_WAKEUP | xsk::BIND_COPY;
+    let mut flags = xsk::BIND_NEED_WAKEUP | xsk::BIND_COPY;
+    if multi_buffer {
+        flags |= xsk::BIND_SG;
+    }
     bind_once_released(|| xsk::bind(sock.as_fd(), ifindex, queue, flags, None))
         .map_err(|e| context(e, what()))
 }
@@ -478,17 +535,28 @@ impl AfXdpPort {
         let ifindex = sys::if_nametoindex(name)?.ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, format!("no interface {name}"))
         })?;
-        let chunk = chunk_size_for(cfg.mtu).ok_or_else(|| {
+        let layout = layout_for(cfg.mtu).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("MTU {} is above the AF_XDP backend's {MAX_MTU}", cfg.mtu),
+                format!(
+                    "MTU {} is above the AF_XDP backend's {MAX_POD_MTU}",
+                    cfg.mtu
+                ),
             )
         })?;
         let tx_queues = cfg.tx_queues.max(1);
         check_rx_chunks(cfg.rx_chunks).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidInput, format!("receive chunks: {e}"))
         })?;
-        let rx = rx_pool::open(cfg.rx_worker, ifindex, 0, chunk, cfg.rx_chunks, name)?;
+        let max_frame = usize::from(cfg.mtu) + ETHERNET_HEADER_LEN;
+        let rx = rx_pool::open(
+            cfg.rx_worker,
+            (ifindex, 0),
+            layout,
+            max_frame,
+            cfg.rx_chunks,
+            name,
+        )?;
         // The receive pools bind in copy mode (see [`rx_pool`]).
         let zerocopy = false;
 
@@ -497,8 +565,12 @@ impl AfXdpPort {
         sys::bpf::xskmap_set(map.as_fd(), 0, rx.fd())
             .map_err(|e| context(e, "cannot put the socket in the XSKMAP"))?;
         let insns = bpf::xsk_redirect_program(map.as_raw_fd());
-        let prog = sys::bpf::xdp_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
-            .map_err(|e| context(e, "cannot load the XDP program"))?;
+        let prog = if layout.multi_buffer {
+            sys::bpf::xdp_frags_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
+        } else {
+            sys::bpf::xdp_prog_load(XDP_PROG_NAME, &insns, bpf::LICENSE)
+        }
+        .map_err(|e| context(e, "cannot load the XDP program"))?;
         let prog_id = sys::bpf::prog_id(prog.as_fd())?;
         let (link, attach) = attach(&prog, ifindex, cfg.mode)
             .map_err(|e| context(e, format!("cannot attach the XDP program to {name}")))?;
@@ -508,11 +580,15 @@ impl AfXdpPort {
             _map: map,
             ifname: name.clone(),
             ifindex,
-            mode: XdpMode { attach, zerocopy },
+            mode: XdpMode {
+                attach,
+                zerocopy,
+                multi_buffer: layout.multi_buffer,
+            },
             prog_id,
             mtu: cfg.mtu,
             rx,
-            chunk_size: chunk,
+            layout,
             tx_taken: Arc::new(Mutex::new(vec![false; tx_queues as usize])),
             tx_dropped: Arc::new(AtomicU64::new(0)),
         })
@@ -567,12 +643,19 @@ impl AfXdpPort {
             slot,
         };
         let queue = slot as u32 + 1;
-        let sock = tx_pool::open(self.ifindex, queue, self.chunk_size, &self.ifname)?;
+        let sock = tx_pool::open(self.ifindex, queue, self.layout, &self.ifname)?;
         let slot_size = usize::from(self.mtu) + ETHERNET_HEADER_LEN;
+        // A single-buffer port takes what one chunk holds (as before); a
+        // multi-buffer one what its MTU allows.
+        let frame_max = if self.layout.multi_buffer {
+            slot_size.min(sock.frame_max())
+        } else {
+            sock.frame_max()
+        };
         Ok(TxState {
             xsk: XskTx {
                 sock,
-                frame_max: self.chunk_size as usize,
+                frame_max,
                 dropped: self.tx_dropped.clone(),
             },
             offload: TxRing::new(OFFLOAD_SLOTS, slot_size, ETHERNET_HEADER_LEN),
@@ -641,7 +724,8 @@ impl Drop for SlotGuard {
 /// One worker's transmit socket for one port.
 struct XskTx {
     sock: tx_pool::PoolSocket,
-    /// Largest frame one chunk holds.
+    /// Largest frame the port sends (one chunk, or its MTU's frame on a
+    /// multi-buffer port).
     frame_max: usize,
     dropped: Arc<AtomicU64>,
 }
@@ -683,10 +767,10 @@ impl XskTx {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "frame larger than a UMEM chunk",
+                "frame larger than the port takes",
             ));
         }
-        if !self.sock.has_room() {
+        if !self.sock.has_room(data.len()) {
             self.sock.reclaim();
         }
         let mut r = self.sock.queue(data);
@@ -833,8 +917,23 @@ mod tests {
         assert_eq!(chunk_size_for(1500), Some(2048));
         assert_eq!(chunk_size_for(1778), Some(2048));
         assert_eq!(chunk_size_for(1779), Some(4096));
-        assert_eq!(chunk_size_for(MAX_MTU), Some(4096));
-        assert_eq!(chunk_size_for(MAX_MTU + 1), None);
+        assert_eq!(chunk_size_for(MAX_CHUNK_MTU), Some(4096));
+        assert_eq!(chunk_size_for(MAX_CHUNK_MTU + 1), None);
+        let single = |chunk_size| {
+            Some(Layout {
+                chunk_size,
+                multi_buffer: false,
+            })
+        };
+        assert_eq!(layout_for(1500), single(2048));
+        assert_eq!(layout_for(MAX_CHUNK_MTU), single(4096));
+        let multi = Some(Layout {
+            chunk_size: 4096,
+            multi_buffer: true,
+        });
+        assert_eq!(layout_for(MAX_CHUNK_MTU + 1), multi);
+        assert_eq!(layout_for(MAX_POD_MTU), multi);
+        assert_eq!(layout_for(MAX_POD_MTU + 1), None);
     }
 
     #[test]
@@ -842,8 +941,14 @@ mod tests {
         let m = XdpMode {
             attach: XdpAttach::Driver,
             zerocopy: false,
+            multi_buffer: false,
         };
         assert_eq!(m.to_string(), "copy, driver");
+        let m = XdpMode {
+            multi_buffer: true,
+            ..m
+        };
+        assert_eq!(m.to_string(), "copy, driver, multi-buffer");
     }
 
     fn ip(args: &[&str]) -> String {
@@ -1058,6 +1163,188 @@ mod tests {
         Frame::from_bytes(&f)
     }
 
+    /// A UDP datagram of `payload` bytes (each `byte`) from 10.9.{n}.1:5000
+    /// to 10.9.{n}.2:4000 as an Ethernet frame, the reverse of what
+    /// [`pair`]'s kernel end sends (UDP checksum 0).
+    fn big_datagram(n: u8, payload: usize, byte: u8) -> Frame {
+        let mut f = datagram(n, byte).data().to_vec();
+        f.truncate(42);
+        f.resize(42 + payload, byte);
+        let ip_len = (20 + 8 + payload) as u16;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[24..26].fill(0);
+        let sum = {
+            let mut sum: u32 = f[14..34]
+                .chunks(2)
+                .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+                .sum();
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            !(sum as u16)
+        };
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+        Frame::from_bytes(&f)
+    }
+
+    /// A multi-buffer port (MTU 9000): veth keeps driver mode with its
+    /// peer at MTU 9000 (the program is loaded with
+    /// `BPF_F_XDP_HAS_FRAGS`), 8000-byte datagrams from the kernel arrive
+    /// whole through chains of descriptors, 8000-byte replies sent as
+    /// chains reach the kernel's socket whole, rings' worth of them reuse
+    /// every chunk; a port whose MTU is smaller than its veth's drops (and
+    /// counts) what is longer, whole.
+    #[test]
+    fn jumbo_frames_cross_a_multi_buffer_port() {
+        if !privileged("jumbo_frames_cross_a_multi_buffer_port") {
+            return;
+        }
+        let _one = lock(&UMEM_TESTS);
+        in_private_netns(jumbo_exchange);
+    }
+
+    fn jumbo_exchange() {
+        pair("pxj1", "pxk1", 1);
+        pair("pxj2", "pxk2", 2);
+        for dev in ["pxj1", "pxk1", "pxj2", "pxk2"] {
+            ip(&["link", "set", dev, "mtu", "9000"]);
+        }
+        let open = |name: &str, mtu| {
+            AfXdpPort::open(&AfXdpConfig {
+                ifname: name.into(),
+                mtu,
+                tx_queues: 1,
+                mode: XdpModeRequest::Auto,
+                rx_chunks: DEFAULT_RX_CHUNKS,
+                rx_worker: 7101,
+            })
+            .unwrap()
+        };
+        let port = open("pxj1", 9000);
+        assert_eq!(
+            port.mode().attach,
+            XdpAttach::Driver,
+            "veth keeps driver mode with a frags-aware program"
+        );
+        let sock = UdpSocket::bind("10.9.1.2:4000").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut frames: Vec<Frame> = (0..64).map(|_| Frame::new()).collect();
+        let mut q = port.tx_queue();
+        let mut buf = vec![0u8; 9000];
+        for round in 0..40u8 {
+            // In: the kernel's 8000-byte datagram, one frame of 8042 bytes.
+            sock.send_to(&vec![round; 8000], "10.9.1.1:5000").unwrap();
+            let n = recv_some(&port, &mut frames, 1);
+            let udp: Vec<&Frame> = frames[..n].iter().filter(|f| is_udp(f)).collect();
+            assert_eq!(
+                udp.len(),
+                1,
+                "round {round}: {n} frames, {:?}",
+                port.stats()
+            );
+            let d = udp[0].data();
+            assert_eq!(d.len(), 14 + 20 + 8 + 8000);
+            assert!(d[42..].iter().all(|&b| b == round), "round {round}");
+            // Out: 8000 bytes back, as a chain of three descriptors.
+            port.push(&mut q, &big_datagram(1, 8000, round ^ 0xff), None)
+                .unwrap();
+            port.flush(&mut q).unwrap();
+            let (len, _) = sock
+                .recv_from(&mut buf)
+                .unwrap_or_else(|e| panic!("round {round}: no reply ({e}): {:?}", port.stats()));
+            assert_eq!(len, 8000, "round {round}");
+            assert!(buf[..len].iter().all(|&b| b == round ^ 0xff));
+        }
+        // Bursts of 10 (as many as the kernel socket's buffer takes), 300
+        // chunks in all, more than a socket's 256: every chunk comes back
+        // from the completion ring and is used again.
+        for burst in 0..10u8 {
+            for i in 0..10u8 {
+                port.push(&mut q, &big_datagram(1, 8000, burst * 10 + i), None)
+                    .unwrap();
+            }
+            port.flush(&mut q).unwrap();
+            for i in 0..10u8 {
+                let (len, _) = sock.recv_from(&mut buf).unwrap();
+                assert_eq!((len, buf[0]), (8000, burst * 10 + i));
+            }
+        }
+        let st = port.stats();
+        assert_eq!(
+            (st.tx_dropped, st.rx_invalid, st.rx_dropped),
+            (0, 0, 0),
+            "{st:?}"
+        );
+        // A packet longer than the port's MTU (no DF) is cut into IPv4
+        // fragments that fit, never truncated: the kernel reassembles it.
+        port.push(&mut q, &big_datagram(1, 8980, 3), None).unwrap();
+        port.flush(&mut q).unwrap();
+        let (len, _) = sock.recv_from(&mut buf).unwrap();
+        assert_eq!(len, 8980);
+        assert_eq!(port.stats().tx_dropped, 0);
+
+        // Port MTU 5000 on a veth of 9000: an 8000-byte datagram arrives
+        // as a chain longer than the port takes, dropped whole and
+        // counted once; a 4000-byte one (a chain of two) passes.
+        let small = open("pxj2", 5000);
+        let sock2 = UdpSocket::bind("10.9.2.2:4000").unwrap();
+        sock2.send_to(&[1u8; 8000], "10.9.2.1:5000").unwrap();
+        sock2.send_to(&[2u8; 4000], "10.9.2.1:5000").unwrap();
+        let n = recv_some(&small, &mut frames, 1);
+        let udp: Vec<&Frame> = frames[..n].iter().filter(|f| is_udp(f)).collect();
+        assert_eq!(udp.len(), 1, "{n} frames");
+        assert_eq!(udp[0].data().len(), 14 + 20 + 8 + 4000);
+        assert_eq!(small.stats().rx_invalid, 1, "{:?}", small.stats());
+        drop(q);
+        drop((port, small));
+        ip(&["link", "del", "pxj1"]);
+        ip(&["link", "del", "pxj2"]);
+    }
+
+    /// A chain goes on the TX ring whole or not at all: with room for two
+    /// descriptors left, a frame of three chunks is refused and the ring,
+    /// the socket's share and the pool are as they were; one of two
+    /// chunks still fits.
+    #[test]
+    fn a_chain_goes_on_the_transmit_ring_whole_or_not_at_all() {
+        if !privileged("a_chain_goes_on_the_transmit_ring_whole_or_not_at_all") {
+            return;
+        }
+        let _one = lock(&UMEM_TESTS);
+        in_private_netns(|| {
+            pair("pxt1", "pxu1", 1);
+            ip(&["link", "set", "pxt1", "mtu", "9000"]);
+            ip(&["link", "set", "pxu1", "mtu", "9000"]);
+            let layout = layout_for(9000).unwrap();
+            assert!(layout.multi_buffer);
+            let ifindex = sys::if_nametoindex("pxt1").unwrap().unwrap();
+            let mut s = tx_pool::open(ifindex, 1, layout, "pxt1").unwrap();
+            let small = [0u8; 60];
+            for _ in 0..TX_RING - 2 {
+                s.queue(&small).unwrap();
+            }
+            let free = tx_pool::free_chunks(layout).unwrap();
+            assert_eq!(s.unsubmitted(), TX_RING - 2);
+            let e = s.queue(&[0u8; 9014]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+            assert_eq!(s.unsubmitted(), TX_RING - 2, "no part of the chain queued");
+            assert_eq!(tx_pool::free_chunks(layout), Some(free), "no chunk taken");
+            s.queue(&[0u8; 5000]).unwrap();
+            assert_eq!(s.unsubmitted(), TX_RING);
+            assert_eq!(tx_pool::free_chunks(layout), Some(free - 2));
+            // Larger than copy mode's longest chain: refused outright.
+            let e = s.queue(&vec![0u8; 4096 * 18 + 1]).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+            drop(s);
+            assert_eq!(
+                tx_pool::free_chunks(layout),
+                Some(tx_pool::WORKER_TX_CHUNKS as usize)
+            );
+            ip(&["link", "del", "pxt1"]);
+        });
+    }
+
     /// Ports opened on one thread: each maps its receive share only, and
     /// every transmit socket of the thread (the worker) shares one
     /// transmit UMEM, which outlives the port whose socket registered it
@@ -1140,7 +1427,10 @@ mod tests {
         drop((q1, q2, q3));
         // Every chunk is back once the sockets are closed.
         assert_eq!(
-            tx_pool::free_chunks(2048),
+            tx_pool::free_chunks(Layout {
+                chunk_size: 2048,
+                multi_buffer: false
+            }),
             Some(tx_pool::WORKER_TX_CHUNKS as usize)
         );
         drop((p2, p3));

@@ -71,7 +71,8 @@ use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
 use crate::afxdp::{
-    attach, chunk_size_for, context, AfXdpStats, XdpMode, XdpModeRequest, XskRx, MAX_MTU, RX_RING,
+    attach, chunk_size_for, context, AfXdpStats, XdpMode, XdpModeRequest, XskRx, MAX_CHUNK_MTU,
+    RX_RING,
 };
 use crate::bpf::{self, UplinkTunnel, XDP_PROG_NAME};
 use crate::frame::Frame;
@@ -152,7 +153,7 @@ impl XdpUplink {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
-                    "uplink MTU {} is above what uplink_xdp takes ({MAX_MTU}: one UMEM chunk per frame)",
+                    "uplink MTU {} is above what uplink_xdp takes ({MAX_CHUNK_MTU}: one UMEM chunk per frame)",
                     cfg.link_mtu
                 ),
             )
@@ -204,7 +205,11 @@ impl XdpUplink {
             _prog: prog,
             _map: map,
             ifname: name.clone(),
-            mode: XdpMode { attach, zerocopy },
+            mode: XdpMode {
+                attach,
+                zerocopy,
+                multi_buffer: false,
+            },
             prog_id,
             queues,
             inner,

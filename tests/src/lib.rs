@@ -582,15 +582,10 @@ pub fn backend() -> String {
     }
 }
 
-/// A pod MTU well above the default that the backend carries: 9000 on TAP;
-/// 3000 on afxdp, whose frames must fit one 4 KiB UMEM chunk and whose
-/// driver-mode XDP on veth takes up to about 3500.
+/// A pod MTU well above the default that the backend carries: 9000 (on
+/// afxdp a frame then spans several UMEM chunks: multi-buffer).
 pub fn jumbo_mtu() -> u16 {
-    if backend() == "afxdp" {
-        3000
-    } else {
-        9000
-    }
+    9000
 }
 
 /// How a test node's `podrouterd` is configured.

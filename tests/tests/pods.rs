@@ -173,9 +173,9 @@ fn attach_with_explicit_ip_ifname_and_mtu() {
         "no eth0 should exist when net1 was asked for: {none}"
     );
     if backend() == "afxdp" {
-        // Frames must fit one UMEM chunk: a larger MTU is refused plainly.
+        // Above the backend's largest MTU (9000): refused plainly.
         let ns = Netns::new("pod");
-        let out = node.ctl_out(&["attach", "huge", "--netns", &ns.path(), "--mtu", "9000"]);
+        let out = node.ctl_out(&["attach", "huge", "--netns", &ns.path(), "--mtu", "9001"]);
         assert!(
             !out.ok() && out.text().contains("above the afxdp backend's"),
             "{out}"

@@ -55,6 +55,7 @@ impl Daemon {
                 rx_ring_full: s.rx_ring_full,
                 rx_fill_empty: s.rx_fill_empty,
                 tx_dropped: s.tx_dropped,
+                rx_invalid: s.rx_invalid,
             },
         ))
     }

@@ -67,12 +67,22 @@
 //!   and the owner tags keep the two from handing out one chunk twice.
 //!   Sockets are bound in copy mode with `need_wakeup` (zero-copy is
 //!   refused on veth, and sockets joining an arena take its flags).
+//! - Multi-buffer ports (a pod MTU above one chunk, [`super::Layout`])
+//!   have pools and arenas of their own: the kernel keeps `XDP_USE_SG`
+//!   per UMEM (set by its first socket), so a port never joins an arena of
+//!   the other kind. A frame spread over several descriptors is gathered
+//!   into one [`Frame`] ([`super::chain::Gather`]); every descriptor's
+//!   chunk goes back like a single frame's, whatever becomes of the frame,
+//!   and a frame dropped on receive (longer than the port's MTU, or a
+//!   broken chain) is counted in `rx_invalid`.
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use super::{bind_shared_umem, context, lock, AfXdpStats, UmemUse};
-use crate::frame::{Frame, VnetHdr, MAX_FRAME_LEN};
+use super::chain::{Gather, Step};
+use super::{bind_shared_umem, context, lock, AfXdpStats, Layout, UmemUse};
+use crate::frame::Frame;
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
 /// Most chunks a busy port holds (unless its standing share is larger):
@@ -165,10 +175,10 @@ struct Member {
     queue: u32,
 }
 
-/// One worker's receive arenas for one chunk size.
+/// One worker's receive arenas for one layout (chunk size, multi-buffer).
 struct Pool {
     worker: usize,
-    chunk_size: u32,
+    layout: Layout,
     arenas: Vec<Weak<Mutex<Arena>>>,
 }
 
@@ -176,7 +186,7 @@ static POOLS: Mutex<Vec<Pool>> = Mutex::new(Vec::new());
 
 /// An arena of `worker`'s pool with room for `standing` chunks beyond its
 /// burst reserve, mapping a new one if none has.
-fn arena_for(worker: usize, chunk_size: u32, standing: u32) -> io::Result<Arc<Mutex<Arena>>> {
+fn arena_for(worker: usize, layout: Layout, standing: u32) -> io::Result<Arc<Mutex<Arena>>> {
     let mut pools = lock(&POOLS);
     pools.retain_mut(|p| {
         p.arenas.retain(|a| a.strong_count() > 0);
@@ -184,13 +194,13 @@ fn arena_for(worker: usize, chunk_size: u32, standing: u32) -> io::Result<Arc<Mu
     });
     let at = match pools
         .iter()
-        .position(|p| p.worker == worker && p.chunk_size == chunk_size)
+        .position(|p| p.worker == worker && p.layout == layout)
     {
         Some(i) => i,
         None => {
             pools.push(Pool {
                 worker,
-                chunk_size,
+                layout,
                 arenas: Vec::new(),
             });
             pools.len() - 1
@@ -204,7 +214,7 @@ fn arena_for(worker: usize, chunk_size: u32, standing: u32) -> io::Result<Arc<Mu
         }
     }
     let chunks = ARENA_MIN_CHUNKS.max(2 * standing.max(RX_BURST));
-    let a = Arc::new(Mutex::new(Arena::new(chunks, chunk_size)?));
+    let a = Arc::new(Mutex::new(Arena::new(chunks, layout.chunk_size)?));
     pool.arenas.push(Arc::downgrade(&a));
     Ok(a)
 }
@@ -220,6 +230,8 @@ struct Side {
     mark: Watermark,
     /// Chunks of the batch being received (capacity: the RX ring's size).
     spare: Vec<u64>,
+    /// The frame being gathered from chained descriptors.
+    gather: Gather,
 }
 
 /// A port's target: its standing share or its burst size (see the
@@ -294,6 +306,8 @@ pub(super) struct PoolRx {
     side: Mutex<Side>,
     sock: Arc<OwnedFd>,
     lease: Lease,
+    /// Frames dropped on receive by the port itself (`rx_invalid`).
+    invalid: AtomicU64,
 }
 
 struct Lease {
@@ -308,12 +322,13 @@ impl Drop for Lease {
 }
 
 /// Opens a receive socket on queue `queue` of `ifindex`, in an arena of
-/// `worker`'s pool, with `standing` chunks on its fill ring.
+/// `worker`'s pool for `layout`, with `standing` chunks on its fill ring;
+/// frames longer than `max_frame` bytes are dropped and counted.
 pub(super) fn open(
     worker: usize,
-    ifindex: u32,
-    queue: u32,
-    chunk_size: u32,
+    (ifindex, queue): (u32, u32),
+    layout: Layout,
+    max_frame: usize,
     standing: u32,
     name: &str,
 ) -> io::Result<PoolRx> {
@@ -329,7 +344,7 @@ pub(super) fn open(
     let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, 2 * burst)?;
     let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, burst)?;
     let what = || format!("cannot bind an AF_XDP socket to {name} queue {queue}");
-    let arena = arena_for(worker, chunk_size, standing)?;
+    let arena = arena_for(worker, layout, standing)?;
     let mut a = lock(&arena);
     a.members.retain(|m| m.sock.strong_count() > 0);
     if a.members
@@ -354,6 +369,7 @@ pub(super) fn open(
         (ifindex, queue),
         what,
         "a worker's receive UMEM",
+        layout.multi_buffer,
     )?;
     let sock = Arc::new(sock);
     a.members.push(Member {
@@ -383,9 +399,11 @@ pub(super) fn open(
             held,
             mark: Watermark::new(standing, burst, crate::clock::now_ns()),
             spare: Vec::with_capacity(burst as usize),
+            gather: Gather::new(max_frame),
         }),
         sock,
         lease: Lease { arena, token },
+        invalid: AtomicU64::new(0),
     })
 }
 
@@ -403,30 +421,38 @@ impl PoolRx {
         let s = &mut *guard;
         let mut n = 0;
         let mut popped = 0u32;
+        let mut invalid = 0;
+        // A frame's descriptors all come before `n` moves on: a batch
+        // ends between frames, or where the ring ran dry.
         while n < frames.len() {
             let Some(desc) = s.rx.pop() else {
+                if s.gather.cut() {
+                    invalid += 1;
+                }
                 break;
             };
             popped += 1;
-            if let Some(bytes) = s.view.read(desc.addr, desc.len as usize) {
-                if bytes.len() <= MAX_FRAME_LEN {
-                    frames[n].load(bytes, VnetHdr::default());
-                    n += 1;
-                }
+            let bytes = s.view.read(desc.addr, desc.len as usize);
+            let contd = desc.options & xsk::PKT_CONTD != 0;
+            match s.gather.piece(bytes, contd, &mut frames[n]) {
+                Step::Frame => n += 1,
+                Step::Dropped => invalid += 1,
+                Step::More | Step::Skipped => {}
             }
-            // At most one RX ring's worth per batch: within capacity.
+            // At most one RX ring's worth per batch (the ring is released
+            // only below): within capacity.
             s.spare.push(s.view.chunk_of(desc.addr));
+        }
+        if invalid > 0 {
+            self.invalid.fetch_add(invalid, Ordering::Relaxed);
         }
         if popped == 0 {
             return 0;
         }
         s.rx.release();
         s.held = s.held.saturating_sub(popped);
-        s.mark.after_batch(
-            popped,
-            popped as usize == frames.len(),
-            crate::clock::now_ns,
-        );
+        s.mark
+            .after_batch(popped, n == frames.len(), crate::clock::now_ns);
         while s.held < s.mark.target {
             let Some(&addr) = s.spare.last() else {
                 break;
@@ -466,6 +492,7 @@ impl PoolRx {
             s.rx_ring_full += k.rx_ring_full;
             s.rx_fill_empty += k.rx_fill_ring_empty_descs;
         }
+        s.rx_invalid += self.invalid.load(Ordering::Relaxed);
     }
 
     /// Chunks this port holds now (fill ring and kernel).

@@ -28,13 +28,22 @@
 //!   reads them (the pool always binds in copy mode).
 //! - A socket holds at most [`MAX_OUTSTANDING`] chunks, so one port whose
 //!   frames are slow to complete cannot take the whole pool.
+//! - Pools are kept per layout (chunk size, multi-buffer): `XDP_USE_SG` is
+//!   a UMEM's, set by its first socket. On a multi-buffer pool a frame
+//!   larger than a chunk is copied into several chunks and described by a
+//!   chain of descriptors (`XDP_PKT_CONTD` on all but the last), all or
+//!   nothing: room on the ring, in the socket's share and on the free list
+//!   is checked for the whole chain before its first chunk is taken, so
+//!   the ring never holds part of a frame. Every chunk of a chain comes
+//!   back on the completion ring on its own, as single frames' do.
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use super::{bind_shared_umem, context, UmemUse, TX_RING};
+use super::chain::{pieces, MAX_TX_PIECES};
+use super::{bind_shared_umem, context, Layout, UmemUse, TX_RING};
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
 /// Chunks of one worker's transmit UMEM (for each chunk size in use).
@@ -48,6 +57,7 @@ static NEXT_POOL: AtomicU64 = AtomicU64::new(1);
 
 struct TxPool {
     id: u64,
+    layout: Layout,
     chunk_size: u32,
     area: UmemArea,
     /// The whole area.
@@ -68,13 +78,15 @@ thread_local! {
 }
 
 impl TxPool {
-    fn new(chunk_size: u32) -> io::Result<TxPool> {
+    fn new(layout: Layout) -> io::Result<TxPool> {
+        let chunk_size = layout.chunk_size;
         let area = UmemArea::new(WORKER_TX_CHUNKS, chunk_size)
             .map_err(|e| context(e, "cannot map the worker's transmit UMEM"))?;
         let range = area.range(0, WORKER_TX_CHUNKS)?;
         let free = range.chunk_addrs().collect();
         Ok(TxPool {
             id: NEXT_POOL.fetch_add(1, Ordering::Relaxed),
+            layout,
             chunk_size,
             _use: UmemUse::tx(&area),
             area,
@@ -100,6 +112,30 @@ impl TxPool {
         self.free.pop();
         self.owner[i] = token;
         Some(addr)
+    }
+
+    /// Copies `data` into `addrs.len()` free chunks for socket `token`,
+    /// a chunk's worth each, writing their addresses into `addrs`; all or
+    /// nothing (false, nothing taken, when the free list is short).
+    fn take_chain(&mut self, token: u32, data: &[u8], addrs: &mut [u64]) -> bool {
+        if self.free.len() < addrs.len() {
+            return false;
+        }
+        let chunk = self.chunk_size as usize;
+        for (i, piece) in data.chunks(chunk).enumerate() {
+            match self.take(token, piece) {
+                Some(a) => addrs[i] = a,
+                None => {
+                    // Not reached (room checked, pieces fit a chunk), but
+                    // never leave a chain half taken.
+                    for &a in &addrs[..i] {
+                        self.give_back(token, a);
+                    }
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// Gives back the chunk holding `addr` if socket `token` owns it.
@@ -139,7 +175,7 @@ fn with_pool<R>(id: u64, f: impl FnOnce(&mut TxPool) -> R) -> Option<R> {
 }
 
 /// A transmit socket bound to `queue` of `ifindex` on this worker's pool
-/// for `chunk_size` chunks (see the module documentation).
+/// for its layout (see the module documentation).
 pub(super) struct PoolSocket {
     // Field order matters: the socket closes before the lease gives its
     // chunks back.
@@ -147,6 +183,7 @@ pub(super) struct PoolSocket {
     pub(super) tx: Ring<XdpDesc>,
     comp: Ring<u64>,
     outstanding: u32,
+    layout: Layout,
     lease: Lease,
 }
 
@@ -164,12 +201,7 @@ impl Drop for Lease {
 }
 
 /// Opens a transmit socket on this thread's pool (making the pool first).
-pub(super) fn open(
-    ifindex: u32,
-    queue: u32,
-    chunk_size: u32,
-    name: &str,
-) -> io::Result<PoolSocket> {
+pub(super) fn open(ifindex: u32, queue: u32, layout: Layout, name: &str) -> io::Result<PoolSocket> {
     let sock = xsk::xsk_socket()?;
     let fd = sock.as_fd();
     // A socket on its own (device, queue) brings its own fill and
@@ -183,10 +215,10 @@ pub(super) fn open(
     let what = || format!("cannot bind a transmit socket to {name} queue {queue}");
     POOLS.with(|pools| {
         let mut pools = pools.borrow_mut();
-        let pool = match pools.iter().position(|p| p.chunk_size == chunk_size) {
+        let pool = match pools.iter().position(|p| p.layout == layout) {
             Some(i) => &mut pools[i],
             None => {
-                pools.push(TxPool::new(chunk_size)?);
+                pools.push(TxPool::new(layout)?);
                 pools.last_mut().expect("just pushed")
             }
         };
@@ -199,6 +231,7 @@ pub(super) fn open(
             (ifindex, queue),
             what,
             "the worker's transmit UMEM",
+            layout.multi_buffer,
         )?;
         let sock = Arc::new(sock);
         pool.members.push(Arc::downgrade(&sock));
@@ -209,6 +242,7 @@ pub(super) fn open(
             tx,
             comp,
             outstanding: 0,
+            layout,
             lease: Lease {
                 pool: pool.id,
                 token,
@@ -244,31 +278,65 @@ impl PoolSocket {
         }
     }
 
-    /// Whether one more frame may be taken now (the socket's share of the
-    /// pool and its TX ring).
-    pub(super) fn has_room(&mut self) -> bool {
-        self.outstanding < MAX_OUTSTANDING && self.tx.free(1) > 0
+    /// Largest frame the socket takes: one chunk, or on a multi-buffer
+    /// pool as many as copy mode allows in a chain.
+    pub(super) fn frame_max(&self) -> usize {
+        let chunk = self.layout.chunk_size as usize;
+        if self.layout.multi_buffer {
+            chunk * MAX_TX_PIECES
+        } else {
+            chunk
+        }
     }
 
-    /// Copies `data` into a chunk of the pool and describes it on the TX
-    /// ring (not published until the next kick). `WouldBlock` when the
-    /// pool or the ring is out of room, `Other` on another thread's pool.
+    /// Whether a frame of `len` bytes may be taken now (the socket's share
+    /// of the pool and its TX ring, for all its chunks).
+    pub(super) fn has_room(&mut self, len: usize) -> bool {
+        let k = pieces(len, self.layout.chunk_size as usize) as u32;
+        self.outstanding + k <= MAX_OUTSTANDING && self.tx.free(k) >= k
+    }
+
+    /// Copies `data` into chunks of the pool and describes them on the TX
+    /// ring (not published until the next kick): one descriptor, or a
+    /// chain on a multi-buffer pool, all or nothing. `WouldBlock` when the
+    /// pool or the ring is out of room, `InvalidInput` for a frame larger
+    /// than [`PoolSocket::frame_max`], `Other` on another thread's pool.
     pub(super) fn queue(&mut self, data: &[u8]) -> io::Result<()> {
-        if !self.has_room() {
+        if data.is_empty() || data.len() > self.frame_max() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame empty or larger than the port's UMEM chunks take",
+            ));
+        }
+        if !self.has_room(data.len()) {
             return Err(io::ErrorKind::WouldBlock.into());
         }
+        let chunk = self.layout.chunk_size as usize;
+        let k = pieces(data.len(), chunk);
         let token = self.lease.token;
-        let addr = with_pool(self.lease.pool, |p| p.take(token, data))
-            .ok_or_else(|| io::Error::other("transmit socket used off its worker's thread"))?
-            .ok_or(io::ErrorKind::WouldBlock)?;
-        self.outstanding += 1;
-        let pushed = self.tx.push(XdpDesc {
-            addr,
-            len: data.len() as u32,
-            options: 0,
-        });
-        debug_assert!(pushed, "room was checked");
+        let mut addrs = [0u64; MAX_TX_PIECES];
+        let addrs = &mut addrs[..k];
+        let taken = with_pool(self.lease.pool, |p| p.take_chain(token, data, addrs))
+            .ok_or_else(|| io::Error::other("transmit socket used off its worker's thread"))?;
+        if !taken {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        self.outstanding += k as u32;
+        for (i, (&addr, piece)) in addrs.iter().zip(data.chunks(chunk)).enumerate() {
+            let pushed = self.tx.push(XdpDesc {
+                addr,
+                len: piece.len() as u32,
+                options: if i + 1 < k { xsk::PKT_CONTD } else { 0 },
+            });
+            debug_assert!(pushed, "room was checked");
+        }
         Ok(())
+    }
+
+    /// Descriptors on the TX ring not yet published to the kernel.
+    #[cfg(test)]
+    pub(super) fn unsubmitted(&self) -> u32 {
+        self.tx.unsubmitted()
     }
 }
 
@@ -289,14 +357,14 @@ pub(super) fn this_thread() -> (u64, usize) {
     })
 }
 
-/// Free chunks in this thread's pool for `chunk_size`.
+/// Free chunks in this thread's pool for `layout`.
 #[cfg(test)]
-pub(super) fn free_chunks(chunk_size: u32) -> Option<usize> {
+pub(super) fn free_chunks(layout: Layout) -> Option<usize> {
     POOLS.with(|pools| {
         pools
             .borrow()
             .iter()
-            .find(|p| p.chunk_size == chunk_size)
+            .find(|p| p.layout == layout)
             .map(|p| p.free.len())
     })
 }

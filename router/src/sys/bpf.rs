@@ -159,25 +159,45 @@ struct ProgLoadAttr {
 /// Loads an XDP program. On a verifier rejection the error carries the
 /// verifier's log.
 pub fn xdp_prog_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
-    prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, name, insns, license)
+    prog_load(BPF_PROG_TYPE_XDP, BPF_XDP, 0, name, insns, license)
+}
+
+/// `BPF_F_XDP_HAS_FRAGS`: the program takes frames spread over several
+/// buffers (multi-buffer XDP); a device may then carry frames larger
+/// than a page (veth raises its peer's largest MTU).
+const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
+
+/// Loads an XDP program that takes multi-buffer frames
+/// (`BPF_F_XDP_HAS_FRAGS`). On a verifier rejection the error carries
+/// the verifier's log.
+pub fn xdp_frags_prog_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
+    prog_load(
+        BPF_PROG_TYPE_XDP,
+        BPF_XDP,
+        BPF_F_XDP_HAS_FRAGS,
+        name,
+        insns,
+        license,
+    )
 }
 
 /// Loads a socket filter program (what `TUNSETSTEERINGEBPF` takes). On a
 /// verifier rejection the error carries the verifier's log.
 pub fn socket_filter_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
-    prog_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, name, insns, license)
+    prog_load(BPF_PROG_TYPE_SOCKET_FILTER, 0, 0, name, insns, license)
 }
 
 /// Loads a tc classifier (`BPF_PROG_TYPE_SCHED_CLS`), for a tcx link
 /// ([`tcx_ingress_link_create`]). On a verifier rejection the error
 /// carries the verifier's log.
 pub fn sched_cls_load(name: &str, insns: &[Insn], license: &CStr) -> io::Result<OwnedFd> {
-    prog_load(BPF_PROG_TYPE_SCHED_CLS, 0, name, insns, license)
+    prog_load(BPF_PROG_TYPE_SCHED_CLS, 0, 0, name, insns, license)
 }
 
 fn prog_load(
     prog_type: u32,
     expected_attach_type: u32,
+    prog_flags: u32,
     name: &str,
     insns: &[Insn],
     license: &CStr,
@@ -189,6 +209,7 @@ fn prog_load(
         license: license.as_ptr() as u64,
         prog_name: name16(name),
         expected_attach_type,
+        prog_flags,
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut a) {

@@ -38,6 +38,13 @@ pub const BIND_COPY: u16 = libc::XDP_COPY;
 pub const BIND_ZEROCOPY: u16 = libc::XDP_ZEROCOPY;
 pub const BIND_NEED_WAKEUP: u16 = libc::XDP_USE_NEED_WAKEUP;
 pub const BIND_SHARED_UMEM: u16 = libc::XDP_SHARED_UMEM;
+/// Multi-buffer (`XDP_USE_SG`): a frame may span several chunks. Set by a
+/// UMEM's first socket; the sockets joining it inherit it.
+pub const BIND_SG: u16 = libc::XDP_USE_SG;
+
+/// `XDP_PKT_CONTD` in a descriptor's `options`: the frame goes on in the
+/// next descriptor (clear on a frame's last one).
+pub const PKT_CONTD: u32 = libc::XDP_PKT_CONTD;
 
 /// Anonymous, page-aligned memory mapped for the life of the value.
 struct Mapping {
