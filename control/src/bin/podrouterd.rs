@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         };
     }
     logger::init(cfg.log_level.filter());
+    log::info!("podrouterd {} starting", env!("CARGO_PKG_VERSION"));
     let metrics_args = cfg.metrics.as_ref().map(|m| {
         let (api, host) = (cfg.api_socket.clone(), cfg.dataplane.host_port.clone());
         (m.listen, api, host)
@@ -101,6 +102,7 @@ fn main() -> ExitCode {
     let served = server::serve_then(&mut daemon, |d| sd_notify::ready(d.pod_count()));
     sd_notify::stopping();
     daemon.shutdown();
+    log::info!("exiting");
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
