@@ -6,7 +6,8 @@
 //! routes it saved (`state_dir/bgp-routes`) back in the FIB before its
 //! first packet, so traffic to node B resumes with traffic to local pods,
 //! not a second later when node B re-announces. The longest run of lost
-//! probes is checked for each destination and each kind of restart.
+//! probes must stay under 100 ms for each destination and each kind of
+//! restart.
 //!
 //! Printed for each restart: when (on the probes' clock) the signal went,
 //! the old daemon was reaped and the new one answered; how late the
@@ -25,15 +26,14 @@ const UP: Duration = Duration::from_secs(20);
 const STREAM_MS: u32 = 7000;
 /// When node A's daemon is stopped, after the sender's 200th probe.
 const STOP_AFTER: Duration = Duration::from_millis(800);
-/// Most lost in a row (ms of probes) the test accepts. The goal is under
-/// 100 ms; on a machine at load average 12 (four engineers building) the
-/// SIGTERM case still lost 239 ms, kill -9 101 ms (see README), so the
-/// bound stays where it was. The gap is what lies between the old
-/// daemon's workers stopping and the new one re-opening the pods' TAPs
-/// (its first act after reading the state file); what the pods send
-/// after that waits in the TAPs' queues. Without the restored routes the
+/// Most lost in a row (ms of probes) the test accepts: under the issue's
+/// 100 ms. The gap is what lies between the old daemon's end (its
+/// workers forward until the kernel ends the process) and the new one
+/// re-opening the pods' TAPs (its first act after reading the state
+/// file); what the pods send after that waits in the TAPs' queues.
+/// Measured 31-61 ms at load average 3-6. Without the restored routes the
 /// learned block's gap was the peer's re-announcement, about a second.
-const MAX_GAP_MS: u64 = 250;
+const MAX_GAP_MS: u64 = 100;
 
 fn ip(i: usize) -> String {
     format!("10.210.0.{i}")
@@ -164,7 +164,7 @@ fn restart_gap_for_local_and_learned_traffic() {
         gaps.extend(seen.iter().map(|s| s.gap));
     }
     // Both restarts' figures are printed before the bound is checked.
-    assert!(gaps.iter().all(|g| *g <= MAX_GAP_MS), "{report:#?}");
+    assert!(gaps.iter().all(|g| *g < MAX_GAP_MS), "{report:#?}");
 }
 
 /// The lines of node A's last two daemon logs that tell a restart's
