@@ -22,6 +22,7 @@ mod tempdir;
 
 pub use gate::{have_command, is_root, privileged, Needs};
 pub use netns::{in_private_netns, Netns};
+pub use sys::monotonic_secs;
 pub use tempdir::TempDir;
 
 /// `<prefix><pid>-<n>`, with `n` counting up in this process: unique among

@@ -1,5 +1,6 @@
 //! Every system call of the kit that needs `unsafe`: the effective uid, a
-//! private network namespace for the calling thread, and signals by pid.
+//! private network namespace for the calling thread, signals by pid and
+//! the monotonic clock as other processes read it.
 use std::io;
 
 /// Whether the process runs with effective uid 0.
@@ -37,4 +38,18 @@ pub fn kill(pid: u32) -> bool {
     // SAFETY: kill(2) takes plain integers; a positive pid names exactly one
     // process, and no memory of ours is involved.
     unsafe { libc::kill(pid, libc::SIGKILL) == 0 }
+}
+
+/// `CLOCK_MONOTONIC` now, in seconds: the clock every process on the
+/// machine shares (Python's `time.monotonic()`), which `Instant` does not
+/// expose.
+pub fn monotonic_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `ts`, which outlives
+    // the call; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }

@@ -6,11 +6,19 @@
 //! routes it saved (`state_dir/bgp-routes`) back in the FIB before its
 //! first packet, so traffic to node B resumes with traffic to local pods,
 //! not a second later when node B re-announces. The longest run of lost
-//! probes is printed for each destination and each kind of restart.
+//! probes must stay under 100 ms for each destination and each kind of
+//! restart.
+//!
+//! Printed for each restart: when (on the probes' clock) the signal went,
+//! the old daemon was reaped and the new one answered; how late the
+//! sender fell behind (a sender blocked in `sendto`: see README, "the
+//! quantum"); for each destination every run of lost probes and how the
+//! stream came back; the pod's link, qdisc and neighbour counters and
+//! node A's drop counters.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
-use podrouter_e2e::probe::probe_across;
+use podrouter_e2e::probe::{monotonic_secs, probe_stream};
 use podrouter_e2e::*;
 
 const UP: Duration = Duration::from_secs(20);
@@ -18,12 +26,14 @@ const UP: Duration = Duration::from_secs(20);
 const STREAM_MS: u32 = 7000;
 /// When node A's daemon is stopped, after the sender's 200th probe.
 const STOP_AFTER: Duration = Duration::from_millis(800);
-/// Most lost in a row (ms of probes) the test accepts. The goal is under
-/// 100 ms (77-81 ms measured here at load average 15); the bound leaves
-/// room for a loaded CI machine, where the daemon's own restart is what
-/// takes longer. Without the restored routes the learned block's gap was
-/// the peer's re-announcement, about a second.
-const MAX_GAP_MS: u64 = 250;
+/// Most lost in a row (ms of probes) the test accepts: under the issue's
+/// 100 ms. The gap is what lies between the old daemon's end (its
+/// workers forward until the kernel ends the process) and the new one
+/// re-opening the pods' TAPs (its first act after reading the state
+/// file); what the pods send after that waits in the TAPs' queues.
+/// Measured 31-61 ms at load average 3-6. Without the restored routes the
+/// learned block's gap was the peer's re-announcement, about a second.
+const MAX_GAP_MS: u64 = 100;
 
 fn ip(i: usize) -> String {
     format!("10.210.0.{i}")
@@ -70,19 +80,48 @@ fn restart_gap_for_local_and_learned_traffic() {
     );
 
     let mut report = Vec::new();
+    let mut gaps = Vec::new();
     for sig in ["TERM", "KILL"] {
-        let (seen, _) = probe_across(&a1, &[&b1, &a2], STREAM_MS, STOP_AFTER, || {
+        let before = pod_view(&a1);
+        let mut times = [0.0f64; 3];
+        let stream = probe_stream(&a1, &[&b1, &a2], STREAM_MS, STOP_AFTER, || {
+            times[0] = monotonic_secs();
             a.stop_daemon(sig);
+            times[1] = monotonic_secs();
             a.start_daemon();
+            times[2] = monotonic_secs();
         });
+        let at = |t: f64| (t - stream.t0) * 1000.0;
+        let line = format!(
+            "SIG{sig} + start: signal at probe {:.0}, old daemon reaped at {:.0}, \
+             new one answering at {:.0}; the sender was at most {} ms late (at probe {}), \
+             {} send failure(s)",
+            at(times[0]),
+            at(times[1]),
+            at(times[2]),
+            stream.late_ms,
+            stream.late_at,
+            stream.send_failures
+        );
+        say(&line);
+        report.push(line);
+        let seen = &stream.seen;
         for (dst, s) in ["pod on node B (learned block)", "pod on node A (local)"]
             .iter()
-            .zip(&seen)
+            .zip(seen)
         {
             let line = format!(
                 "SIG{sig} + start: to {dst}: {} of {STREAM_MS} probes, longest loss {} ms \
-                 (after probe {}; first {}, last {})",
-                s.count, s.gap, s.at, s.first, s.last
+                 (after probe {}; first {}, last {}); resumed {:.0} ms late, {} in a burst; \
+                 lost runs {:?}",
+                s.count,
+                s.gap,
+                s.at,
+                s.first,
+                s.last,
+                s.resume_late_ms(stream.t0),
+                s.burst,
+                s.runs
             );
             say(&line);
             report.push(line.clone());
@@ -91,6 +130,13 @@ fn restart_gap_for_local_and_learned_traffic() {
                 "traffic did not resume: {line}"
             );
         }
+        say(&format!(
+            "pod a1 before SIG{sig}:\n{before}\npod a1 after:\n{}\nnode A drops after: {}\n\
+             node A's daemons around the restart:\n{}",
+            pod_view(&a1),
+            nonzero(&a.counters()["drops"]),
+            restart_log_lines(a.dir.path())
+        ));
         let log = a.daemon_log();
         assert!(
             log.contains("learned route(s) of the last run restored to the FIB"),
@@ -111,10 +157,78 @@ fn restart_gap_for_local_and_learned_traffic() {
             seen[0].gap <= seen[1].gap + 50,
             "learned-block traffic waited for BGP: {report:#?}"
         );
-        assert!(seen.iter().all(|s| s.gap <= MAX_GAP_MS), "{report:#?}");
         assert!(
             seen[1].gap > 0,
             "no loss at all: the restart missed the stream? {report:#?}"
         );
+        gaps.extend(seen.iter().map(|s| s.gap));
     }
+    // Both restarts' figures are printed before the bound is checked.
+    assert!(gaps.iter().all(|g| *g < MAX_GAP_MS), "{report:#?}");
+}
+
+/// The lines of node A's last two daemon logs that tell a restart's
+/// timeline (each with the logger's millisecond timestamp).
+fn restart_log_lines(dir: &std::path::Path) -> String {
+    let mut logs: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let n = name.strip_prefix("podrouterd.log.")?.parse().ok()?;
+            Some((n, e.path()))
+        })
+        .collect();
+    logs.sort();
+    let mut paths: Vec<_> = logs.into_iter().rev().take(1).map(|(_, p)| p).collect();
+    paths.push(dir.join("podrouterd.log"));
+    let marks = [
+        "stop signal",
+        "stopping:",
+        "exiting",
+        "starting",
+        "re-opened",
+        "forwarding again",
+        "node ",
+    ];
+    paths
+        .iter()
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| marks.iter().any(|m| l.contains(m)))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The pod's side of its interface: link counters (drops), qdisc
+/// counters and the neighbour entry for the gateway.
+fn pod_view(p: &Pod) -> String {
+    [
+        &["ip", "-s", "link", "show", "eth0"][..],
+        &["tc", "-s", "qdisc", "show", "dev", "eth0"],
+        &["ip", "-s", "neigh", "show", "dev", "eth0"],
+    ]
+    .iter()
+    .map(|args| p.exec(args).stdout)
+    .collect::<Vec<_>>()
+    .join("")
+}
+
+/// The entries of a counters object that are not zero, `name=value`.
+fn nonzero(v: &serde_json::Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, n)| n.as_u64().is_some_and(|n| n > 0))
+                .map(|(k, n)| format!("{k}={n}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }

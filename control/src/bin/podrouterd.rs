@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         };
     }
     logger::init(cfg.log_level.filter());
+    log::info!("podrouterd {} starting", env!("CARGO_PKG_VERSION"));
     let metrics_args = cfg.metrics.as_ref().map(|m| {
         let (api, host) = (cfg.api_socket.clone(), cfg.dataplane.host_port.clone());
         (m.listen, api, host)
@@ -100,14 +101,18 @@ fn main() -> ExitCode {
     // run and the API socket accepts (what `Type=notify` waits for).
     let served = server::serve_then(&mut daemon, |d| sd_notify::ready(d.pod_count()));
     sd_notify::stopping();
-    daemon.shutdown();
-    match served {
+    let code = match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log::error!("{e}");
             ExitCode::from(1)
         }
-    }
+    };
+    // Returns without freeing the daemon (its workers still forward):
+    // main returns at once and the process exits.
+    let code = daemon.shutdown_and_exit(code);
+    log::info!("exiting");
+    code
 }
 
 /// [`metrics::spawn`], retried while the address is in use (by the daemon
