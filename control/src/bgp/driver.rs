@@ -198,8 +198,8 @@ impl BgpHandle {
         }
         // Before any session can re-learn anything: what the last run
         // left in the kernel (the pools' covering routes are not stale).
-        let mut statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
-        statics.extend(plan.iter().flat_map(|p| p.covering().iter().copied()));
+        let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        let covering = plan.as_ref().map_or(&[][..], |p| p.covering());
         let started = Instant::now();
         let gr: Vec<bool> = scfg
             .peers
@@ -207,11 +207,12 @@ impl BgpHandle {
             .map(|p| p.session.graceful_restart)
             .collect();
         let bound = Duration::from_secs(bgp.restart_time.into());
-        let stale = match stale::scan(&cfg.pod_cidrs, &statics) {
+        let stale = match stale::scan(&cfg.pod_cidrs, &statics, covering) {
             Ok(routes) if routes.is_empty() => None,
             Ok(routes) => {
                 log::info!(
-                    "bgp: {} learned-block kernel route(s) from before this start kept as stale                      until {} peer(s) send End-of-RIB (at most {} s): {}",
+                    "bgp: {} learned-block kernel route(s) from before this start kept as stale \
+                     until {} peer(s) send End-of-RIB (at most {} s): {}",
                     routes.len(),
                     gr.iter().filter(|g| **g).count(),
                     bound.as_secs(),
@@ -1069,7 +1070,8 @@ impl Driver {
         });
         let (deleted, failed) = stale::delete(&gone);
         log::info!(
-            "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned,              {deleted} deleted{}",
+            "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned, \
+             {deleted} deleted{}",
             total - gone.len(),
             if gone.is_empty() {
                 String::new()

@@ -25,6 +25,16 @@
 //! per-block ([`KernelPlan::refused`] says why, logged once at start).
 //! [`KernelPlan::own_route`] is the one test for "this block needs its
 //! own kernel route", used by the `bgp-kernel` thread and the stale sweep.
+//!
+//! A learned prefix equal to a pool that must be routed by the kernel
+//! (directly routed) needs a route with the pool's exact destination. The
+//! covering routes therefore carry their own metric,
+//! [`COVERING_METRIC`], and learned blocks the kernel's default 0: in
+//! the kernel two routes to one prefix with different metrics are two
+//! routes (the lower metric wins), so installing the learned route
+//! (`replace` matches destination and metric) never replaces the pool's,
+//! deleting it (it names its gateway) never deletes the pool's, and
+//! removing the pool's route (it names its metric) leaves the learned one.
 use std::net::Ipv4Addr;
 
 use podrouter_router::encap::EncapPolicy;
@@ -35,6 +45,11 @@ use crate::kernel_job::{KernelJob, Vias};
 use crate::netlink::{Ipv4Route, Scope};
 
 use super::speaker::{import_refusal, SpeakerConfig};
+
+/// The metric of the pools' covering routes (`ip route ... metric
+/// 1024`): above the learned blocks' 0, so a learned route to a pool's
+/// exact prefix is a separate route that wins over the pool's.
+pub const COVERING_METRIC: u32 = 1024;
 
 /// The kernel-route plan of one daemon run (fixed at start: the mode and
 /// the pools need a restart to change).
@@ -101,7 +116,7 @@ impl KernelPlan {
 
     /// The covering routes: each pool into the host port (index
     /// `host_index`), scope link, as a learned block's route into the
-    /// router is.
+    /// router is, with [`COVERING_METRIC`].
     pub fn covering_routes(&self, host_index: u32) -> Vec<Ipv4Route> {
         self.covering
             .iter()
@@ -113,6 +128,7 @@ impl KernelPlan {
                 scope: Scope::Link,
                 onlink: false,
                 multipath: Vec::new(),
+                metric: COVERING_METRIC,
             })
             .collect()
     }
@@ -256,5 +272,110 @@ mod tests {
         assert!(plan.refused().iter().all(|(_, why)| !why.is_empty()));
         // A block inside a refused pool keeps its own route.
         assert!(plan.own_route(&p("10.10.0.0/26"), &[Ipv4Addr::new(10, 9, 0, 2)]));
+    }
+
+    /// A learned prefix equal to a pool, routed directly (root only): in
+    /// a scratch namespace the pool's covering route and the learned route
+    /// live side by side (the learned one wins), withdrawing the learned
+    /// route leaves the pool's, and removing the pool's leaves the learned.
+    #[test]
+    fn a_learned_prefix_equal_to_a_pool_keeps_both_routes() {
+        if !podrouter_testkit::privileged("a_learned_prefix_equal_to_a_pool_keeps_both_routes") {
+            return;
+        }
+        use crate::kernel_job::Vias;
+        use crate::netlink::{Netlink, RTPROT_PODROUTER};
+        use crate::netns::RunIn;
+        use crate::uplink_setup::{KernelRoutes, UplinkState};
+        use podrouter_router::pmtu::PathMtus;
+        use podrouter_router::port::Tunnel;
+        use podrouter_router::uplink::Uplink;
+        use std::sync::Arc;
+
+        let ns = podrouter_testkit::Netns::new("kp");
+        ns.veth_pair("podrouter0", "x0");
+        ns.ip(&["addr", "add", "10.0.0.1/24", "dev", "podrouter0"]);
+        ns.run(|| {
+            let plan = KernelPlan::new(
+                KernelRoutesMode::PerPool,
+                policy(EncapMode::CrossSubnet),
+                &scfg(&["10.244.0.0/16"]),
+            );
+            let near = Ipv4Addr::new(10, 0, 0, 2);
+            let pool = p("10.244.0.0/16");
+            // The pool as a learned prefix via a node on our subnet: the
+            // kernel must route it itself.
+            assert!(plan.own_route(&pool, &[near]));
+            let port = Arc::new(Uplink::open(Ipv4Addr::new(10, 0, 0, 1), 1500).unwrap());
+            let state = UplinkState {
+                ifname: "podrouter0".into(),
+                policy: policy(EncapMode::CrossSubnet),
+                tunnel: Tunnel::Ipip,
+                port: port.clone(),
+                ipip: None,
+                vxlan: None,
+                xdp: None,
+                pmtu: None,
+                path_mtus: Arc::new(PathMtus::new()),
+            };
+            let mut routes = KernelRoutes::new("podrouter0", state);
+            let host = Netlink::open()
+                .unwrap()
+                .link_index("podrouter0")
+                .unwrap()
+                .unwrap();
+            let ours = || -> Vec<String> {
+                let mut v: Vec<String> = Netlink::open()
+                    .unwrap()
+                    .routes_v4()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.protocol == RTPROT_PODROUTER)
+                    .map(|r| r.route.to_string())
+                    .collect();
+                v.sort();
+                v
+            };
+            let covering = format!("10.244.0.0/16 dev #{host} scope link metric {COVERING_METRIC}");
+            let learned = format!("10.244.0.0/16 via 10.0.0.2 dev #{host}");
+            let learn = (pool, Vias::new(&[near]), None);
+            let withdraw = (pool, None, Vias::new(&[near]));
+            routes.set_routes(&plan.covering_routes(0), true).unwrap();
+            let apply = |routes: &mut KernelRoutes, j: &KernelJob| {
+                let job = plan
+                    .kernel_job(j)
+                    .expect("the pool-equal prefix needs its route");
+                assert!(routes.apply(&[job]).is_empty());
+            };
+            apply(&mut routes, &learn);
+            assert_eq!(ours(), vec![covering.clone(), learned.clone()]);
+            // The learned route wins for the host's traffic.
+            let got = ns_route_get("10.244.7.7");
+            assert!(got.contains("via 10.0.0.2"), "{got}");
+            // Withdrawn: the pool's route is still there and used.
+            apply(&mut routes, &withdraw);
+            assert_eq!(ours(), vec![covering.clone()]);
+            let got = ns_route_get("10.244.7.7");
+            assert!(
+                got.contains("dev podrouter0") && !got.contains("via"),
+                "{got}"
+            );
+            // Learned again, then the pool's route goes (a non-graceful
+            // stop): the learned route stays.
+            apply(&mut routes, &learn);
+            routes.set_routes(&plan.covering_routes(0), false).unwrap();
+            assert_eq!(ours(), vec![learned.clone()]);
+            apply(&mut routes, &withdraw);
+            assert!(ours().is_empty());
+        });
+    }
+
+    /// `ip route get ADDR` in the calling thread's namespace.
+    fn ns_route_get(addr: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["route", "get", addr])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
