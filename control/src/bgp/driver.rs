@@ -70,7 +70,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use podrouter_api::{BgpPeerInfo, BgpRibInfo};
-use podrouter_router::fib::Fib;
+use podrouter_router::fib::{Fib, FibChange};
 use podrouter_types::Prefix;
 
 use super::kernel_plan::KernelPlan;
@@ -194,6 +194,15 @@ impl BgpHandle {
                     "bgp: kernel_routes = \"per-pool\": pool {pool} gets no covering route ({why}); \
                      its blocks get per-block kernel routes"
                 );
+            }
+        }
+        // The pools' Unreachable entries, below the learned blocks (and
+        // not over a restored route to a pool's exact prefix).
+        if let Some(plan) = &plan {
+            let learned: Vec<Prefix> = restored.iter().map(|(p, _)| *p).collect();
+            let entries = plan.fib_entries(&learned);
+            if !entries.is_empty() {
+                fib.update(&entries);
             }
         }
         // Before any session can re-learn anything: what the last run
@@ -714,6 +723,7 @@ impl Driver {
                     self.do_io();
                     if !graceful {
                         let changes = self.speaker.withdraw_all_from_fib();
+                        let changes = self.plan_fib(changes);
                         if !changes.is_empty() {
                             self.fib.update(&changes);
                         }
@@ -1187,6 +1197,17 @@ impl Driver {
         self.apply_fib();
     }
 
+    /// The speaker's FIB changes under the kernel plan (a learned route to
+    /// a covering pool's prefix gives its `Unreachable` entry back).
+    fn plan_fib(&self, changes: Vec<FibChange>) -> Vec<FibChange> {
+        match &self.plan {
+            Some(plan) if !plan.covering().is_empty() => {
+                changes.into_iter().map(|c| plan.fib_change(c)).collect()
+            }
+            _ => changes,
+        }
+    }
+
     /// Publishes the FIB changes of the decisions so far as one batch,
     /// then hands their kernel route changes and the saved-routes update
     /// to their threads: forwarding (the FIB) never waits for netlink or
@@ -1194,6 +1215,7 @@ impl Driver {
     /// CPU while it is built.
     fn apply_fib(&mut self) {
         let changes = self.speaker.take_fib_changes();
+        let changes = self.plan_fib(changes);
         if !changes.is_empty() {
             let t = Instant::now();
             self.fib.update(&changes);

@@ -17,6 +17,15 @@
 //! there (`hairpin`: the router never sends the host's traffic back to
 //! it) instead of following the host's default route.
 //!
+//! The router's FIB gets each covering pool as an `Unreachable` entry
+//! ([`KernelPlan::fib_entries`]), below the learned blocks (more
+//! specific): what the host sends to an address of the pool that no
+//! block covers, and what a pod sends there, gets an ICMP unreachable
+//! from the router (counted as `no_route`) instead of going round the
+//! host port and being dropped as `hairpin`. A learned route to the
+//! pool's exact prefix takes the entry's place while it is installed and
+//! gives it back when it goes ([`KernelPlan::fib_change`]).
+//!
 //! Invariants: a pool gets a covering route only if the import policy
 //! could ever install something inside it and it touches nothing the node
 //! has: not the default route, not link-local, loopback or multicast, not
@@ -38,6 +47,7 @@
 use std::net::Ipv4Addr;
 
 use podrouter_router::encap::EncapPolicy;
+use podrouter_router::fib::{FibChange, NextHop};
 use podrouter_types::Prefix;
 
 use crate::config::KernelRoutesMode;
@@ -111,6 +121,32 @@ impl KernelPlan {
             (Some(_), _) => Some(j.clone()),
             (None, Some(o)) => Some((*p, None, Some(o.clone()))),
             (None, None) => None,
+        }
+    }
+
+    /// The FIB entries of the covering pools (each `Unreachable`), but for
+    /// pools a learned route already holds (`learned`: the routes restored
+    /// at start).
+    pub fn fib_entries(&self, learned: &[Prefix]) -> Vec<FibChange> {
+        self.covering
+            .iter()
+            .filter(|pool| !learned.contains(pool))
+            .map(|pool| FibChange::Insert(*pool, NextHop::Unreachable))
+            .collect()
+    }
+
+    /// A learned route's FIB change under this plan: the removal of a
+    /// learned route to a covering pool's exact prefix puts the pool's
+    /// `Unreachable` entry back; anything else is unchanged.
+    pub fn fib_change(&self, c: FibChange) -> FibChange {
+        match c {
+            FibChange::Remove(p) if self.covering.contains(&p) => {
+                FibChange::Insert(p, NextHop::Unreachable)
+            }
+            FibChange::InsertMultipath(p, v) if v.is_empty() && self.covering.contains(&p) => {
+                FibChange::Insert(p, NextHop::Unreachable)
+            }
+            c => c,
         }
     }
 
@@ -240,6 +276,48 @@ mod tests {
             &scfg(&["10.244.0.0/16"]),
         );
         assert!(never.own_route(&p("10.244.2.0/26"), &[far]));
+    }
+
+    /// The covering pools are `Unreachable` in the FIB (but for one a
+    /// restored learned route holds), and a learned route to a pool's
+    /// exact prefix gives the entry back when it goes.
+    #[test]
+    fn covering_pools_are_unreachable_in_the_fib_until_learned() {
+        let plan = KernelPlan::new(
+            KernelRoutesMode::PerPool,
+            policy(EncapMode::Always),
+            &scfg(&["10.244.0.0/16", "10.246.0.0/16"]),
+        );
+        let pool = p("10.244.0.0/16");
+        assert_eq!(
+            plan.fib_entries(&[p("10.246.0.0/16")]),
+            vec![FibChange::Insert(pool, NextHop::Unreachable)]
+        );
+        assert_eq!(
+            plan.fib_change(FibChange::Remove(pool)),
+            FibChange::Insert(pool, NextHop::Unreachable)
+        );
+        assert_eq!(
+            plan.fib_change(FibChange::InsertMultipath(pool, Vec::new())),
+            FibChange::Insert(pool, NextHop::Unreachable)
+        );
+        // The learned route itself, and other prefixes, pass unchanged.
+        let via = NextHop::Node(Ipv4Addr::new(10, 9, 0, 2));
+        let learned = FibChange::Insert(pool, via);
+        assert_eq!(plan.fib_change(learned.clone()), learned);
+        let block = FibChange::Remove(p("10.244.2.0/26"));
+        assert_eq!(plan.fib_change(block.clone()), block);
+        // per-block: no FIB entries, nothing rewritten.
+        let per_block = KernelPlan::new(
+            KernelRoutesMode::PerBlock,
+            policy(EncapMode::Always),
+            &scfg(&["10.244.0.0/16"]),
+        );
+        assert!(per_block.fib_entries(&[]).is_empty());
+        assert_eq!(
+            per_block.fib_change(FibChange::Remove(pool)),
+            FibChange::Remove(pool)
+        );
     }
 
     #[test]
