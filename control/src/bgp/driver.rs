@@ -276,7 +276,7 @@ impl BgpHandle {
             }
         );
         let (save_tx, save_rx) = mpsc::channel::<JobBatch>();
-        let saver = Saver::new(&cfg.state_dir, restored.clone());
+        let saver = Saver::new(&cfg.state_dir, fib.clone(), statics.clone());
         let save_thread = std::thread::Builder::new()
             .name("bgp-save".into())
             .spawn(move || {
