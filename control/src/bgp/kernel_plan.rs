@@ -1,11 +1,11 @@
 //! Which node kernel routes the learned blocks need (`[bgp]
 //! kernel_routes`).
 //!
-//! `per-block` (the default): every learned block gets its own kernel
-//! route (protocol 77), into the host port when every next hop is
-//! encapsulated, else via the directly routed nodes.
+//! `per-block`: every learned block gets its own kernel route (protocol
+//! 77), into the host port when every next hop is encapsulated, else via
+//! the directly routed nodes.
 //!
-//! `per-pool`: a block whose next hops are all encapsulated is reached by
+//! `per-pool` (the default): a block whose next hops are all encapsulated is reached by
 //! the host through the router anyway (its kernel route would only say
 //! "dev host port"), so one kernel route per import pool into the host
 //! port ([`KernelPlan::covering_routes`]) gives the host the same
@@ -13,9 +13,9 @@
 //! must route itself (encap `never`, a cross-subnet block on the node's
 //! own subnet, an ECMP set with a directly routed member) keeps its own
 //! route, which is more specific and wins. An address of the pool that
-//! no peer announced reaches the router from the host and is dropped
-//! there (`hairpin`: the router never sends the host's traffic back to
-//! it) instead of following the host's default route.
+//! no peer announced reaches the router from the host instead of
+//! following the host's default route (out of the node, as with
+//! per-block).
 //!
 //! The router's FIB gets each covering pool as an `Unreachable` entry
 //! ([`KernelPlan::fib_entries`]), below the learned blocks (more
