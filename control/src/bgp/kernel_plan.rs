@@ -20,9 +20,11 @@
 //! The router's FIB gets each covering pool as an `Unreachable` entry
 //! ([`KernelPlan::fib_entries`]), below the learned blocks (more
 //! specific): what the host sends to an address of the pool that no
-//! block covers, and what a pod sends there, gets an ICMP unreachable
-//! from the router (counted as `no_route`) instead of going round the
-//! host port and being dropped as `hairpin`. A learned route to the
+//! block covers, and what a pod sends there, is refused by the router
+//! with an ICMP unreachable (counted as `no_route`) instead of going
+//! round the host port and being dropped as `hairpin` (pods see the
+//! error; the host's kernel discards it, its source being the node's
+//! own address). A learned route to the
 //! pool's exact prefix takes the entry's place while it is installed and
 //! gives it back when it goes ([`KernelPlan::fib_change`]).
 //!
