@@ -30,8 +30,8 @@
 //!   plus a route per block only for blocks the kernel routes itself
 //!   (none here: every block is tunnelled), so its table is in once the
 //!   FIB holds it and the kernel holds the pool's route (checked in the
-//!   final dump). The `podrouterd (per-block kernel routes)` receiver (the
-//!   default `kernel_routes`) waits for a kernel route per block as well,
+//!   final dump). The `podrouterd (per-block kernel routes)` receiver
+//!   (`kernel_routes = "per-block"`) waits for a kernel route per block as well,
 //!   so nobody has to take the per-pool figure on trust. The baseline is
 //!   BIRD as Calico runs it: BGP into the RIB and a kernel protocol
 //!   exporting every route into the receiver namespace's kernel (one
@@ -310,8 +310,9 @@ fn gobgp_conf() -> String {
 /// the default import pools (`pod_cidrs` widened to /16), so it declares
 /// their pool. `per_pool`: `[bgp] kernel_routes = "per-pool"` (one kernel
 /// route for the pool, the blocks in the FIB only: every block here is
-/// tunnelled); else the default, a kernel route per block (and no key, so
-/// an older podrouterd that lacks it reads the config too).
+/// tunnelled); else `"per-block"`, a kernel route per block. The key is
+/// always written: the default changed (per-block until session 9), and
+/// every podrouterd since session 8 reads both values.
 fn podrouterd_conf(lab: &Lab, sender: Sender, per_pool: bool) -> String {
     format!(
         "# written by podrouter-bench\n\
@@ -345,7 +346,7 @@ fn podrouterd_conf(lab: &Lab, sender: Sender, per_pool: bool) -> String {
         kernel_routes = if per_pool {
             "kernel_routes = \"per-pool\"\n"
         } else {
-            ""
+            "kernel_routes = \"per-block\"\n"
         },
     )
 }
@@ -595,7 +596,7 @@ enum Receiver {
     /// `kernel_routes = "per-pool"`: the FIB, and in the kernel the
     /// pool's covering route (every block here is tunnelled).
     Podrouterd,
-    /// The default `per-block`: the FIB and a kernel route per block.
+    /// `per-block`: the FIB and a kernel route per block.
     PodrouterdPerBlock,
     /// BIRD exporting what it learns into the kernel (the baseline).
     Bird,

@@ -350,14 +350,15 @@ pub struct Bgp {
     pub kernel_routes: KernelRoutesMode,
 }
 
-/// `[bgp] kernel_routes`: one node kernel route per learned block, or one
-/// per import pool into the host port (the router's FIB has the detail)
-/// plus per-block routes only for the blocks the kernel routes itself.
+/// `[bgp] kernel_routes`: one node kernel route per learned block, or (the
+/// default) one per import pool into the host port (the router's FIB has
+/// the detail) plus per-block routes only for the blocks the kernel
+/// routes itself.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelRoutesMode {
-    #[default]
     PerBlock,
+    #[default]
     PerPool,
 }
 
@@ -1099,13 +1100,13 @@ asn = 64512
             "x".repeat(81)
         ));
         assert_eq!(e.key.as_deref(), Some("password"));
-        assert_eq!(b.kernel_routes, KernelRoutesMode::PerBlock);
+        assert_eq!(b.kernel_routes, KernelRoutesMode::PerPool);
         let c = Config::parse(
-            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\nkernel_routes = \"per-pool\"\n",
+            "node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\nkernel_routes = \"per-block\"\n",
             "t.toml",
         )
         .unwrap();
-        assert_eq!(c.bgp.unwrap().kernel_routes, KernelRoutesMode::PerPool);
+        assert_eq!(c.bgp.unwrap().kernel_routes, KernelRoutesMode::PerBlock);
         let e = err("node_ip = \"10.0.0.1\"\n[bgp]\nasn = 1\nkernel_routes = \"pool\"\n");
         assert_eq!((e.line, e.key.as_deref()), (Some(4), Some("kernel_routes")));
         assert!(

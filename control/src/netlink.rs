@@ -211,6 +211,10 @@ pub struct Ipv4Route {
     pub onlink: bool,
     /// Gateways of a multipath route (RTA_MULTIPATH); empty otherwise.
     pub multipath: Vec<Ipv4Addr>,
+    /// `metric` (RTA_PRIORITY): routes to the same prefix with different
+    /// metrics are distinct routes, the lowest wins. 0 is the kernel's
+    /// default, and on a delete it matches any metric.
+    pub metric: u32,
 }
 
 impl fmt::Display for Ipv4Route {
@@ -230,6 +234,9 @@ impl fmt::Display for Ipv4Route {
         }
         if self.onlink {
             write!(f, " onlink")?;
+        }
+        if self.metric != 0 {
+            write!(f, " metric {}", self.metric)?;
         }
         Ok(())
     }
@@ -402,6 +409,9 @@ fn route_message(r: &Ipv4Route, protocol: u8, delete: bool) -> RouteMessage {
             .collect();
         m.attributes.push(RouteAttribute::MultiPath(hops));
     }
+    if r.metric != 0 {
+        m.attributes.push(RouteAttribute::Priority(r.metric));
+    }
     m
 }
 
@@ -418,6 +428,7 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
         scope: m.header.scope.into(),
         onlink: m.header.flags.contains(RouteFlags::Onlink),
         multipath: Vec::new(),
+        metric: 0,
     };
     for a in &m.attributes {
         match a {
@@ -425,6 +436,7 @@ fn route_entry(m: &RouteMessage) -> Option<RouteEntry> {
             RouteAttribute::Gateway(RouteAddress::Inet(g)) => r.gateway = Some(*g),
             RouteAttribute::Oif(i) => r.oif = *i,
             RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Priority(p) => r.metric = *p,
             RouteAttribute::MultiPath(hops) => r.multipath.extend(hops.iter().flat_map(|h| {
                 h.attributes.iter().filter_map(|a| match a {
                     RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(*g),
@@ -969,6 +981,7 @@ mod tests {
             scope: Scope::Universe,
             onlink: true,
             multipath: Vec::new(),
+            metric: 0,
         };
         assert_eq!(r.to_string(), "0.0.0.0/0 via 169.254.1.1 dev #4 onlink");
         let m = Ipv4Route {
@@ -979,6 +992,7 @@ mod tests {
             scope: Scope::Universe,
             onlink: false,
             multipath: vec![Ipv4Addr::new(10, 9, 0, 2), Ipv4Addr::new(10, 9, 0, 3)],
+            metric: 0,
         };
         assert_eq!(
             m.to_string(),
@@ -991,6 +1005,21 @@ mod tests {
             .iter()
             .any(|a| matches!(a, RouteAttribute::MultiPath(h) if h.len() == 2)));
         assert_eq!(route_entry(&msg).unwrap().route, m);
+        // A metric is written as RTA_PRIORITY and read back.
+        let c = Ipv4Route {
+            scope: Scope::Link,
+            oif: 3,
+            multipath: Vec::new(),
+            metric: 1024,
+            ..m
+        };
+        assert_eq!(c.to_string(), "10.250.0.0/24 dev #3 scope link metric 1024");
+        let msg = route_message(&c, RTPROT_PODROUTER, false);
+        assert!(msg
+            .attributes
+            .iter()
+            .any(|a| matches!(a, RouteAttribute::Priority(1024))));
+        assert_eq!(route_entry(&msg).unwrap().route, c);
     }
 
     /// A scratch namespace with a link `d0` holding 10.9.0.1/24. Root only.
@@ -1010,6 +1039,7 @@ mod tests {
             scope: Scope::Universe,
             onlink: false,
             multipath: multipath.iter().map(|g| Ipv4Addr::from(*g)).collect(),
+            metric: 0,
         }
     }
 

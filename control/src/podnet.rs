@@ -332,6 +332,7 @@ fn bring_up_addressed(
         scope: Scope::Link,
         onlink: false,
         multipath: Vec::new(),
+        metric: 0,
     };
     nl.route_replace(&gateway)
         .map_err(err(format!("add route {GATEWAY_IP} scope link")))?;
@@ -343,6 +344,7 @@ fn bring_up_addressed(
         scope: Scope::Universe,
         onlink: false,
         multipath: Vec::new(),
+        metric: 0,
     };
     nl.route_replace(&default)
         .map_err(err(format!("add default route via {GATEWAY_IP}")))?;
@@ -718,6 +720,7 @@ fn host_route(prefix: Prefix, oif: u32) -> Ipv4Route {
         scope: Scope::Link,
         onlink: false,
         multipath: Vec::new(),
+        metric: 0,
     }
 }
 

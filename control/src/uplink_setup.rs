@@ -457,6 +457,7 @@ pub fn kernel_route(
         scope: Scope::Universe,
         onlink: false,
         multipath: Vec::new(),
+        metric: 0,
     };
     match direct[..] {
         [] => {

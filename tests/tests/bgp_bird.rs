@@ -288,7 +288,9 @@ fn bgp_bird_graceful_restart_keeps_routes_across_a_restart() {
 /// them; BIRD withdraws one block while we are down; after our start with
 /// the restart bit, the re-announced block's route never leaves the
 /// kernel and the withdrawn one's goes at BIRD's End-of-RIB, well before
-/// the restart time.
+/// the restart time. With `kernel_routes = "per-block"`: the blocks here
+/// are tunnelled, which per-pool (the default) covers with the pool's
+/// route instead (`bgp_kernel_routes.rs` has its graceful stop).
 #[test]
 fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
     if !require(
@@ -305,7 +307,7 @@ fn bgp_bird_our_graceful_restart_keeps_learned_kernel_routes() {
     link_to_peer(&node, NODE, &peer_ns, PEER);
     let bgp = bgp_section(
         NODE_AS,
-        &format!("restart_time = {RESTART}"),
+        &format!("restart_time = {RESTART}\nkernel_routes = \"per-block\""),
         &[PeerCfg::new(PEER, NODE_AS)],
     );
     enable_bgp(&mut node, &bgp, Some("up0"));

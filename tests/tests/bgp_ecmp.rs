@@ -232,11 +232,22 @@ fn bgp_ecmp_spreads_flows_over_two_bird_next_hops() {
                 .any(|l| l.trim_start().starts_with("=>") && l.contains(ECMP_BLOCK)),
         "bgp rib does not show both paths installed:\n{rib}"
     );
-    // The node's kernel sends the block into the router (encap always).
-    let kroute = node.exec(&["ip", "route", "show", ECMP_BLOCK]).expect_ok();
+    // The node's kernel sends the block into the router (encap always):
+    // through the pool's route (per-pool, the default) or the block's
+    // own (per-block); either way a protocol-77 route into the host port.
+    let kroute = node.exec(&["ip", "route", "get", TARGET]).expect_ok();
     assert!(
-        kroute.stdout.contains("dev podrouter0") && kroute.stdout.contains("proto 77"),
-        "kernel route: {kroute}"
+        kroute.stdout.contains("dev podrouter0") && !kroute.stdout.contains(" via "),
+        "the host's route to {TARGET}: {kroute}"
+    );
+    let ours = node
+        .exec(&["ip", "route", "show", "proto", "77"])
+        .expect_ok();
+    assert!(
+        ours.stdout.lines().any(|l| (l.starts_with("10.250.0.0/16 ")
+            || l.starts_with(&format!("{ECMP_BLOCK} ")))
+            && l.contains("dev podrouter0")),
+        "no protocol-77 route for {ECMP_BLOCK} into the host port: {ours}"
     );
 
     // The pod's flows spread over B and C, each flow on one node.

@@ -8,6 +8,13 @@
 //! `never`), the block still gets its own kernel route via node 2, which
 //! wins over the pool's, and the host's ping follows it. A graceful stop
 //! keeps the pool's route, as it keeps the learned blocks' routes.
+//!
+//! With GoBGP announcing a pool's exact prefix, routed directly, the
+//! learned route (metric 0) sits beside the pool's covering route
+//! (metric 1024) and wins; withdrawn, the pool's route is still there,
+//! and the host's ping to an address of the pool that no block covers
+//! is refused by the router's FIB (`no_route`, ICMP sent), not dropped
+//! as `hairpin`.
 use std::time::Duration;
 
 use podrouter_e2e::bgp::*;
@@ -153,4 +160,102 @@ fn bgp_per_pool_keeps_per_block_kernel_routes_for_directly_routed_blocks() {
     );
     say(&format!("node 1: {own}; host -> pod {} directly", pod.ip));
     nodes[0].stop_daemon("TERM");
+}
+
+#[test]
+fn bgp_per_pool_a_learned_pool_prefix_keeps_the_pools_route() {
+    if !require(
+        "bgp_per_pool_a_learned_pool_prefix_keeps_the_pools_route",
+        &["gobgpd", "gobgp", "ping"],
+    ) {
+        return;
+    }
+    const NODE: &str = "10.209.0.1";
+    const PEER: &str = "10.209.0.2";
+    const PEER_AS: u32 = 64513;
+    const PEER_POOL: &str = "10.250.0.0/16";
+    // Per-pool is the default: no kernel_routes key.
+    let bgp = bgp_section(
+        NODE_AS,
+        "graceful_restart = false\nimport_pools = [\"10.244.0.0/16\", \"10.250.0.0/16\"]",
+        &[PeerCfg::new(PEER, PEER_AS)],
+    );
+    let (peer_ns, node) = node_and_peer("kpool", NODE, &block(1), PEER, &bgp);
+    let _log = LogOnPanic(node.log.clone());
+    let g = Gobgp::start(&peer_ns, PEER, PEER_AS, NODE, NODE_AS);
+    g.cli(&["global", "rib", "add", PEER_POOL, "-a", "ipv4"])
+        .expect_ok();
+    wait_established(&node, PEER, UP);
+    assert!(
+        wait_fib(&node, PEER_POOL, Some(PEER), Duration::from_secs(10)),
+        "{PEER_POOL} not learned: {}",
+        node.ctl_table(&["bgp", "rib"])
+    );
+    let both = |text: &str| {
+        let covering = text
+            .lines()
+            .any(|l| l.contains(" dev ") && !l.contains(" via ") && l.contains("metric 1024"));
+        let learned = text
+            .lines()
+            .any(|l| l.contains(&format!("via {PEER} ")) && l.contains("proto 77"));
+        (covering, learned)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || both(&kernel_route(
+            &node.ns, PEER_POOL
+        )) == (true, true)),
+        "not both the pool's and the learned route: {:?}",
+        kernel_route(&node.ns, PEER_POOL)
+    );
+    let get = |addr: &str| {
+        node.ns
+            .exec(&["ip", "route", "get", addr])
+            .expect_ok()
+            .stdout
+    };
+    assert!(
+        get("10.250.9.9").contains(&format!("via {PEER} ")),
+        "the learned route does not win: {}",
+        get("10.250.9.9")
+    );
+    say(&format!(
+        "node: {}",
+        kernel_route(&node.ns, PEER_POOL).replace('\n', "; ")
+    ));
+    // Withdrawn: the learned route goes, the pool's stays.
+    g.cli(&["global", "rib", "del", PEER_POOL, "-a", "ipv4"])
+        .expect_ok();
+    assert!(wait_fib(&node, PEER_POOL, None, Duration::from_secs(5)));
+    assert!(
+        wait_until(Duration::from_secs(10), || both(&kernel_route(
+            &node.ns, PEER_POOL
+        )) == (true, false)),
+        "after the withdrawal: {:?}",
+        kernel_route(&node.ns, PEER_POOL)
+    );
+    // The host's traffic to an address of the pool no block covers: the
+    // router refuses it by the pool's Unreachable FIB entry (`no_route`,
+    // an ICMP error sent), not as `hairpin`. The host's own kernel does
+    // not show that error to ping: its source is the node's address,
+    // which the host holds itself (pods do see it: the interop tests'
+    // `assert_pod_cut_off`).
+    let before = node.counters();
+    let p = ping(
+        node.ns.name(),
+        "10.250.9.9",
+        &["-c", "2", "-i", "0.3", "-W", "1"],
+    );
+    let after = node.counters();
+    assert_eq!(p.received, 0, "the host's ping into the pool: {}", p.text);
+    assert!(
+        delta(&before, &after, "/drops/no_route") >= 2
+            && delta(&before, &after, "/icmp_sent") >= 2
+            && delta(&before, &after, "/drops/hairpin") == 0,
+        "not refused as no_route with an ICMP error: {after:#}"
+    );
+    say(&format!(
+        "host -> 10.250.9.9 (no block): no_route +{}, icmp_sent +{}",
+        delta(&before, &after, "/drops/no_route"),
+        delta(&before, &after, "/icmp_sent")
+    ));
 }

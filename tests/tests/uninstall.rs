@@ -16,6 +16,9 @@ const A_IP: &str = "10.207.0.1";
 const B_IP: &str = "10.207.0.2";
 const A_BLOCK: &str = "10.244.71.0/26";
 const B_BLOCK: &str = "10.244.72.0/26";
+/// The import pool of both blocks: with per-pool kernel routes (the
+/// default) B's tunnelled block reaches A's kernel as this pool's route.
+const POOL: &str = "10.244.0.0/16";
 const UPLINK: &str = "up0";
 
 /// Everything of the node namespace podrouter could change, as text.
@@ -80,14 +83,19 @@ impl NodeA<'_> {
         fs::read_to_string(self.log).unwrap_or_default()
     }
 
-    /// Waits until B's block is a BGP route (protocol 77) in A's kernel.
+    /// Waits until B's block is a BGP route in A's FIB and its pool's
+    /// route (protocol 77) is in A's kernel.
     fn wait_bgp_route(&self) {
         let ok = wait_until(Duration::from_secs(30), || {
-            self.ns
-                .exec(&["ip", "route", "show", "proto", "77"])
+            podrouterctl(self.socket, true, &["routes"])
                 .stdout
-                .lines()
-                .any(|l| l.starts_with(B_BLOCK))
+                .contains(&format!("\"{B_BLOCK}\""))
+                && self
+                    .ns
+                    .exec(&["ip", "route", "show", "proto", "77"])
+                    .stdout
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{POOL} ")))
         });
         assert!(
             ok,
@@ -193,7 +201,7 @@ fn uninstall_restores_the_node_exactly() {
         "stopped podrouterd (pid ".to_string(),
         format!("removed pod u1: interface eth0 in {}", p1.netns_path),
         format!("removed pod u2: interface eth0 in {}", p2.netns_path),
-        format!("removed route {B_BLOCK}"),
+        format!("removed route {POOL}"),
         format!("removed route {A_BLOCK} dev podrouter0"),
         "removed link podrouter0".to_string(),
         format!("removed state directory {}", dir.join("state").display()),
@@ -225,7 +233,7 @@ fn uninstall_restores_the_node_exactly() {
     assert!(out.ok(), "uninstall after a crash failed: {out}");
     for want in [
         format!("removed pod u3: interface eth0 in {}", p3.netns_path),
-        format!("removed route {B_BLOCK}"),
+        format!("removed route {POOL}"),
         format!("removed tc filter ingress pref 49200 on {UPLINK}"),
         format!("removed qdisc clsact on {UPLINK}"),
         "removed link podrouter0".to_string(),

@@ -70,7 +70,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use podrouter_api::{BgpPeerInfo, BgpRibInfo};
-use podrouter_router::fib::Fib;
+use podrouter_router::fib::{Fib, FibChange};
 use podrouter_types::Prefix;
 
 use super::kernel_plan::KernelPlan;
@@ -196,10 +196,19 @@ impl BgpHandle {
                 );
             }
         }
+        // The pools' Unreachable entries, below the learned blocks (and
+        // not over a restored route to a pool's exact prefix).
+        if let Some(plan) = &plan {
+            let learned: Vec<Prefix> = restored.iter().map(|(p, _)| *p).collect();
+            let entries = plan.fib_entries(&learned);
+            if !entries.is_empty() {
+                fib.update(&entries);
+            }
+        }
         // Before any session can re-learn anything: what the last run
         // left in the kernel (the pools' covering routes are not stale).
-        let mut statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
-        statics.extend(plan.iter().flat_map(|p| p.covering().iter().copied()));
+        let statics: Vec<Prefix> = cfg.routes.iter().map(|r| r.prefix).collect();
+        let covering = plan.as_ref().map_or(&[][..], |p| p.covering());
         let started = Instant::now();
         let gr: Vec<bool> = scfg
             .peers
@@ -207,11 +216,12 @@ impl BgpHandle {
             .map(|p| p.session.graceful_restart)
             .collect();
         let bound = Duration::from_secs(bgp.restart_time.into());
-        let stale = match stale::scan(&cfg.pod_cidrs, &statics) {
+        let stale = match stale::scan(&cfg.pod_cidrs, &statics, covering) {
             Ok(routes) if routes.is_empty() => None,
             Ok(routes) => {
                 log::info!(
-                    "bgp: {} learned-block kernel route(s) from before this start kept as stale                      until {} peer(s) send End-of-RIB (at most {} s): {}",
+                    "bgp: {} learned-block kernel route(s) from before this start kept as stale \
+                     until {} peer(s) send End-of-RIB (at most {} s): {}",
                     routes.len(),
                     gr.iter().filter(|g| **g).count(),
                     bound.as_secs(),
@@ -266,7 +276,7 @@ impl BgpHandle {
             }
         );
         let (save_tx, save_rx) = mpsc::channel::<JobBatch>();
-        let saver = Saver::new(&cfg.state_dir, restored.clone());
+        let saver = Saver::new(&cfg.state_dir, fib.clone(), statics.clone());
         let save_thread = std::thread::Builder::new()
             .name("bgp-save".into())
             .spawn(move || {
@@ -713,6 +723,7 @@ impl Driver {
                     self.do_io();
                     if !graceful {
                         let changes = self.speaker.withdraw_all_from_fib();
+                        let changes = self.plan_fib(changes);
                         if !changes.is_empty() {
                             self.fib.update(&changes);
                         }
@@ -1069,7 +1080,8 @@ impl Driver {
         });
         let (deleted, failed) = stale::delete(&gone);
         log::info!(
-            "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned,              {deleted} deleted{}",
+            "bgp: {why}: {} of {total} stale learned-block kernel route(s) re-learned, \
+             {deleted} deleted{}",
             total - gone.len(),
             if gone.is_empty() {
                 String::new()
@@ -1185,6 +1197,17 @@ impl Driver {
         self.apply_fib();
     }
 
+    /// The speaker's FIB changes under the kernel plan (a learned route to
+    /// a covering pool's prefix gives its `Unreachable` entry back).
+    fn plan_fib(&self, changes: Vec<FibChange>) -> Vec<FibChange> {
+        match &self.plan {
+            Some(plan) if !plan.covering().is_empty() => {
+                changes.into_iter().map(|c| plan.fib_change(c)).collect()
+            }
+            _ => changes,
+        }
+    }
+
     /// Publishes the FIB changes of the decisions so far as one batch,
     /// then hands their kernel route changes and the saved-routes update
     /// to their threads: forwarding (the FIB) never waits for netlink or
@@ -1192,6 +1215,7 @@ impl Driver {
     /// CPU while it is built.
     fn apply_fib(&mut self) {
         let changes = self.speaker.take_fib_changes();
+        let changes = self.plan_fib(changes);
         if !changes.is_empty() {
             let t = Instant::now();
             self.fib.update(&changes);

@@ -48,11 +48,15 @@ pub struct Selection {
 }
 
 /// One prefix's paths. Nearly every prefix has a single path (one peer
-/// sent it), kept inline: no allocation per route for a full table.
+/// sent it), kept inline: no allocation per route for a full table. The
+/// rare list is boxed so that an entry is two words, not four: the RIB's
+/// table holds one per prefix (at a million prefixes its 2^21 buckets
+/// take 16 MiB less).
+#[allow(clippy::box_collection)] // the box is the point: see above
 enum Paths {
     One(Arc<Path>),
     /// Two or more, one per peer.
-    Many(Vec<Arc<Path>>),
+    Many(Box<Vec<Arc<Path>>>),
 }
 
 impl Paths {
@@ -83,7 +87,7 @@ impl Rib {
         match paths {
             Paths::One(p) if p.peer == path.peer => *p = path,
             Paths::One(p) => {
-                *paths = Paths::Many(vec![p.clone(), path]);
+                *paths = Paths::Many(Box::new(vec![p.clone(), path]));
                 self.path_count += 1;
             }
             Paths::Many(v) => match v.iter_mut().find(|p| p.peer == path.peer) {
@@ -268,6 +272,12 @@ pub fn compare(a: &Path, b: &Path, with_med: bool) -> Ordering {
 mod tests {
     use super::*;
     use crate::bgp::wire::{Origin, PathAttrs, Segment, SEG_AS_SEQUENCE};
+
+    /// An entry of the RIB's table stays two words (see [`Paths`]).
+    #[test]
+    fn a_rib_entry_is_two_words() {
+        assert_eq!(std::mem::size_of::<Paths>(), 16);
+    }
 
     fn ip(s: &str) -> Ipv4Addr {
         s.parse().unwrap()

@@ -5,7 +5,10 @@
 //! With an IPIP uplink the `bgp-kernel` thread gives every learned block a
 //! kernel route (protocol 77); with `kernel_routes = "per-pool"` only the
 //! blocks the kernel routes itself, and each import pool a covering route
-//! ([`super::kernel_plan`], never listed as stale here). A graceful stop
+//! ([`super::kernel_plan`]: a route into the host port to a pool of this
+//! run's plan, whatever its metric, is never listed as stale here; a
+//! learned route via a node to the pool's exact prefix is, as is a
+//! covering route the plan no longer has). A graceful stop
 //! keeps them, as the peers keep our routes; a crash leaves them too. At start, before any session
 //! comes up, [`scan`] lists the protocol-77 routes that are not this
 //! node's own (nothing inside or around a `pod_cidrs` block: pods' /32s
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use podrouter_types::Prefix;
 
+use super::kernel_plan::COVERING_METRIC;
 use crate::netlink::{errno, Ipv4Route, Netlink, RouteEntry, RouteOp, RTPROT_PODROUTER};
 
 /// The learned-block routes found at start (`T`: the kernel route, an
@@ -66,14 +70,37 @@ pub fn select<T>(
         .collect()
 }
 
-/// Reads the node's main table and [`select`]s the stale routes.
-pub fn scan(own: &[Prefix], statics: &[Prefix]) -> io::Result<Vec<(Prefix, Ipv4Route)>> {
+/// Reads the node's main table and [`select`]s the stale routes; a route
+/// to one of this run's `covering` pools that names no gateway is that
+/// pool's covering route (with [`COVERING_METRIC`], or 0 from a build
+/// before the metric), not stale; one via a node is a learned route.
+pub fn scan(
+    own: &[Prefix],
+    statics: &[Prefix],
+    covering: &[Prefix],
+) -> io::Result<Vec<(Prefix, Ipv4Route)>> {
     let mut nl = Netlink::open()?;
-    let rows = nl.routes_v4()?.into_iter().filter_map(|e: RouteEntry| {
+    Ok(select_entries(nl.routes_v4()?, own, statics, covering))
+}
+
+/// [`scan`] on a table already read.
+fn select_entries(
+    table: Vec<RouteEntry>,
+    own: &[Prefix],
+    statics: &[Prefix],
+    covering: &[Prefix],
+) -> Vec<(Prefix, Ipv4Route)> {
+    let rows = table.into_iter().filter_map(|e: RouteEntry| {
         let p = prefix_of(&e.route)?;
-        Some((e.protocol, p, e.route))
+        let ours = covering.contains(&p) && is_covering_shape(&e.route);
+        (!ours).then_some((e.protocol, p, e.route))
     });
-    Ok(select(rows, own, statics))
+    select(rows, own, statics)
+}
+
+/// A route into a device with no gateway, as a covering route is.
+fn is_covering_shape(r: &Ipv4Route) -> bool {
+    r.gateway.is_none() && r.multipath.is_empty() && (r.metric == COVERING_METRIC || r.metric == 0)
 }
 
 impl<T> StaleKernelRoutes<T> {
@@ -198,6 +225,54 @@ mod tests {
         let got = select(dump, &[p("10.244.1.0/26")], &[p("10.22.0.0/26")]);
         let got: Vec<&str> = got.into_iter().map(|(_, r)| r).collect();
         assert_eq!(got, vec!["10.244.2.0/26", "10.244.3.0/26"]);
+    }
+
+    /// A pool's covering route (this build's metric, or 0 from a build
+    /// before it) is not stale; a learned route to the pool's exact
+    /// prefix via a node is, and so is a covering route of a pool this
+    /// run does not cover.
+    #[test]
+    fn covering_routes_are_not_stale_but_a_learned_pool_equal_route_is() {
+        use crate::netlink::Scope;
+        let route = |dst: &str, gateway: Option<[u8; 4]>, metric: u32| {
+            let pf = p(dst);
+            RouteEntry {
+                route: Ipv4Route {
+                    dst: pf.addr(),
+                    prefix_len: pf.len(),
+                    gateway: gateway.map(std::net::Ipv4Addr::from),
+                    oif: 3,
+                    scope: if gateway.is_some() {
+                        Scope::Universe
+                    } else {
+                        Scope::Link
+                    },
+                    onlink: false,
+                    multipath: Vec::new(),
+                    metric,
+                },
+                protocol: RTPROT_PODROUTER,
+            }
+        };
+        let table = vec![
+            route("10.244.0.0/16", None, COVERING_METRIC),
+            route("10.244.0.0/16", None, 0),
+            route("10.244.0.0/16", Some([10, 0, 0, 2]), 0),
+            route("10.245.0.0/16", None, COVERING_METRIC),
+            route("10.244.2.0/26", None, 0),
+        ];
+        let got: Vec<String> = select_entries(table, &[], &[], &[p("10.244.0.0/16")])
+            .into_iter()
+            .map(|(_, r)| r.to_string())
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                "10.244.0.0/16 via 10.0.0.2 dev #3",
+                "10.245.0.0/16 dev #3 scope link metric 1024",
+                "10.244.2.0/26 dev #3 scope link",
+            ]
+        );
     }
 
     #[test]
