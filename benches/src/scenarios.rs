@@ -673,11 +673,14 @@ pub(crate) fn rr_measure(
         "worker_sleeps_per_request": per_request.map(|w| w.sleeps),
         "worker_frames_per_request": per_request.map(|w| w.frames),
         "worker_busy_us_per_request": per_request.map(|w| w.busy_us),
+        "worker_run_queue_us_per_request": per_request.map(|w| w.run_delay_us),
+        "worker_preempted_per_request": per_request.map(|w| w.preempted),
     }));
     if let Some(w) = per_request {
         util::log(&format!(
             "{what}: {} answered, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; per request podrouterd's \
-             workers slept {:.2} times, forwarded {:.2} frames and worked {:.1} µs",
+             workers slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and \
+             were preempted {:.3} times",
             rtts.len(),
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
@@ -686,6 +689,8 @@ pub(crate) fn rr_measure(
             w.sleeps,
             w.frames,
             w.busy_us,
+            w.run_delay_us,
+            w.preempted,
         ));
     }
     if lost > 0 {
@@ -769,7 +774,8 @@ fn conn_rate(
     if let Some(w) = per_conn {
         util::log(&format!(
             "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; per connection podrouterd's workers \
-             slept {:.2} times, forwarded {:.2} frames and worked {:.1} µs",
+             slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
+             preempted {:.3} times",
             r.conn_ns.len(),
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
@@ -777,6 +783,8 @@ fn conn_rate(
             w.sleeps,
             w.frames,
             w.busy_us,
+            w.run_delay_us,
+            w.preempted,
         ));
     }
     ctx.runs.push(json!({
@@ -789,6 +797,8 @@ fn conn_rate(
         "worker_sleeps_per_connection": per_conn.map(|w| w.sleeps),
         "worker_frames_per_connection": per_conn.map(|w| w.frames),
         "worker_busy_us_per_connection": per_conn.map(|w| w.busy_us),
+        "worker_run_queue_us_per_connection": per_conn.map(|w| w.run_delay_us),
+        "worker_preempted_per_connection": per_conn.map(|w| w.preempted),
     }));
     if failed > 0 {
         ctx.notes.push(format!(
@@ -802,11 +812,17 @@ fn conn_rate(
 /// What all podrouterd workers of a topology had done, summed over
 /// workers and daemons: sleeps in epoll, frames received, time in rounds
 /// that received.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 struct WorkerWork {
     sleeps: u64,
     frames: u64,
     busy_ns: u64,
+    /// The worker threads' time waiting on a run queue (woken or
+    /// preempted, not yet running: `/proc/PID/task/TID/schedstat`).
+    run_delay_ns: u64,
+    /// How often the scheduler took the CPU from a worker that still
+    /// wanted it (`nonvoluntary_ctxt_switches`).
+    preempted: u64,
 }
 
 /// [`WorkerWork`] between two snapshots, per request or connection.
@@ -815,6 +831,8 @@ struct WorkPer {
     sleeps: f64,
     frames: f64,
     busy_us: f64,
+    run_delay_us: f64,
+    preempted: f64,
 }
 
 impl WorkerWork {
@@ -823,6 +841,8 @@ impl WorkerWork {
             sleeps: self.sleeps.saturating_sub(before.sleeps),
             frames: self.frames.saturating_sub(before.frames),
             busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
+            run_delay_ns: self.run_delay_ns.saturating_sub(before.run_delay_ns),
+            preempted: self.preempted.saturating_sub(before.preempted),
         }
     }
 
@@ -832,6 +852,8 @@ impl WorkerWork {
             sleeps: self.sleeps as f64 / n,
             frames: self.frames as f64 / n,
             busy_us: self.busy_ns as f64 / 1e3 / n,
+            run_delay_us: self.run_delay_ns as f64 / 1e3 / n,
+            preempted: self.preempted as f64 / n,
         }
     }
 }
@@ -842,21 +864,53 @@ fn worker_work(t: &Topology) -> Option<WorkerWork> {
     if t.daemons.is_empty() {
         return None;
     }
-    let zero = WorkerWork {
-        sleeps: 0,
-        frames: 0,
-        busy_ns: 0,
-    };
-    t.daemons
-        .iter()
-        .try_fold(zero, |sum, d| match d.call(podrouter_api::Call::Counters) {
-            Ok(podrouter_api::Reply::Counters(c)) => Some(WorkerWork {
-                sleeps: sum.sleeps + c.sleeps,
-                frames: sum.frames + c.rx,
-                busy_ns: sum.busy_ns + c.worker_busy_ns.iter().sum::<u64>(),
-            }),
+    t.daemons.iter().try_fold(WorkerWork::default(), |sum, d| {
+        match d.call(podrouter_api::Call::Counters) {
+            Ok(podrouter_api::Reply::Counters(c)) => {
+                let (run_delay_ns, preempted) = worker_threads_sched(d.pid());
+                Some(WorkerWork {
+                    sleeps: sum.sleeps + c.sleeps,
+                    frames: sum.frames + c.rx,
+                    busy_ns: sum.busy_ns + c.worker_busy_ns.iter().sum::<u64>(),
+                    run_delay_ns: sum.run_delay_ns + run_delay_ns,
+                    preempted: sum.preempted + preempted,
+                })
+            }
             _ => None,
-        })
+        }
+    })
+}
+
+/// The run-queue wait (ns) and involuntary context switches of a
+/// podrouterd's worker threads (`podrouter-w*`), summed; zeros where
+/// `/proc` does not tell.
+fn worker_threads_sched(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let mut sum = (0, 0);
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("podrouter-w") {
+            continue;
+        }
+        // schedstat: time on the CPU, time waiting on a run queue,
+        // timeslices (ns, ns, count).
+        let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        sum.0 += sched
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        sum.1 += status
+            .lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    sum
 }
 
 pub(crate) fn hist(ns: &[u64]) -> Histogram<u64> {
