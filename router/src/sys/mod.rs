@@ -364,6 +364,20 @@ pub fn set_current_thread_cores(cores: &[usize]) -> io::Result<()> {
     Ok(())
 }
 
+/// How often the scheduler has taken the CPU from the calling thread while
+/// it could still run (involuntary context switches, `ru_nivcsw`).
+pub fn current_thread_involuntary_switches() -> io::Result<u64> {
+    // SAFETY: all-zero is a valid rusage.
+    let mut usage: libc::rusage = unsafe { mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD reports the calling thread; the kernel writes
+    // one rusage into `usage`, which is exclusively borrowed.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(usage.ru_nivcsw).unwrap_or(0))
+}
+
 /// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER1, 56 bytes).
 #[repr(C)]
 #[derive(Default)]
