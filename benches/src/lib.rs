@@ -460,8 +460,9 @@ fn run(cli: &Cli) -> Res<bool> {
         pinning.push(format!(
             "traffic generator, iperf3 client and server, latency client and echo server on CPU {gen_cpu}; \
              podrouterd's worker (`dataplane.cores = [{dp_cpu}]`) and the kernel's forwarding \
-             (RPS of the host-side veths to CPU {dp_cpu}) on CPU {dp_cpu}; podrouterd's control thread, \
-             the harness and the CNI plugins unpinned"
+             (RPS of the host-side veths to CPU {dp_cpu}) on CPU {dp_cpu}; podrouterd's own threads (control, API) \
+             on the CPUs but the workers' (podrouterd does that itself since 779b276), the harness and the CNI \
+             plugins unpinned"
         ));
     } else {
         pinning.push(format!(

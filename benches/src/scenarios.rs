@@ -636,7 +636,7 @@ pub(crate) fn rr_measure(
             ],
         )?);
     }
-    let sleeps_before = worker_sleeps(t);
+    let work_before = worker_work(t);
     let client = spawn_helper(
         ctx,
         &src.ns,
@@ -660,9 +660,9 @@ pub(crate) fn rr_measure(
     }
     // Each request crosses the worker twice; without busy polling it
     // sleeps after each crossing (about 2 per request).
-    let sleeps_per_request = sleeps_before
-        .zip(worker_sleeps(t))
-        .map(|(a, b)| b.saturating_sub(a) as f64 / count as f64);
+    let per_request = work_before
+        .zip(worker_work(t))
+        .map(|(a, b)| b.since(&a).per(count));
     let h = hist(&rtts);
     ctx.runs.push(json!({
         "what": what, "plane": t.label, "kind": "rr", "requests": count, "answered": rtts.len(),
@@ -670,8 +670,29 @@ pub(crate) fn rr_measure(
         "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
         "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
         "max_us": h.max() as f64 / 1e3, "busy_before": busy,
-        "worker_sleeps_per_request": sleeps_per_request,
+        "worker_sleeps_per_request": per_request.map(|w| w.sleeps),
+        "worker_frames_per_request": per_request.map(|w| w.frames),
+        "worker_busy_us_per_request": per_request.map(|w| w.busy_us),
+        "worker_run_queue_us_per_request": per_request.map(|w| w.run_delay_us),
+        "worker_preempted_per_request": per_request.map(|w| w.preempted),
     }));
+    if let Some(w) = per_request {
+        util::log(&format!(
+            "{what}: {} answered, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; per request podrouterd's \
+             workers slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and \
+             were preempted {:.3} times",
+            rtts.len(),
+            h.value_at_quantile(0.5) as f64 / 1e3,
+            h.value_at_quantile(0.99) as f64 / 1e3,
+            h.value_at_quantile(0.999) as f64 / 1e3,
+            h.max() as f64 / 1e3,
+            w.sleeps,
+            w.frames,
+            w.busy_us,
+            w.run_delay_us,
+            w.preempted,
+        ));
+    }
     if lost > 0 {
         ctx.notes.push(format!(
             "{what}: {lost} of {count} requests unanswered within 200 ms"
@@ -711,7 +732,7 @@ fn conn_rate(
             ],
         )?);
     }
-    let sleeps_before = worker_sleeps(t);
+    let work_before = worker_work(t);
     let client = spawn_helper(
         ctx,
         &src.ns,
@@ -742,25 +763,42 @@ fn conn_rate(
         per_sec: conn_ns.len() as f64 / secs,
         conn_ns,
     };
-    // How often podrouterd's workers went to sleep in epoll per connection:
-    // each sleep is a wake-up the next packet waits for.
-    let sleeps_per_conn = sleeps_before
-        .zip(worker_sleeps(t))
-        .map(|(a, b)| b.saturating_sub(a) as f64 / r.conn_ns.len() as f64);
-    if let Some(s) = sleeps_per_conn {
+    // Per connection: how often podrouterd's workers went to sleep in
+    // epoll (each sleep is a wake-up the next packet waits for), how many
+    // frames crossed them (failed connections' included, few) and how
+    // long they worked (their rounds that received, the TAP writes that
+    // run the receiving pod's stack included).
+    let per_conn = work_before
+        .zip(worker_work(t))
+        .map(|(a, b)| b.since(&a).per(r.conn_ns.len() as u64));
+    if let Some(w) = per_conn {
         util::log(&format!(
-            "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs; podrouterd's workers slept {s:.2} times per connection",
+            "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; per connection podrouterd's workers \
+             slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
+             preempted {:.3} times",
             r.conn_ns.len(),
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
+            h.value_at_quantile(0.999) as f64 / 1e3,
+            w.sleeps,
+            w.frames,
+            w.busy_us,
+            w.run_delay_us,
+            w.preempted,
         ));
     }
     ctx.runs.push(json!({
         "what": what, "plane": t.label, "kind": "tcp_connections", "completed": r.conn_ns.len(),
         "failed": failed, "first_error": v["first_error"], "per_sec": r.per_sec,
         "p50_us": h.value_at_quantile(0.5) as f64 / 1e3,
-        "p99_us": h.value_at_quantile(0.99) as f64 / 1e3, "busy_before": busy,
-        "worker_sleeps_per_connection": sleeps_per_conn,
+        "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
+        "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
+        "max_us": h.max() as f64 / 1e3, "busy_before": busy,
+        "worker_sleeps_per_connection": per_conn.map(|w| w.sleeps),
+        "worker_frames_per_connection": per_conn.map(|w| w.frames),
+        "worker_busy_us_per_connection": per_conn.map(|w| w.busy_us),
+        "worker_run_queue_us_per_connection": per_conn.map(|w| w.run_delay_us),
+        "worker_preempted_per_connection": per_conn.map(|w| w.preempted),
     }));
     if failed > 0 {
         ctx.notes.push(format!(
@@ -771,18 +809,108 @@ fn conn_rate(
     Ok(r)
 }
 
-/// The sleeps of all podrouterd workers of a topology (`None` for the
+/// What all podrouterd workers of a topology had done, summed over
+/// workers and daemons: sleeps in epoll, frames received, time in rounds
+/// that received.
+#[derive(Clone, Copy, Debug, Default)]
+struct WorkerWork {
+    sleeps: u64,
+    frames: u64,
+    busy_ns: u64,
+    /// The worker threads' time waiting on a run queue (woken or
+    /// preempted, not yet running: `/proc/PID/task/TID/schedstat`).
+    run_delay_ns: u64,
+    /// How often the scheduler took the CPU from a worker that still
+    /// wanted it (`nonvoluntary_ctxt_switches`).
+    preempted: u64,
+}
+
+/// [`WorkerWork`] between two snapshots, per request or connection.
+#[derive(Clone, Copy, Debug)]
+struct WorkPer {
+    sleeps: f64,
+    frames: f64,
+    busy_us: f64,
+    run_delay_us: f64,
+    preempted: f64,
+}
+
+impl WorkerWork {
+    fn since(&self, before: &WorkerWork) -> WorkerWork {
+        WorkerWork {
+            sleeps: self.sleeps.saturating_sub(before.sleeps),
+            frames: self.frames.saturating_sub(before.frames),
+            busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
+            run_delay_ns: self.run_delay_ns.saturating_sub(before.run_delay_ns),
+            preempted: self.preempted.saturating_sub(before.preempted),
+        }
+    }
+
+    fn per(&self, n: u64) -> WorkPer {
+        let n = n.max(1) as f64;
+        WorkPer {
+            sleeps: self.sleeps as f64 / n,
+            frames: self.frames as f64 / n,
+            busy_us: self.busy_ns as f64 / 1e3 / n,
+            run_delay_us: self.run_delay_ns as f64 / 1e3 / n,
+            preempted: self.preempted as f64 / n,
+        }
+    }
+}
+
+/// The work of all podrouterd workers of a topology (`None` for the
 /// kernel's, or if a daemon does not answer).
-fn worker_sleeps(t: &Topology) -> Option<u64> {
+fn worker_work(t: &Topology) -> Option<WorkerWork> {
     if t.daemons.is_empty() {
         return None;
     }
-    t.daemons
-        .iter()
-        .try_fold(0u64, |sum, d| match d.call(podrouter_api::Call::Counters) {
-            Ok(podrouter_api::Reply::Counters(c)) => Some(sum + c.sleeps),
+    t.daemons.iter().try_fold(WorkerWork::default(), |sum, d| {
+        match d.call(podrouter_api::Call::Counters) {
+            Ok(podrouter_api::Reply::Counters(c)) => {
+                let (run_delay_ns, preempted) = worker_threads_sched(d.pid());
+                Some(WorkerWork {
+                    sleeps: sum.sleeps + c.sleeps,
+                    frames: sum.frames + c.rx,
+                    busy_ns: sum.busy_ns + c.worker_busy_ns.iter().sum::<u64>(),
+                    run_delay_ns: sum.run_delay_ns + run_delay_ns,
+                    preempted: sum.preempted + preempted,
+                })
+            }
             _ => None,
-        })
+        }
+    })
+}
+
+/// The run-queue wait (ns) and involuntary context switches of a
+/// podrouterd's worker threads (`podrouter-w*`), summed; zeros where
+/// `/proc` does not tell.
+fn worker_threads_sched(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    let mut sum = (0, 0);
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.starts_with("podrouter-w") {
+            continue;
+        }
+        // schedstat: time on the CPU, time waiting on a run queue,
+        // timeslices (ns, ns, count).
+        let sched = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        sum.0 += sched
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        sum.1 += status
+            .lines()
+            .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    sum
 }
 
 pub(crate) fn hist(ns: &[u64]) -> Histogram<u64> {

@@ -18,6 +18,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nodenet;
 pub mod op_stats;
+pub mod own_cores;
 pub mod podnet;
 pub mod policy;
 pub mod reload;

@@ -13,13 +13,21 @@
 //! (milliseconds), where a thread that slept is woken ahead of others.
 //! So the policy watches for that: a gap between one round's end and the
 //! next round's start longer than [`PREEMPTED_GAP_NS`] (in between the
-//! worker only asks epoll for readiness, without waiting) means it was
-//! preempted, and it then stops spinning for [`BACKOFF_NS`]: on a busy
-//! CPU the worker behaves as if the window were zero.
+//! worker only asks epoll for readiness, without waiting) means its
+//! thread did not run. If the scheduler took the CPU from it (its count
+//! of involuntary context switches grew since it began to spin), it
+//! stops spinning for [`BACKOFF_NS`]: on a busy CPU the worker behaves as
+//! if the window were zero. A gap without such a switch was interrupt
+//! work on its CPU or, on a virtual machine, the host running something
+//! else on the virtual CPU: sleeping would not have avoided it, so the
+//! spin goes on (counted as a stall). Where the count cannot be read,
+//! every long gap counts as a preemption.
 //!
 //! Invariants: with a zero window [`BusyPoll::after_round`] always says
-//! sleep-as-before and keeps no state; time is passed in (the worker's
-//! own clock reads), never read here.
+//! sleep-as-before and keeps no state; time and the switch count are
+//! passed in (the worker's own reads), never read here; the switch count
+//! is asked for at most once per spin start and once per long gap, never
+//! per round.
 use std::time::Duration;
 
 /// A gap between two polling rounds, with no sleep in between, longer than
@@ -43,10 +51,18 @@ pub struct BusyPoll {
     last_work_ns: u64,
     /// When the previous round ended, if the worker has not slept since.
     awake_since_ns: Option<u64>,
+    /// Whether the last round ended with the worker spinning.
+    spinning: bool,
     /// No spinning before this time (after a preemption).
     backoff_until_ns: u64,
+    /// The thread's involuntary context switches when it began to spin
+    /// (or at the last long gap), if known.
+    switches_seen: Option<u64>,
     /// Preemptions seen while spinning (each starts a back-off).
     pub backoffs: u64,
+    /// Long gaps while spinning that were no preemption (the spin went
+    /// on).
+    pub stalls: u64,
 }
 
 impl BusyPoll {
@@ -57,8 +73,11 @@ impl BusyPoll {
             window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
             last_work_ns: 0,
             awake_since_ns: None,
+            spinning: false,
             backoff_until_ns: 0,
+            switches_seen: None,
             backoffs: 0,
+            stalls: 0,
         }
     }
 
@@ -68,12 +87,28 @@ impl BusyPoll {
     }
 
     /// Called when a round starts at `now_ns`: a long gap since the
-    /// previous round's end, with no sleep in between, is a preemption.
-    pub fn round_starts(&mut self, now_ns: u64) {
+    /// previous round's end, with no sleep in between, is a preemption if
+    /// `involuntary_switches` (the thread's count, asked only then) grew
+    /// since the spin began, or cannot be read.
+    pub fn round_starts(
+        &mut self,
+        now_ns: u64,
+        involuntary_switches: impl FnOnce() -> Option<u64>,
+    ) {
         if let Some(end) = self.awake_since_ns.take() {
             if now_ns.saturating_sub(end) > PREEMPTED_GAP_NS {
-                self.backoffs += 1;
-                self.backoff_until_ns = now_ns.saturating_add(BACKOFF_NS);
+                let now = involuntary_switches();
+                let preempted = match (self.switches_seen, now) {
+                    (Some(before), Some(now)) => now > before,
+                    _ => true,
+                };
+                self.switches_seen = now;
+                if preempted {
+                    self.backoffs += 1;
+                    self.backoff_until_ns = now_ns.saturating_add(BACKOFF_NS);
+                } else {
+                    self.stalls += 1;
+                }
             }
         }
     }
@@ -82,12 +117,19 @@ impl BusyPoll {
     /// paused worker): the next gap is that wait, not a preemption.
     pub fn slept(&mut self) {
         self.awake_since_ns = None;
+        self.spinning = false;
     }
 
     /// Called when a round ends at `now_ns` (`found_work`: it received a
     /// frame): true if the worker should poll again without sleeping
-    /// beyond its usual empty rounds.
-    pub fn after_round(&mut self, now_ns: u64, found_work: bool) -> bool {
+    /// beyond its usual empty rounds. `involuntary_switches` (the
+    /// thread's count) is asked when a spin begins.
+    pub fn after_round(
+        &mut self,
+        now_ns: u64,
+        found_work: bool,
+        involuntary_switches: impl FnOnce() -> Option<u64>,
+    ) -> bool {
         if self.window_ns == 0 {
             return false;
         }
@@ -96,6 +138,10 @@ impl BusyPoll {
         }
         let spin = now_ns >= self.backoff_until_ns
             && now_ns.saturating_sub(self.last_work_ns) < self.window_ns;
+        if spin && !self.spinning {
+            self.switches_seen = involuntary_switches();
+        }
+        self.spinning = spin;
         // Only a spinning worker's gaps tell of preemption: the gap after
         // a sleep is the sleep.
         self.awake_since_ns = spin.then_some(now_ns);
@@ -109,13 +155,18 @@ mod tests {
 
     const US: u64 = 1_000;
 
+    /// A thread whose switch count cannot be read.
+    fn unknown() -> Option<u64> {
+        None
+    }
+
     #[test]
     fn a_zero_window_never_spins() {
         let mut b = BusyPoll::new(Duration::ZERO);
         assert!(!b.enabled());
-        b.round_starts(1_000 * US);
-        assert!(!b.after_round(1_001 * US, true));
-        assert!(!b.after_round(1_002 * US, false));
+        b.round_starts(1_000 * US, unknown);
+        assert!(!b.after_round(1_001 * US, true, unknown));
+        assert!(!b.after_round(1_002 * US, false, unknown));
     }
 
     #[test]
@@ -123,23 +174,26 @@ mod tests {
         let mut b = BusyPoll::new(Duration::from_micros(100));
         assert!(b.enabled());
         let mut t = 1_000_000 * US;
-        b.round_starts(t);
-        assert!(b.after_round(t, true), "right after a frame");
+        b.round_starts(t, unknown);
+        assert!(b.after_round(t, true, unknown), "right after a frame");
         t += 50 * US;
-        b.round_starts(t - 1);
-        assert!(b.after_round(t, false), "50 µs after it");
-        b.round_starts(t + 1);
+        b.round_starts(t - 1, unknown);
+        assert!(b.after_round(t, false, unknown), "50 µs after it");
+        b.round_starts(t + 1, unknown);
         assert!(
-            b.after_round(t + 10 * US, true),
+            b.after_round(t + 10 * US, true, unknown),
             "a new frame restarts the window"
         );
         t += 10 * US + 100 * US;
-        b.round_starts(t - 1);
-        assert!(!b.after_round(t, false), "100 µs without a frame: sleep");
+        b.round_starts(t - 1, unknown);
+        assert!(
+            !b.after_round(t, false, unknown),
+            "100 µs without a frame: sleep"
+        );
         // The gap after a sleep is no preemption.
         t += 50_000 * US;
-        b.round_starts(t);
-        assert!(b.after_round(t + US, true));
+        b.round_starts(t, unknown);
+        assert!(b.after_round(t + US, true, unknown));
         assert_eq!(b.backoffs, 0);
     }
 
@@ -147,19 +201,63 @@ mod tests {
     fn a_preempted_spin_backs_off_then_spins_again() {
         let mut b = BusyPoll::new(Duration::from_micros(100));
         let mut t = 1_000_000 * US;
-        b.round_starts(t);
-        assert!(b.after_round(t, true));
+        b.round_starts(t, unknown);
+        assert!(b.after_round(t, true, unknown));
         // Descheduled for 3 ms between two rounds of the spin.
         t += 3_000 * US;
-        b.round_starts(t);
+        b.round_starts(t, unknown);
         assert_eq!(b.backoffs, 1);
-        assert!(!b.after_round(t + US, true), "backing off: sleep");
+        assert!(!b.after_round(t + US, true, unknown), "backing off: sleep");
         t += BACKOFF_NS / 2;
-        b.round_starts(t);
-        assert!(!b.after_round(t, true), "still backing off");
+        b.round_starts(t, unknown);
+        assert!(!b.after_round(t, true, unknown), "still backing off");
         t += BACKOFF_NS;
-        b.round_starts(t);
-        assert!(b.after_round(t, true), "the back-off is over");
+        b.round_starts(t, unknown);
+        assert!(b.after_round(t, true, unknown), "the back-off is over");
         assert_eq!(b.backoffs, 1);
+    }
+
+    #[test]
+    fn a_gap_without_a_preemption_is_a_stall_and_the_spin_goes_on() {
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        let mut t = 1_000_000 * US;
+        b.round_starts(t, || Some(7));
+        assert!(b.after_round(t, true, || Some(7)), "the spin begins");
+        // 3 ms without running, the scheduler never took the CPU: the host
+        // (or interrupt work) did.
+        t += 3_000 * US;
+        b.round_starts(t, || Some(7));
+        assert_eq!((b.backoffs, b.stalls), (0, 1));
+        assert!(b.after_round(t + US, true, || Some(7)), "still spinning");
+        // Then the scheduler does preempt it.
+        t += 3_000 * US;
+        b.round_starts(t, || Some(8));
+        assert_eq!((b.backoffs, b.stalls), (1, 1));
+        assert!(!b.after_round(t + US, true, || Some(8)), "backing off");
+    }
+
+    #[test]
+    fn the_switch_count_is_read_at_a_spin_start_and_at_long_gaps_only() {
+        let reads = std::cell::Cell::new(0u32);
+        let count = || {
+            reads.set(reads.get() + 1);
+            Some(3)
+        };
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        let mut t = 1_000_000 * US;
+        for _ in 0..50 {
+            b.round_starts(t, count);
+            b.after_round(t + US, true, count);
+            t += 2 * US;
+        }
+        assert_eq!(reads.get(), 1, "one read when the spin began");
+        t += 1_000 * US;
+        b.round_starts(t, count);
+        assert_eq!(reads.get(), 2, "one more at the long gap");
+        // A window of zero never asks.
+        let mut z = BusyPoll::new(Duration::ZERO);
+        z.round_starts(t, count);
+        z.after_round(t, true, count);
+        assert_eq!(reads.get(), 2);
     }
 }

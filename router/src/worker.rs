@@ -329,11 +329,11 @@ impl Worker {
                 continue;
             }
             let started_ns = crate::clock::now_ns();
-            busy_poll.round_starts(started_ns);
+            busy_poll.round_starts(started_ns, involuntary_switches);
             let found_work = self.poll_round(started_ns);
             // One more clock read per round, only with busy polling on.
-            let spin =
-                busy_poll.enabled() && busy_poll.after_round(crate::clock::now_ns(), found_work);
+            let spin = busy_poll.enabled()
+                && busy_poll.after_round(crate::clock::now_ns(), found_work, involuntary_switches);
             let timeout = if found_work {
                 idle_rounds = 0;
                 Some(Duration::ZERO)
@@ -529,6 +529,12 @@ impl Worker {
         }
         busy
     }
+}
+
+/// The calling worker thread's involuntary context switches, for
+/// [`BusyPoll`] (asked when a spin begins and at a long gap only).
+fn involuntary_switches() -> Option<u64> {
+    crate::sys::current_thread_involuntary_switches().ok()
 }
 
 /// The IPv4 destination of an Ethernet frame carrying IPv4 (for the FIB

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use podrouter_control::config::Config;
 use podrouter_control::daemon::Daemon;
-use podrouter_control::{logger, metrics, sd_notify, server, takeover};
+use podrouter_control::{logger, metrics, own_cores, sd_notify, server, takeover};
 
 /// podrouter's node daemon: a polled userspace router for pod networks.
 #[derive(Parser)]
@@ -63,6 +63,8 @@ fn main() -> ExitCode {
     }
     logger::init(cfg.log_level.filter());
     log::info!("podrouterd {} starting", env!("CARGO_PKG_VERSION"));
+    // Before any other thread starts: they inherit the main thread's CPUs.
+    own_cores::keep_off_worker_cores(&cfg.dataplane.cores);
     let metrics_args = cfg.metrics.as_ref().map(|m| {
         let (api, host) = (cfg.api_socket.clone(), cfg.dataplane.host_port.clone());
         (m.listen, api, host)

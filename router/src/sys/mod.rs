@@ -332,6 +332,52 @@ pub fn pin_current_thread_to_core(core: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Lets the calling thread (and the threads it spawns from now on) run
+/// on `cores` only (podrouterd's own threads, kept off the workers'
+/// cores).
+pub fn set_current_thread_cores(cores: &[usize]) -> io::Result<()> {
+    if cores.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "an empty set of cores",
+        ));
+    }
+    // SAFETY: cpu_set_t is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { mem::zeroed() };
+    for &core in cores {
+        if core >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("core {core} is beyond CPU_SETSIZE"),
+            ));
+        }
+        // SAFETY: `core` < CPU_SETSIZE was checked above, so CPU_SET stays
+        // inside `set`.
+        unsafe { libc::CPU_SET(core, &mut set) };
+    }
+    // SAFETY: pid 0 means the calling thread; the pointer and size describe
+    // `set`, which lives across the call and is only read.
+    let r = unsafe { libc::sched_setaffinity(0, mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How often the scheduler has taken the CPU from the calling thread while
+/// it could still run (involuntary context switches, `ru_nivcsw`).
+pub fn current_thread_involuntary_switches() -> io::Result<u64> {
+    // SAFETY: all-zero is a valid rusage.
+    let mut usage: libc::rusage = unsafe { mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD reports the calling thread; the kernel writes
+    // one rusage into `usage`, which is exclusively borrowed.
+    let r = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::try_from(usage.ru_nivcsw).unwrap_or(0))
+}
+
 /// The kernel's `struct sched_attr` (SCHED_ATTR_SIZE_VER1, 56 bytes).
 #[repr(C)]
 #[derive(Default)]
