@@ -670,27 +670,18 @@ pub(crate) fn rr_measure(
         "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
         "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
         "max_us": h.max() as f64 / 1e3, "busy_before": busy,
-        "worker_sleeps_per_request": per_request.map(|w| w.sleeps),
-        "worker_frames_per_request": per_request.map(|w| w.frames),
-        "worker_busy_us_per_request": per_request.map(|w| w.busy_us),
-        "worker_run_queue_us_per_request": per_request.map(|w| w.run_delay_us),
-        "worker_preempted_per_request": per_request.map(|w| w.preempted),
     }));
+    WorkPer::add_fields(ctx.runs.last_mut(), per_request, "request");
     if let Some(w) = per_request {
         util::log(&format!(
             "{what}: {} answered, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, max {:.0} µs; per request podrouterd's \
-             workers slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and \
-             were preempted {:.3} times",
+             workers {}",
             rtts.len(),
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
             h.value_at_quantile(0.999) as f64 / 1e3,
             h.max() as f64 / 1e3,
-            w.sleeps,
-            w.frames,
-            w.busy_us,
-            w.run_delay_us,
-            w.preempted,
+            w.describe(),
         ));
     }
     if lost > 0 {
@@ -773,18 +764,12 @@ fn conn_rate(
         .map(|(a, b)| b.since(&a).per(r.conn_ns.len() as u64));
     if let Some(w) = per_conn {
         util::log(&format!(
-            "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; per connection podrouterd's workers \
-             slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
-             preempted {:.3} times",
+            "{what}: {} connections, p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs; per connection podrouterd's workers {}",
             r.conn_ns.len(),
             h.value_at_quantile(0.5) as f64 / 1e3,
             h.value_at_quantile(0.99) as f64 / 1e3,
             h.value_at_quantile(0.999) as f64 / 1e3,
-            w.sleeps,
-            w.frames,
-            w.busy_us,
-            w.run_delay_us,
-            w.preempted,
+            w.describe(),
         ));
     }
     ctx.runs.push(json!({
@@ -794,12 +779,8 @@ fn conn_rate(
         "p99_us": h.value_at_quantile(0.99) as f64 / 1e3,
         "p999_us": h.value_at_quantile(0.999) as f64 / 1e3,
         "max_us": h.max() as f64 / 1e3, "busy_before": busy,
-        "worker_sleeps_per_connection": per_conn.map(|w| w.sleeps),
-        "worker_frames_per_connection": per_conn.map(|w| w.frames),
-        "worker_busy_us_per_connection": per_conn.map(|w| w.busy_us),
-        "worker_run_queue_us_per_connection": per_conn.map(|w| w.run_delay_us),
-        "worker_preempted_per_connection": per_conn.map(|w| w.preempted),
     }));
+    WorkPer::add_fields(ctx.runs.last_mut(), per_conn, "connection");
     if failed > 0 {
         ctx.notes.push(format!(
             "{what}: {failed} connection(s) failed (1 s timeout): {}",
@@ -833,6 +814,34 @@ struct WorkPer {
     busy_us: f64,
     run_delay_us: f64,
     preempted: f64,
+}
+
+impl WorkPer {
+    /// Adds the five figures to a run's record as
+    /// `worker_{sleeps,frames,busy_us,run_queue_us,preempted}_per_{unit}`
+    /// (null for the kernel's plane, which has no workers).
+    fn add_fields(run: Option<&mut Value>, per: Option<WorkPer>, unit: &str) {
+        let Some(Value::Object(record)) = run else {
+            return;
+        };
+        let names = ["sleeps", "frames", "busy_us", "run_queue_us", "preempted"];
+        let values = per.map(|w| [w.sleeps, w.frames, w.busy_us, w.run_delay_us, w.preempted]);
+        for (i, name) in names.iter().enumerate() {
+            record.insert(
+                format!("worker_{name}_per_{unit}"),
+                json!(values.map(|v| v[i])),
+            );
+        }
+    }
+
+    /// What the workers did per request or connection, for the log.
+    fn describe(&self) -> String {
+        format!(
+            "slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
+             preempted {:.3} times",
+            self.sleeps, self.frames, self.busy_us, self.run_delay_us, self.preempted
+        )
+    }
 }
 
 impl WorkerWork {

@@ -94,6 +94,23 @@ impl std::fmt::Debug for UplinkState {
 }
 
 impl UplinkState {
+    /// An IPIP uplink state on `podrouter0` with no tunnel TAPs, XDP or
+    /// path-MTU thread: what the kernel-route tests need.
+    #[cfg(test)]
+    pub(crate) fn for_test(port: Arc<Uplink>, policy: EncapPolicy) -> UplinkState {
+        UplinkState {
+            ifname: "podrouter0".into(),
+            policy,
+            tunnel: Tunnel::Ipip,
+            port,
+            ipip: None,
+            vxlan: None,
+            xdp: None,
+            pmtu: None,
+            path_mtus: Arc::new(PathMtus::new()),
+        }
+    }
+
     /// Which tunnel this is, as the config names it.
     pub fn kind(&self) -> TunnelKind {
         match self.tunnel {
@@ -760,17 +777,8 @@ mod tests {
         ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "podrouter0"]);
         ns.run(|| {
             let port = Arc::new(Uplink::open(ip("10.9.0.1"), 1500).unwrap());
-            let state = |mode| UplinkState {
-                ifname: "podrouter0".into(),
-                policy: EncapPolicy { mode, subnet: None },
-                tunnel: Tunnel::Ipip,
-                port: port.clone(),
-                ipip: None,
-                vxlan: None,
-                xdp: None,
-                pmtu: None,
-                path_mtus: Arc::new(PathMtus::new()),
-            };
+            let state =
+                |mode| UplinkState::for_test(port.clone(), EncapPolicy { mode, subnet: None });
             let ours = || -> Vec<String> {
                 let mut v: Vec<String> = Netlink::open()
                     .unwrap()

@@ -367,8 +367,6 @@ mod tests {
         use crate::netlink::{Netlink, RTPROT_PODROUTER};
         use crate::netns::RunIn;
         use crate::uplink_setup::{KernelRoutes, UplinkState};
-        use podrouter_router::pmtu::PathMtus;
-        use podrouter_router::port::Tunnel;
         use podrouter_router::uplink::Uplink;
         use std::sync::Arc;
 
@@ -387,17 +385,7 @@ mod tests {
             // kernel must route it itself.
             assert!(plan.own_route(&pool, &[near]));
             let port = Arc::new(Uplink::open(Ipv4Addr::new(10, 0, 0, 1), 1500).unwrap());
-            let state = UplinkState {
-                ifname: "podrouter0".into(),
-                policy: policy(EncapMode::CrossSubnet),
-                tunnel: Tunnel::Ipip,
-                port: port.clone(),
-                ipip: None,
-                vxlan: None,
-                xdp: None,
-                pmtu: None,
-                path_mtus: Arc::new(PathMtus::new()),
-            };
+            let state = UplinkState::for_test(port.clone(), policy(EncapMode::CrossSubnet));
             let mut routes = KernelRoutes::new("podrouter0", state);
             let host = Netlink::open()
                 .unwrap()
