@@ -314,6 +314,18 @@ pub fn layout_for(mtu: u16) -> Option<Layout> {
     }
 }
 
+/// Chunks an idle pod port of MTU `mtu` holds for a standing share of
+/// `rx_chunks` (one per frame on a single-chunk port, as many as its
+/// largest frame takes on a multi-buffer one: 384 for 128 at MTU 9000).
+pub fn standing_chunks(mtu: u16, rx_chunks: u32) -> u32 {
+    match layout_for(mtu) {
+        Some(l) => {
+            rx_pool::Shares::new(l, usize::from(mtu) + ETHERNET_HEADER_LEN, rx_chunks).standing
+        }
+        None => rx_chunks,
+    }
+}
+
 struct RxSide {
     rx: Ring<XdpDesc>,
     fill: Ring<u64>,
@@ -914,6 +926,15 @@ mod tests {
     use std::net::UdpSocket;
     use std::process::Command;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn standing_chunks_count_frames() {
+        assert_eq!(standing_chunks(1500, 128), 128);
+        assert_eq!(standing_chunks(3826, 256), 256);
+        assert_eq!(standing_chunks(3827, 128), 256);
+        assert_eq!(standing_chunks(9000, 128), 384);
+        assert_eq!(standing_chunks(9000, 64), 192);
+    }
 
     #[test]
     fn chunk_sizes_follow_the_mtu() {

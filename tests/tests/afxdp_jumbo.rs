@@ -51,6 +51,12 @@ fn jumbo_pods_exchange_8000_byte_pings_and_tcp() {
             "a multi-buffer port keeps driver mode: {p:#}"
         );
     }
+    // The standing share counts frames: 128 of three chunks each.
+    assert_eq!(
+        num(&status["afxdp_umem"], "/rx_chunks_per_port"),
+        3 * 128,
+        "{status:#}"
+    );
     assert!(ping_until_reply(&a.ns, &b.ip, Duration::from_secs(5)));
 
     // 8000 bytes of data + 28 of headers, DF: one 8042-byte frame each
