@@ -667,8 +667,9 @@ pub struct UmemInfo {
     pub rx_bytes: u64,
     pub tx_umems: u64,
     pub tx_bytes: u64,
-    /// Chunks each idle pod port holds of its worker's receive pool
-    /// (`afxdp_rx_chunks`, the standing share).
+    /// Chunks each idle pod port holds of its worker's receive pool: the
+    /// standing share (`afxdp_rx_chunks`) times the chunks a frame of the
+    /// pods' MTU takes (1, or 3 at MTU 9000 on multi-buffer ports).
     pub rx_chunks_per_port: u32,
 }
 

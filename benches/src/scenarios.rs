@@ -529,6 +529,7 @@ fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
         )?;
         util::sleep(Duration::from_millis(300))?;
         let pids = t.daemon_pids();
+        let xsk_a = t.xsk_drops()?;
         let a = measure::snap(&dst.ns, &dst.ifname, &pids)?;
         let client = Proc::spawn(
             "iperf3 client",
@@ -554,6 +555,7 @@ fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
         )?;
         let out = client.wait(Duration::from_secs_f64(ctx.p.secs + 60.0))?;
         let b = measure::snap(&dst.ns, &dst.ifname, &pids)?;
+        let xsk_b = t.xsk_drops()?;
         drop(server);
         let v: Value = serde_json::from_str(&out.stdout).unwrap_or(Value::Null);
         if !out.ok() || v.get("error").is_some() {
@@ -585,6 +587,11 @@ fn tcp(ctx: &mut Ctx, t: &Topology, streams: usize, what: &str) -> Res<TcpRun> {
             "what": what, "plane": t.label, "kind": "tcp", "streams": streams,
             "gbps": r.gbps, "bytes": bytes, "plane_cpu_s_per_gb": r.plane_cpu_per_gb,
             "retransmits": v["end"]["sum_sent"]["retransmits"], "counters": d, "busy_before": busy,
+            // The kernel's drops at the AF_XDP pod ports over the run
+            // (`XDP_STATISTICS`; zeros for TAP ports and the kernel).
+            "xsk_rx_dropped": xsk_b[0].saturating_sub(xsk_a[0]),
+            "xsk_rx_ring_full": xsk_b[1].saturating_sub(xsk_a[1]),
+            "xsk_rx_fill_empty": xsk_b[2].saturating_sub(xsk_a[2]),
             // What the generator itself cost: iperf3's own CPU use, client
             // (host) and server (remote), in percent of one CPU.
             "iperf3_cpu_percent": v["end"]["cpu_utilization_percent"],

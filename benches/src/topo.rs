@@ -201,6 +201,22 @@ impl Daemon {
         }
     }
 
+    /// The kernel's AF_XDP drop counters summed over the daemon's pod
+    /// ports, `[rx_dropped, rx_ring_full, rx_fill_empty]` (zeros without
+    /// AF_XDP ports).
+    pub fn xsk_drops(&self) -> Res<[u64; 3]> {
+        match self.call(Call::Counters)? {
+            Reply::Counters(c) => Ok(c
+                .ports
+                .iter()
+                .filter_map(|p| p.xsk.as_ref())
+                .fold([0; 3], |[d, r, f], x| {
+                    [d + x.rx_dropped, r + x.rx_ring_full, f + x.rx_fill_empty]
+                })),
+            r => bail!("counters: unexpected reply {r:?}"),
+        }
+    }
+
     /// Non-zero drop counters, `reason=N` (for messages).
     pub fn drops(&self) -> String {
         match self.call(Call::Counters) {
@@ -240,6 +256,17 @@ impl Topology {
 
     pub fn daemon_pids(&self) -> Vec<u32> {
         self.daemons.iter().map(Daemon::pid).collect()
+    }
+
+    /// [`Daemon::xsk_drops`] summed over the daemons.
+    pub fn xsk_drops(&self) -> Res<[u64; 3]> {
+        let mut sum = [0; 3];
+        for d in &self.daemons {
+            for (s, v) in sum.iter_mut().zip(d.xsk_drops()?) {
+                *s += v;
+            }
+        }
+        Ok(sum)
     }
 
     /// The first daemon's drop counters as " (podrouterd drops: ...)", or

@@ -226,6 +226,13 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         "Connections a pod's NetworkPolicy refused, by direction from the pod.",
         &["kind", "name", "direction"],
     );
+    // An AF_XDP port's socket drops (the kernel's `XDP_STATISTICS` and
+    // the port's own), only for ports that have AF_XDP sockets.
+    let xsk = f.counter(
+        "port_xsk_drops_total",
+        "Frames dropped around an AF_XDP port's sockets, by counter (the kernel's rx_dropped, rx_ring_full, rx_fill_empty; the port's tx_dropped, rx_invalid).",
+        &["kind", "name", "counter"],
+    );
     for p in &c.ports {
         let pod = snap.pods.iter().find(|x| x.port == p.port);
         let (kind, name) = match pod {
@@ -245,6 +252,17 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
         denied
             .with_label_values(&[kind, name, "egress"])
             .inc_by(p.policy_denied_egress);
+        if let Some(x) = &p.xsk {
+            for (counter, n) in [
+                ("rx_dropped", x.rx_dropped),
+                ("rx_ring_full", x.rx_ring_full),
+                ("rx_fill_empty", x.rx_fill_empty),
+                ("tx_dropped", x.tx_dropped),
+                ("rx_invalid", x.rx_invalid),
+            ] {
+                xsk.with_label_values(&[kind, name, counter]).inc_by(n);
+            }
+        }
     }
 
     let drops = f.counter(
@@ -579,7 +597,7 @@ fn histogram(name: &str, help: &str, s: &OpStatsInfo) -> MetricFamily {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use podrouter_api::{PortCountersInfo, TunnelCountersInfo};
+    use podrouter_api::{PortCountersInfo, TunnelCountersInfo, XskCountersInfo};
 
     fn snapshot() -> Snapshot {
         let status: StatusInfo = serde_json::from_value(serde_json::json!({
@@ -611,6 +629,11 @@ mod tests {
             ],
             ..CountersInfo::default()
         };
+        counters.ports[2].xsk = Some(XskCountersInfo {
+            rx_dropped: 11,
+            rx_fill_empty: 4,
+            ..XskCountersInfo::default()
+        });
         counters.worker_busy_ns = vec![1_500_000_000, 0];
         counters.flows.policy_allowed = 6;
         counters.flows.purged = 8;
@@ -668,6 +691,10 @@ mod tests {
             r#"podrouter_port_received_packets_total{kind="pod",name="web"} 7"#,
             r#"podrouter_port_received_bytes_total{kind="host",name="podrouter0"} 500"#,
             r#"podrouter_port_dropped_packets_total{kind="uplink",name="ipip@eth0"} 3"#,
+            "# TYPE podrouter_port_xsk_drops_total counter",
+            r#"podrouter_port_xsk_drops_total{counter="rx_dropped",kind="pod",name="web"} 11"#,
+            r#"podrouter_port_xsk_drops_total{counter="rx_fill_empty",kind="pod",name="web"} 4"#,
+            r#"podrouter_port_xsk_drops_total{counter="rx_ring_full",kind="pod",name="web"} 0"#,
             r#"podrouter_drop_count_total{direction="ingress",reason="no_route"} 25"#,
             r#"podrouter_drop_count_total{direction="egress",reason="tx_error"} 1"#,
             "podrouter_received_packets_total 12",
@@ -706,6 +733,11 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
+        // Only ports with AF_XDP sockets have the socket counters.
+        assert!(
+            !text.contains(r#"podrouter_port_xsk_drops_total{counter="rx_dropped",kind="host""#),
+            "{text}"
+        );
     }
 
     #[test]

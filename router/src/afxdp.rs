@@ -8,9 +8,10 @@
 //! [`rx_pool::ARENA_MIN_CHUNKS`] chunks, one more whenever the pods'
 //! standing shares fill one; a port holds its standing share
 //! [`AfXdpConfig::rx_chunks`] when idle and up to [`rx_pool::RX_BURST`]
-//! while busy); every transmit socket draws from its worker's transmit
-//! UMEM ([`tx_pool`]: one per worker, [`tx_pool::WORKER_TX_CHUNKS`]
-//! chunks). So a pod costs its standing share of an arena, whatever the
+//! while busy, each counted in frames: times the chunks its largest frame
+//! takes on a multi-buffer port); every transmit socket draws from its
+//! worker's transmit UMEM ([`tx_pool`]: one per worker,
+//! [`tx_pool::WORKER_TX_CHUNKS`] chunks). So a pod costs its standing share of an arena, whatever the
 //! number of workers, and a worker costs one transmit pool whatever the
 //! number of pods. [`umem_use`] sums what is mapped, for `podrouterctl
 //! status`. The uplink's receive sockets ([`XskRx`], `uplink_xdp`) keep a
@@ -97,8 +98,9 @@ use crate::wire::ETHERNET_HEADER_LEN;
 /// chunks ([`crate::xdp_uplink`]).
 pub const RX_RING: u32 = 1024;
 /// A pod port's standing receive share when the configuration names none:
-/// chunks of its worker's receive pool it keeps on its fill ring when idle
-/// (it draws up to [`rx_pool::RX_BURST`] while busy).
+/// frames' worth of chunks of its worker's receive pool it keeps on its
+/// fill ring when idle (it draws up to [`rx_pool::RX_BURST`] frames' worth
+/// while busy; a frame is one chunk unless the port is multi-buffer).
 pub const DEFAULT_RX_CHUNKS: u32 = 128;
 pub use rx_pool::{ARENA_MIN_CHUNKS, RX_BURST};
 /// The standing shares a port may be given (a power of two in this range).
@@ -187,8 +189,9 @@ pub struct AfXdpConfig {
     pub tx_queues: u32,
     pub mode: XdpModeRequest,
     /// The standing receive share: chunks of the worker's receive pool on
-    /// the port's fill ring when idle (a power of two in
-    /// [`RX_CHUNKS_RANGE`]; [`DEFAULT_RX_CHUNKS`] unless configured).
+    /// the port's fill ring when idle, per chunk its largest frame takes
+    /// (one, or three at MTU 9000 on a multi-buffer port) (a power of two
+    /// in [`RX_CHUNKS_RANGE`]; [`DEFAULT_RX_CHUNKS`] unless configured).
     pub rx_chunks: u32,
     /// The worker that will poll the port: its receive socket joins that
     /// worker's receive pool ([`rx_pool`]).
@@ -308,6 +311,18 @@ pub fn layout_for(mtu: u16) -> Option<Layout> {
             multi_buffer: true,
         }),
         None => None,
+    }
+}
+
+/// Chunks an idle pod port of MTU `mtu` holds for a standing share of
+/// `rx_chunks` (one per frame on a single-chunk port, as many as its
+/// largest frame takes on a multi-buffer one: 384 for 128 at MTU 9000).
+pub fn standing_chunks(mtu: u16, rx_chunks: u32) -> u32 {
+    match layout_for(mtu) {
+        Some(l) => {
+            rx_pool::Shares::new(l, usize::from(mtu) + ETHERNET_HEADER_LEN, rx_chunks).standing
+        }
+        None => rx_chunks,
     }
 }
 
@@ -913,6 +928,15 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
+    fn standing_chunks_count_frames() {
+        assert_eq!(standing_chunks(1500, 128), 128);
+        assert_eq!(standing_chunks(3826, 256), 256);
+        assert_eq!(standing_chunks(3827, 128), 256);
+        assert_eq!(standing_chunks(9000, 128), 384);
+        assert_eq!(standing_chunks(9000, 64), 192);
+    }
+
+    #[test]
     fn chunk_sizes_follow_the_mtu() {
         assert_eq!(chunk_size_for(1500), Some(2048));
         assert_eq!(chunk_size_for(1778), Some(2048));
@@ -1222,6 +1246,16 @@ mod tests {
             .unwrap()
         };
         let port = open("pxj1", 9000);
+        // Its share counts frames of three chunks: 128 frames standing,
+        // in an arena of 4096 frames' worth (12288 chunks, 48 MiB).
+        assert_eq!(port.rx.held(), 3 * DEFAULT_RX_CHUNKS);
+        assert_eq!(
+            rx_pool::arena_of(&port.rx),
+            (
+                3 * ARENA_MIN_CHUNKS as usize - 3 * DEFAULT_RX_CHUNKS as usize,
+                1
+            )
+        );
         assert_eq!(
             port.mode().attach,
             XdpAttach::Driver,

@@ -19,7 +19,10 @@ impl Daemon {
             rx_bytes: u.rx_bytes,
             tx_umems: u.tx_umems,
             tx_bytes: u.tx_bytes,
-            rx_chunks_per_port: dp.afxdp_rx_chunks,
+            rx_chunks_per_port: podrouter_router::afxdp::standing_chunks(
+                dp.mtu,
+                dp.afxdp_rx_chunks,
+            ),
         })
     }
 }

@@ -2,25 +2,42 @@
 //! of every pod port a worker polls share that worker's receive arenas
 //! (`XDP_SHARED_UMEM`), each socket with its own fill and RX rings.
 //!
-//! Layout. A worker's receive pool (one per worker and chunk size, in a
-//! process-wide registry) is a list of arenas: [`UmemArea`]s of at least
-//! [`ARENA_MIN_CHUNKS`] chunks, each registered with the kernel as one
-//! UMEM. A port joins the first arena with room for its standing share
-//! plus the arena's burst reserve ([`RX_BURST`] chunks), else a new arena
-//! is mapped for it: memory follows the pod count, one arena per
-//! `(arena - reserve) / standing` pods (24 pods per 8 MiB arena with the
-//! default 128-chunk share and 2 KiB chunks). An arena is unmapped when its
-//! last port goes (the registry keeps only a weak reference).
+//! Shares are counted in frames and held in chunks ([`Shares`]). A
+//! single-chunk port's frame is one chunk; a multi-buffer port's largest
+//! frame takes `frame_chunks` of them (its MTU plus the Ethernet header
+//! over what a chunk carries after the kernel's headroom: three 4 KiB
+//! chunks at MTU 9000), and the kernel's copy-mode receive takes a frame
+//! only when that many chunks are on the fill ring at once (else it drops
+//! the frame whole and counts `rx_dropped`, with `rx_fill_empty` counted
+//! only if the ring was empty). So every figure below that says "chunks"
+//! is that many chunks *per frame* on a multi-buffer port: its standing
+//! share, burst size, RX ring, arena reserve and arena minimum are
+//! `frame_chunks` times a single-chunk port's (rings rounded up to a power
+//! of two), and a single-chunk port's are what they always were.
 //!
-//! Watermarks. A port holds its standing share ([`super::AfXdpConfig::rx_chunks`])
-//! on its fill ring when idle. After every receive batch the worker puts the
-//! batch's chunks back on the port's fill ring up to the port's target: the
-//! standing share, raised to the burst size ([`RX_BURST`], or the standing
-//! share if larger) by any large batch ([`BUSY_BATCH`] frames or more, or
-//! the worker's whole batch), lowered again only when the port received
-//! fewer than [`BUSY_FRAMES`] frames in a window of at least
-//! [`WINDOW_NS`]. The rate decides, not the batch size: a worker that
-//! outpaces a flood sees it in batches of one or two frames, and a port
+//! Layout. A worker's receive pool (one per worker and layout, in a
+//! process-wide registry) is a list of arenas: [`UmemArea`]s of at least
+//! [`ARENA_MIN_CHUNKS`] chunks per frame, each registered with the kernel
+//! as one UMEM. A port joins the first arena with room for its standing
+//! share plus a burst reserve ([`RX_BURST`] chunks per frame), else a new
+//! arena is mapped for it: memory follows the pod count, one arena per
+//! `(arena - reserve) / standing` pods (24 pods per 8 MiB arena with the
+//! default 128-frame share and 2 KiB chunks; 24 per 48 MiB arena of 4 KiB
+//! chunks at MTU 9000). An arena is unmapped when its last port goes (the
+//! registry keeps only a weak reference).
+//!
+//! Watermarks. A port holds its standing share
+//! ([`super::AfXdpConfig::rx_chunks`] frames' worth of chunks) on its fill
+//! ring when idle. After every receive batch the worker puts the batch's
+//! chunks back on the port's fill ring up to the port's target: the
+//! standing share, raised to the burst size ([`RX_BURST`] frames' worth,
+//! or the standing share if larger) by any large batch ([`BUSY_BATCH`]
+//! frames or more, or the worker's whole batch), lowered again only when
+//! the port received fewer than [`BUSY_FRAMES`] frames in a window of at
+//! least [`WINDOW_NS`]. The thresholds count frames (descriptors that end
+//! a frame), not descriptors. The rate decides, not the batch size: a
+//! worker that outpaces a flood sees it in batches of one or two frames,
+//! and a port
 //! lowered to its standing share mid-flood would drop what arrives while
 //! its worker is off the CPU (the fill ring runs dry), and churn between
 //! the two targets (taking the arena's lock on every batch). The clock is
@@ -33,7 +50,9 @@
 //! surplus goes back there. In the steady state (a batch's chunks go
 //! straight back) the arena is not touched at all.
 //!
-//! The fill ring has twice the entries of the most chunks a port holds:
+//! The RX ring has an entry per chunk of the burst (a descriptor per
+//! chunk), rounded up to a power of two. The fill ring has twice the RX
+//! ring's entries, at least twice the most chunks a port holds:
 //! the kernel publishes how far it consumed the fill ring only when it
 //! flushes, after it published the RX descriptors of the same frames, so
 //! a ring exactly as large as the chunks can look full for a moment while
@@ -81,15 +100,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::chain::{Gather, Step};
-use super::{bind_shared_umem, context, lock, AfXdpStats, Layout, UmemUse};
+use super::{bind_shared_umem, context, lock, AfXdpStats, Layout, UmemUse, XDP_HEADROOM};
 use crate::frame::Frame;
 use crate::sys::xsk::{self, Ring, RingKind, UmemArea, UmemRange, XdpDesc};
 
-/// Most chunks a busy port holds (unless its standing share is larger):
-/// the size of its RX ring (its fill ring has twice as many entries), and
-/// each arena's burst reserve.
+/// Most frames' worth of chunks a busy port holds (unless its standing
+/// share is larger): the size of a single-chunk port's RX ring (its fill
+/// ring has twice as many entries), and each arena's burst reserve; times
+/// [`Shares::frame_chunks`] on a multi-buffer port.
 pub const RX_BURST: u32 = 1024;
-/// Chunks of an arena at least (8 MiB of 2 KiB chunks).
+/// Chunks per frame of an arena at least (8 MiB of 2 KiB chunks on a
+/// single-chunk port, 48 MiB of 4 KiB chunks at MTU 9000).
 pub const ARENA_MIN_CHUNKS: u32 = 4096;
 /// A batch of this many frames or more (or a full batch) raises the
 /// port's target to its burst size.
@@ -100,6 +121,63 @@ const BUSY_FRAMES: u64 = 1024;
 const WINDOW_NS: u64 = 1_000_000_000;
 /// Small batches between two looks at the clock while the target is raised.
 const CLOCK_EVERY: u32 = 32;
+
+/// Chunks of the largest frame a port takes: 1 on a single-chunk port,
+/// else its largest frame (`max_frame` bytes, Ethernet header included)
+/// over what one chunk carries after the kernel's headroom, as the kernel
+/// counts them (`__xsk_rcv`: chunk size less `XDP_PACKET_HEADROOM`, no
+/// UMEM headroom here).
+pub(super) fn frame_chunks(layout: Layout, max_frame: usize) -> u32 {
+    if !layout.multi_buffer {
+        return 1;
+    }
+    let carried = layout.chunk_size.saturating_sub(XDP_HEADROOM).max(1);
+    let frame = u32::try_from(max_frame).unwrap_or(u32::MAX).max(1);
+    frame.div_ceil(carried)
+}
+
+/// A port's receive sizes, in chunks and ring entries, from its standing
+/// share in frames (see the module documentation). For a single-chunk
+/// port (`frame_chunks` 1) they are the figures this module always used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Shares {
+    /// Chunks the port's largest frame takes ([`frame_chunks`]).
+    pub frame_chunks: u32,
+    /// Chunks on the fill ring when idle.
+    pub standing: u32,
+    /// Chunks a busy port holds.
+    pub burst: u32,
+    /// RX ring entries: one per chunk of the burst, a power of two.
+    pub rx_ring: u32,
+    /// Fill ring entries: twice the RX ring's.
+    pub fill_ring: u32,
+    /// Chunks an arena must have free beyond the standing share to take
+    /// the port.
+    pub reserve: u32,
+    /// Chunks of an arena mapped for the port.
+    pub arena: u32,
+}
+
+impl Shares {
+    /// `standing_frames`: the configured share (a power of two in
+    /// [`super::RX_CHUNKS_RANGE`]); `max_frame`: the port's largest frame
+    /// in bytes.
+    pub(super) fn new(layout: Layout, max_frame: usize, standing_frames: u32) -> Shares {
+        let k = frame_chunks(layout, max_frame);
+        let standing = standing_frames.saturating_mul(k);
+        let burst = standing_frames.max(RX_BURST).saturating_mul(k);
+        let rx_ring = burst.next_power_of_two();
+        Shares {
+            frame_chunks: k,
+            standing,
+            burst,
+            rx_ring,
+            fill_ring: 2 * rx_ring,
+            reserve: RX_BURST * k,
+            arena: (ARENA_MIN_CHUNKS * k).max(2 * burst),
+        }
+    }
+}
 
 struct Arena {
     area: UmemArea,
@@ -184,9 +262,10 @@ struct Pool {
 
 static POOLS: Mutex<Vec<Pool>> = Mutex::new(Vec::new());
 
-/// An arena of `worker`'s pool with room for `standing` chunks beyond its
-/// burst reserve, mapping a new one if none has.
-fn arena_for(worker: usize, layout: Layout, standing: u32) -> io::Result<Arc<Mutex<Arena>>> {
+/// An arena of `worker`'s pool with room for the port's standing share
+/// beyond its burst reserve, mapping a new one of `shares.arena` chunks if
+/// none has.
+fn arena_for(worker: usize, layout: Layout, shares: &Shares) -> io::Result<Arc<Mutex<Arena>>> {
     let mut pools = lock(&POOLS);
     pools.retain_mut(|p| {
         p.arenas.retain(|a| a.strong_count() > 0);
@@ -209,12 +288,11 @@ fn arena_for(worker: usize, layout: Layout, standing: u32) -> io::Result<Arc<Mut
     let pool = &mut pools[at];
     for a in pool.arenas.iter().filter_map(Weak::upgrade) {
         let room = lock(&a).free.len() as u64;
-        if room >= u64::from(standing) + u64::from(RX_BURST) {
+        if room >= u64::from(shares.standing) + u64::from(shares.reserve) {
             return Ok(a);
         }
     }
-    let chunks = ARENA_MIN_CHUNKS.max(2 * standing.max(RX_BURST));
-    let a = Arc::new(Mutex::new(Arena::new(chunks, layout.chunk_size)?));
+    let a = Arc::new(Mutex::new(Arena::new(shares.arena, layout.chunk_size)?));
     pool.arenas.push(Arc::downgrade(&a));
     Ok(a)
 }
@@ -228,14 +306,15 @@ struct Side {
     held: u32,
     /// How many chunks the port tries to hold.
     mark: Watermark,
-    /// Chunks of the batch being received (capacity: the RX ring's size).
+    /// Chunks of the batch being received (capacity: the RX ring's
+    /// entries).
     spare: Vec<u64>,
     /// The frame being gathered from chained descriptors.
     gather: Gather,
 }
 
-/// A port's target: its standing share or its burst size (see the
-/// module documentation).
+/// A port's target, in chunks: its standing share or its burst size (see
+/// the module documentation); the thresholds that move it count frames.
 struct Watermark {
     standing: u32,
     burst: u32,
@@ -263,8 +342,8 @@ impl Watermark {
         }
     }
 
-    /// Moves the target after a batch of `popped` frames (`full`: the
-    /// whole batch the worker asked for); `now_ns` is called at most once
+    /// Moves the target after a batch that ended `popped` frames (`full`:
+    /// the whole batch the worker asked for); `now_ns` is called at most once
     /// every [`CLOCK_EVERY`] small batches, and only while the target is
     /// raised.
     fn after_batch(&mut self, popped: u32, full: bool, now_ns: impl FnOnce() -> u64) {
@@ -322,8 +401,9 @@ impl Drop for Lease {
 }
 
 /// Opens a receive socket on queue `queue` of `ifindex`, in an arena of
-/// `worker`'s pool for `layout`, with `standing` chunks on its fill ring;
-/// frames longer than `max_frame` bytes are dropped and counted.
+/// `worker`'s pool for `layout`, with `standing` frames' worth of chunks
+/// on its fill ring ([`Shares`]); frames longer than `max_frame` bytes are
+/// dropped and counted.
 pub(super) fn open(
     worker: usize,
     (ifindex, queue): (u32, u32),
@@ -334,17 +414,17 @@ pub(super) fn open(
 ) -> io::Result<PoolRx> {
     let sock = xsk::xsk_socket().map_err(|e| context(e, "cannot open an AF_XDP socket"))?;
     let fd = sock.as_fd();
-    let burst = standing.max(RX_BURST);
-    // Its own fill ring (it is on its own device), twice the chunks it may
-    // hold (see the module documentation); it never transmits, so its
-    // completion ring stays empty.
-    xsk::set_ring_size(fd, RingKind::Fill, 2 * burst)?;
+    let shares = Shares::new(layout, max_frame, standing);
+    // Its own fill ring (it is on its own device), at least twice the
+    // chunks it may hold (see the module documentation); it never
+    // transmits, so its completion ring stays empty.
+    xsk::set_ring_size(fd, RingKind::Fill, shares.fill_ring)?;
     xsk::set_ring_size(fd, RingKind::Completion, 1)?;
-    xsk::set_ring_size(fd, RingKind::Rx, burst)?;
-    let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, 2 * burst)?;
-    let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, burst)?;
+    xsk::set_ring_size(fd, RingKind::Rx, shares.rx_ring)?;
+    let mut fill: Ring<u64> = Ring::map(fd, RingKind::Fill, shares.fill_ring)?;
+    let rx: Ring<XdpDesc> = Ring::map(fd, RingKind::Rx, shares.rx_ring)?;
     let what = || format!("cannot bind an AF_XDP socket to {name} queue {queue}");
-    let arena = arena_for(worker, layout, standing)?;
+    let arena = arena_for(worker, layout, &shares)?;
     let mut a = lock(&arena);
     a.members.retain(|m| m.sock.strong_count() > 0);
     if a.members
@@ -381,7 +461,7 @@ pub(super) fn open(
     a.next_token = a.next_token.wrapping_add(1).max(1);
     let mut held = 0;
     // The ring is empty and larger than the standing share: every push fits.
-    while held < standing {
+    while held < shares.standing {
         let Some(addr) = a.take(token) else {
             break;
         };
@@ -397,8 +477,8 @@ pub(super) fn open(
             fill,
             view,
             held,
-            mark: Watermark::new(standing, burst, crate::clock::now_ns()),
-            spare: Vec::with_capacity(burst as usize),
+            mark: Watermark::new(shares.standing, shares.burst, crate::clock::now_ns()),
+            spare: Vec::with_capacity(shares.rx_ring as usize),
             gather: Gather::new(max_frame),
         }),
         sock,
@@ -421,6 +501,8 @@ impl PoolRx {
         let s = &mut *guard;
         let mut n = 0;
         let mut popped = 0u32;
+        // Descriptors that end a frame: the watermark counts frames.
+        let mut ended = 0u32;
         let mut invalid = 0;
         // A frame's descriptors all come before `n` moves on: a batch
         // ends between frames, or where the ring ran dry.
@@ -434,6 +516,7 @@ impl PoolRx {
             popped += 1;
             let bytes = s.view.read(desc.addr, desc.len as usize);
             let contd = desc.options & xsk::PKT_CONTD != 0;
+            ended += u32::from(!contd);
             match s.gather.piece(bytes, contd, &mut frames[n]) {
                 Step::Frame => n += 1,
                 Step::Dropped => invalid += 1,
@@ -452,7 +535,7 @@ impl PoolRx {
         s.rx.release();
         s.held = s.held.saturating_sub(popped);
         s.mark
-            .after_batch(popped, n == frames.len(), crate::clock::now_ns);
+            .after_batch(ended, n == frames.len(), crate::clock::now_ns);
         while s.held < s.mark.target {
             let Some(&addr) = s.spare.last() else {
                 break;
@@ -561,6 +644,95 @@ mod tests {
         assert_eq!(m.target, 128);
         assert_eq!(m.changes, 2);
         assert!(reads <= 150 / CLOCK_EVERY, "{reads} clock reads");
+    }
+
+    fn layout(mtu: u16) -> (Layout, usize) {
+        let l = crate::afxdp::layout_for(mtu).unwrap();
+        (l, usize::from(mtu) + crate::wire::ETHERNET_HEADER_LEN)
+    }
+
+    /// Chunks per frame as the kernel counts them: a chunk carries its
+    /// size less the 256-byte headroom.
+    #[test]
+    fn frames_take_the_chunks_the_kernel_counts() {
+        for mtu in [1500, 1778, 1779, 3826] {
+            let (l, max) = layout(mtu);
+            assert_eq!(frame_chunks(l, max), 1, "MTU {mtu} is single-chunk");
+        }
+        // 4 KiB chunks carry 3840 bytes: 3827 + 14 = 3841 takes two.
+        let (l, max) = layout(3827);
+        assert!(l.multi_buffer);
+        assert_eq!(frame_chunks(l, max), 2);
+        assert_eq!(frame_chunks(l, 2 * 3840), 2);
+        assert_eq!(frame_chunks(l, 2 * 3840 + 1), 3);
+        let (l, max) = layout(9000);
+        assert_eq!((max, frame_chunks(l, max)), (9014, 3));
+        assert_eq!(frame_chunks(l, 0), 1);
+    }
+
+    /// A single-chunk port's sizes are the ones this module always used;
+    /// a multi-buffer port's are as many frames' worth, rings rounded up
+    /// to a power of two.
+    #[test]
+    fn shares_count_frames_and_keep_single_chunk_ports_unchanged() {
+        let (l, max) = layout(1500);
+        for standing in [64, 128, 1024, 2048, 4096] {
+            let burst = standing.max(RX_BURST);
+            assert_eq!(
+                Shares::new(l, max, standing),
+                Shares {
+                    frame_chunks: 1,
+                    standing,
+                    burst,
+                    rx_ring: burst,
+                    fill_ring: 2 * burst,
+                    reserve: RX_BURST,
+                    arena: ARENA_MIN_CHUNKS.max(2 * burst),
+                },
+                "standing {standing}"
+            );
+        }
+        let (l, max) = layout(9000);
+        assert_eq!(
+            Shares::new(l, max, 128),
+            Shares {
+                frame_chunks: 3,
+                standing: 384,
+                burst: 3072,
+                rx_ring: 4096,
+                fill_ring: 8192,
+                reserve: 3072,
+                arena: 12_288,
+            }
+        );
+        // As many pods per arena as a single-chunk port's: 24 at the
+        // default share.
+        let s = Shares::new(l, max, 128);
+        assert_eq!((s.arena - s.reserve) / s.standing, 24);
+        let big = Shares::new(l, max, 4096);
+        assert_eq!(
+            (big.standing, big.burst, big.rx_ring),
+            (12_288, 12_288, 16_384)
+        );
+        assert_eq!(big.arena, 24_576);
+        let (l, max) = layout(5000);
+        let s = Shares::new(l, max, 128);
+        assert_eq!(
+            (s.frame_chunks, s.standing, s.rx_ring, s.arena),
+            (2, 256, 2048, 8192)
+        );
+        // Every ring is a power of two and holds the burst, and the
+        // standing share is a whole number of largest frames.
+        for mtu in [1500, 3827, 5000, 7000, 9000] {
+            let (l, max) = layout(mtu);
+            for standing in [64, 128, 256, 4096] {
+                let s = Shares::new(l, max, standing);
+                assert!(s.rx_ring.is_power_of_two() && s.fill_ring.is_power_of_two());
+                assert!(s.rx_ring >= s.burst && s.fill_ring >= 2 * s.burst);
+                assert_eq!(s.standing % s.frame_chunks, 0);
+                assert!(s.arena >= s.standing + s.reserve);
+            }
+        }
     }
 
     /// A worker faster than a flood sees it one or two frames at a time:
