@@ -78,6 +78,10 @@ struct Cli {
     /// (`dataplane.worker_slice_us`; not written if absent).
     #[arg(long)]
     worker_slice_us: Option<u32>,
+    /// podrouterd's workers' SCHED_FIFO priority
+    /// (`dataplane.worker_rt_priority`; not written if absent).
+    #[arg(long)]
+    worker_rt_priority: Option<u32>,
     /// The pods' MTU in the one-node topologies, podrouterd's
     /// (`dataplane.mtu`), the kernel's and the bare-XSK probe's alike
     /// (default 1500). Two-node rows keep theirs (set by the underlay).
@@ -127,6 +131,10 @@ struct Cli {
     /// CPU per GB and latency only): a quicker look at throughput.
     #[arg(long)]
     no_packet_rates: bool,
+    /// Same-node and two-node rows with the request/response latency only
+    /// (no packet rates, no TCP): the quickest look at the tail.
+    #[arg(long)]
+    latency_only: bool,
     /// No progress line on stderr.
     #[arg(long)]
     quiet: bool,
@@ -364,6 +372,7 @@ fn run(cli: &Cli) -> Res<bool> {
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
             busy_poll_us: cli.busy_poll_us,
             worker_slice_us: cli.worker_slice_us,
+            worker_rt_priority: cli.worker_rt_priority,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -408,9 +417,12 @@ fn run(cli: &Cli) -> Res<bool> {
         }
         p.bgp_routes = n;
     }
-    if cli.no_packet_rates {
+    if cli.no_packet_rates || cli.latency_only {
         p.sizes.clear();
         p.two_node_sizes.clear();
+    }
+    if cli.latency_only {
+        p.streams.clear();
     }
     if !cli.pairs.is_empty() {
         let all = scenarios::TwoNodePair::ALL;
@@ -517,6 +529,7 @@ fn run(cli: &Cli) -> Res<bool> {
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
             busy_poll_us: cli.busy_poll_us,
             worker_slice_us: cli.worker_slice_us,
+            worker_rt_priority: cli.worker_rt_priority,
         },
         gen_cpu,
         self_exe,

@@ -103,6 +103,8 @@ pub struct PlaneOpts {
     pub busy_poll_us: Option<u32>,
     /// `dataplane.worker_slice_us` (`--worker-slice-us`), if given.
     pub worker_slice_us: Option<u32>,
+    /// `dataplane.worker_rt_priority` (`--worker-rt-priority`), if given.
+    pub worker_rt_priority: Option<u32>,
 }
 
 impl PlaneOpts {
@@ -358,6 +360,7 @@ fn start_daemon(
          {}\
          {}\
          {}\
+         {}\
          {extra_dataplane}\n",
         socket.display(),
         state_dir.display(),
@@ -377,6 +380,9 @@ fn start_daemon(
             .unwrap_or_default(),
         opts.worker_slice_us
             .map(|n| format!("worker_slice_us = {n}\n"))
+            .unwrap_or_default(),
+        opts.worker_rt_priority
+            .map(|n| format!("worker_rt_priority = {n}\n"))
             .unwrap_or_default(),
     );
     // [[routes]] tables must come after [dataplane]'s keys: callers pass

@@ -218,6 +218,11 @@ pub struct Dataplane {
     /// the task running on its CPU preempts it when it wakes (Linux 6.12's
     /// EEVDF custom slices) instead of waiting up to a tick.
     pub worker_slice_us: u32,
+    /// SCHED_FIFO priority of the workers (1..=99; 0: SCHED_OTHER). A woken
+    /// real-time worker preempts whatever normal task runs on its CPU
+    /// instead of waiting for that task's slice to end. See README
+    /// "The p99.9 stall".
+    pub worker_rt_priority: u32,
 }
 
 /// Idle timeouts of the flow table, in seconds; each defaults to the Linux
@@ -451,6 +456,7 @@ impl Default for Dataplane {
             flow_timeouts: FlowTimeouts::default(),
             busy_poll_us: 0,
             worker_slice_us: 0,
+            worker_rt_priority: 0,
         }
     }
 }
@@ -664,6 +670,23 @@ impl Config {
                     "{} is out of range 100..=100000 (0 keeps the kernel's slice)",
                     dp.worker_slice_us
                 ),
+            ));
+        }
+        if dp.worker_rt_priority > 99 {
+            return Err((
+                "worker_rt_priority",
+                format!(
+                    "{} is out of range 0..=99 (0 keeps the workers SCHED_OTHER)",
+                    dp.worker_rt_priority
+                ),
+            ));
+        }
+        if dp.worker_rt_priority != 0 && dp.worker_slice_us != 0 {
+            return Err((
+                "worker_slice_us",
+                "is a SCHED_OTHER slice and means nothing to a SCHED_FIFO worker \
+                 (worker_rt_priority is set): set one of the two"
+                    .into(),
             ));
         }
         if dp.icmp_burst == 0 {
@@ -982,6 +1005,13 @@ asn = 64512
             assert_eq!(e.key.as_deref(), Some("worker_slice_us"), "{bad}: {e}");
             assert!(e.message.contains("out of range 100..=100000"), "{e}");
         }
+        for bad in ["100", "1000"] {
+            let e = err(&format!("[dataplane]\nworker_rt_priority = {bad}\n"));
+            assert_eq!(e.key.as_deref(), Some("worker_rt_priority"), "{bad}: {e}");
+            assert!(e.message.contains("out of range 0..=99"), "{e}");
+        }
+        let e = err("[dataplane]\nworker_rt_priority = 1\nworker_slice_us = 200\n");
+        assert_eq!(e.key.as_deref(), Some("worker_slice_us"), "{e}");
         let e = err("[dataplane]\nbusy_poll_us = -1\n");
         assert_eq!(e.key.as_deref(), Some("busy_poll_us"), "{e}");
         let e = err("[dataplane]\nxdp_mode = \"native\"\n");

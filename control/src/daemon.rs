@@ -284,6 +284,7 @@ impl Daemon {
                 path_mtus: path_mtus.clone(),
                 busy_poll: std::time::Duration::from_micros(cfg.dataplane.busy_poll_us.into()),
                 slice: std::time::Duration::from_micros(cfg.dataplane.worker_slice_us.into()),
+                rt_priority: cfg.dataplane.worker_rt_priority,
             };
             let w = WorkerHandle::spawn(wc, fib.clone(), ports.clone())
                 .map_err(|e| StartError::Worker(id, e))?;

@@ -151,6 +151,10 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
         a.worker_slice_us != b.worker_slice_us,
         "[dataplane] worker_slice_us",
     );
+    key(
+        a.worker_rt_priority != b.worker_rt_priority,
+        "[dataplane] worker_rt_priority",
+    );
     key(a.icmp_rate != b.icmp_rate, "[dataplane] icmp_rate");
     key(a.icmp_burst != b.icmp_burst, "[dataplane] icmp_burst");
     key(

@@ -24,6 +24,13 @@
 //! says so); every port pushed to in a batch is flushed once at its end, so
 //! queues are empty between batches. Queues of ports that left the table
 //! are dropped when the worker sees a new table snapshot.
+//!
+//! Scheduling: a worker with nothing to do sleeps in epoll and is woken by
+//! the next frame's readiness. As a SCHED_OTHER thread a woken worker may
+//! wait for the normal task running on its CPU to sleep or use up its
+//! slice (up to a 4 ms tick at `HZ=250`); with `worker_rt_priority` it
+//! runs SCHED_FIFO and preempts such a task at once (README "The p99.9
+//! stall, found"). The policy is set once, when the thread starts.
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +89,10 @@ pub struct WorkerConfig {
     /// worker_slice_us`, [`crate::sys::set_current_thread_slice`]); zero:
     /// the kernel's default.
     pub slice: Duration,
+    /// SCHED_FIFO priority of the worker thread (`[dataplane]
+    /// worker_rt_priority`, [`crate::sys::set_current_thread_fifo`]); zero:
+    /// SCHED_OTHER, as every thread.
+    pub rt_priority: u32,
 }
 
 enum Command {
@@ -310,6 +321,19 @@ impl Worker {
                 ),
                 Err(e) => log::warn!(
                     "worker {}: cannot set a scheduler slice (needs Linux 6.12): {e}",
+                    self.cfg.id
+                ),
+            }
+        }
+        if self.cfg.rt_priority != 0 {
+            match crate::sys::set_current_thread_fifo(self.cfg.rt_priority) {
+                Ok(()) => log::info!(
+                    "worker {}: SCHED_FIFO priority {}",
+                    self.cfg.id,
+                    self.cfg.rt_priority
+                ),
+                Err(e) => log::warn!(
+                    "worker {}: cannot become SCHED_FIFO (needs CAP_SYS_NICE), stays SCHED_OTHER: {e}",
                     self.cfg.id
                 ),
             }
@@ -792,6 +816,7 @@ mod tests {
             path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
             busy_poll: Duration::ZERO,
             slice: Duration::ZERO,
+            rt_priority: 0,
         }
     }
 

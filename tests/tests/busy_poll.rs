@@ -1,7 +1,8 @@
-//! Busy polling and the workers' scheduler slice (`[dataplane]
-//! busy_poll_us`, `worker_slice_us`): a node with both set forwards as
-//! any other, its worker takes the slice it was given, and once traffic
-//! stops the worker still goes to sleep, so an idle node costs no CPU.
+//! Busy polling, the workers' scheduler slice and their real-time class
+//! (`[dataplane] busy_poll_us`, `worker_slice_us`, `worker_rt_priority`):
+//! a node with them set forwards as any other, its worker takes the slice
+//! or the SCHED_FIFO priority it was given, and once traffic stops the
+//! worker still goes to sleep, so an idle node costs no CPU.
 use std::time::Duration;
 
 use podrouter_e2e::*;
@@ -37,6 +38,71 @@ fn thread_slice(pid: u32, name: &str) -> Option<u64> {
         return line.split(':').nth(1)?.trim().parse().ok();
     }
     None
+}
+
+/// (policy, rt_priority) of the daemon's thread `name`: fields 41 and 40
+/// of its `/proc/<tid>/stat`.
+fn thread_policy(pid: u32, name: &str) -> Option<(u64, u64)> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = task.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // Field 3 (state) is the first after the closing parenthesis.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        return Some((f.get(38)?.parse().ok()?, f.get(37)?.parse().ok()?));
+    }
+    None
+}
+
+#[test]
+fn a_real_time_worker_forwards_and_sleeps_when_idle() {
+    let test = "a_real_time_worker_forwards_and_sleeps_when_idle";
+    if !require(test, &["ping"]) {
+        return;
+    }
+    let mut node = Node::start(NodeConfig {
+        log_level: "info".into(),
+        dataplane_extra: "worker_rt_priority = 3\n".into(),
+        ..NodeConfig::default()
+    });
+    let a = node.add_pod("rt-a", &[]);
+    let b = node.add_pod("rt-b", &[]);
+    let pid = node.daemon_pid().expect("daemon pid");
+
+    let p = ping(&a.ns, &b.ip, &["-c", "100", "-i", "0.005", "-W", "1"]);
+    assert_eq!(p.received, 100, "{test}: {p:?}");
+
+    let log = node.daemon_log();
+    assert!(
+        log.contains("worker 0: SCHED_FIFO priority 3"),
+        "{test}: the worker did not become SCHED_FIFO:\n{log}"
+    );
+    let policy = thread_policy(pid, "podrouter-w0").expect("worker thread");
+    // SCHED_FIFO is policy 1.
+    assert_eq!(policy, (1, 3), "{test}: worker (policy, rt_priority)");
+    // Only the worker: the daemon's other threads stay SCHED_OTHER (0).
+    let main = thread_policy(pid, "podrouterd").expect("main thread");
+    assert_eq!(main.0, 0, "{test}: main thread (policy, rt_priority)");
+
+    // A real-time worker that spun would hold its CPU: it must sleep when
+    // idle as any other (one clock tick is 10 ms; allow 3 in 2 s).
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
+    std::thread::sleep(Duration::from_secs(2));
+    let t1 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
+    say(&format!(
+        "{test}: worker CPU over 2 s idle: {} ticks",
+        t1 - t0
+    ));
+    assert!(
+        t1 - t0 <= 3,
+        "{test}: an idle real-time worker used {} ticks in 2 s",
+        t1 - t0
+    );
 }
 
 #[test]

@@ -423,6 +423,39 @@ pub fn set_current_thread_slice(slice: std::time::Duration) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes the calling thread SCHED_FIFO at `priority` (1..=99). A woken
+/// real-time thread preempts any SCHED_OTHER task running on its CPU at
+/// once (a kernel thread at its next preemption point) instead of waiting
+/// for that task's slice to end. Needs CAP_SYS_NICE (or an RLIMIT_RTPRIO).
+pub fn set_current_thread_fifo(priority: u32) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority.min(99) as i32,
+    };
+    // SAFETY: pid 0 is the calling thread (Linux applies the policy per
+    // thread); the pointer is to a live, initialised sched_param.
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's scheduling policy and real-time priority.
+pub fn current_thread_policy() -> io::Result<(i32, i32)> {
+    let mut param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; both calls only write into
+    // `param`, which is exclusively borrowed.
+    let policy = unsafe { libc::sched_getscheduler(0) };
+    if policy < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::sched_getparam(0, &mut param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((policy, param.sched_priority))
+}
+
 /// The CPUs the calling thread may run on.
 pub fn current_thread_cores() -> io::Result<Vec<usize>> {
     // SAFETY: all-zero is a valid (empty) cpu_set_t.
@@ -476,6 +509,26 @@ mod tests {
         .join()
         .unwrap();
         assert!(pin_current_thread_to_core(1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_thread_becomes_real_time_when_asked() {
+        std::thread::spawn(|| {
+            assert_eq!(
+                current_thread_policy().unwrap().0,
+                libc::SCHED_OTHER,
+                "a new thread starts SCHED_OTHER"
+            );
+            match set_current_thread_fifo(7) {
+                Ok(()) => assert_eq!(current_thread_policy().unwrap(), (libc::SCHED_FIFO, 7)),
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    eprintln!("skipped: SCHED_FIFO needs CAP_SYS_NICE ({e})")
+                }
+                Err(e) => panic!("sched_setscheduler: {e}"),
+            }
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
