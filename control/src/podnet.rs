@@ -1136,6 +1136,55 @@ mod tests {
         }
     }
 
+    /// The host port gets the noqueue qdisc in place of the kernel's
+    /// (single- and multi-queue), and keeps a root qdisc someone put there.
+    #[test]
+    fn host_port_gets_noqueue_unless_someone_set_a_qdisc() {
+        if !privileged("host_port_gets_noqueue_unless_someone_set_a_qdisc") {
+            return;
+        }
+        let node = Netns::new("qdnode");
+        let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+        let qdisc = || {
+            let out = node
+                .command("tc")
+                .args(["qdisc", "show", "dev", "podrouter0", "root"])
+                .output()
+                .expect("run tc");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        for queues in [1, 2] {
+            let tap = retry_busy(|| {
+                node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, queues))
+            })
+            .unwrap();
+            let q = qdisc();
+            assert!(q.starts_with("qdisc noqueue "), "{queues} queue(s): {q}");
+            drop(tap);
+        }
+        let out = node
+            .command("tc")
+            .args([
+                "qdisc",
+                "replace",
+                "dev",
+                "podrouter0",
+                "root",
+                "handle",
+                "1:",
+            ])
+            .args(["pfifo"])
+            .output()
+            .expect("run tc");
+        assert!(out.status.success(), "{out:?}");
+        let tap =
+            retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, 2)))
+                .unwrap();
+        let q = qdisc();
+        assert!(q.starts_with("qdisc pfifo 1: "), "someone's qdisc: {q}");
+        drop(tap);
+    }
+
     #[test]
     fn host_port_and_host_routes() {
         if !privileged("host_port_and_host_routes") {
