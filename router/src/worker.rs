@@ -541,7 +541,8 @@ impl Worker {
 }
 
 /// Runs one received batch from `ingress` through the pipeline and pushes
-/// what it forwards (not flushed: the caller flushes once per round).
+/// what it forwards (not flushed: the round flushes at its end, and
+/// [`chase_host`] before it reads the host port).
 #[inline]
 fn process_batch(
     pipeline: &mut Pipeline,
@@ -597,9 +598,9 @@ const HOST_CHASE_READS: usize = 8;
 /// so the port is marked drained only when the read came back short (the
 /// TAP said `EAGAIN`); any frame left behind has its edge still pending
 /// (the worker may later read the port once to find it empty, off the
-/// path of the frame it chased). A frame written to the host port that
-/// the node delivers to itself (the node's own services) brings nothing
-/// back inline: that costs one read that finds `EAGAIN`. Returns the host
+/// path of the frame it chased). A frame the node answers only later (a
+/// datagram to a process on the node) brings nothing back inline: that
+/// costs one read that finds `EAGAIN`. Returns the host
 /// port's index in `owned` if any frame was read.
 #[allow(clippy::too_many_arguments)]
 fn chase_host(
