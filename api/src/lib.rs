@@ -779,6 +779,11 @@ pub struct CountersInfo {
     pub rx: u64,
     pub tx: u64,
     pub sleeps: u64,
+    /// Frames read back from the host port in the round that wrote to it
+    /// (the node's answer inside the write). Zero from daemons older than
+    /// this field.
+    #[serde(default)]
+    pub host_inline: u64,
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub icmp_rate_limited: u64,

@@ -1186,6 +1186,7 @@ impl Daemon {
             rx: s.rx,
             tx: s.tx,
             sleeps: s.sleeps,
+            host_inline: s.host_inline,
             arp_replies: s.arp_replies,
             icmp_sent: s.icmp_sent,
             icmp_rate_limited: s.icmp_rate_limited,

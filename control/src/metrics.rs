@@ -313,6 +313,11 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             "Times a worker slept waiting for readiness.",
             c.sleeps,
         ),
+        (
+            "host_inline_reads_total",
+            "Frames read back from the host port in the worker round that wrote to it.",
+            c.host_inline,
+        ),
         ("arp_replies_total", "ARP requests answered.", c.arp_replies),
         ("icmp_sent_total", "ICMP errors sent.", c.icmp_sent),
         (

@@ -700,10 +700,40 @@ pub fn create_or_attach_host_port(
         nl.link_set_up(link.index)
             .map_err(err("bring the interface up".into()))?;
     }
+    host_port_noqueue(&mut nl, link.index, name);
     Ok(match held {
         Held::New(g) => g.disarm(),
         Held::Attached(t) => t,
     })
+}
+
+/// Gives the host port the `noqueue` root qdisc in place of the one the
+/// kernel attached when it came up (`pfifo_fast`, or `mq` over them when
+/// multi-queue, whatever `net.core.default_qdisc` says), unless someone
+/// put their own there (a root qdisc with a handle other than `0:` stays).
+///
+/// Why: every frame the node sends to a pod (its own, and each packet
+/// kube-proxy's NAT forwards, which crosses `podrouter0` twice) went
+/// through that qdisc's enqueue and dequeue for nothing: a TAP never stops
+/// its queue (when its ring to podrouterd is full it drops, counted as the
+/// device's `tx_dropped`, with or without a qdisc), so the qdisc never
+/// holds a frame. With `noqueue`, as on a veth, the kernel hands the frame
+/// to the TAP directly. Not fatal if it fails: the port works either way.
+fn host_port_noqueue(nl: &mut Netlink, index: u32, name: &str) {
+    let res = match nl.root_qdisc(index) {
+        Ok(Some((kind, true))) if kind != "noqueue" => nl.root_noqueue(index).map(|()| {
+            log::info!("host port {name}: root qdisc {kind} replaced by noqueue");
+        }),
+        Ok(Some((kind, false))) if kind != "noqueue" => {
+            log::info!("host port {name}: keeping the root qdisc {kind} someone added");
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = res {
+        log::warn!("host port {name}: cannot set the noqueue qdisc, keeping the kernel's: {e}");
+    }
 }
 
 enum Held {
@@ -1104,6 +1134,55 @@ mod tests {
             assert_eq!(tap.rx_queues().len(), queues - 1);
             drop(tap);
         }
+    }
+
+    /// The host port gets the noqueue qdisc in place of the kernel's
+    /// (single- and multi-queue), and keeps a root qdisc someone put there.
+    #[test]
+    fn host_port_gets_noqueue_unless_someone_set_a_qdisc() {
+        if !privileged("host_port_gets_noqueue_unless_someone_set_a_qdisc") {
+            return;
+        }
+        let node = Netns::new("qdnode");
+        let mac = [0x02, 0x00, 0x00, 0x00, 0x00, 0xfe];
+        let qdisc = || {
+            let out = node
+                .command("tc")
+                .args(["qdisc", "show", "dev", "podrouter0", "root"])
+                .output()
+                .expect("run tc");
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        for queues in [1, 2] {
+            let tap = retry_busy(|| {
+                node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, queues))
+            })
+            .unwrap();
+            let q = qdisc();
+            assert!(q.starts_with("qdisc noqueue "), "{queues} queue(s): {q}");
+            drop(tap);
+        }
+        let out = node
+            .command("tc")
+            .args([
+                "qdisc",
+                "replace",
+                "dev",
+                "podrouter0",
+                "root",
+                "handle",
+                "1:",
+            ])
+            .args(["pfifo"])
+            .output()
+            .expect("run tc");
+        assert!(out.status.success(), "{out:?}");
+        let tap =
+            retry_busy(|| node.run(|| create_or_attach_host_port("podrouter0", mac, 1500, 2)))
+                .unwrap();
+        let q = qdisc();
+        assert!(q.starts_with("qdisc pfifo 1: "), "someone's qdisc: {q}");
+        drop(tap);
     }
 
     #[test]

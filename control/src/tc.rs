@@ -1,5 +1,6 @@
-//! The traffic-control pieces of the VXLAN uplink, over rtnetlink (no `tc`
-//! binary): a `clsact` qdisc on the underlay interface and one `u32`
+//! Traffic control over rtnetlink (no `tc` binary): the host port's root
+//! qdisc (`noqueue`, see [`Netlink::root_noqueue`]), and the pieces of the
+//! VXLAN uplink: a `clsact` qdisc on the underlay interface and one `u32`
 //! filter at its ingress hook that redirects this node's VXLAN packets
 //! (IPv4 without options, not a fragment, UDP, to the node's address and
 //! the VXLAN port) to the egress of the uplink TAP, where podrouterd reads
@@ -12,11 +13,13 @@
 //! [`Netlink::vxlan_filter_del`] removes exactly what
 //! [`Netlink::vxlan_filter_add`] made (and a leftover from a killed
 //! daemon is replaced at the next start); the qdisc is shared with anyone
-//! else's filters and is only removed by whoever created it.
+//! else's filters and is only removed by whoever created it. The host
+//! port's root qdisc is replaced only where the kernel attached it (handle
+//! `0:`); one someone added is left alone.
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::tc::{
     TcAction, TcActionAttribute, TcActionGeneric, TcActionMirrorOption, TcActionOption,
     TcActionType, TcAttribute, TcFilterU32Option, TcHandle, TcMessage, TcMirror,
@@ -189,6 +192,42 @@ impl Netlink {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The kind of link `ifindex`'s root qdisc and whether the kernel
+    /// attached it by itself (handle `0:`, what a device gets when it comes
+    /// up: `pfifo_fast`, `mq`, the `net.core.default_qdisc`); `None` if the
+    /// dump lists no root qdisc for it.
+    pub fn root_qdisc(&mut self, ifindex: u32) -> io::Result<Option<(String, bool)>> {
+        let replies = self
+            .transact(RouteNetlinkMessage::GetQueueDiscipline(msg(0)), NLM_F_DUMP)
+            .map_err(|e| e.with_op("list qdiscs".into()))?;
+        Ok(replies.iter().find_map(|r| match r {
+            RouteNetlinkMessage::NewQueueDiscipline(q)
+                if q.header.index == ifindex as i32 && q.header.parent == TcHandle::ROOT =>
+            {
+                let kind = q.attributes.iter().find_map(|a| match a {
+                    TcAttribute::Kind(k) => Some(k.clone()),
+                    _ => None,
+                })?;
+                Some((kind, q.header.handle == TcHandle::UNSPEC))
+            }
+            _ => None,
+        }))
+    }
+
+    /// `tc qdisc replace dev IFINDEX root noqueue`: frames sent on the
+    /// device go straight to its driver, with no queue in between.
+    pub fn root_noqueue(&mut self, ifindex: u32) -> io::Result<()> {
+        let mut m = msg(ifindex);
+        m.header.parent = TcHandle::ROOT;
+        m.header.handle = TcHandle::UNSPEC;
+        m.attributes.push(TcAttribute::Kind("noqueue".into()));
+        self.ack(
+            RouteNetlinkMessage::NewQueueDiscipline(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("set the noqueue qdisc on link {ifindex}"),
+        )
     }
 
     /// Whether link `ifindex` has a `clsact` qdisc.

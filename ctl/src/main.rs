@@ -694,6 +694,7 @@ fn text(r: &Reply) -> String {
                 ("rx", c.rx),
                 ("tx", c.tx),
                 ("sleeps", c.sleeps),
+                ("host_inline", c.host_inline),
                 ("arp_replies", c.arp_replies),
                 ("icmp_sent", c.icmp_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),

@@ -140,6 +140,10 @@ pub struct WorkerCounters {
     pub tx: Counter,
     /// Times the worker went to sleep waiting for readiness.
     pub sleeps: Counter,
+    /// Frames read back from the host port in the round that wrote to it
+    /// (what the node's stack sent out of `podrouter0` inside the write,
+    /// see the worker's `chase_host`), without another epoll round.
+    pub host_inline: Counter,
     pub arp_replies: Counter,
     pub icmp_sent: Counter,
     /// ICMP errors suppressed by the rate limiter (the drop is still counted).
@@ -171,6 +175,7 @@ impl Default for WorkerCounters {
             rx: Counter::default(),
             tx: Counter::default(),
             sleeps: Counter::default(),
+            host_inline: Counter::default(),
             arp_replies: Counter::default(),
             icmp_sent: Counter::default(),
             icmp_rate_limited: Counter::default(),
@@ -237,6 +242,7 @@ pub struct CounterSnapshot {
     pub rx: u64,
     pub tx: u64,
     pub sleeps: u64,
+    pub host_inline: u64,
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub icmp_rate_limited: u64,
@@ -317,6 +323,7 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Counter
         s.rx += w.rx.get();
         s.tx += w.tx.get();
         s.sleeps += w.sleeps.get();
+        s.host_inline += w.host_inline.get();
         s.arp_replies += w.arp_replies.get();
         s.icmp_sent += w.icmp_sent.get();
         s.icmp_rate_limited += w.icmp_rate_limited.get();

@@ -12,7 +12,12 @@
 //! `EAGAIN`), so no frame is left behind an edge; ports
 //! without an fd are polled every round; a round takes at most one batch
 //! from each port, so a flooding port's backlog waits for later rounds
-//! instead of delaying its neighbours; nothing on
+//! instead of delaying its neighbours, with one exception: after a batch
+//! that wrote to the host port, the worker reads back at once what the
+//! node's stack sent out of it inside those writes (at most as many frames
+//! as were written, at most [`HOST_CHASE_READS`] times in a row,
+//! [`chase_host`]), which reads no port but the host port and leaves its
+//! readiness as it was unless the read proved it empty; nothing on
 //! the per-frame path allocates, locks or logs; a paused worker
 //! ([`WorkerHandle::pause`], for a takeover) receives from no port until
 //! it is resumed, and it pauses only between rounds, after the round's
@@ -148,6 +153,7 @@ impl WorkerHandle {
             owned: Vec::new(),
             tx: TxQueues::default(),
             slot_of: Vec::new(),
+            stale_edge: None,
         };
         let thread = std::thread::Builder::new()
             .name(format!("podrouter-w{id}"))
@@ -302,6 +308,9 @@ struct Worker {
     /// Index in `owned` of each port id (the epoll token), `u32::MAX` if
     /// not owned.
     slot_of: Vec<u32>,
+    /// Index in `owned` of the host port if the last round read it inline
+    /// ([`chase_host`]): the next round receives from it last.
+    stale_edge: Option<usize>,
 }
 
 impl Worker {
@@ -476,7 +485,18 @@ impl Worker {
         // One relaxed load per round while nothing is armed.
         let armed = self.cfg.taps.armed().then(|| self.cfg.taps.load());
         let mut busy = false;
-        for owned in self.owned.iter_mut().filter(|p| p.ready && !p.failed) {
+        // The host port read inline last round goes last: its pending edge
+        // is most likely the frame already read, so its read will likely
+        // find nothing, and other ports' frames should not wait for it.
+        let last = self.stale_edge.take().filter(|&i| i < self.owned.len());
+        let order = (0..self.owned.len())
+            .filter(move |&i| Some(i) != last)
+            .chain(last);
+        for i in order {
+            let owned = &mut self.owned[i];
+            if !owned.ready || owned.failed {
+                continue;
+            }
             let n = match owned.port.recv(&mut self.frames) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
@@ -511,37 +531,26 @@ impl Worker {
             counters.rx.add(n as u64);
             let in_counters = counters.port(owned.id);
             in_counters.rx_packets.add(n as u64);
-            // The batch's FIB reads start together, before the first frame
-            // needs its own (they overlap instead of queueing).
-            ctx.fib.prefetch(
-                self.frames[..n]
-                    .iter()
-                    .filter_map(|f| ipv4_destination(f.data())),
+            process_batch(
+                &mut self.pipeline,
+                &mut self.tx,
+                &ctx,
+                owned.id,
+                &mut self.frames[..n],
+                armed.as_ref(),
+                self.cfg.id,
             );
-            if let Some(armed) = &armed {
-                let batch = &mut self.frames[..n];
-                tapped_batch(
-                    &mut self.pipeline,
-                    &mut self.tx,
-                    &ctx,
-                    owned.id,
-                    batch,
-                    armed,
-                    self.cfg.id,
-                );
-                continue;
-            }
-            for frame in &mut self.frames[..n] {
-                in_counters.rx_bytes.add(frame.len() as u64);
-                match self.pipeline.process(&ctx, owned.id, frame) {
-                    Verdict::Forward { port, tunnel } => {
-                        self.tx.push(&ctx, port, frame, tunnel);
-                    }
-                    Verdict::Drop(reason) => {
-                        counters.drop(reason);
-                        in_counters.drops.incr();
-                    }
-                }
+            if let Some(host) = chase_host(
+                &mut self.owned,
+                &self.slot_of,
+                &mut self.frames,
+                &mut self.pipeline,
+                &mut self.tx,
+                &ctx,
+                armed.as_ref(),
+                self.cfg.id,
+            ) {
+                self.stale_edge = Some(host);
             }
         }
         self.tx.flush(&ports, counters);
@@ -553,6 +562,121 @@ impl Worker {
         }
         busy
     }
+}
+
+/// Runs one received batch from `ingress` through the pipeline and pushes
+/// what it forwards (not flushed: the round flushes at its end, and
+/// [`chase_host`] before it reads the host port).
+#[inline]
+fn process_batch(
+    pipeline: &mut Pipeline,
+    tx: &mut TxQueues,
+    ctx: &BatchContext<'_>,
+    ingress: PortId,
+    frames: &mut [Frame],
+    armed: Option<&Armed>,
+    worker: usize,
+) {
+    let counters = ctx.counters;
+    // The batch's FIB reads start together, before the first frame
+    // needs its own (they overlap instead of queueing).
+    ctx.fib
+        .prefetch(frames.iter().filter_map(|f| ipv4_destination(f.data())));
+    if let Some(armed) = armed {
+        tapped_batch(pipeline, tx, ctx, ingress, frames, armed, worker);
+        return;
+    }
+    let in_counters = counters.port(ingress);
+    for frame in frames {
+        in_counters.rx_bytes.add(frame.len() as u64);
+        match pipeline.process(ctx, ingress, frame) {
+            Verdict::Forward { port, tunnel } => {
+                tx.push(ctx, port, frame, tunnel);
+            }
+            Verdict::Drop(reason) => {
+                counters.drop(reason);
+                in_counters.drops.incr();
+            }
+        }
+    }
+}
+
+/// At most this many reads of the host port follow one batch's writes to
+/// it ([`chase_host`]); a chain longer than that waits for the next round.
+const HOST_CHASE_READS: usize = 8;
+
+/// Reads back what the node's stack sent out of the host port while the
+/// worker wrote a batch to it, right after that batch. A write to a TAP
+/// runs the receiving stack inside the syscall: a frame the worker writes to
+/// `podrouter0` goes through the node's netfilter and routing there, and
+/// what the node sends back out of `podrouter0` (kube-proxy's DNATed
+/// packet on its way to a backend, the un-NATed reply on its way to the
+/// client) is on the TAP's queue when the write returns. Without this the
+/// worker finds it only after another `epoll_wait` and a read that ends
+/// at `EAGAIN`; here it reads at most as many frames as it wrote (one
+/// `readv` each, none that ends at `EAGAIN` unless the queue held fewer),
+/// processes them like any batch from the host port and, if that wrote to
+/// the host port again, repeats, at most [`HOST_CHASE_READS`] times.
+///
+/// Readiness stays sound: a read here consumes frames but no epoll edge,
+/// so the port is marked drained only when the read came back short (the
+/// TAP said `EAGAIN`); any frame left behind has its edge still pending
+/// (the worker may later read the port once to find it empty, off the
+/// path of the frame it chased). A frame the node answers only later (a
+/// datagram to a process on the node) brings nothing back inline: that
+/// costs one read that finds `EAGAIN`. Returns the host
+/// port's index in `owned` if any frame was read.
+#[allow(clippy::too_many_arguments)]
+fn chase_host(
+    owned: &mut [OwnedPort],
+    slot_of: &[u32],
+    frames: &mut [Frame],
+    pipeline: &mut Pipeline,
+    tx: &mut TxQueues,
+    ctx: &BatchContext<'_>,
+    armed: Option<&Armed>,
+    worker: usize,
+) -> Option<usize> {
+    let mut found = None;
+    for _ in 0..HOST_CHASE_READS {
+        let (Some(host), written) = tx.take_host_sent() else {
+            break;
+        };
+        if written == 0 {
+            break;
+        }
+        let Some((i, p)) = slot_of.get(host.0 as usize).and_then(|&i| {
+            let i = i as usize;
+            Some((i, owned.get_mut(i)?))
+        }) else {
+            break; // another worker reads the host port
+        };
+        if p.failed || !p.short_recv_drains || p.port.readiness_fd().is_none() {
+            break;
+        }
+        // What the batch queued goes out first (a TAP's writes are done
+        // already; a port that queues until the flush sends now).
+        tx.flush(ctx.ports, ctx.counters);
+        let want = written.min(frames.len());
+        let n = match p.port.recv(&mut frames[..want]) {
+            Ok(n) => n,
+            // Errors are the next round's to see and count.
+            Err(_) => break,
+        };
+        if n < want {
+            // Stopped at EAGAIN: drained, the next frame brings an edge.
+            p.ready = false;
+        }
+        if n == 0 {
+            break;
+        }
+        found = Some(i);
+        ctx.counters.host_inline.add(n as u64);
+        ctx.counters.rx.add(n as u64);
+        ctx.counters.port(host).rx_packets.add(n as u64);
+        process_batch(pipeline, tx, ctx, host, &mut frames[..n], armed, worker);
+    }
+    found
 }
 
 /// The calling worker thread's involuntary context switches, for
@@ -661,6 +785,11 @@ struct TxQueues {
     table: usize,
     /// Tunnel counter slots of the nodes frames went to lately.
     node_slots: NodeSlotCache,
+    /// The host port of the table snapshot followed.
+    host: Option<PortId>,
+    /// Frames written to the host port since [`TxQueues::take_host_sent`]
+    /// (or the round's start), for [`chase_host`].
+    host_sent: usize,
 }
 
 /// A worker's memory of the FIB's tunnel counter slots, so a frame to the
@@ -700,11 +829,13 @@ impl TxQueues {
     /// `ports` is a snapshot not seen before: a queue may hold a send ring,
     /// and the next port at that id needs its own.
     fn follow(&mut self, ports: &Arc<PortTable>) {
+        self.host_sent = 0;
         let table = Arc::as_ptr(ports) as usize;
         if table == self.table {
             return;
         }
         self.table = table;
+        self.host = ports.host_port();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if slot
                 .as_ref()
@@ -758,12 +889,20 @@ impl TxQueues {
                     slot.touched = true;
                     self.touched.push(out);
                 }
+                if self.host == Some(out) {
+                    self.host_sent += 1;
+                }
             }
             Err(_) => {
                 ctx.counters.drop(DropReason::TxError);
                 ctx.counters.port(out).drops.incr();
             }
         }
+    }
+
+    /// The host port and the frames written to it since the last call.
+    fn take_host_sent(&mut self) -> (Option<PortId>, usize) {
+        (self.host, std::mem::take(&mut self.host_sent))
     }
 
     /// Flushes every queue pushed to in this batch.
@@ -930,6 +1069,7 @@ mod tests {
             owned: vec![owned(flood_id, &flood), owned(quiet_id, &quiet)],
             tx: TxQueues::default(),
             slot_of: Vec::new(),
+            stale_edge: None,
         };
         assert!(worker.poll_round(crate::clock::now_ns()));
         let rx = |id| worker.counters.port(id).rx_packets.get();
@@ -1004,6 +1144,7 @@ mod tests {
                 }],
                 tx: TxQueues::default(),
                 slot_of: Vec::new(),
+                stale_edge: None,
             };
             assert!(worker.poll_round(crate::clock::now_ns()));
             worker.poll_round(crate::clock::now_ns());
@@ -1017,6 +1158,187 @@ mod tests {
             worker.owned[0].ready = true;
             assert!(worker.poll_round(crate::clock::now_ns()));
             assert_eq!(worker.counters.rx.get(), 2);
+        }
+    }
+
+    const POD_A_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+    const POD_B_IP: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+    const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 0xfe];
+
+    /// An Ethernet frame to the router carrying a UDP datagram.
+    fn udp_frame(src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + 8 + 4];
+        f[..6].copy_from_slice(&crate::ROUTER_MAC);
+        f[6..12].copy_from_slice(&src_mac);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&32u16.to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&dst.octets());
+        ip[20..22].copy_from_slice(&40000u16.to_be_bytes());
+        ip[22..24].copy_from_slice(&53u16.to_be_bytes());
+        ip[24..26].copy_from_slice(&12u16.to_be_bytes());
+        crate::wire::Ipv4Packet::new_unchecked(&mut f[14..34]).fill_checksum();
+        f
+    }
+
+    /// A host port like a TAP to a node with kube-proxy's DNAT: what is
+    /// written to it is on its receive queue when the write returns (the
+    /// node's stack ran inside the write), addressed to pod B instead of
+    /// the ClusterIP, if `answers`. Records the buffer count of each
+    /// receive.
+    struct InlineHost {
+        fd: std::os::unix::net::UnixStream,
+        answers: bool,
+        queued: Mutex<Vec<Vec<u8>>>,
+        recvs: Mutex<Vec<usize>>,
+    }
+
+    impl Port for InlineHost {
+        fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
+            self.recvs.lock().unwrap().push(frames.len());
+            let mut q = self.queued.lock().unwrap();
+            let n = q.len().min(frames.len());
+            for (f, data) in frames.iter_mut().zip(q.drain(..n)) {
+                f.rx_buffer()[..data.len()].copy_from_slice(&data);
+                f.set_len(data.len());
+            }
+            Ok(n)
+        }
+        fn readiness_fd(&self) -> Option<RawFd> {
+            Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd))
+        }
+        fn push(&self, _: &mut TxQueue, f: &Frame, _: Option<Ipv4Addr>) -> io::Result<()> {
+            let d = f.data();
+            assert_eq!(&d[30..34], &CLUSTER_IP.octets(), "to the node: {d:?}");
+            if self.answers {
+                let src = Ipv4Addr::new(d[26], d[27], d[28], d[29]);
+                let back = udp_frame(HOST_MAC, src, POD_B_IP);
+                self.queued.lock().unwrap().push(back);
+            }
+            Ok(())
+        }
+        fn short_recv_drains(&self) -> bool {
+            true
+        }
+    }
+
+    /// Pod A's datagram to a ClusterIP goes to the host port; the node's
+    /// answer (the DNATed datagram, queued on the host port inside the
+    /// write) reaches pod B in the same round, read with one single-frame
+    /// receive (none that ends at EAGAIN), and the next round receives
+    /// from the host port last. A host port that answers nothing costs
+    /// one receive that comes back empty and marks it drained.
+    #[test]
+    fn what_the_node_sends_back_inline_is_read_in_the_same_round() {
+        for answers in [true, false] {
+            let (a_id, b_id, host_id) = (PortId(0), PortId(1), PortId(2));
+            let (a, b) = (Arc::new(MemPort::new()), Arc::new(MemPort::new()));
+            let (fd, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+            let host = Arc::new(InlineHost {
+                fd,
+                answers,
+                queued: Mutex::new(Vec::new()),
+                recvs: Mutex::new(Vec::new()),
+            });
+            let pod = |name: &str, port: &Arc<MemPort>, ip, mac| PortEntry {
+                info: PortInfo {
+                    name: name.into(),
+                    role: PortRole::Pod { ip, mac },
+                    mtu: 1500,
+                },
+                port: port.clone() as Arc<dyn Port>,
+            };
+            let a_mac = [2, 0x42, 10, 244, 1, 2];
+            let table = PortTable::default()
+                .with(a_id, pod("a", &a, POD_A_IP, a_mac))
+                .with(b_id, pod("b", &b, POD_B_IP, [2, 0x42, 10, 244, 1, 3]))
+                .with(
+                    host_id,
+                    PortEntry {
+                        info: PortInfo {
+                            name: "podrouter0".into(),
+                            role: PortRole::Host { mac: HOST_MAC },
+                            mtu: 1500,
+                        },
+                        port: host.clone(),
+                    },
+                );
+            let fib = Fib::new();
+            let net = |a, len| crate::fib::Prefix::new(a, len).unwrap();
+            fib.update(&[
+                crate::fib::FibChange::Insert(net(POD_A_IP, 32), crate::fib::NextHop::Local(a_id)),
+                crate::fib::FibChange::Insert(net(POD_B_IP, 32), crate::fib::NextHop::Local(b_id)),
+                crate::fib::FibChange::Insert(
+                    net(Ipv4Addr::new(10, 96, 0, 0), 12),
+                    crate::fib::NextHop::Host,
+                ),
+            ]);
+            a.inject(&udp_frame(a_mac, POD_A_IP, CLUSTER_IP));
+            let owned = |id, port: Arc<dyn Port>, ready| OwnedPort {
+                id,
+                short_recv_drains: port.short_recv_drains(),
+                port,
+                failed: false,
+                ready,
+            };
+            let cfg = test_config(8);
+            let mut worker = Worker {
+                pipeline: Pipeline::new(cfg.pipeline.clone()),
+                frames: (0..8).map(|_| Frame::new()).collect(),
+                cfg,
+                fib: Arc::new(fib),
+                ports: Arc::new(ArcSwap::from_pointee(table)),
+                poll: Poll::new().unwrap(),
+                commands: mpsc::channel().1,
+                stop: Arc::new(AtomicBool::new(false)),
+                paused: false,
+                counters: Arc::new(SharedCounters::default()),
+                owned: vec![
+                    owned(host_id, host.clone(), false),
+                    owned(a_id, a.clone(), true),
+                ],
+                tx: TxQueues::default(),
+                slot_of: vec![1, u32::MAX, 0],
+                stale_edge: None,
+            };
+            assert!(worker.poll_round(crate::clock::now_ns()));
+            let sent = b.take_sent();
+            let recvs = host.recvs.lock().unwrap().clone();
+            let inline = worker.counters.host_inline.get();
+            if answers {
+                assert_eq!(
+                    sent.len(),
+                    1,
+                    "pod B got the node's answer in the same round"
+                );
+                assert_eq!(&sent[0].1[30..34], &POD_B_IP.octets());
+                assert_eq!(recvs, [1], "one single-frame receive from the host port");
+                assert_eq!(inline, 1);
+                assert_eq!(worker.stale_edge, Some(0), "host port read inline");
+                assert!(!worker.owned[0].ready, "the chase does not mark it ready");
+                // Its edge comes; pod A is ready too: A is received first.
+                worker.owned[0].ready = true;
+                worker.owned[1].ready = true;
+                a.inject(&udp_frame(a_mac, POD_A_IP, CLUSTER_IP));
+                assert!(worker.poll_round(crate::clock::now_ns()));
+                let recvs = host.recvs.lock().unwrap().clone();
+                // A's frame was chased first (1), then the stale edge's
+                // full-batch receive found nothing (8).
+                assert_eq!(recvs, [1, 1, 8]);
+                assert_eq!(b.take_sent().len(), 1);
+                assert!(!worker.owned[0].ready);
+            } else {
+                assert!(sent.is_empty());
+                assert_eq!(recvs, [1], "one receive that found nothing");
+                assert_eq!(inline, 0);
+                assert_eq!(worker.stale_edge, None);
+                assert!(!worker.owned[0].ready);
+            }
         }
     }
 

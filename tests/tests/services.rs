@@ -220,7 +220,14 @@ fn serve(client: &Pod, backends: &[&Pod]) -> Vec<Bg> {
     servers
 }
 
-const TOOLS: &[&str] = &["ping", "ss", "python3", "iptables-restore", "iptables-save"];
+const TOOLS: &[&str] = &[
+    "ping",
+    "ss",
+    "python3",
+    "iptables-restore",
+    "iptables-save",
+    "tc",
+];
 
 #[test]
 fn cluster_ip_and_node_port_with_kube_proxy_rules() {
@@ -298,6 +305,23 @@ fn services_through_the_node(workers: usize) {
     assert!(inserted >= 4, "flows NATed by the node: {}", after["flows"]);
     assert!(steered >= 4, "replies steered: {}", after["flows"]);
     assert_eq!(num(&after, "/flows/full"), 0, "{}", after["flows"]);
+    // What the node's NAT sends back out of podrouter0 is read in the
+    // round that wrote to it (one worker: it reads the host port's only
+    // queue; with two, the kernel picks the queue).
+    let inline = delta(&before, &after, "/host_inline");
+    say(&format!(
+        "node 0: {inline} frames read back from the host port inline"
+    ));
+    if workers == 1 {
+        assert!(inline >= 4, "no frame read back inline: {after}");
+    }
+    // The host port has no qdisc in the way (the kernel gave it pfifo_fast).
+    let qdisc = node0.ns.exec(&["tc", "qdisc", "show", "dev", "podrouter0"]);
+    assert!(
+        qdisc.stdout.contains("qdisc noqueue "),
+        "podrouter0's qdisc: {}",
+        qdisc.stdout
+    );
 
     // The NodePort from the node's own address: masqueraded by the node,
     // both backends.
