@@ -86,6 +86,12 @@ impl fmt::Display for TunnelKind {
 /// Pod MTU when the file sets none: a 1500-byte underlay minus the tunnel.
 pub const DEFAULT_MTU_IPIP: u16 = 1480;
 pub const DEFAULT_MTU_VXLAN: u16 = 1450;
+/// `[dataplane] busy_poll_us` unless configured: a worker keeps polling
+/// for 100 µs after the last frame it received, so the next packet of an
+/// exchange finds it awake (it backs off when the scheduler preempts it,
+/// and an idle worker still sleeps; README "Connection rate and worker
+/// wake-ups" has the idle A/B that chose it).
+pub const DEFAULT_BUSY_POLL_US: u32 = 100;
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -210,8 +216,9 @@ pub struct Dataplane {
     /// Idle timeouts of the flow table's entries (`[dataplane.flow_timeouts]`).
     pub flow_timeouts: FlowTimeouts,
     /// Microseconds a worker keeps polling, without sleeping, after the
-    /// last frame it received (0..=10000; 0, the default: it sleeps after
-    /// two empty rounds). See README "Connection rate and worker wake-ups".
+    /// last frame it received (0..=10000; [`DEFAULT_BUSY_POLL_US`] unless
+    /// configured; 0: it sleeps after two empty rounds). See README
+    /// "Connection rate and worker wake-ups".
     pub busy_poll_us: u32,
     /// The workers' scheduler time slice in microseconds (100..=100000;
     /// 0, the default: the kernel's). A worker with a slice shorter than
@@ -454,7 +461,7 @@ impl Default for Dataplane {
             icmp_burst: 50,
             flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
             flow_timeouts: FlowTimeouts::default(),
-            busy_poll_us: 0,
+            busy_poll_us: DEFAULT_BUSY_POLL_US,
             worker_slice_us: 0,
             worker_rt_priority: 0,
         }
@@ -914,6 +921,9 @@ asn = 64512
         assert_eq!(c.dataplane.mtu, 1480);
         assert_eq!(c.dataplane.workers, 1);
         assert_eq!(c.dataplane.flow_table_size, 262_144);
+        assert_eq!(c.dataplane.busy_poll_us, 100);
+        let off = Config::parse("[dataplane]\nbusy_poll_us = 0\n", "t.toml").unwrap();
+        assert_eq!(off.dataplane.busy_poll_us, 0, "0 turns busy polling off");
     }
 
     fn err(text: &str) -> ConfigError {
