@@ -935,6 +935,35 @@ mod tests {
     use std::sync::Mutex;
 
     /// A worker's configuration for tests: no rate limits, empty tables.
+    /// A worker on no thread of its own, for driving `poll_round` by hand:
+    /// batches of `batch`, the given FIB, port table, owned ports and
+    /// port-to-slot map.
+    fn test_worker(
+        batch: usize,
+        fib: Fib,
+        table: PortTable,
+        owned: Vec<OwnedPort>,
+        slot_of: Vec<u32>,
+    ) -> Worker {
+        let cfg = test_config(batch);
+        Worker {
+            pipeline: Pipeline::new(cfg.pipeline.clone()),
+            frames: (0..batch).map(|_| Frame::new()).collect(),
+            cfg,
+            fib: Arc::new(fib),
+            ports: Arc::new(ArcSwap::from_pointee(table)),
+            poll: Poll::new().unwrap(),
+            commands: mpsc::channel().1,
+            stop: Arc::new(AtomicBool::new(false)),
+            paused: false,
+            counters: Arc::new(SharedCounters::default()),
+            owned,
+            tx: TxQueues::default(),
+            slot_of,
+            stale_edge: None,
+        }
+    }
+
     fn test_config(batch_size: usize) -> WorkerConfig {
         WorkerConfig {
             id: 0,
@@ -1047,7 +1076,6 @@ mod tests {
             flood.inject(&[0; 60]);
         }
         quiet.inject(&[0; 60]);
-        let cfg = test_config(batch);
         let owned = |id, port: &Arc<MemPort>| OwnedPort {
             id,
             port: port.clone(),
@@ -1055,28 +1083,31 @@ mod tests {
             ready: true,
             short_recv_drains: false,
         };
-        let mut worker = Worker {
-            pipeline: Pipeline::new(cfg.pipeline.clone()),
-            frames: (0..batch).map(|_| Frame::new()).collect(),
-            cfg,
-            fib: Arc::new(Fib::new()),
-            ports: Arc::new(ArcSwap::from_pointee(table)),
-            poll: Poll::new().unwrap(),
-            commands: mpsc::channel().1,
-            stop: Arc::new(AtomicBool::new(false)),
-            paused: false,
-            counters: Arc::new(SharedCounters::default()),
-            owned: vec![owned(flood_id, &flood), owned(quiet_id, &quiet)],
-            tx: TxQueues::default(),
-            slot_of: Vec::new(),
-            stale_edge: None,
-        };
+        let mut worker = test_worker(
+            batch,
+            Fib::new(),
+            table,
+            vec![owned(flood_id, &flood), owned(quiet_id, &quiet)],
+            Vec::new(),
+        );
         assert!(worker.poll_round(crate::clock::now_ns()));
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (batch as u64, 1));
         assert!(worker.poll_round(crate::clock::now_ns()));
         let rx = |id| worker.counters.port(id).rx_packets.get();
         assert_eq!((rx(flood_id), rx(quiet_id)), (2 * batch as u64, 1));
+    }
+
+    /// A test port's receive: moves as many queued frames as fit into
+    /// `frames`, oldest first, and says how many.
+    fn hand_out(queued: &Mutex<Vec<Vec<u8>>>, frames: &mut [Frame]) -> usize {
+        let mut q = queued.lock().unwrap();
+        let n = q.len().min(frames.len());
+        for (f, data) in frames.iter_mut().zip(q.drain(..n)) {
+            f.rx_buffer()[..data.len()].copy_from_slice(&data);
+            f.set_len(data.len());
+        }
+        n
     }
 
     /// A port with a readiness fd (a socket standing in for the device)
@@ -1091,13 +1122,7 @@ mod tests {
     impl Port for EdgePort {
         fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
             self.recvs.fetch_add(1, Ordering::Relaxed);
-            let mut q = self.frames.lock().unwrap();
-            let n = q.len().min(frames.len());
-            for (f, data) in frames.iter_mut().zip(q.drain(..n)) {
-                f.rx_buffer()[..data.len()].copy_from_slice(&data);
-                f.set_len(data.len());
-            }
-            Ok(n)
+            Ok(hand_out(&self.frames, frames))
         }
         fn readiness_fd(&self) -> Option<RawFd> {
             Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd))
@@ -1123,29 +1148,19 @@ mod tests {
                 recvs: AtomicUsize::new(0),
                 drains,
             });
-            let cfg = test_config(8);
-            let mut worker = Worker {
-                pipeline: Pipeline::new(cfg.pipeline.clone()),
-                frames: (0..8).map(|_| Frame::new()).collect(),
-                cfg,
-                fib: Arc::new(Fib::new()),
-                ports: Arc::new(ArcSwap::from_pointee(PortTable::default())),
-                poll: Poll::new().unwrap(),
-                commands: mpsc::channel().1,
-                stop: Arc::new(AtomicBool::new(false)),
-                paused: false,
-                counters: Arc::new(SharedCounters::default()),
-                owned: vec![OwnedPort {
+            let mut worker = test_worker(
+                8,
+                Fib::new(),
+                PortTable::default(),
+                vec![OwnedPort {
                     id: PortId(0),
                     port: port.clone(),
                     failed: false,
                     ready: true,
                     short_recv_drains: drains,
                 }],
-                tx: TxQueues::default(),
-                slot_of: Vec::new(),
-                stale_edge: None,
-            };
+                Vec::new(),
+            );
             assert!(worker.poll_round(crate::clock::now_ns()));
             worker.poll_round(crate::clock::now_ns());
             worker.poll_round(crate::clock::now_ns());
@@ -1201,13 +1216,7 @@ mod tests {
     impl Port for InlineHost {
         fn recv(&self, frames: &mut [Frame]) -> io::Result<usize> {
             self.recvs.lock().unwrap().push(frames.len());
-            let mut q = self.queued.lock().unwrap();
-            let n = q.len().min(frames.len());
-            for (f, data) in frames.iter_mut().zip(q.drain(..n)) {
-                f.rx_buffer()[..data.len()].copy_from_slice(&data);
-                f.set_len(data.len());
-            }
-            Ok(n)
+            Ok(hand_out(&self.queued, frames))
         }
         fn readiness_fd(&self) -> Option<RawFd> {
             Some(std::os::fd::AsRawFd::as_raw_fd(&self.fd))
@@ -1286,26 +1295,16 @@ mod tests {
                 failed: false,
                 ready,
             };
-            let cfg = test_config(8);
-            let mut worker = Worker {
-                pipeline: Pipeline::new(cfg.pipeline.clone()),
-                frames: (0..8).map(|_| Frame::new()).collect(),
-                cfg,
-                fib: Arc::new(fib),
-                ports: Arc::new(ArcSwap::from_pointee(table)),
-                poll: Poll::new().unwrap(),
-                commands: mpsc::channel().1,
-                stop: Arc::new(AtomicBool::new(false)),
-                paused: false,
-                counters: Arc::new(SharedCounters::default()),
-                owned: vec![
+            let mut worker = test_worker(
+                8,
+                fib,
+                table,
+                vec![
                     owned(host_id, host.clone(), false),
                     owned(a_id, a.clone(), true),
                 ],
-                tx: TxQueues::default(),
-                slot_of: vec![1, u32::MAX, 0],
-                stale_edge: None,
-            };
+                vec![1, u32::MAX, 0],
+            );
             assert!(worker.poll_round(crate::clock::now_ns()));
             let sent = b.take_sent();
             let recvs = host.recvs.lock().unwrap().clone();

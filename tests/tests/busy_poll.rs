@@ -7,71 +7,94 @@ use std::time::Duration;
 
 use podrouter_e2e::*;
 
-/// CPU time (user + system) of the daemon's thread `name`, in clock ticks.
-fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
+/// The file `file` of the daemon's thread `name` (`/proc/<pid>/task/<tid>/file`).
+fn thread_file(pid: u32, name: &str, file: &str) -> Option<String> {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let dir = task.ok()?.path();
         let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() != name {
-            continue;
+        if comm.trim() == name {
+            return std::fs::read_to_string(dir.join(file)).ok();
         }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Fields after the command's closing parenthesis: state is field
-        // 3, utime 14 and stime 15 of the whole line.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
     }
     None
+}
+
+/// The fields of the daemon's thread `name`'s `stat` after the command's
+/// closing parenthesis: index 0 is the state, field 3 of the whole line.
+fn thread_stat(pid: u32, name: &str) -> Option<Vec<String>> {
+    let stat = thread_file(pid, name, "stat")?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// CPU time (user + system) of the daemon's thread `name`, in clock
+/// ticks: fields 14 and 15 of its `stat`.
+fn thread_ticks(pid: u32, name: &str) -> Option<u64> {
+    let f = thread_stat(pid, name)?;
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// `se.slice` of the daemon's thread `name` (ns), where the kernel shows it.
 fn thread_slice(pid: u32, name: &str) -> Option<u64> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() != name {
-            continue;
-        }
-        let sched = std::fs::read_to_string(dir.join("sched")).ok()?;
-        let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
-        return line.split(':').nth(1)?.trim().parse().ok();
-    }
-    None
+    let sched = thread_file(pid, name, "sched")?;
+    let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
+    line.split(':').nth(1)?.trim().parse().ok()
 }
 
 /// (policy, rt_priority) of the daemon's thread `name`: fields 41 and 40
-/// of its `/proc/<tid>/stat`.
+/// of its `stat`.
 fn thread_policy(pid: u32, name: &str) -> Option<(u64, u64)> {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let dir = task.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-        // Field 3 (state) is the first after the closing parenthesis.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        return Some((f.get(38)?.parse().ok()?, f.get(37)?.parse().ok()?));
+    let f = thread_stat(pid, name)?;
+    Some((f.get(38)?.parse().ok()?, f.get(37)?.parse().ok()?))
+}
+
+/// A node with `dataplane_extra` in its `[dataplane]` section and two
+/// pods named `{prefix}-a` and `{prefix}-b`, with the daemon's pid; `None`
+/// (the reason printed) where ping is missing.
+fn node_with_two_pods(
+    test: &str,
+    dataplane_extra: &str,
+    prefix: &str,
+) -> Option<(Node, Pod, Pod, u32)> {
+    if !require(test, &["ping"]) {
+        return None;
     }
-    None
+    let mut node = Node::start(NodeConfig {
+        log_level: "info".into(),
+        dataplane_extra: dataplane_extra.into(),
+        ..NodeConfig::default()
+    });
+    let a = node.add_pod(&format!("{prefix}-a"), &[]);
+    let b = node.add_pod(&format!("{prefix}-b"), &[]);
+    let pid = node.daemon_pid().expect("daemon pid");
+    Some((node, a, b, pid))
+}
+
+/// The worker's CPU over 2 s once traffic stopped (after 200 ms of
+/// grace), in clock ticks, printed; `what` names the worker in the
+/// failure. One tick is 10 ms: more than 3 (1.5% of a CPU) fails.
+fn assert_idle_worker_sleeps(test: &str, pid: u32, what: &str) {
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
+    std::thread::sleep(Duration::from_secs(2));
+    let t1 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
+    say(&format!(
+        "{test}: worker CPU over 2 s idle: {} ticks",
+        t1 - t0
+    ));
+    assert!(
+        t1 - t0 <= 3,
+        "{test}: an idle {what} worker used {} ticks in 2 s",
+        t1 - t0
+    );
 }
 
 #[test]
 fn a_real_time_worker_forwards_and_sleeps_when_idle() {
     let test = "a_real_time_worker_forwards_and_sleeps_when_idle";
-    if !require(test, &["ping"]) {
+    let Some((node, a, b, pid)) = node_with_two_pods(test, "worker_rt_priority = 3\n", "rt") else {
         return;
-    }
-    let mut node = Node::start(NodeConfig {
-        log_level: "info".into(),
-        dataplane_extra: "worker_rt_priority = 3\n".into(),
-        ..NodeConfig::default()
-    });
-    let a = node.add_pod("rt-a", &[]);
-    let b = node.add_pod("rt-b", &[]);
-    let pid = node.daemon_pid().expect("daemon pid");
+    };
 
     let p = ping(&a.ns, &b.ip, &["-c", "100", "-i", "0.005", "-W", "1"]);
     assert_eq!(p.received, 100, "{test}: {p:?}");
@@ -89,36 +112,18 @@ fn a_real_time_worker_forwards_and_sleeps_when_idle() {
     assert_eq!(main.0, 0, "{test}: main thread (policy, rt_priority)");
 
     // A real-time worker that spun would hold its CPU: it must sleep when
-    // idle as any other (one clock tick is 10 ms; allow 3 in 2 s).
-    std::thread::sleep(Duration::from_millis(200));
-    let t0 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
-    std::thread::sleep(Duration::from_secs(2));
-    let t1 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
-    say(&format!(
-        "{test}: worker CPU over 2 s idle: {} ticks",
-        t1 - t0
-    ));
-    assert!(
-        t1 - t0 <= 3,
-        "{test}: an idle real-time worker used {} ticks in 2 s",
-        t1 - t0
-    );
+    // idle as any other.
+    assert_idle_worker_sleeps(test, pid, "real-time");
 }
 
 #[test]
 fn a_busy_polling_worker_forwards_and_sleeps_when_idle() {
     let test = "a_busy_polling_worker_forwards_and_sleeps_when_idle";
-    if !require(test, &["ping"]) {
+    let Some((node, a, b, pid)) =
+        node_with_two_pods(test, "busy_poll_us = 500\nworker_slice_us = 200\n", "bp")
+    else {
         return;
-    }
-    let mut node = Node::start(NodeConfig {
-        log_level: "info".into(),
-        dataplane_extra: "busy_poll_us = 500\nworker_slice_us = 200\n".into(),
-        ..NodeConfig::default()
-    });
-    let a = node.add_pod("bp-a", &[]);
-    let b = node.add_pod("bp-b", &[]);
-    let pid = node.daemon_pid().expect("daemon pid");
+    };
 
     // Forwarding works, with replies inside the busy-poll window.
     let before = node.counters();
@@ -148,26 +153,14 @@ fn a_busy_polling_worker_forwards_and_sleeps_when_idle() {
     }
 
     // Idle: the worker sleeps after its window, so 2 s cost (next to)
-    // nothing. One clock tick is 10 ms; allow 3 (1.5% of a CPU).
-    std::thread::sleep(Duration::from_millis(200));
+    // nothing.
     let idle_before = node.counters();
-    let t0 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
-    std::thread::sleep(Duration::from_secs(2));
-    let t1 = thread_ticks(pid, "podrouter-w0").expect("worker thread");
+    assert_idle_worker_sleeps(test, pid, "busy-polling");
     let idle_after = node.counters();
-    say(&format!(
-        "{test}: worker CPU over 2 s idle: {} ticks",
-        t1 - t0
-    ));
-    assert!(
-        t1 - t0 <= 3,
-        "{test}: an idle busy-polling worker used {} ticks in 2 s",
-        t1 - t0
-    );
     // The pods' own kernels still send now and then (neighbour probes
     // after the pings): each such frame is one wake-up and a short spin.
     say(&format!(
-        "{test}: worker wake-ups over the idle 2 s: {}",
+        "{test}: worker wake-ups over the 2.2 s after the pings: {}",
         delta(&idle_before, &idle_after, "/sleeps")
     ));
 }
