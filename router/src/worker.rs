@@ -699,7 +699,7 @@ fn ipv4_destination(frame: &[u8]) -> Option<std::net::Ipv4Addr> {
 }
 
 /// A batch while a capture or trace is armed: the frames of the untapped
-/// loop in [`Worker::poll_round`], plus copies of captured frames (as
+/// loop in [`process_batch`], plus copies of captured frames (as
 /// received, as sent, or dropped with `--drops`) and the instrumented
 /// pipeline path for traced frames.
 #[inline(never)]
