@@ -784,6 +784,13 @@ pub struct CountersInfo {
     /// this field.
     #[serde(default)]
     pub host_inline: u64,
+    /// Times busy polling backed off because the scheduler took a
+    /// worker's CPU, and long gaps in a spin that were no preemption.
+    /// Zero from daemons older than these fields.
+    #[serde(default)]
+    pub busy_poll_backoffs: u64,
+    #[serde(default)]
+    pub busy_poll_stalls: u64,
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub icmp_rate_limited: u64,

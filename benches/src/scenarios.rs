@@ -811,6 +811,9 @@ struct WorkerWork {
     /// How often the scheduler took the CPU from a worker that still
     /// wanted it (`nonvoluntary_ctxt_switches`).
     preempted: u64,
+    /// Times the workers' busy polling backed off (a preemption while
+    /// spinning).
+    spin_backoffs: u64,
 }
 
 /// [`WorkerWork`] between two snapshots, per request or connection.
@@ -821,12 +824,16 @@ struct WorkPer {
     busy_us: f64,
     run_delay_us: f64,
     preempted: f64,
+    /// Busy polling's back-offs in the whole run (not per unit: they are
+    /// few).
+    spin_backoffs_in_run: u64,
 }
 
 impl WorkPer {
     /// Adds the five figures to a run's record as
-    /// `worker_{sleeps,frames,busy_us,run_queue_us,preempted}_per_{unit}`
-    /// (null for the kernel's plane, which has no workers).
+    /// `worker_{sleeps,frames,busy_us,run_queue_us,preempted}_per_{unit}`,
+    /// and `worker_busy_poll_backoffs` for the whole run (null for the
+    /// kernel's plane, which has no workers).
     fn add_fields(run: Option<&mut Value>, per: Option<WorkPer>, unit: &str) {
         let Some(Value::Object(record)) = run else {
             return;
@@ -839,14 +846,23 @@ impl WorkPer {
                 json!(values.map(|v| v[i])),
             );
         }
+        record.insert(
+            "worker_busy_poll_backoffs".into(),
+            json!(per.map(|w| w.spin_backoffs_in_run)),
+        );
     }
 
     /// What the workers did per request or connection, for the log.
     fn describe(&self) -> String {
         format!(
             "slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
-             preempted {:.3} times",
-            self.sleeps, self.frames, self.busy_us, self.run_delay_us, self.preempted
+             preempted {:.3} times; busy polling backed off {} times in the run",
+            self.sleeps,
+            self.frames,
+            self.busy_us,
+            self.run_delay_us,
+            self.preempted,
+            self.spin_backoffs_in_run
         )
     }
 }
@@ -859,6 +875,7 @@ impl WorkerWork {
             busy_ns: self.busy_ns.saturating_sub(before.busy_ns),
             run_delay_ns: self.run_delay_ns.saturating_sub(before.run_delay_ns),
             preempted: self.preempted.saturating_sub(before.preempted),
+            spin_backoffs: self.spin_backoffs.saturating_sub(before.spin_backoffs),
         }
     }
 
@@ -870,6 +887,7 @@ impl WorkerWork {
             busy_us: self.busy_ns as f64 / 1e3 / n,
             run_delay_us: self.run_delay_ns as f64 / 1e3 / n,
             preempted: self.preempted as f64 / n,
+            spin_backoffs_in_run: self.spin_backoffs,
         }
     }
 }
@@ -890,6 +908,7 @@ fn worker_work(t: &Topology) -> Option<WorkerWork> {
                     busy_ns: sum.busy_ns + c.worker_busy_ns.iter().sum::<u64>(),
                     run_delay_ns: sum.run_delay_ns + run_delay_ns,
                     preempted: sum.preempted + preempted,
+                    spin_backoffs: sum.spin_backoffs + c.busy_poll_backoffs,
                 })
             }
             _ => None,
@@ -1621,6 +1640,9 @@ fn builtin_balancer_rows(
             hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
         }),
     ));
+    if others == 0 {
+        wire_rows(ctx, scenario, &lb)?;
+    }
     if let Ok(t) = &lb {
         if let Ok(podrouter_api::Reply::Services(s)) =
             t.daemons[0].call(podrouter_api::Call::ServiceList)
@@ -1643,6 +1665,41 @@ fn builtin_balancer_rows(
         }
     }
     drop(lb);
+    Ok(())
+}
+
+/// The reference row of the Services scenario: the built-in balancer's
+/// connections to the ClusterIP (`lb`) against the same client and server
+/// on a bare veth pair with the kernel plane's CPU path
+/// ([`topo::bare_wire`]), alternating: how close a connection through
+/// podrouter comes to one through no router at all.
+fn wire_rows(ctx: &mut Ctx, scenario: &str, lb: &Slot) -> Res<()> {
+    let opts = ctx.opts.clone();
+    let wire = build(
+        ctx,
+        "services: two pods on a bare veth pair (no router)",
+        |_| topo::bare_wire(&opts),
+    )?;
+    let wire = checked(ctx, wire, "bare veth pair")?;
+    if let Ok(t) = &wire {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    let what = format!("{scenario} · built-in balancer and a bare veth pair · new TCP connections");
+    let r = both(ctx, &[lb, &wire], &what, |c, t, d| {
+        if t.is_podrouter() {
+            conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+        } else {
+            conn_rate(c, t, &[&t.pods[1]], t.pods[1].ip, d)
+        }
+    })?;
+    ctx.rows.push(Row::new(
+        scenario,
+        "for reference: new TCP connections per second, podrouterd's built-in balancer to the ClusterIP vs two pods on a bare veth pair (no router, no NAT; receive steered to the data-plane CPU as in the kernel plane)",
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
     Ok(())
 }
 

@@ -613,6 +613,67 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
     Ok(topo)
 }
 
+/// Two pods joined by a bare veth pair (`eth0` in each), no node, router
+/// or NAT in between: each pod's /32 and a device route to the other.
+/// Each `eth0`'s receive is steered (RPS) to the data-plane CPUs, as the
+/// kernel plane steers its host-side veths, so a packet crosses to that
+/// CPU once and its receiver is woken from there, the same CPU path as in
+/// either plane. The floor of what the pods' own stacks and wake-ups cost.
+pub fn bare_wire(opts: &PlaneOpts) -> Res<Topology> {
+    let tag = util::unique_tag();
+    let dir = util::temp_dir(&tag)?;
+    let group = NetnsGroup::create((0..2).map(|i| format!("{tag}-p{i}")).collect())?;
+    let names = group.names().to_vec();
+    let ips = [pod_ip(BLOCKS[0], 0), pod_ip(BLOCKS[0], 1)];
+    let rps = opts.rps_mask();
+    ip_batch(
+        Some(&names[0]),
+        &format!(
+            "link add eth0 mtu {mtu} type veth peer name eth0 mtu {mtu} netns {peer}\n",
+            mtu = opts.mtu,
+            peer = names[1]
+        ),
+    )?;
+    for (i, ns) in names.iter().enumerate() {
+        util::check()?;
+        ip_batch(
+            Some(ns),
+            &format!(
+                "link set lo up\n\
+                 link set eth0 up\n\
+                 addr add {}/32 dev eth0\n\
+                 route add {}/32 dev eth0 scope link\n",
+                ips[i],
+                ips[1 - i]
+            ),
+        )?;
+        util::ns_sh(
+            ns,
+            &format!("echo {rps} > /sys/class/net/eth0/queues/rx-0/rps_cpus"),
+        )?;
+    }
+    Ok(Topology {
+        label: "bare veth pair".into(),
+        pods: names
+            .iter()
+            .zip(ips)
+            .map(|(ns, ip)| Pod {
+                ns: ns.clone(),
+                ip,
+                ifname: "eth0".into(),
+            })
+            .collect(),
+        daemons: Vec::new(),
+        nodes: Vec::new(),
+        notes: vec![format!(
+            "bare veth pair: two pods on one veth pair, no router; RPS of both ends steered to CPU mask {rps}"
+        )],
+        pod_ns: vec![group],
+        _node_ns: Vec::new(),
+        _dir: dir,
+    })
+}
+
 // ---------------------------------------------------------------------------
 // The bare-XSK ceiling probe
 

@@ -1187,6 +1187,8 @@ impl Daemon {
             tx: s.tx,
             sleeps: s.sleeps,
             host_inline: s.host_inline,
+            busy_poll_backoffs: s.busy_poll_backoffs,
+            busy_poll_stalls: s.busy_poll_stalls,
             arp_replies: s.arp_replies,
             icmp_sent: s.icmp_sent,
             icmp_rate_limited: s.icmp_rate_limited,

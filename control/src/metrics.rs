@@ -318,6 +318,16 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             "Frames read back from the host port in the worker round that wrote to it.",
             c.host_inline,
         ),
+        (
+            "busy_poll_backoffs_total",
+            "Times busy polling stopped spinning for a while because the scheduler took a worker's CPU.",
+            c.busy_poll_backoffs,
+        ),
+        (
+            "busy_poll_stalls_total",
+            "Long gaps in a worker's busy polling that were no preemption (interrupt work, a VM's host); the spin went on.",
+            c.busy_poll_stalls,
+        ),
         ("arp_replies_total", "ARP requests answered.", c.arp_replies),
         ("icmp_sent_total", "ICMP errors sent.", c.icmp_sent),
         (

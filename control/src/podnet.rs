@@ -322,6 +322,7 @@ fn bring_up_addressed(
     if fail_at == Some(Stage::Up) {
         return Err(err("injected failure".into())(io::Error::other("test")));
     }
+    tap_noqueue(nl, index, whom);
     nl.addr_add(index, spec.ip, 32)
         .map_err(err(format!("add address {}/32", spec.ip)))?;
     let gateway = Ipv4Route {
@@ -700,39 +701,42 @@ pub fn create_or_attach_host_port(
         nl.link_set_up(link.index)
             .map_err(err("bring the interface up".into()))?;
     }
-    host_port_noqueue(&mut nl, link.index, name);
+    tap_noqueue(&mut nl, link.index, &format!("host port {name}"));
     Ok(match held {
         Held::New(g) => g.disarm(),
         Held::Attached(t) => t,
     })
 }
 
-/// Gives the host port the `noqueue` root qdisc in place of the one the
-/// kernel attached when it came up (`pfifo_fast`, or `mq` over them when
-/// multi-queue, whatever `net.core.default_qdisc` says), unless someone
-/// put their own there (a root qdisc with a handle other than `0:` stays).
+/// Gives a TAP (the host port, a pod's interface) the `noqueue` root
+/// qdisc in place of the one the kernel attached when it came up
+/// (`pfifo_fast`, or `mq` over them when multi-queue, whatever
+/// `net.core.default_qdisc` says), unless someone put their own there (a
+/// root qdisc with a handle other than `0:` stays). `what` names the
+/// device in logs.
 ///
-/// Why: every frame the node sends to a pod (its own, and each packet
-/// kube-proxy's NAT forwards, which crosses `podrouter0` twice) went
-/// through that qdisc's enqueue and dequeue for nothing: a TAP never stops
-/// its queue (when its ring to podrouterd is full it drops, counted as the
-/// device's `tx_dropped`, with or without a qdisc), so the qdisc never
-/// holds a frame. With `noqueue`, as on a veth, the kernel hands the frame
-/// to the TAP directly. Not fatal if it fails: the port works either way.
-fn host_port_noqueue(nl: &mut Netlink, index: u32, name: &str) {
+/// Why: every frame sent into a TAP (by the node: its own, and each packet
+/// kube-proxy's NAT forwards, which crosses `podrouter0` twice; by a pod:
+/// everything it sends) went through that qdisc's enqueue and dequeue for
+/// nothing: a TAP never stops its queue (when its ring to podrouterd is
+/// full it drops, counted as the device's `tx_dropped`, with or without a
+/// qdisc), so the qdisc never holds a frame. With `noqueue`, as on a veth
+/// (what Calico's pods get), the kernel hands the frame to the TAP
+/// directly. Not fatal if it fails: the interface works either way.
+fn tap_noqueue(nl: &mut Netlink, index: u32, what: &str) {
     let res = match nl.root_qdisc(index) {
         Ok(Some((kind, true))) if kind != "noqueue" => nl.root_noqueue(index).map(|()| {
-            log::info!("host port {name}: root qdisc {kind} replaced by noqueue");
+            log::debug!("{what}: root qdisc {kind} replaced by noqueue");
         }),
         Ok(Some((kind, false))) if kind != "noqueue" => {
-            log::info!("host port {name}: keeping the root qdisc {kind} someone added");
+            log::info!("{what}: keeping the root qdisc {kind} someone added");
             Ok(())
         }
         Ok(_) => Ok(()),
         Err(e) => Err(e),
     };
     if let Err(e) = res {
-        log::warn!("host port {name}: cannot set the noqueue qdisc, keeping the kernel's: {e}");
+        log::warn!("{what}: cannot set the noqueue qdisc, keeping the kernel's: {e}");
     }
 }
 

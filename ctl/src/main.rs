@@ -695,6 +695,8 @@ fn text(r: &Reply) -> String {
                 ("tx", c.tx),
                 ("sleeps", c.sleeps),
                 ("host_inline", c.host_inline),
+                ("busy_poll_backoffs", c.busy_poll_backoffs),
+                ("busy_poll_stalls", c.busy_poll_stalls),
                 ("arp_replies", c.arp_replies),
                 ("icmp_sent", c.icmp_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),

@@ -16,12 +16,17 @@
 //! worker only asks epoll for readiness, without waiting) means its
 //! thread did not run. If the scheduler took the CPU from it (its count
 //! of involuntary context switches grew since it began to spin), it
-//! stops spinning for [`BACKOFF_NS`]: on a busy CPU the worker behaves as
-//! if the window were zero. A gap without such a switch was interrupt
-//! work on its CPU or, on a virtual machine, the host running something
-//! else on the virtual CPU: sleeping would not have avoided it, so the
-//! spin goes on (counted as a stall). Where the count cannot be read,
-//! every long gap counts as a preemption.
+//! stops spinning for a while: [`MIN_BACKOFF_NS`] after a lone preemption
+//! (a kworker's or a timer's moment on its CPU), twice the last back-off
+//! when the previous one ended less than [`MAX_BACKOFF_NS`] ago, up to
+//! that: on a CPU something else keeps wanting, the worker behaves as if
+//! the window were zero within a few preemptions, and one kworker does
+//! not cost a second of spinning. A gap without such a switch was
+//! interrupt work on its CPU or, on a virtual machine, the host running
+//! something else on the virtual CPU: sleeping would not have avoided it,
+//! so the spin goes on (counted as a stall). Where the count cannot be
+//! read, every long gap counts as a preemption. The worker counts both
+//! (`podrouter_busy_poll_backoffs_total`, `podrouter_busy_poll_stalls_total`).
 //!
 //! Invariants: with a zero window [`BusyPoll::after_round`] always says
 //! sleep-as-before and keeps no state; time and the switch count are
@@ -36,9 +41,23 @@ use std::time::Duration;
 /// `epoll_wait` with a zero timeout, a microsecond or two.
 pub const PREEMPTED_GAP_NS: u64 = 250_000;
 
-/// How long a worker that was preempted while spinning sleeps between
-/// rounds again like a worker without busy polling.
-pub const BACKOFF_NS: u64 = 1_000_000_000;
+/// How long a worker that was preempted while spinning, for the first
+/// time in a while, sleeps between rounds again like a worker without
+/// busy polling.
+pub const MIN_BACKOFF_NS: u64 = 10_000_000;
+
+/// The longest back-off, reached when preemptions keep coming: each one
+/// within this time of the previous back-off's end doubles the back-off.
+pub const MAX_BACKOFF_NS: u64 = 1_000_000_000;
+
+/// What a long gap between two polling rounds was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LongGap {
+    /// The scheduler took the CPU: the worker backs off.
+    Preempted,
+    /// Interrupt work, or the host: the spin goes on.
+    Stall,
+}
 
 /// The largest window `[dataplane] busy_poll_us` takes.
 pub const MAX_WINDOW: Duration = Duration::from_millis(10);
@@ -55,6 +74,8 @@ pub struct BusyPoll {
     spinning: bool,
     /// No spinning before this time (after a preemption).
     backoff_until_ns: u64,
+    /// The last back-off's length (zero before the first).
+    backoff_ns: u64,
     /// The thread's involuntary context switches when it began to spin
     /// (or at the last long gap), if known.
     switches_seen: Option<u64>,
@@ -75,6 +96,7 @@ impl BusyPoll {
             awake_since_ns: None,
             spinning: false,
             backoff_until_ns: 0,
+            backoff_ns: 0,
             switches_seen: None,
             backoffs: 0,
             stalls: 0,
@@ -89,28 +111,36 @@ impl BusyPoll {
     /// Called when a round starts at `now_ns`: a long gap since the
     /// previous round's end, with no sleep in between, is a preemption if
     /// `involuntary_switches` (the thread's count, asked only then) grew
-    /// since the spin began, or cannot be read.
+    /// since the spin began, or cannot be read. Returns what a long gap
+    /// was (`None`: no long gap), for the worker's counters.
     pub fn round_starts(
         &mut self,
         now_ns: u64,
         involuntary_switches: impl FnOnce() -> Option<u64>,
-    ) {
-        if let Some(end) = self.awake_since_ns.take() {
-            if now_ns.saturating_sub(end) > PREEMPTED_GAP_NS {
-                let now = involuntary_switches();
-                let preempted = match (self.switches_seen, now) {
-                    (Some(before), Some(now)) => now > before,
-                    _ => true,
-                };
-                self.switches_seen = now;
-                if preempted {
-                    self.backoffs += 1;
-                    self.backoff_until_ns = now_ns.saturating_add(BACKOFF_NS);
-                } else {
-                    self.stalls += 1;
-                }
-            }
+    ) -> Option<LongGap> {
+        let end = self.awake_since_ns.take()?;
+        if now_ns.saturating_sub(end) <= PREEMPTED_GAP_NS {
+            return None;
         }
+        let now = involuntary_switches();
+        let preempted = match (self.switches_seen, now) {
+            (Some(before), Some(now)) => now > before,
+            _ => true,
+        };
+        self.switches_seen = now;
+        if !preempted {
+            self.stalls += 1;
+            return Some(LongGap::Stall);
+        }
+        self.backoffs += 1;
+        let lone = now_ns.saturating_sub(self.backoff_until_ns) >= MAX_BACKOFF_NS;
+        self.backoff_ns = if lone || self.backoff_ns == 0 {
+            MIN_BACKOFF_NS
+        } else {
+            (self.backoff_ns * 2).min(MAX_BACKOFF_NS)
+        };
+        self.backoff_until_ns = now_ns.saturating_add(self.backoff_ns);
+        Some(LongGap::Preempted)
     }
 
     /// Called when the worker waits for readiness outside the rounds (a
@@ -208,13 +238,45 @@ mod tests {
         b.round_starts(t, unknown);
         assert_eq!(b.backoffs, 1);
         assert!(!b.after_round(t + US, true, unknown), "backing off: sleep");
-        t += BACKOFF_NS / 2;
+        t += MIN_BACKOFF_NS / 2;
         b.round_starts(t, unknown);
         assert!(!b.after_round(t, true, unknown), "still backing off");
-        t += BACKOFF_NS;
+        t += MIN_BACKOFF_NS;
         b.round_starts(t, unknown);
         assert!(b.after_round(t, true, unknown), "the back-off is over");
         assert_eq!(b.backoffs, 1);
+    }
+
+    /// Spins, is descheduled for 3 ms at `*t`, and says how long the
+    /// back-off that follows lasts (to the microsecond).
+    fn preempt_and_time_backoff(b: &mut BusyPoll, t: &mut u64) -> u64 {
+        b.round_starts(*t, unknown);
+        assert!(b.after_round(*t, true, unknown), "spinning before");
+        *t += 3_000 * US;
+        assert_eq!(b.round_starts(*t, unknown), Some(LongGap::Preempted));
+        let start = *t;
+        while !b.after_round(*t, true, unknown) {
+            *t += US;
+            b.round_starts(*t, unknown);
+        }
+        *t - start
+    }
+
+    #[test]
+    fn preemptions_in_a_row_double_the_back_off_up_to_the_cap_and_a_lone_one_resets_it() {
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        let mut t = 1_000_000 * US;
+        let mut seen = Vec::new();
+        for _ in 0..9 {
+            seen.push(preempt_and_time_backoff(&mut b, &mut t) / 1_000_000);
+        }
+        assert_eq!(seen, [10, 20, 40, 80, 160, 320, 640, 1000, 1000], "ms");
+        // Asleep, no traffic, for longer than the cap since the last
+        // back-off ended.
+        b.slept();
+        t += MAX_BACKOFF_NS;
+        assert_eq!(preempt_and_time_backoff(&mut b, &mut t), MIN_BACKOFF_NS);
+        assert_eq!(b.backoffs, 10);
     }
 
     #[test]
@@ -226,7 +288,7 @@ mod tests {
         // 3 ms without running, the scheduler never took the CPU: the host
         // (or interrupt work) did.
         t += 3_000 * US;
-        b.round_starts(t, || Some(7));
+        assert_eq!(b.round_starts(t, || Some(7)), Some(LongGap::Stall));
         assert_eq!((b.backoffs, b.stalls), (0, 1));
         assert!(b.after_round(t + US, true, || Some(7)), "still spinning");
         // Then the scheduler does preempt it.

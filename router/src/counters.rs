@@ -144,6 +144,12 @@ pub struct WorkerCounters {
     /// (what the node's stack sent out of `podrouter0` inside the write,
     /// see the worker's `chase_host`), without another epoll round.
     pub host_inline: Counter,
+    /// Times busy polling stopped spinning for a while because the
+    /// scheduler took the worker's CPU (see [`crate::busy_poll`]).
+    pub busy_poll_backoffs: Counter,
+    /// Long gaps in a spin that were no preemption (interrupt work, the
+    /// host of a virtual machine): the spin went on.
+    pub busy_poll_stalls: Counter,
     pub arp_replies: Counter,
     pub icmp_sent: Counter,
     /// ICMP errors suppressed by the rate limiter (the drop is still counted).
@@ -176,6 +182,8 @@ impl Default for WorkerCounters {
             tx: Counter::default(),
             sleeps: Counter::default(),
             host_inline: Counter::default(),
+            busy_poll_backoffs: Counter::default(),
+            busy_poll_stalls: Counter::default(),
             arp_replies: Counter::default(),
             icmp_sent: Counter::default(),
             icmp_rate_limited: Counter::default(),
@@ -243,6 +251,8 @@ pub struct CounterSnapshot {
     pub tx: u64,
     pub sleeps: u64,
     pub host_inline: u64,
+    pub busy_poll_backoffs: u64,
+    pub busy_poll_stalls: u64,
     pub arp_replies: u64,
     pub icmp_sent: u64,
     pub icmp_rate_limited: u64,
@@ -324,6 +334,8 @@ pub fn sum<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Counter
         s.tx += w.tx.get();
         s.sleeps += w.sleeps.get();
         s.host_inline += w.host_inline.get();
+        s.busy_poll_backoffs += w.busy_poll_backoffs.get();
+        s.busy_poll_stalls += w.busy_poll_stalls.get();
         s.arp_replies += w.arp_replies.get();
         s.icmp_sent += w.icmp_sent.get();
         s.icmp_rate_limited += w.icmp_rate_limited.get();

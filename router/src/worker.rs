@@ -48,7 +48,7 @@ use arc_swap::ArcSwap;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use crate::busy_poll::BusyPoll;
+use crate::busy_poll::{BusyPoll, LongGap};
 use crate::capture::{Armed, Direction, Taps};
 use crate::conntrack::FlowTable;
 use crate::counters::{DropReason, SharedCounters, WorkerCounters};
@@ -362,7 +362,11 @@ impl Worker {
                 continue;
             }
             let started_ns = crate::clock::now_ns();
-            busy_poll.round_starts(started_ns, involuntary_switches);
+            match busy_poll.round_starts(started_ns, involuntary_switches) {
+                Some(LongGap::Preempted) => self.counters.busy_poll_backoffs.incr(),
+                Some(LongGap::Stall) => self.counters.busy_poll_stalls.incr(),
+                None => {}
+            }
             let found_work = self.poll_round(started_ns);
             // One more clock read per round, only with busy polling on.
             let spin = busy_poll.enabled()

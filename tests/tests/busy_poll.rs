@@ -164,3 +164,53 @@ fn a_busy_polling_worker_forwards_and_sleeps_when_idle() {
         delta(&idle_before, &idle_after, "/sleeps")
     ));
 }
+
+/// A spinning worker gives way to work that wants its core: with a busy
+/// loop on the worker's core and a window longer than a scheduler slice,
+/// the scheduler preempts the spin, the worker backs off (counted in
+/// `busy_poll_backoffs`) and every ping is still forwarded.
+#[test]
+fn a_busy_polling_worker_backs_off_when_its_core_is_wanted() {
+    let test = "a_busy_polling_worker_backs_off_when_its_core_is_wanted";
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !Needs::new(test)
+        .unless(
+            cpus >= 2,
+            format!("needs 2 CPUs (the worker's own core), has {cpus}"),
+        )
+        .commands(&["taskset"])
+        .met()
+    {
+        return;
+    }
+    let core = cpus - 1;
+    let Some((node, a, b, _pid)) = node_with_two_pods(
+        test,
+        &format!("busy_poll_us = 5000\ncores = [{core}]\n"),
+        "bo",
+    ) else {
+        return;
+    };
+
+    let before = node.counters();
+    let mut hog = std::process::Command::new("taskset")
+        .args(["-c", &core.to_string(), "sh", "-c", "while :; do :; done"])
+        .spawn()
+        .expect("start the busy loop");
+    let p = ping(&a.ns, &b.ip, &["-c", "100", "-i", "0.01", "-W", "1"]);
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let after = node.counters();
+    let backoffs = delta(&before, &after, "/busy_poll_backoffs");
+    let stalls = delta(&before, &after, "/busy_poll_stalls");
+    say(&format!(
+        "{test}: 100 pings 10 ms apart with a busy loop on core {core}: {} answered, \
+         busy polling backed off {backoffs} times, {stalls} stalls",
+        p.received
+    ));
+    assert_eq!(p.received, 100, "{test}: {p:?}");
+    assert!(
+        backoffs >= 1,
+        "{test}: a worker spinning 5 ms at a time next to a busy loop never backed off: {after}"
+    );
+}

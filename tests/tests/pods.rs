@@ -28,6 +28,9 @@ fn assert_pod_interface(pod: &Pod, ifname: &str, ip: &str, mtu: u64) {
         .filter_map(Value::as_str)
         .collect();
     assert!(flags.contains(&"UP"), "interface not up: {l:#}");
+    // No qdisc between the pod's stack and the router (a veth's default;
+    // a TAP came up with pfifo_fast, which never holds a frame there).
+    assert_eq!(l["qdisc"], "noqueue", "interface qdisc: {l:#}");
     assert!(
         flags.contains(&"LOWER_UP"),
         "no carrier (router not holding the TAP): {l:#}"
