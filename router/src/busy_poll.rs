@@ -11,17 +11,22 @@
 //! A spinning thread uses its whole share of its CPU, and when something
 //! else becomes runnable there the scheduler makes it wait a full slice
 //! (milliseconds), where a thread that slept is woken ahead of others.
-//! So the policy watches for that: a gap between one round's end and the
-//! next round's start longer than [`PREEMPTED_GAP_NS`] (in between the
-//! worker only asks epoll for readiness, without waiting) means its
-//! thread did not run. If the scheduler took the CPU from it (its count
-//! of involuntary context switches grew since it began to spin), it
-//! stops spinning for a while: [`MIN_BACKOFF_NS`] after a lone preemption
-//! (a kworker's or a timer's moment on its CPU), twice the last back-off
-//! when the previous one ended less than [`MAX_BACKOFF_NS`] ago, up to
-//! that: on a CPU something else keeps wanting, the worker behaves as if
-//! the window were zero within a few preemptions, and one kworker does
-//! not cost a second of spinning. A gap without such a switch was
+//! So the worker yields its CPU (`sched_yield`) after each empty round of
+//! a spin, which lets a task woken on that CPU run at once (another
+//! node's worker, a pod) and costs one system call when there is none;
+//! and the policy watches for the scheduler taking the CPU all the same:
+//! a gap between one round's end and the next round's start longer than
+//! [`PREEMPTED_GAP_NS`] (in between the worker only asks epoll for
+//! readiness, without waiting, and yields) means its thread did not run.
+//! If the scheduler took the CPU from it, or it yielded to a task that
+//! held the CPU that long (its count of involuntary context switches grew
+//! since it began to spin), it stops spinning for a while:
+//! [`MIN_BACKOFF_NS`] after a lone preemption (a kworker's or a timer's
+//! moment on its CPU), twice the last back-off when the previous one
+//! ended less than [`MAX_BACKOFF_NS`] ago, up to that: on a CPU something
+//! else keeps wanting, the worker behaves as if the window were zero
+//! within a few preemptions, and one kworker does not cost a second of
+//! spinning. A gap without such a switch was
 //! interrupt work on its CPU or, on a virtual machine, the host running
 //! something else on the virtual CPU: sleeping would not have avoided it,
 //! so the spin goes on (counted as a stall). Where the count cannot be

@@ -376,6 +376,14 @@ impl Worker {
                 Some(Duration::ZERO)
             } else {
                 idle_rounds += 1;
+                if spin {
+                    // An empty round of the spin: let whatever else is
+                    // runnable on this CPU (another node's worker, a pod)
+                    // run first, rather than wait for the scheduler to
+                    // preempt the spin. Alone on the CPU, this returns at
+                    // once.
+                    crate::sys::yield_current_thread();
+                }
                 if idle_rounds < IDLE_ROUNDS_BEFORE_SLEEP || spin {
                     Some(Duration::ZERO)
                 } else {

@@ -394,6 +394,16 @@ struct SchedAttr {
     util_max: u32,
 }
 
+/// Lets another runnable task of this CPU's run queue go first
+/// (`sched_yield`); returns at once when there is none.
+pub fn yield_current_thread() {
+    // SAFETY: sched_yield takes no arguments and touches no memory; it
+    // cannot fail on Linux.
+    unsafe {
+        libc::sched_yield();
+    }
+}
+
 /// Asks the scheduler for a time slice of `slice` for the calling thread,
 /// which stays SCHED_OTHER at its nice value (`sched_setattr` with
 /// `sched_runtime`, Linux 6.12's EEVDF custom slice; the kernel clamps it
