@@ -805,6 +805,11 @@ pub struct CountersInfo {
     /// received frames. Empty from daemons older than this field.
     #[serde(default)]
     pub worker_busy_ns: Vec<u64>,
+    /// Per worker, in worker order: nanoseconds of wall time busy polling
+    /// kept it polling instead of sleeping. Empty from daemons older than
+    /// this field.
+    #[serde(default)]
+    pub worker_spin_ns: Vec<u64>,
     /// Attach calls handled (`Call::Attach`), with their latency.
     #[serde(default)]
     pub attach: OpStatsInfo,

@@ -74,6 +74,12 @@ struct Cli {
     /// not written, so an older podrouterd from --bin-dir still starts).
     #[arg(long)]
     busy_poll_us: Option<u32>,
+    /// How far podrouterd's busy-polling window grows with steady traffic
+    /// (`dataplane.busy_poll_max_us`; podrouterd's default if absent, and
+    /// then not written, so an older podrouterd from --bin-dir still
+    /// starts; 0 keeps the window fixed).
+    #[arg(long)]
+    busy_poll_max_us: Option<u32>,
     /// podrouterd's workers' scheduler slice in microseconds
     /// (`dataplane.worker_slice_us`; not written if absent).
     #[arg(long)]
@@ -371,6 +377,7 @@ fn run(cli: &Cli) -> Res<bool> {
             uplink_xdp: cli.uplink_xdp,
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
             busy_poll_us: cli.busy_poll_us,
+            busy_poll_max_us: cli.busy_poll_max_us,
             worker_slice_us: cli.worker_slice_us,
             worker_rt_priority: cli.worker_rt_priority,
         };
@@ -528,6 +535,7 @@ fn run(cli: &Cli) -> Res<bool> {
             uplink_xdp: cli.uplink_xdp,
             afxdp_rx_chunks: cli.afxdp_rx_chunks,
             busy_poll_us: cli.busy_poll_us,
+            busy_poll_max_us: cli.busy_poll_max_us,
             worker_slice_us: cli.worker_slice_us,
             worker_rt_priority: cli.worker_rt_priority,
         },

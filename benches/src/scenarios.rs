@@ -814,6 +814,8 @@ struct WorkerWork {
     /// Times the workers' busy polling backed off (a preemption while
     /// spinning).
     spin_backoffs: u64,
+    /// Wall time busy polling kept the workers polling without work.
+    spin_ns: u64,
 }
 
 /// [`WorkerWork`] between two snapshots, per request or connection.
@@ -824,22 +826,39 @@ struct WorkPer {
     busy_us: f64,
     run_delay_us: f64,
     preempted: f64,
+    spin_us: f64,
     /// Busy polling's back-offs in the whole run (not per unit: they are
     /// few).
     spin_backoffs_in_run: u64,
 }
 
 impl WorkPer {
-    /// Adds the five figures to a run's record as
-    /// `worker_{sleeps,frames,busy_us,run_queue_us,preempted}_per_{unit}`,
+    /// Adds the six figures to a run's record as
+    /// `worker_{sleeps,frames,busy_us,run_queue_us,preempted,spin_us}_per_{unit}`,
     /// and `worker_busy_poll_backoffs` for the whole run (null for the
     /// kernel's plane, which has no workers).
     fn add_fields(run: Option<&mut Value>, per: Option<WorkPer>, unit: &str) {
         let Some(Value::Object(record)) = run else {
             return;
         };
-        let names = ["sleeps", "frames", "busy_us", "run_queue_us", "preempted"];
-        let values = per.map(|w| [w.sleeps, w.frames, w.busy_us, w.run_delay_us, w.preempted]);
+        let names = [
+            "sleeps",
+            "frames",
+            "busy_us",
+            "run_queue_us",
+            "preempted",
+            "spin_us",
+        ];
+        let values = per.map(|w| {
+            [
+                w.sleeps,
+                w.frames,
+                w.busy_us,
+                w.run_delay_us,
+                w.preempted,
+                w.spin_us,
+            ]
+        });
         for (i, name) in names.iter().enumerate() {
             record.insert(
                 format!("worker_{name}_per_{unit}"),
@@ -855,11 +874,12 @@ impl WorkPer {
     /// What the workers did per request or connection, for the log.
     fn describe(&self) -> String {
         format!(
-            "slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, waited {:.1} µs on the run queue and were \
-             preempted {:.3} times; busy polling backed off {} times in the run",
+            "slept {:.2} times, forwarded {:.2} frames, worked {:.1} µs, spun {:.1} µs without work, waited {:.1} µs \
+             on the run queue and were preempted {:.3} times; busy polling backed off {} times in the run",
             self.sleeps,
             self.frames,
             self.busy_us,
+            self.spin_us,
             self.run_delay_us,
             self.preempted,
             self.spin_backoffs_in_run
@@ -876,6 +896,7 @@ impl WorkerWork {
             run_delay_ns: self.run_delay_ns.saturating_sub(before.run_delay_ns),
             preempted: self.preempted.saturating_sub(before.preempted),
             spin_backoffs: self.spin_backoffs.saturating_sub(before.spin_backoffs),
+            spin_ns: self.spin_ns.saturating_sub(before.spin_ns),
         }
     }
 
@@ -887,6 +908,7 @@ impl WorkerWork {
             busy_us: self.busy_ns as f64 / 1e3 / n,
             run_delay_us: self.run_delay_ns as f64 / 1e3 / n,
             preempted: self.preempted as f64 / n,
+            spin_us: self.spin_ns as f64 / 1e3 / n,
             spin_backoffs_in_run: self.spin_backoffs,
         }
     }
@@ -909,6 +931,7 @@ fn worker_work(t: &Topology) -> Option<WorkerWork> {
                     run_delay_ns: sum.run_delay_ns + run_delay_ns,
                     preempted: sum.preempted + preempted,
                     spin_backoffs: sum.spin_backoffs + c.busy_poll_backoffs,
+                    spin_ns: sum.spin_ns + c.worker_spin_ns.iter().sum::<u64>(),
                 })
             }
             _ => None,

@@ -101,6 +101,8 @@ pub struct PlaneOpts {
     pub afxdp_rx_chunks: Option<u32>,
     /// `dataplane.busy_poll_us` (`--busy-poll-us`), if given.
     pub busy_poll_us: Option<u32>,
+    /// `dataplane.busy_poll_max_us` (`--busy-poll-max-us`), if given.
+    pub busy_poll_max_us: Option<u32>,
     /// `dataplane.worker_slice_us` (`--worker-slice-us`), if given.
     pub worker_slice_us: Option<u32>,
     /// `dataplane.worker_rt_priority` (`--worker-rt-priority`), if given.
@@ -361,6 +363,7 @@ fn start_daemon(
          {}\
          {}\
          {}\
+         {}\
          {extra_dataplane}\n",
         socket.display(),
         state_dir.display(),
@@ -377,6 +380,9 @@ fn start_daemon(
             .unwrap_or_default(),
         opts.busy_poll_us
             .map(|n| format!("busy_poll_us = {n}\n"))
+            .unwrap_or_default(),
+        opts.busy_poll_max_us
+            .map(|n| format!("busy_poll_max_us = {n}\n"))
             .unwrap_or_default(),
         opts.worker_slice_us
             .map(|n| format!("worker_slice_us = {n}\n"))

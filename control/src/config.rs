@@ -92,6 +92,13 @@ pub const DEFAULT_MTU_VXLAN: u16 = 1450;
 /// and an idle worker still sleeps; README "Connection rate and worker
 /// wake-ups" has the idle A/B that chose it).
 pub const DEFAULT_BUSY_POLL_US: u32 = 100;
+/// `[dataplane] busy_poll_max_us` unless configured: while the gaps
+/// between a worker's frames stay within 2 ms, its window grows to bridge
+/// them (twice the longest recent gap, at most this), so steady traffic
+/// of 500 packets a second or more finds it awake at every packet
+/// (`podrouter_router::busy_poll`; README "Busy polling's window grows
+/// with the traffic" has the A/B that chose it).
+pub const DEFAULT_BUSY_POLL_MAX_US: u32 = 2000;
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -220,6 +227,11 @@ pub struct Dataplane {
     /// configured; 0: it sleeps after two empty rounds). See README
     /// "Connection rate and worker wake-ups".
     pub busy_poll_us: u32,
+    /// How far that window grows while the gaps between the worker's
+    /// frames fit in this many microseconds (0..=10000;
+    /// [`DEFAULT_BUSY_POLL_MAX_US`] unless configured; at or below
+    /// `busy_poll_us`, e.g. 0: the window stays as configured).
+    pub busy_poll_max_us: u32,
     /// The workers' scheduler time slice in microseconds (100..=100000;
     /// 0, the default: the kernel's). A worker with a slice shorter than
     /// the task running on its CPU preempts it when it wakes (Linux 6.12's
@@ -462,6 +474,7 @@ impl Default for Dataplane {
             flow_table_size: podrouter_router::conntrack::DEFAULT_CAPACITY,
             flow_timeouts: FlowTimeouts::default(),
             busy_poll_us: DEFAULT_BUSY_POLL_US,
+            busy_poll_max_us: DEFAULT_BUSY_POLL_MAX_US,
             worker_slice_us: 0,
             worker_rt_priority: 0,
         }
@@ -667,6 +680,15 @@ impl Config {
                 format!(
                     "{} is out of range 0..={max_busy_poll} (0 turns busy polling off)",
                     dp.busy_poll_us
+                ),
+            ));
+        }
+        if u128::from(dp.busy_poll_max_us) > max_busy_poll {
+            return Err((
+                "busy_poll_max_us",
+                format!(
+                    "{} is out of range 0..={max_busy_poll} (0, or a value at or below busy_poll_us, keeps the window fixed)",
+                    dp.busy_poll_max_us
                 ),
             ));
         }
@@ -922,6 +944,7 @@ asn = 64512
         assert_eq!(c.dataplane.workers, 1);
         assert_eq!(c.dataplane.flow_table_size, 262_144);
         assert_eq!(c.dataplane.busy_poll_us, 100);
+        assert_eq!(c.dataplane.busy_poll_max_us, 2000);
         let off = Config::parse("[dataplane]\nbusy_poll_us = 0\n", "t.toml").unwrap();
         assert_eq!(off.dataplane.busy_poll_us, 0, "0 turns busy polling off");
     }
@@ -1005,10 +1028,12 @@ asn = 64512
 
         let e = err("[dataplane]\nbackend = \"afxdp\"\nmtu = 9001\n");
         assert_eq!(e.key.as_deref(), Some("mtu"));
-        for bad in ["10001", "1000000"] {
-            let e = err(&format!("[dataplane]\nbusy_poll_us = {bad}\n"));
-            assert_eq!(e.key.as_deref(), Some("busy_poll_us"), "{bad}: {e}");
-            assert!(e.message.contains("out of range 0..=10000"), "{e}");
+        for key in ["busy_poll_us", "busy_poll_max_us"] {
+            for bad in ["10001", "1000000"] {
+                let e = err(&format!("[dataplane]\n{key} = {bad}\n"));
+                assert_eq!(e.key.as_deref(), Some(key), "{bad}: {e}");
+                assert!(e.message.contains("out of range 0..=10000"), "{e}");
+            }
         }
         for bad in ["1", "99", "100001"] {
             let e = err(&format!("[dataplane]\nworker_slice_us = {bad}\n"));

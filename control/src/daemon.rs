@@ -283,6 +283,9 @@ impl Daemon {
                 taps: taps.clone(),
                 path_mtus: path_mtus.clone(),
                 busy_poll: std::time::Duration::from_micros(cfg.dataplane.busy_poll_us.into()),
+                busy_poll_max: std::time::Duration::from_micros(
+                    cfg.dataplane.busy_poll_max_us.into(),
+                ),
                 slice: std::time::Duration::from_micros(cfg.dataplane.worker_slice_us.into()),
                 rt_priority: cfg.dataplane.worker_rt_priority,
             };
@@ -1230,6 +1233,7 @@ impl Daemon {
                 })
                 .collect(),
             worker_busy_ns: all.iter().map(|w| w.busy_ns.get()).collect(),
+            worker_spin_ns: all.iter().map(|w| w.spin_ns.get()).collect(),
             attach: self.attach_stats.info(),
             detach: self.detach_stats.info(),
             tunnels: counters::sum_tunnels(&self.fib.load(), all.iter().copied())

@@ -186,6 +186,18 @@ impl Families {
     }
 }
 
+/// A counter of seconds per worker, from nanoseconds in worker order.
+fn per_worker_seconds(f: &Families, name: &str, help: &str, per_worker_ns: &[u64]) {
+    let v = CounterVec::new(Opts::new(name, help), &["worker"]).expect("valid metric name");
+    f.reg
+        .register(Box::new(v.clone()))
+        .expect("metric registered once");
+    for (i, ns) in per_worker_ns.iter().enumerate() {
+        v.with_label_values(&[i.to_string().as_str()])
+            .inc_by(*ns as f64 / 1e9);
+    }
+}
+
 fn gauge_value(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -401,21 +413,18 @@ pub fn render(snap: &Snapshot, host_port: &str) -> String {
             .set(gauge_value(v));
     }
 
-    let busy = CounterVec::new(
-        Opts::new(
-            "worker_busy_seconds_total",
-            "Seconds a worker spent in rounds that received frames (idle: uptime minus this).",
-        ),
-        &["worker"],
-    )
-    .expect("valid metric name");
-    f.reg
-        .register(Box::new(busy.clone()))
-        .expect("metric registered once");
-    for (i, ns) in c.worker_busy_ns.iter().enumerate() {
-        busy.with_label_values(&[i.to_string().as_str()])
-            .inc_by(*ns as f64 / 1e9);
-    }
+    per_worker_seconds(
+        &f,
+        "worker_busy_seconds_total",
+        "Seconds a worker spent in rounds that received frames (idle: uptime minus this).",
+        &c.worker_busy_ns,
+    );
+    per_worker_seconds(
+        &f,
+        "worker_spin_seconds_total",
+        "Seconds of wall time a worker polled on without work, instead of sleeping, because busy polling kept it awake (busy_poll_us, busy_poll_max_us): what busy polling costs.",
+        &c.worker_spin_ns,
+    );
     for (op, stats) in [("attach", &c.attach), ("detach", &c.detach)] {
         let calls = f.counter(
             &format!("pod_{op}_total"),
@@ -650,6 +659,7 @@ mod tests {
             ..XskCountersInfo::default()
         });
         counters.worker_busy_ns = vec![1_500_000_000, 0];
+        counters.worker_spin_ns = vec![250_000_000, 0];
         counters.flows.policy_allowed = 6;
         counters.flows.purged = 8;
         counters.attach = OpStatsInfo {
@@ -731,6 +741,7 @@ mod tests {
             "podrouter_flows_purged_total 8",
             r#"podrouter_worker_busy_seconds_total{worker="0"} 1.5"#,
             r#"podrouter_worker_busy_seconds_total{worker="1"} 0"#,
+            r#"podrouter_worker_spin_seconds_total{worker="0"} 0.25"#,
             r#"podrouter_pod_attach_total{result="ok"} 3"#,
             r#"podrouter_pod_attach_total{result="error"} 1"#,
             "# TYPE podrouter_pod_attach_duration_seconds histogram",

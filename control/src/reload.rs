@@ -148,6 +148,10 @@ pub fn fixed_changes(old: &Config, new: &Config) -> Vec<String> {
     key(a.batch_size != b.batch_size, "[dataplane] batch_size");
     key(a.busy_poll_us != b.busy_poll_us, "[dataplane] busy_poll_us");
     key(
+        a.busy_poll_max_us != b.busy_poll_max_us,
+        "[dataplane] busy_poll_max_us",
+    );
+    key(
         a.worker_slice_us != b.worker_slice_us,
         "[dataplane] worker_slice_us",
     );

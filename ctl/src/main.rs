@@ -697,6 +697,10 @@ fn text(r: &Reply) -> String {
                 ("host_inline", c.host_inline),
                 ("busy_poll_backoffs", c.busy_poll_backoffs),
                 ("busy_poll_stalls", c.busy_poll_stalls),
+                (
+                    "busy_poll_spin_ms",
+                    c.worker_spin_ns.iter().sum::<u64>() / 1_000_000,
+                ),
                 ("arp_replies", c.arp_replies),
                 ("icmp_sent", c.icmp_sent),
                 ("icmp_rate_limited", c.icmp_rate_limited),

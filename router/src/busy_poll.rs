@@ -8,6 +8,20 @@
 //! next segment of a handshake) finds it awake; an idle worker still
 //! sleeps, so idle pods cost nothing.
 //!
+//! The window grows with the traffic (`[dataplane] busy_poll_max_us`): a
+//! worker measures the gap between each two rounds that received frames,
+//! and once [`GAPS_TO_GROW`] gaps in a row were no longer than the largest
+//! window, its window becomes twice the longest recent gap (the peak
+//! decays by an eighth at each gap), between the configured window and
+//! that largest one. Steady traffic (request/response at a thousand a
+//! second, its gaps 100-900 µs) then finds the worker awake at every
+//! packet, not only at the reply that follows a request; sparse traffic
+//! (a gap longer than the largest window) sets it back to the configured
+//! window at once, so a worker never spins past a gap it could not have
+//! bridged. The price is the CPU: a worker whose ports see a frame at
+//! least every largest-window keeps its core busy (counted:
+//! `podrouter_worker_spin_seconds_total`).
+//!
 //! A spinning thread uses its whole share of its CPU, and when something
 //! else becomes runnable there the scheduler makes it wait a full slice
 //! (milliseconds), where a thread that slept is woken ahead of others.
@@ -34,7 +48,9 @@
 //! (`podrouter_busy_poll_backoffs_total`, `podrouter_busy_poll_stalls_total`).
 //!
 //! Invariants: with a zero window [`BusyPoll::after_round`] always says
-//! sleep-as-before and keeps no state; time and the switch count are
+//! sleep-as-before and keeps no state (the largest window does not turn
+//! busy polling on); the window in use is never below the configured one
+//! nor above the largest; time and the switch count are
 //! passed in (the worker's own reads), never read here; the switch count
 //! is asked for at most once per spin start and once per long gap, never
 //! per round.
@@ -64,15 +80,40 @@ pub enum LongGap {
     Stall,
 }
 
-/// The largest window `[dataplane] busy_poll_us` takes.
+/// The largest window `[dataplane] busy_poll_us` (and
+/// `busy_poll_max_us`) takes.
 pub const MAX_WINDOW: Duration = Duration::from_millis(10);
+
+/// Gaps in a row, between rounds that received frames, no longer than the
+/// largest window, before the window grows: one short gap in sparse
+/// traffic does not make the worker spin.
+pub const GAPS_TO_GROW: u32 = 3;
 
 /// One worker's busy-polling state.
 #[derive(Debug)]
 pub struct BusyPoll {
+    /// The configured window: the one in use until the traffic's gaps say
+    /// otherwise.
     window_ns: u64,
+    /// How far the window may grow (`window_ns` itself: it does not).
+    max_window_ns: u64,
+    /// Gaps in a row between rounds that received frames no longer than
+    /// `max_window_ns`.
+    fitting_gaps: u32,
+    /// The longest recent such gap, decaying by an eighth at each gap
+    /// (zero after a gap that did not fit).
+    gap_peak_ns: u64,
     /// When the last round that received a frame ended.
     last_work_ns: u64,
+    /// When the current round started and whether a long gap came before
+    /// it (`round_starts`), and when the previous round ended: what the
+    /// spin-time count measures.
+    round_start_ns: u64,
+    long_gap_before_round: bool,
+    last_round_end_ns: u64,
+    /// Wall time spent spinning since the worker last took it
+    /// ([`BusyPoll::take_spun_ns`]).
+    unreported_spun_ns: u64,
     /// When the previous round ended, if the worker has not slept since.
     awake_since_ns: Option<u64>,
     /// Whether the last round ended with the worker spinning.
@@ -95,9 +136,17 @@ impl BusyPoll {
     /// A policy that keeps polling for `window` after the last frame
     /// (zero: never).
     pub fn new(window: Duration) -> BusyPoll {
+        let window_ns = nanos(window);
         BusyPoll {
-            window_ns: window.as_nanos().min(u64::MAX as u128) as u64,
+            window_ns,
+            max_window_ns: window_ns,
+            fitting_gaps: 0,
+            gap_peak_ns: 0,
             last_work_ns: 0,
+            round_start_ns: 0,
+            long_gap_before_round: false,
+            last_round_end_ns: 0,
+            unreported_spun_ns: 0,
             awake_since_ns: None,
             spinning: false,
             backoff_until_ns: 0,
@@ -108,9 +157,53 @@ impl BusyPoll {
         }
     }
 
+    /// The same policy with a window that grows up to `max` while the
+    /// traffic's gaps fit in it (no effect with a zero window, or a `max`
+    /// below the window).
+    pub fn growing_to(mut self, max: Duration) -> BusyPoll {
+        if self.window_ns > 0 {
+            self.max_window_ns = self.window_ns.max(nanos(max));
+        }
+        self
+    }
+
     /// Whether busy polling is configured at all.
     pub fn enabled(&self) -> bool {
         self.window_ns > 0
+    }
+
+    /// The window in use now: the configured one, or, once
+    /// [`GAPS_TO_GROW`] gaps in a row fitted in the largest, twice the
+    /// longest recent gap, between the two.
+    pub fn window_ns(&self) -> u64 {
+        if self.fitting_gaps < GAPS_TO_GROW {
+            return self.window_ns;
+        }
+        self.gap_peak_ns
+            .saturating_mul(2)
+            .clamp(self.window_ns, self.max_window_ns)
+    }
+
+    /// Wall time the worker spent spinning (polling on after empty rounds
+    /// instead of sleeping, long gaps left out) since the last call.
+    pub fn take_spun_ns(&mut self) -> u64 {
+        std::mem::take(&mut self.unreported_spun_ns)
+    }
+
+    /// A round that received frames ended at `now_ns`: the gap since the
+    /// previous one teaches the window.
+    fn learn_gap(&mut self, now_ns: u64) {
+        if self.max_window_ns == self.window_ns {
+            return;
+        }
+        let gap = now_ns.saturating_sub(self.last_work_ns);
+        if gap <= self.max_window_ns {
+            self.fitting_gaps = self.fitting_gaps.saturating_add(1);
+            self.gap_peak_ns = gap.max(self.gap_peak_ns - self.gap_peak_ns / 8);
+        } else {
+            self.fitting_gaps = 0;
+            self.gap_peak_ns = 0;
+        }
     }
 
     /// Called when a round starts at `now_ns`: a long gap since the
@@ -123,10 +216,13 @@ impl BusyPoll {
         now_ns: u64,
         involuntary_switches: impl FnOnce() -> Option<u64>,
     ) -> Option<LongGap> {
+        self.round_start_ns = now_ns;
+        self.long_gap_before_round = false;
         let end = self.awake_since_ns.take()?;
         if now_ns.saturating_sub(end) <= PREEMPTED_GAP_NS {
             return None;
         }
+        self.long_gap_before_round = true;
         let now = involuntary_switches();
         let preempted = match (self.switches_seen, now) {
             (Some(before), Some(now)) => now > before,
@@ -168,11 +264,24 @@ impl BusyPoll {
         if self.window_ns == 0 {
             return false;
         }
+        if self.spinning && !self.long_gap_before_round {
+            // Since the previous round ended the worker polled instead of
+            // sleeping: up to this round's start if it found work (its
+            // work is no spin), to its end if it found none.
+            let until = if found_work {
+                self.round_start_ns
+            } else {
+                now_ns
+            };
+            self.unreported_spun_ns += until.saturating_sub(self.last_round_end_ns);
+        }
+        self.last_round_end_ns = now_ns;
         if found_work {
+            self.learn_gap(now_ns);
             self.last_work_ns = now_ns;
         }
         let spin = now_ns >= self.backoff_until_ns
-            && now_ns.saturating_sub(self.last_work_ns) < self.window_ns;
+            && now_ns.saturating_sub(self.last_work_ns) < self.window_ns();
         if spin && !self.spinning {
             self.switches_seen = involuntary_switches();
         }
@@ -182,6 +291,10 @@ impl BusyPoll {
         self.awake_since_ns = spin.then_some(now_ns);
         spin
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    d.as_nanos().min(u64::MAX as u128) as u64
 }
 
 #[cfg(test)]
@@ -230,6 +343,103 @@ mod tests {
         b.round_starts(t, unknown);
         assert!(b.after_round(t + US, true, unknown));
         assert_eq!(b.backoffs, 0);
+    }
+
+    /// A frame every `gap_us` from `*t`, `n` times: a round of 1 µs that
+    /// receives it, then empty rounds every 10 µs while the policy says
+    /// spin (else the worker sleeps to the next frame). Returns, per gap,
+    /// whether the worker was still spinning when the next frame came.
+    fn frames_every(b: &mut BusyPoll, t: &mut u64, gap_us: u64, n: usize) -> Vec<bool> {
+        let mut awake = Vec::new();
+        for _ in 0..n {
+            let next = *t + gap_us * US;
+            b.round_starts(*t, unknown);
+            let mut spin = b.after_round(*t + US, true, unknown);
+            *t += US;
+            while spin && *t + 10 * US < next {
+                *t += 10 * US;
+                b.round_starts(*t - US, unknown);
+                spin = b.after_round(*t, false, unknown);
+            }
+            awake.push(spin);
+            *t = next;
+        }
+        awake
+    }
+
+    #[test]
+    fn the_window_grows_to_bridge_steady_gaps_and_falls_back_after_a_long_one() {
+        let mut b =
+            BusyPoll::new(Duration::from_micros(100)).growing_to(Duration::from_micros(2000));
+        let mut t = 1_000_000 * US;
+        assert_eq!(b.window_ns(), 100 * US);
+        // 800 µs between frames: asleep at first, then, once three gaps in
+        // a row fitted in 2 ms, awake across every gap.
+        let awake = frames_every(&mut b, &mut t, 800, 8);
+        assert_eq!(awake, [false, false, false, true, true, true, true, true]);
+        assert_eq!(b.window_ns(), 1_600 * US, "twice the gap");
+        // One gap longer than the largest window: back to 100 µs at once.
+        t += 5_000 * US;
+        b.slept();
+        let awake = frames_every(&mut b, &mut t, 800, 2);
+        assert_eq!(awake, [false, false]);
+        assert_eq!(b.window_ns(), 100 * US);
+        // Gaps close to the largest window grow it to that, no further.
+        let awake = frames_every(&mut b, &mut t, 1_500, 6);
+        assert!(awake[4] && awake[5], "{awake:?}");
+        assert_eq!(b.window_ns(), 2_000 * US);
+        // Back-to-back frames (a flood): the peak decays to the configured
+        // window, never below.
+        frames_every(&mut b, &mut t, 5, 200);
+        assert_eq!(b.window_ns(), 100 * US);
+    }
+
+    #[test]
+    fn a_window_that_may_not_grow_stays_as_configured() {
+        for mut b in [
+            BusyPoll::new(Duration::from_micros(100)),
+            BusyPoll::new(Duration::from_micros(100)).growing_to(Duration::from_micros(50)),
+        ] {
+            let mut t = 1_000_000 * US;
+            let awake = frames_every(&mut b, &mut t, 800, 6);
+            assert!(awake.iter().all(|a| !a), "{awake:?}");
+            assert_eq!(b.window_ns(), 100 * US);
+        }
+        // A largest window does not turn busy polling on.
+        let mut z = BusyPoll::new(Duration::ZERO).growing_to(Duration::from_micros(2000));
+        assert!(!z.enabled());
+        let mut t = 1_000_000 * US;
+        assert!(frames_every(&mut z, &mut t, 800, 6).iter().all(|a| !a));
+    }
+
+    #[test]
+    fn spin_time_counts_the_polling_not_the_work_nor_a_preemption() {
+        let mut b = BusyPoll::new(Duration::from_micros(100));
+        let mut t = 1_000_000 * US;
+        b.round_starts(t, unknown);
+        assert!(b.after_round(t + 10 * US, true, unknown));
+        assert_eq!(b.take_spun_ns(), 0, "a round of work is no spin");
+        // Three empty rounds, 20 µs apart, then one with a frame that
+        // starts 20 µs later and works 30 µs.
+        for i in 1..=3 {
+            b.round_starts(t + 10 * US + i * 20 * US - US, unknown);
+            b.after_round(t + 10 * US + i * 20 * US, false, unknown);
+        }
+        b.round_starts(t + 90 * US, unknown);
+        b.after_round(t + 120 * US, true, unknown);
+        assert_eq!(b.take_spun_ns(), 80 * US);
+        assert_eq!(b.take_spun_ns(), 0, "taken once");
+        // Descheduled 3 ms in the spin: not counted.
+        t += 120 * US + 3_000 * US;
+        b.round_starts(t, unknown);
+        b.after_round(t + US, false, unknown);
+        assert_eq!(b.take_spun_ns(), 0);
+        // After a sleep, the first round is no spin either.
+        b.slept();
+        t += 50_000 * US;
+        b.round_starts(t, unknown);
+        b.after_round(t + US, false, unknown);
+        assert_eq!(b.take_spun_ns(), 0);
     }
 
     #[test]

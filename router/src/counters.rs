@@ -170,6 +170,10 @@ pub struct WorkerCounters {
     /// flush), read from the batch clock twice per such round; the rest of
     /// the worker's life is idle polling and sleeping.
     pub busy_ns: Counter,
+    /// Nanoseconds of wall time the worker polled on, instead of sleeping,
+    /// because busy polling kept it awake (empty rounds and the polls
+    /// between them; a preemption left out): the price of busy polling.
+    pub spin_ns: Counter,
     drops: [Counter; DropReason::COUNT],
     ports: Box<[PortCounters]>,
     tunnels: Box<[TunnelCounters]>,
@@ -193,6 +197,7 @@ impl Default for WorkerCounters {
             tcp_resets_sent: Counter::default(),
             policy_allowed: Counter::default(),
             busy_ns: Counter::default(),
+            spin_ns: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             ports: (0..MAX_PORTS).map(|_| PortCounters::default()).collect(),
             tunnels: (0..NODE_SLOTS).map(|_| TunnelCounters::default()).collect(),

@@ -90,6 +90,9 @@ pub struct WorkerConfig {
     /// that received a frame (`[dataplane] busy_poll_us`); zero: sleep
     /// after [`IDLE_ROUNDS_BEFORE_SLEEP`] empty rounds, as always.
     pub busy_poll: Duration,
+    /// How far that window grows while the traffic's gaps fit in it
+    /// (`[dataplane] busy_poll_max_us`, [`BusyPoll::growing_to`]).
+    pub busy_poll_max: Duration,
     /// The worker thread's scheduler time slice (`[dataplane]
     /// worker_slice_us`, [`crate::sys::set_current_thread_slice`]); zero:
     /// the kernel's default.
@@ -349,7 +352,7 @@ impl Worker {
         }
         let mut events = Events::with_capacity(256);
         let mut idle_rounds = 0u32;
-        let mut busy_poll = BusyPoll::new(self.cfg.busy_poll);
+        let mut busy_poll = BusyPoll::new(self.cfg.busy_poll).growing_to(self.cfg.busy_poll_max);
         while !self.stop.load(Ordering::Acquire) {
             if self.apply_commands().is_err() {
                 break; // control thread is gone
@@ -371,6 +374,10 @@ impl Worker {
             // One more clock read per round, only with busy polling on.
             let spin = busy_poll.enabled()
                 && busy_poll.after_round(crate::clock::now_ns(), found_work, involuntary_switches);
+            let spun_ns = busy_poll.take_spun_ns();
+            if spun_ns != 0 {
+                self.counters.spin_ns.add(spun_ns);
+            }
             let timeout = if found_work {
                 idle_rounds = 0;
                 Some(Duration::ZERO)
@@ -995,6 +1002,7 @@ mod tests {
             taps: Arc::new(Taps::new()),
             path_mtus: Arc::new(crate::pmtu::PathMtus::new()),
             busy_poll: Duration::ZERO,
+            busy_poll_max: Duration::ZERO,
             slice: Duration::ZERO,
             rt_priority: 0,
         }

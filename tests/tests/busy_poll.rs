@@ -2,7 +2,9 @@
 //! (`[dataplane] busy_poll_us`, `worker_slice_us`, `worker_rt_priority`):
 //! a node with them set forwards as any other, its worker takes the slice
 //! or the SCHED_FIFO priority it was given, and once traffic stops the
-//! worker still goes to sleep, so an idle node costs no CPU.
+//! worker still goes to sleep, so an idle node costs no CPU; steady
+//! traffic grows the window (`busy_poll_max_us`) so the worker stays awake
+//! between its packets.
 use std::time::Duration;
 
 use podrouter_e2e::*;
@@ -212,5 +214,68 @@ fn a_busy_polling_worker_backs_off_when_its_core_is_wanted() {
     assert!(
         backoffs >= 1,
         "{test}: a worker spinning 5 ms at a time next to a busy loop never backed off: {after}"
+    );
+}
+
+/// Sleeps and spin time (ms) of a node's worker over 300 pings 1 ms
+/// apart, all answered; `None` (the reason printed) where ping is missing.
+fn sleeps_and_spin_over_steady_pings(
+    test: &str,
+    dataplane_extra: &str,
+    prefix: &str,
+) -> Option<(u64, u64)> {
+    let (node, a, b, pid) = node_with_two_pods(test, dataplane_extra, prefix)?;
+    // Warm up the pods' neighbour entries first.
+    let p = ping(&a.ns, &b.ip, &["-c", "3", "-i", "0.2", "-W", "1"]);
+    assert_eq!(p.received, 3, "{test}: {p:?}");
+    let before = node.counters();
+    let p = ping(&a.ns, &b.ip, &["-c", "300", "-i", "0.001", "-W", "1"]);
+    let after = node.counters();
+    assert_eq!(p.received, 300, "{test} ({dataplane_extra:?}): {p:?}");
+    let sleeps = delta(&before, &after, "/sleeps");
+    let spin_ms = delta(&before, &after, "/worker_spin_ns/0") / 1_000_000;
+    let backoffs = delta(&before, &after, "/busy_poll_backoffs");
+    say(&format!(
+        "{test}: [dataplane] {:?}: 300 pings 1 ms apart: worker slept {sleeps} times, \
+         spun {spin_ms} ms, backed off {backoffs} times",
+        dataplane_extra.trim()
+    ));
+    // Once the traffic stops, the grown window ends too.
+    assert_idle_worker_sleeps(test, pid, prefix);
+    Some((sleeps, spin_ms))
+}
+
+/// Steady traffic grows the busy-polling window (`busy_poll_max_us`,
+/// default 2 ms): pings 1 ms apart find the worker awake, where a fixed
+/// 100 µs window (`busy_poll_max_us = 0`) sleeps in every gap between a
+/// reply and the next request; the time spent spinning is counted
+/// (`worker_spin_ns`); an idle worker still sleeps.
+#[test]
+fn the_busy_polling_window_grows_with_steady_traffic() {
+    let test = "the_busy_polling_window_grows_with_steady_traffic";
+    let Some((fixed_sleeps, fixed_spin)) =
+        sleeps_and_spin_over_steady_pings(test, "busy_poll_max_us = 0\n", "bpfixed")
+    else {
+        return;
+    };
+    let Some((grown_sleeps, grown_spin)) = sleeps_and_spin_over_steady_pings(test, "", "bpgrow")
+    else {
+        return;
+    };
+    // A fixed window sleeps at least once per ping (the gap before the
+    // next request is ~900 µs).
+    assert!(
+        fixed_sleeps >= 270,
+        "{test}: a fixed 100 µs window slept only {fixed_sleeps} times in 300 pings 1 ms apart"
+    );
+    // The grown window bridges the gaps: sleeps only while it learns them
+    // and after a preemption's back-off.
+    assert!(
+        grown_sleeps * 2 < fixed_sleeps,
+        "{test}: the grown window slept {grown_sleeps} times, the fixed one {fixed_sleeps}"
+    );
+    assert!(
+        grown_spin > fixed_spin && grown_spin >= 50,
+        "{test}: spin time {grown_spin} ms with the grown window, {fixed_spin} ms with the fixed one"
     );
 }
