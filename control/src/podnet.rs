@@ -373,11 +373,19 @@ pub fn attach_pod_interface_with_queues(
         let single = || TapPort::attach(ifname);
         let multi = || TapPort::attach_multi_queue(ifname, queues.max(1));
         let other_kind = |e: &io::Error| e.kind() == io::ErrorKind::InvalidInput;
-        if queues > 1 {
+        let tap = if queues > 1 {
             multi().or_else(|e| if other_kind(&e) { single() } else { Err(e) })
         } else {
             single().or_else(|e| if other_kind(&e) { multi() } else { Err(e) })
+        }?;
+        // A pod made before pods got `noqueue` (session 11) gets it now.
+        let whom = format!("pod netns {}", netns.display());
+        match Netlink::open().and_then(|mut nl| Ok((nl.link_index(ifname)?, nl))) {
+            Ok((Some(index), mut nl)) => tap_noqueue(&mut nl, index, &whom),
+            Ok((None, _)) => {}
+            Err(e) => log::warn!("{whom}: cannot check the qdisc of {ifname}: {e}"),
         }
+        Ok::<_, io::Error>(tap)
     };
     in_pod(ns.as_fd(), netns, attach)?.map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
@@ -870,6 +878,7 @@ mod tests {
             .map(|f| f.as_str().unwrap())
             .collect();
         assert!(flags.contains(&"UP"), "{link}");
+        assert_eq!(link["qdisc"], "noqueue", "{link}");
         assert_tap_flags(link);
 
         let addrs = pod.ip_json(&["-4", "addr", "show", "dev", "eth0"]);
@@ -927,6 +936,14 @@ mod tests {
         let e = attach_pod_interface(Path::new(&pod.path()), "eth0").unwrap_err();
         assert!(matches!(e, PodNetError::Tap { .. }), "{e}");
         drop(tap);
+        // As a pod made before pods got `noqueue` has it: the kernel's
+        // default qdisc, which the re-open replaces.
+        let out = pod
+            .command("tc")
+            .args(["qdisc", "del", "dev", "eth0", "root"])
+            .output()
+            .expect("run tc");
+        assert!(out.status.success(), "{out:?}");
         let tap = retry_busy(|| attach_pod_interface(Path::new(&pod.path()), "eth0")).unwrap();
         assert_eq!(tap.name().unwrap(), "eth0");
         assert_pod_configured(&pod);
