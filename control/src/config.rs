@@ -674,23 +674,20 @@ impl Config {
             ));
         }
         let max_busy_poll = podrouter_router::busy_poll::MAX_WINDOW.as_micros();
-        if u128::from(dp.busy_poll_us) > max_busy_poll {
-            return Err((
-                "busy_poll_us",
-                format!(
-                    "{} is out of range 0..={max_busy_poll} (0 turns busy polling off)",
-                    dp.busy_poll_us
-                ),
-            ));
-        }
-        if u128::from(dp.busy_poll_max_us) > max_busy_poll {
-            return Err((
+        for (key, value, zero) in [
+            ("busy_poll_us", dp.busy_poll_us, "0 turns busy polling off"),
+            (
                 "busy_poll_max_us",
-                format!(
-                    "{} is out of range 0..={max_busy_poll} (0, or a value at or below busy_poll_us, keeps the window fixed)",
-                    dp.busy_poll_max_us
-                ),
-            ));
+                dp.busy_poll_max_us,
+                "0, or a value at or below busy_poll_us, keeps the window fixed",
+            ),
+        ] {
+            if u128::from(value) > max_busy_poll {
+                return Err((
+                    key,
+                    format!("{value} is out of range 0..={max_busy_poll} ({zero})"),
+                ));
+            }
         }
         if dp.worker_slice_us != 0 && !(100..=100_000).contains(&dp.worker_slice_us) {
             return Err((
