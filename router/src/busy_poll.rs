@@ -114,9 +114,8 @@ pub struct BusyPoll {
     /// Wall time spent spinning since the worker last took it
     /// ([`BusyPoll::take_spun_ns`]).
     unreported_spun_ns: u64,
-    /// When the previous round ended, if the worker has not slept since.
-    awake_since_ns: Option<u64>,
-    /// Whether the last round ended with the worker spinning.
+    /// Whether the last round ended with the worker spinning (then it has
+    /// not slept since `last_round_end_ns`).
     spinning: bool,
     /// No spinning before this time (after a preemption).
     backoff_until_ns: u64,
@@ -147,7 +146,6 @@ impl BusyPoll {
             long_gap_before_round: false,
             last_round_end_ns: 0,
             unreported_spun_ns: 0,
-            awake_since_ns: None,
             spinning: false,
             backoff_until_ns: 0,
             backoff_ns: 0,
@@ -218,8 +216,9 @@ impl BusyPoll {
     ) -> Option<LongGap> {
         self.round_start_ns = now_ns;
         self.long_gap_before_round = false;
-        let end = self.awake_since_ns.take()?;
-        if now_ns.saturating_sub(end) <= PREEMPTED_GAP_NS {
+        // Only a spinning worker's gaps tell of preemption: the gap after
+        // a sleep is the sleep.
+        if !self.spinning || now_ns.saturating_sub(self.last_round_end_ns) <= PREEMPTED_GAP_NS {
             return None;
         }
         self.long_gap_before_round = true;
@@ -247,7 +246,6 @@ impl BusyPoll {
     /// Called when the worker waits for readiness outside the rounds (a
     /// paused worker): the next gap is that wait, not a preemption.
     pub fn slept(&mut self) {
-        self.awake_since_ns = None;
         self.spinning = false;
     }
 
@@ -286,9 +284,6 @@ impl BusyPoll {
             self.switches_seen = involuntary_switches();
         }
         self.spinning = spin;
-        // Only a spinning worker's gaps tell of preemption: the gap after
-        // a sleep is the sleep.
-        self.awake_since_ns = spin.then_some(now_ns);
         spin
     }
 }
