@@ -25,6 +25,7 @@ pub mod topo;
 pub mod util;
 
 use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -88,6 +89,21 @@ struct Cli {
     /// (`dataplane.worker_rt_priority`; not written if absent).
     #[arg(long)]
     worker_rt_priority: Option<u32>,
+    /// The kernel plane as Calico leaves a node: each pod's packets are
+    /// forwarded on the CPU that sent them (no RPS). By default the kernel
+    /// plane's host-side veths steer their receive to the data-plane CPU,
+    /// so both planes forward on the same CPU; inline, the kernel keeps a
+    /// lone flow on the pods' CPU and wakes no other CPU, which favours it
+    /// in the latency and one-at-a-time connection rows.
+    #[arg(long)]
+    kernel_inline: bool,
+    /// The guest's halt polling for the run (nanoseconds an idle CPU polls
+    /// before it halts; the haltpoll cpuidle driver of a KVM guest, 0-
+    /// 10000000): a CPU that halts at once wakes slowly, which every hop
+    /// between the pods' CPU and the data-plane CPU pays. The machine's
+    /// own value is put back when the harness ends.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
+    guest_halt_poll_ns: Option<u64>,
     /// The pods' MTU in the one-node topologies, podrouterd's
     /// (`dataplane.mtu`), the kernel's and the bare-XSK probe's alike
     /// (default 1500). Two-node rows keep theirs (set by the underlay).
@@ -223,7 +239,128 @@ fn first_line_of(args: &[&str]) -> String {
         .to_string()
 }
 
-fn machine(bin_dir: &Path, cpus: usize) -> Machine {
+/// The haltpoll cpuidle driver's limit: how long an idle CPU of a KVM
+/// guest polls before it halts.
+const GUEST_HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
+
+/// `--guest-halt-poll-ns` in force: the machine's own value goes back
+/// when this drops (the harness's end, also on Ctrl-C, SIGTERM or a
+/// failure; not if it is killed outright).
+struct HaltPollSetting {
+    original: String,
+    set: u64,
+}
+
+impl HaltPollSetting {
+    fn apply(ns: u64) -> Res<HaltPollSetting> {
+        let original = fs::read_to_string(GUEST_HALT_POLL_NS).map_err(|e| {
+            Error::msg(format!(
+                "--guest-halt-poll-ns: cannot read {GUEST_HALT_POLL_NS} ({e}): it needs the haltpoll \
+                 cpuidle driver of a KVM guest"
+            ))
+        })?;
+        let original = original.trim().to_string();
+        fs::write(GUEST_HALT_POLL_NS, ns.to_string()).map_err(|e| {
+            Error::msg(format!(
+                "--guest-halt-poll-ns: cannot write {GUEST_HALT_POLL_NS}: {e}"
+            ))
+        })?;
+        util::log(&format!(
+            "guest_halt_poll_ns set to {ns} for the run (the machine's {original} goes back at the end)"
+        ));
+        Ok(HaltPollSetting { original, set: ns })
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "--guest-halt-poll-ns {}: idle CPUs polled up to {} µs before halting during the run \
+             (the machine's own guest_halt_poll_ns, {}, put back after)",
+            self.set,
+            self.set as f64 / 1e3,
+            self.original
+        )
+    }
+}
+
+impl Drop for HaltPollSetting {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(GUEST_HALT_POLL_NS, &self.original) {
+            eprintln!(
+                "podrouter-bench: could not put guest_halt_poll_ns back to {}: {e}",
+                self.original
+            );
+        }
+    }
+}
+
+/// How long this machine takes to wake a sleeping thread on another CPU:
+/// two threads, pinned to `a` and `b`, pass one byte back and forth over a
+/// socket pair, each blocked in `read` until the other writes. The median
+/// round trip of `round_trips` (two wake-ups each), measured in threads of
+/// their own so the caller's CPU affinity stays as it is.
+fn wake_up_round_trip(a: usize, b: usize, round_trips: usize) -> io::Result<Duration> {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::time::Instant;
+    let measure = || -> io::Result<Duration> {
+        let (mut here, mut there) = UnixStream::pair()?;
+        let echo = std::thread::spawn(move || -> io::Result<()> {
+            sys::pin_to_cpu(b)?;
+            let mut byte = [0u8; 1];
+            loop {
+                if there.read(&mut byte)? == 0 {
+                    return Ok(());
+                }
+                there.write_all(&byte)?;
+            }
+        });
+        sys::pin_to_cpu(a)?;
+        let mut byte = [0u8; 1];
+        let mut rtts = Vec::with_capacity(round_trips);
+        for _ in 0..round_trips.max(1) {
+            let t0 = Instant::now();
+            here.write_all(&byte)?;
+            here.read_exact(&mut byte)?;
+            rtts.push(t0.elapsed());
+        }
+        drop(here);
+        echo.join()
+            .map_err(|_| io::Error::other("the echo thread panicked"))??;
+        rtts.sort();
+        Ok(rtts[rtts.len() / 2])
+    };
+    std::thread::scope(|s| s.spawn(measure).join())
+        .map_err(|_| io::Error::other("the wake-up probe panicked"))?
+}
+
+/// The report's `wake-ups` line: [`wake_up_round_trip`] between the
+/// data-plane CPU `a` and the pods' CPU `b`, and how the CPUs idle. Every
+/// hop of a packet between the two that finds the other side asleep pays
+/// one such wake-up; on a virtual machine whose idle CPUs halt at once it
+/// is tens of microseconds.
+fn cross_cpu_wake_up(a: usize, b: usize) -> String {
+    const ROUND_TRIPS: usize = 2000;
+    let idle = {
+        let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
+        let poll = read(GUEST_HALT_POLL_NS);
+        match (driver.trim(), poll.trim()) {
+            ("", _) => String::new(),
+            (d, "") => format!("; cpuidle driver {d}"),
+            (d, p) => format!("; cpuidle driver {d}, guest_halt_poll_ns {p}"),
+        }
+    };
+    match wake_up_round_trip(a, b, ROUND_TRIPS) {
+        Ok(rtt) => format!(
+            "a thread asleep on CPU {b} woken from CPU {a} and back: {:.1} µs round trip (median of {ROUND_TRIPS}){idle}",
+            rtt.as_secs_f64() * 1e6
+        ),
+        Err(e) => format!("cross-CPU wake-up not measured: {e}{idle}"),
+    }
+}
+
+/// The machine the run is on; `pods_cpu` and `dp_cpu` are where the pods and
+/// the data plane run (the same CPU on a one-CPU machine).
+fn machine(bin_dir: &Path, cpus: usize, pods_cpu: usize, dp_cpu: usize) -> Machine {
     let cpuinfo = read("/proc/cpuinfo");
     let cpu_model = cpuinfo
         .lines()
@@ -266,6 +403,11 @@ fn machine(bin_dir: &Path, cpus: usize) -> Machine {
         iperf3: first_line_of(&["iperf3", "--version"]),
         virtualization: virt,
         source: source_tree(),
+        wake_up: if pods_cpu == dp_cpu {
+            String::new()
+        } else {
+            cross_cpu_wake_up(dp_cpu, pods_cpu)
+        },
     }
 }
 
@@ -360,6 +502,10 @@ fn run(cli: &Cli) -> Res<bool> {
     let out_dir = fs::canonicalize(&cli.out)?;
     util::open_log(&out_dir.join("podrouter-bench.log"))?;
     util::sweep_stale_namespaces();
+    let halt_poll = cli
+        .guest_halt_poll_ns
+        .map(HaltPollSetting::apply)
+        .transpose()?;
 
     if let Some(minutes) = cli.soak {
         if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
@@ -380,6 +526,7 @@ fn run(cli: &Cli) -> Res<bool> {
             busy_poll_max_us: cli.busy_poll_max_us,
             worker_slice_us: cli.worker_slice_us,
             worker_rt_priority: cli.worker_rt_priority,
+            kernel_inline: cli.kernel_inline,
         };
         return soak::run(&opts, cpus[0], minutes, &out_dir);
     }
@@ -478,10 +625,17 @@ fn run(cli: &Cli) -> Res<bool> {
     if cpus.len() >= 2 {
         pinning.push(format!(
             "traffic generator, iperf3 client and server, latency client and echo server on CPU {gen_cpu}; \
-             podrouterd's worker (`dataplane.cores = [{dp_cpu}]`) and the kernel's forwarding \
-             (RPS of the host-side veths to CPU {dp_cpu}) on CPU {dp_cpu}; podrouterd's own threads (control, API) \
-             on the CPUs but the workers' (podrouterd does that itself since 779b276), the harness and the CNI \
-             plugins unpinned"
+             podrouterd's worker (`dataplane.cores = [{dp_cpu}]`) on CPU {dp_cpu}; {kernel}; podrouterd's own \
+             threads (control, API) on the CPUs but the workers' (podrouterd does that itself since 779b276), the \
+             harness and the CNI plugins unpinned",
+            kernel = if cli.kernel_inline {
+                format!(
+                    "the kernel's forwarding inline on the sending CPU, as Calico leaves a node \
+                     (--kernel-inline: no RPS; a pod's packets are forwarded on CPU {gen_cpu} with the pods)"
+                )
+            } else {
+                format!("the kernel's forwarding (RPS of the host-side veths to CPU {dp_cpu}) on CPU {dp_cpu}")
+            }
         ));
     } else {
         pinning.push(format!(
@@ -509,7 +663,10 @@ fn run(cli: &Cli) -> Res<bool> {
             ));
         }
     }
-    let mach = machine(&bin_dir, cpus.len());
+    if let Some(h) = &halt_poll {
+        pinning.push(h.describe());
+    }
+    let mach = machine(&bin_dir, cpus.len(), gen_cpu, dp_cpu);
     let command = {
         let a: Vec<String> = std::env::args().collect();
         let mut c = String::new();
@@ -538,6 +695,7 @@ fn run(cli: &Cli) -> Res<bool> {
             busy_poll_max_us: cli.busy_poll_max_us,
             worker_slice_us: cli.worker_slice_us,
             worker_rt_priority: cli.worker_rt_priority,
+            kernel_inline: cli.kernel_inline,
         },
         gen_cpu,
         self_exe,
@@ -583,6 +741,9 @@ fn run(cli: &Cli) -> Res<bool> {
         out_dir.display()
     );
     eprintln!("machine: {}", mach.describe());
+    if !mach.wake_up.is_empty() {
+        eprintln!("wake-ups: {}", mach.wake_up);
+    }
     for l in &pinning {
         eprintln!("pinning: {l}");
     }
@@ -870,4 +1031,36 @@ fn run(cli: &Cli) -> Res<bool> {
         );
     }
     Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wake_up_probe_measures_a_round_trip_and_leaves_the_callers_cpus_alone() {
+        let cpus = allowed_cpus();
+        if cpus.len() < 2 {
+            eprintln!("skipped: one CPU allowed ({cpus:?}), no cross-CPU wake-up to measure");
+            return;
+        }
+        let before = read("/proc/thread-self/status");
+        let affinity = |s: &str| {
+            s.lines()
+                .find(|l| l.starts_with("Cpus_allowed_list:"))
+                .map(str::to_string)
+        };
+        let rtt = wake_up_round_trip(cpus[1], cpus[0], 50).expect("probe");
+        assert!(
+            rtt > Duration::ZERO && rtt < Duration::from_secs(1),
+            "round trip {rtt:?}"
+        );
+        assert_eq!(
+            affinity(&read("/proc/thread-self/status")),
+            affinity(&before),
+            "the probe pinned the calling thread"
+        );
+        let line = cross_cpu_wake_up(cpus[1], cpus[0]);
+        assert!(line.contains("µs round trip"), "{line}");
+    }
 }

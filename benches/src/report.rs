@@ -186,6 +186,9 @@ pub struct Machine {
     pub virtualization: String,
     /// The source tree the binaries were built from (git commit), if known.
     pub source: String,
+    /// What waking a sleeping thread on the pods' CPU from the data-plane
+    /// CPU costs here (empty on one CPU): the price of every cross-CPU hop.
+    pub wake_up: String,
 }
 
 impl Machine {
@@ -251,6 +254,9 @@ impl Report {
             self.command, self.date_utc, self.total_secs
         );
         let _ = writeln!(s, "- machine: {}", self.machine.describe());
+        if !self.machine.wake_up.is_empty() {
+            let _ = writeln!(s, "- wake-ups: {}", self.machine.wake_up);
+        }
         let _ = writeln!(
             s,
             "- {} run{} per figure: median (min–max); ratio = podrouter median / baseline median",

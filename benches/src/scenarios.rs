@@ -1717,7 +1717,11 @@ fn wire_rows(ctx: &mut Ctx, scenario: &str, lb: &Slot) -> Res<()> {
     })?;
     ctx.rows.push(Row::new(
         scenario,
-        "for reference: new TCP connections per second, podrouterd's built-in balancer to the ClusterIP vs two pods on a bare veth pair (no router, no NAT; receive steered to the data-plane CPU as in the kernel plane)",
+        if ctx.opts.kernel_inline {
+            "for reference: new TCP connections per second, podrouterd's built-in balancer to the ClusterIP vs two pods on a bare veth pair (no router, no NAT; everything on the pods' CPU, as the kernel plane)"
+        } else {
+            "for reference: new TCP connections per second, podrouterd's built-in balancer to the ClusterIP vs two pods on a bare veth pair (no router, no NAT; receive steered to the data-plane CPU as in the kernel plane)"
+        },
         "conn/s",
         "higher",
         cell(&r[PR], |x| x.per_sec),

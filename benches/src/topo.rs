@@ -76,6 +76,9 @@ pub const BLOCKS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(1
 /// The MAC every host-side interface has (Calico's), and the router's.
 pub const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
+/// What the notes say of a kernel plane without RPS.
+const INLINE: &str = "--kernel-inline: forwarding on the sending CPU";
+
 /// How the data plane is set up for one topology.
 #[derive(Clone, Debug)]
 pub struct PlaneOpts {
@@ -107,6 +110,9 @@ pub struct PlaneOpts {
     pub worker_slice_us: Option<u32>,
     /// `dataplane.worker_rt_priority` (`--worker-rt-priority`), if given.
     pub worker_rt_priority: Option<u32>,
+    /// The kernel plane forwards on the sending CPU, without RPS
+    /// (`--kernel-inline`).
+    pub kernel_inline: bool,
 }
 
 impl PlaneOpts {
@@ -120,13 +126,29 @@ impl PlaneOpts {
         cpus
     }
 
-    /// The RPS mask of the kernel plane: the workers' CPUs.
+    /// The RPS mask of the kernel plane: the workers' CPUs, or none
+    /// (`kernel_inline`).
     fn rps_mask(&self) -> String {
+        if self.kernel_inline {
+            return "0".into();
+        }
         let mask = self
             .worker_cpus()
             .iter()
             .fold(0u64, |m, &c| m | 1u64 << c.min(63));
         format!("{mask:x}")
+    }
+
+    /// Where the kernel plane forwards `what`'s receive, for the notes.
+    fn steering(&self, what: &str) -> String {
+        if self.kernel_inline {
+            format!("no RPS on {what} ({INLINE})")
+        } else {
+            format!(
+                "RPS of {what} steered to CPU mask {} (podrouterd's workers' CPUs)",
+                self.rps_mask()
+            )
+        }
     }
 
     /// How the workers are placed, for the notes.
@@ -595,9 +617,8 @@ pub fn kernel_same_node(opts: &PlaneOpts, npods: usize, tick: impl FnMut(usize))
         daemons: Vec::new(),
         nodes: vec![node_name.clone()],
         notes: vec![format!(
-            "kernel: RPS of every host-side veth steered to CPU mask {} (podrouterd's workers' \
-             CPUs), pod MTU {}",
-            opts.rps_mask(),
+            "kernel: {}, pod MTU {}",
+            opts.steering("the host-side veths"),
             opts.mtu
         )],
         pod_ns: Vec::new(),
@@ -672,7 +693,8 @@ pub fn bare_wire(opts: &PlaneOpts) -> Res<Topology> {
         daemons: Vec::new(),
         nodes: Vec::new(),
         notes: vec![format!(
-            "bare veth pair: two pods on one veth pair, no router; RPS of both ends steered to CPU mask {rps}"
+            "bare veth pair: two pods on one veth pair, no router; {}",
+            opts.steering("each end")
         )],
         pod_ns: vec![group],
         _node_ns: Vec::new(),
@@ -1054,8 +1076,15 @@ pub fn two_node(
                 }
             }
             topo.notes.push(format!(
-                "two nodes (kernel): RPS of host-side and underlay veths steered to CPU {}, pod MTU {mtu}, underlay MTU {underlay_mtu}{}",
-                cpu_list(&node_opts),
+                "two nodes (kernel): {}, pod MTU {mtu}, underlay MTU {underlay_mtu}{}",
+                if opts.kernel_inline {
+                    format!("no RPS on the host-side and underlay veths ({INLINE})")
+                } else {
+                    format!(
+                        "RPS of host-side and underlay veths steered to CPU {}",
+                        cpu_list(&node_opts)
+                    )
+                },
                 if mode == TwoNodeMode::KernelVxlan {
                     format!(", flannel.1 MTU {vxlan_mtu}")
                 } else {
@@ -1067,8 +1096,12 @@ pub fn two_node(
     if underlay == Underlay::Routed {
         topo.notes.push(format!(
             "routed underlay: a router namespace forwards between 192.168.101.0/24 and \
-             192.168.102.0/24 (RPS of its links to CPU {})",
-            cpu_list(&node_opts)
+             192.168.102.0/24 ({})",
+            if opts.kernel_inline {
+                format!("no RPS on its links ({INLINE})")
+            } else {
+                format!("RPS of its links to CPU {}", cpu_list(&node_opts))
+            }
         ));
     }
     Ok(topo)
