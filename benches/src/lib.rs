@@ -536,6 +536,7 @@ fn run(cli: &Cli) -> Res<bool> {
     } else {
         Params::full()
     };
+    p.inline_kernel_rows = !cli.kernel_inline;
     if let Some(r) = cli.repeats {
         if r < 3 && !cli.smoke {
             return Err(Error::msg(

@@ -45,6 +45,10 @@ pub struct Params {
     pub bgp_routes: usize,
     /// Frames per second the flooding pod of the flood scenario sends.
     pub flood_pps: f64,
+    /// The Services scenario also measures the built-in balancer against
+    /// the kernel without RPS, as Calico leaves a node (not needed when
+    /// every kernel row already is: `--kernel-inline`).
+    pub inline_kernel_rows: bool,
 }
 
 /// One comparison of the two-node scenario: podrouterd in `encap` mode
@@ -196,6 +200,7 @@ impl Params {
             two_node_pairs: TwoNodePair::ALL.to_vec(),
             bgp_routes: 100_000,
             flood_pps: 200_000.0,
+            inline_kernel_rows: true,
         }
     }
 
@@ -228,6 +233,7 @@ impl Params {
             ],
             bgp_routes: 2_000,
             flood_pps: 50_000.0,
+            inline_kernel_rows: true,
         }
     }
 }
@@ -1666,6 +1672,9 @@ fn builtin_balancer_rows(
     if others == 0 {
         wire_rows(ctx, scenario, &lb)?;
     }
+    if ctx.p.inline_kernel_rows {
+        inline_kernel_rows(ctx, scenario, ports, &lb, others)?;
+    }
     if let Ok(t) = &lb {
         if let Ok(podrouter_api::Reply::Services(s)) =
             t.daemons[0].call(podrouter_api::Call::ServiceList)
@@ -1688,6 +1697,76 @@ fn builtin_balancer_rows(
         }
     }
     drop(lb);
+    Ok(())
+}
+
+/// The built-in balancer (`lb`) against kube-proxy's rules in a kernel
+/// without RPS, as Calico leaves a node: a pod's packets are forwarded on
+/// the CPU that sent them, so with client and backends on one CPU a
+/// request never wakes another CPU, where the default kernel plane's RPS
+/// (and podrouter's worker) cross to the data-plane CPU and back.
+fn inline_kernel_rows(
+    ctx: &mut Ctx,
+    scenario: &str,
+    ports: &[(&str, u16)],
+    lb: &Slot,
+    others: u32,
+) -> Res<()> {
+    let opts = PlaneOpts {
+        kernel_inline: true,
+        ..ctx.opts.clone()
+    };
+    let k = build(
+        ctx,
+        &format!(
+            "services: kernel without RPS with a client, 2 backends and kube-proxy's rules, {} Services",
+            others + 1
+        ),
+        |_| {
+            let mut t = topo::kernel_same_node(&opts, 3, |_| {})?;
+            let backends = [t.pods[1].ip, t.pods[2].ip];
+            t.add_kube_proxy_service(ports, &backends, others)?;
+            Ok(t)
+        },
+    )?;
+    let k = checked(ctx, k, "services kernel without RPS")?;
+    if let Ok(t) = &k {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    let planes = [lb, &k];
+    let vs = "podrouterd's built-in balancer vs kube-proxy's rules in the kernel without RPS (forwarding on the pods' CPU, as Calico leaves a node)";
+    let what = format!(
+        "{scenario} · built-in balancer vs the kernel without RPS · UDP request/response at {} /s",
+        ctx.p.rr_rate
+    );
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("request/response latency {name} (UDP to the ClusterIP), {vs}"),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    let what =
+        format!("{scenario} · built-in balancer vs the kernel without RPS · new TCP connections");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    ctx.rows.push(Row::new(
+        scenario,
+        &format!("new TCP connections per second to the ClusterIP, {vs}"),
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
+    drop(k);
     Ok(())
 }
 
@@ -2133,7 +2212,14 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             // + the built-in balancer: its build, latency and connections
             // on it and the kernel.
-            Scenario::Services => p.service_counts.len() * (2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r),
+            Scenario::Services => {
+                let inline = if p.inline_kernel_rows {
+                    1 + 2 * 2 * r
+                } else {
+                    0
+                };
+                p.service_counts.len() * (2 + 2 * 3 * r + 1 + 1 + 2 * 2 * r + inline)
+            }
             Scenario::Policy => POLICY_RULES.len() * (2 + 2 * 2 * r + 1),
             Scenario::Flood => 2 + 2 * 2 * r + 1,
             Scenario::Taps => crate::taps::planned_steps(r),

@@ -77,7 +77,7 @@ pub const BLOCKS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 244, 0, 0), Ipv4Addr::new(1
 pub const HOST_MAC: &str = "ee:ee:ee:ee:ee:ee";
 
 /// What the notes say of a kernel plane without RPS.
-const INLINE: &str = "--kernel-inline: forwarding on the sending CPU";
+const INLINE: &str = "forwarding on the sending CPU, as Calico leaves a node";
 
 /// How the data plane is set up for one topology.
 #[derive(Clone, Debug)]
