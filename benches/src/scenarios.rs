@@ -1624,51 +1624,14 @@ fn builtin_balancer_rows(
     if let Ok(t) = &lb {
         ctx.notes.extend(t.notes.iter().cloned());
     }
-    let planes = [&lb, k];
-    let what = format!(
-        "{scenario} · built-in balancer · UDP request/response at {} /s",
-        ctx.p.rr_rate
-    );
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
-        ctx.rows.push(Row::new(
-            scenario,
-            &format!(
-                "request/response latency {name} (UDP to the ClusterIP), podrouterd's built-in balancer vs kube-proxy's rules in the kernel"
-            ),
-            "µs",
-            "lower",
-            cell(&r[PR], f),
-            cell(&r[K], f),
-        ));
-    }
-    let what = format!("{scenario} · built-in balancer · new TCP connections");
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    ctx.rows.push(Row::new(
+    balancer_rows(
+        ctx,
         scenario,
-        "new TCP connections per second to the ClusterIP, podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
-        "conn/s",
-        "higher",
-        cell(&r[PR], |x| x.per_sec),
-        cell(&r[K], |x| x.per_sec),
-    ));
-    ctx.rows.push(Row::new(
-        scenario,
-        "TCP connection time p50 (connect to the server's close), built-in balancer vs kernel",
-        "µs",
-        "lower",
-        cell(&r[PR], |x| {
-            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
-        }),
-        cell(&r[K], |x| {
-            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
-        }),
-    ));
+        [&lb, k],
+        "built-in balancer",
+        "podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
+        "built-in balancer vs kernel",
+    )?;
     if others == 0 {
         wire_rows(ctx, scenario, &lb)?;
     }
@@ -1697,6 +1660,61 @@ fn builtin_balancer_rows(
         }
     }
     drop(lb);
+    Ok(())
+}
+
+/// The rows of one built-in balancer comparison: UDP request/response
+/// latency (p50, p99, p99.9) and new TCP connections (per second, time
+/// p50) to the ClusterIP, `planes[0]` (podrouterd's balancer) against
+/// `planes[1]` (a kernel with kube-proxy's rules), alternating. `step`
+/// names the runs in the log, `vs` and `short` end the rows' measures.
+fn balancer_rows(
+    ctx: &mut Ctx,
+    scenario: &str,
+    planes: [&Slot; 2],
+    step: &str,
+    vs: &str,
+    short: &str,
+) -> Res<()> {
+    let what = format!(
+        "{scenario} · {step} · UDP request/response at {} /s",
+        ctx.p.rr_rate
+    );
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("request/response latency {name} (UDP to the ClusterIP), {vs}"),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    let what = format!("{scenario} · {step} · new TCP connections");
+    let r = both(ctx, &planes, &what, |c, t, d| {
+        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
+    })?;
+    ctx.rows.push(Row::new(
+        scenario,
+        &format!("new TCP connections per second to the ClusterIP, {vs}"),
+        "conn/s",
+        "higher",
+        cell(&r[PR], |x| x.per_sec),
+        cell(&r[K], |x| x.per_sec),
+    ));
+    let p50 = |x: &ConnRun| hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3;
+    ctx.rows.push(Row::new(
+        scenario,
+        &format!("TCP connection time p50 (connect to the server's close), {short}"),
+        "µs",
+        "lower",
+        cell(&r[PR], p50),
+        cell(&r[K], p50),
+    ));
     Ok(())
 }
 
@@ -1733,39 +1751,14 @@ fn inline_kernel_rows(
     if let Ok(t) = &k {
         ctx.notes.extend(t.notes.iter().cloned());
     }
-    let planes = [lb, &k];
-    let vs = "podrouterd's built-in balancer vs kube-proxy's rules in the kernel without RPS (forwarding on the pods' CPU, as Calico leaves a node)";
-    let what = format!(
-        "{scenario} · built-in balancer vs the kernel without RPS · UDP request/response at {} /s",
-        ctx.p.rr_rate
-    );
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
-        ctx.rows.push(Row::new(
-            scenario,
-            &format!("request/response latency {name} (UDP to the ClusterIP), {vs}"),
-            "µs",
-            "lower",
-            cell(&r[PR], f),
-            cell(&r[K], f),
-        ));
-    }
-    let what =
-        format!("{scenario} · built-in balancer vs the kernel without RPS · new TCP connections");
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    ctx.rows.push(Row::new(
+    balancer_rows(
+        ctx,
         scenario,
-        &format!("new TCP connections per second to the ClusterIP, {vs}"),
-        "conn/s",
-        "higher",
-        cell(&r[PR], |x| x.per_sec),
-        cell(&r[K], |x| x.per_sec),
-    ));
+        [lb, &k],
+        "built-in balancer vs the kernel without RPS",
+        "podrouterd's built-in balancer vs kube-proxy's rules in the kernel without RPS (forwarding on the pods' CPU, as Calico leaves a node)",
+        "built-in balancer vs the kernel without RPS",
+    )?;
     drop(k);
     Ok(())
 }
