@@ -1156,19 +1156,7 @@ fn traffic_rows(
             ));
         }
     }
-    let what = format!("{scenario} · UDP request/response at {} /s", ctx.p.rr_rate);
-    let r = both(ctx, &planes, &what, rr)?;
-    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
-        ctx.rows.push(Row::new(
-            scenario,
-            &format!("request/response latency {name}"),
-            "µs",
-            "lower",
-            cell(&r[PR], f),
-            cell(&r[K], f),
-        ));
-    }
+    let r = latency_rows(ctx, planes, scenario, "")?;
     if plot {
         for (i, s) in planes.iter().enumerate() {
             if let (Ok(t), Ok(runs)) = (s, &r[i]) {
@@ -1182,6 +1170,62 @@ fn traffic_rows(
         }
     }
     Ok(())
+}
+
+/// UDP request/response latency rows (p50, p99, p99.9) of `planes`,
+/// measured alternating; `vs` ends the rows' measures ("" against the
+/// scenario's own kernel plane). Returns the runs, for the plot.
+fn latency_rows(
+    ctx: &mut Ctx,
+    planes: [&Slot; 2],
+    scenario: &str,
+    vs: &str,
+) -> Res<[Result<Vec<Run<Vec<u64>>>, String>; 2]> {
+    let what = format!(
+        "{scenario} · UDP request/response at {} /s{vs}",
+        ctx.p.rr_rate
+    );
+    let r = both(ctx, &planes, &what, rr)?;
+    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
+        ctx.rows.push(Row::new(
+            scenario,
+            &format!("request/response latency {name}{vs}"),
+            "µs",
+            "lower",
+            cell(&r[PR], f),
+            cell(&r[K], f),
+        ));
+    }
+    Ok(r)
+}
+
+/// How the rows against a kernel plane without RPS end their measure.
+const VS_INLINE_KERNEL: &str =
+    ", vs the kernel without RPS (forwarding on the pods' CPU, as Calico leaves a node)";
+
+/// Latency rows of podrouter (`pr`) against the scenario's kernel plane
+/// built again without RPS (`inline`, from [`PlaneOpts::kernel_inline`]):
+/// a lone request through the kernel then never leaves the pods' CPU,
+/// while podrouter's worker, on its own CPU, is crossed both ways. Every
+/// run that does not measure that kernel alone (`--kernel-inline`)
+/// carries these rows next to the steered kernel's.
+fn inline_kernel_latency_rows(ctx: &mut Ctx, scenario: &str, pr: &Slot, inline: Slot) -> Res<()> {
+    if let Ok(t) = &inline {
+        ctx.notes.extend(t.notes.iter().cloned());
+    }
+    // The rows carry the runs; only the scenario's own planes are plotted.
+    let _runs = latency_rows(ctx, [pr, &inline], scenario, VS_INLINE_KERNEL)?;
+    drop(inline);
+    Ok(())
+}
+
+/// The plane options of the kernel without RPS.
+fn inline_opts(opts: &PlaneOpts) -> PlaneOpts {
+    PlaneOpts {
+        kernel_inline: true,
+        ..opts.clone()
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1213,9 +1257,17 @@ pub fn same_node(ctx: &mut Ctx) -> Res<()> {
     let sizes = ctx.p.sizes.clone();
     let scenario = format!("same node, 2 pods{}", workers_label(&ctx.opts));
     traffic_rows(ctx, [&pr, &k], &scenario, &sizes, true)?;
+    drop(k);
+    if ctx.p.inline_kernel_rows {
+        let inline = inline_opts(&opts);
+        let k = build(ctx, "same node: kernel without RPS with 2 pods", |_| {
+            topo::kernel_same_node(&inline, 2, |_| {})
+        })?;
+        let k = checked(ctx, k, "same node kernel without RPS")?;
+        inline_kernel_latency_rows(ctx, &scenario, &pr, k)?;
+    }
     ctx.progress.step("same node: tearing down");
     drop(pr);
-    drop(k);
     if ctx.opts.backend == "afxdp" {
         bare_xsk_rows(ctx)?;
     }
@@ -1730,10 +1782,7 @@ fn inline_kernel_rows(
     lb: &Slot,
     others: u32,
 ) -> Res<()> {
-    let opts = PlaneOpts {
-        kernel_inline: true,
-        ..ctx.opts.clone()
-    };
+    let opts = inline_opts(&ctx.opts);
     let k = build(
         ctx,
         &format!(
@@ -1916,9 +1965,20 @@ pub fn two_node(ctx: &mut Ctx) -> Res<()> {
             ));
         }
         traffic_rows(ctx, [&pr, &k], &scenario, &sizes, false)?;
+        drop(k);
+        if ctx.p.inline_kernel_rows {
+            let inline = inline_opts(&o);
+            let k = build(
+                ctx,
+                &format!("{scenario}: kernel nodes without RPS"),
+                |_| topo::two_node(&inline, pair.kernel, pair.underlay, pair.underlay_mtu),
+            )?;
+            let k = checked(ctx, k, &format!("{scenario} without RPS"))?;
+            let k = verify_two_node(ctx, k, &pair, &scenario)?;
+            inline_kernel_latency_rows(ctx, &scenario, &pr, k)?;
+        }
         ctx.progress.step(&format!("{scenario}: tearing down"));
         drop(pr);
-        drop(k);
     }
     Ok(())
 }
@@ -2191,15 +2251,19 @@ fn cni_run(
 pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
     let r = p.repeats;
     let traffic = |sizes: usize| 2 * r * (sizes + p.streams.len() + 1);
+    // The latency rows against the kernel without RPS: its build and runs.
+    let inline_latency = if p.inline_kernel_rows { 1 + 2 * r } else { 0 };
     let mut n = 0;
     for s in sc {
         n += match s {
-            Scenario::SameNode => 2 + traffic(p.sizes.len()) + 1,
+            Scenario::SameNode => 2 + traffic(p.sizes.len()) + inline_latency + 1,
             Scenario::Scale => 2 * (1 + 1 + r + 1),
             Scenario::TwoNode => p
                 .two_node_pairs
                 .iter()
-                .map(|pair| 2 + traffic(pair.sizes_that_fit(&p.two_node_sizes).0.len()) + 1)
+                .map(|pair| {
+                    2 + traffic(pair.sizes_that_fit(&p.two_node_sizes).0.len()) + inline_latency + 1
+                })
                 .sum(),
             Scenario::Cni => 2 + 2 * 2 * r * (1 + p.cni_held.len()) + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
