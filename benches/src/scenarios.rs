@@ -1004,6 +1004,9 @@ impl<T> Run<T> {
     }
 }
 
+/// One plane's runs of a figure, or why it has none.
+pub(crate) type PlaneRuns<T> = Result<Vec<Run<T>>, String>;
+
 pub(crate) fn both<T>(
     ctx: &mut Ctx,
     planes: &[&Slot; 2],
@@ -1180,7 +1183,7 @@ fn latency_rows(
     planes: [&Slot; 2],
     scenario: &str,
     vs: &str,
-) -> Res<[Result<Vec<Run<Vec<u64>>>, String>; 2]> {
+) -> Res<[PlaneRuns<Vec<u64>>; 2]> {
     let what = format!(
         "{scenario} · UDP request/response at {} /s{vs}",
         ctx.p.rr_rate
@@ -1570,46 +1573,48 @@ fn services_among(ctx: &mut Ctx, others: u32) -> Res<()> {
             topo::CLUSTER_IP
         )
     };
-    let planes = [&pr, &k];
-    let what = format!("{scenario} · UDP request/response at {} /s", ctx.p.rr_rate);
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        rr_to(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-        let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
-        ctx.rows.push(Row::new(
+    balancer_rows(
+        ctx,
+        &scenario,
+        [&pr, &k],
+        "",
+        RowEnds {
+            latency: "",
+            conns: " (one client, one at a time)",
+            time: "",
+        },
+    )?;
+    // The same rules through the kernel without RPS, as Calico leaves a
+    // node: kept for the built-in balancer's comparison with it too.
+    let inline = if ctx.p.inline_kernel_rows {
+        let inline = inline_opts(&opts);
+        let k = build(
+            ctx,
+            &format!(
+                "services{among}: kernel without RPS with a client, 2 backends and kube-proxy's rules"
+            ),
+            |_| with_service(topo::kernel_same_node(&inline, 3, |_| {})?),
+        )?;
+        let k = checked(ctx, k, "services kernel without RPS")?;
+        if let Ok(t) = &k {
+            ctx.notes.extend(t.notes.iter().cloned());
+        }
+        balancer_rows(
+            ctx,
             &scenario,
-            &format!("request/response latency {name} (UDP to the ClusterIP)"),
-            "µs",
-            "lower",
-            cell(&r[PR], f),
-            cell(&r[K], f),
-        ));
-    }
-    let what = format!("{scenario} · new TCP connections");
-    let r = both(ctx, &planes, &what, |c, t, d| {
-        conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
-    })?;
-    ctx.rows.push(Row::new(
-        &scenario,
-        "new TCP connections per second to the ClusterIP (one client, one at a time)",
-        "conn/s",
-        "higher",
-        cell(&r[PR], |x| x.per_sec),
-        cell(&r[K], |x| x.per_sec),
-    ));
-    ctx.rows.push(Row::new(
-        &scenario,
-        "TCP connection time p50 (connect to the server's close)",
-        "µs",
-        "lower",
-        cell(&r[PR], |x| {
-            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
-        }),
-        cell(&r[K], |x| {
-            hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3
-        }),
-    ));
+            [&pr, &k],
+            "vs the kernel without RPS",
+            RowEnds {
+                latency: VS_INLINE_KERNEL,
+                conns: VS_INLINE_KERNEL,
+                time: VS_INLINE_KERNEL,
+            },
+        )?;
+        Some(k)
+    } else {
+        None
+    };
+    let planes = [&pr, &k];
     // The same client to one backend's own address: what the data plane
     // does without the Service, for reference.
     let what = format!("{scenario} · new TCP connections to a backend directly");
@@ -1641,21 +1646,25 @@ fn services_among(ctx: &mut Ctx, others: u32) -> Res<()> {
         }
     }
     drop(pr);
-    builtin_balancer_rows(ctx, &scenario, &ports, &k, others)?;
+    builtin_balancer_rows(ctx, &scenario, &ports, &k, inline.as_ref(), others)?;
     ctx.progress.step(&format!("services{among}: tearing down"));
     drop(k);
+    drop(inline);
     Ok(())
 }
 
 /// The built-in load balancer's rows of the Services scenario: the same
 /// client, backends and ClusterIP in podrouterd with `service apply` and
 /// no iptables rule, against the kernel with kube-proxy's rules (`k`,
-/// measured again, alternating, so each ratio comes from one run).
+/// measured again, alternating, so each ratio comes from one run), and
+/// against the same rules in the kernel without RPS (`inline`, when the
+/// run carries those rows).
 fn builtin_balancer_rows(
     ctx: &mut Ctx,
     scenario: &str,
     ports: &[(&str, u16)],
     k: &Slot,
+    inline: Option<&Slot>,
     others: u32,
 ) -> Res<()> {
     let opts = ctx.opts.clone();
@@ -1681,14 +1690,30 @@ fn builtin_balancer_rows(
         scenario,
         [&lb, k],
         "built-in balancer",
-        "podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
-        "built-in balancer vs kernel",
+        RowEnds {
+            latency: ", podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
+            conns: ", podrouterd's built-in balancer vs kube-proxy's rules in the kernel",
+            time: ", built-in balancer vs kernel",
+        },
     )?;
     if others == 0 {
         wire_rows(ctx, scenario, &lb)?;
     }
-    if ctx.p.inline_kernel_rows {
-        inline_kernel_rows(ctx, scenario, ports, &lb, others)?;
+    if let Some(inline) = inline {
+        let vs =
+            ", podrouterd's built-in balancer vs kube-proxy's rules in the kernel without RPS \
+                  (forwarding on the pods' CPU, as Calico leaves a node)";
+        balancer_rows(
+            ctx,
+            scenario,
+            [&lb, inline],
+            "built-in balancer vs the kernel without RPS",
+            RowEnds {
+                latency: vs,
+                conns: vs,
+                time: ", built-in balancer vs the kernel without RPS",
+            },
+        )?;
     }
     if let Ok(t) = &lb {
         if let Ok(podrouter_api::Reply::Services(s)) =
@@ -1715,21 +1740,34 @@ fn builtin_balancer_rows(
     Ok(())
 }
 
-/// The rows of one built-in balancer comparison: UDP request/response
-/// latency (p50, p99, p99.9) and new TCP connections (per second, time
-/// p50) to the ClusterIP, `planes[0]` (podrouterd's balancer) against
-/// `planes[1]` (a kernel with kube-proxy's rules), alternating. `step`
-/// names the runs in the log, `vs` and `short` end the rows' measures.
+/// How the rows of one Services comparison end their measures: the UDP
+/// latency rows, the connection-rate row and the connection-time row.
+struct RowEnds<'a> {
+    latency: &'a str,
+    conns: &'a str,
+    time: &'a str,
+}
+
+/// The rows of one Services comparison: UDP request/response latency
+/// (p50, p99, p99.9) and new TCP connections (per second, time p50) to
+/// the ClusterIP, `planes[0]` (podrouterd) against `planes[1]` (a kernel
+/// with kube-proxy's rules), alternating. `step` names the runs in the
+/// log ("" for the scenario's main comparison), `ends` ends the rows'
+/// measures.
 fn balancer_rows(
     ctx: &mut Ctx,
     scenario: &str,
     planes: [&Slot; 2],
     step: &str,
-    vs: &str,
-    short: &str,
+    ends: RowEnds,
 ) -> Res<()> {
+    let step = if step.is_empty() {
+        String::new()
+    } else {
+        format!(" · {step}")
+    };
     let what = format!(
-        "{scenario} · {step} · UDP request/response at {} /s",
+        "{scenario}{step} · UDP request/response at {} /s",
         ctx.p.rr_rate
     );
     let r = both(ctx, &planes, &what, |c, t, d| {
@@ -1739,20 +1777,26 @@ fn balancer_rows(
         let f = |v: &Vec<u64>| hist(v).value_at_quantile(q) as f64 / 1e3;
         ctx.rows.push(Row::new(
             scenario,
-            &format!("request/response latency {name} (UDP to the ClusterIP), {vs}"),
+            &format!(
+                "request/response latency {name} (UDP to the ClusterIP){}",
+                ends.latency
+            ),
             "µs",
             "lower",
             cell(&r[PR], f),
             cell(&r[K], f),
         ));
     }
-    let what = format!("{scenario} · {step} · new TCP connections");
+    let what = format!("{scenario}{step} · new TCP connections");
     let r = both(ctx, &planes, &what, |c, t, d| {
         conn_rate(c, t, &[&t.pods[1], &t.pods[2]], topo::CLUSTER_IP, d)
     })?;
     ctx.rows.push(Row::new(
         scenario,
-        &format!("new TCP connections per second to the ClusterIP, {vs}"),
+        &format!(
+            "new TCP connections per second to the ClusterIP{}",
+            ends.conns
+        ),
         "conn/s",
         "higher",
         cell(&r[PR], |x| x.per_sec),
@@ -1761,54 +1805,15 @@ fn balancer_rows(
     let p50 = |x: &ConnRun| hist(&x.conn_ns).value_at_quantile(0.5) as f64 / 1e3;
     ctx.rows.push(Row::new(
         scenario,
-        &format!("TCP connection time p50 (connect to the server's close), {short}"),
+        &format!(
+            "TCP connection time p50 (connect to the server's close){}",
+            ends.time
+        ),
         "µs",
         "lower",
         cell(&r[PR], p50),
         cell(&r[K], p50),
     ));
-    Ok(())
-}
-
-/// The built-in balancer (`lb`) against kube-proxy's rules in a kernel
-/// without RPS, as Calico leaves a node: a pod's packets are forwarded on
-/// the CPU that sent them, so with client and backends on one CPU a
-/// request never wakes another CPU, where the default kernel plane's RPS
-/// (and podrouter's worker) cross to the data-plane CPU and back.
-fn inline_kernel_rows(
-    ctx: &mut Ctx,
-    scenario: &str,
-    ports: &[(&str, u16)],
-    lb: &Slot,
-    others: u32,
-) -> Res<()> {
-    let opts = inline_opts(&ctx.opts);
-    let k = build(
-        ctx,
-        &format!(
-            "services: kernel without RPS with a client, 2 backends and kube-proxy's rules, {} Services",
-            others + 1
-        ),
-        |_| {
-            let mut t = topo::kernel_same_node(&opts, 3, |_| {})?;
-            let backends = [t.pods[1].ip, t.pods[2].ip];
-            t.add_kube_proxy_service(ports, &backends, others)?;
-            Ok(t)
-        },
-    )?;
-    let k = checked(ctx, k, "services kernel without RPS")?;
-    if let Ok(t) = &k {
-        ctx.notes.extend(t.notes.iter().cloned());
-    }
-    balancer_rows(
-        ctx,
-        scenario,
-        [lb, &k],
-        "built-in balancer vs the kernel without RPS",
-        "podrouterd's built-in balancer vs kube-proxy's rules in the kernel without RPS (forwarding on the pods' CPU, as Calico leaves a node)",
-        "built-in balancer vs the kernel without RPS",
-    )?;
-    drop(k);
     Ok(())
 }
 
@@ -2268,10 +2273,11 @@ pub fn planned_steps(p: &Params, sc: &[Scenario]) -> usize {
             Scenario::Cni => 2 + 2 * 2 * r * (1 + p.cni_held.len()) + 1,
             Scenario::BgpConvergence => crate::bgp::planned_steps(p),
             // + the built-in balancer: its build, latency and connections
-            // on it and the kernel.
+            // on it and the kernel; + the kernel without RPS: its build,
+            // latency and connections against both podrouter planes.
             Scenario::Services => {
                 let inline = if p.inline_kernel_rows {
-                    1 + 2 * 2 * r
+                    1 + 2 * 2 * 2 * r
                 } else {
                     0
                 };
