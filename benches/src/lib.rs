@@ -104,6 +104,13 @@ struct Cli {
     /// own value is put back when the harness ends.
     #[arg(long, value_parser = clap::value_parser!(u64).range(0..=10_000_000))]
     guest_halt_poll_ns: Option<u64>,
+    /// With --guest-halt-poll-ns: keep the polling window at that limit
+    /// (`guest_halt_poll_allow_shrink` N for the run). By default the
+    /// governor halves it after every idle period longer than the limit,
+    /// so with gaps between requests it rarely covers the waits inside
+    /// one. The machine's own setting is put back when the harness ends.
+    #[arg(long, requires = "guest_halt_poll_ns")]
+    guest_halt_poll_fixed: bool,
     /// The pods' MTU in the one-node topologies, podrouterd's
     /// (`dataplane.mtu`), the kernel's and the bare-XSK probe's alike
     /// (default 1500). Two-node rows keep theirs (set by the underlay).
@@ -243,16 +250,47 @@ fn first_line_of(args: &[&str]) -> String {
 /// guest polls before it halts.
 const GUEST_HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_poll_ns";
 
-/// `--guest-halt-poll-ns` in force: the machine's own value goes back
-/// when this drops (the harness's end, also on Ctrl-C, SIGTERM or a
-/// failure; not if it is killed outright).
+/// Whether the haltpoll governor shrinks its polling window after an idle
+/// period longer than `guest_halt_poll_ns` (Y, the default) or keeps it (N).
+const GUEST_HALT_POLL_ALLOW_SHRINK: &str =
+    "/sys/module/haltpoll/parameters/guest_halt_poll_allow_shrink";
+
+/// `--guest-halt-poll-ns` (and `--guest-halt-poll-fixed`) in force: the
+/// machine's own values go back when this drops (the harness's end, also
+/// on Ctrl-C, SIGTERM or a failure; not if it is killed outright).
 struct HaltPollSetting {
     original: String,
     set: u64,
+    /// The machine's `guest_halt_poll_allow_shrink`, when the run set it
+    /// to N.
+    original_allow_shrink: Option<String>,
 }
 
 impl HaltPollSetting {
-    fn apply(ns: u64) -> Res<HaltPollSetting> {
+    fn apply(ns: u64, fixed: bool) -> Res<HaltPollSetting> {
+        let mut setting = HaltPollSetting::apply_limit(ns)?;
+        if fixed {
+            // On an error `setting` drops here and puts the limit back.
+            let original = fs::read_to_string(GUEST_HALT_POLL_ALLOW_SHRINK)
+                .and_then(|v| {
+                    fs::write(GUEST_HALT_POLL_ALLOW_SHRINK, "N")?;
+                    Ok(v)
+                })
+                .map_err(|e| {
+                    Error::msg(format!(
+                        "--guest-halt-poll-fixed: cannot set {GUEST_HALT_POLL_ALLOW_SHRINK} to N: {e}"
+                    ))
+                })?;
+            let original = original.trim().to_string();
+            util::log(&format!(
+                "guest_halt_poll_allow_shrink set to N for the run (the machine's {original} goes back at the end)"
+            ));
+            setting.original_allow_shrink = Some(original);
+        }
+        Ok(setting)
+    }
+
+    fn apply_limit(ns: u64) -> Res<HaltPollSetting> {
         let original = fs::read_to_string(GUEST_HALT_POLL_NS).map_err(|e| {
             Error::msg(format!(
                 "--guest-halt-poll-ns: cannot read {GUEST_HALT_POLL_NS} ({e}): it needs the haltpoll \
@@ -268,13 +306,24 @@ impl HaltPollSetting {
         util::log(&format!(
             "guest_halt_poll_ns set to {ns} for the run (the machine's {original} goes back at the end)"
         ));
-        Ok(HaltPollSetting { original, set: ns })
+        Ok(HaltPollSetting {
+            original,
+            set: ns,
+            original_allow_shrink: None,
+        })
     }
 
     fn describe(&self) -> String {
+        let fixed = match &self.original_allow_shrink {
+            Some(orig) => format!(
+                "; --guest-halt-poll-fixed: the window kept at that limit \
+                 (guest_halt_poll_allow_shrink N; the machine's {orig} put back after)"
+            ),
+            None => String::new(),
+        };
         format!(
             "--guest-halt-poll-ns {}: idle CPUs polled up to {} µs before halting during the run \
-             (the machine's own guest_halt_poll_ns, {}, put back after)",
+             (the machine's own guest_halt_poll_ns, {}, put back after){fixed}",
             self.set,
             self.set as f64 / 1e3,
             self.original
@@ -284,11 +333,14 @@ impl HaltPollSetting {
 
 impl Drop for HaltPollSetting {
     fn drop(&mut self) {
-        if let Err(e) = fs::write(GUEST_HALT_POLL_NS, &self.original) {
-            eprintln!(
-                "podrouter-bench: could not put guest_halt_poll_ns back to {}: {e}",
-                self.original
-            );
+        let mut restore = vec![(GUEST_HALT_POLL_NS, &self.original)];
+        if let Some(orig) = &self.original_allow_shrink {
+            restore.push((GUEST_HALT_POLL_ALLOW_SHRINK, orig));
+        }
+        for (path, value) in restore {
+            if let Err(e) = fs::write(path, value) {
+                eprintln!("podrouter-bench: could not put {path} back to {value}: {e}");
+            }
         }
     }
 }
@@ -343,10 +395,14 @@ fn cross_cpu_wake_up(a: usize, b: usize) -> String {
     let idle = {
         let driver = read("/sys/devices/system/cpu/cpuidle/current_driver");
         let poll = read(GUEST_HALT_POLL_NS);
+        let window = match read(GUEST_HALT_POLL_ALLOW_SHRINK).trim() {
+            "N" => " (window fixed: guest_halt_poll_allow_shrink N)",
+            _ => "",
+        };
         match (driver.trim(), poll.trim()) {
             ("", _) => String::new(),
             (d, "") => format!("; cpuidle driver {d}"),
-            (d, p) => format!("; cpuidle driver {d}, guest_halt_poll_ns {p}"),
+            (d, p) => format!("; cpuidle driver {d}, guest_halt_poll_ns {p}{window}"),
         }
     };
     match wake_up_round_trip(a, b, ROUND_TRIPS) {
@@ -504,7 +560,7 @@ fn run(cli: &Cli) -> Res<bool> {
     util::sweep_stale_namespaces();
     let halt_poll = cli
         .guest_halt_poll_ns
-        .map(HaltPollSetting::apply)
+        .map(|ns| HaltPollSetting::apply(ns, cli.guest_halt_poll_fixed))
         .transpose()?;
 
     if let Some(minutes) = cli.soak {
