@@ -1550,14 +1550,16 @@ fn services_among(ctx: &mut Ctx, others: u32) -> Res<()> {
         |_| with_service(topo::podrouter_same_node(&opts, 3, |_| {})?),
     )?;
     let pr = checked(ctx, pr, "services podrouter")?;
-    let k = build(
-        ctx,
-        &format!(
-            "services{among}: kernel (Calico-style) with a client, 2 backends and kube-proxy's rules"
-        ),
-        |_| with_service(topo::kernel_same_node(&opts, 3, |_| {})?),
-    )?;
-    let k = checked(ctx, k, "services kernel")?;
+    // A kernel plane (`which`, for the log) with the same rules.
+    let kernel = |ctx: &mut Ctx, opts: &PlaneOpts, which: &str| -> Res<Slot> {
+        let k = build(
+            ctx,
+            &format!("services{among}: {which} with a client, 2 backends and kube-proxy's rules"),
+            |_| with_service(topo::kernel_same_node(opts, 3, |_| {})?),
+        )?;
+        checked(ctx, k, &format!("services {which}"))
+    };
+    let k = kernel(ctx, &opts, "kernel (Calico-style)")?;
     for t in [&pr, &k].into_iter().flatten() {
         ctx.notes.extend(t.notes.iter().cloned());
     }
@@ -1587,15 +1589,7 @@ fn services_among(ctx: &mut Ctx, others: u32) -> Res<()> {
     // The same rules through the kernel without RPS, as Calico leaves a
     // node: kept for the built-in balancer's comparison with it too.
     let inline = if ctx.p.inline_kernel_rows {
-        let inline = inline_opts(&opts);
-        let k = build(
-            ctx,
-            &format!(
-                "services{among}: kernel without RPS with a client, 2 backends and kube-proxy's rules"
-            ),
-            |_| with_service(topo::kernel_same_node(&inline, 3, |_| {})?),
-        )?;
-        let k = checked(ctx, k, "services kernel without RPS")?;
+        let k = kernel(ctx, &inline_opts(&opts), "kernel without RPS")?;
         if let Ok(t) = &k {
             ctx.notes.extend(t.notes.iter().cloned());
         }
