@@ -255,69 +255,75 @@ const GUEST_HALT_POLL_NS: &str = "/sys/module/haltpoll/parameters/guest_halt_pol
 const GUEST_HALT_POLL_ALLOW_SHRINK: &str =
     "/sys/module/haltpoll/parameters/guest_halt_poll_allow_shrink";
 
-/// `--guest-halt-poll-ns` (and `--guest-halt-poll-fixed`) in force: the
-/// machine's own values go back when this drops (the harness's end, also
-/// on Ctrl-C, SIGTERM or a failure; not if it is killed outright).
-struct HaltPollSetting {
+/// A kernel parameter file set for the run: the machine's own value goes
+/// back when this drops (the harness's end, also on Ctrl-C, SIGTERM or a
+/// failure; not if it is killed outright).
+struct ParamOverride {
+    path: &'static str,
     original: String,
+}
+
+impl ParamOverride {
+    /// Writes `value` to `path`; `flag` names the option in errors.
+    fn set(path: &'static str, value: &str, flag: &str) -> Res<ParamOverride> {
+        let original = fs::read_to_string(path).map_err(|e| {
+            Error::msg(format!(
+                "{flag}: cannot read {path} ({e}): it needs the haltpoll cpuidle driver of a KVM guest"
+            ))
+        })?;
+        let original = original.trim().to_string();
+        fs::write(path, value)
+            .map_err(|e| Error::msg(format!("{flag}: cannot write {value} to {path}: {e}")))?;
+        util::log(&format!(
+            "{path} set to {value} for the run (the machine's {original} goes back at the end)"
+        ));
+        Ok(ParamOverride { path, original })
+    }
+}
+
+impl Drop for ParamOverride {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(self.path, &self.original) {
+            eprintln!(
+                "podrouter-bench: could not put {} back to {}: {e}",
+                self.path, self.original
+            );
+        }
+    }
+}
+
+/// `--guest-halt-poll-ns` (and `--guest-halt-poll-fixed`) in force; each
+/// parameter goes back to the machine's value when this drops.
+struct HaltPollSetting {
     set: u64,
-    /// The machine's `guest_halt_poll_allow_shrink`, when the run set it
-    /// to N.
-    original_allow_shrink: Option<String>,
+    limit: ParamOverride,
+    /// `guest_halt_poll_allow_shrink` N, with `--guest-halt-poll-fixed`.
+    fixed_window: Option<ParamOverride>,
 }
 
 impl HaltPollSetting {
     fn apply(ns: u64, fixed: bool) -> Res<HaltPollSetting> {
-        let mut setting = HaltPollSetting::apply_limit(ns)?;
-        if fixed {
-            // On an error `setting` drops here and puts the limit back.
-            let original = fs::read_to_string(GUEST_HALT_POLL_ALLOW_SHRINK)
-                .and_then(|v| {
-                    fs::write(GUEST_HALT_POLL_ALLOW_SHRINK, "N")?;
-                    Ok(v)
-                })
-                .map_err(|e| {
-                    Error::msg(format!(
-                        "--guest-halt-poll-fixed: cannot set {GUEST_HALT_POLL_ALLOW_SHRINK} to N: {e}"
-                    ))
-                })?;
-            let original = original.trim().to_string();
-            util::log(&format!(
-                "guest_halt_poll_allow_shrink set to N for the run (the machine's {original} goes back at the end)"
-            ));
-            setting.original_allow_shrink = Some(original);
-        }
-        Ok(setting)
-    }
-
-    fn apply_limit(ns: u64) -> Res<HaltPollSetting> {
-        let original = fs::read_to_string(GUEST_HALT_POLL_NS).map_err(|e| {
-            Error::msg(format!(
-                "--guest-halt-poll-ns: cannot read {GUEST_HALT_POLL_NS} ({e}): it needs the haltpoll \
-                 cpuidle driver of a KVM guest"
-            ))
-        })?;
-        let original = original.trim().to_string();
-        fs::write(GUEST_HALT_POLL_NS, ns.to_string()).map_err(|e| {
-            Error::msg(format!(
-                "--guest-halt-poll-ns: cannot write {GUEST_HALT_POLL_NS}: {e}"
-            ))
-        })?;
-        util::log(&format!(
-            "guest_halt_poll_ns set to {ns} for the run (the machine's {original} goes back at the end)"
-        ));
+        let limit =
+            ParamOverride::set(GUEST_HALT_POLL_NS, &ns.to_string(), "--guest-halt-poll-ns")?;
+        // On an error `limit` drops here and puts the machine's value back.
+        let fixed_window = fixed
+            .then(|| {
+                ParamOverride::set(GUEST_HALT_POLL_ALLOW_SHRINK, "N", "--guest-halt-poll-fixed")
+            })
+            .transpose()?;
         Ok(HaltPollSetting {
-            original,
             set: ns,
-            original_allow_shrink: None,
+            limit,
+            fixed_window,
         })
     }
 
     fn describe(&self) -> String {
-        let fixed = match &self.original_allow_shrink {
-            Some(orig) => format!(
+        let fixed = match &self.fixed_window {
+            Some(w) => format!(
                 "; --guest-halt-poll-fixed: the window kept at that limit \
-                 (guest_halt_poll_allow_shrink N; the machine's {orig} put back after)"
+                 (guest_halt_poll_allow_shrink N; the machine's {} put back after)",
+                w.original
             ),
             None => String::new(),
         };
@@ -326,22 +332,8 @@ impl HaltPollSetting {
              (the machine's own guest_halt_poll_ns, {}, put back after){fixed}",
             self.set,
             self.set as f64 / 1e3,
-            self.original
+            self.limit.original
         )
-    }
-}
-
-impl Drop for HaltPollSetting {
-    fn drop(&mut self) {
-        let mut restore = vec![(GUEST_HALT_POLL_NS, &self.original)];
-        if let Some(orig) = &self.original_allow_shrink {
-            restore.push((GUEST_HALT_POLL_ALLOW_SHRINK, orig));
-        }
-        for (path, value) in restore {
-            if let Err(e) = fs::write(path, value) {
-                eprintln!("podrouter-bench: could not put {path} back to {value}: {e}");
-            }
-        }
     }
 }
 
